@@ -1,0 +1,47 @@
+"""The ``kotomamba`` command: one subcommand per pipeline stage.
+
+Each subcommand lives in the module that does the work and exposes ``main(argv) -> int``; this
+file only dispatches, importing lazily so ``kotomamba --help`` does not pay for torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "download": ("kotomamba.data.download", "fetch corpus shards (http/https/file, sha256, resume, .gz/.zst)"),
+    "collect-corpus": ("kotomamba.data.corpus", "write the embedded default corpus (Python stdlib docstrings) as JSONL"),
+    "train-tokenizer": ("kotomamba.data.train_tokenizer", "train a SentencePiece tokenizer (unigram or BPE, byte fallback)"),
+    "preprocess": ("kotomamba.data.preprocess", "tokenize JSONL into Megatron .bin/.idx (preprocess_data.py flags)"),
+    "train": ("kotomamba.train.cli", "pretrain or continue a Mamba model (FSDP2; torchrun/srun/mpirun/PBS)"),
+    "launch": ("kotomamba.train.launcher", "start `train` on every node/GPU of a local run or a SLURM/SGE/PBS allocation"),
+    "convert": ("kotomamba.convert.cli", "export a checkpoint to transformers / mamba-ssm, or import one"),
+    "generate": ("kotomamba.model.generation", "sample text from a model directory"),
+    "evaluate": ("kotomamba.evaluate.cli", "validation perplexity, samples and lm-eval tasks to JSON"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = ["usage: kotomamba <subcommand> [options]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in SUBCOMMANDS.items()]
+    lines += ["", "Run `kotomamba <subcommand> --help` for a subcommand's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from kotomamba import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"kotomamba: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
