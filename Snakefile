@@ -1,0 +1,38 @@
+# kotomamba: raw corpus -> tokenizer -> .bin/.idx -> Mamba training stages -> export -> evaluation -> report.
+# The work is done by the `kotomamba` library; rules only name inputs, outputs, logs and resources.
+# Every artifact lands under results/<run>/ (paths: kotomamba/pipeline/config.py).
+
+from kotomamba.errors import UserError
+from kotomamba.pipeline import RunPaths, validate
+
+# The embedded default, unless --configfile names a run config (merging the two would mix runs).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+try:
+    validate(config, workflow.configfiles[-1] if workflow.configfiles else None)
+except UserError as error:
+    raise WorkflowError(str(error)) from None
+
+PATHS = RunPaths(config)
+SOURCES = [source["name"] for source in config["corpus"]["sources"]]
+STAGES = [stage["name"] for stage in config["stages"]]
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/tokenizer.smk"
+include: "rules/tokenize.smk"
+include: "rules/train.smk"
+include: "rules/convert.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        [PATHS.export_dir(fmt) for fmt in config["export"]["formats"]],
+        PATHS.eval_json,
+        PATHS.report,

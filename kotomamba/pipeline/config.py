@@ -1,0 +1,240 @@
+"""The pipeline's run configuration: schema validation with defaults, and what each stage is given.
+
+The Snakefile calls :func:`validate` before any job runs, so an unknown key or a wrong type stops the
+whole workflow with a message naming the file, line and key path (``stages[1].train``). Paths of every
+artifact are derived here, in one place, so rules and tests agree on them.
+"""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from kotomamba.errors import UserError
+
+RESULTS = "results"
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The JSON schema (written as YAML) that every pipeline config must satisfy."""
+    text = resources.files("kotomamba.pipeline").joinpath("config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _format_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _line_of(path: list, config_file: str | None) -> int | None:
+    """The 1-based line of the YAML node at ``path`` in ``config_file`` (its nearest existing parent)."""
+    if not config_file or not Path(config_file).is_file():
+        return None
+    node = yaml.compose(Path(config_file).read_text())
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == part]
+            if not match:
+                key_match = [k for k, _ in node.value if k.value == part]
+                return key_match[0].start_mark.line + 1 if key_match else line
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _with_defaults(validator_class):
+    """A validator class that also fills in the schema's ``default`` values (the jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate(config: dict, config_file: str | None = None) -> dict:
+    """Validate ``config`` in place against the schema, filling defaults; raise UserError on problems.
+
+    Every error is reported, each with its key path and, when ``config_file`` is given, its line there.
+    Cross-field rules the schema cannot express (stage names unique, referenced sources exist) follow.
+    """
+    errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    problems = []
+    for error in errors:
+        path = list(error.absolute_path)
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            for key in extra:
+                line = _line_of(path + [key], config_file)
+                problems.append((path + [key], line, "unknown key"))
+            continue
+        problems.append((path, _line_of(path, config_file), error.message))
+    problems += _cross_field_problems(config, config_file) if not problems else []
+    if problems:
+        where = config_file or "config"
+        lines = [
+            f"{where}{f':{line}' if line else ''}: {_format_path(path)}: {message}"
+            for path, line, message in problems
+        ]
+        raise UserError("invalid pipeline configuration:\n  " + "\n  ".join(lines))
+    return config
+
+
+def _cross_field_problems(config: dict, config_file: str | None) -> list:
+    problems = []
+    names = [source["name"] for source in config["corpus"]["sources"]]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            path = ["corpus", "sources", i, "name"]
+            problems.append((path, _line_of(path, config_file), f"duplicate source name {name!r}"))
+    for i, source in enumerate(config["corpus"]["sources"]):
+        if "sha256" in source and len(source["sha256"]) != len(source.get("urls", [])):
+            path = ["corpus", "sources", i, "sha256"]
+            problems.append((path, _line_of(path, config_file), "needs exactly one checksum per entry of urls"))
+    stage_names = [stage["name"] for stage in config["stages"]]
+    for i, stage in enumerate(config["stages"]):
+        if stage_names.index(stage["name"]) != i:
+            path = ["stages", i, "name"]
+            problems.append((path, _line_of(path, config_file), f"duplicate stage name {stage['name']!r}"))
+        for j, source in enumerate(stage.get("sources", [])):
+            if source not in names:
+                path = ["stages", i, "sources", j]
+                problems.append((path, _line_of(path, config_file), f"unknown corpus source {source!r}"))
+    for j, source in enumerate(config["tokenizer"].get("train_sources", [])):
+        if source not in names:
+            path = ["tokenizer", "train_sources", j]
+            problems.append((path, _line_of(path, config_file), f"unknown corpus source {source!r}"))
+    return problems
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A new dict: ``override`` merged into ``base`` recursively (override wins on leaves)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class RunPaths:
+    """Where each artifact of a run lives: ``results/<run>/<stage of the pipeline>/...``."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.root = f"{RESULTS}/{config['run']}"
+
+    def corpus(self, source: str) -> str:
+        return f"{self.root}/corpus/{source}.jsonl"
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return f"{self.root}/tokenizer"
+
+    @property
+    def tokenizer_model(self) -> str:
+        """The tokenizer every later stage uses: the configured one, or the one the pipeline trains."""
+        return self.config["tokenizer"]["model"] or f"{self.tokenizer_dir}/tokenizer.model"
+
+    def tokenized_prefix(self, source: str, key: str | None = None) -> str:
+        key = key or self.config["tokenize"]["json_keys"][0]
+        return f"{self.root}/tokenized/{source}_{key}_document"
+
+    def stage_dir(self, stage: str) -> str:
+        return f"{self.root}/train/{stage}"
+
+    def stage_config(self, stage: str) -> str:
+        return f"{self.stage_dir(stage)}/train.yaml"
+
+    def stage_final(self, stage: str) -> str:
+        return f"{self.stage_dir(stage)}/final.json"
+
+    @property
+    def last_stage(self) -> str:
+        return self.config["stages"][-1]["name"]
+
+    def export_dir(self, fmt: str) -> str:
+        return f"{self.root}/export/{fmt}"
+
+    @property
+    def eval_json(self) -> str:
+        return f"{self.root}/eval/eval.json"
+
+    @property
+    def report(self) -> str:
+        return f"{self.root}/report/report.md"
+
+
+def stage_index(config: dict, stage: str) -> int:
+    for i, entry in enumerate(config["stages"]):
+        if entry["name"] == stage:
+            return i
+    raise UserError(f"no stage named {stage!r}; stages are {[s['name'] for s in config['stages']]}")
+
+
+def stage_sources(config: dict, stage: str) -> list[str]:
+    entry = config["stages"][stage_index(config, stage)]
+    return entry.get("sources") or [source["name"] for source in config["corpus"]["sources"]]
+
+
+def data_path(config: dict, sources: list[str]) -> str:
+    """Megatron's blend string ``"w1 prefix1 w2 prefix2"`` for the given corpus sources."""
+    paths = RunPaths(config)
+    weights = {source["name"]: source.get("weight", 1.0) for source in config["corpus"]["sources"]}
+    return " ".join(f"{weights[name]} {paths.tokenized_prefix(name)}" for name in sources)
+
+
+def stage_train_config(config: dict, stage: str) -> dict[str, Any]:
+    """The trainer config of one stage: shared `train` merged with the stage's, plus what the DAG fixes.
+
+    The first stage starts from ``init`` (null: from scratch); every later stage starts from the
+    previous stage's final checkpoint.
+    """
+    paths = RunPaths(config)
+    index = stage_index(config, stage)
+    init_from = config["init"] if index == 0 else paths.stage_dir(config["stages"][index - 1]["name"])
+    fixed = {
+        "run_dir": paths.stage_dir(stage),
+        "seed": config["seed"],
+        "model": config["model"],
+        "init": {"from": init_from},
+        "data": {
+            "data_path": data_path(config, stage_sources(config, stage)),
+            "split": config["data"]["split"],
+            "tokenizer_type": config["tokenizer"]["type"],
+            "tokenizer_model": paths.tokenizer_model,
+            "reset_at_eod": config["data"]["reset_at_eod"],
+        },
+    }
+    merged = deep_merge(config["train"], config["stages"][index].get("train", {}))
+    return deep_merge(merged, fixed)
+
+
+def write_stage_config(train_config: dict, path: str) -> None:
+    """Write one stage's trainer config as YAML, atomically (``kotomamba train --config`` reads it)."""
+    from kotomamba.io import atomic_write
+
+    with atomic_write(path) as handle:
+        handle.write("# Written by the pipeline from config.yaml; `kotomamba train --config <this file>` reruns the stage.\n")
+        yaml.safe_dump(train_config, handle, sort_keys=False)

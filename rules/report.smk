@@ -1,0 +1,20 @@
+# Report: loss curves of every stage, evaluation scores and samples, as markdown with a PNG.
+
+
+rule report:
+    input:
+        finals=[PATHS.stage_final(stage) for stage in STAGES],
+        eval=PATHS.eval_json,
+    output:
+        report=PATHS.report,
+        plot=report(f"{PATHS.root}/report/loss.png", category="Training", caption="../workflow_scripts/loss_caption.rst"),
+    params:
+        script=f"{workflow.basedir}/workflow_scripts/report.py",
+        stage_dirs=[PATHS.stage_dir(stage) for stage in STAGES],
+    log:
+        log_path("report"),
+    resources:
+        **rule_resources("report"),
+    shell:
+        "python {params.script} --stage-dirs {params.stage_dirs} --eval {input.eval}"
+        " --output {output.report} --plot {output.plot} > {log} 2>&1"

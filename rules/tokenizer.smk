@@ -1,0 +1,23 @@
+# Tokenizer: a SentencePiece model trained on the corpus (skipped when config names an existing one).
+
+if not config["tokenizer"]["model"]:
+
+    rule tokenizer:
+        input:
+            [PATHS.corpus(s) for s in (config["tokenizer"].get("train_sources") or SOURCES)],
+        output:
+            PATHS.tokenizer_model,
+        params:
+            out_dir=PATHS.tokenizer_dir,
+            vocab_size=config["tokenizer"]["vocab_size"],
+            model_type=config["tokenizer"]["model_type"],
+            seed=config["seed"],
+        log:
+            log_path("tokenizer"),
+        threads: 2
+        resources:
+            **rule_resources("tokenizer"),
+        shell:
+            "kotomamba train-tokenizer --input {input} --vocab-size {params.vocab_size}"
+            " --model-type {params.model_type} --seed {params.seed} --threads {threads}"
+            " --output {params.out_dir} > {log} 2>&1"

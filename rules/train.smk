@@ -1,0 +1,45 @@
+# Training: one job per stage; each later stage starts from the previous stage's final checkpoint.
+# A stage's trainer config is written to its own file first, so a changed stage reruns only itself
+# and what depends on it (snakemake's params trigger), never the tokenization.
+
+localrules:
+    stage_config,
+
+
+rule stage_config:
+    output:
+        PATHS.stage_config("{stage}"),
+    params:
+        train_config=lambda w: stage_train_config(config, w.stage),
+    log:
+        log_path("train/{stage}.config"),
+    run:
+        from kotomamba.pipeline.config import write_stage_config
+
+        write_stage_config(params.train_config, output[0])
+
+
+def previous_stage_final(wildcards):
+    index = stage_index(config, wildcards.stage)
+    return [PATHS.stage_final(STAGES[index - 1])] if index > 0 else []
+
+
+rule train:
+    input:
+        config=PATHS.stage_config("{stage}"),
+        data=lambda w: tokenized_files(stage_sources(config, w.stage)),
+        tokenizer=PATHS.tokenizer_model,
+        previous=previous_stage_final,
+    output:
+        PATHS.stage_final("{stage}"),
+    params:
+        nodes=config["launch"]["nodes"],
+        nproc_per_node=config["launch"]["nproc_per_node"],
+    log:
+        log_path("train/{stage}"),
+    threads: config["launch"]["nproc_per_node"]
+    resources:
+        **rule_resources("train"),
+    shell:
+        "kotomamba launch --nnodes {params.nodes} --nproc-per-node {params.nproc_per_node}"
+        " -- train --config {input.config} --resume auto > {log} 2>&1"

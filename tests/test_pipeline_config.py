@@ -1,0 +1,89 @@
+"""The pipeline config: schema validation (defaults, unknown keys, types, line numbers) and stage composition."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kotomamba.errors import UserError
+from kotomamba.pipeline import RunPaths, stage_train_config, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_defaults_are_filled():
+    config = validate(default_config())
+    assert config["tokenize"]["on_bad_line"] == "error"
+    assert config["corpus"]["sources"][0]["weight"] == 1.0
+    assert config["init"] is None
+
+
+def test_unknown_key_is_rejected_with_path_and_line(tmp_path):
+    text = (REPO / "config.yaml").read_text().replace("  reset_at_eod: true", "  reset_at_eod: true\n  shuffle_docs: 3")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "shuffle_docs" in l)
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert f"{path}:{line}: data.shuffle_docs: unknown key" in str(info.value)
+
+
+def test_wrong_type_names_the_nested_path(tmp_path):
+    text = (REPO / "config.yaml").read_text().replace("workers: 2", "workers: two")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=r"bad.yaml:\d+: tokenize.workers: 'two' is not of type 'integer'"):
+        validate(yaml.safe_load(text), str(path))
+
+
+def test_unknown_stage_source_and_duplicate_stage_are_rejected():
+    config = default_config()
+    config["stages"].append(copy.deepcopy(config["stages"][0]))
+    config["stages"][1]["sources"] = ["nope"]
+    with pytest.raises(UserError) as info:
+        validate(config)
+    message = str(info.value)
+    assert "stages[2].name: duplicate stage name 'pretrain'" in message
+    assert "stages[1].sources[0]: unknown corpus source 'nope'" in message
+
+
+def test_stage_configs_chain_and_merge():
+    config = validate(default_config())
+    first = stage_train_config(config, "pretrain")
+    second = stage_train_config(config, "long-context")
+    paths = RunPaths(config)
+    assert first["init"]["from"] is None
+    assert second["init"]["from"] == paths.stage_dir("pretrain")
+    assert first["data"]["seq_length"] == 128 and second["data"]["seq_length"] == 256
+    assert second["train"]["micro_batch_size"] == 4 and second["train"]["global_batch_size"] == 16
+    assert first["data"]["data_path"] == f"1.0 {paths.tokenized_prefix('pydoc')}"
+    assert first["run_dir"] == "results/default/train/pretrain"
+
+
+def test_snakefile_rejects_a_bad_config_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: default\nbogus: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(bad)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "bogus: unknown key" in result.stdout + result.stderr
+
+
+def test_dry_run_lists_every_stage():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/local", "all"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    for rule in ("corpus", "tokenizer", "tokenize", "stage_config", "train", "convert", "evaluate", "report"):
+        assert f"rule {rule}:" in result.stdout
