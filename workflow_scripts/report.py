@@ -1,0 +1,104 @@
+"""The run report: loss curves of every training stage (PNG) and a markdown page with the stages'
+summaries, the evaluation scores (trained vs untrained) and generated samples.
+
+Reads each stage's ``metrics.jsonl`` and ``final.json`` (layout: docs/architecture.md) and the JSON of
+``kotomamba evaluate``. Usage (the report rule):
+    python report.py --stage-dirs DIR... --eval EVAL.json --output report.md --plot loss.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes or CI
+import matplotlib.pyplot as plt
+
+from kotomamba.io import atomic_write
+
+
+def read_metrics(stage_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) of one stage, in step order."""
+    train, evals = [], []
+    path = stage_dir / "metrics.jsonl"
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{path}:{number}: not JSON ({error})") from None
+        if "val_loss" in record:
+            evals.append(record)
+        elif "loss" in record:
+            train.append(record)
+    return train, evals
+
+
+def plot_losses(stages: list[tuple[str, list[dict], list[dict]]], plot_path: Path) -> None:
+    """Train and validation loss against tokens seen; stages follow each other on one axis."""
+    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=110)
+    offset = 0
+    for name, train, evals in stages:
+        if train:
+            axis.plot([offset + r["tokens"] for r in train], [r["loss"] for r in train], label=f"{name}: train")
+        if evals:
+            axis.plot([offset + r["tokens"] for r in evals], [r["val_loss"] for r in evals], "o--",
+                      label=f"{name}: validation")
+        last = max([r["tokens"] for r in train + evals], default=0)
+        offset += last
+        axis.axvline(offset, color="grey", linewidth=0.5)
+    axis.set_xlabel("tokens seen")
+    axis.set_ylabel("cross-entropy (nats/token)")
+    axis.set_title("kotomamba training loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_write(plot_path, "wb") as handle:
+        figure.savefig(handle, format="png")
+    plt.close(figure)
+
+
+def markdown(stages, finals, evaluation, plot_name: str) -> str:
+    lines = ["# kotomamba run report", "", f"![loss curves]({plot_name})", "", "## Training stages", "",
+             "| stage | steps | tokens | final validation loss |", "| --- | --- | --- | --- |"]
+    for (name, _, _), final in zip(stages, finals):
+        val = final.get("val_loss")
+        lines.append(f"| {name} | {final['step']} | {final.get('tokens', 'n/a')} | "
+                     f"{'n/a' if val is None else f'{val:.4f}'} |")
+    lines += ["", "## Evaluation (held-out split)", "", "| model | loss | perplexity |", "| --- | --- | --- |",
+              f"| trained | {evaluation['val_loss']:.4f} | {evaluation['perplexity']:.2f} |"]
+    if "baseline" in evaluation:
+        base = evaluation["baseline"]
+        lines.append(f"| untrained (same config and seed) | {base['val_loss']:.4f} | {base['perplexity']:.2f} |")
+    if evaluation.get("lm_eval"):
+        lines += ["", "## lm-evaluation-harness", "", "```json", json.dumps(evaluation["lm_eval"], indent=2), "```"]
+    if evaluation.get("samples"):
+        lines += ["", "## Samples", ""]
+        for sample in evaluation["samples"]:
+            lines += [f"**{sample['prompt']}**", "", "```text", sample["text"], "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage-dirs", nargs="+", required=True, type=Path)
+    parser.add_argument("--eval", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--plot", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    stages = [(d.name, *read_metrics(d)) for d in args.stage_dirs]
+    finals = [json.loads((d / "final.json").read_text()) for d in args.stage_dirs]
+    evaluation = json.loads(args.eval.read_text())
+    plot_losses(stages, args.plot)
+    plot_name = args.plot.name if args.plot.parent == args.output.parent else str(args.plot)
+    with atomic_write(args.output) as handle:
+        handle.write(markdown(stages, finals, evaluation, plot_name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
