@@ -1,0 +1,187 @@
+"""Megatron-LM's ``MMIDIDX`` indexed dataset: reader and writer, byte for byte.
+
+Layout (Megatron-LM ``megatron/core/datasets/indexed_dataset.py``; also the design card):
+
+``<prefix>.idx``::
+
+    b"MMIDIDX\\x00\\x00"            9-byte magic
+    <Q  version (1)
+    <B  dtype code (1 u8, 2 i8, 3 i16, 4 i32, 5 i64, 6 f64, 7 f32, 8 u16)
+    <Q  sequence count S
+    <Q  document count D (= documents + 1)
+    int32[S]  sequence lengths (tokens)
+    int64[S]  byte offset of each sequence in the .bin
+    int64[D]  document indices: sequence number where each document starts, then S
+
+``<prefix>.bin``: the sequences' tokens concatenated, in the dtype above.
+
+Without sentence splitting every document is one sequence, so ``document_indices`` is
+``0, 1, ..., S``.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from kotomamba.errors import UserError
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+DTYPE_CODES: dict[int, type] = {
+    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
+}
+_HEADER = struct.Struct("<9sQBQQ")
+
+
+def dtype_code(dtype) -> int:
+    dtype = np.dtype(dtype)
+    for code, candidate in DTYPE_CODES.items():
+        if np.dtype(candidate) == dtype:
+            return code
+    raise ValueError(f"dtype {dtype} has no MMIDIDX code")
+
+
+def optimal_dtype(vocab_size: int) -> type:
+    """uint16 when every token id fits with room to spare (Megatron's 65,500 cut-off), else int32."""
+    return np.uint16 if vocab_size < 65500 else np.int32
+
+
+def data_file_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{prefix}.bin")
+
+
+def index_file_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{prefix}.idx")
+
+
+class IndexedDataset:
+    """Read ``<prefix>.bin`` / ``<prefix>.idx`` through memory maps.
+
+    ``len(ds)`` is the number of sequences; ``ds[i]`` is sequence ``i`` as a 1-D array of the
+    file's dtype; ``ds.get(i, offset, length)`` reads a slice without touching the rest.
+    ``sizes`` (int32[S]), ``pointers`` (int64[S]) and ``document_indices`` (int64[D]) are views of
+    the index.
+    """
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.prefix = str(prefix)
+        idx_path, bin_path = index_file_path(prefix), data_file_path(prefix)
+        for path in (idx_path, bin_path):
+            if not path.is_file():
+                raise UserError(f"{path}: indexed dataset file not found (data prefix {self.prefix!r})")
+        index = np.memmap(idx_path, dtype=np.uint8, mode="r")
+        if len(index) < _HEADER.size:
+            raise UserError(f"{idx_path}: truncated index ({len(index)} bytes)")
+        magic, version, code, n_seq, n_doc = _HEADER.unpack(index[: _HEADER.size].tobytes())
+        if magic != MAGIC or version != VERSION:
+            raise UserError(f"{idx_path}: not a Megatron MMIDIDX version-1 index (magic {magic!r}, version {version})")
+        if code not in DTYPE_CODES:
+            raise UserError(f"{idx_path}: unknown dtype code {code}")
+        expected = _HEADER.size + 4 * n_seq + 8 * n_seq + 8 * n_doc
+        if len(index) != expected:
+            raise UserError(f"{idx_path}: index has {len(index)} bytes, header implies {expected}")
+        self.dtype = np.dtype(DTYPE_CODES[code])
+        offset = _HEADER.size
+        self.sizes = np.frombuffer(index, dtype=np.int32, count=n_seq, offset=offset)
+        offset += 4 * n_seq
+        self.pointers = np.frombuffer(index, dtype=np.int64, count=n_seq, offset=offset)
+        offset += 8 * n_seq
+        self.document_indices = np.frombuffer(index, dtype=np.int64, count=n_doc, offset=offset)
+        self._index = index
+        n_tokens = os.path.getsize(bin_path) // self.dtype.itemsize
+        if n_seq and int(self.pointers[-1]) // self.dtype.itemsize + int(self.sizes[-1]) != n_tokens:
+            raise UserError(f"{bin_path}: size does not match {idx_path} (truncated or mismatched pair)")
+        # An empty .bin cannot be memory-mapped; an empty dataset needs no map.
+        self._bin = np.memmap(bin_path, dtype=self.dtype, mode="r") if n_tokens else np.empty(0, self.dtype)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, idx: int) -> np.ndarray:
+        return self.get(idx)
+
+    def get(self, idx: int, offset: int = 0, length: int | None = None) -> np.ndarray:
+        """Tokens ``offset : offset + length`` of sequence ``idx`` (to its end when length is None)."""
+        size = int(self.sizes[idx])
+        if length is None:
+            length = size - offset
+        start = int(self.pointers[idx]) // self.dtype.itemsize + offset
+        return self._bin[start : start + length]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sizes.sum(dtype=np.int64))
+
+
+class IndexedDatasetWriter:
+    """Write ``<prefix>.bin`` / ``<prefix>.idx`` atomically, one document at a time.
+
+    Both files are written under temporary names beside the final ones and moved into place by
+    ``finalize()`` (the .idx last, so a reader never sees an index without its data);
+    ``abort()`` (or leaving a ``with`` block by an exception) removes them and leaves the prefix as
+    it was. Documents are single sequences (no sentence splitting).
+    """
+
+    def __init__(self, prefix: str | os.PathLike, dtype):
+        self.prefix = Path(prefix)
+        self.dtype = np.dtype(dtype)
+        dtype_code(self.dtype)
+        self.prefix.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_bin = self.prefix.with_name(f".{self.prefix.name}.bin.{os.getpid()}.tmp")
+        self._tmp_idx = self.prefix.with_name(f".{self.prefix.name}.idx.{os.getpid()}.tmp")
+        self._bin = open(self._tmp_bin, "wb")
+        self._sizes: list[np.ndarray] = []
+        self.num_documents = 0
+        self.num_tokens = 0
+
+    def add_document(self, tokens) -> None:
+        """Append one document (a 1-D sequence of token ids) as one sequence."""
+        self.add_documents(np.asarray(tokens), np.array([len(tokens)], dtype=np.int64))
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append several documents at once: ``tokens`` concatenated, ``lengths`` per document."""
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < np.iinfo(self.dtype).min or tokens.max() > np.iinfo(self.dtype).max):
+            raise ValueError(f"token ids outside {self.dtype} range in {self.prefix}")
+        if int(np.sum(lengths)) != tokens.size:
+            raise ValueError("document lengths do not add up to the number of tokens")
+        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes(order="C"))
+        self._sizes.append(np.asarray(lengths, dtype=np.int32))
+        self.num_documents += len(lengths)
+        self.num_tokens += tokens.size
+
+    def finalize(self) -> None:
+        self._bin.flush()
+        os.fsync(self._bin.fileno())
+        self._bin.close()
+        sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int32)
+        pointers = np.zeros(len(sizes), dtype=np.int64)
+        np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        document_indices = np.arange(len(sizes) + 1, dtype=np.int64)
+        with open(self._tmp_idx, "wb") as handle:
+            handle.write(_HEADER.pack(MAGIC, VERSION, dtype_code(self.dtype), len(sizes), len(document_indices)))
+            handle.write(sizes.tobytes(order="C"))
+            handle.write(pointers.tobytes(order="C"))
+            handle.write(document_indices.tobytes(order="C"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(self._tmp_bin, data_file_path(self.prefix))
+        os.replace(self._tmp_idx, index_file_path(self.prefix))
+
+    def abort(self) -> None:
+        self._bin.close()
+        for path in (self._tmp_bin, self._tmp_idx):
+            if path.exists():
+                path.unlink()
+
+    def __enter__(self) -> "IndexedDatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.abort()

@@ -1,0 +1,159 @@
+"""Tokenizers behind one interface: SentencePiece models and Hugging Face ``tokenizers``.
+
+``build_tokenizer(tokenizer_type, tokenizer_model)`` takes Megatron-LM's ``--tokenizer-type`` names
+(``SentencePieceTokenizer``, ``GPTSentencePieceTokenizer``, ``HuggingFaceTokenizer``,
+``HFTokenizer``, ``PretrainedFromHF``) so the predecessor's scripts keep working.
+
+Every tokenizer has ``encode(text) -> list[int]`` (no BOS/EOS added: documents are separated by
+``eod`` at preprocessing time), ``encode_batch(texts)``, ``decode(ids) -> str``, ``vocab_size``
+(including added tokens; the largest id is ``vocab_size - 1``), ``eod``, ``bos`` and ``pad``
+(``None`` where the model has no such token).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from kotomamba.errors import UserError
+
+SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer")
+HUGGINGFACE_TYPES = ("HuggingFaceTokenizer", "HFTokenizer", "PretrainedFromHF")
+
+# Tried in order when a bare tokenizer.json does not say which token ends a document.
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
+
+
+class Tokenizer:
+    """The interface every tokenizer implements (see the module docstring)."""
+
+    vocab_size: int
+    eod: int
+    bos: int | None
+    pad: int | None
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece ``.model`` file; ``eod`` is the model's ``</s>`` (eos) id."""
+
+    def __init__(self, model_file: str | os.PathLike):
+        import sentencepiece
+
+        path = Path(model_file)
+        if not path.is_file():
+            raise UserError(f"{path}: SentencePiece model file not found (--tokenizer-model)")
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as exc:
+            raise UserError(f"{path}: not a SentencePiece model ({exc})") from exc
+        self.vocab_size = self._sp.vocab_size()
+        self.eod = _optional_id(self._sp.eos_id())
+        if self.eod is None:
+            raise UserError(f"{path}: SentencePiece model has no eos piece, so documents cannot be separated")
+        self.bos = _optional_id(self._sp.bos_id())
+        self.pad = _optional_id(self._sp.pad_id())
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # num_threads=1: parallelism comes from preprocessing workers, one core each.
+        return self._sp.encode(list(texts), num_threads=1)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+
+class HuggingFaceTokenizer(Tokenizer):
+    """A Hugging Face fast tokenizer: a ``tokenizer.json`` file, a directory, or a hub name.
+
+    A file is loaded with ``tokenizers`` directly; a directory or hub name goes through
+    ``transformers.AutoTokenizer`` (which reads ``tokenizer_config.json`` for the special tokens)
+    and then uses its Rust backend. ``eod`` is the eos token.
+    """
+
+    def __init__(self, name_or_path: str | os.PathLike):
+        name = str(name_or_path)
+        path = Path(name)
+        if path.is_file():
+            self._tok, self.eod, self.bos, self.pad = _load_tokenizer_json(path)
+        else:
+            self._tok, self.eod, self.bos, self.pad = _load_pretrained(name)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def _optional_id(token_id: int) -> int | None:
+    return None if token_id is None or token_id < 0 else int(token_id)
+
+
+def _load_tokenizer_json(path: Path):
+    import tokenizers
+
+    try:
+        tok = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+        raise UserError(f"{path}: not a Hugging Face tokenizer.json ({exc})") from exc
+    config = _special_tokens_beside(path.parent)
+    eod = _token_id(tok, config.get("eos_token")) if config else None
+    if eod is None:
+        eod = next((tok.token_to_id(t) for t in _EOS_CANDIDATES if tok.token_to_id(t) is not None), None)
+    if eod is None:
+        raise UserError(f"{path}: cannot find an end-of-document token (tried {', '.join(_EOS_CANDIDATES)})")
+    return tok, eod, _token_id(tok, config.get("bos_token")), _token_id(tok, config.get("pad_token"))
+
+
+def _special_tokens_beside(directory: Path) -> dict:
+    """Special tokens declared in tokenizer_config.json / special_tokens_map.json next to a tokenizer.json."""
+    found: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        file = directory / name
+        if file.is_file():
+            with open(file, encoding="utf-8") as handle:
+                data = json.load(handle)
+            found.update({k: v for k, v in data.items() if k.endswith("_token") and v})
+    return found
+
+
+def _token_id(tok, token) -> int | None:
+    if isinstance(token, dict):  # AddedToken serialised as {"content": ...}
+        token = token.get("content")
+    return tok.token_to_id(token) if isinstance(token, str) else None
+
+
+def _load_pretrained(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{name}: cannot load a Hugging Face tokenizer (not a tokenizer.json, a directory "
+                        f"with one, or a reachable hub name): {exc}") from exc
+    if not getattr(hf, "is_fast", False):
+        raise UserError(f"{name}: only fast (tokenizers-backed) Hugging Face tokenizers are supported")
+    if hf.eos_token_id is None:
+        raise UserError(f"{name}: tokenizer has no eos token, so documents cannot be separated")
+    return hf.backend_tokenizer, hf.eos_token_id, hf.bos_token_id, hf.pad_token_id
+
+
+def build_tokenizer(tokenizer_type: str, tokenizer_model: str | os.PathLike) -> Tokenizer:
+    """The tokenizer named by Megatron's ``--tokenizer-type`` / ``--tokenizer-model`` pair."""
+    if tokenizer_type in SENTENCEPIECE_TYPES:
+        return SentencePieceTokenizer(tokenizer_model)
+    if tokenizer_type in HUGGINGFACE_TYPES:
+        return HuggingFaceTokenizer(tokenizer_model)
+    known = ", ".join(SENTENCEPIECE_TYPES + HUGGINGFACE_TYPES)
+    raise UserError(f"--tokenizer-type {tokenizer_type!r} is not supported; use one of {known}")
