@@ -36,3 +36,5 @@ rule all:
         [PATHS.export_dir(fmt) for fmt in config["export"]["formats"]],
         PATHS.eval_json,
         PATHS.report,
+        PATHS.resolved_config,
+        PATHS.manifest,

@@ -18,3 +18,25 @@ rule report:
     shell:
         "python {params.script} --stage-dirs {params.stage_dirs} --eval {input.eval}"
         " --output {output.report} --plot {output.plot} > {log} 2>&1"
+
+
+localrules:
+    run_record,
+
+
+rule run_record:
+    input:
+        corpus=[PATHS.corpus(source) for source in SOURCES],
+        tokenizer=PATHS.tokenizer_model,
+        data=tokenized_files(SOURCES),
+    output:
+        config=PATHS.resolved_config,
+        manifest=PATHS.manifest,
+    params:
+        config=config,
+    log:
+        log_path("run_record"),
+    run:
+        from kotomamba.pipeline.config import write_run_record
+
+        write_run_record(params.config, list(input), output.config, output.manifest)

@@ -185,6 +185,14 @@ class RunPaths:
     def report(self) -> str:
         return f"{self.root}/report/report.md"
 
+    @property
+    def resolved_config(self) -> str:
+        return f"{self.root}/config.resolved.yaml"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.root}/manifest.json"
+
 
 def stage_index(config: dict, stage: str) -> int:
     for i, entry in enumerate(config["stages"]):
@@ -238,3 +246,15 @@ def write_stage_config(train_config: dict, path: str) -> None:
     with atomic_write(path) as handle:
         handle.write("# Written by the pipeline from config.yaml; `kotomamba train --config <this file>` reruns the stage.\n")
         yaml.safe_dump(train_config, handle, sort_keys=False)
+
+
+def write_run_record(config: dict, inputs: list[str], config_path: str, manifest_path: str) -> None:
+    """The run's resolved config (defaults filled; `--configfile` it to reproduce the run) and manifest
+    (code revision, package versions, checksums of the corpus, tokenizer and tokenized data)."""
+    from kotomamba.io import atomic_write, write_json
+    from kotomamba.manifest import build_manifest
+
+    with atomic_write(config_path) as handle:
+        handle.write("# The validated config of this run, defaults filled in: `snakemake --configfile <this file> all`\n")
+        yaml.safe_dump(config, handle, sort_keys=False)
+    write_json(manifest_path, build_manifest(inputs, run=config["run"], seed=config["seed"]))
