@@ -1,0 +1,144 @@
+"""Whole-mixer fused paths used for training, exactly as mamba-ssm's modules call them.
+
+- Mamba-1: ``mamba_ssm.ops.selective_scan_interface.mamba_inner_fn`` (conv1d, x_proj, dt_proj,
+  selective scan, gate and out_proj in one autograd function that recomputes in backward).
+- Mamba-2: ``mamba_ssm.ops.triton.ssd_combined.mamba_split_conv1d_scan_combined`` (split, conv1d
+  with ``seq_idx``, SSD scan, gated RMSNorm and out_proj).
+
+The ``*_ref`` twins compose the reference ops of this package step by step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kotomamba.ops.causal_conv1d import causal_conv1d_ref
+from kotomamba.ops.dispatch import kernel_module, use_kernels
+from kotomamba.ops.norm import gated_rms_norm_ref
+from kotomamba.ops.selective_scan import selective_scan_ref
+from kotomamba.ops.ssd import ssd_chunk_scan_ref
+
+_MAMBA1_KERNELS = ("mamba_ssm.ops.selective_scan_interface", "causal_conv1d")
+_MAMBA2_KERNELS = ("mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
+
+
+def mamba1_inner_ref(
+    xz: torch.Tensor,
+    conv1d_weight: torch.Tensor,
+    conv1d_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor | None,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    dt_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Mamba-1 mixer after in_proj. xz: [b, 2*d_inner, L] (x then z); conv1d_weight: [d_inner, 1, W];
+    x_proj_weight: [dt_rank + 2n, d_inner]; dt_proj_weight: [d_inner, dt_rank]; A: [d_inner, n]
+    float32; D, dt_bias: [d_inner]. Returns [b, L, d_model]."""
+    dt_rank = dt_proj_weight.shape[1]
+    dstate = A.shape[1]
+    x, z = xz.chunk(2, dim=1)
+    x = causal_conv1d_ref(x, conv1d_weight.squeeze(1), conv1d_bias, activation="silu")
+    x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # [b, L, dt_rank + 2n]
+    dt, B, C = torch.split(x_dbl, [dt_rank, dstate, dstate], dim=-1)
+    dt = F.linear(dt, dt_proj_weight).transpose(1, 2)  # [b, d_inner, L]
+    y = selective_scan_ref(
+        x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D.float(), z=z, delta_bias=dt_bias.float(),
+        delta_softplus=True,
+    )
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
+def mamba1_inner(
+    xz: torch.Tensor,
+    conv1d_weight: torch.Tensor,
+    conv1d_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor | None,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    dt_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Dispatching twin of :func:`mamba1_inner_ref`."""
+    if not use_kernels(xz, *_MAMBA1_KERNELS):
+        return mamba1_inner_ref(
+            xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
+            out_proj_bias, A, D, dt_bias,
+        )
+    return kernel_module(_MAMBA1_KERNELS[0]).mamba_inner_fn(
+        xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
+        A, None, None, D.float(), delta_bias=dt_bias.float(), delta_softplus=True,
+    )
+
+
+def mamba2_split_conv1d_scan_ref(
+    zxbcdt: torch.Tensor,
+    conv1d_weight: torch.Tensor,
+    conv1d_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    chunk_size: int,
+    headdim: int,
+    ngroups: int,
+    norm_weight: torch.Tensor,
+    norm_eps: float,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor | None,
+    seq_idx: torch.Tensor | None = None,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> torch.Tensor:
+    """Mamba-2 mixer after in_proj. zxbcdt: [b, L, 2*d_inner + 2*g*n + h] (order z, x, B, C, dt);
+    conv1d_weight: [d_inner + 2*g*n, W]; dt_bias, A, D: [h]; norm_weight: [d_inner];
+    seq_idx: [b, L]. Returns [b, L, d_model]."""
+    nheads = D.shape[0]
+    dim = nheads * headdim
+    dstate = (zxbcdt.shape[-1] - 2 * dim - nheads) // (2 * ngroups)
+    z, xBC, dt = torch.split(zxbcdt, [dim, dim + 2 * ngroups * dstate, nheads], dim=-1)
+    xBC = causal_conv1d_ref(
+        xBC.transpose(1, 2), conv1d_weight, conv1d_bias, seq_idx=seq_idx, activation="silu"
+    ).transpose(1, 2)
+    x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
+    y = ssd_chunk_scan_ref(
+        x.unflatten(-1, (nheads, headdim)), dt, A, B.unflatten(-1, (ngroups, dstate)),
+        C.unflatten(-1, (ngroups, dstate)), chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True,
+        dt_limit=dt_limit, seq_idx=seq_idx,
+    )
+    y = gated_rms_norm_ref(y.flatten(-2), z, norm_weight, norm_eps, group_size=dim // ngroups)
+    return F.linear(y, out_proj_weight, out_proj_bias)
+
+
+def mamba2_split_conv1d_scan(
+    zxbcdt: torch.Tensor,
+    conv1d_weight: torch.Tensor,
+    conv1d_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    chunk_size: int,
+    headdim: int,
+    ngroups: int,
+    norm_weight: torch.Tensor,
+    norm_eps: float,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor | None,
+    seq_idx: torch.Tensor | None = None,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> torch.Tensor:
+    """Dispatching twin of :func:`mamba2_split_conv1d_scan_ref`."""
+    if not use_kernels(zxbcdt, *_MAMBA2_KERNELS):
+        return mamba2_split_conv1d_scan_ref(
+            zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, headdim, ngroups,
+            norm_weight, norm_eps, out_proj_weight, out_proj_bias, seq_idx, dt_limit,
+        )
+    return kernel_module(_MAMBA2_KERNELS[0]).mamba_split_conv1d_scan_combined(
+        zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
+        seq_idx=None if seq_idx is None else seq_idx.to(torch.int32), dt_limit=dt_limit,
+        activation="silu", rmsnorm_weight=norm_weight, rmsnorm_eps=norm_eps,
+        outproj_weight=out_proj_weight, outproj_bias=out_proj_bias, headdim=headdim, ngroups=ngroups,
+        norm_before_gate=False,
+    )

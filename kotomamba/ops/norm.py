@@ -1,0 +1,85 @@
+"""RMSNorm with the fused residual add of mamba-ssm's blocks, and the gated RMSNorm of Mamba-2.
+
+Kernels: ``mamba_ssm.ops.triton.layer_norm.rms_norm_fn`` (add + norm in one pass, residual kept in
+float32) and ``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn``. References: the same maths in
+float32 PyTorch (after mamba-ssm's ``rms_norm_ref`` functions).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kotomamba.ops.dispatch import kernel_module, use_kernels
+
+_ADD_NORM_KERNEL = "mamba_ssm.ops.triton.layer_norm"
+_GATED_KERNEL = "mamba_ssm.ops.triton.layernorm_gated"
+
+
+def add_rms_norm_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+):
+    """``r = x + residual``; ``y = r / rms(r) * weight``.
+
+    x, residual: [..., d]; weight: [d]. Returns y (x's dtype), and with ``prenorm`` also r, whose
+    dtype is residual's when given, else float32 with ``residual_in_fp32``, else x's (the dtypes of
+    the Triton kernel).
+    """
+    if residual is not None:
+        residual_dtype = residual.dtype
+    else:
+        residual_dtype = torch.float32 if residual_in_fp32 else x.dtype
+    r = x.float() if residual is None else x.float() + residual.float()
+    y = (r * torch.rsqrt(r.square().mean(dim=-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+    return (y, r.to(residual_dtype)) if prenorm else y
+
+
+def add_rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+):
+    """Dispatching twin of :func:`add_rms_norm_ref`."""
+    if not use_kernels(x, _ADD_NORM_KERNEL):
+        return add_rms_norm_ref(x, weight, residual, eps, prenorm, residual_in_fp32)
+    return kernel_module(_ADD_NORM_KERNEL).rms_norm_fn(
+        x, weight, None, residual=residual, eps=eps, prenorm=prenorm, residual_in_fp32=residual_in_fp32
+    )
+
+
+def gated_rms_norm_ref(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    group_size: int | None = None,
+) -> torch.Tensor:
+    """Mamba-2's output norm (norm after the gate): ``g = x * silu(z)``, normalised per group of
+    ``group_size`` channels, times weight. x, z: [..., d]; weight: [d]. Returns x's dtype."""
+    g = x.float() * F.silu(z.float())
+    size = g.shape[-1] if group_size is None else group_size
+    grouped = g.unflatten(-1, (-1, size))
+    normed = grouped * torch.rsqrt(grouped.square().mean(dim=-1, keepdim=True) + eps)
+    return (normed.flatten(-2) * weight.float()).to(x.dtype)
+
+
+def gated_rms_norm(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    group_size: int | None = None,
+) -> torch.Tensor:
+    """Dispatching twin of :func:`gated_rms_norm_ref`."""
+    if not use_kernels(x, _GATED_KERNEL):
+        return gated_rms_norm_ref(x, z, weight, eps, group_size)
+    return kernel_module(_GATED_KERNEL).rmsnorm_fn(
+        x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False
+    )
