@@ -1,0 +1,182 @@
+"""Which launcher started this process, and the process group / device mesh built from it.
+
+The same ``kotomamba train`` command works under every launcher; each one describes the world in
+its own variables:
+
+| launcher | rank | world size | local rank | rendezvous host |
+| --- | --- | --- | --- | --- |
+| torchrun | ``RANK`` | ``WORLD_SIZE`` | ``LOCAL_RANK`` | ``MASTER_ADDR`` |
+| Open MPI ``mpirun`` | ``OMPI_COMM_WORLD_RANK`` | ``OMPI_COMM_WORLD_SIZE`` | ``OMPI_COMM_WORLD_LOCAL_RANK`` | ``MASTER_ADDR``, else the first host of the allocation |
+| MPICH / Intel MPI (``mpiexec`` under PBS) | ``PMI_RANK`` | ``PMI_SIZE`` | ``MPI_LOCALRANKID`` | as above |
+| Cray PALS (PBS ``mpiexec``) | ``PALS_RANKID`` | ``PMI_SIZE`` | ``PALS_LOCAL_RANKID`` | as above |
+| SLURM ``srun`` | ``SLURM_PROCID`` | ``SLURM_STEP_NUM_TASKS`` | ``SLURM_LOCALID`` | first host of ``SLURM_STEP_NODELIST`` |
+| none (plain ``python``) | 0 | 1 | 0 | localhost, a free port |
+
+The first host of the allocation comes from ``SLURM_JOB_NODELIST`` or ``PBS_NODEFILE``; the port from
+``MASTER_PORT``, else a port derived from the job id so every rank computes the same one.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+from kotomamba.errors import UserError
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    launcher: str
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a SLURM host list (``"gpu[01-03,07],login1"``) into host names, in order."""
+    hosts: list[str] = []
+    for match in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist):
+        prefix, ranges = match.group(1), match.group(2)
+        if ranges is None:
+            hosts.append(prefix)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not hi:
+                hosts.append(prefix + lo)
+                continue
+            for number in range(int(lo), int(hi) + 1):
+                hosts.append(f"{prefix}{number:0{len(lo)}d}")
+    return hosts
+
+
+def _first_host(env: dict) -> str | None:
+    for key in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        if env.get(key):
+            return expand_nodelist(env[key])[0]
+    nodefile = env.get("PBS_NODEFILE")
+    if nodefile and os.path.isfile(nodefile):
+        with open(nodefile) as handle:
+            for line in handle:
+                if line.strip():
+                    return line.strip()
+    return None
+
+
+def _job_port(env: dict) -> int:
+    job = env.get("SLURM_JOB_ID") or env.get("PBS_JOBID") or env.get("JOB_ID") or "0"
+    digits = int(re.sub(r"\D", "", job) or 0)
+    return 20000 + digits % 20000
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _int(env: dict, key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError as exc:
+        raise UserError(f"environment variable {key}={env[key]!r} is not an integer") from exc
+
+
+def detect_launch_env(env: dict | None = None) -> LaunchEnv:
+    """Read the world from the environment (see the module table)."""
+    env = dict(os.environ if env is None else env)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launcher, rank, world = "torchrun", _int(env, "RANK"), _int(env, "WORLD_SIZE")
+        local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
+        local_world = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world
+    elif "OMPI_COMM_WORLD_RANK" in env:
+        launcher, rank, world = "openmpi", _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE")
+        local = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK")
+        local_world = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE")
+    elif "PALS_RANKID" in env:
+        launcher, rank, world = "pals", _int(env, "PALS_RANKID"), _int(env, "PMI_SIZE")
+        local = _int(env, "PALS_LOCAL_RANKID")
+        local_world = _int(env, "PALS_LOCAL_SIZE") if "PALS_LOCAL_SIZE" in env else world
+    elif "PMI_RANK" in env and "PMI_SIZE" in env:
+        launcher, rank, world = "pmi", _int(env, "PMI_RANK"), _int(env, "PMI_SIZE")
+        local = _int(env, "MPI_LOCALRANKID") if "MPI_LOCALRANKID" in env else 0
+        local_world = _int(env, "MPI_LOCALNRANKS") if "MPI_LOCALNRANKS" in env else world
+    elif "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        launcher, rank, world = "slurm", _int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS")
+        local = _int(env, "SLURM_LOCALID")
+        per_node = env.get("SLURM_STEP_TASKS_PER_NODE", "").split("(")[0].split(",")[0]
+        local_world = int(per_node) if per_node.isdigit() else world
+    else:
+        return LaunchEnv("none", 0, 1, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or _free_port()))
+    if not 0 <= rank < world:
+        raise UserError(f"launcher {launcher}: rank {rank} is outside the world of size {world}")
+    addr = env.get("MASTER_ADDR") or _first_host(env)
+    if addr is None:
+        if world > 1:
+            raise UserError(
+                f"launcher {launcher}: cannot tell the rendezvous host; export MASTER_ADDR (and MASTER_PORT)"
+            )
+        addr = "127.0.0.1"
+    port = int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else _job_port(env)
+    return LaunchEnv(launcher, rank, world, local, local_world, addr, port)
+
+
+def init_distributed(launch: LaunchEnv, device_type: str):
+    """Start the default process group (NCCL on CUDA, gloo on CPU); always, even for one process.
+
+    A world of one still gets a process group so that FSDP2 and ``torch.distributed.checkpoint``
+    take the same code path everywhere.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = launch.master_addr
+    os.environ["MASTER_PORT"] = str(launch.master_port)
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    kwargs = {}
+    if device_type == "cuda":
+        import torch
+
+        kwargs["device_id"] = torch.device("cuda", launch.local_rank)
+    dist.init_process_group(
+        backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+        rank=launch.rank, world_size=launch.world_size, timeout=datetime.timedelta(minutes=30), **kwargs,
+    )
+
+
+def build_mesh(device_type: str, world_size: int, strategy: str, shard_size: int | None):
+    """A 1-D ``("shard",)`` mesh, or for HYBRID_SHARD a 2-D ``("replicate", "shard")`` mesh."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if strategy != "HYBRID_SHARD":
+        return init_device_mesh(device_type, (world_size,), mesh_dim_names=("shard",))
+    shard = shard_size or world_size
+    if world_size % shard:
+        raise UserError(
+            f"parallel.hybrid_shard_size ({shard}) must divide the world size ({world_size})"
+        )
+    return init_device_mesh(device_type, (world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def apply_node_env(env_vars: dict, local_rank: int) -> None:
+    """Set the configured variables, and a per-rank Triton cache so ranks never race on one cache.
+
+    ``TRITON_LIBCUDA_PATH`` (set through the config's ``env`` section) tells Triton where libcuda is
+    when ``ldconfig`` cannot; nothing installed is ever patched.
+    """
+    import tempfile
+
+    for key, value in env_vars.items():
+        os.environ[str(key)] = str(value)
+    if "TRITON_CACHE_DIR" not in os.environ:
+        user = os.environ.get("USER") or str(os.getuid())
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(
+            tempfile.gettempdir(), f"kotomamba-triton-{user}-{socket.gethostname()}-{local_rank}"
+        )

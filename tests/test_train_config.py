@@ -1,0 +1,69 @@
+"""Training config: YAML + dotted overrides, unknown keys and bad types name file, line and field."""
+import pytest
+import yaml
+
+from kotomamba.errors import UserError
+from kotomamba.train.config import dump_config, load_config
+
+CONFIG = """\
+run_dir: out/run
+seed: 7
+model:
+  preset: tiny
+  ssm_cfg: {layer: Mamba2}
+init:
+  from: null
+train:
+  micro_batch_size: 2
+  global_batch_size: 8
+  steps: 30
+optim: {lr: 1.0e-3, min_lr: 1.0e-5, betas: [0.9, 0.95]}
+schedule: {style: wsd, warmup_steps: 5}
+checkpoint: {interval: 10, keep_last: 2, async: true}
+"""
+
+
+def write(tmp_path, text=CONFIG):
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_load_and_override(tmp_path):
+    config = load_config(write(tmp_path), ["train.steps=40", "optim.betas=[0.8, 0.9]", "init.from=prev/run",
+                                           "logging.wandb.mode=offline"])
+    assert config.seed == 7 and config.train.steps == 40 and config.optim.betas == [0.8, 0.9]
+    assert config.init.from_ == "prev/run" and config.checkpoint.async_ is True
+    assert config.logging.wandb.mode == "offline"
+    assert config.model == {"preset": "tiny", "ssm_cfg": {"layer": "Mamba2"}}
+    # defaults fill what the file leaves out
+    assert config.data.seq_length == 128 and config.parallel.strategy == "FULL_SHARD"
+    resolved = yaml.safe_load(dump_config(config))
+    assert resolved["init"]["from"] == "prev/run" and resolved["checkpoint"]["async"] is True
+    assert load_config(write(tmp_path, dump_config(config))) == config
+
+
+def test_unknown_key_names_file_line_and_field(tmp_path):
+    path = write(tmp_path, CONFIG.replace("  steps: 30", "  steps: 30\n  stepz: 3"))
+    with pytest.raises(UserError, match=r"train\.yaml:12: unknown field 'train\.stepz'"):
+        load_config(path)
+
+
+def test_bad_type_and_bad_choice(tmp_path):
+    with pytest.raises(UserError, match=r"train\.yaml:11: field 'train\.steps' must be int"):
+        load_config(write(tmp_path, CONFIG.replace("steps: 30", "steps: many")))
+    with pytest.raises(UserError, match=r"override 'schedule\.style=exp'.*one of"):
+        load_config(write(tmp_path), ["schedule.style=exp"])
+    with pytest.raises(UserError, match="expected dotted.key=value"):
+        load_config(write(tmp_path), ["train.steps"])
+
+
+def test_cross_field_rules(tmp_path):
+    with pytest.raises(UserError, match="multiple of train.micro_batch_size"):
+        load_config(write(tmp_path), ["train.global_batch_size=7"])
+    with pytest.raises(UserError, match="skip_ranges"):
+        load_config(write(tmp_path), ["train.skip_ranges=[[5, 2]]"])
+    with pytest.raises(UserError, match="warmup_steps"):
+        load_config(write(tmp_path), ["schedule.warmup_steps=31"])
+    with pytest.raises(UserError, match="min_lr"):
+        load_config(write(tmp_path), ["optim.min_lr=0.1"])

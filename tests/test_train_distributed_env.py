@@ -1,0 +1,53 @@
+"""Launch environments: torchrun, Open MPI, PMI/PALS (PBS), SLURM, none."""
+import pytest
+
+from kotomamba.errors import UserError
+from kotomamba.train.distributed import detect_launch_env, expand_nodelist
+
+
+def test_expand_nodelist():
+    assert expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
+    assert expand_nodelist("node5") == ["node5"]
+
+
+def test_torchrun():
+    env = detect_launch_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                             "MASTER_ADDR": "h0", "MASTER_PORT": "29500"})
+    assert (env.launcher, env.rank, env.world_size, env.local_rank, env.local_world_size) == ("torchrun", 3, 4, 1, 2)
+    assert (env.master_addr, env.master_port) == ("h0", 29500)
+
+
+def test_openmpi_under_pbs_takes_first_host_of_the_nodefile(tmp_path):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("cn12\ncn12\ncn13\n")
+    env = detect_launch_env({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4",
+                             "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+                             "PBS_NODEFILE": str(nodefile), "PBS_JOBID": "4711.pbs"})
+    assert (env.launcher, env.rank, env.world_size, env.local_rank) == ("openmpi", 2, 4, 0)
+    assert env.master_addr == "cn12" and env.master_port == 20000 + 4711
+
+
+def test_pmi_and_pals():
+    env = detect_launch_env({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1", "MASTER_ADDR": "a"})
+    assert (env.launcher, env.rank, env.world_size, env.local_rank) == ("pmi", 1, 2, 1)
+    env = detect_launch_env({"PALS_RANKID": "5", "PMI_SIZE": "8", "PALS_LOCAL_RANKID": "1", "MASTER_ADDR": "a"})
+    assert (env.launcher, env.rank, env.local_rank) == ("pals", 5, 1)
+
+
+def test_srun():
+    env = detect_launch_env({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
+                             "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_STEP_NODELIST": "gpu[10-11]",
+                             "SLURM_JOB_ID": "123"})
+    assert (env.launcher, env.rank, env.world_size, env.local_rank, env.local_world_size) == ("slurm", 5, 8, 1, 4)
+    assert env.master_addr == "gpu10" and env.master_port == 20123
+
+
+def test_sbatch_script_without_srun_is_a_single_process():
+    env = detect_launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"})
+    assert (env.launcher, env.world_size) == ("none", 1)
+
+
+def test_multi_process_world_without_a_rendezvous_host_is_a_user_error():
+    with pytest.raises(UserError, match="MASTER_ADDR"):
+        detect_launch_env({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2",
+                           "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
