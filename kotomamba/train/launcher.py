@@ -1,0 +1,403 @@
+"""``kotomamba launch``: start a kotomamba subcommand on every GPU (or CPU process) of every node.
+
+    kotomamba launch [--nnodes N] [--nproc-per-node P] [--rdzv-port PORT] -- train --config F ...
+    kotomamba launch --nproc-per-node P -- -m some.module args   (any Python module, as torchrun -m)
+
+Where it runs decides how:
+
+- one node (outside a scheduler or inside a job): ``P == 1`` outside a scheduler runs the
+  subcommand as one plain process (this process is replaced by it); otherwise torchrun's
+  standalone mode runs ``P`` workers here;
+- ``N`` nodes of a SLURM job (``SLURM_JOB_ID``; hosts from ``SLURM_JOB_NODELIST`` or
+  ``scontrol show job``): one ``srun --nodes=N --ntasks-per-node=1`` task per node, each running
+  torchrun with a c10d rendezvous on the first host;
+- ``N`` nodes of a Grid Engine job (``JOB_ID``; hosts from ``PE_HOSTFILE`` or
+  ``SGE_JOB_HOSTLIST``) or a PBS job (``PBS_JOBID``, ``PBS_NODEFILE``; ABCI 3.0): ``mpirun`` starts
+  one launcher per host, each running torchrun as above.
+
+The rendezvous port is ``10000 + JOB_ID % 50000`` (as the predecessor's ABCI scripts chose it), so
+every node computes the same one; ``MASTER_ADDR``/``MASTER_PORT`` are exported with the first host
+and that port. Each worker's own ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` come from
+torchrun, which the trainer reads.
+
+Exit status: the training's. torchrun reports any failed worker as 1, so every worker runs through
+this module (``--worker-exit-dir``), which records its exit code and pid in a node-local directory;
+exit code 75 (EX_TEMPFAIL, "checkpointed on a signal or wall-time budget: requeue me") is recorded
+and reported to torchrun as success, so torchrun waits for every rank to finish its checkpoint
+instead of killing the slower ones, and the launcher then exits 75.
+
+Signals: SIGTERM, SIGINT and SIGUSR1 received by the launcher are sent straight to the workers
+(torchrun would answer SIGTERM by killing them after 30 s and SIGUSR1 by dying), so they can save
+a checkpoint and exit 75. torchrun itself is started with SIGUSR1 ignored (schedulers such as
+SLURM's ``--signal=USR1@T`` signal every process of the step); workers restore its default.
+
+Triton: each node gets its own ``TRITON_CACHE_DIR`` (under the node-local scratch directory the
+scheduler names, else the system temporary directory) unless the environment sets one;
+``TRITON_LIBCUDA_PATH`` is passed through from the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import getpass
+import os
+import runpy
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from kotomamba.errors import UserError
+
+EX_TEMPFAIL = 75
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """The nodes a scheduler gave this job: ``scheduler`` is "slurm", "sge" or "pbs"."""
+
+    scheduler: str
+    job_id: str
+    hosts: tuple[str, ...]
+
+
+def rendezvous_port(job_id: str) -> int:
+    """``10000 + JOB_ID % 50000`` from the job id's leading digits ("1234.pbs1" -> 11234)."""
+    digits = ""
+    for char in job_id:
+        if not char.isdigit():
+            break
+        digits += char
+    if not digits:
+        raise UserError(f"launch: cannot derive a rendezvous port from job id {job_id!r}; pass --rdzv-port")
+    return 10000 + int(digits) % 50000
+
+
+def _unique(hosts: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(host for host in hosts if host))
+
+
+def read_pe_hostfile(path: str) -> tuple[str, ...]:
+    """Hosts of a Grid Engine ``$PE_HOSTFILE`` (lines "host slots queue processors")."""
+    return _unique([line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()])
+
+
+def read_host_list(path: str) -> tuple[str, ...]:
+    """Hosts of a file with one host name per line, repeats allowed (``$PBS_NODEFILE``,
+    ``$SGE_JOB_HOSTLIST``), in first-seen order."""
+    return _unique([line.strip() for line in Path(path).read_text().splitlines()])
+
+
+def slurm_hostnames(nodelist: str) -> tuple[str, ...]:
+    """Expand a compressed SLURM node list ("gpu[01-03]") with ``scontrol show hostnames``."""
+    result = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise UserError(f"launch: `scontrol show hostnames {nodelist}` failed: {result.stderr.strip()}")
+    return _unique(result.stdout.split())
+
+
+def slurm_job_fields(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o JOB_ID`` as a dict ("NodeList", "CPUs/Task", "NumNodes", ...).
+
+    Needed because Snakemake's SLURM jobstep executor removes the allocation's ``SLURM_*``
+    variables (all but the job id) before running an ``mpi`` rule's shell command.
+    """
+    result = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise UserError(f"launch: `scontrol show job {job_id}` failed: {result.stderr.strip()}")
+    return dict(token.split("=", 1) for token in result.stdout.split() if "=" in token)
+
+
+def detect_allocation(env: dict[str, str]) -> Allocation | None:
+    """The scheduler allocation this process runs in, or None outside any scheduler."""
+    if env.get("SLURM_JOB_ID"):
+        nodelist = env.get("SLURM_JOB_NODELIST") or slurm_job_fields(env["SLURM_JOB_ID"])["NodeList"]
+        return Allocation("slurm", env["SLURM_JOB_ID"], slurm_hostnames(nodelist))
+    if env.get("PBS_JOBID"):
+        nodefile = env.get("PBS_NODEFILE")
+        hosts = read_host_list(nodefile) if nodefile else (socket.gethostname(),)
+        return Allocation("pbs", env["PBS_JOBID"], hosts)
+    if env.get("JOB_ID") and (env.get("PE_HOSTFILE") or env.get("SGE_JOB_HOSTLIST") or env.get("SGE_ROOT")):
+        if env.get("PE_HOSTFILE"):
+            hosts = read_pe_hostfile(env["PE_HOSTFILE"])
+        elif env.get("SGE_JOB_HOSTLIST"):
+            hosts = read_host_list(env["SGE_JOB_HOSTLIST"])
+        else:
+            hosts = (socket.gethostname(),)
+        return Allocation("sge", env["JOB_ID"], hosts)
+    return None
+
+
+def kotomamba_command(args: list[str]) -> list[str]:
+    """This interpreter running ``kotomamba <args>`` (works without the console script on PATH), or
+    ``python -m MODULE ...`` when ``args`` starts with ``-m MODULE``."""
+    if args[:1] == ["-m"]:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "kotomamba", *args]
+
+
+def run_in_process(args: list[str]) -> int:
+    """Run ``kotomamba <args>`` (or ``-m MODULE args``) in this process; return its exit code."""
+    try:
+        if args[:1] == ["-m"]:
+            if len(args) < 2:
+                raise UserError("launch: `-m` needs a module name")
+            sys.argv = [args[1], *args[2:]]
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+            return 0
+        from kotomamba.cli import main as kotomamba_main
+
+        return int(kotomamba_main(args) or 0)
+    except SystemExit as exit_:
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)
+        return 1
+
+
+def torchrun_command(
+    nnodes: int, nproc_per_node: int, exit_dir: str, args: list[str], endpoint: str | None, rdzv_id: str
+) -> list[str]:
+    """torchrun on this node; every worker is ``kotomamba launch --worker-exit-dir DIR -- args``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node)]
+    if endpoint is None:
+        command += ["--standalone", "--nnodes", "1"]
+    else:
+        command += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                    "--rdzv-id", rdzv_id]
+    return command + ["--max-restarts", "0", "-m", "kotomamba", "launch", "--worker-exit-dir", exit_dir,
+                      "--", *args]
+
+
+def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str) -> list[str]:
+    """Arguments of the per-node launcher that the fan-out (srun/mpirun) starts on every host."""
+    return ["launch", "--node-local", "--nnodes", str(options.nnodes), "--nproc-per-node",
+            str(options.nproc_per_node), "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id, "--", *options.args]
+
+
+MPIRUN_EXPORTS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "MASTER_ADDR", "MASTER_PORT",
+                  "TRITON_LIBCUDA_PATH", "TRITON_CACHE_DIR", "OMP_NUM_THREADS", "HF_HOME", "NCCL_SOCKET_IFNAME",
+                  "NCCL_IB_HCA", "CUDA_HOME")
+
+
+def fan_out_command(allocation: Allocation, nnodes: int, node_args: list[str], hostfile: str,
+                    env: dict[str, str], cpus_per_node: str | None = None) -> list[str]:
+    """The command that starts one per-node launcher on each of the first ``nnodes`` hosts.
+
+    SLURM: one ``srun`` task per node given ``cpus_per_node`` CPUs (the job's CPUs per node: a
+    step gets one CPU per task unless told) and, by SLURM's default, all of the node's GPUs.
+    Grid Engine / PBS: ``mpirun`` with one process per host of ``hostfile``, exporting the
+    environment the workers need (Open MPI's ``-x``).
+    """
+    if allocation.scheduler == "slurm":
+        cpus = [f"--cpus-per-task={cpus_per_node}"] if cpus_per_node else []
+        return ["srun", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1", *cpus,
+                "--kill-on-bad-exit=1", *kotomamba_command(node_args)]
+    exports = [item for name in MPIRUN_EXPORTS if name in env for item in ("-x", name)]
+    exports += [item for name in sorted(env) if name.startswith("KOTOMAMBA_") for item in ("-x", name)]
+    return ["mpirun", "-np", str(nnodes), "--map-by", "ppr:1:node", "--hostfile", hostfile, "--bind-to", "none",
+            *exports, *kotomamba_command(node_args)]
+
+
+def node_local_scratch(env: dict[str, str]) -> str:
+    """A node-local directory: the scheduler's scratch (PBS_LOCALDIR, SGE_LOCALDIR, TMPDIR) or /tmp's."""
+    for name in ("PBS_LOCALDIR", "SGE_LOCALDIR", "SLURM_TMPDIR", "TMPDIR"):
+        if env.get(name) and os.path.isdir(env[name]):
+            return env[name]
+    return tempfile.gettempdir()
+
+
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus a per-node ``TRITON_CACHE_DIR`` unless one is set."""
+    env = dict(env)
+    if not env.get("TRITON_CACHE_DIR"):
+        user = getpass.getuser()
+        env["TRITON_CACHE_DIR"] = os.path.join(node_local_scratch(env), f"kotomamba-triton-{user}-{socket.gethostname()}")
+    return env
+
+
+def recorded_worker_pids(exit_dir: Path) -> list[int]:
+    """Pids of the running workers that ``run_worker`` recorded in ``exit_dir``."""
+    pids = []
+    for pid_file in exit_dir.glob("rank-*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pids.append(int(pid_file.read_text()))
+    return pids
+
+
+class _SignalForwarder:
+    """While active, send SIGTERM/SIGINT/SIGUSR1 to the pids ``targets()`` names, or to ``fallback``
+    when it names none (workers not started yet)."""
+
+    def __init__(self, targets, fallback: subprocess.Popen):
+        self.targets = targets
+        self.fallback = fallback
+        self.previous: dict[int, object] = {}
+
+    def _forward(self, signum: int, frame) -> None:
+        for pid in self.targets() or [self.fallback.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def __enter__(self) -> _SignalForwarder:
+        for signum in FORWARDED_SIGNALS:
+            self.previous[signum] = signal.signal(signum, self._forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _ignore_sigusr1() -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def node_exit_code(torchrun_code: int, worker_codes: list[int]) -> int:
+    """The node's exit code from torchrun's and the workers' recorded ones.
+
+    A worker that failed (code other than 0 and 75) wins; else 75 if any worker asked for a
+    requeue; else torchrun's code (nonzero when a worker died without recording, e.g. killed).
+    """
+    failures = [code for code in worker_codes if code not in (0, EX_TEMPFAIL)]
+    if failures:
+        return failures[0]
+    if torchrun_code == 0 and EX_TEMPFAIL in worker_codes:
+        return EX_TEMPFAIL
+    if torchrun_code != 0 and worker_codes and all(code == EX_TEMPFAIL for code in worker_codes):
+        return EX_TEMPFAIL
+    return torchrun_code
+
+
+def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | None, rdzv_id: str,
+             env: dict[str, str]) -> int:
+    """Run torchrun on this node and return the node's exit code (see ``node_exit_code``)."""
+    exit_dir = Path(tempfile.mkdtemp(prefix="kotomamba-launch-", dir=node_local_scratch(env)))
+    try:
+        command = torchrun_command(nnodes, nproc_per_node, str(exit_dir), args, endpoint, rdzv_id)
+        process = subprocess.Popen(command, env=worker_environment(env), preexec_fn=_ignore_sigusr1)
+        with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process):
+            torchrun_code = process.wait()
+        worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
+        return node_exit_code(torchrun_code, worker_codes)
+    finally:
+        shutil.rmtree(exit_dir, ignore_errors=True)
+
+
+def run_worker(exit_dir: str, args: list[str]) -> int:
+    """One torchrun worker: run ``kotomamba <args>`` here, record pid and exit code in ``exit_dir``.
+
+    Returns 0 for exit code 75 (recorded as 75) so torchrun lets the other ranks finish.
+    """
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    rank = os.environ.get("RANK", "0")
+    directory = Path(exit_dir)
+    (directory / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    code = 1
+    try:
+        code = run_in_process(args)
+    finally:
+        (directory / f"rank-{rank}.pid").unlink(missing_ok=True)
+        (directory / f"rank-{rank}.exit").write_text(str(code))
+    return 0 if code == EX_TEMPFAIL else code
+
+
+def run_plain(args: list[str], env: dict[str, str]) -> int:
+    """Replace this process by ``kotomamba <args>``: one process, its own exit code and signals."""
+    command = kotomamba_command(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, worker_environment(env))
+    return 1  # not reached: execve only returns by raising
+
+
+def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
+    if options.nnodes < 1 or options.nproc_per_node < 1:
+        raise UserError("launch: --nnodes and --nproc-per-node must be at least 1")
+    if not options.args:
+        raise UserError("launch: nothing to run; give a subcommand after `--`, e.g. `-- train --config F`")
+    if options.node_local:
+        return run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
+                        options.rdzv_id, env)
+    allocation = detect_allocation(env)
+    if allocation is None:
+        if options.nnodes > 1:
+            raise UserError(
+                f"launch: --nnodes {options.nnodes} needs a SLURM, Grid Engine or PBS allocation "
+                "(no SLURM_JOB_ID, JOB_ID or PBS_JOBID in the environment)"
+            )
+        if options.nproc_per_node == 1:
+            return run_plain(options.args, env)
+        return run_node(1, options.nproc_per_node, options.args, None, "", env)
+    if options.nnodes > len(allocation.hosts):
+        raise UserError(
+            f"launch: --nnodes {options.nnodes} but the {allocation.scheduler} job {allocation.job_id} "
+            f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
+        )
+    if options.nnodes == 1:
+        return run_node(1, options.nproc_per_node, options.args, None, "", env)
+    port = options.rdzv_port or rendezvous_port(allocation.job_id)
+    env = {**env, "MASTER_ADDR": allocation.hosts[0], "MASTER_PORT": str(port)}
+    endpoint = f"{allocation.hosts[0]}:{port}"
+    rdzv_id = f"{allocation.scheduler}-{allocation.job_id}"
+    node_args = node_launcher_args(options, endpoint, rdzv_id)
+    cpus_per_node = None
+    if allocation.scheduler == "slurm":
+        cpus_per_node = env.get("SLURM_CPUS_PER_TASK") or slurm_job_fields(allocation.job_id).get("CPUs/Task")
+    with tempfile.NamedTemporaryFile("w", prefix="kotomamba-hosts-", suffix=".txt") as hostfile:
+        hostfile.write("".join(f"{host} slots=1\n" for host in allocation.hosts[: options.nnodes]))
+        hostfile.flush()
+        command = fan_out_command(allocation, options.nnodes, node_args, hostfile.name, env, cpus_per_node)
+        print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
+              file=sys.stderr, flush=True)
+        process = subprocess.Popen(command, env=worker_environment(env))
+        with _SignalForwarder(list, process):
+            return process.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kotomamba launch",
+        description="Start a kotomamba subcommand on every process of this machine or of a SLURM/SGE/PBS "
+        "allocation. Everything after `--` is the subcommand and its arguments.",
+    )
+    parser.add_argument("--nnodes", type=int, default=1, help="nodes to use (default 1)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) per node (default 1)")
+    parser.add_argument("--rdzv-port", type=int, default=None,
+                        help="rendezvous port on the first node (default 10000 + JOB_ID %% 50000)")
+    parser.add_argument("--node-local", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rdzv-endpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rdzv-id", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-exit-dir", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if "--" in argv:
+        split = argv.index("--")
+        own, rest = argv[:split], argv[split + 1:]
+    else:
+        own, rest = argv, []
+    options = build_parser().parse_args(own)
+    options.args = rest
+    return options
+
+
+def main(argv: list[str]) -> int:
+    options = parse_args(argv)
+    if options.worker_exit_dir is not None:
+        return run_worker(options.worker_exit_dir, options.args)
+    try:
+        return launch(options, dict(os.environ))
+    except UserError as error:
+        print(f"kotomamba launch: {error}", file=sys.stderr)
+        return 2
