@@ -113,10 +113,21 @@ class MambaLM(nn.Module):
         self.config = config
         self.backbone = Backbone(config, device=device, dtype=dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.backbone.embedding.weight
+        self.tie_weights()
         if torch.device(device if device is not None else "cpu").type != "meta":
             self.init_weights()
+
+    def tie_weights(self) -> None:
+        """Make ``lm_head.weight`` the embedding's parameter when ``tie_embeddings``."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    def _apply(self, fn, recurse=True):
+        # Module._apply (behind to_empty / to / cuda) gives each module a new Parameter when the
+        # tensor type changes (meta -> cpu), which would untie the LM head: tie again afterwards.
+        super()._apply(fn, recurse)
+        self.tie_weights()
+        return self
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -33,8 +33,9 @@ def add_rms_norm_ref(
         residual_dtype = residual.dtype
     else:
         residual_dtype = torch.float32 if residual_in_fp32 else x.dtype
-    r = x.float() if residual is None else x.float() + residual.float()
-    y = (r * torch.rsqrt(r.square().mean(dim=-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+    ct = torch.promote_types(x.dtype, torch.float32)
+    r = x.to(ct) if residual is None else x.to(ct) + residual.to(ct)
+    y = (r * torch.rsqrt(r.square().mean(dim=-1, keepdim=True) + eps) * weight.to(ct)).to(x.dtype)
     return (y, r.to(residual_dtype)) if prenorm else y
 
 
@@ -63,11 +64,12 @@ def gated_rms_norm_ref(
 ) -> torch.Tensor:
     """Mamba-2's output norm (norm after the gate): ``g = x * silu(z)``, normalised per group of
     ``group_size`` channels, times weight. x, z: [..., d]; weight: [d]. Returns x's dtype."""
-    g = x.float() * F.silu(z.float())
+    ct = torch.promote_types(x.dtype, torch.float32)
+    g = x.to(ct) * F.silu(z.to(ct))
     size = g.shape[-1] if group_size is None else group_size
     grouped = g.unflatten(-1, (-1, size))
     normed = grouped * torch.rsqrt(grouped.square().mean(dim=-1, keepdim=True) + eps)
-    return (normed.flatten(-2) * weight.float()).to(x.dtype)
+    return (normed.flatten(-2) * weight.to(ct)).to(x.dtype)
 
 
 def gated_rms_norm(

@@ -36,19 +36,20 @@ def selective_scan_ref(
     return_last_state: bool = False,
     chunk_size: int = 64,
 ):
-    """Selective scan in float32.
+    """Selective scan in float32 (float64 for float64 inputs).
 
     u, delta, z: [batch, D, L]; A: [D, N] (real, negative); B, C: [batch, N, L]; D, delta_bias: [D].
     Returns y [batch, D, L] in u's dtype, and with ``return_last_state`` also the final state
     [batch, D, N] (float32), like mamba-ssm's ``selective_scan_fn``.
     """
     dtype_in = u.dtype
+    ct = torch.promote_types(u.dtype, torch.float32)  # float32, or float64 for gradcheck
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    u = u.float()
-    delta = delta.float()
+    u = u.to(ct)
+    delta = delta.to(ct)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(ct)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     T = min(chunk_size, seqlen)
@@ -57,9 +58,9 @@ def selective_scan_ref(
     # delta = 0 on the padding: decay 1 and no input, so the final state is the one at L - 1.
     delta_p = F.pad(delta, (0, pad))
     u_p = F.pad(u, (0, pad))
-    B_p = F.pad(B.float(), (0, pad))
+    B_p = F.pad(B.to(ct), (0, pad))
     # [batch, D, chunks, T, N]
-    decay = torch.exp(delta_p[..., None] * A.float()[:, None, :]).view(batch, dim, nchunks, T, dstate)
+    decay = torch.exp(delta_p[..., None] * A.to(ct)[:, None, :]).view(batch, dim, nchunks, T, dstate)
     inp = ((delta_p * u_p)[..., None] * B_p.transpose(1, 2)[:, None]).view(batch, dim, nchunks, T, dstate)
     k = 1
     while k < T:
@@ -73,11 +74,11 @@ def selective_scan_ref(
         carried.append(decay[:, :, c, -1] * carried[-1] + inp[:, :, c, -1])
     h_in = torch.stack(carried, dim=2)[:, :, :, None, :]
     h = (inp + decay * h_in).view(batch, dim, nchunks * T, dstate)[:, :, :seqlen]
-    y = torch.einsum("bdln,bnl->bdl", h, C.float())
+    y = torch.einsum("bdln,bnl->bdl", h, C.to(ct))
     if D is not None:
-        y = y + u * D.float()[:, None]
+        y = y + u * D.to(ct)[:, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(ct))
     y = y.to(dtype_in)
     if return_last_state:
         return y, h[:, :, -1]

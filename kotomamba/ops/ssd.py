@@ -41,7 +41,7 @@ def ssd_chunk_scan_ref(
     seq_idx: torch.Tensor | None = None,
     return_final_states: bool = False,
 ):
-    """Chunked SSD scan in float32.
+    """Chunked SSD scan in float32 (float64 for float64 inputs).
 
     x: [b, L, h, p]; dt: [b, L, h]; A: [h] (negative); B, C: [b, L, g, n] (h divisible by g);
     D, dt_bias: [h]; initial_states: [b, h, p, n] (belongs to the first document);
@@ -50,22 +50,23 @@ def ssd_chunk_scan_ref(
     L - 1, [b, h, p, n] float32.
     """
     dtype_in = x.dtype
+    ct = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for gradcheck
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    dt = dt.float()
+    dt = dt.to(ct)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + dt_bias.to(ct)
     if dt_softplus:
         dt = F.softplus(dt)
     if dt_limit != (0.0, float("inf")):
         dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
-    xf = x.float()
-    Bh = B.float().repeat_interleave(nheads // ngroups, dim=2)  # [b, L, h, n]
-    Ch = C.float().repeat_interleave(nheads // ngroups, dim=2)
+    xf = x.to(ct)
+    Bh = B.to(ct).repeat_interleave(nheads // ngroups, dim=2)  # [b, L, h, n]
+    Ch = C.to(ct).repeat_interleave(nheads // ngroups, dim=2)
     pad = (-seqlen) % chunk_size
     xc = _chunks(xf * dt[..., None], pad, chunk_size)  # [b, c, l, h, p]
     Bc, Cc = _chunks(Bh, pad, chunk_size), _chunks(Ch, pad, chunk_size)  # [b, c, l, h, n]
-    dA = _chunks(dt * A.float(), pad, chunk_size)  # [b, c, l, h]
+    dA = _chunks(dt * A.to(ct), pad, chunk_size)  # [b, c, l, h]
     nchunks = dA.shape[1]
     cum = torch.cumsum(dA, dim=2)  # [b, c, l, h]
     if seq_idx is None:
@@ -92,12 +93,12 @@ def ssd_chunk_scan_ref(
     if initial_states is None:
         state = xf.new_zeros(batch, nheads, headdim, dstate)
     else:
-        state = initial_states.float()
+        state = initial_states.to(ct)
     entering_doc = doc[:, 0, 0]
     entering = []
     for c in range(nchunks):
         entering.append(state)
-        survives = (last_doc[:, c] == entering_doc).float()[:, None, None, None]
+        survives = (last_doc[:, c] == entering_doc).to(ct)[:, None, None, None]
         chunk_decay = torch.exp(cum[:, c, -1])[:, :, None, None]  # [b, h, 1, 1]
         state = chunk_states[:, c] + chunk_decay * survives * state
         entering_doc = last_doc[:, c]
@@ -110,7 +111,7 @@ def ssd_chunk_scan_ref(
 
     y = y.reshape(batch, nchunks * chunk_size, nheads, headdim)[:, :seqlen]
     if D is not None:
-        y = y + xf * D.float()[:, None]
+        y = y + xf * D.to(ct)[:, None]
     y = y.to(dtype_in)
     if return_final_states:
         return y, state

@@ -31,6 +31,7 @@ def selective_state_update_ref(
     Mamba-2 shapes: state [b, h, p, n], x/dt/z [b, h, p], A [h, p, n], B/C [b, g, n], D/dt_bias [h, p]
     (heads split evenly over the g groups). Returns x's shape and dtype.
     """
+    ct = torch.promote_types(x.dtype, torch.float32)
     has_heads = state.dim() == 4
     if not has_heads:
         state_, x, dt, A = state.unsqueeze(1), x.unsqueeze(1), dt.unsqueeze(1), A.unsqueeze(0)
@@ -41,21 +42,21 @@ def selective_state_update_ref(
     else:
         state_ = state
     nheads, ngroups = state_.shape[1], B.shape[1]
-    dt = dt.float()
+    dt = dt.to(ct)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + dt_bias.to(ct)
     if dt_softplus:
         dt = F.softplus(dt)
-    B = B.float().repeat_interleave(nheads // ngroups, dim=1)[:, :, None, :]  # [b, h, 1, n]
-    C = C.float().repeat_interleave(nheads // ngroups, dim=1)[:, :, None, :]
-    decay = torch.exp(dt[..., None] * A.float())
-    new_state = state_.float() * decay + (dt * x.float())[..., None] * B
+    B = B.to(ct).repeat_interleave(nheads // ngroups, dim=1)[:, :, None, :]  # [b, h, 1, n]
+    C = C.to(ct).repeat_interleave(nheads // ngroups, dim=1)[:, :, None, :]
+    decay = torch.exp(dt[..., None] * A.to(ct))
+    new_state = state_.to(ct) * decay + (dt * x.to(ct))[..., None] * B
     state_.copy_(new_state)
     y = (new_state * C).sum(-1)
     if D is not None:
-        y = y + x.float() * D.float()
+        y = y + x.to(ct) * D.to(ct)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(ct))
     y = y.to(x.dtype)
     return y if has_heads else y.squeeze(1)
 
