@@ -1,0 +1,92 @@
+"""What the trainer starts from: the model configuration and the full initial weights.
+
+Initial weights are made once, on rank 0 (a seeded fresh init, a previous stage's checkpoint, or a
+released mamba-ssm / transformers model), and broadcast into the shards, so every world size
+trains the same model from the same numbers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kotomamba.errors import UserError
+from kotomamba.model.config import MambaConfig, preset
+from kotomamba.train.checkpoint import read_full_model_state, resolve_checkpoint
+from kotomamba.train.config import TrainConfig
+
+EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
+
+
+def configured_model(config: TrainConfig, tokenizer_vocab: int) -> MambaConfig:
+    """``preset`` plus the other ``model`` keys; ``vocab_size`` absent or null: the tokenizer's."""
+    fields = dict(config.model)
+    name = fields.pop("preset", "tiny")
+    vocab = fields.pop("vocab_size", None)
+    if vocab is not None and vocab < tokenizer_vocab:
+        raise UserError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary ({tokenizer_vocab})")
+    return preset(name, vocab_size=vocab if vocab is not None else tokenizer_vocab, **fields)
+
+
+def init_source_kind(path: Path) -> str:
+    """``"kotomamba"`` (a run or checkpoint directory) or ``"pretrained"`` (mamba-ssm / transformers)."""
+    if resolve_checkpoint(path) is not None:
+        return "kotomamba"
+    if (path / "config.json").is_file():
+        return "pretrained"
+    raise UserError(
+        f"init.from: {path} is neither a kotomamba run / checkpoint directory (with checkpoints/latest) "
+        "nor a mamba-ssm / transformers model directory (with config.json)"
+    )
+
+
+def _kotomamba_config(path: Path) -> MambaConfig:
+    checkpoint = resolve_checkpoint(path)
+    for candidate in (checkpoint.parent.parent / "model_config.json", path / "model_config.json"):
+        if candidate.is_file():
+            return MambaConfig.from_dict(json.loads(candidate.read_text()), source=str(candidate))
+    raise UserError(f"init.from: {path}: no model_config.json beside the checkpoints")
+
+
+def source_model_and_state(config: TrainConfig, tokenizer_vocab: int, device: torch.device
+                           ) -> tuple[MambaConfig, dict[str, torch.Tensor]]:
+    """(model config, full state dict) to start from; called on rank 0 only.
+
+    With ``init.from`` the architecture is the source's (the ``model`` section is not used); the
+    vocabulary is resized to the tokenizer's when ``init.resize_vocab`` is set, and must otherwise
+    cover the tokenizer's ids.
+    """
+    from kotomamba.model.lm import MambaLM
+
+    if config.init.from_ is None:
+        model_config = configured_model(config, tokenizer_vocab)
+        torch.manual_seed(config.seed)
+        model = MambaLM(model_config, device=device)
+        return model_config, {k: v.detach() for k, v in model.state_dict().items()}
+    path = Path(config.init.from_)
+    if init_source_kind(path) == "kotomamba":
+        source_config = _kotomamba_config(path)
+        state = read_full_model_state(resolve_checkpoint(path))
+    else:
+        source = MambaLM.from_pretrained(path)
+        source_config = source.config
+        state = {k: v.detach() for k, v in source.state_dict().items()}
+    if source_config.vocab_size == tokenizer_vocab:
+        return source_config, state
+    if not config.init.resize_vocab:
+        if tokenizer_vocab <= source_config.vocab_size:
+            return source_config, state
+        raise UserError(
+            f"init.from: {path} has a vocabulary of {source_config.vocab_size} but the tokenizer has "
+            f"{tokenizer_vocab} ids; set init.resize_vocab: true to resize the embedding"
+        )
+    target_config = MambaConfig.from_dict({**source_config.to_dict(), "vocab_size": tokenizer_vocab})
+    torch.manual_seed(config.seed)
+    fresh = MambaLM(target_config, device=device).state_dict()
+    for key in EMBEDDING_KEYS:
+        if key in state and key in fresh:
+            rows = min(state[key].shape[0], fresh[key].shape[0], tokenizer_vocab)
+            fresh[key][:rows] = state[key][:rows].to(fresh[key].dtype)
+            state[key] = fresh[key]
+    return target_config, state

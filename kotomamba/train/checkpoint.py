@@ -1,0 +1,156 @@
+"""Sharded, atomic checkpoints with ``torch.distributed.checkpoint`` (DCP).
+
+Layout (``docs/architecture.md``)::
+
+    <run_dir>/checkpoints/step_00000100/   a DCP directory: "model", "optim", "scheduler", "train_state"
+    <run_dir>/checkpoints/latest           text: the newest complete checkpoint's directory name
+
+Every rank writes its own shards into ``.step_XXXXXXXX.tmp``; only when DCP's metadata is written
+(DCP's final collective, after every rank's data) does rank 0 rename it to ``step_XXXXXXXX`` and then
+replace ``latest`` atomically, so a kill at any moment leaves ``latest`` naming a complete
+checkpoint. Half-written ``.tmp`` directories are removed at the next start. Retention keeps the
+newest ``keep_last`` complete checkpoints.
+
+With ``async_save`` the state is staged to CPU memory and written by a background thread over a
+separate gloo group (so its collectives never interleave with training's); the rename and the
+``latest`` update happen once the write is complete, checked every step and before the next save.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from concurrent.futures import Future
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from kotomamba.io import atomic_write
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def read_latest(checkpoints: Path) -> Path | None:
+    """The checkpoint named by ``checkpoints/latest``, or ``None`` when there is none."""
+    pointer = checkpoints / "latest"
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    path = checkpoints / name
+    if not STEP_DIR.match(name) or not (path / ".metadata").is_file():
+        return None
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
+    """A run dir (its ``latest``), a ``checkpoints`` dir or one checkpoint dir -> the checkpoint dir."""
+    path = Path(path)
+    if (path / ".metadata").is_file():
+        return path
+    for candidate in (path / "checkpoints", path):
+        found = read_latest(candidate)
+        if found is not None:
+            return found
+    return None
+
+
+class CheckpointManager:
+    """Owns saving, finalising, pruning and loading the run's checkpoints (collective calls)."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int, use_async: bool):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.use_async = use_async
+        self.rank = dist.get_rank()
+        self._pending: tuple[Future, int] | None = None
+        self._async_group = dist.new_group(backend="gloo") if use_async else None
+        if self.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.dir.glob(".step_*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+        dist.barrier()
+
+    def latest(self) -> Path | None:
+        return read_latest(self.dir)
+
+    def save(self, step: int, state: dict) -> None:
+        """Write ``state`` as the checkpoint of ``step`` (blocking unless async)."""
+        self.wait()
+        tmp = self.dir / f".{step_dir_name(step)}.tmp"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        if self.use_async:
+            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+            self._pending = (future, step)
+            return
+        dcp.save(state, checkpoint_id=str(tmp))
+        dist.barrier()
+        self._finalise(step)
+        dist.barrier()
+
+    def poll(self) -> None:
+        """Finalise a finished async save without blocking (rank 0 renames; others just forget it)."""
+        if self._pending is not None and self._pending[0].done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until a pending async save is written and finalised."""
+        if self._pending is None:
+            return
+        future, step = self._pending
+        self._pending = None
+        future.result()
+        self._finalise(step)
+
+    def _finalise(self, step: int) -> None:
+        if self.rank != 0:
+            return
+        tmp = self.dir / f".{step_dir_name(step)}.tmp"
+        final = self.dir / step_dir_name(step)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        with atomic_write(self.dir / "latest") as handle:
+            handle.write(final.name + "\n")
+        self._prune(keep=final.name)
+
+    def _prune(self, keep: str) -> None:
+        if self.keep_last <= 0:
+            return
+        complete = sorted(p.name for p in self.dir.iterdir() if STEP_DIR.match(p.name))
+        for name in complete[: max(0, len(complete) - self.keep_last)]:
+            if name != keep:
+                shutil.rmtree(self.dir / name, ignore_errors=True)
+
+    @staticmethod
+    def load(path: Path, state: dict) -> None:
+        """Load ``state`` (tensors in place, other values replaced) from checkpoint ``path``."""
+        dcp.load(state, checkpoint_id=str(path))
+
+
+def checkpoint_keys(path: Path) -> dict[str, tuple[int, ...] | None]:
+    """Every flattened key of a checkpoint with its global tensor shape (``None`` for objects)."""
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    shapes = {}
+    for key, item in metadata.state_dict_metadata.items():
+        shapes[key] = tuple(item.size) if hasattr(item, "size") else None
+    return shapes
+
+
+def read_full_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's ``model`` entry as full CPU tensors (one process; no process group needed)."""
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    model = {}
+    for key, item in metadata.state_dict_metadata.items():
+        if key.startswith("model.") and hasattr(item, "size"):
+            model[key[len("model."):]] = torch.empty(tuple(item.size), dtype=item.properties.dtype)
+    dcp.load({"model": model}, checkpoint_id=str(path), no_dist=True)
+    return model

@@ -1,0 +1,41 @@
+"""``kotomamba train --config FILE [dotted.key=value ...] [--resume auto|never|DIR]``.
+
+Works as a plain single process and under torchrun, srun, mpirun or PBS (see
+``kotomamba.train.distributed``). Exit status: 0 done, 1 aborted (non-finite steps), 2 bad input,
+75 checkpointed on a signal or the wall-time budget (requeue).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kotomamba.errors import UserError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kotomamba train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="training YAML (sections of kotomamba.train.config)")
+    parser.add_argument("--resume", default="auto",
+                        help="auto: the run dir's latest checkpoint if any (default); never; or a checkpoint/run dir")
+    parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="override config fields")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        from kotomamba.train.config import load_config
+        from kotomamba.train.trainer import Trainer
+
+        config = load_config(args.config, args.overrides)
+        trainer = Trainer(config, args.resume)
+        code = trainer.run()
+    except UserError as exc:
+        print(f"kotomamba train: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return code

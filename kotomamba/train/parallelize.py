@@ -1,0 +1,47 @@
+"""Parallelism and memory savers applied to a single-device ``MambaLM`` from outside, per block.
+
+Order (as torchtitan's ``parallelize``): activation checkpointing, then ``torch.compile``, then FSDP2
+``fully_shard`` on every ``Block`` and finally on the root (embedding, final norm, LM head). The
+composable ``checkpoint`` and ``nn.Module.compile`` keep every parameter name unchanged, so state
+dicts keep mamba-ssm's keys.
+
+Strategies: FULL_SHARD (parameters resharded after forward), SHARD_GRAD_OP (kept gathered between
+forward and backward), HYBRID_SHARD (2-D mesh: shard within a node, replicate across nodes).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` is bf16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
+def parallelize(model: nn.Module, mesh, strategy: str, precision: str, activation_checkpointing: bool,
+                checkpoint_interval: int, compile_blocks: bool) -> nn.Module:
+    """Apply checkpointing, compile and FSDP2 to ``model`` in place (it may live on ``meta``).
+
+    Compute runs in ``precision`` (bf16 / fp16 casts of the fp32 shards on all-gather) and
+    gradients are reduced in fp32, so the optimizer always sees fp32 weights and gradients.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    compute = PRECISIONS[precision]
+    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32 if compute is not None else None)
+    blocks = list(model.backbone.layers)
+    for index, block in enumerate(blocks):
+        if activation_checkpointing and index % checkpoint_interval == 0:
+            from torch.distributed._composable import checkpoint
+
+            checkpoint(block)
+        if compile_blocks:
+            block.compile()
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=strategy != "SHARD_GRAD_OP")
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model

@@ -1,0 +1,442 @@
+"""The training loop: FSDP2 model, AdamW, schedule, accumulation, clipping, eval, checkpoints, signals.
+
+One optimizer step consumes ``global_batch_size`` consecutive samples of the (fixed, global) sample
+order, split over ranks and micro-batches by ``MicroBatchSampler``; each micro-batch loss is divided
+by the number of accumulation steps and FSDP averages over ranks, so the gradient is the mean over
+the global batch whatever the world size. Exit codes: 0 done (or segment done), 1 aborted after too
+many non-finite steps (a checkpoint is written first), 75 checkpointed on SIGTERM / SIGUSR1 or the
+wall-time budget: requeue.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from kotomamba.errors import UserError
+from kotomamba.io import atomic_write, write_json
+from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys, resolve_checkpoint
+from kotomamba.train.config import TrainConfig, dump_config
+from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
+from kotomamba.train.flops import peak_flops, training_flops_per_token
+from kotomamba.train.loss_scale import LossScale
+from kotomamba.train.metrics import MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats
+from kotomamba.train.optim import build_optimizer
+from kotomamba.train.parallelize import parallelize, resolve_precision
+from kotomamba.train.schedules import LRSchedule
+
+EXIT_REQUEUE = 75
+EXIT_ABORTED = 1
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGUSR1; the step in progress finishes first."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return torch.cat(states)
+
+
+def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    cpu_size = torch.get_rng_state().numel()
+    torch.set_rng_state(state[:cpu_size].clone())
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[cpu_size:].clone(), device)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: str):
+        self.config = config
+        self.launch = detect_launch_env()
+        apply_node_env(config.env, self.launch.local_rank)
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", self.launch.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        init_distributed(self.launch, self.device.type)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.precision = resolve_precision(config.precision, self.device.type)
+        t = config.train
+        per_step = t.micro_batch_size * self.world
+        if t.global_batch_size % per_step:
+            raise UserError(
+                f"train.global_batch_size ({t.global_batch_size}) must be a multiple of train.micro_batch_size "
+                f"({t.micro_batch_size}) x world size ({self.world}) = {per_step}"
+            )
+        self.accum = t.global_batch_size // per_step
+        self.run_dir = Path(config.run_dir)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint.keep_last, config.checkpoint.async_)
+        self.resume_from = self._resume_checkpoint(resume)
+        self._build_data()
+        self._build_model()
+        self.stop = _StopFlag()
+
+    # ----------------------------------------------------------------------------------- setup
+    def _resume_checkpoint(self, resume: str) -> Path | None:
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return self.checkpoints.latest()
+        found = resolve_checkpoint(resume)
+        if found is None:
+            raise UserError(f"--resume {resume}: no complete checkpoint there")
+        return found
+
+    def _build_data(self) -> None:
+        from kotomamba.data.gpt_dataset import build_gpt_datasets
+        from kotomamba.data.tokenizer import build_tokenizer
+
+        c = self.config
+        self.tokenizer = build_tokenizer(c.data.tokenizer_type, c.data.tokenizer_model)
+        g = c.train.global_batch_size
+        wants_eval = c.eval.steps > 0 and (c.eval.interval > 0 or c.eval.final)
+        cache = c.data.cache_dir or str(self.run_dir / "index_cache")
+        # Rank 0 builds (and caches) the sample indices first; the others then read the cache.
+        for turn in (0, 1):
+            if (self.rank == 0) == (turn == 0):
+                self.train_set, self.valid_set, _ = build_gpt_datasets(
+                    c.data.data_path, c.data.split, c.data.seq_length, c.seed,
+                    (c.train.steps * g, c.eval.steps * g if wants_eval else 0, 0), cache, c.data.reset_at_eod,
+                )
+            dist.barrier()
+
+    def _build_model(self) -> None:
+        from kotomamba.model.config import MambaConfig
+        from kotomamba.model.lm import MambaLM
+        from kotomamba.train.build import source_model_and_state
+
+        c = self.config
+        payload = [None, None]
+        if self.rank == 0 and self.resume_from is None:
+            payload = list(source_model_and_state(c, self.tokenizer.vocab_size, self.device))
+        elif self.rank == 0:
+            # A checkpoint lives in <run_dir>/checkpoints/step_N; its run's model_config.json describes it.
+            recorded = self.resume_from.parent.parent / "model_config.json"
+            payload[0] = MambaConfig.from_dict(json.loads(recorded.read_text()), source=str(recorded))
+        holder = [payload[0].to_dict() if self.rank == 0 else None]
+        dist.broadcast_object_list(holder, src=0)
+        self.model_config = MambaConfig.from_dict(holder[0])
+        self.mesh = build_mesh(self.device.type, self.world, c.parallel.strategy, c.parallel.hybrid_shard_size)
+        self.shard_group = self.mesh["shard"].get_group() if c.parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
+        master = torch.bfloat16 if c.optim.master_dtype == "bf16" else torch.float32
+        model = MambaLM(self.model_config, device="meta", dtype=master)
+        precision = "fp32" if master != torch.float32 else self.precision
+        parallelize(model, self.mesh, c.parallel.strategy, precision, c.parallel.activation_checkpointing,
+                    c.parallel.activation_checkpointing_interval, c.parallel.compile)
+        model.to_empty(device=self.device)
+        if self.resume_from is None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            full = payload[1] if self.rank == 0 else {}
+            if self.rank == 0:
+                full = {k: v.to(device=self.device, dtype=master) for k, v in full.items()}
+            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(model, c.optim.lr, c.optim.weight_decay, c.optim.betas, c.optim.eps,
+                                         c.optim.no_decay)
+        decay = c.schedule.decay_steps if c.schedule.decay_steps is not None else c.train.steps
+        self.schedule = LRSchedule(c.optim.lr, c.optim.min_lr, c.schedule.warmup_steps, decay, c.schedule.style,
+                                   c.schedule.wsd_decay_fraction)
+        self.loss_scale = LossScale() if self.precision == "fp16" and master == torch.float32 else None
+        self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        self.peak = peak_flops(name, self.precision)
+        self.device_name = name
+
+    def _state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        train_state = {
+            "step": self.step, "consumed_samples": self.consumed, "skipped_nonfinite": self.skipped_nonfinite,
+            "skipped_overflow": self.skipped_overflow, "skipped_range": self.skipped_range,
+            "consecutive_nonfinite": self.consecutive, "tracker_id": self.tracker_id or "",
+            "world_size": self.world,
+            "loss_scale": self.loss_scale.state_dict() if self.loss_scale else {},
+            "rng": {f"rank_{self.rank}": _rng_state(self.device)},
+        }
+        return {"model": model_sd, "optim": optim_sd, "scheduler": {"last_step": self.step},
+                "train_state": train_state}
+
+    def _load(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        keys = checkpoint_keys(path)
+        rng_key = f"train_state.rng.rank_{self.rank}"
+        same_world = rng_key in keys and keys[rng_key] == tuple(state["train_state"]["rng"][f"rank_{self.rank}"].shape)
+        if not same_world:
+            del state["train_state"]["rng"]
+        self.checkpoints.load(path, state)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        ts = state["train_state"]
+        self.step, self.consumed = int(ts["step"]), int(ts["consumed_samples"])
+        self.skipped_nonfinite, self.skipped_overflow = int(ts["skipped_nonfinite"]), int(ts["skipped_overflow"])
+        self.skipped_range, self.consecutive = int(ts["skipped_range"]), int(ts["consecutive_nonfinite"])
+        self.tracker_id = ts["tracker_id"] or None
+        if self.loss_scale is not None and ts["loss_scale"]:
+            self.loss_scale.load_state_dict(ts["loss_scale"])
+        if same_world:
+            _set_rng_state(state["train_state"]["rng"][f"rank_{self.rank}"], self.device)
+
+    def _write_run_record(self) -> None:
+        from kotomamba.data.gpt_dataset import parse_data_path
+        from kotomamba.manifest import build_manifest
+
+        c = self.config
+        with atomic_write(self.run_dir / "config.resolved.yaml") as handle:
+            handle.write(dump_config(c))
+        write_json(self.run_dir / "model_config.json", self.model_config.to_dict())
+        prefixes = [prefix for _, prefix in parse_data_path(c.data.data_path)]
+        inputs = [f"{p}.idx" for p in prefixes] + [c.data.tokenizer_model]
+        write_json(self.run_dir / "manifest.json", build_manifest(
+            inputs, data_bin_bytes={f"{p}.bin": Path(f"{p}.bin").stat().st_size for p in prefixes},
+            world_size=self.world, launcher=self.launch.launcher, seed=c.seed, precision=self.precision,
+            device=self.device_name, resumed_from=str(self.resume_from) if self.resume_from else None,
+        ))
+
+    # ------------------------------------------------------------------------------------ loop
+    def _batches(self, dataset, consumed: int):
+        from kotomamba.data.sampler import MicroBatchSampler
+
+        sampler = MicroBatchSampler(len(dataset), consumed, self.config.train.micro_batch_size, self.rank, self.world)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0,
+                                             pin_memory=self.device.type == "cuda")
+        return iter(loader)
+
+    def _forward_loss(self, batch) -> torch.Tensor:
+        tokens = batch["tokens"].to(self.device, non_blocking=True)
+        seq_idx = batch.get("seq_idx")
+        if seq_idx is not None:
+            seq_idx = seq_idx.to(self.device, non_blocking=True)
+        return self.model(tokens[:, :-1], labels=tokens[:, 1:], seq_idx=seq_idx)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        batches = self._batches(self.valid_set, 0)
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = self.config.eval.steps * self.accum
+        for _ in range(count):
+            total += self._forward_loss(next(batches)).double()
+        dist.all_reduce(total)
+        self.model.train()
+        return float(total) / (count * self.world)
+
+    def _in_skip_range(self, step: int) -> bool:
+        return any(start <= step <= end for start, end in self.config.train.skip_ranges)
+
+    def _save(self) -> None:
+        began = time.perf_counter()
+        self.checkpoints.save(self.step, self._state())
+        self.save_seconds = time.perf_counter() - began
+        self.last_saved = self.step
+
+    def run(self) -> int:
+        c, t = self.config, self.config.train
+        self.step = self.consumed = 0
+        self.skipped_nonfinite = self.skipped_overflow = self.skipped_range = self.consecutive = 0
+        self.tracker_id = None
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        if self.rank == 0:
+            self._write_run_record()
+        sink = self._sink() if self.rank == 0 else None
+        holder = [self.tracker_id]
+        dist.broadcast_object_list(holder, src=0)
+        self.tracker_id = holder[0]
+        self.last_saved = self.step if self.resume_from is not None else None
+        self.save_seconds = 0.0
+        started = time.monotonic()
+        job_start_step = self.step
+        batches = self._batches(self.train_set, self.consumed)
+        tokens_per_step = t.global_batch_size * c.data.seq_length
+        window_start, window_steps, max_step_seconds = time.perf_counter(), 0, 0.0
+        exit_code, val_loss = 0, None
+        self.model.train()
+        try:
+            while self.step < t.steps:
+                step_began = time.perf_counter()
+                log_now = (self.step + 1) % c.logging.interval == 0 or self.step + 1 == t.steps
+                record = self._train_step(batches, log_now)
+                self.step += 1
+                self.consumed += t.global_batch_size
+                window_steps += 1
+                max_step_seconds = max(max_step_seconds, time.perf_counter() - step_began)
+                self.checkpoints.poll()
+                if sink is not None:
+                    sink.advance()
+                if log_now and sink is not None:
+                    elapsed = time.perf_counter() - window_start
+                    tokens_per_s = window_steps * tokens_per_step / elapsed
+                    tflops = self.flops_per_token * tokens_per_s / self.world / 1e12
+                    record.update({
+                        "step": self.step, "lr": self.schedule.lr_at(self.step - 1), "consumed_samples": self.consumed,
+                        "tokens": self.consumed * c.data.seq_length, "tokens_per_s": tokens_per_s,
+                        "tokens_per_s_per_gpu": tokens_per_s / self.world, "tflops": tflops,
+                        "mfu": tflops * 1e12 / self.peak if self.peak else None,
+                        "skipped_nonfinite": self.skipped_nonfinite, "skipped_overflow": self.skipped_overflow,
+                        "skipped_range": self.skipped_range, **memory_stats(self.device),
+                    })
+                    if self.loss_scale is not None:
+                        record["loss_scale"] = self.loss_scale.scale
+                    sink.log(record)
+                if log_now:
+                    window_start, window_steps = time.perf_counter(), 0
+                if c.eval.interval and self.step % c.eval.interval == 0 and self.step < t.steps:
+                    val_loss = self.evaluate()
+                    if sink is not None:
+                        sink.log({"step": self.step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
+                if self.consecutive >= t.max_consecutive_nonfinite:
+                    self._save()
+                    if self.rank == 0:
+                        print(f"kotomamba train: {self.consecutive} consecutive steps with a non-finite loss or "
+                              f"gradient at step {self.step}; checkpoint written, aborting", flush=True)
+                    exit_code = EXIT_ABORTED
+                    break
+                if c.checkpoint.interval and self.step % c.checkpoint.interval == 0:
+                    self._save()
+                stop = self._should_stop(started, max_step_seconds)
+                if stop:
+                    if self.last_saved != self.step:
+                        self._save()
+                    if self.rank == 0:
+                        print(f"kotomamba train: stopping at step {self.step} ({stop}); checkpoint written, "
+                              f"exit {EXIT_REQUEUE} (requeue)", flush=True)
+                    exit_code = EXIT_REQUEUE
+                    break
+                if t.max_steps_this_job is not None and self.step - job_start_step >= t.max_steps_this_job \
+                        and self.step < t.steps:
+                    if self.last_saved != self.step:
+                        self._save()
+                    break
+            else:
+                exit_code = self._finish(sink, val_loss)
+            self.checkpoints.wait()
+        finally:
+            if sink is not None:
+                sink.close()
+        return exit_code
+
+    def _finish(self, sink, val_loss) -> int:
+        c = self.config
+        if self.last_saved != self.step:
+            self._save()
+        self.checkpoints.wait()
+        if c.eval.final and c.eval.steps > 0:
+            val_loss = self.evaluate()
+            if sink is not None:
+                sink.log({"step": self.step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
+        if self.rank == 0:
+            latest = self.checkpoints.latest()
+            write_json(self.run_dir / "final.json", {
+                "step": self.step, "checkpoint": str(latest.relative_to(self.run_dir)) if latest else None,
+                "tokens": self.consumed * c.data.seq_length, "consumed_samples": self.consumed,
+                "val_loss": val_loss, "skipped_nonfinite": self.skipped_nonfinite,
+                "skipped_range": self.skipped_range, "world_size": self.world,
+            })
+        dist.barrier()
+        return 0
+
+    def _should_stop(self, started: float, max_step_seconds: float) -> str | None:
+        """Agree over all ranks whether to stop now (a signal reached any rank, or the budget is spent)."""
+        budget = self.config.train.wall_time_budget_s
+        out_of_time = budget is not None and (
+            time.monotonic() - started + 2 * max_step_seconds + 2 * self.save_seconds > budget)
+        flags = torch.tensor([float(self.stop.signum is not None), float(out_of_time)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] > 0:
+            return "signal"
+        if flags[1] > 0:
+            return "wall-time budget"
+        return None
+
+    def _train_step(self, batches, log_now: bool) -> dict:
+        """One optimizer step (or a skipped one); returns the metrics of this step."""
+        t = self.config.train
+        lr = self.schedule.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self._in_skip_range(self.step):
+            for _ in range(self.accum):
+                next(batches)
+            self.skipped_range += 1
+            return {"skipped": "range"}
+        scale = self.loss_scale.scale if self.loss_scale is not None else 1.0
+        hybrid = self.config.parallel.strategy == "HYBRID_SHARD"
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        for micro in range(self.accum):
+            if hybrid:
+                self.model.set_requires_all_reduce(micro == self.accum - 1)
+            loss = self._forward_loss(next(batches))
+            (loss * (scale / self.accum)).backward()
+            loss_sum += loss.detach().float()
+        dist.all_reduce(loss_sum)
+        loss_value = float(loss_sum) / (self.accum * self.world)
+        grad_norm = float(global_grad_norm(self.params)) / scale
+        record = {"loss": loss_value, "ppl": _ppl(loss_value), "grad_norm": grad_norm}
+        if math.isfinite(loss_value) and not math.isfinite(grad_norm) and self.loss_scale is not None:
+            self.loss_scale.update(False)
+            self.skipped_overflow += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return record
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            self.skipped_nonfinite += 1
+            self.consecutive += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return record
+        self.consecutive = 0
+        if self.loss_scale is not None:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / scale)
+            self.loss_scale.update(True)
+        if t.grad_clip:
+            clip_(self.params, t.grad_clip, grad_norm)
+        stats = OptimizerStats(self.optimizer, self.shard_group) if log_now else None
+        if stats is not None:
+            stats.before_step()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if stats is not None:
+            record.update(stats.after_step())
+        return record
+
+    def _sink(self) -> MetricsSink:
+        from kotomamba.train.trackers import TensorBoardTracker, WandbTracker
+
+        c = self.config
+        trackers = []
+        if c.logging.wandb.mode != "disabled":
+            w = c.logging.wandb
+            tracker = WandbTracker(self.run_dir, w.mode, w.project, w.entity, w.name, self.tracker_id, c.to_dict())
+            self.tracker_id = tracker.run_id
+            trackers.append(tracker)
+        if c.logging.tensorboard:
+            trackers.append(TensorBoardTracker(self.run_dir))
+        return MetricsSink(self.run_dir, c.train.steps, self.step, trackers)
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
