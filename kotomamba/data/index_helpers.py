@@ -45,13 +45,13 @@ def build_sample_idx_numpy(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: i
     lengths = np.asarray(sizes, dtype=np.int64)[np.asarray(doc_idx, dtype=np.int64)]
     ends = np.cumsum(lengths)
     positions = np.arange(num_samples + 1, dtype=np.int64) * int(seq_length)
-    if num_samples > 0 and (len(ends) == 0 or positions[-1] >= ends[-1]):
-        raise ValueError(f"{num_samples} samples of {seq_length}+1 tokens need more than the {int(ends[-1]) if len(ends) else 0} tokens given")
+    total = int(ends[-1]) if len(ends) else 0
+    if positions[-1] >= total:
+        raise ValueError(f"{num_samples} samples of {seq_length}+1 tokens need more than the {total} tokens given")
     which = np.searchsorted(ends, positions, side="right")
-    starts = ends - lengths
     out = np.empty((num_samples + 1, 2), dtype=np.int64)
     out[:, 0] = which
-    out[:, 1] = positions - starts[np.minimum(which, len(starts) - 1)] if len(starts) else 0
+    out[:, 1] = positions - (ends - lengths)[which]
     return out
 
 
