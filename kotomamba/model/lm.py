@@ -114,6 +114,7 @@ class MambaLM(nn.Module):
         self.backbone = Backbone(config, device=device, dtype=dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
         self.tie_weights()
+        self._mark_no_weight_decay()
         if torch.device(device if device is not None else "cpu").type != "meta":
             self.init_weights()
 
@@ -122,11 +123,24 @@ class MambaLM(nn.Module):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
+    def no_weight_decay_names(self) -> set[str]:
+        """Names (as in ``named_parameters()``) of the parameters upstream trains without weight
+        decay: each mixer's A_log, D and dt bias. Names survive FSDP2's ``fully_shard``, which
+        replaces the Parameter objects and with them their ``_no_weight_decay`` attributes."""
+        return {f"backbone.layers.{i}.mixer.{name}" for i, layer in enumerate(self.backbone.layers)
+                for name in layer.mixer.NO_WEIGHT_DECAY}
+
+    def _mark_no_weight_decay(self) -> None:
+        for name in self.no_weight_decay_names():
+            self.get_parameter(name)._no_weight_decay = True
+
     def _apply(self, fn, recurse=True):
         # Module._apply (behind to_empty / to / cuda) gives each module a new Parameter when the
-        # tensor type changes (meta -> cpu), which would untie the LM head: tie again afterwards.
+        # tensor type changes (meta -> cpu), which would untie the LM head and drop the
+        # _no_weight_decay marks: restore both afterwards.
         super()._apply(fn, recurse)
         self.tie_weights()
+        self._mark_no_weight_decay()
         return self
 
     @torch.no_grad()

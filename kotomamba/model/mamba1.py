@@ -17,6 +17,9 @@ from kotomamba.ops.ssm_step import selective_state_update
 class Mamba1Mixer(nn.Module):
     """Selective SSM mixer. Input and output [batch, L, d_model]."""
 
+    # Parameters trained without weight decay (upstream marks A_log and D; dt_proj.bias is a bias).
+    NO_WEIGHT_DECAY = ("A_log", "D", "dt_proj.bias")
+
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
@@ -39,8 +42,6 @@ class Mamba1Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, device=device, dtype=torch.float32))
         self.D = nn.Parameter(torch.empty(self.d_inner, device=device, dtype=torch.float32))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-        for p in (self.A_log, self.D, self.dt_proj.bias):
-            p._no_weight_decay = True
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -17,6 +17,8 @@ from kotomamba.ops.ssm_step import selective_state_update
 class Mamba2Mixer(nn.Module):
     """SSD mixer with multi-head scalar-decay SSM. Input and output [batch, L, d_model]."""
 
+    NO_WEIGHT_DECAY = ("A_log", "D", "dt_bias")  # as upstream
+
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, conv_init: float | None = None,
                  expand: int = 2, headdim: int = 64, ngroups: int = 1,
                  A_init_range: tuple[float, float] = (1, 16), dt_min: float = 0.001, dt_max: float = 0.1,
@@ -43,8 +45,6 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(self.nheads, device=device, dtype=torch.float32))
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups, eps=1e-5, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-        for p in (self.dt_bias, self.A_log, self.D):
-            p._no_weight_decay = True
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
