@@ -5,7 +5,7 @@
 # daemon does not come up. Accounting: cluster `kotomamba`, account `ci` with user root.
 set -euo pipefail
 
-SLURM_VERSION="22.05.8-4+deb12u3"
+SLURM_VERSION="22.05.8*"  # upstream version; Debian security revisions change
 fail() { echo "start_slurm.sh: $*" >&2; for log in /var/log/slurm/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }; done; exit 1; }
 wait_for() { # wait_for <seconds> <description> <command...>
     local seconds=$1 what=$2; shift 2
