@@ -18,9 +18,10 @@ def strip_compression_suffix(name: str) -> str:
     return name
 
 
-def open_decompressed(path: str | os.PathLike) -> BinaryIO:
-    """A buffered binary reader of ``path``'s decompressed content."""
-    name = Path(path).name
+def open_decompressed(path: str | os.PathLike, name: str | None = None) -> BinaryIO:
+    """A buffered binary reader of ``path``'s decompressed content; ``name`` (default: the
+    path's) says which compression by its suffix, for files kept under temporary names."""
+    name = Path(path).name if name is None else name
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
     if name.endswith(".zst"):

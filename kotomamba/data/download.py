@@ -1,0 +1,243 @@
+"""``kotomamba download``: fetch corpus shards into a directory, verified and decompressed.
+
+A source is an ``http(s)://`` URL, a ``file://`` URL, a local path, or a glob of local shards
+(``data/*.jsonl.zst``), optionally with the sha256 of the file as published:
+``URL#sha256=<hex>`` on the command line, or ``{"url": ..., "sha256": ...}`` in a ``--sources``
+YAML/JSON list. For each file:
+
+1. The bytes are fetched into ``<output>/.<name>.part``; an interrupted HTTP download resumes
+   from there with a ``Range`` request (on the next attempt, or the next run).
+2. The sha256 of the fetched bytes (compressed, as published) is checked; a mismatch is an error
+   naming the source and both digests, and the ``.part`` file is removed.
+3. ``.gz`` / ``.zst`` are decompressed; the result is moved to ``<output>/<name without suffix>``
+   only when complete (``kotomamba.io.atomic_write``), so a file at its final path is always whole.
+
+Files already at their final path are kept as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from kotomamba.data.compression import COMPRESSED_SUFFIXES, open_decompressed, strip_compression_suffix
+from kotomamba.errors import UserError
+from kotomamba.io import atomic_write
+
+BLOCK = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to fetch: ``location`` is a URL or a local path; ``sha256`` of its bytes if known."""
+
+    location: str
+    sha256: str | None = None
+
+    @property
+    def is_http(self) -> bool:
+        return urllib.parse.urlsplit(self.location).scheme in ("http", "https")
+
+    @property
+    def name(self) -> str:
+        path = urllib.parse.urlsplit(self.location).path if "://" in self.location else self.location
+        name = Path(urllib.parse.unquote(path)).name
+        if not name:
+            raise UserError(f"{self.location}: cannot tell a file name from this source")
+        return name
+
+
+def parse_source(text: str) -> Source:
+    """``location`` or ``location#sha256=<hex>``."""
+    location, _, fragment = text.partition("#sha256=")
+    return _source(location, fragment or None, where=text)
+
+
+def _source(location: str, sha256: str | None, where: str) -> Source:
+    if sha256 is not None and not _SHA256.match(sha256):
+        raise UserError(f"{where}: sha256 must be 64 hex digits, got {sha256!r}")
+    if not location:
+        raise UserError(f"{where}: empty source")
+    return Source(location, sha256.lower() if sha256 else None)
+
+
+def load_sources_file(path: str | os.PathLike) -> list[Source]:
+    """A YAML or JSON list whose items are source strings or ``{url, sha256}`` mappings."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        items = yaml.safe_load(handle)
+    if not isinstance(items, list):
+        raise UserError(f"{path}: expected a list of sources")
+    sources = []
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, str):
+            sources.append(parse_source(item))
+        elif isinstance(item, dict) and isinstance(item.get("url"), str):
+            sources.append(_source(item["url"], item.get("sha256"), where=f"{path}: item {number}"))
+        else:
+            raise UserError(f"{path}: item {number} must be a string or a mapping with a 'url' field")
+    return sources
+
+
+def expand_globs(sources: Iterable[Source]) -> list[Source]:
+    """Local globs become one source per matching file, sorted; a glob matching nothing is an error."""
+    expanded = []
+    for source in sources:
+        local = _local_path(source)
+        if local is None or not glob.has_magic(local):
+            expanded.append(source)
+            continue
+        if source.sha256:
+            raise UserError(f"{source.location}: a sha256 belongs to one file, not to a glob")
+        matches = sorted(glob.glob(local))
+        if not matches:
+            raise UserError(f"{source.location}: glob matches no file")
+        expanded.extend(Source(m) for m in matches)
+    return expanded
+
+
+def _local_path(source: Source) -> str | None:
+    parts = urllib.parse.urlsplit(source.location)
+    if parts.scheme == "file":
+        return urllib.parse.unquote(parts.path)
+    if len(parts.scheme) <= 1:  # a plain path (a one-letter scheme is a Windows drive)
+        return source.location
+    return None
+
+
+def final_name(source: Source, decompress: bool) -> str:
+    return strip_compression_suffix(source.name) if decompress else source.name
+
+
+def download(sources: Sequence[Source], output: str | os.PathLike, decompress: bool = True, retries: int = 3,
+             timeout: float = 60.0, log=print) -> list[Path]:
+    """Fetch, verify and (optionally) decompress every source into ``output``; returns the final paths."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    sources = expand_globs(sources)
+    names = [final_name(s, decompress) for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"several sources would be written to the same file: {', '.join(duplicates)}")
+    results = []
+    for source, name in zip(sources, names):
+        final = output / name
+        if final.exists():
+            log(f"{final}: present, kept")
+        else:
+            part = output / f".{source.name}.part"
+            if source.is_http:
+                _fetch_http(source, part, retries, timeout, log)
+            else:
+                _fetch_local(source, part)
+            _verify(source, part)
+            _place(part, final, source.name if decompress and source.name.endswith(COMPRESSED_SUFFIXES) else None)
+            log(f"{final}: from {source.location}")
+        results.append(final)
+    return results
+
+
+def _fetch_local(source: Source, part: Path) -> None:
+    path = Path(_local_path(source) or source.location)
+    if not path.is_file():
+        raise UserError(f"{source.location}: source file not found")
+    shutil.copyfile(path, part)
+
+
+def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log) -> None:
+    """Download into ``part``, resuming from its current length; retry a broken transfer."""
+    for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(source.location, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if have and response.status != 206:  # the server ignored the range: start over
+                    have = 0
+                expected = response.headers.get("Content-Length")
+                received = 0
+                with open(part, "ab" if have else "wb") as handle:
+                    while block := response.read(BLOCK):
+                        handle.write(block)
+                        received += len(block)
+                if expected is not None and received != int(expected):
+                    raise http.client.IncompleteRead(b"", int(expected) - received)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # nothing left to send: the .part is already whole
+                return
+            raise UserError(f"{source.location}: HTTP {exc.code} {exc.reason}") from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if attempt == retries:
+                raise UserError(f"{source.location}: download failed after {retries + 1} attempts ({exc}); "
+                                f"run again to resume from {part}") from exc
+            log(f"{source.location}: interrupted ({exc}), resuming")
+            time.sleep(min(2 ** attempt, 10) * 0.1)
+
+
+def _verify(source: Source, part: Path) -> None:
+    if source.sha256 is None:
+        return
+    digest = hashlib.sha256()
+    with open(part, "rb") as handle:
+        while block := handle.read(BLOCK):
+            digest.update(block)
+    if digest.hexdigest() != source.sha256:
+        part.unlink()
+        raise UserError(f"{source.location}: sha256 mismatch: expected {source.sha256}, got {digest.hexdigest()} "
+                        f"(the download was removed)")
+
+
+def _place(part: Path, final: Path, compressed_name: str | None) -> None:
+    """Move ``part`` to ``final``, decompressing it as its suffix in ``compressed_name`` says."""
+    if compressed_name is None:
+        os.replace(part, final)
+        return
+    import zstandard
+
+    try:
+        with open_decompressed(part, compressed_name) as reader, atomic_write(final, "wb") as writer:
+            shutil.copyfileobj(reader, writer, BLOCK)
+    except (OSError, EOFError, zstandard.ZstdError) as exc:  # what corrupt gzip / zstd data raise
+        raise UserError(f"{part}: cannot decompress ({exc})") from exc
+    part.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kotomamba download", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", nargs="*", help="URL, file URL, path or glob; append #sha256=<hex> to check")
+    parser.add_argument("--sources", help="YAML/JSON list of sources (strings or {url, sha256})")
+    parser.add_argument("--output", required=True, help="directory for the files")
+    parser.add_argument("--keep-compressed", action="store_true", help="do not decompress .gz/.zst")
+    parser.add_argument("--retries", type=int, default=3, help="resumed retries of a broken HTTP transfer")
+    parser.add_argument("--list", dest="list_file", help="also write the final paths as JSON to this file")
+    args = parser.parse_args(argv)
+    try:
+        sources = [parse_source(s) for s in args.source]
+        if args.sources:
+            sources += load_sources_file(args.sources)
+        if not sources:
+            raise UserError("no sources given (positional arguments or --sources)")
+        paths = download(sources, args.output, decompress=not args.keep_compressed, retries=args.retries)
+    except UserError as exc:
+        print(f"kotomamba download: error: {exc}", file=sys.stderr)
+        return 2
+    if args.list_file:
+        with atomic_write(args.list_file) as handle:
+            json.dump([str(p) for p in paths], handle, indent=1)
+            handle.write("\n")
+    return 0
