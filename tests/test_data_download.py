@@ -75,7 +75,7 @@ def test_http_gz_and_zst_are_verified_and_decompressed(server, tmp_path):
     server.files.update({"/a.jsonl.gz": gz, "/b.jsonl.zst": zst, "/c.jsonl": CONTENT})
     out = tmp_path / "raw"
     rc = main([f"{server.url}/a.jsonl.gz#sha256={sha(gz)}", f"{server.url}/b.jsonl.zst#sha256={sha(zst)}",
-               f"{server.url}/c.jsonl", "--output", str(out)])
+               f"{server.url}/c.jsonl", "--output-dir", str(out)])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "b.jsonl", "c.jsonl"]
     assert all((out / n).read_bytes() == CONTENT for n in ("a.jsonl", "b.jsonl", "c.jsonl"))
@@ -84,11 +84,24 @@ def test_http_gz_and_zst_are_verified_and_decompressed(server, tmp_path):
 def test_checksum_mismatch_fails_clearly_and_leaves_nothing(server, tmp_path, capsys):
     server.files["/a.jsonl"] = CONTENT
     wrong = sha(b"something else")
-    rc = main([f"{server.url}/a.jsonl#sha256={wrong}", "--output", str(tmp_path / "raw")])
+    rc = main([f"{server.url}/a.jsonl", "--sha256", wrong, "--output", str(tmp_path / "corpus.jsonl")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "sha256 mismatch" in err and wrong in err and sha(CONTENT) in err and "/a.jsonl" in err
-    assert list((tmp_path / "raw").iterdir()) == []
+    assert not (tmp_path / "corpus.jsonl").exists()
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []  # nor a partial download
+
+
+def test_pipeline_form_concatenates_shards_into_one_file(server, tmp_path):
+    shards = [b'{"text": "a"}\n{"text": "b"}', b'{"text": "c"}\n']  # the first lacks its final newline
+    server.files.update({"/0.jsonl.gz": gzip.compress(shards[0]), "/1.jsonl": shards[1]})
+    out = tmp_path / "corpus" / "web.jsonl"
+    rc = main([f"{server.url}/0.jsonl.gz", f"{server.url}/1.jsonl", "--sha256", sha(gzip.compress(shards[0])),
+               "--sha256", sha(shards[1]), "--output", str(out)])
+    assert rc == 0
+    assert out.read_bytes() == b'{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n'
+    assert sorted(p.name for p in out.parent.iterdir()) == ["web.jsonl"]
+    assert main([f"{server.url}/1.jsonl", "--sha256", sha(b""), "--sha256", sha(b""), "--output", str(out)]) == 2
 
 
 def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
@@ -137,5 +150,5 @@ def test_sources_file_and_corrupt_archive(tmp_path):
     (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
     listing = tmp_path / "sources.yaml"
     listing.write_text(f"- url: {tmp_path / 'bad.jsonl.gz'}\n")
-    assert main(["--sources", str(listing), "--output", str(tmp_path / "out")]) == 2
+    assert main(["--sources", str(listing), "--output-dir", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out" / "bad.jsonl").exists()

@@ -12,7 +12,9 @@ YAML/JSON list. For each file:
 3. ``.gz`` / ``.zst`` are decompressed; the result is moved to ``<output>/<name without suffix>``
    only when complete (``kotomamba.io.atomic_write``), so a file at its final path is always whole.
 
-Files already at their final path are kept as they are.
+Files already at their final path are kept as they are. ``--output FILE`` concatenates the
+decompressed files, in source order, into one JSONL file (what the pipeline's ``corpus`` rule
+writes); ``--output-dir DIR`` keeps one file per source.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import argparse
 import glob
 import hashlib
 import http.client
-import json
 import os
 import re
 import shutil
@@ -217,27 +218,55 @@ def _place(part: Path, final: Path, compressed_name: str | None) -> None:
     part.unlink()
 
 
+def download_to_file(sources: Sequence[Source], output: str | os.PathLike, retries: int = 3, log=print) -> Path:
+    """Fetch, verify and decompress every source, then concatenate them in order into ``output``.
+
+    The shards are kept in ``.<output name>.download/`` beside it until the file is complete, so
+    an interrupted run resumes; each shard is ended with a newline so JSONL lines never merge.
+    """
+    output = Path(output)
+    work = output.with_name(f".{output.name}.download")
+    paths = download(sources, work, decompress=True, retries=retries, log=log)
+    with atomic_write(output, "wb") as writer:
+        for path in paths:
+            last = b"\n"
+            with open(path, "rb") as reader:
+                while block := reader.read(BLOCK):
+                    writer.write(block)
+                    last = block[-1:]
+            if last != b"\n":
+                writer.write(b"\n")
+    shutil.rmtree(work)
+    return output
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kotomamba download", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", nargs="*", help="URL, file URL, path or glob; append #sha256=<hex> to check")
+    parser.add_argument("--sha256", action="append", default=[],
+                        help="checksum of each positional source in order (give one per source, or none)")
     parser.add_argument("--sources", help="YAML/JSON list of sources (strings or {url, sha256})")
-    parser.add_argument("--output", required=True, help="directory for the files")
-    parser.add_argument("--keep-compressed", action="store_true", help="do not decompress .gz/.zst")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output", help="one file: all sources decompressed and concatenated in order")
+    target.add_argument("--output-dir", help="a directory: one file per source")
+    parser.add_argument("--keep-compressed", action="store_true", help="with --output-dir, do not decompress")
     parser.add_argument("--retries", type=int, default=3, help="resumed retries of a broken HTTP transfer")
-    parser.add_argument("--list", dest="list_file", help="also write the final paths as JSON to this file")
     args = parser.parse_args(argv)
     try:
         sources = [parse_source(s) for s in args.source]
+        if args.sha256:
+            if len(args.sha256) != len(sources):
+                raise UserError(f"{len(args.sha256)} --sha256 values for {len(sources)} sources: give one per source")
+            sources = [_source(s.location, digest, where=s.location) for s, digest in zip(sources, args.sha256)]
         if args.sources:
             sources += load_sources_file(args.sources)
         if not sources:
             raise UserError("no sources given (positional arguments or --sources)")
-        paths = download(sources, args.output, decompress=not args.keep_compressed, retries=args.retries)
+        if args.output:
+            download_to_file(sources, args.output, retries=args.retries)
+        else:
+            download(sources, args.output_dir, decompress=not args.keep_compressed, retries=args.retries)
     except UserError as exc:
         print(f"kotomamba download: error: {exc}", file=sys.stderr)
         return 2
-    if args.list_file:
-        with atomic_write(args.list_file) as handle:
-            json.dump([str(p) for p in paths], handle, indent=1)
-            handle.write("\n")
     return 0
