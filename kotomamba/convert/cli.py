@@ -1,0 +1,110 @@
+"""``kotomamba convert``: a training checkpoint or a released model -> hf, mamba_ssm or kotomamba.
+
+Sources: a run directory (its ``checkpoints/latest``), one DCP checkpoint directory, or a model
+directory (transformers Mamba/Mamba2, mamba-ssm or our export: anything
+``MambaLM.from_pretrained`` reads). Targets: ``hf`` (transformers), ``mamba_ssm``, and
+``kotomamba`` (an initial checkpoint for continual pretraining).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from kotomamba.convert.consolidate import load_model_state_dict, resolve_checkpoint
+from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
+from kotomamba.convert.run_info import RunInfo, read_run_info
+from kotomamba.errors import UserError
+
+TARGETS = ("hf", "mamba_ssm", "kotomamba")
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kotomamba convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="RUN_DIR, RUN_DIR/checkpoints/step_N, or a transformers / mamba-ssm model directory")
+    parser.add_argument("--to", required=True, choices=TARGETS, dest="target")
+    parser.add_argument("--output", required=True, help="directory to write (replaced atomically)")
+    parser.add_argument("--tokenizer-type", default=None,
+                        help="Megatron tokenizer type (default: the run's config.resolved.yaml, or the "
+                             "tokenizer files of a model directory)")
+    parser.add_argument("--tokenizer-model", default=None, help="tokenizer model file / directory")
+    parser.add_argument("--eval-json", default=None, help="`kotomamba evaluate` output for the model card")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="cast floating-point weights (default: keep the stored dtype)")
+    return parser
+
+
+def _validated(config, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The state dict as a MambaLM of ``config`` holds it (tied head restored); mismatches are UserErrors."""
+    from kotomamba.model import MambaLM
+
+    model = MambaLM(config, device="meta")
+    model.to_empty(device="cpu")
+    if config.tie_embeddings and "lm_head.weight" not in state:
+        state = {**state, "lm_head.weight": state["backbone.embedding.weight"]}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{source}: weights do not match model_config.json: {exc}") from exc
+    return {key: tensor.detach() for key, tensor in model.state_dict().items()}
+
+
+def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo, tuple[str, str] | None]:
+    """(MambaConfig, state dict, run facts, the tokenizer the source names or ``None``)."""
+    directory = Path(path)
+    if (directory / ".metadata").is_file() or (directory / "checkpoints" / "latest").is_file():
+        location = resolve_checkpoint(directory)
+        config, state = load_model_state_dict(directory)
+        info = read_run_info(location)
+        tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
+        return config, _validated(config, state, str(location.checkpoint_dir)), info, tokenizer
+    if (directory / "config.json").is_file():
+        from kotomamba.model import MambaLM
+
+        model = MambaLM.from_pretrained(directory)
+        has_tokenizer = any((directory / name).is_file() for name in _HF_TOKENIZER_FILES)
+        tokenizer = ("HuggingFaceTokenizer", str(directory)) if has_tokenizer else None
+        state = {key: tensor.detach() for key, tensor in model.state_dict().items()}
+        return model.config, state, RunInfo(checkpoint=directory.name), tokenizer
+    raise UserError(f"{directory}: not a run directory (checkpoints/latest), a DCP checkpoint (.metadata) "
+                    f"or a model directory (config.json)")
+
+
+def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | None = None,
+            tokenizer_model: str | None = None, eval_json: str | None = None, dtype: str | None = None) -> None:
+    """Library form of the command (see :func:`build_parser` for the arguments)."""
+    if (tokenizer_type is None) != (tokenizer_model is None):
+        raise UserError("--tokenizer-type and --tokenizer-model go together")
+    config, state, info, tokenizer = load_source(checkpoint)
+    if tokenizer_type is not None:
+        tokenizer = (tokenizer_type, tokenizer_model)
+        info.tokenizer_type, info.tokenizer_model = tokenizer
+    if dtype is not None:
+        cast = getattr(torch, dtype)
+        state = {key: t.to(cast) if t.is_floating_point() else t for key, t in state.items()}
+    evaluation = read_evaluation(eval_json)
+    if target == "hf":
+        if tokenizer is None:
+            raise UserError(f"{checkpoint}: no tokenizer known for the transformers export; pass "
+                            f"--tokenizer-type and --tokenizer-model")
+        write_hf(config, state, output, tokenizer, info, evaluation)
+    elif target == "mamba_ssm":
+        write_mamba_ssm(config, state, output, tokenizer, info, evaluation)
+    else:
+        write_kotomamba_checkpoint(config, state, output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        convert(args.checkpoint, args.target, args.output, args.tokenizer_type, args.tokenizer_model,
+                args.eval_json, args.dtype)
+    except UserError as exc:
+        print(f"kotomamba convert: {exc}", file=sys.stderr)
+        return 2
+    print(f"kotomamba convert: wrote {args.target} to {args.output}")
+    return 0

@@ -1,0 +1,114 @@
+"""Writers for the three directory formats a state dict can be exported to.
+
+- ``hf``: transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM``: ``config.json`` with every
+  field written (``use_diff=False``), ``model.safetensors`` in transformers' key names (a tied LM
+  head is left out, as transformers' own ``save_pretrained`` does), tokenizer files,
+  ``generation_config.json`` (our sampling defaults) and ``README.md``.
+- ``mamba_ssm``: ``config.json`` (mamba-ssm's ``MambaConfig`` fields) and ``pytorch_model.bin``
+  (the only weights file ``MambaLMHeadModel.from_pretrained`` reads; a plain tensor dict that
+  loads under ``torch.load(weights_only=True)``) plus the same tensors as ``model.safetensors`` for
+  loaders that avoid pickles; tokenizer files when a tokenizer is known; ``README.md``.
+- ``kotomamba``: an initial checkpoint in the trainer's layout (``model_config.json``,
+  ``checkpoints/step_00000000`` as DCP with only ``"model"``, ``checkpoints/latest``), usable as
+  ``init.from`` for continual pretraining.
+
+Every writer fills a temporary directory that replaces ``output`` only when complete.
+Name and config mapping to transformers is ``kotomamba.model.hf_compat``'s, never repeated here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kotomamba.convert.model_card import model_card
+from kotomamba.convert.run_info import RunInfo
+from kotomamba.convert.tokenizer_files import SpecialTokenIds, write_hf_tokenizer
+from kotomamba.io import atomic_directory, write_json
+
+INITIAL_STEP_DIR = "step_00000000"
+
+
+def _cpu_copies(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors that share no storage (safetensors and a clean pickle need that)."""
+    return {key: tensor.detach().to("cpu").contiguous().clone() for key, tensor in state.items()}
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def _generation_config(tokens: SpecialTokenIds):
+    from transformers import GenerationConfig
+
+    # Our CLI's defaults: plain sampling at temperature 1 (no top-k, no top-p filter).
+    return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                            bos_token_id=tokens.bos_token_id, eos_token_id=tokens.eos_token_id,
+                            pad_token_id=tokens.pad_token_id)
+
+
+def write_hf(config, state: dict[str, torch.Tensor], output: str | Path, tokenizer: tuple[str, str],
+             info: RunInfo, evaluation: dict[str, Any] | None = None) -> None:
+    """A transformers directory; ``tokenizer`` is the (type, model) pair the run trained with."""
+    from kotomamba.model.hf_compat import state_dict_to_hf, to_hf_config
+
+    with atomic_directory(output) as tmp:
+        tokens = write_hf_tokenizer(tokenizer[0], tokenizer[1], tmp)
+        hf_config = to_hf_config(config, bos_token_id=tokens.bos_token_id, eos_token_id=tokens.eos_token_id,
+                                 pad_token_id=tokens.pad_token_id)
+        hf_config.architectures = ["Mamba2ForCausalLM" if config.layer == "Mamba2" else "MambaForCausalLM"]
+        # transformers 5 runs `_init_weights` after loading and its `rescale_prenorm_residual` branch
+        # divides the *loaded* out_proj weights by sqrt(n_layer) in place; the flag only concerns
+        # initialisation, so a trained export must not set it.
+        hf_config.rescale_prenorm_residual = False
+        hf_config.dtype = state["backbone.embedding.weight"].dtype
+        hf_config.to_json_file(str(tmp / "config.json"), use_diff=False)
+        hf_state = _cpu_copies(state_dict_to_hf(state, config))
+        if config.tie_embeddings:
+            hf_state.pop("lm_head.weight")
+        _save_safetensors(hf_state, tmp / "model.safetensors")
+        _generation_config(tokens).save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(model_card("hf", config.to_dict(), info, evaluation), encoding="utf-8")
+
+
+def write_mamba_ssm(config, state: dict[str, torch.Tensor], output: str | Path, tokenizer: tuple[str, str] | None,
+                    info: RunInfo, evaluation: dict[str, Any] | None = None) -> None:
+    """A mamba-ssm directory (``MambaLMHeadModel.from_pretrained``), with tokenizer files if known."""
+    with atomic_directory(output) as tmp:
+        write_json(tmp / "config.json", config.to_dict())
+        weights = _cpu_copies(state)
+        torch.save(weights, tmp / "pytorch_model.bin")
+        _save_safetensors(weights, tmp / "model.safetensors")
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer[0], tokenizer[1], tmp)
+        (tmp / "README.md").write_text(model_card("mamba_ssm", config.to_dict(), info, evaluation),
+                                       encoding="utf-8")
+
+
+def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: str | Path) -> None:
+    """An initial kotomamba checkpoint (trainer layout, model weights only) for ``init.from``."""
+    import torch.distributed.checkpoint as dcp
+
+    with atomic_directory(output) as tmp:
+        write_json(tmp / "model_config.json", config.to_dict())
+        checkpoint = tmp / "checkpoints" / INITIAL_STEP_DIR
+        dcp.save({"model": _cpu_copies(state)}, checkpoint_id=str(checkpoint), no_dist=True)
+        (tmp / "checkpoints" / "latest").write_text(INITIAL_STEP_DIR + "\n", encoding="utf-8")
+
+
+def read_evaluation(path: str | Path | None) -> dict[str, Any] | None:
+    """``kotomamba evaluate``'s JSON, for the model card."""
+    if path is None:
+        return None
+    from kotomamba.errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the evaluation JSON ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
