@@ -92,6 +92,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return read_full_model_state(resolve_checkpoint(run_dir))
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_run_dir_is_complete(tmp_path):
     run_dir = tmp_path / "run"
     run_train(write_config(tmp_path, run_dir, train={"steps": 30}, checkpoint={"interval": 10}, eval={"interval": 10}))
@@ -117,6 +118,7 @@ def test_loss_decreases_and_run_dir_is_complete(tmp_path):
     assert "backbone.layers.1.mixer.A_log" in weights and weights["backbone.embedding.weight"].shape == (64, 32)
 
 
+@pytest.mark.slow
 def test_exact_resume(tmp_path):
     straight, segmented = tmp_path / "straight", tmp_path / "segmented"
     run_train(write_config(tmp_path, straight))
@@ -128,3 +130,60 @@ def test_exact_resume(tmp_path):
     assert losses(segmented) == losses(straight)
     a, b = final_weights(straight), final_weights(segmented)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"trainer exited early ({process.returncode}): {process.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def _start(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kotomamba", "train", "--config", str(config)],
+                            env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_with_the_requeue_code(tmp_path):
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path, run_dir, train={"steps": 500}, checkpoint={"interval": 0}, eval={"interval": 0})
+    process = _start(config)
+    metrics = run_dir / "metrics.jsonl"
+    _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 75
+    step = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert step >= 3 and max(losses(run_dir)) == step
+    assert not (run_dir / "final.json").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_resumes_from_the_last_complete_checkpoint(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_train(write_config(tmp_path, straight, train={"steps": 24}, checkpoint={"interval": 2}, eval={"interval": 0}))
+    config = write_config(tmp_path, killed, train={"steps": 24}, checkpoint={"interval": 2}, eval={"interval": 0})
+    process = _start(config)
+    latest = killed / "checkpoints" / "latest"
+    _wait_for(lambda: latest.is_file() and latest.read_text().strip() >= "step_00000004", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    complete = latest.read_text().strip()
+    logged_before_kill = len((killed / "metrics.jsonl").read_text().splitlines())
+    # A save cut short leaves only a temporary directory behind; it must never be resumed from.
+    partial = killed / "checkpoints" / ".step_00000099.tmp"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"half")
+    run_train(config)
+    assert not partial.exists()
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    # The restart logged again from the step after the last complete checkpoint ...
+    assert json.loads(lines[logged_before_kill])["step"] == int(complete.split("_")[1]) + 1
+    # ... and its losses (the last record of each step) and weights equal an uninterrupted run's.
+    assert losses(killed) == losses(straight)
+    a, b = final_weights(straight), final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
