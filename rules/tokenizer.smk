@@ -19,5 +19,5 @@ if not config["tokenizer"]["model"]:
             **rule_resources("tokenizer"),
         shell:
             "kotomamba train-tokenizer --input {input} --vocab-size {params.vocab_size}"
-            " --model-type {params.model_type} --seed {params.seed} --threads {threads}"
+            " --model-type {params.model_type} --seed {params.seed}"
             " --output {params.out_dir} > {log} 2>&1"

@@ -20,7 +20,8 @@ from kotomamba.io import atomic_write
 
 
 def read_metrics(stage_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(train records, eval records) of one stage, in step order."""
+    """(train records, eval records) of one stage, in step order; eval records get the train records'
+    token count at their step (the trainer logs tokens with the train metrics only)."""
     train, evals = [], []
     path = stage_dir / "metrics.jsonl"
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -34,6 +35,10 @@ def read_metrics(stage_dir: Path) -> tuple[list[dict], list[dict]]:
             evals.append(record)
         elif "loss" in record:
             train.append(record)
+    if train:
+        tokens_per_step = train[-1]["tokens"] / train[-1]["step"]
+        for record in evals:
+            record.setdefault("tokens", record["step"] * tokens_per_step)
     return train, evals
 
 
