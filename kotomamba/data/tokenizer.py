@@ -5,7 +5,8 @@
 ``HFTokenizer``, ``PretrainedFromHF``) so the predecessor's scripts keep working.
 
 Every tokenizer has ``encode(text) -> list[int]`` (no BOS/EOS added: documents are separated by
-``eod`` at preprocessing time), ``encode_batch(texts)``, ``decode(ids) -> str``, ``vocab_size``
+``eod`` at preprocessing time), ``encode_batch(texts, append_eod=False)`` (each document
+followed by ``eod`` when asked), ``decode(ids) -> str``, ``vocab_size``
 (including added tokens; the largest id is ``vocab_size - 1``), ``eod``, ``bos`` and ``pad``
 (``None`` where the model has no such token).
 """
@@ -36,7 +37,7 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], append_eod: bool = False) -> list[list[int]]:
         raise NotImplementedError
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -63,9 +64,10 @@ class SentencePieceTokenizer(Tokenizer):
         self.bos = _optional_id(self._sp.bos_id())
         self.pad = _optional_id(self._sp.pad_id())
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        # num_threads=1: parallelism comes from preprocessing workers, one core each.
-        return self._sp.encode(list(texts), num_threads=1)
+    def encode_batch(self, texts: Sequence[str], append_eod: bool = False) -> list[list[int]]:
+        # num_threads=1: parallelism comes from preprocessing workers, one core each. add_eos
+        # appends eod inside the C++ encoder, cheaper than extending every list in Python.
+        return self._sp.encode(list(texts), add_eos=append_eod, num_threads=1)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
@@ -88,8 +90,10 @@ class HuggingFaceTokenizer(Tokenizer):
             self._tok, self.eod, self.bos, self.pad = _load_pretrained(name)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], append_eod: bool = False) -> list[list[int]]:
         encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        if append_eod:
+            return [e.ids + [self.eod] for e in encodings]
         return [e.ids for e in encodings]
 
     def decode(self, ids: Sequence[int]) -> str:
