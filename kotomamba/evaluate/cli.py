@@ -1,0 +1,145 @@
+"""``kotomamba evaluate``: held-out perplexity, generated samples and lm-eval tasks, to one JSON file.
+
+Output (written atomically)::
+
+    {"model": DIR, "data": {"data_path", "split", "seq_length", "eval_samples", "seed"},
+     "perplexity": {"loss", "perplexity", "tokens", "samples"},
+     "baseline_init": {...same, for a freshly initialised model of the same config and seed...},
+     "sampling": {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"},
+     "samples": [{"prompt", "completion", "tokens"}],
+     "lm_eval": {task: {metric: value}}}
+
+Parts not asked for are left out. ``kotomamba convert --eval-json`` puts them in the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from kotomamba.errors import UserError
+from kotomamba.evaluate.perplexity import heldout_loss
+from kotomamba.io import write_json
+from kotomamba.model.generation import SamplingConfig, load_tokenizer, resolve_device_dtype, sample_texts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kotomamba evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model directory (MambaLM.from_pretrained)")
+    parser.add_argument("--data", nargs="+", default=None,
+                        help="Megatron data prefixes, or a 'w1 p1 w2 p2' string (as in training)")
+    parser.add_argument("--split", default="949,50,1", help="train,valid,test document shares (default 949,50,1)")
+    parser.add_argument("--seq-length", type=int, default=1024)
+    parser.add_argument("--eval-samples", type=int, default=64, help="validation samples of seq-length tokens")
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1234, help="data shuffling, sampling and baseline init seed")
+    parser.add_argument("--no-reset-at-eod", action="store_true",
+                        help="do not reset a Mamba-2 model's state at document boundaries")
+    parser.add_argument("--baseline-init", action="store_true",
+                        help="also report the loss of a freshly initialised model of the same config and seed")
+    parser.add_argument("--tokenizer-type", default=None, help="default: the HF tokenizer files in --model")
+    parser.add_argument("--tokenizer-model", default=None)
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt for samples (repeatable)")
+    parser.add_argument("--prompts-file", default=None, help="prompts, one per line")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy (default 1.0: sampling)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1.0 = off (default)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--lm-eval-tasks", default="", help="comma-separated lm-eval task names ('' = none)")
+    parser.add_argument("--lm-eval-include-path", default=None, help="directory with local lm-eval task YAMLs")
+    parser.add_argument("--lm-eval-limit", type=int, default=None, help="at most this many documents per task")
+    parser.add_argument("--lm-eval-num-fewshot", type=int, default=None)
+    parser.add_argument("--lm-eval-batch-size", type=int, default=8)
+    parser.add_argument("--lm-eval-max-length", type=int, default=2048)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--output", required=True, help="JSON file to write (atomic)")
+    return parser
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read the prompts file ({exc.strerror})") from exc
+        prompts += [line for line in lines if line.strip()]
+    return prompts
+
+
+def _validation_dataset(args):
+    from kotomamba.data.gpt_dataset import build_gpt_datasets
+
+    data_path = " ".join(args.data)
+    _, valid, _ = build_gpt_datasets(data_path, args.split, args.seq_length, args.seed,
+                                     num_samples=(0, args.eval_samples, 0), cache_dir=None,
+                                     reset_at_eod=not args.no_reset_at_eod)
+    return valid
+
+
+def _baseline_loss(model, args, valid, use_seq_idx: bool) -> dict:
+    from kotomamba.model import MambaLM
+
+    device = next(model.parameters()).device
+    torch.manual_seed(args.seed)
+    fresh = MambaLM(model.config, device=device, dtype=next(model.parameters()).dtype).eval()
+    return heldout_loss(fresh, valid, args.micro_batch_size, use_seq_idx)
+
+
+def evaluate(args) -> dict:
+    """Run every part the arguments ask for; returns the JSON-ready result."""
+    from kotomamba.model import MambaLM
+
+    if args.eval_samples < 0 or args.micro_batch_size < 1 or args.seq_length < 1:
+        raise UserError("--eval-samples must be >= 0, --micro-batch-size and --seq-length >= 1")
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    tasks = [task.strip() for task in args.lm_eval_tasks.split(",") if task.strip()]
+    prompts = _prompts(args)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    model = MambaLM.from_pretrained(args.model, device=device, dtype=dtype).eval()
+    result: dict = {"model": str(args.model)}
+    if args.data and args.eval_samples > 0:
+        valid = _validation_dataset(args)
+        use_seq_idx = model.config.layer == "Mamba2" and not args.no_reset_at_eod
+        result["data"] = {"data_path": " ".join(args.data), "split": args.split, "seq_length": args.seq_length,
+                          "eval_samples": args.eval_samples, "seed": args.seed, "reset_at_eod": use_seq_idx}
+        result["perplexity"] = heldout_loss(model, valid, args.micro_batch_size, use_seq_idx)
+        if args.baseline_init:
+            result["baseline_init"] = _baseline_loss(model, args, valid, use_seq_idx)
+    if prompts or tasks:
+        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
+    if prompts:
+        result["sampling"] = {**dataclasses.asdict(sampling), "max_new_tokens": args.max_new_tokens,
+                              "seed": args.seed}
+        result["samples"] = sample_texts(model, tokenizer, prompts, args.max_new_tokens, sampling, args.seed)
+    if tasks:
+        from kotomamba.evaluate.lm_eval_bridge import run_tasks
+
+        result["lm_eval"] = run_tasks(model, tokenizer, tasks, args.lm_eval_include_path,
+                                      args.lm_eval_batch_size, args.lm_eval_max_length, args.lm_eval_limit,
+                                      args.lm_eval_num_fewshot, args.seed)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate(args)
+    except UserError as exc:
+        print(f"kotomamba evaluate: {exc}", file=sys.stderr)
+        return 2
+    write_json(args.output, result)
+    for name in ("perplexity", "baseline_init"):
+        if name in result:
+            print(f"{name}: loss {result[name]['loss']:.4f}, perplexity {result[name]['perplexity']:.2f} "
+                  f"over {result[name]['tokens']} tokens")
+    for task, metrics in result.get("lm_eval", {}).items():
+        print(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    return 0
