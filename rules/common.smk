@@ -16,8 +16,22 @@ DEFAULT_RESOURCES = {
 
 
 def rule_resources(name):
-    """Scheduler resources of one rule: the defaults above, overridden by config `resources.<rule>`."""
-    return {**DEFAULT_RESOURCES[name], **config["resources"].get(name, {})}
+    """Scheduler resources of one rule: the defaults above, overridden by config `resources.<rule>`.
+
+    `runtime` (minutes) grows with each retry (attempt n gets n times the first), so a job that ran
+    out of wall time is resubmitted with more; training resumes from its last checkpoint. Training
+    asks for `launch.nodes` nodes; on more than one it is an `mpi` job for SLURM's executor (the
+    shell runs once on the first node and `kotomamba launch` starts one srun task per node).
+    """
+    resources = {**DEFAULT_RESOURCES[name], **config["resources"].get(name, {})}
+    first_runtime = resources.pop("runtime")
+    resources["runtime"] = lambda wildcards, attempt: first_runtime * attempt
+    if name == "train":
+        nodes = config["launch"]["nodes"]
+        resources.setdefault("nodes", nodes)
+        if nodes > 1:
+            resources.update(mpi="srun", tasks=nodes, tasks_per_gpu=0)
+    return resources
 
 
 def log_path(name):
