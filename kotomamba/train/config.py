@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kotomamba.errors import UserError
+from kotomamba.train.optim import DEFAULT_NO_DECAY
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -81,7 +82,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1.0e-8
-    no_decay: list = field(default_factory=lambda: ["A_log", "D", "dt_bias", "bias", "norm", "embedding"])
+    no_decay: list = field(default_factory=lambda: list(DEFAULT_NO_DECAY))
     """Parameter-name components (split on ``.``) or name suffixes that get no weight decay."""
     master_dtype: Literal["fp32", "bf16"] = "fp32"
     """Dtype of the weights the optimizer updates; ``bf16`` only when explicitly wanted."""

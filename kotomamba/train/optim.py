@@ -10,6 +10,8 @@ from typing import Iterable
 
 import torch
 
+DEFAULT_NO_DECAY = ("A_log", "D", "dt_bias", "bias", "norm", "embedding")
+
 
 def is_no_decay(name: str, patterns: Iterable[str]) -> bool:
     """True when ``name`` (a parameter FQN) matches a pattern.
