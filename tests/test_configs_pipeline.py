@@ -20,7 +20,8 @@ SMOKE = CONFIGS / "smoke.yaml"
 RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in ("smoke", "expected"))
 PROFILES = sorted(p for p in (REPO / "profiles").iterdir() if (p / "config.yaml").is_file()
                   or any(p.glob("config.v*.yaml")))
-# Metrics that depend only on the computation (timings, throughput and memory are left out).
+# Metrics that depend only on the computation, besides the optimizer statistics ("optim/..."); timings,
+# throughput and memory are left out.
 DETERMINISTIC_METRICS = ("step", "loss", "ppl", "grad_norm", "lr", "consumed_samples", "tokens", "val_loss",
                          "val_ppl", "loss_scale")
 
@@ -29,10 +30,10 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir: Path, config_files: list[Path], *args: str, profile: Path | None = None,
               timeout: int = 1800) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", *map(str, config_files)]
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
     command += ["--profile", str(profile)] if profile else ["--cores", "2"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    command += ["--configfile", *map(str, config_files)]  # last: it takes every following argument
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=workdir)
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -72,7 +73,8 @@ def run_smoke(workdir: Path, config: Path) -> Path:
 
 def metrics(run_root: Path) -> list[dict]:
     lines = (run_root / "train" / "pretrain" / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k in DETERMINISTIC_METRICS} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k in DETERMINISTIC_METRICS or k.startswith("optim/")}
+            for line in lines]
 
 
 def check_smoke_run(root: Path, layer: str) -> None:
