@@ -123,3 +123,16 @@ def test_sampler_partitions_global_batches_and_resumes_exactly():
     assert len(MicroBatchSampler(total, consumed, mbs, 0, world)) == len(per_rank[0]) - 2
     with pytest.raises(ValueError):
         MicroBatchSampler(total, 0, mbs, 3, world)
+
+
+def test_same_global_sample_order_on_any_number_of_ranks(prefix):
+    path, _ = prefix
+    train = build_gpt_datasets(path, "949,50,1", SEQ, seed=5, num_samples=(48, 1, 0))[0]
+
+    def global_order(world, mbs, consumed=0):
+        per_rank = [list(MicroBatchSampler(len(train), consumed, mbs, r, world)) for r in range(world)]
+        return [i for step in zip(*per_rank) for batch in step for i in batch]
+
+    one = global_order(1, 8)
+    assert one == global_order(2, 4) == global_order(4, 2) == list(range(48))
+    assert global_order(2, 4, consumed=16) == one[16:]
