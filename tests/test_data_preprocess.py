@@ -168,3 +168,22 @@ def test_skip_mode_indexes_good_lines_and_counts_each_kind(sp_model, tmp_path, c
 def test_missing_input_is_a_user_error(sp_model, tmp_path):
     with pytest.raises(UserError, match="nothere.jsonl"):
         preprocess([str(tmp_path / "nothere.jsonl")], str(tmp_path / "x"), "SentencePieceTokenizer", sp_model)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_line_numbers_across_chunks_and_a_last_line_without_newline(sp_model, tmp_path, monkeypatch, newline):
+    import kotomamba.data.preprocess as module
+
+    monkeypatch.setattr(module, "CHUNK_LINES", 7)
+    monkeypatch.setattr(module, "CHUNK_BYTES", 100)
+    lines = [json.dumps({"text": f"document number {i}"}).encode() for i in range(60)]
+    data = tmp_path / "many.jsonl"
+    data.write_bytes(newline.join(lines))  # no newline after the last line
+    summary = preprocess([str(data)], str(tmp_path / "ok"), "SentencePieceTokenizer", sp_model, progress=False)
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model)
+    assert summary.lines == 60
+    assert read_mmidx(tmp_path / "ok_text_document")[1] == [tok.encode(f"document number {i}") for i in range(60)]
+    lines[45] = b'{"text": 45}'
+    data.write_bytes(newline.join(lines))
+    with pytest.raises(UserError, match=f"{data}:46: key 'text' is int"):
+        preprocess([str(data)], str(tmp_path / "bad"), "SentencePieceTokenizer", sp_model, progress=False)

@@ -38,7 +38,7 @@ from kotomamba.errors import UserError
 
 BAD_LINE_KINDS = ("invalid_utf8", "invalid_json", "missing_key", "non_string")
 CHUNK_LINES = 2048
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 # A JSON \uXXXX escape of a UTF-16 surrogate: decodes to a str that is not valid Unicode text.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _JSON = json.JSONDecoder()
@@ -87,8 +87,10 @@ class _Encoder:
     def encode(self, chunk: Chunk) -> ChunkResult:
         texts: dict[str, list[str]] = {key: [] for key in self.json_keys}
         bad: list[tuple[str, str, int, str]] = []
+        # One regex pass over the chunk; lines are checked one by one only if it matches.
+        maybe_surrogates = _SURROGATE_ESCAPE.search(b"\n".join(chunk.lines)) is not None
         for number, raw in enumerate(chunk.lines, start=chunk.first_line):
-            problem = self._parse(raw, texts)
+            problem = self._parse(raw, texts, maybe_surrogates)
             if problem is not None:
                 bad.append((problem[0], chunk.file, number, problem[1]))
         tokens, lengths, empty = {}, {}, 0
@@ -100,7 +102,7 @@ class _Encoder:
             tokens[key] = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths[key].sum()))
         return ChunkResult(tokens, lengths, bad, empty, len(chunk.lines))
 
-    def _parse(self, raw: bytes, texts: dict[str, list[str]]) -> tuple[str, str] | None:
+    def _parse(self, raw: bytes, texts: dict[str, list[str]], maybe_surrogates: bool) -> tuple[str, str] | None:
         """Append this line's texts to ``texts``, or return (kind, message) of what is wrong with it."""
         try:
             line = raw.decode("utf-8")
@@ -123,7 +125,7 @@ class _Encoder:
             if not isinstance(value, str):
                 return "non_string", f"key {key!r} is {type(value).__name__}, not a string"
             values.append(value)
-        if _SURROGATE_ESCAPE.search(raw):
+        if maybe_surrogates and _SURROGATE_ESCAPE.search(raw):
             for key, value in zip(self.json_keys, values):
                 try:
                     value.encode("utf-8")
@@ -148,19 +150,34 @@ def _encode_in_worker(chunk: Chunk) -> ChunkResult:
 
 
 def read_chunks(paths: Sequence[str]) -> Iterator[Chunk]:
-    """Every line of every input, in order, in chunks of at most CHUNK_LINES lines / ~CHUNK_BYTES bytes."""
+    """Every line of every input, in order, in chunks of at most CHUNK_LINES lines / ~CHUNK_BYTES bytes.
+
+    Reads blocks and splits them in C rather than iterating the file line by line (a few percent
+    of the whole run on one worker).
+    """
     for path in paths:
-        lines: list[bytes] = []
-        size, first = 0, 1
+        first, rest = 1, b""
         with open_decompressed(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                lines.append(line.rstrip(b"\r\n"))
-                size += len(line)
-                if len(lines) >= CHUNK_LINES or size >= CHUNK_BYTES:
-                    yield Chunk(str(path), first, lines)
-                    lines, size, first = [], 0, number + 1
-        if lines:
-            yield Chunk(str(path), first, lines)
+            while block := handle.read(CHUNK_BYTES):
+                block = rest + block
+                cut = block.rfind(b"\n")
+                if cut < 0:
+                    rest = block
+                    continue
+                rest = block[cut + 1 :]
+                for chunk in _split_lines(str(path), first, block[:cut]):
+                    yield chunk
+                    first += len(chunk.lines)
+        if rest:
+            yield from _split_lines(str(path), first, rest)
+
+
+def _split_lines(path: str, first: int, text: bytes) -> Iterator[Chunk]:
+    lines = text.split(b"\n")
+    if b"\r" in text:
+        lines = [line.rstrip(b"\r") for line in lines]
+    for start in range(0, len(lines), CHUNK_LINES):
+        yield Chunk(path, first + start, lines[start : start + CHUNK_LINES])
 
 
 def _ordered_parallel(chunks: Iterator[Chunk], workers: int, initargs: tuple) -> Iterator[ChunkResult]:
