@@ -83,3 +83,32 @@ def test_cuda_graph_decoding_matches_eager_decoding(layer):
     assert torch.equal(graphed, eager)
     again = generate(model, prompt[:, :5], 32, temperature=0.0, cuda_graph=True)  # graph reused, fresh prefill
     assert torch.equal(again, generate(model, prompt[:, :5], 32, temperature=0.0, cuda_graph=False))
+
+
+def test_generate_cli_on_an_export_prints_and_writes_samples(tmp_path, capsys):
+    import json
+
+    import sentencepiece
+
+    from kotomamba.convert.export import write_hf
+    from kotomamba.convert.run_info import RunInfo
+    from kotomamba.model.generation import main
+
+    lines = [f"line {i}: the quick brown fox jumps over the lazy dog number {i}" for i in range(200)]
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "tok"),
+                                             vocab_size=300, byte_fallback=True, num_threads=1, minloglevel=2)
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny", vocab_size=300))
+    write_hf(model.config, model.state_dict(), tmp_path / "export",
+             ("SentencePieceTokenizer", str(tmp_path / "tok.model")), RunInfo(checkpoint="test"))
+    args = ["--model", str(tmp_path / "export"), "--prompt", "the quick", "--prompt", "lazy dog",
+            "--max-new-tokens", "6", "--batch", "2", "--seed", "5"]
+    assert main(args + ["--output", str(tmp_path / "a.json")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert [s["prompt"] for s in result["samples"]] == ["the quick", "the quick", "lazy dog", "lazy dog"]
+    assert all(s["prompt"] + s["completion"] in printed for s in result["samples"])
+    assert result["sampling"] == {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+    assert main(args + ["--output", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    assert main(args + ["--temperature", "-1"]) == 2
