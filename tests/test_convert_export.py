@@ -86,8 +86,8 @@ def test_hf_export_loads_in_transformers_with_our_logits(layer, tmp_path, senten
 
     model = _trained_like(layer)
     _write_run(tmp_path / "run", model, sentencepiece_model)
-    evaluation = {"perplexity": {"loss": 2.5, "perplexity": 12.18, "tokens": 1000},
-                  "lm_eval": {"local_mc": {"acc": 0.75}}}
+    evaluation = {"val_loss": 2.5, "perplexity": 12.18, "baseline": {"val_loss": 6.2, "perplexity": 492.7},
+                  "lm_eval": {"local_mc": {"acc": 0.75}}, "samples": [{"prompt": "Hi", "text": "Hi there"}]}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     assert main(["--checkpoint", str(tmp_path / "run"), "--to", "hf", "--output", str(tmp_path / "hf"),
                  "--eval-json", str(tmp_path / "eval.json")]) == 0
@@ -116,6 +116,7 @@ def test_hf_export_loads_in_transformers_with_our_logits(layer, tmp_path, senten
     assert "Tokens seen: 1,792" in card and "step 7" in card  # 56 samples x 32 tokens
     assert "`results/r/ja_text_document`" in card and "0.3 `results/r/en_text_document`" in card
     assert f'"layer": "{layer}"' in card and "| local_mc | acc | 0.7500 |" in card and "12.18" in card
+    assert "| held-out, untrained model | loss | 6.2000 |" in card and "Hi there" in card
 
 
 def test_round_trip_hf_to_ours_to_hf_is_lossless(tmp_path, sentencepiece_model):

@@ -1,8 +1,8 @@
 """The export's README.md: data, tokens seen, configuration and evaluation scores.
 
 The evaluation JSON is ``kotomamba evaluate``'s output (``kotomamba.evaluate.cli``):
-``{"perplexity": {"loss", "perplexity", "tokens"}, "baseline_init": {...}, "lm_eval": {task: {metric:
-value}}, "samples": [...]}``; every part is optional.
+``{"val_loss", "perplexity", "baseline": {"val_loss", "perplexity"}, "lm_eval": {task: {metric:
+value}}, "samples": [{"prompt", "text"}]}``; every part is optional.
 """
 from __future__ import annotations
 
@@ -39,11 +39,9 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
     if not evaluation:
         return ["Not evaluated (pass `--eval-json` from `kotomamba evaluate` to record scores here)."]
     lines = ["| evaluation | metric | value |", "| --- | --- | --- |"]
-    for name in ("perplexity", "baseline_init"):
-        part = evaluation.get(name)
-        if part:
-            label = "held-out" if name == "perplexity" else "held-out, untrained model"
-            lines.append(f"| {label} | loss | {part['loss']:.4f} |")
+    for label, part in (("held-out", evaluation), ("held-out, untrained model", evaluation.get("baseline"))):
+        if part and "val_loss" in part:
+            lines.append(f"| {label} | loss | {part['val_loss']:.4f} |")
             lines.append(f"| {label} | perplexity | {part['perplexity']:.2f} |")
     for task, metrics in sorted((evaluation.get("lm_eval") or {}).items()):
         for metric, value in sorted(metrics.items()):
@@ -53,7 +51,7 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
     if samples:
         lines += ["", "Samples:", ""]
         for sample in samples[:4]:
-            lines += ["```", f"{sample['prompt']}{sample['completion']}", "```"]
+            lines += ["```", sample["text"], "```"]
     return lines
 
 

@@ -2,14 +2,15 @@
 
 Output (written atomically)::
 
-    {"model": DIR, "data": {"data_path", "split", "seq_length", "eval_samples", "seed"},
-     "perplexity": {"loss", "perplexity", "tokens", "samples"},
-     "baseline_init": {...same, for a freshly initialised model of the same config and seed...},
+    {"model": DIR, "data": {"data_path", "split", "seq_length", "eval_samples", "seed", "reset_at_eod"},
+     "val_loss": token-weighted mean loss, "perplexity": exp(val_loss), "val_tokens", "val_samples",
+     "baseline": {the same four, for a freshly initialised model of the same config and seed},
      "sampling": {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"},
-     "samples": [{"prompt", "completion", "tokens"}],
+     "samples": [{"prompt", "completion", "text" (prompt + completion), "tokens"}],
      "lm_eval": {task: {metric: value}}}
 
-Parts not asked for are left out. ``kotomamba convert --eval-json`` puts them in the model card.
+Parts not asked for are left out. The pipeline's report and ``kotomamba convert --eval-json``
+(the model card) read this file.
 """
 from __future__ import annotations
 
@@ -110,9 +111,9 @@ def evaluate(args) -> dict:
         use_seq_idx = model.config.layer == "Mamba2" and not args.no_reset_at_eod
         result["data"] = {"data_path": " ".join(args.data), "split": args.split, "seq_length": args.seq_length,
                           "eval_samples": args.eval_samples, "seed": args.seed, "reset_at_eod": use_seq_idx}
-        result["perplexity"] = heldout_loss(model, valid, args.micro_batch_size, use_seq_idx)
+        result.update(heldout_loss(model, valid, args.micro_batch_size, use_seq_idx))
         if args.baseline_init:
-            result["baseline_init"] = _baseline_loss(model, args, valid, use_seq_idx)
+            result["baseline"] = _baseline_loss(model, args, valid, use_seq_idx)
     if prompts or tasks:
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
     if prompts:
@@ -136,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kotomamba evaluate: {exc}", file=sys.stderr)
         return 2
     write_json(args.output, result)
-    for name in ("perplexity", "baseline_init"):
-        if name in result:
-            print(f"{name}: loss {result[name]['loss']:.4f}, perplexity {result[name]['perplexity']:.2f} "
-                  f"over {result[name]['tokens']} tokens")
+    for name, part in (("trained", result), ("untrained", result.get("baseline"))):
+        if part and "val_loss" in part:
+            print(f"{name}: validation loss {part['val_loss']:.4f}, perplexity {part['perplexity']:.2f} "
+                  f"over {part['val_tokens']} tokens")
     for task, metrics in result.get("lm_eval", {}).items():
         print(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     return 0

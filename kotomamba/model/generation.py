@@ -240,8 +240,8 @@ def sample_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, samp
                  cuda_graph: bool | None = None) -> list[dict]:
     """Generate ``samples_per_prompt`` continuations of every prompt (one batch per prompt).
 
-    Returns ``[{"prompt", "completion", "tokens"}]`` in prompt order; ``completion`` excludes the
-    prompt and stops before the EOS token.
+    Returns ``[{"prompt", "completion", "text", "tokens"}]`` in prompt order; ``completion`` excludes
+    the prompt and stops before the EOS token; ``text`` is prompt + completion.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
@@ -258,7 +258,9 @@ def sample_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, samp
         for row in out[:, len(ids):].tolist():
             if stop_at_eos and tokenizer.eod in row:
                 row = row[:row.index(tokenizer.eod)]
-            results.append({"prompt": prompt, "completion": tokenizer.decode(row), "tokens": len(row)})
+            completion = tokenizer.decode(row)
+            results.append({"prompt": prompt, "completion": completion, "text": prompt + completion,
+                            "tokens": len(row)})
     return results
 
 
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kotomamba generate: {exc}", file=sys.stderr)
         return 2
     for sample in samples:
-        print(f"=== {sample['prompt']!r}\n{sample['prompt']}{sample['completion']}\n")
+        print(f"=== {sample['prompt']!r}\n{sample['text']}\n")
     if args.output:
         from kotomamba.io import write_json
 
