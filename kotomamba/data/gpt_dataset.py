@@ -196,10 +196,9 @@ class GPTDataset(torch.utils.data.Dataset):
 
 
 def _epochs_needed(tokens_per_epoch: int, seq_length: int, num_samples: int) -> int:
-    epochs = 1
-    while num_samples_in(epochs * tokens_per_epoch, seq_length) < num_samples:
-        epochs += 1
-    return epochs
+    """Fewest epochs E with (E * tokens_per_epoch - 1) // seq_length >= num_samples."""
+    needed_tokens = num_samples * seq_length + 1
+    return max(1, -(-needed_tokens // tokens_per_epoch))
 
 
 class BlendedDataset(torch.utils.data.Dataset):
