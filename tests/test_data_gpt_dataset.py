@@ -136,3 +136,15 @@ def test_same_global_sample_order_on_any_number_of_ranks(prefix):
     one = global_order(1, 8)
     assert one == global_order(2, 4) == global_order(4, 2) == list(range(48))
     assert global_order(2, 4, consumed=16) == one[16:]
+
+
+def test_fewest_epochs_that_hold_the_samples():
+    from kotomamba.data.gpt_dataset import _epochs_needed
+    from kotomamba.data.index_helpers import num_samples_in
+
+    for tokens_per_epoch in (1, 7, 100, 1001):
+        for seq_length in (1, 3, 16):
+            for wanted in (0, 1, 5, 99, 1000, 10**12):
+                epochs = _epochs_needed(tokens_per_epoch, seq_length, wanted)
+                assert num_samples_in(epochs * tokens_per_epoch, seq_length) >= wanted
+                assert epochs == 1 or num_samples_in((epochs - 1) * tokens_per_epoch, seq_length) < wanted
