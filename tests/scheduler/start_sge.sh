@@ -90,6 +90,8 @@ qconf -sp smp >/dev/null 2>&1 || edit_with "-e 's/^slots .*/slots 9999/' -e 's/^
     qconf -ap smp || fail "cannot add PE smp"
 qconf -sq all.q >/dev/null 2>&1 || edit_with "-e 's/^hostlist .*/hostlist @allhosts/' -e 's/^pe_list .*/pe_list smp/' -e 's/^slots .*/slots $(nproc)/' -e 's/^shell .*/shell \/bin\/bash/' -e 's/^shell_start_mode .*/shell_start_mode unix_behavior/'" \
     qconf -aq all.q || fail "cannot add queue all.q"
+# No load thresholds: a busy shared machine must not put the queue in alarm state (jobs would wait).
+qconf -sq all.q | grep -q "^load_thresholds *NONE$" || qconf -rattr queue load_thresholds NONE all.q >/dev/null || fail "cannot clear load_thresholds of all.q"
 
 if ! pgrep -x sge_execd >/dev/null; then
     /usr/sbin/sge_execd || fail "sge_execd did not start"

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Cancel Grid Engine jobs (cluster-generic cancel command): qdel JOB_ID...
+exec qdel "$@"
