@@ -1,0 +1,3 @@
+#!/bin/sh
+# Cancel PBS jobs (cluster-generic cancel command): qdel JOB_ID...
+exec qdel "$@"

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Submit one Snakemake job script to ABCI 3.0 (PBS Professional); print the job id ("1234.pbs1").
+
+Called by Snakemake's cluster-generic executor as ``submit.py JOBSCRIPT``. The job's rule, threads
+and resources come from the ``# properties = {...}`` line Snakemake writes into the job script; the
+site settings from the job's resources (the run config's ``resources.<rule>``) or the environment:
+
+| resource | environment | meaning |
+| --- | --- | --- |
+| ``abci_group`` | ``KOTOMAMBA_ABCI_GROUP`` | ``qsub -P`` group (ABCI project); required |
+| ``abci_queue`` | ``KOTOMAMBA_ABCI_QUEUE`` | resource type: ``rt_HF`` (full node, 8 H200; default for jobs with ``nodes``, i.e. training), ``rt_HG`` (1 GPU), ``rt_HC`` (32 cores; default otherwise), or a reservation ``R<id>`` |
+| ``abci_modules`` | ``KOTOMAMBA_ABCI_MODULES`` | ``module load`` these (space separated; default CUDA 12.6, cuDNN 9.5, HPC-X 2.20) |
+| ``abci_setup`` | ``KOTOMAMBA_ABCI_SETUP`` | a shell line run before the job, e.g. ``source ~/venvs/kotomamba/bin/activate`` |
+| ``abci_extra`` | ``KOTOMAMBA_ABCI_EXTRA`` | further ``qsub`` arguments |
+
+The run config's ``resources.<rule>`` wins over the environment, which wins over the defaults. ``nodes`` becomes ``-l select=N``, ``runtime``
+(minutes) ``-l walltime=HH:MM:SS``. A reservation queue ``R<id>`` adds ``-v RTYPE=rt_HF``. The job
+runs ``cd $PBS_O_WORKDIR``, the module loads and the setup line, then Snakemake's job script, its
+output going straight to ``.snakemake/pbs_logs/<rule>/<job id>.log`` (PBS copies ``-o`` files
+only when a job ends). A missing required setting stops here, before ``qsub``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULTS = {"abci_modules": "cuda/12.6/12.6.1 cudnn/9.5/9.5.1 hpcx/2.20"}
+
+
+class SettingError(Exception):
+    """A required site setting is missing or invalid."""
+
+
+def job_properties(jobscript: str) -> dict:
+    """The JSON of the ``# properties = {...}`` line Snakemake writes into every job script."""
+    for line in Path(jobscript).read_text().splitlines():
+        if line.startswith("# properties = "):
+            return json.loads(line[len("# properties = "):])
+    raise SettingError(f"{jobscript}: no '# properties = ' line; is this a Snakemake job script?")
+
+
+def setting(properties: dict, name: str, required: bool = False) -> str:
+    """The job's resource ``name`` (the run config's ``resources.<rule>``), else ``KOTOMAMBA_<NAME>``,
+    else this script's default."""
+    value = properties.get("resources", {}).get(name)
+    if value in (None, ""):
+        value = os.environ.get(f"KOTOMAMBA_{name.upper()}", "") or DEFAULTS.get(name, "")
+    if required and value == "":
+        raise SettingError(
+            f"ABCI needs `{name}`: export KOTOMAMBA_{name.upper()}=... (your ABCI group) or set "
+            f"`resources: {{{properties.get('rule', '<rule>')}: {{{name}: ...}}}}` in the run config"
+        )
+    return str(value)
+
+
+def walltime(minutes: float) -> str:
+    """``minutes`` as PBS's ``HH:MM:SS`` (hours may exceed 24)."""
+    seconds = int(round(float(minutes) * 60))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def job_name(rule: str) -> str:
+    """A PBS job name: starts with a letter, at most 15 characters of [A-Za-z0-9_.-] is portable."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"smk.{rule}")[:15]
+
+
+def qsub_command(properties: dict, script: str) -> list[str]:
+    """The ``qsub`` command line for one job (PBS prints the job id on stdout)."""
+    resources = properties.get("resources", {})
+    nodes = int(resources.get("nodes", 1) or 1)
+    if nodes < 1:
+        raise SettingError(f"nodes must be at least 1, got {nodes}")
+    group = setting(properties, "abci_group", required=True)
+    queue = setting(properties, "abci_queue") or ("rt_HF" if "nodes" in resources else "rt_HC")
+    if nodes > 1 and queue not in ("rt_HF",) and not queue.startswith("R"):
+        raise SettingError(f"a {nodes}-node job needs the rt_HF resource type (or a reservation), not {queue}")
+    command = ["qsub", "-P", group, "-q", queue, "-N", job_name(properties.get("rule", "job")),
+               "-l", f"select={nodes}", "-j", "oe", "-o", "/dev/null"]
+    if queue.startswith("R"):
+        command += ["-v", "RTYPE=rt_HF"]
+    if resources.get("runtime"):
+        command += ["-l", f"walltime={walltime(resources['runtime'])}"]
+    command += shlex.split(setting(properties, "abci_extra"))
+    return command + [script]
+
+
+def wrapper_script(properties: dict, jobscript_text: str, log_dir: str) -> str:
+    """The job script PBS runs: workdir, live log, modules, the setup line, Snakemake's job script."""
+    lines = [
+        "#!/bin/bash",
+        f"# Written by profiles/abci/submit.py for Snakemake job {properties.get('jobid', '?')} "
+        f"(rule {properties.get('rule', '?')}).",
+        'cd "$PBS_O_WORKDIR"',
+        f"mkdir -p {shlex.quote(log_dir)}",
+        f'exec > {shlex.quote(log_dir)}/"${{PBS_JOBID}}.log" 2>&1',
+    ]
+    modules = setting(properties, "abci_modules").split()
+    if modules:
+        lines += ["type module >/dev/null 2>&1 || source /etc/profile.d/modules.sh",
+                  f"module load {' '.join(shlex.quote(module) for module in modules)}"]
+    setup = setting(properties, "abci_setup")
+    if setup:
+        lines.append(setup)
+    body = [line for line in jobscript_text.splitlines() if not line.startswith("#!")]
+    return "\n".join(lines + body) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: submit.py JOBSCRIPT", file=sys.stderr)
+        return 2
+    jobscript = argv[0]
+    try:
+        properties = job_properties(jobscript)
+        log_dir = str(Path(".snakemake", "pbs_logs", properties.get("rule", "job")).resolve())
+        script = f"{jobscript}.pbs.sh"
+        Path(script).write_text(wrapper_script(properties, Path(jobscript).read_text(), log_dir))
+        command = qsub_command(properties, script)
+    except SettingError as error:
+        print(f"profiles/abci/submit.py: {error}", file=sys.stderr)
+        return 1
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"profiles/abci/submit.py: {' '.join(map(shlex.quote, command))} failed:\n{result.stderr}",
+              file=sys.stderr)
+        return result.returncode
+    print(result.stdout.strip().splitlines()[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
