@@ -73,17 +73,19 @@ def markdown(stages, finals, evaluation, plot_name: str) -> str:
         val = final.get("val_loss")
         lines.append(f"| {name} | {final['step']} | {final.get('tokens', 'n/a')} | "
                      f"{'n/a' if val is None else f'{val:.4f}'} |")
-    lines += ["", "## Evaluation (held-out split)", "", "| model | loss | perplexity |", "| --- | --- | --- |",
-              f"| trained | {evaluation['val_loss']:.4f} | {evaluation['perplexity']:.2f} |"]
-    if "baseline" in evaluation:
-        base = evaluation["baseline"]
-        lines.append(f"| untrained (same config and seed) | {base['val_loss']:.4f} | {base['perplexity']:.2f} |")
+    trained = evaluation["perplexity"]
+    lines += ["", f"## Evaluation (held-out split, {trained['tokens']:,} tokens)", "",
+              "| model | loss | perplexity |", "| --- | --- | --- |",
+              f"| trained | {trained['loss']:.4f} | {trained['perplexity']:.2f} |"]
+    if "baseline_init" in evaluation:
+        base = evaluation["baseline_init"]
+        lines.append(f"| untrained (same config and seed) | {base['loss']:.4f} | {base['perplexity']:.2f} |")
     if evaluation.get("lm_eval"):
         lines += ["", "## lm-evaluation-harness", "", "```json", json.dumps(evaluation["lm_eval"], indent=2), "```"]
     if evaluation.get("samples"):
         lines += ["", "## Samples", ""]
         for sample in evaluation["samples"]:
-            lines += [f"**{sample['prompt']}**", "", "```text", sample["text"], "```", ""]
+            lines += [f"**{sample['prompt']}**", "", "```text", sample["prompt"] + sample["completion"], "```", ""]
     return "\n".join(lines) + "\n"
 
 

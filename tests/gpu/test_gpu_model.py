@@ -39,7 +39,8 @@ def run_both(monkeypatch, fn, inputs):
         out = fn(*leaves)
         outs = out if isinstance(out, tuple) else (out,)
         torch.manual_seed(0)
-        loss = sum((o.float() * torch.randn_like(o, dtype=torch.float32)).sum() for o in outs)
+        # randn(shape), not randn_like: a channel-last kernel output would get its noise in another order.
+        loss = sum((o.float() * torch.randn(o.shape, device=o.device)).sum() for o in outs)
         grads = torch.autograd.grad(loss, [t for t in leaves if t.requires_grad]) if loss.requires_grad else ()
         results.append((outs, grads))
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "1")

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One GPU-machine session: install the carried kernel wheels, run the `gpu` tests, then benchmark.
+# Run from the repository root on a CUDA machine whose Python has torch (and triton):
+#   bash bench/gpu_session.sh OUT_DIR [tests] [train PRESETS MICRO_BATCHES] [multi NGPU PRESETS MICRO_BATCHES]
+# Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
+# elsewhere install them with pip (`pip install -e '.[gpu]' --no-build-isolation`).
+set -uo pipefail
+out=${1:?usage: gpu_session.sh OUT_DIR [steps...]}; shift
+mkdir -p "$out"
+site=/tmp/kotomamba-site
+if compgen -G ".gpu/*.whl" > /dev/null || compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu/*.whl .whl/*.whl 2>&1 | tail -2
+  export PYTHONPATH="$site:$PWD"
+fi
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
+python3 -c "import torch, triton, mamba_ssm, causal_conv1d; print('torch', torch.__version__, 'triton', triton.__version__, 'mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__)" | tee -a "$out/card.txt"
+status=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    tests)
+      shift
+      timeout 300 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider --timeout 120 --tb=line -rfE --durations=8 2>&1 | tee "$out/gpu_tests.log" | tail -25
+      status=$(( status | ${PIPESTATUS[0]} ));;
+    train)
+      presets=$2; micro=$3; shift 3
+      timeout 500 python3 bench/train_throughput.py --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} \
+        --json "$out/train_1gpu.json" 2>&1 | tee "$out/train_1gpu.log" | grep -v '^{'
+      status=$(( status | ${PIPESTATUS[0]} ));;
+    multi)
+      ngpu=$2; presets=$3; micro=$4; shift 4
+      timeout 500 python3 -m torch.distributed.run --standalone --nproc-per-node "$ngpu" bench/train_throughput.py \
+        --presets "$presets" --micro-batch "$micro" --json "$out/train_${ngpu}gpu.json" 2>&1 \
+        | tee "$out/train_${ngpu}gpu.log" | grep -v '^{'
+      status=$(( status | ${PIPESTATUS[0]} ));;
+    *) echo "unknown step $1"; exit 2;;
+  esac
+done
+exit $status

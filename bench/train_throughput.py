@@ -1,0 +1,252 @@
+"""Training throughput: kotomamba's trainer step against the reference, same card, same run.
+
+Reference (a): state-spaces' ``MambaLMHeadModel`` (mamba-ssm kernels) with a plain AMP loop: fp32
+weights, bf16 autocast, fp32 cross-entropy over the full logits, fused AdamW, global-norm clipping.
+On several GPUs (under torchrun) the reference is the predecessor's method instead: FSDP1 wrap per
+block, everything bf16.
+kotomamba (b): ``MambaLM`` with what ``kotomamba train`` applies (``parallelize``: FSDP2 per block and
+root, bf16 compute with fp32 master weights and fp32 reduction; the trainer's AdamW groups; the
+chunked cross-entropy inside ``forward(labels=...)``; the trainer's global grad norm and clipping).
+
+Both see the same random tokens; steps are timed with CUDA events after warm-up; the median step
+gives tokens/s. MFU counts 6N FLOPs per token (N without the input embedding) and the exact Mamba
+FLOP count of ``kotomamba.train.flops``, against the card's dense bf16 peak.
+
+    python bench/train_throughput.py --presets mamba2-130m,mamba-1.4b --micro-batch 16,8 --json out.json
+    torchrun --nproc-per-node 4 bench/train_throughput.py --presets mamba2-1.4b --micro-batch 8
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def rank_world() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_process_group(local_rank: int) -> None:
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29511")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank),
+                            timeout=datetime.timedelta(minutes=20))
+
+
+def time_steps(step, warmup: int, steps: int) -> dict:
+    """Run ``step`` warmup + steps times; per-step milliseconds from CUDA events (median)."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(steps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end))
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "warmup_s": first}
+
+
+def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: int, batches):
+    """mamba-ssm's model and plain AMP loop (1 GPU) or the predecessor's FSDP1 all-bf16 wrap (several)."""
+    from mamba_ssm.models.config_mamba import MambaConfig as RefConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    torch.manual_seed(0)
+    ref = MambaLMHeadModel(RefConfig(**model_config.to_dict()), device=device, dtype=torch.float32)
+    if world > 1:
+        from functools import partial
+
+        from mamba_ssm.modules.block import Block
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+        ref = ref.to(torch.bfloat16)
+        ref = FSDP(ref, auto_wrap_policy=partial(transformer_auto_wrap_policy, transformer_layer_cls={Block}),
+                   mixed_precision=MixedPrecision(torch.bfloat16, torch.bfloat16, torch.bfloat16),
+                   sharding_strategy=ShardingStrategy.FULL_SHARD, device_id=device, use_orig_params=True)
+    optimizer = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
+    it = iter(batches)
+
+    def step():
+        x, y = next(it)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=world == 1):
+            logits = ref(x).logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        if world > 1:
+            ref.clip_grad_norm_(1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step, (ref, optimizer)
+
+
+def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool, batches):
+    """The trainer's model, parallelism, optimizer and clipping (kotomamba.train)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from kotomamba.model.lm import MambaLM
+    from kotomamba.train.metrics import clip_, global_grad_norm
+    from kotomamba.train.optim import build_optimizer
+    from kotomamba.train.parallelize import parallelize
+
+    mesh = init_device_mesh("cuda", (dist.get_world_size(),), mesh_dim_names=("shard",))
+    torch.manual_seed(0)
+    # The trainer initialises the full model once and scatters it into the shards; the same here.
+    model = MambaLM(model_config, device=device, dtype=torch.float32)
+    parallelize(model, mesh, strategy, "bf16", False, 1, compile_blocks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(model, 1e-4, 0.1, (0.9, 0.95), 1e-8,
+                                ["A_log", "D", "dt_bias", "bias", "norm", "embedding"])
+    it = iter(batches)
+
+    def step():
+        x, y = next(it)
+        loss = model(x, labels=y)
+        loss.backward()
+        clip_(params, 1.0, float(global_grad_norm(params)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step, (model, optimizer)
+
+
+def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, seed: int):
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tokens = torch.randint(0, vocab, (count, micro_batch, seq + 1), device=device, generator=generator)
+    return [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
+
+
+def profile_steps(step, name: str, rows: int = 18) -> None:
+    """Print the CUDA kernels that take the most device time over two steps (where the gap lies)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    print(f"--- profile: {name} (2 steps) ---")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
+
+
+def measure(name: str, build, model_config, micro_batch: int, seq: int, warmup: int, steps: int, device, world: int,
+            profile: bool = False):
+    from kotomamba.train.flops import peak_flops, six_n, training_flops_per_token
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    extra = 2 if profile else 0
+    batches = random_batches(model_config.vocab_size, micro_batch, seq, device, warmup + steps + extra,
+                             seed=dist.get_rank())
+    step, keep = build(batches)
+    timing = time_steps(step, warmup, steps)
+    if profile and dist.get_rank() == 0:
+        profile_steps(step, name)
+    tokens_per_s = micro_batch * seq / (timing["median_ms"] / 1e3)
+    peak = peak_flops(torch.cuda.get_device_name(device), "bf16") or float("nan")
+    result = {
+        "impl": name, "tokens_per_s_per_gpu": tokens_per_s, "step_ms": timing["median_ms"],
+        "first_steps_s": timing["warmup_s"],
+        "mfu_6n": tokens_per_s * six_n(model_config) / peak,
+        "mfu_exact": tokens_per_s * training_flops_per_token(model_config, seq) / peak,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+    }
+    del step, keep, batches
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="mamba2-130m")
+    parser.add_argument("--micro-batch", default="16", help="one value, or one per preset")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--strategy", default="FULL_SHARD", choices=["FULL_SHARD", "SHARD_GRAD_OP"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (kotomamba side)")
+    parser.add_argument("--impls", default="reference,kotomamba")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each impl")
+    args = parser.parse_args()
+
+    from kotomamba.model.config import preset
+
+    rank, world, local_rank = rank_world()
+    torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank)
+    init_process_group(local_rank)
+    presets = args.presets.split(",")
+    micro = [int(v) for v in args.micro_batch.split(",")]
+    micro = micro * len(presets) if len(micro) == 1 else micro
+    rows = []
+    for name, mb in zip(presets, micro):
+        config = preset(name)
+        row = {"preset": name, "micro_batch": mb, "seq": args.seq, "gpus": world, "strategy": args.strategy,
+               "compile": args.compile, "card": torch.cuda.get_device_name(device)}
+        for impl in args.impls.split(","):
+            if impl == "reference":
+                build = lambda b: reference_step_fn(config, mb, args.seq, device, world, b)  # noqa: E731
+            else:
+                build = lambda b: kotomamba_step_fn(config, device, args.strategy, args.compile, b)  # noqa: E731
+            try:
+                row[impl] = measure(impl, build, config, mb, args.seq, args.warmup, args.steps, device, world,
+                                    args.profile)
+            except torch.OutOfMemoryError as error:
+                row[impl] = {"impl": impl, "error": f"out of memory: {str(error)[:120]}"}
+                gc.collect()
+                torch.cuda.empty_cache()
+        if "tokens_per_s_per_gpu" in row.get("reference", {}) and "tokens_per_s_per_gpu" in row.get("kotomamba", {}):
+            row["ratio"] = row["kotomamba"]["tokens_per_s_per_gpu"] / row["reference"]["tokens_per_s_per_gpu"]
+            row["memory_ratio"] = row["kotomamba"]["peak_gib"] / row["reference"]["peak_gib"]
+        rows.append(row)
+        if rank == 0:
+            print(json.dumps(row), flush=True)
+    if rank == 0:
+        print(f"\n| preset | gpus | mb | impl | tokens/s/GPU | MFU 6N | MFU exact | peak GiB | first steps s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for row in rows:
+            for impl in args.impls.split(","):
+                r = row.get(impl, {})
+                if "error" in r:
+                    print(f"| {row['preset']} | {row['gpus']} | {row['micro_batch']} | {impl} | {r['error'][:40]} | | | | |")
+                    continue
+                print(f"| {row['preset']} | {row['gpus']} | {row['micro_batch']} | {impl} | "
+                      f"{r['tokens_per_s_per_gpu']:,.0f} | {r['mfu_6n']:.1%} | {r['mfu_exact']:.1%} | "
+                      f"{r['peak_gib']:.1f} | {r['first_steps_s']:.1f} |")
+            if "ratio" in row:
+                print(f"| {row['preset']} | | | ratio b/a | {row['ratio']:.3f} | | | mem {row['memory_ratio']:.2f} | |")
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(rows, handle, indent=2)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
