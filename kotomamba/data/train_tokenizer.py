@@ -12,6 +12,7 @@ Special ids follow Megatron/Llama SentencePiece conventions: ``<unk>`` 0, ``<s>`
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -62,11 +63,14 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, model_
         if not Path(path).is_file():
             raise UserError(f"{path}: input file not found (--input)")
     sentencepiece.set_random_generator_seed(seed)  # sentence sampling is seeded, so training is repeatable
+    # The model goes to a buffer, not a file prefix: SentencePiece records the prefix (here a temporary
+    # directory's name) inside the model, which would make the same training give different bytes.
+    model = io.BytesIO()
     with atomic_directory(output) as tmp:
         try:
             sentencepiece.SentencePieceTrainer.train(
                 sentence_iterator=iter_sentences(inputs, json_key),
-                model_prefix=str(tmp / MODEL_NAME),
+                model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
                 byte_fallback=True,
@@ -84,6 +88,11 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, model_
             )
         except RuntimeError as exc:
             raise UserError(f"SentencePiece training failed: {exc}") from exc
+        (tmp / f"{MODEL_NAME}.model").write_bytes(model.getvalue())
+        processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+        with open(tmp / f"{MODEL_NAME}.vocab", "w", encoding="utf-8") as vocab:
+            for piece_id in range(processor.get_piece_size()):
+                vocab.write(f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}\n")
     return Path(output) / f"{MODEL_NAME}.model"
 
 
