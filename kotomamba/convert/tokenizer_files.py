@@ -16,6 +16,7 @@ eos/pad choice.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from dataclasses import dataclass
@@ -59,7 +60,10 @@ def _fast_tokenizer_from_sentencepiece(model_file: Path):
         raise UserError(f"{model_file}: SentencePiece model_type {model_type} cannot be converted "
                         f"(only unigram and bpe)")
     # legacy=True: prefix "▁" to every chunk between special tokens, as SentencePiece does to its input.
-    backend = build(proto, vocab, legacy=True)
+    # Older transformers 5.x releases have no `legacy` switch (their one behaviour is checked by the
+    # encode-parity tests in tests/test_convert_tokenizer.py).
+    legacy = {"legacy": True} if "legacy" in inspect.signature(build).parameters else {}
+    backend = build(proto, vocab, **legacy)
 
     def piece(index: int) -> str | None:
         return proto.pieces[index].piece if 0 <= index < len(proto.pieces) else None
