@@ -119,8 +119,8 @@ def main(argv: list[str]) -> int:
         properties = job_properties(jobscript)
         log_dir = str(Path(".snakemake", "pbs_logs", properties.get("rule", "job")).resolve())
         script = f"{jobscript}.pbs.sh"
-        Path(script).write_text(wrapper_script(properties, Path(jobscript).read_text(), log_dir))
         command = qsub_command(properties, script)
+        Path(script).write_text(wrapper_script(properties, Path(jobscript).read_text(), log_dir))
     except SettingError as error:
         print(f"profiles/abci/submit.py: {error}", file=sys.stderr)
         return 1

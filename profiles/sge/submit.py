@@ -123,8 +123,8 @@ def main(argv: list[str]) -> int:
         log_dir = Path(".snakemake", "sge_logs", properties.get("rule", "job"))
         log_dir.mkdir(parents=True, exist_ok=True)
         script = f"{jobscript}.sge.sh"
-        Path(script).write_text(wrapper_script(properties, Path(jobscript).read_text()))
         command = qsub_command(properties, script, str(log_dir.resolve() / "$JOB_NAME.$JOB_ID.log"))
+        Path(script).write_text(wrapper_script(properties, Path(jobscript).read_text()))
     except SettingError as error:
         print(f"profiles/sge/submit.py: {error}", file=sys.stderr)
         return 1
