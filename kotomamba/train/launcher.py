@@ -31,16 +31,18 @@ Signals: SIGTERM, SIGINT and SIGUSR1 received by the launcher are sent straight 
 a checkpoint and exit 75. torchrun itself is started with SIGUSR1 ignored (schedulers such as
 SLURM's ``--signal=USR1@T`` signal every process of the step); workers restore its default.
 
-Triton: each node gets its own ``TRITON_CACHE_DIR`` (under the node-local scratch directory the
-scheduler names, else the system temporary directory) unless the environment sets one;
-``TRITON_LIBCUDA_PATH`` is passed through from the environment.
+Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
+job's time left less a margin (the smaller of that and the config file's own value), so the
+trainer checkpoints and exits 75 before the scheduler kills it.
+
+Triton: ``TRITON_CACHE_DIR`` and ``TRITON_LIBCUDA_PATH`` pass through from the environment (and
+through ``mpirun -x``); the trainer gives each rank a node-local cache when none is set.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
-import getpass
 import os
 import runpy
 import shutil
@@ -137,6 +139,78 @@ def detect_allocation(env: dict[str, str]) -> Allocation | None:
     return None
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds of a scheduler duration: "[D-]HH:MM:SS", "MM:SS", "SS" or plain seconds; None for
+    "UNLIMITED", "INFINITY", "NOT_SET" and other non-durations."""
+    text = text.strip()
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not clock or len(parts) > 3 or not all(part.replace(".", "", 1).isdigit() for part in parts):
+        return None
+    if days and not days.isdigit():
+        return None
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + float(part)
+    return seconds + 86400 * int(days or 0)
+
+
+def _command_output(command: list[str]) -> str | None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def job_seconds_left(allocation: Allocation) -> float | None:
+    """Seconds until the scheduler ends this job (None when unlimited or unknown).
+
+    SLURM: ``squeue -o %L``; PBS: ``Resource_List.walltime`` less ``resources_used.walltime`` of
+    ``qstat -f``; Grid Engine: the ``h_rt`` of ``qstat -j`` (the launcher runs as the job starts).
+    """
+    if allocation.scheduler == "slurm":
+        output = _command_output(["squeue", "-h", "-j", allocation.job_id, "-o", "%L"])
+        return parse_duration(output) if output else None
+    if allocation.scheduler == "pbs":
+        output = _command_output(["qstat", "-f", allocation.job_id])
+        if output is None:
+            return None
+        fields = dict(line.strip().split(" = ", 1) for line in output.splitlines() if " = " in line)
+        limit = parse_duration(fields.get("Resource_List.walltime", ""))
+        used = parse_duration(fields.get("resources_used.walltime", "0")) or 0.0
+        return None if limit is None else limit - used
+    output = _command_output(["qstat", "-j", allocation.job_id])
+    for line in (output or "").splitlines():
+        if line.startswith("hard resource_list:"):
+            for item in line.split(":", 1)[1].strip().split(","):
+                name, _, value = item.partition("=")
+                if name.strip() == "h_rt":
+                    return parse_duration(value)
+    return None
+
+
+WALL_TIME_KEY = "train.wall_time_budget_s"
+
+
+def with_wall_time_budget(args: list[str], seconds_left: float | None) -> list[str]:
+    """``args`` of a ``train`` command plus ``train.wall_time_budget_s=`` the job's time left less a
+    margin (5%, at least a minute), unless the command line sets it or the config file sets less."""
+    if seconds_left is None or args[:1] != ["train"] or any(arg.startswith(WALL_TIME_KEY + "=") for arg in args):
+        return args
+    budget = seconds_left - max(60.0, 0.05 * seconds_left)
+    config_file = next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--config"), None)
+    if config_file and os.path.isfile(config_file):
+        import yaml
+
+        with open(config_file) as handle:
+            document = yaml.safe_load(handle) or {}
+        configured = (document.get("train") or {}).get("wall_time_budget_s") if isinstance(document, dict) else None
+        if isinstance(configured, (int, float)):
+            budget = min(budget, float(configured))
+    return [*args, f"{WALL_TIME_KEY}={max(budget, 1.0):.0f}"]
+
+
 def kotomamba_command(args: list[str]) -> list[str]:
     """This interpreter running ``kotomamba <args>`` (works without the console script on PATH), or
     ``python -m MODULE ...`` when ``args`` starts with ``-m MODULE``."""
@@ -216,15 +290,6 @@ def node_local_scratch(env: dict[str, str]) -> str:
     return tempfile.gettempdir()
 
 
-def worker_environment(env: dict[str, str]) -> dict[str, str]:
-    """``env`` plus a per-node ``TRITON_CACHE_DIR`` unless one is set."""
-    env = dict(env)
-    if not env.get("TRITON_CACHE_DIR"):
-        user = getpass.getuser()
-        env["TRITON_CACHE_DIR"] = os.path.join(node_local_scratch(env), f"kotomamba-triton-{user}-{socket.gethostname()}")
-    return env
-
-
 def recorded_worker_pids(exit_dir: Path) -> list[int]:
     """Pids of the running workers that ``run_worker`` recorded in ``exit_dir``."""
     pids = []
@@ -284,7 +349,7 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
     exit_dir = Path(tempfile.mkdtemp(prefix="kotomamba-launch-", dir=node_local_scratch(env)))
     try:
         command = torchrun_command(nnodes, nproc_per_node, str(exit_dir), args, endpoint, rdzv_id)
-        process = subprocess.Popen(command, env=worker_environment(env), preexec_fn=_ignore_sigusr1)
+        process = subprocess.Popen(command, env=env, preexec_fn=_ignore_sigusr1)
         with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process):
             torchrun_code = process.wait()
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
@@ -316,7 +381,7 @@ def run_plain(args: list[str], env: dict[str, str]) -> int:
     command = kotomamba_command(args)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(command[0], command, worker_environment(env))
+    os.execve(command[0], command, env)
     return 1  # not reached: execve only returns by raising
 
 
@@ -338,6 +403,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
         return run_node(1, options.nproc_per_node, options.args, None, "", env)
+    options.args = with_wall_time_budget(options.args, job_seconds_left(allocation))
     if options.nnodes > len(allocation.hosts):
         raise UserError(
             f"launch: --nnodes {options.nnodes} but the {allocation.scheduler} job {allocation.job_id} "
@@ -359,7 +425,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         command = fan_out_command(allocation, options.nnodes, node_args, hostfile.name, env, cpus_per_node)
         print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
               file=sys.stderr, flush=True)
-        process = subprocess.Popen(command, env=worker_environment(env))
+        process = subprocess.Popen(command, env=env)
         with _SignalForwarder(list, process):
             return process.wait()
 
