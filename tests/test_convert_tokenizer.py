@@ -81,3 +81,27 @@ def test_huggingface_tokenizer_json_gets_eos_and_pad(tmp_path):
     assert hf.pad_token_id == ours.eod
     for text in SAMPLES:
         assert hf.encode(text, add_special_tokens=False) == ours.encode(text), text
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_the_pipelines_own_tokenizer_converts_exactly(model_type, tmp_path):
+    """kotomamba train-tokenizer's settings: identity normalisation, whitespace runs kept as pieces,
+    digits split, pad piece 3."""
+    from transformers import AutoTokenizer
+
+    from kotomamba.data.train_tokenizer import train_tokenizer
+
+    code = Path(__file__).read_text(encoding="utf-8")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in _corpus() + code.split("\n\n")))
+    model = train_tokenizer([str(corpus)], 800, model_type, tmp_path / "tok")
+    ids = write_hf_tokenizer("SentencePieceTokenizer", str(model), tmp_path / "hf")
+    ours = build_tokenizer("SentencePieceTokenizer", str(model))
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert hf.eos_token_id == ours.eod and ids.pad_token_id == ours.pad == 3
+    texts = SAMPLES + code.split("\n\n")[:30] + ["    indented = 12345 + 0.5\n\t\tx", " \n \n", "   "]
+    # Spelled-out control pieces ("</s>") become special tokens in any HF tokenizer (module docstring).
+    for text in [t for t in texts if not any(p in t for p in ("<s>", "</s>", "<pad>", "<unk>"))]:
+        expected = ours.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == expected, text
+        assert hf.decode(expected) == ours.decode(expected), text

@@ -1,9 +1,9 @@
 """Tokenizer files for an export: what ``transformers.AutoTokenizer`` loads offline.
 
 A SentencePiece model (what the pipeline trains) becomes a ``tokenizers`` fast tokenizer built
-from the model's own protobuf with transformers' ``SpmConverter.build_tokenizer_from_spm_proto``,
-which follows the model's normalizer spec (NFKC charsmap, whitespace handling, dummy prefix) and
-byte fallback so it encodes as ``SentencePieceProcessor.encode`` does. The files are
+here from the model's own protobuf (:func:`sentencepiece_backend`), following its normalizer spec
+(character map, whitespace handling, dummy prefix) and byte fallback so it encodes as
+``SentencePieceProcessor.encode`` does (transformers' converters differ between releases). The files are
 ``tokenizer.json`` + ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast`` (known to
 transformers 4 and 5), eos = the SentencePiece eos (our end-of-document token), pad = the model's
 pad piece or else eos; the ``.model`` is copied beside them as ``tokenizer.model``.
@@ -16,7 +16,6 @@ eos/pad choice.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 from dataclasses import dataclass
@@ -36,42 +35,84 @@ class SpecialTokenIds:
     pad_token_id: int
 
 
-def _fast_tokenizer_from_sentencepiece(model_file: Path):
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6  # ModelProto.SentencePiece.Type
 
-    build = getattr(SpmConverter, "build_tokenizer_from_spm_proto", None)
-    if build is None:
-        import transformers
 
-        raise UserError(f"transformers {transformers.__version__} cannot convert a SentencePiece model "
-                        f"(SpmConverter.build_tokenizer_from_spm_proto is missing): upgrade transformers")
-    proto = import_protobuf().ModelProto()
+def _read_proto(model_file: Path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(model_file.read_bytes())
     except Exception as exc:  # protobuf raises its own DecodeError
         raise UserError(f"{model_file}: not a SentencePiece model ({exc})") from exc
-    model_type = proto.trainer_spec.model_type
-    if model_type == _SPM_UNIGRAM:
-        vocab = [(piece.piece, piece.score) for piece in proto.pieces]
-    elif model_type == _SPM_BPE:
-        vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    return proto
+
+
+def _bpe_merges(proto) -> list[tuple[str, str]]:
+    """Merges for ``tokenizers.models.BPE``: every split of a normal piece into two normal pieces,
+    ranked by the merged piece's score (SentencePiece's BPE merges the best-scoring pair first)."""
+    normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == _NORMAL}
+    ranked = []
+    for piece, (score, index) in normal.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in normal and right in normal:
+                ranked.append((-score, index, left, right))
+    return [(left, right) for _, _, left, right in sorted(ranked)]
+
+
+def sentencepiece_backend(model_file: Path):
+    """A ``tokenizers.Tokenizer`` that encodes like ``SentencePieceProcessor.encode(text)``.
+
+    Model: Unigram (same pieces and scores) or BPE (merges from the scores), both with byte fallback
+    as trained. Normaliser, in SentencePiece's order (``normalizer.cc``): the precompiled character
+    map (e.g. NFKC; none for ``identity``), then when ``remove_extra_whitespaces`` the leading,
+    trailing and repeated spaces go, then the dummy prefix space is added, then spaces become "▁".
+    No pre-tokenizer: SentencePiece segments the whole normalised text at once.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE, Unigram
+
+    proto = _read_proto(model_file)
+    spec, norm = proto.trainer_spec, proto.normalizer_spec
+    if spec.model_type == _SPM_UNIGRAM:
+        model = Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=spec.unk_id,
+                        byte_fallback=spec.byte_fallback)
+    elif spec.model_type == _SPM_BPE:
+        model = BPE({p.piece: i for i, p in enumerate(proto.pieces)}, _bpe_merges(proto),
+                    unk_token=proto.pieces[spec.unk_id].piece, fuse_unk=True, byte_fallback=spec.byte_fallback)
     else:
-        raise UserError(f"{model_file}: SentencePiece model_type {model_type} cannot be converted "
+        raise UserError(f"{model_file}: SentencePiece model_type {spec.model_type} cannot be converted "
                         f"(only unigram and bpe)")
-    # legacy=True: prefix "▁" to every chunk between special tokens, as SentencePiece does to its input.
-    # Older transformers 5.x releases have no `legacy` switch (their one behaviour is checked by the
-    # encode-parity tests in tests/test_convert_tokenizer.py).
-    legacy = {"legacy": True} if "legacy" in inspect.signature(build).parameters else {}
-    backend = build(proto, vocab, **legacy)
+    tokenizer = Tokenizer(model)
+    steps = [normalizers.Precompiled(norm.precompiled_charsmap)] if norm.precompiled_charsmap else []
+    if norm.remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if norm.add_dummy_prefix:
+        steps.append(normalizers.Prepend(" "))
+    if norm.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    steps = [decoders.Replace("▁", " ")] + ([decoders.ByteFallback()] if spec.byte_fallback else []) + [decoders.Fuse()]
+    if norm.add_dummy_prefix:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tokenizer.decoder = decoders.Sequence(steps)
+    return tokenizer, proto
+
+
+def _fast_tokenizer_from_sentencepiece(model_file: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    backend, proto = sentencepiece_backend(model_file)
 
     def piece(index: int) -> str | None:
         return proto.pieces[index].piece if 0 <= index < len(proto.pieces) else None
 
     spec = proto.trainer_spec
-    if piece(spec.eos_id) is None:
-        raise UserError(f"{model_file}: SentencePiece model has no eos piece (needed as end of document)")
     eos = piece(spec.eos_id)
+    if eos is None:
+        raise UserError(f"{model_file}: SentencePiece model has no eos piece (needed as end of document)")
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, bos_token=piece(spec.bos_id),
                                    unk_token=piece(spec.unk_id), pad_token=piece(spec.pad_id) or eos)
 
