@@ -86,7 +86,8 @@ def test_hf_export_loads_in_transformers_with_our_logits(layer, tmp_path, senten
 
     model = _trained_like(layer)
     _write_run(tmp_path / "run", model, sentencepiece_model)
-    evaluation = {"val_loss": 2.5, "perplexity": 12.18, "baseline": {"val_loss": 6.2, "perplexity": 492.7},
+    evaluation = {"perplexity": {"loss": 2.5, "perplexity": 12.18, "tokens": 1000},
+                  "baseline_init": {"loss": 6.2, "perplexity": 492.7, "tokens": 1000},
                   "lm_eval": {"local_mc": {"acc": 0.75}}, "samples": [{"prompt": "Hi", "text": "Hi there"}]}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     assert main(["--checkpoint", str(tmp_path / "run"), "--to", "hf", "--output", str(tmp_path / "hf"),

@@ -77,10 +77,10 @@ def test_heldout_loss_is_token_weighted_and_independent_of_batching():
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
     expected = float(expected) / tokens[:, 1:].numel()
     one, three = heldout_loss(model, dataset, 1), heldout_loss(model, dataset, 3)
-    assert one["val_tokens"] == three["val_tokens"] == 7 * SEQ and one["val_samples"] == 7
-    assert one["val_loss"] == pytest.approx(expected, rel=1e-5)
-    assert three["val_loss"] == pytest.approx(expected, rel=1e-5)
-    assert one["perplexity"] == pytest.approx(math.exp(one["val_loss"]))
+    assert one["tokens"] == three["tokens"] == 7 * SEQ and one["samples"] == 7
+    assert one["loss"] == pytest.approx(expected, rel=1e-5)
+    assert three["loss"] == pytest.approx(expected, rel=1e-5)
+    assert one["perplexity"] == pytest.approx(math.exp(one["loss"]))
     assert heldout_loss(model, dataset, 3) == three  # deterministic
 
 
@@ -93,10 +93,11 @@ def test_evaluate_writes_perplexity_baseline_and_samples(setup, tmp_path):
             "--max-new-tokens", "8", "--temperature", "0.8", "--top-p", "0.95"]
     assert main(args + ["--output", str(tmp_path / "a.json")]) == 0
     result = json.loads((tmp_path / "a.json").read_text())
-    assert result["val_tokens"] == 12 * SEQ and result["data"]["reset_at_eod"] is True
-    assert result["val_loss"] < result["baseline"]["val_loss"] - 0.5  # trained < untrained
-    assert result["baseline"]["val_loss"] == pytest.approx(math.log(500), abs=0.5)  # fresh init ~ uniform
-    assert result["perplexity"] == pytest.approx(math.exp(result["val_loss"]))
+    trained, untrained = result["perplexity"], result["baseline_init"]
+    assert trained["tokens"] == 12 * SEQ and result["data"]["reset_at_eod"] is True
+    assert trained["loss"] < untrained["loss"] - 0.5  # trained < untrained
+    assert untrained["loss"] == pytest.approx(math.log(500), abs=0.5)  # fresh init ~ uniform
+    assert trained["perplexity"] == pytest.approx(math.exp(trained["loss"]))
     assert [s["prompt"] for s in result["samples"]] == ["Every stage", "The model", "Conversion and evaluation"]
     assert all(0 < s["tokens"] <= 8 and s["text"] == s["prompt"] + s["completion"] for s in result["samples"])
     assert result["sampling"]["temperature"] == 0.8 and result["sampling"]["top_k"] == 0

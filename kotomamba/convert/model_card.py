@@ -1,8 +1,8 @@
 """The export's README.md: data, tokens seen, configuration and evaluation scores.
 
 The evaluation JSON is ``kotomamba evaluate``'s output (``kotomamba.evaluate.cli``):
-``{"val_loss", "perplexity", "baseline": {"val_loss", "perplexity"}, "lm_eval": {task: {metric:
-value}}, "samples": [{"prompt", "text"}]}``; every part is optional.
+``{"perplexity": {"loss", "perplexity", "tokens"}, "baseline_init": {...}, "lm_eval": {task: {metric:
+value}}, "samples": [{"prompt", "completion", "text"}]}``; every part is optional.
 """
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
     if not evaluation:
         return ["Not evaluated (pass `--eval-json` from `kotomamba evaluate` to record scores here)."]
     lines = ["| evaluation | metric | value |", "| --- | --- | --- |"]
-    for label, part in (("held-out", evaluation), ("held-out, untrained model", evaluation.get("baseline"))):
-        if part and "val_loss" in part:
-            lines.append(f"| {label} | loss | {part['val_loss']:.4f} |")
+    for label, key in (("held-out", "perplexity"), ("held-out, untrained model", "baseline_init")):
+        part = evaluation.get(key)
+        if part:
+            lines.append(f"| {label} | loss | {part['loss']:.4f} |")
             lines.append(f"| {label} | perplexity | {part['perplexity']:.2f} |")
     for task, metrics in sorted((evaluation.get("lm_eval") or {}).items()):
         for metric, value in sorted(metrics.items()):

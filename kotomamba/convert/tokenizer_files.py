@@ -3,8 +3,8 @@
 A SentencePiece model (what the pipeline trains) becomes a ``tokenizers`` fast tokenizer built
 here from the model's own protobuf (:func:`sentencepiece_backend`), following its normalizer spec
 (character map, whitespace handling, dummy prefix) and byte fallback so it encodes as
-``SentencePieceProcessor.encode`` does (transformers' converters differ between releases). The files are
-``tokenizer.json`` + ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast`` (known to
+``SentencePieceProcessor.encode`` does (transformers' converters differ between releases). The
+files are ``tokenizer.json`` + ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast`` (known to
 transformers 4 and 5), eos = the SentencePiece eos (our end-of-document token), pad = the model's
 pad piece or else eos; the ``.model`` is copied beside them as ``tokenizer.model``.
 
@@ -35,7 +35,7 @@ class SpecialTokenIds:
     pad_token_id: int
 
 
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6  # ModelProto.SentencePiece.Type
+_NORMAL = 1  # ModelProto.SentencePiece.Type of an ordinary piece
 
 
 def _read_proto(model_file: Path):

@@ -3,8 +3,8 @@
 Output (written atomically)::
 
     {"model": DIR, "data": {"data_path", "split", "seq_length", "eval_samples", "seed", "reset_at_eod"},
-     "val_loss": token-weighted mean loss, "perplexity": exp(val_loss), "val_tokens", "val_samples",
-     "baseline": {the same four, for a freshly initialised model of the same config and seed},
+     "perplexity": {"loss" (token-weighted mean), "perplexity" (exp(loss)), "tokens", "samples"},
+     "baseline_init": {the same, for a freshly initialised model of the same config and seed},
      "sampling": {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"},
      "samples": [{"prompt", "completion", "text" (prompt + completion), "tokens"}],
      "lm_eval": {task: {metric: value}}}
@@ -111,9 +111,9 @@ def evaluate(args) -> dict:
         use_seq_idx = model.config.layer == "Mamba2" and not args.no_reset_at_eod
         result["data"] = {"data_path": " ".join(args.data), "split": args.split, "seq_length": args.seq_length,
                           "eval_samples": args.eval_samples, "seed": args.seed, "reset_at_eod": use_seq_idx}
-        result.update(heldout_loss(model, valid, args.micro_batch_size, use_seq_idx))
+        result["perplexity"] = heldout_loss(model, valid, args.micro_batch_size, use_seq_idx)
         if args.baseline_init:
-            result["baseline"] = _baseline_loss(model, args, valid, use_seq_idx)
+            result["baseline_init"] = _baseline_loss(model, args, valid, use_seq_idx)
     if prompts or tasks:
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
     if prompts:
@@ -137,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kotomamba evaluate: {exc}", file=sys.stderr)
         return 2
     write_json(args.output, result)
-    for name, part in (("trained", result), ("untrained", result.get("baseline"))):
-        if part and "val_loss" in part:
-            print(f"{name}: validation loss {part['val_loss']:.4f}, perplexity {part['perplexity']:.2f} "
-                  f"over {part['val_tokens']} tokens")
+    for name, key in (("trained", "perplexity"), ("untrained", "baseline_init")):
+        if key in result:
+            part = result[key]
+            print(f"{name}: validation loss {part['loss']:.4f}, perplexity {part['perplexity']:.2f} "
+                  f"over {part['tokens']} tokens")
     for task, metrics in result.get("lm_eval", {}).items():
         print(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     return 0

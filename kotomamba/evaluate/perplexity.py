@@ -17,7 +17,7 @@ def heldout_loss(model, dataset: Sequence[dict], micro_batch_size: int, use_seq_
     """Mean next-token loss of ``model`` over ``dataset`` items ``{"tokens": int64[L + 1], "seq_idx": int32[L]}``.
 
     ``use_seq_idx`` passes each sample's document numbers so a Mamba-2 model resets its state at
-    document boundaries, as it was trained. Returns ``{"val_loss", "perplexity", "val_tokens", "val_samples"}``.
+    document boundaries, as it was trained. Returns ``{"loss", "perplexity", "tokens", "samples"}``.
     """
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -33,5 +33,5 @@ def heldout_loss(model, dataset: Sequence[dict], micro_batch_size: int, use_seq_
         total += float(loss) * predicted
         count += predicted
     loss = total / count if count else float("nan")
-    return {"val_loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "val_tokens": count,
-            "val_samples": len(dataset)}
+    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": count,
+            "samples": len(dataset)}
