@@ -172,18 +172,36 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint(tmp_path):
     _wait_for(lambda: latest.is_file() and latest.read_text().strip() >= "step_00000004", process)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    complete = latest.read_text().strip()
-    logged_before_kill = len((killed / "metrics.jsonl").read_text().splitlines())
+    complete = int(latest.read_text().strip().split("_")[1])
+    logged_before_kill = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     # A save cut short leaves only a temporary directory behind; it must never be resumed from.
     partial = killed / "checkpoints" / ".step_00000099.tmp"
     partial.mkdir()
     (partial / "__0_0.distcp").write_bytes(b"half")
     run_train(config)
     assert not partial.exists()
-    lines = (killed / "metrics.jsonl").read_text().splitlines()
-    # The restart logged again from the step after the last complete checkpoint ...
-    assert json.loads(lines[logged_before_kill])["step"] == int(complete.split("_")[1]) + 1
-    # ... and its losses (the last record of each step) and weights equal an uninterrupted run's.
+    records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records if "loss" in record]
+    # The restart replaced what was logged after the last complete checkpoint: every step once ...
+    assert steps == list(range(1, 25)) and complete >= 4 and logged_before_kill
+    # ... and its losses and weights equal an uninterrupted run's.
     assert losses(killed) == losses(straight)
     a, b = final_weights(straight), final_weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_changed_config_starts_over_and_keeps_the_earlier_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(write_config(tmp_path, run_dir, train={"steps": 4}))
+    earlier = losses(run_dir)
+    # Only a logging setting changed: the finished run is resumed (nothing to do), not redone.
+    run_train(write_config(tmp_path, run_dir, train={"steps": 4}, logging={"interval": 2}))
+    assert losses(run_dir) == earlier and not (run_dir / "superseded").exists()
+    # A different schedule is another training: it starts from step 0; the earlier run is kept aside.
+    run_train(write_config(tmp_path, run_dir, train={"steps": 6}, optim={"lr": 1.0e-3}))
+    assert sorted(losses(run_dir)) == list(range(1, 7)) and losses(run_dir)[1] == earlier[1]
+    assert losses(run_dir)[4] != earlier[4]
+    superseded = run_dir / "superseded"
+    assert (superseded / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert json.loads((run_dir / "final.json").read_text())["step"] == 6

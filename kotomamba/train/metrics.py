@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kotomamba.io import atomic_write
+
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
@@ -110,7 +112,14 @@ class MetricsSink:
     """Rank 0's outputs: ``metrics.jsonl``, the console and the trackers."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, trackers: list):
-        self.file = open(run_dir / "metrics.jsonl", "a")
+        path = run_dir / "metrics.jsonl"
+        if path.exists():
+            # A resumed run repeats the steps after its checkpoint: drop the records it will write again.
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            with atomic_write(path) as handle:
+                handle.writelines(kept)
+        self.file = open(path, "a")
         self.trackers = trackers
         self.bar = None
         if sys.stderr.isatty():

@@ -53,6 +53,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: Iterable
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, eps: float,
                     no_decay: Iterable[str]) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (it updates the parameters in their own dtype: fp32 masters)."""
+    """AdamW over :func:`param_groups` (it updates the parameters in their own dtype: fp32 masters).
+
+    On CUDA the fused implementation: one kernel per step instead of a pass per operation (measured
+    on an H200 at 130m: 17.5 ms of the step in the default foreach implementation).
+    """
     groups = param_groups(model, weight_decay, no_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    fused = all(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                             fused=fused or None)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write, write_json
@@ -60,6 +63,28 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[cpu_size:].clone(), device)
 
 
+# Settings a resumed run may change without changing what it computes.
+RESUMABLE_CHANGES = (("train", "max_steps_this_job"), ("train", "wall_time_budget_s"), ("logging",),
+                     ("checkpoint", "keep_last"), ("checkpoint", "async"), ("env",))
+
+
+def _comparable(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    for path in RESUMABLE_CHANGES:
+        holder = config
+        for key in path[:-1]:
+            holder = holder.get(key, {})
+        holder.pop(path[-1], None)
+    return config
+
+
+def _same_training(recorded: Path, config: TrainConfig) -> bool:
+    """Whether the config recorded in a run directory trains the same thing as ``config``."""
+    if not recorded.is_file():
+        return False
+    return _comparable(yaml.safe_load(recorded.read_text())) == _comparable(config.to_dict())
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, resume: str):
         self.config = config
@@ -93,14 +118,36 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- setup
     def _resume_checkpoint(self, resume: str) -> Path | None:
-        if resume == "never":
+        """The checkpoint to continue from. ``auto`` continues this run directory's latest checkpoint
+        only when it was made by the same training config (up to :data:`RESUMABLE_CHANGES`); a run
+        directory left by another config (the pipeline reruns a stage whose config changed), or
+        ``never``, starts over, with the old checkpoints and metrics moved to ``superseded/``."""
+        if resume in ("never", "auto"):
+            latest = self.checkpoints.latest()
+            if latest is None:
+                return None
+            if resume == "auto" and _same_training(self.run_dir / "config.resolved.yaml", self.config):
+                return latest
+            self._supersede(f"--resume {resume}" if resume == "never" else "the training config changed")
             return None
-        if resume == "auto":
-            return self.checkpoints.latest()
         found = resolve_checkpoint(resume)
         if found is None:
             raise UserError(f"--resume {resume}: no complete checkpoint there")
         return found
+
+    def _supersede(self, why: str) -> None:
+        """Move the earlier run's checkpoints and records into ``superseded/`` (replacing an older one)."""
+        if self.rank == 0:
+            target = self.run_dir / "superseded"
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            for name in ("checkpoints", "metrics.jsonl", "final.json", "config.resolved.yaml", "manifest.json"):
+                if (self.run_dir / name).exists():
+                    os.replace(self.run_dir / name, target / name)
+            print(f"starting over ({why}); the earlier run is kept in {target}", flush=True)
+        dist.barrier()
+        self.checkpoints = CheckpointManager(self.run_dir, self.config.checkpoint.keep_last,
+                                             self.config.checkpoint.async_)
 
     def _build_data(self) -> None:
         from kotomamba.data.gpt_dataset import build_gpt_datasets
@@ -387,7 +434,7 @@ class Trainer:
         hybrid = self.config.parallel.strategy == "HYBRID_SHARD"
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         for micro in range(self.accum):
-            if hybrid:
+            if hybrid and self.world > 1:
                 self.model.set_requires_all_reduce(micro == self.accum - 1)
             loss = self._forward_loss(next(batches))
             (loss * (scale / self.accum)).backward()
