@@ -61,10 +61,6 @@ def write_hf(config, state: dict[str, torch.Tensor], output: str | Path, tokeniz
         hf_config = to_hf_config(config, bos_token_id=tokens.bos_token_id, eos_token_id=tokens.eos_token_id,
                                  pad_token_id=tokens.pad_token_id)
         hf_config.architectures = ["Mamba2ForCausalLM" if config.layer == "Mamba2" else "MambaForCausalLM"]
-        # transformers 5 runs `_init_weights` after loading and its `rescale_prenorm_residual` branch
-        # divides the *loaded* out_proj weights by sqrt(n_layer) in place; the flag only concerns
-        # initialisation, so a trained export must not set it.
-        hf_config.rescale_prenorm_residual = False
         hf_config.dtype = state["backbone.embedding.weight"].dtype
         hf_config.to_json_file(str(tmp / "config.json"), use_diff=False)
         hf_state = _cpu_copies(state_dict_to_hf(state, config))

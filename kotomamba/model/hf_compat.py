@@ -40,7 +40,9 @@ def to_hf_config(cfg: MambaConfig, bos_token_id: int | None = None, eos_token_id
         time_step_min=opts["dt_min"],
         time_step_max=opts["dt_max"],
         time_step_floor=opts["dt_init_floor"],
-        rescale_prenorm_residual=True,
+        # Only about initialisation, but transformers 5 applies it to *loaded* out_proj weights too
+        # (divides them by sqrt(n_layer) in `_init_weights` after loading): never set it on weights.
+        rescale_prenorm_residual=False,
         use_cache=True,
         tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=bos_token_id,

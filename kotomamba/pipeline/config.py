@@ -257,4 +257,6 @@ def write_run_record(config: dict, inputs: list[str], config_path: str, manifest
     with atomic_write(config_path) as handle:
         handle.write("# The validated config of this run, defaults filled in: `snakemake --configfile <this file> all`\n")
         yaml.safe_dump(config, handle, sort_keys=False)
-    write_json(manifest_path, build_manifest(inputs, run=config["run"], seed=config["seed"]))
+    launch = config["launch"]
+    write_json(manifest_path, build_manifest(inputs, run=config["run"], seed=config["seed"],
+                                             world_size=launch["nodes"] * launch["nproc_per_node"]))
