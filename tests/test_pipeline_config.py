@@ -79,9 +79,10 @@ def test_snakefile_rejects_a_bad_config_before_any_job(tmp_path):
     assert "bogus: unknown key" in result.stdout + result.stderr
 
 
-def test_dry_run_lists_every_stage():
+def test_dry_run_lists_every_stage(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/local", "all"],
+        [sys.executable, "-m", "snakemake", "-n", "--profile", str(REPO / "profiles" / "local"),
+         "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(REPO / "config.yaml"), "all"],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
