@@ -82,7 +82,7 @@ def test_snakefile_rejects_a_bad_config_before_any_job(tmp_path):
 def test_dry_run_lists_every_stage(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--profile", str(REPO / "profiles" / "local"),
-         "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(REPO / "config.yaml"), "all"],
+         "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "all", "--configfile", str(REPO / "config.yaml")],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
