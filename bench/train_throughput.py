@@ -228,7 +228,7 @@ def main() -> None:
         if rank == 0:
             print(json.dumps(row), flush=True)
     if rank == 0:
-        print(f"\n| preset | gpus | mb | impl | tokens/s/GPU | MFU 6N | MFU exact | peak GiB | first steps s |")
+        print("\n| preset | gpus | mb | impl | tokens/s/GPU | MFU 6N | MFU exact | peak GiB | first steps s |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for row in rows:
             for impl in args.impls.split(","):

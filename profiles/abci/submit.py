@@ -21,47 +21,19 @@ only when a job ends). A missing required setting stops here, before ``qsub``.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
+
+from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, job_properties, submit
+from kotomamba.cluster_jobs import setting as site_setting
 
 DEFAULTS = {"abci_modules": "cuda/12.6/12.6.1 cudnn/9.5/9.5.1 hpcx/2.20"}
 
 
-class SettingError(Exception):
-    """A required site setting is missing or invalid."""
-
-
-def job_properties(jobscript: str) -> dict:
-    """The JSON of the ``# properties = {...}`` line Snakemake writes into every job script."""
-    for line in Path(jobscript).read_text().splitlines():
-        if line.startswith("# properties = "):
-            return json.loads(line[len("# properties = "):])
-    raise SettingError(f"{jobscript}: no '# properties = ' line; is this a Snakemake job script?")
-
-
 def setting(properties: dict, name: str, required: bool = False) -> str:
-    """The job's resource ``name`` (the run config's ``resources.<rule>``), else ``KOTOMAMBA_<NAME>``,
-    else this script's default."""
-    value = properties.get("resources", {}).get(name)
-    if value in (None, ""):
-        value = os.environ.get(f"KOTOMAMBA_{name.upper()}", "") or DEFAULTS.get(name, "")
-    if required and value == "":
-        raise SettingError(
-            f"ABCI needs `{name}`: export KOTOMAMBA_{name.upper()}=... (your ABCI group) or set "
-            f"`resources: {{{properties.get('rule', '<rule>')}: {{{name}: ...}}}}` in the run config"
-        )
-    return str(value)
-
-
-def walltime(minutes: float) -> str:
-    """``minutes`` as PBS's ``HH:MM:SS`` (hours may exceed 24)."""
-    seconds = int(round(float(minutes) * 60))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return site_setting(properties, name, DEFAULTS, "ABCI (qsub -P <your ABCI group>)" if required else None)
 
 
 def job_name(rule: str) -> str:
@@ -84,7 +56,7 @@ def qsub_command(properties: dict, script: str) -> list[str]:
     if queue.startswith("R"):
         command += ["-v", "RTYPE=rt_HF"]
     if resources.get("runtime"):
-        command += ["-l", f"walltime={walltime(resources['runtime'])}"]
+        command += ["-l", f"walltime={hms(resources['runtime'])}"]
     command += shlex.split(setting(properties, "abci_extra"))
     return command + [script]
 
@@ -99,15 +71,8 @@ def wrapper_script(properties: dict, jobscript_text: str, log_dir: str) -> str:
         f"mkdir -p {shlex.quote(log_dir)}",
         f'exec > {shlex.quote(log_dir)}/"${{PBS_JOBID}}.log" 2>&1',
     ]
-    modules = setting(properties, "abci_modules").split()
-    if modules:
-        lines += ["type module >/dev/null 2>&1 || source /etc/profile.d/modules.sh",
-                  f"module load {' '.join(shlex.quote(module) for module in modules)}"]
-    setup = setting(properties, "abci_setup")
-    if setup:
-        lines.append(setup)
-    body = [line for line in jobscript_text.splitlines() if not line.startswith("#!")]
-    return "\n".join(lines + body) + "\n"
+    lines += environment_lines(setting(properties, "abci_modules"), setting(properties, "abci_setup"))
+    return "\n".join(lines + job_body(jobscript_text)) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -124,12 +89,10 @@ def main(argv: list[str]) -> int:
     except SettingError as error:
         print(f"profiles/abci/submit.py: {error}", file=sys.stderr)
         return 1
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"profiles/abci/submit.py: {' '.join(map(shlex.quote, command))} failed:\n{result.stderr}",
-              file=sys.stderr)
-        return result.returncode
-    print(result.stdout.strip().splitlines()[0])
+    code, out = submit(command, "profiles/abci/submit.py")
+    if code != 0:
+        return code
+    print(out.strip().splitlines()[0])
     return 0
 
 

@@ -23,48 +23,17 @@ missing required setting stops here, before ``qsub``, with a message naming it.
 """
 from __future__ import annotations
 
-import json
-import os
+import functools
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
+from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, job_properties, submit
+from kotomamba.cluster_jobs import setting as site_setting
+
 DEFAULTS = {"sge_style": "pe", "sge_pe": "smp", "sge_resource_type": "rt_AF"}
-
-
-class SettingError(Exception):
-    """A required site setting is missing or invalid."""
-
-
-def job_properties(jobscript: str) -> dict:
-    """The JSON of the ``# properties = {...}`` line Snakemake writes into every job script."""
-    for line in Path(jobscript).read_text().splitlines():
-        if line.startswith("# properties = "):
-            return json.loads(line[len("# properties = "):])
-    raise SettingError(f"{jobscript}: no '# properties = ' line; is this a Snakemake job script?")
-
-
-def setting(properties: dict, name: str, required_for: str | None = None) -> str:
-    """A site setting: the job's resource ``name``, else ``KOTOMAMBA_<NAME>``, else the default."""
-    value = properties.get("resources", {}).get(name)
-    if value in (None, ""):
-        value = os.environ.get(f"KOTOMAMBA_{name.upper()}", "")
-    if value in (None, ""):
-        value = DEFAULTS.get(name, "")
-    if required_for and value == "":
-        raise SettingError(
-            f"{required_for} needs `{name}`: export KOTOMAMBA_{name.upper()}=... or set "
-            f"`resources: {{{properties.get('rule', '<rule>')}: {{{name}: ...}}}}` in the run config"
-        )
-    return str(value)
-
-
-def hms(minutes: float) -> str:
-    """``minutes`` as Grid Engine's ``HH:MM:SS``."""
-    seconds = int(round(float(minutes) * 60))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+setting = functools.partial(site_setting, defaults=DEFAULTS)
 
 
 def qsub_command(properties: dict, script: str, log: str) -> list[str]:
@@ -103,14 +72,8 @@ def wrapper_script(properties: dict, jobscript_text: str) -> str:
     """The job script Grid Engine runs: modules, the setup line, then Snakemake's job script."""
     lines = ["#!/bin/bash", "# Written by profiles/sge/submit.py for Snakemake job "
              f"{properties.get('jobid', '?')} (rule {properties.get('rule', '?')})."]
-    modules = setting(properties, "sge_modules").split()
-    if modules:
-        lines += ["type module >/dev/null 2>&1 || source /etc/profile.d/modules.sh",
-                  f"module load {' '.join(shlex.quote(module) for module in modules)}"]
-    if setting(properties, "sge_setup"):
-        lines.append(setting(properties, "sge_setup"))
-    body = [line for line in jobscript_text.splitlines() if not line.startswith("#!")]
-    return "\n".join(lines + body) + "\n"
+    lines += environment_lines(setting(properties, "sge_modules"), setting(properties, "sge_setup"))
+    return "\n".join(lines + job_body(jobscript_text)) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -128,12 +91,10 @@ def main(argv: list[str]) -> int:
     except SettingError as error:
         print(f"profiles/sge/submit.py: {error}", file=sys.stderr)
         return 1
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"profiles/sge/submit.py: {' '.join(map(shlex.quote, command))} failed:\n{result.stderr}",
-              file=sys.stderr)
-        return result.returncode
-    print(result.stdout.strip().splitlines()[0].split(".")[0])
+    code, out = submit(command, "profiles/sge/submit.py")
+    if code != 0:
+        return code
+    print(out.strip().splitlines()[0].split(".")[0])
     return 0
 
 
