@@ -34,6 +34,7 @@ include: "rules/report.smk"
 rule all:
     input:
         [PATHS.export_dir(fmt) for fmt in config["export"]["formats"]],
+        PATHS.export_dir("mamba_ssm"),  # evaluation's input, whatever the formats
         PATHS.eval_json,
         PATHS.report,
         PATHS.resolved_config,

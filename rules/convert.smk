@@ -1,13 +1,16 @@
-# Export: the last stage's sharded checkpoint -> a transformers (hf) or mamba-ssm directory.
+# Export: the last stage's sharded checkpoint -> a mamba-ssm or transformers (hf) directory.
+# Evaluation runs on the mamba-ssm export, so the hf export's model card can carry its scores.
 
 
 rule convert:
     input:
-        PATHS.stage_final(PATHS.last_stage),
+        final=PATHS.stage_final(PATHS.last_stage),
+        scores=lambda w: [PATHS.eval_json] if w.fmt == "hf" else [],
     output:
         directory(PATHS.export_dir("{fmt}")),
     params:
         run_dir=PATHS.stage_dir(PATHS.last_stage),
+        scores=lambda w, input: f"--eval-json {input.scores}" if input.scores else "",
     wildcard_constraints:
         fmt="hf|mamba_ssm",
     log:
@@ -15,4 +18,5 @@ rule convert:
     resources:
         **rule_resources("convert"),
     shell:
-        "kotomamba convert --checkpoint {params.run_dir} --to {wildcards.fmt} --output {output} > {log} 2>&1"
+        "kotomamba convert --checkpoint {params.run_dir} --to {wildcards.fmt} {params.scores}"
+        " --output {output} > {log} 2>&1"
