@@ -24,7 +24,7 @@ def test_openmpi_under_pbs_takes_first_host_of_the_nodefile(tmp_path):
                              "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
                              "PBS_NODEFILE": str(nodefile), "PBS_JOBID": "4711.pbs"})
     assert (env.launcher, env.rank, env.world_size, env.local_rank) == ("openmpi", 2, 4, 0)
-    assert env.master_addr == "cn12" and env.master_port == 20000 + 4711
+    assert env.master_addr == "cn12" and env.master_port == 10000 + 4711
 
 
 def test_pmi_and_pals():
@@ -39,7 +39,7 @@ def test_srun():
                              "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_STEP_NODELIST": "gpu[10-11]",
                              "SLURM_JOB_ID": "123"})
     assert (env.launcher, env.rank, env.world_size, env.local_rank, env.local_world_size) == ("slurm", 5, 8, 1, 4)
-    assert env.master_addr == "gpu10" and env.master_port == 20123
+    assert env.master_addr == "gpu10" and env.master_port == 10123
 
 
 def test_sbatch_script_without_srun_is_a_single_process():
@@ -51,3 +51,15 @@ def test_multi_process_world_without_a_rendezvous_host_is_a_user_error():
     with pytest.raises(UserError, match="MASTER_ADDR"):
         detect_launch_env({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2",
                            "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
+
+
+def test_job_port_is_the_launchers_rendezvous_port():
+    from kotomamba.train.launcher import rendezvous_port
+
+    base = {"PMI_RANK": "0", "PMI_SIZE": "2", "MASTER_ADDR": "a"}
+    for job_id in ("123456", "98765.pbs1", "60000"):
+        assert detect_launch_env({**base, "PBS_JOBID": job_id}).master_port == rendezvous_port(job_id)
+    assert detect_launch_env({**base, "PBS_JOBID": "98765.pbs1"}).master_port == 10000 + 98765 % 50000
+    assert detect_launch_env(base).master_port == 10000
+    with pytest.raises(UserError, match="MASTER_PORT"):
+        detect_launch_env({**base, "JOB_ID": "interactive"})

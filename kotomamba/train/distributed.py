@@ -13,7 +13,8 @@ its own variables:
 | none (plain ``python``) | 0 | 1 | 0 | localhost, a free port |
 
 The first host of the allocation comes from ``SLURM_JOB_NODELIST`` or ``PBS_NODEFILE``; the port from
-``MASTER_PORT``, else a port derived from the job id so every rank computes the same one.
+``MASTER_PORT``, else ``10000 + JOB_ID % 50000`` (the launcher's rule, on the job id's leading digits)
+so every rank computes the same one.
 """
 from __future__ import annotations
 
@@ -68,9 +69,16 @@ def _first_host(env: dict) -> str | None:
 
 
 def _job_port(env: dict) -> int:
+    """The launcher's rendezvous port of this job (:func:`kotomamba.train.launcher.rendezvous_port`),
+    so ranks started by ``kotomamba launch`` and by a bare ``srun`` / ``mpirun`` agree; outside a
+    scheduler job (no job id) every rank takes the port of job 0."""
+    from kotomamba.train.launcher import rendezvous_port
+
     job = env.get("SLURM_JOB_ID") or env.get("PBS_JOBID") or env.get("JOB_ID") or "0"
-    digits = int(re.sub(r"\D", "", job) or 0)
-    return 20000 + digits % 20000
+    try:
+        return rendezvous_port(job)
+    except UserError as exc:
+        raise UserError(f"cannot derive a rendezvous port from job id {job!r}; export MASTER_PORT") from exc
 
 
 def _free_port() -> int:
