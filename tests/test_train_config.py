@@ -63,6 +63,10 @@ def test_cross_field_rules(tmp_path):
         load_config(write(tmp_path), ["train.global_batch_size=7"])
     with pytest.raises(UserError, match="skip_ranges"):
         load_config(write(tmp_path), ["train.skip_ranges=[[5, 2]]"])
+    with pytest.raises(UserError, match="1 <= start"):  # step numbers start at 1, as in metrics.jsonl
+        load_config(write(tmp_path), ["train.skip_ranges=[[0, 2]]"])
+    with pytest.raises(UserError, match="loss_scale.growth_interval"):
+        load_config(write(tmp_path), ["loss_scale.growth_interval=0"])
     with pytest.raises(UserError, match="warmup_steps"):
         load_config(write(tmp_path), ["schedule.warmup_steps=31"])
     with pytest.raises(UserError, match="min_lr"):

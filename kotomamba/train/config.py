@@ -66,7 +66,9 @@ class TrainLoopConfig:
     grad_clip: float | None = 1.0
     """Global gradient-norm clipping threshold over all shards; ``null`` or 0 disables clipping."""
     skip_ranges: list = field(default_factory=list)
-    """``[[start, end], ...]`` inclusive step ranges whose batches are consumed but not trained on."""
+    """``[[start, end], ...]`` inclusive ranges of step numbers (1-based, as ``step`` in
+    ``metrics.jsonl``) whose batches are consumed but not trained on: no forward, no update; the
+    learning-rate schedule and the data order go on as if the steps had been taken."""
     max_consecutive_nonfinite: int = 10
     """Abort (after a checkpoint) when this many steps in a row had a non-finite loss or gradient."""
     wall_time_budget_s: float | None = None
@@ -86,6 +88,15 @@ class OptimConfig:
     """Parameter-name components (split on ``.``) or name suffixes that get no weight decay."""
     master_dtype: Literal["fp32", "bf16"] = "fp32"
     """Dtype of the weights the optimizer updates; ``bf16`` only when explicitly wanted."""
+
+
+@dataclass
+class LossScaleConfig:
+    """The dynamic loss scale of ``precision: fp16`` (see ``kotomamba.train.loss_scale``)."""
+
+    initial: float = 2.0**16
+    growth_interval: int = 2000
+    """Double the scale after this many steps in a row without an overflow."""
 
 
 @dataclass
@@ -166,6 +177,7 @@ class TrainConfig:
     precision: Precision = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` (fp32 master weights, fp32 reduction), ``fp16``
     (fp32 master weights with a global dynamic loss scale), ``fp32``."""
+    loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -360,6 +372,8 @@ def _check(config: TrainConfig, where: _Where) -> None:
         ("data.seq_length", config.data.seq_length),
         ("train.max_consecutive_nonfinite", t.max_consecutive_nonfinite),
         ("parallel.activation_checkpointing_interval", config.parallel.activation_checkpointing_interval),
+        ("loss_scale.initial", config.loss_scale.initial),
+        ("loss_scale.growth_interval", config.loss_scale.growth_interval),
     ):
         if value < 1:
             fail(dotted, f"must be at least 1, got {value}")
@@ -377,9 +391,9 @@ def _check(config: TrainConfig, where: _Where) -> None:
             or len(item) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)
             or item[0] > item[1]
-            or item[0] < 0
+            or item[0] < 1
         ):
-            fail("train.skip_ranges", f"must be a list of [start, end] step pairs with 0 <= start <= end, got {item!r}")
+            fail("train.skip_ranges", f"must be a list of [start, end] step pairs with 1 <= start <= end, got {item!r}")
     o = config.optim
     if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas):
         fail("optim.betas", f"must be two numbers in [0, 1), got {o.betas!r}")

@@ -87,6 +87,9 @@ def _same_training(recorded: Path, config: TrainConfig) -> bool:
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume: str):
+        # The wall-time budget counts from here: start-up (process group, data indices, model) is
+        # part of the job's time too.
+        self.started = time.monotonic()
         self.config = config
         self.launch = detect_launch_env()
         apply_node_env(config.env, self.launch.local_rank)
@@ -205,7 +208,9 @@ class Trainer:
         decay = c.schedule.decay_steps if c.schedule.decay_steps is not None else c.train.steps
         self.schedule = LRSchedule(c.optim.lr, c.optim.min_lr, c.schedule.warmup_steps, decay, c.schedule.style,
                                    c.schedule.wsd_decay_fraction)
-        self.loss_scale = LossScale() if self.precision == "fp16" and master == torch.float32 else None
+        self.loss_scale = None
+        if self.precision == "fp16" and master == torch.float32:
+            self.loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
@@ -292,6 +297,7 @@ class Trainer:
         return float(total) / (count * self.world)
 
     def _in_skip_range(self, step: int) -> bool:
+        """Whether step number ``step`` (1-based, as logged) lies in one of ``train.skip_ranges``."""
         return any(start <= step <= end for start, end in self.config.train.skip_ranges)
 
     def _save(self) -> None:
@@ -315,7 +321,6 @@ class Trainer:
         self.tracker_id = holder[0]
         self.last_saved = self.step if self.resume_from is not None else None
         self.save_seconds = 0.0
-        started = time.monotonic()
         job_start_step = self.step
         batches = self._batches(self.train_set, self.consumed)
         tokens_per_step = t.global_batch_size * c.data.seq_length
@@ -364,7 +369,7 @@ class Trainer:
                     break
                 if c.checkpoint.interval and self.step % c.checkpoint.interval == 0:
                     self._save()
-                stop = self._should_stop(started, max_step_seconds)
+                stop = self._should_stop(max_step_seconds)
                 if stop:
                     if self.last_saved != self.step:
                         self._save()
@@ -406,11 +411,11 @@ class Trainer:
         dist.barrier()
         return 0
 
-    def _should_stop(self, started: float, max_step_seconds: float) -> str | None:
+    def _should_stop(self, max_step_seconds: float) -> str | None:
         """Agree over all ranks whether to stop now (a signal reached any rank, or the budget is spent)."""
         budget = self.config.train.wall_time_budget_s
         out_of_time = budget is not None and (
-            time.monotonic() - started + 2 * max_step_seconds + 2 * self.save_seconds > budget)
+            time.monotonic() - self.started + 2 * max_step_seconds + 2 * self.save_seconds > budget)
         flags = torch.tensor([float(self.stop.signum is not None), float(out_of_time)], device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[0] > 0:
@@ -425,7 +430,7 @@ class Trainer:
         lr = self.schedule.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self._in_skip_range(self.step):
+        if self._in_skip_range(self.step + 1):
             for _ in range(self.accum):
                 next(batches)
             self.skipped_range += 1
