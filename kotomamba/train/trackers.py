@@ -19,12 +19,12 @@ class WandbTracker:
             raise UserError(
                 f"logging.wandb.mode is {mode!r} but wandb is not installed (pip install 'kotomamba[wandb]')"
             ) from exc
-        self._wandb = wandb
-        self.run_id = run_id or wandb.util.generate_id()
+        # A new run takes the id wandb makes (wandb.util.generate_id, used before, is absent in wandb 0.31).
         self.run = wandb.init(
-            project=project, entity=entity, name=name, id=self.run_id, resume="allow", mode=mode,
+            project=project, entity=entity, name=name, id=run_id, resume="allow", mode=mode,
             dir=str(run_dir), config=config,
         )
+        self.run_id = self.run.id
 
     def log(self, record: dict) -> None:
         self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
