@@ -51,3 +51,16 @@ def test_wall_time_budget_checkpoints_exits_75_and_resumes(tmp_path):
     assert json.loads((budgeted / "final.json").read_text())["step"] == 300
     assert losses(budgeted) == losses(straight)
     assert_same_weights(final_weights(straight), final_weights(budgeted))
+
+
+@pytest.mark.slow
+def test_async_checkpoints_of_two_sharded_processes_equal_blocking_ones(tmp_path):
+    saves = {"interval": 2, "keep_last": 0}
+    sync, asynchronous = tmp_path / "sync", tmp_path / "async"
+    run_train(write_config(tmp_path, sync, checkpoint=saves, eval={"interval": 0}), nproc=2)
+    run_train(write_config(tmp_path, asynchronous, checkpoint={**saves, "async": True}, eval={"interval": 0}),
+              nproc=2)
+    assert (asynchronous / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+    for step in (2, 4, 6, 8):
+        assert_same_weights(weights_at(sync, step), weights_at(asynchronous, step))
+    assert losses(asynchronous) == losses(sync)
