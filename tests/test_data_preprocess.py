@@ -174,7 +174,6 @@ def test_missing_input_is_a_user_error(sp_model, tmp_path):
 def test_line_numbers_across_chunks_and_a_last_line_without_newline(sp_model, tmp_path, monkeypatch, newline):
     import kotomamba.data.preprocess as module
 
-    monkeypatch.setattr(module, "CHUNK_LINES", 7)
     monkeypatch.setattr(module, "CHUNK_BYTES", 100)
     lines = [json.dumps({"text": f"document number {i}"}).encode() for i in range(60)]
     data = tmp_path / "many.jsonl"

@@ -16,7 +16,8 @@ Layout (Megatron-LM ``megatron/core/datasets/indexed_dataset.py``; also the desi
 ``<prefix>.bin``: the sequences' tokens concatenated, in the dtype above.
 
 Without sentence splitting every document is one sequence, so ``document_indices`` is
-``0, 1, ..., S``.
+``0, 1, ..., S``; with it (``preprocess --split-sentences``) every sentence is a sequence and
+``document_indices`` marks where each document's sentences start.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ class IndexedDatasetWriter:
     Both files are written under temporary names beside the final ones and moved into place by
     ``finalize()`` (the .idx last, so a reader never sees an index without its data);
     ``abort()`` (or leaving a ``with`` block by an exception) removes them and leaves the prefix as
-    it was. Documents are single sequences (no sentence splitting).
+    it was. A document is one sequence, or several (its sentences) when added with
+    ``sequences_per_document``.
     """
 
     def __init__(self, prefix: str | os.PathLike, dtype):
@@ -134,6 +136,7 @@ class IndexedDatasetWriter:
         self._tmp_idx = self.prefix.with_name(f".{self.prefix.name}.idx.{os.getpid()}.tmp")
         self._bin = open(self._tmp_bin, "wb")
         self._sizes: list[np.ndarray] = []
+        self._documents: list[np.ndarray] = []  # sequences per document, one array per call
         self.num_documents = 0
         self.num_tokens = 0
 
@@ -141,16 +144,26 @@ class IndexedDatasetWriter:
         """Append one document (a 1-D sequence of token ids) as one sequence."""
         self.add_documents(np.asarray(tokens), np.array([len(tokens)], dtype=np.int64))
 
-    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        """Append several documents at once: ``tokens`` concatenated, ``lengths`` per document."""
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray,
+                      sequences_per_document: np.ndarray | None = None) -> None:
+        """Append several documents at once: ``tokens`` concatenated, ``lengths`` per sequence.
+
+        ``sequences_per_document`` (int[documents], summing to ``len(lengths)``) groups the
+        sequences into documents; without it every sequence is a document.
+        """
         tokens = np.asarray(tokens)
         if tokens.size and (tokens.min() < np.iinfo(self.dtype).min or tokens.max() > np.iinfo(self.dtype).max):
             raise ValueError(f"token ids outside {self.dtype} range in {self.prefix}")
         if int(np.sum(lengths)) != tokens.size:
             raise ValueError("document lengths do not add up to the number of tokens")
         self._bin.write(tokens.astype(self.dtype, copy=False).tobytes(order="C"))
+        if sequences_per_document is None:
+            sequences_per_document = np.ones(len(lengths), dtype=np.int64)
+        elif int(np.sum(sequences_per_document)) != len(lengths):
+            raise ValueError("sequences per document do not add up to the number of sequences")
         self._sizes.append(np.asarray(lengths, dtype=np.int32))
-        self.num_documents += len(lengths)
+        self._documents.append(np.asarray(sequences_per_document, dtype=np.int64))
+        self.num_documents += len(sequences_per_document)
         self.num_tokens += tokens.size
 
     def finalize(self) -> None:
@@ -160,7 +173,9 @@ class IndexedDatasetWriter:
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int32)
         pointers = np.zeros(len(sizes), dtype=np.int64)
         np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        document_indices = np.arange(len(sizes) + 1, dtype=np.int64)
+        per_document = np.concatenate(self._documents) if self._documents else np.zeros(0, dtype=np.int64)
+        document_indices = np.zeros(len(per_document) + 1, dtype=np.int64)
+        np.cumsum(per_document, out=document_indices[1:])
         with open(self._tmp_idx, "wb") as handle:
             handle.write(_HEADER.pack(MAGIC, VERSION, dtype_code(self.dtype), len(sizes), len(document_indices)))
             handle.write(sizes.tobytes(order="C"))

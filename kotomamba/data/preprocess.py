@@ -1,19 +1,36 @@
 """``kotomamba preprocess``: JSONL -> Megatron ``<prefix>_<key>_document.{bin,idx}``, in parallel.
 
-Takes Megatron-LM ``tools/preprocess_data.py``'s flags (``--input --output-prefix --tokenizer-type
---tokenizer-model --json-keys --append-eod --workers``, and ``--dataset-impl mmap``), so the
-predecessor's tokenize scripts run with the command name swapped; ``--input`` may name several
-files (also ``.gz`` / ``.zst``), which are indexed in the order given.
+Takes Megatron-LM ``tools/preprocess_data.py``'s flags, so the predecessor's tokenize scripts run
+with the command name swapped: ``--input --output-prefix --tokenizer-type --tokenizer-model
+--vocab-file --merge-file --json-keys --append-eod --workers --split-sentences --keep-newlines
+--partitions --keep-sequential-samples --log-interval --dataset-impl mmap``. ``--input`` may name
+several files (also ``.gz`` / ``.zst``), which are indexed in the order given. Where we differ:
+
+- ``--split-sentences`` uses our own rule-based splitter (``kotomamba.data.sentences``), not
+  NLTK Punkt, so sentence boundaries differ in places; outputs are named as Megatron names them,
+  ``<prefix>_<key>_sentence.{bin,idx}``, one sequence per sentence, the eod (``--append-eod``)
+  at the end of each document's last sentence.
+- ``--partitions N`` is accepted and mapped onto the workers: the input is always read as one
+  ordered stream tokenized by ``--workers`` processes. The output equals Megatron's merged output
+  with ``--keep-sequential-samples`` (contiguous partitions); without it Megatron deals lines to
+  partitions round-robin and its document order differs from ours.
+- ``--log-interval N`` prints a progress line every N lines (documents); without it a progress bar
+  is drawn on a terminal.
 
 Each line must be a JSON object whose ``--json-keys`` are strings. A bad line (invalid UTF-8,
 invalid JSON, not an object, a missing key, a non-string value) stops the run with the file and
 line number and leaves nothing at the prefix (``--on-bad-line error``, the default), or is left
-out of every key's output and counted (``--on-bad-line skip``). Documents that tokenize to nothing
-are skipped and counted in both modes.
+out of every key's output and counted (``--on-bad-line skip``). A line whose document is empty
+under any of the keys (no tokens besides the eod) is left out of every key's output and counted
+once as an empty document, in both modes, so the outputs of several keys stay document for
+document in step.
 
-Lines are read in chunks by the main process, tokenized by ``--workers`` processes with the
-tokenizer's batch encoder, and written in input order, so the output does not depend on the number
-of workers.
+The main process reads blocks of raw lines and writes results, in input order, while
+``--workers`` processes parse and tokenize them with the tokenizer's batch encoder (``--workers
+0`` does everything in the main process), so the output does not depend on the number of
+workers. JSON is parsed with ``orjson`` when it is installed (``pip install kotomamba[fast]``);
+a line it rejects is parsed again with the standard library, which decides and names the
+problem, so both give the same output and the same errors.
 """
 from __future__ import annotations
 
@@ -27,41 +44,69 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from kotomamba.data.compression import open_decompressed
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
-from kotomamba.data.tokenizer import HUGGINGFACE_TYPES, SENTENCEPIECE_TYPES, Tokenizer, build_tokenizer
+from kotomamba.data.sentences import split_sentences
+from kotomamba.data.tokenizer import GPT2_TYPES, TOKENIZER_TYPES, Tokenizer, build_tokenizer
 from kotomamba.errors import UserError
 
+try:
+    from orjson import loads as _fast_loads
+except ImportError:
+    _fast_loads = None
+
 BAD_LINE_KINDS = ("invalid_utf8", "invalid_json", "missing_key", "non_string")
-CHUNK_LINES = 2048
 CHUNK_BYTES = 1 << 20
 # A JSON \uXXXX escape of a UTF-16 surrogate: decodes to a str that is not valid Unicode text.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _JSON = json.JSONDecoder()
 
 
+class TokenizerSpec(NamedTuple):
+    """What ``build_tokenizer`` needs, sent to each worker process."""
+
+    tokenizer_type: str
+    tokenizer_model: str | None = None
+    vocab_file: str | None = None
+    merge_file: str | None = None
+
+    def build(self) -> Tokenizer:
+        return build_tokenizer(self.tokenizer_type, self.tokenizer_model, self.vocab_file, self.merge_file)
+
+
+class EncodeOptions(NamedTuple):
+    json_keys: tuple[str, ...]
+    append_eod: bool
+    split_sentences: bool = False
+    keep_newlines: bool = False
+
+
 @dataclass
 class Chunk:
-    """Consecutive lines of one input file; ``first_line`` is 1-based."""
+    """Consecutive lines of one input file joined by b"\\n" (no newline after the last);
+    ``first_line`` is 1-based."""
 
     file: str
     first_line: int
-    lines: list[bytes]
+    data: bytes
 
 
 @dataclass
 class ChunkResult:
-    """Per key: the chunk's documents concatenated (``tokens``) and their ``lengths``."""
+    """Per key: the chunk's kept documents' tokens concatenated (``tokens``), tokens per sequence
+    (``lengths``) and, with sentence splitting, sequences per document (``sequences``)."""
 
     tokens: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]
+    sequences: dict[str, np.ndarray | None]
     bad: list[tuple[str, str, int, str]]  # (kind, file, line, message), in line order
     empty: int
     lines: int
+    bytes: int
 
 
 @dataclass
@@ -78,47 +123,108 @@ class PreprocessSummary:
 class _Encoder:
     """Turns chunks of raw lines into token arrays; one per worker process."""
 
-    def __init__(self, tokenizer: Tokenizer, json_keys: Sequence[str], append_eod: bool, dtype):
+    def __init__(self, tokenizer: Tokenizer, options: EncodeOptions):
         self.tokenizer = tokenizer
-        self.json_keys = list(json_keys)
-        self.append_eod = append_eod
-        self.dtype = dtype
+        self.options = options
+        self.dtype = optimal_dtype(tokenizer.vocab_size)
+        self._eod = np.array([tokenizer.eod], dtype=self.dtype)
+        self._fast_loads = _fast_loads
 
     def encode(self, chunk: Chunk) -> ChunkResult:
-        texts: dict[str, list[str]] = {key: [] for key in self.json_keys}
+        keys = self.options.json_keys
+        texts: dict[str, list[str]] = {key: [] for key in keys}
         bad: list[tuple[str, str, int, str]] = []
+        lines = chunk.data.split(b"\n")
+        if b"\r" in chunk.data:
+            lines = [line.rstrip(b"\r") for line in lines]
         # One regex pass over the chunk; lines are checked one by one only if it matches.
-        maybe_surrogates = _SURROGATE_ESCAPE.search(b"\n".join(chunk.lines)) is not None
-        for number, raw in enumerate(chunk.lines, start=chunk.first_line):
+        maybe_surrogates = _SURROGATE_ESCAPE.search(chunk.data) is not None
+        for number, raw in enumerate(lines, start=chunk.first_line):
             problem = self._parse(raw, texts, maybe_surrogates)
             if problem is not None:
                 bad.append((problem[0], chunk.file, number, problem[1]))
-        tokens, lengths, empty = {}, {}, 0
-        for key, values in texts.items():
-            ids = self.tokenizer.encode_batch(values, self.append_eod) if values else []
-            ids = [doc for doc in ids if len(doc) > self.append_eod]  # drop documents with no text tokens
-            empty += len(values) - len(ids)
-            lengths[key] = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-            tokens[key] = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths[key].sum()))
-        return ChunkResult(tokens, lengths, bad, empty, len(chunk.lines))
+        if self.options.split_sentences:
+            tokens, lengths, sequences, empty = self._sentences(texts)
+        else:
+            tokens, lengths, empty = self._documents(texts)
+            sequences = dict.fromkeys(keys)
+        return ChunkResult(tokens, lengths, sequences, bad, empty, len(lines), len(chunk.data) + 1)
+
+    def _documents(self, texts: dict[str, list[str]]):
+        """One sequence per document; a document empty under any key is dropped from all keys."""
+        count = len(next(iter(texts.values())))
+        arrays = {key: self.tokenizer.encode_arrays(values, self.options.append_eod) if values else []
+                  for key, values in texts.items()}
+        lengths = {key: np.fromiter(map(len, docs), dtype=np.int64, count=count) for key, docs in arrays.items()}
+        keep = np.ones(count, dtype=bool)
+        for key_lengths in lengths.values():
+            keep &= key_lengths > self.options.append_eod  # some text token besides the eod
+        kept = int(keep.sum())
+        tokens = {}
+        for key, docs in arrays.items():
+            if kept < count:
+                docs = list(itertools.compress(docs, keep))
+                lengths[key] = lengths[key][keep]
+            tokens[key] = self._concatenate(docs)
+        return tokens, lengths, count - kept
+
+    def _sentences(self, texts: dict[str, list[str]]):
+        """One sequence per sentence with at least one token; the eod ends each document's last one."""
+        per_key = {key: self._sentence_arrays(values) for key, values in texts.items()}
+        keep = [all(docs) for docs in zip(*per_key.values())]
+        tokens, lengths, sequences = {}, {}, {}
+        for key, documents in per_key.items():
+            pieces, sizes, counts = [], [], []
+            for sentences in itertools.compress(documents, keep):
+                pieces += sentences
+                sizes += map(len, sentences)
+                counts.append(len(sentences))
+                if self.options.append_eod:
+                    pieces.append(self._eod)
+                    sizes[-1] += 1
+            tokens[key] = self._concatenate(pieces)
+            lengths[key] = np.array(sizes, dtype=np.int64)
+            sequences[key] = np.array(counts, dtype=np.int64)
+        return tokens, lengths, sequences, len(keep) - sum(keep)
+
+    def _sentence_arrays(self, values: list[str]) -> list[list[np.ndarray]]:
+        """Per document: the token arrays of its sentences that have tokens."""
+        sentences = [split_sentences(value, self.options.keep_newlines) for value in values]
+        flat = [sentence for document in sentences for sentence in document]
+        arrays = iter(self.tokenizer.encode_arrays(flat) if flat else [])
+        return [[a for a in itertools.islice(arrays, len(document)) if len(a)] for document in sentences]
+
+    def _concatenate(self, arrays: list[np.ndarray]) -> np.ndarray:
+        if not arrays:
+            return np.zeros(0, dtype=self.dtype)
+        # unsafe: int32 -> uint16 is exact here, every id is below the vocabulary size (< 65,500).
+        return np.concatenate(arrays, dtype=self.dtype, casting="unsafe")
 
     def _parse(self, raw: bytes, texts: dict[str, list[str]], maybe_surrogates: bool) -> tuple[str, str] | None:
         """Append this line's texts to ``texts``, or return (kind, message) of what is wrong with it."""
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return "invalid_utf8", f"invalid UTF-8 at byte {exc.start} of the line"
-        try:
-            # raw_decode skips json.loads' Python-level wrappers (a measurable share of the time).
-            obj, end = _JSON.raw_decode(line, len(line) - len(line.lstrip()) if line[:1].isspace() else 0)
-            if end != len(line) and line[end:].strip():
-                raise json.JSONDecodeError("Extra data", line, end)
-        except json.JSONDecodeError as exc:
-            return "invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})"
+        obj = None
+        if self._fast_loads is not None:
+            try:
+                obj = self._fast_loads(raw)  # rejects invalid UTF-8 and lone surrogates itself
+                maybe_surrogates = False
+            except ValueError:
+                obj = None
+        if obj is None:  # the standard library decides, and names the problem
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return "invalid_utf8", f"invalid UTF-8 at byte {exc.start} of the line"
+            try:
+                # raw_decode skips json.loads' Python-level wrappers (a measurable share of the time).
+                obj, end = _JSON.raw_decode(line, len(line) - len(line.lstrip()) if line[:1].isspace() else 0)
+                if end != len(line) and line[end:].strip():
+                    raise json.JSONDecodeError("Extra data", line, end)
+            except json.JSONDecodeError as exc:
+                return "invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})"
         if not isinstance(obj, dict):
             return "invalid_json", f"expected a JSON object, got {type(obj).__name__}"
         values = []
-        for key in self.json_keys:
+        for key in self.options.json_keys:
             if key not in obj:
                 return "missing_key", f"missing key {key!r}"
             value = obj[key]
@@ -126,12 +232,12 @@ class _Encoder:
                 return "non_string", f"key {key!r} is {type(value).__name__}, not a string"
             values.append(value)
         if maybe_surrogates and _SURROGATE_ESCAPE.search(raw):
-            for key, value in zip(self.json_keys, values):
+            for key, value in zip(self.options.json_keys, values):
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
                     return "invalid_utf8", f"key {key!r} holds an unpaired UTF-16 surrogate escape"
-        for key, value in zip(self.json_keys, values):
+        for key, value in zip(self.options.json_keys, values):
             texts[key].append(value)
         return None
 
@@ -139,10 +245,9 @@ class _Encoder:
 _worker_encoder: _Encoder | None = None
 
 
-def _init_worker(tokenizer_type: str, tokenizer_model: str, json_keys: Sequence[str], append_eod: bool) -> None:
+def _init_worker(spec: TokenizerSpec, options: EncodeOptions) -> None:
     global _worker_encoder
-    tokenizer = build_tokenizer(tokenizer_type, tokenizer_model)
-    _worker_encoder = _Encoder(tokenizer, json_keys, append_eod, optimal_dtype(tokenizer.vocab_size))
+    _worker_encoder = _Encoder(spec.build(), options)
 
 
 def _encode_in_worker(chunk: Chunk) -> ChunkResult:
@@ -150,10 +255,10 @@ def _encode_in_worker(chunk: Chunk) -> ChunkResult:
 
 
 def read_chunks(paths: Sequence[str]) -> Iterator[Chunk]:
-    """Every line of every input, in order, in chunks of at most CHUNK_LINES lines / ~CHUNK_BYTES bytes.
+    """Every line of every input, in order, in chunks of whole lines of about CHUNK_BYTES.
 
-    Reads blocks and splits them in C rather than iterating the file line by line (a few percent
-    of the whole run on one worker).
+    The main process only cuts blocks at a newline and counts them (both in C); splitting into
+    lines happens in the workers.
     """
     for path in paths:
         first, rest = 1, b""
@@ -165,19 +270,10 @@ def read_chunks(paths: Sequence[str]) -> Iterator[Chunk]:
                     rest = block
                     continue
                 rest = block[cut + 1 :]
-                for chunk in _split_lines(str(path), first, block[:cut]):
-                    yield chunk
-                    first += len(chunk.lines)
+                yield Chunk(str(path), first, block[:cut])
+                first += block.count(b"\n", 0, cut) + 1
         if rest:
-            yield from _split_lines(str(path), first, rest)
-
-
-def _split_lines(path: str, first: int, text: bytes) -> Iterator[Chunk]:
-    lines = text.split(b"\n")
-    if b"\r" in text:
-        lines = [line.rstrip(b"\r") for line in lines]
-    for start in range(0, len(lines), CHUNK_LINES):
-        yield Chunk(path, first + start, lines[start : start + CHUNK_LINES])
+            yield Chunk(str(path), first, rest)
 
 
 def _ordered_parallel(chunks: Iterator[Chunk], workers: int, initargs: tuple) -> Iterator[ChunkResult]:
@@ -187,16 +283,19 @@ def _ordered_parallel(chunks: Iterator[Chunk], workers: int, initargs: tuple) ->
         pending: collections.deque = collections.deque()
         for chunk in chunks:
             pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= 2 * workers + 1:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
 
 
-def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, tokenizer_model: str,
+def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, tokenizer_model: str | None = None,
                json_keys: Sequence[str] = ("text",), append_eod: bool = False, workers: int = 1,
-               on_bad_line: str = "error", progress: bool = True) -> PreprocessSummary:
-    """Tokenize ``inputs`` into ``<output_prefix>_<key>_document.{bin,idx}`` for each key.
+               on_bad_line: str = "error", progress: bool = True, *, vocab_file: str | None = None,
+               merge_file: str | None = None, split_sentences: bool = False, keep_newlines: bool = False,
+               log_interval: int | None = None) -> PreprocessSummary:
+    """Tokenize ``inputs`` into ``<output_prefix>_<key>_document.{bin,idx}`` for each key
+    (``_sentence`` with ``split_sentences``).
 
     Raises:
         UserError: a missing input, an unusable tokenizer, or (with ``on_bad_line="error"``) the
@@ -204,24 +303,33 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
     """
     if on_bad_line not in ("error", "skip"):
         raise UserError(f"--on-bad-line must be 'error' or 'skip', not {on_bad_line!r}")
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    if workers < 0:
+        raise UserError(f"--workers must be at least 0, got {workers}")
+    if log_interval is not None and log_interval < 1:
+        raise UserError(f"--log-interval must be at least 1, got {log_interval}")
+    if not json_keys or len(set(json_keys)) != len(json_keys):
+        raise UserError(f"--json-keys must name at least one key, each once (got {' '.join(json_keys)!r})")
     for path in inputs:
         if not Path(path).is_file():
             raise UserError(f"{path}: input file not found (--input)")
-    tokenizer = build_tokenizer(tokenizer_type, str(tokenizer_model))
+    spec = TokenizerSpec(tokenizer_type, None if tokenizer_model is None else str(tokenizer_model),
+                         None if vocab_file is None else str(vocab_file),
+                         None if merge_file is None else str(merge_file))
+    tokenizer = spec.build()
+    options = EncodeOptions(tuple(json_keys), append_eod, split_sentences, keep_newlines)
     dtype = optimal_dtype(tokenizer.vocab_size)
-    outputs = {key: f"{output_prefix}_{key}_document" for key in json_keys}
+    level = "sentence" if split_sentences else "document"
+    outputs = {key: f"{output_prefix}_{key}_{level}" for key in json_keys}
     summary = PreprocessSummary(outputs, dict.fromkeys(json_keys, 0), dict.fromkeys(json_keys, 0))
     start = time.perf_counter()
     chunks = read_chunks(inputs)
-    if workers == 1:
-        encoder = _Encoder(tokenizer, json_keys, append_eod, dtype)
-        results = map(encoder.encode, chunks)
+    if workers == 0:
+        results = map(_Encoder(tokenizer, options).encode, chunks)
     else:
-        results = _ordered_parallel(chunks, workers, (tokenizer_type, str(tokenizer_model), list(json_keys), append_eod))
+        results = _ordered_parallel(chunks, workers, (spec, options))
     writers = {key: IndexedDatasetWriter(prefix, dtype) for key, prefix in outputs.items()}
-    bar = _progress_bar(progress)
+    bar = _progress_bar(progress and log_interval is None)
+    read_bytes, next_log = 0, log_interval
     try:
         for result in results:
             if result.bad and on_bad_line == "error":
@@ -231,10 +339,16 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
                 summary.skipped[kind] += 1
             summary.empty += result.empty
             for key, writer in writers.items():
-                writer.add_documents(result.tokens[key], result.lengths[key])
+                writer.add_documents(result.tokens[key], result.lengths[key], result.sequences[key])
             summary.lines += result.lines
+            read_bytes += result.bytes
             if bar is not None:
                 bar.update(result.lines)
+            if next_log is not None and summary.lines >= next_log:
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                print(f"Processed {summary.lines} documents ({summary.lines / elapsed:,.1f} docs/s, "
+                      f"{read_bytes / elapsed / 1e6:,.2f} MB/s).", file=sys.stderr, flush=True)
+                next_log = (summary.lines // log_interval + 1) * log_interval
     except BaseException:
         if hasattr(results, "close"):
             results.close()  # stops the worker pool now rather than at garbage collection
@@ -264,12 +378,24 @@ def _progress_bar(enabled: bool):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kotomamba preprocess", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="JSONL file(s), plain, .gz or .zst")
-    parser.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.{bin,idx}")
-    parser.add_argument("--tokenizer-type", required=True, choices=SENTENCEPIECE_TYPES + HUGGINGFACE_TYPES)
-    parser.add_argument("--tokenizer-model", required=True, help=".model file, tokenizer.json, directory or hub name")
+    parser.add_argument("--output-prefix", required=True,
+                        help="writes <prefix>_<key>_document.{bin,idx} (_sentence with --split-sentences)")
+    parser.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    parser.add_argument("--tokenizer-model", help=".model file, tokenizer.json, directory or hub name")
+    parser.add_argument("--vocab-file", help="GPT2BPETokenizer: GPT-2's vocab.json")
+    parser.add_argument("--merge-file", help="GPT2BPETokenizer: GPT-2's merges.txt")
     parser.add_argument("--json-keys", nargs="+", default=["text"], help="keys to index, one output per key")
     parser.add_argument("--append-eod", action="store_true", help="end every document with the tokenizer's eod id")
-    parser.add_argument("--workers", type=int, default=1, help="tokenizing processes")
+    parser.add_argument("--split-sentences", action="store_true",
+                        help="one sequence per sentence (our rule-based splitter, not NLTK Punkt)")
+    parser.add_argument("--keep-newlines", action="store_true",
+                        help="with --split-sentences: keep the whitespace after each sentence at its end")
+    parser.add_argument("--workers", type=int, default=1, help="tokenizing processes (0: in the main process)")
+    parser.add_argument("--partitions", type=int, default=1,
+                        help="Megatron's; accepted and mapped onto --workers (one ordered stream)")
+    parser.add_argument("--keep-sequential-samples", action="store_true",
+                        help="Megatron's; documents always keep their input order here")
+    parser.add_argument("--log-interval", type=int, help="print a progress line every N documents (instead of a bar)")
     parser.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
     parser.add_argument("--dataset-impl", choices=("mmap",), default="mmap", help="Megatron's; only mmap exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -279,9 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.partitions < 1:
+            raise UserError(f"--partitions must be at least 1, got {args.partitions}")
+        if args.keep_newlines and not args.split_sentences:
+            raise UserError("--keep-newlines only applies with --split-sentences")
+        if args.tokenizer_type not in GPT2_TYPES and (args.vocab_file or args.merge_file):
+            raise UserError(f"--vocab-file / --merge-file are for GPT2BPETokenizer, not {args.tokenizer_type}")
         summary = preprocess(args.input, args.output_prefix, args.tokenizer_type, args.tokenizer_model,
                              args.json_keys, args.append_eod, args.workers, args.on_bad_line,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, vocab_file=args.vocab_file, merge_file=args.merge_file,
+                             split_sentences=args.split_sentences, keep_newlines=args.keep_newlines,
+                             log_interval=args.log_interval)
     except UserError as exc:
         print(f"kotomamba preprocess: error: {exc}", file=sys.stderr)
         return 2
