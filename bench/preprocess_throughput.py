@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from kotomamba.data.corpus import write_corpus
+from kotomamba.data import preprocess as preprocess_module
 from kotomamba.data.preprocess import preprocess
 from kotomamba.data.tokenizer import build_tokenizer
 from kotomamba.data.train_tokenizer import train_tokenizer
@@ -80,7 +81,9 @@ def main() -> None:
         ref_cpu_rate = ref_tokens / min(r[2] for r in runs)
         print(f"host: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"input {data.stat().st_size / 1e6:.1f} MB, {len(texts)} documents, {args.tokenizer_type}")
-        print(f"{ref_tokens / len(texts):.0f} tokens per document")
+        parser_name = "orjson" if preprocess_module._fast_loads is not None else "stdlib json"
+        print(f"{ref_tokens / len(texts):.0f} tokens per document; JSON parser: {parser_name}; load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"tokenizer encode_batch, 1 thread: {ref_rate:,.0f} tokens/s wall, {ref_cpu_rate:,.0f} tokens/CPU-s "
               f"({ref_tokens} tokens)")
         print(f"{'workers':>7} {'tokens/s':>12} {'per worker':>12} {'ratio':>6} {'tokens/CPU-s':>13} {'CPU ratio':>9}")

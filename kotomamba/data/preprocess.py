@@ -137,12 +137,16 @@ class _Encoder:
         lines = chunk.data.split(b"\n")
         if b"\r" in chunk.data:
             lines = [line.rstrip(b"\r") for line in lines]
-        # One regex pass over the chunk; lines are checked one by one only if it matches.
-        maybe_surrogates = _SURROGATE_ESCAPE.search(chunk.data) is not None
-        for number, raw in enumerate(lines, start=chunk.first_line):
-            problem = self._parse(raw, texts, maybe_surrogates)
-            if problem is not None:
-                bad.append((problem[0], chunk.file, number, problem[1]))
+        columns = self._parse_all(lines)
+        if columns is not None:
+            texts = columns
+        else:
+            # One regex pass over the chunk; lines are checked one by one only if it matches.
+            maybe_surrogates = _SURROGATE_ESCAPE.search(chunk.data) is not None
+            for number, raw in enumerate(lines, start=chunk.first_line):
+                problem = self._parse(raw, texts, maybe_surrogates)
+                if problem is not None:
+                    bad.append((problem[0], chunk.file, number, problem[1]))
         if self.options.split_sentences:
             tokens, lengths, sequences, empty = self._sentences(texts)
         else:
@@ -199,6 +203,24 @@ class _Encoder:
             return np.zeros(0, dtype=self.dtype)
         # unsafe: int32 -> uint16 is exact here, every id is below the vocabulary size (< 65,500).
         return np.concatenate(arrays, dtype=self.dtype, casting="unsafe")
+
+    def _parse_all(self, lines: list[bytes]) -> dict[str, list[str]] | None:
+        """Every line's texts per key, or None when any line is not a JSON object with string
+        values under every key (then ``_parse`` goes line by line and names the problem).
+
+        The common case at C speed: no Python code per line, as ``_parse`` needs (~5% of a run).
+        """
+        if self._fast_loads is None:
+            return None
+        try:
+            objects = list(map(self._fast_loads, lines))
+            # A list or string raises TypeError on a str index, a dict without the key KeyError.
+            columns = {key: [obj[key] for obj in objects] for key in self.options.json_keys}
+        except (ValueError, KeyError, TypeError):
+            return None
+        if any(set(map(type, values)) - {str} for values in columns.values()):
+            return None
+        return columns
 
     def _parse(self, raw: bytes, texts: dict[str, list[str]], maybe_surrogates: bool) -> tuple[str, str] | None:
         """Append this line's texts to ``texts``, or return (kind, message) of what is wrong with it."""
