@@ -6,8 +6,7 @@ import json
 import pytest
 
 from kotomamba.train.checkpoint import STEP_DIR
-from test_train_loop import final_weights, losses, run_train, write_config
-from test_train_skips import assert_same_weights, weights_at
+from train_helpers import assert_same_weights, final_weights, losses, run_train, weights_at, write_config
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_train_loop import final_weights, losses, run_train, write_config
+from train_helpers import final_weights, losses, run_train, write_config
 
 
 @pytest.mark.slow

@@ -6,8 +6,7 @@ import math
 import pytest
 
 from kotomamba.train.loss_scale import LossScale
-from test_train_loop import final_weights, losses, run_train, write_config
-from test_train_skips import assert_same_weights, records
+from train_helpers import assert_same_weights, final_weights, losses, records, run_train, write_config
 
 
 def test_loss_scale_halves_on_overflow_and_doubles_after_growth_interval_clean_steps():

@@ -11,8 +11,7 @@ import torch
 
 from kotomamba.model.config import preset
 from kotomamba.model.lm import MambaLM
-from test_train_loop import VOCAB, final_weights, run_train, train_env, write_config
-from test_train_skips import records
+from train_helpers import VOCAB, final_weights, records, run_train, train_env, write_config
 
 EMBEDDING = "backbone.embedding.weight"
 # One step whose batch is consumed but not trained on: the run's checkpoint holds its initial weights.

@@ -3,27 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from kotomamba.train.checkpoint import read_full_model_state
-from test_train_loop import final_weights, losses, run_train, write_config
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return read_full_model_state(run_dir / "checkpoints" / f"step_{step:08d}")
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+from train_helpers import (assert_same_weights, final_weights, losses, records, run_train, weights_at,
+                           write_config)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kotomamba.train.checkpoint import resolve_checkpoint
-from test_train_loop import run_train, write_config
+from train_helpers import run_train, write_config
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 pytest.importorskip("wandb", reason="the wandb extra is not installed")
