@@ -13,6 +13,7 @@ from kotomamba.data.corpus import write_corpus
 from kotomamba.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter
 from kotomamba.data.preprocess import main as preprocess_main
 from kotomamba.data.preprocess import preprocess
+from kotomamba.data.sentences import split_sentences
 from kotomamba.data.tokenizer import build_tokenizer
 from kotomamba.data.train_tokenizer import train_tokenizer
 from kotomamba.errors import UserError
@@ -99,7 +100,7 @@ def test_workers_and_compressed_inputs_give_identical_output(corpus, sp_model, t
     gz = tmp_path / "copy.jsonl.gz"
     gz.write_bytes(gzip.compress(corpus.read_bytes()))
     common = dict(tokenizer_type="SentencePieceTokenizer", tokenizer_model=sp_model, append_eod=True, progress=False)
-    preprocess([str(corpus), str(corpus)], str(tmp_path / "one"), workers=1, **common)
+    preprocess([str(corpus), str(corpus)], str(tmp_path / "one"), workers=0, **common)
     summary = preprocess([str(corpus), str(gz)], str(tmp_path / "two"), workers=2, **common)
     for ext in ("bin", "idx"):
         assert (tmp_path / f"one_text_document.{ext}").read_bytes() == (tmp_path / f"two_text_document.{ext}").read_bytes()
@@ -134,9 +135,26 @@ BAD_LINES = [
 ]
 
 
+def use_json_parser(monkeypatch, parser):
+    """Parse in this process with orjson (skipped where it is not installed) or the standard library."""
+    import kotomamba.data.preprocess as module
+
+    if parser == "orjson":
+        monkeypatch.setattr(module, "_fast_loads", pytest.importorskip("orjson").loads)
+    else:
+        monkeypatch.setattr(module, "_fast_loads", None)
+
+
+# Workers 0 parse in this process with the parser asked for; workers 2 with whatever is installed.
+WORKERS_AND_PARSERS = [(0, "orjson"), (0, "stdlib"), (2, "installed")]
+
+
 @pytest.mark.parametrize("kind,line", BAD_LINES)
-@pytest.mark.parametrize("workers", [1, 2])
-def test_bad_line_is_an_error_naming_file_and_line(sp_model, tmp_path, capsys, kind, line, workers):
+@pytest.mark.parametrize("workers,parser", WORKERS_AND_PARSERS)
+def test_bad_line_is_an_error_naming_file_and_line(sp_model, tmp_path, capsys, monkeypatch, kind, line, workers,
+                                                   parser):
+    if parser != "installed":
+        use_json_parser(monkeypatch, parser)
     data = tmp_path / "bad.jsonl"
     data.write_bytes(b'{"text": "good line"}\n{"text": "another"}\n' + line + b'\n{"text": "after"}\n')
     prefix = tmp_path / "out" / "bad"
@@ -147,7 +165,9 @@ def test_bad_line_is_an_error_naming_file_and_line(sp_model, tmp_path, capsys, k
     assert list((tmp_path / "out").iterdir()) == []  # no .bin/.idx, not even temporary ones
 
 
-def test_skip_mode_indexes_good_lines_and_counts_each_kind(sp_model, tmp_path, capsys):
+@pytest.mark.parametrize("parser", ["orjson", "stdlib"])
+def test_skip_mode_indexes_good_lines_and_counts_each_kind(sp_model, tmp_path, capsys, monkeypatch, parser):
+    use_json_parser(monkeypatch, parser)
     data = tmp_path / "mixed.jsonl"
     good = ["first good", "second good", "third good"]
     lines = [json.dumps({"text": good[0]}).encode()] + [line for _, line in BAD_LINES]
@@ -156,7 +176,7 @@ def test_skip_mode_indexes_good_lines_and_counts_each_kind(sp_model, tmp_path, c
     prefix = tmp_path / "skip"
     rc = preprocess_main(["--input", str(data), "--output-prefix", str(prefix), "--tokenizer-type",
                           "SentencePieceTokenizer", "--tokenizer-model", sp_model, "--on-bad-line", "skip",
-                          "--append-eod", "--no-progress"])
+                          "--append-eod", "--no-progress", "--workers", "0"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "invalid_utf8 2, invalid_json 3, missing_key 1, non_string 1" in out  # the blank line is invalid JSON
@@ -186,3 +206,139 @@ def test_line_numbers_across_chunks_and_a_last_line_without_newline(sp_model, tm
     data.write_bytes(newline.join(lines))
     with pytest.raises(UserError, match=f"{data}:46: key 'text' is int"):
         preprocess([str(data)], str(tmp_path / "bad"), "SentencePieceTokenizer", sp_model, progress=False)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_document_empty_under_one_key_is_dropped_from_every_key(sp_model, tmp_path, split):
+    rows = [("hello there", "world"), ("good", ""), ("", "bye"), ("last one", "answer")]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in rows))
+    summary = preprocess([str(data)], str(tmp_path / "qa"), "SentencePieceTokenizer", sp_model, json_keys=["q", "a"],
+                         append_eod=True, workers=0, progress=False, split_sentences=split)
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model)
+    level = "sentence" if split else "document"
+    assert summary.empty == 2 and summary.documents == {"q": 2, "a": 2}
+    for column, key in enumerate(("q", "a")):
+        _, docs, doc_idx = read_mmidx(tmp_path / f"qa_{key}_{level}")
+        assert docs == [tok.encode(rows[i][column]) + [tok.eod] for i in (0, 3)]
+        assert doc_idx == [0, 1, 2]
+
+
+def test_split_sentences_writes_megatron_sentence_files(sp_model, tmp_path):
+    texts = ["First sentence. Second one! A third?", "Only one here.", "日本語の文。二つ目の文。"]
+    data = tmp_path / "s.jsonl"
+    data.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    prefix = tmp_path / "out" / "s"
+    rc = preprocess_main(["--input", str(data), "--output-prefix", str(prefix), "--tokenizer-type",
+                          "SentencePieceTokenizer", "--tokenizer-model", sp_model, "--split-sentences",
+                          "--append-eod", "--workers", "2", "--no-progress"])
+    assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s_text_sentence.bin", "s_text_sentence.idx"]
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model)
+    expected, starts = [], [0]
+    for text in texts:
+        sentences = [tok.encode(s) for s in split_sentences(text)]
+        sentences[-1].append(tok.eod)  # Megatron: the eod ends the document's last sentence
+        expected += sentences
+        starts.append(len(expected))
+    _, sequences, doc_idx = read_mmidx(prefix.with_name("s_text_sentence"))
+    assert sequences == expected and doc_idx == starts == [0, 3, 4, 6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        indexed_dataset = pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    theirs = indexed_dataset.IndexedDataset(str(prefix.with_name("s_text_sentence")))
+    assert theirs.document_indices.tolist() == starts
+    assert [theirs[i].tolist() for i in range(len(expected))] == expected
+
+
+def test_keep_newlines_keeps_the_whitespace_after_each_sentence(sp_model, tmp_path):
+    text = "A first line.\nA second line.\n\nNext paragraph."
+    data = tmp_path / "n.jsonl"
+    data.write_text(json.dumps({"text": text}) + "\n")
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model)
+    for flag, sentences in ((True, ["A first line.\n", "A second line.\n\n", "Next paragraph."]),
+                            (False, ["A first line.", "A second line.", "Next paragraph."])):
+        preprocess([str(data)], str(tmp_path / f"n{flag}"), "SentencePieceTokenizer", sp_model, workers=0,
+                   progress=False, split_sentences=True, keep_newlines=flag)
+        assert read_mmidx(tmp_path / f"n{flag}_text_sentence")[1] == [tok.encode(s) for s in sentences]
+    assert preprocess_main(["--input", str(data), "--output-prefix", str(tmp_path / "x"), "--tokenizer-type",
+                            "SentencePieceTokenizer", "--tokenizer-model", sp_model, "--keep-newlines"]) == 2
+
+
+def test_partitions_keep_sequential_samples_and_log_interval(corpus, sp_model, tmp_path, capsys, monkeypatch):
+    import kotomamba.data.preprocess as module
+
+    monkeypatch.setattr(module, "CHUNK_BYTES", 20_000)  # several chunks, so several progress lines
+    common = ["--input", str(corpus), "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model,
+              "--append-eod", "--no-progress"]
+    assert preprocess_main(common + ["--output-prefix", str(tmp_path / "plain"), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert preprocess_main(common + ["--output-prefix", str(tmp_path / "megatron"), "--workers", "2",
+                                     "--partitions", "2", "--keep-sequential-samples", "--log-interval", "100"]) == 0
+    logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Processed ")]
+    counts = [int(line.split()[1]) for line in logged]
+    assert len(counts) >= 3 and counts == sorted(counts) and counts[-1] == len(_texts(corpus))
+    assert all(b // 100 > a // 100 for a, b in zip(counts, counts[1:]))  # at most one line per 100 documents
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"plain_text_document.{ext}").read_bytes() == \
+            (tmp_path / f"megatron_text_document.{ext}").read_bytes()
+    assert preprocess_main(common + ["--output-prefix", str(tmp_path / "bad"), "--partitions", "0"]) == 2
+
+
+def _gpt2_reference_encode(text, vocab, merges):
+    """GPT-2's byte-level BPE written out from its published algorithm (openai/gpt-2 encoder.py):
+    regex split, bytes mapped to printable characters, lowest-ranked merge first."""
+    import regex
+
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    byte_to_char, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            byte_to_char[b] = chr(b)
+        else:
+            byte_to_char[b] = chr(256 + extra)
+            extra += 1
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    ids = []
+    for piece in regex.findall(pattern, text):
+        word = [byte_to_char[b] for b in piece.encode("utf-8")]
+        while len(word) > 1:
+            pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
+            rank, i = min(pairs)
+            if rank == len(ranks):
+                break
+            word[i : i + 2] = [word[i] + word[i + 1]]
+        ids += [vocab[token] for token in word]
+    return ids
+
+
+def test_gpt2_bpe_from_vocab_and_merge_files(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    corpus = ["Hello world, hello GPT-2!", "It's 2024 and we've 3 cats.", "naïve café  spaces\n\tand tabs",
+              "日本語も少し。"] * 20
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trained.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    vocab_file, merge_file = trained.model.save(str(tmp_path))  # vocab.json, merges.txt as GPT-2 ships them
+    vocab = json.loads(open(vocab_file, encoding="utf-8").read())
+    merges = [tuple(line.split()) for line in open(merge_file, encoding="utf-8").read().splitlines()
+              if line and not line.startswith("#version")]
+    texts = ["Hello world, hello GPT-2!", "It's   2024\n\n  and we'll see <|endoftext|> café 日本", ""]
+    tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab_file, merge_file=merge_file)
+    assert tok.eod == vocab["<|endoftext|>"] and tok.vocab_size == len(vocab)
+    for text in texts:
+        assert tok.encode(text) == _gpt2_reference_encode(text, vocab, merges)
+        assert tok.decode(tok.encode(text)) == text
+    data = tmp_path / "g.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:2]))
+    common = ["--input", str(data), "--tokenizer-type", "GPT2BPETokenizer", "--append-eod", "--workers", "2"]
+    assert preprocess_main(common + ["--output-prefix", str(tmp_path / "g"), "--vocab-file", vocab_file,
+                                     "--merge-file", merge_file]) == 0
+    assert read_mmidx(tmp_path / "g_text_document")[1] == [_gpt2_reference_encode(t, vocab, merges) + [tok.eod]
+                                                           for t in texts[:2]]
+    capsys.readouterr()
+    assert preprocess_main(common + ["--output-prefix", str(tmp_path / "h"), "--vocab-file", vocab_file]) == 2
+    assert "needs --vocab-file and --merge-file" in capsys.readouterr().err
