@@ -5,7 +5,8 @@ one thread. ``preprocess`` adds reading, JSON parsing, validation, IPC and writi
 >= 0.9 of the reference per worker, near-linear in workers. Wall-clock rates depend on what else
 the machine runs, so CPU-time rates (tokens per CPU-second of every process involved: the main
 process plus its workers) are printed too; their ratio is the per-worker efficiency on a machine
-with a free core per worker. Text: the embedded default corpus
+with a free core per worker. ``--workers 0`` encodes in the main process (no worker processes;
+its "per worker" is the one process). Text: the embedded default corpus
 (Python standard-library docstrings), repeated to ``--megabytes``.
 
     python bench/preprocess_throughput.py --workers 1 2 [--tokenizer-type T --tokenizer-model M]
@@ -86,6 +87,7 @@ def main() -> None:
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"tokenizer encode_batch, 1 thread: {ref_rate:,.0f} tokens/s wall, {ref_cpu_rate:,.0f} tokens/CPU-s "
               f"({ref_tokens} tokens)")
+        print(f"load average before the runs: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'workers':>7} {'tokens/s':>12} {'per worker':>12} {'ratio':>6} {'tokens/CPU-s':>13} {'CPU ratio':>9}")
         for workers in args.workers:
             best_wall = best_cpu = float("inf")
@@ -96,8 +98,8 @@ def main() -> None:
                 best_cpu = min(best_cpu, cpu_seconds() - cpu)
                 best_wall = min(best_wall, summary.seconds)
             tokens = summary.tokens["text"]
-            rate, cpu_rate = tokens / best_wall, tokens / best_cpu
-            print(f"{workers:>7} {rate:>12,.0f} {rate / workers:>12,.0f} {rate / workers / ref_rate:>6.2f} "
+            rate, cpu_rate, processes = tokens / best_wall, tokens / best_cpu, max(workers, 1)
+            print(f"{workers:>7} {rate:>12,.0f} {rate / processes:>12,.0f} {rate / processes / ref_rate:>6.2f} "
                   f"{cpu_rate:>13,.0f} {cpu_rate / ref_cpu_rate:>9.2f}")
 
 

@@ -342,3 +342,29 @@ def test_gpt2_bpe_from_vocab_and_merge_files(tmp_path, capsys):
     capsys.readouterr()
     assert preprocess_main(common + ["--output-prefix", str(tmp_path / "h"), "--vocab-file", vocab_file]) == 2
     assert "needs --vocab-file and --merge-file" in capsys.readouterr().err
+
+
+TRICKY_LINES = [
+    b'\xef\xbb\xbf{"text": "after a byte order mark"}',
+    b'{"text": "first", "text": "duplicate key, the last wins"}',
+    b'{"text": "a NaN elsewhere", "n": NaN}',
+    b'{"text": "a huge number elsewhere", "n": 123456789012345678901234567890}',
+    b'{"text": "trailing vertical tab"}\x0b',
+    b'  {"text": "leading spaces"}  ',
+    b'{"text": "escapes \\u00e9 \\ud83d\\ude00 \\n \\" done"}',
+    b'{"text": "raw tab\tinside"}',
+    b'{"text": "nested", "meta": {"a": [1, 2, {"b": null}]}}',
+]
+
+
+@pytest.mark.parametrize("line", TRICKY_LINES)
+def test_orjson_and_stdlib_give_the_same_output(sp_model, tmp_path, monkeypatch, line):
+    data = tmp_path / "tricky.jsonl"
+    data.write_bytes(b'{"text": "a good line"}\n' + line + b'\n{"text": "another good line"}\n')
+    outcomes = []
+    for parser in ("orjson", "stdlib"):
+        use_json_parser(monkeypatch, parser)
+        summary = preprocess([str(data)], str(tmp_path / parser), "SentencePieceTokenizer", sp_model, workers=0,
+                             on_bad_line="skip", progress=False)
+        outcomes.append((summary.skipped, summary.documents, read_mmidx(tmp_path / f"{parser}_text_document")))
+    assert outcomes[0] == outcomes[1]
