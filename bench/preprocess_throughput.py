@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--docs-per-line", type=int, default=1, help="docstrings joined into each document")
     parser.add_argument("--tokenizer-type", default="SentencePieceTokenizer")
     parser.add_argument("--tokenizer-model", help="default: a unigram model (vocab 8000) trained on the corpus")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs of each measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of measurements; the best of each is kept")
     args = parser.parse_args()
     # One thread per process: the comparison is per worker, one core each.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
@@ -76,32 +76,37 @@ def main() -> None:
         model = args.tokenizer_model or str(train_tokenizer([tmp / "corpus.jsonl"], 8000, "unigram", tmp / "tok"))
         tokenizer = build_tokenizer(args.tokenizer_type, model)
         texts = [json.loads(line)["text"] for line in open(data, encoding="utf-8")]
-        runs = [reference_rate(tokenizer, texts) for _ in range(args.repeats)]
-        ref_tokens = runs[0][0]
-        ref_rate = ref_tokens / min(r[1] for r in runs)
-        ref_cpu_rate = ref_tokens / min(r[2] for r in runs)
         print(f"host: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"input {data.stat().st_size / 1e6:.1f} MB, {len(texts)} documents, {args.tokenizer_type}")
         parser_name = "orjson" if preprocess_module._fast_loads is not None else "stdlib json"
-        print(f"{ref_tokens / len(texts):.0f} tokens per document; JSON parser: {parser_name}; load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"JSON parser: {parser_name}; load average before the runs: {load_average()}")
+        # Rounds of (reference, each worker count), best of the rounds for each: on a shared
+        # machine the speed of a core drifts over minutes, so the runs compared are taken close together.
+        reference, best_wall, best_cpu = [], {}, {}
+        for repeat in range(args.repeats):
+            reference.append(reference_rate(tokenizer, texts))
+            for workers in args.workers:
+                cpu = cpu_seconds()
+                summary = preprocess([str(data)], str(tmp / "out"), args.tokenizer_type, model,
+                                     append_eod=True, workers=workers, progress=False)
+                best_cpu[workers] = min(best_cpu.get(workers, float("inf")), cpu_seconds() - cpu)
+                best_wall[workers] = min(best_wall.get(workers, float("inf")), summary.seconds)
+        ref_tokens = reference[0][0]
+        ref_rate = ref_tokens / min(r[1] for r in reference)
+        ref_cpu_rate = ref_tokens / min(r[2] for r in reference)
+        print(f"{ref_tokens / len(texts):.0f} tokens per document; load average after the runs: {load_average()}")
         print(f"tokenizer encode_batch, 1 thread: {ref_rate:,.0f} tokens/s wall, {ref_cpu_rate:,.0f} tokens/CPU-s "
               f"({ref_tokens} tokens)")
-        print(f"load average before the runs: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'workers':>7} {'tokens/s':>12} {'per worker':>12} {'ratio':>6} {'tokens/CPU-s':>13} {'CPU ratio':>9}")
+        tokens = summary.tokens["text"]
         for workers in args.workers:
-            best_wall = best_cpu = float("inf")
-            for repeat in range(args.repeats):
-                cpu = cpu_seconds()
-                summary = preprocess([str(data)], str(tmp / f"out{workers}_{repeat}"), args.tokenizer_type, model,
-                                     append_eod=True, workers=workers, progress=False)
-                best_cpu = min(best_cpu, cpu_seconds() - cpu)
-                best_wall = min(best_wall, summary.seconds)
-            tokens = summary.tokens["text"]
-            rate, cpu_rate, processes = tokens / best_wall, tokens / best_cpu, max(workers, 1)
+            rate, cpu_rate, processes = tokens / best_wall[workers], tokens / best_cpu[workers], max(workers, 1)
             print(f"{workers:>7} {rate:>12,.0f} {rate / processes:>12,.0f} {rate / processes / ref_rate:>6.2f} "
                   f"{cpu_rate:>13,.0f} {cpu_rate / ref_cpu_rate:>9.2f}")
 
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 if __name__ == "__main__":
     main()
