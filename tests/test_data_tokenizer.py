@@ -110,3 +110,17 @@ def test_gpt_sentencepiece_alias_and_unknown_type(corpus, tmp_path):
         build_tokenizer("GPT2BPETokenizer", out / "tokenizer.model")
     with pytest.raises(UserError, match="not found"):
         build_tokenizer("SentencePieceTokenizer", tmp_path / "missing.model")
+    with pytest.raises(UserError, match="not supported"):
+        build_tokenizer("BertWordPieceLowerCase", out / "tokenizer.model")
+
+
+@pytest.mark.parametrize("append_eod", [False, True])
+def test_encode_arrays_equals_encode_batch(corpus, hf_tokenizer_json, tmp_path, append_eod):
+    out = tmp_path / "tok"
+    train_tokenizer_main(["--input", str(corpus), "--vocab-size", "600", "--output", str(out)])
+    texts = SAMPLES + ["", " "]
+    for tok in (build_tokenizer("SentencePieceTokenizer", out / "tokenizer.model"),
+                build_tokenizer("HFTokenizer", hf_tokenizer_json)):
+        arrays = tok.encode_arrays(texts, append_eod)
+        assert [a.tolist() for a in arrays] == tok.encode_batch(texts, append_eod)
+        assert all(a.ndim == 1 and a.dtype.kind == "i" and a.dtype.itemsize >= 4 for a in arrays)
