@@ -64,9 +64,22 @@ def job_body(jobscript_text: str) -> list[str]:
     return [line for line in jobscript_text.splitlines() if not line.startswith("#!")]
 
 
-def submit(command: list[str], origin: str) -> tuple[int, str]:
-    """Run the ``qsub`` command; (exit code, its stdout). A failure is reported on stderr."""
+def submit_main(argv: list[str], origin: str, prepare, job_id) -> int:
+    """A profile's ``submit.py JOBSCRIPT``: ``prepare(properties, jobscript)`` gives the qsub command,
+    the wrapper script's path and its text; the wrapper is written and submitted only when every
+    setting is there; ``job_id(stdout)`` is printed for Snakemake. Returns the exit code."""
+    if len(argv) != 1:
+        print("usage: submit.py JOBSCRIPT", file=sys.stderr)
+        return 2
+    try:
+        command, script, text = prepare(job_properties(argv[0]), argv[0])
+    except SettingError as error:
+        print(f"{origin}: {error}", file=sys.stderr)
+        return 1
+    Path(script).write_text(text)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         print(f"{origin}: {' '.join(map(shlex.quote, command))} failed:\n{result.stderr}", file=sys.stderr)
-    return result.returncode, result.stdout
+        return result.returncode
+    print(job_id(result.stdout))
+    return 0

@@ -26,7 +26,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, job_properties, submit
+from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, submit_main
 from kotomamba.cluster_jobs import setting as site_setting
 
 DEFAULTS = {"abci_modules": "cuda/12.6/12.6.1 cudnn/9.5/9.5.1 hpcx/2.20"}
@@ -75,25 +75,15 @@ def wrapper_script(properties: dict, jobscript_text: str, log_dir: str) -> str:
     return "\n".join(lines + job_body(jobscript_text)) + "\n"
 
 
+def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
+    log_dir = str(Path(".snakemake", "pbs_logs", properties.get("rule", "job")).resolve())
+    script = f"{jobscript}.pbs.sh"
+    return (qsub_command(properties, script), script,
+            wrapper_script(properties, Path(jobscript).read_text(), log_dir))
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: submit.py JOBSCRIPT", file=sys.stderr)
-        return 2
-    jobscript = argv[0]
-    try:
-        properties = job_properties(jobscript)
-        log_dir = str(Path(".snakemake", "pbs_logs", properties.get("rule", "job")).resolve())
-        script = f"{jobscript}.pbs.sh"
-        command = qsub_command(properties, script)
-        Path(script).write_text(wrapper_script(properties, Path(jobscript).read_text(), log_dir))
-    except SettingError as error:
-        print(f"profiles/abci/submit.py: {error}", file=sys.stderr)
-        return 1
-    code, out = submit(command, "profiles/abci/submit.py")
-    if code != 0:
-        return code
-    print(out.strip().splitlines()[0])
-    return 0
+    return submit_main(argv, "profiles/abci/submit.py", prepare, lambda out: out.strip().splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, job_properties, submit
+from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, submit_main
 from kotomamba.cluster_jobs import setting as site_setting
 
 DEFAULTS = {"sge_style": "pe", "sge_pe": "smp", "sge_resource_type": "rt_AF"}
@@ -76,26 +76,18 @@ def wrapper_script(properties: dict, jobscript_text: str) -> str:
     return "\n".join(lines + job_body(jobscript_text)) + "\n"
 
 
+def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
+    log_dir = Path(".snakemake", "sge_logs", properties.get("rule", "job"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    script = f"{jobscript}.sge.sh"
+    command = qsub_command(properties, script, str(log_dir.resolve() / "$JOB_NAME.$JOB_ID.log"))
+    return command, script, wrapper_script(properties, Path(jobscript).read_text())
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: submit.py JOBSCRIPT", file=sys.stderr)
-        return 2
-    jobscript = argv[0]
-    try:
-        properties = job_properties(jobscript)
-        log_dir = Path(".snakemake", "sge_logs", properties.get("rule", "job"))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        script = f"{jobscript}.sge.sh"
-        command = qsub_command(properties, script, str(log_dir.resolve() / "$JOB_NAME.$JOB_ID.log"))
-        Path(script).write_text(wrapper_script(properties, Path(jobscript).read_text()))
-    except SettingError as error:
-        print(f"profiles/sge/submit.py: {error}", file=sys.stderr)
-        return 1
-    code, out = submit(command, "profiles/sge/submit.py")
-    if code != 0:
-        return code
-    print(out.strip().splitlines()[0].split(".")[0])
-    return 0
+    # -terse prints "<id>" or, for array jobs, "<id>.<range>": Snakemake wants the bare id.
+    return submit_main(argv, "profiles/sge/submit.py", prepare,
+                       lambda out: out.strip().splitlines()[0].split(".")[0])
 
 
 if __name__ == "__main__":

@@ -8,22 +8,8 @@ set -euo pipefail
 
 GRIDENGINE_VERSION="8.1.9*"  # upstream version; Debian revisions differ per package
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
-fail() {
-    echo "start_sge.sh: $*" >&2
-    for log in /var/spool/gridengine/qmaster/messages /var/spool/gridengine/execd/*/messages; do
-        [ -f "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }
-    done
-    exit 1
-}
-wait_for() { # wait_for <seconds> <description> <command...>
-    local seconds=$1 what=$2; shift 2
-    for _ in $(seq "$((seconds * 4))"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
-    fail "$what did not come up within ${seconds}s"
-}
-[ "$(id -u)" = 0 ] || fail "must run as root"
-
-host=$(hostname -s)
-getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >> /etc/hosts
+SCRIPT=start_sge.sh DAEMON_LOGS="/var/spool/gridengine/qmaster/messages /var/spool/gridengine/execd/*/messages"
+source "$(dirname "$0")/common.sh"
 
 if ! command -v sge_qmaster >/dev/null || ! command -v sge_execd >/dev/null || ! command -v qsub >/dev/null; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d

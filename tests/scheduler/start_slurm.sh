@@ -6,16 +6,8 @@
 set -euo pipefail
 
 SLURM_VERSION="22.05.8*"  # upstream version; Debian security revisions change
-fail() { echo "start_slurm.sh: $*" >&2; for log in /var/log/slurm/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }; done; exit 1; }
-wait_for() { # wait_for <seconds> <description> <command...>
-    local seconds=$1 what=$2; shift 2
-    for _ in $(seq "$((seconds * 4))"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
-    fail "$what did not come up within ${seconds}s"
-}
-[ "$(id -u)" = 0 ] || fail "must run as root"
-
-host=$(hostname -s)
-getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >> /etc/hosts
+SCRIPT=start_slurm.sh DAEMON_LOGS="/var/log/slurm/*.log"
+source "$(dirname "$0")/common.sh"
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
     # Package scripts must not try to start services (there is no init system to ask).
