@@ -15,6 +15,7 @@ version (the caller records it). ``--max-bytes`` keeps a deterministic, module-d
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import importlib
 import inspect
@@ -119,8 +120,8 @@ def collect_docstrings() -> list[tuple[str, str]]:
 def build_corpus(max_bytes: int | None = None) -> list[dict[str, str]]:
     """The corpus records, sorted by source, deduplicated, within ``max_bytes`` of JSONL if given."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        records = pool.apply(collect_docstrings)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
+        records = executor.submit(collect_docstrings).result()
     seen: set[str] = set()
     unique = []
     for source, text in sorted(records):

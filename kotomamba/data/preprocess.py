@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import itertools
 import json
 import multiprocessing
@@ -295,16 +296,26 @@ def read_chunks(paths: Sequence[str]) -> Iterator[Chunk]:
 
 
 def _ordered_parallel(chunks: Iterator[Chunk], workers: int, initargs: tuple) -> Iterator[ChunkResult]:
-    """Encode chunks on ``workers`` processes, yielding results in input order, a bounded number in flight."""
+    """Encode chunks on ``workers`` processes, yielding results in input order, a bounded number in flight.
+
+    A ``ProcessPoolExecutor`` rather than ``multiprocessing.Pool``: closing this generator early (a bad
+    line, Ctrl-C) cancels what has not started and waits for the few chunks in flight, where
+    ``Pool.terminate`` can deadlock on the task queue's lock; a worker that dies raises
+    ``BrokenProcessPool`` instead of leaving ``get()`` waiting forever.
+    """
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+    executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                      initargs=initargs)
+    try:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
+            pending.append(executor.submit(_encode_in_worker, chunk))
             if len(pending) >= 2 * workers + 1:
-                yield pending.popleft().get()
+                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, tokenizer_model: str | None = None,
