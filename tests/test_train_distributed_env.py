@@ -63,3 +63,25 @@ def test_job_port_is_the_launchers_rendezvous_port():
     assert detect_launch_env(base).master_port == 10000
     with pytest.raises(UserError, match="MASTER_PORT"):
         detect_launch_env({**base, "JOB_ID": "interactive"})
+
+
+def test_node_env_gives_the_ranks_of_a_node_one_triton_cache_with_autotune_results(monkeypatch, tmp_path):
+    import os
+    import socket
+    import tempfile
+
+    from kotomamba.train.distributed import apply_node_env
+
+    for key in ("TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "TRITON_LIBCUDA_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    apply_node_env({"TRITON_LIBCUDA_PATH": "/usr/lib64"})
+    assert os.environ["TRITON_LIBCUDA_PATH"] == "/usr/lib64"
+    assert os.environ["TRITON_CACHE_DIR"] == os.path.join(tmp_path, f"kotomamba-triton-alice-{socket.gethostname()}")
+    assert os.environ["TRITON_CACHE_AUTOTUNING"] == "1"
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/shared/cache")
+    monkeypatch.setenv("TRITON_CACHE_AUTOTUNING", "0")
+    apply_node_env({})
+    assert (os.environ["TRITON_CACHE_DIR"], os.environ["TRITON_CACHE_AUTOTUNING"]) == ("/shared/cache", "0")

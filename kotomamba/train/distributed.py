@@ -173,11 +173,16 @@ def build_mesh(device_type: str, world_size: int, strategy: str, shard_size: int
     return init_device_mesh(device_type, (world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
 
 
-def apply_node_env(env_vars: dict, local_rank: int) -> None:
-    """Set the configured variables, and a per-rank Triton cache so ranks never race on one cache.
+def apply_node_env(env_vars: dict) -> None:
+    """Set the configured variables, and a persistent per-node Triton cache that keeps autotune results.
 
+    The ranks of a node share one cache directory: Triton (>= 3.2, which torch >= 2.6 requires) writes
+    each cache file to a temporary name and renames it into place, so concurrent ranks never read a
+    partial file. ``TRITON_CACHE_AUTOTUNING=1`` also stores the autotuner's choices there, so a
+    later job on the node (the next stage, a resumed run) skips the mamba-ssm kernels' autotuning
+    (over 100 s on the first Mamba-2 steps) and picks the same kernel configurations again.
     ``TRITON_LIBCUDA_PATH`` (set through the config's ``env`` section) tells Triton where libcuda is
-    when ``ldconfig`` cannot; nothing installed is ever patched.
+    when ``ldconfig`` cannot; nothing installed is ever patched. Values already in the environment win.
     """
     import tempfile
 
@@ -186,5 +191,6 @@ def apply_node_env(env_vars: dict, local_rank: int) -> None:
     if "TRITON_CACHE_DIR" not in os.environ:
         user = os.environ.get("USER") or str(os.getuid())
         os.environ["TRITON_CACHE_DIR"] = os.path.join(
-            tempfile.gettempdir(), f"kotomamba-triton-{user}-{socket.gethostname()}-{local_rank}"
+            tempfile.gettempdir(), f"kotomamba-triton-{user}-{socket.gethostname()}"
         )
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")

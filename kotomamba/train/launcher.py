@@ -36,7 +36,7 @@ job's time left less a margin (the smaller of that and the config file's own val
 trainer checkpoints and exits 75 before the scheduler kills it.
 
 Triton: ``TRITON_CACHE_DIR`` and ``TRITON_LIBCUDA_PATH`` pass through from the environment (and
-through ``mpirun -x``); the trainer gives each rank a node-local cache when none is set.
+through ``mpirun -x``); the trainer gives the ranks of a node one node-local cache, with autotune results, when none is set.
 """
 from __future__ import annotations
 
@@ -259,8 +259,8 @@ def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str)
 
 
 MPIRUN_EXPORTS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "MASTER_ADDR", "MASTER_PORT",
-                  "TRITON_LIBCUDA_PATH", "TRITON_CACHE_DIR", "OMP_NUM_THREADS", "HF_HOME", "NCCL_SOCKET_IFNAME",
-                  "NCCL_IB_HCA", "CUDA_HOME")
+                  "TRITON_LIBCUDA_PATH", "TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "OMP_NUM_THREADS", "HF_HOME",
+                  "NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "CUDA_HOME")
 
 
 def fan_out_command(allocation: Allocation, nnodes: int, node_args: list[str], hostfile: str,

@@ -92,7 +92,7 @@ class Trainer:
         self.started = time.monotonic()
         self.config = config
         self.launch = detect_launch_env()
-        apply_node_env(config.env, self.launch.local_rank)
+        apply_node_env(config.env)
         if torch.cuda.is_available():
             self.device = torch.device("cuda", self.launch.local_rank)
             torch.cuda.set_device(self.device)
