@@ -227,6 +227,37 @@ def test_chunked_cross_entropy_matches_reference(dtype):
         torch.testing.assert_close(a.float(), e.float(), **tol)
 
 
+def test_chunked_cross_entropy_gradient_cases():
+    """One input needing a gradient, no gradient mode, under autocast, and no labelled token."""
+    torch.manual_seed(0)
+    hidden = torch.randn(21, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    labels = torch.randint(0, 30, (21,))
+    ref = cross_entropy_ref(hidden, weight, labels)
+    (g_hidden_ref,) = torch.autograd.grad(ref, hidden, retain_graph=True)
+    (g_weight_ref,) = torch.autograd.grad(ref, weight)
+    (g_hidden,) = torch.autograd.grad(chunked_cross_entropy(hidden, weight.detach(), labels, chunk_size=4), hidden)
+    (g_weight,) = torch.autograd.grad(chunked_cross_entropy(hidden.detach(), weight, labels, chunk_size=4), weight)
+    torch.testing.assert_close(g_hidden, g_hidden_ref)
+    torch.testing.assert_close(g_weight, g_weight_ref)
+    with torch.no_grad():
+        loss = chunked_cross_entropy(hidden, weight, labels, chunk_size=4)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, ref.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_cross_entropy(hidden, weight, labels, chunk_size=4)
+    ref_bf16 = cross_entropy_ref(hidden.bfloat16(), weight.bfloat16(), labels)
+    torch.testing.assert_close(loss, ref_bf16, atol=1e-2, rtol=1e-2)
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    assert [g.dtype for g in grads] == [torch.float32, torch.float32]
+    for a, e in zip(grads, (g_hidden_ref, g_weight_ref)):
+        torch.testing.assert_close(a, e, atol=2e-2, rtol=5e-2)
+    nothing = torch.full((21,), -100)
+    loss = chunked_cross_entropy(hidden, weight, nothing, chunk_size=4)
+    assert loss.isnan()
+    assert all((g == 0).all() for g in torch.autograd.grad(loss, (hidden, weight)))
+
+
 def test_dispatch_uses_reference_on_cpu_and_when_forced(monkeypatch):
     x = torch.zeros(1)
     assert not dispatch.use_kernels(x, "torch")

@@ -2,9 +2,14 @@
 
 ``chunked_cross_entropy(hidden, weight, labels)`` equals
 ``F.cross_entropy((hidden @ weight.T).float(), labels, ignore_index=-100)`` (mean over labelled
-tokens) but computes the logits ``chunk_size`` tokens at a time, in forward and again in backward,
-so peak memory holds one chunk of logits instead of [tokens, vocab] (6.6 GB in float32 for a
-micro-batch of 16 x 2048 tokens and a 50k vocabulary; one 8192-token chunk is 1.6 GB).
+tokens) but computes the logits ``chunk_size`` tokens at a time, so peak memory holds one chunk of
+logits instead of [tokens, vocab] (6.6 GB in float32 for a micro-batch of 16 x 2048 tokens and a 50k
+vocabulary; one 8192-token chunk is 1.6 GB).
+
+When gradients are wanted, the forward pass also computes them chunk by chunk, while each chunk's
+logits are at hand ("fused linear cross-entropy", as in Liger-Kernel, arXiv:2410.10989): the backward
+pass only scales them by the incoming gradient. A backward pass that recomputed the logits would run
+the head's largest matmul a fourth time per step.
 """
 from __future__ import annotations
 
@@ -28,45 +33,64 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-class _ChunkedCrossEntropy(torch.autograd.Function):
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Loss and both gradients in one chunked pass; backward scales the stored gradients."""
+
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size, ignore_index):
         dtype = _compute_dtype(hidden, weight)
-        n_valid = (labels != ignore_index).sum()
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        w = weight.to(dtype)
-        for start in range(0, hidden.shape[0], chunk_size):
-            end = start + chunk_size
-            logits = (hidden[start:end].to(dtype) @ w.t()).float()
-            total += F.cross_entropy(logits, labels[start:end], ignore_index=ignore_index, reduction="sum")
-        ctx.save_for_backward(hidden, weight, labels, n_valid)
-        ctx.chunk_size, ctx.ignore_index, ctx.dtype = chunk_size, ignore_index, dtype
-        return total / n_valid
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        hidden, weight, labels, n_valid = ctx.saved_tensors
-        dtype = ctx.dtype
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        scale = grad_loss.float() / n_valid
+        valid = labels != ignore_index
+        n_valid = valid.sum()
+        # Each labelled token's share of d(mean loss)/d(logits); 0 on ignored tokens (and 0, not NaN,
+        # when no token is labelled: the loss is then NaN, as F.cross_entropy's).
+        row_scale = valid.float() / n_valid.clamp_min(1)
         w = weight.to(dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            end = start + ctx.chunk_size
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = start + chunk_size
             h = hidden[start:end].to(dtype)
-            lab = labels[start:end]
-            # d(loss)/d(logits) = (softmax - onehot(label)) * scale on labelled rows, 0 elsewhere.
-            grad_logits = torch.softmax((h @ w.t()).float(), dim=-1)
-            rows = torch.arange(lab.shape[0], device=lab.device)
-            grad_logits[rows, lab.clamp(min=0)] -= 1.0
-            grad_logits *= ((lab != ctx.ignore_index).float() * scale)[:, None]
-            grad_logits = grad_logits.to(dtype)
+            target = labels[start:end].clamp(min=0)[:, None]
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += ((lse - logits.gather(1, target)).squeeze(1) * valid[start:end]).sum()
+            # d(loss)/d(logits) = (softmax - onehot(label)) * row_scale, built in the logits' memory.
+            grad_logits = logits.sub_(lse).exp_()
+            grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
+            grad_logits = (grad_logits * row_scale[start:end, None]).to(dtype)
             if need_hidden:
                 grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
             if need_weight:
                 grad_weight += (grad_logits.t() @ h).float()
-        return (grad_hidden, grad_weight.to(weight.dtype) if need_weight else None, None, None, None)
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
+        ctx.need = (need_hidden, need_weight)
+        ctx.weight_dtype = weight.dtype
+        return total / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        saved = iter(ctx.saved_tensors)
+        grad_hidden = grad_weight = None
+        if ctx.need[0]:
+            stored = next(saved)
+            grad_hidden = stored * grad_loss.to(stored.dtype)
+        if ctx.need[1]:
+            grad_weight = (next(saved) * grad_loss.float()).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+@torch.no_grad()
+def _chunked_loss(hidden, weight, labels, chunk_size, ignore_index):
+    dtype = _compute_dtype(hidden, weight)
+    w = weight.to(dtype)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_size):
+        end = start + chunk_size
+        logits = (hidden[start:end].to(dtype) @ w.t()).float()
+        total += F.cross_entropy(logits, labels[start:end], ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum()
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -75,6 +99,10 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
     hidden [N, d]; weight [V, d] (the LM head); labels [N] int64. Returns a 0-d float32 tensor (NaN
     when no token is labelled, as F.cross_entropy). Logits are computed in the autocast dtype when
-    autocast is on, else in weight's dtype, and reduced in float32.
+    autocast is on, else in weight's dtype, and reduced in float32. With gradients enabled, the
+    gradients are computed during this call (see the module docstring) and held until backward:
+    one [N, d] tensor in hidden's dtype and one float32 [V, d] tensor.
     """
-    return _ChunkedCrossEntropy.apply(hidden, weight, labels, chunk_size, ignore_index)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _FusedLinearCrossEntropy.apply(hidden, weight, labels, chunk_size, ignore_index)
+    return _chunked_loss(hidden, weight, labels, chunk_size, ignore_index)
