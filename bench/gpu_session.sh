@@ -2,6 +2,8 @@
 # One GPU-machine session: install the carried kernel wheels, run the `gpu` tests, then benchmark.
 # Run from the repository root on a CUDA machine whose Python has torch (and triton):
 #   bash bench/gpu_session.sh OUT_DIR [tests] [train PRESETS MICRO_BATCHES] [multi NGPU PRESETS MICRO_BATCHES]
+#                                     [firststep PRESET MICRO_BATCH]
+# BENCH_ARGS (e.g. "--warmup 3 --steps 6 --impls reference,kotomamba,kotomamba+compile") go to train and multi.
 # Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
 # elsewhere install them with pip (`pip install -e '.[gpu]' --no-build-isolation`).
 set -uo pipefail
@@ -12,7 +14,7 @@ if compgen -G ".gpu/*.whl" > /dev/null || compgen -G ".whl/*.whl" > /dev/null; t
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu/*.whl .whl/*.whl 2>&1 | tail -2
   export PYTHONPATH="$site:$PWD"
 fi
-export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton TRITON_CACHE_AUTOTUNING=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
 python3 -c "import torch, triton, mamba_ssm, causal_conv1d; print('torch', torch.__version__, 'triton', triton.__version__, 'mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__)" | tee -a "$out/card.txt"
 status=0
@@ -20,7 +22,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     tests)
       shift
-      timeout 300 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider --timeout 120 --tb=line -rfE --durations=8 2>&1 | tee "$out/gpu_tests.log" | tail -25
+      timeout 480 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider --timeout 120 --tb=line -rfE --durations=8 2>&1 | tee "$out/gpu_tests.log" | tail -25
       status=$(( status | ${PIPESTATUS[0]} ));;
     train)
       presets=$2; micro=$3; shift 3
@@ -30,9 +32,20 @@ while [ $# -gt 0 ]; do
     multi)
       ngpu=$2; presets=$3; micro=$4; shift 4
       timeout 500 python3 -m torch.distributed.run --standalone --nproc-per-node "$ngpu" bench/train_throughput.py \
-        --presets "$presets" --micro-batch "$micro" --json "$out/train_${ngpu}gpu.json" 2>&1 \
+        --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} --json "$out/train_${ngpu}gpu.json" 2>&1 \
         | tee "$out/train_${ngpu}gpu.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
+    firststep)
+      # Time to the first steps in a fresh process: with an empty Triton cache (autotuning runs), then
+      # again with the cache the first process left (what a later stage or a resumed job sees).
+      preset=$2; micro=$3; shift 3
+      rm -rf /tmp/kotomamba-triton-firststep
+      for cache in cold warm; do
+        TRITON_CACHE_DIR=/tmp/kotomamba-triton-firststep timeout 400 python3 bench/train_throughput.py \
+          --presets "$preset" --micro-batch "$micro" --impls kotomamba --warmup 1 --steps 2 \
+          --json "$out/firststep_$cache.json" 2>&1 | tee "$out/firststep_$cache.log" | grep -v '^{'
+        status=$(( status | ${PIPESTATUS[0]} ))
+      done;;
     *) echo "unknown step $1"; exit 2;;
   esac
 done

@@ -189,8 +189,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--strategy", default="FULL_SHARD", choices=["FULL_SHARD", "SHARD_GRAD_OP"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile each block (kotomamba side)")
-    parser.add_argument("--impls", default="reference,kotomamba")
+    parser.add_argument("--impls", default="reference,kotomamba",
+                        help="reference, kotomamba, kotomamba+compile (torch.compile per block), comma-separated")
     parser.add_argument("--json", default=None)
     parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each impl")
     args = parser.parse_args()
@@ -201,6 +201,10 @@ def main() -> None:
     torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank)
     init_process_group(local_rank)
+    impls = args.impls.split(",")
+    unknown = set(impls) - {"reference", "kotomamba", "kotomamba+compile"}
+    if unknown:
+        parser.error(f"unknown --impls {sorted(unknown)}")
     presets = args.presets.split(",")
     micro = [int(v) for v in args.micro_batch.split(",")]
     micro = micro * len(presets) if len(micro) == 1 else micro
@@ -208,12 +212,13 @@ def main() -> None:
     for name, mb in zip(presets, micro):
         config = preset(name)
         row = {"preset": name, "micro_batch": mb, "seq": args.seq, "gpus": world, "strategy": args.strategy,
-               "compile": args.compile, "card": torch.cuda.get_device_name(device)}
-        for impl in args.impls.split(","):
+               "card": torch.cuda.get_device_name(device)}
+        for impl in impls:
             if impl == "reference":
                 build = lambda b: reference_step_fn(config, mb, args.seq, device, world, b)  # noqa: E731
             else:
-                build = lambda b: kotomamba_step_fn(config, device, args.strategy, args.compile, b)  # noqa: E731
+                build = lambda b, c=impl.endswith("+compile"): kotomamba_step_fn(  # noqa: E731
+                    config, device, args.strategy, c, b)
             try:
                 row[impl] = measure(impl, build, config, mb, args.seq, args.warmup, args.steps, device, world,
                                     args.profile)
@@ -221,9 +226,11 @@ def main() -> None:
                 row[impl] = {"impl": impl, "error": f"out of memory: {str(error)[:120]}"}
                 gc.collect()
                 torch.cuda.empty_cache()
-        if "tokens_per_s_per_gpu" in row.get("reference", {}) and "tokens_per_s_per_gpu" in row.get("kotomamba", {}):
-            row["ratio"] = row["kotomamba"]["tokens_per_s_per_gpu"] / row["reference"]["tokens_per_s_per_gpu"]
-            row["memory_ratio"] = row["kotomamba"]["peak_gib"] / row["reference"]["peak_gib"]
+        reference = row.get("reference", {})
+        for impl in impls:
+            if impl != "reference" and "tokens_per_s_per_gpu" in reference and "tokens_per_s_per_gpu" in row[impl]:
+                row[impl]["ratio"] = row[impl]["tokens_per_s_per_gpu"] / reference["tokens_per_s_per_gpu"]
+                row[impl]["memory_ratio"] = row[impl]["peak_gib"] / reference["peak_gib"]
         rows.append(row)
         if rank == 0:
             print(json.dumps(row), flush=True)
@@ -231,16 +238,15 @@ def main() -> None:
         print("\n| preset | gpus | mb | impl | tokens/s/GPU | MFU 6N | MFU exact | peak GiB | first steps s |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for row in rows:
-            for impl in args.impls.split(","):
+            for impl in impls:
                 r = row.get(impl, {})
                 if "error" in r:
                     print(f"| {row['preset']} | {row['gpus']} | {row['micro_batch']} | {impl} | {r['error'][:40]} | | | | |")
                     continue
+                ratio = f" ({r['ratio']:.3f}x, mem {r['memory_ratio']:.2f})" if "ratio" in r else ""
                 print(f"| {row['preset']} | {row['gpus']} | {row['micro_batch']} | {impl} | "
-                      f"{r['tokens_per_s_per_gpu']:,.0f} | {r['mfu_6n']:.1%} | {r['mfu_exact']:.1%} | "
+                      f"{r['tokens_per_s_per_gpu']:,.0f}{ratio} | {r['mfu_6n']:.1%} | {r['mfu_exact']:.1%} | "
                       f"{r['peak_gib']:.1f} | {r['first_steps_s']:.1f} |")
-            if "ratio" in row:
-                print(f"| {row['preset']} | | | ratio b/a | {row['ratio']:.3f} | | | mem {row['memory_ratio']:.2f} | |")
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(rows, handle, indent=2)
