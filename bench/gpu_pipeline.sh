@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The pipeline's GPU jobs (train, convert, evaluate, report) end to end on a GPU machine that has no
+# Snakemake and no network, running exactly the shell commands Snakemake would run (issue 8).
+#
+# Here, with Snakemake (CPU jobs run here: corpus, tokenizer, tokenization, stage configs):
+#   bash bench/gpu_pipeline.sh prepare configs/mamba2-130m.yaml configs/gpu-e2e.yaml
+# There (carry: .gpu results/gpu-e2e/tokenized results/gpu-e2e/tokenizer results/gpu-e2e/train
+# results/gpu-e2e/commands.sh):
+#   bash bench/gpu_pipeline.sh run OUT_DIR results/gpu-e2e
+# OUT_DIR receives the logs, metrics, evaluation, report and the export's model card (not the weights).
+set -uo pipefail
+mode=${1:?usage: gpu_pipeline.sh prepare CONFIG... | run OUT_DIR RESULTS_DIR}; shift
+
+if [ "$mode" = prepare ]; then
+  configs=("$@")
+  results=results/$(python3 -c "import sys, yaml; r = None
+for path in sys.argv[1:]:
+    r = (yaml.safe_load(open(path)) or {}).get('run', r)
+print(r)" "${configs[@]}")
+  snakemake --configfile "${configs[@]}" --profile profiles/local --until tokenize stage_config || exit 1
+  # The remaining jobs in the order Snakemake would run them; the report script by its relative path.
+  snakemake --configfile "${configs[@]}" --profile profiles/local -n -p all \
+    | sed -n 's/^Shell command: //p' | grep -v '^None$' \
+    | sed -E 's#^python [^ ]*/workflow_scripts/#python3 workflow_scripts/#' > "$results/commands.sh"
+  cat "$results/commands.sh"
+  du -sh "$results"/{tokenized,tokenizer,train,commands.sh}
+  exit 0
+fi
+
+[ "$mode" = run ] || { echo "unknown mode $mode"; exit 2; }
+out=${1:?OUT_DIR}; results=${2:?RESULTS_DIR}
+mkdir -p "$out"
+site=/tmp/kotomamba-site
+if compgen -G ".gpu/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu/*.whl 2>&1 | tail -2
+  export PYTHONPATH="$site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton
+# The dataset index helpers are C++ (pybind11); without them the NumPy twins give the same indices.
+python3 setup.py -q build_ext --inplace > "$out/build_ext.log" 2>&1 || echo "C++ helpers not built (NumPy twins used)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/card.txt"
+status=0
+while IFS= read -r command; do
+  command=${command/#kotomamba /python3 -m kotomamba }
+  echo "+ $command"
+  log=$(grep -o '> [^ ]*\.log' <<< "$command" | tail -1 | cut -c3-)
+  [ -n "$log" ] && mkdir -p "$(dirname "$log")"  # Snakemake makes a job's log directory before the job
+  began=$(date +%s)
+  bash -c "$command"
+  rc=$?
+  echo "  exit $rc after $(( $(date +%s) - began )) s" | tee -a "$out/timings.txt"
+  if [ $rc -ne 0 ]; then
+    status=$rc
+    [ -n "$log" ] && tail -40 "$log"
+    break
+  fi
+done < "$results/commands.sh"
+cp -r "$results/logs" "$out/" 2>/dev/null
+for stage in "$results"/train/*/; do
+  name=$(basename "$stage")
+  mkdir -p "$out/train/$name"
+  cp "$stage"/{metrics.jsonl,final.json,manifest.json,config.resolved.yaml} "$out/train/$name/" 2>/dev/null
+done
+cp -r "$results/eval" "$results/report" "$out/" 2>/dev/null
+cp "$results/export/hf/README.md" "$out/model_card.md" 2>/dev/null
+cp "$results/export/hf/config.json" "$out/hf_config.json" 2>/dev/null
+exit $status
