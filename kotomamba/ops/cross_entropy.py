@@ -59,7 +59,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             # d(loss)/d(logits) = (softmax - onehot(label)) * row_scale, built in the logits' memory.
             grad_logits = logits.sub_(lse).exp_()
             grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
-            grad_logits = (grad_logits * row_scale[start:end, None]).to(dtype)
+            grad_logits = grad_logits.mul_(row_scale[start:end, None]).to(dtype)
             if need_hidden:
                 grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
             if need_weight:
