@@ -17,7 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 SMOKE = CONFIGS / "smoke.yaml"
-RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in ("smoke", "expected"))
+GPU_E2E = CONFIGS / "gpu-e2e.yaml"
+RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p not in (SMOKE, GPU_E2E, CONFIGS / "expected.yaml"))
 PROFILES = sorted(p for p in (REPO / "profiles").iterdir() if (p / "config.yaml").is_file()
                   or any(p.glob("config.v*.yaml")))
 # Metrics that depend only on the computation, besides the optimizer statistics ("optim/..."); timings,
@@ -63,6 +64,21 @@ def test_config_plans_the_whole_dag(path, profile, tmp_path):
         "convert": len(config["export"]["formats"]), "evaluate": 1, "report": 1, "run_record": 1, "all": 1,
         "total": 2 * sources + 2 * stages + len(config["export"]["formats"]) + 4,
     }
+
+
+def test_gpu_override_trains_the_real_model_on_one_gpu(tmp_path):
+    """configs/gpu-e2e.yaml after a run config: the run's model at full size, one process, the builtin corpus."""
+    result = snakemake(tmp_path, [CONFIGS / "mamba2-130m.yaml", GPU_E2E], "--until", "stage_config",
+                       profile=REPO / "profiles" / "local", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stage = yaml.safe_load((tmp_path / "results" / "gpu-e2e" / "train" / "pretrain" / "train.yaml").read_text())
+    assert stage["model"] == {"preset": "mamba2-130m", "d_model": 768, "n_layer": 24, "ssm_cfg": {"layer": "Mamba2"}}
+    assert (stage["data"]["seq_length"], stage["train"]["steps"], stage["precision"]) == (1024, 300, "auto")
+    result = snakemake(tmp_path, [CONFIGS / "mamba2-130m.yaml", GPU_E2E], "-n", "-p", "all",
+                       profile=REPO / "profiles" / "local", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "kotomamba launch --nnodes 1 --nproc-per-node 1 -- train" in result.stdout
+    assert planned_jobs(result)["corpus"] == 1 and planned_jobs(result)["train"] == 1
 
 
 def run_smoke(workdir: Path, config: Path) -> Path:
