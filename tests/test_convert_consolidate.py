@@ -14,6 +14,7 @@ import torch.distributed.checkpoint as dcp
 from kotomamba.convert.consolidate import (read_model_config_dict, read_model_state_dict, read_train_state,
                                            resolve_checkpoint)
 from kotomamba.errors import UserError
+from kotomamba.train.dcp_local import save_local
 
 
 def _model_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -29,8 +30,7 @@ def _model_state(seed: int = 0) -> dict[str, torch.Tensor]:
 def _write_run(run_dir: Path, step: int, model: dict, train_state: dict) -> Path:
     checkpoint = run_dir / "checkpoints" / f"step_{step:08d}"
     optim = {"state": {"backbone.embedding.weight": {"exp_avg": torch.zeros(16, 8)}}}
-    dcp.save({"model": model, "optim": optim, "train_state": train_state}, checkpoint_id=str(checkpoint),
-             no_dist=True)
+    save_local({"model": model, "optim": optim, "train_state": train_state}, checkpoint)
     (run_dir / "checkpoints" / "latest").write_text(checkpoint.name + "\n")
     (run_dir / "model_config.json").write_text(json.dumps({"d_model": 8, "n_layer": 1}))
     return checkpoint
@@ -78,7 +78,7 @@ def test_missing_or_broken_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="latest: line 1"):
         resolve_checkpoint(tmp_path)
     lone = tmp_path / "lone"
-    dcp.save({"optim": {"x": torch.zeros(2)}}, checkpoint_id=str(lone), no_dist=True)
+    save_local({"optim": {"x": torch.zeros(2)}}, lone)
     with pytest.raises(UserError, match="no 'model' entries"):
         read_model_state_dict(lone)
     with pytest.raises(UserError, match="no model_config.json"):

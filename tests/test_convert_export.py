@@ -5,18 +5,17 @@ transformers' own Mamba / Mamba2 models (CPU slow path, float32) are the parity 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 import yaml
 
 from kotomamba.convert.cli import convert, main
 from kotomamba.convert.consolidate import load_model_state_dict
 from kotomamba.errors import UserError
 from kotomamba.model import MambaLM, preset
+from kotomamba.train.dcp_local import save_local
 
 VOCAB = 600
 SEQ_LENGTH = 32
@@ -62,10 +61,7 @@ def _trained_like(layer: str, tie: bool = True) -> MambaLM:
 
 def _write_run(run_dir: Path, model: MambaLM, tokenizer_model: Path, step: int = 7, consumed: int = 56) -> None:
     checkpoint = run_dir / "checkpoints" / f"step_{step:08d}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # DCP: "assuming the intent is to save in a single process"
-        dcp.save({"model": model.state_dict(), "train_state": {"step": step, "consumed_samples": consumed}},
-                 checkpoint_id=str(checkpoint), no_dist=True)
+    save_local({"model": model.state_dict(), "train_state": {"step": step, "consumed_samples": consumed}}, checkpoint)
     (run_dir / "checkpoints" / "latest").write_text(checkpoint.name + "\n")
     (run_dir / "model_config.json").write_text(json.dumps(model.config.to_dict()))
     data = {"data_path": "0.7 results/r/ja_text_document 0.3 results/r/en_text_document", "split": "949,50,1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kotomamba.train.checkpoint import resolve_checkpoint
+from kotomamba.train.dcp_local import load_local
 from train_helpers import run_train, write_config
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
@@ -11,10 +12,8 @@ pytest.importorskip("wandb", reason="the wandb extra is not installed")
 
 
 def tracker_id(run_dir) -> str:
-    import torch.distributed.checkpoint as dcp
-
     state = {"train_state": {"tracker_id": ""}}
-    dcp.load(state, checkpoint_id=str(resolve_checkpoint(run_dir)), no_dist=True)
+    load_local(state, resolve_checkpoint(run_dir))
     return state["train_state"]["tracker_id"]
 
 

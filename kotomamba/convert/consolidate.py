@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
 
 from kotomamba.errors import UserError
+from kotomamba.train.dcp_local import load_local
 
 MODEL_PREFIX = "model."
 TRAIN_STATE_PREFIX = "train_state."
@@ -82,7 +82,7 @@ def _metadata(checkpoint_dir: Path) -> Metadata:
 def _load_flat(checkpoint_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Fill ``state`` (flat DCP keys -> preallocated tensors or placeholders) from the checkpoint."""
     planner = _WeightsOnlyLoadPlanner()
-    dcp.load(state, storage_reader=FileSystemReader(str(checkpoint_dir)), planner=planner, no_dist=True)
+    load_local(state, checkpoint_dir, planner)
     return {**state, **planner.objects}
 
 

@@ -87,12 +87,12 @@ def write_mamba_ssm(config, state: dict[str, torch.Tensor], output: str | Path, 
 
 def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: str | Path) -> None:
     """An initial kotomamba checkpoint (trainer layout, model weights only) for ``init.from``."""
-    import torch.distributed.checkpoint as dcp
+    from kotomamba.train.dcp_local import save_local
 
     with atomic_directory(output) as tmp:
         write_json(tmp / "model_config.json", config.to_dict())
         checkpoint = tmp / "checkpoints" / INITIAL_STEP_DIR
-        dcp.save({"model": _cpu_copies(state)}, checkpoint_id=str(checkpoint), no_dist=True)
+        save_local({"model": _cpu_copies(state)}, checkpoint)
         (tmp / "checkpoints" / "latest").write_text(INITIAL_STEP_DIR + "\n", encoding="utf-8")
 
 

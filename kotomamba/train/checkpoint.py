@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from kotomamba.io import atomic_write
+from kotomamba.train.dcp_local import load_local
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -152,5 +153,5 @@ def read_full_model_state(path: Path) -> dict[str, torch.Tensor]:
     for key, item in metadata.state_dict_metadata.items():
         if key.startswith("model.") and hasattr(item, "size"):
             model[key[len("model."):]] = torch.empty(tuple(item.size), dtype=item.properties.dtype)
-    dcp.load({"model": model}, checkpoint_id=str(path), no_dist=True)
+    load_local({"model": model}, path)
     return model
