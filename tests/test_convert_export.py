@@ -114,6 +114,16 @@ def test_hf_export_loads_in_transformers_with_our_logits(layer, tmp_path, senten
     assert "`results/r/ja_text_document`" in card and "0.3 `results/r/en_text_document`" in card
     assert f'"layer": "{layer}"' in card and "| local_mc | acc | 0.7500 |" in card and "12.18" in card
     assert "| held-out, untrained model | loss | 6.2000 |" in card and "Hi there" in card
+    assert "transformers >= 5.23" not in card  # one group: every transformers version agrees
+
+
+def test_hf_card_of_a_grouped_mamba2_names_the_transformers_it_needs():
+    from kotomamba.convert.model_card import model_card
+    from kotomamba.convert.run_info import RunInfo
+
+    config = preset("tiny", ssm_cfg={"ngroups": 2}).to_dict()
+    assert "Needs transformers >= 5.23" in model_card("hf", config, RunInfo("run/checkpoints/step_1"), None)
+    assert "transformers >= 5.23" not in model_card("mamba_ssm", config, RunInfo("run/checkpoints/step_1"), None)
 
 
 def test_round_trip_hf_to_ours_to_hf_is_lossless(tmp_path, sentencepiece_model):

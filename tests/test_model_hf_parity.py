@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from packaging.version import Version
 
 from kotomamba.model import MambaLM, preset
 from kotomamba.model.hf_compat import from_hf_config, state_dict_from_hf, state_dict_to_hf, to_hf_config
@@ -15,6 +16,11 @@ CONFIGS = {
     "mamba2-groups": dict(ssm_cfg={"ngroups": 2, "headdim": 8, "chunk_size": 8}),
     "mamba1-untied": dict(ssm_cfg={"layer": "Mamba1", "dt_rank": 6}, tie_embeddings=False),
 }
+
+
+# transformers before 5.23 normalises Mamba-2's gated RMSNorm over all groups at once; mamba-ssm
+# (and we, and transformers from 5.23) normalise each group on its own. Equal when ngroups is 1.
+GROUPED_NORM_AS_MAMBA_SSM = Version(transformers.__version__) >= Version("5.23")
 
 
 def _randomise(model: MambaLM) -> None:
@@ -36,6 +42,8 @@ def _hf_model(cfg, state):
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("batch,seqlen", [(1, 16), (2, 13), (3, 37)])
 def test_logits_match_transformers(name, batch, seqlen):
+    if name == "mamba2-groups" and not GROUPED_NORM_AS_MAMBA_SSM:
+        pytest.skip(f"transformers {transformers.__version__} < 5.23 normalises the gated norm over all groups")
     torch.manual_seed(0)
     cfg = preset("tiny", vocab_size=100, **CONFIGS[name])
     ours = MambaLM(cfg).eval()

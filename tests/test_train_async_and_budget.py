@@ -6,7 +6,8 @@ import json
 import pytest
 
 from kotomamba.train.checkpoint import STEP_DIR
-from train_helpers import assert_same_weights, final_weights, losses, run_train, weights_at, write_config
+from train_helpers import (assert_same_weights, final_weights, losses, needs_cpu_sharding, run_train, weights_at,
+                           write_config)
 
 
 @pytest.mark.slow
@@ -53,6 +54,7 @@ def test_wall_time_budget_checkpoints_exits_75_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
+@needs_cpu_sharding
 def test_async_checkpoints_of_two_sharded_processes_equal_blocking_ones(tmp_path):
     saves = {"interval": 2, "keep_last": 0}
     sync, asynchronous = tmp_path / "sync", tmp_path / "async"

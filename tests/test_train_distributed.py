@@ -4,10 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_helpers import final_weights, losses, run_train, write_config
+from train_helpers import final_weights, losses, needs_cpu_sharding, run_train, write_config
+
 
 
 @pytest.mark.slow
+@needs_cpu_sharding
 def test_fsdp_two_processes_equal_one_process(tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     run_train(write_config(tmp_path, single, eval={"interval": 0}))
@@ -24,6 +26,7 @@ def test_fsdp_two_processes_equal_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@needs_cpu_sharding
 def test_two_process_resume_with_hybrid_shard_and_checkpointing(tmp_path):
     run_dir = tmp_path / "hsdp"
     config = write_config(tmp_path, run_dir, eval={"interval": 0}, train={"max_steps_this_job": 4},
@@ -36,3 +39,18 @@ def test_two_process_resume_with_hybrid_shard_and_checkpointing(tmp_path):
                            parallel={"strategy": "HYBRID_SHARD", "hybrid_shard_size": 2,
                                      "activation_checkpointing": True}), nproc=2)
     assert losses(run_dir) == losses(straight)
+
+
+@pytest.mark.parametrize("version,supported", [("2.6.0+cu124", False), ("2.7.0", True), ("2.13.0+cpu", True)])
+def test_sharded_cpu_runs_need_torch_2_7(version, supported):
+    from kotomamba.errors import UserError
+    from kotomamba.train.parallelize import check_sharding, cpu_sharding_supported
+
+    assert cpu_sharding_supported(version) is supported
+    check_sharding("cuda", 8, version)
+    check_sharding("cpu", 1, version)
+    if supported:
+        check_sharding("cpu", 2, version)
+    else:
+        with pytest.raises(UserError, match=r"2 CPU processes needs torch >= 2.7.*nproc_per_node: 1"):
+            check_sharding("cpu", 2, version)

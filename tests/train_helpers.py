@@ -8,13 +8,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter
 from kotomamba.train.checkpoint import read_full_model_state, resolve_checkpoint
+from kotomamba.train.parallelize import cpu_sharding_supported
 
 VOCAB = 64
 EOD = VOCAB - 1
+
+needs_cpu_sharding = pytest.mark.skipif(not cpu_sharding_supported(),
+                                        reason="FSDP2 across CPU processes needs torch >= 2.7")
 
 
 def make_corpus(root: Path) -> tuple[str, str]:

@@ -78,4 +78,7 @@ def model_card(fmt: str, config_dict: dict[str, Any], info: RunInfo, evaluation:
               json.dumps(config_dict, indent=2, sort_keys=True), "```", "", "## Evaluation", ""]
     lines += _evaluation_lines(evaluation)
     lines += ["", "## Usage", ""] + _usage(fmt, layer)
+    if fmt == "hf" and layer == "Mamba2" and config_dict.get("ssm_cfg", {}).get("ngroups", 1) > 1:
+        lines += ["", "Needs transformers >= 5.23: earlier versions normalise the gated RMSNorm over all "
+                  f"{config_dict['ssm_cfg']['ngroups']} groups at once instead of per group, and give other logits."]
     return "\n".join(lines) + "\n"

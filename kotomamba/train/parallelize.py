@@ -13,7 +13,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kotomamba.errors import UserError
+
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def cpu_sharding_supported(torch_version: str = torch.__version__) -> bool:
+    """Whether FSDP2 runs across CPU processes: from torch 2.7 (torch 2.6's FSDP2 records events on
+    its CPU stream stand-in, which has no ``record_event``; its CPU DTensor checkpoint writes hang too)."""
+    major, minor = (int(part) for part in torch_version.split(".")[:2])
+    return (major, minor) >= (2, 7)
+
+
+def check_sharding(device_type: str, world_size: int, torch_version: str = torch.__version__) -> None:
+    """Raise a ``UserError`` for a sharded CPU run on a torch that cannot do it."""
+    if device_type == "cpu" and world_size > 1 and not cpu_sharding_supported(torch_version):
+        raise UserError(f"training on {world_size} CPU processes needs torch >= 2.7 (FSDP2 on CPU), this is "
+                        f"torch {torch_version}: run one process (launch.nproc_per_node: 1) or upgrade torch")
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -36,6 +52,7 @@ def parallelize(model: nn.Module, mesh, strategy: str, precision: str, activatio
 
     compute = PRECISIONS[precision]
     sharded = mesh.size() > 1
+    check_sharding(mesh.device_type, mesh.size())
     policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32 if compute is not None else None)
     blocks = list(model.backbone.layers)
     for index, block in enumerate(blocks):
