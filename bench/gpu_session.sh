@@ -10,8 +10,9 @@ set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [steps...]}; shift
 mkdir -p "$out"
 site=/tmp/kotomamba-site
-if compgen -G ".gpu/*.whl" > /dev/null || compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu/*.whl .whl/*.whl 2>&1 | tail -2
+wheels=$(compgen -G ".gpu/*.whl"; compgen -G ".whl/*.whl")
+if [ -n "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" $wheels 2>&1 | tail -2
   export PYTHONPATH="$site:$PWD"
 fi
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton TRITON_CACHE_AUTOTUNING=1
@@ -22,7 +23,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     tests)
       shift
-      timeout 480 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider --timeout 120 --tb=line -rfE --durations=8 2>&1 | tee "$out/gpu_tests.log" | tail -25
+      # Every gpu-marked test: the kernel, model and training tests, and the export / decoding ones.
+      timeout 540 python3 -m pytest -m gpu tests/gpu tests/test_convert_export.py tests/test_generate_decode.py \
+        -q -s -p no:cacheprovider --timeout 300 --tb=short -rfE --durations=8 2>&1 | tee "$out/gpu_tests.log" | tail -40
       status=$(( status | ${PIPESTATUS[0]} ));;
     train)
       presets=$2; micro=$3; shift 3
