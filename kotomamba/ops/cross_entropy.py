@@ -33,41 +33,49 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _loss_and_grads(hidden, weight, labels, chunk_size, ignore_index, need_hidden, need_weight):
+    """One pass over ``chunk_size``-token chunks: (mean loss, d loss/d hidden or None, d loss/d weight
+    in float32 or None). The gradient work of a chunk is skipped when neither gradient is wanted."""
+    dtype = _compute_dtype(hidden, weight)
+    valid = labels != ignore_index
+    n_valid = valid.sum()
+    # Each labelled token's share of d(mean loss)/d(logits); 0 on ignored tokens (and 0, not NaN,
+    # when no token is labelled: the loss is then NaN, as F.cross_entropy's).
+    row_scale = valid.float() / n_valid.clamp_min(1)
+    w = weight.to(dtype)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+    for start in range(0, hidden.shape[0], chunk_size):
+        end = start + chunk_size
+        h = hidden[start:end].to(dtype)
+        target = labels[start:end].clamp(min=0)[:, None]
+        logits = (h @ w.t()).float()
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        total += ((lse - logits.gather(1, target)).squeeze(1) * valid[start:end]).sum()
+        if not (need_hidden or need_weight):
+            continue
+        # d(loss)/d(logits) = (softmax - onehot(label)) * row_scale, built in the logits' memory.
+        grad_logits = logits.sub_(lse).exp_()
+        grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
+        grad_logits = grad_logits.mul_(row_scale[start:end, None]).to(dtype)
+        if need_hidden:
+            grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
+        if need_weight:
+            grad_weight += (grad_logits.t() @ h).float()
+    return total / n_valid, grad_hidden, grad_weight
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Loss and both gradients in one chunked pass; backward scales the stored gradients."""
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size, ignore_index):
-        dtype = _compute_dtype(hidden, weight)
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        valid = labels != ignore_index
-        n_valid = valid.sum()
-        # Each labelled token's share of d(mean loss)/d(logits); 0 on ignored tokens (and 0, not NaN,
-        # when no token is labelled: the loss is then NaN, as F.cross_entropy's).
-        row_scale = valid.float() / n_valid.clamp_min(1)
-        w = weight.to(dtype)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        for start in range(0, hidden.shape[0], chunk_size):
-            end = start + chunk_size
-            h = hidden[start:end].to(dtype)
-            target = labels[start:end].clamp(min=0)[:, None]
-            logits = (h @ w.t()).float()
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += ((lse - logits.gather(1, target)).squeeze(1) * valid[start:end]).sum()
-            # d(loss)/d(logits) = (softmax - onehot(label)) * row_scale, built in the logits' memory.
-            grad_logits = logits.sub_(lse).exp_()
-            grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
-            grad_logits = grad_logits.mul_(row_scale[start:end, None]).to(dtype)
-            if need_hidden:
-                grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
-            if need_weight:
-                grad_weight += (grad_logits.t() @ h).float()
+        ctx.need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, labels, chunk_size, ignore_index, *ctx.need)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
-        ctx.need = (need_hidden, need_weight)
         ctx.weight_dtype = weight.dtype
-        return total / n_valid
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -79,18 +87,6 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         if ctx.need[1]:
             grad_weight = (next(saved) * grad_loss.float()).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None
-
-
-@torch.no_grad()
-def _chunked_loss(hidden, weight, labels, chunk_size, ignore_index):
-    dtype = _compute_dtype(hidden, weight)
-    w = weight.to(dtype)
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for start in range(0, hidden.shape[0], chunk_size):
-        end = start + chunk_size
-        logits = (hidden[start:end].to(dtype) @ w.t()).float()
-        total += F.cross_entropy(logits, labels[start:end], ignore_index=ignore_index, reduction="sum")
-    return total / (labels != ignore_index).sum()
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -105,4 +101,5 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     """
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _FusedLinearCrossEntropy.apply(hidden, weight, labels, chunk_size, ignore_index)
-    return _chunked_loss(hidden, weight, labels, chunk_size, ignore_index)
+    with torch.no_grad():
+        return _loss_and_grads(hidden, weight, labels, chunk_size, ignore_index, False, False)[0]
