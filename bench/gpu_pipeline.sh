@@ -30,17 +30,9 @@ fi
 [ "$mode" = run ] || { echo "unknown mode $mode"; exit 2; }
 out=${1:?OUT_DIR}; results=${2:?RESULTS_DIR}
 mkdir -p "$out"
-site=/tmp/kotomamba-site
-if compgen -G ".gpu/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu/*.whl 2>&1 | tail -2
-  export PYTHONPATH="$site:$PWD"
-else
-  export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton
+source bench/gpu_env.sh
 # The dataset index helpers are C++ (pybind11); without them the NumPy twins give the same indices.
 python3 setup.py -q build_ext --inplace > "$out/build_ext.log" 2>&1 || echo "C++ helpers not built (NumPy twins used)"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/card.txt"
 status=0
 while IFS= read -r command; do
   command=${command/#kotomamba /python3 -m kotomamba }

@@ -9,14 +9,7 @@
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [steps...]}; shift
 mkdir -p "$out"
-site=/tmp/kotomamba-site
-wheels=$(compgen -G ".gpu/*.whl"; compgen -G ".whl/*.whl")
-if [ -n "$wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" $wheels 2>&1 | tail -2
-  export PYTHONPATH="$site:$PWD"
-fi
-export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton TRITON_CACHE_AUTOTUNING=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
+source bench/gpu_env.sh
 python3 -c "import torch, triton, mamba_ssm, causal_conv1d; print('torch', torch.__version__, 'triton', triton.__version__, 'mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__)" | tee -a "$out/card.txt"
 status=0
 while [ $# -gt 0 ]; do

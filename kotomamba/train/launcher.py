@@ -35,8 +35,9 @@ Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budg
 job's time left less a margin (the smaller of that and the config file's own value), so the
 trainer checkpoints and exits 75 before the scheduler kills it.
 
-Triton: ``TRITON_CACHE_DIR`` and ``TRITON_LIBCUDA_PATH`` pass through from the environment (and
-through ``mpirun -x``); the trainer gives the ranks of a node one node-local cache, with autotune results, when none is set.
+Triton: ``TRITON_CACHE_DIR``, ``TRITON_CACHE_AUTOTUNING`` and ``TRITON_LIBCUDA_PATH`` pass through from
+the environment (and through ``mpirun -x``); when no cache is set, the trainer gives the ranks of a node
+one node-local cache that keeps autotune results.
 """
 from __future__ import annotations
 

@@ -1,0 +1,14 @@
+# Sourced by the GPU-machine scripts (gpu_session.sh, gpu_pipeline.sh) with $out set: installs the carried
+# wheels (.gpu/: mamba-ssm, causal-conv1d; .whl/: anything else missing there) into a private site,
+# points Python at it and at the checkout, keeps Triton's cache and autotune results for the whole
+# session, and records the card in $out/card.txt.
+site=/tmp/kotomamba-site
+wheels=$(compgen -G ".gpu/*.whl"; compgen -G ".whl/*.whl")
+if [ -n "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" $wheels 2>&1 | tail -2
+  export PYTHONPATH="$site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/kotomamba-triton TRITON_CACHE_AUTOTUNING=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/card.txt"
