@@ -112,3 +112,28 @@ def test_generate_cli_on_an_export_prints_and_writes_samples(tmp_path, capsys):
     assert main(args + ["--output", str(tmp_path / "b.json")]) == 0
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
     assert main(args + ["--temperature", "-1"]) == 2
+
+
+def test_a_completion_keeps_the_space_between_prompt_and_its_first_word(tmp_path):
+    import sentencepiece
+
+    from kotomamba.data.tokenizer import build_tokenizer
+    from kotomamba.model.generation import SamplingConfig, sample_texts
+
+    lines = [f"the quick brown fox jumps over the lazy dog {word}" for word in ("again", "twice", "once")] * 50
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "tok"),
+                                             vocab_size=300, hard_vocab_limit=False, byte_fallback=True,
+                                             num_threads=1, minloglevel=2)
+    tokenizer = build_tokenizer("SentencePieceTokenizer", str(tmp_path / "tok.model"))
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny", vocab_size=300)).eval()
+    with torch.no_grad():  # favour the pieces that begin a word, so the first new token starts with a space
+        for word in ("lazy", "dog", "fox"):
+            model.lm_head.weight[tokenizer.encode(word)] *= 40
+    prompts = ["the quick", "over the"]
+    samples = sample_texts(model, tokenizer, prompts, 5, SamplingConfig(temperature=0.0), seed=0, stop_at_eos=False)
+    for prompt, sample in zip(prompts, samples):
+        ids = tokenizer.encode(prompt)
+        out = generate(model, torch.tensor([ids]), 5, temperature=0.0, cuda_graph=False)[0].tolist()
+        assert sample["text"] == tokenizer.decode(out)
+    assert any(sample["completion"].startswith(" ") for sample in samples)

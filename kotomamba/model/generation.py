@@ -255,10 +255,14 @@ def sample_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, samp
         out = generate(model, batch, max_new_tokens, sampling.temperature, sampling.top_k, sampling.top_p,
                        sampling.repetition_penalty, tokenizer.eod if stop_at_eos else None, generator,
                        cuda_graph=cuda_graph)
+        # Decoded on its own, a completion would lose the space its first piece carries (SentencePiece
+        # drops a leading "▁" at the start of a text): decode prompt + completion, cut the prompt off.
+        prompt_text = tokenizer.decode(ids)
         for row in out[:, len(ids):].tolist():
             if stop_at_eos and tokenizer.eod in row:
                 row = row[:row.index(tokenizer.eod)]
-            completion = tokenizer.decode(row)
+            full = tokenizer.decode(ids + row)
+            completion = full[len(prompt_text):] if full.startswith(prompt_text) else tokenizer.decode(row)
             results.append({"prompt": prompt, "completion": completion, "text": prompt + completion,
                             "tokens": len(row)})
     return results
