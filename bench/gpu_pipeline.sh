@@ -7,7 +7,8 @@
 # There (carry: .gpu results/gpu-e2e/tokenized results/gpu-e2e/tokenizer results/gpu-e2e/train
 # results/gpu-e2e/commands.sh):
 #   bash bench/gpu_pipeline.sh run OUT_DIR results/gpu-e2e
-# OUT_DIR receives the logs, metrics, evaluation, report and the export's model card (not the weights).
+# OUT_DIR receives timings.txt and pipeline.tar.gz: the logs, metrics, evaluation, report and the export's
+# model card (not the weights).
 set -uo pipefail
 mode=${1:?usage: gpu_pipeline.sh prepare CONFIG... | run OUT_DIR RESULTS_DIR}; shift
 
@@ -58,4 +59,8 @@ done
 cp -r "$results/eval" "$results/report" "$out/" 2>/dev/null
 cp "$results/export/hf/README.md" "$out/model_card.md" 2>/dev/null
 cp "$results/export/hf/config.json" "$out/hf_config.json" 2>/dev/null
+# One archive besides the timings: few files come back from a GPU machine.
+archive=$(mktemp --suffix .tar.gz)
+tar -czf "$archive" -C "$out" --exclude ./timings.txt . && find "$out" -mindepth 1 -not -name timings.txt -delete \
+  && mv "$archive" "$out/pipeline.tar.gz"
 exit $status

@@ -16,10 +16,20 @@ while [ $# -gt 0 ]; do
   case "$1" in
     tests)
       shift
-      # Every gpu-marked test: the kernel, model and training tests, and the export / decoding ones.
-      timeout 540 python3 -m pytest -m gpu tests/gpu tests/test_convert_export.py tests/test_generate_decode.py \
-        -q -s -p no:cacheprovider --timeout 300 --tb=short -rfE --durations=8 2>&1 | tee "$out/gpu_tests.log" | tail -40
-      status=$(( status | ${PIPESTATUS[0]} ));;
+      # Every gpu-marked test (kernels, model, training, export, decoding), one pytest process per test
+      # function, all at once (16 cores): most of the time goes to compiling and autotuning Triton kernels, which is
+      # single-threaded per process; the processes share the Triton cache.
+      mkdir -p "$out/tests"
+      python3 -m pytest -m gpu tests/gpu tests/test_convert_export.py tests/test_generate_decode.py \
+        --collect-only -q -p no:cacheprovider 2>/dev/null | grep '::' | sed 's/\[.*//' | sort -u > "$out/tests/functions.txt"
+      export out
+      timeout 540 xargs -P 16 -I{} bash -c 'log="$out/tests/$(tr "/:" "__" <<< "{}").log"
+        python3 -m pytest -m gpu "{}" -q -s -p no:cacheprovider --timeout 300 --tb=short -rfE --durations=4 > "$log" 2>&1
+        echo "exit $? {}: $(tail -1 "$log")"' < "$out/tests/functions.txt" | tee "$out/gpu_tests.log"
+      status=$(( status | ${PIPESTATUS[0]} ))
+      grep -h -A12 '^FAILED\|^ERROR\|short test summary' "$out"/tests/*.log | head -60
+      # One archive: few files come back from a GPU machine.
+      tar -czf "$out/gpu_tests_logs.tar.gz" -C "$out" tests && rm -r "$out/tests";;
     train)
       presets=$2; micro=$3; shift 3
       timeout 500 python3 bench/train_throughput.py --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} \

@@ -8,9 +8,10 @@ kotomamba (b): ``MambaLM`` with what ``kotomamba train`` applies (``parallelize`
 root, bf16 compute with fp32 master weights and fp32 reduction; the trainer's AdamW groups; the
 chunked cross-entropy inside ``forward(labels=...)``; the trainer's global grad norm and clipping).
 
-Both see the same random tokens; steps are timed with CUDA events after warm-up; the median step
-gives tokens/s. MFU counts 6N FLOPs per token (N without the input embedding) and the exact Mamba
-FLOP count of ``kotomamba.train.flops``, against the card's dense bf16 peak.
+Both see the same random tokens; steps are timed with CUDA events after warm-up, in windows that
+alternate between the implementations with ``--rounds``; the median step gives tokens/s. MFU counts
+6N FLOPs per token (N without the input embedding) and the exact Mamba FLOP count of
+``kotomamba.train.flops``, against the card's dense bf16 peak.
 
     python bench/train_throughput.py --presets mamba2-130m,mamba-1.4b --micro-batch 16,8 --json out.json
     torchrun --nproc-per-node 4 bench/train_throughput.py --presets mamba2-1.4b --micro-batch 8
@@ -45,13 +46,8 @@ def init_process_group(local_rank: int) -> None:
                             timeout=datetime.timedelta(minutes=20))
 
 
-def time_steps(step, warmup: int, steps: int) -> dict:
-    """Run ``step`` warmup + steps times; per-step milliseconds from CUDA events (median)."""
-    started = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - started
+def time_steps(step, steps: int) -> list[float]:
+    """Milliseconds of each of ``steps`` calls of ``step``, from CUDA events."""
     times = []
     for _ in range(steps):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -60,8 +56,7 @@ def time_steps(step, warmup: int, steps: int) -> dict:
         end.record()
         end.synchronize()
         times.append(begin.elapsed_time(end))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "warmup_s": first}
+    return times
 
 
 def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: int, batches):
@@ -152,33 +147,80 @@ def profile_steps(step, name: str, rows: int = 18) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
 
 
-def measure(name: str, build, model_config, micro_batch: int, seq: int, warmup: int, steps: int, device, world: int,
-            profile: bool = False):
-    from kotomamba.train.flops import peak_flops, six_n, training_flops_per_token
-
+def prepare(name: str, build, model_config, micro_batch: int, seq: int, warmup: int, batches_needed: int,
+            device) -> dict:
+    """Build one implementation and run its warm-up steps: its first-steps time and its own peak memory
+    (whatever other implementations keep allocated meanwhile is subtracted)."""
     gc.collect()
     torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    extra = 2 if profile else 0
-    batches = random_batches(model_config.vocab_size, micro_batch, seq, device, warmup + steps + extra,
+    batches = random_batches(model_config.vocab_size, micro_batch, seq, device, warmup + batches_needed,
                              seed=dist.get_rank())
     step, keep = build(batches)
-    timing = time_steps(step, warmup, steps)
-    if profile and dist.get_rank() == 0:
-        profile_steps(step, name)
-    tokens_per_s = micro_batch * seq / (timing["median_ms"] / 1e3)
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    return {"name": name, "step": step, "keep": (keep, batches), "times": [],
+            "first_steps_s": time.perf_counter() - started,
+            "peak_gib": (torch.cuda.max_memory_allocated(device) - base) / 2**30}
+
+
+def summarize(prepared: dict, model_config, micro_batch: int, seq: int, device) -> dict:
+    from kotomamba.train.flops import peak_flops, six_n, training_flops_per_token
+
+    times = prepared["times"]
+    tokens_per_s = micro_batch * seq / (statistics.median(times) / 1e3)
     peak = peak_flops(torch.cuda.get_device_name(device), "bf16") or float("nan")
-    result = {
-        "impl": name, "tokens_per_s_per_gpu": tokens_per_s, "step_ms": timing["median_ms"],
-        "first_steps_s": timing["warmup_s"],
+    return {
+        "impl": prepared["name"], "tokens_per_s_per_gpu": tokens_per_s, "step_ms": statistics.median(times),
+        "step_ms_min": min(times), "step_ms_max": max(times), "first_steps_s": prepared["first_steps_s"],
         "mfu_6n": tokens_per_s * six_n(model_config) / peak,
         "mfu_exact": tokens_per_s * training_flops_per_token(model_config, seq) / peak,
-        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "peak_gib": prepared["peak_gib"],
     }
-    del step, keep, batches
+
+
+def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, device) -> dict:
+    """Time every implementation of one preset.
+
+    With ``--rounds`` R > 1 all implementations stay built and their timed windows alternate R times
+    (a, b, a, b, ...): clock and thermal drift over the run then lands on every side alike instead of
+    on whichever runs last. With R = 1 each is built, timed and freed in turn (the least memory).
+    """
+    results, alive = {}, []
+    for impl, build in builders.items():
+        try:
+            prepared = prepare(impl, build, model_config, micro_batch, seq, args.warmup,
+                               args.rounds * args.steps + (2 if args.profile else 0), device)
+        except torch.OutOfMemoryError as error:
+            results[impl] = {"impl": impl, "error": f"out of memory: {str(error)[:120]}"}
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        alive.append(prepared)
+        if args.rounds == 1:
+            finish(prepared, args, results, model_config, micro_batch, seq, device)
+            alive.pop()
+    for _ in range(args.rounds if alive else 0):
+        for prepared in alive:
+            prepared["times"] += time_steps(prepared["step"], args.steps)
+    for prepared in alive:
+        finish(prepared, args, results, model_config, micro_batch, seq, device)
+    return results
+
+
+def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, seq: int, device) -> None:
+    """Time it if nothing did yet, profile it if asked, record its summary, free it."""
+    if not prepared["times"]:
+        prepared["times"] = time_steps(prepared["step"], args.steps)
+    if args.profile and dist.get_rank() == 0:
+        profile_steps(prepared["step"], prepared["name"])
+    results[prepared["name"]] = summarize(prepared, model_config, micro_batch, seq, device)
+    prepared.clear()
     gc.collect()
     torch.cuda.empty_cache()
-    return result
 
 
 def main() -> None:
@@ -187,7 +229,9 @@ def main() -> None:
     parser.add_argument("--micro-batch", default="16", help="one value, or one per preset")
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the implementations' timed windows this many times (all stay in memory)")
     parser.add_argument("--strategy", default="FULL_SHARD", choices=["FULL_SHARD", "SHARD_GRAD_OP"])
     parser.add_argument("--impls", default="reference,kotomamba",
                         help="reference, kotomamba, kotomamba+compile (torch.compile per block), comma-separated")
@@ -213,19 +257,15 @@ def main() -> None:
         config = preset(name)
         row = {"preset": name, "micro_batch": mb, "seq": args.seq, "gpus": world, "strategy": args.strategy,
                "card": torch.cuda.get_device_name(device)}
+        builders = {}
         for impl in impls:
             if impl == "reference":
-                build = lambda b: reference_step_fn(config, mb, args.seq, device, world, b)  # noqa: E731
+                builders[impl] = lambda b, config=config, mb=mb: reference_step_fn(  # noqa: E731
+                    config, mb, args.seq, device, world, b)
             else:
-                build = lambda b, c=impl.endswith("+compile"): kotomamba_step_fn(  # noqa: E731
+                builders[impl] = lambda b, config=config, c=impl.endswith("+compile"): kotomamba_step_fn(  # noqa: E731
                     config, device, args.strategy, c, b)
-            try:
-                row[impl] = measure(impl, build, config, mb, args.seq, args.warmup, args.steps, device, world,
-                                    args.profile)
-            except torch.OutOfMemoryError as error:
-                row[impl] = {"impl": impl, "error": f"out of memory: {str(error)[:120]}"}
-                gc.collect()
-                torch.cuda.empty_cache()
+        row.update(run_preset(builders, config, mb, args.seq, args, device))
         reference = row.get("reference", {})
         for impl in impls:
             if impl != "reference" and "tokens_per_s_per_gpu" in reference and "tokens_per_s_per_gpu" in row[impl]:

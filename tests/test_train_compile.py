@@ -22,3 +22,33 @@ def test_compiled_blocks_train_like_eager(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3, msg=key)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_take_a_second_sequence_length_like_eager():
+    import copy
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from kotomamba.model import MambaLM, preset
+    from kotomamba.train.parallelize import parallelize
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = MambaLM(preset("tiny", n_layer=2))
+        eager = copy.deepcopy(model)
+        parallelize(model, init_device_mesh("cpu", (1,)), "FULL_SHARD", "fp32", False, 1, True)
+        ids = torch.randint(0, model.config.vocab_size, (2, 96))
+        for length in (64, 80):
+            with torch.no_grad():
+                torch.testing.assert_close(model(ids[:, :length]), eager(ids[:, :length]), atol=1e-5, rtol=1e-4)
+    finally:
+        dist.destroy_process_group()

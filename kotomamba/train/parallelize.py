@@ -61,7 +61,10 @@ def parallelize(model: nn.Module, mesh, strategy: str, precision: str, activatio
 
             checkpoint(block)
         if compile_blocks:
-            block.compile()
+            # Static shapes: a block sees one shape per stage. With torch's automatic dynamic shapes a
+            # second shape (another preset in one process, an eval batch) recompiles symbolically,
+            # and Dynamo cannot trace mamba-ssm's autograd Functions then (AssertionError on an H200).
+            block.compile(dynamic=False)
         if sharded:
             fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=strategy != "SHARD_GRAD_OP")
     if sharded:

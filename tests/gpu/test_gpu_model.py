@@ -39,11 +39,13 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 
 def run_both(monkeypatch, fn, inputs):
-    """(kernel outputs, kernel grads), (reference outputs, reference grads) of fn(*inputs)."""
+    """Outputs and gradients of fn(*inputs) three ways: the kernels, our reference in the inputs' dtypes,
+    and our reference on the same values in float32 (the oracle for low-precision runs)."""
     results = []
-    for force in ("0", "1"):
+    for force, upcast in (("0", False), ("1", False), ("1", True)):
         monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, force)
-        leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+        leaves = [(t.detach().float() if upcast else t.detach().clone()).requires_grad_(t.requires_grad)
+                  for t in inputs]
         out = fn(*leaves)
         outs = out if isinstance(out, tuple) else (out,)
         torch.manual_seed(0)
@@ -55,15 +57,31 @@ def run_both(monkeypatch, fn, inputs):
     return results
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
 def assert_match(results, dtype):
-    """Kernel vs reference by relative error ||a - b|| / ||b|| per tensor: elementwise bounds fail on
-    a few near-zero entries of long accumulations."""
-    (k_out, k_grads), (r_out, r_grads) = results
-    assert len(k_out + k_grads) == len(r_out + r_grads)
-    for index, (a, b) in enumerate(zip(k_out + k_grads, r_out + r_grads)):
-        assert a.shape == b.shape and torch.isfinite(a).all(), index
-        error = ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
-        assert error < REL_TOL[dtype], f"tensor {index}: relative error {error:.2e} >= {REL_TOL[dtype]:.0e}"
+    """Per tensor, by relative error ||a - b|| / ||b|| (element-wise bounds fail on a few near-zero
+    entries of long accumulations).
+
+    float32: kernel against reference. bfloat16: both against the float32 oracle, the kernel allowed
+    twice the error of our bf16 reference plus REL_TOL, as flash-attention's tests judge low precision:
+    a reduced gradient such as dA cancels so much that bf16 rounding alone moves it by 0.01% to 30%
+    depending on the draw (measured on the split-conv-scan reference on CPU), so no fixed bound fits.
+    """
+    (k_out, k_grads), (r_out, r_grads), (o_out, o_grads) = results
+    assert len(k_out + k_grads) == len(r_out + r_grads) == len(o_out + o_grads)
+    for index, (kernel, reference, oracle) in enumerate(zip(k_out + k_grads, r_out + r_grads, o_out + o_grads)):
+        assert kernel.shape == reference.shape and torch.isfinite(kernel).all(), index
+        if dtype == torch.float32:
+            error = relative_error(kernel, reference)
+            assert error < REL_TOL[dtype], f"tensor {index}: relative error {error:.2e} >= {REL_TOL[dtype]:.0e}"
+        else:
+            error, floor = relative_error(kernel, oracle), relative_error(reference, oracle)
+            bound = 2 * floor + REL_TOL[dtype]
+            assert error < bound, (f"tensor {index}: relative error to fp32 {error:.2e} >= {bound:.2e} "
+                                   f"(bf16 reference: {floor:.2e})")
 
 
 def rand(*shape, dtype=torch.float32, grad=True, scale=1.0):
