@@ -35,21 +35,38 @@ def rank_world() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def init_process_group(local_rank: int) -> None:
+def init_process_group(device: torch.device) -> None:
     if dist.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29511")
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
-    dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank),
-                            timeout=datetime.timedelta(minutes=20))
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device, timeout=datetime.timedelta(minutes=20))
+    else:
+        dist.init_process_group("gloo")
 
 
-def time_steps(step, steps: int) -> list[float]:
-    """Milliseconds of each of ``steps`` calls of ``step``, from CUDA events."""
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, steps: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``steps`` calls of ``step``: CUDA events on a GPU, the clock on a CPU
+    (``--device cpu`` checks the script itself, not a speed anyone needs)."""
     times = []
     for _ in range(steps):
+        if device.type != "cuda":
+            began = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - began) * 1e3)
+            continue
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
         step()
@@ -57,6 +74,12 @@ def time_steps(step, steps: int) -> list[float]:
         end.synchronize()
         times.append(begin.elapsed_time(end))
     return times
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: int, batches):
@@ -107,7 +130,7 @@ def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool,
     from kotomamba.train.optim import build_optimizer
     from kotomamba.train.parallelize import parallelize
 
-    mesh = init_device_mesh("cuda", (dist.get_world_size(),), mesh_dim_names=("shard",))
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("shard",))
     torch.manual_seed(0)
     # The trainer initialises the full model once and scatters it into the shards; the same here.
     model = MambaLM(model_config, device=device, dtype=torch.float32)
@@ -135,14 +158,14 @@ def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, s
     return [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
 
 
-def profile_steps(step, name: str, rows: int = 18) -> None:
+def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None:
     """Print the CUDA kernels that take the most device time over two steps (where the gap lies)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
             step()
-        torch.cuda.synchronize()
+        synchronize(device)
     print(f"--- profile: {name} (2 steps) ---")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
 
@@ -151,20 +174,21 @@ def prepare(name: str, build, model_config, micro_batch: int, seq: int, warmup: 
             device) -> dict:
     """Build one implementation and run its warm-up steps: its first-steps time and its own peak memory
     (whatever other implementations keep allocated meanwhile is subtracted)."""
-    gc.collect()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    free_memory(device)
+    cuda = device.type == "cuda"
+    base = torch.cuda.memory_allocated(device) if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     batches = random_batches(model_config.vocab_size, micro_batch, seq, device, warmup + batches_needed,
                              seed=dist.get_rank())
     step, keep = build(batches)
     started = time.perf_counter()
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     return {"name": name, "step": step, "keep": (keep, batches), "times": [],
             "first_steps_s": time.perf_counter() - started,
-            "peak_gib": (torch.cuda.max_memory_allocated(device) - base) / 2**30}
+            "peak_gib": (torch.cuda.max_memory_allocated(device) - base) / 2**30 if cuda else float("nan")}
 
 
 def summarize(prepared: dict, model_config, micro_batch: int, seq: int, device) -> dict:
@@ -172,7 +196,7 @@ def summarize(prepared: dict, model_config, micro_batch: int, seq: int, device) 
 
     times = prepared["times"]
     tokens_per_s = micro_batch * seq / (statistics.median(times) / 1e3)
-    peak = peak_flops(torch.cuda.get_device_name(device), "bf16") or float("nan")
+    peak = peak_flops(device_name(device), "bf16") or float("nan")
     return {
         "impl": prepared["name"], "tokens_per_s_per_gpu": tokens_per_s, "step_ms": statistics.median(times),
         "step_ms_min": min(times), "step_ms_max": max(times), "first_steps_s": prepared["first_steps_s"],
@@ -196,8 +220,7 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
                                args.rounds * args.steps + (2 if args.profile else 0), device)
         except torch.OutOfMemoryError as error:
             results[impl] = {"impl": impl, "error": f"out of memory: {str(error)[:120]}"}
-            gc.collect()
-            torch.cuda.empty_cache()
+            free_memory(device)
             continue
         alive.append(prepared)
         if args.rounds == 1:
@@ -205,7 +228,7 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
             alive.pop()
     for _ in range(args.rounds if alive else 0):
         for prepared in alive:
-            prepared["times"] += time_steps(prepared["step"], args.steps)
+            prepared["times"] += time_steps(prepared["step"], args.steps, device)
     for prepared in alive:
         finish(prepared, args, results, model_config, micro_batch, seq, device)
     return results
@@ -214,13 +237,12 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
 def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, seq: int, device) -> None:
     """Time it if nothing did yet, profile it if asked, record its summary, free it."""
     if not prepared["times"]:
-        prepared["times"] = time_steps(prepared["step"], args.steps)
+        prepared["times"] = time_steps(prepared["step"], args.steps, device)
     if args.profile and dist.get_rank() == 0:
-        profile_steps(prepared["step"], prepared["name"])
+        profile_steps(prepared["step"], prepared["name"], device)
     results[prepared["name"]] = summarize(prepared, model_config, micro_batch, seq, device)
     prepared.clear()
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_memory(device)
 
 
 def main() -> None:
@@ -236,19 +258,24 @@ def main() -> None:
     parser.add_argument("--impls", default="reference,kotomamba",
                         help="reference, kotomamba, kotomamba+compile (torch.compile per block), comma-separated")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu runs kotomamba's step on the reference ops (a check of this script)")
     parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each impl")
     args = parser.parse_args()
 
     from kotomamba.model.config import preset
 
     rank, world, local_rank = rank_world()
-    torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank)
-    init_process_group(local_rank)
+    device = torch.device(args.device, local_rank) if args.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    init_process_group(device)
     impls = args.impls.split(",")
     unknown = set(impls) - {"reference", "kotomamba", "kotomamba+compile"}
     if unknown:
         parser.error(f"unknown --impls {sorted(unknown)}")
+    if args.device == "cpu" and "reference" in impls:
+        parser.error("the reference needs mamba-ssm's CUDA kernels: on --device cpu give --impls kotomamba")
     presets = args.presets.split(",")
     micro = [int(v) for v in args.micro_batch.split(",")]
     micro = micro * len(presets) if len(micro) == 1 else micro
@@ -256,7 +283,7 @@ def main() -> None:
     for name, mb in zip(presets, micro):
         config = preset(name)
         row = {"preset": name, "micro_batch": mb, "seq": args.seq, "gpus": world, "strategy": args.strategy,
-               "card": torch.cuda.get_device_name(device)}
+               "card": device_name(device)}
         builders = {}
         for impl in impls:
             if impl == "reference":

@@ -1,0 +1,57 @@
+"""bench/train_throughput.py runs on CPU (``--device cpu``, kotomamba's step on the reference ops), so
+its plumbing (alternating rounds, per-implementation results, JSON, the multi-process path) is
+checked here before it spends GPU time."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train_helpers import needs_cpu_sharding
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "train_throughput.py"
+ARGS = ["--device", "cpu", "--presets", "tiny,tiny", "--micro-batch", "2,1", "--seq", "64", "--warmup", "1",
+        "--steps", "2", "--impls", "kotomamba"]
+
+
+def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def check_rows(path: Path, gpus: int) -> None:
+    rows = json.loads(path.read_text())
+    assert [(r["preset"], r["micro_batch"], r["gpus"], r["card"]) for r in rows] == [
+        ("tiny", 2, gpus, "cpu"), ("tiny", 1, gpus, "cpu")]
+    for row in rows:
+        result = row["kotomamba"]
+        assert result["impl"] == "kotomamba" and result["first_steps_s"] > 0
+        assert 0 < result["step_ms_min"] <= result["step_ms"] <= result["step_ms_max"]
+        assert result["tokens_per_s_per_gpu"] == pytest.approx(row["micro_batch"] * 64 / result["step_ms"] * 1e3)
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_one_process_writes_a_row_per_preset(tmp_path, rounds):
+    done = run([sys.executable, str(BENCH), *ARGS, "--rounds", str(rounds), "--json", "out.json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_rows(tmp_path / "out.json", 1)
+    assert "| tiny | 1 | 2 | kotomamba |" in done.stdout
+
+
+def test_the_reference_on_cpu_is_refused_with_the_reason(tmp_path):
+    done = run([sys.executable, str(BENCH), "--device", "cpu", "--impls", "reference,kotomamba"], tmp_path)
+    assert done.returncode == 2 and "needs mamba-ssm's CUDA kernels" in done.stderr
+
+
+@pytest.mark.slow
+@needs_cpu_sharding
+def test_two_processes_shard_and_report_per_process_throughput(tmp_path):
+    done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(BENCH),
+                *ARGS, "--rounds", "2", "--strategy", "SHARD_GRAD_OP", "--json", "out.json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_rows(tmp_path / "out.json", 2)
