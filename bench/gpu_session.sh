@@ -3,7 +3,8 @@
 # Run from the repository root on a CUDA machine whose Python has torch (and triton):
 #   bash bench/gpu_session.sh OUT_DIR [tests] [train PRESETS MICRO_BATCHES] [multi NGPU PRESETS MICRO_BATCHES]
 #                                     [firststep PRESET MICRO_BATCH]
-# BENCH_ARGS (e.g. "--warmup 3 --steps 6 --impls reference,kotomamba,kotomamba+compile") go to train and multi.
+# BENCH_ARGS (e.g. "--warmup 3 --steps 6 --rounds 3 --impls reference,kotomamba,kotomamba+compile") go to train
+# and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md.
 # Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
 # elsewhere install them with pip (`pip install -e '.[gpu]' --no-build-isolation`).
 set -uo pipefail
@@ -35,12 +36,13 @@ while [ $# -gt 0 ]; do
     train)
       presets=$2; micro=$3; shift 3
       timeout 500 python3 bench/train_throughput.py --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} \
-        --json "$out/train_1gpu.json" 2>&1 | tee "$out/train_1gpu.log" | grep -v '^{'
+        --json "$out/train_1gpu.json" --markdown "$out/results_entry.md" 2>&1 | tee "$out/train_1gpu.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
     multi)
       ngpu=$2; presets=$3; micro=$4; shift 4
       timeout 500 python3 -m torch.distributed.run --standalone --nproc-per-node "$ngpu" bench/train_throughput.py \
-        --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} --json "$out/train_${ngpu}gpu.json" 2>&1 \
+        --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} --json "$out/train_${ngpu}gpu.json" \
+        --markdown "$out/results_entry.md" 2>&1 \
         | tee "$out/train_${ngpu}gpu.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
     firststep)

@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -245,6 +246,38 @@ def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, 
     free_memory(device)
 
 
+def markdown_table(rows: list[dict], impls: list[str]) -> str:
+    lines = ["| preset | gpus | mb | impl | tokens/s/GPU | MFU 6N | MFU exact | peak GiB | first steps s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        for impl in impls:
+            r = row.get(impl, {})
+            head = f"| {row['preset']} | {row['gpus']} | {row['micro_batch']} | {impl} |"
+            if "error" in r:
+                lines.append(f"{head} {r['error'][:40]} | | | | |")
+                continue
+            ratio = f" ({r['ratio']:.3f}x, mem {r['memory_ratio']:.2f})" if "ratio" in r else ""
+            lines.append(f"{head} {r['tokens_per_s_per_gpu']:,.0f}{ratio} | {r['mfu_6n']:.1%} | "
+                         f"{r['mfu_exact']:.1%} | {r['peak_gib']:.1f} | {r['first_steps_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def markdown_entry(table: str, device: torch.device, world: int) -> str:
+    """A RESULTS.md entry: date, card, versions, the command as run, the table."""
+    from importlib import metadata
+
+    versions = [f"torch {torch.__version__}"]
+    for package in ("triton", "mamba_ssm", "causal_conv1d"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} absent")
+    launcher = f"torchrun --nproc-per-node {world} " if world > 1 else "python "
+    command = launcher + " ".join(["bench/train_throughput.py", *sys.argv[1:]])
+    return (f"\n### {datetime.date.today().isoformat()}: {world} x {device_name(device)}\n\n"
+            f"{', '.join(versions)}, Python {sys.version.split()[0]}. Command: `{command}`\n\n{table}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="mamba2-130m")
@@ -258,6 +291,7 @@ def main() -> None:
     parser.add_argument("--impls", default="reference,kotomamba",
                         help="reference, kotomamba, kotomamba+compile (torch.compile per block), comma-separated")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None, help="append a RESULTS.md entry (date, card, versions, command)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu runs kotomamba's step on the reference ops (a check of this script)")
     parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each impl")
@@ -302,21 +336,14 @@ def main() -> None:
         if rank == 0:
             print(json.dumps(row), flush=True)
     if rank == 0:
-        print("\n| preset | gpus | mb | impl | tokens/s/GPU | MFU 6N | MFU exact | peak GiB | first steps s |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for row in rows:
-            for impl in impls:
-                r = row.get(impl, {})
-                if "error" in r:
-                    print(f"| {row['preset']} | {row['gpus']} | {row['micro_batch']} | {impl} | {r['error'][:40]} | | | | |")
-                    continue
-                ratio = f" ({r['ratio']:.3f}x, mem {r['memory_ratio']:.2f})" if "ratio" in r else ""
-                print(f"| {row['preset']} | {row['gpus']} | {row['micro_batch']} | {impl} | "
-                      f"{r['tokens_per_s_per_gpu']:,.0f}{ratio} | {r['mfu_6n']:.1%} | {r['mfu_exact']:.1%} | "
-                      f"{r['peak_gib']:.1f} | {r['first_steps_s']:.1f} |")
+        table = markdown_table(rows, impls)
+        print("\n" + table)
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(rows, handle, indent=2)
+        if args.markdown:
+            with open(args.markdown, "a", encoding="utf-8") as handle:
+                handle.write(markdown_entry(table, device, world))
     dist.barrier()
     dist.destroy_process_group()
 

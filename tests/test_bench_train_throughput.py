@@ -37,10 +37,16 @@ def check_rows(path: Path, gpus: int) -> None:
 
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_one_process_writes_a_row_per_preset(tmp_path, rounds):
-    done = run([sys.executable, str(BENCH), *ARGS, "--rounds", str(rounds), "--json", "out.json"], tmp_path)
+    (tmp_path / "RESULTS.md").write_text("# earlier entries\n")
+    done = run([sys.executable, str(BENCH), *ARGS, "--rounds", str(rounds), "--json", "out.json",
+                "--markdown", "RESULTS.md"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     check_rows(tmp_path / "out.json", 1)
     assert "| tiny | 1 | 2 | kotomamba |" in done.stdout
+    entry = (tmp_path / "RESULTS.md").read_text()
+    assert entry.startswith("# earlier entries\n\n### ") and ": 1 x cpu" in entry and "torch " in entry
+    assert f"`python bench/train_throughput.py {' '.join(ARGS)} --rounds {rounds}" in entry
+    assert entry.count("| tiny | 1 |") == 2
 
 
 def test_the_reference_on_cpu_is_refused_with_the_reason(tmp_path):
