@@ -4,7 +4,8 @@
 #   bash bench/gpu_session.sh OUT_DIR [tests] [train PRESETS MICRO_BATCHES] [multi NGPU PRESETS MICRO_BATCHES]
 #                                     [firststep PRESET MICRO_BATCH]
 # BENCH_ARGS (e.g. "--warmup 3 --steps 6 --rounds 3 --impls reference,kotomamba,kotomamba+compile") go to train
-# and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md.
+# and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md. BENCH_TAG names a multi
+# run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
 # Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
 # elsewhere install them with pip (`pip install -e '.[gpu]' --no-build-isolation`).
 set -uo pipefail
@@ -40,10 +41,13 @@ while [ $# -gt 0 ]; do
       status=$(( status | ${PIPESTATUS[0]} ));;
     multi)
       ngpu=$2; presets=$3; micro=$4; shift 4
+      # Scaling efficiency against a `train` step of the same presets earlier in the session.
+      single=(); [ -f "$out/train_1gpu.json" ] && single=(--single-gpu-json "$out/train_1gpu.json")
+      tag=${ngpu}gpu${BENCH_TAG:+_$BENCH_TAG}
       timeout 500 python3 -m torch.distributed.run --standalone --nproc-per-node "$ngpu" bench/train_throughput.py \
-        --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} --json "$out/train_${ngpu}gpu.json" \
-        --markdown "$out/results_entry.md" 2>&1 \
-        | tee "$out/train_${ngpu}gpu.log" | grep -v '^{'
+        --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} --json "$out/train_$tag.json" \
+        --markdown "$out/results_entry.md" "${single[@]}" 2>&1 \
+        | tee "$out/train_$tag.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
     firststep)
       # Time to the first steps in a fresh process: with an empty Triton cache (autotuning runs), then

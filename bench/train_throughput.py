@@ -3,7 +3,7 @@
 Reference (a): state-spaces' ``MambaLMHeadModel`` (mamba-ssm kernels) with a plain AMP loop: fp32
 weights, bf16 autocast, fp32 cross-entropy over the full logits, fused AdamW, global-norm clipping.
 On several GPUs (under torchrun) the reference is the predecessor's method instead: FSDP1 wrap per
-block, everything bf16.
+block, everything bf16, activation checkpointing per block.
 kotomamba (b): ``MambaLM`` with what ``kotomamba train`` applies (``parallelize``: FSDP2 per block and
 root, bf16 compute with fp32 master weights and fp32 reduction; the trainer's AdamW groups; the
 chunked cross-entropy inside ``forward(labels=...)``; the trainer's global grad norm and clipping).
@@ -84,7 +84,8 @@ def free_memory(device: torch.device) -> None:
 
 
 def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: int, batches):
-    """mamba-ssm's model and plain AMP loop (1 GPU) or the predecessor's FSDP1 all-bf16 wrap (several)."""
+    """mamba-ssm's model and plain AMP loop (1 GPU) or the predecessor's FSDP1 all-bf16 wrap with
+    activation checkpointing (several)."""
     from mamba_ssm.models.config_mamba import MambaConfig as RefConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
@@ -102,6 +103,13 @@ def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: i
         ref = FSDP(ref, auto_wrap_policy=partial(transformer_auto_wrap_policy, transformer_layer_cls={Block}),
                    mixed_precision=MixedPrecision(torch.bfloat16, torch.bfloat16, torch.bfloat16),
                    sharding_strategy=ShardingStrategy.FULL_SHARD, device_id=device, use_orig_params=True)
+        # The predecessor also checkpointed every block's activations (as llama-recipes does after the wrap).
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper)
+
+        apply_activation_checkpointing(
+            ref, checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+            check_fn=lambda module: isinstance(module, Block))
     optimizer = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
     it = iter(batches)
 
@@ -246,6 +254,21 @@ def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, 
     free_memory(device)
 
 
+def scaling_against(row: dict, single_gpu_rows: list[dict]) -> dict[str, float]:
+    """Per implementation: tokens/s per GPU here over the same implementation's tokens/s on one GPU
+    (same preset and micro-batch, from an earlier ``--json``): the scaling efficiency."""
+    scaling = {}
+    for single in single_gpu_rows:
+        if (single["preset"], single["micro_batch"], single["gpus"]) != (row["preset"], row["micro_batch"], 1):
+            continue
+        for impl, result in row.items():
+            here, there = result, single.get(impl)
+            if isinstance(here, dict) and isinstance(there, dict) and "tokens_per_s_per_gpu" in here \
+                    and "tokens_per_s_per_gpu" in there:
+                scaling[impl] = here["tokens_per_s_per_gpu"] / there["tokens_per_s_per_gpu"]
+    return scaling
+
+
 def markdown_table(rows: list[dict], impls: list[str]) -> str:
     lines = ["| preset | gpus | mb | impl | tokens/s/GPU | MFU 6N | MFU exact | peak GiB | first steps s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -257,6 +280,7 @@ def markdown_table(rows: list[dict], impls: list[str]) -> str:
                 lines.append(f"{head} {r['error'][:40]} | | | | |")
                 continue
             ratio = f" ({r['ratio']:.3f}x, mem {r['memory_ratio']:.2f})" if "ratio" in r else ""
+            ratio += f" [{r['scaling']:.1%} of 1 GPU]" if "scaling" in r else ""
             lines.append(f"{head} {r['tokens_per_s_per_gpu']:,.0f}{ratio} | {r['mfu_6n']:.1%} | "
                          f"{r['mfu_exact']:.1%} | {r['peak_gib']:.1f} | {r['first_steps_s']:.1f} |")
     return "\n".join(lines)
@@ -291,6 +315,8 @@ def main() -> None:
     parser.add_argument("--impls", default="reference,kotomamba",
                         help="reference, kotomamba, kotomamba+compile (torch.compile per block), comma-separated")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--single-gpu-json", default=None,
+                        help="a one-GPU run's --json: adds each implementation's scaling efficiency")
     parser.add_argument("--markdown", default=None, help="append a RESULTS.md entry (date, card, versions, command)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu runs kotomamba's step on the reference ops (a check of this script)")
@@ -313,6 +339,7 @@ def main() -> None:
     presets = args.presets.split(",")
     micro = [int(v) for v in args.micro_batch.split(",")]
     micro = micro * len(presets) if len(micro) == 1 else micro
+    single_gpu_rows = json.loads(open(args.single_gpu_json).read()) if args.single_gpu_json else []
     rows = []
     for name, mb in zip(presets, micro):
         config = preset(name)
@@ -332,6 +359,8 @@ def main() -> None:
             if impl != "reference" and "tokens_per_s_per_gpu" in reference and "tokens_per_s_per_gpu" in row[impl]:
                 row[impl]["ratio"] = row[impl]["tokens_per_s_per_gpu"] / reference["tokens_per_s_per_gpu"]
                 row[impl]["memory_ratio"] = row[impl]["peak_gib"] / reference["peak_gib"]
+        for impl, scaling in scaling_against(row, single_gpu_rows).items():
+            row[impl]["scaling"] = scaling
         rows.append(row)
         if rank == 0:
             print(json.dumps(row), flush=True)

@@ -56,8 +56,16 @@ def test_the_reference_on_cpu_is_refused_with_the_reason(tmp_path):
 
 @pytest.mark.slow
 @needs_cpu_sharding
-def test_two_processes_shard_and_report_per_process_throughput(tmp_path):
+def test_two_processes_shard_and_report_their_scaling_against_one(tmp_path):
+    done = run([sys.executable, str(BENCH), *ARGS, "--json", "one.json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(BENCH),
-                *ARGS, "--rounds", "2", "--strategy", "SHARD_GRAD_OP", "--json", "out.json"], tmp_path)
+                *ARGS, "--rounds", "2", "--strategy", "SHARD_GRAD_OP", "--json", "out.json",
+                "--single-gpu-json", "one.json"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     check_rows(tmp_path / "out.json", 2)
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "out.json"))
+    for single, sharded in zip(one, two):
+        expected = sharded["kotomamba"]["tokens_per_s_per_gpu"] / single["kotomamba"]["tokens_per_s_per_gpu"]
+        assert sharded["kotomamba"]["scaling"] == pytest.approx(expected)
+    assert "of 1 GPU]" in done.stdout
