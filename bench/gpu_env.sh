@@ -6,8 +6,10 @@ site=/tmp/kotomamba-site
 wheels=$(compgen -G ".gpu/*.whl"; compgen -G ".whl/*.whl")
 if [ -n "$wheels" ]; then
   # Once per machine: a second script started alongside must not reinstall under a running one.
-  [ -f "$site/.installed" ] || python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" $wheels 2>&1 | tail -2
-  touch "$site/.installed"
+  if [ ! -f "$site/.installed" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" $wheels 2>&1 | tail -2 \
+      && touch "$site/.installed"
+  fi
   export PYTHONPATH="$site:$PWD"
 else
   export PYTHONPATH="$PWD"
