@@ -9,8 +9,15 @@
 #   bash bench/gpu_pipeline.sh run OUT_DIR results/gpu-e2e
 # OUT_DIR receives timings.txt and pipeline.tar.gz: the logs, metrics, evaluation, report and the export's
 # model card (not the weights).
+#
+# The sharded trainer on NGPU GPUs of one host (FSDP2 over NCCL), on the same data and stage config:
+#   bash bench/gpu_pipeline.sh sharded OUT_DIR results/gpu-e2e NGPU [STEPS]
+# runs STEPS / 2 steps as one job (`train.max_steps_this_job`: it checkpoints and stops), resumes to STEPS
+# in a second job, then exports the sharded checkpoint to transformers. TRAIN_OVERRIDES (dotted.key=value
+# ...) go to both jobs. OUT_DIR receives the logs, metrics.jsonl and final.json.
 set -uo pipefail
-mode=${1:?usage: gpu_pipeline.sh prepare CONFIG... | run OUT_DIR RESULTS_DIR}; shift
+mode=${1:?usage: gpu_pipeline.sh prepare CONFIG... | run OUT_DIR RESULTS_DIR | sharded OUT_DIR RESULTS_DIR NGPU [STEPS]}
+shift
 
 if [ "$mode" = prepare ]; then
   configs=("$@")
@@ -28,12 +35,34 @@ print(r)" "${configs[@]}")
   exit 0
 fi
 
-[ "$mode" = run ] || { echo "unknown mode $mode"; exit 2; }
+[ "$mode" = run ] || [ "$mode" = sharded ] || { echo "unknown mode $mode"; exit 2; }
 out=${1:?OUT_DIR}; results=${2:?RESULTS_DIR}
 mkdir -p "$out"
 source bench/gpu_env.sh
 # The dataset index helpers are C++ (pybind11); without them the NumPy twins give the same indices.
 python3 setup.py -q build_ext --inplace > "$out/build_ext.log" 2>&1 || echo "C++ helpers not built (NumPy twins used)"
+
+if [ "$mode" = sharded ]; then
+  ngpu=${3:?NGPU}; steps=${4:-60}
+  run=$results/train/sharded-$ngpu
+  rm -rf "$run"
+  train=(python3 -m kotomamba launch --nnodes 1 --nproc-per-node "$ngpu" -- train
+         --config "$results/train/pretrain/train.yaml" "run_dir=$run" "train.steps=$steps"
+         "train.global_batch_size=$(( 8 * ngpu ))" "checkpoint.interval=$(( steps / 2 ))"
+         "eval.interval=$(( steps / 2 ))" "schedule.warmup_steps=$(( steps / 10 ))" ${TRAIN_OVERRIDES:-})
+  began=$(date +%s)
+  "${train[@]}" "train.max_steps_this_job=$(( steps / 2 ))" > "$out/sharded_job1.log" 2>&1
+  echo "job 1: exit $? after $(( $(date +%s) - began )) s" | tee "$out/sharded.txt"
+  began=$(date +%s)
+  "${train[@]}" > "$out/sharded_job2.log" 2>&1
+  status=$?
+  echo "job 2: exit $status after $(( $(date +%s) - began )) s" | tee -a "$out/sharded.txt"
+  python3 -m kotomamba convert --checkpoint "$run" --to hf --output "$run/export-hf" > "$out/sharded_convert.log" 2>&1
+  convert=$?
+  echo "convert: exit $convert" | tee -a "$out/sharded.txt"
+  cp "$run/metrics.jsonl" "$out/sharded_metrics.jsonl"; cp "$run/final.json" "$out/sharded_final.json"
+  exit $(( status | convert ))
+fi
 status=0
 while IFS= read -r command; do
   command=${command/#kotomamba /python3 -m kotomamba }
