@@ -84,6 +84,19 @@ def test_loss_is_mean_cross_entropy_over_labelled_tokens(overrides):
 
 
 @pytest.mark.parametrize("overrides", [MAMBA1, MAMBA2])
+def test_a_block_never_returns_its_input_as_the_residual(overrides):
+    """FSDP2 hooks a block's outputs for backward; an output that is the block's own input would alias a
+    tensor from outside the block (FSDP2 warns about it in every multi-process run)."""
+    block = MambaLM(preset("tiny", **overrides)).backbone.layers[0]
+    x = torch.randn(2, 8, block.norm.weight.shape[0], requires_grad=True)
+    out, residual = block(x)
+    assert residual is not x and residual.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(residual, x)
+    _, second = block(out, residual)
+    torch.testing.assert_close(second, out + residual)
+
+
+@pytest.mark.parametrize("overrides", [MAMBA1, MAMBA2])
 def test_meta_construction_then_init_weights_is_upstream_init(overrides):
     cfg = preset("tiny", n_layer=4, **overrides)
     model = MambaLM(cfg, device="meta")

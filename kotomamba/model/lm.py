@@ -44,9 +44,13 @@ class Block(nn.Module):
                 seq_idx: torch.Tensor | None = None, state=None):
         """hidden_states, residual: [b, L, d_model]; seq_idx [b, L]; state: this layer's
         (conv_state, ssm_state) to fill (prefill). Returns (hidden_states, residual)."""
-        hidden_states, residual = self.norm(hidden_states, residual, prenorm=True,
-                                            residual_in_fp32=self.residual_in_fp32)
-        return self.mixer(hidden_states, seq_idx=seq_idx, state=state), residual
+        normed, residual = self.norm(hidden_states, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32)
+        if residual is hidden_states:
+            # The first block, in float32, has nothing to add: the norm hands back its input as the
+            # residual. A block must not return its own input (FSDP2 hooks its outputs for backward and
+            # warns about outputs that alias tensors from outside the block).
+            residual = residual.clone()
+        return self.mixer(normed, seq_idx=seq_idx, state=state), residual
 
     def step(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, state):
         """One token: hidden_states, residual [b, d_model]. Returns (hidden_states, residual)."""
