@@ -45,10 +45,10 @@ class Block(nn.Module):
         """hidden_states, residual: [b, L, d_model]; seq_idx [b, L]; state: this layer's
         (conv_state, ssm_state) to fill (prefill). Returns (hidden_states, residual)."""
         normed, residual = self.norm(hidden_states, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32)
-        if residual is hidden_states:
-            # The first block, in float32, has nothing to add: the norm hands back its input as the
-            # residual. A block must not return its own input (FSDP2 hooks its outputs for backward and
-            # warns about outputs that alias tensors from outside the block).
+        if residual.data_ptr() == hidden_states.data_ptr():
+            # The first block, in float32, has nothing to add: the norm hands back its input (or a view
+            # of it, from the kernel) as the residual. A block must not return its own input (FSDP2
+            # hooks its outputs for backward and warns about outputs that alias tensors from outside).
             residual = residual.clone()
         return self.mixer(normed, seq_idx=seq_idx, state=state), residual
 
