@@ -52,7 +52,8 @@ if [ "$mode" = sharded ]; then
          "eval.interval=$(( steps / 2 ))" "schedule.warmup_steps=$(( steps / 10 ))" ${TRAIN_OVERRIDES:-})
   began=$(date +%s)
   "${train[@]}" "train.max_steps_this_job=$(( steps / 2 ))" > "$out/sharded_job1.log" 2>&1
-  echo "job 1: exit $? after $(( $(date +%s) - began )) s" | tee "$out/sharded.txt"
+  first=$?
+  echo "job 1: exit $first after $(( $(date +%s) - began )) s" | tee "$out/sharded.txt"
   began=$(date +%s)
   "${train[@]}" > "$out/sharded_job2.log" 2>&1
   status=$?
@@ -61,7 +62,7 @@ if [ "$mode" = sharded ]; then
   convert=$?
   echo "convert: exit $convert" | tee -a "$out/sharded.txt"
   cp "$run/metrics.jsonl" "$out/sharded_metrics.jsonl"; cp "$run/final.json" "$out/sharded_final.json"
-  exit $(( status | convert ))
+  exit $(( first | status | convert ))
 fi
 status=0
 while IFS= read -r command; do
@@ -88,8 +89,5 @@ done
 cp -r "$results/eval" "$results/report" "$out/" 2>/dev/null
 cp "$results/export/hf/README.md" "$out/model_card.md" 2>/dev/null
 cp "$results/export/hf/config.json" "$out/hf_config.json" 2>/dev/null
-# One archive besides the timings: few files come back from a GPU machine.
-archive=$(mktemp --suffix .tar.gz)
-tar -czf "$archive" -C "$out" --exclude ./timings.txt . && find "$out" -mindepth 1 -not -name timings.txt -delete \
-  && mv "$archive" "$out/pipeline.tar.gz"
+pack_out timings.txt pipeline.tar.gz
 exit $status

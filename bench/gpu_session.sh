@@ -63,9 +63,7 @@ while [ $# -gt 0 ]; do
     pack)
       # Last: everything but the RESULTS entry into one archive (few files come back from a GPU machine).
       shift
-      archive=$(mktemp --suffix .tar.gz)
-      tar -czf "$archive" -C "$out" --exclude ./results_entry.md . \
-        && find "$out" -mindepth 1 -not -name results_entry.md -delete && mv "$archive" "$out/session.tar.gz";;
+      pack_out results_entry.md session.tar.gz;;
     *) echo "unknown step $1"; exit 2;;
   esac
 done
