@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -339,7 +340,7 @@ def main() -> None:
     presets = args.presets.split(",")
     micro = [int(v) for v in args.micro_batch.split(",")]
     micro = micro * len(presets) if len(micro) == 1 else micro
-    single_gpu_rows = json.loads(open(args.single_gpu_json).read()) if args.single_gpu_json else []
+    single_gpu_rows = json.loads(Path(args.single_gpu_json).read_text()) if args.single_gpu_json else []
     rows = []
     for name, mb in zip(presets, micro):
         config = preset(name)

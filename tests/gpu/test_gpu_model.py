@@ -38,7 +38,7 @@ REL_TOL = {torch.float32: 2e-3, torch.bfloat16: 2e-2}
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-def run_both(monkeypatch, fn, inputs):
+def run_three_ways(monkeypatch, fn, inputs):
     """Outputs and gradients of fn(*inputs) three ways: the kernels, our reference in the inputs' dtypes,
     and our reference on the same values in float32 (the oracle for low-precision runs)."""
     results = []
@@ -113,7 +113,7 @@ def test_kernels_are_dispatched_on_cuda(monkeypatch):
 def test_causal_conv1d(monkeypatch, dtype, with_seq_idx):
     seq_idx = packed(2, 300, [17, 128, 129]) if with_seq_idx else None
     inputs = (rand(2, 64, 300, dtype=dtype), rand(64, 4, dtype=dtype), rand(64, dtype=dtype))
-    assert_match(run_both(monkeypatch, lambda x, w, b: causal_conv1d(x, w, b, seq_idx, "silu"), inputs), dtype)
+    assert_match(run_three_ways(monkeypatch, lambda x, w, b: causal_conv1d(x, w, b, seq_idx, "silu"), inputs), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -141,7 +141,7 @@ def test_selective_scan(monkeypatch, dtype):
     def fn(u, dt, A, B, C, D, z, bias):
         y, last_state = selective_scan(u, dt, A, B, C, D, z, bias, True, True)
         return y, last_state.detach()
-    assert_match(run_both(monkeypatch, fn, inputs), dtype)
+    assert_match(run_three_ways(monkeypatch, fn, inputs), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -154,17 +154,17 @@ def test_ssd_chunk_scan(monkeypatch, dtype, with_seq_idx):
               rand(b, L, g, n, dtype=dtype), rand(b, L, g, n, dtype=dtype), rand(h), rand(h, scale=0.5))
     fn = lambda x, dt, A, B, C, D, bias: ssd_chunk_scan(  # noqa: E731
         x, dt, A, B, C, 64, D=D, dt_bias=bias, dt_softplus=True, seq_idx=seq_idx, return_final_states=True)
-    assert_match(run_both(monkeypatch, fn, inputs), dtype)
+    assert_match(run_three_ways(monkeypatch, fn, inputs), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_norms(monkeypatch, dtype):
     x, res, w = rand(4, 77, 256, dtype=dtype), rand(4, 77, 256), rand(256)
     fn = lambda x, r, w: add_rms_norm(x, w, r, 1e-5, prenorm=True, residual_in_fp32=True)  # noqa: E731
-    assert_match(run_both(monkeypatch, fn, (x, res, w)), dtype)
+    assert_match(run_three_ways(monkeypatch, fn, (x, res, w)), dtype)
     z = rand(4, 77, 256, dtype=dtype)
     fn = lambda x, z, w: gated_rms_norm(x, z, w, 1e-5, group_size=128)  # noqa: E731
-    assert_match(run_both(monkeypatch, fn, (x, z, rand(256, dtype=dtype))), dtype)
+    assert_match(run_three_ways(monkeypatch, fn, (x, z, rand(256, dtype=dtype))), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -194,7 +194,7 @@ def test_mamba1_inner(monkeypatch, dtype):
               rand(d_inner, rank, dtype=dtype, scale=0.5), rand(d_model, d_inner, dtype=dtype, scale=0.1),
               A.clone().requires_grad_(), rand(d_inner), rand(d_inner, scale=0.5))
     fn = lambda xz, cw, cb, xw, dw, ow, A, D, bias: mamba1_inner(xz, cw, cb, xw, dw, ow, None, A, D, bias)  # noqa: E731
-    assert_match(run_both(monkeypatch, fn, inputs), dtype)
+    assert_match(run_three_ways(monkeypatch, fn, inputs), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -208,7 +208,7 @@ def test_mamba2_split_conv1d_scan(monkeypatch, dtype, with_seq_idx):
               rand(h), rand(d_inner, dtype=dtype), rand(d_model, d_inner, dtype=dtype, scale=0.1))
     fn = lambda zx, cw, cb, bias, A, D, nw, ow: mamba2_split_conv1d_scan(  # noqa: E731
         zx, cw, cb, bias, A, D, 64, 32, g, nw, 1e-5, ow, None, seq_idx=seq_idx)
-    assert_match(run_both(monkeypatch, fn, inputs), dtype)
+    assert_match(run_three_ways(monkeypatch, fn, inputs), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
