@@ -14,11 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-SMOKE = CONFIGS / "smoke.yaml"
-GPU_E2E = CONFIGS / "gpu-e2e.yaml"
-RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p not in (SMOKE, GPU_E2E, CONFIGS / "expected.yaml"))
+from config_paths import CONFIGS, GPU_E2E, REPO, RUN_CONFIGS, SMOKE
+
 PROFILES = sorted(p for p in (REPO / "profiles").iterdir() if (p / "config.yaml").is_file()
                   or any(p.glob("config.v*.yaml")))
 # Metrics that depend only on the computation, besides the optimizer statistics ("optim/..."); timings,

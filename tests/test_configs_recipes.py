@@ -14,12 +14,8 @@ from kotomamba.pipeline import deep_merge, stage_train_config, validate
 from kotomamba.train.config import load_config
 from kotomamba.train.flops import param_count
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-SMOKE = CONFIGS / "smoke.yaml"
-EXPECTED = CONFIGS / "expected.yaml"
-OVERRIDES = (SMOKE, CONFIGS / "gpu-e2e.yaml")  # merged after a run config, not runs of their own
-RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p not in (*OVERRIDES, EXPECTED))
+from config_paths import CONFIGS, EXPECTED, RUN_CONFIGS, SMOKE
+
 SEQ = 2048
 
 # The published recipes, with where each number comes from (Mamba: arXiv 2312.00752 Table 12, App. E.2.1/E.2.3;
