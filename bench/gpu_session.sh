@@ -6,6 +6,8 @@
 # BENCH_ARGS (e.g. "--warmup 3 --steps 6 --rounds 3 --impls reference,kotomamba,kotomamba+compile") go to train
 # and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md. BENCH_TAG names a multi
 # run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
+# STEP_TIMEOUT (seconds, default 500) bounds each step; TEST_JOBS (default 16) is how many test processes run
+# at once. Two invocations can share a machine of several GPUs (CUDA_VISIBLE_DEVICES, different OUT_DIRs).
 # Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
 # elsewhere install them with pip (`pip install -e '.[gpu]' --no-build-isolation`).
 set -uo pipefail
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
     tests)
       shift
       # Every gpu-marked test (kernels, model, training, export, decoding), one pytest process per test,
-      # 16 at a time, the slowest first: most of the time goes to compiling and autotuning Triton kernels
+      # TEST_JOBS at a time, the slowest first: most of the time goes to compiling and autotuning Triton kernels
       # (one per dtype and variant), single-threaded per process; the processes share the Triton cache.
       mkdir -p "$out/tests"
       python3 -m pytest -m gpu tests/gpu tests/test_convert_export.py tests/test_generate_decode.py \
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
       slow='ssd|split|training|first_50|model_matches'
       { grep -E "$slow" "$out/tests/ids.txt"; grep -vE "$slow" "$out/tests/ids.txt"; } > "$out/tests/order.txt"
       export out
-      timeout 540 xargs -P 16 -I{} bash -c 'log="$out/tests/$(tr "/:[]" "____" <<< "{}").log"
+      timeout "${STEP_TIMEOUT:-500}" xargs -P "${TEST_JOBS:-16}" -I{} bash -c 'log="$out/tests/$(tr "/:[]" "____" <<< "{}").log"
         python3 -m pytest -m gpu "{}" -q -s -p no:cacheprovider --timeout 300 --tb=short -rfE --durations=4 > "$log" 2>&1
         echo "exit $? {}: $(tail -1 "$log")"' < "$out/tests/order.txt" | tee "$out/gpu_tests.log"
       status=$(( status | ${PIPESTATUS[0]} ))
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
       tar -czf "$out/gpu_tests_logs.tar.gz" -C "$out" tests && rm -r "$out/tests";;
     train)
       presets=$2; micro=$3; shift 3
-      timeout 500 python3 bench/train_throughput.py --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} \
+      timeout "${STEP_TIMEOUT:-500}" python3 bench/train_throughput.py --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} \
         --json "$out/train_1gpu.json" --markdown "$out/results_entry.md" 2>&1 | tee "$out/train_1gpu.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
     multi)
@@ -44,7 +46,7 @@ while [ $# -gt 0 ]; do
       # Scaling efficiency against a `train` step of the same presets earlier in the session.
       single=(); [ -f "$out/train_1gpu.json" ] && single=(--single-gpu-json "$out/train_1gpu.json")
       tag=${ngpu}gpu${BENCH_TAG:+_$BENCH_TAG}
-      timeout 500 python3 -m torch.distributed.run --standalone --nproc-per-node "$ngpu" bench/train_throughput.py \
+      timeout "${STEP_TIMEOUT:-500}" python3 -m torch.distributed.run --standalone --nproc-per-node "$ngpu" bench/train_throughput.py \
         --presets "$presets" --micro-batch "$micro" ${BENCH_ARGS:-} --json "$out/train_$tag.json" \
         --markdown "$out/results_entry.md" "${single[@]}" 2>&1 \
         | tee "$out/train_$tag.log" | grep -v '^{'

@@ -23,6 +23,7 @@ import datetime
 import gc
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -41,7 +42,11 @@ def init_process_group(device: torch.device) -> None:
     if dist.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29511")
+    if "MASTER_PORT" not in os.environ:
+        # One process alone (no torchrun): a port of its own, so runs on other GPUs of the host can start beside it.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     if device.type == "cuda":
@@ -169,13 +174,17 @@ def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, s
 
 
 def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None:
-    """Print the CUDA kernels that take the most device time over two steps (where the gap lies)."""
+    """Print the CUDA kernels that take the most device time over two steps (where the gap lies).
+
+    Every rank profiles (the steps hold collectives), rank 0 prints."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
             step()
         synchronize(device)
+    if dist.get_rank() != 0:
+        return
     print(f"--- profile: {name} (2 steps) ---")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
 
@@ -248,7 +257,7 @@ def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, 
     """Time it if nothing did yet, profile it if asked, record its summary, free it."""
     if not prepared["times"]:
         prepared["times"] = time_steps(prepared["step"], args.steps, device)
-    if args.profile and dist.get_rank() == 0:
+    if args.profile:
         profile_steps(prepared["step"], prepared["name"], device)
     results[prepared["name"]] = summarize(prepared, model_config, micro_batch, seq, device)
     prepared.clear()

@@ -49,6 +49,21 @@ def test_one_process_writes_a_row_per_preset(tmp_path, rounds):
     assert entry.count("| tiny | 1 |") == 2
 
 
+def test_one_process_runs_beside_another_on_the_same_host(tmp_path):
+    """Single-GPU runs on different GPUs of one host start together: each needs a rendezvous port of its own."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MASTER_PORT", None)
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        runs.append(subprocess.Popen([sys.executable, str(BENCH), *ARGS, "--json", "out.json"], cwd=tmp_path / name,
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for name, started in zip(("a", "b"), runs):
+        _, stderr = started.communicate(timeout=600)
+        assert started.returncode == 0, stderr[-3000:]
+        check_rows(tmp_path / name / "out.json", 1)
+
+
 def test_the_reference_on_cpu_is_refused_with_the_reason(tmp_path):
     done = run([sys.executable, str(BENCH), "--device", "cpu", "--impls", "reference,kotomamba"], tmp_path)
     assert done.returncode == 2 and "needs mamba-ssm's CUDA kernels" in done.stderr
@@ -56,11 +71,11 @@ def test_the_reference_on_cpu_is_refused_with_the_reason(tmp_path):
 
 @pytest.mark.slow
 @needs_cpu_sharding
-def test_two_processes_shard_and_report_their_scaling_against_one(tmp_path):
+def test_two_processes_shard_profile_and_report_their_scaling_against_one(tmp_path):
     done = run([sys.executable, str(BENCH), *ARGS, "--json", "one.json"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(BENCH),
-                *ARGS, "--rounds", "2", "--strategy", "SHARD_GRAD_OP", "--json", "out.json",
+                *ARGS, "--rounds", "2", "--strategy", "SHARD_GRAD_OP", "--profile", "--json", "out.json",
                 "--single-gpu-json", "one.json"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     check_rows(tmp_path / "out.json", 2)
@@ -69,3 +84,5 @@ def test_two_processes_shard_and_report_their_scaling_against_one(tmp_path):
         expected = sharded["kotomamba"]["tokens_per_s_per_gpu"] / single["kotomamba"]["tokens_per_s_per_gpu"]
         assert sharded["kotomamba"]["scaling"] == pytest.approx(expected)
     assert "of 1 GPU]" in done.stdout
+    # Every rank profiles (the profiled steps hold collectives: rank 0 alone would wait forever), one prints.
+    assert done.stdout.count("--- profile: kotomamba (2 steps) ---") == 2
