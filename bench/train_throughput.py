@@ -159,7 +159,7 @@ def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool,
         x, y = next(it)
         loss = model(x, labels=y)
         loss.backward()
-        clip_(params, 1.0, float(global_grad_norm(params)))
+        clip_(params, 1.0, global_grad_norm(params))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss

@@ -36,16 +36,23 @@ def global_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clip_(parameters: list[torch.nn.Parameter], max_norm: float, total_norm: float) -> None:
-    """Scale all gradients by ``max_norm / total_norm`` when the global norm exceeds ``max_norm``.
+def scale_grads_(parameters: list[torch.nn.Parameter], factor: float | torch.Tensor) -> None:
+    """Multiply every gradient (each rank's local shard) by ``factor``: a float, or a 0-d tensor on the
+    gradients' device, so that no value has to come to the host. One foreach launch, not one per parameter:
+    on small models the step is bound by the host's kernel launches."""
+    grads = [_local(p.grad) for p in parameters if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor)
 
-    Every rank holds the same global norm, so every shard is scaled by the same factor.
+
+@torch.no_grad()
+def clip_(parameters: list[torch.nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
+    """Scale all gradients by ``min(1, max_norm / total_norm)``, as ``torch.nn.utils.clip_grad_norm_`` does.
+
+    ``total_norm`` is the global norm as a 0-d tensor (:func:`global_grad_norm`), equal on every rank, so every
+    shard is scaled by the same factor; the factor stays on the device.
     """
-    coefficient = max_norm / (total_norm + 1e-6)
-    if coefficient < 1.0:
-        for p in parameters:
-            if p.grad is not None:
-                p.grad.mul_(coefficient)
+    scale_grads_(parameters, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
 
 
 class OptimizerStats:

@@ -28,7 +28,8 @@ from kotomamba.train.config import TrainConfig, dump_config
 from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
 from kotomamba.train.flops import peak_flops, training_flops_per_token
 from kotomamba.train.loss_scale import LossScale
-from kotomamba.train.metrics import MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats
+from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats,
+                                     scale_grads_)
 from kotomamba.train.optim import build_optimizer
 from kotomamba.train.parallelize import parallelize, resolve_precision
 from kotomamba.train.schedules import LRSchedule
@@ -445,8 +446,9 @@ class Trainer:
             (loss * (scale / self.accum)).backward()
             loss_sum += loss.detach().float()
         dist.all_reduce(loss_sum)
-        loss_value = float(loss_sum) / (self.accum * self.world)
-        grad_norm = float(global_grad_norm(self.params)) / scale
+        norm = global_grad_norm(self.params) / scale
+        # One transfer to the host per step for both values (the skip decisions below need them there).
+        loss_value, grad_norm = torch.stack([loss_sum / (self.accum * self.world), norm]).tolist()
         record = {"loss": loss_value, "ppl": _ppl(loss_value), "grad_norm": grad_norm}
         if math.isfinite(loss_value) and not math.isfinite(grad_norm) and self.loss_scale is not None:
             self.loss_scale.update(False)
@@ -460,12 +462,10 @@ class Trainer:
             return record
         self.consecutive = 0
         if self.loss_scale is not None:
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(1.0 / scale)
+            scale_grads_(self.params, 1.0 / scale)
             self.loss_scale.update(True)
         if t.grad_clip:
-            clip_(self.params, t.grad_clip, grad_norm)
+            clip_(self.params, t.grad_clip, norm)
         stats = OptimizerStats(self.optimizer, self.shard_group) if log_now else None
         if stats is not None:
             stats.before_step()

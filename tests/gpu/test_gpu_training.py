@@ -74,7 +74,7 @@ def kotomamba_losses(cfg, initial: dict, batches, mesh) -> list[float]:
     for batch in batches:
         loss = model(batch[:, :-1], labels=batch[:, 1:])
         loss.backward()
-        clip_(params, CLIP, float(global_grad_norm(params)))
+        clip_(params, CLIP, global_grad_norm(params))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
