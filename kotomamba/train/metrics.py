@@ -39,7 +39,7 @@ def global_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
 def scale_grads_(parameters: list[torch.nn.Parameter], factor: float | torch.Tensor) -> None:
     """Multiply every gradient (each rank's local shard) by ``factor``: a float, or a 0-d tensor on the
     gradients' device, so that no value has to come to the host. One foreach launch, not one per parameter:
-    on small models the step is bound by the host's kernel launches."""
+    a step can be bound by the host's kernel launches (bench/RESULTS.md profiles one)."""
     grads = [_local(p.grad) for p in parameters if p.grad is not None]
     if grads:
         torch._foreach_mul_(grads, factor)
