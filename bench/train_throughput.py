@@ -174,19 +174,32 @@ def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, s
 
 
 def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None:
-    """Print the CUDA kernels that take the most device time over two steps (where the gap lies).
+    """Print where two steps' time goes: wall time against device-busy time and kernel launches (a step
+    whose kernels keep the device busy for less than its wall time waits on the host), then the CUDA
+    kernels that take the most device time and the operators that take the most host time.
 
     Every rank profiles (the steps hold collectives), rank 0 prints."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        began = time.perf_counter()
         for _ in range(2):
             step()
         synchronize(device)
+        wall_ms = (time.perf_counter() - began) * 1e3
     if dist.get_rank() != 0:
         return
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy_ms = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+    launches = sum(1 for e in prof.events() if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
     print(f"--- profile: {name} (2 steps) ---")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
+    print(f"per step: wall {wall_ms / 2:.1f} ms (profiler on), device busy {busy_ms / 2:.1f} ms "
+          f"({busy_ms / wall_ms:.0%}), {len(kernels) / 2:.0f} device ops, {launches / 2:.0f} kernel launches")
+    if kernels:
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
 
 
 def prepare(name: str, build, model_config, micro_batch: int, seq: int, warmup: int, batches_needed: int,
@@ -330,7 +343,7 @@ def main() -> None:
     parser.add_argument("--markdown", default=None, help="append a RESULTS.md entry (date, card, versions, command)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu runs kotomamba's step on the reference ops (a check of this script)")
-    parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each impl")
+    parser.add_argument("--profile", action="store_true", help="print each impl's device-busy share, top kernels and top host operators")
     args = parser.parse_args()
 
     from kotomamba.model.config import preset

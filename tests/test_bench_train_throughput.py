@@ -86,3 +86,4 @@ def test_two_processes_shard_profile_and_report_their_scaling_against_one(tmp_pa
     assert "of 1 GPU]" in done.stdout
     # Every rank profiles (the profiled steps hold collectives: rank 0 alone would wait forever), one prints.
     assert done.stdout.count("--- profile: kotomamba (2 steps) ---") == 2
+    assert done.stdout.count("per step: wall ") == 2 and "Self CPU time total" in done.stdout
