@@ -10,13 +10,20 @@ When gradients are wanted, the forward pass also computes them chunk by chunk, w
 logits are at hand ("fused linear cross-entropy", as in Liger-Kernel, arXiv:2410.10989): the backward
 pass only scales them by the incoming gradient. A backward pass that recomputed the logits would run
 the head's largest matmul a fourth time per step.
+
+Per chunk, :func:`cross_entropy_rows_` turns the logits into each row's loss and, in place, the
+gradient with respect to the logits: on CUDA one Triton kernel (:mod:`kotomamba.ops.cross_entropy_triton`),
+elsewhere its PyTorch twin :func:`cross_entropy_rows_ref_`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from kotomamba.ops.dispatch import kernel_module, use_kernels
+
 IGNORE_INDEX = -100
+_ROWS_KERNEL = "kotomamba.ops.cross_entropy_triton"
 
 
 def cross_entropy_ref(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -24,6 +31,31 @@ def cross_entropy_ref(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
     """hidden [N, d], weight [V, d], labels [N] -> mean CE over labels != ignore_index (0-d fp32)."""
     logits = (hidden.to(weight.dtype) @ weight.t()).float()
     return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+
+def cross_entropy_rows_ref_(logits: torch.Tensor, labels: torch.Tensor, row_scale: torch.Tensor, ignore_index: int,
+                            write_grad: bool) -> torch.Tensor:
+    """logits [n, V], labels [n] int64, row_scale [n] float32 -> loss [n] float32 (0 where the label is
+    ``ignore_index``), computed in float32. With ``write_grad`` the logits are overwritten (in their dtype)
+    by d(sum of row_scale * loss)/d(logits) = ``(softmax - onehot(label)) * row_scale``."""
+    x = logits.float()
+    valid = labels != ignore_index
+    target = labels.clamp(min=0)[:, None]
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    loss = torch.where(valid, (lse - x.gather(1, target)).squeeze(1), 0.0)
+    if write_grad:
+        grad = x.sub_(lse).exp_()  # x may be the logits themselves (float32): written in place either way
+        grad.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad.dtype))
+        logits.copy_(grad.mul_(row_scale[:, None]))
+    return loss
+
+
+def cross_entropy_rows_(logits: torch.Tensor, labels: torch.Tensor, row_scale: torch.Tensor, ignore_index: int,
+                        write_grad: bool) -> torch.Tensor:
+    """Dispatching twin of :func:`cross_entropy_rows_ref_` (the Triton kernel on CUDA)."""
+    if not use_kernels(logits, _ROWS_KERNEL):
+        return cross_entropy_rows_ref_(logits, labels, row_scale, ignore_index, write_grad)
+    return kernel_module(_ROWS_KERNEL).cross_entropy_rows_(logits, labels, row_scale, ignore_index, write_grad)
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -49,20 +81,13 @@ def _loss_and_grads(hidden, weight, labels, chunk_size, ignore_index, need_hidde
     for start in range(0, hidden.shape[0], chunk_size):
         end = start + chunk_size
         h = hidden[start:end].to(dtype)
-        target = labels[start:end].clamp(min=0)[:, None]
-        logits = (h @ w.t()).float()
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        total += ((lse - logits.gather(1, target)).squeeze(1) * valid[start:end]).sum()
-        if not (need_hidden or need_weight):
-            continue
-        # d(loss)/d(logits) = (softmax - onehot(label)) * row_scale, built in the logits' memory.
-        grad_logits = logits.sub_(lse).exp_()
-        grad_logits.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=grad_logits.dtype))
-        grad_logits = grad_logits.mul_(row_scale[start:end, None]).to(dtype)
+        logits = h @ w.t()
+        total += cross_entropy_rows_(logits, labels[start:end], row_scale[start:end], ignore_index,
+                                     need_hidden or need_weight).sum()
         if need_hidden:
-            grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
+            grad_hidden[start:end] = (logits @ w).to(hidden.dtype)  # the logits now hold their gradient
         if need_weight:
-            grad_weight += (grad_logits.t() @ h).float()
+            grad_weight += (logits.t() @ h).float()
     return total / n_valid, grad_hidden, grad_weight
 
 

@@ -25,7 +25,8 @@ if torch.cuda.is_available():
 
 from kotomamba.model import MambaLM, preset  # noqa: E402
 from kotomamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa: E402
-from kotomamba.ops.cross_entropy import chunked_cross_entropy, cross_entropy_ref  # noqa: E402
+from kotomamba.ops.cross_entropy import (  # noqa: E402
+    chunked_cross_entropy, cross_entropy_ref, cross_entropy_rows_, cross_entropy_rows_ref_)
 from kotomamba.ops.fused import mamba1_inner, mamba2_split_conv1d_scan  # noqa: E402
 from kotomamba.ops.norm import add_rms_norm, gated_rms_norm  # noqa: E402
 from kotomamba.ops.selective_scan import selective_scan  # noqa: E402
@@ -209,6 +210,24 @@ def test_mamba2_split_conv1d_scan(monkeypatch, dtype, with_seq_idx):
     fn = lambda zx, cw, cb, bias, A, D, nw, ow: mamba2_split_conv1d_scan(  # noqa: E731
         zx, cw, cb, bias, A, D, 64, 32, g, nw, 1e-5, ow, None, seq_idx=seq_idx)
     assert_match(run_three_ways(monkeypatch, fn, inputs), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_rows_kernel(monkeypatch, dtype):
+    """The Triton kernel (each row's loss, the gradient written over the logits) against its twin, at a
+    real vocabulary size (not a multiple of the kernel's block)."""
+    monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "0")
+    assert dispatch.use_kernels(torch.zeros(1, device=DEVICE), "kotomamba.ops.cross_entropy_triton")
+    logits = (torch.randn(3000, 50288, device=DEVICE) * 3).to(dtype)
+    labels = torch.randint(0, 50277, (3000,), device=DEVICE)
+    labels[::7] = -100
+    row_scale = (labels != -100).float() / 2000
+    expected = logits.clone()
+    loss_ref = cross_entropy_rows_ref_(expected, labels, row_scale, -100, True)
+    loss = cross_entropy_rows_(logits, labels, row_scale, -100, True)
+    torch.testing.assert_close(loss, loss_ref, atol=1e-4, rtol=1e-5)
+    tol = dict(atol=1e-9, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-7, rtol=1.6e-2)
+    torch.testing.assert_close(logits, expected, **tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
