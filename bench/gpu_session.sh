@@ -7,7 +7,8 @@
 # and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md. BENCH_TAG names a multi
 # run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
 # STEP_TIMEOUT (seconds, default 500) bounds each step; TEST_JOBS (default 16) is how many test processes run
-# at once. Two invocations can share a machine of several GPUs (CUDA_VISIBLE_DEVICES, different OUT_DIRs).
+# at once; TESTS_K (a pytest -k expression) picks some of the tests. Two invocations can share a machine
+# of several GPUs (CUDA_VISIBLE_DEVICES, different OUT_DIRs).
 # Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
 # elsewhere install them with pip (`pip install -e '.[gpu]' --no-build-isolation`).
 set -uo pipefail
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
       # (one per dtype and variant), single-threaded per process; the processes share the Triton cache.
       mkdir -p "$out/tests"
       python3 -m pytest -m gpu tests/gpu tests/test_convert_export.py tests/test_generate_decode.py \
-        --collect-only -q -p no:cacheprovider 2>/dev/null | grep '::' > "$out/tests/ids.txt"
+        ${TESTS_K:+-k "$TESTS_K"} --collect-only -q -p no:cacheprovider 2>/dev/null | grep '::' > "$out/tests/ids.txt"
       slow='ssd|split|training|first_50|model_matches'
       { grep -E "$slow" "$out/tests/ids.txt"; grep -vE "$slow" "$out/tests/ids.txt"; } > "$out/tests/order.txt"
       export out

@@ -261,16 +261,22 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
     for _ in range(args.rounds if alive else 0):
         for prepared in alive:
             prepared["times"] += time_steps(prepared["step"], args.steps, device)
+    if args.profile:
+        # All before any is freed: freeing empties the allocator's cache, and a step profiled after that
+        # would show cudaMalloc calls that no step of a running trainer makes.
+        for prepared in alive:
+            profile_steps(prepared["step"], prepared["name"], device)
     for prepared in alive:
-        finish(prepared, args, results, model_config, micro_batch, seq, device)
+        finish(prepared, args, results, model_config, micro_batch, seq, device, profiled=args.profile)
     return results
 
 
-def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, seq: int, device) -> None:
-    """Time it if nothing did yet, profile it if asked, record its summary, free it."""
+def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, seq: int, device,
+           profiled: bool = False) -> None:
+    """Time it if nothing did yet, profile it if asked and not done yet, record its summary, free it."""
     if not prepared["times"]:
         prepared["times"] = time_steps(prepared["step"], args.steps, device)
-    if args.profile:
+    if args.profile and not profiled:
         profile_steps(prepared["step"], prepared["name"], device)
     results[prepared["name"]] = summarize(prepared, model_config, micro_batch, seq, device)
     prepared.clear()
