@@ -120,7 +120,7 @@ def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: i
     it = iter(batches)
 
     def step():
-        x, y = next(it)
+        x, y, _ = next(it)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=world == 1):
             logits = ref(x).logits
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
@@ -136,11 +136,13 @@ def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: i
     return step, (ref, optimizer)
 
 
-def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool, batches):
-    """The trainer's model, parallelism, optimizer and clipping (kotomamba.train)."""
+def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool, cuda_graph: bool, batches):
+    """The trainer's model, parallelism, optimizer and clipping (kotomamba.train); ``cuda_graph``: its
+    forward and backward replayed from a CUDA graph after two eager steps (``parallel.cuda_graph``)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     from kotomamba.model.lm import MambaLM
+    from kotomamba.train.cuda_graph import GraphedMicroStep
     from kotomamba.train.metrics import clip_, global_grad_norm
     from kotomamba.train.optim import build_optimizer
     from kotomamba.train.parallelize import parallelize
@@ -153,15 +155,19 @@ def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, 1e-4, 0.1, (0.9, 0.95), 1e-8,
                                 ["A_log", "D", "dt_bias", "bias", "norm", "embedding"])
+    micro_step = GraphedMicroStep(model, params, 1.0) if cuda_graph else None
     it = iter(batches)
 
     def step():
-        x, y = next(it)
-        loss = model(x, labels=y)
-        loss.backward()
+        x, y, tokens = next(it)
+        if micro_step is not None:
+            loss = micro_step(tokens)
+        else:
+            loss = model(x, labels=y)
+            loss.backward()
         clip_(params, 1.0, global_grad_norm(params))
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=micro_step is None)
         return loss
 
     return step, (model, optimizer)
@@ -170,7 +176,7 @@ def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool,
 def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, seed: int):
     generator = torch.Generator(device=device).manual_seed(seed)
     tokens = torch.randint(0, vocab, (count, micro_batch, seq + 1), device=device, generator=generator)
-    return [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
+    return [(t[:, :-1].contiguous(), t[:, 1:].contiguous(), t) for t in tokens]
 
 
 def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None:
@@ -342,7 +348,8 @@ def main() -> None:
                         help="alternate the implementations' timed windows this many times (all stay in memory)")
     parser.add_argument("--strategy", default="FULL_SHARD", choices=["FULL_SHARD", "SHARD_GRAD_OP"])
     parser.add_argument("--impls", default="reference,kotomamba",
-                        help="reference, kotomamba, kotomamba+compile (torch.compile per block), comma-separated")
+                        help="reference, kotomamba, kotomamba+compile (torch.compile per block), kotomamba+graph "
+                             "(CUDA-graphed forward and backward; one GPU), comma-separated")
     parser.add_argument("--json", default=None)
     parser.add_argument("--single-gpu-json", default=None,
                         help="a one-GPU run's --json: adds each implementation's scaling efficiency")
@@ -360,11 +367,13 @@ def main() -> None:
         torch.cuda.set_device(device)
     init_process_group(device)
     impls = args.impls.split(",")
-    unknown = set(impls) - {"reference", "kotomamba", "kotomamba+compile"}
+    unknown = set(impls) - {"reference", "kotomamba", "kotomamba+compile", "kotomamba+graph"}
     if unknown:
         parser.error(f"unknown --impls {sorted(unknown)}")
     if args.device == "cpu" and "reference" in impls:
         parser.error("the reference needs mamba-ssm's CUDA kernels: on --device cpu give --impls kotomamba")
+    if "kotomamba+graph" in impls and (args.device == "cpu" or world > 1):
+        parser.error("kotomamba+graph (CUDA graphs) runs on one GPU only")
     presets = args.presets.split(",")
     micro = [int(v) for v in args.micro_batch.split(",")]
     micro = micro * len(presets) if len(micro) == 1 else micro
@@ -380,8 +389,8 @@ def main() -> None:
                 builders[impl] = lambda b, config=config, mb=mb: reference_step_fn(  # noqa: E731
                     config, mb, args.seq, device, world, b)
             else:
-                builders[impl] = lambda b, config=config, c=impl.endswith("+compile"): kotomamba_step_fn(  # noqa: E731
-                    config, device, args.strategy, c, b)
+                builders[impl] = lambda b, config=config, c=impl.endswith("+compile"), g=impl.endswith("+graph"): \
+                    kotomamba_step_fn(config, device, args.strategy, c, g, b)
         row.update(run_preset(builders, config, mb, args.seq, args, device))
         reference = row.get("reference", {})
         for impl in impls:

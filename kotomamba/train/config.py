@@ -123,6 +123,9 @@ class ParallelConfig:
     """Selective checkpointing: recompute every n-th block only (1: every block)."""
     compile: bool = False
     """``torch.compile`` each block."""
+    cuda_graph: bool = False
+    """Capture each micro-batch's forward and backward as a CUDA graph and replay it (one process on a
+    GPU, bf16 or fp32; not with ``compile`` or fp16): for small models whose step waits on the host."""
 
 
 @dataclass

@@ -212,10 +212,28 @@ class Trainer:
         self.loss_scale = None
         if self.precision == "fp16" and master == torch.float32:
             self.loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
+        self.graphed = self._graphed_micro_step() if c.parallel.cuda_graph else None
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
         self.device_name = name
+
+    def _graphed_micro_step(self):
+        """The CUDA-graphed micro-step (``parallel.cuda_graph``), or a ``UserError`` saying why not here."""
+        from kotomamba.train.cuda_graph import GraphedMicroStep
+
+        why = None
+        if self.device.type != "cuda":
+            why = "needs a CUDA GPU"
+        elif self.world > 1:
+            why = f"runs in one process only (this run has {self.world}: FSDP's collectives are not captured)"
+        elif self.loss_scale is not None:
+            why = "does not take fp16 loss scaling (precision bf16 or fp32 does)"
+        elif self.config.parallel.compile:
+            why = "and parallel.compile exclude each other"
+        if why:
+            raise UserError(f"parallel.cuda_graph: true {why}; set it to false")
+        return GraphedMicroStep(self.model, self.params, 1.0 / self.accum)
 
     def _state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -278,11 +296,16 @@ class Trainer:
                                              pin_memory=self.device.type == "cuda")
         return iter(loader)
 
-    def _forward_loss(self, batch) -> torch.Tensor:
+    def _on_device(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's tokens [b, L+1] and seq_idx [b, L] (or None) on this rank's device."""
         tokens = batch["tokens"].to(self.device, non_blocking=True)
         seq_idx = batch.get("seq_idx")
         if seq_idx is not None:
             seq_idx = seq_idx.to(self.device, non_blocking=True)
+        return tokens, seq_idx
+
+    def _forward_loss(self, batch) -> torch.Tensor:
+        tokens, seq_idx = self._on_device(batch)
         return self.model(tokens[:, :-1], labels=tokens[:, 1:], seq_idx=seq_idx)
 
     @torch.no_grad()
@@ -442,8 +465,11 @@ class Trainer:
         for micro in range(self.accum):
             if hybrid and self.world > 1:
                 self.model.set_requires_all_reduce(micro == self.accum - 1)
-            loss = self._forward_loss(next(batches))
-            (loss * (scale / self.accum)).backward()
+            if self.graphed is not None:
+                loss = self.graphed(*self._on_device(next(batches)))
+            else:
+                loss = self._forward_loss(next(batches))
+                (loss * (scale / self.accum)).backward()
             loss_sum += loss.detach().float()
         dist.all_reduce(loss_sum)
         norm = global_grad_norm(self.params) / scale
@@ -453,12 +479,12 @@ class Trainer:
         if math.isfinite(loss_value) and not math.isfinite(grad_norm) and self.loss_scale is not None:
             self.loss_scale.update(False)
             self.skipped_overflow += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
             return record
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.skipped_nonfinite += 1
             self.consecutive += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
             return record
         self.consecutive = 0
         if self.loss_scale is not None:
@@ -470,10 +496,14 @@ class Trainer:
         if stats is not None:
             stats.before_step()
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         if stats is not None:
             record.update(stats.after_step())
         return record
+
+    def _zero_grad(self) -> None:
+        # A captured backward adds into the gradients' own memory: zero them there instead of dropping them.
+        self.optimizer.zero_grad(set_to_none=self.graphed is None)
 
     def _sink(self) -> MetricsSink:
         from kotomamba.train.trackers import TensorBoardTracker, WandbTracker
