@@ -56,7 +56,14 @@ class GraphedMicroStep:
     def __call__(self, tokens: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
         if self.calls <= self.warmup:
-            return self._run(tokens, seq_idx)
+            # On a side stream, as PyTorch's recipe for capturing autograd asks: what the first backward
+            # sets up then belongs to a stream other than the one the capture will record.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self._run(tokens, seq_idx)
+            torch.cuda.current_stream().wait_stream(side)
+            return loss
         if self.graph is None:
             # Capturing records the kernels without running them; the replay below runs this call's step.
             self._capture(tokens, seq_idx)
