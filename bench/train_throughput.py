@@ -260,6 +260,15 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
             results[impl] = {"impl": impl, "error": f"out of memory: {str(error)[:120]}"}
             free_memory(device)
             continue
+        except RuntimeError as error:
+            # One implementation failing to build or warm up (a CUDA-graph capture, a compile) is a result
+            # of this run: the table says so, and the other implementations are still measured.
+            if dist.get_world_size() > 1:
+                raise  # the other ranks would wait in a collective
+            print(f"{impl} failed: {error!r}"[:2000], file=sys.stderr, flush=True)
+            results[impl] = {"impl": impl, "error": f"failed: {str(error)[:120]}"}
+            free_memory(device)
+            continue
         alive.append(prepared)
         if args.rounds == 1:
             finish(prepared, args, results, model_config, micro_batch, seq, device)
