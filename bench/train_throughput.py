@@ -274,8 +274,19 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
             finish(prepared, args, results, model_config, micro_batch, seq, device)
             alive.pop()
     for _ in range(args.rounds if alive else 0):
-        for prepared in alive:
-            prepared["times"] += time_steps(prepared["step"], args.steps, device)
+        for prepared in list(alive):
+            try:
+                prepared["times"] += time_steps(prepared["step"], args.steps, device)
+            except torch.OutOfMemoryError as error:
+                # All implementations stay built for alternating rounds: one that runs out of memory beside
+                # the others is recorded as such, and the rest are still timed.
+                if dist.get_world_size() > 1:
+                    raise
+                results[prepared["name"]] = {"impl": prepared["name"],
+                                             "error": f"out of memory beside the others: {str(error)[:80]}"}
+                alive.remove(prepared)
+                prepared.clear()
+                free_memory(device)
     if args.profile:
         # All before any is freed: freeing empties the allocator's cache, and a step profiled after that
         # would show cudaMalloc calls that no step of a running trainer makes.
@@ -411,12 +422,12 @@ def main() -> None:
         rows.append(row)
         if rank == 0:
             print(json.dumps(row), flush=True)
+            if args.json:  # after every preset: a later preset that fails leaves the earlier rows
+                with open(args.json, "w") as handle:
+                    json.dump(rows, handle, indent=2)
     if rank == 0:
         table = markdown_table(rows, impls)
         print("\n" + table)
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(rows, handle, indent=2)
         if args.markdown:
             with open(args.markdown, "a", encoding="utf-8") as handle:
                 handle.write(markdown_entry(table, device, world))
