@@ -7,7 +7,7 @@ import torch
 
 from kotomamba.model.config import preset
 from kotomamba.model.lm import MambaLM
-from kotomamba.train.metrics import clip_, global_grad_norm, scale_grads_
+from kotomamba.train.metrics import clip_, global_grad_norm, scale_grads_, unscale_and_clip_
 
 
 def model_with_gradients(layer: str) -> MambaLM:
@@ -45,3 +45,20 @@ def test_scale_grads_multiplies_every_gradient_and_skips_parameters_without_one(
     scale_grads_(params, 3.0)
     for p, old in zip(params, before):
         assert (p.grad is None) if old is None else torch.equal(p.grad, old * 0.5 * 3.0)
+
+
+@pytest.mark.parametrize("max_norm_of_norm", [0.25, 4.0, None])
+def test_unscale_and_clip_matches_unscaling_then_torch_clip_grad_norm(max_norm_of_norm):
+    """The fp16 path: gradients of a loss scaled by 1024, unscaled and clipped in one multiply."""
+    ours = model_with_gradients("Mamba2")
+    theirs = copy.deepcopy(ours)
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        q.grad = p.grad.clone()
+        p.grad.mul_(1024.0)
+    norm = global_grad_norm(list(ours.parameters())) / 1024.0
+    max_norm = None if max_norm_of_norm is None else float(norm) * max_norm_of_norm
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_norm)
+    unscale_and_clip_(list(ours.parameters()), 1024.0, max_norm, norm)
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0, msg=name)

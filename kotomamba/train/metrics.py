@@ -45,14 +45,29 @@ def scale_grads_(parameters: list[torch.nn.Parameter], factor: float | torch.Ten
         torch._foreach_mul_(grads, factor)
 
 
+def clip_factor(max_norm: float, total_norm: torch.Tensor) -> torch.Tensor:
+    """``min(1, max_norm / total_norm)`` as ``torch.nn.utils.clip_grad_norm_`` computes it (a 0-d tensor on
+    the norm's device, so no value has to come to the host)."""
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+
+
 @torch.no_grad()
 def clip_(parameters: list[torch.nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
-    """Scale all gradients by ``min(1, max_norm / total_norm)``, as ``torch.nn.utils.clip_grad_norm_`` does.
+    """Scale all gradients by :func:`clip_factor`, as ``torch.nn.utils.clip_grad_norm_`` does.
 
     ``total_norm`` is the global norm as a 0-d tensor (:func:`global_grad_norm`), equal on every rank, so every
-    shard is scaled by the same factor; the factor stays on the device.
+    shard is scaled by the same factor.
     """
-    scale_grads_(parameters, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+    scale_grads_(parameters, clip_factor(max_norm, total_norm))
+
+
+@torch.no_grad()
+def unscale_and_clip_(parameters: list[torch.nn.Parameter], loss_scale: float, max_norm: float | None,
+                      total_norm: torch.Tensor) -> None:
+    """Divide loss-scaled gradients by ``loss_scale`` and clip them to ``max_norm`` (None or 0: no clipping)
+    in one multiply. ``total_norm`` is the global norm of the unscaled gradients (a 0-d tensor)."""
+    factor = clip_factor(max_norm, total_norm) / loss_scale if max_norm else 1.0 / loss_scale
+    scale_grads_(parameters, factor)
 
 
 class OptimizerStats:

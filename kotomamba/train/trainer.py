@@ -29,7 +29,7 @@ from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launc
 from kotomamba.train.flops import peak_flops, training_flops_per_token
 from kotomamba.train.loss_scale import LossScale
 from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats,
-                                     scale_grads_)
+                                     unscale_and_clip_)
 from kotomamba.train.optim import build_optimizer
 from kotomamba.train.parallelize import parallelize, resolve_precision
 from kotomamba.train.schedules import LRSchedule
@@ -488,9 +488,9 @@ class Trainer:
             return record
         self.consecutive = 0
         if self.loss_scale is not None:
-            scale_grads_(self.params, 1.0 / scale)
+            unscale_and_clip_(self.params, scale, t.grad_clip, norm)
             self.loss_scale.update(True)
-        if t.grad_clip:
+        elif t.grad_clip:
             clip_(self.params, t.grad_clip, norm)
         stats = OptimizerStats(self.optimizer, self.shard_group) if log_now else None
         if stats is not None:
