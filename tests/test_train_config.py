@@ -71,3 +71,13 @@ def test_cross_field_rules(tmp_path):
         load_config(write(tmp_path), ["schedule.warmup_steps=31"])
     with pytest.raises(UserError, match="min_lr"):
         load_config(write(tmp_path), ["optim.min_lr=0.1"])
+
+
+@pytest.mark.parametrize("clash, shown", [("parallel.compile=true", "parallel.compile: true"),
+                                          ("parallel.activation_checkpointing=true",
+                                           "parallel.activation_checkpointing: true"),
+                                          ("precision=fp16", "precision: fp16")])
+def test_cuda_graph_with_what_it_cannot_capture_is_refused(tmp_path, clash, shown):
+    with pytest.raises(UserError, match=f"field 'parallel.cuda_graph' cannot be true with {shown}"):
+        load_config(write(tmp_path), ["parallel.cuda_graph=true", clash])
+    assert load_config(write(tmp_path), ["parallel.cuda_graph=true"]).parallel.cuda_graph

@@ -126,7 +126,8 @@ class ParallelConfig:
     whose graph breaks at mamba-ssm's selective-scan extension; bench/RESULTS.md)."""
     cuda_graph: bool = False
     """Capture each micro-batch's forward and backward as a CUDA graph and replay it (one process on a
-    GPU, bf16 or fp32; not with ``compile`` or fp16): for small models whose step waits on the host."""
+    GPU, bf16 or fp32; not with ``compile``, activation checkpointing or fp16): for small models whose step
+    waits on the host."""
 
 
 @dataclass
@@ -427,6 +428,16 @@ def _check(config: TrainConfig, where: _Where) -> None:
         fail("env", "must map variable names to string values")
     if not isinstance(config.model.get("preset", ""), str):
         fail("model.preset", "must be a preset name")
+    par = config.parallel
+    if par.cuda_graph:
+        # Not captured together: compile's own graphs, checkpointing's recompute (it saves and restores the
+        # RNG state), fp16's changing loss scale. One process on a GPU is checked at start-up.
+        for dotted, clash in (("parallel.compile", par.compile),
+                              ("parallel.activation_checkpointing", par.activation_checkpointing),
+                              ("precision", config.precision == "fp16")):
+            if clash:
+                value = "fp16" if dotted == "precision" else "true"
+                fail("parallel.cuda_graph", f"cannot be true with {dotted}: {value}; set one of them otherwise")
 
 
 def dump_config(config: TrainConfig) -> str:

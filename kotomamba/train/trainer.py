@@ -222,15 +222,12 @@ class Trainer:
         """The CUDA-graphed micro-step (``parallel.cuda_graph``), or a ``UserError`` saying why not here."""
         from kotomamba.train.cuda_graph import GraphedMicroStep
 
+        # The settings it cannot be combined with are refused when the config is read (config._check).
         why = None
         if self.device.type != "cuda":
             why = "needs a CUDA GPU"
         elif self.world > 1:
             why = f"runs in one process only (this run has {self.world}: FSDP's collectives are not captured)"
-        elif self.loss_scale is not None:
-            why = "does not take fp16 loss scaling (precision bf16 or fp32 does)"
-        elif self.config.parallel.compile:
-            why = "and parallel.compile exclude each other"
         if why:
             raise UserError(f"parallel.cuda_graph: true {why}; set it to false")
         return GraphedMicroStep(self.model, self.params, 1.0 / self.accum)
