@@ -432,12 +432,11 @@ def _check(config: TrainConfig, where: _Where) -> None:
     if par.cuda_graph:
         # Not captured together: compile's own graphs, checkpointing's recompute (it saves and restores the
         # RNG state), fp16's changing loss scale. One process on a GPU is checked at start-up.
-        for dotted, clash in (("parallel.compile", par.compile),
-                              ("parallel.activation_checkpointing", par.activation_checkpointing),
-                              ("precision", config.precision == "fp16")):
+        for setting, clash in (("parallel.compile: true", par.compile),
+                               ("parallel.activation_checkpointing: true", par.activation_checkpointing),
+                               ("precision: fp16", config.precision == "fp16")):
             if clash:
-                value = "fp16" if dotted == "precision" else "true"
-                fail("parallel.cuda_graph", f"cannot be true with {dotted}: {value}; set one of them otherwise")
+                fail("parallel.cuda_graph", f"cannot be true with {setting}; set one of them otherwise")
 
 
 def dump_config(config: TrainConfig) -> str:

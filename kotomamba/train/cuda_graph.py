@@ -18,9 +18,17 @@ from __future__ import annotations
 import torch
 
 
+def micro_step(model: torch.nn.Module, tokens: torch.Tensor, seq_idx: torch.Tensor | None,
+               multiplier: float) -> torch.Tensor:
+    """One micro-batch, eagerly: ``loss = model(tokens[:, :-1], labels=tokens[:, 1:], seq_idx=seq_idx)``, then
+    ``(loss * multiplier).backward()``. Returns the loss, detached. What :class:`GraphedMicroStep` captures."""
+    loss = model(tokens[:, :-1], labels=tokens[:, 1:], seq_idx=seq_idx)
+    (loss * multiplier).backward()
+    return loss.detach()
+
+
 class GraphedMicroStep:
-    """``loss = model(tokens[:, :-1], labels=tokens[:, 1:], seq_idx=seq_idx)``, then
-    ``(loss * multiplier).backward()``, accumulating into the parameters' ``.grad``.
+    """:func:`micro_step`, accumulating into the parameters' ``.grad``, from a CUDA graph.
 
     The first ``warmup`` calls run eagerly (and autotune the kernels); the next one captures the step
     and every call from then on replays it. tokens [b, L+1] int64, seq_idx [b, L] int32 or None, with
@@ -35,11 +43,6 @@ class GraphedMicroStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: dict[str, torch.Tensor | None] = {}
 
-    def _run(self, tokens: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
-        loss = self.model(tokens[:, :-1], labels=tokens[:, 1:], seq_idx=seq_idx)
-        (loss * self.multiplier).backward()
-        return loss.detach()
-
     def _capture(self, tokens: torch.Tensor, seq_idx: torch.Tensor | None) -> None:
         for p in self.params:
             if p.grad is None:
@@ -50,7 +53,8 @@ class GraphedMicroStep:
         torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.static["loss"] = self._run(self.static["tokens"], self.static["seq_idx"])
+            self.static["loss"] = micro_step(self.model, self.static["tokens"], self.static["seq_idx"],
+                                             self.multiplier)
         self.graph = graph
 
     def __call__(self, tokens: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,7 +65,7 @@ class GraphedMicroStep:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                loss = self._run(tokens, seq_idx)
+                loss = micro_step(self.model, tokens, seq_idx, self.multiplier)
             torch.cuda.current_stream().wait_stream(side)
             return loss
         if self.graph is None:

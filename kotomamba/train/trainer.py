@@ -25,6 +25,7 @@ from kotomamba.errors import UserError
 from kotomamba.io import atomic_write, write_json
 from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys, resolve_checkpoint
 from kotomamba.train.config import TrainConfig, dump_config
+from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
 from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
 from kotomamba.train.flops import peak_flops, training_flops_per_token
 from kotomamba.train.loss_scale import LossScale
@@ -220,8 +221,6 @@ class Trainer:
 
     def _graphed_micro_step(self):
         """The CUDA-graphed micro-step (``parallel.cuda_graph``), or a ``UserError`` saying why not here."""
-        from kotomamba.train.cuda_graph import GraphedMicroStep
-
         # The settings it cannot be combined with are refused when the config is read (config._check).
         why = None
         if self.device.type != "cuda":
@@ -462,12 +461,12 @@ class Trainer:
         for micro in range(self.accum):
             if hybrid and self.world > 1:
                 self.model.set_requires_all_reduce(micro == self.accum - 1)
+            tokens, seq_idx = self._on_device(next(batches))
             if self.graphed is not None:
-                loss = self.graphed(*self._on_device(next(batches)))
+                loss = self.graphed(tokens, seq_idx)
             else:
-                loss = self._forward_loss(next(batches))
-                (loss * (scale / self.accum)).backward()
-            loss_sum += loss.detach().float()
+                loss = micro_step(self.model, tokens, seq_idx, scale / self.accum)
+            loss_sum += loss.float()
         dist.all_reduce(loss_sum)
         norm = global_grad_norm(self.params) / scale
         # One transfer to the host per step for both values (the skip decisions below need them there).
