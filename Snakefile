@@ -32,10 +32,28 @@ include: "rules/report.smk"
 
 
 rule all:
+    # Every artifact, not only the last ones: an intermediate that is missing (a stage interrupted or
+    # forced and not finished) is rebuilt, and with it everything after it, whatever exists downstream.
     input:
+        [PATHS.corpus(source) for source in SOURCES],
+        PATHS.tokenizer_model,
+        tokenized_files(SOURCES),
+        [PATHS.stage_final(stage) for stage in STAGES],
         [PATHS.export_dir(fmt) for fmt in config["export"]["formats"]],
         PATHS.export_dir("mamba_ssm"),  # evaluation's input, whatever the formats
         PATHS.eval_json,
         PATHS.report,
         PATHS.resolved_config,
         PATHS.manifest,
+
+
+onstart:
+    # A forced training job starts its stage over (the earlier run is kept as a superseded generation).
+    from kotomamba.train.restart_request import request_restart
+
+    dag = workflow.dag
+    for job in dag.needrun_jobs():
+        # Snakemake marks only the first of several forced jobs of one rule as "forced".
+        forced = job.rule in dag.forcerules or not dag.forcefiles.isdisjoint(job.output) or dag.reason(job).forced
+        if job.rule.name == "train" and forced:
+            request_restart(PATHS.stage_dir(job.wildcards.stage), "snakemake forced this stage to run again")

@@ -4,6 +4,7 @@
 rule tokenize:
     input:
         corpus=PATHS.corpus("{source}"),
+        origins=PATHS.corpus_origins("{source}"),  # bad lines are named in the user's files
         tokenizer=PATHS.tokenizer_model,
     output:
         multiext(PATHS.tokenized_prefix("{source}"), ".bin", ".idx"),

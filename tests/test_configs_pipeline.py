@@ -43,9 +43,14 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 def provide_inputs(workdir: Path, config: dict) -> None:
-    """Stand-ins for the files a user provides that the DAG reads as inputs (the tokenizer), so it can plan."""
-    if config["tokenizer"]["model"]:
-        path = workdir / config["tokenizer"]["model"]
+    """Stand-ins for the files a user provides (tokenizer, corpus shards, the model to start from), so the
+    run can be checked and planned: a dry run only checks that they exist."""
+    stand_ins = [config["tokenizer"]["model"]] if config["tokenizer"]["model"] else []
+    stand_ins += [url.replace("*", "x") for source in config["corpus"]["sources"] for url in source.get("urls", [])
+                  if "://" not in url]
+    stand_ins += [f"{config['init']}/config.json"] if config.get("init") else []
+    for name in stand_ins:
+        path = workdir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("stand-in: a dry run only checks that it exists\n")
 

@@ -9,7 +9,8 @@ import threading
 import pytest
 import zstandard
 
-from kotomamba.data.download import Source, download, main, parse_source
+from kotomamba.data.download import Source, download, main, parse_source, source_state
+from kotomamba.data.line_origins import locate
 from kotomamba.errors import UserError
 
 CONTENT = b"".join(b'{"text": "line %d of a shard"}\n' % i for i in range(5000))
@@ -100,7 +101,9 @@ def test_pipeline_form_concatenates_shards_into_one_file(server, tmp_path):
                "--sha256", sha(shards[1]), "--output", str(out)])
     assert rc == 0
     assert out.read_bytes() == b'{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n'
-    assert sorted(p.name for p in out.parent.iterdir()) == ["web.jsonl"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["web.jsonl", "web.jsonl.origins.json"]
+    assert locate(out, 2) == f"{server.url}/0.jsonl.gz:2 (line 2 of {out})"  # the piece without a final newline
+    assert locate(out, 3) == f"{server.url}/1.jsonl:1 (line 3 of {out})"
     assert main([f"{server.url}/1.jsonl", "--sha256", sha(b""), "--sha256", sha(b""), "--output", str(out)]) == 2
 
 
@@ -152,3 +155,15 @@ def test_sources_file_and_corrupt_archive(tmp_path):
     listing.write_text(f"- url: {tmp_path / 'bad.jsonl.gz'}\n")
     assert main(["--sources", str(listing), "--output-dir", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out" / "bad.jsonl").exists()
+
+
+def test_source_state_changes_with_a_local_source_and_names_a_missing_one(tmp_path):
+    shard = tmp_path / "a.jsonl"
+    shard.write_bytes(CONTENT)
+    before = source_state([str(tmp_path / "*.jsonl"), "https://example.org/b.jsonl"])
+    assert before == source_state([str(tmp_path / "*.jsonl"), "https://example.org/b.jsonl"])
+    assert before[1] == "https://example.org/b.jsonl"
+    shard.write_bytes(CONTENT + b'{"text": "one more"}\n')
+    assert source_state([str(tmp_path / "*.jsonl"), "https://example.org/b.jsonl"]) != before
+    with pytest.raises(UserError, match="missing.jsonl: source file not found"):
+        source_state([str(tmp_path / "missing.jsonl")])

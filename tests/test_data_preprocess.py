@@ -11,6 +11,7 @@ import pytest
 
 from kotomamba.data.corpus import write_corpus
 from kotomamba.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter
+from kotomamba.data.line_origins import write_origins
 from kotomamba.data.preprocess import main as preprocess_main
 from kotomamba.data.preprocess import preprocess
 from kotomamba.data.sentences import split_sentences
@@ -368,3 +369,22 @@ def test_orjson_and_stdlib_give_the_same_output(sp_model, tmp_path, monkeypatch,
                              on_bad_line="skip", progress=False)
         outcomes.append((summary.skipped, summary.documents, read_mmidx(tmp_path / f"{parser}_text_document")))
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_bad_line_is_named_in_the_users_file(corpus, sp_model, tmp_path):
+    """The pipeline's corpus is a concatenation: the error names the source file and its own line."""
+    lines = corpus.read_text(encoding="utf-8").splitlines()[:5]
+    joined = tmp_path / "joined.jsonl"
+    joined.write_text("\n".join(lines[:3] + lines[3:] + ['{"text": 3}']) + "\n", encoding="utf-8")
+    write_origins(joined, [("data/a.jsonl", 3), ("data/b.jsonl", 3)])
+    with pytest.raises(UserError, match=r"^data/b.jsonl:3 \(line 6 of .*joined.jsonl\): "):
+        preprocess([str(joined)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
+
+
+def test_an_empty_corpus_is_an_error_that_leaves_nothing(sp_model, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n{"text": ""}\n', encoding="utf-8")
+    write_origins(empty, [("data/empty.jsonl", 2)])
+    with pytest.raises(UserError, match=r"^data/empty.jsonl: no documents to tokenize \(2 lines: 2 with empty text"):
+        preprocess([str(empty)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "empty.jsonl.origins.json"]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kotomamba.data.compression import COMPRESSED_SUFFIXES, open_decompressed, strip_compression_suffix
+from kotomamba.data.line_origins import count_lines, write_origins
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write
 
@@ -110,6 +111,27 @@ def expand_globs(sources: Iterable[Source]) -> list[Source]:
             raise UserError(f"{source.location}: glob matches no file")
         expanded.extend(Source(m) for m in matches)
     return expanded
+
+
+def source_state(locations: Sequence[str]) -> list[str]:
+    """What a rerun compares to notice a changed source: each local file (globs expanded) as
+    ``path size mtime_ns``, each http(s) URL as given (its ``sha256``, when set, pins its content).
+
+    Raises:
+        UserError: a local file or glob that names nothing, naming the location.
+    """
+    state = []
+    for source in expand_globs(parse_source(location) for location in locations):
+        local = _local_path(source)
+        if local is None:
+            state.append(source.location)
+            continue
+        try:
+            stat = os.stat(local)
+        except OSError:
+            raise UserError(f"{source.location}: source file not found") from None
+        state.append(f"{local} {stat.st_size} {stat.st_mtime_ns}")
+    return state
 
 
 def _local_path(source: Source) -> str | None:
@@ -223,10 +245,13 @@ def download_to_file(sources: Sequence[Source], output: str | os.PathLike, retri
 
     The shards are kept in ``.<output name>.download/`` beside it until the file is complete, so
     an interrupted run resumes; each shard is ended with a newline so JSONL lines never merge.
+    Which lines came from which source is recorded beside it (:mod:`kotomamba.data.line_origins`).
     """
     output = Path(output)
     work = output.with_name(f".{output.name}.download")
-    paths = download(sources, work, decompress=True, retries=retries, log=log)
+    expanded = expand_globs(sources)
+    paths = download(expanded, work, decompress=True, retries=retries, log=log)
+    write_origins(output, [(source.location, count_lines(path)) for source, path in zip(expanded, paths)])
     with atomic_write(output, "wb") as writer:
         for path in paths:
             last = b"\n"

@@ -51,6 +51,7 @@ import numpy as np
 
 from kotomamba.data.compression import open_decompressed
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
+from kotomamba.data.line_origins import locate, sources_of
 from kotomamba.data.sentences import split_sentences
 from kotomamba.data.tokenizer import GPT2_TYPES, TOKENIZER_TYPES, Tokenizer, build_tokenizer
 from kotomamba.errors import UserError
@@ -363,7 +364,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         for result in results:
             if result.bad and on_bad_line == "error":
                 kind, file, line, message = result.bad[0]
-                raise UserError(f"{file}:{line}: {message} (--on-bad-line skip leaves such lines out)")
+                raise UserError(f"{locate(file, line)}: {message} (--on-bad-line skip leaves such lines out)")
             for kind, *_ in result.bad:
                 summary.skipped[kind] += 1
             summary.empty += result.empty
@@ -378,6 +379,10 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
                 print(f"Processed {summary.lines} documents ({summary.lines / elapsed:,.1f} docs/s, "
                       f"{read_bytes / elapsed / 1e6:,.2f} MB/s).", file=sys.stderr, flush=True)
                 next_log = (summary.lines // log_interval + 1) * log_interval
+        if not any(writer.num_documents for writer in writers.values()):
+            sources = ", ".join(source for path in inputs for source in sources_of(path))
+            raise UserError(f"{sources}: no documents to tokenize ({summary.lines} lines: {summary.empty} with empty "
+                            f"text, {sum(summary.skipped.values())} bad lines skipped)")
     except BaseException:
         if hasattr(results, "close"):
             results.close()  # stops the worker pool now rather than at garbage collection

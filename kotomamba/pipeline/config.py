@@ -72,11 +72,13 @@ def _with_defaults(validator_class):
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate(config: dict, config_file: str | None = None) -> dict:
+def validate(config: dict, config_file: str | None = None, inputs: bool = True) -> dict:
     """Validate ``config`` in place against the schema, filling defaults; raise UserError on problems.
 
     Every error is reported, each with its key path and, when ``config_file`` is given, its line there.
-    Cross-field rules the schema cannot express (stage names unique, referenced sources exist) follow.
+    Cross-field rules the schema cannot express (stage names unique, referenced sources exist) follow,
+    then every stage's trainer config and, with ``inputs``, the files the user provides (local corpus
+    sources, the model to start from) relative to the working directory.
     """
     errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = []
@@ -90,10 +92,21 @@ def validate(config: dict, config_file: str | None = None) -> dict:
             continue
         problems.append((path, _line_of(path, config_file), error.message))
     problems += _cross_field_problems(config, config_file) if not problems else []
+    if not problems:
+        from kotomamba.pipeline.stage_check import run_problems
+
+        where = config_file or "config"
+
+        def locate(path: list) -> str:
+            line = _line_of(path, config_file)
+            return f"{where}{f':{line}' if line else ''}: {_format_path(path)}"
+
+        for path, message in run_problems(config, locate, inputs):
+            problems.append((path, _line_of(path, config_file) if path else None, message))
     if problems:
         where = config_file or "config"
         lines = [
-            f"{where}{f':{line}' if line else ''}: {_format_path(path)}: {message}"
+            f"{where}{f':{line}' if line else ''}: {_format_path(path)}: {message}" if path is not None else message
             for path, line, message in problems
         ]
         raise UserError("invalid pipeline configuration:\n  " + "\n  ".join(lines))
@@ -147,6 +160,12 @@ class RunPaths:
 
     def corpus(self, source: str) -> str:
         return f"{self.root}/corpus/{source}.jsonl"
+
+    def corpus_origins(self, source: str) -> str:
+        """Which lines of the corpus came from which of the user's files (errors name those)."""
+        from kotomamba.data.line_origins import origins_path
+
+        return str(origins_path(self.corpus(source)))
 
     @property
     def tokenizer_dir(self) -> str:
@@ -213,28 +232,42 @@ def data_path(config: dict, sources: list[str]) -> str:
     return " ".join(f"{weights[name]} {paths.tokenized_prefix(name)}" for name in sources)
 
 
+def _stage_name(config: dict, index: int) -> str:
+    return config["stages"][index]["name"]
+
+
+# The trainer keys the pipeline sets for every stage: dotted key -> (the run-config key it comes
+# from, its value). A stage's own `train` may not set them (stage_check refuses it).
+_FIXED = {
+    "run_dir": (lambda c, i: ["run"], lambda c, i: RunPaths(c).stage_dir(_stage_name(c, i))),
+    "seed": (lambda c, i: ["seed"], lambda c, i: c["seed"]),
+    "model": (lambda c, i: ["model"], lambda c, i: c["model"]),
+    "init.from": (lambda c, i: ["init"] if i == 0 else ["stages", i - 1, "name"],
+                  lambda c, i: c["init"] if i == 0 else RunPaths(c).stage_dir(_stage_name(c, i - 1))),
+    "data.data_path": (lambda c, i: ["stages", i, "sources"] if "sources" in c["stages"][i] else ["corpus", "sources"],
+                       lambda c, i: data_path(c, stage_sources(c, _stage_name(c, i)))),
+    "data.split": (lambda c, i: ["data", "split"], lambda c, i: c["data"]["split"]),
+    "data.tokenizer_type": (lambda c, i: ["tokenizer", "type"], lambda c, i: c["tokenizer"]["type"]),
+    "data.tokenizer_model": (lambda c, i: ["tokenizer", "model"], lambda c, i: RunPaths(c).tokenizer_model),
+    "data.reset_at_eod": (lambda c, i: ["data", "reset_at_eod"], lambda c, i: c["data"]["reset_at_eod"]),
+}
+PIPELINE_KEYS = {dotted: source for dotted, (source, _) in _FIXED.items()}
+
+
 def stage_train_config(config: dict, stage: str) -> dict[str, Any]:
     """The trainer config of one stage: shared `train` merged with the stage's, plus what the DAG fixes.
 
     The first stage starts from ``init`` (null: from scratch); every later stage starts from the
     previous stage's final checkpoint.
     """
-    paths = RunPaths(config)
     index = stage_index(config, stage)
-    init_from = config["init"] if index == 0 else paths.stage_dir(config["stages"][index - 1]["name"])
-    fixed = {
-        "run_dir": paths.stage_dir(stage),
-        "seed": config["seed"],
-        "model": config["model"],
-        "init": {"from": init_from},
-        "data": {
-            "data_path": data_path(config, stage_sources(config, stage)),
-            "split": config["data"]["split"],
-            "tokenizer_type": config["tokenizer"]["type"],
-            "tokenizer_model": paths.tokenizer_model,
-            "reset_at_eod": config["data"]["reset_at_eod"],
-        },
-    }
+    fixed: dict[str, Any] = {}
+    for dotted, (_, value) in _FIXED.items():
+        *parents, leaf = dotted.split(".")
+        holder = fixed
+        for part in parents:
+            holder = holder.setdefault(part, {})
+        holder[leaf] = value(config, index)
     merged = deep_merge(config["train"], config["stages"][index].get("train", {}))
     return deep_merge(merged, fixed)
 

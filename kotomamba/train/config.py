@@ -268,7 +268,15 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise UserError(f"command-line override {item!r}: value is not valid YAML ({exc})") from exc
         _set_dotted(raw, dotted, parsed, item)
         applied[dotted] = item
-    where = _Where(source, lines, applied)
+    return build_config(raw, _Where(source, lines, applied))
+
+
+def build_config(raw: dict, where) -> TrainConfig:
+    """Check ``raw`` (a training config as plain data) and return it as a :class:`TrainConfig`.
+
+    ``where(dotted)`` says where a field was written (``"file:line"``), for the error message; the
+    pipeline passes one that points into the user's run config instead of a generated file.
+    """
     config = _build(TrainConfig, raw, "", where)
     _check(config, where)
     return config

@@ -33,6 +33,7 @@ from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_
                                      unscale_and_clip_)
 from kotomamba.train.optim import build_optimizer
 from kotomamba.train.parallelize import parallelize, resolve_precision
+from kotomamba.train.restart_request import clear_restart, pending_restart
 from kotomamba.train.schedules import LRSchedule
 
 EXIT_REQUEUE = 75
@@ -129,11 +130,15 @@ class Trainer:
         ``never``, starts over, with the old checkpoints and metrics moved to ``superseded/``."""
         if resume in ("never", "auto"):
             latest = self.checkpoints.latest()
+            requested = pending_restart(self.run_dir) if resume == "auto" else None
             if latest is None:
+                clear_restart(self.run_dir) if self.rank == 0 and requested else None
                 return None
-            if resume == "auto" and _same_training(self.run_dir / "config.resolved.yaml", self.config):
+            if resume == "auto" and not requested and _same_training(self.run_dir / "config.resolved.yaml", self.config):
                 return latest
-            self._supersede(f"--resume {resume}" if resume == "never" else "the training config changed")
+            self._supersede(f"--resume {resume}" if resume == "never" else requested or "the training config changed")
+            if self.rank == 0 and requested:
+                clear_restart(self.run_dir)
             return None
         found = resolve_checkpoint(resume)
         if found is None:
