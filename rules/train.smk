@@ -19,9 +19,12 @@ rule stage_config:
         write_stage_config(params.train_config, output[0])
 
 
-def previous_stage_final(wildcards):
+def stage_start(wildcards):
+    """What a stage starts from: the previous stage's final checkpoint, or for the first one `init` (if set)."""
     index = stage_index(config, wildcards.stage)
-    return [PATHS.stage_final(STAGES[index - 1])] if index > 0 else []
+    if index > 0:
+        return [PATHS.stage_final(STAGES[index - 1])]
+    return [config["init"]] if config["init"] else []
 
 
 rule train:
@@ -29,7 +32,7 @@ rule train:
         config=PATHS.stage_config("{stage}"),
         data=lambda w: tokenized_files(stage_sources(config, w.stage)),
         tokenizer=PATHS.tokenizer_model,
-        previous=previous_stage_final,
+        start=stage_start,
     output:
         PATHS.stage_final("{stage}"),
     params:
