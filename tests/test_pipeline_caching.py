@@ -217,7 +217,7 @@ def test_forcing_one_stage_retrains_it_and_nothing_before_it(run):
     assert result.returncode == 0, output_of(result)
     assert "starting over" in (run / RUN / "logs" / "train" / "long-context.log").read_text()
     assert json.loads((stage_dir / "manifest.json").read_text())["resumed_from"] is None
-    assert list((stage_dir / "superseded").rglob("final.json"))
+    assert list((stage_dir / "superseded").rglob("metrics.jsonl"))
     assert (run / RUN / "train" / "pretrain" / "final.json").stat().st_mtime_ns == pretrain_final
     assert (stage_dir / "final.json").read_text() == old_final
     result = snakemake(run, config_file, "-n", "all")
