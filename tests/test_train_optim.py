@@ -4,7 +4,8 @@ import pytest
 from kotomamba.model.config import preset
 from kotomamba.model.lm import MambaLM
 from kotomamba.train.flops import param_count
-from kotomamba.train.optim import DEFAULT_NO_DECAY, is_no_decay, param_groups
+from kotomamba.train.config import DEFAULT_NO_DECAY
+from kotomamba.train.optim import is_no_decay, param_groups
 
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])

@@ -25,6 +25,8 @@ MAMBA2_SSM_KEYS = frozenset(
 _UNSUPPORTED_MAMBA2 = {"d_ssm": None, "D_has_hdim": False, "rmsnorm": True, "norm_before_gate": False}
 
 
+NORM_EPS = 1e-5  # mamba-ssm's norm_epsilon default; its config.json does not record it
+
 @dataclass
 class MambaConfig:
     """Architecture of a Mamba-1 / Mamba-2 language model (field names and defaults of mamba-ssm).

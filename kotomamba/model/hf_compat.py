@@ -13,8 +13,7 @@ import torch
 import transformers
 
 from kotomamba.errors import UserError
-from kotomamba.model.config import MambaConfig
-from kotomamba.model.lm import NORM_EPS
+from kotomamba.model.config import NORM_EPS, MambaConfig
 
 _OUR_EMBEDDING = "backbone.embedding.weight"
 _HF_EMBEDDING = "backbone.embeddings.weight"

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kotomamba.model.config import MambaConfig
+from kotomamba.model.config import NORM_EPS, MambaConfig
 from kotomamba.model.mamba1 import Mamba1Mixer
 from kotomamba.model.mamba2 import Mamba2Mixer
 from kotomamba.model.norm import RMSNorm
 from kotomamba.ops.cross_entropy import IGNORE_INDEX, chunked_cross_entropy
 
-NORM_EPS = 1e-5  # mamba-ssm's norm_epsilon default; its config.json does not record it
 
 
 class Block(nn.Module):

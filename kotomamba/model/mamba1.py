@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kotomamba.model.dt_init import inverse_softplus_dt
 from kotomamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_update, conv_state_from_inputs
 from kotomamba.ops.fused import mamba1_inner
 from kotomamba.ops.selective_scan import selective_scan
@@ -56,7 +57,7 @@ class Mamba1Mixer(nn.Module):
             nn.init.constant_(self.dt_proj.weight, dt_init_std)
         else:
             nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
-        self.dt_proj.bias.copy_(_inverse_softplus_dt(self.d_inner, self.dt_min, self.dt_max,
+        self.dt_proj.bias.copy_(inverse_softplus_dt(self.d_inner, self.dt_min, self.dt_max,
                                                      self.dt_init_floor, self.dt_proj.bias.device))
         A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
         self.A_log.copy_(torch.log(A).expand(self.d_inner, -1))
@@ -115,11 +116,3 @@ class Mamba1Mixer(nn.Module):
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
                           dtype=dtype or self.dt_proj.weight.dtype)
         return conv, ssm
-
-
-def _inverse_softplus_dt(n: int, dt_min: float, dt_max: float, floor: float, device) -> torch.Tensor:
-    """dt ~ logUniform[dt_min, dt_max] clamped at ``floor``, returned as softplus^-1(dt) so that
-    softplus(bias) = dt (upstream; pytorch issue 72759 for the inverse)."""
-    dt = torch.exp(torch.rand(n, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=floor)
-    return dt + torch.log(-torch.expm1(-dt))

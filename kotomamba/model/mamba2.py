@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kotomamba.model.mamba1 import _inverse_softplus_dt
+from kotomamba.model.dt_init import inverse_softplus_dt
 from kotomamba.model.norm import GatedRMSNorm
 from kotomamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_update, conv_state_from_inputs
 from kotomamba.ops.fused import mamba2_split_conv1d_scan
@@ -56,7 +56,7 @@ class Mamba2Mixer(nn.Module):
         self.conv1d.reset_parameters()
         if self.conv_init is not None:
             nn.init.uniform_(self.conv1d.weight, -self.conv_init, self.conv_init)
-        self.dt_bias.copy_(_inverse_softplus_dt(self.nheads, self.dt_min, self.dt_max, self.dt_init_floor,
+        self.dt_bias.copy_(inverse_softplus_dt(self.nheads, self.dt_min, self.dt_max, self.dt_init_floor,
                                                 self.dt_bias.device))
         A = torch.empty(self.nheads, dtype=torch.float32, device=self.A_log.device).uniform_(*self.A_init_range)
         self.A_log.copy_(torch.log(A))

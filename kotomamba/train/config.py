@@ -6,7 +6,8 @@ dataclasses below (unknown keys are errors) and returns a :class:`TrainConfig`. 
 :class:`kotomamba.errors.UserError` naming the file, line and dotted field (or the override).
 
 The ``model`` section is a free mapping of ``MambaConfig`` fields plus ``preset``; it is checked
-against ``MambaConfig`` when the model is built (:func:`kotomamba.train.build.build_model_config`).
+against ``MambaConfig`` when the model is built (:func:`kotomamba.train.build.configured_model`) and,
+in the pipeline, before any job runs.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from typing import Any, Literal, Union
 import yaml
 
 from kotomamba.errors import UserError
-from kotomamba.train.optim import DEFAULT_NO_DECAY
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+# Parameter-name patterns with no weight decay (kotomamba.train.optim.is_no_decay says how they match).
+DEFAULT_NO_DECAY = ("A_log", "D", "dt_bias", "bias", "norm", "embedding")
 
 
 @dataclass
@@ -122,8 +124,8 @@ class ParallelConfig:
     activation_checkpointing_interval: int = 1
     """Selective checkpointing: recompute every n-th block only (1: every block)."""
     compile: bool = False
-    """``torch.compile`` each block (on an H200 at 130m-370m: 0-4% faster for Mamba-2, 8% slower for Mamba-1,
-    whose graph breaks at mamba-ssm's selective-scan extension; bench/RESULTS.md)."""
+    """``torch.compile`` each block. Mamba-1's graph breaks at mamba-ssm's selective-scan extension, so it
+    gains nothing there (bench/RESULTS.md has what it measured per layer type)."""
     cuda_graph: bool = False
     """Capture each micro-batch's forward and backward as a CUDA graph and replay it (one process on a
     GPU, bf16 or fp32; not with ``compile``, activation checkpointing or fp16): for small models whose step

@@ -10,9 +10,6 @@ from typing import Iterable
 
 import torch
 
-DEFAULT_NO_DECAY = ("A_log", "D", "dt_bias", "bias", "norm", "embedding")
-
-
 def is_no_decay(name: str, patterns: Iterable[str]) -> bool:
     """True when ``name`` (a parameter FQN) matches a pattern.
 
@@ -55,8 +52,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
                     no_decay: Iterable[str]) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (it updates the parameters in their own dtype: fp32 masters).
 
-    On CUDA the fused implementation: one kernel per step instead of a pass per operation (measured
-    on an H200 at 130m: 17.5 ms of the step in the default foreach implementation).
+    On CUDA the fused implementation: one kernel per step instead of a pass per operation
+    (bench/RESULTS.md has what the foreach implementation cost).
     """
     groups = param_groups(model, weight_decay, no_decay)
     fused = all(p.is_cuda for group in groups for p in group["params"])

@@ -71,7 +71,7 @@ def parallelize(model: nn.Module, mesh, strategy: str, precision: str, activatio
         fully_shard(model, mesh=mesh, mp_policy=policy)
     elif compute is not None:
         # One process has nothing to shard: FSDP would only add a cast and copy per parameter per
-        # step (measured on an H200: the step became CPU-bound, 0.49x mamba-ssm's loop at 130m).
+        # step, enough to make a small model's step wait on the host (bench/RESULTS.md).
         # Autocast gives the same bf16/fp16 compute over the fp32 weights, as upstream trains.
         model.forward = torch.autocast(mesh.device_type, dtype=compute)(model.forward)
     return model
