@@ -24,17 +24,24 @@ class RunLock:
         self.path = Path(path)
         self._fd: int | None = None
 
-    def acquire(self, shared: bool = False, purpose: str = "train") -> RunLock:
+    def acquire(self, shared: bool = False, purpose: str = "another training") -> RunLock:
         """Take the lock without waiting; a ``UserError`` naming the holder if another job has it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if shared:
+            if not self.path.is_file():
+                return self  # no job ever locked it (a released or copied run): nothing to respect
+            fd = os.open(self.path, os.O_RDONLY)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise UserError(f"{self.path}: the run directory is in use by {holder}; "
-                            f"wait for it to end (or stop it) before starting another {purpose} here") from None
+            # A reader's shared lock leaves the text of the last trainer: say both.
+            who = holder if shared else f"{holder} (or a reader such as kotomamba convert)"
+            raise UserError(f"{self.path}: the run directory is in use by {who}; "
+                            f"wait for it to end (or stop it) before starting {purpose} here") from None
         if not shared:
             os.ftruncate(fd, 0)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
