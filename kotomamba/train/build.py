@@ -15,6 +15,7 @@ from kotomamba.errors import UserError
 from kotomamba.model.config import MambaConfig, preset
 from kotomamba.train.checkpoint import read_full_model_state, resolve_checkpoint
 from kotomamba.train.config import TrainConfig
+from kotomamba.train.run_dir import RunDir
 
 EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
 
@@ -43,7 +44,7 @@ def init_source_kind(path: Path) -> str:
 
 def _kotomamba_config(path: Path) -> MambaConfig:
     checkpoint = resolve_checkpoint(path)
-    for candidate in (checkpoint.parent.parent / "model_config.json", path / "model_config.json"):
+    for candidate in (RunDir(checkpoint.parent.parent).model_config, RunDir(path).model_config):
         if candidate.is_file():
             return MambaConfig.from_dict(json.loads(candidate.read_text()), source=str(candidate))
     raise UserError(f"init.from: {path}: no model_config.json beside the checkpoints")
