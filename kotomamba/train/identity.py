@@ -22,7 +22,7 @@ from kotomamba.train.run_dir import RunDir, canonical, run_dir_of
 
 # Settings a resumed run may change without changing what it computes.
 RESUMABLE_CHANGES = (("train", "max_steps_this_job"), ("train", "wall_time_budget_s"), ("logging",),
-                     ("checkpoint", "keep_last"), ("checkpoint", "async"), ("env",))
+                     ("checkpoint", "interval"), ("checkpoint", "keep_last"), ("checkpoint", "async"), ("env",))
 
 # Weight files of a released (mamba-ssm / transformers) model directory.
 _WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")

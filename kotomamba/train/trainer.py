@@ -33,7 +33,7 @@ from kotomamba.train.run_dir import RunDir
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
 from kotomamba.train.start_plan import StartPlan, carry_out, plan_start
-from kotomamba.train.stop_signals import EXIT_REQUEUE, StopSignals
+from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
 
 EXIT_ABORTED = 1
 
@@ -98,14 +98,21 @@ class Trainer:
         """Rank 0 locks the run directory, validates the config, plans the start and carries it out; every
         rank gets that one plan (or rank 0's error), so no rank decides from its own view of the directory."""
         outcome: list = [None]
+        failure = None
         if self.rank == 0:
             try:
                 with self.stop.critical():
                     outcome[0] = self._prepare_run_dir(resume)
+            except StopBeforeTraining:
+                raise
             except UserError as exc:
                 outcome[0] = exc
+            except Exception as exc:  # the other ranks must not wait for a plan that will not come
+                failure, outcome[0] = exc, RuntimeError(f"rank 0 could not prepare {self.run_dir}: {exc!r}")
         dist.broadcast_object_list(outcome, src=0)
-        if isinstance(outcome[0], UserError):
+        if failure is not None:
+            raise failure
+        if isinstance(outcome[0], Exception):
             raise outcome[0]
         return outcome[0]
 
