@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from kotomamba.train.integrity import checkpoint_defect
 from kotomamba.train.run_dir import RunDir
 from train_helpers import assert_same_weights, final_weights, losses, records, run_train, train_env, write_config
 
@@ -87,7 +88,9 @@ def test_a_corrupted_shard_is_named_and_the_previous_checkpoint_resumed(tmp_path
     assert f"{shard}: " in convert.stderr and why in convert.stderr and "Traceback" not in convert.stderr
     assert "step_00000004" in convert.stderr  # the run's other checkpoints are named
     result = run_train(config)
-    assert f"set aside step_00000006: {shard}: " in result.stdout and why in result.stdout
+    assert f"set aside step_00000006 (into {run.set_aside}): {shard}: " in result.stdout and why in result.stdout
+    # Kept for inspection, out of retention's way (a good checkpoint is never pruned to keep a bad one).
+    assert (run.set_aside / "step_00000006" / "integrity.json").is_file()
     assert f"resuming from {run.checkpoint(4)}" in result.stdout
     # The damaged checkpoint was written again from the resumed run, and verifies: retention kept both.
     assert_resumed_exactly(run, straight)
@@ -115,3 +118,15 @@ def test_a_finished_run_relaunched_does_nothing(tmp_path):
     assert run_dir.joinpath("final.json").read_text() == final
     assert [r["step"] for r in records(run_dir) if "val_loss" in r] == [4]
     assert json.loads(final)["identity"] == json.loads((run_dir / "identity.json").read_text())["digest"]
+
+
+@pytest.mark.slow
+def test_retention_keeps_verified_checkpoints_not_a_corrupted_one(tmp_path, straight):
+    run, config = interrupted(tmp_path)
+    shard = _shard(run, 6)
+    shard.write_bytes(shard.read_bytes()[:100])
+    # Saves at steps 5 and 8 with the two newest kept: a corrupted step 6 left among them would outlast both.
+    run_train(config, "checkpoint.keep_last=2", "checkpoint.interval=5")
+    assert [p.name for p in run.step_dirs()] == ["step_00000008", "step_00000005"]
+    assert all(checkpoint_defect(p) is None for p in run.step_dirs())
+    assert losses(run.root) == straight[0]

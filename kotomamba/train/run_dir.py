@@ -9,6 +9,7 @@
     <run_dir>/final.json                   written last, when every step is done
     <run_dir>/checkpoints/step_XXXXXXXX/   a DCP directory plus integrity.json (integrity.py)
     <run_dir>/checkpoints/latest           text: the newest complete checkpoint's directory name
+    <run_dir>/checkpoints/set_aside/       checkpoints that failed verification, kept for inspection
     <run_dir>/superseded/<n>/              earlier runs of this directory, generation n = 1, 2, ...
                                            (each a run directory of its own, plus superseded.json)
 """
@@ -78,6 +79,10 @@ class RunDir:
     @property
     def latest(self) -> Path:
         return self.checkpoints / LATEST
+
+    @property
+    def set_aside(self) -> Path:
+        return self.checkpoints / "set_aside"
 
     @property
     def superseded(self) -> Path:

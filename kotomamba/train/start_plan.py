@@ -29,12 +29,14 @@ from kotomamba.train.run_dir import STEP_DIR, SUPERSEDED_NOTE, RunDir
 @dataclass
 class StartPlan:
     """``resume_from``: the checkpoint to load (None: the initial weights); ``supersede``: why the earlier
-    run moves aside (None: it stays); ``finished``: the run is already complete, nothing to do."""
+    run moves aside (None: it stays); ``finished``: the run is already complete, nothing to do;
+    ``set_aside``: checkpoints that failed verification (moved out of retention's and resume's way)."""
 
     resume_from: Path | None = None
     supersede: str | None = None
     finished: bool = False
     notes: list[str] = field(default_factory=list)
+    set_aside: list[Path] = field(default_factory=list)
 
 
 def _latest_note(run: RunDir) -> str | None:
@@ -49,13 +51,15 @@ def _latest_note(run: RunDir) -> str | None:
     return None
 
 
-def newest_verified(run: RunDir, notes: list[str]) -> Path | None:
-    """The newest checkpoint that verifies; each newer one that does not is added to ``notes`` with why."""
+def newest_verified(run: RunDir, plan: StartPlan) -> Path | None:
+    """The newest checkpoint that verifies; each newer one that does not goes to ``plan.set_aside``, with why
+    in ``plan.notes``."""
     for checkpoint in run.step_dirs():
         defect = checkpoint_defect(checkpoint)
         if defect is None:
             return checkpoint
-        notes.append(f"set aside {checkpoint.name}: {defect}")
+        plan.set_aside.append(checkpoint)
+        plan.notes.append(f"set aside {checkpoint.name} (into {run.set_aside}): {defect}")
     return None
 
 
@@ -90,7 +94,7 @@ def plan_start(run: RunDir, digest: str, resume: str) -> StartPlan:
     note = _latest_note(run)
     if note:
         plan.notes.append(note)
-    verified = newest_verified(run, plan.notes)
+    verified = newest_verified(run, plan)
     same = recorded_digest(run) == digest
     if verified is not None and same:
         plan.resume_from = verified
@@ -115,6 +119,14 @@ def carry_out(run: RunDir, plan: StartPlan, identity: dict) -> None:
     """Make the run directory match ``plan`` (rank 0; each move is one atomic rename)."""
     for note in plan.notes:
         print(f"kotomamba train: {note}", flush=True)
+    for checkpoint in plan.set_aside:
+        # Out of step_* so that neither retention counts it (keeping it instead of a good one) nor a resume tries it.
+        run.set_aside.mkdir(exist_ok=True)
+        target, copies = run.set_aside / checkpoint.name, 1
+        while target.exists():
+            copies += 1
+            target = run.set_aside / f"{checkpoint.name}.{copies}"
+        os.replace(checkpoint, target)
     if plan.supersede is not None:
         target = next_generation(run)
         target.mkdir(parents=True)
