@@ -62,7 +62,7 @@ def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo, tu
         location = resolve_checkpoint(directory)
         # A run a trainer holds is read only after it ends: it may be rewriting latest or superseding the run.
         with RunLock(RunDir(location.run_dir or directory).lock).acquire(shared=True, purpose="a conversion"):
-            config, state = load_model_state_dict(location.checkpoint_dir)
+            config, state = load_model_state_dict(directory)
             info = read_run_info(location)
         tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
         return config, _validated(config, state, str(location.checkpoint_dir)), info, tokenizer

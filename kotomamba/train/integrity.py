@@ -7,7 +7,8 @@ checkpoint that has a name also has its checksums. A flipped byte, a truncated o
 a deleted ``.metadata`` is then found before anything is loaded, and named.
 
 A checkpoint written before checksums were recorded (no ``integrity.json``) is checked for what
-DCP itself records: a readable ``.metadata`` and every storage file it names present.
+DCP itself records: a readable ``.metadata`` and every storage file it names, as long as the data
+it places there.
 """
 from __future__ import annotations
 
@@ -78,7 +79,13 @@ def _dcp_defect(checkpoint_dir: Path) -> str | None:
         metadata = dcp.FileSystemReader(str(checkpoint_dir)).read_metadata()
     except Exception as exc:  # DCP raises assorted errors (EOFError, UnpicklingError ...) on a bad file
         return f"{metadata_file}: unreadable ({type(exc).__name__}: {exc})"
-    for storage in sorted({item.relative_path for item in (metadata.storage_data or {}).values()}):
-        if not (checkpoint_dir / storage).is_file():
-            return f"{checkpoint_dir / storage}: missing (named by {metadata_file})"
+    ends: dict[str, int] = {}
+    for item in (metadata.storage_data or {}).values():
+        ends[item.relative_path] = max(ends.get(item.relative_path, 0), item.offset + item.length)
+    for storage, end in sorted(ends.items()):
+        path = checkpoint_dir / storage
+        if not path.is_file():
+            return f"{path}: missing (named by {metadata_file})"
+        if path.stat().st_size < end:
+            return f"{path}: {path.stat().st_size} bytes, {metadata_file} places data up to byte {end} (truncated)"
     return None
