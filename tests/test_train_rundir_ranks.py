@@ -12,6 +12,7 @@ import torch
 from kotomamba.train.checkpoint import checkpoint_keys
 from kotomamba.train.dcp_local import load_local
 from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_lock import RunLock
 from train_helpers import hooks_env, losses, needs_cpu_sharding, run_hooked, run_train, write_config
 
 SHORT = {"train": {"steps": 4}, "eval": {"interval": 0, "final": False}, "checkpoint": {"interval": 2}}
@@ -69,3 +70,21 @@ def test_sigterm_while_building_under_the_launcher_exits_75(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 75, result.stderr[-3000:]
     assert not run.step_dirs()
+
+
+@pytest.mark.slow
+@needs_cpu_sharding
+def test_two_ranks_refused_by_a_lock_then_resume_past_a_corrupted_shard_of_rank_1(tmp_path):
+    saves = {"train": {"steps": 8}, "eval": {"interval": 0}, "checkpoint": {"interval": 2, "keep_last": 0}}
+    straight, run = tmp_path / "straight", RunDir(tmp_path / "run")
+    run_train(write_config(tmp_path, straight, **saves), nproc=2)
+    config = write_config(tmp_path, run.root, **saves)
+    run_train(config, "train.max_steps_this_job=6", nproc=2)
+    with RunLock(run.lock).acquire():
+        refused = run_train(config, nproc=2, check=False)
+    assert refused.returncode != 0 and "the run directory is in use by" in refused.stderr
+    shard = run.checkpoint(6) / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    result = run_train(config, nproc=2)
+    assert f"set aside step_00000006 (into {run.set_aside}): {shard}: " in result.stdout
+    assert losses(run.root) == losses(straight)
