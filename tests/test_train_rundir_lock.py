@@ -55,7 +55,7 @@ def test_a_reader_and_a_trainer_exclude_each_other(tmp_path):
 @pytest.mark.slow
 def test_the_lock_of_a_killed_trainer_is_stale(tmp_path):
     run = RunDir(tmp_path / "run")
-    config = write_config(tmp_path, run.root, train={"steps": 40}, eval={"interval": 0}, checkpoint={"interval": 2})
+    config = write_config(tmp_path, run.root, train={"steps": 5000}, eval={"interval": 0}, checkpoint={"interval": 2})
     process = subprocess.Popen([sys.executable, "-m", "kotomamba", "train", "--config", str(config)], env=train_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -67,5 +67,7 @@ def test_the_lock_of_a_killed_trainer_is_stale(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert f"pid {process.pid}" in run.lock.read_text()  # its text stays; the kernel released the flock
-    run_train(config)
-    assert sorted(losses(run.root)) == list(range(1, 41)) and not run.superseded.exists()
+    stopped = int(run.latest.read_text().strip().split("_")[1])
+    run_train(config, "train.max_steps_this_job=2")  # resumed, not started over: two steps more
+    assert run.latest.read_text().strip() == f"step_{stopped + 2:08d}" and not run.superseded.exists()
+    assert max(losses(run.root)) == stopped + 2
