@@ -28,7 +28,7 @@ from kotomamba.train.loss_scale import LossScale
 from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats,
                                      unscale_and_clip_)
 from kotomamba.train.optim import build_optimizer
-from kotomamba.train.parallelize import parallelize, resolve_precision
+from kotomamba.train.parallelize import check_sharding, parallelize, resolve_precision
 from kotomamba.train.run_dir import RunDir
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
@@ -83,6 +83,13 @@ class Trainer:
                 f"({t.micro_batch_size}) x world size ({self.world}) = {per_step}"
             )
         self.accum = t.global_batch_size // per_step
+        # What the world size makes impossible is refused before the run directory changes.
+        check_sharding(self.device.type, self.world)
+        if config.parallel.cuda_graph:
+            self._check_cuda_graph()
+        parallel = config.parallel
+        self.mesh = build_mesh(self.device.type, self.world, parallel.strategy, parallel.hybrid_shard_size)
+        self.shard_group = self.mesh["shard"].get_group() if parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
         self.run_dir = Path(config.run_dir)
         self.paths = RunDir(self.run_dir)
         self.plan = self._agree_on_start(resume)
@@ -164,8 +171,6 @@ class Trainer:
         holder = [payload[0].to_dict() if self.rank == 0 else None]
         dist.broadcast_object_list(holder, src=0)
         self.model_config = MambaConfig.from_dict(holder[0])
-        self.mesh = build_mesh(self.device.type, self.world, c.parallel.strategy, c.parallel.hybrid_shard_size)
-        self.shard_group = self.mesh["shard"].get_group() if c.parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
         master = torch.bfloat16 if c.optim.master_dtype == "bf16" else torch.float32
         model = MambaLM(self.model_config, device="meta", dtype=master)
         precision = "fp32" if master != torch.float32 else self.precision
@@ -189,14 +194,14 @@ class Trainer:
         self.loss_scale = None
         if self.precision == "fp16" and master == torch.float32:
             self.loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
-        self.graphed = self._graphed_micro_step() if c.parallel.cuda_graph else None
+        self.graphed = GraphedMicroStep(self.model, self.params, 1.0 / self.accum) if c.parallel.cuda_graph else None
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
         self.device_name = name
 
-    def _graphed_micro_step(self):
-        """The CUDA-graphed micro-step (``parallel.cuda_graph``), or a ``UserError`` saying why not here."""
+    def _check_cuda_graph(self) -> None:
+        """A ``UserError`` saying why ``parallel.cuda_graph`` cannot run here (GPU, one process)."""
         # The settings it cannot be combined with are refused when the config is read (config._check).
         why = None
         if self.device.type != "cuda":
@@ -205,7 +210,6 @@ class Trainer:
             why = f"runs in one process only (this run has {self.world}: FSDP's collectives are not captured)"
         if why:
             raise UserError(f"parallel.cuda_graph: true {why}; set it to false")
-        return GraphedMicroStep(self.model, self.params, 1.0 / self.accum)
 
     def _state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
