@@ -6,8 +6,8 @@ import json
 import pytest
 
 from kotomamba.train.checkpoint import STEP_DIR
-from train_helpers import (assert_same_weights, final_weights, losses, needs_cpu_sharding, run_train, weights_at,
-                           write_config)
+from train_helpers import (assert_same_weights, final_weights, losses, needs_cpu_sharding, run_hooked, run_train,
+                           weights_at, write_config)
 
 
 @pytest.mark.slow
@@ -36,19 +36,20 @@ def test_async_checkpoints_hold_their_steps_weights_and_resume_exactly(tmp_path)
 
 @pytest.mark.slow
 def test_wall_time_budget_checkpoints_exits_75_and_resumes(tmp_path):
-    common = {"train": {"steps": 300}, "eval": {"interval": 0}, "checkpoint": {"interval": 0},
+    common = {"train": {"steps": 60}, "eval": {"interval": 0}, "checkpoint": {"interval": 0},
               "logging": {"interval": 10}}
     straight, budgeted = tmp_path / "straight", tmp_path / "budgeted"
     run_train(write_config(tmp_path, straight, **common))
-    # Start-up takes a few seconds of the budget; 300 steps take longer than what is left.
-    config = write_config(tmp_path, budgeted, **{**common, "train": {"steps": 300, "wall_time_budget_s": 5}})
-    result = run_train(config, check=False)
+    # The budget's clock advances one second per reading (once at start-up, once per step), whatever the
+    # machine's load: 20 s run out by step 20 of 60.
+    config = write_config(tmp_path, budgeted, **{**common, "train": {"steps": 60, "wall_time_budget_s": 20}})
+    result = run_hooked("fake-clock", config)
     assert result.returncode == 75, result.stderr[-3000:]
     assert "(wall-time budget); checkpoint written" in result.stdout
     stopped = int((budgeted / "checkpoints" / "latest").read_text().strip().split("_")[1])
-    assert 1 <= stopped < 300 and not (budgeted / "final.json").exists()
+    assert 1 <= stopped <= 20 and not (budgeted / "final.json").exists()
     run_train(config, "train.wall_time_budget_s=null")
-    assert json.loads((budgeted / "final.json").read_text())["step"] == 300
+    assert json.loads((budgeted / "final.json").read_text())["step"] == 60
     assert losses(budgeted) == losses(straight)
     assert_same_weights(final_weights(straight), final_weights(budgeted))
 

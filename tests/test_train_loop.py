@@ -124,6 +124,6 @@ def test_changed_config_starts_over_and_keeps_the_earlier_run(tmp_path):
     run_train(write_config(tmp_path, run_dir, train={"steps": 6}, optim={"lr": 1.0e-3}))
     assert sorted(losses(run_dir)) == list(range(1, 7)) and losses(run_dir)[1] == earlier[1]
     assert losses(run_dir)[4] != earlier[4]
-    superseded = run_dir / "superseded"
+    superseded = run_dir / "superseded" / "1"
     assert (superseded / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert json.loads((run_dir / "final.json").read_text())["step"] == 6

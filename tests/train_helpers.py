@@ -84,6 +84,22 @@ def run_train(config: Path, *overrides: str, nproc: int = 1, check: bool = True)
     return result
 
 
+def hooks_env() -> dict:
+    """``train_env()`` in which ``python -m train_hooks`` (this directory's module) can be run."""
+    env = train_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_hooked(hook: str, config: Path, *args: str, nproc: int = 1, timeout: float = 600
+               ) -> subprocess.CompletedProcess:
+    """``kotomamba train`` with one of ``train_hooks``'s test conditions injected (not checked)."""
+    env = hooks_env()
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command = [sys.executable, *launcher, "-m", "train_hooks", hook, "train", "--config", str(config), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if "loss" in r}

@@ -17,6 +17,8 @@ from kotomamba.convert.consolidate import load_model_state_dict, resolve_checkpo
 from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
 from kotomamba.convert.run_info import RunInfo, read_run_info
 from kotomamba.errors import UserError
+from kotomamba.train.run_dir import INTEGRITY, RunDir
+from kotomamba.train.run_lock import RunLock
 
 TARGETS = ("hf", "mamba_ssm", "kotomamba")
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -56,10 +58,12 @@ def _validated(config, state: dict[str, torch.Tensor], source: str) -> dict[str,
 def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo, tuple[str, str] | None]:
     """(MambaConfig, state dict, run facts, the tokenizer the source names or ``None``)."""
     directory = Path(path)
-    if (directory / ".metadata").is_file() or (directory / "checkpoints" / "latest").is_file():
+    if any((directory / name).is_file() for name in (".metadata", INTEGRITY)) or RunDir(directory).latest.is_file():
         location = resolve_checkpoint(directory)
-        config, state = load_model_state_dict(directory)
-        info = read_run_info(location)
+        # A run a trainer holds is read only after it ends: it may be rewriting latest or superseding the run.
+        with RunLock(RunDir(location.run_dir or directory).lock).acquire(shared=True, purpose="a conversion"):
+            config, state = load_model_state_dict(directory)
+            info = read_run_info(location)
         tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
         return config, _validated(config, state, str(location.checkpoint_dir)), info, tokenizer
     if (directory / "config.json").is_file():

@@ -25,6 +25,8 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from kotomamba.errors import UserError
 from kotomamba.train.dcp_local import load_local
+from kotomamba.train.integrity import checkpoint_defect
+from kotomamba.train.run_dir import INTEGRITY, RunDir, run_dir_of
 
 MODEL_PREFIX = "model."
 TRAIN_STATE_PREFIX = "train_state."
@@ -58,18 +60,30 @@ def resolve_checkpoint(path: str | Path) -> CheckpointLocation:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: checkpoint not found (expected a run directory or a checkpoint directory)")
-    if (path / ".metadata").is_file():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-        return CheckpointLocation(path, run_dir)
-    latest = path / "checkpoints" / "latest"
+    if (path / ".metadata").is_file() or (path / INTEGRITY).is_file():
+        return CheckpointLocation(path, run_dir_of(path))
+    latest = RunDir(path).latest
     if not latest.is_file():
         raise UserError(f"{path}: neither a DCP checkpoint (no .metadata) nor a run directory "
                         f"(no checkpoints/latest)")
     name = latest.read_text(encoding="utf-8").strip()
-    checkpoint_dir = path / "checkpoints" / name
-    if not name or not (checkpoint_dir / ".metadata").is_file():
-        raise UserError(f"{latest}: line 1: names {name!r}, which is not a complete checkpoint directory")
+    checkpoint_dir = RunDir(path).checkpoints / name
+    if not name or not checkpoint_dir.is_dir():
+        raise UserError(f"{latest}: line 1: names {name!r}, which is not a checkpoint directory")
     return CheckpointLocation(checkpoint_dir, path)
+
+
+def verified(location: CheckpointLocation) -> CheckpointLocation:
+    """``location`` if its files match the checksums recorded when it was written, else a ``UserError``
+    naming the file (and the run's other checkpoints to convert instead)."""
+    defect = checkpoint_defect(location.checkpoint_dir)
+    if defect is None:
+        return location
+    others = ""
+    if location.run_dir is not None:
+        names = [p.name for p in RunDir(location.run_dir).step_dirs() if p != location.checkpoint_dir]
+        others = f"; the run's other checkpoints: {', '.join(names)}" if names else ""
+    raise UserError(f"checkpoint {location.checkpoint_dir} cannot be read: {defect}{others}")
 
 
 def _metadata(checkpoint_dir: Path) -> Metadata:
@@ -81,6 +95,15 @@ def _metadata(checkpoint_dir: Path) -> Metadata:
 
 def _load_flat(checkpoint_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Fill ``state`` (flat DCP keys -> preallocated tensors or placeholders) from the checkpoint."""
+    try:
+        return _load_unchecked(checkpoint_dir, state)
+    except (CheckpointException, EOFError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        # A checkpoint without recorded checksums (older runs) can still be damaged: name it, not DCP's stack.
+        raise UserError(f"checkpoint {checkpoint_dir} cannot be read: {type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}") from exc
+
+
+def _load_unchecked(checkpoint_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     planner = _WeightsOnlyLoadPlanner()
     load_local(state, checkpoint_dir, planner)
     return {**state, **planner.objects}
@@ -120,7 +143,7 @@ def read_train_state(checkpoint_dir: str | Path) -> dict[str, Any]:
             found[fqn[len(TRAIN_STATE_PREFIX):]] = value.item()
         elif isinstance(meta, BytesStorageMetadata):
             try:
-                value = _load_flat(checkpoint_dir, {fqn: None})[fqn]
+                value = _load_unchecked(checkpoint_dir, {fqn: None})[fqn]
             except (CheckpointException, pickle.UnpicklingError):  # DCP wraps the reader's error
                 continue
             if isinstance(value, (int, float, str, bool)):
@@ -130,9 +153,9 @@ def read_train_state(checkpoint_dir: str | Path) -> dict[str, Any]:
 
 def read_model_config_dict(location: CheckpointLocation) -> dict:
     """``model_config.json`` (mamba-ssm's config.json) beside the checkpoint or in its run directory."""
-    candidates = [location.checkpoint_dir / "model_config.json"]
+    candidates = [RunDir(location.checkpoint_dir).model_config]
     if location.run_dir is not None:
-        candidates.append(location.run_dir / "model_config.json")
+        candidates.append(RunDir(location.run_dir).model_config)
     for file in candidates:
         if file.is_file():
             try:
@@ -150,6 +173,6 @@ def load_model_state_dict(checkpoint: str | Path):
     """
     from kotomamba.model.config import MambaConfig
 
-    location = resolve_checkpoint(checkpoint)
+    location = verified(resolve_checkpoint(checkpoint))
     config = MambaConfig.from_dict(read_model_config_dict(location))
     return config, read_model_state_dict(location.checkpoint_dir)

@@ -28,8 +28,6 @@ from kotomamba.convert.run_info import RunInfo
 from kotomamba.convert.tokenizer_files import SpecialTokenIds, write_hf_tokenizer
 from kotomamba.io import atomic_directory, write_json
 
-INITIAL_STEP_DIR = "step_00000000"
-
 
 def _cpu_copies(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors that share no storage (safetensors and a clean pickle need that)."""
@@ -88,12 +86,16 @@ def write_mamba_ssm(config, state: dict[str, torch.Tensor], output: str | Path, 
 def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: str | Path) -> None:
     """An initial kotomamba checkpoint (trainer layout, model weights only) for ``init.from``."""
     from kotomamba.train.dcp_local import save_local
+    from kotomamba.train.integrity import record_integrity
+    from kotomamba.train.run_dir import RunDir
 
     with atomic_directory(output) as tmp:
-        write_json(tmp / "model_config.json", config.to_dict())
-        checkpoint = tmp / "checkpoints" / INITIAL_STEP_DIR
+        run = RunDir(tmp)
+        write_json(run.model_config, config.to_dict())
+        checkpoint = run.checkpoint(0)
         save_local({"model": _cpu_copies(state)}, checkpoint)
-        (tmp / "checkpoints" / "latest").write_text(INITIAL_STEP_DIR + "\n", encoding="utf-8")
+        record_integrity(checkpoint)
+        run.latest.write_text(checkpoint.name + "\n", encoding="utf-8")
 
 
 def read_evaluation(path: str | Path | None) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from kotomamba.convert.consolidate import CheckpointLocation, read_train_state
 from kotomamba.errors import UserError
+from kotomamba.train.run_dir import RunDir
 
 
 @dataclass
@@ -48,11 +49,12 @@ def read_run_info(location: CheckpointLocation) -> RunInfo:
     info.step = train_state.get("step")
     if location.run_dir is None:
         return info
-    resolved = location.run_dir / "config.resolved.yaml"
+    run = RunDir(location.run_dir)
+    resolved = run.config
     data = _read_yaml(resolved).get("data", {}) if resolved.is_file() else {}
     info.data = {k: data[k] for k in ("data_path", "split", "seq_length") if k in data}
     info.tokenizer_type, info.tokenizer_model = data.get("tokenizer_type"), data.get("tokenizer_model")
-    final = location.run_dir / "final.json"
+    final = run.final
     if final.is_file():
         record = json.loads(final.read_text(encoding="utf-8"))
         if Path(str(record.get("checkpoint"))).name == location.checkpoint_dir.name:

@@ -15,6 +15,7 @@ from kotomamba.errors import UserError
 from kotomamba.model.config import MambaConfig, preset
 from kotomamba.train.checkpoint import read_full_model_state, resolve_checkpoint
 from kotomamba.train.config import TrainConfig
+from kotomamba.train.run_dir import RunDir
 
 EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
 
@@ -43,7 +44,7 @@ def init_source_kind(path: Path) -> str:
 
 def _kotomamba_config(path: Path) -> MambaConfig:
     checkpoint = resolve_checkpoint(path)
-    for candidate in (checkpoint.parent.parent / "model_config.json", path / "model_config.json"):
+    for candidate in (RunDir(checkpoint.parent.parent).model_config, RunDir(path).model_config):
         if candidate.is_file():
             return MambaConfig.from_dict(json.loads(candidate.read_text()), source=str(candidate))
     raise UserError(f"init.from: {path}: no model_config.json beside the checkpoints")
@@ -90,3 +91,27 @@ def source_model_and_state(config: TrainConfig, tokenizer_vocab: int, device: to
             fresh[key][:rows] = state[key][:rows].to(fresh[key].dtype)
             state[key] = fresh[key]
     return target_config, state
+
+
+def check_sources(config: TrainConfig) -> None:
+    """Raise a ``UserError`` unless every input of the run exists and its model can be built.
+
+    Called on rank 0 before the run directory changes (nothing is superseded or rewritten for a
+    config that cannot train): the data files, the tokenizer, the model preset or ``init.from``.
+    """
+    from kotomamba.data.gpt_dataset import parse_data_path
+    from kotomamba.data.tokenizer import build_tokenizer
+
+    for _, prefix in parse_data_path(config.data.data_path):
+        for suffix in (".idx", ".bin"):
+            if not Path(prefix + suffix).is_file():
+                raise UserError(f"data.data_path: {prefix}{suffix}: no such file")
+    tokenizer = build_tokenizer(config.data.tokenizer_type, config.data.tokenizer_model)
+    if config.init.from_ is None:
+        configured_model(config, tokenizer.vocab_size)
+        return
+    path = Path(config.init.from_)
+    if not path.is_dir():
+        raise UserError(f"init.from: {path}: no such directory")
+    if init_source_kind(path) == "kotomamba":
+        _kotomamba_config(path)

@@ -6,10 +6,11 @@ Layout (``docs/architecture.md``)::
     <run_dir>/checkpoints/latest           text: the newest complete checkpoint's directory name
 
 Every rank writes its own shards into ``.step_XXXXXXXX.tmp``; only when DCP's metadata is written
-(DCP's final collective, after every rank's data) does rank 0 rename it to ``step_XXXXXXXX`` and then
-replace ``latest`` atomically, so a kill at any moment leaves ``latest`` naming a complete
-checkpoint. Half-written ``.tmp`` directories are removed at the next start. Retention keeps the
-newest ``keep_last`` complete checkpoints.
+(DCP's final collective, after every rank's data) does rank 0 record the files' checksums
+(``integrity.json``, integrity.py), rename the directory to ``step_XXXXXXXX`` and then replace
+``latest`` atomically, so a kill at any moment leaves ``latest`` naming a complete checkpoint.
+Half-written ``.tmp`` directories are removed at the next start. Retention keeps the newest
+``keep_last`` checkpoints and never the one just written.
 
 With ``async_save`` the state is staged to CPU memory and written by a background thread over a
 separate gloo group (so its collectives never interleave with training's); the rename and the
@@ -18,7 +19,6 @@ separate gloo group (so its collectives never interleave with training's); the r
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,17 +29,13 @@ import torch.distributed.checkpoint as dcp
 
 from kotomamba.io import atomic_write
 from kotomamba.train.dcp_local import load_local
-
-STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
+from kotomamba.train.integrity import record_integrity
+from kotomamba.train.run_dir import LATEST, STEP_DIR, RunDir, step_dir_name
 
 
 def read_latest(checkpoints: Path) -> Path | None:
     """The checkpoint named by ``checkpoints/latest``, or ``None`` when there is none."""
-    pointer = checkpoints / "latest"
+    pointer = checkpoints / LATEST
     if not pointer.is_file():
         return None
     name = pointer.read_text().strip()
@@ -54,7 +50,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
     path = Path(path)
     if (path / ".metadata").is_file():
         return path
-    for candidate in (path / "checkpoints", path):
+    for candidate in (RunDir(path).checkpoints, path):
         found = read_latest(candidate)
         if found is not None:
             return found
@@ -65,7 +61,8 @@ class CheckpointManager:
     """Owns saving, finalising, pruning and loading the run's checkpoints (collective calls)."""
 
     def __init__(self, run_dir: str | os.PathLike, keep_last: int, use_async: bool):
-        self.dir = Path(run_dir) / "checkpoints"
+        self.run = RunDir(run_dir)
+        self.dir = self.run.checkpoints
         self.keep_last = keep_last
         self.use_async = use_async
         self.rank = dist.get_rank()
@@ -116,14 +113,17 @@ class CheckpointManager:
             return
         tmp = self.dir / f".{step_dir_name(step)}.tmp"
         final = self.dir / step_dir_name(step)
+        record_integrity(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        with atomic_write(self.dir / "latest") as handle:
+        with atomic_write(self.run.latest) as handle:
             handle.write(final.name + "\n")
         self._prune(keep=final.name)
 
     def _prune(self, keep: str) -> None:
+        """Remove all but the newest ``keep_last`` checkpoints; ``keep`` (the one just written and checksummed)
+        always stays, so the newest verified checkpoint is never removed."""
         if self.keep_last <= 0:
             return
         complete = sorted(p.name for p in self.dir.iterdir() if STEP_DIR.match(p.name))

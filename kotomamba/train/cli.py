@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from kotomamba.errors import UserError
+from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -22,17 +23,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    # First, before torch is imported: a scheduler may stop the job at any moment of its start-up.
+    stop = StopSignals()
     try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))
         from kotomamba.train.config import load_config
         from kotomamba.train.trainer import Trainer
 
         config = load_config(args.config, args.overrides)
-        trainer = Trainer(config, args.resume)
+        trainer = Trainer(config, args.resume, stop)
         code = trainer.run()
     except UserError as exc:
         print(f"kotomamba train: error: {exc}", file=sys.stderr)
         return 2
+    except StopBeforeTraining as exc:
+        print(f"kotomamba train: {exc}; nothing to save, exit {EXIT_REQUEUE} (requeue)", file=sys.stderr)
+        return EXIT_REQUEUE
+    except Exception as exc:
+        # Another rank stopped by the same signal makes this one's collectives fail: still a requeue.
+        if stop.signum is None or stop.started_training():
+            raise
+        print(f"kotomamba train: stopped during start-up ({type(exc).__name__} after a stop signal); "
+              f"nothing trained yet, exit {EXIT_REQUEUE} (requeue)", file=sys.stderr)
+        return EXIT_REQUEUE
     finally:
         import torch.distributed as dist
 

@@ -30,6 +30,10 @@ Signals: SIGTERM, SIGINT and SIGUSR1 received by the launcher are sent straight 
 (torchrun would answer SIGTERM by killing them after 30 s and SIGUSR1 by dying), so they can save
 a checkpoint and exit 75. torchrun itself is started with SIGUSR1 ignored (schedulers such as
 SLURM's ``--signal=USR1@T`` signal every process of the step); workers restore its default.
+Told to stop before the workers could answer, the launcher exits 75 too. No worker outlives the
+launcher, whatever ends it (``kill -9`` included): torchrun and each worker are killed by the
+kernel when their parent dies (``parent_death.py``); the exit directories of launchers that died
+that way are removed by the next launcher on the host.
 
 Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
 job's time left less a margin (the smaller of that and the config file's own value), so the
@@ -55,8 +59,10 @@ import tempfile
 from pathlib import Path
 
 from kotomamba.errors import UserError
+from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
 
 EX_TEMPFAIL = 75
+EXIT_DIR_PREFIX = "kotomamba-launch-"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
@@ -308,8 +314,10 @@ class _SignalForwarder:
         self.targets = targets
         self.fallback = fallback
         self.previous: dict[int, object] = {}
+        self.received = False
 
     def _forward(self, signum: int, frame) -> None:
+        self.received = True
         for pid in self.targets() or [self.fallback.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -324,19 +332,32 @@ class _SignalForwarder:
             signal.signal(signum, handler)
 
 
-def _ignore_sigusr1() -> None:
+def _torchrun_preexec(launcher_pid: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    die_with_parent(launcher_pid)
 
 
-def node_exit_code(torchrun_code: int, worker_codes: list[int]) -> int:
+def remove_stale_exit_dirs(scratch: str) -> None:
+    """Remove the exit directories of this host's launchers that are gone (``kill -9`` skips ``finally``)."""
+    for path in Path(scratch).glob(f"{EXIT_DIR_PREFIX}{socket.gethostname()}-*-*"):
+        pid = path.name[len(EXIT_DIR_PREFIX) + len(socket.gethostname()) + 1:].split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def node_exit_code(torchrun_code: int, worker_codes: list[int], stopped: bool = False) -> int:
     """The node's exit code from torchrun's and the workers' recorded ones.
 
     A worker that failed (code other than 0 and 75) wins; else 75 if any worker asked for a
-    requeue; else torchrun's code (nonzero when a worker died without recording, e.g. killed).
+    requeue, or if the launcher was told to stop (``stopped``) and torchrun failed (workers stopped
+    before they could answer: nothing trained since their last checkpoint); else torchrun's code
+    (nonzero when a worker died without recording, e.g. killed).
     """
     failures = [code for code in worker_codes if code not in (0, EX_TEMPFAIL)]
     if failures:
         return failures[0]
+    if stopped and torchrun_code != 0:
+        return EX_TEMPFAIL
     if torchrun_code == 0 and EX_TEMPFAIL in worker_codes:
         return EX_TEMPFAIL
     if torchrun_code != 0 and worker_codes and all(code == EX_TEMPFAIL for code in worker_codes):
@@ -347,14 +368,17 @@ def node_exit_code(torchrun_code: int, worker_codes: list[int]) -> int:
 def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | None, rdzv_id: str,
              env: dict[str, str]) -> int:
     """Run torchrun on this node and return the node's exit code (see ``node_exit_code``)."""
-    exit_dir = Path(tempfile.mkdtemp(prefix="kotomamba-launch-", dir=node_local_scratch(env)))
+    scratch, pid = node_local_scratch(env), os.getpid()
+    remove_stale_exit_dirs(scratch)
+    exit_dir = Path(tempfile.mkdtemp(prefix=f"{EXIT_DIR_PREFIX}{socket.gethostname()}-{pid}-", dir=scratch))
     try:
         command = torchrun_command(nnodes, nproc_per_node, str(exit_dir), args, endpoint, rdzv_id)
-        process = subprocess.Popen(command, env=env, preexec_fn=_ignore_sigusr1)
-        with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process):
+        process = subprocess.Popen(command, env={**env, LAUNCHER_PID: str(pid)},
+                                   preexec_fn=lambda: _torchrun_preexec(pid))
+        with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process) as forwarder:
             torchrun_code = process.wait()
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
-        return node_exit_code(torchrun_code, worker_codes)
+        return node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received)
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
 
@@ -364,6 +388,8 @@ def run_worker(exit_dir: str, args: list[str]) -> int:
 
     Returns 0 for exit code 75 (recorded as 75) so torchrun lets the other ranks finish.
     """
+    launcher = os.environ.get(LAUNCHER_PID, "")
+    die_with_parent(int(launcher) if launcher.isdigit() else None)
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     rank = os.environ.get("RANK", "0")
     directory = Path(exit_dir)

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kotomamba.errors import UserError
 from kotomamba.io import atomic_write
+from kotomamba.train.run_dir import RunDir
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -130,15 +132,36 @@ def memory_stats(device: torch.device) -> dict[str, float]:
     return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``. A torn last line (what a full disk or a kill mid-write leaves)
+    is dropped with a note; a bad line before the last is a ``UserError`` naming the file and line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                print(f"kotomamba train: {path}: line {number}: torn last record dropped ({exc.msg})", flush=True)
+                continue
+            raise UserError(f"{path}: line {number}: not a JSON record ({exc.msg})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise UserError(f"{path}: line {number}: a record needs an integer 'step'")
+        records.append(record)
+    return records
+
+
 class MetricsSink:
     """Rank 0's outputs: ``metrics.jsonl``, the console and the trackers."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, trackers: list):
-        path = run_dir / "metrics.jsonl"
+        path = RunDir(run_dir).metrics
         if path.exists():
             # A resumed run repeats the steps after its checkpoint: drop the records it will write again.
-            kept = [line for line in path.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["step"] <= start_step]
+            kept = [json.dumps(record, sort_keys=True) + "\n" for record in read_metrics(path)
+                    if record["step"] <= start_step]
             with atomic_write(path) as handle:
                 handle.writelines(kept)
         self.file = open(path, "a")

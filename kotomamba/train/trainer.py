@@ -11,45 +11,32 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import yaml
 
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write, write_json
-from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys, resolve_checkpoint
+from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys
 from kotomamba.train.config import TrainConfig, dump_config
 from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
 from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
 from kotomamba.train.flops import peak_flops, training_flops_per_token
+from kotomamba.train.integrity import integrity_digest
 from kotomamba.train.loss_scale import LossScale
 from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats,
                                      unscale_and_clip_)
 from kotomamba.train.optim import build_optimizer
-from kotomamba.train.parallelize import parallelize, resolve_precision
-from kotomamba.train.restart_request import clear_restart, pending_restart
+from kotomamba.train.parallelize import check_sharding, parallelize, resolve_precision
+from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
+from kotomamba.train.start_plan import StartPlan, carry_out, plan_start
+from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
 
-EXIT_REQUEUE = 75
 EXIT_ABORTED = 1
-
-
-class _StopFlag:
-    """Set by SIGTERM / SIGUSR1; the step in progress finishes first."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -66,34 +53,17 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[cpu_size:].clone(), device)
 
 
-# Settings a resumed run may change without changing what it computes.
-RESUMABLE_CHANGES = (("train", "max_steps_this_job"), ("train", "wall_time_budget_s"), ("logging",),
-                     ("checkpoint", "keep_last"), ("checkpoint", "async"), ("env",))
-
-
-def _comparable(config: dict) -> dict:
-    config = json.loads(json.dumps(config))
-    for path in RESUMABLE_CHANGES:
-        holder = config
-        for key in path[:-1]:
-            holder = holder.get(key, {})
-        holder.pop(path[-1], None)
-    return config
-
-
-def _same_training(recorded: Path, config: TrainConfig) -> bool:
-    """Whether the config recorded in a run directory trains the same thing as ``config``."""
-    if not recorded.is_file():
-        return False
-    return _comparable(yaml.safe_load(recorded.read_text())) == _comparable(config.to_dict())
+# The clock of the wall-time budget (a module attribute, so a test can drive the budget by a clock of its own).
+budget_clock = time.monotonic
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: str):
+    def __init__(self, config: TrainConfig, resume: str, stop: StopSignals):
         # The wall-time budget counts from here: start-up (process group, data indices, model) is
         # part of the job's time too.
-        self.started = time.monotonic()
+        self.started = budget_clock()
         self.config = config
+        self.stop = stop
         self.launch = detect_launch_env()
         apply_node_env(config.env)
         if torch.cuda.is_available():
@@ -103,6 +73,8 @@ class Trainer:
             self.device = torch.device("cpu")
         init_distributed(self.launch, self.device.type)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        # Every rank's generators start from the seed (rank 0's are seeded again for the initial weights).
+        torch.manual_seed(config.seed + self.rank)
         self.precision = resolve_precision(config.precision, self.device.type)
         t = config.train
         per_step = t.micro_batch_size * self.world
@@ -112,52 +84,59 @@ class Trainer:
                 f"({t.micro_batch_size}) x world size ({self.world}) = {per_step}"
             )
         self.accum = t.global_batch_size // per_step
+        # What the world size makes impossible is refused before the run directory changes.
+        check_sharding(self.device.type, self.world)
+        if config.parallel.cuda_graph:
+            self._check_cuda_graph()
+        parallel = config.parallel
+        self.mesh = build_mesh(self.device.type, self.world, parallel.strategy, parallel.hybrid_shard_size)
+        self.shard_group = self.mesh["shard"].get_group() if parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
         self.run_dir = Path(config.run_dir)
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        dist.barrier()
+        self.paths = RunDir(self.run_dir)
+        self.plan = self._agree_on_start(resume)
+        self.resume_from = self.plan.resume_from
         self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint.keep_last, config.checkpoint.async_)
-        self.resume_from = self._resume_checkpoint(resume)
+        if self.plan.finished:
+            return
         self._build_data()
         self._build_model()
-        self.stop = _StopFlag()
 
     # ----------------------------------------------------------------------------------- setup
-    def _resume_checkpoint(self, resume: str) -> Path | None:
-        """The checkpoint to continue from. ``auto`` continues this run directory's latest checkpoint
-        only when it was made by the same training config (up to :data:`RESUMABLE_CHANGES`); a run
-        directory left by another config (the pipeline reruns a stage whose config changed), or
-        ``never``, starts over, with the old checkpoints and metrics moved to ``superseded/``."""
-        if resume in ("never", "auto"):
-            latest = self.checkpoints.latest()
-            requested = pending_restart(self.run_dir) if resume == "auto" else None
-            if latest is None:
-                clear_restart(self.run_dir) if self.rank == 0 and requested else None
-                return None
-            if resume == "auto" and not requested and _same_training(self.run_dir / "config.resolved.yaml", self.config):
-                return latest
-            self._supersede(f"--resume {resume}" if resume == "never" else requested or "the training config changed")
-            if self.rank == 0 and requested:
-                clear_restart(self.run_dir)
-            return None
-        found = resolve_checkpoint(resume)
-        if found is None:
-            raise UserError(f"--resume {resume}: no complete checkpoint there")
-        return found
-
-    def _supersede(self, why: str) -> None:
-        """Move the earlier run's checkpoints and records into ``superseded/`` (replacing an older one)."""
+    def _agree_on_start(self, resume: str) -> StartPlan:
+        """Rank 0 locks the run directory, validates the config, plans the start and carries it out; every
+        rank gets that one plan (or rank 0's error), so no rank decides from its own view of the directory."""
+        outcome: list = [None]
+        failure = None
         if self.rank == 0:
-            target = self.run_dir / "superseded"
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir()
-            for name in ("checkpoints", "metrics.jsonl", "final.json", "config.resolved.yaml", "manifest.json"):
-                if (self.run_dir / name).exists():
-                    os.replace(self.run_dir / name, target / name)
-            print(f"starting over ({why}); the earlier run is kept in {target}", flush=True)
-        dist.barrier()
-        self.checkpoints = CheckpointManager(self.run_dir, self.config.checkpoint.keep_last,
-                                             self.config.checkpoint.async_)
+            try:
+                with self.stop.critical():
+                    outcome[0] = self._prepare_run_dir(resume)
+            except StopBeforeTraining:
+                raise
+            except UserError as exc:
+                outcome[0] = exc
+            except Exception as exc:  # the other ranks must not wait for a plan that will not come
+                failure, outcome[0] = exc, RuntimeError(f"rank 0 could not prepare {self.run_dir}: {exc!r}")
+        dist.broadcast_object_list(outcome, src=0)
+        if failure is not None:
+            raise failure
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+
+    def _prepare_run_dir(self, resume: str) -> StartPlan:
+        """Rank 0: lock, validate everything the run reads, then (only then) change the run directory."""
+        from kotomamba.train.build import check_sources
+        from kotomamba.train.identity import stage_identity
+
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        # Held until this process ends; the kernel releases it however the process ends.
+        self.lock = RunLock(self.paths.lock).acquire()
+        check_sources(self.config)
+        self.identity = stage_identity(self.config)
+        plan = plan_start(self.paths, self.identity["digest"], resume)
+        carry_out(self.paths, plan, self.identity)
+        return plan
 
     def _build_data(self) -> None:
         from kotomamba.data.gpt_dataset import build_gpt_datasets
@@ -188,13 +167,11 @@ class Trainer:
             payload = list(source_model_and_state(c, self.tokenizer.vocab_size, self.device))
         elif self.rank == 0:
             # A checkpoint lives in <run_dir>/checkpoints/step_N; its run's model_config.json describes it.
-            recorded = self.resume_from.parent.parent / "model_config.json"
+            recorded = RunDir(self.resume_from.parent.parent).model_config
             payload[0] = MambaConfig.from_dict(json.loads(recorded.read_text()), source=str(recorded))
         holder = [payload[0].to_dict() if self.rank == 0 else None]
         dist.broadcast_object_list(holder, src=0)
         self.model_config = MambaConfig.from_dict(holder[0])
-        self.mesh = build_mesh(self.device.type, self.world, c.parallel.strategy, c.parallel.hybrid_shard_size)
-        self.shard_group = self.mesh["shard"].get_group() if c.parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
         master = torch.bfloat16 if c.optim.master_dtype == "bf16" else torch.float32
         model = MambaLM(self.model_config, device="meta", dtype=master)
         precision = "fp32" if master != torch.float32 else self.precision
@@ -218,14 +195,14 @@ class Trainer:
         self.loss_scale = None
         if self.precision == "fp16" and master == torch.float32:
             self.loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
-        self.graphed = self._graphed_micro_step() if c.parallel.cuda_graph else None
+        self.graphed = GraphedMicroStep(self.model, self.params, 1.0 / self.accum) if c.parallel.cuda_graph else None
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
         self.device_name = name
 
-    def _graphed_micro_step(self):
-        """The CUDA-graphed micro-step (``parallel.cuda_graph``), or a ``UserError`` saying why not here."""
+    def _check_cuda_graph(self) -> None:
+        """A ``UserError`` saying why ``parallel.cuda_graph`` cannot run here (GPU, one process)."""
         # The settings it cannot be combined with are refused when the config is read (config._check).
         why = None
         if self.device.type != "cuda":
@@ -234,7 +211,6 @@ class Trainer:
             why = f"runs in one process only (this run has {self.world}: FSDP's collectives are not captured)"
         if why:
             raise UserError(f"parallel.cuda_graph: true {why}; set it to false")
-        return GraphedMicroStep(self.model, self.params, 1.0 / self.accum)
 
     def _state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -277,12 +253,12 @@ class Trainer:
         from kotomamba.manifest import build_manifest
 
         c = self.config
-        with atomic_write(self.run_dir / "config.resolved.yaml") as handle:
+        with atomic_write(self.paths.config) as handle:
             handle.write(dump_config(c))
-        write_json(self.run_dir / "model_config.json", self.model_config.to_dict())
+        write_json(self.paths.model_config, self.model_config.to_dict())
         prefixes = [prefix for _, prefix in parse_data_path(c.data.data_path)]
         inputs = [f"{p}.idx" for p in prefixes] + [c.data.tokenizer_model]
-        write_json(self.run_dir / "manifest.json", build_manifest(
+        write_json(self.paths.manifest, build_manifest(
             inputs, data_bin_bytes={f"{p}.bin": Path(f"{p}.bin").stat().st_size for p in prefixes},
             world_size=self.world, launcher=self.launch.launcher, seed=c.seed, precision=self.precision,
             device=self.device_name, resumed_from=str(self.resume_from) if self.resume_from else None,
@@ -333,6 +309,11 @@ class Trainer:
 
     def run(self) -> int:
         c, t = self.config, self.config.train
+        if self.plan.finished:
+            if self.rank == 0:
+                print(f"kotomamba train: {self.paths.final} records this run as complete (same identity); "
+                      "nothing to do", flush=True)
+            return 0
         self.step = self.consumed = 0
         self.skipped_nonfinite = self.skipped_overflow = self.skipped_range = self.consecutive = 0
         self.tracker_id = None
@@ -352,6 +333,7 @@ class Trainer:
         window_start, window_steps, max_step_seconds = time.perf_counter(), 0, 0.0
         exit_code, val_loss = 0, None
         self.model.train()
+        self.stop.training()
         try:
             while self.step < t.steps:
                 step_began = time.perf_counter()
@@ -427,11 +409,14 @@ class Trainer:
                 sink.log({"step": self.step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
         if self.rank == 0:
             latest = self.checkpoints.latest()
-            write_json(self.run_dir / "final.json", {
+            write_json(self.paths.final, {
                 "step": self.step, "checkpoint": str(latest.relative_to(self.run_dir)) if latest else None,
                 "tokens": self.consumed * c.data.seq_length, "consumed_samples": self.consumed,
                 "val_loss": val_loss, "skipped_nonfinite": self.skipped_nonfinite,
                 "skipped_range": self.skipped_range, "world_size": self.world,
+                "identity": self.identity["digest"],
+                # The weights' own identity: what depends on this run reruns exactly when they changed.
+                "weights": integrity_digest(latest) if latest else None,
             })
         dist.barrier()
         return 0
@@ -440,7 +425,7 @@ class Trainer:
         """Agree over all ranks whether to stop now (a signal reached any rank, or the budget is spent)."""
         budget = self.config.train.wall_time_budget_s
         out_of_time = budget is not None and (
-            time.monotonic() - self.started + 2 * max_step_seconds + 2 * self.save_seconds > budget)
+            budget_clock() - self.started + 2 * max_step_seconds + 2 * self.save_seconds > budget)
         flags = torch.tensor([float(self.stop.signum is not None), float(out_of_time)], device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[0] > 0:

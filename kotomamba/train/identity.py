@@ -1,0 +1,109 @@
+"""A training stage's identity: everything that determines its result, as one digest.
+
+    {"config": the resolved config less RESUMABLE_CHANGES, run_dir and the inputs' paths,
+     "inputs": {"data": [{"idx_sha256", "bin_bytes"}, ...], "tokenizer": ..., "init": ...},
+     "digest": SHA-256 of the two above as canonical JSON}
+
+Recorded in ``identity.json`` when a run starts and in ``final.json`` when it ends. ``--resume
+auto`` continues a run directory only when its recorded digest equals the current one; so a stage
+whose predecessor retrained (the predecessor's ``final.json`` digest is part of ``init``), whose
+corpus or tokenizer changed, or whose training settings changed starts over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from kotomamba.errors import UserError
+from kotomamba.manifest import sha256_file
+from kotomamba.train.config import TrainConfig
+from kotomamba.train.run_dir import RunDir, run_dir_of
+
+# Settings a resumed run may change without changing what it computes.
+RESUMABLE_CHANGES = (("train", "max_steps_this_job"), ("train", "wall_time_budget_s"), ("logging",),
+                     ("checkpoint", "interval"), ("checkpoint", "keep_last"), ("checkpoint", "async"), ("env",))
+
+# Weight files of a released (mamba-ssm / transformers) model directory.
+_WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def comparable_config(config: TrainConfig) -> dict:
+    """The config as it bears on the result: no resumable settings, no run_dir, and no input paths (the
+    inputs count by their contents, so a moved or copied project directory keeps its identity)."""
+    from kotomamba.data.gpt_dataset import parse_data_path
+
+    plain = json.loads(json.dumps(config.to_dict()))
+    for path in RESUMABLE_CHANGES:
+        holder = plain
+        for key in path[:-1]:
+            holder = holder.get(key, {})
+        holder.pop(path[-1], None)
+    plain.pop("run_dir", None)
+    data = plain["data"]
+    data["data_path"] = [weight for weight, _ in parse_data_path(config.data.data_path)]
+    for section, key in (("data", "tokenizer_model"), ("data", "cache_dir"), ("init", "from")):
+        plain.get(section, {}).pop(key, None)
+    return plain
+
+
+def _tokenizer_identity(model: str | None) -> str | dict | None:
+    """SHA-256 of a tokenizer file, of each file of a tokenizer directory, or the name given."""
+    if not model:
+        return None
+    path = Path(model)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
+    return model
+
+
+def _init_identity(source: str | None) -> dict | None:
+    """A previous run's final identity and its checkpoint's checksums, or a released model's file stamps."""
+    from kotomamba.train.checkpoint import resolve_checkpoint
+    from kotomamba.train.integrity import integrity_digest
+
+    if source is None:
+        return None
+    path = Path(source)
+    checkpoint = resolve_checkpoint(path)
+    if checkpoint is not None:
+        found = {"checkpoint": integrity_digest(checkpoint)}
+        run = run_dir_of(checkpoint)
+        final = RunDir(run).final if run is not None else None
+        if final is not None and final.is_file():
+            found["run"] = json.loads(final.read_text()).get("identity")
+        if found["checkpoint"] is None:  # written before checksums were recorded: its files' stamps
+            found["files"] = _stamps(sorted(p for p in checkpoint.iterdir() if p.is_file()), checkpoint)
+        return found
+    files = sorted({p for pattern in _WEIGHT_FILES for p in path.glob(pattern)})
+    if not files:
+        raise UserError(f"init.from: {path}: no checkpoint and no model files (config.json, *.safetensors) there")
+    return {"files": _stamps(files, path)}
+
+
+def _stamps(files: list[Path], root: Path) -> dict:
+    # Sizes and modification times: released weights are large and never rewritten in place.
+    return {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+
+
+def stage_identity(config: TrainConfig) -> dict:
+    """The identity of the run ``config`` describes (reads every input's checksum; rank 0 only)."""
+    from kotomamba.data.gpt_dataset import parse_data_path
+
+    data = [{"idx_sha256": sha256_file(f"{prefix}.idx"), "bin_bytes": Path(f"{prefix}.bin").stat().st_size}
+            for _, prefix in parse_data_path(config.data.data_path)]
+    body = {"config": comparable_config(config),
+            "inputs": {"data": data, "tokenizer": _tokenizer_identity(config.data.tokenizer_model),
+                       "init": _init_identity(config.init.from_)}}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return {**body, "digest": digest}
+
+
+def recorded_digest(run: RunDir) -> str | None:
+    """The digest in a run directory's ``identity.json`` (``None`` when absent or unreadable)."""
+    try:
+        return json.loads(run.identity.read_text())["digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,114 @@
+"""The run directory's layout: every name in it is defined here and only here.
+
+    <run_dir>/run.lock                     the job's lock (run_lock.py): "host pid" of its holder
+    <run_dir>/identity.json                what determines the run's result (identity.py)
+    <run_dir>/config.resolved.yaml         the full validated config
+    <run_dir>/model_config.json            MambaConfig.to_dict()
+    <run_dir>/manifest.json                provenance (kotomamba.manifest)
+    <run_dir>/metrics.jsonl                one JSON object per log / eval step
+    <run_dir>/final.json                   written last, when every step is done
+    <run_dir>/checkpoints/step_XXXXXXXX/   a DCP directory plus integrity.json (integrity.py)
+    <run_dir>/checkpoints/latest           text: the newest complete checkpoint's directory name
+    <run_dir>/checkpoints/set_aside/       checkpoints that failed verification, kept for inspection
+    <run_dir>/superseded/<n>/              earlier runs of this directory, generation n = 1, 2, ...
+    <run_dir>/restart-requested            why the next --resume auto must start over (restart_request.py)
+                                           (each a run directory of its own, plus superseded.json)
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+LATEST = "latest"
+INTEGRITY = "integrity.json"
+SUPERSEDED_NOTE = "superseded.json"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def canonical(path: str | os.PathLike) -> str:
+    """One spelling per directory (``runs/./x``, ``runs/x/`` and a symlink to it are the same)."""
+    return str(Path(path).resolve())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory (nothing is created by naming them)."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "run.lock"
+
+    @property
+    def identity(self) -> Path:
+        return self.root / "identity.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.resolved.yaml"
+
+    @property
+    def model_config(self) -> Path:
+        return self.root / "model_config.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.json"
+
+    @property
+    def restart_request(self) -> Path:
+        return self.root / "restart-requested"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / LATEST
+
+    @property
+    def set_aside(self) -> Path:
+        return self.checkpoints / "set_aside"
+
+    @property
+    def superseded(self) -> Path:
+        return self.root / "superseded"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / step_dir_name(step)
+
+    def step_dirs(self) -> list[Path]:
+        """Every ``checkpoints/step_*`` directory, newest step first (complete or not)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted((p for p in self.checkpoints.iterdir() if STEP_DIR.match(p.name) and p.is_dir()),
+                      key=lambda p: p.name, reverse=True)
+
+    def records(self) -> list[Path]:
+        """What a run leaves that a later run must not mix with its own (moved together when superseded)."""
+        return [self.checkpoints, self.metrics, self.final, self.config, self.manifest, self.model_config,
+                self.identity]
+
+
+def run_dir_of(checkpoint_dir: Path) -> Path | None:
+    """The run directory a ``checkpoints/step_N`` directory belongs to (``None`` for a bare checkpoint)."""
+    return checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else None

@@ -1,0 +1,61 @@
+"""One job per run directory: an exclusive ``flock`` on ``<run_dir>/run.lock``.
+
+The kernel releases a ``flock`` when its holder exits, however it exits (SIGKILL, a node crash
+ends the file's open descriptions), so a lock left by a crashed job is stale by construction: the
+next job takes it. The file's text ("host pid since") is only for the message naming the holder;
+it is never used to decide. Readers (``kotomamba convert``) take a shared lock for as long as they
+read, so they neither read a run a trainer is changing nor let a trainer start under them.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from kotomamba.errors import UserError
+
+
+class RunLock:
+    """Held from :meth:`acquire` until :meth:`release` or the end of the process."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, shared: bool = False, purpose: str = "another training") -> RunLock:
+        """Take the lock without waiting; a ``UserError`` naming the holder if another job has it."""
+        if shared:
+            if not self.path.is_file():
+                return self  # no job ever locked it (a released or copied run): nothing to respect
+            fd = os.open(self.path, os.O_RDONLY)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            # A reader's shared lock leaves the text of the last trainer: say both.
+            who = holder if shared else f"{holder} (or a reader such as kotomamba convert)"
+            raise UserError(f"{self.path}: the run directory is in use by {who}; "
+                            f"wait for it to end (or stop it) before starting {purpose} here") from None
+        if not shared:
+            os.ftruncate(fd, 0)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since {stamp}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,57 @@
+"""SIGTERM / SIGUSR1 from the first instruction of a training job to its end.
+
+Installed by ``kotomamba train`` before it imports torch or reads the config. Until the training
+loop starts, nothing has been trained, so a stop signal ends the job at once with the requeue code
+(75) and no checkpoint (:class:`StopBeforeTraining`), except inside :meth:`StopSignals.critical`
+sections (the run directory being changed), which finish first. Once the loop runs
+(:meth:`StopSignals.training`), a signal only sets :attr:`signum`; the step in progress finishes,
+a checkpoint is written and the trainer exits 75.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Iterator
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed (or nothing to save yet), requeue me
+
+
+class StopBeforeTraining(Exception):
+    """A stop signal arrived before the first training step: requeue, nothing to save."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the first training step")
+        self.signum = signum
+
+
+class StopSignals:
+    def __init__(self):
+        self.signum: int | None = None
+        self._defer = 0
+        self._training = False
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        if not self._training and not self._defer:
+            raise StopBeforeTraining(signum)
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """A section a signal must not cut short; a signal that arrived meanwhile stops the job after it."""
+        self._defer += 1
+        try:
+            yield
+        finally:
+            self._defer -= 1
+        if self.signum is not None and not self._training and not self._defer:
+            raise StopBeforeTraining(self.signum)
+
+    def training(self) -> None:
+        """From now on a signal is a request the loop answers at the end of its step."""
+        self._training = True
+
+    def started_training(self) -> bool:
+        return self._training

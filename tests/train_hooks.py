@@ -1,0 +1,58 @@
+"""``python -m train_hooks HOOK kotomamba-args...``: run ``kotomamba`` with one test condition injected.
+
+Used by the trainer tests (in the spawned training processes, so the real trainer runs):
+
+- ``late-rank-1``: rank 1 arrives two seconds after rank 0 at every step that follows the process
+  group's creation (the restart race of issue 16 item 4);
+- ``sigterm-while-building``: each process signals itself SIGTERM while its data indices are built;
+- ``fake-clock``: the wall-time budget's clock advances one second each time it is read, however
+  fast the machine is.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import time
+
+
+def _late_rank_1() -> None:
+    from kotomamba.train import trainer
+
+    original = trainer.init_distributed
+
+    def late(*args, **kwargs):
+        original(*args, **kwargs)
+        if os.environ.get("RANK") == "1":
+            time.sleep(2.0)
+
+    trainer.init_distributed = late
+
+
+def _sigterm_while_building() -> None:
+    from kotomamba.train import trainer
+
+    original = trainer.Trainer._build_data
+
+    def build(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        original(self)
+
+    trainer.Trainer._build_data = build
+
+
+def _fake_clock() -> None:
+    from kotomamba.train import trainer
+
+    ticks = itertools.count()
+    trainer.budget_clock = lambda: float(next(ticks))
+
+
+HOOKS = {"late-rank-1": _late_rank_1, "sigterm-while-building": _sigterm_while_building, "fake-clock": _fake_clock}
+
+if __name__ == "__main__":
+    HOOKS[sys.argv[1]]()
+    from kotomamba.cli import main
+
+    sys.exit(main(sys.argv[2:]))
