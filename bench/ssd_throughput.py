@@ -3,7 +3,8 @@
 
 bf16 x, dt, B, C; A, D, dt_bias float32; dt through bias and softplus as the model calls it; one group,
 head dim 64, d_state 128, mamba-ssm's chunk 256. Times are medians of ``triton.testing.do_bench``
-(CUDA events, after warm-up), each implementation interleaved with the other over ``--rounds``; the
+(CUDA events, after warm-up), eagerly and replayed from a CUDA graph (the device's time alone, as in
+the trainer's graphed step), each implementation interleaved with the others over ``--rounds``; the
 table gives the median over rounds and the range. ``floor`` is the bytes the op must move (inputs
 read once, outputs written once; backward: also dy read, dx, ddt, dB, dC written) at ``--bandwidth``.
 Each shape is also run with documents (``seq_idx``, a reset every ~``--doc-len`` tokens), and the
@@ -47,10 +48,10 @@ def implementations(args):
 
     impls = {"mamba_ssm": lambda t, s: mamba_chunk_scan_combined(**t, chunk_size=256, dt_softplus=True, seq_idx=s)}
     for variant in args.variants.split(","):
-        block_t, warps = (int(v) for v in variant.split("x"))
-        impls[f"ours T{block_t} w{warps}"] = (
-            lambda t, s, block_t=block_t, warps=warps: ssd_chunk_scan_triton(
-                **t, dt_softplus=True, seq_idx=s, block_t=block_t, num_warps=warps))
+        fwd, bwd = (tuple(int(v) for v in half.split(".")) for half in variant.split("-"))
+        impls[f"ours {variant}"] = (
+            lambda t, s, fwd=fwd, bwd=bwd: ssd_chunk_scan_triton(
+                **t, dt_softplus=True, seq_idx=s, fwd_config=fwd, bwd_config=bwd))
     return impls
 
 
@@ -71,7 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--variants", default="64x4,32x4,64x8", help="our kernels: BLOCK_Tx num_warps, comma-separated")
+    parser.add_argument("--variants", default="32.64.4-32.32.4,32.64.4-32.64.4,32.32.4-32.16.4,64.32.4-64.32.8",
+                        help="our kernels, comma-separated: forward then backward (positions per block, head-dim "
+                             "columns per program, warps), e.g. 32.64.4-32.32.4")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--doc-len", type=int, default=512, help="mean document length of the seq_idx runs")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
@@ -91,7 +94,7 @@ def main() -> None:
             t, seq_idx, dy = make_inputs(batch, heads, args.seq, headdim, dstate, doc_len, seed=len(rows))
             leaves = {k: v.requires_grad_(True) for k, v in t.items()}
             outputs = {}
-            times = {name: {"fwd": [], "fwd_bwd": []} for name in impls}
+            times = {name: {"fwd": [], "fwd_bwd": [], "fwd_bwd_graph": []} for name in impls}
             for name, fn in impls.items():
                 y = fn(leaves, seq_idx)
                 (dx,) = torch.autograd.grad(y, [leaves["x"]], dy)
@@ -113,7 +116,16 @@ def main() -> None:
                     times[name]["fwd"].append(triton.testing.do_bench(lambda: forward(fn), warmup=25, rep=100,
                                                                       return_mode="median"))
                     times[name]["fwd_bwd"].append(triton.testing.do_bench(lambda: forward_backward(fn), warmup=25,
-                                                                          rep=200, return_mode="median"))
+                                                                          rep=100, return_mode="median"))
+                    # Replayed from a CUDA graph: the device's time without the host's launches (what the
+                    # trainer's graphed step pays).
+                    try:
+                        graphed = triton.testing.do_bench_cudagraph(lambda: forward_backward(fn), rep=100,
+                                                                    return_mode="median")
+                    except Exception as error:  # a capture that fails is a result, not the end of the run
+                        print(f"{name}: graph capture failed: {error!r}"[:300], flush=True)
+                        graphed = float("nan")
+                    times[name]["fwd_bwd_graph"].append(graphed)
             x_bytes = batch * args.seq * heads * headdim * 2
             bc_bytes = 2 * batch * args.seq * dstate * 2
             dt_bytes = batch * args.seq * heads * 2
@@ -137,16 +149,18 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)
-    print("\n| shape (b x h) | docs | impl | fwd ms | fwd+bwd ms | vs mamba-ssm fwd / fwd+bwd | floor fwd / fwd+bwd ms "
-          "| y, dx rel. diff |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| shape (b x h) | docs | impl | fwd ms | fwd+bwd ms | fwd+bwd graphed ms | vs mamba-ssm fwd / fwd+bwd / "
+          "graphed | floor fwd / fwd+bwd ms | y, dx rel. diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         ref = next(r for r in rows if (r["shape"], r["documents"], r["impl"]) == (row["shape"], row["documents"],
                                                                                     "mamba_ssm"))
         print(f"| {row['shape']} ({row['batch']} x {row['heads']}) | {'yes' if row['documents'] else 'no'} | "
               f"{row['impl']} | {row['fwd_ms']:.3f} ({row['fwd_ms_min']:.3f}-{row['fwd_ms_max']:.3f}) | "
               f"{row['fwd_bwd_ms']:.3f} ({row['fwd_bwd_ms_min']:.3f}-{row['fwd_bwd_ms_max']:.3f}) | "
-              f"{ref['fwd_ms'] / row['fwd_ms']:.2f}x / {ref['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}x | "
+              f"{row['fwd_bwd_graph_ms']:.3f} ({row['fwd_bwd_graph_ms_min']:.3f}-{row['fwd_bwd_graph_ms_max']:.3f}) | "
+              f"{ref['fwd_ms'] / row['fwd_ms']:.2f}x / {ref['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}x / "
+              f"{ref['fwd_bwd_graph_ms'] / row['fwd_bwd_graph_ms']:.2f}x | "
               f"{row['floor_fwd_ms']:.2f} / {row['floor_fwd_bwd_ms']:.2f} | "
               f"{row['y_rel_err_vs_mamba']:.1e}, {row['dx_rel_err_vs_mamba']:.1e} |")
 

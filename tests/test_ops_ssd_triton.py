@@ -32,9 +32,10 @@ torch.save(results, sys.argv[2])
 """
 
 
-def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: int, dstate: int, block_t: int,
-         cuts: list[list[int]] | None = None, full: bool = True, strided: bool = False) -> dict:
-    """Random inputs; ``cuts``: per row, the positions where a new document starts; ``full``: with D,
+def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: int, dstate: int,
+         config: tuple[int, int, int], cuts: list[list[int]] | None = None, full: bool = True,
+         strided: bool = False) -> dict:
+    """Random inputs, through the forward and backward with (block_t, block_p, warps) ``config``; ``cuts``: per row, the positions where a new document starts; ``full``: with D,
     dt_bias (softplus, limit) and initial states; ``strided``: x, B and C as slices of one tensor, as
     the model's split hands them over."""
     g = torch.Generator().manual_seed(seed)
@@ -52,7 +53,7 @@ def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: i
                   "C": randn(batch, seqlen, groups, dstate, scale=0.5)}
     leaves["dt"] = randn(batch, seqlen, heads, scale=0.5) + (0.0 if full else 1.0)
     leaves["A"] = -torch.rand(heads, generator=g) * 2 - 0.3
-    options = {"block_t": block_t, "dt_softplus": full}
+    options = {"fwd_config": config, "bwd_config": config, "dt_softplus": full}
     if full:
         leaves.update(D=randn(heads), dt_bias=randn(heads, scale=0.3), initial_states=randn(batch, heads, headdim, dstate))
         options["dt_limit"] = (0.0, 2.0)
@@ -71,10 +72,12 @@ def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: i
 def all_cases() -> dict:
     return {
         # Documents that start inside a block, on a block's first position, on its last, and a one-token one.
-        "documents": case(1, 2, 50, 4, 2, 16, 16, 16, cuts=[[20, 33], [16, 31, 47, 48]]),
-        "one-document": case(2, 2, 50, 4, 2, 16, 16, 16),
-        "plain": case(3, 1, 64, 2, 1, 16, 32, 16, full=False),
-        "strided-long-blocks": case(4, 2, 70, 4, 1, 32, 16, 32, cuts=[[5], [64]], strided=True),
+        "documents": case(1, 2, 50, 4, 2, 16, 16, (16, 16, 4), cuts=[[20, 33], [16, 31, 47, 48]]),
+        "one-document": case(2, 2, 50, 4, 2, 16, 16, (16, 16, 4)),
+        "plain": case(3, 1, 64, 2, 1, 16, 32, (16, 16, 4), full=False),
+        "strided-long-blocks": case(4, 2, 70, 4, 1, 32, 16, (32, 32, 4), cuts=[[5], [64]], strided=True),
+        # Two programs per head, each with half of the head dim's columns.
+        "column-blocks": case(5, 2, 40, 2, 1, 32, 16, (16, 16, 4), cuts=[[7, 30], [16]]),
     }
 
 
@@ -94,7 +97,7 @@ def test_kernels_match_the_reference(kernel_results, name):
     inputs = all_cases()[name]
     leaves = {k: v.double().requires_grad_(True) for k, v in inputs["leaves"].items()}
     options = dict(inputs["options"])
-    options.pop("block_t")
+    options.pop("fwd_config"), options.pop("bwd_config")
     y, final = ssd_chunk_scan_ref(**leaves, chunk_size=8, **options, return_final_states=True)
     loss = (y * inputs["dy"].double()).sum() + (final * inputs["dfinal"].double()).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
@@ -108,11 +111,12 @@ def test_kernels_match_the_reference(kernel_results, name):
         assert error < 2e-5, f"{key}: relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("headdim, dstate, block_t", [(24, 16, 16), (16, 48, 16), (16, 16, 8)])
-def test_sizes_that_are_not_powers_of_two_are_refused(headdim, dstate, block_t):
+@pytest.mark.parametrize("headdim, dstate, block_t, block_p", [(24, 16, 16, 16), (16, 48, 16, 16), (16, 16, 8, 16),
+                                                                (32, 16, 16, 8)])
+def test_sizes_that_are_not_powers_of_two_are_refused(headdim, dstate, block_t, block_p):
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
 
     x = torch.randn(1, 8, 2, headdim)
     with pytest.raises(ValueError, match="power of two"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, dstate),
-                              torch.randn(1, 8, 1, dstate), block_t=block_t)
+                              torch.randn(1, 8, 1, dstate), bwd_config=(block_t, block_p, 4))

@@ -62,8 +62,9 @@ def _ssd_fwd_kernel(
     stride_seq_b, stride_seq_l,
     stride_y_b, stride_y_l, stride_y_h, stride_y_p,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_SCRATCH: tl.constexpr,
-    BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
+    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -75,14 +76,14 @@ def _ssd_fwd_kernel(
     y_base = y_ptr + pid_b * stride_y_b + pid_h * stride_y_h
     seq_base = seq_ptr + pid_b * stride_seq_b
     A = tl.load(A_ptr + pid_h).to(tl.float32)
-    p = tl.arange(0, P)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, N)
-    state_offsets = p[:, None] * N + n[None, :]  # [P, N], contiguous states
+    state_offsets = p[:, None] * N + n[None, :]  # [BLOCK_P, N] of a contiguous [P, N] state
     bh = pid_b * nheads + pid_h
     if HAS_INIT:
         state = tl.load(init_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
-        state = tl.zeros((P, N), tl.float32)
+        state = tl.zeros((BLOCK_P, N), tl.float32)
     if HAS_D:
         Dh = tl.load(D_ptr + pid_h).to(tl.float32)
     causal = tl.arange(0, BLOCK_T)[:, None] >= tl.arange(0, BLOCK_T)[None, :]
@@ -119,7 +120,7 @@ def _ssd_fwd_kernel(
 @triton.jit
 def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, dfinal_ptr, scratch_ptr,
-    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
+    dx_ptr, da_ptr, ddt_x_ptr, dB_ptr, dC_ptr, dD_ptr, dinit_ptr,
     L, heads_per_group,
     stride_x_b, stride_x_l, stride_x_h, stride_x_p,
     stride_dt_b, stride_dt_l, stride_dt_h,
@@ -128,13 +129,18 @@ def _ssd_bwd_kernel(
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
-    BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
-    """dx [b, L, h, P] and ddt [b, L, h] float32; dB, dC [b, L, h, N] float32 (this head's share);
-    dA, dD [b, h] float32 (this program's sums); dinit [b, h, P, N] float32 (contiguous)."""
+    """Program (b, h, j) takes columns j * BLOCK_P ... of head h. Writes dx [b, L, h, P] float32 (its
+    columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
+    columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
+    [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
+    dinit [b, h, P, N] float32."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
+    pid_p = tl.program_id(2)
     nheads = tl.num_programs(1)
+    n_pblocks = tl.num_programs(2)
     g = pid_h // heads_per_group
     bh = pid_b * nheads + pid_h
     x_base = x_ptr + pid_b * stride_x_b + pid_h * stride_x_h
@@ -143,13 +149,15 @@ def _ssd_bwd_kernel(
     C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
     dy_base = dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h
     seq_base = seq_ptr + pid_b * stride_seq_b
-    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h], [b, L, h, N].
+    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], [b, L, g, N].
+    ngroups = nheads // heads_per_group
     dx_base = dx_ptr + (pid_b * L * nheads + pid_h) * P
-    ddt_base = ddt_ptr + pid_b * L * nheads + pid_h
-    dB_base = dB_ptr + (pid_b * L * nheads + pid_h) * N
-    dC_base = dC_ptr + (pid_b * L * nheads + pid_h) * N
+    da_base = da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
+    ddt_x_base = ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
+    dB_base = dB_ptr + (pid_b * L * ngroups + g) * N
+    dC_base = dC_ptr + (pid_b * L * ngroups + g) * N
     A = tl.load(A_ptr + pid_h).to(tl.float32)
-    p = tl.arange(0, P)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, N)
     state_offsets = p[:, None] * N + n[None, :]
     if HAS_D:
@@ -157,11 +165,9 @@ def _ssd_bwd_kernel(
     if HAS_DFINAL:
         dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
-        dstate = tl.zeros((P, N), tl.float32)
+        dstate = tl.zeros((BLOCK_P, N), tl.float32)
     rows = tl.arange(0, BLOCK_T)
     causal = rows[:, None] >= rows[None, :]
-    is_last = rows == BLOCK_T - 1
-    dA_acc = tl.zeros((), tl.float32)
     dD_acc = tl.zeros((), tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, n_blocks):
@@ -176,6 +182,9 @@ def _ssd_bwd_kernel(
         xf = x.to(tl.float32)
         dyf = dy.to(tl.float32)
         u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
+        # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
+        # the gradient of that decay must land on a position whose da is kept.
+        is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
         a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
         keep = causal & (doc[:, None] == doc[None, :])
         decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
@@ -184,7 +193,7 @@ def _ssd_bwd_kernel(
         survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
 
         cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
-        gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s]
+        gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
         dstate_lp = dstate.to(x.dtype)
         # d(dt_s x_s): inside the block and through the leaving state.
         du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy)
@@ -194,100 +203,99 @@ def _ssd_bwd_kernel(
         dB = tl.dot(tl.trans(gm.to(Cm.dtype)), Cm) + u_ds * to_end[:, None]
         dy_s = tl.dot(dy, state.to(x.dtype))  # [t, N]: dy_t^T state
         dC = tl.dot(gm.to(Bm.dtype), Bm) + dy_s * from_start[:, None]
-        # Gradient of the within-block cumulative decay a.
+        # This program's columns' share of the gradient of the within-block cumulative decay a.
         w = gm * cb
         da = tl.sum(w, axis=1) - tl.sum(w, axis=0)
         da += tl.sum(Cm.to(tl.float32) * dy_s, axis=1) * from_start
         v = tl.sum(Bm.to(tl.float32) * u_ds, axis=1) * to_end
         da -= v
         da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(tl.sum(dstate * state, axis=1), axis=0), 0.0)
-        d_dA = tl.sum(da, axis=0) - tl.cumsum(da, axis=0) + da  # reverse cumulative sum
-        ddt = d_dA * A + tl.sum(du * xf, axis=1)
-        dA_acc += tl.sum(d_dA * dt, axis=0)
         dx = du * dt[:, None]
         if HAS_D:
             dx += Dh * dyf
             dD_acc += tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
         tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx, mask=valid[:, None])
-        tl.store(ddt_base + t * nheads, ddt, mask=valid)
-        tl.store(dB_base + t[:, None] * nheads * N + n[None, :], dB, mask=valid[:, None])
-        tl.store(dC_base + t[:, None] * nheads * N + n[None, :], dC, mask=valid[:, None])
+        tl.store(da_base + t * nheads * n_pblocks, da, mask=valid)
+        tl.store(ddt_x_base + t * nheads * n_pblocks, tl.sum(du * xf, axis=1), mask=valid)
+        tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        tl.atomic_add(dC_base + t[:, None] * ngroups * N + n[None, :], dC, mask=valid[:, None], sem="relaxed")
         # The state entering this block: through the survival decay and the block's outputs.
         dy_in = (dyf * from_start[:, None]).to(Cm.dtype)
         dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
     tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
-    tl.store(dA_ptr + bh, dA_acc)
-    tl.store(dD_ptr + bh, dD_acc)
+    tl.store(dD_ptr + bh * n_pblocks + pid_p, dD_acc)
 
 
-def _strides4(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())
-
-
-def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, block_t, scratch: bool, num_warps: int):
+def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
+    block_t, block_p, num_warps = cfg
     y = torch.empty_like(x)
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     n_blocks = triton.cdiv(seqlen, block_t)
     states = (torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device, dtype=torch.float32)
               if scratch else final)
     seq = seq_idx if seq_idx is not None else dt  # any pointer: unread without seq_idx
-    _ssd_fwd_kernel[(batch, nheads)](
+    _ssd_fwd_kernel[(batch, nheads, headdim // block_p)](
         x, dt, A, B, C, D if D is not None else A, seq,
         initial_states if initial_states is not None else final, y, final, states,
         seqlen, nheads // ngroups,
-        *_strides4(x), *dt.stride(), *_strides4(B), *_strides4(C),
-        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *_strides4(y),
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *y.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
-        WRITE_SCRATCH=scratch, BLOCK_T=block_t, P=headdim, N=dstate, num_warps=num_warps,
+        WRITE_SCRATCH=scratch, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, num_warps=num_warps,
     )
     return y, final, states
 
 
-def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, block_t, num_warps: int):
+def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
+    block_t, block_p, num_warps = cfg
+    n_pblocks = headdim // block_p
     f32 = dict(device=x.device, dtype=torch.float32)
     dx = torch.empty(batch, seqlen, nheads, headdim, **f32)
-    ddt = torch.empty(batch, seqlen, nheads, **f32)
-    dB = torch.empty(batch, seqlen, nheads, dstate, **f32)
-    dC = torch.empty(batch, seqlen, nheads, dstate, **f32)
-    dA = torch.empty(batch, nheads, **f32)
-    dD = torch.empty(batch, nheads, **f32)
+    da = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
+    ddt_x = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
+    dB = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
+    dC = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
+    dD = torch.empty(batch, nheads, n_pblocks, **f32)
     dinit = torch.empty(batch, nheads, headdim, dstate, **f32)
     seq = seq_idx if seq_idx is not None else dt
-    _ssd_bwd_kernel[(batch, nheads)](
+    _ssd_bwd_kernel[(batch, nheads, n_pblocks)](
         x, dt, A, B, C, D if D is not None else A, seq, dy, dfinal if dfinal is not None else dinit, states,
-        dx, ddt, dB, dC, dA, dD, dinit,
+        dx, da, ddt_x, dB, dC, dD, dinit,
         seqlen, nheads // ngroups,
-        *_strides4(x), *dt.stride(), *_strides4(B), *_strides4(C),
-        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *_strides4(dy),
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
-        BLOCK_T=block_t, P=headdim, N=dstate, num_warps=num_warps,
+        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, num_warps=num_warps,
     )
-    sum_heads = (batch, seqlen, ngroups, nheads // ngroups, dstate)
-    return (dx.to(x.dtype), ddt, dA.sum(0), dB.view(sum_heads).sum(3).to(B.dtype),
-            dC.view(sum_heads).sum(3).to(C.dtype), dD.sum(0), dinit)
+    # d(dt_t A) is the reverse cumulative sum of da over the rest of t's block.
+    pad = (-seqlen) % block_t
+    da = torch.nn.functional.pad(da.sum(-1), (0, 0, 0, pad)).view(batch, -1, block_t, nheads)
+    d_dA = da.flip(2).cumsum(2).flip(2).view(batch, -1, nheads)[:, :seqlen]
+    ddt = d_dA * A + ddt_x.sum(-1)
+    return (dx.to(x.dtype), ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
 
 
 class _SSDScan(torch.autograd.Function):
     """(x, dt processed, A, B, C, D, initial_states, seq_idx) -> (y, final_state); see the module."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, block_t, num_warps):
-        y, final, _ = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, block_t, False, num_warps)
+    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg):
+        y, final, _ = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, False)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx)
-        ctx.block_t, ctx.num_warps = block_t, num_warps
+        ctx.bwd_cfg = bwd_cfg
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, initial_states, seq_idx = ctx.saved_tensors
         # The entering state of every block, recomputed: held only for the length of this backward.
-        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, ctx.block_t, True, ctx.num_warps)
+        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, ctx.bwd_cfg, True)
         dx, ddt, dA, dB, dC, dD, dinit = _bwd(
-            x, dt, A, B, C, D, seq_idx, states, dy.contiguous(), dfinal, ctx.block_t, ctx.num_warps)
+            x, dt, A, B, C, D, seq_idx, states, dy.contiguous(), dfinal, ctx.bwd_cfg)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, None if D is None else dD.to(D.dtype),
                 None if initial_states is None else dinit.to(initial_states.dtype), None, None, None)
 
@@ -305,20 +313,28 @@ def ssd_chunk_scan_triton(
     initial_states: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
     return_final_states: bool = False,
-    block_t: int = 64,
-    num_warps: int = 4,
+    fwd_config: tuple[int, int, int] = (32, 64, 4),
+    bwd_config: tuple[int, int, int] = (32, 32, 4),
 ):
     """The SSD scan through this module's kernels; arguments and results as
     :func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` (without ``chunk_size``: the blocking is internal).
 
     x: [b, L, h, p]; dt: [b, L, h]; A: [h]; B, C: [b, L, g, n]; D, dt_bias: [h]; initial_states:
-    [b, h, p, n]; seq_idx: [b, L] int. p and n must be powers of two of at least 16. Returns y
-    [b, L, h, p] in x's dtype and, with ``return_final_states``, the final state [b, h, p, n] float32.
+    [b, h, p, n]; seq_idx: [b, L] int. p and n must be powers of two of at least 16.
+    ``fwd_config`` / ``bwd_config``: (positions per block, head-dim columns per program, warps) of
+    the forward and of the backward (whose recomputing forward uses the backward's blocking).
+    Returns y [b, L, h, p] in x's dtype and, with ``return_final_states``, the final state
+    [b, h, p, n] float32.
     """
     headdim, dstate = x.shape[-1], B.shape[-1]
-    for name, size in (("head dim", headdim), ("d_state", dstate), ("block_t", block_t)):
+    sizes = [("head dim", headdim), ("d_state", dstate)]
+    for which, (block_t, block_p, _) in (("fwd", fwd_config), ("bwd", bwd_config)):
+        sizes += [(f"{which} block_t", block_t), (f"{which} block_p", min(block_p, headdim))]
+    for name, size in sizes:
         if size < 16 or size & (size - 1):
             raise ValueError(f"ssd_chunk_scan_triton needs a {name} that is a power of two >= 16, got {size}")
+    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), fwd_config[2])
+    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), bwd_config[2])
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()
@@ -330,5 +346,5 @@ def ssd_chunk_scan_triton(
         seq_idx = seq_idx.to(torch.int32)
     if initial_states is not None:
         initial_states = initial_states.contiguous()
-    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, block_t, num_warps)
+    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config)
     return (y, final) if return_final_states else y

@@ -53,11 +53,11 @@ def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-def ours(seq_idx, block_t=64, num_warps=4):
+def ours(seq_idx, fwd_config=(32, 64, 4), bwd_config=(32, 32, 4)):
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
 
     return lambda **t: ssd_chunk_scan_triton(**t, dt_softplus=True, seq_idx=seq_idx, return_final_states=True,
-                                             block_t=block_t, num_warps=num_warps)
+                                             fwd_config=fwd_config, bwd_config=bwd_config)
 
 
 def twin(seq_idx):
@@ -73,12 +73,13 @@ def mamba_ssm(seq_idx):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_seq_idx", [False, True])
-@pytest.mark.parametrize("block_t, num_warps", [(64, 4), (32, 4), (64, 8)])
-def test_kernels_match_the_twin(dtype, with_seq_idx, block_t, num_warps):
+@pytest.mark.parametrize("fwd_config, bwd_config", [((32, 64, 4), (32, 32, 4)), ((64, 32, 8), (64, 16, 8)),
+                                                    ((16, 16, 4), (16, 32, 4))])
+def test_kernels_match_the_twin(dtype, with_seq_idx, fwd_config, bwd_config):
     b, L, h, g, p, n = 2, 300, 8, 2, 32, 64
     seq_idx = packed(b, L, [40, 128, 200, 201]) if with_seq_idx else None
     leaves, cot = inputs(b, L, h, g, p, n, dtype)
-    got = outputs_and_grads(ours(seq_idx, block_t, num_warps), leaves, cot)
+    got = outputs_and_grads(ours(seq_idx, fwd_config, bwd_config), leaves, cot)
     oracle = outputs_and_grads(twin(seq_idx), leaves, cot, upcast=True)
     floor = outputs_and_grads(twin(seq_idx), leaves, cot) if dtype == torch.bfloat16 else None
     for key, expected in oracle.items():
