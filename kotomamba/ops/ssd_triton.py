@@ -1,21 +1,24 @@
 """Triton kernels of the Mamba-2 SSD scan (:func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` is the twin).
 
-One program per (batch, head) walks the sequence in blocks of ``BLOCK_T`` positions and carries the
-[P, N] state in registers from one block to the next, so the whole chain (cumulative decay, the
-block-local masked product, the entering state's contribution, ``D``, the state update) is one launch
-that writes only ``y`` and reads every input once: no chunk states, decay sums or C.B products go
-through memory. This is the single-kernel structure of the PyTorch blog "Accelerating Mamba2 with
-kernel fusion" (2025); the per-block algebra is the chunked SSD of Dao & Gu 2024, sec. 6. The result
-does not depend on the block length (the chunking is exact), so ``BLOCK_T`` is a tuning choice, not the
-model's ``chunk_size``.
+One program per (batch, head, block of head-dim columns) walks the sequence in blocks of
+``BLOCK_T`` positions and carries its rows of the [P, N] state in registers from one block to the
+next (the columns of x, y and the state never mix), so the whole chain (cumulative decay, the
+block-local masked product, the entering state's contribution, ``D``, the state update) is one
+launch that writes only ``y`` and reads every input once: no chunk states, decay sums or C.B
+products go through memory. This is the single-kernel structure of the PyTorch blog "Accelerating
+Mamba2 with kernel fusion" (2025); the per-block algebra is the chunked SSD of Dao & Gu 2024,
+sec. 6. The result does not depend on the block length (the chunking is exact), so ``BLOCK_T`` is a
+tuning choice, not the model's ``chunk_size``.
 
-The backward runs one program per (batch, head) too: a forward walk that leaves each block's
-entering state in a float32 scratch buffer, then a reverse walk that carries the state's gradient and
-writes dx, ddt, this head's share of dB and dC, and per-program partial sums of dA and dD (reduced
-over the batch, and dB / dC over the heads of a group, in PyTorch). Gradient of the decay: with
-``a`` the within-block cumulative sum of ``dt * A`` and ``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s)
-exp(a_t - a_s)`` (s <= t, same document), ``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering
-and leaving state's terms; ``d(dt_t A)`` is the reverse cumulative sum of ``da``.
+The backward first reruns that forward to leave each block's entering state in a scratch buffer
+(x's dtype, held for the length of the backward), then walks the blocks in reverse with one program
+per (batch, head, column block), carrying the state's gradient. Each program writes its columns of
+dx, adds its share of dB and dC (summed over heads and column blocks) with atomic adds, and writes
+its share of the decay gradient: with ``a`` the within-block cumulative sum of ``dt * A`` and
+``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s) exp(a_t - a_s)`` (s <= t, same document),
+``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering and leaving state's terms. PyTorch sums
+the shares and takes ``d(dt_t A)`` as the reverse cumulative sum of ``da`` over the rest of t's
+block.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
@@ -92,7 +95,8 @@ def _ssd_fwd_kernel(
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
         if WRITE_SCRATCH:
-            tl.store(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets, state)
+            tl.store(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets,
+                     state.to(scratch_ptr.dtype.element_ty))
         x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
         Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
@@ -174,7 +178,7 @@ def _ssd_bwd_kernel(
         c = n_blocks - 1 - i
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
-        state = tl.load(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets)
+        state = tl.load(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets).to(tl.float32)
         x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
@@ -226,14 +230,23 @@ def _ssd_bwd_kernel(
     tl.store(dD_ptr + bh * n_pblocks + pid_p, dD_acc)
 
 
+def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
+    """(block_t, block_p, warps[, register cap per thread]) -> block_t, block_p, launch options."""
+    launch = {"num_warps": cfg[2]}
+    if len(cfg) > 3 and cfg[3]:
+        launch["maxnreg"] = cfg[3]
+    return cfg[0], cfg[1], launch
+
+
 def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    block_t, block_p, num_warps = cfg
+    block_t, block_p, launch = _blocking(cfg)
     y = torch.empty_like(x)
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     n_blocks = triton.cdiv(seqlen, block_t)
-    states = (torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device, dtype=torch.float32)
+    # The states feed the backward's matrix products in x's dtype, so they are kept in it.
+    states = (torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device, dtype=x.dtype)
               if scratch else final)
     seq = seq_idx if seq_idx is not None else dt  # any pointer: unread without seq_idx
     _ssd_fwd_kernel[(batch, nheads, headdim // block_p)](
@@ -243,7 +256,7 @@ def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         *(seq_idx.stride() if seq_idx is not None else (0, 0)), *y.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
-        WRITE_SCRATCH=scratch, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, num_warps=num_warps,
+        WRITE_SCRATCH=scratch, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
     )
     return y, final, states
 
@@ -251,7 +264,7 @@ def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
 def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    block_t, block_p, num_warps = cfg
+    block_t, block_p, launch = _blocking(cfg)
     n_pblocks = headdim // block_p
     f32 = dict(device=x.device, dtype=torch.float32)
     dx = torch.empty(batch, seqlen, nheads, headdim, **f32)
@@ -269,7 +282,7 @@ def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
-        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, num_warps=num_warps,
+        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
     )
     # d(dt_t A) is the reverse cumulative sum of da over the rest of t's block.
     pad = (-seqlen) % block_t
@@ -313,28 +326,29 @@ def ssd_chunk_scan_triton(
     initial_states: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
     return_final_states: bool = False,
-    fwd_config: tuple[int, int, int] = (32, 64, 4),
-    bwd_config: tuple[int, int, int] = (32, 32, 4),
+    fwd_config: tuple[int, ...] = (32, 64, 4),
+    bwd_config: tuple[int, ...] = (32, 32, 4),
 ):
     """The SSD scan through this module's kernels; arguments and results as
     :func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` (without ``chunk_size``: the blocking is internal).
 
     x: [b, L, h, p]; dt: [b, L, h]; A: [h]; B, C: [b, L, g, n]; D, dt_bias: [h]; initial_states:
     [b, h, p, n]; seq_idx: [b, L] int. p and n must be powers of two of at least 16.
-    ``fwd_config`` / ``bwd_config``: (positions per block, head-dim columns per program, warps) of
-    the forward and of the backward (whose recomputing forward uses the backward's blocking).
+    ``fwd_config`` / ``bwd_config``: (positions per block, head-dim columns per program, warps,
+    optionally a cap on registers per thread) of the forward and of the backward (whose recomputing
+    forward uses the backward's blocking).
     Returns y [b, L, h, p] in x's dtype and, with ``return_final_states``, the final state
     [b, h, p, n] float32.
     """
     headdim, dstate = x.shape[-1], B.shape[-1]
     sizes = [("head dim", headdim), ("d_state", dstate)]
-    for which, (block_t, block_p, _) in (("fwd", fwd_config), ("bwd", bwd_config)):
-        sizes += [(f"{which} block_t", block_t), (f"{which} block_p", min(block_p, headdim))]
+    for which, config in (("fwd", fwd_config), ("bwd", bwd_config)):
+        sizes += [(f"{which} block_t", config[0]), (f"{which} block_p", min(config[1], headdim))]
     for name, size in sizes:
         if size < 16 or size & (size - 1):
             raise ValueError(f"ssd_chunk_scan_triton needs a {name} that is a power of two >= 16, got {size}")
-    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), fwd_config[2])
-    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), bwd_config[2])
+    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
+    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()

@@ -74,7 +74,7 @@ def mamba_ssm(seq_idx):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_seq_idx", [False, True])
 @pytest.mark.parametrize("fwd_config, bwd_config", [((32, 64, 4), (32, 32, 4)), ((64, 32, 8), (64, 16, 8)),
-                                                    ((16, 16, 4), (16, 32, 4))])
+                                                    ((16, 16, 4), (16, 32, 4, 168))])
 def test_kernels_match_the_twin(dtype, with_seq_idx, fwd_config, bwd_config):
     b, L, h, g, p, n = 2, 300, 8, 2, 32, 64
     seq_idx = packed(b, L, [40, 128, 200, 201]) if with_seq_idx else None
