@@ -327,7 +327,7 @@ def ssd_chunk_scan_triton(
     seq_idx: torch.Tensor | None = None,
     return_final_states: bool = False,
     fwd_config: tuple[int, ...] = (32, 64, 4),
-    bwd_config: tuple[int, ...] = (32, 32, 4),
+    bwd_config: tuple[int, ...] = (16, 32, 4),
 ):
     """The SSD scan through this module's kernels; arguments and results as
     :func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` (without ``chunk_size``: the blocking is internal).

@@ -53,11 +53,13 @@ def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-def ours(seq_idx, fwd_config=(32, 64, 4), bwd_config=(32, 32, 4)):
+def ours(seq_idx, fwd_config=None, bwd_config=None):
+    """Our op; with the configs left out, its default blocking."""
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
 
+    configs = {k: v for k, v in (("fwd_config", fwd_config), ("bwd_config", bwd_config)) if v is not None}
     return lambda **t: ssd_chunk_scan_triton(**t, dt_softplus=True, seq_idx=seq_idx, return_final_states=True,
-                                             fwd_config=fwd_config, bwd_config=bwd_config)
+                                             **configs)
 
 
 def twin(seq_idx):
