@@ -5,10 +5,11 @@ bf16 x, dt, B, C; A, D, dt_bias float32; dt through bias and softplus as the mod
 head dim 64, d_state 128, mamba-ssm's chunk 256. Times are medians of ``triton.testing.do_bench``
 (CUDA events, after warm-up), and for forward+backward also the device's time in kernels alone
 (profiled: what a CUDA-graphed step pays, without the host's launch gaps), each implementation
-interleaved with the others over ``--rounds``; the table gives the median over rounds and the range. ``floor`` is the bytes the op must move (inputs
-read once, outputs written once; backward: also dy read, dx, ddt, dB, dC written) at ``--bandwidth``.
-Each shape is also run with documents (``seq_idx``, a reset every ~``--doc-len`` tokens), and the
-outputs are compared (relative error of y and dx against mamba-ssm's).
+interleaved with the others over ``--rounds``; the table gives the median over rounds and the
+range. ``floor`` is the bytes the op must move (inputs read once, outputs written once; backward:
+also dy read, dx, ddt, dB, dC written) at ``--bandwidth``. Each shape is also run with documents
+(``seq_idx``, a reset every ~``--doc-len`` tokens), and the outputs are compared (relative error of
+y and dx against mamba-ssm's).
 
     python bench/ssd_throughput.py --json ssd.json
 """
@@ -117,11 +118,11 @@ def main() -> None:
                 (dx,) = torch.autograd.grad(y, [leaves["x"]], dy)
                 outputs[name] = (y.detach(), dx)
 
-            def forward(fn=None):
+            def forward(fn, leaves=leaves, seq_idx=seq_idx):
                 with torch.no_grad():
                     fn(leaves, seq_idx)
 
-            def forward_backward(fn=None):
+            def forward_backward(fn, leaves=leaves, seq_idx=seq_idx, dy=dy):
                 y = fn(leaves, seq_idx)
                 torch.autograd.grad(y, list(leaves.values()), dy)
 
@@ -167,7 +168,8 @@ def main() -> None:
         print(f"| {row['shape']} ({row['batch']} x {row['heads']}) | {'yes' if row['documents'] else 'no'} | "
               f"{row['impl']} | {row['fwd_ms']:.3f} ({row['fwd_ms_min']:.3f}-{row['fwd_ms_max']:.3f}) | "
               f"{row['fwd_bwd_ms']:.3f} ({row['fwd_bwd_ms_min']:.3f}-{row['fwd_bwd_ms_max']:.3f}) | "
-              f"{row['fwd_bwd_device_ms']:.3f} ({row['fwd_bwd_device_ms_min']:.3f}-{row['fwd_bwd_device_ms_max']:.3f}) | "
+              f"{row['fwd_bwd_device_ms']:.3f} "
+              f"({row['fwd_bwd_device_ms_min']:.3f}-{row['fwd_bwd_device_ms_max']:.3f}) | "
               f"{ref['fwd_ms'] / row['fwd_ms']:.2f}x / {ref['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}x / "
               f"{ref['fwd_bwd_device_ms'] / row['fwd_bwd_device_ms']:.2f}x | "
               f"{row['floor_fwd_ms']:.2f} / {row['floor_fwd_bwd_ms']:.2f} | "

@@ -16,8 +16,6 @@ from kotomamba.ops.ssd import ssd_chunk_scan_ref
 
 pytest.importorskip("triton", reason="the kernels' CPU check needs the triton package (the test extra has it)")
 
-NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states")
-
 RUN_KERNEL = """
 import sys, torch
 from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
@@ -35,7 +33,8 @@ torch.save(results, sys.argv[2])
 def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: int, dstate: int,
          config: tuple[int, ...], cuts: list[list[int]] | None = None, full: bool = True,
          strided: bool = False) -> dict:
-    """Random inputs, through the forward and backward with (block_t, block_p, warps) ``config``; ``cuts``: per row, the positions where a new document starts; ``full``: with D,
+    """Random inputs, through the forward and backward with blocking ``config`` (block_t, block_p,
+    warps[, register cap]); ``cuts``: per row, the positions where a new document starts; ``full``: with D,
     dt_bias (softplus, limit) and initial states; ``strided``: x, B and C as slices of one tensor, as
     the model's split hands them over."""
     g = torch.Generator().manual_seed(seed)
@@ -55,7 +54,8 @@ def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: i
     leaves["A"] = -torch.rand(heads, generator=g) * 2 - 0.3
     options = {"fwd_config": config, "bwd_config": config, "dt_softplus": full}
     if full:
-        leaves.update(D=randn(heads), dt_bias=randn(heads, scale=0.3), initial_states=randn(batch, heads, headdim, dstate))
+        leaves.update(D=randn(heads), dt_bias=randn(heads, scale=0.3),
+                      initial_states=randn(batch, heads, headdim, dstate))
         options["dt_limit"] = (0.0, 2.0)
     else:
         leaves["dt"] = leaves["dt"].abs()

@@ -15,7 +15,6 @@ if torch.cuda.is_available():
 from kotomamba.ops.ssd import ssd_chunk_scan_ref  # noqa: E402
 
 DEVICE = "cuda"
-NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states")
 
 
 def inputs(batch, seqlen, heads, groups, headdim, dstate, dtype, with_init=True, seed=0):
@@ -24,7 +23,8 @@ def inputs(batch, seqlen, heads, groups, headdim, dstate, dtype, with_init=True,
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, device=DEVICE, generator=g) * scale
 
-    leaves = {"x": randn(batch, seqlen, heads, headdim).to(dtype), "dt": randn(batch, seqlen, heads, scale=0.5).to(dtype),
+    leaves = {"x": randn(batch, seqlen, heads, headdim).to(dtype),
+              "dt": randn(batch, seqlen, heads, scale=0.5).to(dtype),
               "A": -torch.rand(heads, device=DEVICE, generator=g) * 4 - 0.5,
               "B": randn(batch, seqlen, groups, dstate).to(dtype), "C": randn(batch, seqlen, groups, dstate).to(dtype),
               "D": randn(heads), "dt_bias": randn(heads, scale=0.5)}
