@@ -9,11 +9,16 @@ root, bf16 compute with fp32 master weights and fp32 reduction; the trainer's Ad
 chunked cross-entropy inside ``forward(labels=...)``; the trainer's global grad norm and clipping).
 
 Both see the same random tokens; steps are timed with CUDA events after warm-up, in windows that
-alternate between the implementations with ``--rounds``; the median step gives tokens/s. MFU counts
+alternate between the implementations with ``--rounds``; the median step gives tokens/s. With
+``--isolate`` (one GPU) every implementation is instead timed in a fresh process of its own, once per
+round (the order reversed every other round), so that no ratio depends on what else was built, compiled
+or allocated in the same process: each implementation's figure is the median over rounds of its
+per-process median step, with the range over rounds, and the ratio's range pairs the extremes. MFU counts
 6N FLOPs per token (N without the input embedding) and the exact Mamba FLOP count of
 ``kotomamba.train.flops``, against the card's dense bf16 peak.
 
     python bench/train_throughput.py --presets mamba2-130m,mamba-1.4b --micro-batch 16,8 --json out.json
+    python bench/train_throughput.py --presets mamba2-130m --isolate --rounds 3 --impls reference,kotomamba+graph
     torchrun --nproc-per-node 4 bench/train_throughput.py --presets mamba2-1.4b --micro-batch 8
 """
 from __future__ import annotations
@@ -25,7 +30,9 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -334,14 +341,17 @@ def markdown_table(rows: list[dict], impls: list[str]) -> str:
             if "error" in r:
                 lines.append(f"{head} {r['error'][:40]} | | | | |")
                 continue
+            spread = (f" [{r['tokens_per_s_min']:,.0f}-{r['tokens_per_s_max']:,.0f} over {r['processes']} processes]"
+                      if "processes" in r else "")
             ratio = f" ({r['ratio']:.3f}x, mem {r['memory_ratio']:.2f})" if "ratio" in r else ""
+            ratio += f" (ratio {r['ratio_min']:.3f}-{r['ratio_max']:.3f})" if "ratio_min" in r else ""
             ratio += f" [{r['scaling']:.1%} of 1 GPU]" if "scaling" in r else ""
-            lines.append(f"{head} {r['tokens_per_s_per_gpu']:,.0f}{ratio} | {r['mfu_6n']:.1%} | "
+            lines.append(f"{head} {r['tokens_per_s_per_gpu']:,.0f}{spread}{ratio} | {r['mfu_6n']:.1%} | "
                          f"{r['mfu_exact']:.1%} | {r['peak_gib']:.1f} | {r['first_steps_s']:.1f} |")
     return "\n".join(lines)
 
 
-def markdown_entry(table: str, device: torch.device, world: int) -> str:
+def markdown_entry(table: str, card: str, world: int) -> str:
     """A RESULTS.md entry: date, card, versions, the command as run, the table."""
     from importlib import metadata
 
@@ -353,8 +363,79 @@ def markdown_entry(table: str, device: torch.device, world: int) -> str:
             versions.append(f"{package} absent")
     launcher = f"torchrun --nproc-per-node {world} " if world > 1 else "python "
     command = launcher + " ".join(["bench/train_throughput.py", *sys.argv[1:]])
-    return (f"\n### {datetime.date.today().isoformat()}: {world} x {device_name(device)}\n\n"
+    return (f"\n### {datetime.date.today().isoformat()}: {world} x {card}\n\n"
             f"{', '.join(versions)}, Python {sys.version.split()[0]}. Command: `{command}`\n\n{table}\n")
+
+
+def isolated_run(args, name: str, mb: int, impl: str, scratch: Path) -> dict:
+    """One implementation of one preset, timed in a fresh process (this script without ``--isolate``);
+    its output goes to stderr. Returns that process's result for ``impl``."""
+    out = scratch / "row.json"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--presets", name, "--micro-batch", str(mb),
+               "--impls", impl, "--seq", str(args.seq), "--warmup", str(args.warmup), "--steps", str(args.steps),
+               "--device", args.device, "--json", str(out)] + (["--profile"] if args.profile else [])
+    done = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
+    if done.returncode != 0 or not out.exists():
+        return {"impl": impl, "error": f"process exited {done.returncode}"}
+    row = json.loads(out.read_text())[0]
+    return dict(row[impl], card=row["card"])
+
+
+def combine_rounds(impl: str, runs: list[dict], micro_batch: int, seq: int) -> dict:
+    """Per-process results of one implementation -> medians over rounds with their ranges."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return {"impl": impl, "error": runs[0]["error"] if runs else "not run"}
+    tokens = [r["tokens_per_s_per_gpu"] for r in good]
+    median_tokens = statistics.median(tokens)
+    scale = median_tokens / good[0]["tokens_per_s_per_gpu"]
+    return {
+        "impl": impl, "tokens_per_s_per_gpu": median_tokens, "tokens_per_s_min": min(tokens),
+        "tokens_per_s_max": max(tokens), "step_ms": micro_batch * seq / median_tokens * 1e3,
+        "step_ms_min": min(r["step_ms_min"] for r in good), "step_ms_max": max(r["step_ms_max"] for r in good),
+        "first_steps_s": statistics.median(r["first_steps_s"] for r in good),
+        "mfu_6n": good[0]["mfu_6n"] * scale, "mfu_exact": good[0]["mfu_exact"] * scale,
+        "peak_gib": max(r["peak_gib"] for r in good), "processes": len(good), "failed_processes": len(runs) - len(good),
+    }
+
+
+def isolated_main(args, impls: list[str], presets: list[str], micro: list[int]) -> None:
+    """``--isolate``: every (round, implementation) in its own process; medians and ranges over rounds."""
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, mb in zip(presets, micro):
+            runs = {impl: [] for impl in impls}
+            card = "cpu"
+            for round_ in range(args.rounds):
+                # Reversed every other round: drift over the run lands on every implementation alike.
+                for impl in impls if round_ % 2 == 0 else impls[::-1]:
+                    result = isolated_run(args, name, mb, impl, Path(scratch))
+                    card = result.pop("card", card)
+                    runs[impl].append(result)
+            row = {"preset": name, "micro_batch": mb, "seq": args.seq, "gpus": 1, "strategy": args.strategy,
+                   "card": card, "isolated_rounds": args.rounds}
+            for impl in impls:
+                row[impl] = combine_rounds(impl, runs[impl], mb, args.seq)
+            reference = row.get("reference", {})
+            for impl in impls:
+                mine = row[impl]
+                if impl == "reference" or "error" in mine or "tokens_per_s_per_gpu" not in reference:
+                    continue
+                mine["ratio"] = mine["tokens_per_s_per_gpu"] / reference["tokens_per_s_per_gpu"]
+                mine["ratio_min"] = mine["tokens_per_s_min"] / reference["tokens_per_s_max"]
+                mine["ratio_max"] = mine["tokens_per_s_max"] / reference["tokens_per_s_min"]
+                mine["memory_ratio"] = mine["peak_gib"] / reference["peak_gib"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.json:
+                with open(args.json, "w") as handle:
+                    json.dump(rows, handle, indent=2)
+    table = markdown_table(rows, impls)
+    print("\n" + table)
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as handle:
+            handle.write(markdown_entry(table, rows[0]["card"] if rows else "cpu", 1))
 
 
 def main() -> None:
@@ -376,17 +457,18 @@ def main() -> None:
     parser.add_argument("--markdown", default=None, help="append a RESULTS.md entry (date, card, versions, command)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu runs kotomamba's step on the reference ops (a check of this script)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="one GPU: each implementation in a fresh process of its own, once per round")
     parser.add_argument("--profile", action="store_true", help="print each impl's device-busy share, top kernels and top host operators")
     args = parser.parse_args()
 
     from kotomamba.model.config import preset
 
     rank, world, local_rank = rank_world()
-    device = torch.device(args.device, local_rank) if args.device == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    init_process_group(device)
     impls = args.impls.split(",")
+    presets = args.presets.split(",")
+    micro = [int(v) for v in args.micro_batch.split(",")]
+    micro = micro * len(presets) if len(micro) == 1 else micro
     unknown = set(impls) - {"reference", "kotomamba", "kotomamba+compile", "kotomamba+graph"}
     if unknown:
         parser.error(f"unknown --impls {sorted(unknown)}")
@@ -394,9 +476,15 @@ def main() -> None:
         parser.error("the reference needs mamba-ssm's CUDA kernels: on --device cpu give --impls kotomamba")
     if "kotomamba+graph" in impls and (args.device == "cpu" or world > 1):
         parser.error("kotomamba+graph (CUDA graphs) runs on one GPU only")
-    presets = args.presets.split(",")
-    micro = [int(v) for v in args.micro_batch.split(",")]
-    micro = micro * len(presets) if len(micro) == 1 else micro
+    if args.isolate:
+        if world > 1 or args.single_gpu_json:
+            parser.error("--isolate times one GPU's processes one after another (no torchrun, no --single-gpu-json)")
+        isolated_main(args, impls, presets, micro)
+        return
+    device = torch.device(args.device, local_rank) if args.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    init_process_group(device)
     single_gpu_rows = json.loads(Path(args.single_gpu_json).read_text()) if args.single_gpu_json else []
     rows = []
     for name, mb in zip(presets, micro):
@@ -430,7 +518,7 @@ def main() -> None:
         print("\n" + table)
         if args.markdown:
             with open(args.markdown, "a", encoding="utf-8") as handle:
-                handle.write(markdown_entry(table, device, world))
+                handle.write(markdown_entry(table, device_name(device), world))
     dist.barrier()
     dist.destroy_process_group()
 

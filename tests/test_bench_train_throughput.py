@@ -87,3 +87,22 @@ def test_two_processes_shard_profile_and_report_their_scaling_against_one(tmp_pa
     # Every rank profiles (the profiled steps hold collectives: rank 0 alone would wait forever), one prints.
     assert done.stdout.count("--- profile: kotomamba (2 steps) ---") == 2
     assert done.stdout.count("per step: wall ") == 2 and "Self CPU time total" in done.stdout
+
+
+def test_isolate_times_each_round_in_a_process_of_its_own(tmp_path):
+    done = run([sys.executable, str(BENCH), *ARGS, "--rounds", "2", "--isolate", "--json", "out.json",
+                "--markdown", "RESULTS.md"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_rows(tmp_path / "out.json", 1)
+    for row in json.loads((tmp_path / "out.json").read_text()):
+        result = row["kotomamba"]
+        assert row["isolated_rounds"] == 2 and result["processes"] == 2 and result["failed_processes"] == 0
+        assert result["tokens_per_s_min"] <= result["tokens_per_s_per_gpu"] <= result["tokens_per_s_max"]
+    assert "over 2 processes]" in done.stdout and ": 1 x cpu" in (tmp_path / "RESULTS.md").read_text()
+    # Each process printed its own table to stderr, the combined one went to stdout.
+    assert done.stderr.count("| tiny | 1 | 2 | kotomamba |") == 2
+
+
+def test_isolate_refuses_torchrun_inputs(tmp_path):
+    done = run([sys.executable, str(BENCH), *ARGS, "--isolate", "--single-gpu-json", "x.json"], tmp_path)
+    assert done.returncode == 2 and "--isolate times one GPU" in done.stderr

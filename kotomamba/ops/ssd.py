@@ -8,6 +8,11 @@ Kernel: ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined`` (Triton)
 same chunked algorithm in PyTorch, written after the idea of mamba-ssm's ``ssd_minimal.py``, plus
 exact document boundaries: with ``seq_idx`` no term crosses from one document into the next, inside
 a chunk or across chunks (documents are contiguous runs of equal ``seq_idx``, as in the kernels).
+
+Our own Triton kernels of the same op (:mod:`kotomamba.ops.ssd_triton`, one launch per direction)
+are not dispatched: on an H200 their forward is faster than mamba-ssm's but forward+backward spends
+about twice mamba-ssm's device time (bench/RESULTS.md, "Mamba-2 SSD scan alone"), and the trainer's
+CUDA-graphed step pays device time.
 """
 from __future__ import annotations
 

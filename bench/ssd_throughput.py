@@ -1,0 +1,180 @@
+"""The Mamba-2 SSD scan alone: our Triton kernels (kotomamba/ops/ssd_triton.py) against mamba-ssm's
+``mamba_chunk_scan_combined``, forward and forward+backward, at the shapes of the 130m-2.7b presets.
+
+bf16 x, dt, B, C; A, D, dt_bias float32; dt through bias and softplus as the model calls it; one group,
+head dim 64, d_state 128, mamba-ssm's chunk 256. Times are medians of ``triton.testing.do_bench``
+(CUDA events, after warm-up), and for forward+backward also the device's time in kernels alone
+(profiled: what a CUDA-graphed step pays, without the host's launch gaps), each implementation
+interleaved with the others over ``--rounds``; the table gives the median over rounds and the
+range. ``floor`` is the bytes the op must move (inputs read once, outputs written once; backward:
+also dy read, dx, ddt, dB, dC written) at ``--bandwidth``. Each shape is also run with documents
+(``seq_idx``, a reset every ~``--doc-len`` tokens), and the outputs are compared (relative error of
+y and dx against mamba-ssm's).
+
+    python bench/ssd_throughput.py --json ssd.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+SHAPES = {"130m": (16, 24), "1.3b": (8, 64), "2.7b": (4, 80)}
+
+
+def make_inputs(batch, heads, seqlen, headdim, dstate, doc_len, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    bf16 = torch.bfloat16
+    t = {"x": torch.randn(batch, seqlen, heads, headdim, device="cuda", generator=g).to(bf16),
+         "dt": (torch.randn(batch, seqlen, heads, device="cuda", generator=g) * 0.5 - 2).to(bf16),
+         "A": -torch.rand(heads, device="cuda", generator=g) * 15 - 1,
+         "B": torch.randn(batch, seqlen, 1, dstate, device="cuda", generator=g).to(bf16),
+         "C": torch.randn(batch, seqlen, 1, dstate, device="cuda", generator=g).to(bf16),
+         "D": torch.randn(heads, device="cuda", generator=g),
+         "dt_bias": torch.randn(heads, device="cuda", generator=g) * 0.5}
+    seq_idx = None
+    if doc_len:
+        starts = torch.rand(batch, seqlen, device="cuda", generator=g) < 1.0 / doc_len
+        starts[:, 0] = False
+        seq_idx = starts.int().cumsum(1).to(torch.int32)
+    return t, seq_idx, torch.randn(batch, seqlen, heads, headdim, device="cuda", generator=g).to(bf16)
+
+
+def implementations(args):
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    impls = {"mamba_ssm": lambda t, s: mamba_chunk_scan_combined(**t, chunk_size=256, dt_softplus=True, seq_idx=s)}
+    for variant in args.variants.split(","):
+        fwd, bwd = (tuple(int(v) for v in half.split(".")) for half in variant.split("-"))
+        impls[f"ours {variant}"] = (
+            lambda t, s, fwd=fwd, bwd=bwd: ssd_chunk_scan_triton(
+                **t, dt_softplus=True, seq_idx=s, fwd_config=fwd, bwd_config=bwd))
+    return impls
+
+
+def device_ms(run, repeats: int = 3) -> float:
+    """Milliseconds the device spends in kernels per call of ``run`` (profiled, after one warm-up
+    call): the op's cost without the host's launch gaps, which a CUDA-graphed step does not pay."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / repeats
+
+
+def profile(name: str, run) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    print(f"--- profile: {name}, one forward+backward ---")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--variants", default="32.64.4-16.32.4,32.64.4-32.32.4",
+                        help="our kernels, comma-separated: forward then backward (positions per block, head-dim "
+                             "columns per program, warps), e.g. 32.64.4-32.32.4")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--doc-len", type=int, default=512, help="mean document length of the seq_idx runs")
+    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
+    parser.add_argument("--profile", action="store_true",
+                        help="print each implementation's kernels for one forward+backward (first shape, no documents)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    import triton
+
+    headdim, dstate = 64, 128
+    rows = []
+    impls = implementations(args)
+    for shape in args.shapes.split(","):
+        batch, heads = SHAPES[shape]
+        for doc_len in (0, args.doc_len):
+            t, seq_idx, dy = make_inputs(batch, heads, args.seq, headdim, dstate, doc_len, seed=len(rows))
+            leaves = {k: v.requires_grad_(True) for k, v in t.items()}
+            outputs = {}
+            times = {name: {"fwd": [], "fwd_bwd": [], "fwd_bwd_device": []} for name in impls}
+            for name, fn in impls.items():
+                y = fn(leaves, seq_idx)
+                (dx,) = torch.autograd.grad(y, [leaves["x"]], dy)
+                outputs[name] = (y.detach(), dx)
+
+            def forward(fn, leaves=leaves, seq_idx=seq_idx):
+                with torch.no_grad():
+                    fn(leaves, seq_idx)
+
+            def forward_backward(fn, leaves=leaves, seq_idx=seq_idx, dy=dy):
+                y = fn(leaves, seq_idx)
+                torch.autograd.grad(y, list(leaves.values()), dy)
+
+            if args.profile and not rows and not doc_len:
+                for name, fn in impls.items():
+                    profile(name, lambda: forward_backward(fn))
+            for _ in range(args.rounds):
+                for name, fn in impls.items():
+                    times[name]["fwd"].append(triton.testing.do_bench(lambda: forward(fn), warmup=25, rep=100,
+                                                                      return_mode="median"))
+                    times[name]["fwd_bwd"].append(triton.testing.do_bench(lambda: forward_backward(fn), warmup=25,
+                                                                          rep=100, return_mode="median"))
+                    times[name]["fwd_bwd_device"].append(device_ms(lambda: forward_backward(fn)))
+            x_bytes = batch * args.seq * heads * headdim * 2
+            bc_bytes = 2 * batch * args.seq * dstate * 2
+            dt_bytes = batch * args.seq * heads * 2
+            floor_fwd = (2 * x_bytes + bc_bytes + dt_bytes) / args.bandwidth * 1e3
+            floor_bwd = floor_fwd + (3 * x_bytes + 2 * bc_bytes + 2 * dt_bytes) / args.bandwidth * 1e3
+            y_ref, dx_ref = outputs["mamba_ssm"]
+            for name in impls:
+                y, dx = outputs[name]
+                row = {"shape": shape, "batch": batch, "heads": heads, "seq": args.seq,
+                       "documents": bool(doc_len), "impl": name,
+                       "y_rel_err_vs_mamba": ((y.float() - y_ref.float()).norm() / y_ref.float().norm()).item(),
+                       "dx_rel_err_vs_mamba": ((dx.float() - dx_ref.float()).norm() / dx_ref.float().norm()).item(),
+                       "floor_fwd_ms": floor_fwd, "floor_fwd_bwd_ms": floor_bwd}
+                for kind, values in times[name].items():
+                    row[f"{kind}_ms"] = statistics.median(values)
+                    row[f"{kind}_ms_min"], row[f"{kind}_ms_max"] = min(values), max(values)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del leaves, outputs, t, dy
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    print("\n| shape (b x h) | docs | impl | fwd ms | fwd+bwd ms | fwd+bwd device ms | vs mamba-ssm fwd / fwd+bwd / "
+          "device | floor fwd / fwd+bwd ms | y, dx rel. diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        ref = next(r for r in rows if (r["shape"], r["documents"], r["impl"]) == (row["shape"], row["documents"],
+                                                                                    "mamba_ssm"))
+        print(f"| {row['shape']} ({row['batch']} x {row['heads']}) | {'yes' if row['documents'] else 'no'} | "
+              f"{row['impl']} | {row['fwd_ms']:.3f} ({row['fwd_ms_min']:.3f}-{row['fwd_ms_max']:.3f}) | "
+              f"{row['fwd_bwd_ms']:.3f} ({row['fwd_bwd_ms_min']:.3f}-{row['fwd_bwd_ms_max']:.3f}) | "
+              f"{row['fwd_bwd_device_ms']:.3f} "
+              f"({row['fwd_bwd_device_ms_min']:.3f}-{row['fwd_bwd_device_ms_max']:.3f}) | "
+              f"{ref['fwd_ms'] / row['fwd_ms']:.2f}x / {ref['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}x / "
+              f"{ref['fwd_bwd_device_ms'] / row['fwd_bwd_device_ms']:.2f}x | "
+              f"{row['floor_fwd_ms']:.2f} / {row['floor_fwd_bwd_ms']:.2f} | "
+              f"{row['y_rel_err_vs_mamba']:.1e}, {row['dx_rel_err_vs_mamba']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""Triton kernels of the Mamba-2 SSD scan (:func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` is the twin).
+
+One program per (batch, head, block of head-dim columns) walks the sequence in blocks of
+``BLOCK_T`` positions and carries its rows of the [P, N] state in registers from one block to the
+next (the columns of x, y and the state never mix), so the whole chain (cumulative decay, the
+block-local masked product, the entering state's contribution, ``D``, the state update) is one
+launch that writes only ``y`` and reads every input once: no chunk states, decay sums or C.B
+products go through memory. This is the single-kernel structure of the PyTorch blog "Accelerating
+Mamba2 with kernel fusion" (2025); the per-block algebra is the chunked SSD of Dao & Gu 2024,
+sec. 6. The result does not depend on the block length (the chunking is exact), so ``BLOCK_T`` is a
+tuning choice, not the model's ``chunk_size``.
+
+The backward first reruns that forward to leave each block's entering state in a scratch buffer
+(x's dtype, held for the length of the backward), then walks the blocks in reverse with one program
+per (batch, head, column block), carrying the state's gradient. Each program writes its columns of
+dx, adds its share of dB and dC (summed over heads and column blocks) with atomic adds, and writes
+its share of the decay gradient: with ``a`` the within-block cumulative sum of ``dt * A`` and
+``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s) exp(a_t - a_s)`` (s <= t, same document),
+``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering and leaving state's terms. PyTorch sums
+the shares and takes ``d(dt_t A)`` as the reverse cumulative sum of ``da`` over the rest of t's
+block.
+
+Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
+the next, inside a block or across blocks, and the initial state belongs to the first document.
+
+``dt`` arrives already processed (bias, softplus and clamp are elementwise PyTorch in
+:func:`ssd_chunk_scan_triton`, so autograd differentiates them).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _block_inputs(c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l,
+                  HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Positions of block ``c``, their dt (0 past L), the within-block cumulative sum ``a`` of dt*A,
+    the documents (positions past L continue the last one), the entering state's document (that of
+    the position before the block; the first document for block 0) and the last position's."""
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    valid = t < L
+    dt = tl.load(dt_base + t * stride_dt_l, mask=valid, other=0.0).to(tl.float32)
+    a = tl.cumsum(dt * A, axis=0)
+    if HAS_SEQ:
+        doc = tl.load(seq_base + tl.minimum(t, L - 1) * stride_seq_l)
+        doc_in = tl.load(seq_base + tl.maximum(c * BLOCK_T - 1, 0) * stride_seq_l)
+        doc_last = tl.load(seq_base + tl.minimum(c * BLOCK_T + BLOCK_T - 1, L - 1) * stride_seq_l)
+    else:
+        doc = tl.zeros((BLOCK_T,), tl.int32)
+        doc_in = 0
+        doc_last = 0
+    return t, valid, dt, a, doc, doc_in, doc_last
+
+
+@triton.jit
+def _ssd_fwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, init_ptr, y_ptr, final_ptr, scratch_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_y_b, stride_y_l, stride_y_h, stride_y_p,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_SCRATCH: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1).to(tl.int64)
+    nheads = tl.num_programs(1)
+    g = pid_h // heads_per_group
+    x_base = x_ptr + pid_b * stride_x_b + pid_h * stride_x_h
+    dt_base = dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h
+    B_base = B_ptr + pid_b * stride_B_b + g * stride_B_g
+    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
+    y_base = y_ptr + pid_b * stride_y_b + pid_h * stride_y_h
+    seq_base = seq_ptr + pid_b * stride_seq_b
+    A = tl.load(A_ptr + pid_h).to(tl.float32)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, N)
+    state_offsets = p[:, None] * N + n[None, :]  # [BLOCK_P, N] of a contiguous [P, N] state
+    bh = pid_b * nheads + pid_h
+    if HAS_INIT:
+        state = tl.load(init_ptr + bh * P * N + state_offsets).to(tl.float32)
+    else:
+        state = tl.zeros((BLOCK_P, N), tl.float32)
+    if HAS_D:
+        Dh = tl.load(D_ptr + pid_h).to(tl.float32)
+    causal = tl.arange(0, BLOCK_T)[:, None] >= tl.arange(0, BLOCK_T)[None, :]
+    n_blocks = tl.cdiv(L, BLOCK_T)
+    for c in range(0, n_blocks):
+        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        if WRITE_SCRATCH:
+            tl.store(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets,
+                     state.to(scratch_ptr.dtype.element_ty))
+        x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
+        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+        # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
+        keep = causal & (doc[:, None] == doc[None, :])
+        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
+        scores = tl.dot(Cm, tl.trans(Bm)) * decay * dt[None, :]
+        y = tl.dot(scores.to(x.dtype), x)
+        # The entering state, to the positions of its own document.
+        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
+        y += tl.dot(Cm, tl.trans(state).to(Cm.dtype)) * from_start[:, None]
+        if HAS_D:
+            y += Dh * x.to(tl.float32)
+        tl.store(y_base + t[:, None] * stride_y_l + p[None, :] * stride_y_p, y.to(y_ptr.dtype.element_ty),
+                 mask=valid[:, None])
+        # The state after the block: the entering one survives only if the block ends in its document.
+        a_last = tl.sum(tl.where(tl.arange(0, BLOCK_T) == BLOCK_T - 1, a, 0.0), axis=0)
+        to_end = tl.where(doc == doc_last, tl.exp(a_last - a) * dt, 0.0)
+        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+        xw = (x.to(tl.float32) * to_end[:, None]).to(Bm.dtype)
+        state = state * survive + tl.dot(tl.trans(xw), Bm)
+    tl.store(final_ptr + bh * P * N + state_offsets, state)
+
+
+@triton.jit
+def _ssd_bwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, dfinal_ptr, scratch_ptr,
+    dx_ptr, da_ptr, ddt_x_ptr, dB_ptr, dC_ptr, dD_ptr, dinit_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """Program (b, h, j) takes columns j * BLOCK_P ... of head h. Writes dx [b, L, h, P] float32 (its
+    columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
+    columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
+    [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
+    dinit [b, h, P, N] float32."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1).to(tl.int64)
+    pid_p = tl.program_id(2)
+    nheads = tl.num_programs(1)
+    n_pblocks = tl.num_programs(2)
+    g = pid_h // heads_per_group
+    bh = pid_b * nheads + pid_h
+    x_base = x_ptr + pid_b * stride_x_b + pid_h * stride_x_h
+    dt_base = dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h
+    B_base = B_ptr + pid_b * stride_B_b + g * stride_B_g
+    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
+    dy_base = dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h
+    seq_base = seq_ptr + pid_b * stride_seq_b
+    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], [b, L, g, N].
+    ngroups = nheads // heads_per_group
+    dx_base = dx_ptr + (pid_b * L * nheads + pid_h) * P
+    da_base = da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
+    ddt_x_base = ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
+    dB_base = dB_ptr + (pid_b * L * ngroups + g) * N
+    dC_base = dC_ptr + (pid_b * L * ngroups + g) * N
+    A = tl.load(A_ptr + pid_h).to(tl.float32)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, N)
+    state_offsets = p[:, None] * N + n[None, :]
+    if HAS_D:
+        Dh = tl.load(D_ptr + pid_h).to(tl.float32)
+    if HAS_DFINAL:
+        dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
+    else:
+        dstate = tl.zeros((BLOCK_P, N), tl.float32)
+    rows = tl.arange(0, BLOCK_T)
+    causal = rows[:, None] >= rows[None, :]
+    dD_acc = tl.zeros((), tl.float32)
+    n_blocks = tl.cdiv(L, BLOCK_T)
+    for i in range(0, n_blocks):
+        c = n_blocks - 1 - i
+        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        state = tl.load(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets).to(tl.float32)
+        x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
+        dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+        xf = x.to(tl.float32)
+        dyf = dy.to(tl.float32)
+        u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
+        # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
+        # the gradient of that decay must land on a position whose da is kept.
+        is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
+        a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+        keep = causal & (doc[:, None] == doc[None, :])
+        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
+        to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
+        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+
+        cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
+        gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
+        dstate_lp = dstate.to(x.dtype)
+        # d(dt_s x_s): inside the block and through the leaving state.
+        du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy)
+        du += tl.dot(Bm, tl.trans(dstate_lp)) * to_end[:, None]
+        # dB_s and dC_t, inside the block and through the states.
+        u_ds = tl.dot(u, dstate_lp)  # [s, N]: u_s^T dstate
+        dB = tl.dot(tl.trans(gm.to(Cm.dtype)), Cm) + u_ds * to_end[:, None]
+        dy_s = tl.dot(dy, state.to(x.dtype))  # [t, N]: dy_t^T state
+        dC = tl.dot(gm.to(Bm.dtype), Bm) + dy_s * from_start[:, None]
+        # This program's columns' share of the gradient of the within-block cumulative decay a.
+        w = gm * cb
+        da = tl.sum(w, axis=1) - tl.sum(w, axis=0)
+        da += tl.sum(Cm.to(tl.float32) * dy_s, axis=1) * from_start
+        v = tl.sum(Bm.to(tl.float32) * u_ds, axis=1) * to_end
+        da -= v
+        da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(tl.sum(dstate * state, axis=1), axis=0), 0.0)
+        dx = du * dt[:, None]
+        if HAS_D:
+            dx += Dh * dyf
+            dD_acc += tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
+        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx, mask=valid[:, None])
+        tl.store(da_base + t * nheads * n_pblocks, da, mask=valid)
+        tl.store(ddt_x_base + t * nheads * n_pblocks, tl.sum(du * xf, axis=1), mask=valid)
+        tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        tl.atomic_add(dC_base + t[:, None] * ngroups * N + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+        # The state entering this block: through the survival decay and the block's outputs.
+        dy_in = (dyf * from_start[:, None]).to(Cm.dtype)
+        dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
+    tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
+    tl.store(dD_ptr + bh * n_pblocks + pid_p, dD_acc)
+
+
+def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
+    """(block_t, block_p, warps[, register cap per thread]) -> block_t, block_p, launch options."""
+    launch = {"num_warps": cfg[2]}
+    if len(cfg) > 3 and cfg[3]:
+        launch["maxnreg"] = cfg[3]
+    return cfg[0], cfg[1], launch
+
+
+def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    block_t, block_p, launch = _blocking(cfg)
+    y = torch.empty_like(x)
+    final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
+    n_blocks = triton.cdiv(seqlen, block_t)
+    # The states feed the backward's matrix products in x's dtype, so they are kept in it.
+    states = (torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device, dtype=x.dtype)
+              if scratch else final)
+    seq = seq_idx if seq_idx is not None else dt  # any pointer: unread without seq_idx
+    _ssd_fwd_kernel[(batch, nheads, headdim // block_p)](
+        x, dt, A, B, C, D if D is not None else A, seq,
+        initial_states if initial_states is not None else final, y, final, states,
+        seqlen, nheads // ngroups,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *y.stride(),
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
+        WRITE_SCRATCH=scratch, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+    )
+    return y, final, states
+
+
+def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    block_t, block_p, launch = _blocking(cfg)
+    n_pblocks = headdim // block_p
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dx = torch.empty(batch, seqlen, nheads, headdim, **f32)
+    da = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
+    ddt_x = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
+    dB = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
+    dC = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
+    dD = torch.empty(batch, nheads, n_pblocks, **f32)
+    dinit = torch.empty(batch, nheads, headdim, dstate, **f32)
+    seq = seq_idx if seq_idx is not None else dt
+    _ssd_bwd_kernel[(batch, nheads, n_pblocks)](
+        x, dt, A, B, C, D if D is not None else A, seq, dy, dfinal if dfinal is not None else dinit, states,
+        dx, da, ddt_x, dB, dC, dD, dinit,
+        seqlen, nheads // ngroups,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
+        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+    )
+    # d(dt_t A) is the reverse cumulative sum of da over the rest of t's block.
+    pad = (-seqlen) % block_t
+    da = torch.nn.functional.pad(da.sum(-1), (0, 0, 0, pad)).view(batch, -1, block_t, nheads)
+    d_dA = da.flip(2).cumsum(2).flip(2).view(batch, -1, nheads)[:, :seqlen]
+    ddt = d_dA * A + ddt_x.sum(-1)
+    return (dx.to(x.dtype), ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
+
+
+class _SSDScan(torch.autograd.Function):
+    """(x, dt processed, A, B, C, D, initial_states, seq_idx) -> (y, final_state); see the module."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg):
+        y, final, _ = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, False)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx)
+        ctx.bwd_cfg = bwd_cfg
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, initial_states, seq_idx = ctx.saved_tensors
+        # The entering state of every block, recomputed: held only for the length of this backward.
+        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, ctx.bwd_cfg, True)
+        dx, ddt, dA, dB, dC, dD, dinit = _bwd(
+            x, dt, A, B, C, D, seq_idx, states, dy.contiguous(), dfinal, ctx.bwd_cfg)
+        return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, None if D is None else dD.to(D.dtype),
+                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None)
+
+
+def ssd_chunk_scan_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    initial_states: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+    return_final_states: bool = False,
+    fwd_config: tuple[int, ...] = (32, 64, 4),
+    bwd_config: tuple[int, ...] = (16, 32, 4),
+):
+    """The SSD scan through this module's kernels; arguments and results as
+    :func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` (without ``chunk_size``: the blocking is internal).
+
+    x: [b, L, h, p]; dt: [b, L, h]; A: [h]; B, C: [b, L, g, n]; D, dt_bias: [h]; initial_states:
+    [b, h, p, n]; seq_idx: [b, L] int. p and n must be powers of two of at least 16.
+    ``fwd_config`` / ``bwd_config``: (positions per block, head-dim columns per program, warps,
+    optionally a cap on registers per thread) of the forward and of the backward (whose recomputing
+    forward uses the backward's blocking).
+    Returns y [b, L, h, p] in x's dtype and, with ``return_final_states``, the final state
+    [b, h, p, n] float32.
+    """
+    headdim, dstate = x.shape[-1], B.shape[-1]
+    sizes = [("head dim", headdim), ("d_state", dstate)]
+    for which, config in (("fwd", fwd_config), ("bwd", bwd_config)):
+        sizes += [(f"{which} block_t", config[0]), (f"{which} block_p", min(config[1], headdim))]
+    for name, size in sizes:
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"ssd_chunk_scan_triton needs a {name} that is a power of two >= 16, got {size}")
+    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
+    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = torch.nn.functional.softplus(dt)
+    if dt_limit != (0.0, float("inf")):
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    if seq_idx is not None:
+        seq_idx = seq_idx.to(torch.int32)
+    if initial_states is not None:
+        initial_states = initial_states.contiguous()
+    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config)
+    return (y, final) if return_final_states else y

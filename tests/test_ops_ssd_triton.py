@@ -1,0 +1,122 @@
+"""Our Triton SSD scan (kotomamba/ops/ssd_triton.py) against its PyTorch twin ``ssd_chunk_scan_ref``,
+outputs and every gradient, on CPU under Triton's interpreter (``TRITON_INTERPRET=1``, read when a
+kernel is defined, so the kernels run in a fresh process with it set; see
+tests/test_ops_cross_entropy_kernel.py). The twin runs in float64 here; the kernels in float32. The
+compiled kernels on a GPU, also against mamba-ssm: tests/gpu/test_gpu_ssd.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kotomamba.ops.ssd import ssd_chunk_scan_ref
+
+pytest.importorskip("triton", reason="the kernels' CPU check needs the triton package (the test extra has it)")
+
+RUN_KERNEL = """
+import sys, torch
+from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+results = {}
+for name, case in torch.load(sys.argv[1]).items():
+    leaves = {k: v.clone().requires_grad_(True) for k, v in case["leaves"].items()}
+    y, final = ssd_chunk_scan_triton(**leaves, **case["options"], return_final_states=True)
+    loss = (y * case["dy"]).sum() + (final * case["dfinal"]).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    results[name] = {"y": y.detach(), "final": final.detach(), **{"d" + k: g for k, g in zip(leaves, grads)}}
+torch.save(results, sys.argv[2])
+"""
+
+
+def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: int, dstate: int,
+         config: tuple[int, ...], cuts: list[list[int]] | None = None, full: bool = True,
+         strided: bool = False) -> dict:
+    """Random inputs, through the forward and backward with blocking ``config`` (block_t, block_p,
+    warps[, register cap]); ``cuts``: per row, the positions where a new document starts; ``full``: with D,
+    dt_bias (softplus, limit) and initial states; ``strided``: x, B and C as slices of one tensor, as
+    the model's split hands them over."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    if strided:
+        xbc = randn(batch, seqlen, heads * headdim + 2 * groups * dstate)
+        x, B, C = torch.split(xbc, [heads * headdim, groups * dstate, groups * dstate], dim=-1)
+        leaves = {"x": x.unflatten(-1, (heads, headdim)), "B": B.unflatten(-1, (groups, dstate)) * 0.5,
+                  "C": C.unflatten(-1, (groups, dstate))}
+    else:
+        leaves = {"x": randn(batch, seqlen, heads, headdim), "B": randn(batch, seqlen, groups, dstate, scale=0.5),
+                  "C": randn(batch, seqlen, groups, dstate, scale=0.5)}
+    leaves["dt"] = randn(batch, seqlen, heads, scale=0.5) + (0.0 if full else 1.0)
+    leaves["A"] = -torch.rand(heads, generator=g) * 2 - 0.3
+    options = {"fwd_config": config, "bwd_config": config, "dt_softplus": full}
+    if full:
+        leaves.update(D=randn(heads), dt_bias=randn(heads, scale=0.3),
+                      initial_states=randn(batch, heads, headdim, dstate))
+        options["dt_limit"] = (0.0, 2.0)
+    else:
+        leaves["dt"] = leaves["dt"].abs()
+    if cuts is not None:
+        seq_idx = torch.zeros(batch, seqlen, dtype=torch.long)
+        for row, starts in enumerate(cuts):
+            for start in starts:
+                seq_idx[row, start:] += 1
+        options["seq_idx"] = seq_idx
+    return {"leaves": leaves, "options": options, "dy": randn(batch, seqlen, heads, headdim),
+            "dfinal": randn(batch, heads, headdim, dstate)}
+
+
+def all_cases() -> dict:
+    return {
+        # Documents that start inside a block, on a block's first position, on its last, and a one-token one.
+        "documents": case(1, 2, 50, 4, 2, 16, 16, (16, 16, 4), cuts=[[20, 33], [16, 31, 47, 48]]),
+        "one-document": case(2, 2, 50, 4, 2, 16, 16, (16, 16, 4)),
+        "plain": case(3, 1, 64, 2, 1, 16, 32, (16, 16, 4), full=False),
+        "strided-long-blocks": case(4, 2, 70, 4, 1, 32, 16, (32, 32, 4), cuts=[[5], [64]], strided=True),
+        # Two programs per head, each with half of the head dim's columns; a register cap (no effect on CPU).
+        "column-blocks": case(5, 2, 40, 2, 1, 32, 16, (16, 16, 4, 168), cuts=[[7, 30], [16]]),
+    }
+
+
+@pytest.fixture(scope="module")
+def kernel_results(tmp_path_factory):
+    """Every case through the interpreted kernels, in one fresh process."""
+    folder = tmp_path_factory.mktemp("ssd_kernel")
+    torch.save(all_cases(), folder / "cases.pt")
+    done = subprocess.run([sys.executable, "-c", RUN_KERNEL, str(folder / "cases.pt"), str(folder / "out.pt")],
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(folder / "out.pt")
+
+
+@pytest.mark.parametrize("name", list(all_cases()))
+def test_kernels_match_the_reference(kernel_results, name):
+    inputs = all_cases()[name]
+    leaves = {k: v.double().requires_grad_(True) for k, v in inputs["leaves"].items()}
+    options = dict(inputs["options"])
+    options.pop("fwd_config"), options.pop("bwd_config")
+    y, final = ssd_chunk_scan_ref(**leaves, chunk_size=8, **options, return_final_states=True)
+    loss = (y * inputs["dy"].double()).sum() + (final * inputs["dfinal"].double()).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    expected = {"y": y, "final": final, **{"d" + k: g for k, g in zip(leaves, grads)}}
+    got = kernel_results[name]
+    assert set(got) == set(expected)
+    for key, reference in expected.items():
+        value = got[key]
+        assert value.shape == reference.shape and torch.isfinite(value).all(), key
+        error = ((value.double() - reference).norm() / reference.norm()).item()
+        assert error < 2e-5, f"{key}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("headdim, dstate, block_t, block_p", [(24, 16, 16, 16), (16, 48, 16, 16), (16, 16, 8, 16),
+                                                                (32, 16, 16, 8)])
+def test_sizes_that_are_not_powers_of_two_are_refused(headdim, dstate, block_t, block_p):
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    x = torch.randn(1, 8, 2, headdim)
+    with pytest.raises(ValueError, match="power of two"):
+        ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, dstate),
+                              torch.randn(1, 8, 1, dstate), bwd_config=(block_t, block_p, 4))
