@@ -15,7 +15,7 @@ import torch
 
 from kotomamba.convert.consolidate import load_model_state_dict, resolve_checkpoint
 from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
-from kotomamba.convert.run_info import RunInfo, read_run_info
+from kotomamba.convert.run_info import RunInfo, parameter_count, read_run_info
 from kotomamba.errors import UserError
 
 TARGETS = ("hf", "mamba_ssm", "kotomamba")
@@ -53,25 +53,36 @@ def _validated(config, state: dict[str, torch.Tensor], source: str) -> dict[str,
     return {key: tensor.detach() for key, tensor in model.state_dict().items()}
 
 
-def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo, tuple[str, str] | None]:
-    """(MambaConfig, state dict, run facts, the tokenizer the source names or ``None``)."""
+def _hf_tokenizer_in(directory: Path) -> tuple[str, str] | None:
+    """The Hugging Face tokenizer files a directory holds (an export, or a converted initial checkpoint)."""
+    if any((directory / name).is_file() for name in _HF_TOKENIZER_FILES):
+        return "HuggingFaceTokenizer", str(directory)
+    return None
+
+
+def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo]:
+    """(MambaConfig, state dict, run facts: the tokenizer the source names, if any, among them)."""
     directory = Path(path)
     if (directory / ".metadata").is_file() or (directory / "checkpoints" / "latest").is_file():
         location = resolve_checkpoint(directory)
         config, state = load_model_state_dict(directory)
         info = read_run_info(location)
-        tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
-        return config, _validated(config, state, str(location.checkpoint_dir)), info, tokenizer
-    if (directory / "config.json").is_file():
+        if info.tokenizer_type is None and location.run_dir is not None:
+            info.tokenizer_type, info.tokenizer_model = _hf_tokenizer_in(location.run_dir) or (None, None)
+        state = _validated(config, state, str(location.checkpoint_dir))
+    elif (directory / "config.json").is_file():
         from kotomamba.model import MambaLM
 
         model = MambaLM.from_pretrained(directory)
-        has_tokenizer = any((directory / name).is_file() for name in _HF_TOKENIZER_FILES)
-        tokenizer = ("HuggingFaceTokenizer", str(directory)) if has_tokenizer else None
+        config = model.config
+        info = RunInfo(checkpoint=directory.name)
+        info.tokenizer_type, info.tokenizer_model = _hf_tokenizer_in(directory) or (None, None)
         state = {key: tensor.detach() for key, tensor in model.state_dict().items()}
-        return model.config, state, RunInfo(checkpoint=directory.name), tokenizer
-    raise UserError(f"{directory}: not a run directory (checkpoints/latest), a DCP checkpoint (.metadata) "
-                    f"or a model directory (config.json)")
+    else:
+        raise UserError(f"{directory}: not a run directory (checkpoints/latest), a DCP checkpoint (.metadata) "
+                        f"or a model directory (config.json)")
+    info.parameters = parameter_count(config)
+    return config, state, info
 
 
 def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | None = None,
@@ -79,10 +90,10 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
     """Library form of the command (see :func:`build_parser` for the arguments)."""
     if (tokenizer_type is None) != (tokenizer_model is None):
         raise UserError("--tokenizer-type and --tokenizer-model go together")
-    config, state, info, tokenizer = load_source(checkpoint)
+    config, state, info = load_source(checkpoint)
     if tokenizer_type is not None:
-        tokenizer = (tokenizer_type, tokenizer_model)
-        info.tokenizer_type, info.tokenizer_model = tokenizer
+        info.tokenizer_type, info.tokenizer_model = tokenizer_type, tokenizer_model
+    tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
     if dtype is not None:
         cast = getattr(torch, dtype)
         state = {key: t.to(cast) if t.is_floating_point() else t for key, t in state.items()}
@@ -95,7 +106,7 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
     elif target == "mamba_ssm":
         write_mamba_ssm(config, state, output, tokenizer, info, evaluation)
     else:
-        write_kotomamba_checkpoint(config, state, output)
+        write_kotomamba_checkpoint(config, state, output, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:
