@@ -103,8 +103,14 @@ def test_hf_to_kotomamba_keeps_the_tokenizer(project, tmp_path, monkeypatch):
 
 
 def test_a_relative_tokenizer_path_that_is_gone_is_named_with_the_run(project, tmp_path, monkeypatch, capsys):
-    moved = tmp_path / "moved" / "long"  # the run directory without its project around it
-    shutil.copytree(project / "results" / "r" / "train" / "long", moved)
     monkeypatch.chdir(tmp_path)
-    assert main(["--checkpoint", str(moved), "--to", "hf", "--output", "hf"]) == 2
-    assert "data/tokenizer.json" in capsys.readouterr().err
+    copied = tmp_path / "copy" / "results" / "r" / "train" / "long"  # the run without the project's data/
+    moved = tmp_path / "moved" / "long"  # the run directory out of its results/ tree
+    for target in (copied, moved):
+        shutil.copytree(project / "results" / "r" / "train" / "long", target)
+        assert main(["--checkpoint", str(target), "--to", "hf", "--output", "hf"]) == 2
+    copied_error, moved_error = capsys.readouterr().err.strip().splitlines()
+    assert f"{copied}/config.resolved.yaml: data.tokenizer_model: data/tokenizer.json is not in {tmp_path / 'copy'}" \
+        in copied_error
+    assert f"{moved}/config.resolved.yaml: data.tokenizer_model: data/tokenizer.json is relative" in moved_error
+    assert not (tmp_path / "hf").exists()

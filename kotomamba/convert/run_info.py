@@ -73,32 +73,55 @@ def _read_yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def started_from(run_dir: Path, recorded_run_dir: str | None) -> Path:
+def started_from(run_dir: Path, recorded_run_dir: str | None) -> Path | None:
     """The directory a run was started from, against which its recorded relative paths resolve.
 
     The run recorded its own directory as it was given (``results/<run>/train/<stage>``); the run
     directory's absolute path ends with that, and what precedes it is where the run started. Tried as
-    given (a ``results`` symlink keeps its name) and with links resolved. With an absolute record, or a
-    run directory renamed since, the start is unknown and paths can only be taken from here.
+    given (a ``results`` symlink keeps its name) and with links resolved. ``None`` (unknown) with an
+    absolute record or a run directory moved since: relative paths can then only be taken from here.
     """
     if recorded_run_dir and not Path(recorded_run_dir).is_absolute():
         recorded = Path(os.path.normpath(recorded_run_dir)).parts
         for here in (Path(os.path.abspath(run_dir)), run_dir.resolve()):
             if len(here.parts) > len(recorded) and here.parts[-len(recorded):] == recorded:
                 return Path(*here.parts[:-len(recorded)])
-    return Path.cwd()
+    return None
 
 
-def recorded_path(value: str, start: Path) -> str:
-    """A path from a run's records, made usable here: relative ones are joined to the run's start.
+def recorded_path(value: str, start: Path | None) -> str:
+    """A path from a run's records, made usable here: relative ones are joined to the run's start (if known).
 
     Kept as recorded when nothing exists there: it may be a hub name (``org/model``) or missing, which
     the reader then reports under the recorded name.
     """
-    if Path(value).is_absolute():
+    if Path(value).is_absolute() or start is None:
         return value
     joined = start / value
     return str(joined) if joined.exists() else value
+
+
+_TOKENIZER_FILE_SUFFIXES = (".model", ".json", ".txt", ".vocab")
+
+
+def _tokenizer_path(value: str, tokenizer_type: str | None, start: Path | None, record: Path) -> str:
+    """The run's tokenizer as usable here; a relative file that is gone is named with the record.
+
+    A Hugging Face hub name (``org/name``) also looks relative: only a SentencePiece model or a
+    name with a tokenizer file's suffix is known to be a file.
+    """
+    from kotomamba.data.tokenizer import SENTENCEPIECE_TYPES
+
+    usable = recorded_path(value, start)
+    if Path(usable).exists() or Path(value).is_absolute():
+        return usable
+    if tokenizer_type in SENTENCEPIECE_TYPES or Path(value).suffix in _TOKENIZER_FILE_SUFFIXES:
+        where = (f"is not in {start}, the directory the run was started from (as its run_dir tells)" if start
+                 else "is relative to the directory the run was started from, which its run_dir no longer tells "
+                      "(the run directory was moved), and is not here")
+        raise UserError(f"{record}: data.tokenizer_model: {value} {where}; pass --tokenizer-type and "
+                        f"--tokenizer-model")
+    return usable
 
 
 def training_seconds(metrics_file: Path, up_to_step: int | None = None) -> float | None:
@@ -143,13 +166,13 @@ def parameter_count(config) -> int:
     return sum(p.numel() for p in MambaLM(config, device="meta").parameters())
 
 
-def _stage_info(location: CheckpointLocation) -> tuple[StageInfo, dict, Path]:
-    """(the stage, its ``config.resolved.yaml`` contents, the directory its run started from)."""
+def _stage_info(location: CheckpointLocation) -> tuple[StageInfo, dict, Path | None]:
+    """(the stage, its ``config.resolved.yaml`` contents, the directory its run started from if known)."""
     train_state = read_train_state(location.checkpoint_dir)
     run_dir = location.run_dir
     stage = StageInfo(name=(run_dir or location.checkpoint_dir).name, step=train_state.get("step"))
     if run_dir is None:
-        return stage, {}, Path.cwd()
+        return stage, {}, None
     resolved = run_dir / "config.resolved.yaml"
     config = _read_yaml(resolved) if resolved.is_file() else {}
     data = config.get("data") or {}
@@ -182,7 +205,8 @@ def read_run_info(location: CheckpointLocation) -> RunInfo:
     info.split = data.get("split")
     info.tokenizer_type = data.get("tokenizer_type")
     if data.get("tokenizer_model"):
-        info.tokenizer_model = recorded_path(str(data["tokenizer_model"]), start)
+        info.tokenizer_model = _tokenizer_path(str(data["tokenizer_model"]), info.tokenizer_type, start,
+                                               location.run_dir / "config.resolved.yaml")
     info.stages.append(stage)
     seen = {location.checkpoint_dir.resolve()}
     while (init := (config.get("init") or {}).get("from")) is not None:
