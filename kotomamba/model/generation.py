@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 import torch
 
@@ -228,10 +229,26 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.d
     return dev, getattr(torch, name)
 
 
+def load_model(model_dir: str, device: torch.device, dtype: torch.dtype):
+    """``MambaLM.from_pretrained(model_dir)`` in eval mode; a directory that is not there is named as
+    the ``--model`` it is, before anything else (the tokenizer defaults to its files) is looked for."""
+    from kotomamba.model import MambaLM
+
+    if not Path(model_dir).is_dir():
+        raise UserError(f"--model {model_dir}: no such model directory")
+    return MambaLM.from_pretrained(model_dir, device=device, dtype=dtype).eval()
+
+
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: str | None):
     """``kotomamba.data`` tokenizer: the given type/model, else the HF tokenizer files of ``model_dir``."""
     from kotomamba.data.tokenizer import build_tokenizer
 
+    if tokenizer_model is None and not any((Path(model_dir) / name).is_file() for name in _HF_TOKENIZER_FILES):
+        raise UserError(f"--model {model_dir}: no tokenizer files ({', '.join(_HF_TOKENIZER_FILES)}); pass "
+                        f"--tokenizer-type and --tokenizer-model")
     return build_tokenizer(tokenizer_type or "HuggingFaceTokenizer", tokenizer_model or model_dir)
 
 
@@ -271,14 +288,12 @@ def sample_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, samp
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from kotomamba.model import MambaLM
-
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.batch < 1 or args.max_new_tokens < 0:
             raise UserError("--batch must be >= 1 and --max-new-tokens >= 0")
         device, dtype = resolve_device_dtype(args.device, args.dtype)
+        model = load_model(args.model, device, dtype)
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
-        model = MambaLM.from_pretrained(args.model, device=device, dtype=dtype).eval()
         samples = sample_texts(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.seed,
                                args.batch, not args.no_stop_at_eos, cuda_graph=False if args.no_cuda_graph else None)
     except UserError as exc:
