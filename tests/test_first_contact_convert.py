@@ -114,3 +114,22 @@ def test_a_relative_tokenizer_path_that_is_gone_is_named_with_the_run(project, t
         in copied_error
     assert f"{moved}/config.resolved.yaml: data.tokenizer_model: data/tokenizer.json is relative" in moved_error
     assert not (tmp_path / "hf").exists()
+
+
+def test_report_sums_the_stages_and_names_the_model_size(project, tmp_path):
+    evaluation = {"perplexity": {"loss": 3.0, "perplexity": 20.09, "tokens": 640}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    stage_dirs = [f"results/r/train/{name}" for name, _, _ in STAGES]
+    result = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "report.py"), "--stage-dirs", *stage_dirs,
+                             "--eval", str(tmp_path / "eval.json"), "--output", str(tmp_path / "report.md"),
+                             "--plot", str(tmp_path / "loss.png")], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    config = MambaConfig.from_dict(json.loads((project / "results/r/train/long/model_config.json").read_text()))
+    assert f"Model: {parameter_count(config):,} parameters." in report
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in report.splitlines() if line.startswith("| ")}
+    assert rows["pretrain"][1:4] == ["4", "32", "512"] and rows["long"][1:4] == ["4", "64", "1,024"]
+    assert rows["**all stages**"][1:4] == ["8", "", "1,536"]
+    assert all(rows[name][4] != "n/a" for name in ("pretrain", "long", "**all stages**"))  # training time known

@@ -20,7 +20,9 @@ def _front_matter(fmt: str) -> str:
 
 
 def duration(seconds: float) -> str:
-    """``1 h 02 min``, ``3 min 20 s`` or ``12 s``: how long, at the precision that matters."""
+    """``1 h 02 min``, ``3 min 20 s``, ``12 s`` or ``0.4 s``: how long, at the precision that matters."""
+    if seconds < 9.95:  # what rounds to "10.0 s" is shown as 10 s
+        return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:

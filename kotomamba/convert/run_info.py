@@ -189,6 +189,11 @@ def _stage_info(location: CheckpointLocation) -> tuple[StageInfo, dict, Path | N
     return stage, config, started_from(run_dir, config.get("run_dir"))
 
 
+def read_stage(run_dir: str | os.PathLike) -> StageInfo:
+    """One run directory's stage at its latest checkpoint (the pipeline's report reads each stage so)."""
+    return _stage_info(resolve_checkpoint(run_dir))[0]
+
+
 def _is_kotomamba_run(path: Path) -> bool:
     return (path / ".metadata").is_file() or (path / "checkpoints" / "latest").is_file()
 
