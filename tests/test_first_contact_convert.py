@@ -77,7 +77,7 @@ def test_two_stage_run_converts_from_elsewhere_with_an_honest_card(project, tmp_
     assert f"- Parameters: {parameter_count(config):,}" in card
     assert "- Training time: " in card
     assert "| pretrain | 4 | 32 | 512 |" in card and "| long | 4 | 64 | 1,024 |" in card
-    assert "`corpus_text_document`" in card
+    assert "`corpus_text_document`" in card and "Samples (temperature 0.8, top-k 0, top-p 0.95" in card
     assert "data/" not in card and "results/" not in card and str(project) not in card
 
     generation = GenerationConfig.from_pretrained(str(elsewhere / "hf"))

@@ -73,3 +73,18 @@ def test_lm_eval_tasks_without_the_extra_name_the_extra(setup, tmp_path, capsys,
     assert evaluate(["--model", str(model), "--lm-eval-tasks", "hellaswag", "--output", str(output)]) == 2
     assert "pip install 'kotomamba[lmeval]'" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_the_evaluation_sampling_reaches_the_exports_generation_config(setup, tmp_path):
+    from transformers import GenerationConfig
+
+    from kotomamba.convert.cli import main as convert
+
+    model, prefix, _ = setup
+    assert evaluate(["--model", str(model), "--data", prefix, "--seq-length", "16", "--eval-samples", "2",
+                     "--split", "50,50,0", "--temperature", "0.8", "--top-p", "0.95", "--top-k", "20",
+                     "--output", str(tmp_path / "eval.json")]) == 0  # no prompts, as a pipeline may be set up
+    assert convert(["--checkpoint", str(model), "--to", "hf", "--eval-json", str(tmp_path / "eval.json"),
+                    "--output", str(tmp_path / "hf")]) == 0
+    generation = GenerationConfig.from_pretrained(str(tmp_path / "hf"))
+    assert generation.do_sample and (generation.temperature, generation.top_p, generation.top_k) == (0.8, 0.95, 20)

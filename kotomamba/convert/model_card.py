@@ -84,7 +84,10 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
             lines.append(f"| {task} | {metric} | {shown} |")
     samples = evaluation.get("samples") or []
     if samples:
-        lines += ["", "Samples:", ""]
+        sampling = evaluation.get("sampling") or {}
+        settings = ", ".join(f"{name} {sampling[key]}" for name, key in
+                             (("temperature", "temperature"), ("top-k", "top_k"), ("top-p", "top_p")) if key in sampling)
+        lines += ["", f"Samples ({settings}, as in `generation_config.json`):" if settings else "Samples:", ""]
         for sample in samples[:4]:
             lines += ["```", sample["text"], "```"]
     return lines

@@ -5,7 +5,7 @@ Output (written atomically)::
     {"model": DIR, "data": {"data_path", "split", "seq_length", "eval_samples", "seed", "reset_at_eod"},
      "perplexity": {"loss" (token-weighted mean), "perplexity" (exp(loss)), "tokens", "samples"},
      "baseline_init": {the same, for a freshly initialised model of the same config and seed},
-     "sampling": {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"},
+     "sampling": {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"} (always),
      "samples": [{"prompt", "completion", "text" (prompt + completion), "tokens"}],
      "lm_eval": {task: {metric: value}}}
 
@@ -142,9 +142,9 @@ def evaluate(args) -> dict:
             result["baseline_init"] = _baseline_loss(model, args, valid, use_seq_idx)
     if prompts or tasks:
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
+    # Recorded even without prompts: the export's generation_config.json takes its sampling from here.
+    result["sampling"] = {**dataclasses.asdict(sampling), "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     if prompts:
-        result["sampling"] = {**dataclasses.asdict(sampling), "max_new_tokens": args.max_new_tokens,
-                              "seed": args.seed}
         result["samples"] = sample_texts(model, tokenizer, prompts, args.max_new_tokens, sampling, args.seed)
     if tasks:
         from kotomamba.evaluate.lm_eval_bridge import run_tasks
