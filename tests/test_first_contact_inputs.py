@@ -140,3 +140,27 @@ def test_what_is_not_there_is_named(hub, tmp_path):
     local = tmp_path / "tokenizer.model"
     local.write_bytes(b"local")
     assert fetch_input(str(local), "tokenizer", tmp_path / "cache") == str(local)
+
+
+def test_commands_take_a_released_model_by_hub_id(hub, tokenizer_json, tmp_path, monkeypatch, capsys):
+    from kotomamba.convert.cli import main as convert
+    from kotomamba.convert.consolidate import load_model_state_dict
+    from kotomamba.model.generation import main as generate
+
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny", vocab_size=VOCAB)).eval()
+    model.save_pretrained(tmp_path / "released")
+    files = {name: (tmp_path / "released" / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    tokenizer_config = json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>"}).encode()
+    hub.publish("acme/mamba-tiny", {**files, "tokenizer.json": tokenizer_json.read_bytes(),
+                                    "tokenizer_config.json": tokenizer_config})
+    monkeypatch.setenv("KOTOMAMBA_CACHE", str(tmp_path / "cache"))
+    released = f"acme/mamba-tiny@{REVISION}"
+
+    assert convert(["--checkpoint", released, "--to", "kotomamba", "--output", str(tmp_path / "init")]) == 0
+    _, state = load_model_state_dict(tmp_path / "init")
+    assert all(torch.equal(state[key], tensor) for key, tensor in model.state_dict().items())
+    assert (tmp_path / "init" / "tokenizer.json").is_file()  # the repository's tokenizer came along
+    assert generate(["--model", released, "--prompt", "w1 w2", "--max-new-tokens", "3", "--temperature", "0"]) == 0
+    assert "=== 'w1 w2'\nw1 w2" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "hub" / "acme" / "mamba-tiny" / REVISION / "model.safetensors").is_file()

@@ -25,13 +25,15 @@ _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kotomamba convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
-                        help="RUN_DIR, RUN_DIR/checkpoints/step_N, or a transformers / mamba-ssm model directory")
+                        help="RUN_DIR, RUN_DIR/checkpoints/step_N, or a transformers / mamba-ssm model directory "
+                             "(local, or a hub id org/name@revision)")
     parser.add_argument("--to", required=True, choices=TARGETS, dest="target")
     parser.add_argument("--output", required=True, help="directory to write (replaced atomically)")
     parser.add_argument("--tokenizer-type", default=None,
                         help="Megatron tokenizer type (default: the run's config.resolved.yaml, or the "
                              "tokenizer files of a model directory)")
-    parser.add_argument("--tokenizer-model", default=None, help="tokenizer model file / directory")
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="tokenizer model file / directory, URL[#sha256=<hex>] or hub id org/name@revision")
     parser.add_argument("--eval-json", default=None, help="`kotomamba evaluate` output for the model card")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="cast floating-point weights (default: keep the stored dtype)")
@@ -61,8 +63,13 @@ def _hf_tokenizer_in(directory: Path) -> tuple[str, str] | None:
 
 
 def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo]:
-    """(MambaConfig, state dict, run facts: the tokenizer the source names, if any, among them)."""
-    directory = Path(path)
+    """(MambaConfig, state dict, run facts: the tokenizer the source names, if any, among them).
+
+    A released model may be named where it lives (a hub id ``org/name@revision`` or URLs): it is fetched first.
+    """
+    from kotomamba.data.remote_inputs import local_input
+
+    directory = Path(local_input(path, "model"))
     if (directory / ".metadata").is_file() or (directory / "checkpoints" / "latest").is_file():
         location = resolve_checkpoint(directory)
         config, state = load_model_state_dict(directory)
@@ -92,7 +99,9 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
         raise UserError("--tokenizer-type and --tokenizer-model go together")
     config, state, info = load_source(checkpoint)
     if tokenizer_type is not None:
-        info.tokenizer_type, info.tokenizer_model = tokenizer_type, tokenizer_model
+        from kotomamba.data.remote_inputs import local_input
+
+        info.tokenizer_type, info.tokenizer_model = tokenizer_type, local_input(tokenizer_model, "tokenizer")
     tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
     if dtype is not None:
         cast = getattr(torch, dtype)

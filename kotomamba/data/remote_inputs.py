@@ -14,10 +14,13 @@ An input is named one of three ways:
 Which hub files: a tokenizer is ``tokenizer.json`` (with ``tokenizer_config.json`` and
 ``special_tokens_map.json`` where the repository has them) or a SentencePiece ``tokenizer.model``;
 a model is ``config.json`` and its weights (``model.safetensors``, ``pytorch_model.bin``, or either
-sharded with its ``.index.json``), what ``MambaLM.from_pretrained`` and ``init.from`` read.
+sharded with its ``.index.json``), what ``MambaLM.from_pretrained`` and ``init.from`` read, with the
+repository's tokenizer files where it has them.
 
 Files land in ``<cache>/hub/<org>/<name>/<revision>/`` or ``<cache>/url/<digest of the sources>/``;
-files already there are kept, so a second fetch reads nothing from the network.
+files already there are kept, so a second fetch reads nothing from the network. The commands that take
+a model or tokenizer path (``convert``, ``generate``, ``evaluate``) accept the remote forms too
+(:func:`local_input`), caching in :func:`default_cache`.
 """
 from __future__ import annotations
 
@@ -114,17 +117,22 @@ def _hub_files(hub_id: HubId, kind: str, destination: Path, timeout: float, log)
         raise UserError(f"{where}: no config.json at {resolve_url(hub_id, 'config.json')} (not a model repository, "
                         f"or not this revision)")
     for weights in _WEIGHTS:
+        index = f"{weights}.index.json"
         if present(weights):
             fetch("config.json", weights)
-            return
-        index = f"{weights}.index.json"
-        if present(index):
+        elif present(index):
             fetch("config.json", index)
             weight_map = json.loads((destination / index).read_text(encoding="utf-8")).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise UserError(f"{resolve_url(hub_id, index)}: field 'weight_map': missing or not an object")
             fetch(*sorted(set(weight_map.values())))
-            return
+        else:
+            continue
+        # The repository's tokenizer, where it has one, comes along: generate and convert default to it.
+        tokenizer = [name for name in ("tokenizer.json", *_TOKENIZER_EXTRAS) if present(name)]
+        if "tokenizer.json" in tokenizer:
+            fetch(*tokenizer)
+        return
     raise UserError(f"{where}: no weights ({', '.join(_WEIGHTS)}, or sharded with an .index.json) at "
                     f"{resolve_url(hub_id, '')}")
 
@@ -167,6 +175,28 @@ def fetch_input(spec: str | Sequence[Any], kind: str, cache: str | os.PathLike, 
     destination = cache / "url" / digest
     paths = download(sources, destination, decompress=False, timeout=timeout, log=log)
     return str(paths[0]) if kind == "tokenizer" and len(paths) == 1 else str(destination)
+
+
+def default_cache() -> Path:
+    """Where the commands keep fetched inputs: ``KOTOMAMBA_CACHE``, else ``$XDG_CACHE_HOME/kotomamba``
+    (``~/.cache/kotomamba``)."""
+    if os.environ.get("KOTOMAMBA_CACHE"):
+        return Path(os.environ["KOTOMAMBA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kotomamba"
+
+
+def is_remote(spec: str) -> bool:
+    """Whether ``spec`` names an input elsewhere (an http(s) URL or a hub id) rather than a local path."""
+    if Path(spec).exists():
+        return False
+    return urllib.parse.urlsplit(spec).scheme in ("http", "https") or parse_hub_id(spec) is not None
+
+
+def local_input(spec: str, kind: str) -> str:
+    """What the commands' path arguments accept: ``spec`` when local, else fetched into :func:`default_cache`."""
+    if not is_remote(spec):
+        return spec
+    return fetch_input(spec, kind, default_cache(), log=lambda line: print(line, file=sys.stderr))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,9 +231,11 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.d
 
 def load_model(model_dir: str, device: torch.device, dtype: torch.dtype):
     """``MambaLM.from_pretrained(model_dir)`` in eval mode; a directory that is not there is named as
-    the ``--model`` it is, before anything else (the tokenizer defaults to its files) is looked for."""
+    the ``--model`` it is, before anything else (the tokenizer defaults to its files) is looked for.
+    ``model_dir`` may be a hub id ``org/name@revision`` (fetched: :func:`model_path`)."""
     from kotomamba.model import MambaLM
 
+    model_dir = model_path(model_dir)
     if not Path(model_dir).is_dir():
         raise UserError(f"--model {model_dir}: no such model directory")
     return MambaLM.from_pretrained(model_dir, device=device, dtype=dtype).eval()
@@ -242,9 +244,22 @@ def load_model(model_dir: str, device: torch.device, dtype: torch.dtype):
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def model_path(spec: str) -> str:
+    """The local directory of ``--model``: as given, or fetched when it names a hub repository or URLs."""
+    from kotomamba.data.remote_inputs import local_input
+
+    return local_input(spec, "model")
+
+
 def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: str | None):
-    """``kotomamba.data`` tokenizer: the given type/model, else the HF tokenizer files of ``model_dir``."""
+    """``kotomamba.data`` tokenizer: the given type/model (local or remote), else the HF tokenizer files of
+    ``model_dir`` (fetched with the model when it is remote)."""
+    from kotomamba.data.remote_inputs import local_input
     from kotomamba.data.tokenizer import build_tokenizer
+
+    model_dir = model_path(model_dir)
+    if tokenizer_model is not None:
+        tokenizer_model = local_input(tokenizer_model, "tokenizer")
 
     if tokenizer_model is None and not any((Path(model_dir) / name).is_file() for name in _HF_TOKENIZER_FILES):
         raise UserError(f"--model {model_dir}: no tokenizer files ({', '.join(_HF_TOKENIZER_FILES)}); pass "
