@@ -16,6 +16,7 @@ import torch
 from kotomamba.convert.consolidate import load_model_state_dict, resolve_checkpoint
 from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
 from kotomamba.convert.run_info import RunInfo, parameter_count, read_run_info
+from kotomamba.data.remote_inputs import local_input
 from kotomamba.errors import UserError
 
 TARGETS = ("hf", "mamba_ssm", "kotomamba")
@@ -67,8 +68,6 @@ def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo]:
 
     A released model may be named where it lives (a hub id ``org/name@revision`` or URLs): it is fetched first.
     """
-    from kotomamba.data.remote_inputs import local_input
-
     directory = Path(local_input(path, "model"))
     if (directory / ".metadata").is_file() or (directory / "checkpoints" / "latest").is_file():
         location = resolve_checkpoint(directory)
@@ -99,10 +98,9 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
         raise UserError("--tokenizer-type and --tokenizer-model go together")
     config, state, info = load_source(checkpoint)
     if tokenizer_type is not None:
-        from kotomamba.data.remote_inputs import local_input
-
-        info.tokenizer_type, info.tokenizer_model = tokenizer_type, local_input(tokenizer_model, "tokenizer")
-    tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
+        info.tokenizer_type, info.tokenizer_model = tokenizer_type, tokenizer_model
+    # A tokenizer named where it lives (the flag's, or a run's record) is fetched like the model.
+    tokenizer = (info.tokenizer_type, local_input(info.tokenizer_model, "tokenizer")) if info.tokenizer_type else None
     if dtype is not None:
         cast = getattr(torch, dtype)
         state = {key: t.to(cast) if t.is_floating_point() else t for key, t in state.items()}

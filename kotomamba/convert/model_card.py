@@ -50,6 +50,8 @@ def _data_lines(info: RunInfo) -> list[str]:
         lines.append(f"- Parameters: {info.parameters:,}")
     lines.append(f"- Tokens seen: {info.tokens:,}" + (f" over {len(info.stages)} stages" if len(info.stages) > 1 else "")
                  if info.tokens is not None else "- Tokens seen: unknown")
+    if info.init:
+        lines.append(f"- Initialised from: `{info.init}` (its own training is not counted here)")
     lengths = sorted({stage.seq_length for stage in info.stages if stage.seq_length is not None})
     if lengths:
         lines.append("- Sequence length: " + ", ".join(str(length) for length in lengths)
@@ -57,8 +59,6 @@ def _data_lines(info: RunInfo) -> list[str]:
     if info.train_seconds is not None:
         lines.append(f"- Training time: {duration(info.train_seconds)} (the logged training steps, "
                      f"evaluations and checkpoints; start-up excluded)")
-    if info.init:
-        lines.append(f"- Initialised from: `{info.init}`")
     if info.split:
         lines.append(f"- Train/valid/test split: {info.split}")
     if info.tokenizer_type:
