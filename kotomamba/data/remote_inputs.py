@@ -18,7 +18,8 @@ sharded with its ``.index.json``), what ``MambaLM.from_pretrained`` and ``init.f
 repository's tokenizer files where it has them.
 
 Files land in ``<cache>/hub/<org>/<name>/<revision>/`` or ``<cache>/url/<digest of the sources>/``;
-files already there are kept, so a second fetch reads nothing from the network. The commands that take
+files already there are kept, and a hub input fetched whole is marked so (``.complete-<kind>``): a second
+fetch asks the network nothing, and cached inputs work offline. The commands that take
 a model or tokenizer path (``convert``, ``generate``, ``evaluate``) accept the remote forms too
 (:func:`local_input`), caching in :func:`default_cache`.
 """
@@ -39,6 +40,7 @@ from typing import Any, Sequence
 
 from kotomamba.data.download import Source, download, parse_source
 from kotomamba.errors import UserError
+from kotomamba.io import write_json
 
 HUB_ENDPOINT_VARIABLE = "HF_ENDPOINT"
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
@@ -167,7 +169,12 @@ def fetch_input(spec: str | Sequence[Any], kind: str, cache: str | os.PathLike, 
                 raise UserError(f"{spec}: {kind} not found: not a local path; a hub id needs a pinned revision, "
                                 f"org/name@<commit hash>; a URL starts with https://")
             destination = cache.joinpath(*hub_id.cache_parts)
-            _hub_files(hub_id, kind, destination, timeout, log)
+            # Written once every file is in: later uses ask the hub nothing, so a cached input works offline.
+            complete = destination / f".complete-{kind}"
+            if not complete.is_file():
+                _hub_files(hub_id, kind, destination, timeout, log)
+                write_json(complete, {"repo_id": hub_id.repo_id, "revision": hub_id.revision,
+                                      "endpoint": hub_endpoint()})
             return str(destination)
         spec = [spec]
     sources = _sources(spec)
