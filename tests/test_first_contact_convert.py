@@ -19,7 +19,7 @@ import yaml
 from kotomamba.convert.cli import main
 from kotomamba.convert.run_info import parameter_count
 from kotomamba.model.config import MambaConfig
-from tests.train_helpers import make_corpus, train_env
+from train_helpers import make_corpus, train_env
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = (("pretrain", 32, None), ("long", 64, "results/r/train/pretrain"))
@@ -129,7 +129,8 @@ def test_report_sums_the_stages_and_names_the_model_size(project, tmp_path):
     report = (tmp_path / "report.md").read_text()
     config = MambaConfig.from_dict(json.loads((project / "results/r/train/long/model_config.json").read_text()))
     assert f"Model: {parameter_count(config):,} parameters." in report
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in report.splitlines() if line.startswith("| ")}
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in report.splitlines() if line.startswith("| ")}
     assert rows["pretrain"][1:4] == ["4", "32", "512"] and rows["long"][1:4] == ["4", "64", "1,024"]
     assert rows["**all stages**"][1:4] == ["8", "", "1,536"]
     assert all(rows[name][4] != "n/a" for name in ("pretrain", "long", "**all stages**"))  # training time known
@@ -139,8 +140,8 @@ def test_card_of_a_continued_released_model_says_what_it_does_not_count():
     from kotomamba.convert.model_card import model_card
     from kotomamba.convert.run_info import RunInfo, StageInfo
 
-    info = RunInfo("step_00000010", step=10, init="mamba-130m",
-                   stages=[StageInfo("continue", step=10, tokens=40960, seq_length=2048, data=[(1.0, "ja_text_document")])])
+    stage = StageInfo("continue", step=10, tokens=40960, seq_length=2048, data=[(1.0, "ja_text_document")])
+    info = RunInfo("step_00000010", step=10, init="mamba-130m", stages=[stage])
     card = model_card("hf", MambaConfig().to_dict(), info, None)
     assert "- Tokens seen: 40,960\n- Initialised from: `mamba-130m` (its own training is not counted here)" in card
     assert "- Training time" not in card  # not measured: not claimed

@@ -15,7 +15,7 @@ from kotomamba.convert.run_info import RunInfo
 from kotomamba.evaluate.cli import main as evaluate
 from kotomamba.model import MambaLM, preset
 from kotomamba.model.generation import main as generate
-from tests.train_helpers import VOCAB, make_corpus
+from train_helpers import VOCAB, make_corpus
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from kotomamba.data.remote_inputs import fetch_input, main
 from kotomamba.data.tokenizer import build_tokenizer
 from kotomamba.errors import UserError
 from kotomamba.model import MambaLM, preset
-from tests.train_helpers import VOCAB, make_corpus
+from train_helpers import VOCAB, make_corpus
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -48,8 +48,8 @@ def _data_lines(info: RunInfo) -> list[str]:
     lines = []
     if info.parameters is not None:
         lines.append(f"- Parameters: {info.parameters:,}")
-    lines.append(f"- Tokens seen: {info.tokens:,}" + (f" over {len(info.stages)} stages" if len(info.stages) > 1 else "")
-                 if info.tokens is not None else "- Tokens seen: unknown")
+    stages = f" over {len(info.stages)} stages" if len(info.stages) > 1 else ""
+    lines.append(f"- Tokens seen: {info.tokens:,}{stages}" if info.tokens is not None else "- Tokens seen: unknown")
     if info.init:
         lines.append(f"- Initialised from: `{info.init}` (its own training is not counted here)")
     lengths = sorted({stage.seq_length for stage in info.stages if stage.seq_length is not None})
@@ -85,8 +85,8 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
     samples = evaluation.get("samples") or []
     if samples:
         sampling = evaluation.get("sampling") or {}
-        settings = ", ".join(f"{name} {sampling[key]}" for name, key in
-                             (("temperature", "temperature"), ("top-k", "top_k"), ("top-p", "top_p")) if key in sampling)
+        named = (("temperature", "temperature"), ("top-k", "top_k"), ("top-p", "top_p"))
+        settings = ", ".join(f"{name} {sampling[key]}" for name, key in named if key in sampling)
         lines += ["", f"Samples ({settings}, as in `generation_config.json`):" if settings else "Samples:", ""]
         for sample in samples[:4]:
             lines += ["```", sample["text"], "```"]
