@@ -165,3 +165,16 @@ def test_commands_take_a_released_model_by_hub_id(hub, tokenizer_json, tmp_path,
     assert generate(["--model", released, "--prompt", "w1 w2", "--max-new-tokens", "3", "--temperature", "0"]) == 0
     assert "=== 'w1 w2'\nw1 w2" in capsys.readouterr().out
     assert (tmp_path / "cache" / "hub" / "acme" / "mamba-tiny" / REVISION / "model.safetensors").is_file()
+
+
+def test_corpus_shards_on_a_hub_dataset_resolve_to_the_same_layout(hub, tmp_path):
+    """What `kotomamba download` needs for hub datasets: the resolve URL, then its own fetch and sha256 check."""
+    from kotomamba.data.download import Source, download
+    from kotomamba.data.remote_inputs import HubId, resolve_url
+
+    shard = b'{"text": "a line of a shard"}\n'
+    hub.files[f"/datasets/acme/corpus/resolve/{REVISION}/train/00.jsonl"] = shard
+    url = resolve_url(HubId("acme/corpus", REVISION), "train/00.jsonl", repo_type="dataset")
+    assert url == f"{hub.url}/datasets/acme/corpus/resolve/{REVISION}/train/00.jsonl"
+    [path] = download([Source(url, hashlib.sha256(shard).hexdigest())], tmp_path, log=_quiet)
+    assert path.read_bytes() == shard
