@@ -29,7 +29,8 @@ from kotomamba.model.generation import SamplingConfig, load_model, load_tokenize
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kotomamba evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model directory (MambaLM.from_pretrained)")
+    parser.add_argument("--model", required=True,
+                        help="model directory (MambaLM.from_pretrained), or a hub id org/name@revision")
     parser.add_argument("--data", nargs="+", default=None,
                         help="Megatron data prefixes (blended equally), or 'w1 p1 w2 p2' weights and prefixes "
                              "as in training")
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline-init", action="store_true",
                         help="also report the loss of a freshly initialised model of the same config and seed")
     parser.add_argument("--tokenizer-type", default=None, help="default: the HF tokenizer files in --model")
-    parser.add_argument("--tokenizer-model", default=None)
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="tokenizer file or directory, URL or hub id org/name@revision (default: --model)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt for samples (repeatable)")
     parser.add_argument("--prompts-file", default=None, help="prompts, one per line")
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample text from a model directory (a kotomamba/transformers/mamba-ssm export). "
                     "Defaults SAMPLE from the model's distribution (temperature 1, no top-k, no top-p); "
                     "pass --temperature 0 for greedy decoding.")
-    parser.add_argument("--model", required=True, help="model directory loadable by MambaLM.from_pretrained")
+    parser.add_argument("--model", required=True,
+                        help="model directory loadable by MambaLM.from_pretrained, or a hub id org/name@revision")
     parser.add_argument("--prompt", action="append", required=True,
                         help="prompt text; repeat the flag for several prompts")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-stop-at-eos", action="store_true", help="keep generating after the EOS token")
     parser.add_argument("--tokenizer-type", default=None,
                         help="Megatron tokenizer type (default: the HF tokenizer files in --model)")
-    parser.add_argument("--tokenizer-model", default=None, help="tokenizer file or directory (default: --model)")
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="tokenizer file or directory, URL or hub id org/name@revision (default: --model)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
