@@ -23,6 +23,7 @@ from train_helpers import make_corpus, train_env
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = (("pretrain", 32, None), ("long", 64, "results/r/train/pretrain"))
+SHARDS = [f"https://data.example.org/corpus/{i:02d}.jsonl.zst" for i in range(4)]
 
 
 def _stage_config(name: str, seq_length: int, init: str | None) -> dict:
@@ -51,6 +52,10 @@ def project(tmp_path_factory) -> Path:
         result = subprocess.run([sys.executable, "-m", "kotomamba", "train", "--config", config.name], cwd=root,
                                 env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]
+    # The pipeline's own record of the run, above its stages (what `snakemake` writes beside them).
+    corpus = {"sources": [{"name": "corpus", "urls": [*SHARDS, "data/extra/*.jsonl"]}]}
+    stages = [{"name": name} for name, _, _ in STAGES]
+    (root / "results" / "r" / "config.resolved.yaml").write_text(yaml.safe_dump({"corpus": corpus, "stages": stages}))
     return root
 
 
@@ -78,6 +83,8 @@ def test_two_stage_run_converts_from_elsewhere_with_an_honest_card(project, tmp_
     assert "- Training time: " in card
     assert "| pretrain | 4 | 32 | 512 |" in card and "| long | 4 | 64 | 1,024 |" in card
     assert "`corpus_text_document`" in card and "Samples (temperature 0.8, top-k 0, top-p 0.95" in card
+    assert (f"- Corpus: corpus: <{SHARDS[0]}>, <{SHARDS[1]}>, <{SHARDS[2]}>, and 1 more URLs, "
+            f"1 local file(s) or pattern(s), not published") in card
     assert "data/" not in card and "results/" not in card and str(project) not in card
 
     generation = GenerationConfig.from_pretrained(str(elsewhere / "hf"))

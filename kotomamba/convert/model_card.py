@@ -59,6 +59,8 @@ def _data_lines(info: RunInfo) -> list[str]:
     if info.train_seconds is not None:
         lines.append(f"- Training time: {duration(info.train_seconds)} (the logged training steps, "
                      f"evaluations and checkpoints; start-up excluded)")
+    if info.corpus:
+        lines.append("- Corpus: " + "; ".join(info.corpus))
     if info.split:
         lines.append(f"- Train/valid/test split: {info.split}")
     if info.tokenizer_type:

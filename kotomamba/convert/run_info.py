@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class RunInfo:
     tokenizer_type: str | None = None
     tokenizer_model: str | None = None
     parameters: int | None = None
+    corpus: list[str] = field(default_factory=list)  # where every stage's text came from, when a pipeline made them
 
     @property
     def tokens(self) -> int | None:
@@ -194,6 +196,44 @@ def read_stage(run_dir: str | os.PathLike) -> StageInfo:
     return _stage_info(resolve_checkpoint(run_dir))[0]
 
 
+def _pipeline_record(run_dir: Path) -> dict:
+    """The pipeline run's config that made ``run_dir`` as one of its stages, ``{}`` if none did.
+
+    The pipeline keeps its record (``config.resolved.yaml`` with ``corpus`` and ``stages``) in a
+    directory above its stages' run directories; the nearest one naming this stage is it.
+    """
+    for directory in run_dir.resolve().parents:
+        record = directory / "config.resolved.yaml"
+        if record.is_file():
+            config = _read_yaml(record)
+            if "corpus" in config and any(s.get("name") == run_dir.name for s in config.get("stages") or []):
+                return config
+    return {}
+
+
+def describe_source(source: dict) -> str:
+    """A corpus source as a reader can look it up: a builtin by name, published URLs as they are, local
+    files only as such (their paths mean nothing elsewhere)."""
+    if source.get("builtin"):
+        return f"{source['name']}: built-in corpus `{source['builtin']}`"
+    urls = [str(url) for url in source.get("urls") or []]
+    public = [url for url in urls if urllib.parse.urlsplit(url).scheme in ("http", "https")]
+    parts = [f"<{url}>" for url in public[:3]]
+    if len(public) > 3:
+        parts.append(f"and {len(public) - 3} more URLs")
+    if len(urls) > len(public):
+        parts.append(f"{len(urls) - len(public)} local file(s) or pattern(s), not published")
+    return f"{source['name']}: " + ", ".join(parts)
+
+
+def _corpus(run_dir: Path) -> list[str]:
+    config = _pipeline_record(run_dir)
+    stage = next((s for s in config.get("stages") or [] if s.get("name") == run_dir.name), {})
+    sources = (config.get("corpus") or {}).get("sources") or []
+    used = stage.get("sources") or [source.get("name") for source in sources]
+    return [describe_source(source) for source in sources if source.get("name") in used]
+
+
 def _is_kotomamba_run(path: Path) -> bool:
     return (path / ".metadata").is_file() or (path / "checkpoints" / "latest").is_file()
 
@@ -213,6 +253,7 @@ def read_run_info(location: CheckpointLocation) -> RunInfo:
         info.tokenizer_model = _tokenizer_path(str(data["tokenizer_model"]), info.tokenizer_type, start,
                                                location.run_dir / "config.resolved.yaml")
     info.stages.append(stage)
+    run_dirs = [location.run_dir] if location.run_dir is not None else []
     seen = {location.checkpoint_dir.resolve()}
     while (init := (config.get("init") or {}).get("from")) is not None:
         source = Path(recorded_path(str(init), start))
@@ -227,4 +268,6 @@ def read_run_info(location: CheckpointLocation) -> RunInfo:
         seen.add(location.checkpoint_dir.resolve())
         stage, config, start = _stage_info(location)
         info.stages.insert(0, stage)
+        run_dirs.insert(0, location.run_dir)
+    info.corpus = list(dict.fromkeys(line for run_dir in run_dirs for line in _corpus(run_dir)))
     return info
