@@ -205,7 +205,10 @@ def _pipeline_record(run_dir: Path) -> dict:
     for directory in run_dir.resolve().parents:
         record = directory / "config.resolved.yaml"
         if record.is_file():
-            config = _read_yaml(record)
+            try:
+                config = _read_yaml(record)
+            except UserError:  # some other directory's broken file: not this run's record, and no reason to fail
+                continue
             if "corpus" in config and any(s.get("name") == run_dir.name for s in config.get("stages") or []):
                 return config
     return {}
