@@ -5,7 +5,9 @@ Read from each run directory's records (docs/architecture.md): ``config.resolved
 ``tokenizer_model``), ``final.json`` (``tokens`` when the run finished at this checkpoint),
 ``metrics.jsonl`` (the measured speed of each logged window) and the checkpoint's own ``train_state``
 (``step``, ``consumed_samples``). A run that started from another kotomamba run (``init.from``: a
-pipeline's earlier stage) is followed back, so a card counts the tokens of every stage.
+pipeline's earlier stage) is followed back, so a card counts the tokens of every stage. When a pipeline
+made the stages, its own record above them (``config.resolved.yaml`` with ``corpus`` and ``stages``)
+says where their text came from.
 
 A run records paths as it was given them, usually relative to the directory it was started from
 (the pipeline's repository root); they are resolved against that directory, found from the
