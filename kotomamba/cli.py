@@ -10,6 +10,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "download": ("kotomamba.data.download", "fetch corpus shards (http/https/file, sha256, resume, .gz/.zst)"),
+    "fetch-input": ("kotomamba.data.remote_inputs", "fetch a tokenizer or model from a URL or hub id org/name@revision"),
     "collect-corpus": ("kotomamba.data.corpus", "write the embedded default corpus (Python stdlib docstrings) as JSONL"),
     "train-tokenizer": ("kotomamba.data.train_tokenizer", "train a SentencePiece tokenizer (unigram or BPE, byte fallback)"),
     "preprocess": ("kotomamba.data.preprocess", "tokenize JSONL into Megatron .bin/.idx (preprocess_data.py flags)"),

@@ -1,7 +1,9 @@
 """Atomic file and directory writes: nothing half-written ever appears at a final path.
 
 Every final artifact is written under a temporary name in the same directory (same filesystem, so
-``os.replace`` is atomic) and moved into place only when complete.
+``os.replace`` is atomic) and moved into place only when complete. ``tempfile`` creates its files
+0600 and directories 0700; ours get the modes ``open`` and ``mkdir`` would give (0666 / 0777 less the
+user's umask), so shared project directories on clusters stay readable by the group.
 """
 from __future__ import annotations
 
@@ -12,6 +14,22 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the kernel reports it (Linux >= 4.7).
+
+    Setting and restoring it (the only portable way) briefly gives other threads a umask of 0,
+    so it is the fallback only.
+    """
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -25,6 +43,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
@@ -53,6 +72,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        tmp.chmod(0o777 & ~current_umask())
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")

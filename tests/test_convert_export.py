@@ -111,7 +111,7 @@ def test_hf_export_loads_in_transformers_with_our_logits(layer, tmp_path, senten
 
     card = (out / "README.md").read_text()
     assert "Tokens seen: 1,792" in card and "step 7" in card  # 56 samples x 32 tokens
-    assert "`results/r/ja_text_document`" in card and "0.3 `results/r/en_text_document`" in card
+    assert "0.7 `ja_text_document`; 0.3 `en_text_document`" in card and "results/r" not in card  # names, not paths
     assert f'"layer": "{layer}"' in card and "| local_mc | acc | 0.7500 |" in card and "12.18" in card
     assert "| held-out, untrained model | loss | 6.2000 |" in card and "Hi there" in card
     assert "transformers >= 5.23" not in card  # one group: every transformers version agrees

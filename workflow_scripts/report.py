@@ -1,8 +1,9 @@
-"""The run report: loss curves of every training stage (PNG) and a markdown page with the stages'
-summaries, the evaluation scores (trained vs untrained) and generated samples.
+"""The run report: loss curves of every training stage (PNG) and a markdown page with the model's size,
+the stages' summaries (steps, sequence length, tokens, training time) and their totals, the evaluation
+scores (trained vs untrained) and generated samples.
 
-Reads each stage's ``metrics.jsonl`` and ``final.json`` (layout: docs/architecture.md) and the JSON of
-``kotomamba evaluate``. Usage (the report rule):
+Reads each stage's ``metrics.jsonl``, ``final.json``, ``config.resolved.yaml`` and ``model_config.json``
+(layout: docs/architecture.md) and the JSON of ``kotomamba evaluate``. Usage (the report rule):
     python report.py --stage-dirs DIR... --eval EVAL.json --output report.md --plot loss.png
 """
 from __future__ import annotations
@@ -16,14 +17,17 @@ import matplotlib
 matplotlib.use("Agg")  # no display on cluster nodes or CI
 import matplotlib.pyplot as plt
 
+from kotomamba.convert.model_card import duration
+from kotomamba.convert.run_info import StageInfo, parameter_count, read_stage
 from kotomamba.io import atomic_write
+from kotomamba.train.run_dir import RunDir
 
 
 def read_metrics(stage_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, eval records) of one stage, in step order; eval records get the train records'
     token count at their step (the trainer logs tokens with the train metrics only)."""
     train, evals = [], []
-    path = stage_dir / "metrics.jsonl"
+    path = RunDir(stage_dir).metrics
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -66,13 +70,35 @@ def plot_losses(stages: list[tuple[str, list[dict], list[dict]]], plot_path: Pat
     plt.close(figure)
 
 
-def markdown(stages, finals, evaluation, plot_name: str) -> str:
-    lines = ["# kotomamba run report", "", f"![loss curves]({plot_name})", "", "## Training stages", "",
-             "| stage | steps | tokens | final validation loss |", "| --- | --- | --- | --- |"]
-    for (name, _, _), final in zip(stages, finals):
+def _cells(*cells) -> str:
+    return "| " + " | ".join("n/a" if cell is None else str(cell) for cell in cells) + " |"
+
+
+def _count(value: int | None) -> str | None:
+    return None if value is None else f"{value:,}"
+
+
+def _total(values: list):
+    return None if None in values else sum(values)
+
+
+def markdown(stages, finals, infos: list[StageInfo], parameters: int, evaluation, plot_name: str) -> str:
+    lines = ["# kotomamba run report", "", f"Model: {parameters:,} parameters.", "", f"![loss curves]({plot_name})",
+             "", "## Training stages", "",
+             "Training time: the logged training steps with their evaluations and checkpoints (start-up excluded).",
+             "", "| stage | steps | sequence length | tokens | training time | final validation loss |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    tokens = [final.get("tokens") for final in finals]
+    seconds = [info.train_seconds for info in infos]
+    for (name, _, _), final, info in zip(stages, finals, infos):
         val = final.get("val_loss")
-        lines.append(f"| {name} | {final['step']} | {final.get('tokens', 'n/a')} | "
-                     f"{'n/a' if val is None else f'{val:.4f}'} |")
+        lines.append(_cells(name, final["step"], info.seq_length, _count(final.get("tokens")),
+                            None if info.train_seconds is None else duration(info.train_seconds),
+                            None if val is None else f"{val:.4f}"))
+    if len(stages) > 1:
+        total_seconds = _total(seconds)
+        lines.append(_cells("**all stages**", sum(final["step"] for final in finals), "", _count(_total(tokens)),
+                            None if total_seconds is None else duration(total_seconds), ""))
     trained = evaluation["perplexity"]
     lines += ["", f"## Evaluation (held-out split, {trained['tokens']:,} tokens)", "",
               "| model | loss | perplexity |", "| --- | --- | --- |",
@@ -89,6 +115,13 @@ def markdown(stages, finals, evaluation, plot_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _model_config(stage_dir: Path):
+    from kotomamba.model.config import MambaConfig
+
+    path = stage_dir / "model_config.json"
+    return MambaConfig.from_dict(json.loads(path.read_text()), source=str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage-dirs", nargs="+", required=True, type=Path)
@@ -98,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stages = [(d.name, *read_metrics(d)) for d in args.stage_dirs]
-    finals = [json.loads((d / "final.json").read_text()) for d in args.stage_dirs]
+    finals = [json.loads(RunDir(d).final.read_text()) for d in args.stage_dirs]
+    infos = [read_stage(d) for d in args.stage_dirs]
+    parameters = parameter_count(_model_config(args.stage_dirs[-1]))
     evaluation = json.loads(args.eval.read_text())
     plot_losses(stages, args.plot)
     plot_name = args.plot.name if args.plot.parent == args.output.parent else str(args.plot)
     with atomic_write(args.output) as handle:
-        handle.write(markdown(stages, finals, evaluation, plot_name))
+        handle.write(markdown(stages, finals, infos, parameters, evaluation, plot_name))
     return 0
 
 

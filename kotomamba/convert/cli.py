@@ -15,7 +15,8 @@ import torch
 
 from kotomamba.convert.consolidate import load_model_state_dict, resolve_checkpoint
 from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
-from kotomamba.convert.run_info import RunInfo, read_run_info
+from kotomamba.convert.run_info import RunInfo, parameter_count, read_run_info
+from kotomamba.data.remote_inputs import local_input
 from kotomamba.errors import UserError
 from kotomamba.train.run_dir import INTEGRITY, RunDir
 from kotomamba.train.run_lock import RunLock
@@ -27,13 +28,15 @@ _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kotomamba convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
-                        help="RUN_DIR, RUN_DIR/checkpoints/step_N, or a transformers / mamba-ssm model directory")
+                        help="RUN_DIR, RUN_DIR/checkpoints/step_N, or a transformers / mamba-ssm model directory "
+                             "(local, or a hub id org/name@revision)")
     parser.add_argument("--to", required=True, choices=TARGETS, dest="target")
     parser.add_argument("--output", required=True, help="directory to write (replaced atomically)")
     parser.add_argument("--tokenizer-type", default=None,
                         help="Megatron tokenizer type (default: the run's config.resolved.yaml, or the "
                              "tokenizer files of a model directory)")
-    parser.add_argument("--tokenizer-model", default=None, help="tokenizer model file / directory")
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="tokenizer model file / directory, URL[#sha256=<hex>] or hub id org/name@revision")
     parser.add_argument("--eval-json", default=None, help="`kotomamba evaluate` output for the model card")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="cast floating-point weights (default: keep the stored dtype)")
@@ -55,27 +58,41 @@ def _validated(config, state: dict[str, torch.Tensor], source: str) -> dict[str,
     return {key: tensor.detach() for key, tensor in model.state_dict().items()}
 
 
-def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo, tuple[str, str] | None]:
-    """(MambaConfig, state dict, run facts, the tokenizer the source names or ``None``)."""
-    directory = Path(path)
+def _hf_tokenizer_in(directory: Path) -> tuple[str, str] | None:
+    """The Hugging Face tokenizer files a directory holds (an export, or a converted initial checkpoint)."""
+    if any((directory / name).is_file() for name in _HF_TOKENIZER_FILES):
+        return "HuggingFaceTokenizer", str(directory)
+    return None
+
+
+def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo]:
+    """(MambaConfig, state dict, run facts: the tokenizer the source names, if any, among them).
+
+    A released model may be named where it lives (a hub id ``org/name@revision`` or URLs): it is fetched first.
+    """
+    directory = Path(local_input(path, "model"))
     if any((directory / name).is_file() for name in (".metadata", INTEGRITY)) or RunDir(directory).latest.is_file():
         location = resolve_checkpoint(directory)
         # A run a trainer holds is read only after it ends: it may be rewriting latest or superseding the run.
         with RunLock(RunDir(location.run_dir or directory).lock).acquire(shared=True, purpose="a conversion"):
             config, state = load_model_state_dict(directory)
             info = read_run_info(location)
-        tokenizer = (info.tokenizer_type, info.tokenizer_model) if info.tokenizer_type else None
-        return config, _validated(config, state, str(location.checkpoint_dir)), info, tokenizer
-    if (directory / "config.json").is_file():
+        if info.tokenizer_type is None and location.run_dir is not None:
+            info.tokenizer_type, info.tokenizer_model = _hf_tokenizer_in(location.run_dir) or (None, None)
+        state = _validated(config, state, str(location.checkpoint_dir))
+    elif (directory / "config.json").is_file():
         from kotomamba.model import MambaLM
 
         model = MambaLM.from_pretrained(directory)
-        has_tokenizer = any((directory / name).is_file() for name in _HF_TOKENIZER_FILES)
-        tokenizer = ("HuggingFaceTokenizer", str(directory)) if has_tokenizer else None
+        config = model.config
+        info = RunInfo(checkpoint=directory.name)
+        info.tokenizer_type, info.tokenizer_model = _hf_tokenizer_in(directory) or (None, None)
         state = {key: tensor.detach() for key, tensor in model.state_dict().items()}
-        return model.config, state, RunInfo(checkpoint=directory.name), tokenizer
-    raise UserError(f"{directory}: not a run directory (checkpoints/latest), a DCP checkpoint (.metadata) "
-                    f"or a model directory (config.json)")
+    else:
+        raise UserError(f"{directory}: not a run directory (checkpoints/latest), a DCP checkpoint (.metadata) "
+                        f"or a model directory (config.json)")
+    info.parameters = parameter_count(config)
+    return config, state, info
 
 
 def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | None = None,
@@ -83,10 +100,11 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
     """Library form of the command (see :func:`build_parser` for the arguments)."""
     if (tokenizer_type is None) != (tokenizer_model is None):
         raise UserError("--tokenizer-type and --tokenizer-model go together")
-    config, state, info, tokenizer = load_source(checkpoint)
+    config, state, info = load_source(checkpoint)
     if tokenizer_type is not None:
-        tokenizer = (tokenizer_type, tokenizer_model)
-        info.tokenizer_type, info.tokenizer_model = tokenizer
+        info.tokenizer_type, info.tokenizer_model = tokenizer_type, tokenizer_model
+    # A tokenizer named where it lives (the flag's, or a run's record) is fetched like the model.
+    tokenizer = (info.tokenizer_type, local_input(info.tokenizer_model, "tokenizer")) if info.tokenizer_type else None
     if dtype is not None:
         cast = getattr(torch, dtype)
         state = {key: t.to(cast) if t.is_floating_point() else t for key, t in state.items()}
@@ -99,7 +117,7 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
     elif target == "mamba_ssm":
         write_mamba_ssm(config, state, output, tokenizer, info, evaluation)
     else:
-        write_kotomamba_checkpoint(config, state, output)
+        write_kotomamba_checkpoint(config, state, output, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:

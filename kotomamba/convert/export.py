@@ -3,14 +3,14 @@
 - ``hf``: transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM``: ``config.json`` with every
   field written (``use_diff=False``), ``model.safetensors`` in transformers' key names (a tied LM
   head is left out, as transformers' own ``save_pretrained`` does), tokenizer files,
-  ``generation_config.json`` (our sampling defaults) and ``README.md``.
+  ``generation_config.json`` (the evaluation's sampling settings, else our defaults) and ``README.md``.
 - ``mamba_ssm``: ``config.json`` (mamba-ssm's ``MambaConfig`` fields) and ``pytorch_model.bin``
   (the only weights file ``MambaLMHeadModel.from_pretrained`` reads; a plain tensor dict that
   loads under ``torch.load(weights_only=True)``) plus the same tensors as ``model.safetensors`` for
   loaders that avoid pickles; tokenizer files when a tokenizer is known; ``README.md``.
 - ``kotomamba``: an initial checkpoint in the trainer's layout (``model_config.json``,
-  ``checkpoints/step_00000000`` as DCP with only ``"model"``, ``checkpoints/latest``), usable as
-  ``init.from`` for continual pretraining.
+  ``checkpoints/step_00000000`` as DCP with only ``"model"``, ``checkpoints/latest``, tokenizer files
+  when a tokenizer is known), usable as ``init.from`` for continual pretraining.
 
 Every writer fills a temporary directory that replaces ``output`` only when complete.
 Name and config mapping to transformers is ``kotomamba.model.hf_compat``'s, never repeated here.
@@ -40,13 +40,20 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def _generation_config(tokens: SpecialTokenIds):
+def _generation_config(tokens: SpecialTokenIds, evaluation: dict[str, Any] | None):
+    """Sampling as the evaluation's samples were drawn (``kotomamba evaluate``'s ``sampling``), so
+    ``model.generate`` reproduces what the card shows; without one, our CLI's defaults: plain sampling
+    at temperature 1 (no top-k, no top-p filter)."""
     from transformers import GenerationConfig
 
-    # Our CLI's defaults: plain sampling at temperature 1 (no top-k, no top-p filter).
-    return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                            bos_token_id=tokens.bos_token_id, eos_token_id=tokens.eos_token_id,
-                            pad_token_id=tokens.pad_token_id)
+    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+                **{k: v for k, v in ((evaluation or {}).get("sampling") or {}).items()
+                   if k in ("temperature", "top_k", "top_p", "repetition_penalty")}}
+    ids = {"bos_token_id": tokens.bos_token_id, "eos_token_id": tokens.eos_token_id,
+           "pad_token_id": tokens.pad_token_id}
+    if sampling["temperature"] == 0 or sampling["top_k"] == 1:  # greedy, as `kotomamba generate` reads it
+        return GenerationConfig(do_sample=False, repetition_penalty=sampling["repetition_penalty"], **ids)
+    return GenerationConfig(do_sample=True, **sampling, **ids)
 
 
 def write_hf(config, state: dict[str, torch.Tensor], output: str | Path, tokenizer: tuple[str, str],
@@ -65,7 +72,7 @@ def write_hf(config, state: dict[str, torch.Tensor], output: str | Path, tokeniz
         if config.tie_embeddings:
             hf_state.pop("lm_head.weight")
         _save_safetensors(hf_state, tmp / "model.safetensors")
-        _generation_config(tokens).save_pretrained(str(tmp))
+        _generation_config(tokens, evaluation).save_pretrained(str(tmp))
         (tmp / "README.md").write_text(model_card("hf", config.to_dict(), info, evaluation), encoding="utf-8")
 
 
@@ -83,8 +90,10 @@ def write_mamba_ssm(config, state: dict[str, torch.Tensor], output: str | Path, 
                                        encoding="utf-8")
 
 
-def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: str | Path) -> None:
-    """An initial kotomamba checkpoint (trainer layout, model weights only) for ``init.from``."""
+def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: str | Path,
+                               tokenizer: tuple[str, str] | None = None) -> None:
+    """An initial kotomamba checkpoint (trainer layout, model weights only) for ``init.from``, with the
+    source's tokenizer files when one is known (``convert`` finds them there again)."""
     from kotomamba.train.dcp_local import save_local
     from kotomamba.train.integrity import record_integrity
     from kotomamba.train.run_dir import RunDir
@@ -96,6 +105,8 @@ def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: s
         save_local({"model": _cpu_copies(state)}, checkpoint)
         record_integrity(checkpoint)
         run.latest.write_text(checkpoint.name + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer[0], tokenizer[1], tmp)
 
 
 def read_evaluation(path: str | Path | None) -> dict[str, Any] | None:

@@ -1,4 +1,6 @@
-"""The export's README.md: data, tokens seen, configuration and evaluation scores.
+"""The export's README.md: parameters, tokens seen and training time over all stages, each stage's
+sequence length and datasets (by name: local paths mean nothing to a reader), configuration and
+evaluation scores.
 
 The evaluation JSON is ``kotomamba evaluate``'s output (``kotomamba.evaluate.cli``):
 ``{"perplexity": {"loss", "perplexity", "tokens"}, "baseline_init": {...}, "lm_eval": {task: {metric:
@@ -17,21 +19,55 @@ def _front_matter(fmt: str) -> str:
     return f"---\nlibrary_name: {library}\npipeline_tag: text-generation\ntags:\n- mamba\n- kotomamba\n---\n"
 
 
+def duration(seconds: float) -> str:
+    """``1 h 02 min``, ``3 min 20 s``, ``12 s`` or ``0.4 s``: how long, at the precision that matters."""
+    if seconds < 9.95:  # what rounds to "10.0 s" is shown as 10 s
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _blend(data: list[tuple[float, str]]) -> str:
+    return "; ".join(f"{weight:.3g} `{name}`" for weight, name in data) if data else "n/a"
+
+
+def _stage_table(info: RunInfo) -> list[str]:
+    lines = ["| stage | steps | sequence length | tokens | training time | data (weight, dataset) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for stage in info.stages:
+        cells = [stage.name, stage.step, stage.seq_length, f"{stage.tokens:,}" if stage.tokens is not None else None,
+                 duration(stage.train_seconds) if stage.train_seconds is not None else None, _blend(stage.data)]
+        lines.append("| " + " | ".join("n/a" if cell is None else str(cell) for cell in cells) + " |")
+    return lines
+
+
 def _data_lines(info: RunInfo) -> list[str]:
     lines = []
-    data_path = info.data.get("data_path")
-    if data_path:
-        tokens = data_path.split() if isinstance(data_path, str) else [str(t) for t in data_path]
-        pairs = list(zip(tokens[0::2], tokens[1::2])) if len(tokens) > 1 else [("1", tokens[0])]
-        lines.append("- Data (weight, Megatron prefix): " + "; ".join(f"{w} `{p}`" for w, p in pairs))
-    if "split" in info.data:
-        lines.append(f"- Train/valid/test split: {info.data['split']}")
-    if "seq_length" in info.data:
-        lines.append(f"- Sequence length: {info.data['seq_length']}")
+    if info.parameters is not None:
+        lines.append(f"- Parameters: {info.parameters:,}")
+    stages = f" over {len(info.stages)} stages" if len(info.stages) > 1 else ""
+    lines.append(f"- Tokens seen: {info.tokens:,}{stages}" if info.tokens is not None else "- Tokens seen: unknown")
+    if info.init:
+        lines.append(f"- Initialised from: `{info.init}` (its own training is not counted here)")
+    lengths = sorted({stage.seq_length for stage in info.stages if stage.seq_length is not None})
+    if lengths:
+        lines.append("- Sequence length: " + ", ".join(str(length) for length in lengths)
+                     + (" (per stage below)" if len(info.stages) > 1 else ""))
+    if info.train_seconds is not None:
+        lines.append(f"- Training time: {duration(info.train_seconds)} (the logged training steps, "
+                     f"evaluations and checkpoints; start-up excluded)")
+    if info.corpus:
+        lines.append("- Corpus: " + "; ".join(info.corpus))
+    if info.split:
+        lines.append(f"- Train/valid/test split: {info.split}")
     if info.tokenizer_type:
-        lines.append(f"- Tokenizer: {info.tokenizer_type} `{info.tokenizer_model}`")
-    lines.append(f"- Tokens seen: {info.tokens:,}" if info.tokens is not None else "- Tokens seen: unknown")
+        lines.append(f"- Tokenizer: {info.tokenizer_type} (its files are in this directory)")
     lines.append(f"- Checkpoint: `{info.checkpoint}`" + (f" (step {info.step})" if info.step is not None else ""))
+    if info.stages and any(stage.step is not None for stage in info.stages):
+        lines += ["", *_stage_table(info)]
     return lines
 
 
@@ -50,7 +86,10 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
             lines.append(f"| {task} | {metric} | {shown} |")
     samples = evaluation.get("samples") or []
     if samples:
-        lines += ["", "Samples:", ""]
+        sampling = evaluation.get("sampling") or {}
+        named = (("temperature", "temperature"), ("top-k", "top_k"), ("top-p", "top_p"))
+        settings = ", ".join(f"{name} {sampling[key]}" for name, key in named if key in sampling)
+        lines += ["", f"Samples ({settings}, as in `generation_config.json`):" if settings else "Samples:", ""]
         for sample in samples[:4]:
             lines += ["```", sample["text"], "```"]
     return lines

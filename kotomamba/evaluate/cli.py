@@ -5,7 +5,7 @@ Output (written atomically)::
     {"model": DIR, "data": {"data_path", "split", "seq_length", "eval_samples", "seed", "reset_at_eod"},
      "perplexity": {"loss" (token-weighted mean), "perplexity" (exp(loss)), "tokens", "samples"},
      "baseline_init": {the same, for a freshly initialised model of the same config and seed},
-     "sampling": {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"},
+     "sampling": {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed"} (always),
      "samples": [{"prompt", "completion", "text" (prompt + completion), "tokens"}],
      "lm_eval": {task: {metric: value}}}
 
@@ -24,14 +24,16 @@ import torch
 from kotomamba.errors import UserError
 from kotomamba.evaluate.perplexity import heldout_loss
 from kotomamba.io import write_json
-from kotomamba.model.generation import SamplingConfig, load_tokenizer, resolve_device_dtype, sample_texts
+from kotomamba.model.generation import SamplingConfig, load_model, load_tokenizer, resolve_device_dtype, sample_texts
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kotomamba evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model directory (MambaLM.from_pretrained)")
+    parser.add_argument("--model", required=True,
+                        help="model directory (MambaLM.from_pretrained), or a hub id org/name@revision")
     parser.add_argument("--data", nargs="+", default=None,
-                        help="Megatron data prefixes, or a 'w1 p1 w2 p2' string (as in training)")
+                        help="Megatron data prefixes (blended equally), or 'w1 p1 w2 p2' weights and prefixes "
+                             "as in training")
     parser.add_argument("--split", default="949,50,1", help="train,valid,test document shares (default 949,50,1)")
     parser.add_argument("--seq-length", type=int, default=1024)
     parser.add_argument("--eval-samples", type=int, default=64, help="validation samples of seq-length tokens")
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline-init", action="store_true",
                         help="also report the loss of a freshly initialised model of the same config and seed")
     parser.add_argument("--tokenizer-type", default=None, help="default: the HF tokenizer files in --model")
-    parser.add_argument("--tokenizer-model", default=None)
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="tokenizer file or directory, URL or hub id org/name@revision (default: --model)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt for samples (repeatable)")
     parser.add_argument("--prompts-file", default=None, help="prompts, one per line")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -75,11 +78,38 @@ def _prompts(args) -> list[str]:
     return prompts
 
 
+def _is_weight(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def data_path(words: list[str]) -> str:
+    """Megatron's blend string from ``--data``: prefixes without weights get weight 1 each; words
+    that include weights are Megatron's ``w1 p1 w2 p2`` (parse_data_path checks them)."""
+    words = [word for item in words for word in item.split()]
+    if len(words) > 1 and not any(_is_weight(word) for word in words):
+        return " ".join(f"1 {prefix}" for prefix in words)
+    return " ".join(words)
+
+
+def _require_lm_eval() -> None:
+    """Fail before the model and data are loaded when the harness the tasks need is not installed."""
+    import importlib
+
+    try:
+        importlib.import_module("lm_eval")
+    except ModuleNotFoundError as exc:
+        raise UserError(f"--lm-eval-tasks needs lm-evaluation-harness, which is not installed ({exc}); "
+                        f"install the extra: pip install 'kotomamba[lmeval]'") from exc
+
+
 def _validation_dataset(args):
     from kotomamba.data.gpt_dataset import build_gpt_datasets
 
-    data_path = " ".join(args.data)
-    _, valid, _ = build_gpt_datasets(data_path, args.split, args.seq_length, args.seed,
+    _, valid, _ = build_gpt_datasets(data_path(args.data), args.split, args.seq_length, args.seed,
                                      num_samples=(0, args.eval_samples, 0), cache_dir=None,
                                      reset_at_eod=not args.no_reset_at_eod)
     return valid
@@ -96,29 +126,29 @@ def _baseline_loss(model, args, valid, use_seq_idx: bool) -> dict:
 
 def evaluate(args) -> dict:
     """Run every part the arguments ask for; returns the JSON-ready result."""
-    from kotomamba.model import MambaLM
-
     if args.eval_samples < 0 or args.micro_batch_size < 1 or args.seq_length < 1:
         raise UserError("--eval-samples must be >= 0, --micro-batch-size and --seq-length >= 1")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     tasks = [task.strip() for task in args.lm_eval_tasks.split(",") if task.strip()]
     prompts = _prompts(args)
+    if tasks:
+        _require_lm_eval()
     device, dtype = resolve_device_dtype(args.device, args.dtype)
-    model = MambaLM.from_pretrained(args.model, device=device, dtype=dtype).eval()
+    model = load_model(args.model, device, dtype)
     result: dict = {"model": str(args.model)}
     if args.data and args.eval_samples > 0:
         valid = _validation_dataset(args)
         use_seq_idx = model.config.layer == "Mamba2" and not args.no_reset_at_eod
-        result["data"] = {"data_path": " ".join(args.data), "split": args.split, "seq_length": args.seq_length,
+        result["data"] = {"data_path": data_path(args.data), "split": args.split, "seq_length": args.seq_length,
                           "eval_samples": args.eval_samples, "seed": args.seed, "reset_at_eod": use_seq_idx}
         result["perplexity"] = heldout_loss(model, valid, args.micro_batch_size, use_seq_idx)
         if args.baseline_init:
             result["baseline_init"] = _baseline_loss(model, args, valid, use_seq_idx)
     if prompts or tasks:
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
+    # Recorded even without prompts: the export's generation_config.json takes its sampling from here.
+    result["sampling"] = {**dataclasses.asdict(sampling), "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     if prompts:
-        result["sampling"] = {**dataclasses.asdict(sampling), "max_new_tokens": args.max_new_tokens,
-                              "seed": args.seed}
         result["samples"] = sample_texts(model, tokenizer, prompts, args.max_new_tokens, sampling, args.seed)
     if tasks:
         from kotomamba.evaluate.lm_eval_bridge import run_tasks

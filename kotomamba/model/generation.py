@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 import torch
 
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample text from a model directory (a kotomamba/transformers/mamba-ssm export). "
                     "Defaults SAMPLE from the model's distribution (temperature 1, no top-k, no top-p); "
                     "pass --temperature 0 for greedy decoding.")
-    parser.add_argument("--model", required=True, help="model directory loadable by MambaLM.from_pretrained")
+    parser.add_argument("--model", required=True,
+                        help="model directory loadable by MambaLM.from_pretrained, or a hub id org/name@revision")
     parser.add_argument("--prompt", action="append", required=True,
                         help="prompt text; repeat the flag for several prompts")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -212,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-stop-at-eos", action="store_true", help="keep generating after the EOS token")
     parser.add_argument("--tokenizer-type", default=None,
                         help="Megatron tokenizer type (default: the HF tokenizer files in --model)")
-    parser.add_argument("--tokenizer-model", default=None, help="tokenizer file or directory (default: --model)")
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="tokenizer file or directory, URL or hub id org/name@revision (default: --model)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
@@ -228,10 +231,41 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.d
     return dev, getattr(torch, name)
 
 
+def load_model(model_dir: str, device: torch.device, dtype: torch.dtype):
+    """``MambaLM.from_pretrained(model_dir)`` in eval mode; a directory that is not there is named as
+    the ``--model`` it is, before anything else (the tokenizer defaults to its files) is looked for.
+    ``model_dir`` may be a hub id ``org/name@revision`` (fetched: :func:`model_path`)."""
+    from kotomamba.model import MambaLM
+
+    model_dir = model_path(model_dir)
+    if not Path(model_dir).is_dir():
+        raise UserError(f"--model {model_dir}: no such model directory")
+    return MambaLM.from_pretrained(model_dir, device=device, dtype=dtype).eval()
+
+
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def model_path(spec: str) -> str:
+    """The local directory of ``--model``: as given, or fetched when it names a hub repository or URLs."""
+    from kotomamba.data.remote_inputs import local_input
+
+    return local_input(spec, "model")
+
+
 def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: str | None):
-    """``kotomamba.data`` tokenizer: the given type/model, else the HF tokenizer files of ``model_dir``."""
+    """``kotomamba.data`` tokenizer: the given type/model (local or remote), else the HF tokenizer files of
+    ``model_dir`` (fetched with the model when it is remote)."""
+    from kotomamba.data.remote_inputs import local_input
     from kotomamba.data.tokenizer import build_tokenizer
 
+    model_dir = model_path(model_dir)
+    if tokenizer_model is not None:
+        tokenizer_model = local_input(tokenizer_model, "tokenizer")
+
+    if tokenizer_model is None and not any((Path(model_dir) / name).is_file() for name in _HF_TOKENIZER_FILES):
+        raise UserError(f"--model {model_dir}: no tokenizer files ({', '.join(_HF_TOKENIZER_FILES)}); pass "
+                        f"--tokenizer-type and --tokenizer-model")
     return build_tokenizer(tokenizer_type or "HuggingFaceTokenizer", tokenizer_model or model_dir)
 
 
@@ -271,14 +305,12 @@ def sample_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, samp
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from kotomamba.model import MambaLM
-
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.batch < 1 or args.max_new_tokens < 0:
             raise UserError("--batch must be >= 1 and --max-new-tokens >= 0")
         device, dtype = resolve_device_dtype(args.device, args.dtype)
+        model = load_model(args.model, device, dtype)
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
-        model = MambaLM.from_pretrained(args.model, device=device, dtype=dtype).eval()
         samples = sample_texts(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.seed,
                                args.batch, not args.no_stop_at_eos, cuda_graph=False if args.no_cuda_graph else None)
     except UserError as exc:

@@ -1,0 +1,90 @@
+"""A new user's first `kotomamba evaluate` and `kotomamba generate`: prefixes without weights, a model
+path that is not there, a model without tokenizer files, lm-eval tasks without the `lmeval` extra."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kotomamba.convert.export import write_hf
+from kotomamba.convert.run_info import RunInfo
+from kotomamba.evaluate.cli import main as evaluate
+from kotomamba.model import MambaLM, preset
+from kotomamba.model.generation import main as generate
+from train_helpers import VOCAB, make_corpus
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, str, str]:
+    """(a transformers export of a tiny untrained model, two Megatron prefixes)."""
+    root = tmp_path_factory.mktemp("first_eval")
+    tokenizer, prefix = make_corpus(root)
+    other = root / "other_text_document"
+    for ext in ("bin", "idx"):
+        shutil.copyfile(f"{prefix}.{ext}", f"{other}.{ext}")
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny", vocab_size=VOCAB))
+    write_hf(model.config, model.state_dict(), root / "export", ("HuggingFaceTokenizer", tokenizer),
+             RunInfo(checkpoint="test"))
+    return root / "export", prefix, str(other)
+
+
+def _evaluate(model: Path, output: Path, *data: str) -> dict:
+    assert evaluate(["--model", str(model), "--data", *data, "--seq-length", "16", "--eval-samples", "4",
+                     "--split", "50,50,0", "--output", str(output)]) == 0
+    return json.loads(output.read_text())
+
+
+def test_prefixes_without_weights_are_blended_equally(setup, tmp_path):
+    model, first, second = setup
+    unweighted = _evaluate(model, tmp_path / "a.json", first, second)
+    weighted = _evaluate(model, tmp_path / "b.json", f"1 {first} 1 {second}")
+    assert unweighted["data"]["data_path"] == f"1 {first} 1 {second}"
+    assert unweighted["perplexity"] == weighted["perplexity"]
+
+
+def test_a_model_path_that_is_not_there_is_named(tmp_path, capsys):
+    missing = tmp_path / "nonexistent"
+    assert generate(["--model", str(missing), "--prompt", "w1"]) == 2
+    assert f"--model {missing}: no such model directory" in capsys.readouterr().err
+    assert evaluate(["--model", str(missing), "--prompt", "w1", "--output", str(tmp_path / "e.json")]) == 2
+    assert f"--model {missing}: no such model directory" in capsys.readouterr().err
+
+
+def test_a_model_without_tokenizer_files_says_which_flags_to_pass(setup, tmp_path, capsys):
+    model, _, _ = setup
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(model / name, bare / name)
+    assert generate(["--model", str(bare), "--prompt", "w1"]) == 2
+    error = capsys.readouterr().err
+    assert f"--model {bare}: no tokenizer files" in error and "--tokenizer-type and --tokenizer-model" in error
+
+
+def test_lm_eval_tasks_without_the_extra_name_the_extra(setup, tmp_path, capsys, monkeypatch):
+    model, _, _ = setup
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` then fails as without the extra
+    output = tmp_path / "eval.json"
+    assert evaluate(["--model", str(model), "--lm-eval-tasks", "hellaswag", "--output", str(output)]) == 2
+    assert "pip install 'kotomamba[lmeval]'" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_the_evaluation_sampling_reaches_the_exports_generation_config(setup, tmp_path):
+    from transformers import GenerationConfig
+
+    from kotomamba.convert.cli import main as convert
+
+    model, prefix, _ = setup
+    assert evaluate(["--model", str(model), "--data", prefix, "--seq-length", "16", "--eval-samples", "2",
+                     "--split", "50,50,0", "--temperature", "0.8", "--top-p", "0.95", "--top-k", "20",
+                     "--output", str(tmp_path / "eval.json")]) == 0  # no prompts, as a pipeline may be set up
+    assert convert(["--checkpoint", str(model), "--to", "hf", "--eval-json", str(tmp_path / "eval.json"),
+                    "--output", str(tmp_path / "hf")]) == 0
+    generation = GenerationConfig.from_pretrained(str(tmp_path / "hf"))
+    assert generation.do_sample and (generation.temperature, generation.top_p, generation.top_k) == (0.8, 0.95, 20)
