@@ -1,20 +1,26 @@
-"""The tiny DAG through real SLURM and Grid Engine daemons on localhost, compared with a local run.
+"""The tiny DAG through real two-node SLURM and Grid Engine clusters on this machine, compared
+with a local run.
 
-Start the daemons first (as root): `tests/scheduler/start_slurm.sh` and `tests/scheduler/start_sge.sh`.
-With KOTOMAMBA_SCHEDULER_TESTS=1 (CI) a daemon that is not up FAILS the tier; without it the tier
+Start the clusters first (as root): `tests/scheduler/start_slurm.sh` and `tests/scheduler/start_sge.sh`
+(compute nodes ktnode1 and ktnode2, each a network namespace with its own hostname and address).
+With KOTOMAMBA_SCHEDULER_TESTS=1 (CI) a cluster that is not up FAILS the tier; without it the tier
 is skipped, so quick developer runs need no daemons.
 
-Each run tokenizes the builtin corpus and trains one tiny stage as a scheduler job of 2 CPU
-processes (`kotomamba launch --nproc-per-node 2` inside the job); the tokenized .bin/.idx must
-equal the local run's byte for byte and the training losses must be equal.
+Each run tokenizes the builtin corpus and trains one tiny stage as one scheduler job, world size 2
+on CPU (gloo): either one node of 2 processes, or two nodes of 1 process each (FSDP2 across the
+namespaces; the job also asks for one of each node's count-only GPUs, so the GPU request is
+scheduled for real). The tokenized .bin/.idx must equal the local run's byte for byte and the
+training losses must be equal to the local one-node run's.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +42,10 @@ def scheduler_env() -> dict[str, str]:
     env.setdefault("SGE_ROOT", "/var/lib/gridengine")
     env.setdefault("SGE_CELL", "default")
     env.setdefault("KOTOMAMBA_SLURM_ACCOUNT", "ci")
+    env.setdefault("KOTOMAMBA_SGE_MPI_PE", "mpi")
     env["OMP_NUM_THREADS"] = "1"
+    # The test clusters run jobs as root; Open MPI's mpirun refuses root unless told twice.
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return env
 
 
@@ -55,7 +64,8 @@ def daemon_problem(name: str) -> str | None:
     return None
 
 
-def tiny_config() -> dict:
+def tiny_config(nodes: int = 1) -> dict:
+    """The smoke-sized run: world size 2 as one node of 2 processes or `nodes` = 2 nodes of 1."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["run"] = "sched"
     config["corpus"]["sources"][0]["max_bytes"] = 200_000
@@ -69,15 +79,17 @@ def tiny_config() -> dict:
     config["train"]["eval"] = {"interval": 6, "steps": 1}
     config["train"]["checkpoint"] = {"interval": 6, "keep_last": 1}
     config["train"]["logging"] = {"interval": 1}
-    config["launch"] = {"nodes": 1, "nproc_per_node": 2}
+    config["launch"] = {"nodes": nodes, "nproc_per_node": 2 // nodes, "device": "cpu"}
     config["resources"] = {"train": {"runtime": 20, "mem_mb": 3000}}
+    if nodes > 1:
+        config["resources"]["train"]["gpus_per_node"] = 1
     return config
 
 
-def run_pipeline(workdir: Path, *profile_args: str) -> subprocess.CompletedProcess:
+def run_pipeline(workdir: Path, *profile_args: str, nodes: int = 1) -> subprocess.CompletedProcess:
     workdir.mkdir(parents=True)
     config_file = workdir / "sched.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config()))
+    config_file.write_text(yaml.safe_dump(tiny_config(nodes)))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                "--configfile", str(config_file), "--until", "train", *profile_args]
     return subprocess.run(command, capture_output=True, text=True, env=scheduler_env(), cwd=workdir, timeout=1800)
@@ -112,16 +124,60 @@ PROFILES = {
 }
 
 
+def train_job_id(scheduler: str, output: str) -> str:
+    """The scheduler's id of the one training job in snakemake's output."""
+    pattern = (r"rule train:.*?submitted with SLURM jobid (\d+)" if scheduler == "slurm"
+               else r"rule train:.*?with external jobid '(\d+)'")
+    match = re.search(pattern, output, re.S)
+    assert match, f"no {scheduler} training job in the output:\n{output[-3000:]}"
+    return match.group(1)
+
+
+def train_job_hosts(scheduler: str, job_id: str) -> tuple[str, list[str]]:
+    """(the job's GPU request as accounted, the hosts its tasks ran on) from the accounting."""
+    if scheduler == "slurm":
+        fields = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,NodeList,AllocTRES"],
+                                capture_output=True, text=True, env=scheduler_env(), check=True).stdout
+        rows = [line.split("|") for line in fields.splitlines()]
+        job = next(row for row in rows if row[0] == job_id)
+        steps = [row for row in rows if row[0] == f"{job_id}.0"]
+        assert steps, f"the training job {job_id} ran no srun step: {fields}"
+        hosts = subprocess.run(["scontrol", "show", "hostnames", steps[0][1]], capture_output=True, text=True,
+                               check=True).stdout.split()
+        return job[2], hosts
+    # Grid Engine accounts the master task and each `qrsh -inherit` task (mpirun's daemons) apart.
+    for _ in range(20):
+        text = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True, env=scheduler_env()).stdout
+        hosts = re.findall(r"^hostname\s+(\S+)", text, re.M)
+        if len(hosts) >= 2:
+            break
+        time.sleep(1)
+    category = re.search(r"^category\s+(.*)$", text, re.M)
+    return category.group(1) if category else "", sorted(set(hosts))
+
+
 @pytest.mark.parametrize("scheduler", sorted(PROFILES))
-def test_dag_through_scheduler_equals_local_run(scheduler, local_run, tmp_path):
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_dag_through_scheduler_equals_local_run(scheduler, nodes, local_run, tmp_path):
     problem = daemon_problem(scheduler)
     if problem:
         pytest.fail(f"{scheduler} is not up: {problem}")
     workdir = tmp_path / "run"
-    result = run_pipeline(workdir, *PROFILES[scheduler])
+    result = run_pipeline(workdir, *PROFILES[scheduler], nodes=nodes)
     logs = "\n".join(path.read_text(errors="replace")[-3000:] for path in workdir.rglob("*.log"))
+    output = result.stdout + result.stderr
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:] + logs[-6000:]
-    assert ("submitted with SLURM jobid" if scheduler == "slurm" else "with external jobid") in result.stdout + result.stderr
+    assert ("submitted with SLURM jobid" if scheduler == "slurm" else "with external jobid") in output
+    final = json.loads((workdir / "results" / "sched" / "train" / "pretrain" / "final.json").read_text())
+    assert final["world_size"] == 2
+    if nodes > 1:
+        # One training job of two nodes whose ranks ran on both, and one GPU per node was granted.
+        request, hosts = train_job_hosts(scheduler, train_job_id(scheduler, output))
+        assert hosts == ["ktnode1", "ktnode2"], (request, hosts)
+        wanted = ["gres/gpu=2"] if scheduler == "slurm" else ["-pe mpi 2", "gpu=1"]
+        assert all(part in request for part in wanted), request
+        train_log = (workdir / "results" / "sched" / "logs" / "train" / "pretrain.log").read_text()
+        assert sorted(re.findall(r"kotomamba launch: node (\S+):", train_log)) == ["ktnode1", "ktnode2"], train_log
     tokenized, losses = outputs(workdir)
     local_tokenized, local_losses = local_run
     assert sorted(tokenized) == sorted(local_tokenized) and tokenized, "different tokenized files"
