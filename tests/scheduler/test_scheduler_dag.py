@@ -46,7 +46,13 @@ def scheduler_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     # The test clusters run jobs as root; Open MPI's mpirun refuses root unless told twice.
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    # Each profile's setup hook (modules, venv on a real cluster) runs first in every job.
+    env["KOTOMAMBA_SLURM_SETUP"] = env["KOTOMAMBA_SGE_SETUP"] = SETUP_LINE
     return env
+
+
+SETUP_LINE = 'echo "setup line ran on $(hostname)"'
+
 
 
 def daemon_problem(name: str) -> str | None:
@@ -119,7 +125,8 @@ def local_run(tmp_path_factory):
 
 
 PROFILES = {
-    "slurm": ["--profile", str(REPO / "profiles" / "slurm"), "--slurm-init-seconds-before-status-checks", "2"],
+    "slurm": ["--profile", str(REPO / "profiles" / "slurm"), "--slurm-init-seconds-before-status-checks", "2",
+              "--slurm-keep-successful-logs"],
     "sge": ["--profile", str(REPO / "profiles" / "sge")],
 }
 
@@ -168,6 +175,8 @@ def test_dag_through_scheduler_equals_local_run(scheduler, nodes, local_run, tmp
     output = result.stdout + result.stderr
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:] + logs[-6000:]
     assert ("submitted with SLURM jobid" if scheduler == "slurm" else "with external jobid") in output
+    job_logs = "".join(path.read_text(errors="replace") for path in (workdir / ".snakemake").rglob("*.log"))
+    assert re.search(r"setup line ran on ktnode[12]", job_logs), "the profile's setup hook did not run in the jobs"
     final = json.loads((workdir / "results" / "sched" / "train" / "pretrain" / "final.json").read_text())
     assert final["world_size"] == 2
     if nodes > 1:
