@@ -68,3 +68,27 @@ node_exec() {
     nsenter --net="/run/netns/$(node_netns "$node")" unshare --uts --mount sh -c \
         "mount --bind $KT_RUN/hosts /etc/hosts && hostname $node && $*"
 }
+
+# An sshd on every node that lets this host's root in with a key of its own ($KT_RUN/ssh/id_ed25519;
+# root's ~/.ssh is not touched), for mpirun outside a scheduler's own launcher: the PBS path, where
+# Open MPI reaches the hosts of $PBS_NODEFILE by ssh. Pass the key with
+#   OMPI_MCA_plm_rsh_agent="ssh -i $KT_RUN/ssh/id_ed25519 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+start_node_sshd() {
+    command -v /usr/sbin/sshd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends openssh-server >/dev/null || fail "apt-get install openssh-server failed"
+    mkdir -p "$KT_RUN/ssh" /run/sshd && chmod 700 "$KT_RUN/ssh"
+    [ -s "$KT_RUN/ssh/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -f "$KT_RUN/ssh/id_ed25519"
+    cp "$KT_RUN/ssh/id_ed25519.pub" "$KT_RUN/ssh/authorized_keys"
+    local node pid
+    for node in $NODES; do
+        pid=$(cat "$KT_RUN/sshd-$node.pid" 2>/dev/null || true)
+        [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && continue
+        node_exec "$node" "exec /usr/sbin/sshd -o ListenAddress=$(node_address "$node") -o PidFile=$KT_RUN/sshd-$node.pid \
+            -o PermitRootLogin=prohibit-password -o AuthorizedKeysFile=$KT_RUN/ssh/authorized_keys \
+            -o StrictModes=no -o PasswordAuthentication=no" || fail "sshd of $node did not start"
+    done
+    for node in $NODES; do
+        wait_for 15 "sshd of $node" ssh -i "$KT_RUN/ssh/id_ed25519" -o StrictHostKeyChecking=no \
+            -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR "$node" true
+    done
+}

@@ -6,7 +6,8 @@
 # so mpirun starts its daemons through `qrsh -inherit`), a consumable `gpu` complex with 4 per
 # host (counted only: training runs on CPU), root allowed to run jobs, a scheduler that starts jobs
 # within a second and accounting (`qacct`) flushed every second. Also installs Open MPI (mpirun is
-# how the launcher reaches the other hosts of a Grid Engine job).
+# how the launcher reaches the other hosts of a Grid Engine job) and an sshd on each node that lets
+# this host's root in with a key of its own, for mpirun's other way to reach hosts (the PBS path).
 # Idempotent: daemons already up are left running. Exits non-zero, naming what failed, if a daemon
 # does not come up or a two-host job does not run. Source /etc/profile.d/gridengine.sh to use it.
 set -euo pipefail
@@ -125,7 +126,9 @@ qrsh -inherit -nostdin "$(tail -n 1 "$PE_HOSTFILE" | cut -d' ' -f1)" true
 EOF
 ) || fail "qsub failed"
 wait_for 60 "accounting of test job $job on both hosts" sh -c "qacct -j $job | grep -q '^exit_status *0'"
+# mpirun outside Grid Engine's own launcher (the PBS path of the launcher) reaches the nodes by ssh.
+start_node_sshd
 cat > /etc/profile.d/gridengine.sh <<EOF
 export SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL
 EOF
-echo "Grid Engine up: SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL, queue all.q on ${NODES// /, } ($(nproc) slots, gpu=4 each), PEs smp, mpi"
+echo "Grid Engine up: SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL, queue all.q on ${NODES// /, } ($(nproc) slots, gpu=4 each), PEs smp, mpi; sshd on each node"

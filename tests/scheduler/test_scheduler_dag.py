@@ -117,11 +117,16 @@ def outputs(workdir: Path) -> tuple[dict[str, bytes], list[tuple]]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def local_workdir(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("local") / "run"
     result = run_pipeline(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return outputs(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def local_run(local_workdir):
+    return outputs(local_workdir)
 
 
 PROFILES = {
@@ -193,3 +198,37 @@ def test_dag_through_scheduler_equals_local_run(scheduler, nodes, local_run, tmp
     for name in tokenized:
         assert tokenized[name] == local_tokenized[name], f"{name} differs from the local run's"
     assert losses == local_losses
+
+
+SSH_KEY = Path("/run/kt/ssh/id_ed25519")  # start_sge.sh: each node's sshd lets this key in (common.sh)
+
+
+def test_pbs_launch_path_across_two_hosts_equals_local_run(local_workdir, local_run, tmp_path):
+    """No PBS server runs here, so the launcher is run as it runs in a two-node PBS job: on ktnode1,
+    with `PBS_JOBID` and a `PBS_NODEFILE` of both nodes (two lines each, as `mpiprocs=2` writes it),
+    and no other scheduler's variables; `mpirun` reaches ktnode2 by ssh, as Debian's Open MPI (built
+    without PBS's TM interface) does on a PBS cluster. The losses must equal the local run's."""
+    if not SSH_KEY.is_file():
+        pytest.fail(f"{SSH_KEY} is missing: run tests/scheduler/start_sge.sh (it starts each node's sshd)")
+    workdir = tmp_path / "run"
+    shutil.copytree(local_workdir / "results", workdir / "results")
+    stage = workdir / "results" / "sched" / "train" / "pretrain"
+    for path in stage.iterdir():
+        if path.name != "train.yaml":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("ktnode1\nktnode1\nktnode2\nktnode2\n")
+    env = {name: value for name, value in scheduler_env().items()
+           if not name.startswith(("SLURM_", "SGE_", "PE_", "KOTOMAMBA_SGE", "KOTOMAMBA_SLURM")) and name != "JOB_ID"}
+    env.update(PBS_JOBID="4242.pbs1", PBS_NODEFILE=str(nodefile), OMPI_MCA_plm_rsh_agent=(
+        f"ssh -i {SSH_KEY} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"))
+    as_ktnode1 = ["nsenter", "--net=/run/netns/kt1", "unshare", "--uts", "--mount", "sh", "-c",
+                  'mount --bind /run/kt/hosts /etc/hosts && hostname ktnode1 && exec "$@"', "sh"]
+    command = [*as_ktnode1, sys.executable, "-m", "kotomamba", "launch", "--nnodes", "2", "--nproc-per-node", "1",
+               "--", "train", "--config", str(stage / "train.yaml"), "--resume", "auto"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    assert "kotomamba launch: pbs job 4242.pbs1: mpirun" in result.stderr
+    assert sorted(re.findall(r"kotomamba launch: node (\S+):", result.stderr)) == ["ktnode1", "ktnode2"]
+    assert json.loads((stage / "final.json").read_text())["world_size"] == 2
+    assert outputs(workdir)[1] == local_run[1]
