@@ -38,7 +38,7 @@ def rule_resources(name):
         resources.setdefault("nodes", launch["nodes"])
         if launch["nodes"] > 1:
             resources.update(mpi="srun", tasks=launch["nodes"], tasks_per_gpu=0)
-    if launch.get("device") == "gpu" and name in GPU_RULES:
+    if launch["device"] == "gpu" and name in GPU_RULES:
         resources.setdefault("gpus_per_node", launch["nproc_per_node"] if name == "train" else 1)
     if resources.get("gpus_per_node") and "gres" not in resources and "gpu" not in resources:
         resources["gres"] = f"gpu:{resources['gpus_per_node']}"

@@ -290,11 +290,12 @@ def node_device_env(device: str, nproc_per_node: int, env: dict[str, str]) -> di
 
 # Passed by name to the other nodes (Open MPI's -x; srun passes the whole environment): what finds
 # the interpreter and the code, the rendezvous, and every variable of these families, so that what
-# the docs say to set in the environment (NCCL tuning, trackers, Hugging Face caches) reaches every rank.
+# the docs say to set in the environment (NCCL tuning, trackers, Hugging Face caches) reaches every
+# rank. Not CUDA_*: CUDA_VISIBLE_DEVICES is each node's own.
 MPIRUN_EXPORTS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "MASTER_ADDR", "MASTER_PORT",
                   "OMP_NUM_THREADS", "CUDA_HOME")
 MPIRUN_EXPORT_PREFIXES = ("KOTOMAMBA_", "NCCL_", "WANDB_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_",
-                          "TRITON_", "TORCH_", "PYTORCH_", "UCX_", "GLOO_")  # not CUDA_*: CUDA_VISIBLE_DEVICES is each node's own
+                          "TRITON_", "TORCH_", "PYTORCH_", "UCX_", "GLOO_")
 
 
 def fan_out_command(allocation: Allocation, nnodes: int, node_args: list[str], hostfile: str,
