@@ -36,6 +36,8 @@ node_netns() { echo "kt${1#ktnode}"; }             # ktnode1 -> kt1
 # The bridge, one namespace per node with a veth pair into the bridge, and the names in /etc/hosts
 # (the host's and the nodes' own). Idempotent: what exists is kept.
 start_node_network() {
+    command -v ip >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        iproute2 >/dev/null || fail "apt-get install iproute2 failed"
     mkdir -p "$KT_RUN"
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link add "$BRIDGE" type bridge || fail "cannot create bridge $BRIDGE"
