@@ -8,9 +8,9 @@ is skipped, so quick developer runs need no daemons.
 
 Each run tokenizes the builtin corpus and trains one tiny stage as one scheduler job, world size 2
 on CPU (gloo): either one node of 2 processes, or two nodes of 1 process each (FSDP2 across the
-namespaces; the job also asks for one of each node's count-only GPUs, so the GPU request is
-scheduled for real). The tokenized .bin/.idx must equal the local run's byte for byte and the
-training losses must be equal to the local one-node run's.
+namespaces). The job also asks for a count-only GPU per process, so GPU requests are scheduled for
+real. The tokenized .bin/.idx must equal the local run's byte for byte and the training losses must
+be equal to the local one-node run's.
 """
 from __future__ import annotations
 
@@ -86,9 +86,8 @@ def tiny_config(nodes: int = 1) -> dict:
     config["train"]["checkpoint"] = {"interval": 6, "keep_last": 1}
     config["train"]["logging"] = {"interval": 1}
     config["launch"] = {"nodes": nodes, "nproc_per_node": 2 // nodes, "device": "cpu"}
-    config["resources"] = {"train": {"runtime": 20, "mem_mb": 3000}}
-    if nodes > 1:
-        config["resources"]["train"]["gpus_per_node"] = 1
+    # A GPU per process, counted by the schedulers (the processes run on CPU: device cpu).
+    config["resources"] = {"train": {"runtime": 20, "mem_mb": 3000, "gpus_per_node": 2 // nodes}}
     return config
 
 
@@ -145,7 +144,7 @@ def train_job_id(scheduler: str, output: str) -> str:
     return match.group(1)
 
 
-def train_job_hosts(scheduler: str, job_id: str) -> tuple[str, list[str]]:
+def train_job_hosts(scheduler: str, job_id: str, nodes: int) -> tuple[str, list[str]]:
     """(the job's GPU request as accounted, the hosts its tasks ran on) from the accounting."""
     if scheduler == "slurm":
         fields = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,NodeList,AllocTRES"],
@@ -161,7 +160,7 @@ def train_job_hosts(scheduler: str, job_id: str) -> tuple[str, list[str]]:
     for _ in range(20):
         text = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True, env=scheduler_env()).stdout
         hosts = re.findall(r"^hostname\s+(\S+)", text, re.M)
-        if len(hosts) >= 2:
+        if len(hosts) >= nodes:
             break
         time.sleep(1)
     category = re.search(r"^category\s+(.*)$", text, re.M)
@@ -184,12 +183,12 @@ def test_dag_through_scheduler_equals_local_run(scheduler, nodes, local_run, tmp
     assert re.search(r"setup line ran on ktnode[12]", job_logs), "the profile's setup hook did not run in the jobs"
     final = json.loads((workdir / "results" / "sched" / "train" / "pretrain" / "final.json").read_text())
     assert final["world_size"] == 2
-    if nodes > 1:
-        # One training job of two nodes whose ranks ran on both, and one GPU per node was granted.
-        request, hosts = train_job_hosts(scheduler, train_job_id(scheduler, output))
-        assert hosts == ["ktnode1", "ktnode2"], (request, hosts)
-        wanted = ["gres/gpu=2"] if scheduler == "slurm" else ["-pe mpi 2", "gpu=1"]
-        assert all(part in request for part in wanted), request
+    # One training job, on `nodes` hosts, granted 2 GPUs in all (SGE counts them per slot).
+    request, hosts = train_job_hosts(scheduler, train_job_id(scheduler, output), nodes)
+    assert len(hosts) == nodes and set(hosts) <= {"ktnode1", "ktnode2"}, (request, hosts)
+    wanted = ["gres/gpu=2"] if scheduler == "slurm" else [f"-pe {'mpi' if nodes > 1 else 'smp'} 2", "gpu=1"]
+    assert all(part in request for part in wanted), request
+    if nodes > 1:  # the ranks ran on both hosts
         train_log = (workdir / "results" / "sched" / "logs" / "train" / "pretrain.log").read_text()
         assert sorted(re.findall(r"kotomamba launch: node (\S+):", train_log)) == ["ktnode1", "ktnode2"], train_log
     tokenized, losses = outputs(workdir)
