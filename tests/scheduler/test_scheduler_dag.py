@@ -231,3 +231,23 @@ def test_pbs_launch_path_across_two_hosts_equals_local_run(local_workdir, local_
     assert sorted(re.findall(r"kotomamba launch: node (\S+):", result.stderr)) == ["ktnode1", "ktnode2"]
     assert json.loads((stage / "final.json").read_text())["world_size"] == 2
     assert outputs(workdir)[1] == local_run[1]
+
+
+def test_sge_status_reports_and_removes_a_job_in_error_state(tmp_path):
+    """profiles/sge/status.py against the real qmaster: a job that can never run (its working
+    directory is missing: state Eqw) is reported failed, with the reason, and is no longer queued."""
+    problem = daemon_problem("sge")
+    if problem:
+        pytest.fail(f"sge is not up: {problem}")
+    env = scheduler_env()
+    submitted = subprocess.run(["qsub", "-terse", "-b", "y", "-o", "/dev/null", "-j", "y", "-wd",
+                                str(tmp_path / "missing"), "true"], capture_output=True, text=True, env=env, check=True)
+    job_id = submitted.stdout.strip()
+    status = [sys.executable, str(REPO / "profiles" / "sge" / "status.py"), job_id]
+    for _ in range(120):
+        result = subprocess.run(status, capture_output=True, text=True, env=env, timeout=120)
+        if result.stdout.strip() != "running":
+            break
+        time.sleep(0.5)
+    assert result.stdout.strip() == "failed" and "missing" in result.stderr, result.stdout + result.stderr
+    assert subprocess.run(["qstat", "-j", job_id], capture_output=True, text=True, env=env).returncode != 0
