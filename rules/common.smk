@@ -13,6 +13,7 @@ DEFAULT_RESOURCES = {
     "evaluate": {"runtime": 60, "mem_mb": 8000},
     "report": {"runtime": 10, "mem_mb": 1000},
 }
+GPU_RULES = ("train", "convert", "evaluate")  # what `launch.device: gpu` gives GPUs
 
 
 def rule_resources(name):
@@ -22,15 +23,25 @@ def rule_resources(name):
     out of wall time is resubmitted with more; training resumes from its last checkpoint. Training
     asks for `launch.nodes` nodes; on more than one it is an `mpi` job for SLURM's executor (the
     shell runs once on the first node and `kotomamba launch` starts one srun task per node).
+
+    GPUs: `gpus_per_node` is the one request every profile reads (SGE and ABCI submit.py turn it
+    into their own resources); for SLURM's executor it also becomes `gres: gpu:N` (per node) unless
+    the run config names its own `gres` or `gpu`. With `launch.device: gpu` training asks for
+    `launch.nproc_per_node` per node, and convert/evaluate for one, so they run where a GPU-sized
+    model fits; an explicit `resources.<rule>.gpus_per_node` wins.
     """
     resources = {**DEFAULT_RESOURCES[name], **config["resources"].get(name, {})}
     first_runtime = resources.pop("runtime")
     resources["runtime"] = lambda wildcards, attempt: first_runtime * attempt
+    launch = config["launch"]
     if name == "train":
-        nodes = config["launch"]["nodes"]
-        resources.setdefault("nodes", nodes)
-        if nodes > 1:
-            resources.update(mpi="srun", tasks=nodes, tasks_per_gpu=0)
+        resources.setdefault("nodes", launch["nodes"])
+        if launch["nodes"] > 1:
+            resources.update(mpi="srun", tasks=launch["nodes"], tasks_per_gpu=0)
+    if launch["device"] == "gpu" and name in GPU_RULES:
+        resources.setdefault("gpus_per_node", launch["nproc_per_node"] if name == "train" else 1)
+    if resources.get("gpus_per_node") and "gres" not in resources and "gpu" not in resources:
+        resources["gres"] = f"gpu:{resources['gpus_per_node']}"
     return resources
 
 

@@ -39,9 +39,14 @@ Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budg
 job's time left less a margin (the smaller of that and the config file's own value), so the
 trainer checkpoints and exits 75 before the scheduler kills it.
 
-Triton: ``TRITON_CACHE_DIR``, ``TRITON_CACHE_AUTOTUNING`` and ``TRITON_LIBCUDA_PATH`` pass through from
-the environment (and through ``mpirun -x``); when no cache is set, the trainer gives the ranks of a node
-one node-local cache that keeps autotune results.
+Environment: srun passes the whole environment to every node; ``mpirun`` gets ``-x`` for the names
+in ``MPIRUN_EXPORTS`` and every variable of the families in ``MPIRUN_EXPORT_PREFIXES`` (``NCCL_*``,
+``WANDB_*``, ``HF_*``, ``TRITON_*``, ``KOTOMAMBA_*``, ...). Triton: when no ``TRITON_CACHE_DIR`` is
+set, the trainer gives the ranks of a node one node-local cache that keeps autotune results.
+
+Devices: ``--device gpu`` checks on every node, before starting its workers, that it has
+``--nproc-per-node`` CUDA devices and stops with an error naming the node otherwise; ``--device
+cpu`` hides CUDA from the workers; ``auto`` (default) leaves it to the trainer.
 """
 from __future__ import annotations
 
@@ -262,12 +267,41 @@ def torchrun_command(
 def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str) -> list[str]:
     """Arguments of the per-node launcher that the fan-out (srun/mpirun) starts on every host."""
     return ["launch", "--node-local", "--nnodes", str(options.nnodes), "--nproc-per-node",
-            str(options.nproc_per_node), "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id, "--", *options.args]
+            str(options.nproc_per_node), "--device", options.device, "--rdzv-endpoint", endpoint,
+            "--rdzv-id", rdzv_id, "--", *options.args]
 
 
+def node_device_env(device: str, nproc_per_node: int, env: dict[str, str]) -> dict[str, str]:
+    """The workers' environment for ``--device``, checked on the node that runs them.
+
+    ``gpu``: this node must show at least ``nproc_per_node`` CUDA devices, else a UserError (the
+    trainer would otherwise train on CPU without a word). ``cpu``: CUDA is hidden from the workers,
+    so they train on CPU even where GPUs exist. ``auto``: as the trainer finds it.
+    """
+    if device == "cpu":
+        return {**env, "CUDA_VISIBLE_DEVICES": ""}
+    if device == "gpu":
+        import torch
+
+        found = torch.cuda.device_count()
+        if found < nproc_per_node:
+            raise UserError(
+                f"--device gpu: node {socket.gethostname()} has {found} usable CUDA device(s) "
+                f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}), the run needs "
+                f"{nproc_per_node} per node (launch.nproc_per_node); ask the scheduler for GPUs, or set "
+                "launch.device: cpu to train on CPU"
+            )
+    return env
+
+
+# Passed by name to the other nodes (Open MPI's -x; srun passes the whole environment): what finds
+# the interpreter and the code, the rendezvous, and every variable of these families, so that what
+# the docs say to set in the environment (NCCL tuning, trackers, Hugging Face caches) reaches every
+# rank. Not CUDA_*: CUDA_VISIBLE_DEVICES is each node's own.
 MPIRUN_EXPORTS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "MASTER_ADDR", "MASTER_PORT",
-                  "TRITON_LIBCUDA_PATH", "TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "OMP_NUM_THREADS", "HF_HOME",
-                  "NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "CUDA_HOME")
+                  "OMP_NUM_THREADS", "CUDA_HOME")
+MPIRUN_EXPORT_PREFIXES = ("KOTOMAMBA_", "NCCL_", "WANDB_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_",
+                          "TRITON_", "TORCH_", "PYTORCH_", "UCX_", "GLOO_")
 
 
 def fan_out_command(allocation: Allocation, nnodes: int, node_args: list[str], hostfile: str,
@@ -283,8 +317,9 @@ def fan_out_command(allocation: Allocation, nnodes: int, node_args: list[str], h
         cpus = [f"--cpus-per-task={cpus_per_node}"] if cpus_per_node else []
         return ["srun", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1", *cpus,
                 "--kill-on-bad-exit=1", *kotomamba_command(node_args)]
-    exports = [item for name in MPIRUN_EXPORTS if name in env for item in ("-x", name)]
-    exports += [item for name in sorted(env) if name.startswith("KOTOMAMBA_") for item in ("-x", name)]
+    names = [name for name in MPIRUN_EXPORTS if name in env]
+    names += [name for name in sorted(env) if name.startswith(MPIRUN_EXPORT_PREFIXES) and name not in names]
+    exports = [item for name in names for item in ("-x", name)]
     return ["mpirun", "-np", str(nnodes), "--map-by", "ppr:1:node", "--hostfile", hostfile, "--bind-to", "none",
             *exports, *kotomamba_command(node_args)]
 
@@ -418,6 +453,10 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
     if not options.args:
         raise UserError("launch: nothing to run; give a subcommand after `--`, e.g. `-- train --config F`")
     if options.node_local:
+        # One line per node in the job's log: which hosts the ranks really ran on.
+        print(f"kotomamba launch: node {socket.gethostname()}: {options.nproc_per_node} process(es), "
+              f"rendezvous {options.rdzv_endpoint}", file=sys.stderr, flush=True)
+        env = node_device_env(options.device, options.nproc_per_node, env)
         return run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
                         options.rdzv_id, env)
     allocation = detect_allocation(env)
@@ -427,6 +466,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
                 f"launch: --nnodes {options.nnodes} needs a SLURM, Grid Engine or PBS allocation "
                 "(no SLURM_JOB_ID, JOB_ID or PBS_JOBID in the environment)"
             )
+        env = node_device_env(options.device, options.nproc_per_node, env)
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
         return run_node(1, options.nproc_per_node, options.args, None, "", env)
@@ -437,7 +477,8 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
             f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
         )
     if options.nnodes == 1:
-        return run_node(1, options.nproc_per_node, options.args, None, "", env)
+        return run_node(1, options.nproc_per_node, options.args, None, "", node_device_env(
+            options.device, options.nproc_per_node, env))
     port = options.rdzv_port or rendezvous_port(allocation.job_id)
     env = {**env, "MASTER_ADDR": allocation.hosts[0], "MASTER_PORT": str(port)}
     endpoint = f"{allocation.hosts[0]}:{port}"
@@ -465,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--nnodes", type=int, default=1, help="nodes to use (default 1)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) per node (default 1)")
+    parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                        help="gpu: stop unless every node has --nproc-per-node CUDA devices; cpu: train on "
+                        "CPU even where GPUs exist; auto (default): whatever the trainer finds")
     parser.add_argument("--rdzv-port", type=int, default=None,
                         help="rendezvous port on the first node (default 10000 + JOB_ID %% 50000)")
     parser.add_argument("--node-local", action="store_true", help=argparse.SUPPRESS)

@@ -8,13 +8,15 @@ site settings from the job's resources (the run config's ``resources.<rule>``) o
 | resource | environment | meaning |
 | --- | --- | --- |
 | ``abci_group`` | ``KOTOMAMBA_ABCI_GROUP`` | ``qsub -P`` group (ABCI project); required |
-| ``abci_queue`` | ``KOTOMAMBA_ABCI_QUEUE`` | resource type: ``rt_HF`` (full node, 8 H200; default for jobs with ``nodes``, i.e. training), ``rt_HG`` (1 GPU), ``rt_HC`` (32 cores; default otherwise), or a reservation ``R<id>`` |
+| ``abci_queue`` | ``KOTOMAMBA_ABCI_QUEUE`` | resource type: ``rt_HF`` (full node, 8 H200; default for training and for jobs asking more than one GPU), ``rt_HG`` (1 GPU; default for a job asking one, e.g. evaluate with ``launch.device: gpu``), ``rt_HC`` (32 cores, no GPU; default otherwise), or a reservation ``R<id>`` |
 | ``abci_modules`` | ``KOTOMAMBA_ABCI_MODULES`` | ``module load`` these (space separated; default CUDA 12.6, cuDNN 9.5, HPC-X 2.20) |
 | ``abci_setup`` | ``KOTOMAMBA_ABCI_SETUP`` | a shell line run before the job, e.g. ``source ~/venvs/kotomamba/bin/activate`` |
 | ``abci_extra`` | ``KOTOMAMBA_ABCI_EXTRA`` | further ``qsub`` arguments |
 
 The run config's ``resources.<rule>`` wins over the environment, which wins over the defaults. ``nodes`` becomes ``-l select=N``, ``runtime``
-(minutes) ``-l walltime=HH:MM:SS``. A reservation queue ``R<id>`` adds ``-v RTYPE=rt_HF``. The job
+(minutes) ``-l walltime=HH:MM:SS``; ``gpus_per_node`` (rules/common.smk) picks the default
+resource type. A reservation queue ``R<id>`` adds ``-v RTYPE=rt_HF``. ``-V`` gives the job the
+submitting shell's environment. The job
 runs ``cd $PBS_O_WORKDIR``, the module loads and the setup line, then Snakemake's job script, its
 output going straight to ``.snakemake/pbs_logs/<rule>/<job id>.log`` (PBS copies ``-o`` files
 only when a job ends). A missing required setting stops here, before ``qsub``.
@@ -41,6 +43,15 @@ def job_name(rule: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"smk.{rule}")[:15]
 
 
+def default_queue(resources: dict, nodes: int) -> str:
+    """The resource type a job's request fits: one GPU on one node is ``rt_HG``; more GPUs, several
+    nodes or training (which has ``nodes``) a full node ``rt_HF``; no GPU ``rt_HC``."""
+    gpus = int(resources.get("gpus_per_node", 0) or 0)
+    if gpus == 1 and nodes == 1:
+        return "rt_HG"
+    return "rt_HF" if gpus > 1 or "nodes" in resources else "rt_HC"
+
+
 def qsub_command(properties: dict, script: str) -> list[str]:
     """The ``qsub`` command line for one job (PBS prints the job id on stdout)."""
     resources = properties.get("resources", {})
@@ -48,11 +59,12 @@ def qsub_command(properties: dict, script: str) -> list[str]:
     if nodes < 1:
         raise SettingError(f"nodes must be at least 1, got {nodes}")
     group = setting(properties, "abci_group", required=True)
-    queue = setting(properties, "abci_queue") or ("rt_HF" if "nodes" in resources else "rt_HC")
+    queue = setting(properties, "abci_queue") or default_queue(resources, nodes)
     if nodes > 1 and queue not in ("rt_HF",) and not queue.startswith("R"):
         raise SettingError(f"a {nodes}-node job needs the rt_HF resource type (or a reservation), not {queue}")
+    # -V: the job gets the submitting environment (NCCL_*, WANDB_*, HF_*, ...), as on SLURM and SGE.
     command = ["qsub", "-P", group, "-q", queue, "-N", job_name(properties.get("rule", "job")),
-               "-l", f"select={nodes}", "-j", "oe", "-o", "/dev/null"]
+               "-l", f"select={nodes}", "-V", "-j", "oe", "-o", "/dev/null"]
     if queue.startswith("R"):
         command += ["-v", "RTYPE=rt_HF"]
     if resources.get("runtime"):

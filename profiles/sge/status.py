@@ -1,26 +1,31 @@
 #!/usr/bin/env python3
 """Print one of running / success / failed for a Grid Engine job id (cluster-generic status).
 
-A job ``qstat`` still lists is running unless its state has an ``E`` (error: it will not run).
-A job that left ``qstat`` is judged by ``qacct -j``: ``failed`` and ``exit_status`` both 0 is
-success. Accounting is written a moment after the job ends (``flush_time``), so a job in neither
-is reported running and asked about again at the next status check.
+One job per query, whatever the size of the cluster: ``qstat -j JOB_ID`` answers while the job is
+queued or running; a job in an error state (``Eqw``: it will never run, e.g. its working directory
+or log path is missing) shows an ``error reason`` there: it is reported failed, the reason goes to
+stderr (Snakemake's log) and the job is removed with ``qdel``, so no dead job stays queued. A job
+``qstat -j`` no longer knows is judged by ``qacct -j``: ``failed`` and ``exit_status`` both 0 is
+success. Accounting is written a moment after the job ends (``flush_time``), so a job in neither is
+reported running and asked about again at the next status check.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 
 
-def qstat_state(job_id: str) -> str | None:
-    """The state column of ``qstat`` for this job ("r", "qw", "Eqw", ...), None when not listed."""
-    result = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True)
-    for line in result.stdout.splitlines():
-        fields = line.split()
-        if len(fields) > 4 and fields[0] == job_id:
-            return fields[4]
-    return None
+def qstat_job(job_id: str) -> str | None:
+    """``qstat -j JOB_ID`` of a job the qmaster still holds, None once it left (or never was)."""
+    result = subprocess.run(["qstat", "-j", job_id], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 and "job_number" in result.stdout else None
+
+
+def error_reasons(qstat_text: str) -> list[str]:
+    """The ``error reason`` lines of ``qstat -j``: non-empty when the job is in an error state."""
+    return [line.split(":", 1)[1].strip() for line in qstat_text.splitlines() if line.startswith("error reason")]
 
 
 def parse_qacct(text: str) -> dict[str, str]:
@@ -35,17 +40,30 @@ def parse_qacct(text: str) -> dict[str, str]:
     return record
 
 
+def accounted_status(text: str) -> str:
+    """success/failed from ``qacct -j``: every record (a multi-host job has one per host) must have
+    ``failed`` 0 and ``exit_status`` 0."""
+    records = [parse_qacct(block) for block in re.split(r"^=+$", text, flags=re.M)]
+    records = [record for record in records if record]
+    ok = records and all(record.get("failed", "1").split()[0] == "0"
+                         and record.get("exit_status", "1").split()[0] == "0" for record in records)
+    return "success" if ok else "failed"
+
+
 def status(job_id: str, attempts: int = 5) -> str:
-    state = qstat_state(job_id)
-    if state is not None:
-        return "failed" if "E" in state else "running"
-    for attempt in range(attempts):
+    live = qstat_job(job_id)
+    if live is not None:
+        reasons = error_reasons(live)
+        if not reasons:
+            return "running"
+        print(f"Grid Engine job {job_id} is in an error state and is removed: {'; '.join(reasons)}", file=sys.stderr)
+        subprocess.run(["qdel", job_id], capture_output=True, text=True)
+        return "failed"
+    for _ in range(attempts):
         result = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True)
         if result.returncode == 0:
-            record = parse_qacct(result.stdout)
-            failed = record.get("failed", "0").split()[0]
-            return "success" if failed == "0" and record.get("exit_status", "1").split()[0] == "0" else "failed"
-        if qstat_state(job_id) is not None:
+            return accounted_status(result.stdout)
+        if qstat_job(job_id) is not None:
             return "running"
         time.sleep(1)
     return "running"

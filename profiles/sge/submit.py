@@ -9,7 +9,8 @@ site settings from the job's resources (the run config's ``resources.<rule>``) o
 | --- | --- | --- |
 | ``sge_style`` | ``KOTOMAMBA_SGE_STYLE`` | ``pe`` (default): ``-pe PE slots``; ``abci``: ``-g GROUP -l TYPE=nodes`` (ABCI 2.0, UGE sites) |
 | ``sge_pe`` | ``KOTOMAMBA_SGE_PE`` | parallel environment for one-node jobs (default ``smp``) |
-| ``sge_mpi_pe`` | ``KOTOMAMBA_SGE_MPI_PE`` | parallel environment spanning nodes; required for ``nodes > 1`` in ``pe`` style |
+| ``sge_mpi_pe`` | ``KOTOMAMBA_SGE_MPI_PE`` | parallel environment spanning nodes with one slot per host (``allocation_rule 1``, ``control_slaves TRUE``); required for ``nodes > 1`` in ``pe`` style |
+| ``sge_gpu_resource`` | ``KOTOMAMBA_SGE_GPU_RESOURCE`` | consumable complex that counts GPUs (default ``gpu``), given ``gpus_per_node`` per host |
 | ``sge_queue`` | ``KOTOMAMBA_SGE_QUEUE`` | ``-q`` queue (optional) |
 | ``sge_group`` | ``KOTOMAMBA_SGE_GROUP`` | ``-g`` group; required in ``abci`` style |
 | ``sge_resource_type`` | ``KOTOMAMBA_SGE_RESOURCE_TYPE`` | ``abci`` style node type (default ``rt_AF``) |
@@ -18,8 +19,11 @@ site settings from the job's resources (the run config's ``resources.<rule>``) o
 | ``sge_setup`` | ``KOTOMAMBA_SGE_SETUP`` | a shell line run before the job, e.g. ``source ~/venv/bin/activate`` |
 | ``sge_extra`` | ``KOTOMAMBA_SGE_EXTRA`` | further ``qsub`` arguments |
 
-``runtime`` (minutes) becomes ``-l h_rt``; ``threads`` the slots; ``nodes`` the node count. A
-missing required setting stops here, before ``qsub``, with a message naming it.
+``runtime`` (minutes) becomes ``-l h_rt``; ``threads`` the slots of a one-node job; ``nodes`` the
+node count (``-pe MPI_PE nodes``: one slot per host); ``gpus_per_node`` (from ``launch.device: gpu``,
+rules/common.smk) ``-l GPU_RESOURCE=n`` per slot; ``mem_mb`` (per node) ``-l MEMORY_RESOURCE=m`` per
+slot when ``sge_memory_resource`` is set. A missing required setting stops here, before ``qsub``,
+with a message naming it.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from pathlib import Path
 from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, submit_main
 from kotomamba.cluster_jobs import setting as site_setting
 
-DEFAULTS = {"sge_style": "pe", "sge_pe": "smp", "sge_resource_type": "rt_AF"}
+DEFAULTS = {"sge_style": "pe", "sge_pe": "smp", "sge_resource_type": "rt_AF", "sge_gpu_resource": "gpu"}
 setting = functools.partial(site_setting, defaults=DEFAULTS)
 
 
@@ -45,22 +49,32 @@ def qsub_command(properties: dict, script: str, log: str) -> list[str]:
     command = ["qsub", "-terse", "-cwd", "-V", "-S", "/bin/bash", "-j", "y", "-o", log,
                "-N", re.sub(r"[^A-Za-z0-9_.-]", "_", f"smk.{rule}")]
     style = setting(properties, "sge_style")
+    gpus = int(resources.get("gpus_per_node", 0) or 0)
+    slots_per_host = threads
     if style == "abci":
         group = setting(properties, "sge_group", required_for="Grid Engine `abci` style (qsub -g GROUP)")
         command += ["-g", group, "-l", f"{setting(properties, 'sge_resource_type')}={nodes}"]
+        gpus = 0  # the node type carries its GPUs
     elif style == "pe":
         if nodes > 1:
+            # One slot per host (the PE's allocation_rule 1): `nodes` slots are `nodes` hosts, and
+            # per-slot consumables (the GPU resource, memory) are per node.
             pe = setting(properties, "sge_mpi_pe", required_for=f"a {nodes}-node job")
-            command += ["-pe", pe, str(nodes * threads)]
+            command += ["-pe", pe, str(nodes)]
+            slots_per_host = 1
         elif threads > 1:
             command += ["-pe", setting(properties, "sge_pe"), str(threads)]
     else:
         raise SettingError(f"sge_style must be `pe` or `abci`, got {style!r}")
+    if gpus:
+        # Grid Engine consumables count per slot: the node's GPUs spread over its slots, rounded up.
+        per_slot = -(-gpus // max(slots_per_host, 1))
+        command += ["-l", f"{setting(properties, 'sge_gpu_resource')}={per_slot}"]
     if resources.get("runtime"):
         command += ["-l", f"h_rt={hms(resources['runtime'])}"]
     memory = setting(properties, "sge_memory_resource")
     if memory and resources.get("mem_mb"):
-        per_slot = -(-int(resources["mem_mb"]) // max(threads, 1))
+        per_slot = -(-int(resources["mem_mb"]) // max(slots_per_host, 1))
         command += ["-l", f"{memory}={per_slot}M"]
     if setting(properties, "sge_queue"):
         command += ["-q", setting(properties, "sge_queue")]

@@ -1,0 +1,116 @@
+"""What the qsub-based profiles ask the scheduler for, and how SGE status reads a job, without
+daemons: the GPU, slot and node requests derived from `gpus_per_node` / `nodes` (rules/common.smk),
+the environment passed to PBS jobs, and Grid Engine's per-job status with error states."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+
+
+def load(profile: str, name: str):
+    spec = importlib.util.spec_from_file_location(f"{profile}_{name}", PROFILES / profile / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sge_submit, sge_status, abci_submit = load("sge", "submit"), load("sge", "status"), load("abci", "submit")
+
+
+def properties(rule="train", threads=8, **resources) -> dict:
+    return {"rule": rule, "jobid": 7, "threads": threads, "resources": resources}
+
+
+def values(command: list[str], flag: str) -> list[str]:
+    return [command[i + 1] for i, item in enumerate(command[:-1]) if item == flag]
+
+
+def pe_request(command: list[str]) -> list[str]:
+    return command[command.index("-pe") + 1:command.index("-pe") + 3] if "-pe" in command else []
+
+
+@pytest.fixture(autouse=True)
+def no_site_settings(monkeypatch):
+    for name in ("STYLE", "PE", "MPI_PE", "GPU_RESOURCE", "MEMORY_RESOURCE", "QUEUE", "EXTRA"):
+        monkeypatch.delenv(f"KOTOMAMBA_SGE_{name}", raising=False)
+    monkeypatch.delenv("KOTOMAMBA_ABCI_QUEUE", raising=False)
+    monkeypatch.setenv("KOTOMAMBA_ABCI_GROUP", "gaa50000")
+
+
+def test_sge_multi_node_job_takes_one_slot_per_host_and_its_gpus_per_host(monkeypatch):
+    monkeypatch.setenv("KOTOMAMBA_SGE_MPI_PE", "mpi")
+    monkeypatch.setenv("KOTOMAMBA_SGE_MEMORY_RESOURCE", "mem_req")
+    command = sge_submit.qsub_command(properties(nodes=4, gpus_per_node=8, mem_mb=64000, runtime=90), "j", "log")
+    assert pe_request(command) == ["mpi", "4"]
+    assert values(command, "-l") == ["gpu=8", "h_rt=01:30:00", "mem_req=64000M"]
+
+
+def test_sge_one_node_job_spreads_gpus_and_memory_over_its_slots(monkeypatch):
+    monkeypatch.setenv("KOTOMAMBA_SGE_GPU_RESOURCE", "gpus")
+    monkeypatch.setenv("KOTOMAMBA_SGE_MEMORY_RESOURCE", "h_vmem")
+    command = sge_submit.qsub_command(properties(threads=4, nodes=1, gpus_per_node=4, mem_mb=8000), "j", "log")
+    assert pe_request(command) == ["smp", "4"] and values(command, "-l") == ["gpus=1", "h_vmem=2000M"]
+    evaluate = sge_submit.qsub_command(properties("evaluate", threads=1, gpus_per_node=1), "j", "log")
+    assert "-pe" not in evaluate and values(evaluate, "-l") == ["gpus=1"]
+    cpu_only = sge_submit.qsub_command(properties("tokenize", threads=2), "j", "log")
+    assert not any(value.startswith("gpu") for value in values(cpu_only, "-l"))
+
+
+def test_sge_multi_node_job_without_a_spanning_pe_stops_before_qsub():
+    with pytest.raises(sge_submit.SettingError, match="KOTOMAMBA_SGE_MPI_PE"):
+        sge_submit.qsub_command(properties(nodes=2), "j", "log")
+
+
+@pytest.mark.parametrize("resources, queue", [
+    ({"nodes": 2, "gpus_per_node": 8}, "rt_HF"),
+    ({"nodes": 1, "gpus_per_node": 8}, "rt_HF"),
+    ({"gpus_per_node": 1}, "rt_HG"),
+    ({"nodes": 1}, "rt_HF"),            # training without a GPU request still takes a full node
+    ({}, "rt_HC"),
+])
+def test_abci_resource_type_follows_the_gpu_request(resources, queue):
+    command = abci_submit.qsub_command(properties(**resources), "j")
+    assert values(command, "-q") == [queue]
+    assert "-V" in command  # the submitting environment (NCCL_*, WANDB_*, HF_*) reaches the job
+
+
+QSTAT_EQW = """==============================================================
+job_number:                 12
+owner:                      root
+error reason          1:      12/01/2026 15:04:44 [0:4203]: error: can't chdir to /nonexistent: No such file
+scheduling info:            Job is in error state
+"""
+QACCT_TWO_HOSTS = """==============================================================
+qname        all.q
+hostname     ktnode1
+failed       0
+exit_status  {first}
+==============================================================
+qname        all.q
+hostname     ktnode2
+failed       0
+exit_status  0
+"""
+
+
+def test_sge_status_removes_jobs_in_error_state(monkeypatch, capsys):
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append(command)
+        stdout = QSTAT_EQW if command[:2] == ["qstat", "-j"] else ""
+        return type("Result", (), {"returncode": 0, "stdout": stdout, "stderr": ""})()
+
+    monkeypatch.setattr(sge_status.subprocess, "run", run)
+    assert sge_status.status("12") == "failed"
+    assert ["qdel", "12"] in calls and all(command[:2] != ["qstat", "-u"] for command in calls)
+    assert "can't chdir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("first, expected", [("0", "success"), ("1", "failed")])
+def test_sge_status_needs_every_host_of_a_finished_job_to_succeed(first, expected):
+    assert sge_status.accounted_status(QACCT_TWO_HOSTS.format(first=first)) == expected
