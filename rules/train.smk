@@ -38,11 +38,12 @@ rule train:
     params:
         nodes=config["launch"]["nodes"],
         nproc_per_node=config["launch"]["nproc_per_node"],
+        device=config["launch"]["device"],
     log:
         log_path("train/{stage}"),
     threads: config["launch"]["nproc_per_node"]
     resources:
         **rule_resources("train"),
     shell:
-        "kotomamba launch --nnodes {params.nodes} --nproc-per-node {params.nproc_per_node}"
+        "kotomamba launch --nnodes {params.nodes} --nproc-per-node {params.nproc_per_node} --device {params.device}"
         " -- train --config {input.config} --resume auto > {log} 2>&1"

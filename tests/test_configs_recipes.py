@@ -157,7 +157,7 @@ def test_smoke_override_makes_a_tiny_cpu_run_of_the_same_layer(path, tmp_path):
     assert config["run"] == "smoke" and config["init"] is None
     assert [s.get("builtin") for s in config["corpus"]["sources"]] == ["python-docstrings"]
     assert config["tokenizer"]["type"] == "SentencePieceTokenizer" and config["tokenizer"]["model"] is None
-    assert config["launch"] == {"nodes": 1, "nproc_per_node": 2}
+    assert config["launch"] == {"nodes": 1, "nproc_per_node": 2, "device": "cpu"}
     (train,) = trainer_configs(config, tmp_path)
     assert train.train.steps == 50 and train.data.seq_length == 64 and train.precision == "auto"
     assert train.optim.lr == load(path)["train"]["optim"]["lr"]  # the recipe's own optimizer settings stay
