@@ -76,18 +76,37 @@ def throughput(records: list[dict]) -> float | None:
     return len(rates) / sum(1.0 / rate for rate in rates) if rates else None
 
 
+def _readable(status: StageStatus, read, *args, **kwargs):
+    """``read(*args, **kwargs)``, or ``None`` with the reason in the stage's notes: one unreadable record does
+    not hide the rest of the stage, nor the other stages."""
+    try:
+        return read(*args, **kwargs)
+    except UserError as exc:
+        status.notes.append(str(exc))
+        return None
+
+
 def stage_status(root: Path, name: str | None = None) -> StageStatus:
     """The status of the run directory ``root`` (only reads it)."""
+    for _ in range(2):
+        try:
+            return _read_stage(root, name)
+        except FileNotFoundError:
+            pass  # a job set its run aside (a new generation) or pruned a checkpoint while we read: read again
+    return _read_stage(root, name)
+
+
+def _read_stage(root: Path, name: str | None) -> StageStatus:
     run = RunDir(root)
     status = StageStatus(name=name or run.root.name, run_dir=str(run.root), state="not started")
     status.superseded = sum(1 for p in run.superseded.iterdir() if p.name.isdigit()) if run.superseded.is_dir() else 0
     status.holder = held_by(run.lock)
-    config = _config(run)
+    config = _readable(status, _config, run)
     checkpoint = complete_checkpoint(run)
     if checkpoint is not None:
         status.checkpoint = checkpoint.name
         status.checkpoint_step = int(STEP_DIR.match(checkpoint.name).group(1))
-    records = read_metrics(run.metrics, note_torn=False) if run.metrics.is_file() else []
+    records = (_readable(status, read_metrics, run.metrics, note_torn=False) or []) if run.metrics.is_file() else []
     logged = max((r["step"] for r in records), default=0)
     jobs = read_job_starts(run)
     status.jobs = len(jobs) if jobs is not None else None
@@ -126,7 +145,10 @@ def _stage_order(stages: dict[str, RunDir]) -> list[str]:
     directory), so it comes after it; stages that do not say keep their names' order."""
     before: dict[str, str] = {}
     for name, run in stages.items():
-        config = _config(run)
+        try:
+            config = _config(run)
+        except UserError:
+            config = None  # its status says why
         start = config.init.from_ if config is not None else None
         if start and Path(start).name in stages and Path(start).name != name:
             before[name] = Path(start).name
@@ -149,13 +171,13 @@ def run_status(path: Path) -> list[StageStatus]:
     return [stage_status(stages[name].root, name) for name in _stage_order(stages)]
 
 
-def _duration(seconds: float) -> str:
+def _time_left(seconds: float) -> str:
     if seconds < 60:
         return "under a minute"
     minutes = round(seconds / 60)
     days, minutes = divmod(minutes, 24 * 60)
     hours, minutes = divmod(minutes, 60)
-    return (f"{days}d " if days else "") + (f"{hours}h " if days or hours else "") + f"{minutes}m"
+    return "about " + (f"{days}d " if days else "") + (f"{hours}h " if days or hours else "") + f"{minutes}m"
 
 
 def _of(value: int | None, total: int | None) -> str:
@@ -176,9 +198,10 @@ def format_status(status: StageStatus) -> str:
                      f"jobs {status.jobs if status.jobs is not None else '? (not recorded)'}")
     if status.tokens_per_s:
         lines.append(f"  {status.tokens_per_s:,.0f} tokens/s over the last logs; "
-                     f"about {_duration(status.seconds_left)} of training left")
+                     f"{_time_left(status.seconds_left)} of training left at that speed")
     if status.superseded:
-        lines.append(f"  superseded generations: {status.superseded} (in {RunDir(status.run_dir).superseded})")
+        kept = RunDir(status.run_dir).superseded.name
+        lines.append(f"  superseded generations: {status.superseded} (kept in {kept}/)")
     lines += [f"  note: {note}" for note in status.notes]
     return "\n".join(lines)
 
