@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kotomamba.train.restart_request import request_restart
 from kotomamba.train.run_dir import RunDir
 from kotomamba.train.run_lock import RunLock, held_by
 from kotomamba.train.status import stage_status
@@ -94,6 +95,18 @@ def test_one_stage_and_a_superseded_generation_read_alone(results):
     assert list(one) == ["long-context"] and one["long-context"]["step"] == 6
     first_try = stage_status(results / "train" / "long-context" / "superseded" / "1")
     assert (first_try.state, first_try.step, first_try.checkpoint, first_try.jobs) == ("stopped", 2, "step_00000002", 1)
+
+
+@pytest.mark.slow
+def test_steps_logged_past_the_checkpoint_and_a_restart_request_are_noted(results, tmp_path):
+    run = RunDir(shutil.copytree(results / "train" / "long-context", tmp_path / "long-context"))
+    with open(run.metrics, "a") as handle:  # a job killed after logging step 7, before its next checkpoint
+        handle.write(json.dumps({"step": 7, "loss": 4.0, "tokens_per_s": 1000.0}) + "\n")
+    request_restart(run.root, "forced by snakemake --forcerun")
+    stage = stage_status(run.root)
+    assert (stage.state, stage.step, stage.checkpoint) == ("stopped", 6, "step_00000006")
+    assert stage.notes == ["logged up to step 7; the next job resumes from step 6",
+                           "restart requested: the next job starts over (forced by snakemake --forcerun)"]
 
 
 @pytest.mark.slow
