@@ -98,6 +98,16 @@ def test_one_stage_and_a_superseded_generation_read_alone(results):
 
 
 @pytest.mark.slow
+def test_status_does_not_import_torch(results):
+    """A login node's Python may take many seconds to import torch from a shared filesystem."""
+    probe = ("import sys; from kotomamba.cli import main; main(['status', sys.argv[1]]); "
+             "assert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", probe, str(results)], env=train_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "pretrain: finished" in result.stdout, result.stderr
+
+
+@pytest.mark.slow
 def test_steps_logged_past_the_checkpoint_and_a_restart_request_are_noted(results, tmp_path):
     run = RunDir(shutil.copytree(results / "train" / "long-context", tmp_path / "long-context"))
     with open(run.metrics, "a") as handle:  # a job killed after logging step 7, before its next checkpoint

@@ -70,8 +70,8 @@ def complete_checkpoint(run: RunDir) -> Path | None:
 
 
 def throughput(records: list[dict]) -> float | None:
-    """Tokens per second over the newest logged windows (each window holds the same number of steps, so their
-    harmonic mean is their total tokens over their total time)."""
+    """Tokens per second over the newest logged windows (each holds ``logging.interval`` steps, so the harmonic
+    mean of their rates is their tokens over their time; the time includes evaluations and checkpoint saves)."""
     rates = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")][-THROUGHPUT_WINDOWS:]
     return len(rates) / sum(1.0 / rate for rate in rates) if rates else None
 
