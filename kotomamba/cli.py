@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("kotomamba.data.preprocess", "tokenize JSONL into Megatron .bin/.idx (preprocess_data.py flags)"),
     "train": ("kotomamba.train.cli", "pretrain or continue a Mamba model (FSDP2; torchrun/srun/mpirun/PBS)"),
     "launch": ("kotomamba.train.launcher", "start `train` on every node/GPU of a local run or a SLURM/SGE/PBS allocation"),
+    "status": ("kotomamba.train.status", "each training stage's step, tokens, checkpoint, jobs and time left"),
     "convert": ("kotomamba.convert.cli", "export a checkpoint to transformers / mamba-ssm, or import one"),
     "generate": ("kotomamba.model.generation", "sample text from a model directory"),
     "evaluate": ("kotomamba.evaluate.cli", "validation perplexity, samples and lm-eval tasks to JSON"),

@@ -6,7 +6,10 @@ Used by the trainer tests (in the spawned training processes, so the real traine
   group's creation (the restart race of issue 16 item 4);
 - ``sigterm-while-building``: each process signals itself SIGTERM while its data indices are built;
 - ``fake-clock``: the wall-time budget's clock advances one second each time it is read, however
-  fast the machine is.
+  fast the machine is;
+- ``pause``: after step ``$PAUSE_AT_STEP`` (its log, eval and checkpoint done) rank 0 creates
+  ``$PAUSE_DIR/paused`` and waits, holding the run lock, until ``$PAUSE_DIR/go`` exists (a job caught
+  mid-training, at a step a test knows).
 """
 from __future__ import annotations
 
@@ -49,7 +52,26 @@ def _fake_clock() -> None:
     trainer.budget_clock = lambda: float(next(ticks))
 
 
-HOOKS = {"late-rank-1": _late_rank_1, "sigterm-while-building": _sigterm_while_building, "fake-clock": _fake_clock}
+def _pause() -> None:
+    from pathlib import Path
+
+    from kotomamba.train import trainer
+
+    original = trainer.Trainer._should_stop
+    at, where = int(os.environ["PAUSE_AT_STEP"]), Path(os.environ["PAUSE_DIR"])
+
+    def should_stop(self, max_step_seconds):
+        if self.step == at and self.rank == 0:
+            (where / "paused").touch()
+            while not (where / "go").exists():
+                time.sleep(0.1)
+        return original(self, max_step_seconds)
+
+    trainer.Trainer._should_stop = should_stop
+
+
+HOOKS = {"late-rank-1": _late_rank_1, "sigterm-while-building": _sigterm_while_building, "fake-clock": _fake_clock,
+         "pause": _pause}
 
 if __name__ == "__main__":
     HOOKS[sys.argv[1]]()

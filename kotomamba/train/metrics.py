@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from kotomamba.errors import UserError
 from kotomamba.io import atomic_write
+from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.run_dir import RunDir
 
 
@@ -130,27 +130,6 @@ def memory_stats(device: torch.device) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(device)
         return stats
     return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a ``metrics.jsonl``. A torn last line (what a full disk or a kill mid-write leaves)
-    is dropped with a note; a bad line before the last is a ``UserError`` naming the file and line."""
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                print(f"kotomamba train: {path}: line {number}: torn last record dropped ({exc.msg})", flush=True)
-                continue
-            raise UserError(f"{path}: line {number}: not a JSON record ({exc.msg})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise UserError(f"{path}: line {number}: a record needs an integer 'step'")
-        records.append(record)
-    return records
 
 
 class MetricsSink:

@@ -6,13 +6,16 @@
     <run_dir>/model_config.json            MambaConfig.to_dict()
     <run_dir>/manifest.json                provenance (kotomamba.manifest)
     <run_dir>/metrics.jsonl                one JSON object per log / eval step
+    <run_dir>/jobs.jsonl                   one JSON object per job that started training here (job_log.py)
     <run_dir>/final.json                   written last, when every step is done
     <run_dir>/checkpoints/step_XXXXXXXX/   a DCP directory plus integrity.json (integrity.py)
     <run_dir>/checkpoints/latest           text: the newest complete checkpoint's directory name
     <run_dir>/checkpoints/set_aside/       checkpoints that failed verification, kept for inspection
     <run_dir>/superseded/<n>/              earlier runs of this directory, generation n = 1, 2, ...
-    <run_dir>/restart-requested            why the next --resume auto must start over (restart_request.py)
                                            (each a run directory of its own, plus superseded.json)
+    <run_dir>/restart-requested            why the next --resume auto must start over (restart_request.py)
+    <run_dir>/train.yaml                   a pipeline stage's trainer config, written before its first job
+                                           (the pipeline's RunPaths.stage_config names the same file)
 """
 from __future__ import annotations
 
@@ -70,6 +73,14 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def jobs(self) -> Path:
+        return self.root / "jobs.jsonl"
+
+    @property
+    def stage_config(self) -> Path:
+        return self.root / "train.yaml"
+
+    @property
     def final(self) -> Path:
         return self.root / "final.json"
 
@@ -105,8 +116,8 @@ class RunDir:
 
     def records(self) -> list[Path]:
         """What a run leaves that a later run must not mix with its own (moved together when superseded)."""
-        return [self.checkpoints, self.metrics, self.final, self.config, self.manifest, self.model_config,
-                self.identity]
+        return [self.checkpoints, self.metrics, self.jobs, self.final, self.config, self.manifest,
+                self.model_config, self.identity]
 
 
 def run_dir_of(checkpoint_dir: Path) -> Path | None:

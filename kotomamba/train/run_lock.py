@@ -5,6 +5,7 @@ ends the file's open descriptions), so a lock left by a crashed job is stale by 
 next job takes it. The file's text ("host pid since") is only for the message naming the holder;
 it is never used to decide. Readers (``kotomamba convert``) take a shared lock for as long as they
 read, so they neither read a run a trainer is changing nor let a trainer start under them.
+``kotomamba status`` only probes (:func:`held_by`): a shared lock given back at once.
 """
 from __future__ import annotations
 
@@ -15,6 +16,43 @@ import time
 from pathlib import Path
 
 from kotomamba.errors import UserError
+
+
+# A status probe holds its shared lock for microseconds: a trainer starting at that moment tries again
+# for this long before it calls the directory in use (a real holder holds it far longer).
+PROBE_GRACE_S = 1.0
+
+
+def _flock(fd: int, shared: bool) -> None:
+    """``flock`` without waiting; an exclusive one retries through :data:`PROBE_GRACE_S` first."""
+    deadline = time.monotonic() + (0.0 if shared else PROBE_GRACE_S)
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def held_by(path: Path) -> str | None:
+    """The holder's text ("host H pid P since T") while a trainer holds the lock, else ``None``.
+
+    Probed with a shared lock that is given back at once, never an exclusive one, so a probe cannot stop a
+    trainer, and a reader's shared lock (``kotomamba convert``) does not count as held.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # no job ever locked it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # closing the descriptor below gives the probe's lock back
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
 
 
 class RunLock:
@@ -34,7 +72,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            _flock(fd, shared)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)

@@ -25,6 +25,7 @@ from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
 from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
 from kotomamba.train.flops import peak_flops, training_flops_per_token
 from kotomamba.train.integrity import integrity_digest
+from kotomamba.train.job_log import record_job_start
 from kotomamba.train.loss_scale import LossScale
 from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats,
                                      unscale_and_clip_)
@@ -136,6 +137,8 @@ class Trainer:
         self.identity = stage_identity(self.config)
         plan = plan_start(self.paths, self.identity["digest"], resume)
         carry_out(self.paths, plan, self.identity)
+        if not plan.finished:
+            record_job_start(self.paths, plan.resume_from, self.world)
         return plan
 
     def _build_data(self) -> None:

@@ -1,0 +1,164 @@
+"""Issue 18 item 4: ``kotomamba status`` reads each stage's progress from its run directory, changing nothing,
+while a job trains too: a finished stage, one stopped mid-way (and superseded once), one not started, and a
+trainer caught holding the run lock."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kotomamba.train.restart_request import request_restart
+from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_lock import RunLock, held_by
+from kotomamba.train.status import stage_status
+from train_helpers import hooks_env, run_train, train_env, write_config
+
+# 4 samples of 32 tokens per step
+TOKENS_PER_STEP = 4 * 32
+STAGE = {"train": {"steps": 8}, "checkpoint": {"interval": 4, "keep_last": 2}}
+QUIET = {"interval": 0, "final": False}
+
+
+def status(path: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "kotomamba", "status", str(path), *args], env=train_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def status_json(path: Path) -> dict[str, dict]:
+    return {stage["name"]: stage for stage in json.loads(status(path, "--json").stdout)["stages"]}
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root`` with its bytes and modification time."""
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """``results/demo`` as the pipeline lays it out: ``pretrain`` finished; ``long-context`` (from pretrain)
+    stopped at step 6 of 8 by its second job, after a first try with another learning rate was superseded;
+    ``anneal`` (from long-context) not started, only its trainer config written."""
+    root = tmp_path_factory.mktemp("status")
+    stages = root / "results" / "demo" / "train"
+    pretrain, long_context, anneal = stages / "pretrain", stages / "long-context", stages / "anneal"
+    run_train(write_config(root, pretrain, **STAGE))
+    tried = write_config(root, long_context, **STAGE, eval=QUIET, init={"from": str(pretrain)}, optim={"lr": 1.0e-3})
+    run_train(tried, "train.max_steps_this_job=2")
+    config = write_config(root, long_context, **STAGE, eval=QUIET, init={"from": str(pretrain)})
+    run_train(config, "train.max_steps_this_job=3")
+    run_train(config, "train.max_steps_this_job=3")
+    anneal.mkdir()
+    shutil.copy(write_config(root, anneal, train={"steps": 12}, init={"from": str(long_context)}),
+                RunDir(anneal).stage_config)
+    return stages.parent
+
+
+@pytest.mark.slow
+def test_every_stage_in_training_order_with_its_numbers(results):
+    before = tree(results)
+    stages = status_json(results)
+    assert list(stages) == ["pretrain", "long-context", "anneal"]
+    pretrain, long_context, anneal = stages.values()
+    assert {k: pretrain[k] for k in ("state", "step", "total_steps", "tokens", "total_tokens", "checkpoint",
+                                     "checkpoint_step", "jobs", "superseded", "seconds_left", "holder")} == {
+        "state": "finished", "step": 8, "total_steps": 8, "tokens": 8 * TOKENS_PER_STEP,
+        "total_tokens": 8 * TOKENS_PER_STEP, "checkpoint": "step_00000008", "checkpoint_step": 8, "jobs": 1,
+        "superseded": 0, "seconds_left": 0.0, "holder": None}
+    assert {k: long_context[k] for k in ("state", "step", "total_steps", "tokens", "checkpoint", "jobs",
+                                         "superseded", "holder")} == {
+        "state": "stopped", "step": 6, "total_steps": 8, "tokens": 6 * TOKENS_PER_STEP,
+        "checkpoint": "step_00000006", "jobs": 2, "superseded": 1, "holder": None}
+    assert long_context["tokens_per_s"] > 0 and long_context["seconds_left"] > 0
+    assert {k: anneal[k] for k in ("state", "step", "total_steps", "tokens", "total_tokens", "checkpoint", "jobs",
+                                   "tokens_per_s")} == {
+        "state": "not started", "step": 0, "total_steps": 12, "tokens": 0, "total_tokens": 12 * TOKENS_PER_STEP,
+        "checkpoint": None, "jobs": None, "tokens_per_s": None}
+    text = status(results).stdout
+    assert "pretrain: finished\n  step 8 of 8 (100.0%), tokens 1,024 of 1,024 (100.0%)" in text
+    assert "long-context: stopped\n  step 6 of 8 (75.0%), tokens 768 of 1,024 (75.0%)" in text
+    assert "checkpoint step_00000006; jobs 2" in text and "superseded generations: 1" in text
+    assert "anneal: not started\n  step 0 of 12 (0.0%)" in text
+    assert tree(results) == before  # read-only: not a byte nor a modification time changed
+
+
+@pytest.mark.slow
+def test_one_stage_and_a_superseded_generation_read_alone(results):
+    one = status_json(results / "train" / "long-context")
+    assert list(one) == ["long-context"] and one["long-context"]["step"] == 6
+    first_try = stage_status(results / "train" / "long-context" / "superseded" / "1")
+    assert (first_try.state, first_try.step, first_try.checkpoint, first_try.jobs) == ("stopped", 2, "step_00000002", 1)
+
+
+@pytest.mark.slow
+def test_status_does_not_import_torch(results):
+    """A login node's Python may take many seconds to import torch from a shared filesystem."""
+    probe = ("import sys; from kotomamba.cli import main; main(['status', sys.argv[1]]); "
+             "assert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", probe, str(results)], env=train_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "pretrain: finished" in result.stdout, result.stderr
+
+
+@pytest.mark.slow
+def test_steps_logged_past_the_checkpoint_and_a_restart_request_are_noted(results, tmp_path):
+    run = RunDir(shutil.copytree(results / "train" / "long-context", tmp_path / "long-context"))
+    with open(run.metrics, "a") as handle:  # a job killed after logging step 7, before its next checkpoint
+        handle.write(json.dumps({"step": 7, "loss": 4.0, "tokens_per_s": 1000.0}) + "\n")
+    request_restart(run.root, "forced by snakemake --forcerun")
+    stage = stage_status(run.root)
+    assert (stage.state, stage.step, stage.checkpoint) == ("stopped", 6, "step_00000006")
+    assert stage.notes == ["logged up to step 7; the next job resumes from step 6",
+                           "restart requested: the next job starts over (forced by snakemake --forcerun)"]
+
+
+@pytest.mark.slow
+def test_a_trainer_holding_the_lock_is_read_while_it_trains(tmp_path):
+    run = RunDir(tmp_path / "run")
+    config = write_config(tmp_path, run.root, **STAGE, eval=QUIET)
+    run_train(config, "train.max_steps_this_job=2")
+    env = hooks_env() | {"PAUSE_AT_STEP": "4", "PAUSE_DIR": str(tmp_path)}
+    trainer = subprocess.Popen([sys.executable, "-m", "train_hooks", "pause", "train", "--config", str(config)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "paused").exists():
+            assert trainer.poll() is None and time.monotonic() < deadline, "the trainer did not reach step 4"
+            time.sleep(0.1)
+        # The trainer is mid-write of step 5's record: a torn last line.
+        intact = run.metrics.read_bytes()
+        with open(run.metrics, "ab") as handle:
+            handle.write(b'{"grad_norm": 1.0, "loss": 4.')
+        before = tree(run.root)
+        stage = status_json(run.root)["run"]
+        assert tree(run.root) == before
+        assert {k: stage[k] for k in ("state", "step", "total_steps", "tokens", "checkpoint", "jobs")} == {
+            "state": "running", "step": 4, "total_steps": 8, "tokens": 4 * TOKENS_PER_STEP,
+            "checkpoint": "step_00000004", "jobs": 2}
+        assert f"pid {trainer.pid}" in stage["holder"]
+        with open(run.metrics, "r+b") as handle:
+            handle.truncate(len(intact))
+        (tmp_path / "go").touch()
+        assert trainer.wait(timeout=300) == 0  # the status reads did not disturb it
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    finished = stage_status(run.root)
+    assert (finished.state, finished.step, finished.checkpoint, finished.jobs) == ("finished", 8, "step_00000008", 2)
+
+
+def test_the_probe_sees_a_trainer_not_a_reader(tmp_path):
+    path = tmp_path / "run.lock"
+    assert held_by(path) is None
+    with RunLock(path).acquire():
+        assert f"pid {os.getpid()}" in held_by(path)
+    with RunLock(path).acquire(shared=True, purpose="a conversion"):
+        assert held_by(path) is None
+    RunLock(path).acquire().release()  # no probe left a lock behind
