@@ -184,10 +184,14 @@ class RunPaths:
         return f"{self.root}/train/{stage}"
 
     def stage_config(self, stage: str) -> str:
-        return f"{self.stage_dir(stage)}/train.yaml"
+        from kotomamba.train.run_dir import RunDir
+
+        return str(RunDir(self.stage_dir(stage)).stage_config)
 
     def stage_final(self, stage: str) -> str:
-        return f"{self.stage_dir(stage)}/final.json"
+        from kotomamba.train.run_dir import RunDir
+
+        return str(RunDir(self.stage_dir(stage)).final)
 
     @property
     def last_stage(self) -> str:

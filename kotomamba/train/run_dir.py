@@ -15,7 +15,7 @@
                                            (each a run directory of its own, plus superseded.json)
     <run_dir>/restart-requested            why the next --resume auto must start over (restart_request.py)
     <run_dir>/train.yaml                   a pipeline stage's trainer config, written before its first job
-                                           (the pipeline's RunPaths.stage_config names the same file)
+                                           (RunPaths.stage_config and .stage_final take their names from here)
 """
 from __future__ import annotations
 
