@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config_paths import CONFIGS, GPU_E2E, REPO, RUN_CONFIGS, SMOKE
+from config_paths import CONFIGS, GPU_E2E, REPO, RUN_CONFIGS, SMOKE, provide_inputs
 
 PROFILES = sorted(p for p in (REPO / "profiles").iterdir() if (p / "config.yaml").is_file()
                   or any(p.glob("config.v*.yaml")))
@@ -40,19 +40,6 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     """Job counts from a dry run's 'Job stats' table."""
     table = result.stdout.split("Job stats:")[-1] if "Job stats:" in result.stdout else ""
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-def provide_inputs(workdir: Path, config: dict) -> None:
-    """Stand-ins for the files a user provides (tokenizer, corpus shards, the model to start from), so the
-    run can be checked and planned: a dry run only checks that they exist."""
-    stand_ins = [config["tokenizer"]["model"]] if config["tokenizer"]["model"] else []
-    stand_ins += [url.replace("*", "x") for source in config["corpus"]["sources"] for url in source.get("urls", [])
-                  if "://" not in url]
-    stand_ins += [f"{config['init']}/config.json"] if config.get("init") else []
-    for name in stand_ins:
-        path = workdir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("stand-in: a dry run only checks that it exists\n")
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)

@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from config_paths import REPO, RUN_CONFIGS
+from config_paths import REPO, RUN_CONFIGS, provide_inputs
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("snakemake")
@@ -41,9 +41,7 @@ def planned_resources(result: subprocess.CompletedProcess) -> dict[str, dict[str
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
 def test_config_requests_its_gpus_memory_and_wall_time(path, tmp_path, monkeypatch):
     config = yaml.safe_load(path.read_text())
-    if config["tokenizer"]["model"]:  # a file the user provides: a stand-in lets the DAG plan
-        (tmp_path / config["tokenizer"]["model"]).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / config["tokenizer"]["model"]).write_text("stand-in\n")
+    provide_inputs(tmp_path, config)
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "all",
                "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
