@@ -7,6 +7,7 @@ shard jobs spread over two nodes, waits for the test clusters of the "Real clust
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import time
 from pathlib import Path
@@ -126,6 +127,19 @@ def test_sources_of_several_shards_tokenize_into_the_one_job_bytes(server, lines
         "mine_text_document.bin", "mine_text_document.idx", "web_text_document.bin", "web_text_document.idx"]
     rerun = snakemake(tmp_path, run, "-n", tokenized("web"), tokenized("mine"))
     assert "Nothing to be done" in rerun.stdout + rerun.stderr, output_of(rerun)
+
+    # A local shard replaced by a shorter file with the same change time is still noticed (its size),
+    # though the shards' datasets are gone: the merge reruns and with it the shard jobs.
+    changed = tmp_path / "data" / "part-1.jsonl"
+    stat = changed.stat()
+    local[1] = b"".join(lines[1:40:2])
+    changed.write_bytes(local[1])
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    plan = planned_jobs(snakemake(tmp_path, run, "-n", tokenized("mine")))
+    assert plan.get("tokenize") == 1 and plan.get("tokenize_shard") == 2 and plan.get("tokenizer") == 1, plan
+    result = snakemake(tmp_path, run, tokenized("mine"))
+    assert result.returncode == 0, output_of(result)
+    assert files_of(root / "tokenized" / "mine_text_document") == one_job(tmp_path, tokenizer, local, "mine2")
 
 
 def shard_job(snakemake_pid: int, shard_file: str) -> psutil.Process | None:
