@@ -17,6 +17,11 @@ several files (also ``.gz`` / ``.zst``), which are indexed in the order given. W
 - ``--log-interval N`` prints a progress line every N lines (documents); without it a progress bar
   is drawn on a terminal.
 
+For the pipeline's per-shard jobs (``rules/tokenize.smk``): ``--input-name`` says what errors call an
+input (the URL a downloaded shard came from), ``--allow-empty`` writes an empty dataset for a shard
+without documents, and ``--summary FILE`` writes the counts that ``kotomamba merge-datasets`` adds up
+when it merges a source's shards (:mod:`kotomamba.data.merge`).
+
 Each line must be a JSON object whose ``--json-keys`` are strings. A bad line (invalid UTF-8,
 invalid JSON, not an object, a missing key, a non-string value) stops the run with the file and
 line number and leaves nothing at the prefix (``--on-bad-line error``, the default), or is left
