@@ -3,9 +3,14 @@
 # them in one job writes (kotomamba/data/merge.py). The shards' datasets are temporary: only the
 # merge is kept, and a shard whose job failed or was killed is redone alone before the merge.
 
-TOKENIZE_FLAGS = (
-    f"--tokenizer-type {config['tokenizer']['type']} --json-keys {' '.join(config['tokenize']['json_keys'])}"
-)
+# What the tokens depend on besides the shard and the tokenizer: params of the shard jobs, and of the
+# merge too, which alone notices a change once the shards' temporary outputs are gone.
+TOKENIZE_SETTINGS = {
+    "tokenizer_type": config["tokenizer"]["type"],
+    "json_keys": " ".join(config["tokenize"]["json_keys"]),
+    "append_eod": "--append-eod" if config["tokenize"]["append_eod"] else "",
+    "on_bad_line": config["tokenize"]["on_bad_line"],
+}
 
 
 rule tokenize_shard:
@@ -19,8 +24,7 @@ rule tokenize_shard:
         prefix=PATHS.shard_prefix("{source}", "{shard}"),
         name=lambda w: shlex.quote(shard_of(w).location),  # errors name the user's URL or file and its line
         state=lambda w: shard_state(shard_of(w)),
-        append_eod="--append-eod" if config["tokenize"]["append_eod"] else "",
-        on_bad_line=config["tokenize"]["on_bad_line"],
+        settings=TOKENIZE_SETTINGS,
     wildcard_constraints:
         source=SOURCE_NAME,
         shard=SHARD_ID,
@@ -31,8 +35,10 @@ rule tokenize_shard:
         **rule_resources("tokenize"),
     shell:
         "kotomamba preprocess --input {input.shard} --input-name {params.name} --output-prefix {params.prefix}"
-        f" {TOKENIZE_FLAGS} --tokenizer-model {{input.tokenizer}} {{params.append_eod}} --workers {{threads}}"
-        " --on-bad-line {params.on_bad_line} --allow-empty --summary {output.summary} --no-progress > {log} 2>&1"
+        " --tokenizer-type {params.settings[tokenizer_type]} --tokenizer-model {input.tokenizer}"
+        " --json-keys {params.settings[json_keys]} {params.settings[append_eod]} --workers {threads}"
+        " --on-bad-line {params.settings[on_bad_line]} --allow-empty --summary {output.summary} --no-progress"
+        " > {log} 2>&1"
 
 
 def shard_ids(wildcards):
@@ -54,7 +60,7 @@ rule tokenize:
         # The shards' sources and their state: a changed or added file reruns the merge (and with it
         # the shard jobs whose temporary outputs are gone).
         shards=lambda w: [(shard.location, shard.sha256, shard_state(shard)) for shard in PATHS.shards(w.source)],
-        json_keys=" ".join(config["tokenize"]["json_keys"]),
+        settings=TOKENIZE_SETTINGS,
     wildcard_constraints:
         source=SOURCE_NAME,
     log:
@@ -63,4 +69,4 @@ rule tokenize:
         **rule_resources("tokenize"),
     shell:
         "kotomamba merge-datasets --input {params.inputs} --summaries {input.summaries}"
-        " --json-keys {params.json_keys} --output-prefix {params.prefix} > {log} 2>&1"
+        " --json-keys {params.settings[json_keys]} --output-prefix {params.prefix} > {log} 2>&1"

@@ -141,6 +141,13 @@ def test_sources_of_several_shards_tokenize_into_the_one_job_bytes(server, lines
     assert result.returncode == 0, output_of(result)
     assert files_of(root / "tokenized" / "mine_text_document") == one_job(tmp_path, tokenizer, local, "mine2")
 
+    # A changed tokenization setting is noticed by the merge too, whose shards' outputs are gone.
+    config = yaml.safe_load(run.read_text())
+    config["tokenize"]["append_eod"] = False
+    run.write_text(yaml.safe_dump(config, sort_keys=False))
+    plan = planned_jobs(snakemake(tmp_path, run, "-n", tokenized("mine")))
+    assert plan.get("tokenize") == 1 and plan.get("tokenize_shard") == 2 and "tokenizer" not in plan, plan
+
 
 def shard_job(snakemake_pid: int, shard_file: str) -> psutil.Process | None:
     """The `kotomamba download` process snakemake started for ``shard_file``, if running."""
