@@ -30,6 +30,10 @@ rule tokenize_shard:
         shard=SHARD_ID,
     log:
         log_path("tokenize/{source}/{shard}"),
+    # Written in a directory of its own under .snakemake/shadow: a killed job leaves no partial
+    # dataset beside the others (snakemake removes the shadow of a failed job).
+    shadow:
+        "minimal"
     threads: config["tokenize"]["workers"]
     resources:
         **rule_resources("tokenize"),
