@@ -35,7 +35,7 @@ rule all:
     # Every artifact, not only the last ones: an intermediate that is missing (a stage interrupted or
     # forced and not finished) is rebuilt, and with it everything after it, whatever exists downstream.
     input:
-        [PATHS.corpus(source) for source in SOURCES],
+        [PATHS.corpus_artifacts(source) for source in SOURCES],  # downloads, the builtin corpus
         PATHS.tokenizer_model,
         tokenized_files(SOURCES),
         [PATHS.stage_final(stage) for stage in STAGES],

@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "collect-corpus": ("kotomamba.data.corpus", "write the embedded default corpus (Python stdlib docstrings) as JSONL"),
     "train-tokenizer": ("kotomamba.data.train_tokenizer", "train a SentencePiece tokenizer (unigram or BPE, byte fallback)"),
     "preprocess": ("kotomamba.data.preprocess", "tokenize JSONL into Megatron .bin/.idx (preprocess_data.py flags)"),
+    "merge-datasets": ("kotomamba.data.merge", "merge Megatron .bin/.idx datasets in order (a source's shards -> one)"),
     "train": ("kotomamba.train.cli", "pretrain or continue a Mamba model (FSDP2; torchrun/srun/mpirun/PBS)"),
     "launch": ("kotomamba.train.launcher", "start `train` on every node/GPU of a local run or a SLURM/SGE/PBS allocation"),
     "status": ("kotomamba.train.status", "each training stage's step, tokens, checkpoint, jobs and time left"),

@@ -26,7 +26,7 @@ localrules:
 
 rule run_record:
     input:
-        corpus=[PATHS.corpus(source) for source in SOURCES],
+        corpus=[PATHS.corpus_files(source) for source in SOURCES],
         tokenizer=PATHS.tokenizer_model,
         data=tokenized_files(SOURCES),
     output:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kotomamba.data.indexed_dataset import IndexedDataset
 from pipeline_helpers import output_of, planned_jobs, snakemake, snakemake_command, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -241,13 +242,14 @@ def test_a_bad_line_is_named_in_the_users_file_and_a_fixed_source_is_picked_up(t
 
     result = snakemake(tmp_path, config_file, target)
     assert result.returncode != 0
-    log = (tmp_path / RUN / "logs" / "tokenize" / "mine.log").read_text()
-    assert f"{source}:121 " in log, log
+    log = (tmp_path / RUN / "logs" / "tokenize" / "mine" / "00000.log").read_text()  # the shard's job
+    assert f"{source}:121: invalid JSON" in log, log
 
     source.write_text("\n".join(good) + "\n")
     result = snakemake(tmp_path, config_file, target)
     assert result.returncode == 0, output_of(result)
-    assert (tmp_path / RUN / "corpus" / "mine.jsonl").read_text() == source.read_text()
+    assert len(IndexedDataset(tmp_path / RUN / "tokenized" / "mine_text_document")) == 200
+    assert not (tmp_path / RUN / "corpus").exists()  # a local source is read where it is, never copied
 
 
 def test_an_empty_corpus_stops_at_tokenization_naming_the_source(trained, tmp_path):

@@ -29,7 +29,6 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from types import ModuleType
 
-from kotomamba.data.line_origins import write_origins
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write
 
@@ -150,7 +149,6 @@ def write_corpus(output: str | os.PathLike, max_bytes: int | None = None) -> int
     records = build_corpus(max_bytes)
     if not records:
         raise UserError("collect-corpus found no docstrings (is this a full Python installation?)")
-    write_origins(output, [("builtin corpus python-docstrings", len(records))])
     with atomic_write(output, "w", encoding="utf-8") as handle:
         handle.writelines(_line(r) for r in records)
     return len(records)

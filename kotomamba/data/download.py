@@ -13,8 +13,9 @@ YAML/JSON list. For each file:
    only when complete (``kotomamba.io.atomic_write``), so a file at its final path is always whole.
 
 Files already at their final path are kept as they are. ``--output FILE`` concatenates the
-decompressed files, in source order, into one JSONL file (what the pipeline's ``corpus`` rule
-writes); ``--output-dir DIR`` keeps one file per source.
+decompressed files, in source order, into one JSONL file; ``--output-dir DIR`` keeps one file per
+source. ``--keep-compressed --output FILE`` fetches one source as published (what the pipeline's
+per-shard ``download`` job runs: its tokenization reads the compressed shard as a stream).
 """
 from __future__ import annotations
 
@@ -164,15 +165,36 @@ def download(sources: Sequence[Source], output: str | os.PathLike, decompress: b
             log(f"{final}: present, kept")
         else:
             part = output / f".{source.name}.part"
-            if source.is_http:
-                _fetch_http(source, part, retries, timeout, log)
-            else:
-                _fetch_local(source, part)
-            _verify(source, part)
+            _fetch_verified(source, part, retries, timeout, log)
             _place(part, final, source.name if decompress and source.name.endswith(COMPRESSED_SUFFIXES) else None)
             log(f"{final}: from {source.location}")
         results.append(final)
     return results
+
+
+def download_file(source: Source, output: str | os.PathLike, retries: int = 3, timeout: float = 60.0,
+                  log=print) -> Path:
+    """Fetch and verify one source into ``output`` as published (compressed files stay compressed).
+
+    What the pipeline's per-shard ``download`` job runs: the shard is later read as a stream, so no
+    decompressed copy is written. ``.<output name>.part`` beside it survives a killed job, and the
+    next run resumes the transfer from there.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    part = output.with_name(f".{output.name}.part")
+    _fetch_verified(source, part, retries, timeout, log)
+    _place(part, output, None)
+    log(f"{output}: from {source.location}")
+    return output
+
+
+def _fetch_verified(source: Source, part: Path, retries: int, timeout: float, log) -> None:
+    if source.is_http:
+        _fetch_http(source, part, retries, timeout, log)
+    else:
+        _fetch_local(source, part)
+    _verify(source, part)
 
 
 def _fetch_local(source: Source, part: Path) -> None:
@@ -274,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", help="one file: all sources decompressed and concatenated in order")
     target.add_argument("--output-dir", help="a directory: one file per source")
-    parser.add_argument("--keep-compressed", action="store_true", help="with --output-dir, do not decompress")
+    parser.add_argument("--keep-compressed", action="store_true",
+                        help="do not decompress; with --output, exactly one source, kept as published")
     parser.add_argument("--retries", type=int, default=3, help="resumed retries of a broken HTTP transfer")
     args = parser.parse_args(argv)
     try:
@@ -287,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             sources += load_sources_file(args.sources)
         if not sources:
             raise UserError("no sources given (positional arguments or --sources)")
-        if args.output:
+        if args.output and args.keep_compressed:
+            if len(expand_globs(sources)) != 1:
+                raise UserError("--output with --keep-compressed takes exactly one source")
+            download_file(expand_globs(sources)[0], args.output, retries=args.retries)
+        elif args.output:
             download_to_file(sources, args.output, retries=args.retries)
         else:
             download(sources, args.output_dir, decompress=not args.keep_compressed, retries=args.retries)

@@ -34,7 +34,7 @@ VERSION = 1
 DTYPE_CODES: dict[int, type] = {
     1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
 }
-_HEADER = struct.Struct("<9sQBQQ")
+HEADER = struct.Struct("<9sQBQQ")
 
 
 def dtype_code(dtype) -> int:
@@ -74,18 +74,18 @@ class IndexedDataset:
             if not path.is_file():
                 raise UserError(f"{path}: indexed dataset file not found (data prefix {self.prefix!r})")
         index = np.memmap(idx_path, dtype=np.uint8, mode="r")
-        if len(index) < _HEADER.size:
+        if len(index) < HEADER.size:
             raise UserError(f"{idx_path}: truncated index ({len(index)} bytes)")
-        magic, version, code, n_seq, n_doc = _HEADER.unpack(index[: _HEADER.size].tobytes())
+        magic, version, code, n_seq, n_doc = HEADER.unpack(index[: HEADER.size].tobytes())
         if magic != MAGIC or version != VERSION:
             raise UserError(f"{idx_path}: not a Megatron MMIDIDX version-1 index (magic {magic!r}, version {version})")
         if code not in DTYPE_CODES:
             raise UserError(f"{idx_path}: unknown dtype code {code}")
-        expected = _HEADER.size + 4 * n_seq + 8 * n_seq + 8 * n_doc
+        expected = HEADER.size + 4 * n_seq + 8 * n_seq + 8 * n_doc
         if len(index) != expected:
             raise UserError(f"{idx_path}: index has {len(index)} bytes, header implies {expected}")
         self.dtype = np.dtype(DTYPE_CODES[code])
-        offset = _HEADER.size
+        offset = HEADER.size
         self.sizes = np.frombuffer(index, dtype=np.int32, count=n_seq, offset=offset)
         offset += 4 * n_seq
         self.pointers = np.frombuffer(index, dtype=np.int64, count=n_seq, offset=offset)
@@ -177,7 +177,7 @@ class IndexedDatasetWriter:
         document_indices = np.zeros(len(per_document) + 1, dtype=np.int64)
         np.cumsum(per_document, out=document_indices[1:])
         with open(self._tmp_idx, "wb") as handle:
-            handle.write(_HEADER.pack(MAGIC, VERSION, dtype_code(self.dtype), len(sizes), len(document_indices)))
+            handle.write(HEADER.pack(MAGIC, VERSION, dtype_code(self.dtype), len(sizes), len(document_indices)))
             handle.write(sizes.tobytes(order="C"))
             handle.write(pointers.tobytes(order="C"))
             handle.write(document_indices.tobytes(order="C"))

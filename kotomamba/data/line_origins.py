@@ -1,13 +1,14 @@
 """Where each line of a pipeline corpus file came from: the user's source file and its line there.
 
-The pipeline's ``corpus`` rule concatenates a source's shards into one JSONL file; a problem found
-later (a bad line in ``preprocess``, an empty corpus) must name the user's file and line, not the
-copy's. ``<corpus>.origins.json`` lists the pieces in order::
+``kotomamba download --output FILE`` concatenates several sources into one JSONL file; a problem
+found later (a bad line in ``preprocess``, an empty corpus) must name the user's file and line, not
+the copy's. ``<corpus>.origins.json`` lists the pieces in order::
 
     {"pieces": [{"source": "data/a.jsonl.gz", "lines": 1200}, {"source": "data/b.jsonl", "lines": 7}]}
 
 ``lines`` counts the piece's lines as they appear in the corpus (a last line without a newline still
-counts: the concatenation ends every piece with one).
+counts: the concatenation ends every piece with one). The pipeline does not concatenate: it reads
+each shard of a source by itself and names it directly (:mod:`kotomamba.data.shards`).
 """
 from __future__ import annotations
 

@@ -17,6 +17,11 @@ several files (also ``.gz`` / ``.zst``), which are indexed in the order given. W
 - ``--log-interval N`` prints a progress line every N lines (documents); without it a progress bar
   is drawn on a terminal.
 
+For the pipeline's per-shard jobs (``rules/tokenize.smk``): ``--input-name`` says what errors call an
+input (the URL a downloaded shard came from), ``--allow-empty`` writes an empty dataset for a shard
+without documents, and ``--summary FILE`` writes the counts that ``kotomamba merge-datasets`` adds up
+when it merges a source's shards (:mod:`kotomamba.data.merge`).
+
 Each line must be a JSON object whose ``--json-keys`` are strings. A bad line (invalid UTF-8,
 invalid JSON, not an object, a missing key, a non-string value) stops the run with the file and
 line number and leaves nothing at the prefix (``--on-bad-line error``, the default), or is left
@@ -120,6 +125,8 @@ class PreprocessSummary:
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_LINE_KINDS, 0))
     empty: int = 0
     seconds: float = 0.0
+    bytes: int = 0  # of JSONL read (decompressed)
+    inputs: list[str] = field(default_factory=list)  # as errors name them
 
 
 class _Encoder:
@@ -323,13 +330,21 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
                json_keys: Sequence[str] = ("text",), append_eod: bool = False, workers: int = 1,
                on_bad_line: str = "error", progress: bool = True, *, vocab_file: str | None = None,
                merge_file: str | None = None, split_sentences: bool = False, keep_newlines: bool = False,
-               log_interval: int | None = None) -> PreprocessSummary:
+               log_interval: int | None = None, input_names: Sequence[str] | None = None,
+               allow_empty: bool = False) -> PreprocessSummary:
     """Tokenize ``inputs`` into ``<output_prefix>_<key>_document.{bin,idx}`` for each key
     (``_sentence`` with ``split_sentences``).
 
+    ``input_names`` (one per input) is what errors call each input, with its own line numbers: the
+    URL a downloaded shard came from, say; by default the path, or the user's files that an origins
+    record beside it names (:mod:`kotomamba.data.line_origins`). ``allow_empty`` writes an empty
+    dataset instead of refusing one (a shard may be empty; the merge of a source's shards checks
+    the whole).
+
     Raises:
-        UserError: a missing input, an unusable tokenizer, or (with ``on_bad_line="error"``) the
-            first bad line, named by file and line number; no output is left at the prefix.
+        UserError: a missing input, an unusable tokenizer, no documents (without ``allow_empty``),
+            or (with ``on_bad_line="error"``) the first bad line, named by file and line number;
+            no output is left at the prefix.
     """
     if on_bad_line not in ("error", "skip"):
         raise UserError(f"--on-bad-line must be 'error' or 'skip', not {on_bad_line!r}")
@@ -342,6 +357,9 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
     for path in inputs:
         if not Path(path).is_file():
             raise UserError(f"{path}: input file not found (--input)")
+    if input_names is not None and len(input_names) != len(inputs):
+        raise UserError(f"{len(input_names)} --input-name values for {len(inputs)} inputs: give one per input")
+    names = dict(zip(map(str, inputs), input_names or map(str, inputs)))
     spec = TokenizerSpec(tokenizer_type, None if tokenizer_model is None else str(tokenizer_model),
                          None if vocab_file is None else str(vocab_file),
                          None if merge_file is None else str(merge_file))
@@ -350,7 +368,8 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
     dtype = optimal_dtype(tokenizer.vocab_size)
     level = "sentence" if split_sentences else "document"
     outputs = {key: f"{output_prefix}_{key}_{level}" for key in json_keys}
-    summary = PreprocessSummary(outputs, dict.fromkeys(json_keys, 0), dict.fromkeys(json_keys, 0))
+    summary = PreprocessSummary(outputs, dict.fromkeys(json_keys, 0), dict.fromkeys(json_keys, 0),
+                                inputs=[source for path, name in names.items() for source in _sources(path, name)])
     start = time.perf_counter()
     chunks = read_chunks(inputs)
     if workers == 0:
@@ -364,7 +383,8 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         for result in results:
             if result.bad and on_bad_line == "error":
                 kind, file, line, message = result.bad[0]
-                raise UserError(f"{locate(file, line)}: {message} (--on-bad-line skip leaves such lines out)")
+                raise UserError(f"{_where(file, line, names[file])}: {message} "
+                                "(--on-bad-line skip leaves such lines out)")
             for kind, *_ in result.bad:
                 summary.skipped[kind] += 1
             summary.empty += result.empty
@@ -379,10 +399,9 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
                 print(f"Processed {summary.lines} documents ({summary.lines / elapsed:,.1f} docs/s, "
                       f"{read_bytes / elapsed / 1e6:,.2f} MB/s).", file=sys.stderr, flush=True)
                 next_log = (summary.lines // log_interval + 1) * log_interval
-        if not any(writer.num_documents for writer in writers.values()):
-            sources = ", ".join(source for path in inputs for source in sources_of(path))
-            raise UserError(f"{sources}: no documents to tokenize ({summary.lines} lines: {summary.empty} with empty "
-                            f"text, {sum(summary.skipped.values())} bad lines skipped)")
+        if not allow_empty and not any(writer.num_documents for writer in writers.values()):
+            raise UserError(no_documents_message(summary.inputs, summary.lines, summary.empty,
+                                                 sum(summary.skipped.values())))
     except BaseException:
         if hasattr(results, "close"):
             results.close()  # stops the worker pool now rather than at garbage collection
@@ -397,7 +416,36 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         summary.documents[key] = writer.num_documents
         summary.tokens[key] = writer.num_tokens
     summary.seconds = time.perf_counter() - start
+    summary.bytes = read_bytes
     return summary
+
+
+def _sources(path: str, name: str) -> list[str]:
+    """The user's sources of one input: its given name, or those its origins record names."""
+    return sources_of(path) if name == path else [name]
+
+
+def _where(file: str, line: int, name: str) -> str:
+    """``"source:line"`` of a line of ``file``; a download is named by where it came from, its copy after."""
+    return locate(file, line) if name == file else f"{name}:{line} ({file})"
+
+
+def no_documents_message(sources: Sequence[str], lines: int, empty: int, skipped: int) -> str:
+    return (f"{', '.join(sources)}: no documents to tokenize ({lines} lines: {empty} with empty text, "
+            f"{skipped} bad lines skipped)")
+
+
+def write_summary(summary: PreprocessSummary, path: str) -> None:
+    """The counts of a run as JSON (what ``kotomamba merge-datasets --summaries`` sums)::
+
+        {"inputs": [...], "lines": int, "empty": int, "skipped": {kind: int}, "documents": {key: int},
+         "tokens": {key: int}, "bytes": int, "seconds": float}
+    """
+    from kotomamba.io import write_json
+
+    write_json(path, {"inputs": summary.inputs, "lines": summary.lines, "empty": summary.empty,
+                      "skipped": summary.skipped, "documents": summary.documents, "tokens": summary.tokens,
+                      "bytes": summary.bytes, "seconds": summary.seconds})
 
 
 def _progress_bar(enabled: bool):
@@ -412,6 +460,8 @@ def _progress_bar(enabled: bool):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kotomamba preprocess", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="JSONL file(s), plain, .gz or .zst")
+    parser.add_argument("--input-name", nargs="+",
+                        help="what errors call each input (e.g. the URL a download came from); default its path")
     parser.add_argument("--output-prefix", required=True,
                         help="writes <prefix>_<key>_document.{bin,idx} (_sentence with --split-sentences)")
     parser.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
@@ -433,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
     parser.add_argument("--dataset-impl", choices=("mmap",), default="mmap", help="Megatron's; only mmap exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="write an empty dataset rather than refuse input without documents (one shard of many)")
+    parser.add_argument("--summary", help="also write the counts (lines, documents, tokens, bad lines) as JSON")
     return parser
 
 
@@ -449,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
                              args.json_keys, args.append_eod, args.workers, args.on_bad_line,
                              progress=not args.no_progress, vocab_file=args.vocab_file, merge_file=args.merge_file,
                              split_sentences=args.split_sentences, keep_newlines=args.keep_newlines,
-                             log_interval=args.log_interval)
+                             log_interval=args.log_interval, input_names=args.input_name,
+                             allow_empty=args.allow_empty)
+        if args.summary:
+            write_summary(summary, args.summary)
     except UserError as exc:
         print(f"kotomamba preprocess: error: {exc}", file=sys.stderr)
         return 2

@@ -3,8 +3,8 @@
 Byte fallback maps any character outside the learned pieces to its UTF-8 bytes, so every UTF-8
 text (Japanese included) encodes and decodes back to itself. The model is written as
 ``<output>/tokenizer.model`` (with ``tokenizer.vocab``), atomically as a directory. Inputs are
-plain text (one sentence per line) or JSONL (the ``--json-key`` field of each object), also
-``.gz`` / ``.zst``.
+plain text (one sentence per line) or JSONL (the ``--json-key`` field of each object; by name, or
+every input with ``--jsonl``), also ``.gz`` / ``.zst``, read as streams.
 
 Special ids follow Megatron/Llama SentencePiece conventions: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2
 (the end-of-document token), and ``<pad>`` 3.
@@ -26,10 +26,12 @@ from kotomamba.io import atomic_directory
 MODEL_NAME = "tokenizer"
 
 
-def iter_sentences(paths: Sequence[str | os.PathLike], json_key: str = "text") -> Iterator[str]:
-    """Lines of text files, or the ``json_key`` field of JSONL files (``*.jsonl`` / ``*.json``)."""
+def iter_sentences(paths: Sequence[str | os.PathLike], json_key: str = "text",
+                   jsonl: bool | None = None) -> Iterator[str]:
+    """Lines of text files, or the ``json_key`` field of JSONL files (``*.jsonl`` / ``*.json``, or
+    every file with ``jsonl``: the pipeline's shards keep the names their publishers gave them)."""
     for path in paths:
-        is_json = strip_compression_suffix(Path(path).name).endswith((".jsonl", ".json"))
+        is_json = jsonl or strip_compression_suffix(Path(path).name).endswith((".jsonl", ".json"))
         with open_decompressed(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
@@ -53,7 +55,7 @@ def iter_sentences(paths: Sequence[str | os.PathLike], json_key: str = "text") -
 
 def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, model_type: str, output: str | os.PathLike,
                     json_key: str = "text", character_coverage: float = 0.9995,
-                    input_sentence_size: int = 2_000_000, seed: int = 0) -> Path:
+                    input_sentence_size: int = 2_000_000, seed: int = 0, jsonl: bool | None = None) -> Path:
     """Train and write ``<output>/tokenizer.model``; returns its path."""
     import sentencepiece
 
@@ -69,7 +71,7 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, model_
     with atomic_directory(output) as tmp:
         try:
             sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=iter_sentences(inputs, json_key),
+                sentence_iterator=iter_sentences(inputs, json_key, jsonl),
                 model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -103,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
     parser.add_argument("--output", required=True, help="directory to write tokenizer.model into")
     parser.add_argument("--json-key", default="text", help="field of JSONL inputs to train on")
+    parser.add_argument("--jsonl", action="store_true", help="every input is JSONL, whatever its name")
     parser.add_argument("--character-coverage", type=float, default=0.9995)
     parser.add_argument("--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         model = train_tokenizer(args.input, args.vocab_size, args.model_type, args.output, args.json_key,
-                                args.character_coverage, args.input_sentence_size, args.seed)
+                                args.character_coverage, args.input_sentence_size, args.seed, args.jsonl)
     except UserError as exc:
         print(f"kotomamba train-tokenizer: error: {exc}", file=sys.stderr)
         return 2

@@ -157,15 +157,57 @@ class RunPaths:
     def __init__(self, config: dict):
         self.config = config
         self.root = f"{RESULTS}/{config['run']}"
+        self._shards: dict[str, list] = {}
 
     def corpus(self, source: str) -> str:
+        """The corpus file a builtin source is written to."""
         return f"{self.root}/corpus/{source}.jsonl"
 
-    def corpus_origins(self, source: str) -> str:
-        """Which lines of the corpus came from which of the user's files (errors name those)."""
-        from kotomamba.data.line_origins import origins_path
+    def shards(self, source: str) -> list:
+        """The shards of ``source`` in order (:func:`kotomamba.data.shards.source_shards`), globs
+        expanded once per run."""
+        from kotomamba.data.shards import source_shards
 
-        return str(origins_path(self.corpus(source)))
+        if source not in self._shards:
+            entry = next(s for s in self.config["corpus"]["sources"] if s["name"] == source)
+            self._shards[source] = source_shards(entry)
+        return self._shards[source]
+
+    def shard(self, source: str, shard_id: str):
+        return self.shards(source)[int(shard_id)]
+
+    def downloaded_shard(self, source: str, shard_id: str, compression: str) -> str:
+        """Where an http(s) shard is kept as published, named by its index and compression suffix."""
+        return f"{self.root}/corpus/{source}/{shard_id}.jsonl{compression}"
+
+    def shard_file(self, shard) -> str:
+        """The file a shard's text is read from: the download, the user's own file, or the builtin corpus."""
+        if shard.is_builtin:
+            return self.corpus(shard.source)
+        if shard.is_download:
+            return self.downloaded_shard(shard.source, shard.id, shard.compression)
+        return shard.local_path
+
+    def corpus_files(self, source: str) -> list[str]:
+        """Every file ``source``'s text is read from, in order (the user's local files included)."""
+        return [self.shard_file(shard) for shard in self.shards(source)]
+
+    def corpus_artifacts(self, source: str) -> list[str]:
+        """The corpus files the pipeline writes for ``source``: downloads and the builtin corpus."""
+        return [self.shard_file(shard) for shard in self.shards(source) if shard.is_builtin or shard.is_download]
+
+    def shard_prefix(self, source: str, shard_id: str) -> str:
+        """A shard's tokenized output prefix: ``<prefix>_<key>_document.{bin,idx}`` per json key."""
+        return f"{self.root}/tokenized/{source}/{shard_id}"
+
+    def shard_datasets(self, source: str, shard_id: str) -> list[str]:
+        """A shard's ``.bin`` and ``.idx`` for every json key."""
+        prefix = self.shard_prefix(source, shard_id)
+        return [f"{prefix}_{key}_document.{ext}" for key in self.config["tokenize"]["json_keys"] for ext in ("bin", "idx")]
+
+    def shard_summary(self, source: str, shard_id: str) -> str:
+        """A shard's counts (lines, documents, tokens, bad lines, seconds) as JSON, which the merge sums."""
+        return f"{self.shard_prefix(source, shard_id)}.json"
 
     @property
     def tokenizer_dir(self) -> str:
@@ -176,7 +218,12 @@ class RunPaths:
         """The tokenizer every later stage uses: the configured one, or the one the pipeline trains."""
         return self.config["tokenizer"]["model"] or f"{self.tokenizer_dir}/tokenizer.model"
 
+    @property
+    def tokenized_root(self) -> str:
+        return f"{self.root}/tokenized"
+
     def tokenized_prefix(self, source: str, key: str | None = None) -> str:
+        """The merged dataset of ``source`` that training reads (``data.data_path``)."""
         key = key or self.config["tokenize"]["json_keys"][0]
         return f"{self.root}/tokenized/{source}_{key}_document"
 

@@ -1,0 +1,150 @@
+"""``kotomamba merge-datasets``: Megatron ``.bin/.idx`` datasets -> one, in the order given.
+
+The pipeline tokenizes each shard of a source by its own job and merges the shards' datasets into
+the source's one. The merge is byte for byte what one ``preprocess`` of the shards' lines in the same
+order writes (``tests/test_data_shards.py``), so the trainer's sample index and blend do not depend on
+how a source was cut. In the layout of :mod:`kotomamba.data.indexed_dataset`:
+
+- ``.bin``: the inputs' ``.bin`` files concatenated;
+- ``.idx``: the header with the summed sequence and document counts; ``sizes`` concatenated;
+  ``pointers`` of input i shifted by the bytes of the inputs before it; ``document_indices`` of
+  input i (without its leading 0, after the first input) shifted by the sequences before it.
+
+Megatron-LM's ``tools/merge_datasets.py`` (``IndexedDatasetBuilder.add_index``) merges the same way.
+The inputs are read through memory maps and written in order, so memory stays small whatever their
+size; both outputs appear only when complete (the ``.idx`` last).
+
+With ``--summaries`` (the JSON ``preprocess --summary`` writes for each input), the counts are summed
+and printed, and a merge without any document is refused naming the user's sources, which is where
+the pipeline learns that a whole source is empty (one empty shard of many is fine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kotomamba.data.indexed_dataset import HEADER, MAGIC, VERSION, IndexedDataset, data_file_path, dtype_code, \
+    index_file_path
+from kotomamba.data.preprocess import no_documents_message
+from kotomamba.errors import UserError
+
+COPY_BLOCK = 16 << 20
+
+
+def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | os.PathLike) -> tuple[int, int]:
+    """Merge the datasets at ``prefixes`` (in order) into ``output_prefix``; returns (documents, tokens).
+
+    Raises:
+        UserError: no inputs, a missing or damaged input, or inputs of different token dtypes.
+    """
+    if not prefixes:
+        raise UserError("no datasets to merge")
+    datasets = [IndexedDataset(prefix) for prefix in prefixes]
+    dtypes = {str(ds.dtype) for ds in datasets}
+    if len(dtypes) > 1:
+        named = ", ".join(f"{ds.prefix} ({ds.dtype})" for ds in datasets)
+        raise UserError(f"cannot merge datasets of different token types: {named}")
+    dtype = datasets[0].dtype
+    sequences = sum(len(ds) for ds in datasets)
+    documents = sum(len(ds.document_indices) - 1 for ds in datasets)
+    output = Path(output_prefix)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp_bin = output.with_name(f".{output.name}.bin.{os.getpid()}.tmp")
+    tmp_idx = output.with_name(f".{output.name}.idx.{os.getpid()}.tmp")
+    try:
+        with open(tmp_bin, "wb") as writer:
+            for ds in datasets:
+                with open(data_file_path(ds.prefix), "rb") as reader:
+                    shutil.copyfileobj(reader, writer, COPY_BLOCK)
+            writer.flush()
+            os.fsync(writer.fileno())
+        with open(tmp_idx, "wb") as writer:
+            writer.write(HEADER.pack(MAGIC, VERSION, dtype_code(dtype), sequences, documents + 1))
+            for ds in datasets:
+                writer.write(ds.sizes.tobytes(order="C"))
+            byte_offset = 0
+            for ds in datasets:
+                writer.write((ds.pointers + np.int64(byte_offset)).tobytes(order="C"))
+                byte_offset += ds.num_tokens * dtype.itemsize
+            writer.write(np.zeros(1, dtype=np.int64).tobytes())
+            sequence_offset = 0
+            for ds in datasets:
+                writer.write((ds.document_indices[1:] + np.int64(sequence_offset)).tobytes(order="C"))
+                sequence_offset += len(ds)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(tmp_bin, data_file_path(output))
+        os.replace(tmp_idx, index_file_path(output))
+    except BaseException:
+        for path in (tmp_bin, tmp_idx):
+            path.unlink(missing_ok=True)
+        raise
+    return documents, sum(ds.num_tokens for ds in datasets)
+
+
+def summed(summaries: Sequence[str | os.PathLike]) -> dict:
+    """The counts of several ``preprocess --summary`` files added up (inputs listed in order)."""
+    total = {"inputs": [], "lines": 0, "documents": 0, "empty": 0, "skipped": 0, "bytes": 0, "seconds": 0.0}
+    for path in summaries:
+        part = json.loads(Path(path).read_text())
+        total["inputs"] += part["inputs"]
+        total["skipped"] += sum(part["skipped"].values())
+        total["documents"] += max(part["documents"].values())  # every key keeps the same documents
+        for key in ("lines", "empty", "bytes", "seconds"):
+            total[key] += part[key]
+    return total
+
+
+def merge_shards(inputs: Sequence[str], output_prefix: str, json_keys: Sequence[str], level: str = "document",
+                 summaries: Sequence[str] = ()) -> dict[str, tuple[int, int]]:
+    """Merge ``<input>_<key>_<level>`` of every input into ``<output_prefix>_<key>_<level>`` for each key
+    (the names ``preprocess`` gives); returns {key: (documents, tokens)}.
+
+    Raises:
+        UserError: as :func:`merge_datasets`; with ``summaries``, inputs without any document, naming
+            the user's sources and what their lines held. Nothing is written then.
+    """
+    if summaries and len(summaries) != len(inputs):
+        raise UserError(f"{len(summaries)} --summaries for {len(inputs)} inputs: give one per input")
+    if summaries:
+        total = summed(summaries)
+        if not total["documents"]:
+            raise UserError(no_documents_message(total["inputs"], total["lines"], total["empty"], total["skipped"]))
+    return {key: merge_datasets([f"{prefix}_{key}_{level}" for prefix in inputs], f"{output_prefix}_{key}_{level}")
+            for key in json_keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kotomamba merge-datasets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="output prefixes of `preprocess` runs, merged in this order")
+    parser.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.{bin,idx}")
+    parser.add_argument("--json-keys", nargs="+", default=["text"], help="the keys the inputs were tokenized with")
+    parser.add_argument("--split-sentences", action="store_true", help="merge the _sentence outputs")
+    parser.add_argument("--summaries", nargs="+", default=[],
+                        help="each input's `preprocess --summary` JSON: counts summed, no documents at all refused")
+    args = parser.parse_args(argv)
+    try:
+        merged = merge_shards(args.input, args.output_prefix, args.json_keys,
+                              "sentence" if args.split_sentences else "document", args.summaries)
+    except UserError as exc:
+        print(f"kotomamba merge-datasets: error: {exc}", file=sys.stderr)
+        return 2
+    level = "sentence" if args.split_sentences else "document"
+    for key, (documents, tokens) in merged.items():
+        print(f"{args.output_prefix}_{key}_{level}.bin/.idx: {documents} documents, {tokens} tokens "
+              f"from {len(args.input)} inputs")
+    if args.summaries:
+        total = summed(args.summaries)
+        tokens = sum(tokens for _, tokens in merged.values())
+        print(f"{total['lines']} lines, {total['bytes'] / 1e6:,.1f} MB of JSONL; skipped bad lines: {total['skipped']}; "
+              f"skipped empty documents: {total['empty']}; {total['seconds']:,.1f} s in the tokenize jobs, "
+              f"{tokens / max(total['seconds'], 1e-9):,.0f} tokens/s per job")
+    return 0
