@@ -19,7 +19,9 @@ import matplotlib.pyplot as plt
 
 from kotomamba.convert.model_card import duration
 from kotomamba.convert.run_info import StageInfo, parameter_count, read_stage
+from kotomamba.errors import UserError
 from kotomamba.io import atomic_write
+from kotomamba.train.metrics_file import read_metrics as read_metrics_file
 from kotomamba.train.run_dir import RunDir
 
 
@@ -27,14 +29,11 @@ def read_metrics(stage_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, eval records) of one stage, in step order; eval records get the train records'
     token count at their step (the trainer logs tokens with the train metrics only)."""
     train, evals = [], []
-    path = RunDir(stage_dir).metrics
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"{path}:{number}: not JSON ({error})") from None
+    try:
+        records = read_metrics_file(RunDir(stage_dir).metrics, note_torn=False)
+    except UserError as error:
+        raise SystemExit(str(error)) from None
+    for record in records:
         if "val_loss" in record:
             evals.append(record)
         elif "loss" in record:

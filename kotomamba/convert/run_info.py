@@ -135,16 +135,12 @@ def training_seconds(metrics_file: Path, up_to_step: int | None = None) -> float
     A window runs from one logged step to the next and so includes evaluations and checkpoint writes;
     start-up and the time before a resumed job's first window are not counted.
     """
+    from kotomamba.train.metrics_file import read_metrics
+
     if not metrics_file.is_file():
         return None
     seconds, previous_tokens = 0.0, 0
-    for number, line in enumerate(metrics_file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{metrics_file}: line {number}: invalid JSON ({exc.msg})") from exc
+    for record in read_metrics(metrics_file, note_torn=False):
         if "tokens_per_s" not in record or "tokens" not in record:
             continue
         if up_to_step is not None and record["step"] > up_to_step:
