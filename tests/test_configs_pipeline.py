@@ -70,7 +70,7 @@ def test_gpu_override_trains_the_real_model_on_one_gpu(tmp_path):
     result = snakemake(tmp_path, [CONFIGS / "mamba2-130m.yaml", GPU_E2E], "-n", "-p", "all",
                        profile=REPO / "profiles" / "local", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "kotomamba launch --nnodes 1 --nproc-per-node 1 -- train" in result.stdout
+    assert "kotomamba launch --nnodes 1 --nproc-per-node 1 --device gpu -- train" in result.stdout
     assert planned_jobs(result)["corpus"] == 1 and planned_jobs(result)["train"] == 1
 
 
