@@ -87,10 +87,9 @@ def _stage_problems(config: dict, index: int, locate: Callable[[list], str]) -> 
 
 
 def _model_problems(config: dict) -> list[Problem]:
-    from kotomamba.model.config import preset
     import dataclasses
 
-    from kotomamba.model.config import MambaConfig
+    from kotomamba.model.config import MambaConfig, preset
 
     known = {f.name for f in dataclasses.fields(MambaConfig)} | {"preset"}
     unknown = [key for key in config["model"] if key not in known]
