@@ -1,6 +1,4 @@
 """``python -m kotomamba`` is the same as the ``kotomamba`` console script."""
-import sys
+from kotomamba.cli import run
 
-from kotomamba.cli import main
-
-sys.exit(main())
+run()

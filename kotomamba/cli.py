@@ -5,7 +5,9 @@ file only dispatches, importing lazily so ``kotomamba --help`` does not pay for 
 """
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -48,3 +50,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return int(module.main(rest) or 0)
+
+
+def run() -> None:
+    """The program (the console script and ``python -m kotomamba``): :func:`main`, then exit with its code.
+
+    A process that ran torch.distributed ends without interpreter finalization, once its exit
+    handlers have run and its output is flushed: a gloo worker thread can still be releasing the
+    tensors of the last collective, and a thread that asks for the GIL while the interpreter
+    finalizes aborts the whole process (``terminate called without an active exception``, exit
+    -6), which would lose the exit code the scheduler and the launcher read (2 bad input, 75 requeue).
+    """
+    code = main()
+    distributed = sys.modules.get("kotomamba.train.distributed")
+    if distributed is None or not distributed.process_group_started():
+        sys.exit(code)
+    atexit._run_exitfuncs()  # what a normal exit would run: loggers' flush, trackers, pools
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

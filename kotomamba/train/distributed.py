@@ -133,6 +133,14 @@ def detect_launch_env(env: dict | None = None) -> LaunchEnv:
     return LaunchEnv(launcher, rank, world, local, local_world, addr, port)
 
 
+_started = False
+
+
+def process_group_started() -> bool:
+    """Whether this process started a process group (``kotomamba.cli.run`` then ends it at once)."""
+    return _started
+
+
 def init_distributed(launch: LaunchEnv, device_type: str):
     """Start the default process group (NCCL on CUDA, gloo on CPU); always, even for one process.
 
@@ -143,6 +151,7 @@ def init_distributed(launch: LaunchEnv, device_type: str):
 
     import torch.distributed as dist
 
+    global _started
     os.environ["MASTER_ADDR"] = launch.master_addr
     os.environ["MASTER_PORT"] = str(launch.master_port)
     if dist.is_initialized():
@@ -157,6 +166,7 @@ def init_distributed(launch: LaunchEnv, device_type: str):
         backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
         rank=launch.rank, world_size=launch.world_size, timeout=datetime.timedelta(minutes=30), **kwargs,
     )
+    _started = True
 
 
 def build_mesh(device_type: str, world_size: int, strategy: str, shard_size: int | None):
