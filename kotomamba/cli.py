@@ -9,6 +9,7 @@ import atexit
 import importlib
 import os
 import sys
+import traceback
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "download": ("kotomamba.data.download", "fetch corpus shards (http/https/file, sha256, resume, .gz/.zst)"),
@@ -55,17 +56,39 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The program (the console script and ``python -m kotomamba``): :func:`main`, then exit with its code.
 
-    A process that ran torch.distributed ends without interpreter finalization, once its exit
-    handlers have run and its output is flushed: a gloo worker thread can still be releasing the
-    tensors of the last collective, and a thread that asks for the GIL while the interpreter
-    finalizes aborts the whole process (``terminate called without an active exception``, exit
-    -6), which would lose the exit code the scheduler and the launcher read (2 bad input, 75 requeue).
+    A process that started torch.distributed ends without interpreter finalization, however
+    :func:`main` ended (a return, an error, Ctrl-C), once its exit handlers have run and its output
+    is flushed: a gloo worker thread can still be releasing the tensors of the last collective, and
+    a thread that asks for the GIL while the interpreter finalizes aborts the process (``terminate
+    called without an active exception``, exit -6) or, if the process group is destroyed then,
+    deadlocks it. Either would lose the exit code the scheduler and the launcher read (2 bad
+    input, 75 requeue).
     """
-    code = main()
-    distributed = sys.modules.get("kotomamba.train.distributed")
-    if distributed is None or not distributed.process_group_started():
+    try:
+        code = main()
+    except BaseException as exc:
+        if not _process_group_started():
+            raise
+        code = _exit_code(exc)
+    if not _process_group_started():
         sys.exit(code)
     atexit._run_exitfuncs()  # what a normal exit would run: loggers' flush, trackers, pools
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _process_group_started() -> bool:
+    distributed = sys.modules.get("kotomamba.train.distributed")
+    return distributed is not None and distributed.process_group_started()
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The code Python would have exited with (130 for Ctrl-C, the shell's), its message printed."""
+    if isinstance(exc, SystemExit):
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    traceback.print_exception(exc)
+    return 130 if isinstance(exc, KeyboardInterrupt) else 1

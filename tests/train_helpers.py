@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter
-from kotomamba.train.checkpoint import read_full_model_state, resolve_checkpoint
+from kotomamba.train.checkpoint import read_full_model_state
+from kotomamba.train.run_dir import resolve_checkpoint
 from kotomamba.train.parallelize import cpu_sharding_supported
 
 VOCAB = 64

@@ -106,7 +106,7 @@ def _model_problems(config: dict) -> list[Problem]:
 
 
 def _init_problems(config: dict) -> list[Problem]:
-    from kotomamba.train.build import init_source_kind
+    from kotomamba.train.run_dir import init_source_kind
 
     if config.get("init") is None:
         return []

@@ -13,9 +13,9 @@ import torch
 
 from kotomamba.errors import UserError
 from kotomamba.model.config import MambaConfig, preset
-from kotomamba.train.checkpoint import read_full_model_state, resolve_checkpoint
+from kotomamba.train.checkpoint import read_full_model_state
 from kotomamba.train.config import TrainConfig
-from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_dir import RunDir, init_source_kind, resolve_checkpoint
 
 EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
 
@@ -28,18 +28,6 @@ def configured_model(config: TrainConfig, tokenizer_vocab: int) -> MambaConfig:
     if vocab is not None and vocab < tokenizer_vocab:
         raise UserError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary ({tokenizer_vocab})")
     return preset(name, vocab_size=vocab if vocab is not None else tokenizer_vocab, **fields)
-
-
-def init_source_kind(path: Path) -> str:
-    """``"kotomamba"`` (a run or checkpoint directory) or ``"pretrained"`` (mamba-ssm / transformers)."""
-    if resolve_checkpoint(path) is not None:
-        return "kotomamba"
-    if (path / "config.json").is_file():
-        return "pretrained"
-    raise UserError(
-        f"init.from: {path} is neither a kotomamba run / checkpoint directory (with checkpoints/latest) "
-        "nor a mamba-ssm / transformers model directory (with config.json)"
-    )
 
 
 def _kotomamba_config(path: Path) -> MambaConfig:

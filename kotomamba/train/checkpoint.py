@@ -30,31 +30,7 @@ import torch.distributed.checkpoint as dcp
 from kotomamba.io import atomic_write
 from kotomamba.train.dcp_local import load_local
 from kotomamba.train.integrity import record_integrity
-from kotomamba.train.run_dir import LATEST, STEP_DIR, RunDir, step_dir_name
-
-
-def read_latest(checkpoints: Path) -> Path | None:
-    """The checkpoint named by ``checkpoints/latest``, or ``None`` when there is none."""
-    pointer = checkpoints / LATEST
-    if not pointer.is_file():
-        return None
-    name = pointer.read_text().strip()
-    path = checkpoints / name
-    if not STEP_DIR.match(name) or not (path / ".metadata").is_file():
-        return None
-    return path
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
-    """A run dir (its ``latest``), a ``checkpoints`` dir or one checkpoint dir -> the checkpoint dir."""
-    path = Path(path)
-    if (path / ".metadata").is_file():
-        return path
-    for candidate in (RunDir(path).checkpoints, path):
-        found = read_latest(candidate)
-        if found is not None:
-            return found
-    return None
+from kotomamba.train.run_dir import STEP_DIR, RunDir, read_latest, step_dir_name
 
 
 class CheckpointManager:

@@ -61,7 +61,7 @@ def _tokenizer_identity(model: str | None) -> str | dict | None:
 
 def _init_identity(source: str | None) -> dict | None:
     """A previous run's final identity and its checkpoint's checksums, or a released model's file stamps."""
-    from kotomamba.train.checkpoint import resolve_checkpoint
+    from kotomamba.train.run_dir import resolve_checkpoint
     from kotomamba.train.integrity import integrity_digest
 
     if source is None:

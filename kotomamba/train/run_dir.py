@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kotomamba.errors import UserError
+
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
 INTEGRITY = "integrity.json"
@@ -123,3 +125,39 @@ class RunDir:
 def run_dir_of(checkpoint_dir: Path) -> Path | None:
     """The run directory a ``checkpoints/step_N`` directory belongs to (``None`` for a bare checkpoint)."""
     return checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else None
+
+
+def read_latest(checkpoints: Path) -> Path | None:
+    """The checkpoint named by ``checkpoints/latest``, or ``None`` when there is none."""
+    pointer = checkpoints / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    path = checkpoints / name
+    if not STEP_DIR.match(name) or not (path / ".metadata").is_file():
+        return None
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
+    """A run dir (its ``latest``), a ``checkpoints`` dir or one checkpoint dir -> the checkpoint dir."""
+    path = Path(path)
+    if (path / ".metadata").is_file():
+        return path
+    for candidate in (RunDir(path).checkpoints, path):
+        found = read_latest(candidate)
+        if found is not None:
+            return found
+    return None
+
+
+def init_source_kind(path: Path) -> str:
+    """``"kotomamba"`` (a run or checkpoint directory) or ``"pretrained"`` (mamba-ssm / transformers)."""
+    if resolve_checkpoint(path) is not None:
+        return "kotomamba"
+    if (path / "config.json").is_file():
+        return "pretrained"
+    raise UserError(
+        f"init.from: {path} is neither a kotomamba run / checkpoint directory (with checkpoints/latest) "
+        "nor a mamba-ssm / transformers model directory (with config.json)"
+    )

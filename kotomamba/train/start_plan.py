@@ -78,7 +78,7 @@ def plan_start(run: RunDir, digest: str, resume: str) -> StartPlan:
     """The plan for ``--resume auto|never|DIR`` in run directory ``run`` of identity ``digest`` (reads only)."""
     plan = StartPlan()
     if resume not in ("auto", "never"):
-        from kotomamba.train.checkpoint import resolve_checkpoint
+        from kotomamba.train.run_dir import resolve_checkpoint
 
         found = resolve_checkpoint(resume)
         if found is None:
