@@ -2,15 +2,16 @@
 jobs (tokenize_shard) run at the same time on different nodes, and the merged dataset is the bytes
 one tokenization job over the concatenated shards writes.
 
-Placement is forced, not left to timing: each shard job asks for a whole node's CPUs (2 threads;
-each test node has 2), and a barrier in the profiles' setup hook holds every such job until both
-have started. So both run at once, which on 2-CPU nodes means one on each; the scheduler's own
+Placement is forced, not left to timing: each shard job asks for a whole node's CPUs (as many threads
+as a test node has CPUs), and a barrier in the profiles' setup hook holds every such job until both
+have started. So both run at once, which means one on each node; the scheduler's own
 records (sacct, qacct) must say so. A scheduler that would not place them so (one node down, say)
 fails the test when the barrier gives up, never hangs it. The run stops at the tokenized dataset
 (no training) and uses a tokenizer trained beforehand: 3 jobs per scheduler.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +33,8 @@ pytest.importorskip("snakemake")
 if not REQUIRED:
     pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
 
-NODE_CPUS = 2  # start_slurm.sh / start_sge.sh give each node this machine's CPUs (slots)
+# start_slurm.sh / start_sge.sh give each node this machine's CPUs (`nproc`) as its CPUs / slots.
+NODE_CPUS = len(os.sched_getaffinity(0))
 DATASET = "results/shards/tokenized/web_text_document"
 
 
