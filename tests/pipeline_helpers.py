@@ -1,4 +1,5 @@
-"""Running the real pipeline from tests: a small two-stage run config and `snakemake` in a subprocess."""
+"""Running the real pipeline from tests: a small two-stage run config, `snakemake` in a subprocess, and
+the dataset one tokenization job writes, to compare the pipeline's with."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from kotomamba.data.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +48,18 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 def output_of(result: subprocess.CompletedProcess) -> str:
     return result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def one_job(workdir: Path, tokenizer: Path, pieces: list[bytes], name: str) -> tuple[bytes, bytes]:
+    """The dataset one `preprocess` job writes from the shards decompressed and concatenated
+    (the pipeline's settings: SentencePiece, key `text`, an end-of-document token)."""
+    joined = workdir / f"{name}.one.jsonl"
+    joined.write_bytes(b"".join(piece if piece.endswith(b"\n") else piece + b"\n" for piece in pieces))
+    preprocess([str(joined)], str(workdir / f"{name}.one"), "SentencePieceTokenizer", str(tokenizer),
+               append_eod=True, workers=1, progress=False)
+    return files_of(workdir / f"{name}.one_text_document")
+
+
+def files_of(prefix) -> tuple[bytes, bytes]:
+    """The (.bin, .idx) bytes of the dataset at `prefix`."""
+    return Path(f"{prefix}.bin").read_bytes(), Path(f"{prefix}.idx").read_bytes()

@@ -1,8 +1,8 @@
 """Sources of several shards through `snakemake` itself: each shard downloaded and tokenized by its own job,
 merged into the bytes one job over the concatenated shards writes; a killed shard job is redone alone.
 
-The shards of the http sources come from a real HTTP server on loopback. (The multi-node cluster test,
-shard jobs spread over two nodes, waits for the test clusters of the "Real clusters" issue.)
+The shards of the http sources come from a real HTTP server on loopback. The shard jobs spread over the
+two nodes of a real cluster: tests/scheduler/test_scheduler_shards.py.
 """
 from __future__ import annotations
 
@@ -16,18 +16,16 @@ import psutil
 import pytest
 import yaml
 import zstandard
-from pipeline_helpers import output_of, planned_jobs, snakemake, snakemake_command, tiny_config
+from pipeline_helpers import files_of, one_job, output_of, planned_jobs, snakemake, snakemake_command, tiny_config
 from test_data_download import RangeHandler, ShardServer
 
 from kotomamba.data.corpus import write_corpus
-from kotomamba.data.preprocess import preprocess
 from kotomamba.data.train_tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("snakemake")
 
 RUN = "results/shards"
-TOKENIZER = "SentencePieceTokenizer"
 
 
 class HoldingHandler(RangeHandler):
@@ -84,19 +82,6 @@ def config_file(workdir: Path, sources: list[dict], tokenizer: str | None = None
 
 def tokenized(source: str) -> str:
     return f"{RUN}/tokenized/{source}_text_document.idx"
-
-
-def one_job(workdir: Path, tokenizer: Path, pieces: list[bytes], name: str) -> tuple[bytes, bytes]:
-    """The dataset one `preprocess` job writes from the shards decompressed and concatenated."""
-    joined = workdir / f"{name}.one.jsonl"
-    joined.write_bytes(b"".join(piece if piece.endswith(b"\n") else piece + b"\n" for piece in pieces))
-    preprocess([str(joined)], str(workdir / f"{name}.one"), TOKENIZER, str(tokenizer), append_eod=True,
-               workers=1, progress=False)
-    return files_of(workdir / f"{name}.one_text_document")
-
-
-def files_of(prefix) -> tuple[bytes, bytes]:
-    return Path(f"{prefix}.bin").read_bytes(), Path(f"{prefix}.idx").read_bytes()
 
 
 def test_sources_of_several_shards_tokenize_into_the_one_job_bytes(server, lines, tmp_path):

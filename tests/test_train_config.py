@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from kotomamba.errors import UserError
-from kotomamba.train.config import dump_config, load_config
+from kotomamba.train.config import accumulation_steps, dump_config, load_config
 
 CONFIG = """\
 run_dir: out/run
@@ -56,6 +56,16 @@ def test_bad_type_and_bad_choice(tmp_path):
         load_config(write(tmp_path), ["schedule.style=exp"])
     with pytest.raises(UserError, match="expected dotted.key=value"):
         load_config(write(tmp_path), ["train.steps"])
+
+
+def test_the_global_batch_divides_over_every_process(tmp_path):
+    """The one rule the trainer (actual world size) and the pipeline (configured nodes) both apply."""
+    train = load_config(write(tmp_path)).train  # micro 2, global 8
+    assert [accumulation_steps(train, world) for world in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(UserError, match=r"^global_batch_size 8 must be a multiple of micro_batch_size 2 x world size 3 = 6$"):
+        accumulation_steps(train, 3)
+    with pytest.raises(UserError, match=r"micro_batch_size 2 x launch.nodes 3 x launch.nproc_per_node 1 = 6$"):
+        accumulation_steps(train, 3, "launch.nodes 3 x launch.nproc_per_node 1")
 
 
 def test_cross_field_rules(tmp_path):

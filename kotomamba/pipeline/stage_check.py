@@ -55,7 +55,7 @@ def _written_at(config: dict, index: int, dotted: str) -> list:
 
 
 def _stage_problems(config: dict, index: int, locate: Callable[[list], str]) -> list[Problem]:
-    from kotomamba.train.config import build_config
+    from kotomamba.train.config import accumulation_steps, build_config
 
     stage = config["stages"][index]
     problems = []
@@ -77,13 +77,12 @@ def _stage_problems(config: dict, index: int, locate: Callable[[list], str]) -> 
     except UserError as error:
         return [(None, str(error))]
     launch = config["launch"]
-    per_step = checked.train.micro_batch_size * launch["nodes"] * launch["nproc_per_node"]
-    if checked.train.global_batch_size % per_step:
-        problems.append((_written_at(config, index, "train.global_batch_size"),
-                         f"global_batch_size {checked.train.global_batch_size} of stage {stage['name']!r} must be a "
-                         f"multiple of micro_batch_size {checked.train.micro_batch_size} x launch.nodes "
-                         f"{launch['nodes']} x launch.nproc_per_node {launch['nproc_per_node']} = {per_step}"))
-    return problems
+    try:  # the world size the training job will have, as configured
+        accumulation_steps(checked.train, launch["nodes"] * launch["nproc_per_node"],
+                           f"launch.nodes {launch['nodes']} x launch.nproc_per_node {launch['nproc_per_node']}")
+    except UserError as error:
+        return [(_written_at(config, index, "train.global_batch_size"), f"{error} (stage {stage['name']!r})")]
+    return []
 
 
 def _model_problems(config: dict) -> list[Problem]:

@@ -374,7 +374,7 @@ def _coerce(tp: Any, value: Any, dotted: str, where: _Where) -> Any:
 
 
 def _check(config: TrainConfig, where: _Where) -> None:
-    """Cross-field rules that do not depend on the world size (that one is checked at startup)."""
+    """Cross-field rules that do not depend on the world size (that one is :func:`accumulation_steps`)."""
 
     def fail(dotted: str, message: str) -> None:
         raise UserError(f"{where(dotted)}: field {dotted!r} {message}")
@@ -447,6 +447,25 @@ def _check(config: TrainConfig, where: _Where) -> None:
                                ("precision: fp16", config.precision == "fp16")):
             if clash:
                 fail("parallel.cuda_graph", f"cannot be true with {setting}; set one of them otherwise")
+
+
+def accumulation_steps(train: TrainLoopConfig, world_size: int, world: str | None = None) -> int:
+    """Micro-batches each rank accumulates per optimizer step: global / (micro x world size).
+
+    The one owner of the rule that the global batch divides evenly over every process: the trainer
+    applies it at start-up to the actual world size, the pipeline's config check before any job runs
+    to ``launch.nodes x launch.nproc_per_node``. ``world`` says what the world size is made of, for
+    the message (default ``world size N``).
+
+    Raises:
+        UserError: ``global_batch_size`` is not a multiple of ``micro_batch_size x world_size``; the
+            message names the fields, not where they were written (the caller says that).
+    """
+    per_step = train.micro_batch_size * world_size
+    if train.global_batch_size % per_step:
+        raise UserError(f"global_batch_size {train.global_batch_size} must be a multiple of micro_batch_size "
+                        f"{train.micro_batch_size} x {world or f'world size {world_size}'} = {per_step}")
+    return train.global_batch_size // per_step
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write, write_json
 from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys
-from kotomamba.train.config import TrainConfig, dump_config
+from kotomamba.train.config import TrainConfig, accumulation_steps, dump_config
 from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
 from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
 from kotomamba.train.flops import peak_flops, training_flops_per_token
@@ -77,14 +77,7 @@ class Trainer:
         # Every rank's generators start from the seed (rank 0's are seeded again for the initial weights).
         torch.manual_seed(config.seed + self.rank)
         self.precision = resolve_precision(config.precision, self.device.type)
-        t = config.train
-        per_step = t.micro_batch_size * self.world
-        if t.global_batch_size % per_step:
-            raise UserError(
-                f"train.global_batch_size ({t.global_batch_size}) must be a multiple of train.micro_batch_size "
-                f"({t.micro_batch_size}) x world size ({self.world}) = {per_step}"
-            )
-        self.accum = t.global_batch_size // per_step
+        self.accum = accumulation_steps(config.train, self.world)
         # What the world size makes impossible is refused before the run directory changes.
         check_sharding(self.device.type, self.world)
         if config.parallel.cuda_graph:

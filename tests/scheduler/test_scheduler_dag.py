@@ -15,7 +15,6 @@ be equal to the local one-node run's.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster_helpers import PROFILES, REQUIRED, daemon_problem, scheduler_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,42 +32,11 @@ pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 # Snakemake 9 needs Python >= 3.11; on 3.10 the library is tested without the pipeline.
 pytest.importorskip("snakemake")
 
-REQUIRED = os.environ.get("KOTOMAMBA_SCHEDULER_TESTS") == "1"
 if not REQUIRED:
     pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
 
-
-def scheduler_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("SGE_ROOT", "/var/lib/gridengine")
-    env.setdefault("SGE_CELL", "default")
-    env.setdefault("KOTOMAMBA_SLURM_ACCOUNT", "ci")
-    env.setdefault("KOTOMAMBA_SGE_MPI_PE", "mpi")
-    env["OMP_NUM_THREADS"] = "1"
-    # The test clusters run jobs as root; Open MPI's mpirun refuses root unless told twice.
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    # Each profile's setup hook (modules, venv on a real cluster) runs first in every job.
-    env["KOTOMAMBA_SLURM_SETUP"] = env["KOTOMAMBA_SGE_SETUP"] = SETUP_LINE
-    return env
-
-
+# Each profile's setup hook (modules, venv on a real cluster) runs first in every job.
 SETUP_LINE = 'echo "setup line ran on $(hostname)"'
-
-
-
-def daemon_problem(name: str) -> str | None:
-    """Why the scheduler `name` cannot take jobs, or None when it can."""
-    checks = {
-        "slurm": [["sinfo", "-h", "-o", "%t"], ["sacct", "-n", "-X", "-S", "now-1minute"]],
-        "sge": [["qstat", "-f"], ["qconf", "-sq", "all.q"]],
-    }
-    for command in checks[name]:
-        if shutil.which(command[0]) is None:
-            return f"`{command[0]}` is not installed: run tests/scheduler/start_{name}.sh"
-        result = subprocess.run(command, capture_output=True, text=True, env=scheduler_env(), timeout=60)
-        if result.returncode != 0:
-            return f"`{' '.join(command)}` failed ({result.stderr.strip()}): run tests/scheduler/start_{name}.sh"
-    return None
 
 
 def tiny_config(nodes: int = 1) -> dict:
@@ -97,7 +66,7 @@ def run_pipeline(workdir: Path, *profile_args: str, nodes: int = 1) -> subproces
     config_file.write_text(yaml.safe_dump(tiny_config(nodes)))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                "--configfile", str(config_file), "--until", "train", *profile_args]
-    return subprocess.run(command, capture_output=True, text=True, env=scheduler_env(), cwd=workdir, timeout=1800)
+    return subprocess.run(command, capture_output=True, text=True, env=scheduler_env(SETUP_LINE), cwd=workdir, timeout=1800)
 
 
 def outputs(workdir: Path) -> tuple[dict[str, bytes], list[tuple]]:
@@ -128,13 +97,6 @@ def local_run(local_workdir):
     return outputs(local_workdir)
 
 
-PROFILES = {
-    "slurm": ["--profile", str(REPO / "profiles" / "slurm"), "--slurm-init-seconds-before-status-checks", "2",
-              "--slurm-keep-successful-logs"],
-    "sge": ["--profile", str(REPO / "profiles" / "sge")],
-}
-
-
 def train_job_id(scheduler: str, output: str) -> str:
     """The scheduler's id of the one training job in snakemake's output."""
     pattern = (r"rule train:.*?submitted with SLURM jobid (\d+)" if scheduler == "slurm"
@@ -148,7 +110,7 @@ def train_job_hosts(scheduler: str, job_id: str, nodes: int) -> tuple[str, list[
     """(the job's GPU request as accounted, the hosts its tasks ran on) from the accounting."""
     if scheduler == "slurm":
         fields = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,NodeList,AllocTRES"],
-                                capture_output=True, text=True, env=scheduler_env(), check=True).stdout
+                                capture_output=True, text=True, env=scheduler_env(SETUP_LINE), check=True).stdout
         rows = [line.split("|") for line in fields.splitlines()]
         job = next(row for row in rows if row[0] == job_id)
         steps = [row for row in rows if row[0] == f"{job_id}.0"]
@@ -158,7 +120,7 @@ def train_job_hosts(scheduler: str, job_id: str, nodes: int) -> tuple[str, list[
         return job[2], hosts
     # Grid Engine accounts the master task and each `qrsh -inherit` task (mpirun's daemons) apart.
     for _ in range(20):
-        text = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True, env=scheduler_env()).stdout
+        text = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True, env=scheduler_env(SETUP_LINE)).stdout
         hosts = re.findall(r"^hostname\s+(\S+)", text, re.M)
         if len(hosts) >= nodes:
             break
@@ -217,7 +179,7 @@ def test_pbs_launch_path_across_two_hosts_equals_local_run(local_workdir, local_
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     nodefile = tmp_path / "nodefile"
     nodefile.write_text("ktnode1\nktnode1\nktnode2\nktnode2\n")
-    env = {name: value for name, value in scheduler_env().items()
+    env = {name: value for name, value in scheduler_env(SETUP_LINE).items()
            if not name.startswith(("SLURM_", "SGE_", "PE_", "KOTOMAMBA_SGE", "KOTOMAMBA_SLURM")) and name != "JOB_ID"}
     env.update(PBS_JOBID="4242.pbs1", PBS_NODEFILE=str(nodefile), OMPI_MCA_plm_rsh_agent=(
         f"ssh -i {SSH_KEY} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"))
@@ -239,7 +201,7 @@ def test_sge_status_reports_and_removes_a_job_in_error_state(tmp_path):
     problem = daemon_problem("sge")
     if problem:
         pytest.fail(f"sge is not up: {problem}")
-    env = scheduler_env()
+    env = scheduler_env(SETUP_LINE)
     submitted = subprocess.run(["qsub", "-terse", "-b", "y", "-o", "/dev/null", "-j", "y", "-wd",
                                 str(tmp_path / "missing"), "true"], capture_output=True, text=True, env=env, check=True)
     job_id = submitted.stdout.strip()
