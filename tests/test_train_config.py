@@ -69,7 +69,7 @@ def test_the_global_batch_divides_over_every_process(tmp_path):
 
 
 def test_cross_field_rules(tmp_path):
-    with pytest.raises(UserError, match="multiple of train.micro_batch_size"):
+    with pytest.raises(UserError, match=r"global_batch_size 7 must be a multiple of micro_batch_size 2 x one process = 2$"):
         load_config(write(tmp_path), ["train.global_batch_size=7"])
     with pytest.raises(UserError, match="skip_ranges"):
         load_config(write(tmp_path), ["train.skip_ranges=[[5, 2]]"])

@@ -392,8 +392,10 @@ def _check(config: TrainConfig, where: _Where) -> None:
     ):
         if value < 1:
             fail(dotted, f"must be at least 1, got {value}")
-    if t.global_batch_size % t.micro_batch_size:
-        fail("train.global_batch_size", f"({t.global_batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})")
+    try:  # whatever the world size, one process must divide it (start-up checks the actual world)
+        accumulation_steps(t, 1, "one process")
+    except UserError as exc:
+        raise UserError(f"{where('train.global_batch_size')}: {exc}") from None
     if t.max_steps_this_job is not None and t.max_steps_this_job < 1:
         fail("train.max_steps_this_job", f"must be null or at least 1, got {t.max_steps_this_job}")
     if t.grad_clip is not None and t.grad_clip < 0:
