@@ -42,17 +42,17 @@ def barrier(directory: Path, parties: int) -> str:
     """The setup hook of the run: a job that holds a whole node (a shard job; the merge has one CPU)
     records its host, then waits until `parties` such jobs have, for at most 5 minutes.
 
-    A script, called by a line without quotes or `$`: the SLURM profile's setup line passes through
-    one more round of shell expansion than Grid Engine's."""
+    The line quotes and expands in the job (`$(hostname)`, the job's host, recorded by the script):
+    a setup line is read where the job runs, as it is written, under both profiles."""
     script = directory / "barrier.sh"
     script.write_text(f"""cpus=${{SLURM_CPUS_PER_TASK:-${{NSLOTS:-1}}}}
 [ "$cpus" -ge {NODE_CPUS} ] || exit 0
-hostname > {directory}/started/$(hostname).$$
+echo "$1" > {directory}/started/$(hostname).$$
 i=0
 while [ "$(ls {directory}/started | wc -l)" -lt {parties} ] && [ $i -lt 1200 ]; do sleep 0.25; i=$((i + 1)); done
 """)
     (directory / "started").mkdir()
-    return f"sh {script}"
+    return f'sh "{script}" "$(hostname)"'
 
 
 def shard_job_ids(scheduler: str, workdir: Path) -> list[str]:
@@ -122,7 +122,8 @@ def test_shard_jobs_run_on_both_nodes_into_the_one_job_bytes(scheduler, shards, 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
     # What each shard job logged (its host) and what the scheduler recorded agree: both nodes, at once.
-    assert sorted(path.name.split(".")[0] for path in (hold / "started").iterdir()) == ["ktnode1", "ktnode2"]
+    started = {path.name.split(".")[0]: path.read_text().strip() for path in (hold / "started").iterdir()}
+    assert sorted(started) == ["ktnode1", "ktnode2"] and all(host == line for host, line in started.items())
     job_ids = shard_job_ids(scheduler, tmp_path)
     assert len(job_ids) == len(pieces), (job_ids, result.stderr[-3000:])
     jobs = [accounted(scheduler, job_id) for job_id in job_ids]
