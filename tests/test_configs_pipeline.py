@@ -42,8 +42,14 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
+# Every config through the local profile, and every profile with the config that asks the most of it
+# (several sources, eight nodes); what each cluster gets for every config is checked in
+# tests/scheduler/test_config_gpu_requests.py.
+PLANS = [(path, REPO / "profiles" / "local") for path in RUN_CONFIGS]
+PLANS += [(CONFIGS / "kotomamba-2.8b-ja-en.yaml", profile) for profile in PROFILES if profile.name != "local"]
+
+
+@pytest.mark.parametrize("path, profile", PLANS, ids=lambda p: p.stem if p.suffix else p.name)
 def test_config_plans_the_whole_dag(path, profile, tmp_path):
     config = yaml.safe_load(path.read_text())
     provide_inputs(tmp_path, config)
