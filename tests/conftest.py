@@ -1,8 +1,14 @@
-"""Shared pytest setup: GPU tests are skipped where there is no CUDA device."""
+"""Shared pytest setup: GPU tests are skipped where there is no CUDA device; under pytest-xdist
+(`-n 2 --dist loadgroup`, the README's test command) each file's tests run on one worker, so a
+file's module fixtures are built once, and the scheduler tier's files all run on one worker, one
+after another, since they share the two test clusters."""
 import pytest
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path.relative_to(config.rootpath)
+        item.add_marker(pytest.mark.xdist_group("clusters" if path.parts[:2] == ("tests", "scheduler") else str(path)))
     try:
         import torch
 
