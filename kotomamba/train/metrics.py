@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from kotomamba.io import atomic_write
+from kotomamba.train.banner import duration
 from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.run_dir import RunDir
 
@@ -182,4 +183,6 @@ def _console_line(record: dict) -> str:
         if value is None:
             continue
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    if record.get("eta_s") is not None:
+        parts.append(f"eta {duration(record['eta_s'])}")
     return " | ".join(parts)

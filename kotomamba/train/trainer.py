@@ -23,6 +23,7 @@ from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys
 from kotomamba.train.config import TrainConfig, accumulation_steps, dump_config
 from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
 from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
+from kotomamba.train.banner import StartFacts, start_lines, time_left
 from kotomamba.train.flops import peak_flops, training_flops_per_token
 from kotomamba.train.integrity import integrity_digest
 from kotomamba.train.job_log import record_job_start
@@ -244,6 +245,19 @@ class Trainer:
         if same_world:
             _set_rng_state(state["train_state"]["rng"][f"rank_{self.rank}"], self.device)
 
+    def _start_facts(self) -> StartFacts:
+        c, m = self.config, self.model_config
+        device = self.device.type if self.device.type == "cpu" else f"{self.device.type} ({self.device_name})"
+        return StartFacts(
+            layer=m.layer.lower(), parameters=sum(p.numel() for p in self.model.parameters()), n_layer=m.n_layer,
+            d_model=m.d_model, vocab_size=m.vocab_size, world=self.world,
+            nodes=-(-self.world // self.launch.local_world_size), device=device, precision=self.precision,
+            step_kind="CUDA-graphed" if self.graphed is not None else "eager",
+            global_batch=c.train.global_batch_size, seq_length=c.data.seq_length,
+            micro_batch=c.train.micro_batch_size, accumulation=self.accum, steps=c.train.steps,
+            start_step=self.step, resumed_from=self.resume_from,
+        )
+
     def _write_run_record(self) -> None:
         from kotomamba.data.gpt_dataset import parse_data_path
         from kotomamba.manifest import build_manifest
@@ -318,6 +332,9 @@ class Trainer:
         if self.rank == 0:
             self._write_run_record()
         sink = self._sink() if self.rank == 0 else None
+        if self.rank == 0:
+            for line in start_lines(self._start_facts()):
+                print(f"kotomamba train: {line}", flush=True)
         holder = [self.tracker_id]
         dist.broadcast_object_list(holder, src=0)
         self.tracker_id = holder[0]
@@ -353,6 +370,7 @@ class Trainer:
                         "mfu": tflops * 1e12 / self.peak if self.peak else None,
                         "skipped_nonfinite": self.skipped_nonfinite, "skipped_overflow": self.skipped_overflow,
                         "skipped_range": self.skipped_range, **memory_stats(self.device),
+                        "eta_s": time_left(t.steps - self.step, window_steps, elapsed),
                     })
                     if self.loss_scale is not None:
                         record["loss_scale"] = self.loss_scale.scale
