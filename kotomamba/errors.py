@@ -6,3 +6,7 @@ class UserError(Exception):
 
     ``kotomamba`` subcommands print it (no traceback) and exit with status 2.
     """
+
+
+class ReportedByRankZero(UserError):
+    """Rank 0's error, shared with every other rank of a job: only rank 0 prints it (all exit 2)."""

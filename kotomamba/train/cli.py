@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kotomamba.errors import UserError
+from kotomamba.errors import ReportedByRankZero, UserError
 from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
 
 
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         trainer = Trainer(config, args.resume, stop)
         code = trainer.run()
+    except ReportedByRankZero:
+        return 2
     except UserError as exc:
         print(f"kotomamba train: error: {exc}", file=sys.stderr)
         return 2

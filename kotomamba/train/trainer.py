@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from kotomamba.errors import UserError
+from kotomamba.errors import ReportedByRankZero, UserError
 from kotomamba.io import atomic_write, write_json
 from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys
 from kotomamba.train.config import TrainConfig, accumulation_steps, dump_config
@@ -115,6 +115,8 @@ class Trainer:
         dist.broadcast_object_list(outcome, src=0)
         if failure is not None:
             raise failure
+        if isinstance(outcome[0], UserError) and self.rank != 0:
+            raise ReportedByRankZero(str(outcome[0]))
         if isinstance(outcome[0], Exception):
             raise outcome[0]
         return outcome[0]
