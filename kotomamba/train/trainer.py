@@ -379,7 +379,8 @@ class Trainer:
                     break
                 if c.checkpoint.interval and self.step % c.checkpoint.interval == 0:
                     self._save()
-                stop = self._should_stop(max_step_seconds)
+                # After the last step the stage finishes rather than leave that to another job.
+                stop = self._should_stop(max_step_seconds) if self.step < t.steps else None
                 if stop:
                     if self.last_saved != self.step:
                         self._save()
