@@ -78,11 +78,12 @@ def reference(tmp_path_factory) -> Path:
     return workdir
 
 
-def job_runs(scheduler: str, job_id: str) -> list[str]:
-    """Each run of the scheduler's job as its accounting has it (SLURM: state; SGE: `failed` code)."""
+def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
+    """Each run of the scheduler's job as its accounting has it (SLURM: state; SGE: `failed` code); SLURM's
+    runs started `since` (a controller started with a clean state gives job ids again)."""
     env = scheduler_env()
     if scheduler == "slurm":
-        text = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
+        text = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-S", since, "-o", "State"],
                               capture_output=True, text=True, env=env, check=True).stdout
         return text.split()
     for _ in range(20):  # the last run's record is flushed a moment after the job left qstat
@@ -105,6 +106,7 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, referen
     shutil.rmtree(stage_dir(workdir))
     # The 1 ms budget is below any step's time: one step per job, whatever the machine's speed.
     config = stage_config(0.001)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
     result = snakemake(workdir, config, *PROFILES[scheduler], "--retries", "0")
     output = result.stdout + result.stderr
     train_log = workdir / "results" / "sched" / "logs" / "train" / "pretrain.log"
@@ -116,7 +118,7 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, referen
     assert len(submitted) == 1, output[-4000:]
     jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
     assert len(jobs) >= 3 and [job["start_step"] for job in jobs] == list(range(STEPS)), jobs
-    runs = job_runs(scheduler, submitted[0])
+    runs = job_runs(scheduler, submitted[0], since)
     requeued = "REQUEUED" if scheduler == "slurm" else "25"
     assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
     # Identical to the uninterrupted run: every logged loss and the final weights.
