@@ -36,8 +36,10 @@ kernel when their parent dies (``parent_death.py``); the exit directories of lau
 that way are removed by the next launcher on the host.
 
 Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
-job's time left less a margin (the smaller of that and the config file's own value), so the
-trainer checkpoints and exits 75 before the scheduler kills it.
+job's time left less a margin (unless the config file's own value is smaller), so the trainer
+checkpoints and exits 75 before the scheduler kills it. When such a job advanced its stage and the
+launcher was not told to stop, the launcher has the scheduler run the same job again (requeue in
+place, ``requeue.py``), so a stage longer than a job goes on without using Snakemake's retries.
 
 Environment: srun passes the whole environment to every node; ``mpirun`` gets ``-x`` for the names
 in ``MPIRUN_EXPORTS`` and every variable of the families in ``MPIRUN_EXPORT_PREFIXES`` (``NCCL_*``,
