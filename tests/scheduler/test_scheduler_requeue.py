@@ -118,6 +118,8 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, referen
     assert len(submitted) == 1, output[-4000:]
     jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
     assert len(jobs) >= 3 and [job["start_step"] for job in jobs] == list(range(STEPS)), jobs
+    # Each rerun resumed: none took the Snakefile's restart request for a forced job and started over.
+    assert not (stage_dir(workdir) / "superseded").exists()
     runs = job_runs(scheduler, submitted[0], since)
     requeued = "REQUEUED" if scheduler == "slurm" else "25"
     assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
