@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from train_helpers import train_env, write_config
 
-from kotomamba.train.job_log import record_job_start
+from kotomamba.train.job_log import read_job_starts, record_job_start
 from kotomamba.train.requeue import REQUEUE_FILE, after_training, no_progress
 from kotomamba.train.run_dir import RunDir
 
@@ -46,14 +46,21 @@ def test_a_job_that_advanced_its_stage_asks_for_a_requeue_one_that_did_not_fails
 
     # No progress: a job that recorded no start, or whose newest checkpoint is the step it started from.
     run = RunDir(run_dir)
-    assert no_progress(run, jobs_before=2) is None  # the third job advanced from step 2 to 3
-    assert "recorded no start" in no_progress(run, jobs_before=3)
+    starts = read_job_starts(run)
+    assert [start["start_step"] for start in starts] == [0, 1, 2]
+    assert no_progress(run, starts[:2]) is None  # the third job advanced from step 2 to 3
+    assert "recorded no start" in no_progress(run, starts)
     record_job_start(run, run.checkpoint(3), world_size=1)
-    assert "step 3, the step it started from" in no_progress(run, jobs_before=3)
+    assert "step 3, the step it started from" in no_progress(run, starts)
     env = {REQUEUE_FILE: str(request)}
-    assert after_training(75, False, run, 3, "sge", "4711", env) == 75 and not request.exists()
+    assert after_training(75, False, run, starts, "sge", "4711", env) == 75 and not request.exists()
     # A stop signal (cancelled, preempted, killed at the limit) is never requeued by kotomamba.
-    assert after_training(75, True, run, 2, "sge", "4711", env) == 75 and not request.exists()
+    assert after_training(75, True, run, starts[:2], "sge", "4711", env) == 75 and not request.exists()
     # Other exits pass through untouched: success, failures.
-    assert [after_training(code, False, run, 2, "sge", "4711", env) for code in (0, 1)] == [0, 1]
+    assert [after_training(code, False, run, starts[:2], "sge", "4711", env) for code in (0, 1)] == [0, 1]
     assert not request.exists()
+    # A run started over (its records moved to superseded/): the new job log's first line is this job's.
+    (run_dir / "superseded").mkdir()
+    run.jobs.rename(run_dir / "superseded" / "jobs.jsonl")
+    record_job_start(run, None, world_size=1)
+    assert no_progress(run, starts) is None

@@ -481,9 +481,9 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
             f"launch: --nnodes {options.nnodes} but the {allocation.scheduler} job {allocation.job_id} "
             f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
         )
-    run, jobs_before = requeue.run_of(options.args)
+    run, starts_before = requeue.run_of(options.args)
     code, signalled = launch_in_allocation(options, allocation, env)
-    return requeue.after_training(code, signalled, run, jobs_before, allocation.scheduler, allocation.job_id, env)
+    return requeue.after_training(code, signalled, run, starts_before, allocation.scheduler, allocation.job_id, env)
 
 
 def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> tuple[int, bool]:

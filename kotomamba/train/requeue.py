@@ -53,16 +53,12 @@ def training_run(args: list[str]) -> RunDir | None:
     return RunDir(load_config(options.config, options.overrides).run_dir)
 
 
-def jobs_recorded(run: RunDir) -> int:
-    """How many job starts the run's job log holds now."""
-    return len(read_job_starts(run) or [])
-
-
-def no_progress(run: RunDir, jobs_before: int) -> str | None:
-    """Why this job did not advance the stage, or None when it did (its newest complete checkpoint is
-    past the step that the job log recorded this job starting from)."""
+def no_progress(run: RunDir, starts_before: list[dict]) -> str | None:
+    """Why this job did not advance the stage, or None when it did: it recorded its start in the job log
+    (the last line is not one of ``starts_before``, read before training; a run started over moved those
+    to ``superseded/``) and the newest complete checkpoint is past the step it started from."""
     starts = read_job_starts(run) or []
-    if len(starts) <= jobs_before:
+    if not starts or starts[-1] in starts_before:
         return f"it recorded no start in {run.jobs} (stopped before training)"
     start = int(starts[-1]["start_step"])
     checkpoint = complete_checkpoint(run)
@@ -92,7 +88,7 @@ def ask_scheduler(scheduler: str, job_id: str, env: dict[str, str]) -> str | Non
     return f"a {scheduler} job cannot be requeued from inside (see docs/clusters.md)"
 
 
-def after_training(code: int, signalled: bool, run: RunDir | None, jobs_before: int, scheduler: str,
+def after_training(code: int, signalled: bool, run: RunDir | None, starts_before: list[dict], scheduler: str,
                    job_id: str, env: dict[str, str]) -> int:
     """The job's exit code once training exited with ``code``: requeue the job where it advanced the stage.
 
@@ -105,7 +101,7 @@ def after_training(code: int, signalled: bool, run: RunDir | None, jobs_before: 
     if signalled:
         why = "the launcher was told to stop (cancelled, preempted or at its limit)"
     else:
-        why = no_progress(run, jobs_before)
+        why = no_progress(run, starts_before)
     if why is None:
         why = ask_scheduler(scheduler, job_id, env)
         if why is None:
@@ -116,11 +112,10 @@ def after_training(code: int, signalled: bool, run: RunDir | None, jobs_before: 
     return code
 
 
-def run_of(args: list[str]) -> tuple[RunDir | None, int]:
-    """(the run directory of a ``train`` command, its job-log length now), read before training starts."""
+def run_of(args: list[str]) -> tuple[RunDir | None, list[dict]]:
+    """(the run directory of a ``train`` command, its job log's starts now), read before training starts."""
     try:
         run = training_run(args)
     except (UserError, SystemExit):
-        return None, 0  # the trainer reports the bad command or config itself
-    return run, jobs_recorded(run) if run is not None else 0
-
+        return None, []  # the trainer reports the bad command or config itself
+    return run, (read_job_starts(run) or []) if run is not None else []
