@@ -17,15 +17,16 @@ last checkpoint (``--resume auto``); Snakemake itself sees one job that ran long
 
 How a job runs again is the scheduler's, and known only here:
 
-- a job wrapper that names a file in ``KOTOMAMBA_REQUEUE_FILE`` (profiles/sge/submit.py) owns it: the
-  file is written and the wrapper ends the job with exit 99, which Grid Engine answers by rescheduling
-  the same job (sge_conf(5): "FORBID_RESCHEDULE" unset, the default);
+- a job wrapper that names a file in ``KOTOMAMBA_REQUEUE_FILE`` owns it: the file is written, and
+  profiles/sge/submit.py's wrapper ends the job with exit 99, which Grid Engine answers by rescheduling
+  the same job (sge_conf(5): "FORBID_RESCHEDULE" unset, the default); for profiles/abci (PBS Pro, where
+  only operators may ``qrerun`` a job) its status.py submits the finished job again and follows it;
 - SLURM: ``scontrol requeue $SLURM_JOB_ID``. The owner may requeue their own batch job when it is
   requeue-able (``JobRequeue=1``, SLURM's default, or ``sbatch --requeue``); SLURM ends this run at
   once and starts the batch script again under the same job id once ``AuthInfo=cred_expire`` (120 s
   by default) has passed (slurm.conf(5)). snakemake-executor-plugin-slurm counts REQUEUED and
   PENDING as still active.
-- anything else (PBS, a job script of your own): no requeue; exit 75 fails the job as before.
+- anything else (a PBS job script of your own, say): no requeue; exit 75 fails the job as before.
 """
 from __future__ import annotations
 
@@ -105,8 +106,8 @@ def after_training(code: int, signalled: bool, run: RunDir | None, starts_before
     if why is None:
         why = ask_scheduler(scheduler, job_id, env)
         if why is None:
-            print(f"kotomamba launch: {where} advanced {run.root} and stopped for its wall time; "
-                  "it runs again as the same job and resumes there (requeue in place)", file=sys.stderr, flush=True)
+            print(f"kotomamba launch: {where} advanced {run.root} and stopped for its wall time; asked "
+                  "to run it again, resuming there (requeue in place)", file=sys.stderr, flush=True)
             return code
     print(f"kotomamba launch: {where} exits {code} and is not requeued: {why}", file=sys.stderr, flush=True)
     return code
