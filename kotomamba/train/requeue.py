@@ -93,8 +93,8 @@ def after_training(code: int, signalled: bool, run: RunDir | None, starts_before
                    job_id: str, env: dict[str, str]) -> int:
     """The job's exit code once training exited with ``code``: requeue the job where it advanced the stage.
 
-    Returns ``code`` unchanged: after a SLURM requeue SLURM ends the job anyway, and a wrapper that
-    reads ``KOTOMAMBA_REQUEUE_FILE`` turns the failed job into its scheduler's requeue code.
+    Returns ``code`` unchanged: after a SLURM requeue SLURM ends the job anyway, and where the request
+    is a file (``KOTOMAMBA_REQUEUE_FILE``) the profile's job wrapper or status script acts on it.
     """
     if code != EXIT_REQUEUE or run is None:
         return code
