@@ -483,7 +483,8 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         )
     run, starts_before = requeue.run_of(options.args)
     code, signalled = launch_in_allocation(options, allocation, env)
-    return requeue.after_training(code, signalled, run, starts_before, allocation.scheduler, allocation.job_id, env)
+    return requeue.after_training(code, signalled, run, starts_before, allocation.scheduler, allocation.job_id,
+                                  options.nnodes, env)
 
 
 def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> tuple[int, bool]:

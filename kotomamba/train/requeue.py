@@ -69,8 +69,13 @@ def no_progress(run: RunDir, starts_before: list[dict]) -> str | None:
     return None
 
 
-def ask_scheduler(scheduler: str, job_id: str, env: dict[str, str]) -> str | None:
-    """Ask for this job to run again; the reason it cannot be, or None when asked."""
+def ask_scheduler(scheduler: str, job_id: str, nodes: int, env: dict[str, str]) -> str | None:
+    """Ask for this job of ``nodes`` hosts to run again; the reason it cannot be, or None when asked."""
+    if scheduler == "sge" and nodes > 1:
+        # Seen with Son of Grid Engine 8.1.9 (tests/scheduler): a rescheduled job is kept off every host of
+        # its previous run "until clean up of a previous run has finished", which for the hosts of its
+        # `qrsh -inherit` tasks did not happen in 6 minutes; on two hosts it never ran again.
+        return "Grid Engine does not start a rescheduled multi-host job again (docs/clusters.md)"
     if env.get(REQUEUE_FILE):
         try:
             Path(env[REQUEUE_FILE]).write_text(f"{job_id}\n")
@@ -90,7 +95,7 @@ def ask_scheduler(scheduler: str, job_id: str, env: dict[str, str]) -> str | Non
 
 
 def after_training(code: int, signalled: bool, run: RunDir | None, starts_before: list[dict], scheduler: str,
-                   job_id: str, env: dict[str, str]) -> int:
+                   job_id: str, nodes: int, env: dict[str, str]) -> int:
     """The job's exit code once training exited with ``code``: requeue the job where it advanced the stage.
 
     Returns ``code`` unchanged: after a SLURM requeue SLURM ends the job anyway, and where the request
@@ -104,7 +109,7 @@ def after_training(code: int, signalled: bool, run: RunDir | None, starts_before
     else:
         why = no_progress(run, starts_before)
     if why is None:
-        why = ask_scheduler(scheduler, job_id, env)
+        why = ask_scheduler(scheduler, job_id, nodes, env)
         if why is None:
             print(f"kotomamba launch: {where} advanced {run.root} and stopped for its wall time; asked "
                   "to run it again, resuming there (requeue in place)", file=sys.stderr, flush=True)
