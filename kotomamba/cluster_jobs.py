@@ -64,10 +64,11 @@ def job_body(jobscript_text: str) -> list[str]:
     return [line for line in jobscript_text.splitlines() if not line.startswith("#!")]
 
 
-def submit_main(argv: list[str], origin: str, prepare, job_id) -> int:
+def submit_main(argv: list[str], origin: str, prepare, job_id, submitted=None) -> int:
     """A profile's ``submit.py JOBSCRIPT``: ``prepare(properties, jobscript)`` gives the qsub command,
     the wrapper script's path and its text; the wrapper is written and submitted only when every
-    setting is there; ``job_id(stdout)`` is printed for Snakemake. Returns the exit code."""
+    setting is there; ``job_id(stdout)`` is printed for Snakemake, after ``submitted(command, id)``
+    when given. Returns the exit code."""
     if len(argv) != 1:
         print("usage: submit.py JOBSCRIPT", file=sys.stderr)
         return 2
@@ -81,5 +82,8 @@ def submit_main(argv: list[str], origin: str, prepare, job_id) -> int:
     if result.returncode != 0:
         print(f"{origin}: {' '.join(map(shlex.quote, command))} failed:\n{result.stderr}", file=sys.stderr)
         return result.returncode
-    print(job_id(result.stdout))
+    submitted_id = job_id(result.stdout)
+    if submitted is not None:
+        submitted(command, submitted_id)
+    print(submitted_id)
     return 0

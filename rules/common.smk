@@ -14,14 +14,19 @@ DEFAULT_RESOURCES = {
     "report": {"runtime": 10, "mem_mb": 1000},
 }
 GPU_RULES = ("train", "convert", "evaluate")  # what `launch.device: gpu` gives GPUs
+# The most minutes a retry asks for unless `resources.<rule>.max_runtime` says otherwise: ABCI's on-demand
+# limit (12 h); a request above a site's maximum is refused at submission instead of retried.
+MAX_RETRY_RUNTIME = 720
 
 
 def rule_resources(name):
     """Scheduler resources of one rule: the defaults above, overridden by config `resources.<rule>`.
 
-    `runtime` (minutes) grows with each retry (attempt n gets n times the first), so a job that ran
-    out of wall time is resubmitted with more; training resumes from its last checkpoint. Training
-    asks for `launch.nodes` nodes; on more than one it is an `mpi` job for SLURM's executor (the
+    `runtime` (minutes) grows with each retry (attempt n gets n times the first, up to `max_runtime`,
+    default MAX_RETRY_RUNTIME, never below the first), so a job that ran out of wall time is
+    resubmitted with more. Training's stays: a stage longer than a job goes on in the same job, run
+    again by its scheduler (requeue in place, kotomamba/train/requeue.py), and a retry after a failure
+    resumes from the last checkpoint with the same wall time. Training asks for `launch.nodes` nodes; on more than one it is an `mpi` job for SLURM's executor (the
     shell runs once on the first node and `kotomamba launch` starts one srun task per node).
 
     GPUs: `gpus_per_node` is the one request every profile reads (SGE and ABCI submit.py turn it
@@ -32,7 +37,11 @@ def rule_resources(name):
     """
     resources = {**DEFAULT_RESOURCES[name], **config["resources"].get(name, {})}
     first_runtime = resources.pop("runtime")
-    resources["runtime"] = lambda wildcards, attempt: first_runtime * attempt
+    most = max(first_runtime, resources.pop("max_runtime", MAX_RETRY_RUNTIME))
+    if name == "train":
+        resources["runtime"] = first_runtime
+    else:
+        resources["runtime"] = lambda wildcards, attempt: min(first_runtime * attempt, most)
     launch = config["launch"]
     if name == "train":
         resources.setdefault("nodes", launch["nodes"])

@@ -82,7 +82,12 @@ def test_wall_time_budget_leaves_a_margin_and_respects_the_config(tmp_path):
     args = ["train", "--config", str(config)]
     assert launcher.with_wall_time_budget(args, 3600)[-1] == "train.wall_time_budget_s=3420"
     config.write_text(yaml.safe_dump({"train": {"wall_time_budget_s": 600}}))
-    assert launcher.with_wall_time_budget(args, 3600)[-1] == "train.wall_time_budget_s=600"
+    assert launcher.with_wall_time_budget(args, 3600) == args  # the config's smaller budget stands
+    config.write_text(yaml.safe_dump({"train": {"wall_time_budget_s": 0.5}}))
+    assert launcher.with_wall_time_budget(args, 30) == args  # below the one-second floor too
+    config.write_text(yaml.safe_dump({"train": {"wall_time_budget_s": 5000}}))
+    assert launcher.with_wall_time_budget(args, 3600)[-1] == "train.wall_time_budget_s=3420"
+    assert launcher.with_wall_time_budget(args, 30)[-1] == "train.wall_time_budget_s=1"
     assert launcher.with_wall_time_budget(args, None) == args
     assert launcher.with_wall_time_budget(["evaluate", "--model", "m"], 3600) == ["evaluate", "--model", "m"]
     explicit = [*args, "train.wall_time_budget_s=99"]

@@ -75,12 +75,14 @@ def test_multi_node_jobs_refuse_single_gpu_types(monkeypatch):
 def test_job_script_enters_the_workdir_loads_modules_and_runs_snakemakes_script(monkeypatch):
     monkeypatch.setenv("KOTOMAMBA_ABCI_SETUP", "source ~/venvs/k/bin/activate")
     monkeypatch.delenv("KOTOMAMBA_ABCI_MODULES", raising=False)
-    script = submit.wrapper_script(properties(), "#!/bin/sh\n# properties = {}\ncd /w && python -m snakemake x\n", "/w/logs")
+    script = submit.wrapper_script(properties(), "#!/bin/sh\n# properties = {}\ncd /w && python -m snakemake x\n", "/w/logs",
+                                   "/w/requeue")
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
     assert lines.index('cd "$PBS_O_WORKDIR"') < lines.index("module load cuda/12.6/12.6.1 cudnn/9.5/9.5.1 hpcx/2.20")
     assert lines.index("source ~/venvs/k/bin/activate") < lines.index("cd /w && python -m snakemake x")
     assert 'exec > /w/logs/"${PBS_JOBID}.log" 2>&1' in lines
+    assert 'export KOTOMAMBA_REQUEUE_FILE=/w/requeue/"$PBS_JOBID"' in lines  # where status.py looks
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
@@ -137,3 +139,56 @@ def test_finished_jobs_are_judged_by_exit_status(exit_status, expected):
 def test_unfinished_states_are_running(state):
     text = QSTAT_FINISHED.replace("job_state = F", f"job_state = {state}").replace("    Exit_status = {exit_status}\n", "")
     assert status.job_status(status.parse_qstat_full(text)) == "running"
+
+
+QSTAT_STATE = "Job Id: {id}\n    job_state = {state}\n    Exit_status = {exit}\n"
+
+
+def test_a_requeue_request_submits_the_job_again_and_status_follows_the_chain(tmp_path):
+    """No PBS server here: `qstat -x -f`, `qsub` and `qdel` are scripts answering as PBS does (a job's
+    state from a file per id, the next id, the ids deleted). A finished job that left a requeue request
+    is submitted again with its own qsub command; Snakemake's first id then follows the chain."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, body in {
+        "qstat": 'cat "$FAKE/$3.qstat" 2>/dev/null || { echo "qstat: Unknown Job Id $3" >&2; exit 153; }',
+        "qsub": 'echo "$*" >> "$FAKE/qsub.calls"; echo "$(( $(wc -l < "$FAKE/qsub.calls") + 100 )).pbs1"',
+        "qdel": 'echo "$*" >> "$FAKE/qdel.calls"',
+    }.items():
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    env = {**__import__("os").environ, "FAKE": str(fake), "PATH": f"{fake}:/usr/bin:/bin"}
+
+    def status(job_id: str) -> str:
+        result = subprocess.run([sys.executable, str(PROFILE / "status.py"), job_id], capture_output=True,
+                                text=True, env=env, cwd=tmp_path, check=True)
+        return result.stdout.strip()
+
+    def job(job_id: str, state: str, exit_status: str = "") -> None:
+        (fake / f"{job_id}.qstat").write_text(QSTAT_STATE.format(id=job_id, state=state, exit=exit_status))
+
+    jobscript = tmp_path / "snakejob.train.7.sh"
+    jobscript.write_text(f"#!/bin/sh\n# properties = {json.dumps(properties(nodes=1))}\ntrue\n")
+    submitted = subprocess.run([sys.executable, str(PROFILE / "submit.py"), str(jobscript)], capture_output=True,
+                               text=True, env={**env, "KOTOMAMBA_ABCI_GROUP": "gaa50000"}, cwd=tmp_path)
+    assert submitted.stdout == "101.pbs1\n", submitted.stderr
+    requeue = tmp_path / submit.REQUEUE_DIR
+    command = json.loads((requeue / "101.pbs1.qsub").read_text())  # submit.py keeps the job's qsub command
+    assert command[0] == "qsub" and command[-1] == f"{jobscript}.pbs.sh"
+    (requeue / "7.pbs1.qsub").write_text(json.dumps(command))  # the same job, under the id used below
+    job("7.pbs1", "R")
+    assert status("7.pbs1") == "running"
+    (requeue / "7.pbs1").write_text("7.pbs1\n")  # kotomamba launch's request, while the job still runs
+    assert status("7.pbs1") == "running" and len((fake / "qsub.calls").read_text().splitlines()) == 1
+    job("7.pbs1", "F", "1")  # finished (the requeued training's exit 75 fails Snakemake's job script)
+    assert status("7.pbs1") == "running"
+    assert (fake / "qsub.calls").read_text().splitlines() == [" ".join(command[1:])] * 2
+    assert (requeue / "7.pbs1.next").read_text() == "102.pbs1\n" and not (requeue / "7.pbs1").exists()
+    job("102.pbs1", "R")
+    assert status("7.pbs1") == "running"
+    subprocess.run(["sh", str(PROFILE / "cancel.sh"), "7.pbs1"], env=env, cwd=tmp_path, check=True)
+    assert (fake / "qdel.calls").read_text() == "102.pbs1\n"  # the newest job of the chain
+    job("102.pbs1", "F", "0")
+    assert status("7.pbs1") == "success"
+    job("102.pbs1", "F", "75")  # exit 75 without a request (no progress, or cancelled): a failure
+    assert status("7.pbs1") == "failed"

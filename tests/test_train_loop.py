@@ -52,6 +52,9 @@ def test_exact_resume(tmp_path):
     assert losses(segmented) == losses(straight)
     a, b = final_weights(straight), final_weights(segmented)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The whole final checkpoint too (optimizer, RNG, data position): what final.json's digest covers.
+    digests = [json.loads((run / "final.json").read_text())["weights"] for run in (straight, segmented)]
+    assert digests[0] == digests[1]
 
 
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -36,8 +36,10 @@ kernel when their parent dies (``parent_death.py``); the exit directories of lau
 that way are removed by the next launcher on the host.
 
 Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
-job's time left less a margin (the smaller of that and the config file's own value), so the
-trainer checkpoints and exits 75 before the scheduler kills it.
+job's time left less a margin (unless the config file's own value is smaller), so the trainer
+checkpoints and exits 75 before the scheduler kills it. When such a job advanced its stage and the
+launcher was not told to stop, the launcher has the scheduler run the same job again (requeue in
+place, ``requeue.py``), so a stage longer than a job goes on without using Snakemake's retries.
 
 Environment: srun passes the whole environment to every node; ``mpirun`` gets ``-x`` for the names
 in ``MPIRUN_EXPORTS`` and every variable of the families in ``MPIRUN_EXPORT_PREFIXES`` (``NCCL_*``,
@@ -64,6 +66,7 @@ import tempfile
 from pathlib import Path
 
 from kotomamba.errors import UserError
+from kotomamba.train import requeue
 from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
 
 EX_TEMPFAIL = 75
@@ -207,10 +210,11 @@ WALL_TIME_KEY = "train.wall_time_budget_s"
 
 def with_wall_time_budget(args: list[str], seconds_left: float | None) -> list[str]:
     """``args`` of a ``train`` command plus ``train.wall_time_budget_s=`` the job's time left less a
-    margin (5%, at least a minute), unless the command line sets it or the config file sets less."""
+    margin (5%, at least a minute; at least one second), unless the command line sets it or the config
+    file sets no more (its own value then stands)."""
     if seconds_left is None or args[:1] != ["train"] or any(arg.startswith(WALL_TIME_KEY + "=") for arg in args):
         return args
-    budget = seconds_left - max(60.0, 0.05 * seconds_left)
+    budget = max(seconds_left - max(60.0, 0.05 * seconds_left), 1.0)
     config_file = next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--config"), None)
     if config_file and os.path.isfile(config_file):
         import yaml
@@ -218,9 +222,9 @@ def with_wall_time_budget(args: list[str], seconds_left: float | None) -> list[s
         with open(config_file) as handle:
             document = yaml.safe_load(handle) or {}
         configured = (document.get("train") or {}).get("wall_time_budget_s") if isinstance(document, dict) else None
-        if isinstance(configured, (int, float)):
-            budget = min(budget, float(configured))
-    return [*args, f"{WALL_TIME_KEY}={max(budget, 1.0):.0f}"]
+        if isinstance(configured, (int, float)) and configured <= budget:
+            return args
+    return [*args, f"{WALL_TIME_KEY}={budget:.0f}"]
 
 
 def kotomamba_command(args: list[str]) -> list[str]:
@@ -401,8 +405,9 @@ def node_exit_code(torchrun_code: int, worker_codes: list[int], stopped: bool = 
 
 
 def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | None, rdzv_id: str,
-             env: dict[str, str]) -> int:
-    """Run torchrun on this node and return the node's exit code (see ``node_exit_code``)."""
+             env: dict[str, str]) -> tuple[int, bool]:
+    """Run torchrun on this node; return the node's exit code (see ``node_exit_code``) and whether the
+    launcher was told to stop meanwhile."""
     scratch, pid = node_local_scratch(env), os.getpid()
     remove_stale_exit_dirs(scratch)
     exit_dir = Path(tempfile.mkdtemp(prefix=f"{EXIT_DIR_PREFIX}{socket.gethostname()}-{pid}-", dir=scratch))
@@ -413,7 +418,7 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
         with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process) as forwarder:
             torchrun_code = process.wait()
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
-        return node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received)
+        return node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received), forwarder.received
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
 
@@ -458,7 +463,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
               f"rendezvous {options.rdzv_endpoint}", file=sys.stderr, flush=True)
         env = node_device_env(options.device, options.nproc_per_node, env)
         return run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
-                        options.rdzv_id, env)
+                        options.rdzv_id, env)[0]
     allocation = detect_allocation(env)
     if allocation is None:
         if options.nnodes > 1:
@@ -469,13 +474,22 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         env = node_device_env(options.device, options.nproc_per_node, env)
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
-        return run_node(1, options.nproc_per_node, options.args, None, "", env)
+        return run_node(1, options.nproc_per_node, options.args, None, "", env)[0]
     options.args = with_wall_time_budget(options.args, job_seconds_left(allocation))
     if options.nnodes > len(allocation.hosts):
         raise UserError(
             f"launch: --nnodes {options.nnodes} but the {allocation.scheduler} job {allocation.job_id} "
             f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
         )
+    run, starts_before = requeue.run_of(options.args)
+    code, signalled = launch_in_allocation(options, allocation, env)
+    return requeue.after_training(code, signalled, run, starts_before, allocation.scheduler, allocation.job_id,
+                                  options.nnodes, env)
+
+
+def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> tuple[int, bool]:
+    """Run ``options.args`` on the allocation's first ``--nnodes`` hosts; return the exit code and
+    whether the launcher was told to stop meanwhile."""
     if options.nnodes == 1:
         return run_node(1, options.nproc_per_node, options.args, None, "", node_device_env(
             options.device, options.nproc_per_node, env))
@@ -494,8 +508,8 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
               file=sys.stderr, flush=True)
         process = subprocess.Popen(command, env=env)
-        with _SignalForwarder(list, process):
-            return process.wait()
+        with _SignalForwarder(list, process) as forwarder:
+            return process.wait(), forwarder.received
 
 
 def build_parser() -> argparse.ArgumentParser:

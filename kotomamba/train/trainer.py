@@ -281,8 +281,11 @@ class Trainer:
         from kotomamba.data.sampler import MicroBatchSampler
 
         sampler = MicroBatchSampler(len(dataset), consumed, self.config.train.micro_batch_size, self.rank, self.world)
+        # A generator of its own: every iterator draws a seed from it, and the global generator's state is
+        # checkpointed, so drawing from that one would make a resumed job's (one iterator more than an
+        # uninterrupted run) differ from the uninterrupted run's.
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0,
-                                             pin_memory=self.device.type == "cuda")
+                                             pin_memory=self.device.type == "cuda", generator=torch.Generator())
         return iter(loader)
 
     def _on_device(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -392,7 +395,8 @@ class Trainer:
                     break
                 if c.checkpoint.interval and self.step % c.checkpoint.interval == 0:
                     self._save()
-                stop = self._should_stop(max_step_seconds)
+                # After the last step the stage finishes rather than leave that to another job.
+                stop = self._should_stop(max_step_seconds) if self.step < t.steps else None
                 if stop:
                     if self.last_saved != self.step:
                         self._save()

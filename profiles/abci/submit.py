@@ -20,9 +20,13 @@ submitting shell's environment. The job
 runs ``cd $PBS_O_WORKDIR``, the module loads and the setup line, then Snakemake's job script, its
 output going straight to ``.snakemake/pbs_logs/<rule>/<job id>.log`` (PBS copies ``-o`` files
 only when a job ends). A missing required setting stops here, before ``qsub``.
+
+A training job that stopped for its wall time after advancing its stage asks to run again by a file
+(``REQUEUE_DIR``); status.py submits it again (PBS Pro lets only operators rerun a job in place).
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
@@ -73,7 +77,14 @@ def qsub_command(properties: dict, script: str) -> list[str]:
     return command + [script]
 
 
-def wrapper_script(properties: dict, jobscript_text: str, log_dir: str) -> str:
+# Requeue by resubmission (PBS Pro reruns a job only by `qrerun`, an operator's command): `kotomamba launch`
+# writes REQUEUE_DIR/<job id> when training stopped for the job's wall time after advancing its stage;
+# status.py finds it once the job finished, submits the same job script again with the same qsub command
+# (REQUEUE_DIR/<job id>.qsub) and follows the chain (<job id>.next); Snakemake sees one job.
+REQUEUE_DIR = Path(".snakemake", "pbs_logs", "requeue")
+
+
+def wrapper_script(properties: dict, jobscript_text: str, log_dir: str, requeue_dir: str) -> str:
     """The job script PBS runs: workdir, live log, modules, the setup line, Snakemake's job script."""
     lines = [
         "#!/bin/bash",
@@ -82,6 +93,7 @@ def wrapper_script(properties: dict, jobscript_text: str, log_dir: str) -> str:
         'cd "$PBS_O_WORKDIR"',
         f"mkdir -p {shlex.quote(log_dir)}",
         f'exec > {shlex.quote(log_dir)}/"${{PBS_JOBID}}.log" 2>&1',
+        f'export KOTOMAMBA_REQUEUE_FILE={shlex.quote(requeue_dir)}/"$PBS_JOBID"',
     ]
     lines += environment_lines(setting(properties, "abci_modules"), setting(properties, "abci_setup"))
     return "\n".join(lines + job_body(jobscript_text)) + "\n"
@@ -89,13 +101,20 @@ def wrapper_script(properties: dict, jobscript_text: str, log_dir: str) -> str:
 
 def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
     log_dir = str(Path(".snakemake", "pbs_logs", properties.get("rule", "job")).resolve())
+    REQUEUE_DIR.mkdir(parents=True, exist_ok=True)
     script = f"{jobscript}.pbs.sh"
     return (qsub_command(properties, script), script,
-            wrapper_script(properties, Path(jobscript).read_text(), log_dir))
+            wrapper_script(properties, Path(jobscript).read_text(), log_dir, str(REQUEUE_DIR.resolve())))
+
+
+def record_command(command: list[str], job_id: str) -> None:
+    """Keep the job's qsub command beside its id, so that status.py can submit the job again."""
+    (REQUEUE_DIR / f"{job_id}.qsub").write_text(json.dumps(command))
 
 
 def main(argv: list[str]) -> int:
-    return submit_main(argv, "profiles/abci/submit.py", prepare, lambda out: out.strip().splitlines()[0])
+    return submit_main(argv, "profiles/abci/submit.py", prepare, lambda out: out.strip().splitlines()[0],
+                       submitted=record_command)
 
 
 if __name__ == "__main__":

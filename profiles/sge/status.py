@@ -8,6 +8,11 @@ stderr (Snakemake's log) and the job is removed with ``qdel``, so no dead job st
 ``qstat -j`` no longer knows is judged by ``qacct -j``: ``failed`` and ``exit_status`` both 0 is
 success. Accounting is written a moment after the job ends (``flush_time``), so a job in neither is
 reported running and asked about again at the next status check.
+
+A job that Grid Engine ran again as the same job (exit 99: submit.py's requeue in place of a training
+job that stopped for its wall time) has records of every run, in the order they ended; each rescheduled
+run ends with a master record ``failed 25 : rescheduling``. Only the records after the last of those,
+the last run's, are judged; none yet means the last run's are still being written.
 """
 from __future__ import annotations
 
@@ -40,11 +45,19 @@ def parse_qacct(text: str) -> dict[str, str]:
     return record
 
 
-def accounted_status(text: str) -> str:
-    """success/failed from ``qacct -j``: every record (a multi-host job has one per host) must have
-    ``failed`` 0 and ``exit_status`` 0."""
+RESCHEDULED = "25"  # qacct's `failed` code of a run that Grid Engine ends to run the job again
+
+
+def accounted_status(text: str) -> str | None:
+    """success/failed from ``qacct -j``, judging the last run: every record of it (a multi-host job has
+    one per host) must have ``failed`` 0 and ``exit_status`` 0. None while that run has no record yet."""
     records = [parse_qacct(block) for block in re.split(r"^=+$", text, flags=re.M)]
     records = [record for record in records if record]
+    rescheduled = [i for i, record in enumerate(records) if record.get("failed", "").split()[:1] == [RESCHEDULED]]
+    if rescheduled:
+        records = records[rescheduled[-1] + 1:]
+        if not records:
+            return None
     ok = records and all(record.get("failed", "1").split()[0] == "0"
                          and record.get("exit_status", "1").split()[0] == "0" for record in records)
     return "success" if ok else "failed"
@@ -61,8 +74,9 @@ def status(job_id: str, attempts: int = 5) -> str:
         return "failed"
     for _ in range(attempts):
         result = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True)
-        if result.returncode == 0:
-            return accounted_status(result.stdout)
+        judged = accounted_status(result.stdout) if result.returncode == 0 else None
+        if judged is not None:
+            return judged
         if qstat_job(job_id) is not None:
             return "running"
         time.sleep(1)

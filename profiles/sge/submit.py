@@ -24,6 +24,9 @@ node count (``-pe MPI_PE nodes``: one slot per host); ``gpus_per_node`` (from ``
 rules/common.smk) ``-l GPU_RESOURCE=n`` per slot; ``mem_mb`` (per node) ``-l MEMORY_RESOURCE=m`` per
 slot when ``sge_memory_resource`` is set. A missing required setting stops here, before ``qsub``,
 with a message naming it.
+
+Requeue in place: a training job that stopped for its wall time after advancing its stage exits 99
+(``REQUEUE_LINES``), and Grid Engine runs it again as the same job; status.py judges its last run.
 """
 from __future__ import annotations
 
@@ -82,12 +85,29 @@ def qsub_command(properties: dict, script: str, log: str) -> list[str]:
     return command + [script]
 
 
+# Requeue in place (kotomamba/train/requeue.py): `kotomamba launch` writes this file when training stopped
+# for the job's wall time after advancing its stage; the job then exits 99, which Grid Engine answers by
+# running this same job again (same job id, for Snakemake one job that runs long; sge_conf(5),
+# FORBID_RESCHEDULE unset). The file is per run: the job's own TMPDIR, created and removed by Grid Engine.
+REQUEUE_LINES = [
+    'export KOTOMAMBA_REQUEUE_FILE="${TMPDIR:-/tmp}/kotomamba-requeue.$JOB_ID"',
+    'rm -f "$KOTOMAMBA_REQUEUE_FILE"',
+]
+REQUEUE_EXIT = [
+    "status=$?",
+    'if [ -e "$KOTOMAMBA_REQUEUE_FILE" ]; then rm -f "$KOTOMAMBA_REQUEUE_FILE"; exit 99; fi',
+    "exit $status",
+]
+
+
 def wrapper_script(properties: dict, jobscript_text: str) -> str:
-    """The job script Grid Engine runs: modules, the setup line, then Snakemake's job script."""
+    """The job script Grid Engine runs: modules, the setup line, then Snakemake's job script (in a
+    subshell, so that its exit status can become the reschedule code 99 when training asks for it)."""
     lines = ["#!/bin/bash", "# Written by profiles/sge/submit.py for Snakemake job "
              f"{properties.get('jobid', '?')} (rule {properties.get('rule', '?')})."]
     lines += environment_lines(setting(properties, "sge_modules"), setting(properties, "sge_setup"))
-    return "\n".join(lines + job_body(jobscript_text)) + "\n"
+    lines += REQUEUE_LINES + ["("] + job_body(jobscript_text) + [")"] + REQUEUE_EXIT
+    return "\n".join(lines) + "\n"
 
 
 def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:

@@ -59,13 +59,16 @@ execd_up() { local pid; pid=$(execd_pid "$1") && [ -n "$pid" ] && kill -0 "$pid"
 any_execd_up() { for node in $NODES; do execd_up "$node" && return 0; done; return 1; }
 
 # Global config: root may run jobs; accounting flushed every second (reporting_params spans
-# continuation lines: replace the whole range).
-uid_changed=0
-qconf -sconf global | grep -q '^min_uid *0$' || uid_changed=1
-edit_with "-e 's/^min_uid .*/min_uid 0/' -e 's/^min_gid .*/min_gid 0/' -e '/^reporting_params/,/[^\\\\]\$/c reporting_params accounting=true reporting=false flush_time=00:00:01 joblog=false sharelog=00:00:00'" \
+# continuation lines: replace the whole range); execds report every 3 s (40 s by default): a job
+# rescheduled by exit 99 (requeue in place) runs again on a host only once its execd reported the
+# previous run cleaned up, so a test chaining runs waits seconds, not a minute, between them.
+execd_config_changed=0
+qconf -sconf global | grep -q '^min_uid *0$' || execd_config_changed=1
+qconf -sconf global | grep -q '^load_report_time *00:00:03$' || execd_config_changed=1
+edit_with "-e 's/^load_report_time .*/load_report_time 00:00:03/' -e 's/^min_uid .*/min_uid 0/' -e 's/^min_gid .*/min_gid 0/' -e '/^reporting_params/,/[^\\\\]\$/c reporting_params accounting=true reporting=false flush_time=00:00:01 joblog=false sharelog=00:00:00'" \
     qconf -mconf global || fail "cannot change the global configuration"
 qconf -sconf global | grep -q '^min_uid *0$' || fail "min_uid 0 did not take"
-if [ "$uid_changed" = 1 ] && any_execd_up; then  # execd keeps the old limit: restart it
+if [ "$execd_config_changed" = 1 ] && any_execd_up; then  # execd keeps the old limit and interval: restart it
     qconf -ke all >/dev/null 2>&1 || true
     for _ in $(seq 60); do any_execd_up || break; sleep 0.25; done
 fi

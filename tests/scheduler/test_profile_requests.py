@@ -4,6 +4,7 @@ the environment passed to PBS jobs, and Grid Engine's per-job status with error 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,41 @@ def test_sge_status_removes_jobs_in_error_state(monkeypatch, capsys):
 @pytest.mark.parametrize("first, expected", [("0", "success"), ("1", "failed")])
 def test_sge_status_needs_every_host_of_a_finished_job_to_succeed(first, expected):
     assert sge_status.accounted_status(QACCT_TWO_HOSTS.format(first=first)) == expected
+
+
+# A job Grid Engine ran three times (exit 99 twice: requeue in place), as qacct -j prints it: the records
+# of each run in the order they ended, each rescheduled run's ending with `failed 25 : rescheduling`.
+QACCT_RESCHEDULED = """==============================================================
+hostname     ktnode1
+failed       25  : rescheduling
+exit_status  99
+==============================================================
+hostname     ktnode2
+failed       25  : rescheduling
+exit_status  99
+==============================================================
+hostname     ktnode1
+failed       0
+exit_status  {last}
+"""
+
+
+@pytest.mark.parametrize("last, expected", [("0", "success"), ("1", "failed")])
+def test_sge_status_judges_the_last_run_of_a_rescheduled_job(last, expected):
+    assert sge_status.accounted_status(QACCT_RESCHEDULED.format(last=last)) == expected
+    # The last run's record not written yet: not judged (asked again), never the exit-99 runs' failure.
+    first_runs = QACCT_RESCHEDULED.rsplit("=" * 62, 1)[0]
+    assert sge_status.accounted_status(first_runs) is None
+
+
+@pytest.mark.parametrize("requested, code", [(True, 99), (False, 3)])
+def test_sge_wrapper_turns_a_requeue_request_into_the_reschedule_code(tmp_path, requested, code):
+    """The wrapper submit.py writes, run by bash as Grid Engine runs it: a job whose launcher wrote the
+    requeue file exits 99 (Grid Engine runs it again); otherwise the job script's own exit status."""
+    request = 'echo "$JOB_ID" > "$KOTOMAMBA_REQUEUE_FILE"; ' if requested else ""
+    jobscript = f"#!/bin/sh\n# properties = {{}}\n{request}exit 3\n"
+    wrapper = tmp_path / "job.sge.sh"
+    wrapper.write_text(sge_submit.wrapper_script(properties(), jobscript))
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "JOB_ID": "41"}
+    assert subprocess.run(["bash", str(wrapper)], env=env).returncode == code
+    assert not (tmp_path / "kotomamba-requeue.41").exists()  # a later run starts without a request

@@ -1,0 +1,129 @@
+"""Requeue in place through the real clusters: a training stage longer than one job finishes unattended.
+
+The stage's jobs get a 1-minute wall time (`resources.train.runtime: 1`) and the stage needs 3 jobs
+whatever the machine's speed: its trainer config sets `train.wall_time_budget_s` below any step's time,
+so every job trains exactly one step, checkpoints and exits 75 (the last step finishes the stage
+instead), and 3 steps take 3 jobs. Each such job advanced the stage, so the launcher has its
+scheduler run it again as the same job (SLURM: `scontrol requeue`; Grid Engine: exit 99 from the
+profile's wrapper). Snakemake runs with `--retries 0`: the chain must not use retries, and sees one
+job. The job log counts the jobs; the losses and the final weights must equal an uninterrupted local
+run's, which both schedulers share (its tokenized data and tokenizer are copied, so only training runs
+on the cluster).
+
+Cluster settings that keep this short (tests/scheduler/start_*.sh): SLURM's `cred_expire` (a requeued
+job waits that long before it may start again; 120 s by default) and Grid Engine's `load_report_time`
+(a host runs a rescheduled job again only once its execd reported the previous run cleaned up).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_scheduler_dag import PROFILES, REQUIRED, daemon_problem, scheduler_env, tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 3
+
+pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
+pytest.importorskip("snakemake")
+if not REQUIRED:
+    pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
+
+
+def stage_config(budget: float | None) -> dict:
+    """One process, 3 steps, checkpoints only where a job stops or the stage ends; `budget`: the trainer's
+    wall-time budget in seconds (None: the uninterrupted reference)."""
+    config = tiny_config(nodes=1)
+    config["launch"] = {"nodes": 1, "nproc_per_node": 1, "device": "cpu"}
+    config["stages"][0]["train"]["train"] = {"steps": STEPS}
+    config["train"]["eval"] = {"interval": 0, "steps": 1}
+    config["train"]["checkpoint"] = {"interval": 0, "keep_last": 1}
+    if budget is not None:
+        config["train"]["train"]["wall_time_budget_s"] = budget
+    config["resources"] = {"train": {"runtime": 1, "mem_mb": 2000}}
+    return config
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    config_file = workdir / "sched.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(config_file), "--until", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=scheduler_env(), cwd=workdir, timeout=900)
+
+
+def stage_dir(workdir: Path) -> Path:
+    return workdir / "results" / "sched" / "train" / "pretrain"
+
+
+def losses(workdir: Path) -> list[tuple]:
+    lines = (stage_dir(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [(record["step"], record["loss"]) for record in map(json.loads, lines) if "loss" in record]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run, on this machine (one job, no budget)."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    workdir.mkdir()
+    result = snakemake(workdir, stage_config(None), "--cores", "2")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return workdir
+
+
+def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
+    """Each run of the scheduler's job as its accounting has it (SLURM: state; SGE: `failed` code); SLURM's
+    runs started `since` (a controller started with a clean state gives job ids again)."""
+    env = scheduler_env()
+    if scheduler == "slurm":
+        text = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-S", since, "-o", "State"],
+                              capture_output=True, text=True, env=env, check=True).stdout
+        return text.split()
+    for _ in range(20):  # the last run's record is flushed a moment after the job left qstat
+        text = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True, env=env).stdout
+        runs = re.findall(r"^failed\s+(\d+)", text, re.M)
+        if runs and runs[-1] != "25":
+            return runs
+        time.sleep(1)
+    return runs
+
+
+@pytest.mark.parametrize("scheduler", sorted(PROFILES))
+def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, reference, tmp_path):
+    problem = daemon_problem(scheduler)
+    if problem:
+        pytest.fail(f"{scheduler} is not up: {problem}")
+    workdir = tmp_path / "run"
+    # The reference's data, tokenizer and Snakemake records (times kept), without its training stage.
+    shutil.copytree(reference, workdir, symlinks=True)
+    shutil.rmtree(stage_dir(workdir))
+    # The 1 ms budget is below any step's time: one step per job, whatever the machine's speed.
+    config = stage_config(0.001)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+    result = snakemake(workdir, config, *PROFILES[scheduler], "--retries", "0")
+    output = result.stdout + result.stderr
+    train_log = workdir / "results" / "sched" / "logs" / "train" / "pretrain.log"
+    logs = train_log.read_text(errors="replace")[-3000:] if train_log.is_file() else ""
+    assert result.returncode == 0, output[-5000:] + logs
+    # One Snakemake job (no retry, no resubmission) that ran once per step.
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)" if scheduler == "slurm"
+                           else r"with external jobid '(\d+)'", output)
+    assert len(submitted) == 1, output[-4000:]
+    jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) >= 3 and [job["start_step"] for job in jobs] == list(range(STEPS)), jobs
+    # Each rerun resumed: none took the Snakefile's restart request for a forced job and started over.
+    assert not (stage_dir(workdir) / "superseded").exists()
+    runs = job_runs(scheduler, submitted[0], since)
+    requeued = "REQUEUED" if scheduler == "slurm" else "25"
+    assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
+    # Identical to the uninterrupted run: every logged loss and the final weights.
+    assert losses(workdir) == losses(reference)
+    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
+    assert final["step"] == STEPS and final["weights"] == expected["weights"]
