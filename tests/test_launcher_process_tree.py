@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kotomamba.train.launcher import EX_TEMPFAIL, node_exit_code
+from kotomamba.train.launcher import node_exit_code
+from kotomamba.train.stop_signals import EXIT_REQUEUE
 
 PAYLOAD = textwrap.dedent('''
     import os, sys, time
@@ -78,7 +79,7 @@ def test_workers_die_with_a_launcher_killed_with_9(launch_env, target):
 
 
 def test_a_stop_signal_before_the_workers_answered_is_a_requeue():
-    assert node_exit_code(1, [], stopped=True) == EX_TEMPFAIL  # workers stopped before they could record
+    assert node_exit_code(1, [], stopped=True) == EXIT_REQUEUE  # workers stopped before they could record
     assert node_exit_code(1, [3], stopped=True) == 3  # a worker's own failure still wins
     assert node_exit_code(0, [0, 0], stopped=True) == 0  # they had finished
     assert node_exit_code(1, [], stopped=False) == 1

@@ -22,9 +22,9 @@ torchrun, which the trainer reads.
 
 Exit status: the training's. torchrun reports any failed worker as 1, so every worker runs through
 this module (``--worker-exit-dir``), which records its exit code and pid in a node-local directory;
-exit code 75 (EX_TEMPFAIL, "checkpointed on a signal or wall-time budget: requeue me") is recorded
-and reported to torchrun as success, so torchrun waits for every rank to finish its checkpoint
-instead of killing the slower ones, and the launcher then exits 75.
+exit code 75 (``stop_signals.EXIT_REQUEUE``, EX_TEMPFAIL: "checkpointed on a signal or wall-time
+budget: requeue me") is recorded and reported to torchrun as success, so torchrun waits for every
+rank to finish its checkpoint instead of killing the slower ones, and the launcher then exits 75.
 
 Signals: SIGTERM, SIGINT and SIGUSR1 received by the launcher are sent straight to the workers
 (torchrun would answer SIGTERM by killing them after 30 s and SIGUSR1 by dying), so they can save
@@ -68,8 +68,8 @@ from pathlib import Path
 from kotomamba.errors import UserError
 from kotomamba.train import requeue
 from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
+from kotomamba.train.stop_signals import EXIT_REQUEUE
 
-EX_TEMPFAIL = 75
 EXIT_DIR_PREFIX = "kotomamba-launch-"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -392,15 +392,15 @@ def node_exit_code(torchrun_code: int, worker_codes: list[int], stopped: bool = 
     before they could answer: nothing trained since their last checkpoint); else torchrun's code
     (nonzero when a worker died without recording, e.g. killed).
     """
-    failures = [code for code in worker_codes if code not in (0, EX_TEMPFAIL)]
+    failures = [code for code in worker_codes if code not in (0, EXIT_REQUEUE)]
     if failures:
         return failures[0]
     if stopped and torchrun_code != 0:
-        return EX_TEMPFAIL
-    if torchrun_code == 0 and EX_TEMPFAIL in worker_codes:
-        return EX_TEMPFAIL
-    if torchrun_code != 0 and worker_codes and all(code == EX_TEMPFAIL for code in worker_codes):
-        return EX_TEMPFAIL
+        return EXIT_REQUEUE
+    if torchrun_code == 0 and EXIT_REQUEUE in worker_codes:
+        return EXIT_REQUEUE
+    if torchrun_code != 0 and worker_codes and all(code == EXIT_REQUEUE for code in worker_codes):
+        return EXIT_REQUEUE
     return torchrun_code
 
 
@@ -440,7 +440,7 @@ def run_worker(exit_dir: str, args: list[str]) -> int:
     finally:
         (directory / f"rank-{rank}.pid").unlink(missing_ok=True)
         (directory / f"rank-{rank}.exit").write_text(str(code))
-    return 0 if code == EX_TEMPFAIL else code
+    return 0 if code == EXIT_REQUEUE else code
 
 
 def run_plain(args: list[str], env: dict[str, str]) -> int:
