@@ -1,8 +1,8 @@
 """Every reproduction config asks each cluster for the GPUs, memory and wall time its size needs.
 
-One `snakemake -n` per config (no daemons) gives the resources rules/common.smk derives from the
-run; the SLURM executor reads them as they are (`gres`, `nodes`, `mem_mb`, `runtime`), and the
-qsub-based profiles' submit.py turns them into their own requests, checked here for each profile.
+One `snakemake -n` per config and cluster profile (no daemons) gives the resources rules/common.smk
+derives from the run under that profile; the SLURM executor reads them as they are (`gres`, `nodes`,
+`mem_mb`, `runtime`), and the qsub-based profiles' submit.py turns them into their own requests.
 """
 from __future__ import annotations
 
@@ -38,15 +38,19 @@ def planned_resources(result: subprocess.CompletedProcess) -> dict[str, dict[str
     return planned
 
 
+def dry_run(path, workdir, profile: str) -> dict[str, dict[str, str]]:
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", "all",
+               "--profile", str(REPO / "profiles" / profile), "--configfile", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return planned_resources(result)
+
+
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
 def test_config_requests_its_gpus_memory_and_wall_time(path, tmp_path, monkeypatch):
     config = yaml.safe_load(path.read_text())
     provide_inputs(tmp_path, config)
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "all",
-               "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    planned = planned_resources(result)
+    planned = dry_run(path, tmp_path, "slurm")
     launch, wanted = config["launch"], config["resources"]
     assert launch["device"] == "gpu"
     train = planned["train"]
@@ -56,17 +60,19 @@ def test_config_requests_its_gpus_memory_and_wall_time(path, tmp_path, monkeypat
         assert planned[rule]["gres"] == "gpu:1" and planned[rule]["mem_mb"] == str(wanted[rule]["mem_mb"])
     assert "gres" not in planned["tokenize"]
 
-    # The same resources through the qsub-based profiles' submit.py.
+    # The qsub-based profiles: each one's own dry run, its resources through its submit.py.
     monkeypatch.setenv("KOTOMAMBA_SGE_MPI_PE", "mpi")
     monkeypatch.setenv("KOTOMAMBA_ABCI_GROUP", "gaa50000")
     for name in ("KOTOMAMBA_SGE_STYLE", "KOTOMAMBA_SGE_GPU_RESOURCE", "KOTOMAMBA_ABCI_QUEUE"):
         monkeypatch.delenv(name, raising=False)
+    by_profile = {profile: dry_run(path, tmp_path, profile) for profile in ("sge", "abci")}
     for rule, gpus in (("train", launch["nproc_per_node"]), ("evaluate", 1)):
-        resources = {key: int(value) if value.isdigit() else value for key, value in planned[rule].items()}
-        properties = {"rule": rule, "threads": launch["nproc_per_node"] if rule == "train" else 1,
-                      "resources": resources}
-        sge = load_submit("sge").qsub_command(properties, "job.sh", "log")
-        per_slot = gpus if launch["nodes"] > 1 else -(-gpus // properties["threads"])
+        properties = {profile: {"rule": rule, "threads": launch["nproc_per_node"] if rule == "train" else 1,
+                                "resources": {key: int(value) if value.isdigit() else value
+                                              for key, value in by_profile[profile][rule].items()}}
+                      for profile in by_profile}
+        sge = load_submit("sge").qsub_command(properties["sge"], "job.sh", "log")
+        per_slot = gpus if launch["nodes"] > 1 else -(-gpus // properties["sge"]["threads"])
         assert f"gpu={per_slot}" in sge, sge
-        abci = load_submit("abci").qsub_command(properties, "job.sh")
+        abci = load_submit("abci").qsub_command(properties["abci"], "job.sh")
         assert abci[abci.index("-q") + 1] == ("rt_HF" if rule == "train" else "rt_HG"), abci
