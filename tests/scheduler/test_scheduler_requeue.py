@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_scheduler_dag import PROFILES, REQUIRED, daemon_problem, scheduler_env, tiny_config
+from cluster_helpers import PROFILES, REQUIRED, daemon_problem, scheduler_env
+from test_scheduler_dag import SETUP_LINE, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
@@ -56,7 +57,7 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
     config_file.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                "--configfile", str(config_file), "--until", "train", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=scheduler_env(), cwd=workdir, timeout=900)
+    return subprocess.run(command, capture_output=True, text=True, env=scheduler_env(SETUP_LINE), cwd=workdir, timeout=900)
 
 
 def stage_dir(workdir: Path) -> Path:
@@ -81,7 +82,7 @@ def reference(tmp_path_factory) -> Path:
 def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
     """Each run of the scheduler's job as its accounting has it (SLURM: state; SGE: `failed` code); SLURM's
     runs started `since` (a controller started with a clean state gives job ids again)."""
-    env = scheduler_env()
+    env = scheduler_env(SETUP_LINE)
     if scheduler == "slurm":
         text = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-S", since, "-o", "State"],
                               capture_output=True, text=True, env=env, check=True).stdout
