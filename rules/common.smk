@@ -26,8 +26,9 @@ def rule_resources(name):
     default MAX_RETRY_RUNTIME, never below the first), so a job that ran out of wall time is
     resubmitted with more. Training's stays: a stage longer than a job goes on in the same job, run
     again by its scheduler (requeue in place, kotomamba/train/requeue.py), and a retry after a failure
-    resumes from the last checkpoint with the same wall time. Training asks for `launch.nodes` nodes; on more than one it is an `mpi` job for SLURM's executor (the
-    shell runs once on the first node and `kotomamba launch` starts one srun task per node).
+    resumes from the last checkpoint with the same wall time. Training asks for `launch.nodes` nodes;
+    on more than one it is an `mpi` job for SLURM's executor (the shell runs once on the first node
+    and `kotomamba launch` starts one srun task per node).
 
     GPUs: `gpus_per_node` is the one request every profile reads (SGE and ABCI submit.py turn it
     into their own resources); for SLURM's executor it also becomes `gres: gpu:N` (per node) unless

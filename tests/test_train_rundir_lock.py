@@ -12,7 +12,7 @@ import time
 import pytest
 
 from kotomamba.errors import UserError
-from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_dir import RunDir, step_of
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.status import complete_checkpoint
 from train_helpers import losses, run_train, train_env, write_config
@@ -70,7 +70,7 @@ def test_the_lock_of_a_killed_trainer_is_stale(tmp_path):
     assert f"pid {process.pid}" in run.lock.read_text()  # its text stays; the kernel released the flock
     # The resume starts from the newest complete checkpoint: `latest`, or one saved just before the kill
     # whose `latest` update the kill cut off.
-    stopped = int(complete_checkpoint(run).name.split("_")[1])
+    stopped = step_of(complete_checkpoint(run))
     run_train(config, "train.max_steps_this_job=2")  # resumed, not started over: two steps more
     assert run.latest.read_text().strip() == f"step_{stopped + 2:08d}" and not run.superseded.exists()
     assert max(losses(run.root)) == stopped + 2

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from kotomamba.errors import UserError
 from kotomamba.train.job_log import read_job_starts
-from kotomamba.train.run_dir import STEP_DIR, RunDir
+from kotomamba.train.run_dir import RunDir, step_of
 from kotomamba.train.status import complete_checkpoint
 from kotomamba.train.stop_signals import EXIT_REQUEUE
 
@@ -63,7 +63,7 @@ def no_progress(run: RunDir, starts_before: list[dict]) -> str | None:
         return f"it recorded no start in {run.jobs} (stopped before training)"
     start = int(starts[-1]["start_step"])
     checkpoint = complete_checkpoint(run)
-    reached = int(STEP_DIR.match(checkpoint.name).group(1)) if checkpoint is not None else 0
+    reached = step_of(checkpoint) if checkpoint is not None else 0
     if reached <= start:
         return f"its newest complete checkpoint is at step {reached}, the step it started from"
     return None

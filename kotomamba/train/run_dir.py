@@ -36,6 +36,11 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(checkpoint: Path) -> int:
+    """The step a checkpoint directory (``step_XXXXXXXX``) holds: ``step_dir_name``'s inverse."""
+    return int(STEP_DIR.match(checkpoint.name).group(1))
+
+
 def canonical(path: str | os.PathLike) -> str:
     """One spelling per directory (``runs/./x``, ``runs/x/`` and a symlink to it are the same)."""
     return str(Path(path).resolve())

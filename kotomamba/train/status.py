@@ -23,7 +23,7 @@ from kotomamba.errors import UserError
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.restart_request import pending_restart
-from kotomamba.train.run_dir import INTEGRITY, STEP_DIR, RunDir
+from kotomamba.train.run_dir import INTEGRITY, RunDir, step_of
 from kotomamba.train.run_lock import held_by
 
 # How many of the newest logged windows the throughput is averaged over.
@@ -105,7 +105,7 @@ def _read_stage(root: Path, name: str | None) -> StageStatus:
     checkpoint = complete_checkpoint(run)
     if checkpoint is not None:
         status.checkpoint = checkpoint.name
-        status.checkpoint_step = int(STEP_DIR.match(checkpoint.name).group(1))
+        status.checkpoint_step = step_of(checkpoint)
     records = (_readable(status, read_metrics, run.metrics, note_torn=False) or []) if run.metrics.is_file() else []
     logged = max((r["step"] for r in records), default=0)
     jobs = read_job_starts(run)
