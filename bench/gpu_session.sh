@@ -2,10 +2,12 @@
 # One GPU-machine session: install the carried kernel wheels, run the `gpu` tests, then benchmark.
 # Run from the repository root on a CUDA machine whose Python has torch (and triton):
 #   bash bench/gpu_session.sh OUT_DIR [tests] [train PRESETS MICRO_BATCHES] [multi NGPU PRESETS MICRO_BATCHES]
-#                                     [firststep PRESET MICRO_BATCH] [loss D_MODELS] [ssd] [pack]
+#                                     [firststep PRESET MICRO_BATCH] [loss D_MODELS] [ssd] [trainer PRESET MICRO_BATCH] [pack]
 # BENCH_ARGS (e.g. "--warmup 3 --steps 6 --rounds 3 --impls reference,kotomamba,kotomamba+compile") go to train
 # and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md. BENCH_TAG names a multi
 # run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
+# TRAINER_ARGS go to trainer (bench/trainer_throughput.py: `kotomamba train` itself, one process per config variant;
+# default: the default config against parallel.cuda_graph=false and the same without document resets).
 # STEP_TIMEOUT (seconds, default 500) bounds each step; TEST_JOBS (default 16) is how many test processes run
 # at once; TESTS_K (a pytest -k expression) picks some of the tests. Two invocations can share a machine
 # of several GPUs (CUDA_VISIBLE_DEVICES, different OUT_DIRs).
@@ -74,6 +76,12 @@ while [ $# -gt 0 ]; do
       timeout "${STEP_TIMEOUT:-500}" python3 bench/cross_entropy_throughput.py --d-model "$2" --json "$out/loss.json" \
         2>&1 | tee "$out/loss.log"
       status=$(( status | ${PIPESTATUS[0]} )); shift 2;;
+    trainer)
+      preset=$2; micro=$3; shift 3
+      timeout "${STEP_TIMEOUT:-500}" python3 bench/trainer_throughput.py --preset "$preset" --micro-batch "$micro" \
+        ${TRAINER_ARGS:---variants "default;parallel.cuda_graph=false;data.reset_at_eod=false;data.reset_at_eod=false parallel.cuda_graph=false"} \
+        --json "$out/trainer.json" --markdown "$out/results_entry.md" 2>&1 | tee "$out/trainer.log" | grep -v '^{'
+      status=$(( status | ${PIPESTATUS[0]} ));;
     pack)
       # Last: everything but the RESULTS entry into one archive (few files come back from a GPU machine).
       shift

@@ -20,6 +20,7 @@ per-process median step, with the range over rounds, and the ratio's range pairs
     python bench/train_throughput.py --presets mamba2-130m,mamba-1.4b --micro-batch 16,8 --json out.json
     python bench/train_throughput.py --presets mamba2-130m --isolate --rounds 3 --impls reference,kotomamba+graph
     torchrun --nproc-per-node 4 bench/train_throughput.py --presets mamba2-1.4b --micro-batch 8
+    python bench/train_throughput.py --impls kotomamba+graph --doc-tokens 1000 --profile   # document resets
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: i
     it = iter(batches)
 
     def step():
-        x, y, _ = next(it)
+        x, y, _, _ = next(it)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=world == 1):
             logits = ref(x).logits
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
@@ -166,11 +167,11 @@ def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool,
     it = iter(batches)
 
     def step():
-        x, y, tokens = next(it)
+        x, y, tokens, seq_idx = next(it)
         if micro_step is not None:
-            loss = micro_step(tokens)
+            loss = micro_step(tokens, seq_idx)
         else:
-            loss = model(x, labels=y)
+            loss = model(x, labels=y, seq_idx=seq_idx)
             loss.backward()
         clip_(params, 1.0, global_grad_norm(params))
         optimizer.step()
@@ -180,10 +181,18 @@ def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool,
     return step, (model, optimizer)
 
 
-def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, seed: int):
+def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, seed: int, doc_tokens: int = 0):
+    """``count`` micro-batches (inputs, labels, tokens, seq_idx). ``doc_tokens`` > 0: packed documents of
+    that mean length, as ``data.reset_at_eod`` gives the trainer (``seq_idx``: each position's document
+    number in its sample); 0: no ``seq_idx``."""
     generator = torch.Generator(device=device).manual_seed(seed)
     tokens = torch.randint(0, vocab, (count, micro_batch, seq + 1), device=device, generator=generator)
-    return [(t[:, :-1].contiguous(), t[:, 1:].contiguous(), t) for t in tokens]
+    seq_idx = [None] * count
+    if doc_tokens:
+        starts = torch.rand((count, micro_batch, seq), device=device, generator=generator) < 1.0 / doc_tokens
+        starts[..., 0] = False
+        seq_idx = starts.cumsum(-1, dtype=torch.int32)
+    return [(t[:, :-1].contiguous(), t[:, 1:].contiguous(), t, s) for t, s in zip(tokens, seq_idx)]
 
 
 def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None:
@@ -216,7 +225,7 @@ def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None
 
 
 def prepare(name: str, build, model_config, micro_batch: int, seq: int, warmup: int, batches_needed: int,
-            device) -> dict:
+            device, doc_tokens: int = 0) -> dict:
     """Build one implementation and run its warm-up steps: its first-steps time and its own peak memory
     (whatever other implementations keep allocated meanwhile is subtracted)."""
     free_memory(device)
@@ -225,7 +234,7 @@ def prepare(name: str, build, model_config, micro_batch: int, seq: int, warmup: 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     batches = random_batches(model_config.vocab_size, micro_batch, seq, device, warmup + batches_needed,
-                             seed=dist.get_rank())
+                             seed=dist.get_rank(), doc_tokens=doc_tokens)
     step, keep = build(batches)
     started = time.perf_counter()
     for _ in range(warmup):
@@ -262,7 +271,7 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
     for impl, build in builders.items():
         try:
             prepared = prepare(impl, build, model_config, micro_batch, seq, args.warmup,
-                               args.rounds * args.steps + (2 if args.profile else 0), device)
+                               args.rounds * args.steps + (2 if args.profile else 0), device, args.doc_tokens)
         except torch.OutOfMemoryError as error:
             results[impl] = {"impl": impl, "error": f"out of memory: {str(error)[:120]}"}
             free_memory(device)
@@ -374,7 +383,8 @@ def isolated_run(args, name: str, mb: int, impl: str, scratch: Path) -> dict:
     out.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--presets", name, "--micro-batch", str(mb),
                "--impls", impl, "--seq", str(args.seq), "--warmup", str(args.warmup), "--steps", str(args.steps),
-               "--device", args.device, "--json", str(out)] + (["--profile"] if args.profile else [])
+               "--device", args.device, "--doc-tokens", str(args.doc_tokens), "--json", str(out)] + (
+                   ["--profile"] if args.profile else [])
     done = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
     if done.returncode != 0 or not out.exists():
         return {"impl": impl, "error": f"process exited {done.returncode}"}
@@ -460,6 +470,8 @@ def main() -> None:
     parser.add_argument("--isolate", action="store_true",
                         help="one GPU: each implementation in a fresh process of its own, once per round")
     parser.add_argument("--profile", action="store_true", help="print each impl's device-busy share, top kernels and top host operators")
+    parser.add_argument("--doc-tokens", type=int, default=0,
+                        help="kotomamba only: packed documents of this mean length with seq_idx (data.reset_at_eod); 0: none")
     args = parser.parse_args()
 
     from kotomamba.model.config import preset
@@ -472,6 +484,8 @@ def main() -> None:
     unknown = set(impls) - {"reference", "kotomamba", "kotomamba+compile", "kotomamba+graph"}
     if unknown:
         parser.error(f"unknown --impls {sorted(unknown)}")
+    if args.doc_tokens and "reference" in impls:
+        parser.error("--doc-tokens times kotomamba's document resets: leave the reference out of --impls")
     if args.device == "cpu" and "reference" in impls:
         parser.error("the reference needs mamba-ssm's CUDA kernels: on --device cpu give --impls kotomamba")
     if "kotomamba+graph" in impls and (args.device == "cpu" or world > 1):

@@ -64,6 +64,15 @@ def test_one_process_runs_beside_another_on_the_same_host(tmp_path):
         check_rows(tmp_path / name / "out.json", 1)
 
 
+def test_packed_documents_time_the_step_with_seq_idx(tmp_path):
+    """``--doc-tokens``: kotomamba's step on batches with document resets (issue 20 item 3's comparison)."""
+    done = run([sys.executable, str(BENCH), *ARGS, "--doc-tokens", "16", "--json", "out.json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_rows(tmp_path / "out.json", 1)
+    done = run([sys.executable, str(BENCH), "--device", "cpu", "--impls", "reference", "--doc-tokens", "16"], tmp_path)
+    assert done.returncode == 2 and "leave the reference out" in done.stderr
+
+
 def test_the_reference_on_cpu_is_refused_with_the_reason(tmp_path):
     done = run([sys.executable, str(BENCH), "--device", "cpu", "--impls", "reference,kotomamba"], tmp_path)
     assert done.returncode == 2 and "needs mamba-ssm's CUDA kernels" in done.stderr

@@ -90,4 +90,4 @@ def test_cross_field_rules(tmp_path):
 def test_cuda_graph_with_what_it_cannot_capture_is_refused(tmp_path, clash, shown):
     with pytest.raises(UserError, match=f"field 'parallel.cuda_graph' cannot be true with {shown}"):
         load_config(write(tmp_path), ["parallel.cuda_graph=true", clash])
-    assert load_config(write(tmp_path), ["parallel.cuda_graph=true"]).parallel.cuda_graph
+    assert load_config(write(tmp_path), ["parallel.cuda_graph=true"]).parallel.cuda_graph is True

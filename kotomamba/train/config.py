@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kotomamba.errors import UserError
+from kotomamba.train.step_choice import config_refusals
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 # Parameter-name patterns with no weight decay (kotomamba.train.optim.is_no_decay says how they match).
@@ -126,10 +127,11 @@ class ParallelConfig:
     compile: bool = False
     """``torch.compile`` each block. Mamba-1's graph breaks at mamba-ssm's selective-scan extension, so it
     gains nothing there (bench/RESULTS.md has what it measured per layer type)."""
-    cuda_graph: bool = False
-    """Capture each micro-batch's forward and backward as a CUDA graph and replay it (one process on a
-    GPU, bf16 or fp32; not with ``compile``, activation checkpointing or fp16): for small models whose step
-    waits on the host."""
+    cuda_graph: Union[bool, Literal["auto"]] = "auto"
+    """Capture each micro-batch's forward and backward as a CUDA graph and replay it: for models whose eager
+    step waits on the host. It needs one process on a GPU and none of ``compile``, activation checkpointing
+    or fp16. ``auto``: graphed wherever that holds, else eager; ``true``: graphed, an error where it cannot
+    be; ``false``: eager. The job's log says which step runs and why (``kotomamba.train.step_choice``)."""
 
 
 @dataclass
@@ -338,7 +340,7 @@ def _coerce(tp: Any, value: Any, dotted: str, where: _Where) -> Any:
                 return _coerce(option, value, dotted, where)
             except UserError:
                 continue
-        names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        names = " or ".join(_type_name(o) for o in options)
         raise UserError(f"{where(dotted)}: field {dotted!r} must be {names}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -371,6 +373,15 @@ def _coerce(tp: Any, value: Any, dotted: str, where: _Where) -> Any:
             return dict(value)
     expected = getattr(tp, "__name__", str(tp))
     raise UserError(f"{where(dotted)}: field {dotted!r} must be {expected}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    """How an error message names a type: ``null``, ``bool``, a literal's choices (``'auto'``)."""
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
 
 
 def _check(config: TrainConfig, where: _Where) -> None:
@@ -440,15 +451,11 @@ def _check(config: TrainConfig, where: _Where) -> None:
         fail("env", "must map variable names to string values")
     if not isinstance(config.model.get("preset", ""), str):
         fail("model.preset", "must be a preset name")
-    par = config.parallel
-    if par.cuda_graph:
-        # Not captured together: compile's own graphs, checkpointing's recompute (it saves and restores the
-        # RNG state), fp16's changing loss scale. One process on a GPU is checked at start-up.
-        for setting, clash in (("parallel.compile: true", par.compile),
-                               ("parallel.activation_checkpointing: true", par.activation_checkpointing),
-                               ("precision: fp16", config.precision == "fp16")):
-            if clash:
-                fail("parallel.cuda_graph", f"cannot be true with {setting}; set one of them otherwise")
+    if config.parallel.cuda_graph is True:
+        # What the config alone rules out fails now; one process on a GPU is checked at start-up.
+        for setting, why in config_refusals(config):
+            fail("parallel.cuda_graph", f"cannot be true with {setting} ({why}); set one of them otherwise, "
+                 "or parallel.cuda_graph: auto")
 
 
 def accumulation_steps(train: TrainLoopConfig, world_size: int, world: str | None = None) -> int:

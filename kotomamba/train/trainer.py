@@ -36,6 +36,7 @@ from kotomamba.train.run_dir import RunDir
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
 from kotomamba.train.start_plan import StartPlan, carry_out, plan_start
+from kotomamba.train.step_choice import choose_step
 from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
 
 EXIT_ABORTED = 1
@@ -81,8 +82,8 @@ class Trainer:
         self.accum = accumulation_steps(config.train, self.world)
         # What the world size makes impossible is refused before the run directory changes.
         check_sharding(self.device.type, self.world)
-        if config.parallel.cuda_graph:
-            self._check_cuda_graph()
+        # Graphed or eager, decided once (and ``parallel.cuda_graph: true`` refused where it cannot run).
+        self.step_choice = choose_step(config, self.device.type, self.world)
         parallel = config.parallel
         self.mesh = build_mesh(self.device.type, self.world, parallel.strategy, parallel.hybrid_shard_size)
         self.shard_group = self.mesh["shard"].get_group() if parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
@@ -194,22 +195,11 @@ class Trainer:
         self.loss_scale = None
         if self.precision == "fp16" and master == torch.float32:
             self.loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
-        self.graphed = GraphedMicroStep(self.model, self.params, 1.0 / self.accum) if c.parallel.cuda_graph else None
+        self.graphed = GraphedMicroStep(self.model, self.params, 1.0 / self.accum) if self.step_choice.graphed else None
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
         self.device_name = name
-
-    def _check_cuda_graph(self) -> None:
-        """A ``UserError`` saying why ``parallel.cuda_graph`` cannot run here (GPU, one process)."""
-        # The settings it cannot be combined with are refused when the config is read (config._check).
-        why = None
-        if self.device.type != "cuda":
-            why = "needs a CUDA GPU"
-        elif self.world > 1:
-            why = f"runs in one process only (this run has {self.world}: FSDP's collectives are not captured)"
-        if why:
-            raise UserError(f"parallel.cuda_graph: true {why}; set it to false")
 
     def _state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -274,6 +264,7 @@ class Trainer:
             inputs, data_bin_bytes={f"{p}.bin": Path(f"{p}.bin").stat().st_size for p in prefixes},
             world_size=self.world, launcher=self.launch.launcher, seed=c.seed, precision=self.precision,
             device=self.device_name, resumed_from=str(self.resume_from) if self.resume_from else None,
+            train_step="cuda_graph" if self.step_choice.graphed else "eager",
         ))
 
     # ------------------------------------------------------------------------------------ loop
@@ -336,6 +327,7 @@ class Trainer:
             self._load(self.resume_from)
         if self.rank == 0:
             self._write_run_record()
+            print(f"kotomamba train: {self.step_choice.log_line()}", flush=True)
         sink = self._sink() if self.rank == 0 else None
         if self.rank == 0:
             for line in start_lines(self._start_facts()):

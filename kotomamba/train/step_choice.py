@@ -1,0 +1,70 @@
+"""Which micro-step a training job runs, CUDA-graphed or eager, and why: decided here and nowhere else.
+
+``parallel.cuda_graph`` is ``auto`` (the default: graphed wherever it is safe, eager with the reasons
+otherwise), ``true`` (graphed; an error naming every reason where it is not safe) or ``false`` (always
+eager). What the config alone rules out is known when the config is read (:func:`config_refusals`, also
+used by ``kotomamba.train.config`` to refuse ``true`` early); what the job finds at start-up (a GPU,
+how many processes) only in the trainer, which calls :func:`choose_step` once and logs its answer.
+
+Graphed where it can be: on one GPU a small model's eager step waits on Python launching kernels, and
+the captured step keeps the card busy (bench/RESULTS.md has the measured difference). Torch-free, so
+the pipeline's config check can import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kotomamba.errors import UserError
+
+if TYPE_CHECKING:
+    from kotomamba.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    """The outcome: ``graphed`` or not, and ``reason`` (the setting and, when eager, every refusal)."""
+
+    graphed: bool
+    reason: str
+
+    def log_line(self) -> str:
+        """The start-up log line, e.g. ``training step: eager (parallel.cuda_graph: auto; not graphed: no CUDA GPU)``."""
+        return f"training step: {'CUDA-graphed' if self.graphed else 'eager'} ({self.reason})"
+
+
+def config_refusals(config: TrainConfig) -> list[tuple[str, str]]:
+    """``(setting, why)`` for every setting of ``config`` a captured step cannot run with."""
+    refusals = []
+    if config.parallel.compile:
+        refusals.append(("parallel.compile: true", "torch.compile's own graphs are not captured inside ours"))
+    if config.parallel.activation_checkpointing:
+        refusals.append(("parallel.activation_checkpointing: true",
+                         "its recompute saves and restores the RNG state, which a capture cannot"))
+    if config.precision == "fp16":
+        refusals.append(("precision: fp16", "its loss scale changes between steps; a captured step keeps the first"))
+    return refusals
+
+
+def job_refusals(device_type: str, world: int) -> list[str]:
+    """What the job itself rules out: no GPU, or several processes."""
+    if device_type != "cuda":
+        return ["no CUDA GPU"]
+    if world > 1:
+        return [f"{world} processes (FSDP's collectives and hooks are not captured; one process only)"]
+    return []
+
+
+def choose_step(config: TrainConfig, device_type: str, world: int) -> StepChoice:
+    """The micro-step this job runs. Raises ``UserError`` for ``parallel.cuda_graph: true`` where it cannot run."""
+    setting = config.parallel.cuda_graph
+    shown = "auto" if setting == "auto" else str(setting).lower()
+    if setting is False:
+        return StepChoice(False, "parallel.cuda_graph: false")
+    refusals = [f"{name} ({why})" for name, why in config_refusals(config)] + job_refusals(device_type, world)
+    if not refusals:
+        return StepChoice(True, f"parallel.cuda_graph: {shown}; one process on a CUDA GPU")
+    if setting is True:
+        raise UserError(f"parallel.cuda_graph: true cannot run here: {'; '.join(refusals)}; "
+                        "set it to auto (graphed where it can be) or false")
+    return StepChoice(False, f"parallel.cuda_graph: auto; not graphed: {'; '.join(refusals)}")
