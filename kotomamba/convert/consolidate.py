@@ -11,7 +11,6 @@ Non-tensor entries of a DCP checkpoint are pickles, which DCP's default planner 
 """
 from __future__ import annotations
 
-import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
 
 from kotomamba.errors import UserError
+from kotomamba.io import read_json
 from kotomamba.train.dcp_local import load_local
 from kotomamba.train.integrity import checkpoint_defect
 from kotomamba.train.run_dir import INTEGRITY, RunDir, run_dir_of
@@ -158,10 +158,7 @@ def read_model_config_dict(location: CheckpointLocation) -> dict:
         candidates.append(RunDir(location.run_dir).model_config)
     for file in candidates:
         if file.is_file():
-            try:
-                return json.loads(file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{file}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+            return read_json(file, "model config")
     raise UserError(f"{location.checkpoint_dir}: no model_config.json found (looked at "
                     f"{', '.join(str(c) for c in candidates)})")
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from kotomamba.convert.consolidate import CheckpointLocation, read_train_state, resolve_checkpoint
 from kotomamba.errors import UserError
+from kotomamba.io import read_yaml
 from kotomamba.train.run_dir import RunDir
 
 
@@ -66,15 +67,7 @@ class RunInfo:
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise UserError(f"{path}: {line}invalid YAML ({exc})") from exc
+    data = read_yaml(path)
     return data if isinstance(data, dict) else {}
 
 
