@@ -93,7 +93,7 @@ def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: s
                                tokenizer: tuple[str, str] | None = None) -> None:
     """An initial kotomamba checkpoint (trainer layout, model weights only) for ``init.from``, with the
     source's tokenizer files when one is known (``convert`` finds them there again)."""
-    from kotomamba.train.dcp_local import save_local
+    from kotomamba.train.checkpoint_files import save_local
     from kotomamba.train.integrity import record_integrity
     from kotomamba.train.run_dir import RunDir
 

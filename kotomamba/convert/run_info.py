@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kotomamba.convert.consolidate import CheckpointLocation, read_train_state, resolve_checkpoint
 from kotomamba.errors import UserError
 from kotomamba.io import read_yaml
-from kotomamba.train.run_dir import RunDir
+from kotomamba.train.checkpoint_files import read_train_state
+from kotomamba.train.run_dir import CheckpointLocation, RunDir, locate_checkpoint
 
 
 @dataclass
@@ -185,7 +185,7 @@ def _stage_info(location: CheckpointLocation) -> tuple[StageInfo, dict, Path | N
 
 def read_stage(run_dir: str | os.PathLike) -> StageInfo:
     """One run directory's stage at its latest checkpoint (the pipeline's report reads each stage so)."""
-    return _stage_info(resolve_checkpoint(run_dir))[0]
+    return _stage_info(locate_checkpoint(run_dir))[0]
 
 
 def _pipeline_record(run_dir: Path) -> dict:
@@ -252,7 +252,7 @@ def read_run_info(location: CheckpointLocation) -> RunInfo:
     seen = {location.checkpoint_dir.resolve()}
     while (init := (config.get("init") or {}).get("from")) is not None:
         source = Path(recorded_path(str(init), start))
-        location = resolve_checkpoint(source) if _is_kotomamba_run(source) else None
+        location = locate_checkpoint(source) if _is_kotomamba_run(source) else None
         if location is None or location.run_dir is None or not RunDir(location.run_dir).config.is_file():
             # Not a training run (a released model, or one converted to an initial checkpoint): named, not
             # followed; a hub id as given, a local directory by its name.

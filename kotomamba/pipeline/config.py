@@ -218,14 +218,15 @@ class RunPaths:
         """The tokenizer every later stage uses: the configured one, or the one the pipeline trains."""
         return self.config["tokenizer"]["model"] or f"{self.tokenizer_dir}/tokenizer.model"
 
-    @property
-    def tokenized_root(self) -> str:
-        return f"{self.root}/tokenized"
+    def merged_prefix(self, source: str) -> str:
+        """The prefix ``kotomamba merge-datasets`` writes ``source``'s merged datasets under (it adds
+        ``_<key>_document``: :meth:`tokenized_prefix`)."""
+        return f"{self.root}/tokenized/{source}"
 
     def tokenized_prefix(self, source: str, key: str | None = None) -> str:
         """The merged dataset of ``source`` that training reads (``data.data_path``)."""
         key = key or self.config["tokenize"]["json_keys"][0]
-        return f"{self.root}/tokenized/{source}_{key}_document"
+        return f"{self.merged_prefix(source)}_{key}_document"
 
     def stage_dir(self, stage: str) -> str:
         return f"{self.root}/train/{stage}"
@@ -254,6 +255,10 @@ class RunPaths:
     @property
     def report(self) -> str:
         return f"{self.root}/report/report.md"
+
+    @property
+    def report_plot(self) -> str:
+        return f"{self.root}/report/loss.png"
 
     @property
     def resolved_config(self) -> str:

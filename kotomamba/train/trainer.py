@@ -9,7 +9,6 @@ wall-time budget: requeue.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from kotomamba.train.loss_scale import LossScale
 from kotomamba.train.metrics import MetricsSink, memory_stats
 from kotomamba.train.optim import build_optimizer
 from kotomamba.train.parallelize import check_sharding, parallelize, resolve_precision
-from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_dir import RunDir, read_model_config
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
 from kotomamba.train.start_plan import StartPlan, carry_out, plan_start
@@ -155,9 +154,7 @@ class Trainer:
         if self.rank == 0 and self.resume_from is None:
             payload = list(source_model_and_state(c, self.tokenizer.vocab_size, self.device))
         elif self.rank == 0:
-            # A checkpoint lives in <run_dir>/checkpoints/step_N; its run's model_config.json describes it.
-            recorded = RunDir(self.resume_from.parent.parent).model_config
-            payload[0] = MambaConfig.from_dict(json.loads(recorded.read_text()), source=str(recorded))
+            payload[0] = read_model_config(self.resume_from)
         holder = [payload[0].to_dict() if self.rank == 0 else None]
         dist.broadcast_object_list(holder, src=0)
         self.model_config = MambaConfig.from_dict(holder[0])
