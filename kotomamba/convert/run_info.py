@@ -195,7 +195,7 @@ def _pipeline_record(run_dir: Path) -> dict:
     directory above its stages' run directories; the nearest one naming this stage is it.
     """
     for directory in run_dir.resolve().parents:
-        record = directory / "config.resolved.yaml"
+        record = RunDir(directory).config
         if record.is_file():
             try:
                 config = _read_yaml(record)

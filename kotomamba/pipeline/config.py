@@ -262,7 +262,11 @@ class RunPaths:
 
     @property
     def resolved_config(self) -> str:
-        return f"{self.root}/config.resolved.yaml"
+        """The pipeline's record of the whole run's config, under the name a run directory gives its own
+        (``convert`` looks for it above a stage's run directory)."""
+        from kotomamba.train.run_dir import RunDir
+
+        return str(RunDir(self.root).config)
 
     @property
     def manifest(self) -> str:
