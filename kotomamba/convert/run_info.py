@@ -25,7 +25,7 @@ from typing import Any
 from kotomamba.errors import UserError
 from kotomamba.io import read_yaml
 from kotomamba.train.checkpoint_files import read_train_state
-from kotomamba.train.run_dir import CheckpointLocation, RunDir, locate_checkpoint
+from kotomamba.train.run_dir import CheckpointLocation, RunDir, is_run_or_checkpoint, locate_checkpoint
 
 
 @dataclass
@@ -229,10 +229,6 @@ def _corpus(run_dir: Path) -> list[str]:
     return [describe_source(source) for source in sources if source.get("name") in used]
 
 
-def _is_kotomamba_run(path: Path) -> bool:
-    return (path / ".metadata").is_file() or RunDir(path).latest.is_file()
-
-
 def read_run_info(location: CheckpointLocation) -> RunInfo:
     """Collect the facts about ``location``'s checkpoint and every earlier stage it was trained from.
 
@@ -252,7 +248,7 @@ def read_run_info(location: CheckpointLocation) -> RunInfo:
     seen = {location.checkpoint_dir.resolve()}
     while (init := (config.get("init") or {}).get("from")) is not None:
         source = Path(recorded_path(str(init), start))
-        location = locate_checkpoint(source) if _is_kotomamba_run(source) else None
+        location = locate_checkpoint(source) if is_run_or_checkpoint(source) else None
         if location is None or location.run_dir is None or not RunDir(location.run_dir).config.is_file():
             # Not a training run (a released model, or one converted to an initial checkpoint): named, not
             # followed; a hub id as given, a local directory by its name.

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from kotomamba.errors import UserError
 from kotomamba.train.integrity import checkpoint_defect
-from kotomamba.train.run_dir import CheckpointLocation, RunDir, locate_checkpoint, read_model_config
+from kotomamba.train.run_dir import DCP_METADATA, CheckpointLocation, RunDir, locate_checkpoint, read_model_config
 
 MODEL_PREFIX = "model."
 TRAIN_STATE_PREFIX = "train_state."
@@ -103,7 +103,7 @@ def _metadata(checkpoint_dir: Path) -> Metadata:
     try:
         return FileSystemReader(str(checkpoint_dir)).read_metadata()
     except Exception as exc:  # DCP raises assorted errors on an unreadable .metadata
-        raise UserError(f"{checkpoint_dir / '.metadata'}: unreadable DCP metadata ({exc})") from exc
+        raise UserError(f"{checkpoint_dir / DCP_METADATA}: unreadable DCP metadata ({exc})") from exc
 
 
 def _load_flat(checkpoint_dir: Path, state: dict[str, Any]) -> dict[str, Any]:

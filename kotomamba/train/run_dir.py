@@ -29,6 +29,8 @@ from kotomamba.errors import UserError
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
 INTEGRITY = "integrity.json"
+# What DCP writes last into a checkpoint directory (its index of every shard): there, the write is complete.
+DCP_METADATA = ".metadata"
 SUPERSEDED_NOTE = "superseded.json"
 
 
@@ -141,9 +143,19 @@ def _pointer(checkpoints: Path) -> str | None:
 def read_latest(checkpoints: Path) -> Path | None:
     """The checkpoint named by ``checkpoints/latest``, or ``None`` when there is none."""
     name = _pointer(checkpoints)
-    if name is None or not STEP_DIR.match(name) or not (checkpoints / name / ".metadata").is_file():
+    if name is None or not STEP_DIR.match(name) or not (checkpoints / name / DCP_METADATA).is_file():
         return None
     return checkpoints / name
+
+
+def holds_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint directory (complete, or damaged with its ``integrity.json``)."""
+    return (path / DCP_METADATA).is_file() or (path / INTEGRITY).is_file()
+
+
+def is_run_or_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a kotomamba checkpoint directory or a run directory with ``checkpoints/latest``."""
+    return holds_checkpoint(path) or RunDir(path).latest.is_file()
 
 
 @dataclass(frozen=True)
@@ -161,7 +173,7 @@ def locate_checkpoint(path: str | os.PathLike) -> CheckpointLocation:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: checkpoint not found (expected a run directory or a checkpoint directory)")
-    if (path / ".metadata").is_file() or (path / INTEGRITY).is_file():
+    if holds_checkpoint(path):
         return CheckpointLocation(path, run_dir_of(path))
     for checkpoints in (RunDir(path).checkpoints, path):
         name = _pointer(checkpoints)
@@ -180,7 +192,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
         found = locate_checkpoint(path).checkpoint_dir
     except UserError:
         return None
-    return found if (found / ".metadata").is_file() else None
+    return found if (found / DCP_METADATA).is_file() else None
 
 
 def model_config_file(directory: str | os.PathLike) -> Path:
