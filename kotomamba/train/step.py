@@ -29,6 +29,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
+
 # What a step did: the optimizer stepped, or why not.
 DONE, OVERFLOW, NONFINITE, RANGE = "done", "overflow", "nonfinite", "range"
 
@@ -114,8 +116,6 @@ class TrainStep:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, accumulation: int,
                  grad_clip: float | None, loss_scale=None, graphed: bool = False,
                  all_reduce_last_micro_only: bool = False, stats_group=None):
-        from kotomamba.train.cuda_graph import GraphedMicroStep
-
         self.model, self.optimizer, self.accumulation = model, optimizer, accumulation
         self.grad_clip, self.loss_scale = grad_clip, loss_scale
         self.all_reduce_last_micro_only = all_reduce_last_micro_only
@@ -137,8 +137,6 @@ class TrainStep:
     def __call__(self, batches: Iterator[dict], log_stats: bool = False) -> StepOutcome:
         """Run one step on the next ``accumulation`` micro-batches of ``batches``. ``log_stats``: add the
         optimizer statistics (update/weight ratios, moment norms; a collective) to the record."""
-        from kotomamba.train.cuda_graph import micro_step
-
         device = _local(self.params[0]).device
         world = dist.get_world_size()
         scale = self.loss_scale.scale if self.loss_scale is not None else 1.0
