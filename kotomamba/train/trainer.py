@@ -3,8 +3,7 @@
 One optimizer step consumes ``global_batch_size`` consecutive samples of the (fixed, global) sample
 order, split over ranks and micro-batches by ``MicroBatchSampler``; each micro-batch loss is divided
 by the number of accumulation steps and FSDP (or the replicas' all-reduce, ``grad_sync``) averages over
-ranks, so the gradient is the mean over
-the global batch whatever the world size. Exit codes: 0 done (or segment done), 1 aborted after too
+ranks, so the gradient is the mean over the global batch whatever the world size. Exit codes: 0 done (or segment done), 1 aborted after too
 many non-finite steps (a checkpoint is written first), 75 checkpointed on SIGTERM / SIGUSR1 or the
 wall-time budget: requeue.
 """
