@@ -79,6 +79,7 @@ class OptimizerStats:
     Call :meth:`before_step` (snapshots the local shards) and :meth:`after_step` around
     ``optimizer.step()`` on log steps only; the sums of squares of all groups are reduced in one
     collective over the shard group, so the figures describe the whole model, not rank 0's shard.
+    ``shard_group`` ``None``: every rank holds the whole model (one process, replicas), nothing to reduce.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, shard_group):
@@ -107,9 +108,10 @@ class OptimizerStats:
             sums.append(torch.stack([weight, update, m1, m2]))
         self._before = None
         total = torch.stack(sums)
-        device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
-        total = total.to(device)
-        dist.all_reduce(total, group=self.group)
+        if self.group is not None:
+            device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+            total = total.to(device)
+            dist.all_reduce(total, group=self.group)
         stats = {}
         for group, (weight, update, m1, m2) in zip(self.optimizer.param_groups, total.cpu().tolist()):
             name = group.get("group", "params")

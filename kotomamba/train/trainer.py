@@ -1,9 +1,9 @@
-"""The training loop: FSDP2 model, AdamW, schedule, accumulation, clipping, eval, checkpoints, signals.
+"""The training loop: FSDP2 or replicated model, AdamW, schedule, accumulation, clipping, eval, checkpoints, signals.
 
 One optimizer step consumes ``global_batch_size`` consecutive samples of the (fixed, global) sample
 order, split over ranks and micro-batches by ``MicroBatchSampler``; each micro-batch loss is divided
-by the number of accumulation steps and FSDP averages over ranks, so the gradient is the mean over
-the global batch whatever the world size. Exit codes: 0 done (or segment done), 1 aborted after too
+by the number of accumulation steps and FSDP (or the replicas' all-reduce, ``grad_sync``) averages over
+ranks, so the gradient is the mean over the global batch whatever the world size. Exit codes: 0 done (or segment done), 1 aborted after too
 many non-finite steps (a checkpoint is written first), 75 checkpointed on SIGTERM / SIGUSR1 or the
 wall-time budget: requeue.
 """
@@ -31,7 +31,8 @@ from kotomamba.train.loss_scale import LossScale
 from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats,
                                      unscale_and_clip_)
 from kotomamba.train.optim import build_optimizer
-from kotomamba.train.parallelize import check_sharding, parallelize, resolve_precision
+from kotomamba.train.parallelize import (check_sharding, choose_data_parallel, gradient_sync, parallelize,
+                                         resolve_precision)
 from kotomamba.train.run_dir import RunDir
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
@@ -82,8 +83,10 @@ class Trainer:
         self.accum = accumulation_steps(config.train, self.world)
         # What the world size makes impossible is refused before the run directory changes.
         check_sharding(self.device.type, self.world)
-        # Graphed or eager, decided once (and ``parallel.cuda_graph: true`` refused where it cannot run).
-        self.step_choice = choose_step(config, self.device.type, self.world)
+        # Graphed or eager (and ``parallel.cuda_graph: true`` refused where it cannot run): what the config
+        # settles is checked now; under ``parallel.data_parallel: auto`` the model's size settles the rest.
+        self.step_choice = choose_step(config, self.device.type, self.world,
+                                       replicated=config.parallel.data_parallel != "fsdp")
         parallel = config.parallel
         self.mesh = build_mesh(self.device.type, self.world, parallel.strategy, parallel.hybrid_shard_size)
         self.shard_group = self.mesh["shard"].get_group() if parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
@@ -174,9 +177,17 @@ class Trainer:
         self.model_config = MambaConfig.from_dict(holder[0])
         master = torch.bfloat16 if c.optim.master_dtype == "bf16" else torch.float32
         model = MambaLM(self.model_config, device="meta", dtype=master)
+        memory = torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda" else None
+        self.data_parallel = choose_data_parallel(c.parallel.data_parallel, self.world, self.device.type,
+                                                  sum(p.numel() for p in model.parameters()), c.optim.master_dtype,
+                                                  memory)
+        replicated = self.data_parallel.kind == "replicate"
+        self.step_choice = choose_step(c, self.device.type, self.world, replicated=replicated)
+        if replicated:
+            self.shard_group = None  # every rank holds all of the weights: optimizer statistics need no reduction
         precision = "fp32" if master != torch.float32 else self.precision
         parallelize(model, self.mesh, c.parallel.strategy, precision, c.parallel.activation_checkpointing,
-                    c.parallel.activation_checkpointing_interval, c.parallel.compile)
+                    c.parallel.activation_checkpointing_interval, c.parallel.compile, replicate=replicated)
         model.to_empty(device=self.device)
         if self.resume_from is None:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -196,6 +207,8 @@ class Trainer:
         if self.precision == "fp16" and master == torch.float32:
             self.loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
         self.graphed = GraphedMicroStep(self.model, self.params, 1.0 / self.accum) if self.step_choice.graphed else None
+        self.grad_sync = gradient_sync(model, self.params, self.data_parallel, c.parallel.strategy,
+                                       graphed=self.graphed is not None)
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
@@ -264,7 +277,7 @@ class Trainer:
             inputs, data_bin_bytes={f"{p}.bin": Path(f"{p}.bin").stat().st_size for p in prefixes},
             world_size=self.world, launcher=self.launch.launcher, seed=c.seed, precision=self.precision,
             device=self.device_name, resumed_from=str(self.resume_from) if self.resume_from else None,
-            train_step="cuda_graph" if self.step_choice.graphed else "eager",
+            train_step="cuda_graph" if self.step_choice.graphed else "eager", data_parallel=self.data_parallel.kind,
         ))
 
     # ------------------------------------------------------------------------------------ loop
@@ -327,6 +340,7 @@ class Trainer:
             self._load(self.resume_from)
         if self.rank == 0:
             self._write_run_record()
+            print(f"kotomamba train: {self.data_parallel.log_line()}", flush=True)
             print(f"kotomamba train: {self.step_choice.log_line()}", flush=True)
         sink = self._sink() if self.rank == 0 else None
         if self.rank == 0:
@@ -458,17 +472,16 @@ class Trainer:
             self.skipped_range += 1
             return {"skipped": "range"}
         scale = self.loss_scale.scale if self.loss_scale is not None else 1.0
-        hybrid = self.config.parallel.strategy == "HYBRID_SHARD"
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         for micro in range(self.accum):
-            if hybrid and self.world > 1:
-                self.model.set_requires_all_reduce(micro == self.accum - 1)
+            self.grad_sync.begin_micro_step(micro == self.accum - 1)
             tokens, seq_idx = self._on_device(next(batches))
             if self.graphed is not None:
                 loss = self.graphed(tokens, seq_idx)
             else:
                 loss = micro_step(self.model, tokens, seq_idx, scale / self.accum)
             loss_sum += loss.float()
+        self.grad_sync.finish()
         dist.all_reduce(loss_sum)
         norm = global_grad_norm(self.params) / scale
         # One transfer to the host per step for both values (the skip decisions below need them there).
@@ -500,8 +513,9 @@ class Trainer:
         return record
 
     def _zero_grad(self) -> None:
-        # A captured backward adds into the gradients' own memory: zero them there instead of dropping them.
-        self.optimizer.zero_grad(set_to_none=self.graphed is None)
+        # A captured backward adds into the gradients' own memory, and replicas' gradients are views into
+        # the all-reduce buckets: zero them there instead of dropping them.
+        self.optimizer.zero_grad(set_to_none=self.graphed is None and not self.grad_sync.keeps_grads)
 
     def _sink(self) -> MetricsSink:
         from kotomamba.train.trackers import TensorBoardTracker, WandbTracker
