@@ -6,10 +6,9 @@ An input is named one of three ways:
 - ``http(s)://`` URLs of its files, each optionally pinned as ``URL#sha256=<hex>`` (or
   ``{"url": ..., "sha256": ...}``): fetched, resumed and verified by ``kotomamba.data.download``;
 - a Hugging Face hub id with a pinned revision, ``org/name@revision`` (a commit hash keeps the
-  files fixed): the repository's files at that revision, from the hub's ``resolve`` URLs
-  ``<endpoint>/<org>/<name>/resolve/<revision>/<file>``. The endpoint is ``HF_ENDPOINT`` when set
-  (the variable Hugging Face's own tools read: mirrors, or a server on loopback in tests), else
-  https://huggingface.co.
+  files fixed): the repository's files at that revision, from the hub's ``resolve`` URLs at the
+  endpoint ``HF_ENDPOINT`` names (:mod:`kotomamba.data.hub`, which also names single hub files
+  ``hf://org/name@revision/path``, the form the pipeline's configs use).
 
 Which hub files: a tokenizer is ``tokenizer.json`` (with ``tokenizer_config.json`` and
 ``special_tokens_map.json`` where the repository has them) or a SentencePiece ``tokenizer.model``;
