@@ -64,10 +64,12 @@ def _ssd_fwd_kernel(
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_y_b, stride_y_l, stride_y_h, stride_y_p,
-    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_SCRATCH: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, STATES_ONLY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
-    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix)."""
+    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix). With
+    ``STATES_ONLY`` (the backward's rerun) it stores each block's entering state to scratch
+    [b, h, blocks, P, N] instead of y."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -94,24 +96,25 @@ def _ssd_fwd_kernel(
     for c in range(0, n_blocks):
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
-        if WRITE_SCRATCH:
+        if STATES_ONLY:
             tl.store(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets,
                      state.to(scratch_ptr.dtype.element_ty))
         x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
         Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
-        keep = causal & (doc[:, None] == doc[None, :])
-        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
-        scores = tl.dot(Cm, tl.trans(Bm)) * decay * dt[None, :]
-        y = tl.dot(scores.to(x.dtype), x)
-        # The entering state, to the positions of its own document.
-        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
-        y += tl.dot(Cm, tl.trans(state).to(Cm.dtype)) * from_start[:, None]
-        if HAS_D:
-            y += Dh * x.to(tl.float32)
-        tl.store(y_base + t[:, None] * stride_y_l + p[None, :] * stride_y_p, y.to(y_ptr.dtype.element_ty),
-                 mask=valid[:, None])
+        if not STATES_ONLY:
+            # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
+            keep = causal & (doc[:, None] == doc[None, :])
+            decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
+            scores = tl.dot(Cm, tl.trans(Bm)) * decay * dt[None, :]
+            y = tl.dot(scores.to(x.dtype), x)
+            # The entering state, to the positions of its own document.
+            from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
+            y += tl.dot(Cm, tl.trans(state).to(Cm.dtype)) * from_start[:, None]
+            if HAS_D:
+                y += Dh * x.to(tl.float32)
+            tl.store(y_base + t[:, None] * stride_y_l + p[None, :] * stride_y_p, y.to(y_ptr.dtype.element_ty),
+                     mask=valid[:, None])
         # The state after the block: the entering one survives only if the block ends in its document.
         a_last = tl.sum(tl.where(tl.arange(0, BLOCK_T) == BLOCK_T - 1, a, 0.0), axis=0)
         to_end = tl.where(doc == doc_last, tl.exp(a_last - a) * dt, 0.0)
@@ -119,6 +122,75 @@ def _ssd_fwd_kernel(
         xw = (x.to(tl.float32) * to_end[:, None]).to(Bm.dtype)
         state = state * survive + tl.dot(tl.trans(xw), Bm)
     tl.store(final_ptr + bh * P * N + state_offsets, state)
+
+
+@triton.jit
+def _block_bwd(
+    c, L, A, Dh, state, dstate, p, n,
+    x_base, dt_base, B_base, C_base, dy_base, seq_base, dx_base, da_base, ddt_x_base, dB_base, dC_base,
+    stride_x_l, stride_x_p, stride_dt_l, stride_B_l, stride_B_n, stride_C_l, stride_C_n, stride_seq_l,
+    stride_dy_l, stride_dy_p, stride_dx_l, stride_da_l, stride_dBC_l,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, CARRY: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """The gradients of block ``c`` for this program's columns ``p``, from the state entering the block
+    (``state`` [BLOCK_P, N]) and the gradient of the state leaving it (``dstate`` [BLOCK_P, N] float32):
+    stores dx, the decay share ``da`` and ``sum_p d(dt x)_p x_p`` at the block's positions, adds dB
+    and dC atomically. Returns this block's share of dD and, with ``CARRY``, the gradient of the state
+    entering the block (without, ``dstate`` unchanged)."""
+    t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
+        c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+    rows = tl.arange(0, BLOCK_T)
+    causal = rows[:, None] >= rows[None, :]
+    x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
+    dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+    Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+    Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+    xf = x.to(tl.float32)
+    dyf = dy.to(tl.float32)
+    u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
+    # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
+    # the gradient of that decay must land on a position whose da is kept.
+    is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
+    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+    keep = causal & (doc[:, None] == doc[None, :])
+    decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
+    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
+    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+
+    cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
+    gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
+    dstate_lp = dstate.to(x.dtype)
+    # d(dt_s x_s): inside the block and through the leaving state.
+    du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy)
+    du += tl.dot(Bm, tl.trans(dstate_lp)) * to_end[:, None]
+    # dB_s and dC_t, inside the block and through the states.
+    u_ds = tl.dot(u, dstate_lp)  # [s, N]: u_s^T dstate
+    dB = tl.dot(tl.trans(gm.to(Cm.dtype)), Cm) + u_ds * to_end[:, None]
+    dy_s = tl.dot(dy, state.to(x.dtype))  # [t, N]: dy_t^T state
+    dC = tl.dot(gm.to(Bm.dtype), Bm) + dy_s * from_start[:, None]
+    # This program's columns' share of the gradient of the within-block cumulative decay a.
+    w = gm * cb
+    da = tl.sum(w, axis=1) - tl.sum(w, axis=0)
+    da += tl.sum(Cm.to(tl.float32) * dy_s, axis=1) * from_start
+    v = tl.sum(Bm.to(tl.float32) * u_ds, axis=1) * to_end
+    da -= v
+    da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(tl.sum(dstate * state, axis=1), axis=0), 0.0)
+    dx = du * dt[:, None]
+    dD = tl.zeros((), tl.float32)
+    if HAS_D:
+        dx += Dh * dyf
+        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
+    tl.store(dx_base + t[:, None] * stride_dx_l + p[None, :], dx, mask=valid[:, None])
+    tl.store(da_base + t * stride_da_l, da, mask=valid)
+    tl.store(ddt_x_base + t * stride_da_l, tl.sum(du * xf, axis=1), mask=valid)
+    tl.atomic_add(dB_base + t[:, None] * stride_dBC_l + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+    tl.atomic_add(dC_base + t[:, None] * stride_dBC_l + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+    if CARRY:
+        # The state entering this block: through the survival decay and the block's outputs.
+        dy_in = (dyf * from_start[:, None]).to(Cm.dtype)
+        dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
+    return dD, dstate
 
 
 @triton.jit
@@ -135,7 +207,8 @@ def _ssd_bwd_kernel(
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
-    """Program (b, h, j) takes columns j * BLOCK_P ... of head h. Writes dx [b, L, h, P] float32 (its
+    """The walking backward. Program (b, h, j) takes columns j * BLOCK_P ... of head h and walks
+    the blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] float32 (its
     columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
     columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
     [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
@@ -147,87 +220,137 @@ def _ssd_bwd_kernel(
     n_pblocks = tl.num_programs(2)
     g = pid_h // heads_per_group
     bh = pid_b * nheads + pid_h
-    x_base = x_ptr + pid_b * stride_x_b + pid_h * stride_x_h
-    dt_base = dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h
-    B_base = B_ptr + pid_b * stride_B_b + g * stride_B_g
-    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
-    dy_base = dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h
-    seq_base = seq_ptr + pid_b * stride_seq_b
     # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], [b, L, g, N].
     ngroups = nheads // heads_per_group
-    dx_base = dx_ptr + (pid_b * L * nheads + pid_h) * P
-    da_base = da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
-    ddt_x_base = ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
-    dB_base = dB_ptr + (pid_b * L * ngroups + g) * N
-    dC_base = dC_ptr + (pid_b * L * ngroups + g) * N
     A = tl.load(A_ptr + pid_h).to(tl.float32)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, N)
     state_offsets = p[:, None] * N + n[None, :]
-    if HAS_D:
-        Dh = tl.load(D_ptr + pid_h).to(tl.float32)
+    Dh = tl.load(D_ptr + pid_h).to(tl.float32) if HAS_D else 0.0
+    if HAS_DFINAL:
+        dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
+    else:
+        dstate = tl.zeros((BLOCK_P, N), tl.float32)
+    dD_acc = tl.zeros((), tl.float32)
+    n_blocks = tl.cdiv(L, BLOCK_T)
+    for i in range(0, n_blocks):
+        c = n_blocks - 1 - i
+        state = tl.load(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets).to(tl.float32)
+        dD, dstate = _block_bwd(
+            c, L, A, Dh, state, dstate, p, n,
+            x_ptr + pid_b * stride_x_b + pid_h * stride_x_h, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h,
+            B_ptr + pid_b * stride_B_b + g * stride_B_g, C_ptr + pid_b * stride_C_b + g * stride_C_g,
+            dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h, seq_ptr + pid_b * stride_seq_b,
+            dx_ptr + (pid_b * L * nheads + pid_h) * P, da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p,
+            ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p, dB_ptr + (pid_b * L * ngroups + g) * N,
+            dC_ptr + (pid_b * L * ngroups + g) * N,
+            stride_x_l, stride_x_p, stride_dt_l, stride_B_l, stride_B_n, stride_C_l, stride_C_n, stride_seq_l,
+            stride_dy_l, stride_dy_p, nheads * P, nheads * n_pblocks, ngroups * N,
+            HAS_D, HAS_SEQ, True, BLOCK_T)
+        dD_acc += dD
+    tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
+    tl.store(dD_ptr + bh * n_pblocks + pid_p, dD_acc)
+
+
+@triton.jit
+def _ssd_bwd_dstates_kernel(
+    dt_ptr, A_ptr, C_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr,
+    L, heads_per_group,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The split backward's sequential part. Program (b, h, j) walks the blocks of head h in reverse
+    carrying rows j * BLOCK_P ... of the state's gradient, and stores, for every block c, the gradient
+    of the state leaving it in dstates [b, h, blocks, P, N] (before adding the block's own terms), and
+    the gradient of the initial state in dinit [b, h, P, N] float32. Per block only one product:
+    ``dS_in = survive * dS_out + (from_start * dy)^T C``."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1).to(tl.int64)
+    nheads = tl.num_programs(1)
+    g = pid_h // heads_per_group
+    bh = pid_b * nheads + pid_h
+    dt_base = dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h
+    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
+    dy_base = dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h
+    seq_base = seq_ptr + pid_b * stride_seq_b
+    A = tl.load(A_ptr + pid_h).to(tl.float32)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, N)
+    state_offsets = p[:, None] * N + n[None, :]
     if HAS_DFINAL:
         dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
     rows = tl.arange(0, BLOCK_T)
-    causal = rows[:, None] >= rows[None, :]
-    dD_acc = tl.zeros((), tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, n_blocks):
         c = n_blocks - 1 - i
+        tl.store(dstates_ptr + (bh * n_blocks + c) * P * N + state_offsets,
+                 dstate.to(dstates_ptr.dtype.element_ty))
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
-        state = tl.load(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets).to(tl.float32)
-        x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
-        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        xf = x.to(tl.float32)
-        dyf = dy.to(tl.float32)
-        u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
-        # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
-        # the gradient of that decay must land on a position whose da is kept.
-        is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
-        a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-        keep = causal & (doc[:, None] == doc[None, :])
-        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
-        to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
+        a_last = tl.sum(tl.where(rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T), a, 0.0), axis=0)
+        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
         survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
-
-        cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
-        gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
-        dstate_lp = dstate.to(x.dtype)
-        # d(dt_s x_s): inside the block and through the leaving state.
-        du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy)
-        du += tl.dot(Bm, tl.trans(dstate_lp)) * to_end[:, None]
-        # dB_s and dC_t, inside the block and through the states.
-        u_ds = tl.dot(u, dstate_lp)  # [s, N]: u_s^T dstate
-        dB = tl.dot(tl.trans(gm.to(Cm.dtype)), Cm) + u_ds * to_end[:, None]
-        dy_s = tl.dot(dy, state.to(x.dtype))  # [t, N]: dy_t^T state
-        dC = tl.dot(gm.to(Bm.dtype), Bm) + dy_s * from_start[:, None]
-        # This program's columns' share of the gradient of the within-block cumulative decay a.
-        w = gm * cb
-        da = tl.sum(w, axis=1) - tl.sum(w, axis=0)
-        da += tl.sum(Cm.to(tl.float32) * dy_s, axis=1) * from_start
-        v = tl.sum(Bm.to(tl.float32) * u_ds, axis=1) * to_end
-        da -= v
-        da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(tl.sum(dstate * state, axis=1), axis=0), 0.0)
-        dx = du * dt[:, None]
-        if HAS_D:
-            dx += Dh * dyf
-            dD_acc += tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx, mask=valid[:, None])
-        tl.store(da_base + t * nheads * n_pblocks, da, mask=valid)
-        tl.store(ddt_x_base + t * nheads * n_pblocks, tl.sum(du * xf, axis=1), mask=valid)
-        tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
-        tl.atomic_add(dC_base + t[:, None] * ngroups * N + n[None, :], dC, mask=valid[:, None], sem="relaxed")
-        # The state entering this block: through the survival decay and the block's outputs.
-        dy_in = (dyf * from_start[:, None]).to(Cm.dtype)
+        dy_in = (dy.to(tl.float32) * from_start[:, None]).to(Cm.dtype)
         dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
     tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
-    tl.store(dD_ptr + bh * n_pblocks + pid_p, dD_acc)
+
+
+@triton.jit
+def _ssd_bwd_blocks_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr,
+    dx_ptr, da_ptr, ddt_x_ptr, dB_ptr, dC_ptr, dD_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
+    h, columns j * BLOCK_P ..., with the block's entering state (states [b, h, blocks, P, N]) and the
+    gradient of its leaving state (dstates, same shape), and writes what one step of
+    :func:`_ssd_bwd_kernel` writes: dx, da, ddt_x at the block's positions, dB and dC added
+    atomically, and its sum of dy * x to dD [b, h, blocks * P // BLOCK_P]."""
+    pid_j = tl.program_id(0)
+    pid_h = tl.program_id(1).to(tl.int64)
+    pid_b = tl.program_id(2).to(tl.int64)
+    nheads = tl.num_programs(1)
+    n_pblocks: tl.constexpr = P // BLOCK_P
+    c = pid_j // n_pblocks
+    pid_p = pid_j % n_pblocks
+    g = pid_h // heads_per_group
+    bh = pid_b * nheads + pid_h
+    ngroups = nheads // heads_per_group
+    A = tl.load(A_ptr + pid_h).to(tl.float32)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, N)
+    state_offsets = (bh * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
+    Dh = tl.load(D_ptr + pid_h).to(tl.float32) if HAS_D else 0.0
+    state = tl.load(states_ptr + state_offsets).to(tl.float32)
+    dstate = tl.load(dstates_ptr + state_offsets).to(tl.float32)
+    dD, dstate = _block_bwd(
+        c, L, A, Dh, state, dstate, p, n,
+        x_ptr + pid_b * stride_x_b + pid_h * stride_x_h, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h,
+        B_ptr + pid_b * stride_B_b + g * stride_B_g, C_ptr + pid_b * stride_C_b + g * stride_C_g,
+        dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h, seq_ptr + pid_b * stride_seq_b,
+        dx_ptr + (pid_b * L * nheads + pid_h) * P, da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p,
+        ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p, dB_ptr + (pid_b * L * ngroups + g) * N,
+        dC_ptr + (pid_b * L * ngroups + g) * N,
+        stride_x_l, stride_x_p, stride_dt_l, stride_B_l, stride_B_n, stride_C_l, stride_C_n, stride_seq_l,
+        stride_dy_l, stride_dy_p, nheads * P, nheads * n_pblocks, ngroups * N,
+        HAS_D, HAS_SEQ, False, BLOCK_T)
+    tl.store(dD_ptr + bh * tl.num_programs(0) + pid_j, dD)
 
 
 def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
@@ -238,16 +361,18 @@ def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
     return cfg[0], cfg[1], launch
 
 
-def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
+def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, states_only: bool):
+    """y [b, L, h, P] in x's dtype (None with ``states_only``), the final state [b, h, P, N] float32, and
+    with ``states_only`` the state entering every block, [b, h, blocks, P, N] in x's dtype."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     block_t, block_p, launch = _blocking(cfg)
-    y = torch.empty_like(x)
+    y = x if states_only else torch.empty_like(x)  # unwritten with states_only
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     n_blocks = triton.cdiv(seqlen, block_t)
     # The states feed the backward's matrix products in x's dtype, so they are kept in it.
     states = (torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device, dtype=x.dtype)
-              if scratch else final)
+              if states_only else final)
     seq = seq_idx if seq_idx is not None else dt  # any pointer: unread without seq_idx
     _ssd_fwd_kernel[(batch, nheads, headdim // block_p)](
         x, dt, A, B, C, D if D is not None else A, seq,
@@ -256,35 +381,16 @@ def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         *(seq_idx.stride() if seq_idx is not None else (0, 0)), *y.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
-        WRITE_SCRATCH=scratch, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+        STATES_ONLY=states_only, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
     )
-    return y, final, states
+    return (None if states_only else y), final, states
 
 
-def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
-    batch, seqlen, nheads, headdim = x.shape
-    ngroups, dstate = B.shape[2], B.shape[3]
-    block_t, block_p, launch = _blocking(cfg)
-    n_pblocks = headdim // block_p
-    f32 = dict(device=x.device, dtype=torch.float32)
-    dx = torch.empty(batch, seqlen, nheads, headdim, **f32)
-    da = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
-    ddt_x = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
-    dB = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
-    dC = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
-    dD = torch.empty(batch, nheads, n_pblocks, **f32)
-    dinit = torch.empty(batch, nheads, headdim, dstate, **f32)
-    seq = seq_idx if seq_idx is not None else dt
-    _ssd_bwd_kernel[(batch, nheads, n_pblocks)](
-        x, dt, A, B, C, D if D is not None else A, seq, dy, dfinal if dfinal is not None else dinit, states,
-        dx, da, ddt_x, dB, dC, dD, dinit,
-        seqlen, nheads // ngroups,
-        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
-        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
-        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
-        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
-    )
-    # d(dt_t A) is the reverse cumulative sum of da over the rest of t's block.
+def _grads(x, dt, A, B, C, da, ddt_x, dx, dB, dC, dD, dinit, block_t):
+    """The op's gradients from a backward launch's outputs (``da``, ``ddt_x`` [b, L, h, shares] and
+    ``dD`` [b, h, shares] hold one share per column block, or per block and column block): d(dt_t A)
+    is the reverse cumulative sum of ``da`` over the rest of t's block of ``block_t`` positions."""
+    batch, seqlen, nheads, _ = x.shape
     pad = (-seqlen) % block_t
     da = torch.nn.functional.pad(da.sum(-1), (0, 0, 0, pad)).view(batch, -1, block_t, nheads)
     d_dA = da.flip(2).cumsum(2).flip(2).view(batch, -1, nheads)[:, :seqlen]
@@ -292,25 +398,96 @@ def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
     return (dx.to(x.dtype), ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
 
 
+def _grad_buffers(x, B, shares: int, dD_shares: int) -> dict:
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    f32 = dict(device=x.device, dtype=torch.float32)
+    return {"dx": torch.empty(batch, seqlen, nheads, headdim, **f32),
+            "da": torch.empty(batch, seqlen, nheads, shares, **f32),
+            "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
+            "dB": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
+            "dC": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
+            "dD": torch.empty(batch, nheads, dD_shares, **f32),
+            "dinit": torch.empty(batch, nheads, headdim, dstate, **f32)}
+
+
+def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
+    """The walking backward: a states-keeping rerun of the forward, then one reverse launch."""
+    _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, True)
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    block_t, block_p, launch = _blocking(cfg)
+    n_pblocks = headdim // block_p
+    out = _grad_buffers(x, B, n_pblocks, n_pblocks)
+    seq = seq_idx if seq_idx is not None else dt
+    _ssd_bwd_kernel[(batch, nheads, n_pblocks)](
+        x, dt, A, B, C, D if D is not None else A, seq, dy, dfinal if dfinal is not None else out["dinit"], states,
+        out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"], out["dinit"],
+        seqlen, nheads // ngroups,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
+        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+    )
+    return _grads(x, dt, A, B, C, block_t=block_t, **out)
+
+
+def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
+    """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward and
+    the sequential state-gradient launch, then one launch over all (block, column block, head, batch)."""
+    block_t, block_p, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates = cfg
+    _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps), True)
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
+    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks)
+    dstates = torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device,
+                          dtype=torch.float32 if fp32_dstates else x.dtype)
+    seq = seq_idx if seq_idx is not None else dt
+    seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
+    _ssd_bwd_dstates_kernel[(batch, nheads, headdim // seq_p)](
+        dt, A, C, seq, dy, dfinal if dfinal is not None else out["dinit"], dstates, out["dinit"],
+        seqlen, nheads // ngroups, *dt.stride(), *C.stride(), *seq_strides, *dy.stride(),
+        HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
+        BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
+    )
+    _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks, nheads, batch)](
+        x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
+        out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
+        seqlen, nheads // ngroups,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None,
+        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, num_warps=warps,
+    )
+    return _grads(x, dt, A, B, C, block_t=block_t, **out)
+
+
 class _SSDScan(torch.autograd.Function):
     """(x, dt processed, A, B, C, D, initial_states, seq_idx) -> (y, final_state); see the module."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg):
+    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg, split_cfg):
         y, final, _ = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, False)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx)
-        ctx.bwd_cfg = bwd_cfg
+        ctx.bwd_cfg, ctx.split_cfg = bwd_cfg, split_cfg
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, initial_states, seq_idx = ctx.saved_tensors
-        # The entering state of every block, recomputed: held only for the length of this backward.
-        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, ctx.bwd_cfg, True)
-        dx, ddt, dA, dB, dC, dD, dinit = _bwd(
-            x, dt, A, B, C, D, seq_idx, states, dy.contiguous(), dfinal, ctx.bwd_cfg)
+        if ctx.split_cfg is not None:
+            grads = _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.split_cfg)
+        else:
+            grads = _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.bwd_cfg)
+        dx, ddt, dA, dB, dC, dD, dinit = grads
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, None if D is None else dD.to(D.dtype),
-                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None)
+                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None, None)
+
+
+# The split backward's blocking: positions per block; head-dim columns per program and warps of the
+# parallel launch; of the sequential state-gradient launch; of the states-keeping rerun of the forward;
+# 1 to keep the per-block state gradients in float32 (0: in x's dtype).
+SPLIT_BWD_DEFAULT = (64, 64, 8, 64, 4, 64, 4, 0)
 
 
 def ssd_chunk_scan_triton(
@@ -328,6 +505,7 @@ def ssd_chunk_scan_triton(
     return_final_states: bool = False,
     fwd_config: tuple[int, ...] = (32, 64, 4),
     bwd_config: tuple[int, ...] = (16, 32, 4),
+    split_bwd_config: tuple[int, ...] | None = None,
 ):
     """The SSD scan through this module's kernels; arguments and results as
     :func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` (without ``chunk_size``: the blocking is internal).
@@ -335,8 +513,9 @@ def ssd_chunk_scan_triton(
     x: [b, L, h, p]; dt: [b, L, h]; A: [h]; B, C: [b, L, g, n]; D, dt_bias: [h]; initial_states:
     [b, h, p, n]; seq_idx: [b, L] int. p and n must be powers of two of at least 16.
     ``fwd_config`` / ``bwd_config``: (positions per block, head-dim columns per program, warps,
-    optionally a cap on registers per thread) of the forward and of the backward (whose recomputing
-    forward uses the backward's blocking).
+    optionally a cap on registers per thread) of the forward and of the walking backward (whose
+    recomputing forward uses the backward's blocking). ``split_bwd_config``: use the split backward
+    instead, with this blocking (``SPLIT_BWD_DEFAULT``'s fields; a shorter tuple takes the rest from it).
     Returns y [b, L, h, p] in x's dtype and, with ``return_final_states``, the final state
     [b, h, p, n] float32.
     """
@@ -344,11 +523,18 @@ def ssd_chunk_scan_triton(
     sizes = [("head dim", headdim), ("d_state", dstate)]
     for which, config in (("fwd", fwd_config), ("bwd", bwd_config)):
         sizes += [(f"{which} block_t", config[0]), (f"{which} block_p", min(config[1], headdim))]
+    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
+    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
+    if split_bwd_config is not None:
+        split = list(split_bwd_config) + list(SPLIT_BWD_DEFAULT[len(split_bwd_config):])
+        for i in (1, 3, 5):
+            split[i] = min(split[i], headdim)
+        sizes += [("split block_t", split[0]), ("split block_p", split[1]), ("split sequential block_p", split[3]),
+                  ("split rerun block_p", split[5])]
+        split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):
             raise ValueError(f"ssd_chunk_scan_triton needs a {name} that is a power of two >= 16, got {size}")
-    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
-    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()
@@ -360,5 +546,5 @@ def ssd_chunk_scan_triton(
         seq_idx = seq_idx.to(torch.int32)
     if initial_states is not None:
         initial_states = initial_states.contiguous()
-    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config)
+    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config, split_bwd_config)
     return (y, final) if return_final_states else y
