@@ -93,13 +93,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--variants", default="32.64.4-16.32.4,32.64.4-s64.64.8,32.64.4-s32.64.4",
+    parser.add_argument("--variants", default="32.64.4-16.32.4,32.64.4-s64.64.64.8,32.64.4-s64.64.32.8",
                         help="our kernels, comma-separated: forward then backward, each (positions per block, "
                              "head-dim columns per program, warps[, register cap]), e.g. 32.64.4-16.32.4; a "
                              "backward with the prefix s is the split backward, its fields those of "
-                             "kotomamba.ops.ssd_triton.SPLIT_BWD_DEFAULT (positions per block; columns and warps "
-                             "of the parallel launch, of the sequential one, of the rerun; 1 for float32 state "
-                             "gradients), missing ones from it, e.g. 32.64.4-s64.64.8.64.4.64.4.0")
+                             "kotomamba.ops.ssd_triton.SPLIT_BWD_DEFAULT (positions per block; head-dim columns, "
+                             "state columns at a time and warps of the parallel launch; columns and warps of the "
+                             "sequential one, of the rerun; 1 for float32 state gradients), missing ones from it, "
+                             "e.g. 32.64.4-s64.64.64.8.64.4.64.4.0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--doc-len", type=int, default=512, help="mean document length of the seq_idx runs")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")

@@ -85,13 +85,16 @@ CASES = {
     # Two programs per head, each with half of the head dim's columns; a register cap (no effect on CPU).
     "column-blocks": dict(seed=5, batch=2, seqlen=40, heads=2, groups=1, headdim=32, dstate=16,
                           config=(16, 16, 4, 168), cuts=[[7, 30], [16]]),
+    "wide-state": dict(seed=6, batch=2, seqlen=45, heads=2, groups=2, headdim=16, dstate=64, config=(16, 16, 4),
+                       cuts=[[12], [31, 32]]),
 }
 # Every case again through the split backward: blocks of 16, 32 and 64 positions (partial last blocks,
 # blocks longer than the forward's, a sequence of one block); one or two column blocks in the parallel
-# launch and, independently, in the sequential one and in the rerun; state gradients kept in float32
-# and in x's dtype.
-SPLIT = {"documents": (16, 16, 4, 16, 4, 16, 4), "one-document": (32, 16, 4, 16, 4, 16, 4, 1), "plain": (64,),
-         "strided-long-blocks": (32, 16, 4, 32, 4, 16, 4, 1), "column-blocks": (16, 16, 4, 32, 4, 16, 4)}
+# launch and, independently, in the sequential one and in the rerun; the state dimension in one to
+# four chunks; state gradients kept in float32 and in x's dtype. Fields as SPLIT_BWD_DEFAULT's.
+SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4), "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1),
+         "plain": (64, 16, 16), "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1),
+         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4), "wide-state": (32, 16, 16, 4, 16, 4, 16, 4)}
 
 
 def all_cases() -> dict:
@@ -141,7 +144,7 @@ def test_sizes_that_are_not_powers_of_two_are_refused(headdim, dstate, block_t, 
                               torch.randn(1, 8, 1, dstate), bwd_config=(block_t, block_p, 4))
 
 
-@pytest.mark.parametrize("split", [(8,), (32, 24), (32, 32, 4, 8), (32, 32, 4, 32, 4, 48)])
+@pytest.mark.parametrize("split", [(8,), (32, 24), (32, 32, 8), (32, 32, 16, 4, 8), (32, 32, 16, 4, 32, 4, 48)])
 def test_split_backward_sizes_that_are_not_powers_of_two_are_refused(split):
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
 

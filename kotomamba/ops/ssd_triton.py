@@ -125,75 +125,6 @@ def _ssd_fwd_kernel(
 
 
 @triton.jit
-def _block_bwd(
-    c, L, A, Dh, state, dstate, p, n,
-    x_base, dt_base, B_base, C_base, dy_base, seq_base, dx_base, da_base, ddt_x_base, dB_base, dC_base,
-    stride_x_l, stride_x_p, stride_dt_l, stride_B_l, stride_B_n, stride_C_l, stride_C_n, stride_seq_l,
-    stride_dy_l, stride_dy_p, stride_dx_l, stride_da_l, stride_dBC_l,
-    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, CARRY: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    """The gradients of block ``c`` for this program's columns ``p``, from the state entering the block
-    (``state`` [BLOCK_P, N]) and the gradient of the state leaving it (``dstate`` [BLOCK_P, N] float32):
-    stores dx, the decay share ``da`` and ``sum_p d(dt x)_p x_p`` at the block's positions, adds dB
-    and dC atomically. Returns this block's share of dD and, with ``CARRY``, the gradient of the state
-    entering the block (without, ``dstate`` unchanged)."""
-    t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
-        c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
-    rows = tl.arange(0, BLOCK_T)
-    causal = rows[:, None] >= rows[None, :]
-    x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
-    dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
-    Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
-    Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-    xf = x.to(tl.float32)
-    dyf = dy.to(tl.float32)
-    u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
-    # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
-    # the gradient of that decay must land on a position whose da is kept.
-    is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
-    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-    keep = causal & (doc[:, None] == doc[None, :])
-    decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
-    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
-    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
-
-    cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
-    gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
-    dstate_lp = dstate.to(x.dtype)
-    # d(dt_s x_s): inside the block and through the leaving state.
-    du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy)
-    du += tl.dot(Bm, tl.trans(dstate_lp)) * to_end[:, None]
-    # dB_s and dC_t, inside the block and through the states.
-    u_ds = tl.dot(u, dstate_lp)  # [s, N]: u_s^T dstate
-    dB = tl.dot(tl.trans(gm.to(Cm.dtype)), Cm) + u_ds * to_end[:, None]
-    dy_s = tl.dot(dy, state.to(x.dtype))  # [t, N]: dy_t^T state
-    dC = tl.dot(gm.to(Bm.dtype), Bm) + dy_s * from_start[:, None]
-    # This program's columns' share of the gradient of the within-block cumulative decay a.
-    w = gm * cb
-    da = tl.sum(w, axis=1) - tl.sum(w, axis=0)
-    da += tl.sum(Cm.to(tl.float32) * dy_s, axis=1) * from_start
-    v = tl.sum(Bm.to(tl.float32) * u_ds, axis=1) * to_end
-    da -= v
-    da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(tl.sum(dstate * state, axis=1), axis=0), 0.0)
-    dx = du * dt[:, None]
-    dD = tl.zeros((), tl.float32)
-    if HAS_D:
-        dx += Dh * dyf
-        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-    tl.store(dx_base + t[:, None] * stride_dx_l + p[None, :], dx, mask=valid[:, None])
-    tl.store(da_base + t * stride_da_l, da, mask=valid)
-    tl.store(ddt_x_base + t * stride_da_l, tl.sum(du * xf, axis=1), mask=valid)
-    tl.atomic_add(dB_base + t[:, None] * stride_dBC_l + n[None, :], dB, mask=valid[:, None], sem="relaxed")
-    tl.atomic_add(dC_base + t[:, None] * stride_dBC_l + n[None, :], dC, mask=valid[:, None], sem="relaxed")
-    if CARRY:
-        # The state entering this block: through the survival decay and the block's outputs.
-        dy_in = (dyf * from_start[:, None]).to(Cm.dtype)
-        dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
-    return dD, dstate
-
-
-@triton.jit
 def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, dfinal_ptr, scratch_ptr,
     dx_ptr, da_ptr, ddt_x_ptr, dB_ptr, dC_ptr, dD_ptr, dinit_ptr,
@@ -207,8 +138,8 @@ def _ssd_bwd_kernel(
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
-    """The walking backward. Program (b, h, j) takes columns j * BLOCK_P ... of head h and walks
-    the blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] float32 (its
+    """The walking backward. Program (b, h, j) takes columns j * BLOCK_P ... of head h and walks the
+    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] float32 (its
     columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
     columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
     [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
@@ -220,34 +151,85 @@ def _ssd_bwd_kernel(
     n_pblocks = tl.num_programs(2)
     g = pid_h // heads_per_group
     bh = pid_b * nheads + pid_h
+    x_base = x_ptr + pid_b * stride_x_b + pid_h * stride_x_h
+    dt_base = dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h
+    B_base = B_ptr + pid_b * stride_B_b + g * stride_B_g
+    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
+    dy_base = dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h
+    seq_base = seq_ptr + pid_b * stride_seq_b
     # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], [b, L, g, N].
     ngroups = nheads // heads_per_group
+    dx_base = dx_ptr + (pid_b * L * nheads + pid_h) * P
+    da_base = da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
+    ddt_x_base = ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
+    dB_base = dB_ptr + (pid_b * L * ngroups + g) * N
+    dC_base = dC_ptr + (pid_b * L * ngroups + g) * N
     A = tl.load(A_ptr + pid_h).to(tl.float32)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, N)
     state_offsets = p[:, None] * N + n[None, :]
-    Dh = tl.load(D_ptr + pid_h).to(tl.float32) if HAS_D else 0.0
+    if HAS_D:
+        Dh = tl.load(D_ptr + pid_h).to(tl.float32)
     if HAS_DFINAL:
         dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
+    rows = tl.arange(0, BLOCK_T)
+    causal = rows[:, None] >= rows[None, :]
     dD_acc = tl.zeros((), tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, n_blocks):
         c = n_blocks - 1 - i
+        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
         state = tl.load(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets).to(tl.float32)
-        dD, dstate = _block_bwd(
-            c, L, A, Dh, state, dstate, p, n,
-            x_ptr + pid_b * stride_x_b + pid_h * stride_x_h, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h,
-            B_ptr + pid_b * stride_B_b + g * stride_B_g, C_ptr + pid_b * stride_C_b + g * stride_C_g,
-            dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h, seq_ptr + pid_b * stride_seq_b,
-            dx_ptr + (pid_b * L * nheads + pid_h) * P, da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p,
-            ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p, dB_ptr + (pid_b * L * ngroups + g) * N,
-            dC_ptr + (pid_b * L * ngroups + g) * N,
-            stride_x_l, stride_x_p, stride_dt_l, stride_B_l, stride_B_n, stride_C_l, stride_C_n, stride_seq_l,
-            stride_dy_l, stride_dy_p, nheads * P, nheads * n_pblocks, ngroups * N,
-            HAS_D, HAS_SEQ, True, BLOCK_T)
-        dD_acc += dD
+        x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
+        dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+        xf = x.to(tl.float32)
+        dyf = dy.to(tl.float32)
+        u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
+        # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
+        # the gradient of that decay must land on a position whose da is kept.
+        is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
+        a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+        keep = causal & (doc[:, None] == doc[None, :])
+        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
+        to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
+        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+
+        cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
+        gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
+        dstate_lp = dstate.to(x.dtype)
+        # d(dt_s x_s): inside the block and through the leaving state.
+        du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy)
+        du += tl.dot(Bm, tl.trans(dstate_lp)) * to_end[:, None]
+        # dB_s and dC_t, inside the block and through the states.
+        u_ds = tl.dot(u, dstate_lp)  # [s, N]: u_s^T dstate
+        dB = tl.dot(tl.trans(gm.to(Cm.dtype)), Cm) + u_ds * to_end[:, None]
+        dy_s = tl.dot(dy, state.to(x.dtype))  # [t, N]: dy_t^T state
+        dC = tl.dot(gm.to(Bm.dtype), Bm) + dy_s * from_start[:, None]
+        # This program's columns' share of the gradient of the within-block cumulative decay a.
+        w = gm * cb
+        da = tl.sum(w, axis=1) - tl.sum(w, axis=0)
+        da += tl.sum(Cm.to(tl.float32) * dy_s, axis=1) * from_start
+        v = tl.sum(Bm.to(tl.float32) * u_ds, axis=1) * to_end
+        da -= v
+        da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(tl.sum(dstate * state, axis=1), axis=0), 0.0)
+        dx = du * dt[:, None]
+        if HAS_D:
+            dx += Dh * dyf
+            dD_acc += tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
+        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx, mask=valid[:, None])
+        tl.store(da_base + t * nheads * n_pblocks, da, mask=valid)
+        tl.store(ddt_x_base + t * nheads * n_pblocks, tl.sum(du * xf, axis=1), mask=valid)
+        tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        tl.atomic_add(dC_base + t[:, None] * ngroups * N + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+        # The state entering this block: through the survival decay and the block's outputs.
+        dy_in = (dyf * from_start[:, None]).to(Cm.dtype)
+        dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
     tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
     tl.store(dD_ptr + bh * n_pblocks + pid_p, dD_acc)
 
@@ -315,13 +297,22 @@ def _ssd_bwd_blocks_kernel(
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
-    h, columns j * BLOCK_P ..., with the block's entering state (states [b, h, blocks, P, N]) and the
-    gradient of its leaving state (dstates, same shape), and writes what one step of
-    :func:`_ssd_bwd_kernel` writes: dx, da, ddt_x at the block's positions, dB and dC added
-    atomically, and its sum of dy * x to dD [b, h, blocks * P // BLOCK_P]."""
+    h, columns j * BLOCK_P ..., with the block's entering state S (states [b, h, blocks, P, N]) and the
+    gradient G of its leaving state (dstates, same shape), and writes the block's share of the
+    gradients: dx [b, L, h, P] float32 (its columns), its columns' share of the decay gradient ``da``
+    and of ``sum_p d(dt x)_p x_p`` to da, ddt_x [b, L, h, P // BLOCK_P] float32, adds its share to dB,
+    dC [b, L, g, N] float32 (zeroed by the caller) and writes its sum of dy * x to dD
+    [b, h, blocks * P // BLOCK_P]. The state dimension is taken BLOCK_N at a time, so only
+    [BLOCK_T, BLOCK_N] tiles of dB and dC are live at once.
+
+    With ``u_s = dt_s x_s``, ``decay[t, s] = exp(a_t - a_s)`` (s <= t, same document),
+    ``from_start_t`` / ``to_end_s`` the decay from the block's start to t / from s to its end (zero
+    outside the entering / leaving state's document) and ``gm[t, s] = (dy_t . u_s) decay[t, s]``:
+    ``dB_s = sum_t gm[t, s] C_t + to_end_s u_s^T G``, ``dC_t = sum_s gm[t, s] B_s + from_start_t dy_t^T S``,
+    ``du_s = sum_t (C_t . B_s) decay[t, s] dy_t + to_end_s G B_s``, ``dx = du dt (+ D dy)``."""
     pid_j = tl.program_id(0)
     pid_h = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -332,24 +323,77 @@ def _ssd_bwd_blocks_kernel(
     g = pid_h // heads_per_group
     bh = pid_b * nheads + pid_h
     ngroups = nheads // heads_per_group
+    B_base = B_ptr + pid_b * stride_B_b + g * stride_B_g
+    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
+    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], [b, L, g, N].
+    dB_base = dB_ptr + (pid_b * L * ngroups + g) * N
+    dC_base = dC_ptr + (pid_b * L * ngroups + g) * N
     A = tl.load(A_ptr + pid_h).to(tl.float32)
+    t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
+        c, L, A, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h, stride_dt_l,
+        seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    n = tl.arange(0, N)
-    state_offsets = (bh * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
-    Dh = tl.load(D_ptr + pid_h).to(tl.float32) if HAS_D else 0.0
-    state = tl.load(states_ptr + state_offsets).to(tl.float32)
-    dstate = tl.load(dstates_ptr + state_offsets).to(tl.float32)
-    dD, dstate = _block_bwd(
-        c, L, A, Dh, state, dstate, p, n,
-        x_ptr + pid_b * stride_x_b + pid_h * stride_x_h, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h,
-        B_ptr + pid_b * stride_B_b + g * stride_B_g, C_ptr + pid_b * stride_C_b + g * stride_C_g,
-        dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h, seq_ptr + pid_b * stride_seq_b,
-        dx_ptr + (pid_b * L * nheads + pid_h) * P, da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p,
-        ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p, dB_ptr + (pid_b * L * ngroups + g) * N,
-        dC_ptr + (pid_b * L * ngroups + g) * N,
-        stride_x_l, stride_x_p, stride_dt_l, stride_B_l, stride_B_n, stride_C_l, stride_C_n, stride_seq_l,
-        stride_dy_l, stride_dy_p, nheads * P, nheads * n_pblocks, ngroups * N,
-        HAS_D, HAS_SEQ, False, BLOCK_T)
+    x = tl.load(x_ptr + pid_b * stride_x_b + pid_h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
+                mask=valid[:, None], other=0.0)
+    dy = tl.load(dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h + t[:, None] * stride_dy_l
+                 + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+    u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+    rows = tl.arange(0, BLOCK_T)
+    # The block's last real position: a there is the whole block's decay (dt is 0 past L), and the
+    # gradient of that decay must land on a position whose da is kept.
+    is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
+    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+    keep = (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
+    decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
+    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
+    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+    gm = tl.dot(dy, tl.trans(u)) * decay  # [t, s]
+    gm_lp = gm.to(x.dtype)
+    gm_t = tl.trans(gm_lp)
+    # Sums over the state dimension, gathered chunk by chunk.
+    cb = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # C_t . B_s
+    bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
+    through_leaving = tl.zeros((BLOCK_T,), tl.float32)  # B_s . (u_s^T G)
+    through_entering = tl.zeros((BLOCK_T,), tl.float32)  # C_t . (dy_t^T S)
+    state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
+    state_base = (bh * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N
+    for k in range(0, N, BLOCK_N):
+        n = k + tl.arange(0, BLOCK_N)
+        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+        S = tl.load(states_ptr + state_base + n[None, :])
+        G = tl.load(dstates_ptr + state_base + n[None, :])
+        state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
+        G = G.to(x.dtype)
+        cb = tl.dot(Cm, tl.trans(Bm), acc=cb)
+        bg = tl.dot(Bm, tl.trans(G), acc=bg)
+        u_g = tl.dot(u, G)  # [s, BLOCK_N]: u_s^T G
+        through_leaving += tl.sum(Bm.to(tl.float32) * u_g, axis=1)
+        dB = tl.dot(gm_t, Cm, acc=u_g * to_end[:, None])
+        tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        dy_s = tl.dot(dy, S.to(x.dtype))  # [t, BLOCK_N]: dy_t^T S
+        through_entering += tl.sum(Cm.to(tl.float32) * dy_s, axis=1)
+        dC = tl.dot(gm_lp, Bm, acc=dy_s * from_start[:, None])
+        tl.atomic_add(dC_base + t[:, None] * ngroups * N + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+    # This program's columns' share of the gradient of the within-block cumulative decay a.
+    w = gm * cb
+    v = through_leaving * to_end
+    da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + through_entering * from_start - v
+    da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
+    row_offsets = (pid_b * L + t) * nheads + pid_h  # position t of head h in [b, L, h, ...]
+    tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
+    # d(dt_s x_s): inside the block and through the leaving state.
+    du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
+    xf = x.to(tl.float32)
+    tl.store(ddt_x_ptr + row_offsets * n_pblocks + pid_p, tl.sum(du * xf, axis=1), mask=valid)
+    dx = du * dt[:, None]
+    dD = tl.zeros((), tl.float32)
+    if HAS_D:
+        dyf = dy.to(tl.float32)
+        dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
+        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
+    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx, mask=valid[:, None])
     tl.store(dD_ptr + bh * tl.num_programs(0) + pid_j, dD)
 
 
@@ -435,7 +479,7 @@ def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
 def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
     """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward and
     the sequential state-gradient launch, then one launch over all (block, column block, head, batch)."""
-    block_t, block_p, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates = cfg
+    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates = cfg
     _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps), True)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
@@ -457,7 +501,7 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
         seqlen, nheads // ngroups,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None,
-        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, num_warps=warps,
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
     )
     return _grads(x, dt, A, B, C, block_t=block_t, **out)
 
@@ -484,10 +528,11 @@ class _SSDScan(torch.autograd.Function):
                 None if initial_states is None else dinit.to(initial_states.dtype), None, None, None, None)
 
 
-# The split backward's blocking: positions per block; head-dim columns per program and warps of the
-# parallel launch; of the sequential state-gradient launch; of the states-keeping rerun of the forward;
-# 1 to keep the per-block state gradients in float32 (0: in x's dtype).
-SPLIT_BWD_DEFAULT = (64, 64, 8, 64, 4, 64, 4, 0)
+# The split backward's blocking: positions per block; head-dim columns, state columns at a time and
+# warps of the parallel launch; head-dim columns per program and warps of the sequential
+# state-gradient launch; of the states-keeping rerun of the forward; 1 to keep the per-block state
+# gradients in float32 (0: in x's dtype).
+SPLIT_BWD_DEFAULT = (64, 64, 64, 8, 64, 4, 64, 4, 0)
 
 
 def ssd_chunk_scan_triton(
@@ -527,10 +572,11 @@ def ssd_chunk_scan_triton(
     bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
     if split_bwd_config is not None:
         split = list(split_bwd_config) + list(SPLIT_BWD_DEFAULT[len(split_bwd_config):])
-        for i in (1, 3, 5):
+        for i in (1, 4, 6):
             split[i] = min(split[i], headdim)
-        sizes += [("split block_t", split[0]), ("split block_p", split[1]), ("split sequential block_p", split[3]),
-                  ("split rerun block_p", split[5])]
+        split[2] = min(split[2], dstate)
+        sizes += [("split block_t", split[0]), ("split block_p", split[1]), ("split block_n", split[2]),
+                  ("split sequential block_p", split[4]), ("split rerun block_p", split[6])]
         split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):
