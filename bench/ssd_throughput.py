@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--variants", default="32.64.4-16.32.4,32.64.4-s64.64.64.8,32.64.4-s64.64.32.8",
+    parser.add_argument("--variants", default="32.64.4-16.32.4,32.64.4-s64.64.16.8,32.64.4-s64.64.32.8",
                         help="our kernels, comma-separated: forward then backward, each (positions per block, "
                              "head-dim columns per program, warps[, register cap]), e.g. 32.64.4-16.32.4; a "
                              "backward with the prefix s is the split backward, its fields those of "

@@ -10,15 +10,25 @@ Mamba2 with kernel fusion" (2025); the per-block algebra is the chunked SSD of D
 sec. 6. The result does not depend on the block length (the chunking is exact), so ``BLOCK_T`` is a
 tuning choice, not the model's ``chunk_size``.
 
-The backward first reruns that forward to leave each block's entering state in a scratch buffer
-(x's dtype, held for the length of the backward), then walks the blocks in reverse with one program
-per (batch, head, column block), carrying the state's gradient. Each program writes its columns of
-dx, adds its share of dB and dC (summed over heads and column blocks) with atomic adds, and writes
-its share of the decay gradient: with ``a`` the within-block cumulative sum of ``dt * A`` and
-``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s) exp(a_t - a_s)`` (s <= t, same document),
-``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering and leaving state's terms. PyTorch sums
-the shares and takes ``d(dt_t A)`` as the reverse cumulative sum of ``da`` over the rest of t's
-block.
+Two backwards, selected by :func:`ssd_chunk_scan_triton`'s arguments. Both first rerun that forward
+to leave each block's entering state in a scratch buffer (x's dtype, held for the length of the
+backward; the rerun computes no y). With ``a`` the within-block cumulative sum of ``dt * A`` and
+``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s) exp(a_t - a_s)`` (s <= t, same document), each block's share
+of the decay gradient is ``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering and leaving
+state's terms; PyTorch sums the shares and takes ``d(dt_t A)`` as the reverse cumulative sum of ``da``
+over the rest of t's block.
+
+- The walking backward (``bwd_config``): one program per (batch, head, column block) walks the blocks
+  in reverse, carrying the state's gradient, and computes every block's gradients on its way: dx (its
+  columns), its share of dB and dC (summed over heads and column blocks with atomic adds) and of the
+  decay gradient. Its parallelism is only batch x heads x column blocks.
+- The split backward (``split_bwd_config``), after mamba-ssm's split of the backward into state
+  passing and per-chunk products (``ssd_combined.py``), here two launches after the rerun: a sequential
+  one per (batch, head, column block) carries only the [P, N] state gradient backwards through the
+  blocks, one small product per block (``dS_in = survive * dS_out + (from_start * dy)^T C``), and
+  keeps the gradient of every block's leaving state; then one launch over all (block, column block,
+  head, batch) computes, from a block's entering state and leaving-state gradient, everything the
+  walking program computes for that block.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
@@ -317,7 +327,7 @@ def _ssd_bwd_blocks_kernel(
     pid_h = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
     nheads = tl.num_programs(1)
-    n_pblocks: tl.constexpr = P // BLOCK_P
+    n_pblocks = P // BLOCK_P
     c = pid_j // n_pblocks
     pid_p = pid_j % n_pblocks
     g = pid_h // heads_per_group
@@ -532,7 +542,7 @@ class _SSDScan(torch.autograd.Function):
 # warps of the parallel launch; head-dim columns per program and warps of the sequential
 # state-gradient launch; of the states-keeping rerun of the forward; 1 to keep the per-block state
 # gradients in float32 (0: in x's dtype).
-SPLIT_BWD_DEFAULT = (64, 64, 64, 8, 64, 4, 64, 4, 0)
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0)
 
 
 def ssd_chunk_scan_triton(
