@@ -91,10 +91,11 @@ CASES = {
 # Every case again through the split backward: blocks of 16, 32 and 64 positions (partial last blocks,
 # blocks longer than the forward's, a sequence of one block); one or two column blocks in the parallel
 # launch and, independently, in the sequential one and in the rerun; the state dimension in one to
-# four chunks; state gradients kept in float32 and in x's dtype. Fields as SPLIT_BWD_DEFAULT's.
-SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4), "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1),
-         "plain": (64, 16, 16), "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1),
-         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4), "wide-state": (32, 16, 16, 4, 16, 4, 16, 4)}
+# four chunks; state gradients kept in float32 and in x's dtype; the states rerun, or kept by the
+# forward (its blocks as long as the backward's, or half as long). Fields as SPLIT_BWD_DEFAULT's.
+SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4), "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1),
+         "plain": (64, 16, 16), "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1),
+         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4), "wide-state": (32, 16, 16, 4, 16, 4, 16, 4, 0, 1)}
 
 
 def all_cases() -> dict:
@@ -152,3 +153,13 @@ def test_split_backward_sizes_that_are_not_powers_of_two_are_refused(split):
     with pytest.raises(ValueError, match="split .*power of two"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
                               torch.randn(1, 8, 1, 16), split_bwd_config=split)
+
+
+def test_the_forward_keeps_states_only_for_whole_forward_blocks():
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    x = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="multiple of the forward's"):
+        ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
+                              torch.randn(1, 8, 1, 16), fwd_config=(32, 16, 4),
+                              split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 1))

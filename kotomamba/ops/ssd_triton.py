@@ -12,7 +12,8 @@ tuning choice, not the model's ``chunk_size``.
 
 Two backwards, selected by :func:`ssd_chunk_scan_triton`'s arguments. Both first rerun that forward
 to leave each block's entering state in a scratch buffer (x's dtype, held for the length of the
-backward; the rerun computes no y). With ``a`` the within-block cumulative sum of ``dt * A`` and
+backward; the rerun computes no y), or for the split backward, if asked, the forward itself keeps
+them (held from forward to backward). With ``a`` the within-block cumulative sum of ``dt * A`` and
 ``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s) exp(a_t - a_s)`` (s <= t, same document), each block's share
 of the decay gradient is ``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering and leaving
 state's terms; PyTorch sums the shares and takes ``d(dt_t A)`` as the reverse cumulative sum of ``da``
@@ -74,12 +75,13 @@ def _ssd_fwd_kernel(
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_y_b, stride_y_l, stride_y_h, stride_y_p,
-    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, STATES_ONLY: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr,
+    STATE_EVERY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
-    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix). With
-    ``STATES_ONLY`` (the backward's rerun) it stores each block's entering state to scratch
-    [b, h, blocks, P, N] instead of y."""
+    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix). Writes y
+    if ``WRITE_Y``; with ``STATE_EVERY`` k > 0, also the state entering every k-th block to scratch
+    [b, h, ceil(blocks / k), P, N] (the backward's states)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -106,13 +108,14 @@ def _ssd_fwd_kernel(
     for c in range(0, n_blocks):
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
-        if STATES_ONLY:
-            tl.store(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets,
-                     state.to(scratch_ptr.dtype.element_ty))
+        if STATE_EVERY > 0:
+            if c % STATE_EVERY == 0:
+                tl.store(scratch_ptr + (bh * tl.cdiv(n_blocks, STATE_EVERY) + c // STATE_EVERY) * P * N
+                         + state_offsets, state.to(scratch_ptr.dtype.element_ty))
         x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
         Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        if not STATES_ONLY:
+        if WRITE_Y:
             # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
             keep = causal & (doc[:, None] == doc[None, :])
             decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
@@ -415,29 +418,31 @@ def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
     return cfg[0], cfg[1], launch
 
 
-def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, states_only: bool):
-    """y [b, L, h, P] in x's dtype (None with ``states_only``), the final state [b, h, P, N] float32, and
-    with ``states_only`` the state entering every block, [b, h, blocks, P, N] in x's dtype."""
+def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, write_y: bool = True, state_every: int = 0):
+    """y [b, L, h, P] in x's dtype (None without ``write_y``), the final state [b, h, P, N] float32, and
+    with ``state_every`` k > 0 the state entering every k-th block, [b, h, ceil(blocks / k), P, N] in
+    x's dtype (else None)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     block_t, block_p, launch = _blocking(cfg)
-    y = x if states_only else torch.empty_like(x)  # unwritten with states_only
+    y = torch.empty_like(x) if write_y else x  # x: a pointer left unwritten
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
-    n_blocks = triton.cdiv(seqlen, block_t)
+    kept = triton.cdiv(triton.cdiv(seqlen, block_t), state_every) if state_every else 0
     # The states feed the backward's matrix products in x's dtype, so they are kept in it.
-    states = (torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device, dtype=x.dtype)
-              if states_only else final)
+    states = (torch.empty(batch, nheads, kept, headdim, dstate, device=x.device, dtype=x.dtype)
+              if state_every else None)
     seq = seq_idx if seq_idx is not None else dt  # any pointer: unread without seq_idx
     _ssd_fwd_kernel[(batch, nheads, headdim // block_p)](
         x, dt, A, B, C, D if D is not None else A, seq,
-        initial_states if initial_states is not None else final, y, final, states,
+        initial_states if initial_states is not None else final, y, final, final if states is None else states,
         seqlen, nheads // ngroups,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         *(seq_idx.stride() if seq_idx is not None else (0, 0)), *y.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
-        STATES_ONLY=states_only, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+        WRITE_Y=write_y, STATE_EVERY=state_every, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate,
+        **launch,
     )
-    return (None if states_only else y), final, states
+    return (y if write_y else None), final, states
 
 
 def _grads(x, dt, A, B, C, da, ddt_x, dx, dB, dC, dD, dinit, block_t):
@@ -467,7 +472,7 @@ def _grad_buffers(x, B, shares: int, dD_shares: int) -> dict:
 
 def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
     """The walking backward: a states-keeping rerun of the forward, then one reverse launch."""
-    _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, True)
+    _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, write_y=False, state_every=1)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     block_t, block_p, launch = _blocking(cfg)
@@ -486,11 +491,14 @@ def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
     return _grads(x, dt, A, B, C, block_t=block_t, **out)
 
 
-def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
-    """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward and
-    the sequential state-gradient launch, then one launch over all (block, column block, head, batch)."""
-    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates = cfg
-    _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps), True)
+def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, states):
+    """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward
+    (unless the forward kept ``states``) and the sequential state-gradient launch, then one launch over
+    all (block, column block, head, batch)."""
+    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _ = cfg
+    if states is None:
+        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
+                            write_y=False, state_every=1)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
@@ -521,16 +529,20 @@ class _SSDScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg, split_cfg):
-        y, final, _ = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, False)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx)
+        # The split backward's states, kept by the forward if asked (its blocks are whole forward blocks).
+        keep = split_cfg is not None and split_cfg[9] and any(ctx.needs_input_grad)
+        y, final, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg,
+                                state_every=split_cfg[0] // fwd_cfg[0] if keep else 0)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx, states)
         ctx.bwd_cfg, ctx.split_cfg = bwd_cfg, split_cfg
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, initial_states, seq_idx = ctx.saved_tensors
+        x, dt, A, B, C, D, initial_states, seq_idx, states = ctx.saved_tensors
         if ctx.split_cfg is not None:
-            grads = _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.split_cfg)
+            grads = _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.split_cfg,
+                               states)
         else:
             grads = _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.bwd_cfg)
         dx, ddt, dA, dB, dC, dD, dinit = grads
@@ -541,8 +553,10 @@ class _SSDScan(torch.autograd.Function):
 # The split backward's blocking: positions per block; head-dim columns, state columns at a time and
 # warps of the parallel launch; head-dim columns per program and warps of the sequential
 # state-gradient launch; of the states-keeping rerun of the forward; 1 to keep the per-block state
-# gradients in float32 (0: in x's dtype).
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0)
+# gradients in float32 (0: in x's dtype); 1 to have the forward keep the per-block states for the
+# backward instead of the rerun (memory held from forward to backward; the positions per block
+# must be a multiple of the forward's).
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0)
 
 
 def ssd_chunk_scan_triton(
@@ -587,6 +601,9 @@ def ssd_chunk_scan_triton(
         split[2] = min(split[2], dstate)
         sizes += [("split block_t", split[0]), ("split block_p", split[1]), ("split block_n", split[2]),
                   ("split sequential block_p", split[4]), ("split rerun block_p", split[6])]
+        if split[9] and split[0] % fwd_config[0]:
+            raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
+                             f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
         split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):
