@@ -528,9 +528,10 @@ class _SSDScan(torch.autograd.Function):
     """(x, dt processed, A, B, C, D, initial_states, seq_idx) -> (y, final_state); see the module."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg, split_cfg):
-        # The split backward's states, kept by the forward if asked (its blocks are whole forward blocks).
-        keep = split_cfg is not None and split_cfg[9] and any(ctx.needs_input_grad)
+    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg, split_cfg, grad_wanted):
+        # The split backward's states, kept by the forward if asked (its blocks are whole forward blocks)
+        # and if a backward can follow (inside forward, grad mode is always off).
+        keep = split_cfg is not None and split_cfg[9] and grad_wanted
         y, final, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg,
                                 state_every=split_cfg[0] // fwd_cfg[0] if keep else 0)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx, states)
@@ -547,7 +548,7 @@ class _SSDScan(torch.autograd.Function):
             grads = _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.bwd_cfg)
         dx, ddt, dA, dB, dC, dD, dinit = grads
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, None if D is None else dD.to(D.dtype),
-                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None, None)
+                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None, None, None)
 
 
 # The split backward's blocking: positions per block; head-dim columns, state columns at a time and
@@ -619,5 +620,6 @@ def ssd_chunk_scan_triton(
         seq_idx = seq_idx.to(torch.int32)
     if initial_states is not None:
         initial_states = initial_states.contiguous()
-    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config, split_bwd_config)
+    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config, split_bwd_config,
+                              torch.is_grad_enabled())
     return (y, final) if return_final_states else y
