@@ -92,10 +92,11 @@ CASES = {
 # blocks longer than the forward's, a sequence of one block); one or two column blocks in the parallel
 # launch and, independently, in the sequential one and in the rerun; the state dimension in one to
 # four chunks; state gradients kept in float32 and in x's dtype; the states rerun, or kept by the
-# forward (its blocks as long as the backward's, or half as long). Fields as SPLIT_BWD_DEFAULT's.
-SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4), "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1),
+# forward (its blocks as long as the backward's, or half as long); dB and dC added atomically, or
+# written per head and column block and summed. Fields as SPLIT_BWD_DEFAULT's.
+SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1), "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1),
          "plain": (64, 16, 16), "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1),
-         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4), "wide-state": (32, 16, 16, 4, 16, 4, 16, 4, 0, 1)}
+         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1), "wide-state": (32, 16, 16, 4, 16, 4, 16, 4, 0, 1)}
 
 
 def all_cases() -> dict:

@@ -309,7 +309,7 @@ def _ssd_bwd_blocks_kernel(
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
-    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
@@ -317,7 +317,8 @@ def _ssd_bwd_blocks_kernel(
     gradient G of its leaving state (dstates, same shape), and writes the block's share of the
     gradients: dx [b, L, h, P] float32 (its columns), its columns' share of the decay gradient ``da``
     and of ``sum_p d(dt x)_p x_p`` to da, ddt_x [b, L, h, P // BLOCK_P] float32, adds its share to dB,
-    dC [b, L, g, N] float32 (zeroed by the caller) and writes its sum of dy * x to dD
+    dC [b, L, g, N] float32 (zeroed by the caller) with ``ATOMIC_BC``, else writes it to dB, dC
+    [b, L, h, P // BLOCK_P, N] float32 (for the caller to sum), and writes its sum of dy * x to dD
     [b, h, blocks * P // BLOCK_P]. The state dimension is taken BLOCK_N at a time, so only
     [BLOCK_T, BLOCK_N] tiles of dB and dC are live at once.
 
@@ -338,13 +339,17 @@ def _ssd_bwd_blocks_kernel(
     ngroups = nheads // heads_per_group
     B_base = B_ptr + pid_b * stride_B_b + g * stride_B_g
     C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
-    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], [b, L, g, N].
-    dB_base = dB_ptr + (pid_b * L * ngroups + g) * N
-    dC_base = dC_ptr + (pid_b * L * ngroups + g) * N
     A = tl.load(A_ptr + pid_h).to(tl.float32)
     t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
         c, L, A, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h, stride_dt_l,
         seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], and dB, dC [b, L, g, N]
+    # (atomic) or [b, L, h, P // BLOCK_P, N] (shares).
+    row_offsets = (pid_b * L + t) * nheads + pid_h  # position t of head h in [b, L, h, ...]
+    if ATOMIC_BC:
+        bc_rows = ((pid_b * L + t) * ngroups + g) * N
+    else:
+        bc_rows = (row_offsets * n_pblocks + pid_p) * N
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     x = tl.load(x_ptr + pid_b * stride_x_b + pid_h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
                 mask=valid[:, None], other=0.0)
@@ -384,17 +389,22 @@ def _ssd_bwd_blocks_kernel(
         u_g = tl.dot(u, G)  # [s, BLOCK_N]: u_s^T G
         through_leaving += tl.sum(Bm.to(tl.float32) * u_g, axis=1)
         dB = tl.dot(gm_t, Cm, acc=u_g * to_end[:, None])
-        tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        if ATOMIC_BC:
+            tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        else:
+            tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
         dy_s = tl.dot(dy, S.to(x.dtype))  # [t, BLOCK_N]: dy_t^T S
         through_entering += tl.sum(Cm.to(tl.float32) * dy_s, axis=1)
         dC = tl.dot(gm_lp, Bm, acc=dy_s * from_start[:, None])
-        tl.atomic_add(dC_base + t[:, None] * ngroups * N + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+        if ATOMIC_BC:
+            tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+        else:
+            tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
     # This program's columns' share of the gradient of the within-block cumulative decay a.
     w = gm * cb
     v = through_leaving * to_end
     da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + through_entering * from_start - v
     da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
-    row_offsets = (pid_b * L + t) * nheads + pid_h  # position t of head h in [b, L, h, ...]
     tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
     # d(dt_s x_s): inside the block and through the leaving state.
     du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
@@ -495,7 +505,7 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
     """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward
     (unless the forward kept ``states``) and the sequential state-gradient launch, then one launch over
     all (block, column block, head, batch)."""
-    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _ = cfg
+    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares = cfg
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
                             write_y=False, state_every=1)
@@ -503,6 +513,9 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
     out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks)
+    if bc_shares:
+        out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads, n_pblocks, dstate, device=x.device,
+                                            dtype=torch.float32) for _ in range(2))
     dstates = torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device,
                           dtype=torch.float32 if fp32_dstates else x.dtype)
     seq = seq_idx if seq_idx is not None else dt
@@ -518,9 +531,11 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
         out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
         seqlen, nheads // ngroups,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
-        HAS_D=D is not None, HAS_SEQ=seq_idx is not None,
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
         BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
     )
+    if bc_shares:  # each group's heads are consecutive
+        out["dB"], out["dC"] = (out[k].view(batch, seqlen, ngroups, -1, dstate).sum(3) for k in ("dB", "dC"))
     return _grads(x, dt, A, B, C, block_t=block_t, **out)
 
 
@@ -556,8 +571,9 @@ class _SSDScan(torch.autograd.Function):
 # state-gradient launch; of the states-keeping rerun of the forward; 1 to keep the per-block state
 # gradients in float32 (0: in x's dtype); 1 to have the forward keep the per-block states for the
 # backward instead of the rerun (memory held from forward to backward; the positions per block
-# must be a multiple of the forward's).
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0)
+# must be a multiple of the forward's); 1 to write each head's (and column block's) share of dB and
+# dC and sum them in PyTorch instead of adding them atomically.
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0)
 
 
 def ssd_chunk_scan_triton(
