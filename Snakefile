@@ -11,8 +11,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+CONFIG_FILES = list(workflow.configfiles)  # errors name the file of these that sets a key, and its line
+
 try:
-    validate(config, workflow.configfiles[-1] if workflow.configfiles else None)
+    validate(config, CONFIG_FILES)
 except UserError as error:
     raise WorkflowError(str(error)) from None
 

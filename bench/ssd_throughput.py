@@ -9,7 +9,7 @@ interleaved with the others over ``--rounds``; the table gives the median over r
 range. ``floor`` is the bytes the op must move (inputs read once, outputs written once; backward:
 also dy read, dx, ddt, dB, dC written) at ``--bandwidth``. Each shape is also run with documents
 (``seq_idx``, a reset every ~``--doc-len`` tokens), and the outputs are compared (relative error of
-y and dx against mamba-ssm's).
+y and of every gradient against mamba-ssm's).
 
     python bench/ssd_throughput.py --json ssd.json
 """
@@ -49,10 +49,13 @@ def implementations(args):
 
     impls = {"mamba_ssm": lambda t, s: mamba_chunk_scan_combined(**t, chunk_size=256, dt_softplus=True, seq_idx=s)}
     for variant in args.variants.split(","):
-        fwd, bwd = (tuple(int(v) for v in half.split(".")) for half in variant.split("-"))
+        fwd, bwd = variant.split("-")
+        configs = {"fwd_config": tuple(int(v) for v in fwd.split("."))}
+        # A backward half that starts with "s" picks the split backward.
+        key = "split_bwd_config" if bwd.startswith("s") else "bwd_config"
+        configs[key] = tuple(int(v) for v in bwd.removeprefix("s").split("."))
         impls[f"ours {variant}"] = (
-            lambda t, s, fwd=fwd, bwd=bwd: ssd_chunk_scan_triton(
-                **t, dt_softplus=True, seq_idx=s, fwd_config=fwd, bwd_config=bwd))
+            lambda t, s, configs=configs: ssd_chunk_scan_triton(**t, dt_softplus=True, seq_idx=s, **configs))
     return impls
 
 
@@ -90,9 +93,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--variants", default="32.64.4-16.32.4,32.64.4-32.32.4",
-                        help="our kernels, comma-separated: forward then backward (positions per block, head-dim "
-                             "columns per program, warps), e.g. 32.64.4-32.32.4")
+    parser.add_argument("--variants", default="32.64.4-16.32.4,32.64.4-s64.64.16.8,32.64.4-s64.64.32.8",
+                        help="our kernels, comma-separated: forward then backward, each (positions per block, "
+                             "head-dim columns per program, warps[, register cap]), e.g. 32.64.4-16.32.4; a "
+                             "backward with the prefix s is the split backward, its fields those of "
+                             "kotomamba.ops.ssd_triton.SPLIT_BWD_DEFAULT (positions per block; head-dim columns, "
+                             "state columns at a time and warps of the parallel launch; columns and warps of the "
+                             "sequential one, of the rerun; 1 for float32 state gradients; 1 to keep the forward's "
+                             "states instead of the rerun; 1 to sum dB and dC from per-head shares instead of atomic "
+                             "adds), missing ones from it, e.g. 32.64.4-s64.64.16.8.64.4.64.4.0.0.0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--doc-len", type=int, default=512, help="mean document length of the seq_idx runs")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
@@ -115,8 +124,8 @@ def main() -> None:
             times = {name: {"fwd": [], "fwd_bwd": [], "fwd_bwd_device": []} for name in impls}
             for name, fn in impls.items():
                 y = fn(leaves, seq_idx)
-                (dx,) = torch.autograd.grad(y, [leaves["x"]], dy)
-                outputs[name] = (y.detach(), dx)
+                grads = torch.autograd.grad(y, list(leaves.values()), dy)
+                outputs[name] = (y.detach(), dict(zip(leaves, grads)))
 
             def forward(fn, leaves=leaves, seq_idx=seq_idx):
                 with torch.no_grad():
@@ -141,13 +150,17 @@ def main() -> None:
             dt_bytes = batch * args.seq * heads * 2
             floor_fwd = (2 * x_bytes + bc_bytes + dt_bytes) / args.bandwidth * 1e3
             floor_bwd = floor_fwd + (3 * x_bytes + 2 * bc_bytes + 2 * dt_bytes) / args.bandwidth * 1e3
-            y_ref, dx_ref = outputs["mamba_ssm"]
+            y_ref, grads_ref = outputs["mamba_ssm"]
             for name in impls:
-                y, dx = outputs[name]
+                y, grads = outputs[name]
+                grad_errors = {k: ((g.float() - grads_ref[k].float()).norm() / grads_ref[k].float().norm()).item()
+                               for k, g in grads.items()}
+                worst = max(grad_errors, key=grad_errors.get)
                 row = {"shape": shape, "batch": batch, "heads": heads, "seq": args.seq,
                        "documents": bool(doc_len), "impl": name,
                        "y_rel_err_vs_mamba": ((y.float() - y_ref.float()).norm() / y_ref.float().norm()).item(),
-                       "dx_rel_err_vs_mamba": ((dx.float() - dx_ref.float()).norm() / dx_ref.float().norm()).item(),
+                       "dx_rel_err_vs_mamba": grad_errors["x"],
+                       "worst_grad_vs_mamba": f"d{worst} {grad_errors[worst]:.1e}",
                        "floor_fwd_ms": floor_fwd, "floor_fwd_bwd_ms": floor_bwd}
                 for kind, values in times[name].items():
                     row[f"{kind}_ms"] = statistics.median(values)
@@ -160,7 +173,7 @@ def main() -> None:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)
     print("\n| shape (b x h) | docs | impl | fwd ms | fwd+bwd ms | fwd+bwd device ms | vs mamba-ssm fwd / fwd+bwd / "
-          "device | floor fwd / fwd+bwd ms | y, dx rel. diff |")
+          "device | floor fwd / fwd+bwd ms | y, dx rel. diff; worst gradient |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         ref = next(r for r in rows if (r["shape"], r["documents"], r["impl"]) == (row["shape"], row["documents"],
@@ -173,7 +186,7 @@ def main() -> None:
               f"{ref['fwd_ms'] / row['fwd_ms']:.2f}x / {ref['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}x / "
               f"{ref['fwd_bwd_device_ms'] / row['fwd_bwd_device_ms']:.2f}x | "
               f"{row['floor_fwd_ms']:.2f} / {row['floor_fwd_bwd_ms']:.2f} | "
-              f"{row['y_rel_err_vs_mamba']:.1e}, {row['dx_rel_err_vs_mamba']:.1e} |")
+              f"{row['y_rel_err_vs_mamba']:.1e}, {row['dx_rel_err_vs_mamba']:.1e}; {row['worst_grad_vs_mamba']} |")
 
 
 if __name__ == "__main__":

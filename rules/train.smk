@@ -20,11 +20,12 @@ rule stage_config:
 
 
 def stage_start(wildcards):
-    """What a stage starts from: the previous stage's final checkpoint, or for the first one `init` (if set)."""
+    """What a stage starts from: the previous stage's final checkpoint, or for the first one `init` (if set:
+    a local directory, or its fetched files)."""
     index = stage_index(config, wildcards.stage)
     if index > 0:
         return [PATHS.stage_final(STAGES[index - 1])]
-    return [config["init"]] if config["init"] else []
+    return PATHS.init_files
 
 
 rule train:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config_paths import CONFIGS, GPU_E2E, REPO, RUN_CONFIGS, SMOKE, provide_inputs
+from config_paths import CONFIGS, GPU_E2E, OFFLINE_PILE, REPO, RUN_CONFIGS, SMOKE, provide_inputs
+from hub_server import hub_at_endpoint
 
 PROFILES = sorted(p for p in (REPO / "profiles").iterdir() if (p / "config.yaml").is_file()
                   or any(p.glob("config.v*.yaml")))
@@ -49,20 +50,50 @@ PLANS = [(path, REPO / "profiles" / "local") for path in RUN_CONFIGS]
 PLANS += [(CONFIGS / "kotomamba-2.8b-ja-en.yaml", profile) for profile in PROFILES if profile.name != "local"]
 
 
+@pytest.fixture
+def hub(monkeypatch):
+    yield from hub_at_endpoint(monkeypatch)
+
+
+def remote(reference) -> bool:
+    return "://" in reference and not reference.startswith("file://")
+
+
 @pytest.mark.parametrize("path, profile", PLANS, ids=lambda p: p.stem if p.suffix else p.name)
-def test_config_plans_the_whole_dag(path, profile, tmp_path):
+def test_config_plans_the_whole_dag(path, profile, tmp_path, hub):
     config = yaml.safe_load(path.read_text())
     provide_inputs(tmp_path, config)
     result = snakemake(tmp_path, [path], "-n", "all", profile=profile, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Planning fetches nothing: the hub (HF_ENDPOINT) is never asked, and nothing is written under results/.
+    assert hub.requests == [] and not (tmp_path / "results").exists()
     sources, stages = len(config["corpus"]["sources"]), len(config["stages"])
-    # A job per shard (each stand-in glob matches one file; local shards need no download job), a merge per source.
-    shards = sum(len(source["urls"]) for source in config["corpus"]["sources"])
-    assert planned_jobs(result) == {
-        "tokenize_shard": shards, "tokenize": sources, "stage_config": stages, "train": stages,
-        "convert": len(config["export"]["formats"]), "evaluate": 1, "report": 1, "run_record": 1, "all": 1,
-        "total": shards + sources + 2 * stages + len(config["export"]["formats"]) + 4,
+    # A job per shard (each stand-in glob matches one file), a download per remote shard, a fetch per remote
+    # tokenizer or init file, a merge per source.
+    urls = [url for source in config["corpus"]["sources"] for url in source["urls"]]
+    downloads = sum(map(remote, urls))
+    init = config.get("init") or []
+    fetches = remote(config["tokenizer"]["model"] or "") + sum(map(remote, [init] if isinstance(init, str) else init))
+    formats = len(config["export"]["formats"])
+    expected = {
+        "download": downloads, "fetch_input": fetches, "tokenize_shard": len(urls), "tokenize": sources,
+        "stage_config": stages, "train": stages, "convert": formats, "evaluate": 1, "report": 1, "run_record": 1,
+        "all": 1, "total": downloads + fetches + len(urls) + sources + 2 * stages + formats + 4,
     }
+    assert planned_jobs(result) == {job: count for job, count in expected.items() if count}
+
+
+def test_offline_override_reads_local_copies_of_the_pile(tmp_path, hub):
+    """configs/offline-pile.yaml after a Pile config: the same 30 shards and tokenizer, read from data/."""
+    for name in [f"data/pile/train/{i:02d}.jsonl.zst" for i in range(30)] + ["data/tokenizers/gpt-neox-20b/tokenizer.json"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("stand-in: a dry run only checks that it exists\n")
+    result = snakemake(tmp_path, [CONFIGS / "mamba2-130m.yaml", OFFLINE_PILE], "-n", "all",
+                       profile=REPO / "profiles" / "local", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert jobs["tokenize_shard"] == 30 and "download" not in jobs and "fetch_input" not in jobs, jobs
+    assert hub.requests == []
 
 
 def test_gpu_override_trains_the_real_model_on_one_gpu(tmp_path):

@@ -4,13 +4,17 @@ turns each into a tiny CPU run of the same layer type."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from kotomamba.data.download import parse_source
+from kotomamba.data.hub import parse_hub_file
 from kotomamba.model.config import preset
 from kotomamba.pipeline import deep_merge, stage_train_config, validate
+from kotomamba.pipeline.inputs import references
 from kotomamba.train.config import load_config
 from kotomamba.train.flops import param_count
 
@@ -88,10 +92,10 @@ def test_config_names_no_machine_path_or_environment_variable(path):
     text = path.read_text()
     for forbidden in ("/work", "/tmp", "/root", "/home", "${", "$HOME"):
         assert forbidden not in text
-    config = load(path)
-    paths = [url for source in config["corpus"]["sources"] for url in source["urls"]]
-    paths += [config["tokenizer"]["model"]] + ([config["init"]] if config.get("init") else [])
-    assert all(p.startswith("data/") for p in paths), paths
+    # Every input is either the user's (under data/, relative to where snakemake runs) or a hub file at a
+    # named revision (a commit hash where one is known).
+    for _, reference in references(load(path)):
+        assert reference.startswith("data/") or parse_hub_file(parse_source(reference).location), reference
 
 
 @pytest.mark.parametrize("name", sorted(STATE_SPACES))
@@ -104,7 +108,12 @@ def test_state_spaces_config_follows_the_paper(name, tmp_path):
     assert abs(param_count(model.to_dict()) / nominal - 1) < 0.05  # the names round the real counts (1.4b: 1.37B)
     assert config["corpus"]["sources"][0]["name"] == "pile"
     assert config["tokenizer"] == {**config["tokenizer"], "type": "HuggingFaceTokenizer"}
-    assert config["tokenizer"]["model"].endswith("gpt-neox-20b/tokenizer.json")
+    tokenizer = parse_source(config["tokenizer"]["model"])
+    assert re.fullmatch(r"hf://EleutherAI/gpt-neox-20b@[0-9a-f]{40}/tokenizer\.json", tokenizer.location)
+    assert tokenizer.sha256 is not None
+    shards = [parse_hub_file(parse_source(url).location) for url in config["corpus"]["sources"][0]["urls"]]
+    assert [shard.path for shard in shards] == [f"train/{i:02d}.jsonl.zst" for i in range(30)]  # the Pile's 30
+    assert {(shard.repo_type, shard.repo_id) for shard in shards} == {("dataset", shards[0].repo_id)}
     assert train.train.global_batch_size * SEQ == tokens_per_step
     tokens = train.train.steps * tokens_per_step
     assert 300e9 <= tokens < 300e9 + tokens_per_step  # 300B tokens, rounded up to whole steps

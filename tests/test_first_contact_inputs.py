@@ -3,13 +3,13 @@ the Hugging Face hub's URL layout (``/<org>/<name>/resolve/<revision>/<file>``) 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import pytest
 import torch
+
+from hub_server import REVISION, hub_at_endpoint
 
 from kotomamba.data.remote_inputs import fetch_input, main
 from kotomamba.data.tokenizer import build_tokenizer
@@ -17,58 +17,9 @@ from kotomamba.errors import UserError
 from kotomamba.model import MambaLM, preset
 from train_helpers import VOCAB, make_corpus
 
-REVISION = "0123456789abcdef0123456789abcdef01234567"
-
-
-class HubServer(http.server.ThreadingHTTPServer):
-    """Serves ``files`` (URL path -> bytes) to GET and HEAD, and logs each request."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), HubHandler)
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def publish(self, repo: str, files: dict[str, bytes]) -> None:
-        self.files.update({f"/{repo}/resolve/{REVISION}/{name}": body for name, body in files.items()})
-
-
-class HubHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _head(self) -> bytes | None:
-        self.server.requests.append((self.command, self.path))
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return None
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        return body
-
-    def do_HEAD(self):
-        self._head()
-
-    def do_GET(self):
-        body = self._head()
-        if body is not None:
-            self.wfile.write(body)
-
-
 @pytest.fixture
 def hub(monkeypatch):
-    server = HubServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    yield server
-    server.shutdown()
-    server.server_close()
+    yield from hub_at_endpoint(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +121,7 @@ def test_commands_take_a_released_model_by_hub_id(hub, tokenizer_json, tmp_path,
 def test_corpus_shards_on_a_hub_dataset_resolve_to_the_same_layout(hub, tmp_path):
     """What `kotomamba download` needs for hub datasets: the resolve URL, then its own fetch and sha256 check."""
     from kotomamba.data.download import Source, download
-    from kotomamba.data.remote_inputs import HubId, resolve_url
+    from kotomamba.data.hub import HubId, resolve_url
 
     shard = b'{"text": "a line of a shard"}\n'
     hub.files[f"/datasets/acme/corpus/resolve/{REVISION}/train/00.jsonl"] = shard

@@ -32,11 +32,12 @@ torch.save(results, sys.argv[2])
 
 def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: int, dstate: int,
          config: tuple[int, ...], cuts: list[list[int]] | None = None, full: bool = True,
-         strided: bool = False) -> dict:
+         strided: bool = False, split: tuple[int, ...] | None = None) -> dict:
     """Random inputs, through the forward and backward with blocking ``config`` (block_t, block_p,
     warps[, register cap]); ``cuts``: per row, the positions where a new document starts; ``full``: with D,
     dt_bias (softplus, limit) and initial states; ``strided``: x, B and C as slices of one tensor, as
-    the model's split hands them over."""
+    the model's split hands them over; ``split``: through the split backward with this blocking
+    (``split_bwd_config``) instead of the walking one."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -53,6 +54,8 @@ def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: i
     leaves["dt"] = randn(batch, seqlen, heads, scale=0.5) + (0.0 if full else 1.0)
     leaves["A"] = -torch.rand(heads, generator=g) * 2 - 0.3
     options = {"fwd_config": config, "bwd_config": config, "dt_softplus": full}
+    if split is not None:
+        options["split_bwd_config"] = split
     if full:
         leaves.update(D=randn(heads), dt_bias=randn(heads, scale=0.3),
                       initial_states=randn(batch, heads, headdim, dstate))
@@ -69,16 +72,36 @@ def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: i
             "dfinal": randn(batch, heads, headdim, dstate)}
 
 
+# Arguments of :func:`case`.
+CASES = {
+    # Documents that start inside a block, on a block's first position, on its last, and a one-token one.
+    "documents": dict(seed=1, batch=2, seqlen=50, heads=4, groups=2, headdim=16, dstate=16, config=(16, 16, 4),
+                      cuts=[[20, 33], [16, 31, 47, 48]]),
+    "one-document": dict(seed=2, batch=2, seqlen=50, heads=4, groups=2, headdim=16, dstate=16, config=(16, 16, 4)),
+    "plain": dict(seed=3, batch=1, seqlen=64, heads=2, groups=1, headdim=16, dstate=32, config=(16, 16, 4),
+                  full=False),
+    "strided-long-blocks": dict(seed=4, batch=2, seqlen=70, heads=4, groups=1, headdim=32, dstate=16,
+                                config=(32, 32, 4), cuts=[[5], [64]], strided=True),
+    # Two programs per head, each with half of the head dim's columns; a register cap (no effect on CPU).
+    "column-blocks": dict(seed=5, batch=2, seqlen=40, heads=2, groups=1, headdim=32, dstate=16,
+                          config=(16, 16, 4, 168), cuts=[[7, 30], [16]]),
+    "wide-state": dict(seed=6, batch=2, seqlen=45, heads=2, groups=2, headdim=16, dstate=64, config=(16, 16, 4),
+                       cuts=[[12], [31, 32]]),
+}
+# Every case again through the split backward: blocks of 16, 32 and 64 positions (partial last blocks,
+# blocks longer than the forward's, a sequence of one block); one or two column blocks in the parallel
+# launch and, independently, in the sequential one and in the rerun; the state dimension in one to
+# four chunks; state gradients kept in float32 and in x's dtype; the states rerun, or kept by the
+# forward (its blocks as long as the backward's, or half as long); dB and dC added atomically, or
+# written per head and column block and summed. Fields as SPLIT_BWD_DEFAULT's.
+SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1), "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1),
+         "plain": (64, 16, 16), "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1),
+         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1), "wide-state": (32, 16, 16, 4, 16, 4, 16, 4, 0, 1)}
+
+
 def all_cases() -> dict:
-    return {
-        # Documents that start inside a block, on a block's first position, on its last, and a one-token one.
-        "documents": case(1, 2, 50, 4, 2, 16, 16, (16, 16, 4), cuts=[[20, 33], [16, 31, 47, 48]]),
-        "one-document": case(2, 2, 50, 4, 2, 16, 16, (16, 16, 4)),
-        "plain": case(3, 1, 64, 2, 1, 16, 32, (16, 16, 4), full=False),
-        "strided-long-blocks": case(4, 2, 70, 4, 1, 32, 16, (32, 32, 4), cuts=[[5], [64]], strided=True),
-        # Two programs per head, each with half of the head dim's columns; a register cap (no effect on CPU).
-        "column-blocks": case(5, 2, 40, 2, 1, 32, 16, (16, 16, 4, 168), cuts=[[7, 30], [16]]),
-    }
+    return {**{name: case(**arguments) for name, arguments in CASES.items()},
+            **{f"{name} split": case(**arguments, split=SPLIT[name]) for name, arguments in CASES.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +120,8 @@ def test_kernels_match_the_reference(kernel_results, name):
     inputs = all_cases()[name]
     leaves = {k: v.double().requires_grad_(True) for k, v in inputs["leaves"].items()}
     options = dict(inputs["options"])
-    options.pop("fwd_config"), options.pop("bwd_config")
+    for blocking in ("fwd_config", "bwd_config", "split_bwd_config"):
+        options.pop(blocking, None)
     y, final = ssd_chunk_scan_ref(**leaves, chunk_size=8, **options, return_final_states=True)
     loss = (y * inputs["dy"].double()).sum() + (final * inputs["dfinal"].double()).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
@@ -120,3 +144,23 @@ def test_sizes_that_are_not_powers_of_two_are_refused(headdim, dstate, block_t, 
     with pytest.raises(ValueError, match="power of two"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, dstate),
                               torch.randn(1, 8, 1, dstate), bwd_config=(block_t, block_p, 4))
+
+
+@pytest.mark.parametrize("split", [(8,), (32, 24), (32, 32, 8), (32, 32, 16, 4, 8), (32, 32, 16, 4, 32, 4, 48)])
+def test_split_backward_sizes_that_are_not_powers_of_two_are_refused(split):
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    x = torch.randn(1, 8, 2, 64)
+    with pytest.raises(ValueError, match="split .*power of two"):
+        ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
+                              torch.randn(1, 8, 1, 16), split_bwd_config=split)
+
+
+def test_the_forward_keeps_states_only_for_whole_forward_blocks():
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    x = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="multiple of the forward's"):
+        ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
+                              torch.randn(1, 8, 1, 16), fwd_config=(32, 16, 4),
+                              split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 1))

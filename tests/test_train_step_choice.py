@@ -27,9 +27,9 @@ def test_a_cpu_job_runs_eager_and_says_why():
     assert choice.log_line() == "training step: eager (parallel.cuda_graph: auto; not graphed: no CUDA GPU)"
 
 
-def test_several_processes_run_eager_and_say_why():
-    choice = choose_step(config(), "cuda", 4)
-    assert not choice.graphed and "not graphed: 4 processes (FSDP's collectives" in choice.reason
+def test_several_sharded_processes_run_eager_and_say_why():
+    choice = choose_step(config(), "cuda", 4)  # replicated processes: tests/test_train_replicate.py
+    assert not choice.graphed and "not graphed: 4 processes sharding with FSDP (its collectives" in choice.reason
 
 
 @pytest.mark.parametrize("override, shown", [

@@ -1,7 +1,8 @@
 """``kotomamba download``: fetch corpus shards into a directory, verified and decompressed.
 
-A source is an ``http(s)://`` URL, a ``file://`` URL, a local path, or a glob of local shards
-(``data/*.jsonl.zst``), optionally with the sha256 of the file as published:
+A source is an ``http(s)://`` URL, a hub file ``hf://[datasets/]org/name@revision/path`` (fetched from
+the hub's resolve URL, :mod:`kotomamba.data.hub`), a ``file://`` URL, a local path, or a glob of local
+shards (``data/*.jsonl.zst``), optionally with the sha256 of the file as published:
 ``URL#sha256=<hex>`` on the command line, or ``{"url": ..., "sha256": ...}`` in a ``--sources``
 YAML/JSON list. For each file:
 
@@ -11,6 +12,10 @@ YAML/JSON list. For each file:
    naming the source and both digests, and the ``.part`` file is removed.
 3. ``.gz`` / ``.zst`` are decompressed; the result is moved to ``<output>/<name without suffix>``
    only when complete (``kotomamba.io.atomic_write``), so a file at its final path is always whole.
+
+With ``--lock FILE`` (the pipeline's, :mod:`kotomamba.data.input_lock`) a source without a sha256 is
+checked against the one recorded there, and every verified download is recorded; ``--where`` names the
+config entry a mismatch is reported against.
 
 Files already at their final path are kept as they are. ``--output FILE`` concatenates the
 decompressed files, in source order, into one JSONL file; ``--output-dir DIR`` keeps one file per
@@ -36,6 +41,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kotomamba.data.compression import COMPRESSED_SUFFIXES, open_decompressed, strip_compression_suffix
+from kotomamba.data.hub import fetch_url, is_hub_file
+from kotomamba.data.input_lock import InputLock
 from kotomamba.data.line_origins import count_lines, write_origins
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write, read_yaml
@@ -53,7 +60,8 @@ class Source:
 
     @property
     def is_http(self) -> bool:
-        return urllib.parse.urlsplit(self.location).scheme in ("http", "https")
+        """Fetched over HTTP: an http(s) URL or a hub file."""
+        return is_remote(self.location)
 
     @property
     def name(self) -> str:
@@ -62,6 +70,11 @@ class Source:
         if not name:
             raise UserError(f"{self.location}: cannot tell a file name from this source")
         return name
+
+
+def is_remote(location: str) -> bool:
+    """Whether ``location`` is downloaded (an http(s) URL or a hub file) rather than read where it is."""
+    return urllib.parse.urlsplit(location).scheme in ("http", "https") or is_hub_file(location)
 
 
 def parse_source(text: str) -> Source:
@@ -170,28 +183,39 @@ def download(sources: Sequence[Source], output: str | os.PathLike, decompress: b
 
 
 def download_file(source: Source, output: str | os.PathLike, retries: int = 3, timeout: float = 60.0,
-                  log=print) -> Path:
+                  log=print, lock: InputLock | None = None, where: str | None = None) -> Path:
     """Fetch and verify one source into ``output`` as published (compressed files stay compressed).
 
-    What the pipeline's per-shard ``download`` job runs: the shard is later read as a stream, so no
-    decompressed copy is written. ``.<output name>.part`` beside it survives a killed job, and the
-    next run resumes the transfer from there.
+    What the pipeline's per-shard and input ``download`` jobs run: the shard is later read as a stream,
+    so no decompressed copy is written. ``.<output name>.part`` beside it survives a killed job, and the
+    next run resumes the transfer from there. With ``lock``, a source without a sha256 is checked
+    against the one recorded there, and the verified sha256 is recorded; ``where`` (the config entry
+    that names the source) starts a mismatch's message.
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     part = output.with_name(f".{output.name}.part")
-    _fetch_verified(source, part, retries, timeout, log)
+    recorded = lock.get(source.location) if lock is not None and source.sha256 is None else None
+    expected = source.sha256 or recorded
+    origin = (f"as recorded in {lock.path} on its first download; if the source changed on purpose, remove "
+              f"its entry there" if recorded else "as pinned")
+    digest = _fetch_verified(source, part, retries, timeout, log, expected, origin, where, hashed=lock is not None)
     _place(part, output, None)
+    if lock is not None:
+        lock.record(source.location, digest)
     log(f"{output}: from {source.location}")
     return output
 
 
-def _fetch_verified(source: Source, part: Path, retries: int, timeout: float, log) -> None:
+def _fetch_verified(source: Source, part: Path, retries: int, timeout: float, log, expected: str | None = None,
+                    origin: str = "as pinned", where: str | None = None, hashed: bool = False) -> str | None:
+    """Fetch ``source`` into ``part`` and check its sha256 against ``expected`` (default: the source's own);
+    returns the sha256 when it was computed (a check, or ``hashed``)."""
     if source.is_http:
         _fetch_http(source, part, retries, timeout, log)
     else:
         _fetch_local(source, part)
-    _verify(source, part)
+    return _verify(source, part, expected or source.sha256, origin, where, hashed)
 
 
 def _fetch_local(source: Source, part: Path) -> None:
@@ -203,9 +227,11 @@ def _fetch_local(source: Source, part: Path) -> None:
 
 def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log) -> None:
     """Download into ``part``, resuming from its current length; retry a broken transfer."""
+    url = fetch_url(source.location)
+    named = source.location if url == source.location else f"{source.location} ({url})"
     for attempt in range(retries + 1):
         have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(source.location, headers={"Range": f"bytes={have}-"} if have else {})
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 if have and response.status != 206:  # the server ignored the range: start over
@@ -222,26 +248,28 @@ def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log) -
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # nothing left to send: the .part is already whole
                 return
-            raise UserError(f"{source.location}: HTTP {exc.code} {exc.reason}") from exc
+            raise UserError(f"{named}: HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             if attempt == retries:
-                raise UserError(f"{source.location}: download failed after {retries + 1} attempts ({exc}); "
+                raise UserError(f"{named}: download failed after {retries + 1} attempts ({exc}); "
                                 f"run again to resume from {part}") from exc
             log(f"{source.location}: interrupted ({exc}), resuming")
             time.sleep(min(2 ** attempt, 10) * 0.1)
 
 
-def _verify(source: Source, part: Path) -> None:
-    if source.sha256 is None:
-        return
+def _verify(source: Source, part: Path, expected: str | None, origin: str, where: str | None,
+            hashed: bool) -> str | None:
+    if expected is None and not hashed:
+        return None
     digest = hashlib.sha256()
     with open(part, "rb") as handle:
         while block := handle.read(BLOCK):
             digest.update(block)
-    if digest.hexdigest() != source.sha256:
+    if expected is not None and digest.hexdigest() != expected:
         part.unlink()
-        raise UserError(f"{source.location}: sha256 mismatch: expected {source.sha256}, got {digest.hexdigest()} "
-                        f"(the download was removed)")
+        raise UserError(f"{f'{where}: ' if where else ''}{source.location}: sha256 mismatch: expected {expected} "
+                        f"({origin}), got {digest.hexdigest()} (the download was removed)")
+    return digest.hexdigest()
 
 
 def _place(part: Path, final: Path, compressed_name: str | None) -> None:
@@ -296,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-compressed", action="store_true",
                         help="do not decompress; with --output, exactly one source, kept as published")
     parser.add_argument("--retries", type=int, default=3, help="resumed retries of a broken HTTP transfer")
+    parser.add_argument("--lock", help="with --keep-compressed --output: a lock file of sha256s to check an unpinned "
+                                       "source against and to record the download in (trust on first use)")
+    parser.add_argument("--where", help="the config entry naming the source, for error messages")
     args = parser.parse_args(argv)
     try:
         sources = [parse_source(s) for s in args.source]
@@ -307,10 +338,13 @@ def main(argv: list[str] | None = None) -> int:
             sources += load_sources_file(args.sources)
         if not sources:
             raise UserError("no sources given (positional arguments or --sources)")
+        if args.lock and not (args.output and args.keep_compressed):
+            raise UserError("--lock goes with --keep-compressed --output (one source, as the pipeline fetches it)")
         if args.output and args.keep_compressed:
             if len(expand_globs(sources)) != 1:
                 raise UserError("--output with --keep-compressed takes exactly one source")
-            download_file(expand_globs(sources)[0], args.output, retries=args.retries)
+            download_file(expand_globs(sources)[0], args.output, retries=args.retries,
+                          lock=InputLock(args.lock) if args.lock else None, where=args.where)
         elif args.output:
             download_to_file(sources, args.output, retries=args.retries)
         else:

@@ -6,10 +6,9 @@ An input is named one of three ways:
 - ``http(s)://`` URLs of its files, each optionally pinned as ``URL#sha256=<hex>`` (or
   ``{"url": ..., "sha256": ...}``): fetched, resumed and verified by ``kotomamba.data.download``;
 - a Hugging Face hub id with a pinned revision, ``org/name@revision`` (a commit hash keeps the
-  files fixed): the repository's files at that revision, from the hub's ``resolve`` URLs
-  ``<endpoint>/<org>/<name>/resolve/<revision>/<file>``. The endpoint is ``HF_ENDPOINT`` when set
-  (the variable Hugging Face's own tools read: mirrors, or a server on loopback in tests), else
-  https://huggingface.co.
+  files fixed): the repository's files at that revision, from the hub's ``resolve`` URLs at the
+  endpoint ``HF_ENDPOINT`` names (:mod:`kotomamba.data.hub`, which also names single hub files
+  ``hf://org/name@revision/path``, the form the pipeline's configs use).
 
 Which hub files: a tokenizer is ``tokenizer.json`` (with ``tokenizer_config.json`` and
 ``special_tokens_map.json`` where the repository has them) or a SentencePiece ``tokenizer.model``;
@@ -29,59 +28,21 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from kotomamba.data.download import Source, download, parse_source
+from kotomamba.data.hub import HUB_ENDPOINT_VARIABLE, HubId, hub_endpoint, parse_hub_id, resolve_url
 from kotomamba.errors import UserError
 from kotomamba.io import write_json
 
-HUB_ENDPOINT_VARIABLE = "HF_ENDPOINT"
-DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 KINDS = ("tokenizer", "model")
-_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<revision>[^@\s]+)$")
 _TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
-@dataclass(frozen=True)
-class HubId:
-    """A hub repository at a revision."""
-
-    repo_id: str
-    revision: str
-
-    @property
-    def cache_parts(self) -> tuple[str, ...]:
-        # A revision may hold slashes (refs/pr/1): one directory level per revision all the same.
-        return ("hub", *self.repo_id.split("/"), self.revision.replace("/", "--"))
-
-
-def parse_hub_id(text: str) -> HubId | None:
-    """``org/name@revision`` as a :class:`HubId`; ``None`` when ``text`` is not shaped like one.
-
-    There is no ``org/name`` without a revision: the files behind a branch change, a run's must not.
-    """
-    match = _HUB_ID.match(text)
-    return HubId(match["repo"], match["revision"]) if match else None
-
-
-def hub_endpoint() -> str:
-    return os.environ.get(HUB_ENDPOINT_VARIABLE, DEFAULT_HUB_ENDPOINT).rstrip("/")
-
-
-def resolve_url(hub_id: HubId, filename: str, repo_type: str = "model", endpoint: str | None = None) -> str:
-    """The hub's download URL of one file (``repo_type`` "dataset" for datasets' ``datasets/`` prefix)."""
-    prefix = "" if repo_type == "model" else f"{repo_type}s/"
-    revision = urllib.parse.quote(hub_id.revision, safe="")
-    return (f"{endpoint or hub_endpoint()}/{prefix}{hub_id.repo_id}/resolve/{revision}/"
-            f"{urllib.parse.quote(filename)}")
 
 
 def _on_hub(url: str, timeout: float) -> bool:

@@ -3,8 +3,8 @@
 A source of the run config (``corpus.sources[i]``) is read as an ordered list of shards:
 
 - ``urls``: one shard per entry, a local glob one per matching file (sorted, expanded when the
-  config is read); an ``http(s)://`` shard is downloaded as published (still compressed) and read
-  from the copy, a local or ``file://`` shard is read where the user keeps it;
+  config is read); an ``http(s)://`` or hub (``hf://``) shard is downloaded as published (still
+  compressed) and read from the copy, a local or ``file://`` shard is read where the user keeps it;
 - ``builtin``: one shard, the corpus file the pipeline writes.
 
 Each shard is tokenized by its own job into its own ``.bin/.idx``; the source's dataset is their
@@ -17,7 +17,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from kotomamba.data.compression import COMPRESSED_SUFFIXES
-from kotomamba.data.download import Source, expand_globs, parse_source
+from kotomamba.data.download import Source, expand_globs, is_remote, parse_source
 
 BUILTIN = "builtin corpus "
 
@@ -25,12 +25,14 @@ BUILTIN = "builtin corpus "
 @dataclass(frozen=True)
 class Shard:
     """Shard ``index`` (0-based, in the source's order) of ``source``; ``location`` is the URL, the
-    user's path (globs expanded) or ``builtin corpus <name>``; ``sha256`` of the published bytes if set."""
+    user's path (globs expanded) or ``builtin corpus <name>``; ``sha256`` of the published bytes if set;
+    ``entry`` the index in the source's ``urls`` that names it."""
 
     source: str
     index: int
     location: str
     sha256: str | None = None
+    entry: int = 0
 
     @property
     def id(self) -> str:
@@ -43,7 +45,7 @@ class Shard:
 
     @property
     def is_download(self) -> bool:
-        return urllib.parse.urlsplit(self.location).scheme in ("http", "https")
+        return is_remote(self.location)
 
     @property
     def local_path(self) -> str:
@@ -69,4 +71,8 @@ def source_shards(source: dict) -> list[Shard]:
     checksums = source.get("sha256") or [None] * len(source["urls"])
     given = [parse_source(url) for url in source["urls"]]
     given = [Source(entry.location, digest or entry.sha256) for entry, digest in zip(given, checksums)]
-    return [Shard(name, index, entry.location, entry.sha256) for index, entry in enumerate(expand_globs(given))]
+    shards = []
+    for entry, source_entry in enumerate(given):
+        for found in expand_globs([source_entry]):
+            shards.append(Shard(name, len(shards), found.location, found.sha256, entry))
+    return shards

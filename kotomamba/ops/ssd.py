@@ -9,10 +9,11 @@ same chunked algorithm in PyTorch, written after the idea of mamba-ssm's ``ssd_m
 exact document boundaries: with ``seq_idx`` no term crosses from one document into the next, inside
 a chunk or across chunks (documents are contiguous runs of equal ``seq_idx``, as in the kernels).
 
-Our own Triton kernels of the same op (:mod:`kotomamba.ops.ssd_triton`, one launch per direction)
-are not dispatched: on an H200 their forward is faster than mamba-ssm's but forward+backward spends
-about twice mamba-ssm's device time (bench/RESULTS.md, "Mamba-2 SSD scan alone"), and the trainer's
-CUDA-graphed step pays device time.
+Our own Triton kernels of the same op (:mod:`kotomamba.ops.ssd_triton`: a one-launch forward, a
+walking and a split backward) are not dispatched: on an H200 their forward is faster than
+mamba-ssm's but forward+backward with the walking backward spends about twice mamba-ssm's device
+time (bench/RESULTS.md, "Mamba-2 SSD scan alone"), and the trainer's CUDA-graphed step pays device
+time; the split backward is not measured yet.
 """
 from __future__ import annotations
 

@@ -10,15 +10,26 @@ Mamba2 with kernel fusion" (2025); the per-block algebra is the chunked SSD of D
 sec. 6. The result does not depend on the block length (the chunking is exact), so ``BLOCK_T`` is a
 tuning choice, not the model's ``chunk_size``.
 
-The backward first reruns that forward to leave each block's entering state in a scratch buffer
-(x's dtype, held for the length of the backward), then walks the blocks in reverse with one program
-per (batch, head, column block), carrying the state's gradient. Each program writes its columns of
-dx, adds its share of dB and dC (summed over heads and column blocks) with atomic adds, and writes
-its share of the decay gradient: with ``a`` the within-block cumulative sum of ``dt * A`` and
-``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s) exp(a_t - a_s)`` (s <= t, same document),
-``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering and leaving state's terms. PyTorch sums
-the shares and takes ``d(dt_t A)`` as the reverse cumulative sum of ``da`` over the rest of t's
-block.
+Two backwards, selected by :func:`ssd_chunk_scan_triton`'s arguments. Both first rerun that forward
+to leave each block's entering state in a scratch buffer (x's dtype, held for the length of the
+backward; the rerun computes no y), or for the split backward, if asked, the forward itself keeps
+them (held from forward to backward). With ``a`` the within-block cumulative sum of ``dt * A`` and
+``W[t, s] = (dy_t . dt_s x_s)(C_t . B_s) exp(a_t - a_s)`` (s <= t, same document), each block's share
+of the decay gradient is ``da_t = sum_s W[t, s] - sum_s W[s, t]`` plus the entering and leaving
+state's terms; PyTorch sums the shares and takes ``d(dt_t A)`` as the reverse cumulative sum of ``da``
+over the rest of t's block.
+
+- The walking backward (``bwd_config``): one program per (batch, head, column block) walks the blocks
+  in reverse, carrying the state's gradient, and computes every block's gradients on its way: dx (its
+  columns), its share of dB and dC (summed over heads and column blocks with atomic adds) and of the
+  decay gradient. Its parallelism is only batch x heads x column blocks.
+- The split backward (``split_bwd_config``), after mamba-ssm's split of the backward into state
+  passing and per-chunk products (``ssd_combined.py``), here two launches after the rerun: a sequential
+  one per (batch, head, column block) carries only the [P, N] state gradient backwards through the
+  blocks, one small product per block (``dS_in = survive * dS_out + (from_start * dy)^T C``), and
+  keeps the gradient of every block's leaving state; then one launch over all (block, column block,
+  head, batch) computes, from a block's entering state and leaving-state gradient, everything the
+  walking program computes for that block.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
@@ -64,10 +75,13 @@ def _ssd_fwd_kernel(
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_y_b, stride_y_l, stride_y_h, stride_y_p,
-    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_SCRATCH: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_Y: tl.constexpr,
+    STATE_EVERY: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
-    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix)."""
+    """Program (b, h, j): columns j * BLOCK_P ... of head h's x, y and state (they do not mix). Writes y
+    if ``WRITE_Y``; with ``STATE_EVERY`` k > 0, also the state entering every k-th block to scratch
+    [b, h, ceil(blocks / k), P, N] (the backward's states)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -94,24 +108,26 @@ def _ssd_fwd_kernel(
     for c in range(0, n_blocks):
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
-        if WRITE_SCRATCH:
-            tl.store(scratch_ptr + (bh * n_blocks + c) * P * N + state_offsets,
-                     state.to(scratch_ptr.dtype.element_ty))
+        if STATE_EVERY > 0:
+            if c % STATE_EVERY == 0:
+                tl.store(scratch_ptr + (bh * tl.cdiv(n_blocks, STATE_EVERY) + c // STATE_EVERY) * P * N
+                         + state_offsets, state.to(scratch_ptr.dtype.element_ty))
         x = tl.load(x_base + t[:, None] * stride_x_l + p[None, :] * stride_x_p, mask=valid[:, None], other=0.0)
         Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
-        keep = causal & (doc[:, None] == doc[None, :])
-        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
-        scores = tl.dot(Cm, tl.trans(Bm)) * decay * dt[None, :]
-        y = tl.dot(scores.to(x.dtype), x)
-        # The entering state, to the positions of its own document.
-        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
-        y += tl.dot(Cm, tl.trans(state).to(Cm.dtype)) * from_start[:, None]
-        if HAS_D:
-            y += Dh * x.to(tl.float32)
-        tl.store(y_base + t[:, None] * stride_y_l + p[None, :] * stride_y_p, y.to(y_ptr.dtype.element_ty),
-                 mask=valid[:, None])
+        if WRITE_Y:
+            # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
+            keep = causal & (doc[:, None] == doc[None, :])
+            decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
+            scores = tl.dot(Cm, tl.trans(Bm)) * decay * dt[None, :]
+            y = tl.dot(scores.to(x.dtype), x)
+            # The entering state, to the positions of its own document.
+            from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
+            y += tl.dot(Cm, tl.trans(state).to(Cm.dtype)) * from_start[:, None]
+            if HAS_D:
+                y += Dh * x.to(tl.float32)
+            tl.store(y_base + t[:, None] * stride_y_l + p[None, :] * stride_y_p, y.to(y_ptr.dtype.element_ty),
+                     mask=valid[:, None])
         # The state after the block: the entering one survives only if the block ends in its document.
         a_last = tl.sum(tl.where(tl.arange(0, BLOCK_T) == BLOCK_T - 1, a, 0.0), axis=0)
         to_end = tl.where(doc == doc_last, tl.exp(a_last - a) * dt, 0.0)
@@ -135,7 +151,8 @@ def _ssd_bwd_kernel(
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
-    """Program (b, h, j) takes columns j * BLOCK_P ... of head h. Writes dx [b, L, h, P] float32 (its
+    """The walking backward. Program (b, h, j) takes columns j * BLOCK_P ... of head h and walks the
+    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] float32 (its
     columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
     columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
     [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
@@ -230,6 +247,179 @@ def _ssd_bwd_kernel(
     tl.store(dD_ptr + bh * n_pblocks + pid_p, dD_acc)
 
 
+@triton.jit
+def _ssd_bwd_dstates_kernel(
+    dt_ptr, A_ptr, C_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr,
+    L, heads_per_group,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The split backward's sequential part. Program (b, h, j) walks the blocks of head h in reverse
+    carrying rows j * BLOCK_P ... of the state's gradient, and stores, for every block c, the gradient
+    of the state leaving it in dstates [b, h, blocks, P, N] (before adding the block's own terms), and
+    the gradient of the initial state in dinit [b, h, P, N] float32. Per block only one product:
+    ``dS_in = survive * dS_out + (from_start * dy)^T C``."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1).to(tl.int64)
+    nheads = tl.num_programs(1)
+    g = pid_h // heads_per_group
+    bh = pid_b * nheads + pid_h
+    dt_base = dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h
+    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
+    dy_base = dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h
+    seq_base = seq_ptr + pid_b * stride_seq_b
+    A = tl.load(A_ptr + pid_h).to(tl.float32)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, N)
+    state_offsets = p[:, None] * N + n[None, :]
+    if HAS_DFINAL:
+        dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
+    else:
+        dstate = tl.zeros((BLOCK_P, N), tl.float32)
+    rows = tl.arange(0, BLOCK_T)
+    n_blocks = tl.cdiv(L, BLOCK_T)
+    for i in range(0, n_blocks):
+        c = n_blocks - 1 - i
+        tl.store(dstates_ptr + (bh * n_blocks + c) * P * N + state_offsets,
+                 dstate.to(dstates_ptr.dtype.element_ty))
+        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+        a_last = tl.sum(tl.where(rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T), a, 0.0), axis=0)
+        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
+        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+        dy_in = (dy.to(tl.float32) * from_start[:, None]).to(Cm.dtype)
+        dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
+    tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
+
+
+@triton.jit
+def _ssd_bwd_blocks_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr,
+    dx_ptr, da_ptr, ddt_x_ptr, dB_ptr, dC_ptr, dD_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
+    h, columns j * BLOCK_P ..., with the block's entering state S (states [b, h, blocks, P, N]) and the
+    gradient G of its leaving state (dstates, same shape), and writes the block's share of the
+    gradients: dx [b, L, h, P] float32 (its columns), its columns' share of the decay gradient ``da``
+    and of ``sum_p d(dt x)_p x_p`` to da, ddt_x [b, L, h, P // BLOCK_P] float32, adds its share to dB,
+    dC [b, L, g, N] float32 (zeroed by the caller) with ``ATOMIC_BC``, else writes it to dB, dC
+    [b, L, h, P // BLOCK_P, N] float32 (for the caller to sum), and writes its sum of dy * x to dD
+    [b, h, blocks * P // BLOCK_P]. The state dimension is taken BLOCK_N at a time, so only
+    [BLOCK_T, BLOCK_N] tiles of dB and dC are live at once.
+
+    With ``u_s = dt_s x_s``, ``decay[t, s] = exp(a_t - a_s)`` (s <= t, same document),
+    ``from_start_t`` / ``to_end_s`` the decay from the block's start to t / from s to its end (zero
+    outside the entering / leaving state's document) and ``gm[t, s] = (dy_t . u_s) decay[t, s]``:
+    ``dB_s = sum_t gm[t, s] C_t + to_end_s u_s^T G``, ``dC_t = sum_s gm[t, s] B_s + from_start_t dy_t^T S``,
+    ``du_s = sum_t (C_t . B_s) decay[t, s] dy_t + to_end_s G B_s``, ``dx = du dt (+ D dy)``."""
+    pid_j = tl.program_id(0)
+    pid_h = tl.program_id(1).to(tl.int64)
+    pid_b = tl.program_id(2).to(tl.int64)
+    nheads = tl.num_programs(1)
+    n_pblocks = P // BLOCK_P
+    c = pid_j // n_pblocks
+    pid_p = pid_j % n_pblocks
+    g = pid_h // heads_per_group
+    bh = pid_b * nheads + pid_h
+    ngroups = nheads // heads_per_group
+    B_base = B_ptr + pid_b * stride_B_b + g * stride_B_g
+    C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
+    A = tl.load(A_ptr + pid_h).to(tl.float32)
+    t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
+        c, L, A, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h, stride_dt_l,
+        seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], and dB, dC [b, L, g, N]
+    # (atomic) or [b, L, h, P // BLOCK_P, N] (shares).
+    row_offsets = (pid_b * L + t) * nheads + pid_h  # position t of head h in [b, L, h, ...]
+    if ATOMIC_BC:
+        bc_rows = ((pid_b * L + t) * ngroups + g) * N
+    else:
+        bc_rows = (row_offsets * n_pblocks + pid_p) * N
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    x = tl.load(x_ptr + pid_b * stride_x_b + pid_h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
+                mask=valid[:, None], other=0.0)
+    dy = tl.load(dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h + t[:, None] * stride_dy_l
+                 + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+    u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+    rows = tl.arange(0, BLOCK_T)
+    # The block's last real position: a there is the whole block's decay (dt is 0 past L), and the
+    # gradient of that decay must land on a position whose da is kept.
+    is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
+    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+    keep = (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
+    decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
+    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
+    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+    gm = tl.dot(dy, tl.trans(u)) * decay  # [t, s]
+    gm_lp = gm.to(x.dtype)
+    gm_t = tl.trans(gm_lp)
+    # Sums over the state dimension, gathered chunk by chunk.
+    cb = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # C_t . B_s
+    bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
+    through_leaving = tl.zeros((BLOCK_T,), tl.float32)  # B_s . (u_s^T G)
+    through_entering = tl.zeros((BLOCK_T,), tl.float32)  # C_t . (dy_t^T S)
+    state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
+    state_base = (bh * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N
+    for k in range(0, N, BLOCK_N):
+        n = k + tl.arange(0, BLOCK_N)
+        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+        S = tl.load(states_ptr + state_base + n[None, :])
+        G = tl.load(dstates_ptr + state_base + n[None, :])
+        state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
+        G = G.to(x.dtype)
+        cb = tl.dot(Cm, tl.trans(Bm), acc=cb)
+        bg = tl.dot(Bm, tl.trans(G), acc=bg)
+        u_g = tl.dot(u, G)  # [s, BLOCK_N]: u_s^T G
+        through_leaving += tl.sum(Bm.to(tl.float32) * u_g, axis=1)
+        dB = tl.dot(gm_t, Cm, acc=u_g * to_end[:, None])
+        if ATOMIC_BC:
+            tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        else:
+            tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
+        dy_s = tl.dot(dy, S.to(x.dtype))  # [t, BLOCK_N]: dy_t^T S
+        through_entering += tl.sum(Cm.to(tl.float32) * dy_s, axis=1)
+        dC = tl.dot(gm_lp, Bm, acc=dy_s * from_start[:, None])
+        if ATOMIC_BC:
+            tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+        else:
+            tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
+    # This program's columns' share of the gradient of the within-block cumulative decay a.
+    w = gm * cb
+    v = through_leaving * to_end
+    da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + through_entering * from_start - v
+    da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
+    tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
+    # d(dt_s x_s): inside the block and through the leaving state.
+    du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
+    xf = x.to(tl.float32)
+    tl.store(ddt_x_ptr + row_offsets * n_pblocks + pid_p, tl.sum(du * xf, axis=1), mask=valid)
+    dx = du * dt[:, None]
+    dD = tl.zeros((), tl.float32)
+    if HAS_D:
+        dyf = dy.to(tl.float32)
+        dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
+        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
+    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx, mask=valid[:, None])
+    tl.store(dD_ptr + bh * tl.num_programs(0) + pid_j, dD)
+
+
 def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
     """(block_t, block_p, warps[, register cap per thread]) -> block_t, block_p, launch options."""
     launch = {"num_warps": cfg[2]}
@@ -238,53 +428,38 @@ def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
     return cfg[0], cfg[1], launch
 
 
-def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, scratch: bool):
+def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, write_y: bool = True, state_every: int = 0):
+    """y [b, L, h, P] in x's dtype (None without ``write_y``), the final state [b, h, P, N] float32, and
+    with ``state_every`` k > 0 the state entering every k-th block, [b, h, ceil(blocks / k), P, N] in
+    x's dtype (else None)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     block_t, block_p, launch = _blocking(cfg)
-    y = torch.empty_like(x)
+    y = torch.empty_like(x) if write_y else x  # x: a pointer left unwritten
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
-    n_blocks = triton.cdiv(seqlen, block_t)
+    kept = triton.cdiv(triton.cdiv(seqlen, block_t), state_every) if state_every else 0
     # The states feed the backward's matrix products in x's dtype, so they are kept in it.
-    states = (torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device, dtype=x.dtype)
-              if scratch else final)
+    states = (torch.empty(batch, nheads, kept, headdim, dstate, device=x.device, dtype=x.dtype)
+              if state_every else None)
     seq = seq_idx if seq_idx is not None else dt  # any pointer: unread without seq_idx
     _ssd_fwd_kernel[(batch, nheads, headdim // block_p)](
         x, dt, A, B, C, D if D is not None else A, seq,
-        initial_states if initial_states is not None else final, y, final, states,
+        initial_states if initial_states is not None else final, y, final, final if states is None else states,
         seqlen, nheads // ngroups,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         *(seq_idx.stride() if seq_idx is not None else (0, 0)), *y.stride(),
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
-        WRITE_SCRATCH=scratch, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+        WRITE_Y=write_y, STATE_EVERY=state_every, BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate,
+        **launch,
     )
-    return y, final, states
+    return (y if write_y else None), final, states
 
 
-def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
-    batch, seqlen, nheads, headdim = x.shape
-    ngroups, dstate = B.shape[2], B.shape[3]
-    block_t, block_p, launch = _blocking(cfg)
-    n_pblocks = headdim // block_p
-    f32 = dict(device=x.device, dtype=torch.float32)
-    dx = torch.empty(batch, seqlen, nheads, headdim, **f32)
-    da = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
-    ddt_x = torch.empty(batch, seqlen, nheads, n_pblocks, **f32)
-    dB = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
-    dC = torch.zeros(batch, seqlen, ngroups, dstate, **f32)
-    dD = torch.empty(batch, nheads, n_pblocks, **f32)
-    dinit = torch.empty(batch, nheads, headdim, dstate, **f32)
-    seq = seq_idx if seq_idx is not None else dt
-    _ssd_bwd_kernel[(batch, nheads, n_pblocks)](
-        x, dt, A, B, C, D if D is not None else A, seq, dy, dfinal if dfinal is not None else dinit, states,
-        dx, da, ddt_x, dB, dC, dD, dinit,
-        seqlen, nheads // ngroups,
-        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
-        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
-        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
-        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
-    )
-    # d(dt_t A) is the reverse cumulative sum of da over the rest of t's block.
+def _grads(x, dt, A, B, C, da, ddt_x, dx, dB, dC, dD, dinit, block_t):
+    """The op's gradients from a backward launch's outputs (``da``, ``ddt_x`` [b, L, h, shares] and
+    ``dD`` [b, h, shares] hold one share per column block, or per block and column block): d(dt_t A)
+    is the reverse cumulative sum of ``da`` over the rest of t's block of ``block_t`` positions."""
+    batch, seqlen, nheads, _ = x.shape
     pad = (-seqlen) % block_t
     da = torch.nn.functional.pad(da.sum(-1), (0, 0, 0, pad)).view(batch, -1, block_t, nheads)
     d_dA = da.flip(2).cumsum(2).flip(2).view(batch, -1, nheads)[:, :seqlen]
@@ -292,25 +467,113 @@ def _bwd(x, dt, A, B, C, D, seq_idx, states, dy, dfinal, cfg):
     return (dx.to(x.dtype), ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
 
 
+def _grad_buffers(x, B, shares: int, dD_shares: int) -> dict:
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    f32 = dict(device=x.device, dtype=torch.float32)
+    return {"dx": torch.empty(batch, seqlen, nheads, headdim, **f32),
+            "da": torch.empty(batch, seqlen, nheads, shares, **f32),
+            "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
+            "dB": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
+            "dC": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
+            "dD": torch.empty(batch, nheads, dD_shares, **f32),
+            "dinit": torch.empty(batch, nheads, headdim, dstate, **f32)}
+
+
+def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
+    """The walking backward: a states-keeping rerun of the forward, then one reverse launch."""
+    _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, write_y=False, state_every=1)
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    block_t, block_p, launch = _blocking(cfg)
+    n_pblocks = headdim // block_p
+    out = _grad_buffers(x, B, n_pblocks, n_pblocks)
+    seq = seq_idx if seq_idx is not None else dt
+    _ssd_bwd_kernel[(batch, nheads, n_pblocks)](
+        x, dt, A, B, C, D if D is not None else A, seq, dy, dfinal if dfinal is not None else out["dinit"], states,
+        out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"], out["dinit"],
+        seqlen, nheads // ngroups,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
+        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+    )
+    return _grads(x, dt, A, B, C, block_t=block_t, **out)
+
+
+def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, states):
+    """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward
+    (unless the forward kept ``states``) and the sequential state-gradient launch, then one launch over
+    all (block, column block, head, batch)."""
+    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares = cfg
+    if states is None:
+        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
+                            write_y=False, state_every=1)
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
+    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks)
+    if bc_shares:
+        out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads, n_pblocks, dstate, device=x.device,
+                                            dtype=torch.float32) for _ in range(2))
+    dstates = torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device,
+                          dtype=torch.float32 if fp32_dstates else x.dtype)
+    seq = seq_idx if seq_idx is not None else dt
+    seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
+    _ssd_bwd_dstates_kernel[(batch, nheads, headdim // seq_p)](
+        dt, A, C, seq, dy, dfinal if dfinal is not None else out["dinit"], dstates, out["dinit"],
+        seqlen, nheads // ngroups, *dt.stride(), *C.stride(), *seq_strides, *dy.stride(),
+        HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
+        BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
+    )
+    _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks, nheads, batch)](
+        x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
+        out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
+        seqlen, nheads // ngroups,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
+    )
+    if bc_shares:  # each group's heads are consecutive
+        out["dB"], out["dC"] = (out[k].view(batch, seqlen, ngroups, -1, dstate).sum(3) for k in ("dB", "dC"))
+    return _grads(x, dt, A, B, C, block_t=block_t, **out)
+
+
 class _SSDScan(torch.autograd.Function):
     """(x, dt processed, A, B, C, D, initial_states, seq_idx) -> (y, final_state); see the module."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg):
-        y, final, _ = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, False)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx)
-        ctx.bwd_cfg = bwd_cfg
+    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg, split_cfg, grad_wanted):
+        # The split backward's states, kept by the forward if asked (its blocks are whole forward blocks)
+        # and if a backward can follow (inside forward, grad mode is always off).
+        keep = split_cfg is not None and split_cfg[9] and grad_wanted
+        y, final, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg,
+                                state_every=split_cfg[0] // fwd_cfg[0] if keep else 0)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx, states)
+        ctx.bwd_cfg, ctx.split_cfg = bwd_cfg, split_cfg
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, initial_states, seq_idx = ctx.saved_tensors
-        # The entering state of every block, recomputed: held only for the length of this backward.
-        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, ctx.bwd_cfg, True)
-        dx, ddt, dA, dB, dC, dD, dinit = _bwd(
-            x, dt, A, B, C, D, seq_idx, states, dy.contiguous(), dfinal, ctx.bwd_cfg)
+        x, dt, A, B, C, D, initial_states, seq_idx, states = ctx.saved_tensors
+        if ctx.split_cfg is not None:
+            grads = _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.split_cfg,
+                               states)
+        else:
+            grads = _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.bwd_cfg)
+        dx, ddt, dA, dB, dC, dD, dinit = grads
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, None if D is None else dD.to(D.dtype),
-                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None)
+                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None, None, None)
+
+
+# The split backward's blocking: positions per block; head-dim columns, state columns at a time and
+# warps of the parallel launch; head-dim columns per program and warps of the sequential
+# state-gradient launch; of the states-keeping rerun of the forward; 1 to keep the per-block state
+# gradients in float32 (0: in x's dtype); 1 to have the forward keep the per-block states for the
+# backward instead of the rerun (memory held from forward to backward; the positions per block
+# must be a multiple of the forward's); 1 to write each head's (and column block's) share of dB and
+# dC and sum them in PyTorch instead of adding them atomically.
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0)
 
 
 def ssd_chunk_scan_triton(
@@ -328,6 +591,7 @@ def ssd_chunk_scan_triton(
     return_final_states: bool = False,
     fwd_config: tuple[int, ...] = (32, 64, 4),
     bwd_config: tuple[int, ...] = (16, 32, 4),
+    split_bwd_config: tuple[int, ...] | None = None,
 ):
     """The SSD scan through this module's kernels; arguments and results as
     :func:`kotomamba.ops.ssd.ssd_chunk_scan_ref` (without ``chunk_size``: the blocking is internal).
@@ -335,8 +599,9 @@ def ssd_chunk_scan_triton(
     x: [b, L, h, p]; dt: [b, L, h]; A: [h]; B, C: [b, L, g, n]; D, dt_bias: [h]; initial_states:
     [b, h, p, n]; seq_idx: [b, L] int. p and n must be powers of two of at least 16.
     ``fwd_config`` / ``bwd_config``: (positions per block, head-dim columns per program, warps,
-    optionally a cap on registers per thread) of the forward and of the backward (whose recomputing
-    forward uses the backward's blocking).
+    optionally a cap on registers per thread) of the forward and of the walking backward (whose
+    recomputing forward uses the backward's blocking). ``split_bwd_config``: use the split backward
+    instead, with this blocking (``SPLIT_BWD_DEFAULT``'s fields; a shorter tuple takes the rest from it).
     Returns y [b, L, h, p] in x's dtype and, with ``return_final_states``, the final state
     [b, h, p, n] float32.
     """
@@ -344,11 +609,22 @@ def ssd_chunk_scan_triton(
     sizes = [("head dim", headdim), ("d_state", dstate)]
     for which, config in (("fwd", fwd_config), ("bwd", bwd_config)):
         sizes += [(f"{which} block_t", config[0]), (f"{which} block_p", min(config[1], headdim))]
+    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
+    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
+    if split_bwd_config is not None:
+        split = list(split_bwd_config) + list(SPLIT_BWD_DEFAULT[len(split_bwd_config):])
+        for i in (1, 4, 6):
+            split[i] = min(split[i], headdim)
+        split[2] = min(split[2], dstate)
+        sizes += [("split block_t", split[0]), ("split block_p", split[1]), ("split block_n", split[2]),
+                  ("split sequential block_p", split[4]), ("split rerun block_p", split[6])]
+        if split[9] and split[0] % fwd_config[0]:
+            raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
+                             f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
+        split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):
             raise ValueError(f"ssd_chunk_scan_triton needs a {name} that is a power of two >= 16, got {size}")
-    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
-    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()
@@ -360,5 +636,6 @@ def ssd_chunk_scan_triton(
         seq_idx = seq_idx.to(torch.int32)
     if initial_states is not None:
         initial_states = initial_states.contiguous()
-    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config)
+    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config, split_bwd_config,
+                              torch.is_grad_enabled())
     return (y, final) if return_final_states else y

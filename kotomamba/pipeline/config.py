@@ -34,25 +34,48 @@ def _format_path(path) -> str:
     return out or "<top level>"
 
 
-def _line_of(path: list, config_file: str | None) -> int | None:
-    """The 1-based line of the YAML node at ``path`` in ``config_file`` (its nearest existing parent)."""
-    if not config_file or not Path(config_file).is_file():
-        return None
+def _depth_and_line(path: list, config_file: str) -> tuple[int, int | None]:
+    """How many parts of ``path`` ``config_file`` holds, and the 1-based line of the deepest one."""
+    if not Path(config_file).is_file():
+        return 0, None
     node = yaml.compose(Path(config_file).read_text())
     line = node.start_mark.line + 1 if node is not None else None
-    for part in path:
+    for depth, part in enumerate(path):
         if isinstance(node, yaml.MappingNode):
             match = [v for k, v in node.value if k.value == part]
             if not match:
                 key_match = [k for k, _ in node.value if k.value == part]
-                return key_match[0].start_mark.line + 1 if key_match else line
+                return (depth + 1, key_match[0].start_mark.line + 1) if key_match else (depth, line)
             node = match[0]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
         else:
-            break
+            return depth, line
         line = node.start_mark.line + 1
-    return line
+    return len(path), line
+
+
+def _config_files(config_files) -> list[str]:
+    if not config_files:
+        return []
+    return [str(config_files)] if isinstance(config_files, (str, Path)) else [str(f) for f in config_files]
+
+
+def _located(path: list, config_files) -> tuple[str | None, int | None]:
+    """The config file that sets ``path`` (the last of several that go deepest: later files override
+    earlier ones) and the line there."""
+    best: tuple[str | None, int | None, int] = (None, None, -1)
+    for config_file in _config_files(config_files):
+        depth, line = _depth_and_line(path, config_file)
+        if depth >= best[2]:
+            best = (config_file, line, depth)
+    return best[0], best[1]
+
+
+def locate(path: list, config_files) -> str:
+    """``file:line: key.path`` of a run-config key, for messages: the file of several that sets it."""
+    where, line = _located(path, config_files)
+    return f"{where or 'config'}{f':{line}' if line else ''}: {_format_path(path)}"
 
 
 def _with_defaults(validator_class):
@@ -72,14 +95,18 @@ def _with_defaults(validator_class):
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate(config: dict, config_file: str | None = None, inputs: bool = True) -> dict:
+def validate(config: dict, config_file: str | list | None = None, inputs: bool = True) -> dict:
     """Validate ``config`` in place against the schema, filling defaults; raise UserError on problems.
 
-    Every error is reported, each with its key path and, when ``config_file`` is given, its line there.
-    Cross-field rules the schema cannot express (stage names unique, referenced sources exist) follow,
-    then every stage's trainer config and, with ``inputs``, the files the user provides (local corpus
-    sources, the model to start from) relative to the working directory.
+    Every error is reported, each with its key path and, when ``config_file`` is given (one file or the
+    list merged in order), the file and line that set it. ``inputs_override`` is applied and removed
+    (:mod:`kotomamba.pipeline.inputs`). Cross-field rules the schema cannot express (stage names unique,
+    referenced sources exist) follow, then every stage's trainer config and, with ``inputs``, the files
+    the user provides (local corpus sources, tokenizer, the model to start from) relative to the working
+    directory. Nothing is downloaded and no network is asked.
     """
+    from kotomamba.pipeline.inputs import apply_overrides, remote_problems
+
     errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = []
     for error in errors:
@@ -87,56 +114,48 @@ def validate(config: dict, config_file: str | None = None, inputs: bool = True) 
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             for key in extra:
-                line = _line_of(path + [key], config_file)
-                problems.append((path + [key], line, "unknown key"))
+                problems.append((path + [key], "unknown key"))
             continue
-        problems.append((path, _line_of(path, config_file), error.message))
-    problems += _cross_field_problems(config, config_file) if not problems else []
+        problems.append((path, error.message))
+    if not problems:
+        problems += apply_overrides(config) + remote_problems(config)
+    problems += _cross_field_problems(config) if not problems else []
     if not problems:
         from kotomamba.pipeline.stage_check import run_problems
 
-        where = config_file or "config"
-
-        def locate(path: list) -> str:
-            line = _line_of(path, config_file)
-            return f"{where}{f':{line}' if line else ''}: {_format_path(path)}"
-
-        for path, message in run_problems(config, locate, inputs):
-            problems.append((path, _line_of(path, config_file) if path else None, message))
+        for path, message in run_problems(config, lambda p: locate(p, config_file), inputs):
+            problems.append((path, message))
     if problems:
-        where = config_file or "config"
-        lines = [
-            f"{where}{f':{line}' if line else ''}: {_format_path(path)}: {message}" if path is not None else message
-            for path, line, message in problems
-        ]
+        lines = [f"{locate(path, config_file)}: {message}" if path is not None else message
+                 for path, message in problems]
         raise UserError("invalid pipeline configuration:\n  " + "\n  ".join(lines))
     return config
 
 
-def _cross_field_problems(config: dict, config_file: str | None) -> list:
+def _cross_field_problems(config: dict) -> list:
     problems = []
     names = [source["name"] for source in config["corpus"]["sources"]]
     for i, name in enumerate(names):
         if names.index(name) != i:
             path = ["corpus", "sources", i, "name"]
-            problems.append((path, _line_of(path, config_file), f"duplicate source name {name!r}"))
+            problems.append((path, f"duplicate source name {name!r}"))
     for i, source in enumerate(config["corpus"]["sources"]):
         if "sha256" in source and len(source["sha256"]) != len(source.get("urls", [])):
             path = ["corpus", "sources", i, "sha256"]
-            problems.append((path, _line_of(path, config_file), "needs exactly one checksum per entry of urls"))
+            problems.append((path, "needs exactly one checksum per entry of urls"))
     stage_names = [stage["name"] for stage in config["stages"]]
     for i, stage in enumerate(config["stages"]):
         if stage_names.index(stage["name"]) != i:
             path = ["stages", i, "name"]
-            problems.append((path, _line_of(path, config_file), f"duplicate stage name {stage['name']!r}"))
+            problems.append((path, f"duplicate stage name {stage['name']!r}"))
         for j, source in enumerate(stage.get("sources", [])):
             if source not in names:
                 path = ["stages", i, "sources", j]
-                problems.append((path, _line_of(path, config_file), f"unknown corpus source {source!r}"))
+                problems.append((path, f"unknown corpus source {source!r}"))
     for j, source in enumerate(config["tokenizer"].get("train_sources", [])):
         if source not in names:
             path = ["tokenizer", "train_sources", j]
-            problems.append((path, _line_of(path, config_file), f"unknown corpus source {source!r}"))
+            problems.append((path, f"unknown corpus source {source!r}"))
     return problems
 
 
@@ -215,8 +234,42 @@ class RunPaths:
 
     @property
     def tokenizer_model(self) -> str:
-        """The tokenizer every later stage uses: the configured one, or the one the pipeline trains."""
+        """The tokenizer every later stage uses: the configured file (fetched, if remote), or the one the
+        pipeline trains."""
+        remote = self.remote_inputs("tokenizer")
+        if remote:
+            return self.input_file("tokenizer", next(iter(remote)))
         return self.config["tokenizer"]["model"] or f"{self.tokenizer_dir}/tokenizer.model"
+
+    def remote_inputs(self, kind: str) -> dict:
+        """The remote files of ``kind`` (tokenizer, init): name -> (source, key path in the run config)."""
+        from kotomamba.pipeline.inputs import remote_sources
+
+        return remote_sources(self.config, kind)
+
+    def input_file(self, kind: str, name: str) -> str:
+        """Where a remote tokenizer or initial-checkpoint file is kept once fetched."""
+        return f"{self.root}/inputs/{kind}/{name}"
+
+    @property
+    def input_lock(self) -> str:
+        """The sha256 of every remote input as first downloaded (:mod:`kotomamba.data.input_lock`)."""
+        return f"{self.root}/inputs.lock.yaml"
+
+    @property
+    def init_dir(self) -> str | None:
+        """The directory the first stage starts from: ``init`` as given, or where its remote files are kept."""
+        if self.remote_inputs("init"):
+            return f"{self.root}/inputs/init"
+        return self.config.get("init")
+
+    @property
+    def init_files(self) -> list[str]:
+        """What the first stage waits for: the fetched files of a remote ``init``, or the local directory."""
+        remote = self.remote_inputs("init")
+        if remote:
+            return [self.input_file("init", name) for name in remote]
+        return [self.config["init"]] if self.config.get("init") else []
 
     def merged_prefix(self, source: str) -> str:
         """The prefix ``kotomamba merge-datasets`` writes ``source``'s merged datasets under (it adds
@@ -303,7 +356,7 @@ _FIXED = {
     "seed": (lambda c, i: ["seed"], lambda c, i: c["seed"]),
     "model": (lambda c, i: ["model"], lambda c, i: c["model"]),
     "init.from": (lambda c, i: ["init"] if i == 0 else ["stages", i - 1, "name"],
-                  lambda c, i: c["init"] if i == 0 else RunPaths(c).stage_dir(_stage_name(c, i - 1))),
+                  lambda c, i: RunPaths(c).init_dir if i == 0 else RunPaths(c).stage_dir(_stage_name(c, i - 1))),
     "data.data_path": (lambda c, i: ["stages", i, "sources"] if "sources" in c["stages"][i] else ["corpus", "sources"],
                        lambda c, i: data_path(c, stage_sources(c, _stage_name(c, i)))),
     "data.split": (lambda c, i: ["data", "split"], lambda c, i: c["data"]["split"]),

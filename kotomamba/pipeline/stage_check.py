@@ -1,5 +1,6 @@
 """The checks of a whole run that need more than the schema: every stage's trainer config, the model,
-the first stage's ``init`` and the local corpus sources, before any job runs.
+the first stage's ``init``, the tokenizer and the local corpus sources, before any job runs (remote
+inputs are fetched by jobs: nothing here asks the network).
 
 A stage's trainer config is the shared ``train`` merged with the stage's own plus what the pipeline
 fixes (:data:`kotomamba.pipeline.config.PIPELINE_KEYS`). It is checked by the trainer's own rules
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from kotomamba.data.download import is_remote
 from kotomamba.errors import UserError
 from kotomamba.pipeline.config import PIPELINE_KEYS, stage_train_config
 
@@ -105,10 +107,11 @@ def _model_problems(config: dict) -> list[Problem]:
 
 
 def _init_problems(config: dict) -> list[Problem]:
+    from kotomamba.pipeline.inputs import init_references
     from kotomamba.train.run_dir import init_source_kind
 
-    if config.get("init") is None:
-        return []
+    if len(init_references(config)) != 1 or is_remote(config["init"]):
+        return []  # remote files: checked once fetched (remote_problems checks their names)
     path = Path(config["init"])
     if not path.exists():
         return [(["init"], f"{path} does not exist")]
@@ -116,6 +119,13 @@ def _init_problems(config: dict) -> list[Problem]:
         init_source_kind(path)
     except UserError as error:
         return [(["init"], str(error))]
+    return []
+
+
+def _tokenizer_problems(config: dict) -> list[Problem]:
+    model = config["tokenizer"].get("model")
+    if model and not is_remote(model) and not Path(model).exists():
+        return [(["tokenizer", "model"], f"{model} does not exist")]
     return []
 
 
@@ -141,7 +151,7 @@ def run_problems(config: dict, locate: Callable[[list], str], inputs: bool = Tru
     """
     problems = _model_problems(config)
     if inputs:
-        problems += _init_problems(config) + _source_problems(config)
+        problems += _init_problems(config) + _tokenizer_problems(config) + _source_problems(config)
     for index in range(len(config["stages"])):
         problems += _stage_problems(config, index, locate)
     return problems

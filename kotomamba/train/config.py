@@ -116,9 +116,17 @@ class ScheduleConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the model is spread over ranks (FSDP2) and made cheaper (checkpointing, compile)."""
+    """How the model is spread over ranks (FSDP2 or replicas) and made cheaper (checkpointing, compile)."""
 
+    data_parallel: Literal["auto", "fsdp", "replicate"] = "auto"
+    """Several processes: ``fsdp`` shards the model (``strategy`` says how); ``replicate`` keeps all of it on
+    every rank and averages the gradients by all-reduce, so the micro-steps can be CUDA-graphed; ``auto``
+    replicates on GPUs when the weights, gradients and AdamW state take at most a quarter of one GPU's
+    memory, else shards (always shards on CPU). The job's log says which and why
+    (``kotomamba.train.parallelize.choose_data_parallel``). Checkpoints are the same either way: a run
+    resumes under the other choice."""
     strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD"] = "FULL_SHARD"
+    """How FSDP shards, when ``data_parallel`` chooses it."""
     hybrid_shard_size: int | None = None
     """HYBRID_SHARD: ranks per shard group (``null``: the ranks of one node, LOCAL_WORLD_SIZE)."""
     activation_checkpointing: bool = False
@@ -129,8 +137,8 @@ class ParallelConfig:
     gains nothing there (bench/RESULTS.md has what it measured per layer type)."""
     cuda_graph: Union[bool, Literal["auto"]] = "auto"
     """Capture each micro-batch's forward and backward as a CUDA graph and replay it: for models whose eager
-    step waits on the host. It needs one process on a GPU and none of ``compile``, activation checkpointing
-    or fp16. ``auto``: graphed wherever that holds, else eager; ``true``: graphed, an error where it cannot
+    step waits on the host. It needs a GPU per process, replicated parameters (``data_parallel``) when there
+    are several processes, and none of ``compile``, activation checkpointing or fp16. ``auto``: graphed wherever that holds, else eager; ``true``: graphed, an error where it cannot
     be; ``false``: eager. The job's log says which step runs and why (``kotomamba.train.step_choice``)."""
 
 

@@ -11,7 +11,9 @@ every call (the trainer's micro-batches are), inputs copied into static buffers,
 synchronisation inside the step (the chunked cross-entropy keeps its token count on the device),
 Triton autotuning done before the capture (the eager warm-up calls do it), and gradients that stay
 allocated: the captured backward adds into each ``.grad`` in place, so between steps they are
-zeroed, never set to None. One process only: FSDP's collectives and hooks are not captured.
+zeroed, never set to None. No collective inside: FSDP's collectives and hooks are not captured, so
+several processes graph their micro-steps only when each replicates the whole model and all-reduces the
+gradients after the last one (``kotomamba.train.grad_sync``).
 """
 from __future__ import annotations
 

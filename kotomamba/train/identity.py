@@ -22,10 +22,12 @@ from kotomamba.train.run_dir import RunDir, run_dir_of
 
 # Settings a resumed run may change without changing what it computes. ``parallel.cuda_graph`` only says
 # how the same kernels are launched (replayed or one by one), and under ``auto`` the job's own world
-# size decides it, which the identity does not hold either.
+# size decides it, which the identity does not hold either. ``parallel.data_parallel`` only says where
+# the same gradient mean is computed (sharded or replicated; the checkpoint format is the same), and under
+# ``auto`` the GPU's memory decides it.
 RESUMABLE_CHANGES = (("train", "max_steps_this_job"), ("train", "wall_time_budget_s"), ("logging",),
                      ("checkpoint", "interval"), ("checkpoint", "keep_last"), ("checkpoint", "async"), ("env",),
-                     ("parallel", "cuda_graph"))
+                     ("parallel", "cuda_graph"), ("parallel", "data_parallel"))
 
 # Weight files of a released (mamba-ssm / transformers) model directory.
 _WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")

@@ -5,10 +5,15 @@ Order (as torchtitan's ``parallelize``): activation checkpointing, then ``torch.
 composable ``checkpoint`` and ``nn.Module.compile`` keep every parameter name unchanged, so state
 dicts keep mamba-ssm's keys.
 
-Strategies: FULL_SHARD (parameters resharded after forward), SHARD_GRAD_OP (kept gathered between
-forward and backward), HYBRID_SHARD (2-D mesh: shard within a node, replicate across nodes).
+Data parallelism (``parallel.data_parallel``, :func:`choose_data_parallel`): ``fsdp`` shards as above,
+``replicate`` keeps the whole model on every rank and all-reduces the gradients
+(``kotomamba.train.grad_sync``), ``auto`` replicates a model that fits on one GPU. FSDP strategies
+(``parallel.strategy``): FULL_SHARD (parameters resharded after forward), SHARD_GRAD_OP (kept gathered
+between forward and backward), HYBRID_SHARD (2-D mesh: shard within a node, replicate across nodes).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,11 +44,70 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return precision
 
 
+# Bytes per parameter a replica holds beyond activations: weight, gradient and AdamW's two moments, all
+# in the master dtype (``optim.master_dtype``).
+STATE_BYTES = {"fp32": 16, "bf16": 8}
+# ``auto`` replicates when that state takes at most this share of one GPU's memory: the rest is left
+# for activations, the captured step's memory pool and the all-reduce buckets.
+REPLICATE_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class DataParallelChoice:
+    """``kind``: ``single`` (one process), ``replicate`` or ``fsdp``; ``reason``: the setting and why."""
+
+    kind: str
+    reason: str
+
+    def log_line(self) -> str:
+        """The start-up log line, e.g. ``data parallel: replicate (parallel.data_parallel: auto; ...)``."""
+        return f"data parallel: {self.kind} ({self.reason})"
+
+
+def choose_data_parallel(setting: str, world: int, device_type: str, parameters: int, master_dtype: str,
+                         device_memory: int | None) -> DataParallelChoice:
+    """How ``world`` processes share a model of ``parameters`` parameters (``parallel.data_parallel``).
+
+    ``auto`` replicates on CUDA GPUs when ``STATE_BYTES[master_dtype] x parameters`` is at most
+    ``REPLICATE_SHARE`` of ``device_memory`` (bytes, one GPU's) and shards with FSDP otherwise; on CPU it
+    shards (replication's gain is the CUDA-graphed micro-step, and CPU runs are the tests of the sharded
+    path). ``fsdp`` and ``replicate`` are taken as written. One process is ``single`` whatever the setting.
+    """
+    if world == 1:
+        return DataParallelChoice("single", f"parallel.data_parallel: {setting}; one process")
+    if setting != "auto":
+        return DataParallelChoice(setting, f"parallel.data_parallel: {setting}; {world} processes")
+    if device_type != "cuda" or not device_memory:
+        return DataParallelChoice("fsdp", f"parallel.data_parallel: auto; {world} processes without a CUDA GPU")
+    state = STATE_BYTES[master_dtype] * parameters
+    fits = state <= REPLICATE_SHARE * device_memory
+    return DataParallelChoice(
+        "replicate" if fits else "fsdp",
+        f"parallel.data_parallel: auto; {world} processes; weights, gradients and AdamW state "
+        f"{state / 2**30:.1f} GiB ({STATE_BYTES[master_dtype]} bytes x {parameters / 1e6:.1f}M parameters) "
+        f"{'within' if fits else 'over'} {REPLICATE_SHARE:.0%} of one GPU's {device_memory / 2**30:.0f} GiB")
+
+
+def gradient_sync(model: nn.Module, params: list[nn.Parameter], choice: DataParallelChoice, strategy: str,
+                  graphed: bool):
+    """The :class:`~kotomamba.train.grad_sync.GradientSync` the trainer calls around each step's micro-batches,
+    for a model :func:`parallelize` prepared and materialised. ``graphed``: the micro-steps are CUDA graphs
+    (replicated gradients are then all-reduced after the last one, not from hooks inside its backward)."""
+    from kotomamba.train.grad_sync import GradientSync, HybridShardGradients, ReplicatedGradients
+
+    if choice.kind == "replicate":
+        return ReplicatedGradients(params, overlap=not graphed)
+    if choice.kind == "fsdp" and strategy == "HYBRID_SHARD":
+        return HybridShardGradients(model)
+    return GradientSync()
+
+
 def parallelize(model: nn.Module, mesh, strategy: str, precision: str, activation_checkpointing: bool,
-                checkpoint_interval: int, compile_blocks: bool) -> nn.Module:
+                checkpoint_interval: int, compile_blocks: bool, replicate: bool = False) -> nn.Module:
     """Apply checkpointing, compile and FSDP2 to ``model`` in place (it may live on ``meta``).
 
-    A world of one process is not sharded: its compute dtype comes from autocast instead.
+    A world of one process is not sharded, nor is a ``replicate``d model (each rank holds all of it;
+    :func:`gradient_sync` averages its gradients): their compute dtype comes from autocast instead.
 
     Compute runs in ``precision`` (bf16 / fp16 casts of the fp32 shards on all-gather) and
     gradients are reduced in fp32, so the optimizer always sees fp32 weights and gradients.
@@ -51,7 +115,7 @@ def parallelize(model: nn.Module, mesh, strategy: str, precision: str, activatio
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     compute = PRECISIONS[precision]
-    sharded = mesh.size() > 1
+    sharded = mesh.size() > 1 and not replicate
     check_sharding(mesh.device_type, mesh.size())
     policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32 if compute is not None else None)
     blocks = list(model.backbone.layers)
@@ -70,7 +134,7 @@ def parallelize(model: nn.Module, mesh, strategy: str, precision: str, activatio
     if sharded:
         fully_shard(model, mesh=mesh, mp_policy=policy)
     elif compute is not None:
-        # One process has nothing to shard: FSDP would only add a cast and copy per parameter per
+        # One process (or a replica) has nothing to shard: FSDP would only add a cast and copy per parameter per
         # step, enough to make a small model's step wait on the host (bench/RESULTS.md).
         # Autocast gives the same bf16/fp16 compute over the fp32 weights, as upstream trains.
         model.forward = torch.autocast(mesh.device_type, dtype=compute)(model.forward)

@@ -9,16 +9,17 @@ replayed from a CUDA graph: ``kotomamba.train.cuda_graph``), then decides on the
 - a non-finite loss or norm otherwise is skipped and counted as non-finite;
 - else the gradients are unscaled and clipped to ``grad_clip`` in one multiply, and the optimizer steps.
 
-Each micro-batch's loss is multiplied by ``1 / accumulation`` before its backward and the data-parallel
-wrapper averages over ranks, so the gradient is the mean over the global batch whatever the world size.
+Each micro-batch's loss is multiplied by ``1 / accumulation`` before its backward and the gradients are
+averaged over ranks (inside the backward by FSDP2, after the last micro-batch by ``kotomamba.train.grad_sync``
+for replicas), so the gradient is the mean over the global batch whatever the world size.
 The gradient norm is the L2 norm of every shard's gradients together (:func:`global_grad_norm`), the
 clipping factor is ``torch.nn.utils.clip_grad_norm_``'s. Steps listed in ``train.skip_ranges`` draw
 their micro-batches and change nothing (:meth:`TrainStep.skip`).
 
 What a step did is returned (:class:`StepOutcome`); the counters it feeds live in
 ``kotomamba.train.train_state``. The step knows nothing of configs or checkpoints: it takes the model
-(already wrapped by ``kotomamba.train.parallelize``), the optimizer and a few settings, so another
-data-parallel wrapper plugs in unchanged.
+(already wrapped by ``kotomamba.train.parallelize``), the optimizer, the ``GradientSync`` that
+``parallelize.gradient_sync`` picks for the data-parallel kind, and a few settings.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
+from kotomamba.train.grad_sync import GradientSync
 
 # What a step did: the optimizer stepped, or why not.
 DONE, OVERFLOW, NONFINITE, RANGE = "done", "overflow", "nonfinite", "range"
@@ -108,18 +110,18 @@ class TrainStep:
     ``model``: a ``MambaLM`` wrapped by ``parallelize`` (its ``forward(tokens, labels=, seq_idx=)`` returns
     the mean loss). ``loss_scale``: a ``LossScale`` (fp16 with fp32 masters) or None. ``graphed``: replay
     each micro-step from a CUDA graph (``kotomamba.train.step_choice`` decides where that is safe).
-    ``all_reduce_last_micro_only``: HSDP, whose replicas then all-reduce once per step instead of once
-    per micro-batch. ``stats_group``: the process group the optimizer statistics reduce over (the shard
-    group; the replicas of HSDP hold the same values).
+    ``grad_sync``: called around the micro-batches (``kotomamba.train.grad_sync``; None: nothing to do, as
+    for one process or FSDP2). ``stats_group``: the process group the optimizer statistics reduce over (the
+    shard group; the replicas of HSDP hold the same values); None: every rank holds the whole model.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, accumulation: int,
                  grad_clip: float | None, loss_scale=None, graphed: bool = False,
-                 all_reduce_last_micro_only: bool = False, stats_group=None):
+                 grad_sync: GradientSync | None = None, stats_group=None):
         self.model, self.optimizer, self.accumulation = model, optimizer, accumulation
         self.grad_clip, self.loss_scale = grad_clip, loss_scale
-        self.all_reduce_last_micro_only = all_reduce_last_micro_only
-        self.stats_group = stats_group if stats_group is not None else dist.group.WORLD
+        self.grad_sync = grad_sync if grad_sync is not None else GradientSync()
+        self.stats_group = stats_group
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.graphed = GraphedMicroStep(model, self.params, 1.0 / accumulation) if graphed else None
 
@@ -142,14 +144,14 @@ class TrainStep:
         scale = self.loss_scale.scale if self.loss_scale is not None else 1.0
         loss_sum = torch.zeros((), device=device, dtype=torch.float32)
         for micro in range(self.accumulation):
-            if self.all_reduce_last_micro_only:
-                self.model.set_requires_all_reduce(micro == self.accumulation - 1)
+            self.grad_sync.begin_micro_step(micro == self.accumulation - 1)
             tokens, seq_idx = on_device(next(batches), device)
             if self.graphed is not None:
                 loss = self.graphed(tokens, seq_idx)
             else:
                 loss = micro_step(self.model, tokens, seq_idx, scale / self.accumulation)
             loss_sum += loss.float()
+        self.grad_sync.finish()
         dist.all_reduce(loss_sum)
         norm = global_grad_norm(self.params) / scale
         # One transfer to the host per step for both values (the skip decisions below need them there).
@@ -177,8 +179,9 @@ class TrainStep:
         return StepOutcome(DONE, record)
 
     def zero_grad(self) -> None:
-        # A captured backward adds into the gradients' own memory: zero them there instead of dropping them.
-        self.optimizer.zero_grad(set_to_none=self.graphed is None)
+        # A captured backward adds into the gradients' own memory, and replicas' gradients are views into
+        # the all-reduce buckets: zero them there instead of dropping them.
+        self.optimizer.zero_grad(set_to_none=self.graphed is None and not self.grad_sync.keeps_grads)
 
 
 class OptimizerStats:
@@ -187,6 +190,7 @@ class OptimizerStats:
     Call :meth:`before_step` (snapshots the local shards) and :meth:`after_step` around
     ``optimizer.step()`` on log steps only; the sums of squares of all groups are reduced in one
     collective over the shard group, so the figures describe the whole model, not rank 0's shard.
+    ``shard_group`` ``None``: every rank holds the whole model (one process, replicas), nothing to reduce.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, shard_group):
@@ -215,9 +219,10 @@ class OptimizerStats:
             sums.append(torch.stack([weight, update, m1, m2]))
         self._before = None
         total = torch.stack(sums)
-        device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
-        total = total.to(device)
-        dist.all_reduce(total, group=self.group)
+        if self.group is not None:
+            device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+            total = total.to(device)
+            dist.all_reduce(total, group=self.group)
         stats = {}
         for group, (weight, update, m1, m2) in zip(self.optimizer.param_groups, total.cpu().tolist()):
             name = group.get("group", "params")

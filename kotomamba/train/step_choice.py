@@ -4,7 +4,8 @@
 otherwise), ``true`` (graphed; an error naming every reason where it is not safe) or ``false`` (always
 eager). What the config alone rules out is known when the config is read (:func:`config_refusals`, also
 used by ``kotomamba.train.config`` to refuse ``true`` early); what the job finds at start-up (a GPU,
-how many processes) only in the trainer, which calls :func:`choose_step` once and logs its answer.
+how many processes, whether they replicate the model) only in the trainer, which logs the answer of
+:func:`choose_step`.
 
 Graphed where it can be: on one GPU a small model's eager step waits on Python launching kernels, and
 the captured step keeps the card busy (bench/RESULTS.md has the measured difference). Torch-free, so
@@ -46,24 +47,28 @@ def config_refusals(config: TrainConfig) -> list[tuple[str, str]]:
     return refusals
 
 
-def job_refusals(device_type: str, world: int) -> list[str]:
-    """What the job itself rules out: no GPU, or several processes."""
+def job_refusals(device_type: str, world: int, replicated: bool) -> list[str]:
+    """What the job itself rules out: no GPU, or several processes sharding the model."""
     if device_type != "cuda":
         return ["no CUDA GPU"]
-    if world > 1:
-        return [f"{world} processes (FSDP's collectives and hooks are not captured; one process only)"]
+    if world > 1 and not replicated:
+        return [f"{world} processes sharding with FSDP (its collectives and hooks are not captured; "
+                "parallel.data_parallel: replicate graphs a model that fits on one GPU)"]
     return []
 
 
-def choose_step(config: TrainConfig, device_type: str, world: int) -> StepChoice:
-    """The micro-step this job runs. Raises ``UserError`` for ``parallel.cuda_graph: true`` where it cannot run."""
+def choose_step(config: TrainConfig, device_type: str, world: int, replicated: bool = False) -> StepChoice:
+    """The micro-step this job runs; ``replicated``: several processes each hold the whole model
+    (``kotomamba.train.parallelize.choose_data_parallel``), so a micro-step holds no collective.
+    Raises ``UserError`` for ``parallel.cuda_graph: true`` where it cannot run."""
     setting = config.parallel.cuda_graph
     shown = "auto" if setting == "auto" else str(setting).lower()
     if setting is False:
         return StepChoice(False, "parallel.cuda_graph: false")
-    refusals = [f"{name} ({why})" for name, why in config_refusals(config)] + job_refusals(device_type, world)
+    refusals = [f"{name} ({why})" for name, why in config_refusals(config)] + job_refusals(device_type, world, replicated)
     if not refusals:
-        return StepChoice(True, f"parallel.cuda_graph: {shown}; one process on a CUDA GPU")
+        where = "one process on a CUDA GPU" if world == 1 else f"{world} processes, each replicating the model on a CUDA GPU"
+        return StepChoice(True, f"parallel.cuda_graph: {shown}; {where}")
     if setting is True:
         raise UserError(f"parallel.cuda_graph: true cannot run here: {'; '.join(refusals)}; "
                         "set it to auto (graphed where it can be) or false")

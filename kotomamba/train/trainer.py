@@ -1,11 +1,12 @@
-"""The training loop: FSDP2 model, AdamW, schedule, eval, checkpoints, signals around the training step.
+"""The training loop: FSDP2 or replicated model, AdamW, schedule, eval, checkpoints, signals around the
+training step.
 
-One optimizer step (``kotomamba.train.step``: accumulation, clipping, skip rules) consumes
-``global_batch_size`` consecutive samples of the (fixed, global) sample order, split over ranks and
-micro-batches by ``MicroBatchSampler``; the run's counters live in ``kotomamba.train.train_state``,
-which a checkpoint saves whole. Exit codes: 0 done (or segment done), 1 aborted after too
-many non-finite steps (a checkpoint is written first), 75 checkpointed on SIGTERM / SIGUSR1 or the
-wall-time budget: requeue.
+One optimizer step (``kotomamba.train.step``: accumulation, the gradients' averaging over ranks through
+``grad_sync``, clipping, skip rules) consumes ``global_batch_size`` consecutive samples of the (fixed,
+global) sample order, split over ranks and micro-batches by ``MicroBatchSampler``; the run's counters
+live in ``kotomamba.train.train_state``, which a checkpoint saves whole. Exit codes: 0 done (or segment
+done), 1 aborted after too many non-finite steps (a checkpoint is written first), 75 checkpointed on
+SIGTERM / SIGUSR1 or the wall-time budget: requeue.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from kotomamba.train.job_log import record_job_start
 from kotomamba.train.loss_scale import LossScale
 from kotomamba.train.metrics import MetricsSink, memory_stats
 from kotomamba.train.optim import build_optimizer
-from kotomamba.train.parallelize import check_sharding, parallelize, resolve_precision
+from kotomamba.train.parallelize import (check_sharding, choose_data_parallel, gradient_sync, parallelize,
+                                         resolve_precision)
 from kotomamba.train.run_dir import RunDir, read_model_config
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
@@ -66,8 +68,10 @@ class Trainer:
         self.accum = accumulation_steps(config.train, self.world)
         # What the world size makes impossible is refused before the run directory changes.
         check_sharding(self.device.type, self.world)
-        # Graphed or eager, decided once (and ``parallel.cuda_graph: true`` refused where it cannot run).
-        self.step_choice = choose_step(config, self.device.type, self.world)
+        # Graphed or eager (and ``parallel.cuda_graph: true`` refused where it cannot run): what the config
+        # settles is checked now; under ``parallel.data_parallel: auto`` the model's size settles the rest.
+        self.step_choice = choose_step(config, self.device.type, self.world,
+                                       replicated=config.parallel.data_parallel != "fsdp")
         parallel = config.parallel
         self.mesh = build_mesh(self.device.type, self.world, parallel.strategy, parallel.hybrid_shard_size)
         self.shard_group = self.mesh["shard"].get_group() if parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
@@ -160,9 +164,17 @@ class Trainer:
         self.model_config = MambaConfig.from_dict(holder[0])
         master = torch.bfloat16 if c.optim.master_dtype == "bf16" else torch.float32
         model = MambaLM(self.model_config, device="meta", dtype=master)
+        memory = torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda" else None
+        self.data_parallel = choose_data_parallel(c.parallel.data_parallel, self.world, self.device.type,
+                                                  sum(p.numel() for p in model.parameters()), c.optim.master_dtype,
+                                                  memory)
+        replicated = self.data_parallel.kind == "replicate"
+        self.step_choice = choose_step(c, self.device.type, self.world, replicated=replicated)
+        if replicated:
+            self.shard_group = None  # every rank holds all of the weights: optimizer statistics need no reduction
         precision = "fp32" if master != torch.float32 else self.precision
         parallelize(model, self.mesh, c.parallel.strategy, precision, c.parallel.activation_checkpointing,
-                    c.parallel.activation_checkpointing_interval, c.parallel.compile)
+                    c.parallel.activation_checkpointing_interval, c.parallel.compile, replicate=replicated)
         model.to_empty(device=self.device)
         if self.resume_from is None:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -181,10 +193,10 @@ class Trainer:
         if self.precision == "fp16" and master == torch.float32:
             loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
         self.state = TrainState(self.rank, self.world, self.device, loss_scale)
-        self.train_step = TrainStep(
-            model, self.optimizer, self.accum, c.train.grad_clip, loss_scale, graphed=self.step_choice.graphed,
-            all_reduce_last_micro_only=c.parallel.strategy == "HYBRID_SHARD" and self.world > 1,
-            stats_group=self.shard_group)
+        grad_sync = gradient_sync(model, [p for p in model.parameters() if p.requires_grad], self.data_parallel,
+                                  c.parallel.strategy, graphed=self.step_choice.graphed)
+        self.train_step = TrainStep(model, self.optimizer, self.accum, c.train.grad_clip, loss_scale,
+                                    graphed=self.step_choice.graphed, grad_sync=grad_sync, stats_group=self.shard_group)
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
@@ -234,7 +246,7 @@ class Trainer:
             inputs, data_bin_bytes={f"{p}.bin": Path(f"{p}.bin").stat().st_size for p in prefixes},
             world_size=self.world, launcher=self.launch.launcher, seed=c.seed, precision=self.precision,
             device=self.device_name, resumed_from=str(self.resume_from) if self.resume_from else None,
-            train_step="cuda_graph" if self.step_choice.graphed else "eager",
+            train_step="cuda_graph" if self.step_choice.graphed else "eager", data_parallel=self.data_parallel.kind,
         ))
 
     # ------------------------------------------------------------------------------------ loop
@@ -283,6 +295,7 @@ class Trainer:
             self._load(self.resume_from)
         if self.rank == 0:
             self._write_run_record()
+            print(f"kotomamba train: {self.data_parallel.log_line()}", flush=True)
             print(f"kotomamba train: {self.step_choice.log_line()}", flush=True)
         sink = self._sink() if self.rank == 0 else None
         if self.rank == 0:

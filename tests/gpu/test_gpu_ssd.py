@@ -53,11 +53,12 @@ def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-def ours(seq_idx, fwd_config=None, bwd_config=None):
-    """Our op; with the configs left out, its default blocking."""
+def ours(seq_idx, fwd_config=None, bwd_config=None, split_bwd_config=None):
+    """Our op; with the configs left out, its default blocking (and the walking backward)."""
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
 
-    configs = {k: v for k, v in (("fwd_config", fwd_config), ("bwd_config", bwd_config)) if v is not None}
+    configs = {k: v for k, v in (("fwd_config", fwd_config), ("bwd_config", bwd_config),
+                                 ("split_bwd_config", split_bwd_config)) if v is not None}
     return lambda **t: ssd_chunk_scan_triton(**t, dt_softplus=True, seq_idx=seq_idx, return_final_states=True,
                                              **configs)
 
@@ -75,13 +76,20 @@ def mamba_ssm(seq_idx):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_seq_idx", [False, True])
-@pytest.mark.parametrize("fwd_config, bwd_config", [((32, 64, 4), (32, 32, 4)), ((64, 32, 8), (64, 16, 8)),
-                                                    ((16, 16, 4), (16, 32, 4, 168))])
-def test_kernels_match_the_twin(dtype, with_seq_idx, fwd_config, bwd_config):
+@pytest.mark.parametrize("fwd_config, bwd_config, split", [
+    ((32, 64, 4), (32, 32, 4), None), ((64, 32, 8), (64, 16, 8), None), ((16, 16, 4), (16, 32, 4, 168), None),
+    # The split backward (fields as SPLIT_BWD_DEFAULT's): its default; blocks of 32 with two column blocks,
+    # the state in two chunks and float32 state gradients; blocks of 128; the forward's states kept;
+    # dB and dC summed from shares (two column blocks).
+    ((32, 64, 4), None, ()), ((32, 64, 4), None, (32, 16, 32, 4, 32, 4, 32, 4, 1)),
+    ((32, 64, 4), None, (128, 32, 32, 8)), ((32, 64, 4), None, (64, 64, 16, 8, 64, 4, 64, 4, 0, 1)),
+    ((32, 64, 4), None, (64, 16, 16, 4, 64, 4, 64, 4, 0, 0, 1)),
+])
+def test_kernels_match_the_twin(dtype, with_seq_idx, fwd_config, bwd_config, split):
     b, L, h, g, p, n = 2, 300, 8, 2, 32, 64
     seq_idx = packed(b, L, [40, 128, 200, 201]) if with_seq_idx else None
     leaves, cot = inputs(b, L, h, g, p, n, dtype)
-    got = outputs_and_grads(ours(seq_idx, fwd_config, bwd_config), leaves, cot)
+    got = outputs_and_grads(ours(seq_idx, fwd_config, bwd_config, split), leaves, cot)
     oracle = outputs_and_grads(twin(seq_idx), leaves, cot, upcast=True)
     floor = outputs_and_grads(twin(seq_idx), leaves, cot) if dtype == torch.bfloat16 else None
     for key, expected in oracle.items():
@@ -93,15 +101,17 @@ def test_kernels_match_the_twin(dtype, with_seq_idx, fwd_config, bwd_config):
 
 
 @pytest.mark.parametrize("with_seq_idx", [False, True])
-def test_kernels_match_mamba_ssm(with_seq_idx):
+@pytest.mark.parametrize("split", [None, (), (32, 64, 128, 4), (128, 64, 32, 8), (64, 64, 16, 8, 64, 4, 64, 4, 0, 1),
+                                   (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 1)])
+def test_kernels_match_mamba_ssm(with_seq_idx, split):
     """Model shapes (head dim 64, d_state 128, one group), bf16: no further from the float32 twin than
     mamba-ssm's kernels are, give or take bf16 rounding. mamba-ssm takes initial states only without
-    seq_idx."""
+    seq_idx. ``split``: the walking backward (None) or the split one with this blocking (() its default)."""
     b, L, h, g, p, n = 2, 1024, 8, 1, 64, 128
     seq_idx = packed(b, L, [100, 256, 700]) if with_seq_idx else None
     leaves, cot = inputs(b, L, h, g, p, n, torch.bfloat16, with_init=not with_seq_idx, seed=1)
     theirs = outputs_and_grads(mamba_ssm(seq_idx), leaves, cot)
-    got = outputs_and_grads(ours(seq_idx), leaves, cot)
+    got = outputs_and_grads(ours(seq_idx, split_bwd_config=split), leaves, cot)
     oracle = outputs_and_grads(twin(seq_idx), leaves, cot, upcast=True)
     for key, expected in oracle.items():
         error, theirs_error = relative_error(got[key], expected), relative_error(theirs[key], expected)
