@@ -18,6 +18,7 @@ account stops it too; an empty account where ``scontrol`` cannot tell is a warni
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import importlib.util
 import json
@@ -63,19 +64,22 @@ class PlannedJob:
 def planned_job(job, local: bool) -> PlannedJob:
     """A Snakemake job's :class:`PlannedJob`; resources known only once its inputs exist (``<TBD>``)
     are left out, as the ones its submission reads are set by the run config."""
+    from snakemake.common.tbdstring import TBDString
+
     resources = {name: value for name, value in job.resources.items()
-                 if name not in ("_cores", "_nodes") and type(value).__name__ != "TBDString"}
+                 if name not in ("_cores", "_nodes") and not isinstance(value, TBDString)}
     return PlannedJob(job.rule.name, int(job.dag.jobid(job)), int(job.threads), resources,
                       dict(job.wildcards_dict), local)
 
 
 def submitted_jobs(workflow, jobs) -> list[PlannedJob]:
-    """The jobs of ``jobs`` that a cluster run submits, by job id. ``localrules`` and ``run:``-less
-    rules run in the Snakemake process (Workflow.is_local without its executor test, which a dry run
-    answers for every rule)."""
-    local_rules = set(getattr(workflow, "_localrules", ()))
-    planned = [planned_job(job, job.rule.name in local_rules or job.rule.norun) for job in jobs]
-    return sorted((job for job in planned if not job.local), key=lambda job: job.jobid)
+    """The jobs of ``jobs`` that a cluster run submits, in an order they can run (a job after the ones
+    it needs). ``localrules`` and ``run:``-less rules run in the Snakemake process (Workflow.is_local
+    without its executor test, which a dry run answers for every rule)."""
+    dag, local_rules = workflow.dag, set(getattr(workflow, "_localrules", ()))
+    ordered = [job for level in dag.toposorted(set(jobs)) for job in sorted(level, key=dag.jobid)]
+    planned = [planned_job(job, job.rule.name in local_rules or job.rule.norun) for job in ordered]
+    return [job for job in planned if not job.local]
 
 
 def record_planned_jobs(workflow, path: str) -> None:
@@ -133,16 +137,37 @@ class Profile:
         return cls(executor, slurm=settings if executor == "slurm" else None)
 
     def submits(self) -> bool:
-        return self.executor in ("slurm", "cluster-generic")
+        """Whether jobs are submitted in a way known here: the SLURM plugin, or a kotomamba qsub profile
+        (a cluster-generic profile of your own is not checked)."""
+        if self.executor == "slurm":
+            return True
+        return self.executor == "cluster-generic" and _submit_module(self.submit_script) is not None
 
 
-def _load_submit(script: Path):
+@functools.cache
+def _submit_module(script: Path | None):
+    """A kotomamba qsub profile's submit.py as a module, or None for another submit command."""
+    if script is None or script.suffix != ".py" or not script.is_file():
+        return None
     spec = importlib.util.spec_from_file_location(f"kotomamba_profile_{script.parent.name}_submit", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, "submit_command"):
-        raise SettingError(f"{script}: has no submit_command(properties, jobscript); not a kotomamba profile")
-    return module
+    return module if hasattr(module, "submit_command") else None
+
+
+@functools.cache
+def _slurm_guesses() -> tuple[str, str]:
+    """The account and partition the SLURM plugin uses when a job names none: your last job's account
+    (``sacct``), the default partition (``sinfo``); asked once, as the plugin asks once per run."""
+    quiet = SimpleNamespace(warning=lambda *args: None)
+    account = partition = ""
+    if shutil.which("sacct"):
+        from snakemake_executor_plugin_slurm.accounts import get_account
+        account = get_account(quiet) or ""
+    if shutil.which("sinfo"):
+        from snakemake_executor_plugin_slurm.partitions import get_default_partition
+        partition = get_default_partition("a job without slurm_partition", quiet) or ""
+    return account, partition
 
 
 class _Resources(dict):
@@ -169,13 +194,7 @@ def sbatch_command(job: PlannedJob, settings: SimpleNamespace, workdir: Path) ->
     logdir = logdir if logdir.is_absolute() else workdir / logdir
     account = next(iter(re.split(r"[,\s]+", str(resources.get("slurm_account") or "").strip())), "")
     partition = resources.get("slurm_partition")
-    quiet = SimpleNamespace(warning=lambda *args: None)
-    if not account and shutil.which("sacct"):
-        from snakemake_executor_plugin_slurm.accounts import get_account
-        account = get_account(quiet)
-    if not partition and shutil.which("sinfo"):
-        from snakemake_executor_plugin_slurm.partitions import get_default_partition
-        partition = get_default_partition(adapter, quiet)
+    account, partition = account or _slurm_guesses()[0], partition or _slurm_guesses()[1]
     params = {
         "run_uuid": RUN_UUID,
         "slurm_logfile": logdir / f"rule_{job.rule}" / wildcards / "%j.log",
@@ -192,10 +211,11 @@ def submission(profile: Profile, job: PlannedJob, workdir: Path) -> str:
     """The command line that submits ``job`` under ``profile``; a SettingError names what is missing."""
     if profile.executor == "slurm":
         return sbatch_command(job, profile.slurm, workdir)
-    if profile.executor == "cluster-generic" and profile.submit_script is not None:
-        jobscript = JOBSCRIPT.format(rule=job.rule, jobid=job.jobid)
-        return shlex.join(_load_submit(profile.submit_script).submit_command(job.properties(), jobscript))
-    raise SettingError(f"the {profile.executor} executor runs jobs itself; nothing is submitted")
+    module = _submit_module(profile.submit_script) if profile.executor == "cluster-generic" else None
+    if module is None:
+        raise SettingError(f"{profile.executor} with {profile.submit_script}: not a kotomamba cluster profile")
+    jobscript = JOBSCRIPT.format(rule=job.rule, jobid=job.jobid)
+    return shlex.join(module.submit_command(job.properties(), jobscript))
 
 
 # AccountingStorageEnforce values that make SLURM refuse a job without a valid association (slurm.conf(5):
@@ -316,9 +336,12 @@ def main(argv: list[str]) -> int:
     options = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         profile = Profile.from_dir(options.profile)
-        if not profile.submits():
+        if profile.executor not in ("slurm", "cluster-generic"):
             print(f"kotomamba submissions: {options.profile} runs every job on this machine; nothing is submitted")
             return 0
+        if not profile.submits():
+            raise SettingError(f"{options.profile}: its submit command {profile.submit_script} is not a kotomamba "
+                               "profile's submit.py (with submit_command)")
         jobs = plan(options.profile, options.configfile, options.targets, extra)
     except SettingError as error:
         print(f"kotomamba submissions: {error}", file=sys.stderr)
@@ -328,8 +351,8 @@ def main(argv: list[str]) -> int:
         print(describe(job))
         try:
             print(f"  {submission(profile, job, workdir)}")
-        except (SettingError, WorkflowError) as error:  # listed again below with the other problems
-            print(f"  (not submittable: {error})")
+        except (SettingError, WorkflowError):
+            print(f"  (cannot be submitted: see the error for rule {job.rule} below)")
     if not jobs:
         print("nothing to submit: every target is up to date")
     errors, warnings = check(profile, jobs, workdir)
