@@ -62,8 +62,8 @@ class PlannedJob:
 
 
 def planned_job(job, local: bool) -> PlannedJob:
-    """A Snakemake job's :class:`PlannedJob`; resources known only once its inputs exist (``<TBD>``)
-    are left out, as the ones its submission reads are set by the run config."""
+    """A Snakemake job's :class:`PlannedJob`. Resources Snakemake estimates from input sizes that do not
+    exist yet (``<TBD>``: disk, and memory where the run config sets none) are left out."""
     from snakemake.common.tbdstring import TBDString
 
     resources = {name: value for name, value in job.resources.items()
@@ -346,7 +346,10 @@ def main(argv: list[str]) -> int:
     except SettingError as error:
         print(f"kotomamba submissions: {error}", file=sys.stderr)
         return 2
-    workdir = Path.cwd()
+    # Snakemake's -d/--directory: the jobs' working directory, where submit.py and the SLURM plugin run.
+    flags = [i for i, arg in enumerate(extra[:-1]) if arg in ("-d", "--directory")]
+    workdir = Path(extra[flags[-1] + 1]).resolve() if flags else Path.cwd()
+    os.chdir(workdir)
     for job in jobs:
         print(describe(job))
         try:
