@@ -56,9 +56,16 @@ def job_processes(scheduler: str, job_id: str, daemon_pid: int) -> list[int]:
     return found
 
 
+def is_worker(pid: int) -> bool:
+    """Whether ``pid`` is a training worker: ``kotomamba launch --worker-exit-dir`` (one per rank), not the
+    torchrun that starts them (whose command line holds theirs)."""
+    argv = _read(pid, "cmdline").split(b"\0")
+    return b"--worker-exit-dir" in argv and b"torch.distributed.run" not in argv
+
+
 def worker_processes(pids: list[int]) -> list[int]:
-    """The training workers among ``pids`` (``kotomamba launch --worker-exit-dir``: one per rank)."""
-    return [pid for pid in pids if b"--worker-exit-dir" in _read(pid, "cmdline")]
+    """The training workers among ``pids``."""
+    return [pid for pid in pids if is_worker(pid)]
 
 
 def catches(pid: int, signum: int) -> bool:
