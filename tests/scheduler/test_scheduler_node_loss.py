@@ -2,15 +2,15 @@
 
 The training job runs on one node. Once its log shows a complete checkpoint and a later step, the node is
 lost: its slurmd and every process of the job on it are stopped at one instant and killed (node_processes.py),
-what a crash or power loss does. The controller stops hearing from the node (`SlurmdTimeout`, short on the
-test cluster), marks it DOWN and ends the job NODE_FAIL; SLURM requeues a batch job lost with its node
-(`JobRequeue=1`, its default) and runs it again under the same id, and Snakemake's SLURM plugin, which reads
-the job's newest record, follows that same job. The node's slurmd is then started again and the node
-returns to service (`ReturnToService=2`). The rerun must resume from the newest complete checkpoint at the
-moment of the kill (not from a checkpoint a kill mid-save left half-written), log each step once, and end with
-the losses and the weights of an uninterrupted run.
+what a crash or power loss does. The node is then set DOWN, as a health check or an administrator does at
+once and the controller itself after `SlurmdTimeout` (here it took minutes), which ends the job NODE_FAIL.
+profiles/slurm submits jobs requeue-able (`slurm-requeue`), so SLURM runs the job again under the same id and
+Snakemake's SLURM plugin leaves it to SLURM: one Snakemake job, no retry used. The node's slurmd is started
+again and the node returns to service (`ReturnToService=2`). The rerun must resume from the newest complete
+checkpoint at the moment of the loss (not from a checkpoint the kill left half-written), log each step once,
+and end with the losses and the weights of an uninterrupted run.
 
-Deterministic: the kill is triggered by the run directory's contents; the steps left after it are many
+Deterministic: the kill is triggered by the run directory's contents, and the steps left after it are many
 times what is needed to see it land (the test says so plainly if the stage had finished first).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from kotomamba.train.status import complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = REPO / "tests" / "scheduler" / "common.sh"
-STEPS = 120
+STEPS = 200
 INTERVAL = 10  # a checkpoint every INTERVAL steps
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
