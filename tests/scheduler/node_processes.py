@@ -1,11 +1,11 @@
-"""The processes of one scheduler job on a compute node of the test clusters, found from /proc, and losing
-that node: its scheduler daemon and the job's processes killed at once, as a crash or power loss would.
+"""The processes of one SLURM job on a compute node of the test clusters, found from /proc, and losing that
+node: its scheduler daemon and the job's processes killed at once, as a crash or power loss would.
 
 A node (tests/scheduler/common.sh) is a network namespace: its daemons and every process they start share
 it, so "on node N" is "in the network namespace of N's daemon". A job's processes are told apart from the
-other jobs' (and from the other cluster's daemons on the same node) by the job id in their environment
-(``SLURM_JOB_ID``; Grid Engine's ``JOB_ID``) or, for the scheduler's own per-job daemons that carry no such
-variable, by the job id in their command line (``slurmstepd: [ID.batch]``, ``sge_shepherd-ID``).
+other jobs' (and from the Grid Engine daemons on the same node) by the job id in their environment
+(``SLURM_JOB_ID``) or, for SLURM's own per-job daemons that carry no such variable, by the job id in their
+command line (``slurmstepd: [ID.batch]``).
 """
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ import os
 import signal
 import time
 from pathlib import Path
-
-JOB_VARIABLE = {"slurm": "SLURM_JOB_ID", "sge": "JOB_ID"}
-
 
 def _read(pid: int, name: str) -> bytes:
     try:
@@ -37,12 +34,12 @@ def alive(pid: int) -> bool:
     return bool(status) and "\nState:\tZ" not in status
 
 
-def job_processes(scheduler: str, job_id: str, daemon_pid: int) -> list[int]:
-    """Pids of job ``job_id``'s processes on the node whose scheduler daemon is ``daemon_pid``."""
+def job_processes(job_id: str, daemon_pid: int) -> list[int]:
+    """Pids of SLURM job ``job_id``'s processes on the node whose slurmd is ``daemon_pid``."""
     node = net_namespace(daemon_pid)
     assert node is not None, f"the scheduler daemon {daemon_pid} is not running"
-    wanted = f"{JOB_VARIABLE[scheduler]}={job_id}".encode()
-    daemons = (f"slurmstepd: [{job_id}.".encode(), f"sge_shepherd-{job_id} ".encode())
+    wanted = f"SLURM_JOB_ID={job_id}".encode()
+    daemon = f"slurmstepd: [{job_id}.".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in (daemon_pid, os.getpid()) or not alive(int(entry.name)):
@@ -51,7 +48,7 @@ def job_processes(scheduler: str, job_id: str, daemon_pid: int) -> list[int]:
         if net_namespace(pid) != node:
             continue
         command = _read(pid, "cmdline").replace(b"\0", b" ")
-        if wanted in _read(pid, "environ").split(b"\0") or command.startswith(daemons):
+        if wanted in _read(pid, "environ").split(b"\0") or command.startswith(daemon):
             found.append(pid)
     return found
 

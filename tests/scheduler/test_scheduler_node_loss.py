@@ -165,7 +165,7 @@ def test_slurm_job_on_a_lost_node_resumes_from_the_last_complete_checkpoint(refe
 
         wait_until("a complete checkpoint and a later step", checkpoint_then_a_later_step, 120, 0.01, snakemake)
         daemon = slurmd_pid(node)
-        processes = job_processes("slurm", job_id, daemon)
+        processes = job_processes(job_id, daemon)
         assert worker_processes(processes), f"no training worker among job {job_id}'s processes on {node}"
         freeze(processes + [daemon])  # the node is gone from this instant
         assert not run.final.exists(), f"the stage finished before the node could be lost; raise STEPS ({STEPS})"
