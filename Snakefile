@@ -2,8 +2,12 @@
 # The work is done by the `kotomamba` library; rules only name inputs, outputs, logs and resources.
 # Every artifact lands under results/<run>/ (paths: kotomamba/pipeline/config.py).
 
+import os
+
+from kotomamba.cluster_jobs import SettingError
 from kotomamba.errors import UserError
 from kotomamba.pipeline import RunPaths, validate
+from kotomamba.pipeline.submissions import PLANNED_JOBS_ENV, check_before_submitting, record_planned_jobs
 
 # The embedded default, unless --configfile names a run config (merging the two would mix runs).
 if not workflow.overwrite_configfiles:
@@ -19,6 +23,9 @@ except UserError as error:
     raise WorkflowError(str(error)) from None
 
 PATHS = RunPaths(config)
+# `kotomamba submissions`: its dry run records the jobs a cluster run would submit.
+if os.environ.get(PLANNED_JOBS_ENV):
+    record_planned_jobs(workflow, os.environ[PLANNED_JOBS_ENV])
 SOURCES = [source["name"] for source in config["corpus"]["sources"]]
 STAGES = [stage["name"] for stage in config["stages"]]
 
@@ -50,10 +57,16 @@ rule all:
 
 
 onstart:
+    # A cluster run whose jobs cannot be submitted as configured (ABCI group unset, no SLURM account where
+    # the cluster requires one, ...) stops here, before its first job and before anything changes.
+    dag = workflow.dag
+    try:
+        check_before_submitting(workflow, dag.needrun_jobs())
+    except SettingError as error:
+        raise WorkflowError(str(error)) from None
     # A forced training job starts its stage over (the earlier run is kept as a superseded generation).
     from kotomamba.train.restart_request import request_restart
 
-    dag = workflow.dag
     for job in dag.needrun_jobs():
         # Snakemake marks only the first of several forced jobs of one rule as "forced".
         forced = job.rule in dag.forcerules or not dag.forcefiles.isdisjoint(job.output) or dag.reason(job).forced

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge-datasets": ("kotomamba.data.merge", "merge Megatron .bin/.idx datasets in order (a source's shards -> one)"),
     "train": ("kotomamba.train.cli", "pretrain or continue a Mamba model (FSDP2; torchrun/srun/mpirun/PBS)"),
     "launch": ("kotomamba.train.launcher", "start `train` on every node/GPU of a local run or a SLURM/SGE/PBS allocation"),
+    "submissions": ("kotomamba.pipeline.submissions", "show the sbatch/qsub line of every job a cluster profile would submit"),
     "status": ("kotomamba.train.status", "each training stage's step, tokens, checkpoint, jobs and time left"),
     "convert": ("kotomamba.convert.cli", "export a checkpoint to transformers / mamba-ssm, or import one"),
     "generate": ("kotomamba.model.generation", "sample text from a model directory"),

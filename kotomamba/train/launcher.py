@@ -30,7 +30,10 @@ Signals: SIGTERM, SIGINT and SIGUSR1 received by the launcher are sent straight 
 (torchrun would answer SIGTERM by killing them after 30 s and SIGUSR1 by dying), so they can save
 a checkpoint and exit 75. torchrun itself is started with SIGUSR1 ignored (schedulers such as
 SLURM's ``--signal=USR1@T`` signal every process of the step); workers restore its default.
-Told to stop before the workers could answer, the launcher exits 75 too. No worker outlives the
+Told to stop before the workers could answer, the launcher exits 75 too. A signal that reached
+torchrun as well (the scheduler signals every process of a job) ends without its traceback; the
+launcher's last line says which signal, the checkpoint the run resumes from and the exit code
+(``torchrun_stop.py``). No worker outlives the
 launcher, whatever ends it (``kill -9`` included): torchrun and each worker are killed by the
 kernel when their parent dies (``parent_death.py``); the exit directories of launchers that died
 that way are removed by the next launcher on the host.
@@ -69,6 +72,7 @@ from kotomamba.errors import UserError
 from kotomamba.train import requeue
 from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
 from kotomamba.train.stop_signals import EXIT_REQUEUE
+from kotomamba.train.torchrun_stop import TORCHRUN_MODULE, stop_line
 
 EXIT_DIR_PREFIX = "kotomamba-launch-"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -258,7 +262,7 @@ def torchrun_command(
     nnodes: int, nproc_per_node: int, exit_dir: str, args: list[str], endpoint: str | None, rdzv_id: str
 ) -> list[str]:
     """torchrun on this node; every worker is ``kotomamba launch --worker-exit-dir DIR -- args``."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node)]
+    command = [sys.executable, "-m", TORCHRUN_MODULE, "--nproc-per-node", str(nproc_per_node)]
     if endpoint is None:
         command += ["--standalone", "--nnodes", "1"]
     else:
@@ -354,9 +358,11 @@ class _SignalForwarder:
         self.fallback = fallback
         self.previous: dict[int, object] = {}
         self.received = False
+        self.signum: int | None = None  # the last one received
 
     def _forward(self, signum: int, frame) -> None:
         self.received = True
+        self.signum = signum
         for pid in self.targets() or [self.fallback.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -418,7 +424,10 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
         with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process) as forwarder:
             torchrun_code = process.wait()
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
-        return node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received), forwarder.received
+        code = node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received)
+        if forwarder.signum is not None:
+            print(stop_line(forwarder.signum, code, args), file=sys.stderr, flush=True)
+        return code, forwarder.received
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
 

@@ -59,13 +59,14 @@ def no_progress(run: RunDir, starts_before: list[dict]) -> str | None:
     (the last line is not one of ``starts_before``, read before training; a run started over moved those
     to ``superseded/``) and the newest complete checkpoint is past the step it started from."""
     starts = read_job_starts(run) or []
-    if not starts or starts[-1] in starts_before:
-        return f"it recorded no start in {run.jobs} (stopped before training)"
-    start = int(starts[-1]["start_step"])
     checkpoint = complete_checkpoint(run)
     reached = step_of(checkpoint) if checkpoint is not None else 0
+    if not starts or starts[-1] in starts_before:
+        return f"no progress since step {reached}: it recorded no start in {run.jobs} (stopped before training)"
+    start = int(starts[-1]["start_step"])
     if reached <= start:
-        return f"its newest complete checkpoint is at step {reached}, the step it started from"
+        return (f"no progress since step {start}: its newest complete checkpoint is at step {reached}, "
+                "the step it started from")
     return None
 
 

@@ -99,11 +99,17 @@ def wrapper_script(properties: dict, jobscript_text: str, log_dir: str, requeue_
     return "\n".join(lines + job_body(jobscript_text)) + "\n"
 
 
+def submit_command(properties: dict, jobscript: str) -> list[str]:
+    """The qsub command line that submits Snakemake's ``jobscript`` (its wrapper beside it); also what
+    ``kotomamba submissions`` shows."""
+    return qsub_command(properties, f"{jobscript}.pbs.sh")
+
+
 def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
     log_dir = str(Path(".snakemake", "pbs_logs", properties.get("rule", "job")).resolve())
     REQUEUE_DIR.mkdir(parents=True, exist_ok=True)
-    script = f"{jobscript}.pbs.sh"
-    return (qsub_command(properties, script), script,
+    command = submit_command(properties, jobscript)
+    return (command, command[-1],
             wrapper_script(properties, Path(jobscript).read_text(), log_dir, str(REQUEUE_DIR.resolve())))
 
 

@@ -110,12 +110,20 @@ def wrapper_script(properties: dict, jobscript_text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_dir(properties: dict) -> Path:
+    return Path(".snakemake", "sge_logs", properties.get("rule", "job"))
+
+
+def submit_command(properties: dict, jobscript: str) -> list[str]:
+    """The qsub command line that submits Snakemake's ``jobscript`` (its wrapper beside it); also what
+    ``kotomamba submissions`` shows."""
+    return qsub_command(properties, f"{jobscript}.sge.sh", str(log_dir(properties).resolve() / "$JOB_NAME.$JOB_ID.log"))
+
+
 def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
-    log_dir = Path(".snakemake", "sge_logs", properties.get("rule", "job"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    script = f"{jobscript}.sge.sh"
-    command = qsub_command(properties, script, str(log_dir.resolve() / "$JOB_NAME.$JOB_ID.log"))
-    return command, script, wrapper_script(properties, Path(jobscript).read_text())
+    log_dir(properties).mkdir(parents=True, exist_ok=True)
+    command = submit_command(properties, jobscript)
+    return command, command[-1], wrapper_script(properties, Path(jobscript).read_text())
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,54 @@
+"""torchrun told to stop: one line in the log instead of a traceback.
+
+A scheduler ending a job (``scancel``, a time limit, ``qdel``) signals every process of it, so
+torchrun's elastic agent gets the SIGTERM the launcher also passes to the workers. The agent passes
+it on, waits for the workers, then raises ``SignalException`` out of ``torch.distributed.run.main``
+(torch/distributed/elastic/multiprocessing/api.py, ``_terminate_process_handler``), and Python
+prints that exception's traceback although the workers checkpointed and exited cleanly.
+
+``python -m kotomamba.train.torchrun_stop ARGS`` is ``python -m torch.distributed.run ARGS`` that
+ends such a stop without the traceback, with the exit status the uncaught exception gave (1), so
+what the launcher decides from it is unchanged. The launcher, which knows the signal, the run and
+the node's exit code, ends the log with :func:`stop_line`.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+
+# The module the launcher runs torchrun as.
+TORCHRUN_MODULE = __name__
+# Python's exit status for an uncaught exception: torchrun's own when a signal stopped it.
+SIGNALLED_EXIT = 1
+
+
+def stop_line(signum: int, code: int, args: list[str]) -> str:
+    """The launcher's last line when ``signum`` stopped ``kotomamba <args>`` and the node exits
+    ``code``: the signal, the newest complete checkpoint of a ``train`` command's run (what the next
+    job resumes from), the exit code."""
+    from kotomamba.train.requeue import run_of
+    from kotomamba.train.run_dir import step_of
+    from kotomamba.train.status import complete_checkpoint
+
+    said = f"kotomamba launch: stopped by {signal.Signals(signum).name}"
+    run = run_of(args)[0]
+    if run is not None:
+        checkpoint = complete_checkpoint(run)
+        said += (f" after checkpoint at step {step_of(checkpoint)}" if checkpoint is not None
+                 else "; no complete checkpoint yet")
+    return f"{said}; exit {code}"
+
+
+def main() -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun()
+    except SignalException:
+        return SIGNALLED_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The processes of one SLURM job on a compute node of the test clusters, found from /proc, and losing that
+node: its scheduler daemon and the job's processes killed at once, as a crash or power loss would.
+
+A node (tests/scheduler/common.sh) is a network namespace: its daemons and every process they start share
+it, so "on node N" is "in the network namespace of N's daemon". A job's processes are told apart from the
+other jobs' (and from the Grid Engine daemons on the same node) by the job id in their environment
+(``SLURM_JOB_ID``) or, for SLURM's own per-job daemons that carry no such variable, by the job id in their
+command line (``slurmstepd: [ID.batch]``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+def _read(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:  # gone meanwhile, or a kernel thread
+        return b""
+
+
+def net_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, which PID 1 here may never reap, counts as gone)."""
+    status = _read(pid, "status").decode(errors="replace")
+    return bool(status) and "\nState:\tZ" not in status
+
+
+def job_processes(job_id: str, daemon_pid: int) -> list[int]:
+    """Pids of SLURM job ``job_id``'s processes on the node whose slurmd is ``daemon_pid``."""
+    node = net_namespace(daemon_pid)
+    assert node is not None, f"the scheduler daemon {daemon_pid} is not running"
+    wanted = f"SLURM_JOB_ID={job_id}".encode()
+    daemon = f"slurmstepd: [{job_id}.".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (daemon_pid, os.getpid()) or not alive(int(entry.name)):
+            continue
+        pid = int(entry.name)
+        if net_namespace(pid) != node:
+            continue
+        command = _read(pid, "cmdline").replace(b"\0", b" ")
+        if wanted in _read(pid, "environ").split(b"\0") or command.startswith(daemon):
+            found.append(pid)
+    return found
+
+
+def is_worker(pid: int) -> bool:
+    """Whether ``pid`` is a training worker: ``kotomamba launch --worker-exit-dir`` (one per rank), not the
+    torchrun that starts them (whose command line holds theirs)."""
+    argv = _read(pid, "cmdline").split(b"\0")
+    return b"--worker-exit-dir" in argv and b"torch.distributed.run" not in argv
+
+
+def worker_processes(pids: list[int]) -> list[int]:
+    """The training workers among ``pids``."""
+    return [pid for pid in pids if is_worker(pid)]
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether ``pid`` has a handler of its own for ``signum`` (``SigCgt`` of /proc/PID/status)."""
+    for line in _read(pid, "status").decode(errors="replace").splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def freeze(pids: list[int]) -> None:
+    """Stop ``pids`` (SIGSTOP): nothing of them runs, writes or answers from now on."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+
+
+def kill(pids: list[int], timeout: float = 30.0) -> None:
+    """SIGKILL ``pids`` and wait until none runs."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {[p for p in pids if alive(p)]}"
+        time.sleep(0.1)
