@@ -5,8 +5,10 @@ weights, bf16 autocast, fp32 cross-entropy over the full logits, fused AdamW, gl
 On several GPUs (under torchrun) the reference is the predecessor's method instead: FSDP1 wrap per
 block, everything bf16, activation checkpointing per block.
 kotomamba (b): ``MambaLM`` with what ``kotomamba train`` applies (``parallelize``: FSDP2 per block and
-root, bf16 compute with fp32 master weights and fp32 reduction; the trainer's AdamW groups; the
-chunked cross-entropy inside ``forward(labels=...)``; the trainer's global grad norm and clipping).
+root, bf16 compute with fp32 master weights and fp32 reduction; AdamW as the default config builds it),
+stepped by the trainer's own step (``kotomamba.train.step.TrainStep``: the chunked cross-entropy inside
+``forward(labels=...)``, the loss averaged over ranks, the global grad norm, the skip rules and clipping,
+the optimizer step), on a process group started as the trainer starts its own.
 
 Both see the same random tokens; steps are timed with CUDA events after warm-up, in windows that
 alternate between the implementations with ``--rounds``; the median step gives tokens/s. With
@@ -29,7 +31,6 @@ import datetime
 import gc
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,20 +48,11 @@ def rank_world() -> tuple[int, int, int]:
 
 
 def init_process_group(device: torch.device) -> None:
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        # One process alone (no torchrun): a port of its own, so runs on other GPUs of the host can start beside it.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    if device.type == "cuda":
-        dist.init_process_group("nccl", device_id=device, timeout=datetime.timedelta(minutes=20))
-    else:
-        dist.init_process_group("gloo")
+    """The trainer's process group (``kotomamba.train.distributed``): torchrun's world, or one process alone
+    on a free port of its own, so runs on other GPUs of the host can start beside it."""
+    from kotomamba.train.distributed import detect_launch_env, init_distributed
+
+    init_distributed(detect_launch_env(), device.type)
 
 
 def device_name(device: torch.device) -> str:
@@ -145,38 +137,29 @@ def reference_step_fn(model_config, micro_batch: int, seq: int, device, world: i
 
 
 def kotomamba_step_fn(model_config, device, strategy: str, compile_blocks: bool, cuda_graph: bool, batches):
-    """The trainer's model, parallelism, optimizer and clipping (kotomamba.train); ``cuda_graph``: its
-    forward and backward replayed from a CUDA graph after two eager steps (``parallel.cuda_graph``)."""
+    """The trainer's model, parallelism, optimizer and step (kotomamba.train): one micro-batch per step;
+    ``cuda_graph``: its forward and backward replayed from a CUDA graph after two eager steps
+    (``parallel.cuda_graph``)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     from kotomamba.model.lm import MambaLM
-    from kotomamba.train.cuda_graph import GraphedMicroStep
-    from kotomamba.train.metrics import clip_, global_grad_norm
+    from kotomamba.train.config import OptimConfig, TrainLoopConfig
     from kotomamba.train.optim import build_optimizer
     from kotomamba.train.parallelize import parallelize
+    from kotomamba.train.step import TrainStep
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("shard",))
     torch.manual_seed(0)
     # The trainer initialises the full model once and scatters it into the shards; the same here.
     model = MambaLM(model_config, device=device, dtype=torch.float32)
     parallelize(model, mesh, strategy, "bf16", False, 1, compile_blocks)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, 1e-4, 0.1, (0.9, 0.95), 1e-8,
-                                ["A_log", "D", "dt_bias", "bias", "norm", "embedding"])
-    micro_step = GraphedMicroStep(model, params, 1.0) if cuda_graph else None
-    it = iter(batches)
+    o = OptimConfig()
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, o.no_decay)
+    train_step = TrainStep(model, optimizer, accumulation=1, grad_clip=TrainLoopConfig().grad_clip, graphed=cuda_graph)
+    micro_batches = ({"tokens": tokens, "seq_idx": seq_idx} for _, _, tokens, seq_idx in batches)
 
     def step():
-        x, y, tokens, seq_idx = next(it)
-        if micro_step is not None:
-            loss = micro_step(tokens, seq_idx)
-        else:
-            loss = model(x, labels=y, seq_idx=seq_idx)
-            loss.backward()
-        clip_(params, 1.0, global_grad_norm(params))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=micro_step is None)
-        return loss
+        return train_step(micro_batches).record["loss"]
 
     return step, (model, optimizer)
 

@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from kotomamba.train.metrics_file import read_metrics
+from kotomamba.train.run_dir import RunDir
+
 
 def make_corpus(root: Path, vocab: int, tokens: int, doc_tokens: int, seed: int = 0) -> tuple[str, str]:
     """A word-level ``tokenizer.json`` of ``vocab`` entries (the last is EOD) and about ``tokens`` random tokens."""
@@ -80,7 +83,7 @@ def run_variant(args, scratch: Path, config: dict, name: str, overrides: list[st
     if done.returncode != 0:
         raise SystemExit(f"{name}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     said = [line.split("training step: ", 1)[1] for line in done.stdout.splitlines() if "training step: " in line]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(RunDir(run_dir).metrics)
     timed = [r for r in records if "tokens_per_s" in r and r["step"] > args.skip]
     if not timed:
         raise SystemExit(f"{name}: no logged window after step {args.skip}")

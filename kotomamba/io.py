@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: nothing half-written ever appears at a final path.
+"""Reading JSON and YAML files with errors that name the file and line, and atomic writes: nothing
+half-written ever appears at a final path.
 
 Every final artifact is written under a temporary name in the same directory (same filesystem, so
 ``os.replace`` is atomic) and moved into place only when complete. ``tempfile`` creates its files
@@ -13,7 +14,36 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
+
+from kotomamba.errors import UserError
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON") -> Any:
+    """Parse the JSON file ``path``; a ``UserError`` names the file (as ``what``) and the line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: line {exc.lineno}: invalid {what}: {exc.msg}") from exc
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML") -> Any:
+    """Parse the YAML file ``path`` (``yaml.safe_load``); a ``UserError`` names the file (as ``what``) and
+    the line."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UserError(f"{path}: {line}invalid {what} ({exc})") from exc
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
 
 
 def current_umask() -> int:

@@ -7,7 +7,7 @@ rule report:
         eval=PATHS.eval_json,
     output:
         report=PATHS.report,
-        plot=report(f"{PATHS.root}/report/loss.png", category="Training", caption="../workflow_scripts/loss_caption.rst"),
+        plot=report(PATHS.report_plot, category="Training", caption="../workflow_scripts/loss_caption.rst"),
     params:
         script=f"{workflow.basedir}/workflow_scripts/report.py",
         stage_dirs=[PATHS.stage_dir(stage) for stage in STAGES],

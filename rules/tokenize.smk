@@ -60,7 +60,7 @@ rule tokenize:
         [f"{PATHS.tokenized_prefix('{source}', key)}.{ext}" for key in config["tokenize"]["json_keys"] for ext in ("bin", "idx")],
     params:
         inputs=lambda w: [PATHS.shard_prefix(w.source, shard) for shard in shard_ids(w)],
-        prefix=f"{PATHS.tokenized_root}/{{source}}",
+        prefix=PATHS.merged_prefix("{source}"),
         # The shards' sources and their state: a changed or added file reruns the merge (and with it
         # the shard jobs whose temporary outputs are gone).
         shards=lambda w: [(shard.location, shard.sha256, shard_state(shard)) for shard in PATHS.shards(w.source)],

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from kotomamba.convert.cli import convert, main
-from kotomamba.convert.consolidate import load_model_state_dict
+from kotomamba.train.checkpoint_files import load_model_state_dict
 from kotomamba.errors import UserError
 from kotomamba.model import MambaLM, preset
-from kotomamba.train.dcp_local import save_local
+from kotomamba.train.checkpoint_files import save_local
 
 VOCAB = 600
 SEQ_LENGTH = 32

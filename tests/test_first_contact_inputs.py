@@ -96,7 +96,7 @@ def test_what_is_not_there_is_named(hub, tmp_path):
 
 def test_commands_take_a_released_model_by_hub_id(hub, tokenizer_json, tmp_path, monkeypatch, capsys):
     from kotomamba.convert.cli import main as convert
-    from kotomamba.convert.consolidate import load_model_state_dict
+    from kotomamba.train.checkpoint_files import load_model_state_dict
     from kotomamba.model.generation import main as generate
 
     torch.manual_seed(0)

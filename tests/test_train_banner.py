@@ -13,8 +13,11 @@ from train_helpers import run_train, write_config
 
 
 def banner(stdout: str) -> list[str]:
+    """The trainer's start-up lines, less its two decisions (data parallelism and the step), which
+    test_train_replicate.py and test_train_cuda_graph.py check."""
     return [line.removeprefix("kotomamba train: ") for line in stdout.splitlines()
-            if line.startswith("kotomamba train: ")]
+            if line.startswith("kotomamba train: ")
+            and not line.startswith(("kotomamba train: data parallel: ", "kotomamba train: training step: "))]
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import torch
 
 from kotomamba.model.config import preset
 from kotomamba.model.lm import MambaLM
-from kotomamba.train.metrics import clip_, global_grad_norm, scale_grads_, unscale_and_clip_
+from kotomamba.train.step import clip_, global_grad_norm, scale_grads_, unscale_and_clip_
 
 
 def model_with_gradients(layer: str) -> MambaLM:

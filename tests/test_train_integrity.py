@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kotomamba.train.dcp_local import save_local
+from kotomamba.train.checkpoint_files import save_local
 from kotomamba.train.integrity import checkpoint_defect, integrity_digest, record_integrity
 
 

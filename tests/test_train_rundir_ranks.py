@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kotomamba.train.checkpoint import checkpoint_keys
-from kotomamba.train.dcp_local import load_local
+from kotomamba.train.checkpoint_files import load_local
 from kotomamba.train.run_dir import RunDir
 from kotomamba.train.run_lock import RunLock
 from train_helpers import hooks_env, losses, needs_cpu_sharding, run_hooked, run_train, write_config

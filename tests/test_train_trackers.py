@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kotomamba.train.run_dir import resolve_checkpoint
-from kotomamba.train.dcp_local import load_local
+from kotomamba.train.checkpoint_files import load_local
 from train_helpers import run_train, write_config
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter
-from kotomamba.train.checkpoint import read_full_model_state
-from kotomamba.train.run_dir import resolve_checkpoint
+from kotomamba.train.checkpoint_files import read_model_state_dict
+from kotomamba.train.run_dir import RunDir, resolve_checkpoint
 from kotomamba.train.parallelize import cpu_sharding_supported
 
 VOCAB = 64
@@ -107,7 +107,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return read_full_model_state(resolve_checkpoint(run_dir))
+    return read_model_state_dict(resolve_checkpoint(run_dir))
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -115,7 +115,7 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def weights_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return read_full_model_state(run_dir / "checkpoints" / f"step_{step:08d}")
+    return read_model_state_dict(RunDir(run_dir).checkpoint(step))
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -61,7 +61,7 @@ def _pause() -> None:
     at, where = int(os.environ["PAUSE_AT_STEP"]), Path(os.environ["PAUSE_DIR"])
 
     def should_stop(self, max_step_seconds):
-        if self.step == at and self.rank == 0:
+        if self.state.step == at and self.rank == 0:
             (where / "paused").touch()
             while not (where / "go").exists():
                 time.sleep(0.1)

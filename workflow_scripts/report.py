@@ -22,7 +22,7 @@ from kotomamba.convert.run_info import StageInfo, parameter_count, read_stage
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write
 from kotomamba.train.metrics_file import read_metrics as read_metrics_file
-from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_dir import RunDir, read_model_config
 
 
 def read_metrics(stage_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -114,13 +114,6 @@ def markdown(stages, finals, infos: list[StageInfo], parameters: int, evaluation
     return "\n".join(lines) + "\n"
 
 
-def _model_config(stage_dir: Path):
-    from kotomamba.model.config import MambaConfig
-
-    path = stage_dir / "model_config.json"
-    return MambaConfig.from_dict(json.loads(path.read_text()), source=str(path))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage-dirs", nargs="+", required=True, type=Path)
@@ -132,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [(d.name, *read_metrics(d)) for d in args.stage_dirs]
     finals = [json.loads(RunDir(d).final.read_text()) for d in args.stage_dirs]
     infos = [read_stage(d) for d in args.stage_dirs]
-    parameters = parameter_count(_model_config(args.stage_dirs[-1]))
+    parameters = parameter_count(read_model_config(args.stage_dirs[-1]))
     evaluation = json.loads(args.eval.read_text())
     plot_losses(stages, args.plot)
     plot_name = args.plot.name if args.plot.parent == args.output.parent else str(args.plot)

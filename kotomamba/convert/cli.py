@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from kotomamba.convert.consolidate import load_model_state_dict, resolve_checkpoint
 from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
 from kotomamba.convert.run_info import RunInfo, parameter_count, read_run_info
 from kotomamba.data.remote_inputs import local_input
 from kotomamba.errors import UserError
-from kotomamba.train.run_dir import INTEGRITY, RunDir
+from kotomamba.train.checkpoint_files import load_model_state_dict
+from kotomamba.train.run_dir import RunDir, is_run_or_checkpoint, locate_checkpoint
 from kotomamba.train.run_lock import RunLock
 
 TARGETS = ("hf", "mamba_ssm", "kotomamba")
@@ -71,8 +71,8 @@ def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo]:
     A released model may be named where it lives (a hub id ``org/name@revision`` or URLs): it is fetched first.
     """
     directory = Path(local_input(path, "model"))
-    if any((directory / name).is_file() for name in (".metadata", INTEGRITY)) or RunDir(directory).latest.is_file():
-        location = resolve_checkpoint(directory)
+    if is_run_or_checkpoint(directory):
+        location = locate_checkpoint(directory)
         # A run a trainer holds is read only after it ends: it may be rewriting latest or superseding the run.
         with RunLock(RunDir(location.run_dir or directory).lock).acquire(shared=True, purpose="a conversion"):
             config, state = load_model_state_dict(directory)

@@ -17,7 +17,6 @@ Name and config mapping to transformers is ``kotomamba.model.hf_compat``'s, neve
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from kotomamba.convert.model_card import model_card
 from kotomamba.convert.run_info import RunInfo
 from kotomamba.convert.tokenizer_files import SpecialTokenIds, write_hf_tokenizer
-from kotomamba.io import atomic_directory, write_json
+from kotomamba.io import atomic_directory, read_json, write_json
 
 
 def _cpu_copies(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,7 +93,7 @@ def write_kotomamba_checkpoint(config, state: dict[str, torch.Tensor], output: s
                                tokenizer: tuple[str, str] | None = None) -> None:
     """An initial kotomamba checkpoint (trainer layout, model weights only) for ``init.from``, with the
     source's tokenizer files when one is known (``convert`` finds them there again)."""
-    from kotomamba.train.dcp_local import save_local
+    from kotomamba.train.checkpoint_files import save_local
     from kotomamba.train.integrity import record_integrity
     from kotomamba.train.run_dir import RunDir
 
@@ -113,11 +112,4 @@ def read_evaluation(path: str | Path | None) -> dict[str, Any] | None:
     """``kotomamba evaluate``'s JSON, for the model card."""
     if path is None:
         return None
-    from kotomamba.errors import UserError
-
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the evaluation JSON ({exc.strerror})") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+    return read_json(path, "evaluation JSON")

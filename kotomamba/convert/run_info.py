@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kotomamba.convert.consolidate import CheckpointLocation, read_train_state, resolve_checkpoint
 from kotomamba.errors import UserError
-from kotomamba.train.run_dir import RunDir
+from kotomamba.io import read_yaml
+from kotomamba.train.checkpoint_files import read_train_state
+from kotomamba.train.run_dir import CheckpointLocation, RunDir, is_run_or_checkpoint, locate_checkpoint
 
 
 @dataclass
@@ -66,15 +67,7 @@ class RunInfo:
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise UserError(f"{path}: {line}invalid YAML ({exc})") from exc
+    data = read_yaml(path)
     return data if isinstance(data, dict) else {}
 
 
@@ -192,7 +185,7 @@ def _stage_info(location: CheckpointLocation) -> tuple[StageInfo, dict, Path | N
 
 def read_stage(run_dir: str | os.PathLike) -> StageInfo:
     """One run directory's stage at its latest checkpoint (the pipeline's report reads each stage so)."""
-    return _stage_info(resolve_checkpoint(run_dir))[0]
+    return _stage_info(locate_checkpoint(run_dir))[0]
 
 
 def _pipeline_record(run_dir: Path) -> dict:
@@ -202,7 +195,7 @@ def _pipeline_record(run_dir: Path) -> dict:
     directory above its stages' run directories; the nearest one naming this stage is it.
     """
     for directory in run_dir.resolve().parents:
-        record = directory / "config.resolved.yaml"
+        record = RunDir(directory).config
         if record.is_file():
             try:
                 config = _read_yaml(record)
@@ -236,10 +229,6 @@ def _corpus(run_dir: Path) -> list[str]:
     return [describe_source(source) for source in sources if source.get("name") in used]
 
 
-def _is_kotomamba_run(path: Path) -> bool:
-    return (path / ".metadata").is_file() or RunDir(path).latest.is_file()
-
-
 def read_run_info(location: CheckpointLocation) -> RunInfo:
     """Collect the facts about ``location``'s checkpoint and every earlier stage it was trained from.
 
@@ -259,7 +248,7 @@ def read_run_info(location: CheckpointLocation) -> RunInfo:
     seen = {location.checkpoint_dir.resolve()}
     while (init := (config.get("init") or {}).get("from")) is not None:
         source = Path(recorded_path(str(init), start))
-        location = resolve_checkpoint(source) if _is_kotomamba_run(source) else None
+        location = locate_checkpoint(source) if is_run_or_checkpoint(source) else None
         if location is None or location.run_dir is None or not RunDir(location.run_dir).config.is_file():
             # Not a training run (a released model, or one converted to an initial checkpoint): named, not
             # followed; a hub id as given, a local directory by its name.

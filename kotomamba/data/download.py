@@ -45,7 +45,7 @@ from kotomamba.data.hub import fetch_url, is_hub_file
 from kotomamba.data.input_lock import InputLock
 from kotomamba.data.line_origins import count_lines, write_origins
 from kotomamba.errors import UserError
-from kotomamba.io import atomic_write
+from kotomamba.io import atomic_write, read_yaml
 
 BLOCK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -93,10 +93,7 @@ def _source(location: str, sha256: str | None, where: str) -> Source:
 
 def load_sources_file(path: str | os.PathLike) -> list[Source]:
     """A YAML or JSON list whose items are source strings or ``{url, sha256}`` mappings."""
-    import yaml
-
-    with open(path, encoding="utf-8") as handle:
-        items = yaml.safe_load(handle)
+    items = read_yaml(path, "sources file")
     if not isinstance(items, list):
         raise UserError(f"{path}: expected a list of sources")
     sources = []

@@ -6,7 +6,6 @@ Pickled weights are read only with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,23 +13,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kotomamba.errors import UserError
-from kotomamba.io import atomic_directory, write_json
+from kotomamba.io import atomic_directory, read_json, write_json
 from kotomamba.model.config import MambaConfig
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 PICKLE_NAME = "pytorch_model.bin"
-
-
-def read_json(path: Path):
-    """Parse a JSON file; errors name the file and line."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from exc
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
 def _load_one(path: Path) -> dict[str, torch.Tensor]:

@@ -271,14 +271,15 @@ class RunPaths:
             return [self.input_file("init", name) for name in remote]
         return [self.config["init"]] if self.config.get("init") else []
 
-    @property
-    def tokenized_root(self) -> str:
-        return f"{self.root}/tokenized"
+    def merged_prefix(self, source: str) -> str:
+        """The prefix ``kotomamba merge-datasets`` writes ``source``'s merged datasets under (it adds
+        ``_<key>_document``: :meth:`tokenized_prefix`)."""
+        return f"{self.root}/tokenized/{source}"
 
     def tokenized_prefix(self, source: str, key: str | None = None) -> str:
         """The merged dataset of ``source`` that training reads (``data.data_path``)."""
         key = key or self.config["tokenize"]["json_keys"][0]
-        return f"{self.root}/tokenized/{source}_{key}_document"
+        return f"{self.merged_prefix(source)}_{key}_document"
 
     def stage_dir(self, stage: str) -> str:
         return f"{self.root}/train/{stage}"
@@ -309,8 +310,16 @@ class RunPaths:
         return f"{self.root}/report/report.md"
 
     @property
+    def report_plot(self) -> str:
+        return f"{self.root}/report/loss.png"
+
+    @property
     def resolved_config(self) -> str:
-        return f"{self.root}/config.resolved.yaml"
+        """The pipeline's record of the whole run's config, under the name a run directory gives its own
+        (``convert`` looks for it above a stage's run directory)."""
+        from kotomamba.train.run_dir import RunDir
+
+        return str(RunDir(self.root).config)
 
     @property
     def manifest(self) -> str:

@@ -6,16 +6,15 @@ trains the same model from the same numbers.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from kotomamba.errors import UserError
 from kotomamba.model.config import MambaConfig, preset
-from kotomamba.train.checkpoint import read_full_model_state
+from kotomamba.train.checkpoint_files import read_model_state_dict
 from kotomamba.train.config import TrainConfig
-from kotomamba.train.run_dir import RunDir, init_source_kind, resolve_checkpoint
+from kotomamba.train.run_dir import init_source_kind, read_model_config, resolve_checkpoint
 
 EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
 
@@ -31,11 +30,10 @@ def configured_model(config: TrainConfig, tokenizer_vocab: int) -> MambaConfig:
 
 
 def _kotomamba_config(path: Path) -> MambaConfig:
-    checkpoint = resolve_checkpoint(path)
-    for candidate in (RunDir(checkpoint.parent.parent).model_config, RunDir(path).model_config):
-        if candidate.is_file():
-            return MambaConfig.from_dict(json.loads(candidate.read_text()), source=str(candidate))
-    raise UserError(f"init.from: {path}: no model_config.json beside the checkpoints")
+    try:
+        return read_model_config(resolve_checkpoint(path))
+    except UserError as exc:
+        raise UserError(f"init.from: {path}: {exc}") from exc
 
 
 def source_model_and_state(config: TrainConfig, tokenizer_vocab: int, device: torch.device
@@ -56,7 +54,7 @@ def source_model_and_state(config: TrainConfig, tokenizer_vocab: int, device: to
     path = Path(config.init.from_)
     if init_source_kind(path) == "kotomamba":
         source_config = _kotomamba_config(path)
-        state = read_full_model_state(resolve_checkpoint(path))
+        state = read_model_state_dict(resolve_checkpoint(path))
     else:
         source = MambaLM.from_pretrained(path)
         source_config = source.config

@@ -23,12 +23,10 @@ import shutil
 from concurrent.futures import Future
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from kotomamba.io import atomic_write
-from kotomamba.train.dcp_local import load_local
 from kotomamba.train.integrity import record_integrity
 from kotomamba.train.run_dir import STEP_DIR, RunDir, read_latest, step_dir_name
 
@@ -120,14 +118,3 @@ def checkpoint_keys(path: Path) -> dict[str, tuple[int, ...] | None]:
     for key, item in metadata.state_dict_metadata.items():
         shapes[key] = tuple(item.size) if hasattr(item, "size") else None
     return shapes
-
-
-def read_full_model_state(path: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's ``model`` entry as full CPU tensors (one process; no process group needed)."""
-    metadata = dcp.FileSystemReader(str(path)).read_metadata()
-    model = {}
-    for key, item in metadata.state_dict_metadata.items():
-        if key.startswith("model.") and hasattr(item, "size"):
-            model[key[len("model."):]] = torch.empty(tuple(item.size), dtype=item.properties.dtype)
-    load_local({"model": model}, path)
-    return model

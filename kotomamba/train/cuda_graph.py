@@ -2,9 +2,9 @@
 
 A small model's step on a fast GPU waits on the host: every block launches dozens of kernels (the
 Mamba-2 mixer's backward alone is a chain of Triton launches), and Python issues them more slowly
-than the GPU runs them (bench/RESULTS.md: mamba2-130m's step kept an H200 busy 54-71% of the time).
-Replaying a captured graph issues the whole micro-step in one launch. The optimizer step, the
-gradient norm and the skip decisions stay eager and unchanged.
+than the GPU runs them (bench/RESULTS.md profiles how busy that leaves the card). Replaying a
+captured graph issues the whole micro-step in one launch. The rest of the step (``kotomamba.train.step``:
+the gradient norm, the skip decisions, clipping, the optimizer) stays eager and unchanged.
 
 Rules the capture relies on (PyTorch, "CUDA Graphs" in the CUDA semantics notes): the same shapes
 every call (the trainer's micro-batches are), inputs copied into static buffers, no host

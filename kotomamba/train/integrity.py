@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kotomamba.io import write_json
 from kotomamba.manifest import sha256_file
-from kotomamba.train.run_dir import INTEGRITY
+from kotomamba.train.run_dir import DCP_METADATA, INTEGRITY
 
 
 def _data_files(checkpoint_dir: Path) -> list[Path]:
@@ -48,7 +48,7 @@ def integrity_digest(checkpoint_dir: Path) -> str | None:
     if not record.is_file():
         return None
     files = json.loads(record.read_text())["files"]
-    shards = {name: entry["sha256"] for name, entry in files.items() if Path(name).name != ".metadata"}
+    shards = {name: entry["sha256"] for name, entry in files.items() if Path(name).name != DCP_METADATA}
     return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
 
 
@@ -78,7 +78,7 @@ def checkpoint_defect(checkpoint_dir: Path) -> str | None:
 def _dcp_defect(checkpoint_dir: Path) -> str | None:
     import torch.distributed.checkpoint as dcp
 
-    metadata_file = checkpoint_dir / ".metadata"
+    metadata_file = checkpoint_dir / DCP_METADATA
     if not metadata_file.is_file():
         return f"{metadata_file}: missing (the save did not complete)"
     try:

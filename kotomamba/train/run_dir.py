@@ -29,6 +29,8 @@ from kotomamba.errors import UserError
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 LATEST = "latest"
 INTEGRITY = "integrity.json"
+# What DCP writes last into a checkpoint directory (its index of every shard): there, the write is complete.
+DCP_METADATA = ".metadata"
 SUPERSEDED_NOTE = "superseded.json"
 
 
@@ -132,28 +134,88 @@ def run_dir_of(checkpoint_dir: Path) -> Path | None:
     return checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else None
 
 
+def _pointer(checkpoints: Path) -> str | None:
+    """The name ``checkpoints/latest`` holds, or ``None`` when there is no such file."""
+    pointer = checkpoints / LATEST
+    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+
 def read_latest(checkpoints: Path) -> Path | None:
     """The checkpoint named by ``checkpoints/latest``, or ``None`` when there is none."""
-    pointer = checkpoints / LATEST
-    if not pointer.is_file():
+    name = _pointer(checkpoints)
+    if name is None or not STEP_DIR.match(name) or not (checkpoints / name / DCP_METADATA).is_file():
         return None
-    name = pointer.read_text().strip()
-    path = checkpoints / name
-    if not STEP_DIR.match(name) or not (path / ".metadata").is_file():
-        return None
-    return path
+    return checkpoints / name
+
+
+def holds_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint directory (complete, or damaged with its ``integrity.json``)."""
+    return (path / DCP_METADATA).is_file() or (path / INTEGRITY).is_file()
+
+
+def is_run_or_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a kotomamba checkpoint directory or a run directory with ``checkpoints/latest``."""
+    return holds_checkpoint(path) or RunDir(path).latest.is_file()
+
+
+@dataclass(frozen=True)
+class CheckpointLocation:
+    """A DCP checkpoint directory and the run directory it belongs to (``None`` if it stands alone)."""
+
+    checkpoint_dir: Path
+    run_dir: Path | None
+
+
+def locate_checkpoint(path: str | os.PathLike) -> CheckpointLocation:
+    """A run directory (its ``checkpoints/latest``), a ``checkpoints`` directory or one checkpoint directory ->
+    the checkpoint, or a ``UserError`` saying what is missing. A directory with ``integrity.json`` but no DCP
+    ``.metadata`` is a checkpoint too: a damaged one, whose reading names the defect."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: checkpoint not found (expected a run directory or a checkpoint directory)")
+    if holds_checkpoint(path):
+        return CheckpointLocation(path, run_dir_of(path))
+    for checkpoints in (RunDir(path).checkpoints, path):
+        name = _pointer(checkpoints)
+        if name is None:
+            continue
+        if not STEP_DIR.match(name) or not (checkpoints / name).is_dir():
+            raise UserError(f"{checkpoints / LATEST}: line 1: names {name!r}, which is not a checkpoint directory")
+        return CheckpointLocation(checkpoints / name, run_dir_of(checkpoints / name))
+    raise UserError(f"{path}: neither a DCP checkpoint (no .metadata) nor a run directory (no checkpoints/latest)")
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
-    """A run dir (its ``latest``), a ``checkpoints`` dir or one checkpoint dir -> the checkpoint dir."""
-    path = Path(path)
-    if (path / ".metadata").is_file():
-        return path
-    for candidate in (RunDir(path).checkpoints, path):
-        found = read_latest(candidate)
-        if found is not None:
-            return found
-    return None
+    """The complete checkpoint (its DCP ``.metadata`` written) that :func:`locate_checkpoint` finds at ``path``,
+    or ``None``."""
+    try:
+        found = locate_checkpoint(path).checkpoint_dir
+    except UserError:
+        return None
+    return found if (found / DCP_METADATA).is_file() else None
+
+
+def model_config_file(directory: str | os.PathLike) -> Path:
+    """The ``model_config.json`` that describes a run directory or a checkpoint directory: the directory's own
+    (a run, or a checkpoint standing alone), else that of the run the checkpoint belongs to."""
+    directory = Path(directory)
+    candidates = [RunDir(directory).model_config]
+    run = run_dir_of(directory)
+    if run is not None:
+        candidates.append(RunDir(run).model_config)
+    for file in candidates:
+        if file.is_file():
+            return file
+    raise UserError(f"{directory}: no model_config.json found (looked at {', '.join(str(c) for c in candidates)})")
+
+
+def read_model_config(directory: str | os.PathLike):
+    """The ``MambaConfig`` of :func:`model_config_file` (errors name the file and field)."""
+    from kotomamba.io import read_json
+    from kotomamba.model.config import MambaConfig
+
+    file = model_config_file(directory)
+    return MambaConfig.from_dict(read_json(file, "model config"), source=str(file))
 
 
 def init_source_kind(path: Path) -> str:

@@ -23,7 +23,7 @@ from kotomamba.errors import UserError
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.restart_request import pending_restart
-from kotomamba.train.run_dir import INTEGRITY, RunDir, step_of
+from kotomamba.train.run_dir import DCP_METADATA, INTEGRITY, RunDir, step_of
 from kotomamba.train.run_lock import held_by
 
 # How many of the newest logged windows the throughput is averaged over.
@@ -64,7 +64,7 @@ def complete_checkpoint(run: RunDir) -> Path | None:
     gets its ``step_N`` name; one from before checksums were recorded counts when ``latest`` names it."""
     latest = run.latest.read_text(errors="replace").strip() if run.latest.is_file() else None
     for checkpoint in run.step_dirs():
-        if (checkpoint / INTEGRITY).is_file() or (checkpoint.name == latest and (checkpoint / ".metadata").is_file()):
+        if (checkpoint / INTEGRITY).is_file() or (checkpoint.name == latest and (checkpoint / DCP_METADATA).is_file()):
             return checkpoint
     return None
 

@@ -1,16 +1,15 @@
-"""The training loop: FSDP2 or replicated model, AdamW, schedule, accumulation, clipping, eval, checkpoints, signals.
+"""The training loop: FSDP2 or replicated model, AdamW, schedule, eval, checkpoints, signals around the
+training step.
 
-One optimizer step consumes ``global_batch_size`` consecutive samples of the (fixed, global) sample
-order, split over ranks and micro-batches by ``MicroBatchSampler``; each micro-batch loss is divided
-by the number of accumulation steps and FSDP (or the replicas' all-reduce, ``grad_sync``) averages over
-ranks, so the gradient is the mean over the global batch whatever the world size. Exit codes: 0 done (or segment done), 1 aborted after too
-many non-finite steps (a checkpoint is written first), 75 checkpointed on SIGTERM / SIGUSR1 or the
-wall-time budget: requeue.
+One optimizer step (``kotomamba.train.step``: accumulation, the gradients' averaging over ranks through
+``grad_sync``, clipping, skip rules) consumes ``global_batch_size`` consecutive samples of the (fixed,
+global) sample order, split over ranks and micro-batches by ``MicroBatchSampler``; the run's counters
+live in ``kotomamba.train.train_state``, which a checkpoint saves whole. Exit codes: 0 done (or segment
+done), 1 aborted after too many non-finite steps (a checkpoint is written first), 75 checkpointed on
+SIGTERM / SIGUSR1 or the wall-time budget: requeue.
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 
@@ -21,40 +20,26 @@ from kotomamba.errors import ReportedByRankZero, UserError
 from kotomamba.io import atomic_write, write_json
 from kotomamba.train.checkpoint import CheckpointManager, checkpoint_keys
 from kotomamba.train.config import TrainConfig, accumulation_steps, dump_config
-from kotomamba.train.cuda_graph import GraphedMicroStep, micro_step
 from kotomamba.train.distributed import apply_node_env, build_mesh, detect_launch_env, init_distributed
 from kotomamba.train.banner import StartFacts, start_lines, time_left
 from kotomamba.train.flops import peak_flops, training_flops_per_token
 from kotomamba.train.integrity import integrity_digest
 from kotomamba.train.job_log import record_job_start
 from kotomamba.train.loss_scale import LossScale
-from kotomamba.train.metrics import (MetricsSink, OptimizerStats, clip_, global_grad_norm, memory_stats,
-                                     unscale_and_clip_)
+from kotomamba.train.metrics import MetricsSink, memory_stats
 from kotomamba.train.optim import build_optimizer
 from kotomamba.train.parallelize import (check_sharding, choose_data_parallel, gradient_sync, parallelize,
                                          resolve_precision)
-from kotomamba.train.run_dir import RunDir
+from kotomamba.train.run_dir import RunDir, read_model_config
 from kotomamba.train.run_lock import RunLock
 from kotomamba.train.schedules import LRSchedule
 from kotomamba.train.start_plan import StartPlan, carry_out, plan_start
+from kotomamba.train.step import TrainStep, on_device, perplexity
 from kotomamba.train.step_choice import choose_step
 from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
+from kotomamba.train.train_state import TrainState
 
 EXIT_ABORTED = 1
-
-
-def _rng_state(device: torch.device) -> torch.Tensor:
-    states = [torch.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return torch.cat(states)
-
-
-def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
-    cpu_size = torch.get_rng_state().numel()
-    torch.set_rng_state(state[:cpu_size].clone())
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state[cpu_size:].clone(), device)
 
 
 # The clock of the wall-time budget (a module attribute, so a test can drive the budget by a clock of its own).
@@ -95,6 +80,10 @@ class Trainer:
         self.plan = self._agree_on_start(resume)
         self.resume_from = self.plan.resume_from
         self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint.keep_last, config.checkpoint.async_)
+        # The step of the newest checkpoint this job wrote or resumed from (None: none yet), and how long
+        # the last save took (the wall-time budget keeps room for one more).
+        self.last_saved: int | None = None
+        self.save_seconds = 0.0
         if self.plan.finished:
             return
         self._build_data()
@@ -169,9 +158,7 @@ class Trainer:
         if self.rank == 0 and self.resume_from is None:
             payload = list(source_model_and_state(c, self.tokenizer.vocab_size, self.device))
         elif self.rank == 0:
-            # A checkpoint lives in <run_dir>/checkpoints/step_N; its run's model_config.json describes it.
-            recorded = RunDir(self.resume_from.parent.parent).model_config
-            payload[0] = MambaConfig.from_dict(json.loads(recorded.read_text()), source=str(recorded))
+            payload[0] = read_model_config(self.resume_from)
         holder = [payload[0].to_dict() if self.rank == 0 else None]
         dist.broadcast_object_list(holder, src=0)
         self.model_config = MambaConfig.from_dict(holder[0])
@@ -197,18 +184,19 @@ class Trainer:
                 full = {k: v.to(device=self.device, dtype=master) for k, v in full.items()}
             set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, c.optim.lr, c.optim.weight_decay, c.optim.betas, c.optim.eps,
                                          c.optim.no_decay)
         decay = c.schedule.decay_steps if c.schedule.decay_steps is not None else c.train.steps
         self.schedule = LRSchedule(c.optim.lr, c.optim.min_lr, c.schedule.warmup_steps, decay, c.schedule.style,
                                    c.schedule.wsd_decay_fraction)
-        self.loss_scale = None
+        loss_scale = None
         if self.precision == "fp16" and master == torch.float32:
-            self.loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
-        self.graphed = GraphedMicroStep(self.model, self.params, 1.0 / self.accum) if self.step_choice.graphed else None
-        self.grad_sync = gradient_sync(model, self.params, self.data_parallel, c.parallel.strategy,
-                                       graphed=self.graphed is not None)
+            loss_scale = LossScale(scale=c.loss_scale.initial, growth_interval=c.loss_scale.growth_interval)
+        self.state = TrainState(self.rank, self.world, self.device, loss_scale)
+        grad_sync = gradient_sync(model, [p for p in model.parameters() if p.requires_grad], self.data_parallel,
+                                  c.parallel.strategy, graphed=self.step_choice.graphed)
+        self.train_step = TrainStep(model, self.optimizer, self.accum, c.train.grad_clip, loss_scale,
+                                    graphed=self.step_choice.graphed, grad_sync=grad_sync, stats_group=self.shard_group)
         self.flops_per_token = training_flops_per_token(self.model_config, c.data.seq_length)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, self.precision)
@@ -218,37 +206,18 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        train_state = {
-            "step": self.step, "consumed_samples": self.consumed, "skipped_nonfinite": self.skipped_nonfinite,
-            "skipped_overflow": self.skipped_overflow, "skipped_range": self.skipped_range,
-            "consecutive_nonfinite": self.consecutive, "tracker_id": self.tracker_id or "",
-            "world_size": self.world,
-            "loss_scale": self.loss_scale.state_dict() if self.loss_scale else {},
-            "rng": {f"rank_{self.rank}": _rng_state(self.device)},
-        }
-        return {"model": model_sd, "optim": optim_sd, "scheduler": {"last_step": self.step},
-                "train_state": train_state}
+        return {"model": model_sd, "optim": optim_sd, "scheduler": {"last_step": self.state.step},
+                "train_state": self.state.state_dict()}
 
     def _load(self, path: Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = self._state()
-        keys = checkpoint_keys(path)
-        rng_key = f"train_state.rng.rank_{self.rank}"
-        same_world = rng_key in keys and keys[rng_key] == tuple(state["train_state"]["rng"][f"rank_{self.rank}"].shape)
-        if not same_world:
-            del state["train_state"]["rng"]
+        state["train_state"] = self.state.load_template(checkpoint_keys(path))
         self.checkpoints.load(path, state)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        ts = state["train_state"]
-        self.step, self.consumed = int(ts["step"]), int(ts["consumed_samples"])
-        self.skipped_nonfinite, self.skipped_overflow = int(ts["skipped_nonfinite"]), int(ts["skipped_overflow"])
-        self.skipped_range, self.consecutive = int(ts["skipped_range"]), int(ts["consecutive_nonfinite"])
-        self.tracker_id = ts["tracker_id"] or None
-        if self.loss_scale is not None and ts["loss_scale"]:
-            self.loss_scale.load_state_dict(ts["loss_scale"])
-        if same_world:
-            _set_rng_state(state["train_state"]["rng"][f"rank_{self.rank}"], self.device)
+        self.state.load_state_dict(state["train_state"])
+        self.last_saved = self.state.step
 
     def _start_facts(self) -> StartFacts:
         c, m = self.config, self.model_config
@@ -257,10 +226,10 @@ class Trainer:
             layer=m.layer.lower(), parameters=sum(p.numel() for p in self.model.parameters()), n_layer=m.n_layer,
             d_model=m.d_model, vocab_size=m.vocab_size, world=self.world,
             nodes=-(-self.world // self.launch.local_world_size), device=device, precision=self.precision,
-            step_kind="CUDA-graphed" if self.graphed is not None else "eager",
+            step_kind="CUDA-graphed" if self.step_choice.graphed else "eager",
             global_batch=c.train.global_batch_size, seq_length=c.data.seq_length,
             micro_batch=c.train.micro_batch_size, accumulation=self.accum, steps=c.train.steps,
-            start_step=self.step, resumed_from=self.resume_from,
+            start_step=self.state.step, resumed_from=self.resume_from,
         )
 
     def _write_run_record(self) -> None:
@@ -292,16 +261,8 @@ class Trainer:
                                              pin_memory=self.device.type == "cuda", generator=torch.Generator())
         return iter(loader)
 
-    def _on_device(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A batch's tokens [b, L+1] and seq_idx [b, L] (or None) on this rank's device."""
-        tokens = batch["tokens"].to(self.device, non_blocking=True)
-        seq_idx = batch.get("seq_idx")
-        if seq_idx is not None:
-            seq_idx = seq_idx.to(self.device, non_blocking=True)
-        return tokens, seq_idx
-
     def _forward_loss(self, batch) -> torch.Tensor:
-        tokens, seq_idx = self._on_device(batch)
+        tokens, seq_idx = on_device(batch, self.device)
         return self.model(tokens[:, :-1], labels=tokens[:, 1:], seq_idx=seq_idx)
 
     @torch.no_grad()
@@ -316,15 +277,11 @@ class Trainer:
         self.model.train()
         return float(total) / (count * self.world)
 
-    def _in_skip_range(self, step: int) -> bool:
-        """Whether step number ``step`` (1-based, as logged) lies in one of ``train.skip_ranges``."""
-        return any(start <= step <= end for start, end in self.config.train.skip_ranges)
-
     def _save(self) -> None:
         began = time.perf_counter()
-        self.checkpoints.save(self.step, self._state())
+        self.checkpoints.save(self.state.step, self._state())
         self.save_seconds = time.perf_counter() - began
-        self.last_saved = self.step
+        self.last_saved = self.state.step
 
     def run(self) -> int:
         c, t = self.config, self.config.train
@@ -333,9 +290,7 @@ class Trainer:
                 print(f"kotomamba train: {self.paths.final} records this run as complete (same identity); "
                       "nothing to do", flush=True)
             return 0
-        self.step = self.consumed = 0
-        self.skipped_nonfinite = self.skipped_overflow = self.skipped_range = self.consecutive = 0
-        self.tracker_id = None
+        state = self.state
         if self.resume_from is not None:
             self._load(self.resume_from)
         if self.rank == 0:
@@ -346,25 +301,21 @@ class Trainer:
         if self.rank == 0:
             for line in start_lines(self._start_facts()):
                 print(f"kotomamba train: {line}", flush=True)
-        holder = [self.tracker_id]
+        holder = [state.tracker_id]
         dist.broadcast_object_list(holder, src=0)
-        self.tracker_id = holder[0]
-        self.last_saved = self.step if self.resume_from is not None else None
-        self.save_seconds = 0.0
-        job_start_step = self.step
-        batches = self._batches(self.train_set, self.consumed)
+        state.tracker_id = holder[0]
+        job_start_step = state.step
+        batches = self._batches(self.train_set, state.consumed_samples)
         tokens_per_step = t.global_batch_size * c.data.seq_length
         window_start, window_steps, max_step_seconds = time.perf_counter(), 0, 0.0
         exit_code, val_loss = 0, None
         self.model.train()
         self.stop.training()
         try:
-            while self.step < t.steps:
+            while state.step < t.steps:
                 step_began = time.perf_counter()
-                log_now = (self.step + 1) % c.logging.interval == 0 or self.step + 1 == t.steps
+                log_now = (state.step + 1) % c.logging.interval == 0 or state.step + 1 == t.steps
                 record = self._train_step(batches, log_now)
-                self.step += 1
-                self.consumed += t.global_batch_size
                 window_steps += 1
                 max_step_seconds = max(max_step_seconds, time.perf_counter() - step_began)
                 self.checkpoints.poll()
@@ -375,46 +326,42 @@ class Trainer:
                     tokens_per_s = window_steps * tokens_per_step / elapsed
                     tflops = self.flops_per_token * tokens_per_s / self.world / 1e12
                     record.update({
-                        "step": self.step, "lr": self.schedule.lr_at(self.step - 1), "consumed_samples": self.consumed,
-                        "tokens": self.consumed * c.data.seq_length, "tokens_per_s": tokens_per_s,
+                        "step": state.step, "lr": self.schedule.lr_at(state.step - 1),
+                        "consumed_samples": state.consumed_samples,
+                        "tokens": state.consumed_samples * c.data.seq_length, "tokens_per_s": tokens_per_s,
                         "tokens_per_s_per_gpu": tokens_per_s / self.world, "tflops": tflops,
                         "mfu": tflops * 1e12 / self.peak if self.peak else None,
-                        "skipped_nonfinite": self.skipped_nonfinite, "skipped_overflow": self.skipped_overflow,
-                        "skipped_range": self.skipped_range, **memory_stats(self.device),
-                        "eta_s": time_left(t.steps - self.step, window_steps, elapsed),
+                        "skipped_nonfinite": state.skipped_nonfinite, "skipped_overflow": state.skipped_overflow,
+                        "skipped_range": state.skipped_range, **memory_stats(self.device),
+                        "eta_s": time_left(t.steps - state.step, window_steps, elapsed),
                     })
-                    if self.loss_scale is not None:
-                        record["loss_scale"] = self.loss_scale.scale
+                    if state.loss_scale is not None:
+                        record["loss_scale"] = state.loss_scale.scale
                     sink.log(record)
                 if log_now:
                     window_start, window_steps = time.perf_counter(), 0
-                if c.eval.interval and self.step % c.eval.interval == 0 and self.step < t.steps:
+                if c.eval.interval and state.step % c.eval.interval == 0 and state.step < t.steps:
                     val_loss = self.evaluate()
                     if sink is not None:
-                        sink.log({"step": self.step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
-                if self.consecutive >= t.max_consecutive_nonfinite:
+                        sink.log({"step": state.step, "val_loss": val_loss, "val_ppl": perplexity(val_loss)})
+                if state.consecutive_nonfinite >= t.max_consecutive_nonfinite:
                     self._save()
                     if self.rank == 0:
-                        print(f"kotomamba train: {self.consecutive} consecutive steps with a non-finite loss or "
-                              f"gradient at step {self.step}; checkpoint written, aborting", flush=True)
+                        print(f"kotomamba train: {state.consecutive_nonfinite} consecutive steps with a non-finite "
+                              f"loss or gradient at step {state.step}; checkpoint written, aborting", flush=True)
                     exit_code = EXIT_ABORTED
                     break
-                if c.checkpoint.interval and self.step % c.checkpoint.interval == 0:
+                if c.checkpoint.interval and state.step % c.checkpoint.interval == 0:
                     self._save()
                 # After the last step the stage finishes rather than leave that to another job.
-                stop = self._should_stop(max_step_seconds) if self.step < t.steps else None
-                if stop:
-                    if self.last_saved != self.step:
+                stop = self._stop_reason(max_step_seconds, job_start_step) if state.step < t.steps else None
+                if stop is not None:
+                    why, exit_code = stop
+                    if self.last_saved != state.step:
                         self._save()
-                    if self.rank == 0:
-                        print(f"kotomamba train: stopping at step {self.step} ({stop}); checkpoint written, "
+                    if self.rank == 0 and exit_code == EXIT_REQUEUE:
+                        print(f"kotomamba train: stopping at step {state.step} ({why}); checkpoint written, "
                               f"exit {EXIT_REQUEUE} (requeue)", flush=True)
-                    exit_code = EXIT_REQUEUE
-                    break
-                if t.max_steps_this_job is not None and self.step - job_start_step >= t.max_steps_this_job \
-                        and self.step < t.steps:
-                    if self.last_saved != self.step:
-                        self._save()
                     break
             else:
                 exit_code = self._finish(sink, val_loss)
@@ -425,27 +372,38 @@ class Trainer:
         return exit_code
 
     def _finish(self, sink, val_loss) -> int:
-        c = self.config
-        if self.last_saved != self.step:
+        c, state = self.config, self.state
+        if self.last_saved != state.step:
             self._save()
         self.checkpoints.wait()
         if c.eval.final and c.eval.steps > 0:
             val_loss = self.evaluate()
             if sink is not None:
-                sink.log({"step": self.step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
+                sink.log({"step": state.step, "val_loss": val_loss, "val_ppl": perplexity(val_loss)})
         if self.rank == 0:
             latest = self.checkpoints.latest()
             write_json(self.paths.final, {
-                "step": self.step, "checkpoint": str(latest.relative_to(self.run_dir)) if latest else None,
-                "tokens": self.consumed * c.data.seq_length, "consumed_samples": self.consumed,
-                "val_loss": val_loss, "skipped_nonfinite": self.skipped_nonfinite,
-                "skipped_range": self.skipped_range, "world_size": self.world,
+                "step": state.step, "checkpoint": str(latest.relative_to(self.run_dir)) if latest else None,
+                "tokens": state.consumed_samples * c.data.seq_length, "consumed_samples": state.consumed_samples,
+                "val_loss": val_loss, "skipped_nonfinite": state.skipped_nonfinite,
+                "skipped_range": state.skipped_range, "world_size": self.world,
                 "identity": self.identity["digest"],
                 # The weights' own identity: what depends on this run reruns exactly when they changed.
                 "weights": integrity_digest(latest) if latest else None,
             })
         dist.barrier()
         return 0
+
+    def _stop_reason(self, max_step_seconds: float, job_start_step: int) -> tuple[str, int] | None:
+        """Why this job stops before the stage's last step, with its exit code, or None to go on: a signal
+        or the wall-time budget (requeue), else ``train.max_steps_this_job`` steps done (0)."""
+        stop = self._should_stop(max_step_seconds)
+        if stop:
+            return stop, EXIT_REQUEUE
+        limit = self.config.train.max_steps_this_job
+        if limit is not None and self.state.step - job_start_step >= limit:
+            return "train.max_steps_this_job", 0
+        return None
 
     def _should_stop(self, max_step_seconds: float) -> str | None:
         """Agree over all ranks whether to stop now (a signal reached any rank, or the budget is spent)."""
@@ -461,61 +419,16 @@ class Trainer:
         return None
 
     def _train_step(self, batches, log_now: bool) -> dict:
-        """One optimizer step (or a skipped one); returns the metrics of this step."""
-        t = self.config.train
-        lr = self.schedule.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self._in_skip_range(self.step + 1):
-            for _ in range(self.accum):
-                next(batches)
-            self.skipped_range += 1
-            return {"skipped": "range"}
-        scale = self.loss_scale.scale if self.loss_scale is not None else 1.0
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
-        for micro in range(self.accum):
-            self.grad_sync.begin_micro_step(micro == self.accum - 1)
-            tokens, seq_idx = self._on_device(next(batches))
-            if self.graphed is not None:
-                loss = self.graphed(tokens, seq_idx)
-            else:
-                loss = micro_step(self.model, tokens, seq_idx, scale / self.accum)
-            loss_sum += loss.float()
-        self.grad_sync.finish()
-        dist.all_reduce(loss_sum)
-        norm = global_grad_norm(self.params) / scale
-        # One transfer to the host per step for both values (the skip decisions below need them there).
-        loss_value, grad_norm = torch.stack([loss_sum / (self.accum * self.world), norm]).tolist()
-        record = {"loss": loss_value, "ppl": _ppl(loss_value), "grad_norm": grad_norm}
-        if math.isfinite(loss_value) and not math.isfinite(grad_norm) and self.loss_scale is not None:
-            self.loss_scale.update(False)
-            self.skipped_overflow += 1
-            self._zero_grad()
-            return record
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            self.skipped_nonfinite += 1
-            self.consecutive += 1
-            self._zero_grad()
-            return record
-        self.consecutive = 0
-        if self.loss_scale is not None:
-            unscale_and_clip_(self.params, scale, t.grad_clip, norm)
-            self.loss_scale.update(True)
-        elif t.grad_clip:
-            clip_(self.params, t.grad_clip, norm)
-        stats = OptimizerStats(self.optimizer, self.shard_group) if log_now else None
-        if stats is not None:
-            stats.before_step()
-        self.optimizer.step()
-        self._zero_grad()
-        if stats is not None:
-            record.update(stats.after_step())
-        return record
-
-    def _zero_grad(self) -> None:
-        # A captured backward adds into the gradients' own memory, and replicas' gradients are views into
-        # the all-reduce buckets: zero them there instead of dropping them.
-        self.optimizer.zero_grad(set_to_none=self.graphed is None and not self.grad_sync.keeps_grads)
+        """One optimizer step (or a skipped one), counted in ``self.state``; returns the step's metrics."""
+        step = self.state.step
+        self.train_step.set_lr(self.schedule.lr_at(step))
+        # Step numbers are 1-based as logged: ``train.skip_ranges`` names the steps the log shows.
+        if any(start <= step + 1 <= end for start, end in self.config.train.skip_ranges):
+            outcome = self.train_step.skip(batches)
+        else:
+            outcome = self.train_step(batches, log_stats=log_now)
+        self.state.advance(outcome.kind, self.config.train.global_batch_size)
+        return outcome.record
 
     def _sink(self) -> MetricsSink:
         from kotomamba.train.trackers import TensorBoardTracker, WandbTracker
@@ -524,13 +437,9 @@ class Trainer:
         trackers = []
         if c.logging.wandb.mode != "disabled":
             w = c.logging.wandb
-            tracker = WandbTracker(self.run_dir, w.mode, w.project, w.entity, w.name, self.tracker_id, c.to_dict())
-            self.tracker_id = tracker.run_id
+            tracker = WandbTracker(self.run_dir, w.mode, w.project, w.entity, w.name, self.state.tracker_id, c.to_dict())
+            self.state.tracker_id = tracker.run_id
             trackers.append(tracker)
         if c.logging.tensorboard:
             trackers.append(TensorBoardTracker(self.run_dir))
-        return MetricsSink(self.run_dir, c.train.steps, self.step, trackers)
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
+        return MetricsSink(self.run_dir, c.train.steps, self.state.step, trackers)

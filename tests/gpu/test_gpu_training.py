@@ -28,10 +28,9 @@ if torch.cuda.is_available():
     pytest.importorskip("causal_conv1d", reason="needs causal-conv1d built for this GPU")
 
 from kotomamba.model import MambaLM, preset  # noqa: E402
-from kotomamba.train.cuda_graph import GraphedMicroStep  # noqa: E402
-from kotomamba.train.metrics import clip_, global_grad_norm  # noqa: E402
 from kotomamba.train.optim import build_optimizer  # noqa: E402
 from kotomamba.train.parallelize import parallelize  # noqa: E402
+from kotomamba.train.step import DONE, TrainStep  # noqa: E402
 
 DEVICE = "cuda"
 STEPS, MICRO_BATCH, SEQ, LR, CLIP = 50, 4, 512, 2e-3, 1.0
@@ -66,25 +65,19 @@ def markov_batches(vocab: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def kotomamba_losses(cfg, initial: dict, batches, mesh, graphed: bool = False) -> list[float]:
-    """The trainer's step; ``graphed``: its forward and backward replayed from a CUDA graph
+    """The trainer's step (``kotomamba.train.step.TrainStep``); ``graphed``: its forward and backward replayed from a CUDA graph
     (``parallel.cuda_graph``) after the eager warm-up steps."""
     model = MambaLM(cfg, device=DEVICE, dtype=torch.float32)
     model.load_state_dict(initial)
     parallelize(model, mesh, "FULL_SHARD", "bf16", False, 1, False)
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, LR, 0.1, (0.9, 0.95), 1e-8, NO_DECAY)
-    micro_step = GraphedMicroStep(model, params, 1.0) if graphed else None
+    step = TrainStep(model, optimizer, accumulation=1, grad_clip=CLIP, graphed=graphed)
+    micro_batches = iter({"tokens": batch} for batch in batches)
     losses = []
-    for batch in batches:
-        if micro_step is not None:
-            loss = micro_step(batch)
-        else:
-            loss = model(batch[:, :-1], labels=batch[:, 1:])
-            loss.backward()
-        clip_(params, CLIP, global_grad_norm(params))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=not graphed)
-        losses.append(loss.item())
+    for _ in batches:
+        outcome = step(micro_batches)
+        assert outcome.kind == DONE, outcome
+        losses.append(outcome.record["loss"])
     return losses
 
 

@@ -1,35 +1,74 @@
-"""Read a sharded training checkpoint back as one full state dict, on one process.
+"""A checkpoint's files read and written by this process alone: DCP without collectives, a sharded
+training checkpoint's weights read back whole, its ``train_state`` scalars, its verification.
 
 The trainer writes ``torch.distributed.checkpoint`` (DCP) directories whose state dict is
 ``{"model": {mamba-ssm key: tensor}, "optim": ..., "scheduler": ..., "train_state": ...}``
-(docs/architecture.md). DCP stores each tensor's global shape and its shards, so a plain
-full-size tensor can be filled from any training world size without a process group
-(``no_dist=True``); only the ``model.*`` entries are read, never the optimizer state.
+(``kotomamba.train.run_dir`` has where they live, ``kotomamba.train.train_state`` what ``train_state``
+holds). DCP stores each tensor's global shape and its shards, so a plain full-size tensor can be filled
+from any training world size without a process group; only the ``model.*`` entries are read, never the
+optimizer state. Converting, initialising a stage from another run's checkpoint and the tests read whole
+checkpoints on one process, sometimes inside a process group (each rank reads the full weights of the
+previous stage): ``no_dist=True`` makes DCP skip its collectives there. torch >= 2.7 takes it on
+``dcp.load`` / ``dcp.save``; torch 2.6 only on the older ``load_state_dict`` / ``save_state_dict``
+(deprecated later, same behaviour).
 
 Non-tensor entries of a DCP checkpoint are pickles, which DCP's default planner unpickles with
 ``weights_only=False``; ours unpickles them with ``weights_only=True`` and reads only what it needs.
 """
 from __future__ import annotations
 
-import json
+import contextlib
+import inspect
 import pickle
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
 
 from kotomamba.errors import UserError
-from kotomamba.train.dcp_local import load_local
 from kotomamba.train.integrity import checkpoint_defect
-from kotomamba.train.run_dir import INTEGRITY, RunDir, run_dir_of
+from kotomamba.train.run_dir import DCP_METADATA, CheckpointLocation, RunDir, locate_checkpoint, read_model_config
 
 MODEL_PREFIX = "model."
 TRAIN_STATE_PREFIX = "train_state."
+
+_FLAG_ON_NEW_API = "no_dist" in inspect.signature(dcp.load).parameters
+
+
+@contextlib.contextmanager
+def _one_process() -> Iterator[None]:
+    """DCP warns that it assumes a single process when none is up: that is what ``no_dist`` asks for
+    (and torch 2.6 warns that its older calls are deprecated); a user's log need not say either."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def load_local(state_dict: dict[str, Any], path: str | Path, planner=None) -> None:
+    """Fill ``state_dict`` (nested dicts of preallocated tensors) in place from the DCP checkpoint ``path``."""
+    reader = dcp.FileSystemReader(str(path))
+    with _one_process():
+        if _FLAG_ON_NEW_API:
+            dcp.load(state_dict, storage_reader=reader, planner=planner, no_dist=True)
+        else:
+            dcp.load_state_dict(state_dict, storage_reader=reader, planner=planner, no_dist=True)
+
+
+def save_local(state_dict: dict[str, Any], path: str | Path) -> None:
+    """Write ``state_dict`` as a complete DCP checkpoint at ``path`` (one process writes everything)."""
+    writer = dcp.FileSystemWriter(str(path))
+    with _one_process():
+        if _FLAG_ON_NEW_API:
+            dcp.save(state_dict, storage_writer=writer, no_dist=True)
+        else:
+            dcp.save_state_dict(state_dict, storage_writer=writer, no_dist=True)
 
 
 class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
@@ -45,32 +84,6 @@ class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
 
     def load_bytes(self, read_item, value) -> None:
         self.objects[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
-
-
-@dataclass(frozen=True)
-class CheckpointLocation:
-    """A DCP checkpoint directory and the run directory it belongs to (``None`` if it stands alone)."""
-
-    checkpoint_dir: Path
-    run_dir: Path | None
-
-
-def resolve_checkpoint(path: str | Path) -> CheckpointLocation:
-    """``RUN_DIR`` (uses ``checkpoints/latest``), ``RUN_DIR/checkpoints/step_N`` or a bare DCP directory."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: checkpoint not found (expected a run directory or a checkpoint directory)")
-    if (path / ".metadata").is_file() or (path / INTEGRITY).is_file():
-        return CheckpointLocation(path, run_dir_of(path))
-    latest = RunDir(path).latest
-    if not latest.is_file():
-        raise UserError(f"{path}: neither a DCP checkpoint (no .metadata) nor a run directory "
-                        f"(no checkpoints/latest)")
-    name = latest.read_text(encoding="utf-8").strip()
-    checkpoint_dir = RunDir(path).checkpoints / name
-    if not name or not checkpoint_dir.is_dir():
-        raise UserError(f"{latest}: line 1: names {name!r}, which is not a checkpoint directory")
-    return CheckpointLocation(checkpoint_dir, path)
 
 
 def verified(location: CheckpointLocation) -> CheckpointLocation:
@@ -90,7 +103,7 @@ def _metadata(checkpoint_dir: Path) -> Metadata:
     try:
         return FileSystemReader(str(checkpoint_dir)).read_metadata()
     except Exception as exc:  # DCP raises assorted errors on an unreadable .metadata
-        raise UserError(f"{checkpoint_dir / '.metadata'}: unreadable DCP metadata ({exc})") from exc
+        raise UserError(f"{checkpoint_dir / DCP_METADATA}: unreadable DCP metadata ({exc})") from exc
 
 
 def _load_flat(checkpoint_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -151,28 +164,10 @@ def read_train_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     return found
 
 
-def read_model_config_dict(location: CheckpointLocation) -> dict:
-    """``model_config.json`` (mamba-ssm's config.json) beside the checkpoint or in its run directory."""
-    candidates = [RunDir(location.checkpoint_dir).model_config]
-    if location.run_dir is not None:
-        candidates.append(RunDir(location.run_dir).model_config)
-    for file in candidates:
-        if file.is_file():
-            try:
-                return json.loads(file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{file}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
-    raise UserError(f"{location.checkpoint_dir}: no model_config.json found (looked at "
-                    f"{', '.join(str(c) for c in candidates)})")
-
-
 def load_model_state_dict(checkpoint: str | Path):
     """``(MambaConfig, state dict)`` of a run directory (its latest checkpoint) or one checkpoint directory.
 
     Runs on one process: no training world size or process group is needed.
     """
-    from kotomamba.model.config import MambaConfig
-
-    location = verified(resolve_checkpoint(checkpoint))
-    config = MambaConfig.from_dict(read_model_config_dict(location))
-    return config, read_model_state_dict(location.checkpoint_dir)
+    location = verified(locate_checkpoint(checkpoint))
+    return read_model_config(location.checkpoint_dir), read_model_state_dict(location.checkpoint_dir)

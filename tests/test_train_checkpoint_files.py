@@ -1,4 +1,5 @@
-"""The consolidating DCP reader: a sharded training checkpoint read back whole, on one process."""
+"""Reading a checkpoint on one process: a sharded training checkpoint read back whole, located from a run
+directory or a checkpoint directory, with its model config."""
 from __future__ import annotations
 
 import json
@@ -11,10 +12,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from kotomamba.convert.consolidate import (read_model_config_dict, read_model_state_dict, read_train_state,
-                                           resolve_checkpoint)
 from kotomamba.errors import UserError
-from kotomamba.train.dcp_local import save_local
+from kotomamba.train.checkpoint_files import read_model_state_dict, read_train_state, save_local
+from kotomamba.train.run_dir import locate_checkpoint, read_model_config
 from kotomamba.train.parallelize import cpu_sharding_supported
 
 
@@ -40,20 +40,21 @@ def _write_run(run_dir: Path, step: int, model: dict, train_state: dict) -> Path
 def test_reads_the_latest_checkpoint_of_a_run_without_optimizer_state(tmp_path):
     _write_run(tmp_path, 100, _model_state(0), {"step": 100})
     newest = _write_run(tmp_path, 200, _model_state(1), {"step": 200})
-    location = resolve_checkpoint(tmp_path)
+    location = locate_checkpoint(tmp_path)
     assert location.checkpoint_dir == newest and location.run_dir == tmp_path
     state = read_model_state_dict(location.checkpoint_dir)
     expected = _model_state(1)
     assert sorted(state) == sorted(expected)
     for key, tensor in expected.items():
         assert state[key].dtype == tensor.dtype and torch.equal(state[key], tensor), key
-    assert read_model_config_dict(location) == {"d_model": 8, "n_layer": 1}
+    config = read_model_config(location.checkpoint_dir)
+    assert (config.d_model, config.n_layer) == (8, 1)
 
 
 def test_one_checkpoint_directory_of_a_run(tmp_path):
     first = _write_run(tmp_path, 100, _model_state(0), {"step": 100})
     _write_run(tmp_path, 200, _model_state(1), {"step": 200})
-    location = resolve_checkpoint(first)
+    location = locate_checkpoint(first)
     assert location.run_dir == tmp_path
     assert torch.equal(read_model_state_dict(first)["backbone.embedding.weight"],
                        _model_state(0)["backbone.embedding.weight"])
@@ -71,19 +72,19 @@ def test_train_state_scalars_are_read_and_unsafe_pickles_skipped(tmp_path):
 
 def test_missing_or_broken_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        resolve_checkpoint(tmp_path / "nope")
+        locate_checkpoint(tmp_path / "nope")
     with pytest.raises(UserError, match="checkpoints/latest"):
-        resolve_checkpoint(tmp_path)
+        locate_checkpoint(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "latest").write_text("step_00000500\n")
     with pytest.raises(UserError, match="latest: line 1"):
-        resolve_checkpoint(tmp_path)
+        locate_checkpoint(tmp_path)
     lone = tmp_path / "lone"
     save_local({"optim": {"x": torch.zeros(2)}}, lone)
     with pytest.raises(UserError, match="no 'model' entries"):
         read_model_state_dict(lone)
     with pytest.raises(UserError, match="no model_config.json"):
-        read_model_config_dict(resolve_checkpoint(lone))
+        read_model_config(locate_checkpoint(lone).checkpoint_dir)
 
 
 def _free_port() -> int:
