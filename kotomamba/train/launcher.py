@@ -71,7 +71,11 @@ from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
 from kotomamba.train.stop_signals import EXIT_REQUEUE
 
 EXIT_DIR_PREFIX = "kotomamba-launch-"
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+NODE_EXIT_DIR_PREFIX = ".kotomamba-nodes-"
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# What a stop signal becomes on its way to the workers: srun and Open MPI's mpirun pass SIGUSR1 on to
+# their tasks, while mpirun answers SIGTERM by killing them a few seconds later (before a checkpoint).
+STOP = signal.SIGUSR1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,11 +272,13 @@ def torchrun_command(
                       "--", *args]
 
 
-def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str) -> list[str]:
+def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str,
+                       node_exit_dir: str | None = None) -> list[str]:
     """Arguments of the per-node launcher that the fan-out (srun/mpirun) starts on every host."""
+    exits = ["--node-exit-dir", node_exit_dir] if node_exit_dir else []
     return ["launch", "--node-local", "--nnodes", str(options.nnodes), "--nproc-per-node",
             str(options.nproc_per_node), "--device", options.device, "--rdzv-endpoint", endpoint,
-            "--rdzv-id", rdzv_id, "--", *options.args]
+            "--rdzv-id", rdzv_id, *exits, "--", *options.args]
 
 
 def node_device_env(device: str, nproc_per_node: int, env: dict[str, str]) -> dict[str, str]:
@@ -346,12 +352,14 @@ def recorded_worker_pids(exit_dir: Path) -> list[int]:
 
 
 class _SignalForwarder:
-    """While active, send SIGTERM/SIGINT/SIGUSR1 to the pids ``targets()`` names, or to ``fallback``
-    when it names none (workers not started yet)."""
+    """While active, answer each of ``FORWARDED_SIGNALS`` by sending it on to the pids ``targets()``
+    names, or to ``fallback`` when it names none (workers not started yet); as ``sent`` instead
+    where given (``STOP`` to srun/mpirun)."""
 
-    def __init__(self, targets, fallback: subprocess.Popen):
+    def __init__(self, targets, fallback: subprocess.Popen, sent: int | None = None):
         self.targets = targets
         self.fallback = fallback
+        self.sent = sent
         self.previous: dict[int, object] = {}
         self.received = False
 
@@ -359,7 +367,7 @@ class _SignalForwarder:
         self.received = True
         for pid in self.targets() or [self.fallback.pid]:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                os.kill(pid, self.sent or signum)
 
     def __enter__(self) -> _SignalForwarder:
         for signum in FORWARDED_SIGNALS:
@@ -372,7 +380,8 @@ class _SignalForwarder:
 
 
 def _torchrun_preexec(launcher_pid: int) -> None:
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     die_with_parent(launcher_pid)
 
 
@@ -384,30 +393,39 @@ def remove_stale_exit_dirs(scratch: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def node_exit_code(torchrun_code: int, worker_codes: list[int], stopped: bool = False) -> int:
-    """The node's exit code from torchrun's and the workers' recorded ones.
+def node_exit_code(starter_code: int, recorded: list[int], stopped: bool = False) -> int:
+    """A launcher's exit code from that of what it started (torchrun on a node; srun or mpirun for
+    the job) and the codes its processes recorded (the workers'; the node launchers').
 
-    A worker that failed (code other than 0 and 75) wins; else 75 if any worker asked for a
-    requeue, or if the launcher was told to stop (``stopped``) and torchrun failed (workers stopped
-    before they could answer: nothing trained since their last checkpoint); else torchrun's code
-    (nonzero when a worker died without recording, e.g. killed).
+    A recorded failure (code other than 0 and 75) wins; else 75 if any process asked for a requeue,
+    or if the launcher was told to stop (``stopped``) and the starter failed (processes stopped
+    before they could answer: nothing trained since their last checkpoint); else the starter's code
+    (nonzero when a process died without recording, e.g. killed).
     """
-    failures = [code for code in worker_codes if code not in (0, EXIT_REQUEUE)]
+    failures = [code for code in recorded if code not in (0, EXIT_REQUEUE)]
     if failures:
         return failures[0]
-    if stopped and torchrun_code != 0:
+    if stopped and starter_code != 0:
         return EXIT_REQUEUE
-    if torchrun_code == 0 and EXIT_REQUEUE in worker_codes:
+    if starter_code == 0 and EXIT_REQUEUE in recorded:
         return EXIT_REQUEUE
-    if torchrun_code != 0 and worker_codes and all(code == EXIT_REQUEUE for code in worker_codes):
+    if starter_code != 0 and recorded and all(code == EXIT_REQUEUE for code in recorded):
         return EXIT_REQUEUE
-    return torchrun_code
+    return starter_code
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """How the processes a launcher started ended: the exit code it reports (see ``node_exit_code``)
+    and whether the launcher was told to stop meanwhile."""
+
+    code: int
+    stopped: bool
 
 
 def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | None, rdzv_id: str,
-             env: dict[str, str]) -> tuple[int, bool]:
-    """Run torchrun on this node; return the node's exit code (see ``node_exit_code``) and whether the
-    launcher was told to stop meanwhile."""
+             env: dict[str, str]) -> Ended:
+    """Run torchrun on this node and wait for it."""
     scratch, pid = node_local_scratch(env), os.getpid()
     remove_stale_exit_dirs(scratch)
     exit_dir = Path(tempfile.mkdtemp(prefix=f"{EXIT_DIR_PREFIX}{socket.gethostname()}-{pid}-", dir=scratch))
@@ -418,9 +436,26 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
         with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process) as forwarder:
             torchrun_code = process.wait()
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
-        return node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received), forwarder.received
+        return Ended(node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received), forwarder.received)
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
+
+
+def report_node(code: int, node_exit_dir: str | None) -> int:
+    """A node launcher's exit code for srun/mpirun: its code, recorded in the job's ``node_exit_dir``
+    (shared by the nodes); 75 is recorded and reported as success, so that srun (``--kill-on-bad-exit``)
+    and mpirun do not kill the other nodes while they finish their checkpoint (as ``run_worker`` does
+    for torchrun). Where the record cannot be written, the code is reported as it is."""
+    if node_exit_dir is None:
+        return code
+    record = Path(node_exit_dir) / f"node-{socket.gethostname()}.exit"
+    try:
+        record.write_text(str(code))
+    except OSError as exc:
+        print(f"kotomamba launch: node {socket.gethostname()}: cannot record exit code {code} in {record} "
+              f"({exc})", file=sys.stderr, flush=True)
+        return code
+    return 0 if code == EXIT_REQUEUE else code
 
 
 def run_worker(exit_dir: str, args: list[str]) -> int:
@@ -430,7 +465,8 @@ def run_worker(exit_dir: str, args: list[str]) -> int:
     """
     launcher = os.environ.get(LAUNCHER_PID, "")
     die_with_parent(int(launcher) if launcher.isdigit() else None)
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
     rank = os.environ.get("RANK", "0")
     directory = Path(exit_dir)
     (directory / f"rank-{rank}.pid").write_text(str(os.getpid()))
@@ -462,8 +498,9 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         print(f"kotomamba launch: node {socket.gethostname()}: {options.nproc_per_node} process(es), "
               f"rendezvous {options.rdzv_endpoint}", file=sys.stderr, flush=True)
         env = node_device_env(options.device, options.nproc_per_node, env)
-        return run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
-                        options.rdzv_id, env)[0]
+        ended = run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
+                         options.rdzv_id, env)
+        return report_node(ended.code, options.node_exit_dir)
     allocation = detect_allocation(env)
     if allocation is None:
         if options.nnodes > 1:
@@ -474,7 +511,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         env = node_device_env(options.device, options.nproc_per_node, env)
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
-        return run_node(1, options.nproc_per_node, options.args, None, "", env)[0]
+        return run_node(1, options.nproc_per_node, options.args, None, "", env).code
     options.args = with_wall_time_budget(options.args, job_seconds_left(allocation))
     if options.nnodes > len(allocation.hosts):
         raise UserError(
@@ -482,14 +519,19 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
             f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
         )
     run, starts_before = requeue.run_of(options.args)
-    code, signalled = launch_in_allocation(options, allocation, env)
-    return requeue.after_training(code, signalled, run, starts_before, allocation.scheduler, allocation.job_id,
-                                  options.nnodes, env)
+    ended = launch_in_allocation(options, allocation, env)
+    return requeue.after_training(ended.code, ended.stopped, run, starts_before, allocation.scheduler,
+                                  allocation.job_id, options.nnodes, env)
 
 
-def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> tuple[int, bool]:
-    """Run ``options.args`` on the allocation's first ``--nnodes`` hosts; return the exit code and
-    whether the launcher was told to stop meanwhile."""
+def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> Ended:
+    """Run ``options.args`` on the allocation's first ``--nnodes`` hosts.
+
+    Several nodes: one node launcher per host (srun/mpirun), each recording its exit code in a
+    directory of the job's working directory (which the nodes share, as Snakemake's cluster jobs
+    need); the job's code is ``node_exit_code`` of srun's/mpirun's and the nodes' recorded ones, so
+    a 75 on every node stays 75 whichever node finished first.
+    """
     if options.nnodes == 1:
         return run_node(1, options.nproc_per_node, options.args, None, "", node_device_env(
             options.device, options.nproc_per_node, env))
@@ -497,19 +539,25 @@ def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, en
     env = {**env, "MASTER_ADDR": allocation.hosts[0], "MASTER_PORT": str(port)}
     endpoint = f"{allocation.hosts[0]}:{port}"
     rdzv_id = f"{allocation.scheduler}-{allocation.job_id}"
-    node_args = node_launcher_args(options, endpoint, rdzv_id)
     cpus_per_node = None
     if allocation.scheduler == "slurm":
         cpus_per_node = env.get("SLURM_CPUS_PER_TASK") or slurm_job_fields(allocation.job_id).get("CPUs/Task")
-    with tempfile.NamedTemporaryFile("w", prefix="kotomamba-hosts-", suffix=".txt") as hostfile:
-        hostfile.write("".join(f"{host} slots=1\n" for host in allocation.hosts[: options.nnodes]))
-        hostfile.flush()
-        command = fan_out_command(allocation, options.nnodes, node_args, hostfile.name, env, cpus_per_node)
-        print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
-              file=sys.stderr, flush=True)
-        process = subprocess.Popen(command, env=env)
-        with _SignalForwarder(list, process) as forwarder:
-            return process.wait(), forwarder.received
+    node_exit_dir = tempfile.mkdtemp(prefix=f"{NODE_EXIT_DIR_PREFIX}{allocation.job_id}-", dir=os.getcwd())
+    node_args = node_launcher_args(options, endpoint, rdzv_id, node_exit_dir)
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="kotomamba-hosts-", suffix=".txt") as hostfile:
+            hostfile.write("".join(f"{host} slots=1\n" for host in allocation.hosts[: options.nnodes]))
+            hostfile.flush()
+            command = fan_out_command(allocation, options.nnodes, node_args, hostfile.name, env, cpus_per_node)
+            print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
+                  file=sys.stderr, flush=True)
+            process = subprocess.Popen(command, env=env)
+            with _SignalForwarder(list, process, sent=STOP) as forwarder:
+                fan_out_code = process.wait()
+        node_codes = [int(path.read_text()) for path in sorted(Path(node_exit_dir).glob("node-*.exit"))]
+        return Ended(node_exit_code(fan_out_code, node_codes, stopped=forwarder.received), forwarder.received)
+    finally:
+        shutil.rmtree(node_exit_dir, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -529,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rdzv-endpoint", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rdzv-id", default="", help=argparse.SUPPRESS)
     parser.add_argument("--worker-exit-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--node-exit-dir", default=None, help=argparse.SUPPRESS)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Requeue in place through the real clusters: a training stage longer than one job finishes unattended.
+"""Requeue in place through the real clusters: a training stage longer than one job finishes unattended,
+on one node and, through SLURM, on two (ktnode1 and ktnode2, one process each, gloo on CPU).
 
 The stage's jobs get a 1-minute wall time (`resources.train.runtime: 1`) and the stage needs 3 jobs
 whatever the machine's speed: its trainer config sets `train.wall_time_budget_s` below any step's time,
@@ -7,8 +8,10 @@ instead), and 3 steps take 3 jobs. Each such job advanced the stage, so the laun
 scheduler run it again as the same job (SLURM: `scontrol requeue`; Grid Engine: exit 99 from the
 profile's wrapper). Snakemake runs with `--retries 0`: the chain must not use retries, and sees one
 job. The job log counts the jobs; the losses and the final weights must equal an uninterrupted local
-run's, which both schedulers share (its tokenized data and tokenizer are copied, so only training runs
-on the cluster).
+run's of the same world size (one process, or two on this machine), which both schedulers share (the
+tokenized data and tokenizer are copied, so only training runs on the cluster). On two nodes, each node
+launcher reports the trainer's 75 to srun as success and records it (so `srun --kill-on-bad-exit` does
+not kill the other node mid-checkpoint), and the job's launcher sees "requeue".
 
 Cluster settings that keep this short (tests/scheduler/start_*.sh): SLURM's `cred_expire` (a requeued
 job waits that long before it may start again; 120 s by default) and Grid Engine's `load_report_time`
@@ -38,11 +41,11 @@ if not REQUIRED:
     pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
 
 
-def stage_config(budget: float | None) -> dict:
-    """One process, 3 steps, checkpoints only where a job stops or the stage ends; `budget`: the trainer's
-    wall-time budget in seconds (None: the uninterrupted reference)."""
+def stage_config(budget: float | None, nodes: int = 1, nproc_per_node: int = 1) -> dict:
+    """3 steps on `nodes` nodes of `nproc_per_node` processes, checkpoints only where a job stops or the
+    stage ends; `budget`: the trainer's wall-time budget in seconds (None: the uninterrupted reference)."""
     config = tiny_config(nodes=1)
-    config["launch"] = {"nodes": 1, "nproc_per_node": 1, "device": "cpu"}
+    config["launch"] = {"nodes": nodes, "nproc_per_node": nproc_per_node, "device": "cpu"}
     config["stages"][0]["train"]["train"] = {"steps": STEPS}
     config["train"]["eval"] = {"interval": 0, "steps": 1}
     config["train"]["checkpoint"] = {"interval": 0, "keep_last": 1}
@@ -70,13 +73,25 @@ def losses(workdir: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run, on this machine (one job, no budget)."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    workdir.mkdir()
-    result = snakemake(workdir, stage_config(None), "--cores", "2")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return workdir
+def references(tmp_path_factory):
+    """The uninterrupted run of `world` processes on this machine (one job, no budget), by world size;
+    the run of 2 reuses the tokenized data of the run of 1."""
+    made: dict[int, Path] = {}
+
+    def reference(world: int) -> Path:
+        if world not in made:
+            workdir = tmp_path_factory.mktemp(f"reference{world}") / "run"
+            if made:
+                shutil.copytree(next(iter(made.values())), workdir, symlinks=True)
+                shutil.rmtree(stage_dir(workdir))
+            else:
+                workdir.mkdir()
+            result = snakemake(workdir, stage_config(None, nproc_per_node=world), "--cores", "2")
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+            made[world] = workdir
+        return made[world]
+
+    return reference
 
 
 def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
@@ -96,17 +111,18 @@ def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
     return runs
 
 
-@pytest.mark.parametrize("scheduler", sorted(PROFILES))
-def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, reference, tmp_path):
+@pytest.mark.parametrize("scheduler,nodes", [(name, 1) for name in sorted(PROFILES)] + [("slurm", 2)])
+def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, references, tmp_path):
     problem = daemon_problem(scheduler)
     if problem:
         pytest.fail(f"{scheduler} is not up: {problem}")
+    reference = references(nodes)
     workdir = tmp_path / "run"
     # The reference's data, tokenizer and Snakemake records (times kept), without its training stage.
     shutil.copytree(reference, workdir, symlinks=True)
     shutil.rmtree(stage_dir(workdir))
     # The 1 ms budget is below any step's time: one step per job, whatever the machine's speed.
-    config = stage_config(0.001)
+    config = stage_config(0.001, nodes=nodes)
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     result = snakemake(workdir, config, *PROFILES[scheduler], "--retries", "0")
     output = result.stdout + result.stderr
@@ -119,6 +135,7 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, referen
     assert len(submitted) == 1, output[-4000:]
     jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
     assert len(jobs) >= 3 and [job["start_step"] for job in jobs] == list(range(STEPS)), jobs
+    assert {job["world_size"] for job in jobs} == {nodes}, jobs
     # Each rerun resumed: none took the Snakefile's restart request for a forced job and started over.
     assert not (stage_dir(workdir) / "superseded").exists()
     runs = job_runs(scheduler, submitted[0], since)
