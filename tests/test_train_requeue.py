@@ -16,8 +16,9 @@ import pytest
 from train_helpers import train_env, write_config
 
 from kotomamba.train.job_log import read_job_starts, record_job_start
-from kotomamba.train.requeue import REQUEUE_FILE, after_training, no_progress
+from kotomamba.train.requeue import after_training, no_progress
 from kotomamba.train.run_dir import RunDir
+from kotomamba.train.scheduler_facts import REQUEUE_FILE
 
 pytestmark = pytest.mark.slow
 

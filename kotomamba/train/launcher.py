@@ -3,40 +3,45 @@
     kotomamba launch [--nnodes N] [--nproc-per-node P] [--rdzv-port PORT] -- train --config F ...
     kotomamba launch --nproc-per-node P -- -m some.module args   (any Python module, as torchrun -m)
 
-Where it runs decides how:
+Where it runs decides how (the allocation, its hosts, its time left and its rendezvous port are
+``scheduler_facts``'; this module controls the processes):
 
 - one node (outside a scheduler or inside a job): ``P == 1`` outside a scheduler runs the
   subcommand as one plain process (this process is replaced by it); otherwise torchrun's
   standalone mode runs ``P`` workers here;
-- ``N`` nodes of a SLURM job (``SLURM_JOB_ID``; hosts from ``SLURM_JOB_NODELIST`` or
-  ``scontrol show job``): one ``srun --nodes=N --ntasks-per-node=1`` task per node, each running
+- ``N`` nodes of a SLURM job: one ``srun --nodes=N --ntasks-per-node=1`` task per node, each running
   torchrun with a c10d rendezvous on the first host;
-- ``N`` nodes of a Grid Engine job (``JOB_ID``; hosts from ``PE_HOSTFILE`` or
-  ``SGE_JOB_HOSTLIST``) or a PBS job (``PBS_JOBID``, ``PBS_NODEFILE``; ABCI 3.0): ``mpirun`` starts
-  one launcher per host, each running torchrun as above.
+- ``N`` nodes of a Grid Engine or a PBS job (ABCI 3.0): ``mpirun`` starts one launcher per host, each
+  running torchrun as above.
 
-The rendezvous port is ``10000 + JOB_ID % 50000`` (as the predecessor's ABCI scripts chose it), so
-every node computes the same one; ``MASTER_ADDR``/``MASTER_PORT`` are exported with the first host
-and that port. Each worker's own ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` come from
-torchrun, which the trainer reads.
+``MASTER_ADDR``/``MASTER_PORT`` are exported with the first host and the job's rendezvous port. Each
+worker's own ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` come from torchrun, which the
+trainer reads.
 
 Exit status: the training's. torchrun reports any failed worker as 1, so every worker runs through
 this module (``--worker-exit-dir``), which records its exit code and pid in a node-local directory;
 exit code 75 (``stop_signals.EXIT_REQUEUE``, EX_TEMPFAIL: "checkpointed on a signal or wall-time
 budget: requeue me") is recorded and reported to torchrun as success, so torchrun waits for every
 rank to finish its checkpoint instead of killing the slower ones, and the launcher then exits 75.
+The node launchers of a multi-node job do the same one floor up (``--node-exit-dir``, a directory
+of the job's working directory, which the nodes share): srun's ``--kill-on-bad-exit`` and mpirun
+would otherwise end the other nodes when the first exits 75, and report another code.
 
-Signals: SIGTERM, SIGINT and SIGUSR1 received by the launcher are sent straight to the workers
-(torchrun would answer SIGTERM by killing them after 30 s and SIGUSR1 by dying), so they can save
-a checkpoint and exit 75. torchrun itself is started with SIGUSR1 ignored (schedulers such as
-SLURM's ``--signal=USR1@T`` signal every process of the step); workers restore its default.
+Signals: SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 (Grid Engine's ``-notify`` warning) received by a node's
+launcher are sent straight to its workers (torchrun would answer SIGTERM by killing them after 30 s
+and SIGUSR1 by dying), so they can save a checkpoint and exit 75. The job's launcher of a multi-node
+job sends SIGUSR1 to srun/mpirun instead, whichever it received: both pass SIGUSR1 on to the node
+launchers, while Open MPI's mpirun answers SIGTERM by killing its processes within seconds.
+torchrun itself is started with SIGUSR1 and SIGUSR2 ignored (schedulers such as SLURM's
+``--signal=USR1@T`` signal every process of the step); workers restore their default.
 Told to stop before the workers could answer, the launcher exits 75 too. No worker outlives the
 launcher, whatever ends it (``kill -9`` included): torchrun and each worker are killed by the
 kernel when their parent dies (``parent_death.py``); the exit directories of launchers that died
 that way are removed by the next launcher on the host.
 
 Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
-job's time left less a margin (unless the config file's own value is smaller), so the trainer
+job's time left less a margin (unless the config's own value is smaller; the launcher reads the
+training config once, ``training_config``, for this and for its run directory), so the trainer
 checkpoints and exits 75 before the scheduler kills it. When such a job advanced its stage and the
 launcher was not told to stop, the launcher has the scheduler run the same job again (requeue in
 place, ``requeue.py``), so a stage longer than a job goes on without using Snakemake's retries.
@@ -65,10 +70,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from kotomamba.errors import UserError
 from kotomamba.train import requeue
+from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
+from kotomamba.train.run_dir import RunDir
+from kotomamba.train.scheduler_facts import (Allocation, detect_allocation, job_seconds_left, rendezvous_port,
+                                             slurm_job_fields)
 from kotomamba.train.stop_signals import EXIT_REQUEUE
+
+if TYPE_CHECKING:
+    from kotomamba.train.config import TrainConfig
 
 EXIT_DIR_PREFIX = "kotomamba-launch-"
 NODE_EXIT_DIR_PREFIX = ".kotomamba-nodes-"
@@ -78,156 +92,35 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUS
 STOP = signal.SIGUSR1
 
 
-@dataclasses.dataclass(frozen=True)
-class Allocation:
-    """The nodes a scheduler gave this job: ``scheduler`` is "slurm", "sge" or "pbs"."""
-
-    scheduler: str
-    job_id: str
-    hosts: tuple[str, ...]
-
-
-def rendezvous_port(job_id: str) -> int:
-    """``10000 + JOB_ID % 50000`` from the job id's leading digits ("1234.pbs1" -> 11234)."""
-    digits = ""
-    for char in job_id:
-        if not char.isdigit():
-            break
-        digits += char
-    if not digits:
-        raise UserError(f"launch: cannot derive a rendezvous port from job id {job_id!r}; pass --rdzv-port")
-    return 10000 + int(digits) % 50000
-
-
-def _unique(hosts: list[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(host for host in hosts if host))
-
-
-def read_pe_hostfile(path: str) -> tuple[str, ...]:
-    """Hosts of a Grid Engine ``$PE_HOSTFILE`` (lines "host slots queue processors")."""
-    return _unique([line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()])
-
-
-def read_host_list(path: str) -> tuple[str, ...]:
-    """Hosts of a file with one host name per line, repeats allowed (``$PBS_NODEFILE``,
-    ``$SGE_JOB_HOSTLIST``), in first-seen order."""
-    return _unique([line.strip() for line in Path(path).read_text().splitlines()])
-
-
-def slurm_hostnames(nodelist: str) -> tuple[str, ...]:
-    """Expand a compressed SLURM node list ("gpu[01-03]") with ``scontrol show hostnames``."""
-    result = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise UserError(f"launch: `scontrol show hostnames {nodelist}` failed: {result.stderr.strip()}")
-    return _unique(result.stdout.split())
-
-
-def slurm_job_fields(job_id: str) -> dict[str, str]:
-    """``scontrol show job -o JOB_ID`` as a dict ("NodeList", "CPUs/Task", "NumNodes", ...).
-
-    Needed because Snakemake's SLURM jobstep executor removes the allocation's ``SLURM_*``
-    variables (all but the job id) before running an ``mpi`` rule's shell command.
-    """
-    result = subprocess.run(
-        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise UserError(f"launch: `scontrol show job {job_id}` failed: {result.stderr.strip()}")
-    return dict(token.split("=", 1) for token in result.stdout.split() if "=" in token)
-
-
-def detect_allocation(env: dict[str, str]) -> Allocation | None:
-    """The scheduler allocation this process runs in, or None outside any scheduler."""
-    if env.get("SLURM_JOB_ID"):
-        nodelist = env.get("SLURM_JOB_NODELIST") or slurm_job_fields(env["SLURM_JOB_ID"])["NodeList"]
-        return Allocation("slurm", env["SLURM_JOB_ID"], slurm_hostnames(nodelist))
-    if env.get("PBS_JOBID"):
-        nodefile = env.get("PBS_NODEFILE")
-        hosts = read_host_list(nodefile) if nodefile else (socket.gethostname(),)
-        return Allocation("pbs", env["PBS_JOBID"], hosts)
-    if env.get("JOB_ID") and (env.get("PE_HOSTFILE") or env.get("SGE_JOB_HOSTLIST") or env.get("SGE_ROOT")):
-        if env.get("PE_HOSTFILE"):
-            hosts = read_pe_hostfile(env["PE_HOSTFILE"])
-        elif env.get("SGE_JOB_HOSTLIST"):
-            hosts = read_host_list(env["SGE_JOB_HOSTLIST"])
-        else:
-            hosts = (socket.gethostname(),)
-        return Allocation("sge", env["JOB_ID"], hosts)
-    return None
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds of a scheduler duration: "[D-]HH:MM:SS", "MM:SS", "SS" or plain seconds; None for
-    "UNLIMITED", "INFINITY", "NOT_SET" and other non-durations."""
-    text = text.strip()
-    days, _, clock = text.rpartition("-")
-    parts = clock.split(":")
-    if not clock or len(parts) > 3 or not all(part.replace(".", "", 1).isdigit() for part in parts):
-        return None
-    if days and not days.isdigit():
-        return None
-    seconds = 0.0
-    for part in parts:
-        seconds = seconds * 60 + float(part)
-    return seconds + 86400 * int(days or 0)
-
-
-def _command_output(command: list[str]) -> str | None:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout if result.returncode == 0 else None
-
-
-def job_seconds_left(allocation: Allocation) -> float | None:
-    """Seconds until the scheduler ends this job (None when unlimited or unknown).
-
-    SLURM: ``squeue -o %L``; PBS: ``Resource_List.walltime`` less ``resources_used.walltime`` of
-    ``qstat -f``; Grid Engine: the ``h_rt`` of ``qstat -j`` (the launcher runs as the job starts).
-    """
-    if allocation.scheduler == "slurm":
-        output = _command_output(["squeue", "-h", "-j", allocation.job_id, "-o", "%L"])
-        return parse_duration(output) if output else None
-    if allocation.scheduler == "pbs":
-        output = _command_output(["qstat", "-f", allocation.job_id])
-        if output is None:
-            return None
-        fields = dict(line.strip().split(" = ", 1) for line in output.splitlines() if " = " in line)
-        limit = parse_duration(fields.get("Resource_List.walltime", ""))
-        used = parse_duration(fields.get("resources_used.walltime", "0")) or 0.0
-        return None if limit is None else limit - used
-    output = _command_output(["qstat", "-j", allocation.job_id])
-    for line in (output or "").splitlines():
-        if line.startswith("hard resource_list:"):
-            for item in line.split(":", 1)[1].strip().split(","):
-                name, _, value = item.partition("=")
-                if name.strip() == "h_rt":
-                    return parse_duration(value)
-    return None
-
-
 WALL_TIME_KEY = "train.wall_time_budget_s"
 
 
-def with_wall_time_budget(args: list[str], seconds_left: float | None) -> list[str]:
-    """``args`` of a ``train`` command plus ``train.wall_time_budget_s=`` the job's time left less a
-    margin (5%, at least a minute; at least one second), unless the command line sets it or the config
-    file sets no more (its own value then stands)."""
-    if seconds_left is None or args[:1] != ["train"] or any(arg.startswith(WALL_TIME_KEY + "=") for arg in args):
+def training_config(args: list[str]) -> TrainConfig | None:
+    """The config a ``train --config F [overrides]`` command trains with, read once by the launcher (for
+    its wall-time budget and its run directory); None for other commands, and for a command or config
+    the trainer rejects (it reports them itself)."""
+    if args[:1] != ["train"]:
+        return None
+    from kotomamba.train.cli import parse_args
+    from kotomamba.train.config import load_config
+
+    try:
+        options = parse_args(args[1:])
+        return load_config(options.config, options.overrides)
+    except (UserError, SystemExit):
+        return None
+
+
+def with_wall_time_budget(args: list[str], seconds_left: float | None, config: TrainConfig | None) -> list[str]:
+    """``args`` of a ``train`` command (whose config is ``config``) plus ``train.wall_time_budget_s=`` the
+    job's time left less a margin (5%, at least a minute; at least one second), unless the command line
+    sets it or the config sets no more (its own value then stands)."""
+    if seconds_left is None or config is None or any(arg.startswith(WALL_TIME_KEY + "=") for arg in args):
         return args
     budget = max(seconds_left - max(60.0, 0.05 * seconds_left), 1.0)
-    config_file = next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--config"), None)
-    if config_file and os.path.isfile(config_file):
-        import yaml
-
-        with open(config_file) as handle:
-            document = yaml.safe_load(handle) or {}
-        configured = (document.get("train") or {}).get("wall_time_budget_s") if isinstance(document, dict) else None
-        if isinstance(configured, (int, float)) and configured <= budget:
-            return args
+    configured = config.train.wall_time_budget_s
+    if configured is not None and configured <= budget:
+        return args
     return [*args, f"{WALL_TIME_KEY}={budget:.0f}"]
 
 
@@ -512,13 +405,15 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
         return run_node(1, options.nproc_per_node, options.args, None, "", env).code
-    options.args = with_wall_time_budget(options.args, job_seconds_left(allocation))
+    config = training_config(options.args)
+    options.args = with_wall_time_budget(options.args, job_seconds_left(allocation), config)
     if options.nnodes > len(allocation.hosts):
         raise UserError(
             f"launch: --nnodes {options.nnodes} but the {allocation.scheduler} job {allocation.job_id} "
             f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
         )
-    run, starts_before = requeue.run_of(options.args)
+    run = RunDir(config.run_dir) if config is not None else None
+    starts_before = (read_job_starts(run) or []) if run is not None else []
     ended = launch_in_allocation(options, allocation, env)
     return requeue.after_training(ended.code, ended.stopped, run, starts_before, allocation.scheduler,
                                   allocation.job_id, options.nnodes, env)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kotomamba.train.metrics_file import read_metrics
+
 from cluster_helpers import PROFILES, REQUIRED, daemon_problem, scheduler_env
 from test_scheduler_dag import SETUP_LINE, tiny_config
 
@@ -41,12 +43,12 @@ if not REQUIRED:
     pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
 
 
-def stage_config(budget: float | None, nodes: int = 1, nproc_per_node: int = 1) -> dict:
-    """3 steps on `nodes` nodes of `nproc_per_node` processes, checkpoints only where a job stops or the
-    stage ends; `budget`: the trainer's wall-time budget in seconds (None: the uninterrupted reference)."""
+def stage_config(budget: float | None, nodes: int = 1, nproc_per_node: int = 1, steps: int = STEPS) -> dict:
+    """`steps` steps on `nodes` nodes of `nproc_per_node` processes, checkpoints only where a job stops or
+    the stage ends; `budget`: the trainer's wall-time budget in seconds (None: no budget)."""
     config = tiny_config(nodes=1)
     config["launch"] = {"nodes": nodes, "nproc_per_node": nproc_per_node, "device": "cpu"}
-    config["stages"][0]["train"]["train"] = {"steps": STEPS}
+    config["stages"][0]["train"]["train"] = {"steps": steps}
     config["train"]["eval"] = {"interval": 0, "steps": 1}
     config["train"]["checkpoint"] = {"interval": 0, "keep_last": 1}
     if budget is not None:
@@ -74,22 +76,22 @@ def losses(workdir: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """The uninterrupted run of `world` processes on this machine (one job, no budget), by world size;
-    the run of 2 reuses the tokenized data of the run of 1."""
-    made: dict[int, Path] = {}
+    """The uninterrupted run of `world` processes and `steps` steps on this machine (one job, no budget);
+    each after the first reuses the first's tokenized data."""
+    made: dict[tuple[int, int], Path] = {}
 
-    def reference(world: int) -> Path:
-        if world not in made:
-            workdir = tmp_path_factory.mktemp(f"reference{world}") / "run"
+    def reference(world: int, steps: int = STEPS) -> Path:
+        if (world, steps) not in made:
+            workdir = tmp_path_factory.mktemp(f"reference{world}x{steps}") / "run"
             if made:
                 shutil.copytree(next(iter(made.values())), workdir, symlinks=True)
                 shutil.rmtree(stage_dir(workdir))
             else:
                 workdir.mkdir()
-            result = snakemake(workdir, stage_config(None, nproc_per_node=world), "--cores", "2")
+            result = snakemake(workdir, stage_config(None, nproc_per_node=world, steps=steps), "--cores", "2")
             assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-            made[world] = workdir
-        return made[world]
+            made[world, steps] = workdir
+        return made[world, steps]
 
     return reference
 
@@ -145,3 +147,62 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, 
     assert losses(workdir) == losses(reference)
     final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
     assert final["step"] == STEPS and final["weights"] == expected["weights"]
+
+
+# Steps of the preempted stage: the signal goes out once step SIGNAL_AFTER is logged, and the stage must
+# still be training then; a step of this model takes tens of milliseconds even on two idle cores, so the
+# signal (delivered within a second) lands tens of steps before the end.
+PREEMPT_STEPS = 60
+SIGNAL_AFTER = 2
+
+
+def logged_steps(workdir: Path) -> list[int]:
+    path = stage_dir(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [record["step"] for record in read_metrics(path, note_torn=False) if "loss" in record]
+
+
+def test_two_node_job_stopped_by_a_signal_resumes_in_the_requeued_job(references, tmp_path):
+    """`scancel --signal=TERM` mid-stage (what SLURM's warning `--signal=TERM@T` does before a time limit or
+    a preemption: the job's steps get the signal): both nodes checkpoint and exit 75, and the job, which
+    advanced its stage, is requeued and resumes there; losses and final weights as if never stopped."""
+    problem = daemon_problem("slurm")
+    if problem:
+        pytest.fail(f"slurm is not up: {problem}")
+    reference = references(2, PREEMPT_STEPS)
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, symlinks=True)
+    shutil.rmtree(stage_dir(workdir))
+    config = stage_config(None, nodes=2, steps=PREEMPT_STEPS)
+    config["resources"]["train"]["runtime"] = 10
+    (workdir / "sched.yaml").write_text(yaml.safe_dump(config))
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+    log = (tmp_path / "snakemake.log").open("w+")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "sched.yaml"), "--until", "train", *PROFILES["slurm"], "--retries", "0"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=scheduler_env(SETUP_LINE),
+                               cwd=workdir)
+    try:
+        deadline = time.time() + 600  # a hang guard only
+        while not [step for step in logged_steps(workdir) if step >= SIGNAL_AFTER]:
+            assert process.poll() is None and time.time() < deadline, Path(log.name).read_text()[-4000:]
+            time.sleep(0.1)
+        job_id = re.findall(r"submitted with SLURM jobid (\d+)", Path(log.name).read_text())[0]
+        subprocess.run(["scancel", "--signal=TERM", job_id], check=True, env=scheduler_env(SETUP_LINE))
+        assert process.wait(timeout=900) == 0, Path(log.name).read_text()[-5000:]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=120)
+    output = Path(log.name).read_text()
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    assert len(submitted) == 1, output[-4000:]
+    jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
+    # Two runs of the one job: the second resumed from the checkpoint the signal led to, mid-stage.
+    assert len(jobs) == 2 and jobs[0]["start_step"] == 0 and SIGNAL_AFTER <= jobs[1]["start_step"] < PREEMPT_STEPS, jobs
+    assert {job["world_size"] for job in jobs} == {2}, jobs
+    assert job_runs("slurm", submitted[0], since) == ["REQUEUED", "COMPLETED"]
+    assert losses(workdir) == losses(reference)
+    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
+    assert final["step"] == PREEMPT_STEPS and final["weights"] == expected["weights"]
