@@ -416,7 +416,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
     starts_before = (read_job_starts(run) or []) if run is not None else []
     ended = launch_in_allocation(options, allocation, env)
     return requeue.after_training(ended.code, ended.stopped, run, starts_before, allocation.scheduler,
-                                  allocation.job_id, options.nnodes, env)
+                                  allocation.job_id, env)
 
 
 def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> Ended:

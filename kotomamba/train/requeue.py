@@ -45,7 +45,7 @@ def no_progress(run: RunDir, starts_before: list[dict]) -> str | None:
 
 
 def after_training(code: int, signalled: bool, run: RunDir | None, starts_before: list[dict], scheduler: str,
-                   job_id: str, nodes: int, env: dict[str, str]) -> int:
+                   job_id: str, env: dict[str, str]) -> int:
     """The job's exit code once training exited with ``code``: requeue the job where it advanced the stage.
 
     Returns ``code`` unchanged: after a SLURM requeue SLURM ends the job anyway, and where the request
@@ -59,7 +59,7 @@ def after_training(code: int, signalled: bool, run: RunDir | None, starts_before
     else:
         why = no_progress(run, starts_before)
     if why is None:
-        why = ask_to_run_again(scheduler, job_id, nodes, env)
+        why = ask_to_run_again(scheduler, job_id, env)
         if why is None:
             print(f"kotomamba launch: {where} advanced {run.root} and stopped for its wall time; asked "
                   "to run it again, resuming there (requeue in place)", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ scheduler's own query and requeue commands):
 | job id | ``SLURM_JOB_ID`` | ``JOB_ID`` (with ``PE_HOSTFILE``, ``SGE_JOB_HOSTLIST`` or ``SGE_ROOT``) | ``PBS_JOBID`` |
 | hosts | ``SLURM_JOB_NODELIST`` (``SLURM_STEP_NODELIST`` in a step), else ``scontrol show job`` | ``PE_HOSTFILE``, else ``SGE_JOB_HOSTLIST`` | ``PBS_NODEFILE`` |
 | time left | ``squeue -o %L`` | ``h_rt`` of ``qstat -j`` | ``qstat -f``: walltime limit less used |
-| run again | ``scontrol requeue`` | the job wrapper's exit 99 (``KOTOMAMBA_REQUEUE_FILE``), one host only | the profile's status script resubmits (``KOTOMAMBA_REQUEUE_FILE``) |
+| run again | ``scontrol requeue`` | one host: the job wrapper's exit 99; several: the profile's status script resubmits (``KOTOMAMBA_REQUEUE_FILE``) | the profile's status script resubmits (``KOTOMAMBA_REQUEUE_FILE``) |
 
 The rendezvous port of a job is ``10000 + JOB_ID % 50000`` (as the predecessor's ABCI scripts chose
 it), so every node and every rank computes the same one. Exit code 75 (``stop_signals.EXIT_REQUEUE``,
@@ -194,18 +194,16 @@ def job_seconds_left(allocation: Allocation) -> float | None:
     return None
 
 
-def ask_to_run_again(scheduler: str, job: str, nodes: int, env: dict[str, str]) -> str | None:
-    """Ask for this job of ``nodes`` hosts to run again; the reason it cannot be, or None when asked.
+def ask_to_run_again(scheduler: str, job: str, env: dict[str, str]) -> str | None:
+    """Ask for this job to run again; the reason it cannot be, or None when asked.
 
-    - Grid Engine, several hosts: not asked. Seen with Son of Grid Engine 8.1.9 (tests/scheduler): a
-      rescheduled job is kept off every host of its previous run "until clean up of a previous run has
-      finished", which for the hosts of its ``qrsh -inherit`` tasks did not happen in 6 minutes; on two
-      hosts it never ran again.
     - a job wrapper that names a file in ``KOTOMAMBA_REQUEUE_FILE`` owns it: the file is written, and
-      profiles/sge/submit.py's wrapper ends the job with exit 99, which Grid Engine answers by
-      rescheduling the same job (sge_conf(5): "FORBID_RESCHEDULE" unset, the default); for
-      profiles/abci (PBS Pro, where only operators may ``qrerun`` a job) its status.py submits the
-      finished job again and follows it;
+      for a one-host job profiles/sge/submit.py's wrapper ends the job with exit 99, which Grid Engine
+      answers by rescheduling the same job (sge_conf(5): "FORBID_RESCHEDULE" unset, the default); for a
+      multi-host Grid Engine job (a rescheduled one never started again on the test cluster: Son of
+      Grid Engine 8.1.9 kept it off the hosts of its ``qrsh -inherit`` tasks "until clean up of a
+      previous run has finished") and for profiles/abci (PBS Pro, where only operators may ``qrerun``
+      a job) the profile's status.py submits the finished job again and follows it;
     - SLURM: ``scontrol requeue $SLURM_JOB_ID``. The owner may requeue their own batch job when it is
       requeue-able (``JobRequeue=1``, SLURM's default, or ``sbatch --requeue``); SLURM ends this run at
       once and starts the batch script again under the same job id once ``AuthInfo=cred_expire`` (120 s
@@ -213,8 +211,6 @@ def ask_to_run_again(scheduler: str, job: str, nodes: int, env: dict[str, str]) 
       PENDING as still active.
     - anything else (a PBS job script of your own, say): not asked.
     """
-    if scheduler == "sge" and nodes > 1:
-        return "Grid Engine does not start a rescheduled multi-host job again (docs/clusters.md)"
     if env.get(REQUEUE_FILE):
         try:
             Path(env[REQUEUE_FILE]).write_text(f"{job}\n")

@@ -1,12 +1,12 @@
-"""Requeue in place through the real clusters: a training stage longer than one job finishes unattended,
-on one node and, through SLURM, on two (ktnode1 and ktnode2, one process each, gloo on CPU).
+"""Requeue through the real clusters: a training stage longer than one job finishes unattended, on one
+node and on two (ktnode1 and ktnode2, one process each, gloo on CPU).
 
 The stage's jobs get a 1-minute wall time (`resources.train.runtime: 1`) and the stage needs 3 jobs
 whatever the machine's speed: its trainer config sets `train.wall_time_budget_s` below any step's time,
 so every job trains exactly one step, checkpoints and exits 75 (the last step finishes the stage
 instead), and 3 steps take 3 jobs. Each such job advanced the stage, so the launcher has its
-scheduler run it again as the same job (SLURM: `scontrol requeue`; Grid Engine: exit 99 from the
-profile's wrapper). Snakemake runs with `--retries 0`: the chain must not use retries, and sees one
+scheduler run it again as the same job (SLURM: `scontrol requeue`; Grid Engine, one host: exit 99 from
+the profile's wrapper), or, for a two-host Grid Engine job, the profile's status.py submits it again. Snakemake runs with `--retries 0`: the chain must not use retries, and sees one
 job. The job log counts the jobs; the losses and the final weights must equal an uninterrupted local
 run's of the same world size (one process, or two on this machine), which both schedulers share (the
 tokenized data and tokenizer are copied, so only training runs on the cluster). On two nodes, each node
@@ -113,7 +113,7 @@ def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
     return runs
 
 
-@pytest.mark.parametrize("scheduler,nodes", [(name, 1) for name in sorted(PROFILES)] + [("slurm", 2)])
+@pytest.mark.parametrize("scheduler,nodes", [(name, nodes) for name in sorted(PROFILES) for nodes in (1, 2)])
 def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, references, tmp_path):
     problem = daemon_problem(scheduler)
     if problem:
@@ -140,9 +140,17 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, 
     assert {job["world_size"] for job in jobs} == {nodes}, jobs
     # Each rerun resumed: none took the Snakefile's restart request for a forced job and started over.
     assert not (stage_dir(workdir) / "superseded").exists()
-    runs = job_runs(scheduler, submitted[0], since)
-    requeued = "REQUEUED" if scheduler == "slurm" else "25"
-    assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
+    if scheduler == "sge" and nodes > 1:
+        # Submitted again by the profile's status.py, once per earlier job: a chain of STEPS job ids.
+        chain, link = [submitted[0]], workdir / ".snakemake" / "sge_logs" / "requeue" / f"{submitted[0]}.next"
+        while link.is_file():
+            chain.append(link.read_text().strip())
+            link = link.with_name(f"{chain[-1]}.next")
+        assert len(chain) == STEPS, chain
+    else:
+        runs = job_runs(scheduler, submitted[0], since)
+        requeued = "REQUEUED" if scheduler == "slurm" else "25"
+        assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
     # Identical to the uninterrupted run: every logged loss and the final weights.
     assert losses(workdir) == losses(reference)
     final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
@@ -203,6 +211,48 @@ def test_two_node_job_stopped_by_a_signal_resumes_in_the_requeued_job(references
     assert len(jobs) == 2 and jobs[0]["start_step"] == 0 and SIGNAL_AFTER <= jobs[1]["start_step"] < PREEMPT_STEPS, jobs
     assert {job["world_size"] for job in jobs} == {2}, jobs
     assert job_runs("slurm", submitted[0], since) == ["REQUEUED", "COMPLETED"]
+    assert losses(workdir) == losses(reference)
+    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
+    assert final["step"] == PREEMPT_STEPS and final["weights"] == expected["weights"]
+
+
+def test_two_host_grid_engine_job_deleted_mid_stage_checkpoints_and_the_retry_resumes(references, tmp_path):
+    """`qdel` of a two-host Grid Engine job submitted with `-notify`: Grid Engine sends SIGUSR2 first (the
+    queue's `notify` time before SIGKILL); the job's launcher passes it to mpirun as SIGUSR1, both hosts
+    checkpoint and exit 75, the deleted job is not requeued (a cancelled job stays cancelled) and fails,
+    and Snakemake's retry resumes from that checkpoint; losses and final weights as if never stopped."""
+    problem = daemon_problem("sge")
+    if problem:
+        pytest.fail(f"sge is not up: {problem}")
+    reference = references(2, PREEMPT_STEPS)
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, symlinks=True)
+    shutil.rmtree(stage_dir(workdir))
+    config = stage_config(None, nodes=2, steps=PREEMPT_STEPS)
+    config["resources"]["train"].update(runtime=10, sge_extra="-notify")
+    (workdir / "sched.yaml").write_text(yaml.safe_dump(config))
+    log = (tmp_path / "snakemake.log").open("w+")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "sched.yaml"), "--until", "train", *PROFILES["sge"], "--retries", "1"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=scheduler_env(SETUP_LINE),
+                               cwd=workdir)
+    try:
+        deadline = time.time() + 600  # a hang guard only
+        while not [step for step in logged_steps(workdir) if step >= SIGNAL_AFTER]:
+            assert process.poll() is None and time.time() < deadline, Path(log.name).read_text()[-4000:]
+            time.sleep(0.1)
+        job_id = re.findall(r"with external jobid '(\d+)'", Path(log.name).read_text())[0]
+        subprocess.run(["qdel", job_id], check=True, env=scheduler_env(SETUP_LINE), capture_output=True)
+        assert process.wait(timeout=900) == 0, Path(log.name).read_text()[-5000:]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=120)
+    output = Path(log.name).read_text()
+    assert len(re.findall(r"with external jobid '(\d+)'", output)) == 2, output[-4000:]  # the job and its retry
+    jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
+    # The retry resumed from the checkpoint the warning signal led to, mid-stage (not from step 0).
+    assert len(jobs) == 2 and jobs[0]["start_step"] == 0 and SIGNAL_AFTER <= jobs[1]["start_step"] < PREEMPT_STEPS, jobs
     assert losses(workdir) == losses(reference)
     final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
     assert final["step"] == PREEMPT_STEPS and final["weights"] == expected["weights"]
