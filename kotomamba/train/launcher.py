@@ -437,7 +437,12 @@ def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, en
     cpus_per_node = None
     if allocation.scheduler == "slurm":
         cpus_per_node = env.get("SLURM_CPUS_PER_TASK") or slurm_job_fields(allocation.job_id).get("CPUs/Task")
-    node_exit_dir = tempfile.mkdtemp(prefix=f"{NODE_EXIT_DIR_PREFIX}{allocation.job_id}-", dir=os.getcwd())
+    try:
+        node_exit_dir = tempfile.mkdtemp(prefix=f"{NODE_EXIT_DIR_PREFIX}{allocation.job_id}-", dir=os.getcwd())
+    except OSError as exc:  # the nodes then report their own codes, 75 a failure to srun/mpirun
+        print(f"kotomamba launch: cannot create the nodes' exit directory in {os.getcwd()} ({exc})",
+              file=sys.stderr, flush=True)
+        node_exit_dir = None
     node_args = node_launcher_args(options, endpoint, rdzv_id, node_exit_dir)
     try:
         with tempfile.NamedTemporaryFile("w", prefix="kotomamba-hosts-", suffix=".txt") as hostfile:
@@ -449,10 +454,12 @@ def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, en
             process = subprocess.Popen(command, env=env)
             with _SignalForwarder(list, process, sent=STOP) as forwarder:
                 fan_out_code = process.wait()
-        node_codes = [int(path.read_text()) for path in sorted(Path(node_exit_dir).glob("node-*.exit"))]
+        records = sorted(Path(node_exit_dir).glob("node-*.exit")) if node_exit_dir else []
+        node_codes = [int(path.read_text()) for path in records]
         return Ended(node_exit_code(fan_out_code, node_codes, stopped=forwarder.received), forwarder.received)
     finally:
-        shutil.rmtree(node_exit_dir, ignore_errors=True)
+        if node_exit_dir:
+            shutil.rmtree(node_exit_dir, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -157,10 +157,10 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, 
     assert final["step"] == STEPS and final["weights"] == expected["weights"]
 
 
-# Steps of the preempted stage: the signal goes out once step SIGNAL_AFTER is logged, and the stage must
-# still be training then; a step of this model takes tens of milliseconds even on two idle cores, so the
-# signal (delivered within a second) lands tens of steps before the end.
-PREEMPT_STEPS = 60
+# Steps of the stopped stage: the signal goes out once step SIGNAL_AFTER is logged, and the stage must still
+# be training when it arrives (the test then sees the second job start past SIGNAL_AFTER): a fixed amount of
+# work, far more steps than pass between a log line and a signal's delivery through the scheduler.
+PREEMPT_STEPS = 200
 SIGNAL_AFTER = 2
 
 
