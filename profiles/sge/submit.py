@@ -108,12 +108,20 @@ REQUEUE_EXIT = [
 RESUBMISSIONS = Resubmissions(Path(".snakemake", "sge_logs", "requeue"))
 
 
+# `qsub -notify` warns the job's whole process group (SIGUSR2 before SIGKILL, SIGUSR1 before SIGSTOP;
+# sge_conf(5)): this shell and Snakemake's job step between it and `kotomamba launch` would die of it at
+# once, and the job end with them before training checkpointed. They ignore both (an ignored signal stays
+# ignored across exec); the launcher and the trainer install their own handlers.
+WARNING_SIGNAL_LINES = ["trap '' USR1 USR2"]
+
+
 def wrapper_script(properties: dict, jobscript_text: str) -> str:
     """The job script Grid Engine runs: modules, the setup line, then Snakemake's job script (one host: in
     a subshell, so that its exit status can become the reschedule code 99 when training asks for it;
     several: with the resubmission request's path)."""
     lines = ["#!/bin/bash", "# Written by profiles/sge/submit.py for Snakemake job "
              f"{properties.get('jobid', '?')} (rule {properties.get('rule', '?')})."]
+    lines += WARNING_SIGNAL_LINES
     lines += environment_lines(setting(properties, "sge_modules"), setting(properties, "sge_setup"))
     if int(properties.get("resources", {}).get("nodes", 1) or 1) > 1:
         lines += [f"export KOTOMAMBA_REQUEUE_FILE={RESUBMISSIONS.request_file('JOB_ID')}"] + job_body(jobscript_text)
