@@ -87,3 +87,49 @@ def submit_main(argv: list[str], origin: str, prepare, job_id, submitted=None) -
         submitted(command, submitted_id)
     print(submitted_id)
     return 0
+
+
+class Resubmissions:
+    """Requeue by resubmission, for schedulers that cannot run a job again in place (PBS Pro: only
+    operators may ``qrerun``; Grid Engine: a rescheduled multi-host job never started again on the test
+    cluster, docs/clusters.md). Files in ``directory`` (on the shared file system, beside the logs):
+
+    - ``<id>.qsub``: the job's qsub command (JSON), kept by submit.py;
+    - ``<id>``: the request, written by ``kotomamba launch`` (the wrapper exports its path as
+      ``KOTOMAMBA_REQUEUE_FILE``) when training stopped for the job's wall time after advancing;
+    - ``<id>.next``: the id of the job submitted again for ``<id>``; Snakemake keeps asking about the
+      first id, which status.py and cancel.sh follow along this chain to the newest job.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def request_file(self, job_id_variable: str) -> str:
+        """The wrapper's ``KOTOMAMBA_REQUEUE_FILE`` value (shell), the job id taken from ``$VARIABLE``."""
+        return f'{shlex.quote(str(self.directory.resolve()))}/"${job_id_variable}"'
+
+    def record(self, command: list[str], job_id: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"{job_id}.qsub").write_text(json.dumps(command))
+
+    def newest(self, job_id: str) -> str:
+        """The last job of the chain of resubmissions that started with ``job_id``."""
+        while (self.directory / f"{job_id}.next").is_file():
+            job_id = (self.directory / f"{job_id}.next").read_text().strip()
+        return job_id
+
+    def requested(self, job_id: str) -> bool:
+        return (self.directory / job_id).is_file()
+
+    def resubmit(self, job_id: str, parse_id) -> str:
+        """Submit finished job ``job_id``'s script again with its qsub command (``parse_id(stdout)`` is the
+        new id); record and return the new id."""
+        command = json.loads((self.directory / f"{job_id}.qsub").read_text())
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OSError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
+        new_id = parse_id(result.stdout)
+        self.record(command, new_id)
+        (self.directory / f"{job_id}.next").write_text(new_id + "\n")
+        (self.directory / job_id).unlink()
+        return new_id

@@ -2,12 +2,17 @@
 import pytest
 
 from kotomamba.errors import UserError
-from kotomamba.train.distributed import detect_launch_env, expand_nodelist
+from kotomamba.train.distributed import detect_launch_env
+from kotomamba.train.scheduler_facts import expand_nodelist
 
 
 def test_expand_nodelist():
-    assert expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
-    assert expand_nodelist("node5") == ["node5"]
+    assert expand_nodelist("gpu[01-03,07],login1") == ("gpu01", "gpu02", "gpu03", "gpu07", "login1")
+    assert expand_nodelist("node5") == ("node5",)
+    # A suffix after the brackets, several brackets, and repeats (kept once, first place).
+    assert expand_nodelist("n[1-2]-ib,rack[1-2]n[8,10]") == ("n1-ib", "n2-ib", "rack1n8", "rack1n10",
+                                                             "rack2n8", "rack2n10")
+    assert expand_nodelist("a1,a[1-2]") == ("a1", "a2")
 
 
 def test_torchrun():

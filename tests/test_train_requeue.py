@@ -16,8 +16,9 @@ import pytest
 from train_helpers import train_env, write_config
 
 from kotomamba.train.job_log import read_job_starts, record_job_start
-from kotomamba.train.requeue import REQUEUE_FILE, after_training, no_progress
+from kotomamba.train.requeue import after_training, no_progress
 from kotomamba.train.run_dir import RunDir
+from kotomamba.train.scheduler_facts import REQUEUE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +54,11 @@ def test_a_job_that_advanced_its_stage_asks_for_a_requeue_one_that_did_not_fails
     record_job_start(run, run.checkpoint(3), world_size=1)
     assert "step 3, the step it started from" in no_progress(run, starts)
     env = {REQUEUE_FILE: str(request)}
-    assert after_training(75, False, run, starts, "sge", "4711", 1, env) == 75 and not request.exists()
+    assert after_training(75, False, run, starts, "sge", "4711", env) == 75 and not request.exists()
     # A stop signal (cancelled, preempted, killed at the limit) is never requeued by kotomamba.
-    assert after_training(75, True, run, starts[:2], "sge", "4711", 1, env) == 75 and not request.exists()
-    # A multi-host Grid Engine job is not rescheduled (it would wait for its hosts' clean-up for ever).
-    assert after_training(75, False, run, starts[:2], "sge", "4711", 2, env) == 75 and not request.exists()
+    assert after_training(75, True, run, starts[:2], "sge", "4711", env) == 75 and not request.exists()
     # Other exits pass through untouched: success, failures.
-    assert [after_training(code, False, run, starts[:2], "sge", "4711", 1, env) for code in (0, 1)] == [0, 1]
+    assert [after_training(code, False, run, starts[:2], "sge", "4711", env) for code in (0, 1)] == [0, 1]
     assert not request.exists()
     # A run started over (its records moved to superseded/): the new job log's first line is this job's.
     (run_dir / "superseded").mkdir()

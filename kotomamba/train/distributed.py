@@ -12,18 +12,17 @@ its own variables:
 | SLURM ``srun`` | ``SLURM_PROCID`` | ``SLURM_STEP_NUM_TASKS`` | ``SLURM_LOCALID`` | first host of ``SLURM_STEP_NODELIST`` |
 | none (plain ``python``) | 0 | 1 | 0 | localhost, a free port |
 
-The first host of the allocation comes from ``SLURM_JOB_NODELIST`` or ``PBS_NODEFILE``; the port from
-``MASTER_PORT``, else ``10000 + JOB_ID % 50000`` (the launcher's rule, on the job id's leading digits)
-so every rank computes the same one.
+The first host of the allocation and the job's rendezvous port (``10000 + JOB_ID % 50000``, unless
+``MASTER_PORT`` is set) are ``scheduler_facts``', so every rank computes the same ones.
 """
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass
 
 from kotomamba.errors import UserError
+from kotomamba.train.scheduler_facts import first_host, job_id, rendezvous_port
 
 
 @dataclass(frozen=True)
@@ -37,48 +36,11 @@ class LaunchEnv:
     master_port: int
 
 
-def expand_nodelist(nodelist: str) -> list[str]:
-    """Expand a SLURM host list (``"gpu[01-03,07],login1"``) into host names, in order."""
-    hosts: list[str] = []
-    for match in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist):
-        prefix, ranges = match.group(1), match.group(2)
-        if ranges is None:
-            hosts.append(prefix)
-            continue
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            if not hi:
-                hosts.append(prefix + lo)
-                continue
-            for number in range(int(lo), int(hi) + 1):
-                hosts.append(f"{prefix}{number:0{len(lo)}d}")
-    return hosts
-
-
-def _first_host(env: dict) -> str | None:
-    for key in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
-        if env.get(key):
-            return expand_nodelist(env[key])[0]
-    nodefile = env.get("PBS_NODEFILE")
-    if nodefile and os.path.isfile(nodefile):
-        with open(nodefile) as handle:
-            for line in handle:
-                if line.strip():
-                    return line.strip()
-    return None
-
-
 def _job_port(env: dict) -> int:
-    """The launcher's rendezvous port of this job (:func:`kotomamba.train.launcher.rendezvous_port`),
-    so ranks started by ``kotomamba launch`` and by a bare ``srun`` / ``mpirun`` agree; outside a
-    scheduler job (no job id) every rank takes the port of job 0."""
-    from kotomamba.train.launcher import rendezvous_port
-
-    job = env.get("SLURM_JOB_ID") or env.get("PBS_JOBID") or env.get("JOB_ID") or "0"
-    try:
-        return rendezvous_port(job)
-    except UserError as exc:
-        raise UserError(f"cannot derive a rendezvous port from job id {job!r}; export MASTER_PORT") from exc
+    """The launcher's rendezvous port of this job (``scheduler_facts.rendezvous_port``), so ranks started
+    by ``kotomamba launch`` and by a bare ``srun`` / ``mpirun`` agree; outside a scheduler job (no job
+    id) every rank takes the port of job 0."""
+    return rendezvous_port(job_id(env) or "0")
 
 
 def _free_port() -> int:
@@ -122,7 +84,7 @@ def detect_launch_env(env: dict | None = None) -> LaunchEnv:
         return LaunchEnv("none", 0, 1, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or _free_port()))
     if not 0 <= rank < world:
         raise UserError(f"launcher {launcher}: rank {rank} is outside the world of size {world}")
-    addr = env.get("MASTER_ADDR") or _first_host(env)
+    addr = env.get("MASTER_ADDR") or first_host(env)
     if addr is None:
         if world > 1:
             raise UserError(

@@ -3,33 +3,37 @@
     kotomamba launch [--nnodes N] [--nproc-per-node P] [--rdzv-port PORT] -- train --config F ...
     kotomamba launch --nproc-per-node P -- -m some.module args   (any Python module, as torchrun -m)
 
-Where it runs decides how:
+Where it runs decides how (the allocation, its hosts, its time left and its rendezvous port are
+``scheduler_facts``'; this module controls the processes):
 
 - one node (outside a scheduler or inside a job): ``P == 1`` outside a scheduler runs the
   subcommand as one plain process (this process is replaced by it); otherwise torchrun's
   standalone mode runs ``P`` workers here;
-- ``N`` nodes of a SLURM job (``SLURM_JOB_ID``; hosts from ``SLURM_JOB_NODELIST`` or
-  ``scontrol show job``): one ``srun --nodes=N --ntasks-per-node=1`` task per node, each running
+- ``N`` nodes of a SLURM job: one ``srun --nodes=N --ntasks-per-node=1`` task per node, each running
   torchrun with a c10d rendezvous on the first host;
-- ``N`` nodes of a Grid Engine job (``JOB_ID``; hosts from ``PE_HOSTFILE`` or
-  ``SGE_JOB_HOSTLIST``) or a PBS job (``PBS_JOBID``, ``PBS_NODEFILE``; ABCI 3.0): ``mpirun`` starts
-  one launcher per host, each running torchrun as above.
+- ``N`` nodes of a Grid Engine or a PBS job (ABCI 3.0): ``mpirun`` starts one launcher per host, each
+  running torchrun as above.
 
-The rendezvous port is ``10000 + JOB_ID % 50000`` (as the predecessor's ABCI scripts chose it), so
-every node computes the same one; ``MASTER_ADDR``/``MASTER_PORT`` are exported with the first host
-and that port. Each worker's own ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` come from
-torchrun, which the trainer reads.
+``MASTER_ADDR``/``MASTER_PORT`` are exported with the first host and the job's rendezvous port. Each
+worker's own ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` come from torchrun, which the
+trainer reads.
 
 Exit status: the training's. torchrun reports any failed worker as 1, so every worker runs through
 this module (``--worker-exit-dir``), which records its exit code and pid in a node-local directory;
 exit code 75 (``stop_signals.EXIT_REQUEUE``, EX_TEMPFAIL: "checkpointed on a signal or wall-time
 budget: requeue me") is recorded and reported to torchrun as success, so torchrun waits for every
 rank to finish its checkpoint instead of killing the slower ones, and the launcher then exits 75.
+The node launchers of a multi-node job do the same one floor up (``--node-exit-dir``, a directory
+of the job's working directory, which the nodes share): srun's ``--kill-on-bad-exit`` and mpirun
+would otherwise end the other nodes when the first exits 75, and report another code.
 
-Signals: SIGTERM, SIGINT and SIGUSR1 received by the launcher are sent straight to the workers
-(torchrun would answer SIGTERM by killing them after 30 s and SIGUSR1 by dying), so they can save
-a checkpoint and exit 75. torchrun itself is started with SIGUSR1 ignored (schedulers such as
-SLURM's ``--signal=USR1@T`` signal every process of the step); workers restore its default.
+Signals: SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 (Grid Engine's ``-notify`` warning) received by a node's
+launcher are sent straight to its workers (torchrun would answer SIGTERM by killing them after 30 s
+and SIGUSR1 by dying), so they can save a checkpoint and exit 75. The job's launcher of a multi-node
+job sends SIGUSR1 to srun/mpirun instead, whichever it received: both pass SIGUSR1 on to the node
+launchers, while Open MPI's mpirun answers SIGTERM by killing its processes within seconds.
+torchrun itself is started with SIGUSR1 and SIGUSR2 ignored (schedulers such as SLURM's
+``--signal=USR1@T`` signal every process of the step); workers restore their default.
 Told to stop before the workers could answer, the launcher exits 75 too. A signal that reached
 torchrun as well (the scheduler signals every process of a job) ends without its traceback; the
 launcher's last line says which signal, the checkpoint the run resumes from and the exit code
@@ -39,7 +43,8 @@ kernel when their parent dies (``parent_death.py``); the exit directories of lau
 that way are removed by the next launcher on the host.
 
 Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
-job's time left less a margin (unless the config file's own value is smaller), so the trainer
+job's time left less a margin (unless the config's own value is smaller; the launcher reads the
+training config once, ``training_config``, for this and for its run directory), so the trainer
 checkpoints and exits 75 before the scheduler kills it. When such a job advanced its stage and the
 launcher was not told to stop, the launcher has the scheduler run the same job again (requeue in
 place, ``requeue.py``), so a stage longer than a job goes on without using Snakemake's retries.
@@ -68,166 +73,58 @@ import sys
 import tempfile
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from kotomamba.errors import UserError
 from kotomamba.train import requeue
+from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
+from kotomamba.train.run_dir import RunDir
+from kotomamba.train.scheduler_facts import (Allocation, detect_allocation, job_seconds_left, rendezvous_port,
+                                             slurm_job_fields)
 from kotomamba.train.stop_signals import EXIT_REQUEUE
 from kotomamba.train.torchrun_stop import TORCHRUN_MODULE, stop_line
 
+if TYPE_CHECKING:
+    from kotomamba.train.config import TrainConfig
+
 EXIT_DIR_PREFIX = "kotomamba-launch-"
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Allocation:
-    """The nodes a scheduler gave this job: ``scheduler`` is "slurm", "sge" or "pbs"."""
-
-    scheduler: str
-    job_id: str
-    hosts: tuple[str, ...]
-
-
-def rendezvous_port(job_id: str) -> int:
-    """``10000 + JOB_ID % 50000`` from the job id's leading digits ("1234.pbs1" -> 11234)."""
-    digits = ""
-    for char in job_id:
-        if not char.isdigit():
-            break
-        digits += char
-    if not digits:
-        raise UserError(f"launch: cannot derive a rendezvous port from job id {job_id!r}; pass --rdzv-port")
-    return 10000 + int(digits) % 50000
-
-
-def _unique(hosts: list[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(host for host in hosts if host))
-
-
-def read_pe_hostfile(path: str) -> tuple[str, ...]:
-    """Hosts of a Grid Engine ``$PE_HOSTFILE`` (lines "host slots queue processors")."""
-    return _unique([line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()])
-
-
-def read_host_list(path: str) -> tuple[str, ...]:
-    """Hosts of a file with one host name per line, repeats allowed (``$PBS_NODEFILE``,
-    ``$SGE_JOB_HOSTLIST``), in first-seen order."""
-    return _unique([line.strip() for line in Path(path).read_text().splitlines()])
-
-
-def slurm_hostnames(nodelist: str) -> tuple[str, ...]:
-    """Expand a compressed SLURM node list ("gpu[01-03]") with ``scontrol show hostnames``."""
-    result = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise UserError(f"launch: `scontrol show hostnames {nodelist}` failed: {result.stderr.strip()}")
-    return _unique(result.stdout.split())
-
-
-def slurm_job_fields(job_id: str) -> dict[str, str]:
-    """``scontrol show job -o JOB_ID`` as a dict ("NodeList", "CPUs/Task", "NumNodes", ...).
-
-    Needed because Snakemake's SLURM jobstep executor removes the allocation's ``SLURM_*``
-    variables (all but the job id) before running an ``mpi`` rule's shell command.
-    """
-    result = subprocess.run(
-        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise UserError(f"launch: `scontrol show job {job_id}` failed: {result.stderr.strip()}")
-    return dict(token.split("=", 1) for token in result.stdout.split() if "=" in token)
-
-
-def detect_allocation(env: dict[str, str]) -> Allocation | None:
-    """The scheduler allocation this process runs in, or None outside any scheduler."""
-    if env.get("SLURM_JOB_ID"):
-        nodelist = env.get("SLURM_JOB_NODELIST") or slurm_job_fields(env["SLURM_JOB_ID"])["NodeList"]
-        return Allocation("slurm", env["SLURM_JOB_ID"], slurm_hostnames(nodelist))
-    if env.get("PBS_JOBID"):
-        nodefile = env.get("PBS_NODEFILE")
-        hosts = read_host_list(nodefile) if nodefile else (socket.gethostname(),)
-        return Allocation("pbs", env["PBS_JOBID"], hosts)
-    if env.get("JOB_ID") and (env.get("PE_HOSTFILE") or env.get("SGE_JOB_HOSTLIST") or env.get("SGE_ROOT")):
-        if env.get("PE_HOSTFILE"):
-            hosts = read_pe_hostfile(env["PE_HOSTFILE"])
-        elif env.get("SGE_JOB_HOSTLIST"):
-            hosts = read_host_list(env["SGE_JOB_HOSTLIST"])
-        else:
-            hosts = (socket.gethostname(),)
-        return Allocation("sge", env["JOB_ID"], hosts)
-    return None
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds of a scheduler duration: "[D-]HH:MM:SS", "MM:SS", "SS" or plain seconds; None for
-    "UNLIMITED", "INFINITY", "NOT_SET" and other non-durations."""
-    text = text.strip()
-    days, _, clock = text.rpartition("-")
-    parts = clock.split(":")
-    if not clock or len(parts) > 3 or not all(part.replace(".", "", 1).isdigit() for part in parts):
-        return None
-    if days and not days.isdigit():
-        return None
-    seconds = 0.0
-    for part in parts:
-        seconds = seconds * 60 + float(part)
-    return seconds + 86400 * int(days or 0)
-
-
-def _command_output(command: list[str]) -> str | None:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout if result.returncode == 0 else None
-
-
-def job_seconds_left(allocation: Allocation) -> float | None:
-    """Seconds until the scheduler ends this job (None when unlimited or unknown).
-
-    SLURM: ``squeue -o %L``; PBS: ``Resource_List.walltime`` less ``resources_used.walltime`` of
-    ``qstat -f``; Grid Engine: the ``h_rt`` of ``qstat -j`` (the launcher runs as the job starts).
-    """
-    if allocation.scheduler == "slurm":
-        output = _command_output(["squeue", "-h", "-j", allocation.job_id, "-o", "%L"])
-        return parse_duration(output) if output else None
-    if allocation.scheduler == "pbs":
-        output = _command_output(["qstat", "-f", allocation.job_id])
-        if output is None:
-            return None
-        fields = dict(line.strip().split(" = ", 1) for line in output.splitlines() if " = " in line)
-        limit = parse_duration(fields.get("Resource_List.walltime", ""))
-        used = parse_duration(fields.get("resources_used.walltime", "0")) or 0.0
-        return None if limit is None else limit - used
-    output = _command_output(["qstat", "-j", allocation.job_id])
-    for line in (output or "").splitlines():
-        if line.startswith("hard resource_list:"):
-            for item in line.split(":", 1)[1].strip().split(","):
-                name, _, value = item.partition("=")
-                if name.strip() == "h_rt":
-                    return parse_duration(value)
-    return None
+NODE_EXIT_DIR_PREFIX = ".kotomamba-nodes-"
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# What a stop signal becomes on its way to the workers: srun and Open MPI's mpirun pass SIGUSR1 on to
+# their tasks, while mpirun answers SIGTERM by killing them a few seconds later (before a checkpoint).
+STOP = signal.SIGUSR1
 
 
 WALL_TIME_KEY = "train.wall_time_budget_s"
 
 
-def with_wall_time_budget(args: list[str], seconds_left: float | None) -> list[str]:
-    """``args`` of a ``train`` command plus ``train.wall_time_budget_s=`` the job's time left less a
-    margin (5%, at least a minute; at least one second), unless the command line sets it or the config
-    file sets no more (its own value then stands)."""
-    if seconds_left is None or args[:1] != ["train"] or any(arg.startswith(WALL_TIME_KEY + "=") for arg in args):
+def training_config(args: list[str]) -> TrainConfig | None:
+    """The config a ``train --config F [overrides]`` command trains with, read once by the launcher (for
+    its wall-time budget and its run directory); None for other commands, and for a command or config
+    the trainer rejects (it reports them itself)."""
+    if args[:1] != ["train"]:
+        return None
+    from kotomamba.train.cli import parse_args
+    from kotomamba.train.config import load_config
+
+    try:
+        options = parse_args(args[1:])
+        return load_config(options.config, options.overrides)
+    except (UserError, SystemExit):
+        return None
+
+
+def with_wall_time_budget(args: list[str], seconds_left: float | None, config: TrainConfig | None) -> list[str]:
+    """``args`` of a ``train`` command (whose config is ``config``) plus ``train.wall_time_budget_s=`` the
+    job's time left less a margin (5%, at least a minute; at least one second), unless the command line
+    sets it or the config sets no more (its own value then stands)."""
+    if seconds_left is None or config is None or any(arg.startswith(WALL_TIME_KEY + "=") for arg in args):
         return args
     budget = max(seconds_left - max(60.0, 0.05 * seconds_left), 1.0)
-    config_file = next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--config"), None)
-    if config_file and os.path.isfile(config_file):
-        import yaml
-
-        with open(config_file) as handle:
-            document = yaml.safe_load(handle) or {}
-        configured = (document.get("train") or {}).get("wall_time_budget_s") if isinstance(document, dict) else None
-        if isinstance(configured, (int, float)) and configured <= budget:
-            return args
+    configured = config.train.wall_time_budget_s
+    if configured is not None and configured <= budget:
+        return args
     return [*args, f"{WALL_TIME_KEY}={budget:.0f}"]
 
 
@@ -272,11 +169,13 @@ def torchrun_command(
                       "--", *args]
 
 
-def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str) -> list[str]:
+def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str,
+                       node_exit_dir: str | None = None) -> list[str]:
     """Arguments of the per-node launcher that the fan-out (srun/mpirun) starts on every host."""
+    exits = ["--node-exit-dir", node_exit_dir] if node_exit_dir else []
     return ["launch", "--node-local", "--nnodes", str(options.nnodes), "--nproc-per-node",
             str(options.nproc_per_node), "--device", options.device, "--rdzv-endpoint", endpoint,
-            "--rdzv-id", rdzv_id, "--", *options.args]
+            "--rdzv-id", rdzv_id, *exits, "--", *options.args]
 
 
 def node_device_env(device: str, nproc_per_node: int, env: dict[str, str]) -> dict[str, str]:
@@ -350,12 +249,14 @@ def recorded_worker_pids(exit_dir: Path) -> list[int]:
 
 
 class _SignalForwarder:
-    """While active, send SIGTERM/SIGINT/SIGUSR1 to the pids ``targets()`` names, or to ``fallback``
-    when it names none (workers not started yet)."""
+    """While active, answer each of ``FORWARDED_SIGNALS`` by sending it on to the pids ``targets()``
+    names, or to ``fallback`` when it names none (workers not started yet); as ``sent`` instead
+    where given (``STOP`` to srun/mpirun)."""
 
-    def __init__(self, targets, fallback: subprocess.Popen):
+    def __init__(self, targets, fallback: subprocess.Popen, sent: int | None = None):
         self.targets = targets
         self.fallback = fallback
+        self.sent = sent
         self.previous: dict[int, object] = {}
         self.received = False
         self.signum: int | None = None  # the last one received
@@ -365,7 +266,7 @@ class _SignalForwarder:
         self.signum = signum
         for pid in self.targets() or [self.fallback.pid]:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                os.kill(pid, self.sent or signum)
 
     def __enter__(self) -> _SignalForwarder:
         for signum in FORWARDED_SIGNALS:
@@ -378,7 +279,8 @@ class _SignalForwarder:
 
 
 def _torchrun_preexec(launcher_pid: int) -> None:
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     die_with_parent(launcher_pid)
 
 
@@ -390,30 +292,39 @@ def remove_stale_exit_dirs(scratch: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def node_exit_code(torchrun_code: int, worker_codes: list[int], stopped: bool = False) -> int:
-    """The node's exit code from torchrun's and the workers' recorded ones.
+def node_exit_code(starter_code: int, recorded: list[int], stopped: bool = False) -> int:
+    """A launcher's exit code from that of what it started (torchrun on a node; srun or mpirun for
+    the job) and the codes its processes recorded (the workers'; the node launchers').
 
-    A worker that failed (code other than 0 and 75) wins; else 75 if any worker asked for a
-    requeue, or if the launcher was told to stop (``stopped``) and torchrun failed (workers stopped
-    before they could answer: nothing trained since their last checkpoint); else torchrun's code
-    (nonzero when a worker died without recording, e.g. killed).
+    A recorded failure (code other than 0 and 75) wins; else 75 if any process asked for a requeue,
+    or if the launcher was told to stop (``stopped``) and the starter failed (processes stopped
+    before they could answer: nothing trained since their last checkpoint); else the starter's code
+    (nonzero when a process died without recording, e.g. killed).
     """
-    failures = [code for code in worker_codes if code not in (0, EXIT_REQUEUE)]
+    failures = [code for code in recorded if code not in (0, EXIT_REQUEUE)]
     if failures:
         return failures[0]
-    if stopped and torchrun_code != 0:
+    if stopped and starter_code != 0:
         return EXIT_REQUEUE
-    if torchrun_code == 0 and EXIT_REQUEUE in worker_codes:
+    if starter_code == 0 and EXIT_REQUEUE in recorded:
         return EXIT_REQUEUE
-    if torchrun_code != 0 and worker_codes and all(code == EXIT_REQUEUE for code in worker_codes):
+    if starter_code != 0 and recorded and all(code == EXIT_REQUEUE for code in recorded):
         return EXIT_REQUEUE
-    return torchrun_code
+    return starter_code
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """How the processes a launcher started ended: the exit code it reports (see ``node_exit_code``)
+    and whether the launcher was told to stop meanwhile."""
+
+    code: int
+    stopped: bool
 
 
 def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | None, rdzv_id: str,
-             env: dict[str, str]) -> tuple[int, bool]:
-    """Run torchrun on this node; return the node's exit code (see ``node_exit_code``) and whether the
-    launcher was told to stop meanwhile."""
+             env: dict[str, str]) -> Ended:
+    """Run torchrun on this node and wait for it."""
     scratch, pid = node_local_scratch(env), os.getpid()
     remove_stale_exit_dirs(scratch)
     exit_dir = Path(tempfile.mkdtemp(prefix=f"{EXIT_DIR_PREFIX}{socket.gethostname()}-{pid}-", dir=scratch))
@@ -427,9 +338,26 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
         code = node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received)
         if forwarder.signum is not None:
             print(stop_line(forwarder.signum, code, args), file=sys.stderr, flush=True)
-        return code, forwarder.received
+        return Ended(code, forwarder.received)
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
+
+
+def report_node(code: int, node_exit_dir: str | None) -> int:
+    """A node launcher's exit code for srun/mpirun: its code, recorded in the job's ``node_exit_dir``
+    (shared by the nodes); 75 is recorded and reported as success, so that srun (``--kill-on-bad-exit``)
+    and mpirun do not kill the other nodes while they finish their checkpoint (as ``run_worker`` does
+    for torchrun). Where the record cannot be written, the code is reported as it is."""
+    if node_exit_dir is None:
+        return code
+    record = Path(node_exit_dir) / f"node-{socket.gethostname()}.exit"
+    try:
+        record.write_text(str(code))
+    except OSError as exc:
+        print(f"kotomamba launch: node {socket.gethostname()}: cannot record exit code {code} in {record} "
+              f"({exc})", file=sys.stderr, flush=True)
+        return code
+    return 0 if code == EXIT_REQUEUE else code
 
 
 def run_worker(exit_dir: str, args: list[str]) -> int:
@@ -439,7 +367,8 @@ def run_worker(exit_dir: str, args: list[str]) -> int:
     """
     launcher = os.environ.get(LAUNCHER_PID, "")
     die_with_parent(int(launcher) if launcher.isdigit() else None)
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
     rank = os.environ.get("RANK", "0")
     directory = Path(exit_dir)
     (directory / f"rank-{rank}.pid").write_text(str(os.getpid()))
@@ -471,8 +400,9 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         print(f"kotomamba launch: node {socket.gethostname()}: {options.nproc_per_node} process(es), "
               f"rendezvous {options.rdzv_endpoint}", file=sys.stderr, flush=True)
         env = node_device_env(options.device, options.nproc_per_node, env)
-        return run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
-                        options.rdzv_id, env)[0]
+        ended = run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
+                         options.rdzv_id, env)
+        return report_node(ended.code, options.node_exit_dir)
     allocation = detect_allocation(env)
     if allocation is None:
         if options.nnodes > 1:
@@ -483,22 +413,29 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         env = node_device_env(options.device, options.nproc_per_node, env)
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
-        return run_node(1, options.nproc_per_node, options.args, None, "", env)[0]
-    options.args = with_wall_time_budget(options.args, job_seconds_left(allocation))
+        return run_node(1, options.nproc_per_node, options.args, None, "", env).code
+    config = training_config(options.args)
+    options.args = with_wall_time_budget(options.args, job_seconds_left(allocation), config)
     if options.nnodes > len(allocation.hosts):
         raise UserError(
             f"launch: --nnodes {options.nnodes} but the {allocation.scheduler} job {allocation.job_id} "
             f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
         )
-    run, starts_before = requeue.run_of(options.args)
-    code, signalled = launch_in_allocation(options, allocation, env)
-    return requeue.after_training(code, signalled, run, starts_before, allocation.scheduler, allocation.job_id,
-                                  options.nnodes, env)
+    run = RunDir(config.run_dir) if config is not None else None
+    starts_before = (read_job_starts(run) or []) if run is not None else []
+    ended = launch_in_allocation(options, allocation, env)
+    return requeue.after_training(ended.code, ended.stopped, run, starts_before, allocation.scheduler,
+                                  allocation.job_id, env)
 
 
-def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> tuple[int, bool]:
-    """Run ``options.args`` on the allocation's first ``--nnodes`` hosts; return the exit code and
-    whether the launcher was told to stop meanwhile."""
+def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> Ended:
+    """Run ``options.args`` on the allocation's first ``--nnodes`` hosts.
+
+    Several nodes: one node launcher per host (srun/mpirun), each recording its exit code in a
+    directory of the job's working directory (which the nodes share, as Snakemake's cluster jobs
+    need); the job's code is ``node_exit_code`` of srun's/mpirun's and the nodes' recorded ones, so
+    a 75 on every node stays 75 whichever node finished first.
+    """
     if options.nnodes == 1:
         return run_node(1, options.nproc_per_node, options.args, None, "", node_device_env(
             options.device, options.nproc_per_node, env))
@@ -506,19 +443,32 @@ def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, en
     env = {**env, "MASTER_ADDR": allocation.hosts[0], "MASTER_PORT": str(port)}
     endpoint = f"{allocation.hosts[0]}:{port}"
     rdzv_id = f"{allocation.scheduler}-{allocation.job_id}"
-    node_args = node_launcher_args(options, endpoint, rdzv_id)
     cpus_per_node = None
     if allocation.scheduler == "slurm":
         cpus_per_node = env.get("SLURM_CPUS_PER_TASK") or slurm_job_fields(allocation.job_id).get("CPUs/Task")
-    with tempfile.NamedTemporaryFile("w", prefix="kotomamba-hosts-", suffix=".txt") as hostfile:
-        hostfile.write("".join(f"{host} slots=1\n" for host in allocation.hosts[: options.nnodes]))
-        hostfile.flush()
-        command = fan_out_command(allocation, options.nnodes, node_args, hostfile.name, env, cpus_per_node)
-        print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
+    try:
+        node_exit_dir = tempfile.mkdtemp(prefix=f"{NODE_EXIT_DIR_PREFIX}{allocation.job_id}-", dir=os.getcwd())
+    except OSError as exc:  # the nodes then report their own codes, 75 a failure to srun/mpirun
+        print(f"kotomamba launch: cannot create the nodes' exit directory in {os.getcwd()} ({exc})",
               file=sys.stderr, flush=True)
-        process = subprocess.Popen(command, env=env)
-        with _SignalForwarder(list, process) as forwarder:
-            return process.wait(), forwarder.received
+        node_exit_dir = None
+    node_args = node_launcher_args(options, endpoint, rdzv_id, node_exit_dir)
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="kotomamba-hosts-", suffix=".txt") as hostfile:
+            hostfile.write("".join(f"{host} slots=1\n" for host in allocation.hosts[: options.nnodes]))
+            hostfile.flush()
+            command = fan_out_command(allocation, options.nnodes, node_args, hostfile.name, env, cpus_per_node)
+            print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
+                  file=sys.stderr, flush=True)
+            process = subprocess.Popen(command, env=env)
+            with _SignalForwarder(list, process, sent=STOP) as forwarder:
+                fan_out_code = process.wait()
+        records = sorted(Path(node_exit_dir).glob("node-*.exit")) if node_exit_dir else []
+        node_codes = [int(path.read_text()) for path in records]
+        return Ended(node_exit_code(fan_out_code, node_codes, stopped=forwarder.received), forwarder.received)
+    finally:
+        if node_exit_dir:
+            shutil.rmtree(node_exit_dir, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -538,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rdzv-endpoint", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rdzv-id", default="", help=argparse.SUPPRESS)
     parser.add_argument("--worker-exit-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--node-exit-dir", default=None, help=argparse.SUPPRESS)
     return parser
 
 

@@ -15,43 +15,18 @@ Otherwise exit 75 stays a failure: Snakemake's retries apply, and a job that can
 again forever. A requeued job reruns the same Snakemake job script, whose training resumes from the
 last checkpoint (``--resume auto``); Snakemake itself sees one job that ran long.
 
-How a job runs again is the scheduler's, and known only here:
-
-- a job wrapper that names a file in ``KOTOMAMBA_REQUEUE_FILE`` owns it: the file is written, and
-  profiles/sge/submit.py's wrapper ends the job with exit 99, which Grid Engine answers by rescheduling
-  the same job (sge_conf(5): "FORBID_RESCHEDULE" unset, the default); for profiles/abci (PBS Pro, where
-  only operators may ``qrerun`` a job) its status.py submits the finished job again and follows it;
-- SLURM: ``scontrol requeue $SLURM_JOB_ID``. The owner may requeue their own batch job when it is
-  requeue-able (``JobRequeue=1``, SLURM's default, or ``sbatch --requeue``); SLURM ends this run at
-  once and starts the batch script again under the same job id once ``AuthInfo=cred_expire`` (120 s
-  by default) has passed (slurm.conf(5)). snakemake-executor-plugin-slurm counts REQUEUED and
-  PENDING as still active.
-- anything else (a PBS job script of your own, say): no requeue; exit 75 fails the job as before.
+How a job runs again is the scheduler's: ``scheduler_facts.ask_to_run_again`` (SLURM ``scontrol
+requeue``; Grid Engine and PBS through the profile's job wrapper or status script).
 """
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
-from kotomamba.errors import UserError
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.run_dir import RunDir, step_of
+from kotomamba.train.scheduler_facts import ask_to_run_again
 from kotomamba.train.status import complete_checkpoint
 from kotomamba.train.stop_signals import EXIT_REQUEUE
-
-REQUEUE_FILE = "KOTOMAMBA_REQUEUE_FILE"
-
-
-def training_run(args: list[str]) -> RunDir | None:
-    """The run directory a ``train --config F [overrides]`` command trains (None for other commands)."""
-    if args[:1] != ["train"]:
-        return None
-    from kotomamba.train.cli import parse_args
-    from kotomamba.train.config import load_config
-
-    options = parse_args(args[1:])
-    return RunDir(load_config(options.config, options.overrides).run_dir)
 
 
 def no_progress(run: RunDir, starts_before: list[dict]) -> str | None:
@@ -70,33 +45,8 @@ def no_progress(run: RunDir, starts_before: list[dict]) -> str | None:
     return None
 
 
-def ask_scheduler(scheduler: str, job_id: str, nodes: int, env: dict[str, str]) -> str | None:
-    """Ask for this job of ``nodes`` hosts to run again; the reason it cannot be, or None when asked."""
-    if scheduler == "sge" and nodes > 1:
-        # Seen with Son of Grid Engine 8.1.9 (tests/scheduler): a rescheduled job is kept off every host of
-        # its previous run "until clean up of a previous run has finished", which for the hosts of its
-        # `qrsh -inherit` tasks did not happen in 6 minutes; on two hosts it never ran again.
-        return "Grid Engine does not start a rescheduled multi-host job again (docs/clusters.md)"
-    if env.get(REQUEUE_FILE):
-        try:
-            Path(env[REQUEUE_FILE]).write_text(f"{job_id}\n")
-        except OSError as exc:
-            return f"cannot write the requeue request {env[REQUEUE_FILE]} ({exc})"
-        return None
-    if scheduler == "slurm":
-        try:
-            result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"`scontrol requeue {job_id}` failed ({exc})"
-        if result.returncode != 0:
-            return (f"`scontrol requeue {job_id}` failed: {result.stderr.strip()} (is the job requeue-able? "
-                    "`scontrol show job` shows Requeue=1; set JobRequeue=1 or pass --requeue)")
-        return None
-    return f"a {scheduler} job cannot be requeued from inside (see docs/clusters.md)"
-
-
 def after_training(code: int, signalled: bool, run: RunDir | None, starts_before: list[dict], scheduler: str,
-                   job_id: str, nodes: int, env: dict[str, str]) -> int:
+                   job_id: str, env: dict[str, str]) -> int:
     """The job's exit code once training exited with ``code``: requeue the job where it advanced the stage.
 
     Returns ``code`` unchanged: after a SLURM requeue SLURM ends the job anyway, and where the request
@@ -110,19 +60,10 @@ def after_training(code: int, signalled: bool, run: RunDir | None, starts_before
     else:
         why = no_progress(run, starts_before)
     if why is None:
-        why = ask_scheduler(scheduler, job_id, nodes, env)
+        why = ask_to_run_again(scheduler, job_id, env)
         if why is None:
             print(f"kotomamba launch: {where} advanced {run.root} and stopped for its wall time; asked "
                   "to run it again, resuming there (requeue in place)", file=sys.stderr, flush=True)
             return code
     print(f"kotomamba launch: {where} exits {code} and is not requeued: {why}", file=sys.stderr, flush=True)
     return code
-
-
-def run_of(args: list[str]) -> tuple[RunDir | None, list[dict]]:
-    """(the run directory of a ``train`` command, its job log's starts now), read before training starts."""
-    try:
-        run = training_run(args)
-    except (UserError, SystemExit):
-        return None, []  # the trainer reports the bad command or config itself
-    return run, (read_job_starts(run) or []) if run is not None else []

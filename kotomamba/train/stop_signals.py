@@ -1,4 +1,4 @@
-"""SIGTERM / SIGUSR1 from the first instruction of a training job to its end.
+"""SIGTERM / SIGUSR1 / SIGUSR2 from the first instruction of a training job to its end.
 
 Installed by ``kotomamba train`` before it imports torch or reads the config. Until the training
 loop starts, nothing has been trained, so a stop signal ends the job at once with the requeue code
@@ -13,7 +13,8 @@ import contextlib
 import signal
 from typing import Iterator
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGUSR2: Grid Engine's warning before SIGKILL for jobs submitted with `qsub -notify` (sge_conf(5)).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed (or nothing to save yet), requeue me
 
 

@@ -15,12 +15,13 @@ is followed along the ``.next`` chain to the newest job, the one judged.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-REQUEUE_DIR = Path(".snakemake", "pbs_logs", "requeue")  # submit.py's
+from kotomamba.cluster_jobs import Resubmissions
+
+CHAIN = Resubmissions(Path(".snakemake", "pbs_logs", "requeue"))  # submit.py's
 
 
 def parse_qstat_full(text: str) -> dict[str, str]:
@@ -47,35 +48,16 @@ def job_status(fields: dict[str, str]) -> str:
     return "success" if fields.get("Exit_status", "").strip() == "0" else "failed"
 
 
-def newest(job_id: str) -> str:
-    """The last job of the chain of resubmissions that started with ``job_id``."""
-    while (REQUEUE_DIR / f"{job_id}.next").is_file():
-        job_id = (REQUEUE_DIR / f"{job_id}.next").read_text().strip()
-    return job_id
-
-
-def resubmit(job_id: str) -> str:
-    """Submit finished job ``job_id``'s script again with its qsub command; record and return the new id."""
-    command = json.loads((REQUEUE_DIR / f"{job_id}.qsub").read_text())
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise OSError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
-    new_id = result.stdout.strip().splitlines()[0]
-    (REQUEUE_DIR / f"{new_id}.qsub").write_text(json.dumps(command))
-    (REQUEUE_DIR / f"{job_id}.next").write_text(new_id + "\n")
-    (REQUEUE_DIR / job_id).unlink()
-    return new_id
-
-
 def main(job_id: str) -> str:
-    job_id = newest(job_id)
+    job_id = CHAIN.newest(job_id)
     for _ in range(3):
         result = subprocess.run(["qstat", "-x", "-f", job_id], capture_output=True, text=True)
         if result.returncode == 0:
             judged = job_status(parse_qstat_full(result.stdout))
-            if judged != "running" and (REQUEUE_DIR / job_id).is_file():
+            if judged != "running" and CHAIN.requested(job_id):
                 try:
-                    print(f"PBS job {job_id} asked to run again; submitted as {resubmit(job_id)}", file=sys.stderr)
+                    new_id = CHAIN.resubmit(job_id, lambda out: out.strip().splitlines()[0])
+                    print(f"PBS job {job_id} asked to run again; submitted as {new_id}", file=sys.stderr)
                 except OSError as exc:
                     print(f"PBS job {job_id} asked to run again, but {exc}", file=sys.stderr)
                     return "failed"

@@ -26,13 +26,12 @@ A training job that stopped for its wall time after advancing its stage asks to 
 """
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import sys
 from pathlib import Path
 
-from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, submit_main
+from kotomamba.cluster_jobs import Resubmissions, SettingError, environment_lines, hms, job_body, submit_main
 from kotomamba.cluster_jobs import setting as site_setting
 
 DEFAULTS = {"abci_modules": "cuda/12.6/12.6.1 cudnn/9.5/9.5.1 hpcx/2.20"}
@@ -113,14 +112,9 @@ def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
             wrapper_script(properties, Path(jobscript).read_text(), log_dir, str(REQUEUE_DIR.resolve())))
 
 
-def record_command(command: list[str], job_id: str) -> None:
-    """Keep the job's qsub command beside its id, so that status.py can submit the job again."""
-    (REQUEUE_DIR / f"{job_id}.qsub").write_text(json.dumps(command))
-
-
 def main(argv: list[str]) -> int:
     return submit_main(argv, "profiles/abci/submit.py", prepare, lambda out: out.strip().splitlines()[0],
-                       submitted=record_command)
+                       submitted=Resubmissions(REQUEUE_DIR).record)
 
 
 if __name__ == "__main__":

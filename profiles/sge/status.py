@@ -20,6 +20,11 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from kotomamba.cluster_jobs import Resubmissions
+
+CHAIN = Resubmissions(Path(".snakemake", "sge_logs", "requeue"))  # submit.py's RESUBMISSIONS
 
 
 def qstat_job(job_id: str) -> str | None:
@@ -64,6 +69,7 @@ def accounted_status(text: str) -> str | None:
 
 
 def status(job_id: str, attempts: int = 5) -> str:
+    job_id = CHAIN.newest(job_id)
     live = qstat_job(job_id)
     if live is not None:
         reasons = error_reasons(live)
@@ -72,6 +78,14 @@ def status(job_id: str, attempts: int = 5) -> str:
         print(f"Grid Engine job {job_id} is in an error state and is removed: {'; '.join(reasons)}", file=sys.stderr)
         subprocess.run(["qdel", job_id], capture_output=True, text=True)
         return "failed"
+    if CHAIN.requested(job_id):
+        try:
+            new_id = CHAIN.resubmit(job_id, lambda out: out.strip().splitlines()[0].split(".")[0])
+        except OSError as exc:
+            print(f"Grid Engine job {job_id} asked to run again, but {exc}", file=sys.stderr)
+            return "failed"
+        print(f"Grid Engine job {job_id} asked to run again; submitted as {new_id}", file=sys.stderr)
+        return "running"
     for _ in range(attempts):
         result = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True)
         judged = accounted_status(result.stdout) if result.returncode == 0 else None

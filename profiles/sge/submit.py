@@ -25,8 +25,10 @@ rules/common.smk) ``-l GPU_RESOURCE=n`` per slot; ``mem_mb`` (per node) ``-l MEM
 slot when ``sge_memory_resource`` is set. A missing required setting stops here, before ``qsub``,
 with a message naming it.
 
-Requeue in place: a training job that stopped for its wall time after advancing its stage exits 99
-(``REQUEUE_LINES``), and Grid Engine runs it again as the same job; status.py judges its last run.
+Requeue: a one-host training job that stopped for its wall time after advancing its stage exits 99
+(``REQUEUE_LINES``), and Grid Engine runs it again as the same job; status.py judges its last run. A
+multi-host job is submitted again instead (``RESUBMISSIONS``: Grid Engine did not start a rescheduled
+multi-host job again on the test cluster), by status.py, which follows the chain of job ids.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from kotomamba.cluster_jobs import SettingError, environment_lines, hms, job_body, submit_main
+from kotomamba.cluster_jobs import Resubmissions, SettingError, environment_lines, hms, job_body, submit_main
 from kotomamba.cluster_jobs import setting as site_setting
 
 DEFAULTS = {"sge_style": "pe", "sge_pe": "smp", "sge_resource_type": "rt_AF", "sge_gpu_resource": "gpu"}
@@ -100,13 +102,31 @@ REQUEUE_EXIT = [
 ]
 
 
+# A multi-host job asks to be submitted again (cluster_jobs.Resubmissions): a job that Grid Engine reschedules
+# (exit 99) is kept off the hosts of its `qrsh -inherit` tasks "until clean up of a previous run has
+# finished", which on the test cluster (Son of Grid Engine 8.1.9, two hosts) never happened.
+RESUBMISSIONS = Resubmissions(Path(".snakemake", "sge_logs", "requeue"))
+
+
+# `qsub -notify` warns the job's whole process group (SIGUSR2 before SIGKILL, SIGUSR1 before SIGSTOP;
+# sge_conf(5)): this shell and Snakemake's job step between it and `kotomamba launch` would die of it at
+# once, and the job end with them before training checkpointed. They ignore both (an ignored signal stays
+# ignored across exec); the launcher and the trainer install their own handlers.
+WARNING_SIGNAL_LINES = ["trap '' USR1 USR2"]
+
+
 def wrapper_script(properties: dict, jobscript_text: str) -> str:
-    """The job script Grid Engine runs: modules, the setup line, then Snakemake's job script (in a
-    subshell, so that its exit status can become the reschedule code 99 when training asks for it)."""
+    """The job script Grid Engine runs: modules, the setup line, then Snakemake's job script (one host: in
+    a subshell, so that its exit status can become the reschedule code 99 when training asks for it;
+    several: with the resubmission request's path)."""
     lines = ["#!/bin/bash", "# Written by profiles/sge/submit.py for Snakemake job "
              f"{properties.get('jobid', '?')} (rule {properties.get('rule', '?')})."]
+    lines += WARNING_SIGNAL_LINES
     lines += environment_lines(setting(properties, "sge_modules"), setting(properties, "sge_setup"))
-    lines += REQUEUE_LINES + ["("] + job_body(jobscript_text) + [")"] + REQUEUE_EXIT
+    if int(properties.get("resources", {}).get("nodes", 1) or 1) > 1:
+        lines += [f"export KOTOMAMBA_REQUEUE_FILE={RESUBMISSIONS.request_file('JOB_ID')}"] + job_body(jobscript_text)
+    else:
+        lines += REQUEUE_LINES + ["("] + job_body(jobscript_text) + [")"] + REQUEUE_EXIT
     return "\n".join(lines) + "\n"
 
 
@@ -126,10 +146,13 @@ def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
     return command, command[-1], wrapper_script(properties, Path(jobscript).read_text())
 
 
+def job_id(qsub_output: str) -> str:
+    """-terse prints "<id>" or, for array jobs, "<id>.<range>": Snakemake wants the bare id."""
+    return qsub_output.strip().splitlines()[0].split(".")[0]
+
+
 def main(argv: list[str]) -> int:
-    # -terse prints "<id>" or, for array jobs, "<id>.<range>": Snakemake wants the bare id.
-    return submit_main(argv, "profiles/sge/submit.py", prepare,
-                       lambda out: out.strip().splitlines()[0].split(".")[0])
+    return submit_main(argv, "profiles/sge/submit.py", prepare, job_id, submitted=RESUBMISSIONS.record)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 
 from kotomamba.errors import UserError
 from kotomamba.train import launcher
+from kotomamba.train.scheduler_facts import Allocation
 
 
 def test_a_gpu_run_on_a_node_without_gpus_stops_with_a_clear_error(monkeypatch):
@@ -32,7 +33,7 @@ def test_mpirun_passes_the_users_families_of_variables_but_not_per_node_ones():
     env = {"PATH": "/bin", "NCCL_IB_HCA": "mlx5", "NCCL_DEBUG": "INFO", "WANDB_API_KEY": "k", "HF_HOME": "/h",
            "HF_DATASETS_OFFLINE": "1", "TRITON_CACHE_DIR": "/t", "KOTOMAMBA_X": "1",
            "CUDA_VISIBLE_DEVICES": "0", "CUDA_HOME": "/cuda", "UNRELATED": "2"}
-    command = launcher.fan_out_command(launcher.Allocation("sge", "5", ("h1", "h2")), 2, ["launch"], "/h", env)
+    command = launcher.fan_out_command(Allocation("sge", "5", ("h1", "h2")), 2, ["launch"], "/h", env)
     exported = {command[i + 1] for i, item in enumerate(command) if item == "-x"}
     assert exported == {"PATH", "CUDA_HOME", "NCCL_IB_HCA", "NCCL_DEBUG", "WANDB_API_KEY", "HF_HOME",
                         "HF_DATASETS_OFFLINE", "TRITON_CACHE_DIR", "KOTOMAMBA_X"}

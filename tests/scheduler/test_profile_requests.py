@@ -153,3 +153,16 @@ def test_sge_wrapper_turns_a_requeue_request_into_the_reschedule_code(tmp_path, 
     env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "JOB_ID": "41"}
     assert subprocess.run(["bash", str(wrapper)], env=env).returncode == code
     assert not (tmp_path / "kotomamba-requeue.41").exists()  # a later run starts without a request
+
+
+def test_sge_multi_host_wrapper_leaves_the_request_for_status_to_submit_again(tmp_path, monkeypatch):
+    """A multi-host job's wrapper never asks for a reschedule (Grid Engine did not start one again): the
+    launcher's request lands in submit.py's resubmission directory and the job's own exit status stands."""
+    monkeypatch.chdir(tmp_path)
+    jobscript = '#!/bin/sh\n# properties = {}\necho "$JOB_ID" > "$KOTOMAMBA_REQUEUE_FILE"; exit 75\n'
+    wrapper = tmp_path / "job.sge.sh"
+    wrapper.write_text(sge_submit.wrapper_script(properties(nodes=2), jobscript))
+    sge_submit.RESUBMISSIONS.record(["qsub", "x"], "41")
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "JOB_ID": "41"}
+    assert subprocess.run(["bash", str(wrapper)], env=env).returncode == 75
+    assert sge_submit.RESUBMISSIONS.requested("41") and sge_submit.RESUBMISSIONS.newest("41") == "41"

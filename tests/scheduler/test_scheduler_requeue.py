@@ -1,14 +1,17 @@
-"""Requeue in place through the real clusters: a training stage longer than one job finishes unattended.
+"""Requeue through the real clusters: a training stage longer than one job finishes unattended, on one
+node and on two (ktnode1 and ktnode2, one process each, gloo on CPU).
 
 The stage's jobs get a 1-minute wall time (`resources.train.runtime: 1`) and the stage needs 3 jobs
 whatever the machine's speed: its trainer config sets `train.wall_time_budget_s` below any step's time,
 so every job trains exactly one step, checkpoints and exits 75 (the last step finishes the stage
 instead), and 3 steps take 3 jobs. Each such job advanced the stage, so the launcher has its
-scheduler run it again as the same job (SLURM: `scontrol requeue`; Grid Engine: exit 99 from the
-profile's wrapper). Snakemake runs with `--retries 0`: the chain must not use retries, and sees one
+scheduler run it again as the same job (SLURM: `scontrol requeue`; Grid Engine, one host: exit 99 from
+the profile's wrapper), or, for a two-host Grid Engine job, the profile's status.py submits it again. Snakemake runs with `--retries 0`: the chain must not use retries, and sees one
 job. The job log counts the jobs; the losses and the final weights must equal an uninterrupted local
-run's, which both schedulers share (its tokenized data and tokenizer are copied, so only training runs
-on the cluster).
+run's of the same world size (one process, or two on this machine), which both schedulers share (the
+tokenized data and tokenizer are copied, so only training runs on the cluster). On two nodes, each node
+launcher reports the trainer's 75 to srun as success and records it (so `srun --kill-on-bad-exit` does
+not kill the other node mid-checkpoint), and the job's launcher sees "requeue".
 
 Cluster settings that keep this short (tests/scheduler/start_*.sh): SLURM's `cred_expire` (a requeued
 job waits that long before it may start again; 120 s by default) and Grid Engine's `load_report_time`
@@ -26,6 +29,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kotomamba.train.metrics_file import read_metrics
+
 from cluster_helpers import PROFILES, REQUIRED, daemon_problem, scheduler_env
 from test_scheduler_dag import SETUP_LINE, tiny_config
 
@@ -38,12 +43,12 @@ if not REQUIRED:
     pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
 
 
-def stage_config(budget: float | None) -> dict:
-    """One process, 3 steps, checkpoints only where a job stops or the stage ends; `budget`: the trainer's
-    wall-time budget in seconds (None: the uninterrupted reference)."""
+def stage_config(budget: float | None, nodes: int = 1, nproc_per_node: int = 1, steps: int = STEPS) -> dict:
+    """`steps` steps on `nodes` nodes of `nproc_per_node` processes, checkpoints only where a job stops or
+    the stage ends; `budget`: the trainer's wall-time budget in seconds (None: no budget)."""
     config = tiny_config(nodes=1)
-    config["launch"] = {"nodes": 1, "nproc_per_node": 1, "device": "cpu"}
-    config["stages"][0]["train"]["train"] = {"steps": STEPS}
+    config["launch"] = {"nodes": nodes, "nproc_per_node": nproc_per_node, "device": "cpu"}
+    config["stages"][0]["train"]["train"] = {"steps": steps}
     config["train"]["eval"] = {"interval": 0, "steps": 1}
     config["train"]["checkpoint"] = {"interval": 0, "keep_last": 1}
     if budget is not None:
@@ -70,13 +75,25 @@ def losses(workdir: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run, on this machine (one job, no budget)."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    workdir.mkdir()
-    result = snakemake(workdir, stage_config(None), "--cores", "2")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return workdir
+def references(tmp_path_factory):
+    """The uninterrupted run of `world` processes and `steps` steps on this machine (one job, no budget);
+    each after the first reuses the first's tokenized data."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def reference(world: int, steps: int = STEPS) -> Path:
+        if (world, steps) not in made:
+            workdir = tmp_path_factory.mktemp(f"reference{world}x{steps}") / "run"
+            if made:
+                shutil.copytree(next(iter(made.values())), workdir, symlinks=True)
+                shutil.rmtree(stage_dir(workdir))
+            else:
+                workdir.mkdir()
+            result = snakemake(workdir, stage_config(None, nproc_per_node=world, steps=steps), "--cores", "2")
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+            made[world, steps] = workdir
+        return made[world, steps]
+
+    return reference
 
 
 def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
@@ -96,17 +113,18 @@ def job_runs(scheduler: str, job_id: str, since: str) -> list[str]:
     return runs
 
 
-@pytest.mark.parametrize("scheduler", sorted(PROFILES))
-def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, reference, tmp_path):
+@pytest.mark.parametrize("scheduler,nodes", [(name, nodes) for name in sorted(PROFILES) for nodes in (1, 2)])
+def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, references, tmp_path):
     problem = daemon_problem(scheduler)
     if problem:
         pytest.fail(f"{scheduler} is not up: {problem}")
+    reference = references(nodes)
     workdir = tmp_path / "run"
     # The reference's data, tokenizer and Snakemake records (times kept), without its training stage.
     shutil.copytree(reference, workdir, symlinks=True)
     shutil.rmtree(stage_dir(workdir))
     # The 1 ms budget is below any step's time: one step per job, whatever the machine's speed.
-    config = stage_config(0.001)
+    config = stage_config(0.001, nodes=nodes)
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     result = snakemake(workdir, config, *PROFILES[scheduler], "--retries", "0")
     output = result.stdout + result.stderr
@@ -119,12 +137,122 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, referen
     assert len(submitted) == 1, output[-4000:]
     jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
     assert len(jobs) >= 3 and [job["start_step"] for job in jobs] == list(range(STEPS)), jobs
+    assert {job["world_size"] for job in jobs} == {nodes}, jobs
     # Each rerun resumed: none took the Snakefile's restart request for a forced job and started over.
     assert not (stage_dir(workdir) / "superseded").exists()
-    runs = job_runs(scheduler, submitted[0], since)
-    requeued = "REQUEUED" if scheduler == "slurm" else "25"
-    assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
+    if scheduler == "sge" and nodes > 1:
+        # Submitted again by the profile's status.py, once per earlier job: a chain of STEPS job ids.
+        chain, link = [submitted[0]], workdir / ".snakemake" / "sge_logs" / "requeue" / f"{submitted[0]}.next"
+        while link.is_file():
+            chain.append(link.read_text().strip())
+            link = link.with_name(f"{chain[-1]}.next")
+        assert len(chain) == STEPS, chain
+    else:
+        runs = job_runs(scheduler, submitted[0], since)
+        requeued = "REQUEUED" if scheduler == "slurm" else "25"
+        assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
     # Identical to the uninterrupted run: every logged loss and the final weights.
     assert losses(workdir) == losses(reference)
     final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
     assert final["step"] == STEPS and final["weights"] == expected["weights"]
+
+
+# Steps of the stopped stage: the signal goes out once step SIGNAL_AFTER is logged, and the stage must still
+# be training when it arrives (the test then sees the second job start past SIGNAL_AFTER): a fixed amount of
+# work, far more steps than pass between a log line and a signal's delivery through the scheduler.
+PREEMPT_STEPS = 200
+SIGNAL_AFTER = 2
+
+
+def logged_steps(workdir: Path) -> list[int]:
+    path = stage_dir(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [record["step"] for record in read_metrics(path, note_torn=False) if "loss" in record]
+
+
+def test_two_node_job_stopped_by_a_signal_resumes_in_the_requeued_job(references, tmp_path):
+    """`scancel --signal=TERM` mid-stage (what SLURM's warning `--signal=TERM@T` does before a time limit or
+    a preemption: the job's steps get the signal): both nodes checkpoint and exit 75, and the job, which
+    advanced its stage, is requeued and resumes there; losses and final weights as if never stopped."""
+    problem = daemon_problem("slurm")
+    if problem:
+        pytest.fail(f"slurm is not up: {problem}")
+    reference = references(2, PREEMPT_STEPS)
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, symlinks=True)
+    shutil.rmtree(stage_dir(workdir))
+    config = stage_config(None, nodes=2, steps=PREEMPT_STEPS)
+    config["resources"]["train"]["runtime"] = 10
+    (workdir / "sched.yaml").write_text(yaml.safe_dump(config))
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+    log = (tmp_path / "snakemake.log").open("w+")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "sched.yaml"), "--until", "train", *PROFILES["slurm"], "--retries", "0"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=scheduler_env(SETUP_LINE),
+                               cwd=workdir)
+    try:
+        deadline = time.time() + 600  # a hang guard only
+        while not [step for step in logged_steps(workdir) if step >= SIGNAL_AFTER]:
+            assert process.poll() is None and time.time() < deadline, Path(log.name).read_text()[-4000:]
+            time.sleep(0.1)
+        job_id = re.findall(r"submitted with SLURM jobid (\d+)", Path(log.name).read_text())[0]
+        subprocess.run(["scancel", "--signal=TERM", job_id], check=True, env=scheduler_env(SETUP_LINE))
+        assert process.wait(timeout=900) == 0, Path(log.name).read_text()[-5000:]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=120)
+    output = Path(log.name).read_text()
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    assert len(submitted) == 1, output[-4000:]
+    jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
+    # Two runs of the one job: the second resumed from the checkpoint the signal led to, mid-stage.
+    assert len(jobs) == 2 and jobs[0]["start_step"] == 0 and SIGNAL_AFTER <= jobs[1]["start_step"] < PREEMPT_STEPS, jobs
+    assert {job["world_size"] for job in jobs} == {2}, jobs
+    assert job_runs("slurm", submitted[0], since) == ["REQUEUED", "COMPLETED"]
+    assert losses(workdir) == losses(reference)
+    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
+    assert final["step"] == PREEMPT_STEPS and final["weights"] == expected["weights"]
+
+
+def test_two_host_grid_engine_job_deleted_mid_stage_checkpoints_and_the_retry_resumes(references, tmp_path):
+    """`qdel` of a two-host Grid Engine job submitted with `-notify`: Grid Engine sends SIGUSR2 first (the
+    queue's `notify` time before SIGKILL); the job's launcher passes it to mpirun as SIGUSR1, both hosts
+    checkpoint and exit 75, the deleted job is not requeued (a cancelled job stays cancelled) and fails,
+    and Snakemake's retry resumes from that checkpoint; losses and final weights as if never stopped."""
+    problem = daemon_problem("sge")
+    if problem:
+        pytest.fail(f"sge is not up: {problem}")
+    reference = references(2, PREEMPT_STEPS)
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, symlinks=True)
+    shutil.rmtree(stage_dir(workdir))
+    config = stage_config(None, nodes=2, steps=PREEMPT_STEPS)
+    config["resources"]["train"].update(runtime=10, sge_extra="-notify")
+    (workdir / "sched.yaml").write_text(yaml.safe_dump(config))
+    log = (tmp_path / "snakemake.log").open("w+")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "sched.yaml"), "--until", "train", *PROFILES["sge"], "--retries", "1"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=scheduler_env(SETUP_LINE),
+                               cwd=workdir)
+    try:
+        deadline = time.time() + 600  # a hang guard only
+        while not [step for step in logged_steps(workdir) if step >= SIGNAL_AFTER]:
+            assert process.poll() is None and time.time() < deadline, Path(log.name).read_text()[-4000:]
+            time.sleep(0.1)
+        job_id = re.findall(r"with external jobid '(\d+)'", Path(log.name).read_text())[0]
+        subprocess.run(["qdel", job_id], check=True, env=scheduler_env(SETUP_LINE), capture_output=True)
+        assert process.wait(timeout=900) == 0, Path(log.name).read_text()[-5000:]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=120)
+    output = Path(log.name).read_text()
+    assert len(re.findall(r"with external jobid '(\d+)'", output)) == 2, output[-4000:]  # the job and its retry
+    jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
+    # The retry resumed from the checkpoint the warning signal led to, mid-stage (not from step 0).
+    assert len(jobs) == 2 and jobs[0]["start_step"] == 0 and SIGNAL_AFTER <= jobs[1]["start_step"] < PREEMPT_STEPS, jobs
+    assert losses(workdir) == losses(reference)
+    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
+    assert final["step"] == PREEMPT_STEPS and final["weights"] == expected["weights"]
