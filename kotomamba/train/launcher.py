@@ -337,7 +337,9 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
         code = node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received)
         if forwarder.signum is not None:
-            print(stop_line(forwarder.signum, code, args), file=sys.stderr, flush=True)
+            config = training_config(args)
+            run = RunDir(config.run_dir) if config is not None else None
+            print(stop_line(forwarder.signum, code, run), file=sys.stderr, flush=True)
         return Ended(code, forwarder.received)
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)

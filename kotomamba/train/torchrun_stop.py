@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kotomamba.train.run_dir import RunDir
 
 # The module the launcher runs torchrun as.
 TORCHRUN_MODULE = __name__
@@ -22,16 +26,14 @@ TORCHRUN_MODULE = __name__
 SIGNALLED_EXIT = 1
 
 
-def stop_line(signum: int, code: int, args: list[str]) -> str:
-    """The launcher's last line when ``signum`` stopped ``kotomamba <args>`` and the node exits
-    ``code``: the signal, the newest complete checkpoint of a ``train`` command's run (what the next
-    job resumes from), the exit code."""
-    from kotomamba.train.requeue import run_of
+def stop_line(signum: int, code: int, run: RunDir | None) -> str:
+    """The launcher's last line when ``signum`` stopped a command and the node exits ``code``: the
+    signal, the newest complete checkpoint of ``run`` (a ``train`` command's run directory: what the
+    next job resumes from), the exit code."""
     from kotomamba.train.run_dir import step_of
     from kotomamba.train.status import complete_checkpoint
 
     said = f"kotomamba launch: stopped by {signal.Signals(signum).name}"
-    run = run_of(args)[0]
     if run is not None:
         checkpoint = complete_checkpoint(run)
         said += (f" after checkpoint at step {step_of(checkpoint)}" if checkpoint is not None
