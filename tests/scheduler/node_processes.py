@@ -14,6 +14,9 @@ import signal
 import time
 from pathlib import Path
 
+from kotomamba.train.torchrun_stop import TORCHRUN_MODULE
+
+
 def _read(pid: int, name: str) -> bytes:
     try:
         return Path(f"/proc/{pid}/{name}").read_bytes()
@@ -55,9 +58,9 @@ def job_processes(job_id: str, daemon_pid: int) -> list[int]:
 
 def is_worker(pid: int) -> bool:
     """Whether ``pid`` is a training worker: ``kotomamba launch --worker-exit-dir`` (one per rank), not the
-    torchrun that starts them (whose command line holds theirs)."""
+    torchrun that starts them (the launcher's ``TORCHRUN_MODULE``, whose command line holds theirs)."""
     argv = _read(pid, "cmdline").split(b"\0")
-    return b"--worker-exit-dir" in argv and b"torch.distributed.run" not in argv
+    return b"--worker-exit-dir" in argv and TORCHRUN_MODULE.encode() not in argv
 
 
 def worker_processes(pids: list[int]) -> list[int]:
