@@ -5,6 +5,9 @@ after another, since they share the two test clusters."""
 import pytest
 
 
+# tryfirst: pytest-xdist reads the group in its own collection hook, which otherwise runs before this one
+# and would see no group (every test then goes to any worker, and two cluster tests run at once).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = item.path.relative_to(config.rootpath)
