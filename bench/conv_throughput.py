@@ -1,0 +1,179 @@
+"""Document resets in Mamba-2's mixer: our channel-last convolution (kotomamba/ops/causal_conv1d_triton.py)
+against causal-conv1d's, and the mixer function built on it (kotomamba/ops/split_conv_scan.py) against
+mamba-ssm's ``mamba_split_conv1d_scan_combined``, forward+backward, with and without documents, at the
+shapes of the 130m-2.7b presets (bf16 activations from in_proj, float32 weights, d_state 128, head dim 64,
+one group, chunk 256, width-4 convolution on the xBC slice of the in_proj row, as the model calls them).
+
+Each (implementation, round) runs in a fresh process of its own, so no implementation's figure depends on
+what ran beside it. Per process: the median of ``triton.testing.do_bench`` (CUDA events, host launches
+included) and the device's time in kernels (profiled; what a CUDA-graphed step pays). The table gives the
+median over rounds with the range, and the ratio against the reference (above 1: ours faster).
+``floor`` for the convolution is the bytes it must move (forward: x read, y written; backward: x and dy
+read, dx written) at ``--bandwidth``.
+
+    python bench/conv_throughput.py --rounds 3 --json conv.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+# (batch, d_inner) of the presets at micro-batch 16 / 8 / 4 and seq 2048; one group, d_state 128.
+SHAPES = {"130m": (16, 1536), "1.3b": (8, 4096), "2.7b": (4, 5120)}
+IMPLS = ("conv:causal_conv1d", "conv:ours", "mixer:mamba_ssm", "mixer:ours")
+DSTATE, HEADDIM, WIDTH = 128, 64, 4
+
+
+def make_inputs(shape: str, seq: int, doc_len: int, seed: int = 0):
+    import torch
+
+    batch, d_inner = SHAPES[shape]
+    nheads, conv_dim = d_inner // HEADDIM, d_inner + 2 * DSTATE
+    d_model = d_inner // 2
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def randn(*size, scale=1.0):
+        return torch.randn(*size, device="cuda", generator=g) * scale
+
+    zxbcdt = randn(batch, seq, 2 * d_inner + 2 * DSTATE + nheads).to(torch.bfloat16)
+    weights = {"conv1d_weight": randn(conv_dim, WIDTH, scale=0.5), "conv1d_bias": randn(conv_dim, scale=0.1),
+               "dt_bias": randn(nheads, scale=0.5), "A": -torch.rand(nheads, device="cuda", generator=g) * 15 - 1,
+               "D": randn(nheads), "norm_weight": 1 + randn(d_inner, scale=0.1),
+               "out_proj_weight": randn(d_model, d_inner, scale=d_inner ** -0.5).to(torch.bfloat16)}
+    seq_idx = None
+    if doc_len:
+        starts = torch.rand(batch, seq, device="cuda", generator=g) < 1.0 / doc_len
+        starts[:, 0] = False
+        seq_idx = starts.int().cumsum(1).to(torch.int32)
+    return zxbcdt, weights, seq_idx, d_inner, nheads, d_model
+
+
+def runner(impl: str, shape: str, seq: int, doc_len: int):
+    """One forward+backward of ``impl`` as a closure, and the bytes floor of the convolution."""
+    import torch
+
+    from kotomamba.ops.causal_conv1d_triton import CONV_CONFIG
+
+    zxbcdt, w, seq_idx, d_inner, nheads, d_model = make_inputs(shape, seq, doc_len)
+    xBC = zxbcdt[..., d_inner : 2 * d_inner + 2 * DSTATE]
+    kind, name = impl.split(":")
+    name, _, blocking = name.partition("=")
+    config = tuple(int(v) for v in blocking.split(".")) if blocking else CONV_CONFIG
+    if kind == "conv":
+        # A detached slice keeps the row's strides: the input as the mixer hands it over.
+        leaves = [xBC.detach().requires_grad_(True), w["conv1d_weight"].requires_grad_(True),
+                  w["conv1d_bias"].requires_grad_(True)]
+        dy = torch.randn(xBC.shape, device="cuda", dtype=torch.bfloat16)
+        if name == "ours":
+            from kotomamba.ops.causal_conv1d_triton import causal_conv1d_triton
+
+            def fn():
+                return causal_conv1d_triton(*leaves, seq_idx, "silu", config)
+        else:
+            from causal_conv1d import causal_conv1d_fn
+
+            def fn():
+                return causal_conv1d_fn(leaves[0].transpose(1, 2), *leaves[1:], seq_idx=seq_idx,
+                                        activation="silu").transpose(1, 2)
+        elements = xBC.numel()
+        floor_bytes = elements * 2 * 2 + elements * 2 * 3
+    else:
+        source = zxbcdt.detach().requires_grad_(True)
+        leaves = [source] + [v.requires_grad_(True) for v in w.values()]
+        dy = torch.randn(*zxbcdt.shape[:2], d_model, device="cuda", dtype=torch.bfloat16)
+        if name == "ours":
+            from kotomamba.ops.split_conv_scan import mamba2_split_conv_scan
+
+            def fn():
+                return mamba2_split_conv_scan(source, w["conv1d_weight"], w["conv1d_bias"], w["dt_bias"], w["A"],
+                                              w["D"], 256, HEADDIM, 1, w["norm_weight"], 1e-5, w["out_proj_weight"],
+                                              None, seq_idx=seq_idx, conv_config=config)
+        else:
+            from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
+
+            def fn():
+                return mamba_split_conv1d_scan_combined(
+                    source, w["conv1d_weight"], w["conv1d_bias"], w["dt_bias"], w["A"], w["D"], 256, seq_idx=seq_idx,
+                    activation="silu", rmsnorm_weight=w["norm_weight"], rmsnorm_eps=1e-5,
+                    outproj_weight=w["out_proj_weight"], headdim=HEADDIM, ngroups=1, norm_before_gate=False)
+        floor_bytes = 0
+
+    def forward_backward():
+        torch.autograd.grad(fn(), leaves, dy)
+
+    return forward_backward, floor_bytes
+
+
+def child(args) -> None:
+    """Time one implementation at every shape, with and without documents; print one JSON line per case."""
+    import triton
+
+    from ssd_throughput import device_ms
+
+    for shape in args.shapes.split(","):
+        for doc_len in (0, args.doc_len):
+            run, floor_bytes = runner(args.child, shape, args.seq, doc_len)
+            wall = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+            print(json.dumps({"impl": args.child, "shape": shape, "documents": bool(doc_len), "wall_ms": wall,
+                              "device_ms": device_ms(run, repeats=5),
+                              "floor_ms": floor_bytes / args.bandwidth * 1e3}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="comma-separated; ours may carry the convolution's blocking (positions, channels, "
+                             "warps per program), e.g. conv:ours=64.128.4")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--doc-len", type=int, default=1000, help="mean document length of the seq_idx runs")
+    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    rows: list[dict] = []
+    for round_ in range(args.rounds):
+        for impl in args.impls.split(","):
+            done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", impl],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                print(f"{impl} round {round_}: exit {done.returncode}\n{done.stderr[-2000:]}", flush=True)
+            lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+            rows += [{**line, "round": round_} for line in lines]
+            for line in lines:
+                print(json.dumps(line), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    reference = {"conv": "conv:causal_conv1d", "mixer": "mixer:mamba_ssm"}
+    print("\n| op | shape | docs | impl | device ms [range] | wall ms [range] | device ratio | wall ratio | floor ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+    def summary(impl, shape, docs):
+        mine = [r for r in rows if (r["impl"], r["shape"], r["documents"]) == (impl, shape, docs)]
+        if not mine:
+            return None
+        return {key: (statistics.median(r[key] for r in mine), min(r[key] for r in mine),
+                      max(r[key] for r in mine)) for key in ("device_ms", "wall_ms", "floor_ms")}
+
+    for impl in args.impls.split(","):
+        for shape in args.shapes.split(","):
+            for docs in (False, True):
+                mine, ref = summary(impl, shape, docs), summary(reference[impl.split(":")[0]], shape, docs)
+                if mine is None:
+                    continue
+                ratio = (lambda key: f"{ref[key][0] / mine[key][0]:.2f}x" if ref else "-")
+                print(f"| {impl.split(':')[0]} | {shape} | {'yes' if docs else 'no'} | {impl.split(':')[1]} | "
+                      f"{mine['device_ms'][0]:.3f} [{mine['device_ms'][1]:.3f}-{mine['device_ms'][2]:.3f}] | "
+                      f"{mine['wall_ms'][0]:.3f} [{mine['wall_ms'][1]:.3f}-{mine['wall_ms'][2]:.3f}] | "
+                      f"{ratio('device_ms')} | {ratio('wall_ms')} | {mine['floor_ms'][0]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Mamba-2's mixer after in_proj as one autograd function whose convolution resets at document starts
+where the slice lies (kotomamba/ops/causal_conv1d_triton.py), around mamba-ssm's SSD chunk scan and
+gated RMSNorm kernels. :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin.
+
+Not dispatched yet: :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` calls mamba-ssm's function
+until bench/conv_throughput.py shows this one faster (bench/RESULTS.md); tests/gpu/test_gpu_conv.py
+checks it against both.
+
+The maths, arguments and memory plan are those of mamba-ssm's ``mamba_split_conv1d_scan_combined``
+(``mamba_ssm/ops/triton/ssd_combined.py``), whose convolution is causal-conv1d's channel-last kernel:
+the forward keeps zxbcdt, the scan's output before the norm and the norm's rstd (not the
+convolution's output, nor the norm's); the backward reruns the convolution and the norm's output. The
+gradients of the convolution's input, of z and of dt land in their slices of one [b, L, width]
+buffer, as zxbcdt lies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mamba_ssm.ops.triton.layernorm_gated import _layer_norm_bwd, _layer_norm_fwd
+from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd, _mamba_chunk_scan_combined_fwd
+
+from kotomamba.ops.causal_conv1d_triton import CONV_CONFIG, conv_bwd, conv_fwd
+
+
+@dataclass(frozen=True)
+class MixerShape:
+    """The non-tensor arguments: heads of ``headdim`` columns in ``ngroups`` groups, the scan's chunk,
+    the norm's epsilon, dt's clamp and the convolution's blocking."""
+
+    headdim: int
+    ngroups: int
+    chunk_size: int
+    norm_eps: float
+    dt_limit: tuple[float, float]
+    conv_config: tuple[int, ...] = CONV_CONFIG
+
+    def split(self, zxbcdt: torch.Tensor, nheads: int, dstate: int):
+        """zxbcdt [b, L, 2*d_inner + 2*g*n + h] -> z [b, L, d_inner], xBC [b, L, d_inner + 2*g*n], dt [b, L, h]."""
+        dim = nheads * self.headdim
+        return torch.split(zxbcdt, [dim, dim + 2 * self.ngroups * dstate, nheads], dim=-1)
+
+    def heads(self, xBC: torch.Tensor, nheads: int, dstate: int):
+        """xBC [b, L, d_inner + 2*g*n] -> x [b, L, h, p], B and C [b, L, g, n] (views)."""
+        n = self.ngroups * dstate
+        x, B, C = torch.split(xBC, [nheads * self.headdim, n, n], dim=-1)
+        return (x.unflatten(-1, (nheads, self.headdim)), B.unflatten(-1, (self.ngroups, dstate)),
+                C.unflatten(-1, (self.ngroups, dstate)))
+
+
+def _dstate(conv1d_weight: torch.Tensor, nheads: int, shape: MixerShape) -> int:
+    return (conv1d_weight.shape[0] - nheads * shape.headdim) // (2 * shape.ngroups)
+
+
+class _SplitConvScan(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, seq_idx, norm_weight, out_proj_weight,
+                out_proj_bias, shape: MixerShape):
+        batch, seqlen, _ = zxbcdt.shape
+        nheads = D.shape[0]
+        dstate = _dstate(conv1d_weight, nheads, shape)
+        z, xBC, dt = shape.split(zxbcdt, nheads, dstate)
+        x, B, C = shape.heads(conv_fwd(xBC, conv1d_weight, conv1d_bias, seq_idx, True, shape.conv_config),
+                              nheads, dstate)
+        scanned, *_ = _mamba_chunk_scan_combined_fwd(
+            x, dt, A, B, C, shape.chunk_size, D=D, z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True,
+            dt_limit=shape.dt_limit)
+        normed, _, rstd = _layer_norm_fwd(
+            scanned.flatten(0, 1).flatten(-2), norm_weight, None, shape.norm_eps, z.flatten(0, 1),
+            group_size=nheads * shape.headdim // shape.ngroups, norm_before_gate=False, is_rms_norm=True)
+        normed = normed.unflatten(0, (batch, seqlen))
+        if torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+            normed, out_proj_weight = normed.to(dtype), out_proj_weight.to(dtype)
+            out_proj_bias = None if out_proj_bias is None else out_proj_bias.to(dtype)
+        ctx.save_for_backward(zxbcdt, conv1d_weight, conv1d_bias, scanned, A, D, dt_bias, seq_idx, norm_weight, rstd,
+                              out_proj_weight)
+        ctx.shape, ctx.has_out_bias = shape, out_proj_bias is not None
+        return F.linear(normed, out_proj_weight, out_proj_bias)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dout):
+        (zxbcdt, conv1d_weight, conv1d_bias, scanned, A, D, dt_bias, seq_idx, norm_weight, rstd,
+         out_proj_weight) = ctx.saved_tensors
+        shape: MixerShape = ctx.shape
+        batch, seqlen, _ = zxbcdt.shape
+        nheads = D.shape[0]
+        dstate = _dstate(conv1d_weight, nheads, shape)
+        z, xBC, dt = shape.split(zxbcdt, nheads, dstate)
+        xBC_conv = conv_fwd(xBC, conv1d_weight, conv1d_bias, seq_idx, True, shape.conv_config)
+        x, B, C = shape.heads(xBC_conv, nheads, dstate)
+        dzxbcdt = torch.empty_like(zxbcdt)
+        dz, dxBC_in, ddt = shape.split(dzxbcdt, nheads, dstate)
+        dxBC = torch.empty_like(xBC_conv)
+        dx, dB, dC = shape.heads(dxBC, nheads, dstate)
+
+        dnormed = F.linear(dout, out_proj_weight.t()).flatten(0, 1)
+        dscanned, dnorm_weight, _, _, normed = _layer_norm_bwd(
+            dnormed, scanned.flatten(0, 1).flatten(-2), norm_weight, None, shape.norm_eps, None, rstd,
+            z.flatten(0, 1), group_size=nheads * shape.headdim // shape.ngroups, norm_before_gate=False,
+            is_rms_norm=True, recompute_output=True, dz=dz.flatten(0, 1), out=None)
+        _, _, dA, _, _, dD, _, ddt_bias, _ = _mamba_chunk_scan_combined_bwd(
+            dscanned.view(batch, seqlen, nheads, shape.headdim), x, dt, A, B, C, scanned, shape.chunk_size, D=D,
+            z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True, dt_limit=shape.dt_limit,
+            dx=dx, ddt=ddt, dB=dB, dC=dC)
+        dout_flat = dout.flatten(0, 1)
+        dout_proj_weight = dout_flat.t() @ normed.to(dout_flat.dtype)
+        dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
+        _, dconv_weight, dconv_bias = conv_bwd(xBC, conv1d_weight, conv1d_bias, seq_idx, dxBC, True,
+                                               shape.conv_config, dx=dxBC_in)
+        return (dzxbcdt, dconv_weight, dconv_bias, ddt_bias, dA, dD, None, dnorm_weight, dout_proj_weight,
+                dout_proj_bias, None)
+
+
+def mamba2_split_conv_scan(
+    zxbcdt: torch.Tensor,
+    conv1d_weight: torch.Tensor,
+    conv1d_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    chunk_size: int,
+    headdim: int,
+    ngroups: int,
+    norm_weight: torch.Tensor,
+    norm_eps: float,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor | None,
+    seq_idx: torch.Tensor | None = None,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    conv_config: tuple[int, ...] = CONV_CONFIG,
+) -> torch.Tensor:
+    """Arguments and result as :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref`: zxbcdt
+    [b, L, 2*d_inner + 2*g*n + h]; conv1d_weight [d_inner + 2*g*n, W]; dt_bias, A, D [h]; norm_weight
+    [d_inner]; seq_idx [b, L]. Returns [b, L, d_model]. CUDA only (mamba-ssm's Triton kernels)."""
+    shape = MixerShape(headdim, ngroups, chunk_size, norm_eps, tuple(dt_limit), tuple(conv_config))
+    if seq_idx is not None:
+        seq_idx = seq_idx.to(torch.int32).contiguous()
+    return _SplitConvScan.apply(zxbcdt, conv1d_weight.contiguous(), conv1d_bias, dt_bias, A, D, seq_idx,
+                                norm_weight.contiguous(), out_proj_weight, out_proj_bias, shape)
