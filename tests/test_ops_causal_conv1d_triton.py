@@ -5,12 +5,10 @@ tests/test_ops_ssd_triton.py). The twin runs in float64; the kernels in float32.
 causal-conv1d: tests/gpu/test_gpu_conv.py."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+
+from interpreted_kernels import run_interpreted
 
 from kotomamba.ops.causal_conv1d import causal_conv1d_ref
 
@@ -71,12 +69,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def kernel_results(tmp_path_factory):
     """Every case through the interpreted kernels, in one fresh process."""
-    folder = tmp_path_factory.mktemp("conv_kernel")
-    torch.save({name: case(**arguments) for name, arguments in CASES.items()}, folder / "cases.pt")
-    done = subprocess.run([sys.executable, "-c", RUN_KERNEL, str(folder / "cases.pt"), str(folder / "out.pt")],
-                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(folder / "out.pt")
+    return run_interpreted(RUN_KERNEL, {name: case(**arguments) for name, arguments in CASES.items()}, tmp_path_factory.mktemp("conv_kernel"))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -4,12 +4,10 @@ that variable when it defines a kernel, its standard library's included, so the 
 process with it set. The compiled kernel on a GPU: tests/gpu/test_gpu_model.py."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+
+from interpreted_kernels import run_interpreted
 
 from kotomamba.ops.cross_entropy import IGNORE_INDEX, cross_entropy_rows_ref_
 
@@ -58,12 +56,7 @@ def all_cases() -> dict:
 @pytest.fixture(scope="module")
 def kernel_results(tmp_path_factory):
     """Every case through the interpreted kernel, in one fresh process."""
-    folder = tmp_path_factory.mktemp("cross_entropy_kernel")
-    torch.save(all_cases(), folder / "cases.pt")
-    done = subprocess.run([sys.executable, "-c", RUN_KERNEL, str(folder / "cases.pt"), str(folder / "out.pt")],
-                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(folder / "out.pt")
+    return run_interpreted(RUN_KERNEL, all_cases(), tmp_path_factory.mktemp("cross_entropy_kernel"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,12 +5,10 @@ tests/test_ops_cross_entropy_kernel.py). The twin runs in float64 here; the kern
 compiled kernels on a GPU, also against mamba-ssm: tests/gpu/test_gpu_ssd.py."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+
+from interpreted_kernels import run_interpreted
 
 from kotomamba.ops.ssd import ssd_chunk_scan_ref
 
@@ -107,12 +105,7 @@ def all_cases() -> dict:
 @pytest.fixture(scope="module")
 def kernel_results(tmp_path_factory):
     """Every case through the interpreted kernels, in one fresh process."""
-    folder = tmp_path_factory.mktemp("ssd_kernel")
-    torch.save(all_cases(), folder / "cases.pt")
-    done = subprocess.run([sys.executable, "-c", RUN_KERNEL, str(folder / "cases.pt"), str(folder / "out.pt")],
-                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(folder / "out.pt")
+    return run_interpreted(RUN_KERNEL, all_cases(), tmp_path_factory.mktemp("ssd_kernel"))
 
 
 @pytest.mark.parametrize("name", list(all_cases()))

@@ -1,0 +1,21 @@
+"""Run Triton kernels on CPU under Triton's interpreter, in a fresh process: ``TRITON_INTERPRET=1`` is read
+when a kernel is defined, so it must be set before the kernel's module is imported."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def run_interpreted(script: str, cases: dict, folder: Path) -> dict:
+    """Save ``cases`` under ``folder``, run ``script`` (Python code that reads ``sys.argv[1]``, a
+    ``torch.save`` of the cases, and writes its results to ``sys.argv[2]``) with the interpreter on,
+    and return what it wrote."""
+    torch.save(cases, folder / "cases.pt")
+    done = subprocess.run([sys.executable, "-c", script, str(folder / "cases.pt"), str(folder / "out.pt")],
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(folder / "out.pt")
