@@ -19,3 +19,14 @@ def run_interpreted(script: str, cases: dict, folder: Path) -> dict:
                           env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(folder / "out.pt")
+
+
+def assert_relative(got: dict, expected: dict, tolerance: float) -> None:
+    """Every tensor of ``got`` has ``expected``'s shape, is finite, and is within ``tolerance`` of it
+    in relative error ||got - expected|| / ||expected|| (in float64)."""
+    assert set(got) == set(expected)
+    for key, reference in expected.items():
+        value = got[key]
+        assert value.shape == reference.shape and torch.isfinite(value).all(), key
+        error = ((value.double() - reference.double()).norm() / reference.double().norm()).item()
+        assert error < tolerance, f"{key}: relative error {error:.2e}"
