@@ -4,8 +4,8 @@ mamba-ssm's ``mamba_split_conv1d_scan_combined``, forward+backward, with and wit
 shapes of the 130m-2.7b presets (bf16 activations from in_proj, float32 weights, d_state 128, head dim 64,
 one group, chunk 256, width-4 convolution on the xBC slice of the in_proj row, as the model calls them).
 
-Each (implementation, round) runs in a fresh process of its own, so no implementation's figure depends on
-what ran beside it. Per process: the median of ``triton.testing.do_bench`` (CUDA events, host launches
+Each (implementation, round) runs in a fresh process of its own (bench/isolated.py), so no implementation's
+figure depends on what ran beside it. Per process: the median of ``triton.testing.do_bench`` (CUDA events, host launches
 included) and the device's time in kernels (profiled; what a CUDA-graphed step pays). The table gives the
 median over rounds with the range, and the ratio against the reference (above 1: ours faster).
 ``floor`` for the convolution is the bytes it must move (forward: x read, y written; backward: x and dy
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from isolated import median_range, run_children
 
 # (batch, d_inner) of the presets at micro-batch 16 / 8 / 4 and seq 2048; one group, d_state 128.
 SHAPES = {"130m": (16, 1536), "1.3b": (8, 4096), "2.7b": (4, 5120)}
@@ -127,8 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--impls", default=",".join(IMPLS),
-                        help="comma-separated; ours may carry the convolution's blocking (positions, channels, "
-                             "warps per program), e.g. conv:ours=64.128.4")
+                        help="comma-separated; ours may carry the convolution's blocking (positions and channels "
+                             "per tile, warps, tiles per program of the backward's first launch), e.g. "
+                             "conv:ours=16.64.4.8")
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--doc-len", type=int, default=1000, help="mean document length of the seq_idx runs")
@@ -138,17 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    rows: list[dict] = []
-    for round_ in range(args.rounds):
-        for impl in args.impls.split(","):
-            done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", impl],
-                                  capture_output=True, text=True)
-            if done.returncode:
-                print(f"{impl} round {round_}: exit {done.returncode}\n{done.stderr[-2000:]}", flush=True)
-            lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-            rows += [{**line, "round": round_} for line in lines]
-            for line in lines:
-                print(json.dumps(line), flush=True)
+    rows = run_children(__file__, sys.argv[1:], args.impls.split(","), args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     reference = {"conv": "conv:causal_conv1d", "mixer": "mixer:mamba_ssm"}
@@ -157,10 +148,7 @@ def main() -> None:
 
     def summary(impl, shape, docs):
         mine = [r for r in rows if (r["impl"], r["shape"], r["documents"]) == (impl, shape, docs)]
-        if not mine:
-            return None
-        return {key: (statistics.median(r[key] for r in mine), min(r[key] for r in mine),
-                      max(r[key] for r in mine)) for key in ("device_ms", "wall_ms", "floor_ms")}
+        return {key: median_range(mine, key) for key in ("device_ms", "wall_ms", "floor_ms")} if mine else None
 
     for impl in args.impls.split(","):
         for shape in args.shapes.split(","):

@@ -69,7 +69,8 @@ CASES = {
 @pytest.fixture(scope="module")
 def kernel_results(tmp_path_factory):
     """Every case through the interpreted kernels, in one fresh process."""
-    return run_interpreted(RUN_KERNEL, {name: case(**arguments) for name, arguments in CASES.items()}, tmp_path_factory.mktemp("conv_kernel"))
+    cases = {name: case(**arguments) for name, arguments in CASES.items()}
+    return run_interpreted(RUN_KERNEL, cases, tmp_path_factory.mktemp("conv_kernel"))
 
 
 @pytest.mark.parametrize("name", list(CASES))
