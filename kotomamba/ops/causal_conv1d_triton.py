@@ -9,12 +9,12 @@ load per tap:
 
 - forward: ``y[t] = act(bias + sum_k w[k] * x[t - (W-1) + k])``, taps in another document (or
   before the sequence) read zero.
-- backward, two launches: the first reruns the pre-activation, writes its gradient ``dpre`` (float32)
-  and sums each program's shares of ``dweight`` and ``dbias`` over its tiles in registers, into a
-  float32 buffer that PyTorch sums, so the result does not depend on the order the programs ran in;
-  the second gathers ``dx[s] = sum_j w[W-1-j] * dpre[s + j]`` over the outputs in s's document. (One
-  launch that reruns all W pre-activations each x feeds held too many registers: few programs per
-  multiprocessor, each waiting on its loads one after another.)
+- backward, two launches: the first reruns the pre-activation and writes its gradient ``dpre``
+  (float32); the second gathers ``dx[s] = sum_j w[W-1-j] * dpre[s + j]`` over the outputs in s's
+  document and sums each program's shares of ``dweight`` and ``dbias`` over its tiles in registers,
+  into a float32 buffer that PyTorch sums, so the result does not depend on the order the programs
+  ran in. (One launch that reruns all W pre-activations each x feeds held too many registers: few
+  programs per multiprocessor, each waiting on its loads one after another.)
 
 Arithmetic in float32; ``y`` and ``dx`` in the input's dtype, ``dweight``/``dbias`` in the weight's.
 """
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-# (positions per tile, channels per tile, warps, tiles per program of the backward's first launch):
+# (positions per tile, channels per tile, warps, tiles per program of the backward's second launch):
 # eight values per thread, which ptxas fits in registers without spills; bench/conv_throughput.py
 # times others (``conv:ours=16.64.4.8``).
 CONV_CONFIG = (16, 64, 4, 8)
@@ -72,75 +72,73 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _conv_bwd_pre_kernel(
-    x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dpre_ptr, dw_part_ptr, dbias_part_ptr, L, dim,
+    x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dpre_ptr, L, dim,
     stride_x_b, stride_x_l, stride_x_d, stride_dy_b, stride_dy_l, stride_dy_d, stride_seq_b, stride_seq_l,
-    HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, TILES: tl.constexpr, ROW_UNIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROW_UNIT: tl.constexpr,
 ):
-    """The pre-activation's gradient ``dy * act'(pre)`` at every position, into a float32 [b, L, d]
-    buffer; ``TILES`` consecutive tiles per program, whose weight and bias shares it sums in registers."""
+    """The pre-activation's gradient ``dy * silu'(pre)`` into a float32 [b, L, d] buffer."""
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)  # offsets past 2**31 elements
+    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < dim
-    x_base = x_ptr + b * stride_x_b
+    t_ok, d_ok = t < L, d < dim
+    tile_ok = t_ok[:, None] & d_ok[None, :]
     seq_base = seq_ptr + b * stride_seq_b
+    doc_t = tl.load(seq_base + t * stride_seq_l, mask=t_ok, other=-2) if HAS_SEQ else 0
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros((BLOCK_D,), tl.float32)
-    taps = tl.arange(0, W_PAD)
-    dw = tl.zeros((BLOCK_D, W_PAD), tl.float32)
-    dbias = tl.zeros((BLOCK_D,), tl.float32)
-    for i in range(TILES):
-        t = (pid_l * TILES + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-        t_ok = t < L
-        tile_ok = t_ok[:, None] & d_ok[None, :]
-        doc_t = tl.load(seq_base + t * stride_seq_l, mask=t_ok, other=-2) if HAS_SEQ else 0
-        dpre = tl.load(dy_ptr + b * stride_dy_b + t[:, None] * (stride_dy_l * ROW_UNIT) + d[None, :] * stride_dy_d,
-                       mask=tile_ok, other=0.0).to(tl.float32)
-        if SILU:
-            pre = _pre_activation(x_base, stride_x_l * ROW_UNIT, stride_x_d, w_ptr, bias, seq_base, stride_seq_l,
-                                  t, doc_t, d, d_ok, L, HAS_SEQ, W)
-            sig = tl.sigmoid(pre)
-            dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
-        tl.store(dpre_ptr + (b * L + t[:, None]) * dim + d[None, :], dpre, mask=tile_ok)
-        dbias += tl.sum(dpre, axis=0)
-        for k in tl.static_range(W):
-            s = t - (W - 1) + k
-            ok = (s >= 0) & t_ok
-            if HAS_SEQ:
-                ok = ok & (tl.load(seq_base + s * stride_seq_l, mask=ok, other=-1) == doc_t)
-            xk = tl.load(x_base + s[:, None] * (stride_x_l * ROW_UNIT) + d[None, :] * stride_x_d,
-                         mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            dw += tl.where(taps[None, :] == k, tl.sum(dpre * xk, axis=0)[:, None], 0.0)
-    share = (b * tl.num_programs(0) + pid_l) * dim
-    tl.store(dw_part_ptr + (share + d[:, None]) * W + taps[None, :], dw, mask=d_ok[:, None] & (taps[None, :] < W))
-    if HAS_BIAS:
-        tl.store(dbias_part_ptr + share + d, dbias, mask=d_ok)
+    pre = _pre_activation(x_ptr + b * stride_x_b, stride_x_l * ROW_UNIT, stride_x_d, w_ptr, bias, seq_base,
+                          stride_seq_l, t, doc_t, d, d_ok, L, HAS_SEQ, W)
+    sig = tl.sigmoid(pre)
+    dy = tl.load(dy_ptr + b * stride_dy_b + t[:, None] * (stride_dy_l * ROW_UNIT) + d[None, :] * stride_dy_d,
+                 mask=tile_ok, other=0.0).to(tl.float32)
+    tl.store(dpre_ptr + (b * L + t[:, None]) * dim + d[None, :], dy * sig * (1.0 + pre * (1.0 - sig)), mask=tile_ok)
 
 
 @triton.jit
 def _conv_bwd_dx_kernel(
-    dpre_ptr, w_ptr, seq_ptr, dx_ptr, L, dim, stride_dx_b, stride_dx_l, stride_dx_d, stride_seq_b, stride_seq_l,
-    HAS_SEQ: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ROW_UNIT: tl.constexpr,
+    dpre_ptr, x_ptr, w_ptr, seq_ptr, dx_ptr, dw_part_ptr, dbias_part_ptr, L, dim,
+    stride_x_b, stride_x_l, stride_x_d, stride_dx_b, stride_dx_l, stride_dx_d, stride_seq_b, stride_seq_l,
+    HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, TILES: tl.constexpr, ROW_UNIT: tl.constexpr,
 ):
-    """``dx[s] = sum_j w[W-1-j] * dpre[s + j]`` over the outputs s + j in s's document."""
+    """``dx[s] = sum_j w[W-1-j] * dpre[s + j]`` over the outputs s + j in s's document, for ``TILES``
+    consecutive tiles per program, and the program's shares of the weight's gradient (tap W-1-j:
+    ``sum_s dpre[s + j] * x[s]`` over the same pairs) and of the bias's, summed over its tiles in
+    registers."""
     pid_l, pid_d = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)  # offsets past 2**31 elements
-    s = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    s_ok, d_ok = s < L, d < dim
+    d_ok = d < dim
     seq_base = seq_ptr + b * stride_seq_b
-    doc_s = tl.load(seq_base + s * stride_seq_l, mask=s_ok, other=-2) if HAS_SEQ else 0
-    dx = tl.zeros((BLOCK_L, BLOCK_D), tl.float32)
-    for j in tl.static_range(W):
-        u = s + j
-        same = u < L
-        if HAS_SEQ:
-            same = same & (tl.load(seq_base + u * stride_seq_l, mask=same, other=-2) == doc_s)
-        dpre = tl.load(dpre_ptr + (b * L + u[:, None]) * dim + d[None, :], mask=same[:, None] & d_ok[None, :],
-                       other=0.0)
-        dx += dpre * tl.load(w_ptr + d * W + (W - 1 - j), mask=d_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(dx_ptr + b * stride_dx_b + s[:, None] * (stride_dx_l * ROW_UNIT) + d[None, :] * stride_dx_d,
-             dx.to(dx_ptr.dtype.element_ty), mask=s_ok[:, None] & d_ok[None, :])
+    taps = tl.arange(0, W_PAD)
+    dw = tl.zeros((BLOCK_D, W_PAD), tl.float32)
+    dbias = tl.zeros((BLOCK_D,), tl.float32)
+    for i in range(TILES):
+        s = (pid_l * TILES + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+        s_ok = s < L
+        tile_ok = s_ok[:, None] & d_ok[None, :]
+        doc_s = tl.load(seq_base + s * stride_seq_l, mask=s_ok, other=-2) if HAS_SEQ else 0
+        x_s = tl.load(x_ptr + b * stride_x_b + s[:, None] * (stride_x_l * ROW_UNIT) + d[None, :] * stride_x_d,
+                      mask=tile_ok, other=0.0).to(tl.float32)
+        dx = tl.zeros((BLOCK_L, BLOCK_D), tl.float32)
+        for j in tl.static_range(W):
+            u = s + j
+            same = u < L
+            if HAS_SEQ:
+                same = same & (tl.load(seq_base + u * stride_seq_l, mask=same, other=-2) == doc_s)
+            dpre = tl.load(dpre_ptr + (b * L + u[:, None]) * dim + d[None, :], mask=same[:, None] & d_ok[None, :],
+                           other=0.0)
+            dx += dpre * tl.load(w_ptr + d * W + (W - 1 - j), mask=d_ok, other=0.0).to(tl.float32)[None, :]
+            dw += tl.where(taps[None, :] == W - 1 - j, tl.sum(dpre * x_s, axis=0)[:, None], 0.0)
+            if j == 0:
+                dbias += tl.sum(dpre, axis=0)
+        tl.store(dx_ptr + b * stride_dx_b + s[:, None] * (stride_dx_l * ROW_UNIT) + d[None, :] * stride_dx_d,
+                 dx.to(dx_ptr.dtype.element_ty), mask=tile_ok)
+    share = (b * tl.num_programs(0) + pid_l) * dim
+    tl.store(dw_part_ptr + (share + d[:, None]) * W + taps[None, :], dw, mask=d_ok[:, None] & (taps[None, :] < W))
+    if HAS_BIAS:
+        tl.store(dbias_part_ptr + share + d, dbias, mask=d_ok)
 
 
 def _grid(x: torch.Tensor, config: tuple[int, ...], positions: int) -> tuple[int, int, int]:
@@ -183,27 +181,30 @@ def conv_bwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s
              dx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`conv_fwd` for ``dy`` [b, L, d]: dx [b, L, d] in x's dtype (into ``dx`` if
     given), dweight [d, W] and dbias [d] (None without bias) in the weight's dtype. Two launches
-    through a float32 [b, L, d] buffer of the pre-activation's gradient."""
+    through a float32 [b, L, d] buffer of the pre-activation's gradient (without activation, dy is it)."""
     batch, seqlen, dim = x.shape
     width = weight.shape[1]
     grid = _grid(x, config, config[0] * config[3])
     shares = grid[0] * grid[2]
     dw_part = torch.empty((shares, dim, width), dtype=torch.float32, device=x.device)
     dbias_part = torch.empty((shares, dim), dtype=torch.float32, device=x.device) if bias is not None else dw_part
-    dpre = torch.empty((batch, seqlen, dim), dtype=torch.float32, device=x.device)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if dx is None else dx
     seq, stride_seq_b, stride_seq_l = _seq_args(seq_idx, x)
     unit, (x_strides, dy_strides, dx_strides) = _rows(x, dy, dx)
-    _conv_bwd_pre_kernel[grid](
-        x, weight, weight if bias is None else bias, seq, dy, dpre, dw_part, dbias_part, seqlen, dim,
-        *x_strides, *dy_strides, stride_seq_b, stride_seq_l,
-        HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, W=width,
-        W_PAD=triton.next_power_of_2(width), BLOCK_L=config[0], BLOCK_D=config[1], TILES=config[3],
-        ROW_UNIT=unit, num_warps=config[2],
-    )
-    _conv_bwd_dx_kernel[_grid(x, config, config[0])](
-        dpre, weight, seq, dx, seqlen, dim, *dx_strides, stride_seq_b, stride_seq_l,
-        HAS_SEQ=seq_idx is not None, W=width, BLOCK_L=config[0], BLOCK_D=config[1], ROW_UNIT=unit,
+    if silu:
+        dpre = torch.empty((batch, seqlen, dim), dtype=torch.float32, device=x.device)
+        _conv_bwd_pre_kernel[_grid(x, config, config[0])](
+            x, weight, weight if bias is None else bias, seq, dy, dpre, seqlen, dim,
+            *x_strides, *dy_strides, stride_seq_b, stride_seq_l,
+            HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, W=width, BLOCK_L=config[0], BLOCK_D=config[1],
+            ROW_UNIT=unit, num_warps=config[2],
+        )
+    else:
+        dpre = dy.float().contiguous()
+    _conv_bwd_dx_kernel[grid](
+        dpre, x, weight, seq, dx, dw_part, dbias_part, seqlen, dim, *x_strides, *dx_strides, stride_seq_b,
+        stride_seq_l, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, W=width,
+        W_PAD=triton.next_power_of_2(width), BLOCK_L=config[0], BLOCK_D=config[1], TILES=config[3], ROW_UNIT=unit,
         num_warps=config[2],
     )
     dbias = dbias_part.sum(0).to(bias.dtype) if bias is not None else None
