@@ -2,7 +2,7 @@
 # One GPU-machine session: install the carried kernel wheels, run the `gpu` tests, then benchmark.
 # Run from the repository root on a CUDA machine whose Python has torch (and triton):
 #   bash bench/gpu_session.sh OUT_DIR [tests] [train PRESETS MICRO_BATCHES] [multi NGPU PRESETS MICRO_BATCHES]
-#                                     [firststep PRESET MICRO_BATCH] [loss D_MODELS] [ssd] [conv] [trainer PRESET MICRO_BATCH] [pack]
+#                                     [firststep PRESET MICRO_BATCH] [loss D_MODELS] [ssd] [op NAME] [trainer PRESET MICRO_BATCH] [pack]
 # BENCH_ARGS (e.g. "--warmup 3 --steps 6 --rounds 3 --impls reference,kotomamba,kotomamba+compile") go to train
 # and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md. BENCH_TAG names a multi
 # run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
@@ -71,12 +71,12 @@ while [ $# -gt 0 ]; do
       timeout "${STEP_TIMEOUT:-500}" python3 bench/ssd_throughput.py ${SSD_ARGS:-} --json "$out/ssd.json" 2>&1 \
         | tee "$out/ssd.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
-    conv)
-      # Document resets: our convolution and mixer against causal-conv1d's and mamba-ssm's (bench/conv_throughput.py);
-      # CONV_ARGS go to it.
-      shift
-      timeout "${STEP_TIMEOUT:-500}" python3 bench/conv_throughput.py ${CONV_ARGS:-} --json "$out/conv.json" 2>&1 \
-        | tee "$out/conv.log" | grep -v '^{'
+    op)
+      # One op alone, ours against the kernels it would replace, one process per implementation:
+      # bench/NAME_throughput.py (conv: document-resetting convolution and mixer; norm: the RMSNorms); OP_ARGS go to it.
+      name=$2; shift 2
+      timeout "${STEP_TIMEOUT:-500}" python3 "bench/${name}_throughput.py" ${OP_ARGS:-} --json "$out/$name.json" 2>&1 \
+        | tee "$out/$name.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
     loss)
       # The language-model loss alone (bench/cross_entropy_throughput.py), for hidden sizes D_MODELS (e.g. 768,1024).
