@@ -52,10 +52,11 @@ def _rms_fwd_kernel(
 
 @triton.jit
 def _rms_bwd_kernel(
-    s_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dres_out_ptr, dx_ptr, dz_ptr, dres_ptr, dw_part_ptr,
+    s_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dres_out_ptr, dx_ptr, dz_ptr, dres_ptr, y_ptr, dw_part_ptr,
     M, N, G, rows_per_program,
-    stride_s, stride_z, stride_dy, stride_dres_out, stride_dx, stride_dz, stride_dres,
-    HAS_Z: tl.constexpr, HAS_DRES_OUT: tl.constexpr, STORE_DRES: tl.constexpr, BLOCK: tl.constexpr,
+    stride_s, stride_z, stride_dy, stride_dres_out, stride_dx, stride_dz, stride_dres, stride_y,
+    HAS_Z: tl.constexpr, HAS_DRES_OUT: tl.constexpr, STORE_DRES: tl.constexpr, STORE_Y: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     group, groups = tl.program_id(1), tl.num_programs(1)
@@ -76,6 +77,8 @@ def _rms_bwd_kernel(
         dy = tl.load(dy_ptr + row * stride_dy + cols, mask=ok, other=0.0).to(tl.float32)
         dgh = dy * w
         dw += dy * gh
+        if STORE_Y:
+            tl.store(y_ptr + row * stride_y + cols, (gh * w).to(y_ptr.dtype.element_ty), mask=ok)
         dg = rstd * (dgh - gh * (tl.sum(dgh * gh, axis=0) / G))
         if HAS_Z:
             ds = dg * z * sig
@@ -122,11 +125,12 @@ def rms_norm_fwd(x, weight, eps, residual=None, z=None, group_size=None, residua
 
 
 def rms_norm_bwd(dy, s, weight, rstd, z=None, dres_out=None, group_size=None, store_dres=False,
-                 x_dtype=None, programs=None):
+                 x_dtype=None, programs=None, dz=None, y=None):
     """Gradients of :func:`rms_norm_fwd` for ``dy`` [M, N], from the summed input ``s`` [M, N] (x, or
     x + residual), and ``dres_out`` [M, N], the gradient of the returned residual. Returns dx
-    (``x_dtype``), dz (z's dtype; None without z), dresidual (None unless ``store_dres``) and dweight
-    (the weight's dtype). ``programs``: how many programs walk the rows (default: several per
+    (``x_dtype``), dz (z's dtype, into ``dz`` if given; None without z), dresidual (None unless
+    ``store_dres``) and dweight (the weight's dtype). With ``y`` [M, N], the forward's output is
+    rerun into it on the way. ``programs``: how many programs walk the rows (default: several per
     multiprocessor on CUDA, 4 elsewhere)."""
     rows, width = s.shape
     size = group_size or width
@@ -137,17 +141,18 @@ def rms_norm_bwd(dy, s, weight, rstd, z=None, dres_out=None, group_size=None, st
     per_program = triton.cdiv(rows, programs)
     programs = triton.cdiv(rows, per_program)
     dx = torch.empty(s.shape, dtype=x_dtype or s.dtype, device=s.device)
-    dz = None if z is None else torch.empty_like(z)
+    dz = None if z is None else (torch.empty_like(z) if dz is None else dz)
     dres = torch.empty(s.shape, dtype=s.dtype, device=s.device) if store_dres else None
     dw_part = torch.empty((programs, width), dtype=torch.float32, device=s.device)
     block, warps = _block(size)
     _rms_bwd_kernel[(programs, width // size)](
         s, s if z is None else z, weight, rstd, dy, dy if dres_out is None else dres_out, dx,
-        dx if dz is None else dz, dx if dres is None else dres, dw_part, rows, width, size, per_program,
-        s.stride(0), 0 if z is None else z.stride(0), dy.stride(0), 0 if dres_out is None else dres_out.stride(0),
-        dx.stride(0), 0 if dz is None else dz.stride(0), 0 if dres is None else dres.stride(0),
-        HAS_Z=z is not None, HAS_DRES_OUT=dres_out is not None, STORE_DRES=store_dres, BLOCK=block,
-        num_warps=warps,
+        dx if dz is None else dz, dx if dres is None else dres, dx if y is None else y, dw_part, rows, width, size,
+        per_program, s.stride(0), 0 if z is None else z.stride(0), dy.stride(0),
+        0 if dres_out is None else dres_out.stride(0), dx.stride(0), 0 if dz is None else dz.stride(0),
+        0 if dres is None else dres.stride(0), 0 if y is None else y.stride(0),
+        HAS_Z=z is not None, HAS_DRES_OUT=dres_out is not None, STORE_DRES=store_dres, STORE_Y=y is not None,
+        BLOCK=block, num_warps=warps,
     )
     return dx, dz, dres, dw_part.sum(0).to(weight.dtype)
 

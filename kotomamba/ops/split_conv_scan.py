@@ -1,6 +1,7 @@
 """Mamba-2's mixer after in_proj as one autograd function whose convolution resets at document starts
-where the slice lies (kotomamba/ops/causal_conv1d_triton.py), around mamba-ssm's SSD chunk scan and
-gated RMSNorm kernels. :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin.
+where the slice lies (kotomamba/ops/causal_conv1d_triton.py) and whose gated RMSNorm's backward walks
+the rows in many programs (kotomamba/ops/norm_triton.py), around mamba-ssm's SSD chunk scan kernels.
+:func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin.
 
 Not dispatched yet: :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` calls mamba-ssm's function
 until bench/conv_throughput.py shows this one faster (bench/RESULTS.md); tests/gpu/test_gpu_conv.py
@@ -20,10 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mamba_ssm.ops.triton.layernorm_gated import _layer_norm_bwd, _layer_norm_fwd
 from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd, _mamba_chunk_scan_combined_fwd
 
 from kotomamba.ops.causal_conv1d_triton import CONV_CONFIG, conv_bwd, conv_fwd
+from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,8 @@ class _SplitConvScan(torch.autograd.Function):
         scanned, *_ = _mamba_chunk_scan_combined_fwd(
             x, dt, A, B, C, shape.chunk_size, D=D, z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True,
             dt_limit=shape.dt_limit)
-        normed, _, rstd = _layer_norm_fwd(
-            scanned.flatten(0, 1).flatten(-2), norm_weight, None, shape.norm_eps, z.flatten(0, 1),
-            group_size=nheads * shape.headdim // shape.ngroups, norm_before_gate=False, is_rms_norm=True)
+        normed, _, rstd = rms_norm_fwd(scanned.flatten(0, 1).flatten(-2), norm_weight, shape.norm_eps,
+                                       z=z.flatten(0, 1), group_size=nheads * shape.headdim // shape.ngroups)
         normed = normed.unflatten(0, (batch, seqlen))
         if torch.is_autocast_enabled("cuda"):
             dtype = torch.get_autocast_dtype("cuda")
@@ -100,10 +100,10 @@ class _SplitConvScan(torch.autograd.Function):
         dx, dB, dC = shape.heads(dxBC, nheads, dstate)
 
         dnormed = F.linear(dout, out_proj_weight.t()).flatten(0, 1)
-        dscanned, dnorm_weight, _, _, normed = _layer_norm_bwd(
-            dnormed, scanned.flatten(0, 1).flatten(-2), norm_weight, None, shape.norm_eps, None, rstd,
-            z.flatten(0, 1), group_size=nheads * shape.headdim // shape.ngroups, norm_before_gate=False,
-            is_rms_norm=True, recompute_output=True, dz=dz.flatten(0, 1), out=None)
+        normed = torch.empty_like(dnormed)
+        dscanned, _, _, dnorm_weight = rms_norm_bwd(
+            dnormed, scanned.flatten(0, 1).flatten(-2), norm_weight, rstd, z=z.flatten(0, 1),
+            group_size=nheads * shape.headdim // shape.ngroups, dz=dz.flatten(0, 1), y=normed)
         _, _, dA, _, _, dD, _, ddt_bias, _ = _mamba_chunk_scan_combined_bwd(
             dscanned.view(batch, seqlen, nheads, shape.headdim), x, dt, A, B, C, scanned, shape.chunk_size, D=D,
             z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True, dt_limit=shape.dt_limit,
