@@ -15,12 +15,7 @@ read, dx written) at ``--bandwidth``.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
-from isolated import median_range, run_children
+from isolated import op_main
 
 # (batch, d_inner) of the presets at micro-batch 16 / 8 / 4 and seq 2048; one group, d_state 128.
 SHAPES = {"130m": (16, 1536), "1.3b": (8, 4096), "2.7b": (4, 5120)}
@@ -108,60 +103,17 @@ def runner(impl: str, shape: str, seq: int, doc_len: int):
     return forward_backward, floor_bytes
 
 
-def child(args) -> None:
-    """Time one implementation at every shape, with and without documents; print one JSON line per case."""
-    import triton
-
-    from ssd_throughput import device_ms
-
-    for shape in args.shapes.split(","):
-        for doc_len in (0, args.doc_len):
-            run, floor_bytes = runner(args.child, shape, args.seq, doc_len)
-            wall = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
-            print(json.dumps({"impl": args.child, "shape": shape, "documents": bool(doc_len), "wall_ms": wall,
-                              "device_ms": device_ms(run, repeats=5),
-                              "floor_ms": floor_bytes / args.bandwidth * 1e3}), flush=True)
+def cases(args) -> list[dict]:
+    return [{"shape": shape, "documents": docs} for shape in args.shapes.split(",") for docs in (False, True)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--impls", default=",".join(IMPLS),
-                        help="comma-separated; ours may carry the convolution's blocking (positions and channels "
-                             "per tile, warps, tiles per program of the backward's first launch), e.g. "
-                             "conv:ours=16.64.4.8")
+def add_arguments(parser) -> None:
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--doc-len", type=int, default=1000, help="mean document length of the seq_idx runs")
-    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-    rows = run_children(__file__, sys.argv[1:], args.impls.split(","), args.rounds)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    reference = {"conv": "conv:causal_conv1d", "mixer": "mixer:mamba_ssm"}
-    print("\n| op | shape | docs | impl | device ms [range] | wall ms [range] | device ratio | wall ratio | floor ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-
-    def summary(impl, shape, docs):
-        mine = [r for r in rows if (r["impl"], r["shape"], r["documents"]) == (impl, shape, docs)]
-        return {key: median_range(mine, key) for key in ("device_ms", "wall_ms", "floor_ms")} if mine else None
-
-    for impl in args.impls.split(","):
-        for shape in args.shapes.split(","):
-            for docs in (False, True):
-                mine, ref = summary(impl, shape, docs), summary(reference[impl.split(":")[0]], shape, docs)
-                if mine is None:
-                    continue
-                ratio = (lambda key: f"{ref[key][0] / mine[key][0]:.2f}x" if ref else "-")
-                print(f"| {impl.split(':')[0]} | {shape} | {'yes' if docs else 'no'} | {impl.split(':')[1]} | "
-                      f"{mine['device_ms'][0]:.3f} [{mine['device_ms'][1]:.3f}-{mine['device_ms'][2]:.3f}] | "
-                      f"{mine['wall_ms'][0]:.3f} [{mine['wall_ms'][1]:.3f}-{mine['wall_ms'][2]:.3f}] | "
-                      f"{ratio('device_ms')} | {ratio('wall_ms')} | {mine['floor_ms'][0]:.3f} |")
 
 
 if __name__ == "__main__":
-    main()
+    op_main(__doc__, SHAPES, IMPLS, "comma-separated; ours may carry the convolution's blocking (positions and "
+            "channels per tile, warps, tiles per program of the backward's second launch), e.g. conv:ours=16.64.4.8",
+            cases, lambda impl, case, args: runner(impl, case["shape"], args.seq, args.doc_len if case["documents"]
+                                                   else 0), add_arguments)

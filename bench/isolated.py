@@ -32,3 +32,60 @@ def median_range(rows: list[dict], key: str) -> tuple[float, float, float] | Non
     """(median, min, max) of ``key`` over ``rows``; None when there are none."""
     values = [row[key] for row in rows]
     return (statistics.median(values), min(values), max(values)) if values else None
+
+
+def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cases, runner, add_arguments=None):
+    """The command line of an op benchmark (bench/conv_throughput.py, bench/norm_throughput.py): ``--impls``
+    ``KIND:NAME`` (``KIND:mamba_ssm`` or ``KIND:causal_conv1d`` is each kind's reference: the first of its
+    kind in ``impls``), each timed in its own process over ``--rounds``; ``cases(args)`` lists the cases
+    (dicts with a ``shape``); ``runner(impl, case, args)`` returns one forward+backward as a closure and the
+    bytes it must move. Prints a JSON line per (round, impl, case) and a table of medians and ranges."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--shapes", default=",".join(shapes))
+    parser.add_argument("--impls", default=",".join(impls), help=impls_help)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args()
+    if args.child:
+        import triton
+
+        from ssd_throughput import device_ms
+
+        for case in cases(args):
+            run, floor_bytes = runner(args.child, case, args)
+            wall = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+            print(json.dumps({"impl": args.child, **case, "wall_ms": wall, "device_ms": device_ms(run, repeats=5),
+                              "floor_ms": floor_bytes / args.bandwidth * 1e3}), flush=True)
+        return
+    chosen = args.impls.split(",")
+    rows = run_children(sys.argv[0], sys.argv[1:], chosen, args.rounds)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    reference = {}
+    for impl in impls:
+        reference.setdefault(impl.split(":")[0], impl)
+    fields = list(cases(args)[0])
+    print(f"\n| op | {' | '.join(fields)} | impl | device ms [range] | wall ms [range] | device ratio | wall ratio "
+          f"| floor ms |")
+    print("|" + " --- |" * (len(fields) + 7))
+    for impl in chosen:
+        kind = impl.split(":")[0]
+        for case in cases(args):
+            def of(name, key, case=case):
+                return median_range([r for r in rows if r["impl"] == name and all(r[k] == v for k, v in case.items())],
+                                    key)
+            device, wall, floor = of(impl, "device_ms"), of(impl, "wall_ms"), of(impl, "floor_ms")
+            if device is None:
+                continue
+            ref_device, ref_wall = of(reference[kind], "device_ms"), of(reference[kind], "wall_ms")
+            print(f"| {kind} | {' | '.join(str(case[k]) for k in fields)} | {impl.split(':', 1)[1]} | "
+                  f"{device[0]:.3f} [{device[1]:.3f}-{device[2]:.3f}] | {wall[0]:.3f} [{wall[1]:.3f}-{wall[2]:.3f}] | "
+                  f"{f'{ref_device[0] / device[0]:.2f}x' if ref_device else '-'} | "
+                  f"{f'{ref_wall[0] / wall[0]:.2f}x' if ref_wall else '-'} | {floor[0]:.3f} |")

@@ -11,12 +11,7 @@ bytes forward+backward must move at ``--bandwidth``.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
-from isolated import median_range, run_children
+from isolated import op_main
 
 # (rows, d_model, d_inner) of the presets at sequence 2048.
 SHAPES = {"130m": (16 * 2048, 768, 1536), "1.3b": (8 * 2048, 2048, 4096), "2.7b": (4 * 2048, 2560, 5120)}
@@ -75,50 +70,7 @@ def runner(impl: str, shape: str):
     return forward_backward, floor_bytes
 
 
-def child(args) -> None:
-    import triton
-
-    from ssd_throughput import device_ms
-
-    for shape in args.shapes.split(","):
-        run, floor_bytes = runner(args.child, shape)
-        wall = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
-        print(json.dumps({"impl": args.child, "shape": shape, "wall_ms": wall, "device_ms": device_ms(run, repeats=5),
-                          "floor_ms": floor_bytes / args.bandwidth * 1e3}), flush=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--impls", default=",".join(IMPLS),
-                        help="comma-separated; ours may carry the backward's programs per multiprocessor, "
-                             "e.g. add:ours=16")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-    rows = run_children(__file__, sys.argv[1:], args.impls.split(","), args.rounds)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    print("\n| norm | shape | impl | device ms [range] | wall ms [range] | device ratio | floor ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for impl in args.impls.split(","):
-        kind = impl.split(":")[0]
-        for shape in args.shapes.split(","):
-            mine = median_range([r for r in rows if (r["impl"], r["shape"]) == (impl, shape)], "device_ms")
-            wall = median_range([r for r in rows if (r["impl"], r["shape"]) == (impl, shape)], "wall_ms")
-            ref = median_range([r for r in rows if (r["impl"], r["shape"]) == (f"{kind}:mamba_ssm", shape)],
-                               "device_ms")
-            floor = median_range([r for r in rows if (r["impl"], r["shape"]) == (impl, shape)], "floor_ms")
-            if mine is None:
-                continue
-            print(f"| {kind} | {shape} | {impl.split(':')[1]} | {mine[0]:.3f} [{mine[1]:.3f}-{mine[2]:.3f}] | "
-                  f"{wall[0]:.3f} [{wall[1]:.3f}-{wall[2]:.3f}] | "
-                  f"{f'{ref[0] / mine[0]:.2f}x' if ref else '-'} | {floor[0]:.3f} |")
-
-
 if __name__ == "__main__":
-    main()
+    op_main(__doc__, SHAPES, IMPLS, "comma-separated; ours may carry the backward's programs per multiprocessor, "
+            "e.g. add:ours=16", lambda args: [{"shape": shape} for shape in args.shapes.split(",")],
+            lambda impl, case, args: runner(impl, case["shape"]))

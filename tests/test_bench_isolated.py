@@ -40,3 +40,41 @@ def test_each_round_and_implementation_runs_in_its_own_process(tmp_path, capsys)
         "one", "broken", "three"]
     assert isolated.median_range([r for r in rows if r["impl"] == "three"], "value") == (5, 5, 5)
     assert isolated.median_range([], "value") is None
+
+
+OP_SCRIPT = """
+import json, sys
+sys.path.insert(0, {bench!r})
+from isolated import op_main
+
+if "--child" in sys.argv:
+    impl = sys.argv[sys.argv.index("--child") + 1]
+    for shape in sys.argv[sys.argv.index("--shapes") + 1].split(","):
+        device = {{"k:ref": 2.0, "k:ours": 1.0, "k:ours=8": 4.0}}[impl] * (1 + sys.argv.count("--slow"))
+        print(json.dumps({{"impl": impl, "shape": shape, "wall_ms": device + 1, "device_ms": device, "floor_ms": 0.5}}))
+else:
+    op_main("doc", {{"a": 1, "b": 2}}, ("k:ref", "k:ours"), "help", lambda args: [{{"shape": s}} for s in
+            args.shapes.split(",")], None)
+"""
+
+
+def test_an_op_benchmark_prints_medians_and_ratios_against_its_kinds_reference(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "op.py"
+    script.write_text(OP_SCRIPT.format(bench=str(ROOT / "bench")))
+    done = subprocess.run([sys.executable, str(script), "--shapes", "a,b", "--impls", "k:ref,k:ours,k:ours=8",
+                           "--rounds", "2", "--json", str(tmp_path / "out.json")], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = [line for line in done.stdout.splitlines() if line.startswith("| k |")]
+    assert table == [
+        "| k | a | ref | 2.000 [2.000-2.000] | 3.000 [3.000-3.000] | 1.00x | 1.00x | 0.500 |",
+        "| k | b | ref | 2.000 [2.000-2.000] | 3.000 [3.000-3.000] | 1.00x | 1.00x | 0.500 |",
+        "| k | a | ours | 1.000 [1.000-1.000] | 2.000 [2.000-2.000] | 2.00x | 1.50x | 0.500 |",
+        "| k | b | ours | 1.000 [1.000-1.000] | 2.000 [2.000-2.000] | 2.00x | 1.50x | 0.500 |",
+        "| k | a | ours=8 | 4.000 [4.000-4.000] | 5.000 [5.000-5.000] | 0.50x | 0.60x | 0.500 |",
+        "| k | b | ours=8 | 4.000 [4.000-4.000] | 5.000 [5.000-5.000] | 0.50x | 0.60x | 0.500 |"]
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert len(rows) == 2 * 3 * 2 and {r["round"] for r in rows} == {0, 1}
