@@ -50,7 +50,7 @@ from isolated import op_main
 if "--child" in sys.argv:
     impl = sys.argv[sys.argv.index("--child") + 1]
     for shape in sys.argv[sys.argv.index("--shapes") + 1].split(","):
-        device = {{"k:ref": 2.0, "k:ours": 1.0, "k:ours=8": 4.0}}[impl] * (1 + sys.argv.count("--slow"))
+        device = {{"k:ref": 2.0, "k:ours": 1.0, "k:ours=8": 4.0}}[impl]
         print(json.dumps({{"impl": impl, "shape": shape, "wall_ms": device + 1, "device_ms": device, "floor_ms": 0.5}}))
 else:
     op_main("doc", {{"a": 1, "b": 2}}, ("k:ref", "k:ours"), "help", lambda args: [{{"shape": s}} for s in
