@@ -29,7 +29,9 @@ over the rest of t's block.
   blocks, one small product per block (``dS_in = survive * dS_out + (from_start * dy)^T C``), and
   keeps the gradient of every block's leaving state; then one launch over all (block, column block,
   head, batch) computes, from a block's entering state and leaving-state gradient, everything the
-  walking program computes for that block.
+  walking program computes for that block: in one pass over the state dimension, or in two parts (dx;
+  then dB, dC and the decay gradient, whose share is ``C_t . dC_t - B_t . dB_t``) that hold fewer tiles
+  at once, one after the other or as two launches.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
@@ -63,6 +65,35 @@ def _block_inputs(c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l,
         doc_in = 0
         doc_last = 0
     return t, valid, dt, a, doc, doc_in, doc_last
+
+
+@triton.jit
+def _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T: tl.constexpr):
+    """Block ``c``'s decays from :func:`_block_inputs`' ``a``, ``doc`` [BLOCK_T] and documents: ``is_last``
+    [BLOCK_T], true at the block's last real position (``a`` there is the whole block's decay, as dt is 0
+    past L, and the gradient of that decay must land on a position whose share is kept); ``from_start``
+    [BLOCK_T], the decay from the block's start to t (0 outside the entering state's document);
+    ``to_end`` [BLOCK_T], from s to the block's end (0 outside the leaving state's document); ``survive``,
+    the whole block's decay of the entering state (0 if its document ends inside the block)."""
+    is_last = tl.arange(0, BLOCK_T) == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
+    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
+    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)
+    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+    return is_last, from_start, to_end, survive
+
+
+@triton.jit
+def _decay_matrix(a, doc, BLOCK_T: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+    """[t, s] ``exp(a_t - a_s)`` for s <= t in the same document, else 0, [BLOCK_T, BLOCK_T]; with
+    ``TRANSPOSED``, its transpose [s, t]."""
+    rows = tl.arange(0, BLOCK_T)
+    if TRANSPOSED:
+        keep = (rows[None, :] >= rows[:, None]) & (doc[None, :] == doc[:, None])
+        return tl.exp(tl.where(keep, a[None, :] - a[:, None], float("-inf")))
+    else:
+        keep = (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
+        return tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
 
 
 @triton.jit
@@ -103,11 +134,11 @@ def _ssd_fwd_kernel(
         state = tl.zeros((BLOCK_P, N), tl.float32)
     if HAS_D:
         Dh = tl.load(D_ptr + pid_h).to(tl.float32)
-    causal = tl.arange(0, BLOCK_T)[:, None] >= tl.arange(0, BLOCK_T)[None, :]
     n_blocks = tl.cdiv(L, BLOCK_T)
     for c in range(0, n_blocks):
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        _, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         if STATE_EVERY > 0:
             if c % STATE_EVERY == 0:
                 tl.store(scratch_ptr + (bh * tl.cdiv(n_blocks, STATE_EVERY) + c // STATE_EVERY) * P * N
@@ -117,22 +148,16 @@ def _ssd_fwd_kernel(
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
         if WRITE_Y:
             # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
-            keep = causal & (doc[:, None] == doc[None, :])
-            decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
-            scores = tl.dot(Cm, tl.trans(Bm)) * decay * dt[None, :]
+            scores = tl.dot(Cm, tl.trans(Bm)) * _decay_matrix(a, doc, BLOCK_T) * dt[None, :]
             y = tl.dot(scores.to(x.dtype), x)
             # The entering state, to the positions of its own document.
-            from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
             y += tl.dot(Cm, tl.trans(state).to(Cm.dtype)) * from_start[:, None]
             if HAS_D:
                 y += Dh * x.to(tl.float32)
             tl.store(y_base + t[:, None] * stride_y_l + p[None, :] * stride_y_p, y.to(y_ptr.dtype.element_ty),
                      mask=valid[:, None])
         # The state after the block: the entering one survives only if the block ends in its document.
-        a_last = tl.sum(tl.where(tl.arange(0, BLOCK_T) == BLOCK_T - 1, a, 0.0), axis=0)
-        to_end = tl.where(doc == doc_last, tl.exp(a_last - a) * dt, 0.0)
-        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
-        xw = (x.to(tl.float32) * to_end[:, None]).to(Bm.dtype)
+        xw = (x.to(tl.float32) * (to_end * dt)[:, None]).to(Bm.dtype)
         state = state * survive + tl.dot(tl.trans(xw), Bm)
     tl.store(final_ptr + bh * P * N + state_offsets, state)
 
@@ -187,8 +212,6 @@ def _ssd_bwd_kernel(
         dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
-    rows = tl.arange(0, BLOCK_T)
-    causal = rows[:, None] >= rows[None, :]
     dD_acc = tl.zeros((), tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, n_blocks):
@@ -203,15 +226,8 @@ def _ssd_bwd_kernel(
         xf = x.to(tl.float32)
         dyf = dy.to(tl.float32)
         u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
-        # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
-        # the gradient of that decay must land on a position whose da is kept.
-        is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
-        a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-        keep = causal & (doc[:, None] == doc[None, :])
-        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
-        to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
-        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+        is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        decay = _decay_matrix(a, doc, BLOCK_T)  # [t, s]
 
         cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
         gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
@@ -280,7 +296,6 @@ def _ssd_bwd_dstates_kernel(
         dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
-    rows = tl.arange(0, BLOCK_T)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, n_blocks):
         c = n_blocks - 1 - i
@@ -290,12 +305,28 @@ def _ssd_bwd_dstates_kernel(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        a_last = tl.sum(tl.where(rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T), a, 0.0), axis=0)
-        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
-        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+        _, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         dy_in = (dy.to(tl.float32) * from_start[:, None]).to(Cm.dtype)
         dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
     tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
+
+
+@triton.jit
+def _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index, share,
+              n_shares, HAS_D: tl.constexpr, P: tl.constexpr):
+    """From du = d(dt x) [BLOCK_T, BLOCK_P] (float32) of a block's columns ``p``: writes dx = du dt (+ D dy)
+    to dx [b, L, h, P], the columns' ``sum_p du x`` to share ``share`` of ddt_x [b, L, h, n_shares] and
+    their sum of dy * x to dD (flat index ``dD_index``)."""
+    xf = x.to(tl.float32)
+    tl.store(ddt_x_ptr + row_offsets * n_shares + share, tl.sum(du * xf, axis=1), mask=valid)
+    dx = du * dt[:, None]
+    dD = tl.zeros((), tl.float32)
+    if HAS_D:
+        dyf = dy.to(tl.float32)
+        dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
+        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
+    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx, mask=valid[:, None])
+    tl.store(dD_ptr + dD_index, dD)
 
 
 @triton.jit
@@ -310,23 +341,31 @@ def _ssd_bwd_blocks_kernel(
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    ONE_PASS: tl.constexpr, DX: tl.constexpr, BC: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
     h, columns j * BLOCK_P ..., with the block's entering state S (states [b, h, blocks, P, N]) and the
     gradient G of its leaving state (dstates, same shape), and writes the block's share of the
-    gradients: dx [b, L, h, P] float32 (its columns), its columns' share of the decay gradient ``da``
-    and of ``sum_p d(dt x)_p x_p`` to da, ddt_x [b, L, h, P // BLOCK_P] float32, adds its share to dB,
-    dC [b, L, g, N] float32 (zeroed by the caller) with ``ATOMIC_BC``, else writes it to dB, dC
-    [b, L, h, P // BLOCK_P, N] float32 (for the caller to sum), and writes its sum of dy * x to dD
-    [b, h, blocks * P // BLOCK_P]. The state dimension is taken BLOCK_N at a time, so only
-    [BLOCK_T, BLOCK_N] tiles of dB and dC are live at once.
+    gradients. With ``DX``: dx [b, L, h, P] float32 (its columns), its columns' share of
+    ``sum_p d(dt x)_p x_p`` to ddt_x [b, L, h, P // BLOCK_P] float32 and its sum of dy * x to dD
+    [b, h, blocks * P // BLOCK_P]. With ``BC``: its columns' share of the decay gradient ``da`` to da
+    [b, L, h, P // BLOCK_P] float32, and its share of dB, dC added to dB, dC [b, L, g, N] float32
+    (zeroed by the caller) with ``ATOMIC_BC``, else written to dB, dC [b, L, h, P // BLOCK_P, N] float32
+    (for the caller to sum). The state dimension is taken BLOCK_N at a time, so only [BLOCK_T, BLOCK_N]
+    tiles of B, C, dB and dC are live at once. ``ONE_PASS`` (with DX and BC): one loop over the state
+    dimension for everything, all of its [BLOCK_T, BLOCK_T] tiles live together; else the dx part
+    first, with its own loop, then the dB / dC part with another (fewer live tiles, B, C and G read
+    twice), or either part alone (two launches).
 
     With ``u_s = dt_s x_s``, ``decay[t, s] = exp(a_t - a_s)`` (s <= t, same document),
     ``from_start_t`` / ``to_end_s`` the decay from the block's start to t / from s to its end (zero
     outside the entering / leaving state's document) and ``gm[t, s] = (dy_t . u_s) decay[t, s]``:
     ``dB_s = sum_t gm[t, s] C_t + to_end_s u_s^T G``, ``dC_t = sum_s gm[t, s] B_s + from_start_t dy_t^T S``,
-    ``du_s = sum_t (C_t . B_s) decay[t, s] dy_t + to_end_s G B_s``, ``dx = du dt (+ D dy)``."""
+    ``du_s = sum_t (C_t . B_s) decay[t, s] dy_t + to_end_s G B_s``, ``dx = du dt (+ D dy)``; the decay
+    gradient's share ``da_t = C_t . dC_t - B_t . dB_t`` (the sums over s of ``W[t, s]`` and ``W[s, t]``
+    with the entering and leaving states' terms), plus at the last position the whole block's decay's
+    ``sum_s to_end_s B_s . (u_s^T G) + survive sum(G S)``."""
     pid_j = tl.program_id(0)
     pid_h = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -343,6 +382,7 @@ def _ssd_bwd_blocks_kernel(
     t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
         c, L, A, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h, stride_dt_l,
         seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+    is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
     # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], and dB, dC [b, L, g, N]
     # (atomic) or [b, L, h, P // BLOCK_P, N] (shares).
     row_offsets = (pid_b * L + t) * nheads + pid_h  # position t of head h in [b, L, h, ...]
@@ -355,69 +395,101 @@ def _ssd_bwd_blocks_kernel(
                 mask=valid[:, None], other=0.0)
     dy = tl.load(dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h + t[:, None] * stride_dy_l
                  + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
-    u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
-    rows = tl.arange(0, BLOCK_T)
-    # The block's last real position: a there is the whole block's decay (dt is 0 past L), and the
-    # gradient of that decay must land on a position whose da is kept.
-    is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
-    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-    keep = (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
-    decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
-    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
-    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
-    gm = tl.dot(dy, tl.trans(u)) * decay  # [t, s]
-    gm_lp = gm.to(x.dtype)
-    gm_t = tl.trans(gm_lp)
-    # Sums over the state dimension, gathered chunk by chunk.
-    cb = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # C_t . B_s
-    bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
-    through_leaving = tl.zeros((BLOCK_T,), tl.float32)  # B_s . (u_s^T G)
-    through_entering = tl.zeros((BLOCK_T,), tl.float32)  # C_t . (dy_t^T S)
-    state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
     state_base = (bh * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N
-    for k in range(0, N, BLOCK_N):
-        n = k + tl.arange(0, BLOCK_N)
-        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
-        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        S = tl.load(states_ptr + state_base + n[None, :])
-        G = tl.load(dstates_ptr + state_base + n[None, :])
-        state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
-        G = G.to(x.dtype)
-        cb = tl.dot(Cm, tl.trans(Bm), acc=cb)
-        bg = tl.dot(Bm, tl.trans(G), acc=bg)
-        u_g = tl.dot(u, G)  # [s, BLOCK_N]: u_s^T G
-        through_leaving += tl.sum(Bm.to(tl.float32) * u_g, axis=1)
-        dB = tl.dot(gm_t, Cm, acc=u_g * to_end[:, None])
-        if ATOMIC_BC:
-            tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
-        else:
-            tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
-        dy_s = tl.dot(dy, S.to(x.dtype))  # [t, BLOCK_N]: dy_t^T S
-        through_entering += tl.sum(Cm.to(tl.float32) * dy_s, axis=1)
-        dC = tl.dot(gm_lp, Bm, acc=dy_s * from_start[:, None])
-        if ATOMIC_BC:
-            tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
-        else:
-            tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
-    # This program's columns' share of the gradient of the within-block cumulative decay a.
-    w = gm * cb
-    v = through_leaving * to_end
-    da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + through_entering * from_start - v
-    da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
-    tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
-    # d(dt_s x_s): inside the block and through the leaving state.
-    du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
-    xf = x.to(tl.float32)
-    tl.store(ddt_x_ptr + row_offsets * n_pblocks + pid_p, tl.sum(du * xf, axis=1), mask=valid)
-    dx = du * dt[:, None]
-    dD = tl.zeros((), tl.float32)
-    if HAS_D:
-        dyf = dy.to(tl.float32)
-        dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
-        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx, mask=valid[:, None])
-    tl.store(dD_ptr + bh * tl.num_programs(0) + pid_j, dD)
+    dD_index = bh * tl.num_programs(0) + pid_j
+    if ONE_PASS:
+        u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+        decay = _decay_matrix(a, doc, BLOCK_T)  # [t, s]
+        gm = tl.dot(dy, tl.trans(u)) * decay  # [t, s]
+        gm_lp = gm.to(x.dtype)
+        gm_t = tl.trans(gm_lp)
+        # Sums over the state dimension, gathered chunk by chunk.
+        cb = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # C_t . B_s
+        bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
+        through_leaving = tl.zeros((BLOCK_T,), tl.float32)  # B_s . (u_s^T G)
+        through_entering = tl.zeros((BLOCK_T,), tl.float32)  # C_t . (dy_t^T S)
+        state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
+        for k in range(0, N, BLOCK_N):
+            n = k + tl.arange(0, BLOCK_N)
+            Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+            Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+            S = tl.load(states_ptr + state_base + n[None, :])
+            G = tl.load(dstates_ptr + state_base + n[None, :])
+            state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
+            G = G.to(x.dtype)
+            cb = tl.dot(Cm, tl.trans(Bm), acc=cb)
+            bg = tl.dot(Bm, tl.trans(G), acc=bg)
+            u_g = tl.dot(u, G)  # [s, BLOCK_N]: u_s^T G
+            through_leaving += tl.sum(Bm.to(tl.float32) * u_g, axis=1)
+            dB = tl.dot(gm_t, Cm, acc=u_g * to_end[:, None])
+            if ATOMIC_BC:
+                tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+            else:
+                tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
+            dy_s = tl.dot(dy, S.to(x.dtype))  # [t, BLOCK_N]: dy_t^T S
+            through_entering += tl.sum(Cm.to(tl.float32) * dy_s, axis=1)
+            dC = tl.dot(gm_lp, Bm, acc=dy_s * from_start[:, None])
+            if ATOMIC_BC:
+                tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+            else:
+                tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
+        # This program's columns' share of the gradient of the within-block cumulative decay a.
+        w = gm * cb
+        v = through_leaving * to_end
+        da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + through_entering * from_start - v
+        da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
+        tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
+        # d(dt_s x_s): inside the block and through the leaving state.
+        du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
+        _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index, pid_p,
+                  n_pblocks, HAS_D, P)
+    else:
+        if DX:
+            # du with [s, t] tiles, so no product needs a transposed operand.
+            cb_t = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # [s, t]: B_s . C_t
+            bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
+            for k in range(0, N, BLOCK_N):
+                n = k + tl.arange(0, BLOCK_N)
+                Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None],
+                             other=0.0)
+                Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None],
+                             other=0.0)
+                G = tl.load(dstates_ptr + state_base + n[None, :]).to(x.dtype)
+                cb_t = tl.dot(Bm, tl.trans(Cm), acc=cb_t)
+                bg = tl.dot(Bm, tl.trans(G), acc=bg)
+            decay_t = _decay_matrix(a, doc, BLOCK_T, TRANSPOSED=True)
+            du = tl.dot((cb_t * decay_t).to(x.dtype), dy, acc=bg * to_end[:, None])
+            _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index,
+                      pid_p, n_pblocks, HAS_D, P)
+        if BC:
+            u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+            gm_lp = (tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
+            gm_t = tl.trans(gm_lp)
+            da = tl.zeros((BLOCK_T,), tl.float32)
+            v = tl.zeros((BLOCK_T,), tl.float32)  # to_end_s B_s . (u_s^T G)
+            state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
+            for k in range(0, N, BLOCK_N):
+                n = k + tl.arange(0, BLOCK_N)
+                Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None],
+                             other=0.0)
+                Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None],
+                             other=0.0)
+                S = tl.load(states_ptr + state_base + n[None, :])
+                G = tl.load(dstates_ptr + state_base + n[None, :])
+                state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
+                leaving = tl.dot(u, G.to(x.dtype)) * to_end[:, None]  # [s, BLOCK_N]: to_end_s u_s^T G
+                v += tl.sum(Bm.to(tl.float32) * leaving, axis=1)
+                dB = tl.dot(gm_t, Cm, acc=leaving)
+                dC = tl.dot(gm_lp, Bm, acc=tl.dot(dy, S.to(x.dtype)) * from_start[:, None])
+                da += tl.sum(Cm.to(tl.float32) * dC - Bm.to(tl.float32) * dB, axis=1)
+                if ATOMIC_BC:
+                    tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+                    tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+                else:
+                    tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
+                    tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
+            da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
+            tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
 
 
 def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
@@ -505,7 +577,7 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
     """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward
     (unless the forward kept ``states``) and the sequential state-gradient launch, then one launch over
     all (block, column block, head, batch)."""
-    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares = cfg
+    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases = cfg
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
                             write_y=False, state_every=1)
@@ -526,14 +598,18 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
         HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
-    _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks, nheads, batch)](
-        x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
-        out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
-        seqlen, nheads // ngroups,
-        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
-        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
-        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
-    )
+    # (dx part, dB / dC part) of each launch over the blocks.
+    parts = [(True, True)] if phases < 2 else [(True, False), (False, True)]
+    for dx_part, bc_part in parts:
+        _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks, nheads, batch)](
+            x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
+            out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
+            seqlen, nheads // ngroups,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
+            HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
+            ONE_PASS=phases == 0, DX=dx_part, BC=bc_part,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
+        )
     if bc_shares:  # each group's heads are consecutive
         out["dB"], out["dC"] = (out[k].view(batch, seqlen, ngroups, -1, dstate).sum(3) for k in ("dB", "dC"))
     return _grads(x, dt, A, B, C, block_t=block_t, **out)
@@ -572,8 +648,10 @@ class _SSDScan(torch.autograd.Function):
 # gradients in float32 (0: in x's dtype); 1 to have the forward keep the per-block states for the
 # backward instead of the rerun (memory held from forward to backward; the positions per block
 # must be a multiple of the forward's); 1 to write each head's (and column block's) share of dB and
-# dC and sum them in PyTorch instead of adding them atomically.
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0)
+# dC and sum them in PyTorch instead of adding them atomically; how the parallel launch is split
+# (0: one pass over the state dimension for every gradient; 1: the dx part, then the dB / dC part,
+# in one launch; 2: the same parts in two launches).
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0)
 
 
 def ssd_chunk_scan_triton(
@@ -621,6 +699,9 @@ def ssd_chunk_scan_triton(
         if split[9] and split[0] % fwd_config[0]:
             raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
                              f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
+        if split[11] not in (0, 1, 2):
+            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1 or 2 ways "
+                             f"(its config's field 12), got {split[11]}")
         split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):
