@@ -100,12 +100,13 @@ SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1), "one-document": (3
 
 
 # Every case again with the split backward's parallel launch in two parts (dx; dB, dC, da), one after the
-# other in one launch (last field 1) or in two launches (2); the forward's states kept with the state in
-# one chunk of 32 columns and in two.
-PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2),
+# other in one launch (field 12: 1) or in two launches (2); the forward's states kept with the state in
+# one chunk of 32 columns and in two; the dB / dC launch with 2 or 4 heads per program (field 13), dB
+# and dC added atomically or summed from shares, one or two column blocks.
+PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2, 2),
          "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 1),
-         "plain": (64, 16, 32, 4, 16, 4, 16, 4, 0, 1, 0, 2),
-         "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1, 0, 1),
+         "plain": (64, 16, 16, 4, 16, 4, 16, 4, 0, 1, 0, 2, 2),
+         "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1, 0, 2, 4),
          "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1, 2),
          "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 0, 1)}
 
@@ -113,7 +114,7 @@ PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2),
 def all_cases() -> dict:
     return {**{name: case(**arguments) for name, arguments in CASES.items()},
             **{f"{name} split": case(**arguments, split=SPLIT[name]) for name, arguments in CASES.items()},
-            **{f"{name} split, two parts in {PARTS[name][-1]} launch(es)": case(**arguments, split=PARTS[name])
+            **{f"{name} split {'.'.join(map(str, PARTS[name]))}": case(**arguments, split=PARTS[name])
                for name, arguments in CASES.items()}}
 
 
@@ -186,3 +187,12 @@ def test_the_parallel_launch_splits_only_in_known_ways():
     with pytest.raises(ValueError, match="field 12"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
                               torch.randn(1, 8, 1, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 3))
+
+
+def test_heads_per_program_divide_the_heads_per_group():
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    x = torch.randn(1, 8, 4, 16)
+    with pytest.raises(ValueError, match="field 13"):
+        ssd_chunk_scan_triton(x, torch.rand(1, 8, 4), -torch.rand(4), torch.randn(1, 8, 2, 16),
+                              torch.randn(1, 8, 2, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 4))

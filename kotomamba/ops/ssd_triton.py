@@ -492,6 +492,84 @@ def _ssd_bwd_blocks_kernel(
             tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
 
 
+@triton.jit
+def _ssd_bwd_bc_heads_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr, da_ptr, dB_ptr, dC_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr, HEADS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The dB / dC part of :func:`_ssd_bwd_blocks_kernel` (same algebra and inputs) with ``HEADS`` heads of
+    one group per program: program ((c * P // BLOCK_P + j) * N // BLOCK_N + k, i, b) takes block c,
+    columns j * BLOCK_P ... of heads i * HEADS ... and state columns k * BLOCK_N ..., so B and C are read
+    once for its heads and their dB, dC are summed in registers before one atomic add to dB, dC
+    [b, L, g, N] float32 (zeroed by the caller) with ``ATOMIC_BC``, else one write to dB, dC
+    [b, L, h // HEADS, P // BLOCK_P, N] float32 (for the caller to sum). Each head's block product
+    ``gm`` is recomputed by the N // BLOCK_N programs of its state columns. Writes each head's share of
+    the decay gradient to da [b, L, h, P // BLOCK_P * N // BLOCK_N] float32 (share j * N // BLOCK_N + k)."""
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    n_chunks = N // BLOCK_N
+    n_pblocks = P // BLOCK_P
+    pid_k = pid % n_chunks
+    pid_p = (pid // n_chunks) % n_pblocks
+    c = pid // (n_chunks * n_pblocks)
+    h0 = tl.program_id(1).to(tl.int64) * HEADS
+    g = h0 // heads_per_group
+    nheads = tl.num_programs(1) * HEADS
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    valid = t < L
+    n = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    Bm = tl.load(B_ptr + pid_b * stride_B_b + g * stride_B_g + t[:, None] * stride_B_l + n[None, :] * stride_B_n,
+                 mask=valid[:, None], other=0.0)
+    Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
+                 mask=valid[:, None], other=0.0)
+    dB_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)
+    dC_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)
+    for i in range(0, HEADS):
+        h = h0 + i
+        A = tl.load(A_ptr + h).to(tl.float32)
+        _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
+            seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+        is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
+                    mask=valid[:, None], other=0.0)
+        dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
+                     + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+        u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+        gm_lp = (tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
+        state_offsets = ((pid_b * nheads + h) * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
+        S = tl.load(states_ptr + state_offsets)
+        G = tl.load(dstates_ptr + state_offsets)
+        leaving = tl.dot(u, G.to(x.dtype)) * to_end[:, None]  # [s, BLOCK_N]: to_end_s u_s^T G
+        dB = tl.dot(tl.trans(gm_lp), Cm, acc=leaving)
+        dC = tl.dot(gm_lp, Bm, acc=tl.dot(dy, S.to(x.dtype)) * from_start[:, None])
+        da = tl.sum(Cm.to(tl.float32) * dC - Bm.to(tl.float32) * dB, axis=1)
+        last = tl.sum(tl.sum(Bm.to(tl.float32) * leaving, axis=1), axis=0)
+        last += survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
+        da += tl.where(is_last, last, 0.0)
+        tl.store(da_ptr + ((pid_b * L + t) * nheads + h) * n_pblocks * n_chunks + pid_p * n_chunks + pid_k, da,
+                 mask=valid)
+        dB_sum += dB
+        dC_sum += dC
+    if ATOMIC_BC:
+        rows = ((pid_b * L + t) * (nheads // heads_per_group) + g) * N
+        tl.atomic_add(dB_ptr + rows[:, None] + n[None, :], dB_sum, mask=valid[:, None], sem="relaxed")
+        tl.atomic_add(dC_ptr + rows[:, None] + n[None, :], dC_sum, mask=valid[:, None], sem="relaxed")
+    else:
+        rows = (((pid_b * L + t) * tl.num_programs(1) + tl.program_id(1)) * n_pblocks + pid_p) * N
+        tl.store(dB_ptr + rows[:, None] + n[None, :], dB_sum, mask=valid[:, None])
+        tl.store(dC_ptr + rows[:, None] + n[None, :], dC_sum, mask=valid[:, None])
+
+
 def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
     """(block_t, block_p, warps[, register cap per thread]) -> block_t, block_p, launch options."""
     launch = {"num_warps": cfg[2]}
@@ -539,12 +617,12 @@ def _grads(x, dt, A, B, C, da, ddt_x, dx, dB, dC, dD, dinit, block_t):
     return (dx.to(x.dtype), ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
 
 
-def _grad_buffers(x, B, shares: int, dD_shares: int) -> dict:
+def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = None) -> dict:
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     f32 = dict(device=x.device, dtype=torch.float32)
     return {"dx": torch.empty(batch, seqlen, nheads, headdim, **f32),
-            "da": torch.empty(batch, seqlen, nheads, shares, **f32),
+            "da": torch.empty(batch, seqlen, nheads, da_shares or shares, **f32),
             "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
             "dB": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
             "dC": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
@@ -575,19 +653,20 @@ def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
 
 def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, states):
     """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward
-    (unless the forward kept ``states``) and the sequential state-gradient launch, then one launch over
-    all (block, column block, head, batch)."""
-    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases = cfg
+    (unless the forward kept ``states``) and the sequential state-gradient launch, then one or two
+    launches over all (block, column block, head, batch)."""
+    (block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases,
+     bc_heads) = cfg
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
                             write_y=False, state_every=1)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
-    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks)
+    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks, n_pblocks * dstate // block_n if bc_heads else None)
     if bc_shares:
-        out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads, n_pblocks, dstate, device=x.device,
-                                            dtype=torch.float32) for _ in range(2))
+        out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads // max(bc_heads, 1), n_pblocks, dstate,
+                                            device=x.device, dtype=torch.float32) for _ in range(2))
     dstates = torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device,
                           dtype=torch.float32 if fp32_dstates else x.dtype)
     seq = seq_idx if seq_idx is not None else dt
@@ -599,7 +678,7 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
     # (dx part, dB / dC part) of each launch over the blocks.
-    parts = [(True, True)] if phases < 2 else [(True, False), (False, True)]
+    parts = [(True, True)] if phases < 2 else [(True, False)] if bc_heads else [(True, False), (False, True)]
     for dx_part, bc_part in parts:
         _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks, nheads, batch)](
             x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
@@ -608,6 +687,14 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
             HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
             ONE_PASS=phases == 0, DX=dx_part, BC=bc_part,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
+        )
+    if bc_heads:
+        _ssd_bwd_bc_heads_kernel[(n_blocks * n_pblocks * (dstate // block_n), nheads // bc_heads, batch)](
+            x, dt, A, B, C, seq, dy, states, dstates, out["da"], out["dB"], out["dC"],
+            seqlen, nheads // ngroups,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
+            HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares, HEADS=bc_heads,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
         )
     if bc_shares:  # each group's heads are consecutive
@@ -650,8 +737,10 @@ class _SSDScan(torch.autograd.Function):
 # must be a multiple of the forward's); 1 to write each head's (and column block's) share of dB and
 # dC and sum them in PyTorch instead of adding them atomically; how the parallel launch is split
 # (0: one pass over the state dimension for every gradient; 1: the dx part, then the dB / dC part,
-# in one launch; 2: the same parts in two launches).
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0)
+# in one launch; 2: the same parts in two launches); with two launches, the heads of one group per
+# program of the dB / dC launch (0: one, and each program loops over the state columns; k: k heads,
+# summed before they are added to dB and dC, and one chunk of state columns per program).
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0)
 
 
 def ssd_chunk_scan_triton(
@@ -702,6 +791,11 @@ def ssd_chunk_scan_triton(
         if split[11] not in (0, 1, 2):
             raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1 or 2 ways "
                              f"(its config's field 12), got {split[11]}")
+        heads_per_group = x.shape[2] // B.shape[2]
+        if split[12] and (split[11] != 2 or heads_per_group % split[12]):
+            raise ValueError(f"ssd_chunk_scan_triton takes {split[12]} heads per program of the split backward's "
+                             f"dB / dC launch (its config's field 13) only with two launches (field 12: 2, got "
+                             f"{split[11]}) and a divisor of the heads per group ({heads_per_group})")
         split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):
