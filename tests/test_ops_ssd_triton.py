@@ -102,9 +102,10 @@ SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1), "one-document": (3
 # Every case again with the split backward's parallel launch in two parts (dx; dB, dC, da), one after the
 # other in one launch (field 12: 1) or in two launches (2); the forward's states kept with the state in
 # one chunk of 32 columns and in two; the dB / dC launch with 2 or 4 heads per program (field 13), dB
-# and dC added atomically or summed from shares, one or two column blocks.
+# and dC added atomically or summed from shares, one or two column blocks; a register cap (field 14, no
+# effect on CPU).
 PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2, 2),
-         "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 1),
+         "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 1, 0, 128),
          "plain": (64, 16, 16, 4, 16, 4, 16, 4, 0, 1, 0, 2, 2),
          "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1, 0, 2, 4),
          "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1, 2),

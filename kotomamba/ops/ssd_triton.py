@@ -31,7 +31,8 @@ over the rest of t's block.
   head, batch) computes, from a block's entering state and leaving-state gradient, everything the
   walking program computes for that block: in one pass over the state dimension, or in two parts (dx;
   then dB, dC and the decay gradient, whose share is ``C_t . dC_t - B_t . dB_t``) that hold fewer tiles
-  at once, one after the other or as two launches.
+  at once, one after the other or as two launches; the second launch can also take several heads of
+  a group per program, which read B and C once and add their summed dB and dC once.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
@@ -656,7 +657,8 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
     (unless the forward kept ``states``) and the sequential state-gradient launch, then one or two
     launches over all (block, column block, head, batch)."""
     (block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases,
-     bc_heads) = cfg
+     bc_heads, max_registers) = cfg
+    launch = {"num_warps": warps, **({"maxnreg": max_registers} if max_registers else {})}
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
                             write_y=False, state_every=1)
@@ -687,7 +689,7 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
             HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
             ONE_PASS=phases == 0, DX=dx_part, BC=bc_part,
-            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, **launch,
         )
     if bc_heads:
         _ssd_bwd_bc_heads_kernel[(n_blocks * n_pblocks * (dstate // block_n), nheads // bc_heads, batch)](
@@ -695,7 +697,7 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
             seqlen, nheads // ngroups,
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
             HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares, HEADS=bc_heads,
-            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, **launch,
         )
     if bc_shares:  # each group's heads are consecutive
         out["dB"], out["dC"] = (out[k].view(batch, seqlen, ngroups, -1, dstate).sum(3) for k in ("dB", "dC"))
@@ -739,8 +741,9 @@ class _SSDScan(torch.autograd.Function):
 # (0: one pass over the state dimension for every gradient; 1: the dx part, then the dB / dC part,
 # in one launch; 2: the same parts in two launches); with two launches, the heads of one group per
 # program of the dB / dC launch (0: one, and each program loops over the state columns; k: k heads,
-# summed before they are added to dB and dC, and one chunk of state columns per program).
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0)
+# summed before they are added to dB and dC, and one chunk of state columns per program); a cap on
+# registers per thread of the parallel launch(es) (0: none).
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0, 0)
 
 
 def ssd_chunk_scan_triton(
