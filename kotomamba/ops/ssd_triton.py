@@ -509,11 +509,13 @@ def _ssd_bwd_bc_heads_kernel(
     """The dB / dC part of :func:`_ssd_bwd_blocks_kernel` (same algebra and inputs) with ``HEADS`` heads of
     one group per program: program ((c * P // BLOCK_P + j) * N // BLOCK_N + k, i, b) takes block c,
     columns j * BLOCK_P ... of heads i * HEADS ... and state columns k * BLOCK_N ..., so B and C are read
-    once for its heads and their dB, dC are summed in registers before one atomic add to dB, dC
-    [b, L, g, N] float32 (zeroed by the caller) with ``ATOMIC_BC``, else one write to dB, dC
-    [b, L, h // HEADS, P // BLOCK_P, N] float32 (for the caller to sum). Each head's block product
-    ``gm`` is recomputed by the N // BLOCK_N programs of its state columns. Writes each head's share of
-    the decay gradient to da [b, L, h, P // BLOCK_P * N // BLOCK_N] float32 (share j * N // BLOCK_N + k)."""
+    once for its heads, whose in-block terms take one product each (``dB_s = sum_t (sum_h gm_h[t, s]) C_t +
+    ...``), and their dB, dC are summed in registers before one atomic add to dB, dC [b, L, g, N] float32
+    (zeroed by the caller) with ``ATOMIC_BC``, else one write to dB, dC [b, L, h // HEADS, P // BLOCK_P, N]
+    float32 (for the caller to sum). Each head's block product ``gm`` is recomputed by the N // BLOCK_N
+    programs of its state columns. Writes each head's share of the decay gradient (``W = gm * C.B`` over
+    the program's state columns, as in the one-pass part) to da [b, L, h, P // BLOCK_P * N // BLOCK_N]
+    float32 (share j * N // BLOCK_N + k)."""
     pid = tl.program_id(0)
     pid_b = tl.program_id(2).to(tl.int64)
     n_chunks = N // BLOCK_N
@@ -532,8 +534,12 @@ def _ssd_bwd_bc_heads_kernel(
                  mask=valid[:, None], other=0.0)
     Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
                  mask=valid[:, None], other=0.0)
-    dB_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)
-    dC_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)
+    Bf = Bm.to(tl.float32)
+    Cf = Cm.to(tl.float32)
+    cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]: this chunk's share of C_t . B_s
+    gm_sum = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # the heads' gm, summed
+    leaving_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [s, BLOCK_N]: dB through the leaving states
+    entering_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [t, BLOCK_N]: dC through the entering states
     for i in range(0, HEADS):
         h = h0 + i
         A = tl.load(A_ptr + h).to(tl.float32)
@@ -546,21 +552,27 @@ def _ssd_bwd_bc_heads_kernel(
         dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
                      + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
-        gm_lp = (tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
+        gm = tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)  # [t, s]
+        gm_sum += gm
         state_offsets = ((pid_b * nheads + h) * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
         S = tl.load(states_ptr + state_offsets)
         G = tl.load(dstates_ptr + state_offsets)
         leaving = tl.dot(u, G.to(x.dtype)) * to_end[:, None]  # [s, BLOCK_N]: to_end_s u_s^T G
-        dB = tl.dot(tl.trans(gm_lp), Cm, acc=leaving)
-        dC = tl.dot(gm_lp, Bm, acc=tl.dot(dy, S.to(x.dtype)) * from_start[:, None])
-        da = tl.sum(Cm.to(tl.float32) * dC - Bm.to(tl.float32) * dB, axis=1)
-        last = tl.sum(tl.sum(Bm.to(tl.float32) * leaving, axis=1), axis=0)
-        last += survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
+        entering = tl.dot(dy, S.to(x.dtype)) * from_start[:, None]  # [t, BLOCK_N]: from_start_t dy_t^T S
+        leaving_sum += leaving
+        entering_sum += entering
+        # This head's da_t = C_t . dC_t - B_t . dB_t over this chunk of the state, from its own terms.
+        w = gm * cb
+        v = tl.sum(Bf * leaving, axis=1)
+        da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + tl.sum(Cf * entering, axis=1) - v
+        last = tl.sum(v, axis=0) + survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
         da += tl.where(is_last, last, 0.0)
         tl.store(da_ptr + ((pid_b * L + t) * nheads + h) * n_pblocks * n_chunks + pid_p * n_chunks + pid_k, da,
                  mask=valid)
-        dB_sum += dB
-        dC_sum += dC
+    # B and C are the same for every head of the group: the heads' in-block terms in one product each.
+    gm_lp = gm_sum.to(Bm.dtype)
+    dB_sum = tl.dot(tl.trans(gm_lp), Cm, acc=leaving_sum)
+    dC_sum = tl.dot(gm_lp, Bm, acc=entering_sum)
     if ATOMIC_BC:
         rows = ((pid_b * L + t) * (nheads // heads_per_group) + g) * N
         tl.atomic_add(dB_ptr + rows[:, None] + n[None, :], dB_sum, mask=valid[:, None], sem="relaxed")
