@@ -178,7 +178,7 @@ def _ssd_bwd_kernel(
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The walking backward. Program (b, h, j) takes columns j * BLOCK_P ... of head h and walks the
-    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] float32 (its
+    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] (x's dtype; its
     columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
     columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
     [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
@@ -252,7 +252,7 @@ def _ssd_bwd_kernel(
         if HAS_D:
             dx += Dh * dyf
             dD_acc += tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx, mask=valid[:, None])
+        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
         tl.store(da_base + t * nheads * n_pblocks, da, mask=valid)
         tl.store(ddt_x_base + t * nheads * n_pblocks, tl.sum(du * xf, axis=1), mask=valid)
         tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
@@ -326,7 +326,7 @@ def _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, vali
         dyf = dy.to(tl.float32)
         dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
         dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx, mask=valid[:, None])
+    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
     tl.store(dD_ptr + dD_index, dD)
 
 
@@ -348,7 +348,7 @@ def _ssd_bwd_blocks_kernel(
     """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
     h, columns j * BLOCK_P ..., with the block's entering state S (states [b, h, blocks, P, N]) and the
     gradient G of its leaving state (dstates, same shape), and writes the block's share of the
-    gradients. With ``DX``: dx [b, L, h, P] float32 (its columns), its columns' share of
+    gradients. With ``DX``: dx [b, L, h, P] (x's dtype; its columns), its columns' share of
     ``sum_p d(dt x)_p x_p`` to ddt_x [b, L, h, P // BLOCK_P] float32 and its sum of dy * x to dD
     [b, h, blocks * P // BLOCK_P]. With ``BC``: its columns' share of the decay gradient ``da`` to da
     [b, L, h, P // BLOCK_P] float32, and its share of dB, dC added to dB, dC [b, L, g, N] float32
@@ -627,14 +627,15 @@ def _grads(x, dt, A, B, C, da, ddt_x, dx, dB, dC, dD, dinit, block_t):
     da = torch.nn.functional.pad(da.sum(-1), (0, 0, 0, pad)).view(batch, -1, block_t, nheads)
     d_dA = da.flip(2).cumsum(2).flip(2).view(batch, -1, nheads)[:, :seqlen]
     ddt = d_dA * A + ddt_x.sum(-1)
-    return (dx.to(x.dtype), ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
+    return (dx, ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
 
 
 def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = None) -> dict:
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     f32 = dict(device=x.device, dtype=torch.float32)
-    return {"dx": torch.empty(batch, seqlen, nheads, headdim, **f32),
+    # dx is written once per element, so in x's dtype at once (no float32 copy to convert).
+    return {"dx": torch.empty_like(x, memory_format=torch.contiguous_format),
             "da": torch.empty(batch, seqlen, nheads, da_shares or shares, **f32),
             "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
             "dB": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
