@@ -181,7 +181,8 @@ def main() -> None:
                              "state columns at a time and warps of the parallel launch; columns and warps of the "
                              "sequential one, of the rerun; 1 for float32 state gradients; 1 to keep the forward's "
                              "states instead of the rerun; 1 to sum dB and dC from per-head shares instead of atomic "
-                             "adds; the parallel launch in one pass 0, in two parts 1, in two launches 2; heads per "
+                             "adds; the parallel launch in one pass 0, in two parts 1, in two launches 2, in two parts "
+                             "as neighbouring programs 3; heads per "
                              "program of the second of two launches, 0 for one with its own loop over the state; a "
                              "register cap of the parallel launch(es), 0 for none), missing ones from it, e.g. "
                              "32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128")

@@ -100,16 +100,16 @@ SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1), "one-document": (3
 
 
 # Every case again with the split backward's parallel launch in two parts (dx; dB, dC, da), one after the
-# other in one launch (field 12: 1) or in two launches (2); the forward's states kept with the state in
-# one chunk of 32 columns and in two; the dB / dC launch with 2 or 4 heads per program (field 13), dB
-# and dC added atomically or summed from shares, one or two column blocks; a register cap (field 14, no
-# effect on CPU).
+# other in one program (field 12: 1), in two launches (2) or in neighbouring programs (3); the forward's
+# states kept with the state in one chunk of 32 columns and in two; the dB / dC launch with 2 or 4 heads
+# per program (field 13), dB and dC added atomically or summed from shares, one or two column blocks; a
+# register cap (field 14, no effect on CPU).
 PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2, 2),
          "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 1, 0, 128),
          "plain": (64, 16, 16, 4, 16, 4, 16, 4, 0, 1, 0, 2, 2),
          "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1, 0, 2, 4),
          "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1, 2),
-         "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 0, 1)}
+         "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 0, 3)}
 
 
 def all_cases() -> dict:
@@ -187,7 +187,7 @@ def test_the_parallel_launch_splits_only_in_known_ways():
     x = torch.randn(1, 8, 2, 16)
     with pytest.raises(ValueError, match="field 12"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
-                              torch.randn(1, 8, 1, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 3))
+                              torch.randn(1, 8, 1, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 4))
 
 
 def test_heads_per_program_divide_the_heads_per_group():

@@ -342,7 +342,7 @@ def _ssd_bwd_blocks_kernel(
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr,
-    ONE_PASS: tl.constexpr, DX: tl.constexpr, BC: tl.constexpr,
+    ONE_PASS: tl.constexpr, DX: tl.constexpr, BC: tl.constexpr, SIDE_BY_SIDE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
@@ -357,7 +357,9 @@ def _ssd_bwd_blocks_kernel(
     tiles of B, C, dB and dC are live at once. ``ONE_PASS`` (with DX and BC): one loop over the state
     dimension for everything, all of its [BLOCK_T, BLOCK_T] tiles live together; else the dx part
     first, with its own loop, then the dB / dC part with another (fewer live tiles, B, C and G read
-    twice), or either part alone (two launches).
+    twice), or either part alone (two launches). ``SIDE_BY_SIDE`` (with DX and BC): programs
+    2 (c * P // BLOCK_P + j) and the next take the block, the first for the dx part, the second for
+    the dB / dC part.
 
     With ``u_s = dt_s x_s``, ``decay[t, s] = exp(a_t - a_s)`` (s <= t, same document),
     ``from_start_t`` / ``to_end_s`` the decay from the block's start to t / from s to its end (zero
@@ -367,7 +369,14 @@ def _ssd_bwd_blocks_kernel(
     gradient's share ``da_t = C_t . dC_t - B_t . dB_t`` (the sums over s of ``W[t, s]`` and ``W[s, t]``
     with the entering and leaving states' terms), plus at the last position the whole block's decay's
     ``sum_s to_end_s B_s . (u_s^T G) + survive sum(G S)``."""
-    pid_j = tl.program_id(0)
+    if SIDE_BY_SIDE:
+        pid_j = tl.program_id(0) // 2
+        dx_here = tl.program_id(0) % 2 == 0
+        bc_here = tl.program_id(0) % 2 == 1
+    else:
+        pid_j = tl.program_id(0)
+        dx_here = DX
+        bc_here = BC
     pid_h = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -397,7 +406,7 @@ def _ssd_bwd_blocks_kernel(
     dy = tl.load(dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h + t[:, None] * stride_dy_l
                  + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
     state_base = (bh * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N
-    dD_index = bh * tl.num_programs(0) + pid_j
+    dD_index = bh * tl.cdiv(L, BLOCK_T) * n_pblocks + pid_j
     if ONE_PASS:
         u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
         decay = _decay_matrix(a, doc, BLOCK_T)  # [t, s]
@@ -445,7 +454,7 @@ def _ssd_bwd_blocks_kernel(
         _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index, pid_p,
                   n_pblocks, HAS_D, P)
     else:
-        if DX:
+        if dx_here:
             # du with [s, t] tiles, so no product needs a transposed operand.
             cb_t = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # [s, t]: B_s . C_t
             bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
@@ -462,7 +471,7 @@ def _ssd_bwd_blocks_kernel(
             du = tl.dot((cb_t * decay_t).to(x.dtype), dy, acc=bg * to_end[:, None])
             _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index,
                       pid_p, n_pblocks, HAS_D, P)
-        if BC:
+        if bc_here:
             u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
             gm_lp = (tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
             gm_t = tl.trans(gm_lp)
@@ -693,15 +702,15 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
     # (dx part, dB / dC part) of each launch over the blocks.
-    parts = [(True, True)] if phases < 2 else [(True, False)] if bc_heads else [(True, False), (False, True)]
+    parts = [(True, True)] if phases in (0, 1, 3) else [(True, False)] if bc_heads else [(True, False), (False, True)]
     for dx_part, bc_part in parts:
-        _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks, nheads, batch)](
+        _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks * (2 if phases == 3 else 1), nheads, batch)](
             x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
             out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
             seqlen, nheads // ngroups,
             *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
             HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
-            ONE_PASS=phases == 0, DX=dx_part, BC=bc_part,
+            ONE_PASS=phases == 0, DX=dx_part, BC=bc_part, SIDE_BY_SIDE=phases == 3,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, **launch,
         )
     if bc_heads:
@@ -752,7 +761,9 @@ class _SSDScan(torch.autograd.Function):
 # must be a multiple of the forward's); 1 to write each head's (and column block's) share of dB and
 # dC and sum them in PyTorch instead of adding them atomically; how the parallel launch is split
 # (0: one pass over the state dimension for every gradient; 1: the dx part, then the dB / dC part,
-# in one launch; 2: the same parts in two launches); with two launches, the heads of one group per
+# in one program; 2: the same parts in two launches; 3: in neighbouring programs of one launch, whose
+# registers are those of the larger part and whose second program finds x, dy, B, C and G in the
+# L2 cache); with two launches, the heads of one group per
 # program of the dB / dC launch (0: one, and each program loops over the state columns; k: k heads,
 # summed before they are added to dB and dC, and one chunk of state columns per program); a cap on
 # registers per thread of the parallel launch(es) (0: none).
@@ -804,9 +815,9 @@ def ssd_chunk_scan_triton(
         if split[9] and split[0] % fwd_config[0]:
             raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
                              f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
-        if split[11] not in (0, 1, 2):
-            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1 or 2 ways "
-                             f"(its config's field 12), got {split[11]}")
+        if split[11] not in (0, 1, 2, 3):
+            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1, 2 or 3 "
+                             f"ways (its config's field 12), got {split[11]}")
         heads_per_group = x.shape[2] // B.shape[2]
         if split[12] and (split[11] != 2 or heads_per_group % split[12]):
             raise ValueError(f"ssd_chunk_scan_triton takes {split[12]} heads per program of the split backward's "
