@@ -31,8 +31,10 @@ over the rest of t's block.
   head, batch) computes, from a block's entering state and leaving-state gradient, everything the
   walking program computes for that block: in one pass over the state dimension, or in two parts (dx;
   then dB, dC and the decay gradient, whose share is ``C_t . dC_t - B_t . dB_t``) that hold fewer tiles
-  at once, one after the other or as two launches; the second launch can also take several heads of
-  a group per program, which read B and C once and add their summed dB and dC once.
+  at once, one after the other in one program, in neighbouring programs or as two launches; the second
+  launch can also take several heads of a group per program, which read B and C once and add their
+  summed dB and dC once. The register counts and spills of each setting, compiled for sm_90a on any
+  host: ``bench/ssd_throughput.py --registers``.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
