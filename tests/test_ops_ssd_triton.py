@@ -101,9 +101,9 @@ SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1), "one-document": (3
 
 # Every case again with the split backward's parallel launch in two parts (dx; dB, dC, da), one after the
 # other in one program (field 12: 1), in two launches (2) or in neighbouring programs (3); the forward's
-# states kept with the state in one chunk of 32 columns and in two; the dB / dC launch with 2 or 4 heads
-# per program (field 13), dB and dC added atomically or summed from shares, one or two column blocks; a
-# register cap (field 14, no effect on CPU).
+# states kept with the state in chunks of 16 and of 32 columns; the dB / dC launch with 2 or 4 heads per
+# program (field 13), dB and dC added atomically or summed from shares, one or two column blocks, the
+# state in one chunk or two; a register cap (field 14, no effect on CPU).
 PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2, 2),
          "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 1, 0, 128),
          "plain": (64, 16, 16, 4, 16, 4, 16, 4, 0, 1, 0, 2, 2),
