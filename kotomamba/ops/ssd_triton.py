@@ -764,8 +764,8 @@ class _SSDScan(torch.autograd.Function):
 # dC and sum them in PyTorch instead of adding them atomically; how the parallel launch is split
 # (0: one pass over the state dimension for every gradient; 1: the dx part, then the dB / dC part,
 # in one program; 2: the same parts in two launches; 3: in neighbouring programs of one launch, whose
-# registers are those of the larger part and whose second program finds x, dy, B, C and G in the
-# L2 cache); with two launches, the heads of one group per
+# registers are those of the larger part, and whose second program runs beside the first, so x, dy, B,
+# C and G can come from the L2 cache); with two launches, the heads of one group per
 # program of the dB / dC launch (0: one, and each program loops over the state columns; k: k heads,
 # summed before they are added to dB and dC, and one chunk of state columns per program); a cap on
 # registers per thread of the parallel launch(es) (0: none).
