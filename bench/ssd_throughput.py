@@ -12,6 +12,10 @@ also dy read, dx, ddt, dB, dC written) at ``--bandwidth``. Each shape is also ru
 y and of every gradient against mamba-ssm's).
 
     python bench/ssd_throughput.py --json ssd.json
+
+With ``--registers`` it runs nothing: it compiles our variants' kernels for sm_90a on the host (no GPU
+needed) and prints each launch's registers per thread, spills, shared memory and programs per
+multiprocessor, as ptxas reports them.
 """
 from __future__ import annotations
 
@@ -42,6 +46,16 @@ def make_inputs(batch, heads, seqlen, headdim, dstate, doc_len, seed):
     return t, seq_idx, torch.randn(batch, seqlen, heads, headdim, device="cuda", generator=g).to(bf16)
 
 
+def variant_configs(variant: str) -> dict:
+    """'32.64.4-s64.64.32.8' (see --variants) -> the blocking arguments of ``ssd_chunk_scan_triton``."""
+    fwd, bwd = variant.split("-")
+    configs = {"fwd_config": tuple(int(v) for v in fwd.split("."))}
+    # A backward half that starts with "s" picks the split backward.
+    key = "split_bwd_config" if bwd.startswith("s") else "bwd_config"
+    configs[key] = tuple(int(v) for v in bwd.removeprefix("s").split("."))
+    return configs
+
+
 def implementations(args):
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
@@ -49,14 +63,80 @@ def implementations(args):
 
     impls = {"mamba_ssm": lambda t, s: mamba_chunk_scan_combined(**t, chunk_size=256, dt_softplus=True, seq_idx=s)}
     for variant in args.variants.split(","):
-        fwd, bwd = variant.split("-")
-        configs = {"fwd_config": tuple(int(v) for v in fwd.split("."))}
-        # A backward half that starts with "s" picks the split backward.
-        key = "split_bwd_config" if bwd.startswith("s") else "bwd_config"
-        configs[key] = tuple(int(v) for v in bwd.removeprefix("s").split("."))
-        impls[f"ours {variant}"] = (
-            lambda t, s, configs=configs: ssd_chunk_scan_triton(**t, dt_softplus=True, seq_idx=s, **configs))
+        impls[f"ours {variant}"] = (lambda t, s, configs=variant_configs(variant):
+                                    ssd_chunk_scan_triton(**t, dt_softplus=True, seq_idx=s, **configs))
     return impls
+
+
+def registers(args, headdim: int, dstate: int) -> None:
+    """Prints, per variant and launch of one forward+backward, the registers per thread, spills and
+    shared memory that ptxas gives the kernel for sm_90a, and the programs per multiprocessor those
+    allow (64K registers in warp units of 256, 228 KiB of shared memory with 1 KiB reserved per program,
+    64 warps). Needs no GPU: the op's own host code runs on CPU tensors (the first shape, batch 1,
+    bf16) with a stand-in driver that names an sm_90 target, each launch only compiles, and Triton's
+    ptxas log is read."""
+    import contextlib
+    import io
+    import re
+
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    class Hopper:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 64)
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+    launches, seen, run = [], {}, JITFunction.run
+
+    def compile_only(self, *a, grid, warmup, **kw):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            kernel = run(self, *a, grid=grid, warmup=True, **kw)
+        if id(kernel) not in seen:  # else compiled earlier in this process, its log printed then
+            text = log.getvalue()
+            regs = int(re.search(r"Used (\d+) registers", text).group(1))
+            stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups()
+            warps, shared = kw.get("num_warps", 4), kernel.metadata.shared
+            by_regs = 65536 // (-(-regs * 32 // 256) * 256 * warps)
+            programs = min(by_regs, 233472 // (shared + 1024), 64 // warps)
+            seen[id(kernel)] = (self.fn.__name__, warps, regs, f"{stores}/{loads}", shared // 1024, programs)
+        launches.append(seen[id(kernel)])
+        return kernel
+
+    batch, heads = SHAPES[args.shapes.split(",")[0]]
+    g = torch.Generator().manual_seed(0)
+    t = {"x": torch.randn(1, args.seq, heads, headdim, generator=g), "dt": torch.randn(1, args.seq, heads, generator=g),
+         "A": -torch.rand(heads, generator=g), "B": torch.randn(1, args.seq, 1, dstate, generator=g),
+         "C": torch.randn(1, args.seq, 1, dstate, generator=g), "D": torch.randn(heads, generator=g)}
+    t = {k: (v.bfloat16() if v.dim() > 1 else v).requires_grad_(True) for k, v in t.items()}
+    print("| variant | kernel | warps | registers | spill stores/loads (bytes) | shared KiB | programs per SM |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    always, dump = knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log
+    knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = True, True
+    active = driver._active  # None until first asked for (asking fails without a GPU)
+    driver.set_active(Hopper())
+    JITFunction.run = compile_only
+    try:
+        for variant in args.variants.split(","):
+            launches.clear()
+            y = ssd_chunk_scan_triton(**t, dt_softplus=True, **variant_configs(variant))
+            torch.autograd.grad(y, list(t.values()), torch.ones_like(y))
+            for launch in launches:
+                print("| " + " | ".join(str(v) for v in (variant, *launch)) + " |")
+    finally:
+        JITFunction.run = run
+        driver.set_active(active)
+        knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = always, dump
 
 
 def device_ms(run, repeats: int = 3) -> float:
@@ -101,18 +181,28 @@ def main() -> None:
                              "state columns at a time and warps of the parallel launch; columns and warps of the "
                              "sequential one, of the rerun; 1 for float32 state gradients; 1 to keep the forward's "
                              "states instead of the rerun; 1 to sum dB and dC from per-head shares instead of atomic "
-                             "adds), missing ones from it, e.g. 32.64.4-s64.64.16.8.64.4.64.4.0.0.0")
+                             "adds; the parallel launch in one pass 0, in two parts 1, in two launches 2, in two parts "
+                             "as neighbouring programs 3; heads per "
+                             "program of the second of two launches, 0 for one with its own loop over the state; a "
+                             "register cap of the parallel launch(es), 0 for none), missing ones from it, e.g. "
+                             "32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--doc-len", type=int, default=512, help="mean document length of the seq_idx runs")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
     parser.add_argument("--profile", action="store_true",
                         help="print each implementation's kernels for one forward+backward (first shape, no documents)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--registers", action="store_true",
+                        help="only compile our variants for sm_90a (no GPU needed) and print their kernels' "
+                             "registers, spills, shared memory and programs per multiprocessor")
     args = parser.parse_args()
 
     import triton
 
     headdim, dstate = 64, 128
+    if args.registers:
+        registers(args, headdim, dstate)
+        return
     rows = []
     impls = implementations(args)
     for shape in args.shapes.split(","):

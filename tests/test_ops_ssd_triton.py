@@ -97,9 +97,24 @@ SPLIT = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1), "one-document": (3
          "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1), "wide-state": (32, 16, 16, 4, 16, 4, 16, 4, 0, 1)}
 
 
+# Every case again with the split backward's parallel launch in two parts (dx; dB, dC, da), one after the
+# other in one program (field 12: 1), in two launches (2) or in neighbouring programs (3); the forward's
+# states kept with the state in chunks of 16 and of 32 columns; the dB / dC launch with 2 or 4 heads per
+# program (field 13), dB and dC added atomically or summed from shares, one or two column blocks, the
+# state in one chunk or two; a register cap (field 14, no effect on CPU).
+PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2, 2),
+         "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 1, 0, 128),
+         "plain": (64, 16, 16, 4, 16, 4, 16, 4, 0, 1, 0, 2, 2),
+         "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 1, 0, 2, 4),
+         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1, 2),
+         "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 0, 3)}
+
+
 def all_cases() -> dict:
     return {**{name: case(**arguments) for name, arguments in CASES.items()},
-            **{f"{name} split": case(**arguments, split=SPLIT[name]) for name, arguments in CASES.items()}}
+            **{f"{name} split": case(**arguments, split=SPLIT[name]) for name, arguments in CASES.items()},
+            **{f"{name} split {'.'.join(map(str, PARTS[name]))}": case(**arguments, split=PARTS[name])
+               for name, arguments in CASES.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +166,21 @@ def test_the_forward_keeps_states_only_for_whole_forward_blocks():
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
                               torch.randn(1, 8, 1, 16), fwd_config=(32, 16, 4),
                               split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 1))
+
+
+def test_the_parallel_launch_splits_only_in_known_ways():
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    x = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="field 12"):
+        ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
+                              torch.randn(1, 8, 1, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 4))
+
+
+def test_heads_per_program_divide_the_heads_per_group():
+    from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
+
+    x = torch.randn(1, 8, 4, 16)
+    with pytest.raises(ValueError, match="field 13"):
+        ssd_chunk_scan_triton(x, torch.rand(1, 8, 4), -torch.rand(4), torch.randn(1, 8, 2, 16),
+                              torch.randn(1, 8, 2, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 4))

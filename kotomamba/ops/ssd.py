@@ -11,9 +11,9 @@ a chunk or across chunks (documents are contiguous runs of equal ``seq_idx``, as
 
 Our own Triton kernels of the same op (:mod:`kotomamba.ops.ssd_triton`: a one-launch forward, a
 walking and a split backward) are not dispatched: on an H200 their forward is faster than
-mamba-ssm's but forward+backward with the walking backward spends about twice mamba-ssm's device
-time (bench/RESULTS.md, "Mamba-2 SSD scan alone"), and the trainer's CUDA-graphed step pays device
-time; the split backward is not measured yet.
+mamba-ssm's, but forward+backward spends more device time than mamba-ssm's, with either backward
+(bench/RESULTS.md, "Mamba-2 SSD scan alone" and "the split SSD backward timed"), and the trainer's
+CUDA-graphed step pays device time.
 """
 from __future__ import annotations
 

@@ -29,7 +29,12 @@ over the rest of t's block.
   blocks, one small product per block (``dS_in = survive * dS_out + (from_start * dy)^T C``), and
   keeps the gradient of every block's leaving state; then one launch over all (block, column block,
   head, batch) computes, from a block's entering state and leaving-state gradient, everything the
-  walking program computes for that block.
+  walking program computes for that block: in one pass over the state dimension, or in two parts (dx;
+  then dB, dC and the decay gradient, whose share is ``C_t . dC_t - B_t . dB_t``) that hold fewer tiles
+  at once, one after the other in one program, in neighbouring programs or as two launches; the second
+  launch can also take several heads of a group per program, which read B and C once and add their
+  summed dB and dC once. The register counts and spills of each setting, compiled for sm_90a on any
+  host: ``bench/ssd_throughput.py --registers``.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
@@ -63,6 +68,35 @@ def _block_inputs(c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l,
         doc_in = 0
         doc_last = 0
     return t, valid, dt, a, doc, doc_in, doc_last
+
+
+@triton.jit
+def _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T: tl.constexpr):
+    """Block ``c``'s decays from :func:`_block_inputs`' ``a``, ``doc`` [BLOCK_T] and documents: ``is_last``
+    [BLOCK_T], true at the block's last real position (``a`` there is the whole block's decay, as dt is 0
+    past L, and the gradient of that decay must land on a position whose share is kept); ``from_start``
+    [BLOCK_T], the decay from the block's start to t (0 outside the entering state's document);
+    ``to_end`` [BLOCK_T], from s to the block's end (0 outside the leaving state's document); ``survive``,
+    the whole block's decay of the entering state (0 if its document ends inside the block)."""
+    is_last = tl.arange(0, BLOCK_T) == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
+    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
+    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)
+    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+    return is_last, from_start, to_end, survive
+
+
+@triton.jit
+def _decay_matrix(a, doc, BLOCK_T: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+    """[t, s] ``exp(a_t - a_s)`` for s <= t in the same document, else 0, [BLOCK_T, BLOCK_T]; with
+    ``TRANSPOSED``, its transpose [s, t]."""
+    rows = tl.arange(0, BLOCK_T)
+    if TRANSPOSED:
+        keep = (rows[None, :] >= rows[:, None]) & (doc[None, :] == doc[:, None])
+        return tl.exp(tl.where(keep, a[None, :] - a[:, None], float("-inf")))
+    else:
+        keep = (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
+        return tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
 
 
 @triton.jit
@@ -103,11 +137,11 @@ def _ssd_fwd_kernel(
         state = tl.zeros((BLOCK_P, N), tl.float32)
     if HAS_D:
         Dh = tl.load(D_ptr + pid_h).to(tl.float32)
-    causal = tl.arange(0, BLOCK_T)[:, None] >= tl.arange(0, BLOCK_T)[None, :]
     n_blocks = tl.cdiv(L, BLOCK_T)
     for c in range(0, n_blocks):
         t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        _, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         if STATE_EVERY > 0:
             if c % STATE_EVERY == 0:
                 tl.store(scratch_ptr + (bh * tl.cdiv(n_blocks, STATE_EVERY) + c // STATE_EVERY) * P * N
@@ -117,22 +151,16 @@ def _ssd_fwd_kernel(
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
         if WRITE_Y:
             # Inside the block: y_t = sum_{s <= t, same doc} (C_t . B_s) exp(a_t - a_s) dt_s x_s.
-            keep = causal & (doc[:, None] == doc[None, :])
-            decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
-            scores = tl.dot(Cm, tl.trans(Bm)) * decay * dt[None, :]
+            scores = tl.dot(Cm, tl.trans(Bm)) * _decay_matrix(a, doc, BLOCK_T) * dt[None, :]
             y = tl.dot(scores.to(x.dtype), x)
             # The entering state, to the positions of its own document.
-            from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
             y += tl.dot(Cm, tl.trans(state).to(Cm.dtype)) * from_start[:, None]
             if HAS_D:
                 y += Dh * x.to(tl.float32)
             tl.store(y_base + t[:, None] * stride_y_l + p[None, :] * stride_y_p, y.to(y_ptr.dtype.element_ty),
                      mask=valid[:, None])
         # The state after the block: the entering one survives only if the block ends in its document.
-        a_last = tl.sum(tl.where(tl.arange(0, BLOCK_T) == BLOCK_T - 1, a, 0.0), axis=0)
-        to_end = tl.where(doc == doc_last, tl.exp(a_last - a) * dt, 0.0)
-        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
-        xw = (x.to(tl.float32) * to_end[:, None]).to(Bm.dtype)
+        xw = (x.to(tl.float32) * (to_end * dt)[:, None]).to(Bm.dtype)
         state = state * survive + tl.dot(tl.trans(xw), Bm)
     tl.store(final_ptr + bh * P * N + state_offsets, state)
 
@@ -152,7 +180,7 @@ def _ssd_bwd_kernel(
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The walking backward. Program (b, h, j) takes columns j * BLOCK_P ... of head h and walks the
-    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] float32 (its
+    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] (x's dtype; its
     columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
     columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
     [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
@@ -187,8 +215,6 @@ def _ssd_bwd_kernel(
         dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
-    rows = tl.arange(0, BLOCK_T)
-    causal = rows[:, None] >= rows[None, :]
     dD_acc = tl.zeros((), tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, n_blocks):
@@ -203,15 +229,8 @@ def _ssd_bwd_kernel(
         xf = x.to(tl.float32)
         dyf = dy.to(tl.float32)
         u = (xf * dt[:, None]).to(x.dtype)  # dt_s x_s
-        # The block's last real position: a there is the whole block's decay (dt is 0 past L), and
-        # the gradient of that decay must land on a position whose da is kept.
-        is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
-        a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-        keep = causal & (doc[:, None] == doc[None, :])
-        decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
-        to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
-        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+        is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        decay = _decay_matrix(a, doc, BLOCK_T)  # [t, s]
 
         cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]
         gm = tl.dot(dy, tl.trans(u)) * decay  # (dy_t . u_s) decay[t, s], over this program's columns
@@ -235,7 +254,7 @@ def _ssd_bwd_kernel(
         if HAS_D:
             dx += Dh * dyf
             dD_acc += tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx, mask=valid[:, None])
+        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
         tl.store(da_base + t * nheads * n_pblocks, da, mask=valid)
         tl.store(ddt_x_base + t * nheads * n_pblocks, tl.sum(du * xf, axis=1), mask=valid)
         tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
@@ -280,7 +299,6 @@ def _ssd_bwd_dstates_kernel(
         dstate = tl.load(dfinal_ptr + bh * P * N + state_offsets).to(tl.float32)
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
-    rows = tl.arange(0, BLOCK_T)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, n_blocks):
         c = n_blocks - 1 - i
@@ -290,12 +308,28 @@ def _ssd_bwd_dstates_kernel(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        a_last = tl.sum(tl.where(rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T), a, 0.0), axis=0)
-        from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)
-        survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
+        _, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         dy_in = (dy.to(tl.float32) * from_start[:, None]).to(Cm.dtype)
         dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
     tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
+
+
+@triton.jit
+def _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index, share,
+              n_shares, HAS_D: tl.constexpr, P: tl.constexpr):
+    """From du = d(dt x) [BLOCK_T, BLOCK_P] (float32) of a block's columns ``p``: writes dx = du dt (+ D dy)
+    to dx [b, L, h, P], the columns' ``sum_p du x`` to share ``share`` of ddt_x [b, L, h, n_shares] and
+    their sum of dy * x to dD (flat index ``dD_index``)."""
+    xf = x.to(tl.float32)
+    tl.store(ddt_x_ptr + row_offsets * n_shares + share, tl.sum(du * xf, axis=1), mask=valid)
+    dx = du * dt[:, None]
+    dD = tl.zeros((), tl.float32)
+    if HAS_D:
+        dyf = dy.to(tl.float32)
+        dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
+        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
+    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
+    tl.store(dD_ptr + dD_index, dD)
 
 
 @triton.jit
@@ -310,24 +344,41 @@ def _ssd_bwd_blocks_kernel(
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    ONE_PASS: tl.constexpr, DX: tl.constexpr, BC: tl.constexpr, SIDE_BY_SIDE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
     h, columns j * BLOCK_P ..., with the block's entering state S (states [b, h, blocks, P, N]) and the
     gradient G of its leaving state (dstates, same shape), and writes the block's share of the
-    gradients: dx [b, L, h, P] float32 (its columns), its columns' share of the decay gradient ``da``
-    and of ``sum_p d(dt x)_p x_p`` to da, ddt_x [b, L, h, P // BLOCK_P] float32, adds its share to dB,
-    dC [b, L, g, N] float32 (zeroed by the caller) with ``ATOMIC_BC``, else writes it to dB, dC
-    [b, L, h, P // BLOCK_P, N] float32 (for the caller to sum), and writes its sum of dy * x to dD
-    [b, h, blocks * P // BLOCK_P]. The state dimension is taken BLOCK_N at a time, so only
-    [BLOCK_T, BLOCK_N] tiles of dB and dC are live at once.
+    gradients. With ``DX``: dx [b, L, h, P] (x's dtype; its columns), its columns' share of
+    ``sum_p d(dt x)_p x_p`` to ddt_x [b, L, h, P // BLOCK_P] float32 and its sum of dy * x to dD
+    [b, h, blocks * P // BLOCK_P]. With ``BC``: its columns' share of the decay gradient ``da`` to da
+    [b, L, h, P // BLOCK_P] float32, and its share of dB, dC added to dB, dC [b, L, g, N] float32
+    (zeroed by the caller) with ``ATOMIC_BC``, else written to dB, dC [b, L, h, P // BLOCK_P, N] float32
+    (for the caller to sum). The state dimension is taken BLOCK_N at a time, so only [BLOCK_T, BLOCK_N]
+    tiles of B, C, dB and dC are live at once. ``ONE_PASS`` (with DX and BC): one loop over the state
+    dimension for everything, all of its [BLOCK_T, BLOCK_T] tiles live together; else the dx part
+    first, with its own loop, then the dB / dC part with another (fewer live tiles, B, C and G read
+    twice), or either part alone (two launches). ``SIDE_BY_SIDE`` (with DX and BC): programs
+    2 (c * P // BLOCK_P + j) and the next take the block, the first for the dx part, the second for
+    the dB / dC part.
 
     With ``u_s = dt_s x_s``, ``decay[t, s] = exp(a_t - a_s)`` (s <= t, same document),
     ``from_start_t`` / ``to_end_s`` the decay from the block's start to t / from s to its end (zero
     outside the entering / leaving state's document) and ``gm[t, s] = (dy_t . u_s) decay[t, s]``:
     ``dB_s = sum_t gm[t, s] C_t + to_end_s u_s^T G``, ``dC_t = sum_s gm[t, s] B_s + from_start_t dy_t^T S``,
-    ``du_s = sum_t (C_t . B_s) decay[t, s] dy_t + to_end_s G B_s``, ``dx = du dt (+ D dy)``."""
-    pid_j = tl.program_id(0)
+    ``du_s = sum_t (C_t . B_s) decay[t, s] dy_t + to_end_s G B_s``, ``dx = du dt (+ D dy)``; the decay
+    gradient's share ``da_t = C_t . dC_t - B_t . dB_t`` (the sums over s of ``W[t, s]`` and ``W[s, t]``
+    with the entering and leaving states' terms), plus at the last position the whole block's decay's
+    ``sum_s to_end_s B_s . (u_s^T G) + survive sum(G S)``."""
+    if SIDE_BY_SIDE:
+        pid_j = tl.program_id(0) // 2
+        dx_here = tl.program_id(0) % 2 == 0
+        bc_here = tl.program_id(0) % 2 == 1
+    else:
+        pid_j = tl.program_id(0)
+        dx_here = DX
+        bc_here = BC
     pid_h = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -343,6 +394,7 @@ def _ssd_bwd_blocks_kernel(
     t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
         c, L, A, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h, stride_dt_l,
         seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+    is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
     # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], and dB, dC [b, L, g, N]
     # (atomic) or [b, L, h, P // BLOCK_P, N] (shares).
     row_offsets = (pid_b * L + t) * nheads + pid_h  # position t of head h in [b, L, h, ...]
@@ -355,69 +407,191 @@ def _ssd_bwd_blocks_kernel(
                 mask=valid[:, None], other=0.0)
     dy = tl.load(dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h + t[:, None] * stride_dy_l
                  + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
-    u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
-    rows = tl.arange(0, BLOCK_T)
-    # The block's last real position: a there is the whole block's decay (dt is 0 past L), and the
-    # gradient of that decay must land on a position whose da is kept.
-    is_last = rows == tl.minimum(BLOCK_T - 1, L - 1 - c * BLOCK_T)
-    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-    keep = (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
-    decay = tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-    from_start = tl.where(doc == doc_in, tl.exp(a), 0.0)  # [t]
-    to_end = tl.where(doc == doc_last, tl.exp(a_last - a), 0.0)  # [s]
-    survive = tl.where(doc_in == doc_last, tl.exp(a_last), 0.0)
-    gm = tl.dot(dy, tl.trans(u)) * decay  # [t, s]
-    gm_lp = gm.to(x.dtype)
-    gm_t = tl.trans(gm_lp)
-    # Sums over the state dimension, gathered chunk by chunk.
-    cb = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # C_t . B_s
-    bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
-    through_leaving = tl.zeros((BLOCK_T,), tl.float32)  # B_s . (u_s^T G)
-    through_entering = tl.zeros((BLOCK_T,), tl.float32)  # C_t . (dy_t^T S)
-    state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
     state_base = (bh * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N
-    for k in range(0, N, BLOCK_N):
-        n = k + tl.arange(0, BLOCK_N)
-        Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
-        Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        S = tl.load(states_ptr + state_base + n[None, :])
-        G = tl.load(dstates_ptr + state_base + n[None, :])
-        state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
-        G = G.to(x.dtype)
-        cb = tl.dot(Cm, tl.trans(Bm), acc=cb)
-        bg = tl.dot(Bm, tl.trans(G), acc=bg)
-        u_g = tl.dot(u, G)  # [s, BLOCK_N]: u_s^T G
-        through_leaving += tl.sum(Bm.to(tl.float32) * u_g, axis=1)
-        dB = tl.dot(gm_t, Cm, acc=u_g * to_end[:, None])
-        if ATOMIC_BC:
-            tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
-        else:
-            tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
-        dy_s = tl.dot(dy, S.to(x.dtype))  # [t, BLOCK_N]: dy_t^T S
-        through_entering += tl.sum(Cm.to(tl.float32) * dy_s, axis=1)
-        dC = tl.dot(gm_lp, Bm, acc=dy_s * from_start[:, None])
-        if ATOMIC_BC:
-            tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
-        else:
-            tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
-    # This program's columns' share of the gradient of the within-block cumulative decay a.
-    w = gm * cb
-    v = through_leaving * to_end
-    da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + through_entering * from_start - v
-    da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
-    tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
-    # d(dt_s x_s): inside the block and through the leaving state.
-    du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
-    xf = x.to(tl.float32)
-    tl.store(ddt_x_ptr + row_offsets * n_pblocks + pid_p, tl.sum(du * xf, axis=1), mask=valid)
-    dx = du * dt[:, None]
-    dD = tl.zeros((), tl.float32)
-    if HAS_D:
-        dyf = dy.to(tl.float32)
-        dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
-        dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx, mask=valid[:, None])
-    tl.store(dD_ptr + bh * tl.num_programs(0) + pid_j, dD)
+    dD_index = bh * tl.cdiv(L, BLOCK_T) * n_pblocks + pid_j
+    if ONE_PASS:
+        u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+        decay = _decay_matrix(a, doc, BLOCK_T)  # [t, s]
+        gm = tl.dot(dy, tl.trans(u)) * decay  # [t, s]
+        gm_lp = gm.to(x.dtype)
+        gm_t = tl.trans(gm_lp)
+        # Sums over the state dimension, gathered chunk by chunk.
+        cb = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # C_t . B_s
+        bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
+        through_leaving = tl.zeros((BLOCK_T,), tl.float32)  # B_s . (u_s^T G)
+        through_entering = tl.zeros((BLOCK_T,), tl.float32)  # C_t . (dy_t^T S)
+        state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
+        for k in range(0, N, BLOCK_N):
+            n = k + tl.arange(0, BLOCK_N)
+            Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None], other=0.0)
+            Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
+            S = tl.load(states_ptr + state_base + n[None, :])
+            G = tl.load(dstates_ptr + state_base + n[None, :])
+            state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
+            G = G.to(x.dtype)
+            cb = tl.dot(Cm, tl.trans(Bm), acc=cb)
+            bg = tl.dot(Bm, tl.trans(G), acc=bg)
+            u_g = tl.dot(u, G)  # [s, BLOCK_N]: u_s^T G
+            through_leaving += tl.sum(Bm.to(tl.float32) * u_g, axis=1)
+            dB = tl.dot(gm_t, Cm, acc=u_g * to_end[:, None])
+            if ATOMIC_BC:
+                tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+            else:
+                tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
+            dy_s = tl.dot(dy, S.to(x.dtype))  # [t, BLOCK_N]: dy_t^T S
+            through_entering += tl.sum(Cm.to(tl.float32) * dy_s, axis=1)
+            dC = tl.dot(gm_lp, Bm, acc=dy_s * from_start[:, None])
+            if ATOMIC_BC:
+                tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+            else:
+                tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
+        # This program's columns' share of the gradient of the within-block cumulative decay a.
+        w = gm * cb
+        v = through_leaving * to_end
+        da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + through_entering * from_start - v
+        da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
+        tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
+        # d(dt_s x_s): inside the block and through the leaving state.
+        du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
+        _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index, pid_p,
+                  n_pblocks, HAS_D, P)
+    else:
+        if dx_here:
+            # du with [s, t] tiles, so no product needs a transposed operand.
+            cb_t = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # [s, t]: B_s . C_t
+            bg = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)  # [s, p]: G B_s
+            for k in range(0, N, BLOCK_N):
+                n = k + tl.arange(0, BLOCK_N)
+                Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None],
+                             other=0.0)
+                Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None],
+                             other=0.0)
+                G = tl.load(dstates_ptr + state_base + n[None, :]).to(x.dtype)
+                cb_t = tl.dot(Bm, tl.trans(Cm), acc=cb_t)
+                bg = tl.dot(Bm, tl.trans(G), acc=bg)
+            decay_t = _decay_matrix(a, doc, BLOCK_T, TRANSPOSED=True)
+            du = tl.dot((cb_t * decay_t).to(x.dtype), dy, acc=bg * to_end[:, None])
+            _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index,
+                      pid_p, n_pblocks, HAS_D, P)
+        if bc_here:
+            u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+            gm_lp = (tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
+            gm_t = tl.trans(gm_lp)
+            da = tl.zeros((BLOCK_T,), tl.float32)
+            v = tl.zeros((BLOCK_T,), tl.float32)  # to_end_s B_s . (u_s^T G)
+            state_pair = tl.zeros((BLOCK_P,), tl.float32)  # sum_n G S, per column
+            for k in range(0, N, BLOCK_N):
+                n = k + tl.arange(0, BLOCK_N)
+                Bm = tl.load(B_base + t[:, None] * stride_B_l + n[None, :] * stride_B_n, mask=valid[:, None],
+                             other=0.0)
+                Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None],
+                             other=0.0)
+                S = tl.load(states_ptr + state_base + n[None, :])
+                G = tl.load(dstates_ptr + state_base + n[None, :])
+                state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
+                leaving = tl.dot(u, G.to(x.dtype)) * to_end[:, None]  # [s, BLOCK_N]: to_end_s u_s^T G
+                v += tl.sum(Bm.to(tl.float32) * leaving, axis=1)
+                dB = tl.dot(gm_t, Cm, acc=leaving)
+                dC = tl.dot(gm_lp, Bm, acc=tl.dot(dy, S.to(x.dtype)) * from_start[:, None])
+                da += tl.sum(Cm.to(tl.float32) * dC - Bm.to(tl.float32) * dB, axis=1)
+                if ATOMIC_BC:
+                    tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+                    tl.atomic_add(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+                else:
+                    tl.store(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None])
+                    tl.store(dC_ptr + bc_rows[:, None] + n[None, :], dC, mask=valid[:, None])
+            da += tl.where(is_last, tl.sum(v, axis=0) + survive * tl.sum(state_pair, axis=0), 0.0)
+            tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
+
+
+@triton.jit
+def _ssd_bwd_bc_heads_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr, da_ptr, dB_ptr, dC_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr, HEADS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The dB / dC part of :func:`_ssd_bwd_blocks_kernel` (same algebra and inputs) with ``HEADS`` heads of
+    one group per program: program ((c * P // BLOCK_P + j) * N // BLOCK_N + k, i, b) takes block c,
+    columns j * BLOCK_P ... of heads i * HEADS ... and state columns k * BLOCK_N ..., so B and C are read
+    once for its heads, whose in-block terms take one product each (``dB_s = sum_t (sum_h gm_h[t, s]) C_t +
+    ...``), and their dB, dC are summed in registers before one atomic add to dB, dC [b, L, g, N] float32
+    (zeroed by the caller) with ``ATOMIC_BC``, else one write to dB, dC [b, L, h // HEADS, P // BLOCK_P, N]
+    float32 (for the caller to sum). Each head's block product ``gm`` is recomputed by the N // BLOCK_N
+    programs of its state columns. Writes each head's share of the decay gradient (``W = gm * C.B`` over
+    the program's state columns, as in the one-pass part) to da [b, L, h, P // BLOCK_P * N // BLOCK_N]
+    float32 (share j * N // BLOCK_N + k)."""
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    n_chunks = N // BLOCK_N
+    n_pblocks = P // BLOCK_P
+    pid_k = pid % n_chunks
+    pid_p = (pid // n_chunks) % n_pblocks
+    c = pid // (n_chunks * n_pblocks)
+    h0 = tl.program_id(1).to(tl.int64) * HEADS
+    g = h0 // heads_per_group
+    nheads = tl.num_programs(1) * HEADS
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    valid = t < L
+    n = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    Bm = tl.load(B_ptr + pid_b * stride_B_b + g * stride_B_g + t[:, None] * stride_B_l + n[None, :] * stride_B_n,
+                 mask=valid[:, None], other=0.0)
+    Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
+                 mask=valid[:, None], other=0.0)
+    Bf = Bm.to(tl.float32)
+    Cf = Cm.to(tl.float32)
+    cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]: this chunk's share of C_t . B_s
+    gm_sum = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # the heads' gm, summed
+    leaving_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [s, BLOCK_N]: dB through the leaving states
+    entering_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [t, BLOCK_N]: dC through the entering states
+    for i in range(0, HEADS):
+        h = h0 + i
+        A = tl.load(A_ptr + h).to(tl.float32)
+        _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
+            seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+        is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
+                    mask=valid[:, None], other=0.0)
+        dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
+                     + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+        u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+        gm = tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)  # [t, s]
+        gm_sum += gm
+        state_offsets = ((pid_b * nheads + h) * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
+        S = tl.load(states_ptr + state_offsets)
+        G = tl.load(dstates_ptr + state_offsets)
+        leaving = tl.dot(u, G.to(x.dtype)) * to_end[:, None]  # [s, BLOCK_N]: to_end_s u_s^T G
+        entering = tl.dot(dy, S.to(x.dtype)) * from_start[:, None]  # [t, BLOCK_N]: from_start_t dy_t^T S
+        leaving_sum += leaving
+        entering_sum += entering
+        # This head's da_t = C_t . dC_t - B_t . dB_t over this chunk of the state, from its own terms.
+        w = gm * cb
+        v = tl.sum(Bf * leaving, axis=1)
+        da = tl.sum(w, axis=1) - tl.sum(w, axis=0) + tl.sum(Cf * entering, axis=1) - v
+        last = tl.sum(v, axis=0) + survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
+        da += tl.where(is_last, last, 0.0)
+        tl.store(da_ptr + ((pid_b * L + t) * nheads + h) * n_pblocks * n_chunks + pid_p * n_chunks + pid_k, da,
+                 mask=valid)
+    # B and C are the same for every head of the group: the heads' in-block terms in one product each.
+    gm_lp = gm_sum.to(Bm.dtype)
+    dB_sum = tl.dot(tl.trans(gm_lp), Cm, acc=leaving_sum)
+    dC_sum = tl.dot(gm_lp, Bm, acc=entering_sum)
+    if ATOMIC_BC:
+        rows = ((pid_b * L + t) * (nheads // heads_per_group) + g) * N
+        tl.atomic_add(dB_ptr + rows[:, None] + n[None, :], dB_sum, mask=valid[:, None], sem="relaxed")
+        tl.atomic_add(dC_ptr + rows[:, None] + n[None, :], dC_sum, mask=valid[:, None], sem="relaxed")
+    else:
+        rows = (((pid_b * L + t) * tl.num_programs(1) + tl.program_id(1)) * n_pblocks + pid_p) * N
+        tl.store(dB_ptr + rows[:, None] + n[None, :], dB_sum, mask=valid[:, None])
+        tl.store(dC_ptr + rows[:, None] + n[None, :], dC_sum, mask=valid[:, None])
 
 
 def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
@@ -464,15 +638,16 @@ def _grads(x, dt, A, B, C, da, ddt_x, dx, dB, dC, dD, dinit, block_t):
     da = torch.nn.functional.pad(da.sum(-1), (0, 0, 0, pad)).view(batch, -1, block_t, nheads)
     d_dA = da.flip(2).cumsum(2).flip(2).view(batch, -1, nheads)[:, :seqlen]
     ddt = d_dA * A + ddt_x.sum(-1)
-    return (dx.to(x.dtype), ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
+    return (dx, ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
 
 
-def _grad_buffers(x, B, shares: int, dD_shares: int) -> dict:
+def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = None) -> dict:
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     f32 = dict(device=x.device, dtype=torch.float32)
-    return {"dx": torch.empty(batch, seqlen, nheads, headdim, **f32),
-            "da": torch.empty(batch, seqlen, nheads, shares, **f32),
+    # dx is written once per element, so in x's dtype at once (no float32 copy to convert).
+    return {"dx": torch.empty_like(x, memory_format=torch.contiguous_format),
+            "da": torch.empty(batch, seqlen, nheads, da_shares or shares, **f32),
             "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
             "dB": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
             "dC": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
@@ -503,19 +678,21 @@ def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
 
 def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, states):
     """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward
-    (unless the forward kept ``states``) and the sequential state-gradient launch, then one launch over
-    all (block, column block, head, batch)."""
-    block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares = cfg
+    (unless the forward kept ``states``) and the sequential state-gradient launch, then one or two
+    launches over all (block, column block, head, batch)."""
+    (block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases,
+     bc_heads, max_registers) = cfg
+    launch = {"num_warps": warps, **({"maxnreg": max_registers} if max_registers else {})}
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
                             write_y=False, state_every=1)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
-    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks)
+    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks, n_pblocks * dstate // block_n if bc_heads else None)
     if bc_shares:
-        out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads, n_pblocks, dstate, device=x.device,
-                                            dtype=torch.float32) for _ in range(2))
+        out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads // max(bc_heads, 1), n_pblocks, dstate,
+                                            device=x.device, dtype=torch.float32) for _ in range(2))
     dstates = torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device,
                           dtype=torch.float32 if fp32_dstates else x.dtype)
     seq = seq_idx if seq_idx is not None else dt
@@ -526,14 +703,26 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
         HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
-    _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks, nheads, batch)](
-        x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
-        out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
-        seqlen, nheads // ngroups,
-        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
-        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
-        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, num_warps=warps,
-    )
+    # (dx part, dB / dC part) of each launch over the blocks.
+    parts = [(True, True)] if phases in (0, 1, 3) else [(True, False)] if bc_heads else [(True, False), (False, True)]
+    for dx_part, bc_part in parts:
+        _ssd_bwd_blocks_kernel[(n_blocks * n_pblocks * (2 if phases == 3 else 1), nheads, batch)](
+            x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
+            out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
+            seqlen, nheads // ngroups,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
+            HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
+            ONE_PASS=phases == 0, DX=dx_part, BC=bc_part, SIDE_BY_SIDE=phases == 3,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, **launch,
+        )
+    if bc_heads:
+        _ssd_bwd_bc_heads_kernel[(n_blocks * n_pblocks * (dstate // block_n), nheads // bc_heads, batch)](
+            x, dt, A, B, C, seq, dy, states, dstates, out["da"], out["dB"], out["dC"],
+            seqlen, nheads // ngroups,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
+            HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares, HEADS=bc_heads,
+            BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, **launch,
+        )
     if bc_shares:  # each group's heads are consecutive
         out["dB"], out["dC"] = (out[k].view(batch, seqlen, ngroups, -1, dstate).sum(3) for k in ("dB", "dC"))
     return _grads(x, dt, A, B, C, block_t=block_t, **out)
@@ -572,8 +761,15 @@ class _SSDScan(torch.autograd.Function):
 # gradients in float32 (0: in x's dtype); 1 to have the forward keep the per-block states for the
 # backward instead of the rerun (memory held from forward to backward; the positions per block
 # must be a multiple of the forward's); 1 to write each head's (and column block's) share of dB and
-# dC and sum them in PyTorch instead of adding them atomically.
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0)
+# dC and sum them in PyTorch instead of adding them atomically; how the parallel launch is split
+# (0: one pass over the state dimension for every gradient; 1: the dx part, then the dB / dC part,
+# in one program; 2: the same parts in two launches; 3: in neighbouring programs of one launch, whose
+# registers are those of the larger part, and whose second program runs beside the first, so x, dy, B,
+# C and G can come from the L2 cache); with two launches, the heads of one group per
+# program of the dB / dC launch (0: one, and each program loops over the state columns; k: k heads,
+# summed before they are added to dB and dC, and one chunk of state columns per program); a cap on
+# registers per thread of the parallel launch(es) (0: none).
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0, 0)
 
 
 def ssd_chunk_scan_triton(
@@ -621,6 +817,14 @@ def ssd_chunk_scan_triton(
         if split[9] and split[0] % fwd_config[0]:
             raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
                              f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
+        if split[11] not in (0, 1, 2, 3):
+            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1, 2 or 3 "
+                             f"ways (its config's field 12), got {split[11]}")
+        heads_per_group = x.shape[2] // B.shape[2]
+        if split[12] and (split[11] != 2 or heads_per_group % split[12]):
+            raise ValueError(f"ssd_chunk_scan_triton takes {split[12]} heads per program of the split backward's "
+                             f"dB / dC launch (its config's field 13) only with two launches (field 12: 2, got "
+                             f"{split[11]}) and a divisor of the heads per group ({heads_per_group})")
         split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):

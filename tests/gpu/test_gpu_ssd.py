@@ -79,11 +79,20 @@ def mamba_ssm(seq_idx):
 @pytest.mark.parametrize("fwd_config, bwd_config, split", [
     ((32, 64, 4), (32, 32, 4), None), ((64, 32, 8), (64, 16, 8), None), ((16, 16, 4), (16, 32, 4, 168), None),
     # The split backward (fields as SPLIT_BWD_DEFAULT's): its default; blocks of 32 with two column blocks,
-    # the state in two chunks and float32 state gradients; blocks of 128; the forward's states kept;
-    # dB and dC summed from shares (two column blocks).
+    # the state in two chunks and float32 state gradients; blocks of 128; the forward's states kept; dB
+    # and dC summed from shares (two column blocks); the parallel launch in two parts, in one launch (two
+    # column blocks, shares, float32 state gradients) and in two launches (the forward's states kept), the
+    # second with 4 or 2 heads per program (added atomically; summed from shares); in one launch with a
+    # register cap that spills; in neighbouring programs of one launch.
     ((32, 64, 4), None, ()), ((32, 64, 4), None, (32, 16, 32, 4, 32, 4, 32, 4, 1)),
     ((32, 64, 4), None, (128, 32, 32, 8)), ((32, 64, 4), None, (64, 64, 16, 8, 64, 4, 64, 4, 0, 1)),
     ((32, 64, 4), None, (64, 16, 16, 4, 64, 4, 64, 4, 0, 0, 1)),
+    ((32, 64, 4), None, (32, 16, 32, 4, 32, 4, 32, 4, 1, 0, 1, 1)),
+    ((32, 64, 4), None, (64, 64, 16, 8, 64, 4, 64, 4, 0, 1, 0, 2)),
+    ((32, 64, 4), None, (64, 64, 32, 8, 64, 4, 64, 4, 0, 1, 0, 2, 4)),
+    ((32, 64, 4), None, (64, 16, 16, 4, 64, 4, 64, 4, 0, 0, 1, 2, 2)),
+    ((32, 64, 4), None, (64, 64, 32, 8, 64, 4, 64, 4, 0, 1, 0, 1, 0, 128)),
+    ((32, 64, 4), None, (64, 64, 16, 8, 64, 4, 64, 4, 0, 1, 0, 3)),
 ])
 def test_kernels_match_the_twin(dtype, with_seq_idx, fwd_config, bwd_config, split):
     b, L, h, g, p, n = 2, 300, 8, 2, 32, 64
@@ -102,7 +111,11 @@ def test_kernels_match_the_twin(dtype, with_seq_idx, fwd_config, bwd_config, spl
 
 @pytest.mark.parametrize("with_seq_idx", [False, True])
 @pytest.mark.parametrize("split", [None, (), (32, 64, 128, 4), (128, 64, 32, 8), (64, 64, 16, 8, 64, 4, 64, 4, 0, 1),
-                                   (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 1)])
+                                   (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 1), (64, 64, 32, 8, 64, 4, 64, 4, 0, 1),
+                                   (64, 64, 16, 16, 64, 4, 64, 4, 0, 1, 0, 1),
+                                   (64, 64, 16, 8, 64, 4, 64, 4, 0, 1, 0, 2), (64, 64, 32, 4, 64, 4, 64, 4, 0, 1, 0, 2),
+                                   (64, 64, 32, 16, 64, 4, 64, 4, 0, 1, 0, 2, 8),
+                                   (64, 64, 16, 8, 64, 4, 64, 4, 0, 1, 0, 3)])
 def test_kernels_match_mamba_ssm(with_seq_idx, split):
     """Model shapes (head dim 64, d_state 128, one group), bf16: no further from the float32 twin than
     mamba-ssm's kernels are, give or take bf16 rounding. mamba-ssm takes initial states only without
