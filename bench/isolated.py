@@ -28,6 +28,24 @@ def run_children(script: str, argv: list[str], impls: list[str], rounds: int) ->
     return rows
 
 
+def device_ms(run, repeats: int = 3) -> float:
+    """Milliseconds the device spends in kernels per call of ``run`` (profiled, after one warm-up
+    call): the op's cost without the host's launch gaps, which a CUDA-graphed step does not pay."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / repeats
+
+
 def median_range(rows: list[dict], key: str) -> tuple[float, float, float] | None:
     """(median, min, max) of ``key`` over ``rows``; None when there are none."""
     values = [row[key] for row in rows]
@@ -54,8 +72,6 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
     args = parser.parse_args()
     if args.child:
         import triton
-
-        from ssd_throughput import device_ms
 
         for case in cases(args):
             run, floor_bytes = runner(args.child, case, args)

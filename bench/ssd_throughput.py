@@ -25,6 +25,8 @@ import statistics
 
 import torch
 
+from isolated import device_ms
+
 SHAPES = {"130m": (16, 24), "1.3b": (8, 64), "2.7b": (4, 80)}
 
 
@@ -137,23 +139,6 @@ def registers(args, headdim: int, dstate: int) -> None:
         JITFunction.run = run
         driver.set_active(active)
         knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = always, dump
-
-
-def device_ms(run, repeats: int = 3) -> float:
-    """Milliseconds the device spends in kernels per call of ``run`` (profiled, after one warm-up
-    call): the op's cost without the host's launch gaps, which a CUDA-graphed step does not pay."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    run()
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeats):
-            run()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    return sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / repeats
 
 
 def profile(name: str, run) -> None:
