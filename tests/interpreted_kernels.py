@@ -30,3 +30,12 @@ def assert_relative(got: dict, expected: dict, tolerance: float) -> None:
         assert value.shape == reference.shape and torch.isfinite(value).all(), key
         error = ((value.double() - reference.double()).norm() / reference.double().norm()).item()
         assert error < tolerance, f"{key}: relative error {error:.2e}"
+
+
+def documents(batch: int, seqlen: int, cuts: list[list[int]]) -> torch.Tensor:
+    """seq_idx [batch, seqlen] int64: per row, a new document starts at each position in ``cuts[row]``."""
+    seq_idx = torch.zeros(batch, seqlen, dtype=torch.long)
+    for row, starts in enumerate(cuts):
+        for start in starts:
+            seq_idx[row, start:] += 1
+    return seq_idx

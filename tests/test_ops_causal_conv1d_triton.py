@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interpreted_kernels import assert_relative, run_interpreted
+from interpreted_kernels import assert_relative, documents, run_interpreted
 
 from kotomamba.ops.causal_conv1d import causal_conv1d_ref
 
@@ -42,11 +42,7 @@ def case(seed: int, batch: int, seqlen: int, dim: int, width: int, config: tuple
         leaves["bias"] = torch.randn(dim, generator=g) * 0.3
     options = {"activation": activation, "config": config}
     if cuts is not None:
-        seq_idx = torch.zeros(batch, seqlen, dtype=torch.long)
-        for row, starts in enumerate(cuts):
-            for start in starts:
-                seq_idx[row, start:] += 1
-        options["seq_idx"] = seq_idx
+        options["seq_idx"] = documents(batch, seqlen, cuts)
     return {"leaves": leaves, "options": options, "dy": torch.randn(batch, seqlen, dim, generator=g)}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interpreted_kernels import assert_relative, run_interpreted
+from interpreted_kernels import assert_relative, documents, run_interpreted
 
 from kotomamba.ops.ssd import ssd_chunk_scan_ref
 
@@ -61,11 +61,7 @@ def case(seed: int, batch: int, seqlen: int, heads: int, groups: int, headdim: i
     else:
         leaves["dt"] = leaves["dt"].abs()
     if cuts is not None:
-        seq_idx = torch.zeros(batch, seqlen, dtype=torch.long)
-        for row, starts in enumerate(cuts):
-            for start in starts:
-                seq_idx[row, start:] += 1
-        options["seq_idx"] = seq_idx
+        options["seq_idx"] = documents(batch, seqlen, cuts)
     return {"leaves": leaves, "options": options, "dy": randn(batch, seqlen, heads, headdim),
             "dfinal": randn(batch, heads, headdim, dstate)}
 
