@@ -34,7 +34,7 @@ from kotomamba.train.status import complete_checkpoint
 
 COMMON = REPO / "tests" / "scheduler" / "common.sh"
 STEPS = 20
-INTERVAL = 2  # a checkpoint every INTERVAL steps
+INTERVAL = 5  # a checkpoint every INTERVAL steps
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 pytest.importorskip("snakemake")
