@@ -1,9 +1,11 @@
 """What the qsub-based profiles (``profiles/sge``, ``profiles/abci``) share: reading Snakemake's job
 properties, site settings from resources or environment, wall-time formatting, the job wrapper's
-environment lines and the submission itself.
+environment lines, the submission itself, and the chains of resubmitted jobs (submitted again,
+followed by the status and cancel commands).
 
 Snakemake's cluster-generic executor calls a profile's ``submit.py JOBSCRIPT``; the job script
-carries a ``# properties = {...}`` line with the job's rule, threads and resources.
+carries a ``# properties = {...}`` line with the job's rule, threads and resources. Its cancel
+command is ``python3 -m kotomamba.cluster_jobs cancel SCHEDULER JOB_ID...`` (the profiles' cancel.sh).
 """
 from __future__ import annotations
 
@@ -98,11 +100,20 @@ class Resubmissions:
     - ``<id>``: the request, written by ``kotomamba launch`` (the wrapper exports its path as
       ``KOTOMAMBA_REQUEUE_FILE``) when training stopped for the job's wall time after advancing;
     - ``<id>.next``: the id of the job submitted again for ``<id>``; Snakemake keeps asking about the
-      first id, which status.py and cancel.sh follow along this chain to the newest job.
+      first id, which status.py and the cancel command follow along this chain to the newest job.
     """
+
+    # Each profile's directory, relative to the workflow's directory (where Snakemake runs the profile's
+    # commands): beside the job logs of profiles/sge ("sge") and profiles/abci ("pbs").
+    DIRECTORIES = {"sge": Path(".snakemake", "sge_logs", "requeue"), "pbs": Path(".snakemake", "pbs_logs", "requeue")}
 
     def __init__(self, directory: Path):
         self.directory = directory
+
+    @classmethod
+    def of(cls, scheduler: str) -> Resubmissions:
+        """The chain of the profile for ``scheduler`` (a key of ``DIRECTORIES``)."""
+        return cls(cls.DIRECTORIES[scheduler])
 
     def request_file(self, job_id_variable: str) -> str:
         """The wrapper's ``KOTOMAMBA_REQUEUE_FILE`` value (shell), the job id taken from ``$VARIABLE``."""
@@ -133,3 +144,23 @@ class Resubmissions:
         (self.directory / f"{job_id}.next").write_text(new_id + "\n")
         (self.directory / job_id).unlink()
         return new_id
+
+    def cancel(self, job_ids: list[str]) -> int:
+        """``qdel`` (Grid Engine's and PBS's) the newest job of each chain that started with one of ``job_ids``;
+        qdel's exit code."""
+        return subprocess.run(["qdel", *(self.newest(job_id) for job_id in job_ids)]).returncode
+
+
+USAGE = f"usage: python3 -m kotomamba.cluster_jobs cancel {{{','.join(Resubmissions.DIRECTORIES)}}} JOB_ID..."
+
+
+def main(argv: list[str]) -> int:
+    """The profiles' cancel command (cluster-generic's ``cancel.sh JOB_ID...``): ``cancel SCHEDULER JOB_ID...``."""
+    if len(argv) < 3 or argv[0] != "cancel" or argv[1] not in Resubmissions.DIRECTORIES:
+        print(USAGE, file=sys.stderr)
+        return 2
+    return Resubmissions.of(argv[1]).cancel(argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

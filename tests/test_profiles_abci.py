@@ -157,7 +157,8 @@ def test_a_requeue_request_submits_the_job_again_and_status_follows_the_chain(tm
     }.items():
         (fake / name).write_text(f"#!/bin/sh\n{body}\n")
         (fake / name).chmod(0o755)
-    env = {**__import__("os").environ, "FAKE": str(fake), "PATH": f"{fake}:/usr/bin:/bin"}
+    # The profile's commands run `python3` from PATH (with kotomamba): this interpreter's.
+    env = {**__import__("os").environ, "FAKE": str(fake), "PATH": f"{fake}:{Path(sys.executable).parent}:/usr/bin:/bin"}
 
     def status(job_id: str) -> str:
         result = subprocess.run([sys.executable, str(PROFILE / "status.py"), job_id], capture_output=True,

@@ -30,7 +30,7 @@ class StartFacts:
     nodes: int
     device: str  # "cpu", "cuda (NVIDIA H200)"
     precision: str
-    step_kind: str  # "eager", "CUDA-graphed"
+    step_kind: str  # step_choice.EAGER, step_choice.GRAPHED
     global_batch: int
     seq_length: int
     micro_batch: int

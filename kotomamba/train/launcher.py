@@ -44,7 +44,7 @@ that way are removed by the next launcher on the host.
 
 Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
 job's time left less a margin (unless the config's own value is smaller; the launcher reads the
-training config once, ``training_config``, for this and for its run directory), so the trainer
+training config once, ``training_config``, for this, its run directory and its stop line), so the trainer
 checkpoints and exits 75 before the scheduler kills it. When such a job advanced its stage and the
 launcher was not told to stop, the launcher has the scheduler run the same job again (requeue in
 place, ``requeue.py``), so a stage longer than a job goes on without using Snakemake's retries.
@@ -113,6 +113,11 @@ def training_config(args: list[str]) -> TrainConfig | None:
         return load_config(options.config, options.overrides)
     except (UserError, SystemExit):
         return None
+
+
+def run_dir(config: TrainConfig | None) -> RunDir | None:
+    """The run directory of a ``training_config`` (None where that is None)."""
+    return RunDir(config.run_dir) if config is not None else None
 
 
 def with_wall_time_budget(args: list[str], seconds_left: float | None, config: TrainConfig | None) -> list[str]:
@@ -323,8 +328,9 @@ class Ended:
 
 
 def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | None, rdzv_id: str,
-             env: dict[str, str]) -> Ended:
-    """Run torchrun on this node and wait for it."""
+             env: dict[str, str], run: RunDir | None) -> Ended:
+    """Run torchrun on this node and wait for it; ``run``: the run directory ``args`` train in (None: not a
+    ``train`` command), named by the log's last line when a signal stops them."""
     scratch, pid = node_local_scratch(env), os.getpid()
     remove_stale_exit_dirs(scratch)
     exit_dir = Path(tempfile.mkdtemp(prefix=f"{EXIT_DIR_PREFIX}{socket.gethostname()}-{pid}-", dir=scratch))
@@ -337,8 +343,6 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
         code = node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received)
         if forwarder.signum is not None:
-            config = training_config(args)
-            run = RunDir(config.run_dir) if config is not None else None
             print(stop_line(forwarder.signum, code, run), file=sys.stderr, flush=True)
         return Ended(code, forwarder.received)
     finally:
@@ -403,7 +407,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
               f"rendezvous {options.rdzv_endpoint}", file=sys.stderr, flush=True)
         env = node_device_env(options.device, options.nproc_per_node, env)
         ended = run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
-                         options.rdzv_id, env)
+                         options.rdzv_id, env, run_dir(training_config(options.args)))
         return report_node(ended.code, options.node_exit_dir)
     allocation = detect_allocation(env)
     if allocation is None:
@@ -415,7 +419,8 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         env = node_device_env(options.device, options.nproc_per_node, env)
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
-        return run_node(1, options.nproc_per_node, options.args, None, "", env).code
+        return run_node(1, options.nproc_per_node, options.args, None, "", env,
+                        run_dir(training_config(options.args))).code
     config = training_config(options.args)
     options.args = with_wall_time_budget(options.args, job_seconds_left(allocation), config)
     if options.nnodes > len(allocation.hosts):
@@ -423,15 +428,17 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
             f"launch: --nnodes {options.nnodes} but the {allocation.scheduler} job {allocation.job_id} "
             f"has {len(allocation.hosts)} host(s): {', '.join(allocation.hosts)}"
         )
-    run = RunDir(config.run_dir) if config is not None else None
+    run = run_dir(config)
     starts_before = (read_job_starts(run) or []) if run is not None else []
-    ended = launch_in_allocation(options, allocation, env)
+    ended = launch_in_allocation(options, allocation, env, run)
     return requeue.after_training(ended.code, ended.stopped, run, starts_before, allocation.scheduler,
                                   allocation.job_id, env)
 
 
-def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str]) -> Ended:
-    """Run ``options.args`` on the allocation's first ``--nnodes`` hosts.
+def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, env: dict[str, str],
+                         run: RunDir | None) -> Ended:
+    """Run ``options.args`` (training in ``run``, when a ``train`` command) on the allocation's first
+    ``--nnodes`` hosts.
 
     Several nodes: one node launcher per host (srun/mpirun), each recording its exit code in a
     directory of the job's working directory (which the nodes share, as Snakemake's cluster jobs
@@ -440,7 +447,7 @@ def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, en
     """
     if options.nnodes == 1:
         return run_node(1, options.nproc_per_node, options.args, None, "", node_device_env(
-            options.device, options.nproc_per_node, env))
+            options.device, options.nproc_per_node, env), run)
     port = options.rdzv_port or rendezvous_port(allocation.job_id)
     env = {**env, "MASTER_ADDR": allocation.hosts[0], "MASTER_PORT": str(port)}
     endpoint = f"{allocation.hosts[0]}:{port}"

@@ -13,12 +13,11 @@ between forward and backward), HYBRID_SHARD (2-D mesh: shard within a node, repl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from kotomamba.errors import UserError
+from kotomamba.train.decision import Decision
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -52,16 +51,14 @@ STATE_BYTES = {"fp32": 16, "bf16": 8}
 REPLICATE_SHARE = 0.25
 
 
-@dataclass(frozen=True)
-class DataParallelChoice:
-    """``kind``: ``single`` (one process), ``replicate`` or ``fsdp``; ``reason``: the setting and why."""
+class DataParallelChoice(Decision):
+    """``kind`` (the outcome): ``single`` (one process), ``replicate`` or ``fsdp``; its reasons say why."""
 
-    kind: str
-    reason: str
+    SUBJECT = "data parallel"
 
-    def log_line(self) -> str:
-        """The start-up log line, e.g. ``data parallel: replicate (parallel.data_parallel: auto; ...)``."""
-        return f"data parallel: {self.kind} ({self.reason})"
+    @property
+    def kind(self) -> str:
+        return self.outcome
 
 
 def choose_data_parallel(setting: str, world: int, device_type: str, parameters: int, master_dtype: str,
@@ -73,19 +70,20 @@ def choose_data_parallel(setting: str, world: int, device_type: str, parameters:
     shards (replication's gain is the CUDA-graphed micro-step, and CPU runs are the tests of the sharded
     path). ``fsdp`` and ``replicate`` are taken as written. One process is ``single`` whatever the setting.
     """
+    asked = f"parallel.data_parallel: {setting}"
     if world == 1:
-        return DataParallelChoice("single", f"parallel.data_parallel: {setting}; one process")
+        return DataParallelChoice("single", asked, ("one process",))
     if setting != "auto":
-        return DataParallelChoice(setting, f"parallel.data_parallel: {setting}; {world} processes")
+        return DataParallelChoice(setting, asked, (f"{world} processes",))
     if device_type != "cuda" or not device_memory:
-        return DataParallelChoice("fsdp", f"parallel.data_parallel: auto; {world} processes without a CUDA GPU")
+        return DataParallelChoice("fsdp", asked, (f"{world} processes without a CUDA GPU",))
     state = STATE_BYTES[master_dtype] * parameters
     fits = state <= REPLICATE_SHARE * device_memory
-    return DataParallelChoice(
-        "replicate" if fits else "fsdp",
-        f"parallel.data_parallel: auto; {world} processes; weights, gradients and AdamW state "
-        f"{state / 2**30:.1f} GiB ({STATE_BYTES[master_dtype]} bytes x {parameters / 1e6:.1f}M parameters) "
-        f"{'within' if fits else 'over'} {REPLICATE_SHARE:.0%} of one GPU's {device_memory / 2**30:.0f} GiB")
+    return DataParallelChoice("replicate" if fits else "fsdp", asked, (
+        f"{world} processes",
+        f"weights, gradients and AdamW state {state / 2**30:.1f} GiB ({STATE_BYTES[master_dtype]} bytes x "
+        f"{parameters / 1e6:.1f}M parameters) {'within' if fits else 'over'} {REPLICATE_SHARE:.0%} of one GPU's "
+        f"{device_memory / 2**30:.0f} GiB"))
 
 
 def gradient_sync(model: nn.Module, params: list[nn.Parameter], choice: DataParallelChoice, strategy: str,

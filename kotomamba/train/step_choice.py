@@ -13,25 +13,25 @@ the pipeline's config check can import it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kotomamba.errors import UserError
+from kotomamba.train.decision import Decision
 
 if TYPE_CHECKING:
     from kotomamba.train.config import TrainConfig
 
+GRAPHED, EAGER = "CUDA-graphed", "eager"
 
-@dataclass(frozen=True)
-class StepChoice:
-    """The outcome: ``graphed`` or not, and ``reason`` (the setting and, when eager, every refusal)."""
 
-    graphed: bool
-    reason: str
+class StepChoice(Decision):
+    """The outcome: ``GRAPHED`` or ``EAGER``; its reasons say where it runs, or, when eager, every refusal."""
 
-    def log_line(self) -> str:
-        """The start-up log line, e.g. ``training step: eager (parallel.cuda_graph: auto; not graphed: no CUDA GPU)``."""
-        return f"training step: {'CUDA-graphed' if self.graphed else 'eager'} ({self.reason})"
+    SUBJECT = "training step"
+
+    @property
+    def graphed(self) -> bool:
+        return self.outcome == GRAPHED
 
 
 def config_refusals(config: TrainConfig) -> list[tuple[str, str]]:
@@ -62,14 +62,14 @@ def choose_step(config: TrainConfig, device_type: str, world: int, replicated: b
     (``kotomamba.train.parallelize.choose_data_parallel``), so a micro-step holds no collective.
     Raises ``UserError`` for ``parallel.cuda_graph: true`` where it cannot run."""
     setting = config.parallel.cuda_graph
-    shown = "auto" if setting == "auto" else str(setting).lower()
+    asked = f"parallel.cuda_graph: {'auto' if setting == 'auto' else str(setting).lower()}"
     if setting is False:
-        return StepChoice(False, "parallel.cuda_graph: false")
+        return StepChoice(EAGER, asked)
     refusals = [f"{name} ({why})" for name, why in config_refusals(config)] + job_refusals(device_type, world, replicated)
     if not refusals:
         where = "one process on a CUDA GPU" if world == 1 else f"{world} processes, each replicating the model on a CUDA GPU"
-        return StepChoice(True, f"parallel.cuda_graph: {shown}; {where}")
+        return StepChoice(GRAPHED, asked, (where,))
     if setting is True:
         raise UserError(f"parallel.cuda_graph: true cannot run here: {'; '.join(refusals)}; "
                         "set it to auto (graphed where it can be) or false")
-    return StepChoice(False, f"parallel.cuda_graph: auto; not graphed: {'; '.join(refusals)}")
+    return StepChoice(EAGER, asked, (f"not graphed: {'; '.join(refusals)}",))

@@ -226,7 +226,7 @@ class Trainer:
             layer=m.layer.lower(), parameters=sum(p.numel() for p in self.model.parameters()), n_layer=m.n_layer,
             d_model=m.d_model, vocab_size=m.vocab_size, world=self.world,
             nodes=-(-self.world // self.launch.local_world_size), device=device, precision=self.precision,
-            step_kind="CUDA-graphed" if self.step_choice.graphed else "eager",
+            step_kind=self.step_choice.outcome,
             global_batch=c.train.global_batch_size, seq_length=c.data.seq_length,
             micro_batch=c.train.micro_batch_size, accumulation=self.accum, steps=c.train.steps,
             start_step=self.state.step, resumed_from=self.resume_from,

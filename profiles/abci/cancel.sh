@@ -1,10 +1,4 @@
 #!/bin/sh
-# Cancel PBS jobs (cluster-generic cancel command): qdel JOB_ID..., each followed to the newest job of
-# its resubmissions (status.py's .snakemake/pbs_logs/requeue/<id>.next chain).
-chain=.snakemake/pbs_logs/requeue
-ids=""
-for id in "$@"; do
-    while [ -f "$chain/$id.next" ]; do id=$(cat "$chain/$id.next"); done
-    ids="$ids $id"
-done
-exec qdel $ids
+# Cancel PBS jobs (cluster-generic cancel command): qdel JOB_ID..., each followed to the newest job of its
+# resubmissions (the chain status.py follows, kotomamba.cluster_jobs.Resubmissions).
+exec python3 -m kotomamba.cluster_jobs cancel pbs "$@"

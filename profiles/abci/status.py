@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from kotomamba.cluster_jobs import Resubmissions
 
-CHAIN = Resubmissions(Path(".snakemake", "pbs_logs", "requeue"))  # submit.py's
+CHAIN = Resubmissions.of("pbs")
 
 
 def parse_qstat_full(text: str) -> dict[str, str]:

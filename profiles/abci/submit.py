@@ -80,7 +80,8 @@ def qsub_command(properties: dict, script: str) -> list[str]:
 # writes REQUEUE_DIR/<job id> when training stopped for the job's wall time after advancing its stage;
 # status.py finds it once the job finished, submits the same job script again with the same qsub command
 # (REQUEUE_DIR/<job id>.qsub) and follows the chain (<job id>.next); Snakemake sees one job.
-REQUEUE_DIR = Path(".snakemake", "pbs_logs", "requeue")
+RESUBMISSIONS = Resubmissions.of("pbs")
+REQUEUE_DIR = RESUBMISSIONS.directory
 
 
 def wrapper_script(properties: dict, jobscript_text: str, log_dir: str, requeue_dir: str) -> str:
@@ -114,7 +115,7 @@ def prepare(properties: dict, jobscript: str) -> tuple[list[str], str, str]:
 
 def main(argv: list[str]) -> int:
     return submit_main(argv, "profiles/abci/submit.py", prepare, lambda out: out.strip().splitlines()[0],
-                       submitted=Resubmissions(REQUEUE_DIR).record)
+                       submitted=RESUBMISSIONS.record)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from kotomamba.cluster_jobs import Resubmissions
 
-CHAIN = Resubmissions(Path(".snakemake", "sge_logs", "requeue"))  # submit.py's RESUBMISSIONS
+CHAIN = Resubmissions.of("sge")
 
 
 def qstat_job(job_id: str) -> str | None:

@@ -105,7 +105,7 @@ REQUEUE_EXIT = [
 # A multi-host job asks to be submitted again (cluster_jobs.Resubmissions): a job that Grid Engine reschedules
 # (exit 99) is kept off the hosts of its `qrsh -inherit` tasks "until clean up of a previous run has
 # finished", which on the test cluster (Son of Grid Engine 8.1.9, two hosts) never happened.
-RESUBMISSIONS = Resubmissions(Path(".snakemake", "sge_logs", "requeue"))
+RESUBMISSIONS = Resubmissions.of("sge")
 
 
 # `qsub -notify` warns the job's whole process group (SIGUSR2 before SIGKILL, SIGUSR1 before SIGSTOP;

@@ -56,11 +56,22 @@ def job_processes(job_id: str, daemon_pid: int) -> list[int]:
     return found
 
 
+def parent(pid: int) -> int:
+    """``pid``'s parent process (0 once it is gone)."""
+    for line in _read(pid, "status").decode(errors="replace").splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return 0
+
+
 def is_worker(pid: int) -> bool:
-    """Whether ``pid`` is a training worker: ``kotomamba launch --worker-exit-dir`` (one per rank), not the
-    torchrun that starts them (the launcher's ``TORCHRUN_MODULE``, whose command line holds theirs)."""
-    argv = _read(pid, "cmdline").split(b"\0")
-    return b"--worker-exit-dir" in argv and TORCHRUN_MODULE.encode() not in argv
+    """Whether ``pid`` is a training worker: ``kotomamba launch --worker-exit-dir`` (one per rank) that torchrun
+    started (the launcher's ``TORCHRUN_MODULE``, whose command line holds theirs), not torchrun itself nor a
+    process a worker forked (until it execs, a child has its parent's command line and signal handlers)."""
+    def argv(of: int) -> list[bytes]:
+        return _read(of, "cmdline").split(b"\0")
+
+    return b"--worker-exit-dir" in argv(pid) and TORCHRUN_MODULE.encode() in argv(parent(pid))
 
 
 def worker_processes(pids: list[int]) -> list[int]:
@@ -68,30 +79,62 @@ def worker_processes(pids: list[int]) -> list[int]:
     return [pid for pid in pids if is_worker(pid)]
 
 
-def catches(pid: int, signum: int) -> bool:
-    """Whether ``pid`` has a handler of its own for ``signum`` (``SigCgt`` of /proc/PID/status)."""
+def workers_in(directory: Path) -> list[int]:
+    """The running training workers whose working directory is ``directory`` (a pipeline's, on any node)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if Path(cwd) == directory and is_worker(int(entry.name)) and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _signal_set(pid: int, field: str) -> set[int]:
+    """The signals of a /proc/PID/status mask line (``SigCgt``: caught, ``ShdPnd``: pending for the process)."""
     for line in _read(pid, "status").decode(errors="replace").splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
-    return False
+        if line.startswith(f"{field}:"):
+            mask = int(line.split()[1], 16)
+            return {signum for signum in range(1, 65) if mask >> (signum - 1) & 1}
+    return set()
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether ``pid`` has a handler of its own for ``signum``."""
+    return signum in _signal_set(pid, "SigCgt")
+
+
+def pending(pid: int) -> set[int]:
+    """The signals sent to ``pid`` (kill(2)) and not yet delivered: a stopped process keeps them until SIGCONT."""
+    return _signal_set(pid, "ShdPnd")
+
+
+def send(pids: list[int], signum: int) -> None:
+    """Send ``signum`` to each of ``pids`` that still exists."""
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def freeze(pids: list[int]) -> None:
     """Stop ``pids`` (SIGSTOP): nothing of them runs, writes or answers from now on."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            pass
+    send(pids, signal.SIGSTOP)
+
+
+def resume(pids: list[int]) -> None:
+    """Let ``freeze``d ``pids`` run again (SIGCONT); their pending signals are delivered first."""
+    send(pids, signal.SIGCONT)
 
 
 def kill(pids: list[int], timeout: float = 30.0) -> None:
     """SIGKILL ``pids`` and wait until none runs."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    send(pids, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"still running after SIGKILL: {[p for p in pids if alive(p)]}"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster_helpers import PROFILES, REQUIRED, daemon_problem, scheduler_env
+from cluster_helpers import PROFILES, REQUIRED, SETUP_LINE, daemon_problem, scheduler_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,9 +34,6 @@ pytest.importorskip("snakemake")
 
 if not REQUIRED:
     pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
-
-# Each profile's setup hook (modules, venv on a real cluster) runs first in every job.
-SETUP_LINE = 'echo "setup line ran on $(hostname)"'
 
 
 def tiny_config(nodes: int = 1) -> dict:

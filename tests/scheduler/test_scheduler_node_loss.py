@@ -10,33 +10,31 @@ again and the node returns to service (`ReturnToService=2`). The rerun must resu
 checkpoint at the moment of the loss (not from a checkpoint the kill left half-written), log each step once,
 and end with the losses and the weights of an uninterrupted run.
 
-Deterministic: the kill is triggered by the run directory's contents, and the steps left after it are many
-times what is needed to see it land (the test says so plainly if the stage had finished first).
+The loss is triggered by the run directory's contents and lands where the test says: the job's processes are
+frozen once a checkpoint is complete and a later step is logged, and the test fails unless, at that instant,
+a checkpoint is complete and the stage not finished (STEPS leaves the steps that pass while a poll becomes a
+SIGSTOP).
 """
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from cluster_helpers import PROFILES, REQUIRED, daemon_problem, scheduler_env
+from cluster_helpers import REPO, REQUIRED, SETUP_LINE, daemon_problem, logged_steps, scheduler_env, start_pipeline
 from node_processes import alive, freeze, job_processes, kill, worker_processes
-from test_scheduler_dag import SETUP_LINE, tiny_config
+from test_scheduler_requeue import STAGE, finished_as_the_reference, job_log, losses, retrained
+from test_scheduler_requeue import stage_config as requeue_stage_config
 
-from kotomamba.train.run_dir import RunDir, step_of
+from kotomamba.train.run_dir import step_of
 from kotomamba.train.status import complete_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
 COMMON = REPO / "tests" / "scheduler" / "common.sh"
-STEPS = 200
-INTERVAL = 10  # a checkpoint every INTERVAL steps
+STEPS = 20
+INTERVAL = 5  # a checkpoint every INTERVAL steps
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 pytest.importorskip("snakemake")
@@ -45,55 +43,17 @@ if not REQUIRED:
 
 
 def stage_config() -> dict:
-    config = tiny_config(nodes=1)
-    config["launch"] = {"nodes": 1, "nproc_per_node": 1, "device": "cpu"}
-    config["stages"][0]["train"]["train"] = {"steps": STEPS}
-    config["train"]["eval"] = {"interval": 0, "steps": 1}
+    """test_scheduler_requeue.py's stage of STEPS steps on one process, a checkpoint every INTERVAL steps."""
+    config = requeue_stage_config(None, steps=STEPS)
     config["train"]["checkpoint"] = {"interval": INTERVAL, "keep_last": 2}
-    config["resources"] = {"train": {"runtime": 10, "mem_mb": 2000}}
+    config["resources"]["train"]["runtime"] = 10
     return config
 
 
-def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    config_file = workdir / "sched.yaml"
-    config_file.write_text(yaml.safe_dump(stage_config()))
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-            "--configfile", str(config_file), "--until", "train", *args]
-
-
-def stage_dir(workdir: Path) -> Path:
-    return workdir / "results" / "sched" / "train" / "pretrain"
-
-
-def logged_losses(workdir: Path) -> list[tuple]:
-    lines = (stage_dir(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [(record["step"], record["loss"]) for record in map(json.loads, lines) if "loss" in record]
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The uninterrupted run, on this machine (one job)."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    workdir.mkdir()
-    result = subprocess.run(snakemake_command(workdir, "--cores", "2"), capture_output=True, text=True,
-                            env=scheduler_env(SETUP_LINE), cwd=workdir, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return workdir
-
-
-def wait_until(what: str, condition, timeout: float, interval: float = 0.02, watch: subprocess.Popen | None = None):
-    """Poll ``condition()`` until it returns something true; fail naming ``what`` after ``timeout`` (a hang
-    guard) or when ``watch`` (snakemake) ended first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if watch is not None and watch.poll() is not None:
-            raise AssertionError(f"snakemake ended (exit {watch.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(interval)
+def reference(local_run, tmp_path_factory) -> Path:
+    """The uninterrupted run, on this machine (one job), from `local_run`'s data (conftest.py)."""
+    return retrained(local_run, tmp_path_factory.mktemp("reference") / "run", stage_config())
 
 
 def slurm(*command: str) -> str:
@@ -137,77 +97,60 @@ def restore_node(node: str) -> None:
         time.sleep(0.5)
 
 
-def test_slurm_job_on_a_lost_node_resumes_from_the_last_complete_checkpoint(reference, tmp_path):
+def test_slurm_job_on_a_lost_node_resumes_from_the_last_complete_checkpoint(local_run, reference, tmp_path):
     problem = daemon_problem("slurm")
     if problem:
         pytest.fail(f"slurm is not up: {problem}")
-    workdir = tmp_path / "run"
-    # The reference's data, tokenizer and Snakemake records (times kept), without its training stage.
-    shutil.copytree(reference, workdir, symlinks=True)
-    shutil.rmtree(stage_dir(workdir))
-    run = RunDir(stage_dir(workdir))
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
-    command = snakemake_command(workdir, *PROFILES["slurm"], "--retries", "1")
-    log = (tmp_path / "snakemake.log").open("w+")
-    snakemake = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=scheduler_env(SETUP_LINE),
-                                 cwd=workdir)
-    node = None
-    try:
-        job_id, node = wait_until("the training job runs", lambda: running_job(workdir), 120, 0.2, snakemake)
-
-        def checkpoint_then_a_later_step():
-            checkpoint = complete_checkpoint(run)
-            if checkpoint is None or not run.metrics.is_file():
-                return None
-            steps = [json.loads(line)["step"] for line in run.metrics.read_text().splitlines(keepends=True)
-                     if line.endswith("\n")]
-            return checkpoint if steps and steps[-1] > step_of(checkpoint) else None
-
-        wait_until("a complete checkpoint and a later step", checkpoint_then_a_later_step, 120, 0.01, snakemake)
-        daemon = slurmd_pid(node)
-        processes = job_processes(job_id, daemon)
-        assert worker_processes(processes), f"no training worker among job {job_id}'s processes on {node}"
-        freeze(processes + [daemon])  # the node is gone from this instant
-        assert not run.final.exists(), f"the stage finished before the node could be lost; raise STEPS ({STEPS})"
-        resumable = complete_checkpoint(run)
-        half_written = sorted(path.name for path in run.checkpoints.glob(".step_*.tmp"))
-        logged_at_loss = logged_losses(workdir)
-        kill(processes + [daemon])
-        # What a health check (or SlurmdTimeout, minutes later) does with a node that stopped answering: DOWN,
-        # which ends its jobs (NODE_FAIL).
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=lost in a kotomamba test"],
-                       check=True, capture_output=True)
-        wait_until(f"job {job_id} ends with {node}", lambda: job_id not in slurm("squeue", "-h", "-t", "R", "-o", "%i")
-                   .split(), 120, 0.5, snakemake)
-        restore_node(node)
-        snakemake.wait(timeout=300)
-    finally:
+    with start_pipeline(local_run, tmp_path / "run", STAGE, stage_config(), "slurm", retries=1) as pipeline:
+        run, node = pipeline.run, None
         try:
+            job_id, node = pipeline.wait_until("the training job runs", lambda: running_job(pipeline.workdir),
+                                               interval=0.2)
+
+            def checkpoint_then_a_later_step():
+                checkpoint = complete_checkpoint(run)
+                steps = logged_steps(run)
+                return checkpoint if checkpoint is not None and steps and steps[-1] > step_of(checkpoint) else None
+
+            pipeline.wait_until("a complete checkpoint and a later step", checkpoint_then_a_later_step, interval=0.01)
+            daemon = slurmd_pid(node)
+            processes = job_processes(job_id, daemon)
+            assert worker_processes(processes), f"no training worker among job {job_id}'s processes on {node}"
+            freeze(processes + [daemon])  # the node is gone from this instant
+            # Where the loss lands: after a complete checkpoint, with steps of the stage still to train.
+            resumable = complete_checkpoint(run)
+            logged_at_loss = losses(pipeline.workdir)
+            assert resumable is not None and logged_at_loss[-1][0] < STEPS and not run.final.exists(), (
+                f"step {logged_at_loss[-1][0]} of {STEPS} was done before the node could be lost")
+            half_written = sorted(path.name for path in run.checkpoints.glob(".step_*.tmp"))
+            kill(processes + [daemon])
+            # What a health check (or SlurmdTimeout, minutes later) does with a node that stopped answering: DOWN,
+            # which ends its jobs (NODE_FAIL).
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=lost in a kotomamba test"],
+                           check=True, capture_output=True)
+            pipeline.wait_until(f"job {job_id} ends with {node}",
+                                lambda: job_id not in slurm("squeue", "-h", "-t", "R", "-o", "%i").split(), interval=0.5)
+            restore_node(node)
+            pipeline.finish()
+        finally:
             if node is not None:
                 restore_node(node)
-        finally:
-            if snakemake.poll() is None:
-                snakemake.send_signal(signal.SIGINT)  # snakemake cancels its jobs, then exits
-                snakemake.wait(timeout=300)
-    log.seek(0)
-    output = log.read()
-    train_log = workdir / "results" / "sched" / "logs" / "train" / "pretrain.log"
-    job_log = train_log.read_text(errors="replace") if train_log.is_file() else ""
-    assert snakemake.returncode == 0, output[-5000:] + job_log[-3000:]
+    output = pipeline.output()
+    log = job_log(pipeline.workdir)
+    assert pipeline.process.returncode == 0, output[-5000:] + log[-3000:]
     # One Snakemake job, no retry used: SLURM ran the lost job again itself (profiles/slurm: slurm-requeue).
-    assert re.findall(r"submitted with SLURM jobid (\d+)", output) == [job_id], output[-4000:]
+    assert pipeline.job_ids() == [job_id], output[-4000:]
     # The run as SLURM accounted it: the run lost with its node, then the rerun that finished.
     runs = slurm("sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-S", since, "-o", "State,NodeList").splitlines()
     assert runs[0] == f"NODE_FAIL|{node}" and runs[-1].startswith("COMPLETED|"), runs
     # The rerun resumed from the newest checkpoint complete at the loss, never from a half-written one.
     starts = [json.loads(line)["start_step"] for line in run.jobs.read_text().splitlines()]
     assert starts == [0, step_of(resumable)], (starts, resumable, half_written)
-    assert f"resumed from step {step_of(resumable)}" in job_log, job_log[-3000:]
+    assert f"resumed from step {step_of(resumable)}" in log, log[-3000:]
     assert not list(run.checkpoints.glob(".step_*.tmp")), "a half-written checkpoint was left behind"
     # Every step logged once, each loss (and the final weights) those of the uninterrupted run.
-    losses = logged_losses(workdir)
-    assert [step for step, _ in losses] == list(range(1, STEPS + 1))
-    assert losses == logged_losses(reference)
-    assert logged_at_loss[: step_of(resumable)] == losses[: step_of(resumable)]
-    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
-    assert final["step"] == STEPS and final["weights"] == expected["weights"]
+    logged = losses(pipeline.workdir)
+    assert [step for step, _ in logged] == list(range(1, STEPS + 1))
+    assert logged_at_loss[: step_of(resumable)] == logged[: step_of(resumable)]
+    finished_as_the_reference(pipeline.workdir, reference, STEPS)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,10 +28,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kotomamba.train.metrics_file import read_metrics
+from cluster_helpers import (PROFILES, REQUIRED, SETUP_LINE, Pipeline, copy_without_stage, daemon_problem,
+                             logged_steps, scheduler_env, start_pipeline)
+from node_processes import freeze, pending, resume, workers_in
+from test_scheduler_dag import tiny_config
 
-from cluster_helpers import PROFILES, REQUIRED, daemon_problem, scheduler_env
-from test_scheduler_dag import SETUP_LINE, tiny_config
+from kotomamba.cluster_jobs import Resubmissions
+from kotomamba.train.stop_signals import STOP_SIGNALS
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
@@ -65,8 +67,17 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, env=scheduler_env(SETUP_LINE), cwd=workdir, timeout=900)
 
 
+STAGE = "results/sched/train/pretrain"  # tiny_config's run, its first stage
+
+
 def stage_dir(workdir: Path) -> Path:
-    return workdir / "results" / "sched" / "train" / "pretrain"
+    return workdir / STAGE
+
+
+def job_log(workdir: Path) -> str:
+    """The training stage's job log so far ("" before a job of it wrote one)."""
+    path = workdir / "results" / "sched" / "logs" / "train" / "pretrain.log"
+    return path.read_text(errors="replace") if path.is_file() else ""
 
 
 def losses(workdir: Path) -> list[tuple]:
@@ -74,23 +85,31 @@ def losses(workdir: Path) -> list[tuple]:
     return [(record["step"], record["loss"]) for record in map(json.loads, lines) if "loss" in record]
 
 
+def finished_as_the_reference(workdir: Path, reference: Path, steps: int) -> None:
+    """Every logged loss and the final weights are the uninterrupted run's."""
+    assert losses(workdir) == losses(reference)
+    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
+    assert final["step"] == steps and final["weights"] == expected["weights"]
+
+
+def retrained(prepared: Path, workdir: Path, config: dict) -> Path:
+    """``workdir``: ``prepared`` (a local run) with its training stage run again on this machine, as ``config`` says."""
+    copy_without_stage(prepared, workdir, STAGE)
+    result = snakemake(workdir, config, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return workdir
+
+
 @pytest.fixture(scope="module")
-def references(tmp_path_factory):
-    """The uninterrupted run of `world` processes and `steps` steps on this machine (one job, no budget);
-    each after the first reuses the first's tokenized data."""
-    made: dict[tuple[int, int], Path] = {}
+def references(local_run, tmp_path_factory):
+    """The uninterrupted run of `world` processes and `steps` steps on this machine (one job, no budget); all
+    share the tokenized data of `local_run` (conftest.py), which is the one of 1 process and STEPS steps."""
+    made: dict[tuple[int, int], Path] = {(1, STEPS): local_run}
 
     def reference(world: int, steps: int = STEPS) -> Path:
         if (world, steps) not in made:
             workdir = tmp_path_factory.mktemp(f"reference{world}x{steps}") / "run"
-            if made:
-                shutil.copytree(next(iter(made.values())), workdir, symlinks=True)
-                shutil.rmtree(stage_dir(workdir))
-            else:
-                workdir.mkdir()
-            result = snakemake(workdir, stage_config(None, nproc_per_node=world, steps=steps), "--cores", "2")
-            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-            made[world, steps] = workdir
+            made[world, steps] = retrained(local_run, workdir, stage_config(None, nproc_per_node=world, steps=steps))
         return made[world, steps]
 
     return reference
@@ -119,21 +138,15 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, 
     if problem:
         pytest.fail(f"{scheduler} is not up: {problem}")
     reference = references(nodes)
-    workdir = tmp_path / "run"
-    # The reference's data, tokenizer and Snakemake records (times kept), without its training stage.
-    shutil.copytree(reference, workdir, symlinks=True)
-    shutil.rmtree(stage_dir(workdir))
     # The 1 ms budget is below any step's time: one step per job, whatever the machine's speed.
     config = stage_config(0.001, nodes=nodes)
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
-    result = snakemake(workdir, config, *PROFILES[scheduler], "--retries", "0")
-    output = result.stdout + result.stderr
-    train_log = workdir / "results" / "sched" / "logs" / "train" / "pretrain.log"
-    logs = train_log.read_text(errors="replace")[-3000:] if train_log.is_file() else ""
-    assert result.returncode == 0, output[-5000:] + logs
+    with start_pipeline(reference, tmp_path / "run", STAGE, config, scheduler, retries=0) as pipeline:
+        code = pipeline.finish()
+    workdir, output = pipeline.workdir, pipeline.output()
+    assert code == 0, output[-5000:] + job_log(workdir)[-3000:]
     # One Snakemake job (no retry, no resubmission) that ran once per step.
-    submitted = re.findall(r"submitted with SLURM jobid (\d+)" if scheduler == "slurm"
-                           else r"with external jobid '(\d+)'", output)
+    submitted = pipeline.job_ids()
     assert len(submitted) == 1, output[-4000:]
     jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
     assert len(jobs) >= 3 and [job["start_step"] for job in jobs] == list(range(STEPS)), jobs
@@ -142,7 +155,7 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, 
     assert not (stage_dir(workdir) / "superseded").exists()
     if scheduler == "sge" and nodes > 1:
         # Submitted again by the profile's status.py, once per earlier job: a chain of STEPS job ids.
-        chain, link = [submitted[0]], workdir / ".snakemake" / "sge_logs" / "requeue" / f"{submitted[0]}.next"
+        chain, link = [submitted[0]], workdir / Resubmissions.of("sge").directory / f"{submitted[0]}.next"
         while link.is_file():
             chain.append(link.read_text().strip())
             link = link.with_name(f"{chain[-1]}.next")
@@ -151,24 +164,37 @@ def test_stage_longer_than_a_job_finishes_by_requeue_in_place(scheduler, nodes, 
         runs = job_runs(scheduler, submitted[0], since)
         requeued = "REQUEUED" if scheduler == "slurm" else "25"
         assert runs.count(requeued) == STEPS - 1 and len(runs) == STEPS, runs
-    # Identical to the uninterrupted run: every logged loss and the final weights.
-    assert losses(workdir) == losses(reference)
-    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
-    assert final["step"] == STEPS and final["weights"] == expected["weights"]
+    finished_as_the_reference(workdir, reference, STEPS)
 
 
-# Steps of the stopped stage: the signal goes out once step SIGNAL_AFTER is logged, and the stage must still
-# be training when it arrives (the test then sees the second job start past SIGNAL_AFTER): a fixed amount of
-# work, far more steps than pass between a log line and a signal's delivery through the scheduler.
-PREEMPT_STEPS = 200
-SIGNAL_AFTER = 2
+# Steps of a stage stopped by a signal: `stop_mid_stage` holds the workers once step 1 is logged and fails the
+# test unless that leaves a step after the one they are in; the rest pass while a poll becomes a SIGSTOP.
+PREEMPT_STEPS = 20
 
 
-def logged_steps(workdir: Path) -> list[int]:
-    path = stage_dir(workdir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [record["step"] for record in read_metrics(path, note_torn=False) if "loss" in record]
+def stop_mid_stage(pipeline: Pipeline, stop) -> int:
+    """Stop the stage's first job by the scheduler's command ``stop()`` at a step known before it lands: once step 1
+    is logged, the job's two training workers are frozen (SIGSTOP), ``stop()`` runs, and they are let go (SIGCONT)
+    only when a stop signal of theirs is pending in each, which they then take at the end of the step they are
+    in. Returns the last step logged while they were held: the job stops there or one step later, after a step
+    done and before the stage's last step (checked here)."""
+    def both_workers() -> list[int] | None:
+        found = workers_in(pipeline.workdir)
+        return found if len(found) == 2 else None
+
+    workers = pipeline.wait_until("both training workers run", both_workers)
+    pipeline.wait_for_step(1)
+    freeze(workers)
+    try:
+        logged = logged_steps(pipeline.run)[-1]
+        assert logged <= PREEMPT_STEPS - 2, (f"step {logged} of {PREEMPT_STEPS} was done before the workers were "
+                                             "held: the stop would not land before the stage's end")
+        stop()
+        pipeline.wait_until("a stop signal is pending in every held worker",
+                            lambda: all(pending(pid) & set(STOP_SIGNALS) for pid in workers))
+    finally:
+        resume(workers)
+    return logged
 
 
 def test_two_node_job_stopped_by_a_signal_resumes_in_the_requeued_job(references, tmp_path):
@@ -179,41 +205,22 @@ def test_two_node_job_stopped_by_a_signal_resumes_in_the_requeued_job(references
     if problem:
         pytest.fail(f"slurm is not up: {problem}")
     reference = references(2, PREEMPT_STEPS)
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir, symlinks=True)
-    shutil.rmtree(stage_dir(workdir))
     config = stage_config(None, nodes=2, steps=PREEMPT_STEPS)
     config["resources"]["train"]["runtime"] = 10
-    (workdir / "sched.yaml").write_text(yaml.safe_dump(config))
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
-    log = (tmp_path / "snakemake.log").open("w+")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(workdir / "sched.yaml"), "--until", "train", *PROFILES["slurm"], "--retries", "0"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=scheduler_env(SETUP_LINE),
-                               cwd=workdir)
-    try:
-        deadline = time.time() + 600  # a hang guard only
-        while not [step for step in logged_steps(workdir) if step >= SIGNAL_AFTER]:
-            assert process.poll() is None and time.time() < deadline, Path(log.name).read_text()[-4000:]
-            time.sleep(0.1)
-        job_id = re.findall(r"submitted with SLURM jobid (\d+)", Path(log.name).read_text())[0]
-        subprocess.run(["scancel", "--signal=TERM", job_id], check=True, env=scheduler_env(SETUP_LINE))
-        assert process.wait(timeout=900) == 0, Path(log.name).read_text()[-5000:]
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=120)
-    output = Path(log.name).read_text()
-    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
-    assert len(submitted) == 1, output[-4000:]
-    jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
-    # Two runs of the one job: the second resumed from the checkpoint the signal led to, mid-stage.
-    assert len(jobs) == 2 and jobs[0]["start_step"] == 0 and SIGNAL_AFTER <= jobs[1]["start_step"] < PREEMPT_STEPS, jobs
+    with start_pipeline(reference, tmp_path / "run", STAGE, config, "slurm", retries=0) as pipeline:
+        env = scheduler_env(SETUP_LINE)
+        logged = stop_mid_stage(pipeline, lambda: subprocess.run(["scancel", "--signal=TERM", pipeline.job_ids()[0]],
+                                                                 check=True, env=env))
+        assert pipeline.finish() == 0, pipeline.output()[-5000:]
+    assert len(pipeline.job_ids()) == 1, pipeline.output()[-4000:]
+    jobs = [json.loads(line) for line in pipeline.run.jobs.read_text().splitlines()]
+    # Two runs of the one job: the second resumed from the checkpoint the signal led to, where it landed.
+    assert len(jobs) == 2 and jobs[0]["start_step"] == 0, jobs
+    assert logged <= jobs[1]["start_step"] <= logged + 1, (logged, jobs)
     assert {job["world_size"] for job in jobs} == {2}, jobs
-    assert job_runs("slurm", submitted[0], since) == ["REQUEUED", "COMPLETED"]
-    assert losses(workdir) == losses(reference)
-    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
-    assert final["step"] == PREEMPT_STEPS and final["weights"] == expected["weights"]
+    assert job_runs("slurm", pipeline.job_ids()[0], since) == ["REQUEUED", "COMPLETED"]
+    finished_as_the_reference(pipeline.workdir, reference, PREEMPT_STEPS)
 
 
 def test_two_host_grid_engine_job_deleted_mid_stage_checkpoints_and_the_retry_resumes(references, tmp_path):
@@ -225,34 +232,16 @@ def test_two_host_grid_engine_job_deleted_mid_stage_checkpoints_and_the_retry_re
     if problem:
         pytest.fail(f"sge is not up: {problem}")
     reference = references(2, PREEMPT_STEPS)
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir, symlinks=True)
-    shutil.rmtree(stage_dir(workdir))
     config = stage_config(None, nodes=2, steps=PREEMPT_STEPS)
     config["resources"]["train"].update(runtime=10, sge_extra="-notify")
-    (workdir / "sched.yaml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "snakemake.log").open("w+")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(workdir / "sched.yaml"), "--until", "train", *PROFILES["sge"], "--retries", "1"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=scheduler_env(SETUP_LINE),
-                               cwd=workdir)
-    try:
-        deadline = time.time() + 600  # a hang guard only
-        while not [step for step in logged_steps(workdir) if step >= SIGNAL_AFTER]:
-            assert process.poll() is None and time.time() < deadline, Path(log.name).read_text()[-4000:]
-            time.sleep(0.1)
-        job_id = re.findall(r"with external jobid '(\d+)'", Path(log.name).read_text())[0]
-        subprocess.run(["qdel", job_id], check=True, env=scheduler_env(SETUP_LINE), capture_output=True)
-        assert process.wait(timeout=900) == 0, Path(log.name).read_text()[-5000:]
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=120)
-    output = Path(log.name).read_text()
-    assert len(re.findall(r"with external jobid '(\d+)'", output)) == 2, output[-4000:]  # the job and its retry
-    jobs = [json.loads(line) for line in (stage_dir(workdir) / "jobs.jsonl").read_text().splitlines()]
-    # The retry resumed from the checkpoint the warning signal led to, mid-stage (not from step 0).
-    assert len(jobs) == 2 and jobs[0]["start_step"] == 0 and SIGNAL_AFTER <= jobs[1]["start_step"] < PREEMPT_STEPS, jobs
-    assert losses(workdir) == losses(reference)
-    final, expected = (json.loads((stage_dir(path) / "final.json").read_text()) for path in (workdir, reference))
-    assert final["step"] == PREEMPT_STEPS and final["weights"] == expected["weights"]
+    with start_pipeline(reference, tmp_path / "run", STAGE, config, "sge", retries=1) as pipeline:
+        env = scheduler_env(SETUP_LINE)
+        logged = stop_mid_stage(pipeline, lambda: subprocess.run(["qdel", pipeline.job_ids()[0]], check=True, env=env,
+                                                                 capture_output=True))
+        assert pipeline.finish() == 0, pipeline.output()[-5000:]
+    assert len(pipeline.job_ids()) == 2, pipeline.output()[-4000:]  # the job and its retry
+    jobs = [json.loads(line) for line in pipeline.run.jobs.read_text().splitlines()]
+    # The retry resumed from the checkpoint the warning signal led to, where it landed (not from step 0).
+    assert len(jobs) == 2 and jobs[0]["start_step"] == 0, jobs
+    assert logged <= jobs[1]["start_step"] <= logged + 1, (logged, jobs)
+    finished_as_the_reference(pipeline.workdir, reference, PREEMPT_STEPS)
