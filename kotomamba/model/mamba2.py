@@ -9,7 +9,7 @@ from torch import nn
 from kotomamba.model.dt_init import inverse_softplus_dt
 from kotomamba.model.norm import GatedRMSNorm
 from kotomamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_update, conv_state_from_inputs
-from kotomamba.ops.fused import mamba2_split_conv1d_scan
+from kotomamba.ops.fused import Mamba2Row, mamba2_split_conv1d_scan
 from kotomamba.ops.ssd import ssd_chunk_scan
 from kotomamba.ops.ssm_step import selective_state_update
 
@@ -35,7 +35,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
-        # in_proj output order: [z, x, B, C, dt]
+        self.row = Mamba2Row(self.nheads, headdim, ngroups, d_state)  # in_proj output order: [z, x, B, C, dt]
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads,
                                  bias=bias, **factory)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
@@ -63,15 +63,6 @@ class Mamba2Mixer(nn.Module):
         nn.init.ones_(self.D)
         self.norm.reset_parameters()
 
-    def _split(self, zxbcdt: torch.Tensor):
-        return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
-
-    def _split_xbc(self, xBC: torch.Tensor):
-        n = self.ngroups * self.d_state
-        x, B, C = torch.split(xBC, [self.d_inner, n, n], dim=-1)
-        return (x.unflatten(-1, (self.nheads, self.headdim)), B.unflatten(-1, (self.ngroups, self.d_state)),
-                C.unflatten(-1, (self.ngroups, self.d_state)))
-
     def forward(self, hidden_states: torch.Tensor, seq_idx: torch.Tensor | None = None,
                 state: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """hidden_states [b, L, d_model] -> [b, L, d_model]; seq_idx [b, L] resets the state at
@@ -86,12 +77,12 @@ class Mamba2Mixer(nn.Module):
                 self.out_proj.weight, self.out_proj.bias, seq_idx=seq_idx, dt_limit=self.dt_limit,
             )
         conv_state, ssm_state = state
-        z, xBC, dt = self._split(zxbcdt)
+        z, xBC, dt = self.row.split(zxbcdt)
         xBC_t = xBC.transpose(1, 2)
         conv_state.copy_(conv_state_from_inputs(xBC_t, self.d_conv))
         xBC = causal_conv1d(xBC_t, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx,
                             activation="silu").transpose(1, 2)
-        x, B, C = self._split_xbc(xBC)
+        x, B, C = self.row.heads(xBC)
         y, final_state = ssd_chunk_scan(
             x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
             dt_limit=self.dt_limit, seq_idx=seq_idx, return_final_states=True,
@@ -102,9 +93,9 @@ class Mamba2Mixer(nn.Module):
     def step(self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place."""
         conv_state, ssm_state = state
-        z, xBC, dt = self._split(self.in_proj(hidden_states))
+        z, xBC, dt = self.row.split(self.in_proj(hidden_states))
         xBC = causal_conv1d_update(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        x, B, C = self._split_xbc(xBC)
+        x, B, C = self.row.heads(xBC)
         p, n = self.headdim, self.d_state
         A = -torch.exp(self.A_log.float())
         y = selective_state_update(

@@ -9,6 +9,8 @@ The ``*_ref`` twins compose the reference ops of this package step by step.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -75,6 +77,34 @@ def mamba1_inner(
     )
 
 
+@dataclass(frozen=True)
+class Mamba2Row:
+    """How Mamba-2's in_proj output lies: [z | x | B | C | dt] along the last axis, with z and x of
+    ``nheads * headdim`` channels, B and C of ``ngroups * dstate``, dt of ``nheads``."""
+
+    nheads: int
+    headdim: int
+    ngroups: int
+    dstate: int
+
+    @classmethod
+    def of(cls, width: int, nheads: int, headdim: int, ngroups: int) -> "Mamba2Row":
+        """The layout of a row ``width`` channels wide."""
+        return cls(nheads, headdim, ngroups, (width - 2 * nheads * headdim - nheads) // (2 * ngroups))
+
+    def split(self, zxbcdt: torch.Tensor):
+        """zxbcdt [..., 2*d_inner + 2*g*n + h] -> z [..., d_inner], xBC [..., d_inner + 2*g*n], dt [..., h] (views)."""
+        dim = self.nheads * self.headdim
+        return torch.split(zxbcdt, [dim, dim + 2 * self.ngroups * self.dstate, self.nheads], dim=-1)
+
+    def heads(self, xBC: torch.Tensor):
+        """xBC [..., d_inner + 2*g*n] -> x [..., h, p], B and C [..., g, n] (views)."""
+        n = self.ngroups * self.dstate
+        x, B, C = torch.split(xBC, [self.nheads * self.headdim, n, n], dim=-1)
+        return (x.unflatten(-1, (self.nheads, self.headdim)), B.unflatten(-1, (self.ngroups, self.dstate)),
+                C.unflatten(-1, (self.ngroups, self.dstate)))
+
+
 def mamba2_split_conv1d_scan_ref(
     zxbcdt: torch.Tensor,
     conv1d_weight: torch.Tensor,
@@ -95,20 +125,16 @@ def mamba2_split_conv1d_scan_ref(
     """Mamba-2 mixer after in_proj. zxbcdt: [b, L, 2*d_inner + 2*g*n + h] (order z, x, B, C, dt);
     conv1d_weight: [d_inner + 2*g*n, W]; dt_bias, A, D: [h]; norm_weight: [d_inner];
     seq_idx: [b, L]. Returns [b, L, d_model]."""
-    nheads = D.shape[0]
-    dim = nheads * headdim
-    dstate = (zxbcdt.shape[-1] - 2 * dim - nheads) // (2 * ngroups)
-    z, xBC, dt = torch.split(zxbcdt, [dim, dim + 2 * ngroups * dstate, nheads], dim=-1)
+    row = Mamba2Row.of(zxbcdt.shape[-1], D.shape[0], headdim, ngroups)
+    z, xBC, dt = row.split(zxbcdt)
     xBC = causal_conv1d_ref(
         xBC.transpose(1, 2), conv1d_weight, conv1d_bias, seq_idx=seq_idx, activation="silu"
     ).transpose(1, 2)
-    x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
+    x, B, C = row.heads(xBC)
     y = ssd_chunk_scan_ref(
-        x.unflatten(-1, (nheads, headdim)), dt, A, B.unflatten(-1, (ngroups, dstate)),
-        C.unflatten(-1, (ngroups, dstate)), chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True,
-        dt_limit=dt_limit, seq_idx=seq_idx,
+        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True, dt_limit=dt_limit, seq_idx=seq_idx,
     )
-    y = gated_rms_norm_ref(y.flatten(-2), z, norm_weight, norm_eps, group_size=dim // ngroups)
+    y = gated_rms_norm_ref(y.flatten(-2), z, norm_weight, norm_eps, group_size=z.shape[-1] // ngroups)
     return F.linear(y, out_proj_weight, out_proj_bias)
 
 

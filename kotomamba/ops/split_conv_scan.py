@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd, _mamba_chunk_scan_combined_fwd
 
 from kotomamba.ops.causal_conv1d_triton import CONV_CONFIG, conv_bwd, conv_fwd
+from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
 
 
@@ -39,21 +40,8 @@ class MixerShape:
     dt_limit: tuple[float, float]
     conv_config: tuple[int, ...] = CONV_CONFIG
 
-    def split(self, zxbcdt: torch.Tensor, nheads: int, dstate: int):
-        """zxbcdt [b, L, 2*d_inner + 2*g*n + h] -> z [b, L, d_inner], xBC [b, L, d_inner + 2*g*n], dt [b, L, h]."""
-        dim = nheads * self.headdim
-        return torch.split(zxbcdt, [dim, dim + 2 * self.ngroups * dstate, nheads], dim=-1)
-
-    def heads(self, xBC: torch.Tensor, nheads: int, dstate: int):
-        """xBC [b, L, d_inner + 2*g*n] -> x [b, L, h, p], B and C [b, L, g, n] (views)."""
-        n = self.ngroups * dstate
-        x, B, C = torch.split(xBC, [nheads * self.headdim, n, n], dim=-1)
-        return (x.unflatten(-1, (nheads, self.headdim)), B.unflatten(-1, (self.ngroups, dstate)),
-                C.unflatten(-1, (self.ngroups, dstate)))
-
-
-def _dstate(conv1d_weight: torch.Tensor, nheads: int, shape: MixerShape) -> int:
-    return (conv1d_weight.shape[0] - nheads * shape.headdim) // (2 * shape.ngroups)
+    def row(self, zxbcdt: torch.Tensor, nheads: int) -> Mamba2Row:
+        return Mamba2Row.of(zxbcdt.shape[-1], nheads, self.headdim, self.ngroups)
 
 
 class _SplitConvScan(torch.autograd.Function):
@@ -63,10 +51,9 @@ class _SplitConvScan(torch.autograd.Function):
                 out_proj_bias, shape: MixerShape):
         batch, seqlen, _ = zxbcdt.shape
         nheads = D.shape[0]
-        dstate = _dstate(conv1d_weight, nheads, shape)
-        z, xBC, dt = shape.split(zxbcdt, nheads, dstate)
-        x, B, C = shape.heads(conv_fwd(xBC, conv1d_weight, conv1d_bias, seq_idx, True, shape.conv_config),
-                              nheads, dstate)
+        row = shape.row(zxbcdt, nheads)
+        z, xBC, dt = row.split(zxbcdt)
+        x, B, C = row.heads(conv_fwd(xBC, conv1d_weight, conv1d_bias, seq_idx, True, shape.conv_config))
         scanned, *_ = _mamba_chunk_scan_combined_fwd(
             x, dt, A, B, C, shape.chunk_size, D=D, z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True,
             dt_limit=shape.dt_limit)
@@ -90,14 +77,14 @@ class _SplitConvScan(torch.autograd.Function):
         shape: MixerShape = ctx.shape
         batch, seqlen, _ = zxbcdt.shape
         nheads = D.shape[0]
-        dstate = _dstate(conv1d_weight, nheads, shape)
-        z, xBC, dt = shape.split(zxbcdt, nheads, dstate)
+        row = shape.row(zxbcdt, nheads)
+        z, xBC, dt = row.split(zxbcdt)
         xBC_conv = conv_fwd(xBC, conv1d_weight, conv1d_bias, seq_idx, True, shape.conv_config)
-        x, B, C = shape.heads(xBC_conv, nheads, dstate)
+        x, B, C = row.heads(xBC_conv)
         dzxbcdt = torch.empty_like(zxbcdt)
-        dz, dxBC_in, ddt = shape.split(dzxbcdt, nheads, dstate)
+        dz, dxBC_in, ddt = row.split(dzxbcdt)
         dxBC = torch.empty_like(xBC_conv)
-        dx, dB, dC = shape.heads(dxBC, nheads, dstate)
+        dx, dB, dC = row.heads(dxBC)
 
         dnormed = F.linear(dout, out_proj_weight.t()).flatten(0, 1)
         normed = torch.empty_like(dnormed)
