@@ -1,5 +1,6 @@
-"""Document resets in Mamba-2's mixer: our channel-last convolution (kotomamba/ops/causal_conv1d_triton.py)
-against causal-conv1d's, and the mixer function built on it (kotomamba/ops/split_conv_scan.py) against
+"""Document resets in Mamba-2's mixer: causal-conv1d's resetless convolution with the resets patched in
+(kotomamba/ops/causal_conv1d_resets.py) against causal-conv1d's own resets, and the mixer function built on
+it (kotomamba/ops/split_conv_scan.py) against
 mamba-ssm's ``mamba_split_conv1d_scan_combined``, forward+backward, with and without documents, at the
 shapes of the 130m-2.7b presets (bf16 activations from in_proj, float32 weights, d_state 128, head dim 64,
 one group, chunk 256, width-4 convolution on the xBC slice of the in_proj row, as the model calls them).
@@ -51,24 +52,20 @@ def runner(impl: str, shape: str, seq: int, doc_len: int):
     """One forward+backward of ``impl`` as a closure, and the bytes floor of the convolution."""
     import torch
 
-    from kotomamba.ops.causal_conv1d_triton import CONV_CONFIG
-
     zxbcdt, w, seq_idx, d_inner, nheads, d_model = make_inputs(shape, seq, doc_len)
     xBC = zxbcdt[..., d_inner : 2 * d_inner + 2 * DSTATE]
     kind, name = impl.split(":")
-    name, _, blocking = name.partition("=")
-    config = tuple(int(v) for v in blocking.split(".")) if blocking else CONV_CONFIG
     if kind == "conv":
         # A detached slice keeps the row's strides: the input as the mixer hands it over.
         leaves = [xBC.detach().requires_grad_(True), w["conv1d_weight"].requires_grad_(True),
                   w["conv1d_bias"].requires_grad_(True)]
         dy = torch.randn(xBC.shape, device="cuda", dtype=torch.bfloat16)
-        if name == "ours":
-            from kotomamba.ops.causal_conv1d_triton import causal_conv1d_triton
+        if name == "ours" and seq_idx is not None:
+            from kotomamba.ops.causal_conv1d_resets import causal_conv1d_resets
 
             def fn():
-                return causal_conv1d_triton(*leaves, seq_idx, "silu", config)
-        else:
+                return causal_conv1d_resets(*leaves, seq_idx, "silu")
+        else:  # causal-conv1d's own, and ours without documents (its resetless kernel, unpatched)
             from causal_conv1d import causal_conv1d_fn
 
             def fn():
@@ -86,7 +83,7 @@ def runner(impl: str, shape: str, seq: int, doc_len: int):
             def fn():
                 return mamba2_split_conv_scan(source, w["conv1d_weight"], w["conv1d_bias"], w["dt_bias"], w["A"],
                                               w["D"], 256, HEADDIM, 1, w["norm_weight"], 1e-5, w["out_proj_weight"],
-                                              None, seq_idx=seq_idx, conv_config=config)
+                                              None, seq_idx=seq_idx)
         else:
             from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
 
@@ -113,7 +110,5 @@ def add_arguments(parser) -> None:
 
 
 if __name__ == "__main__":
-    op_main(__doc__, SHAPES, IMPLS, "comma-separated; ours may carry the convolution's blocking (positions and "
-            "channels per tile, warps, tiles per program of the backward's second launch), e.g. conv:ours=16.64.4.8",
-            cases, lambda impl, case, args: runner(impl, case["shape"], args.seq, args.doc_len if case["documents"]
+    op_main(__doc__, SHAPES, IMPLS, "comma-separated", cases, lambda impl, case, args: runner(impl, case["shape"], args.seq, args.doc_len if case["documents"]
                                                    else 0), add_arguments)

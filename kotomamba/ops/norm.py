@@ -1,8 +1,9 @@
 """RMSNorm with the fused residual add of mamba-ssm's blocks, and the gated RMSNorm of Mamba-2.
 
-Kernels: ``mamba_ssm.ops.triton.layer_norm.rms_norm_fn`` (add + norm in one pass, residual kept in
-float32) and ``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn``. References: the same maths in
-float32 PyTorch (after mamba-ssm's ``rms_norm_ref`` functions).
+Kernels: ours (:mod:`kotomamba.ops.norm_triton`: add + norm in one pass, residual kept in float32, and
+the gated norm; the maths and arguments of mamba-ssm's ``layer_norm.rms_norm_fn`` and
+``layernorm_gated.rmsnorm_fn``, with backwards that spread the rows over many programs).
+References: the same maths in float32 PyTorch (after mamba-ssm's ``rms_norm_ref`` functions).
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import torch.nn.functional as F
 
 from kotomamba.ops.dispatch import kernel_module, use_kernels
 
-_ADD_NORM_KERNEL = "mamba_ssm.ops.triton.layer_norm"
-_GATED_KERNEL = "mamba_ssm.ops.triton.layernorm_gated"
+_KERNEL = "kotomamba.ops.norm_triton"
 
 
 def add_rms_norm_ref(
@@ -48,11 +48,9 @@ def add_rms_norm(
     residual_in_fp32: bool = False,
 ):
     """Dispatching twin of :func:`add_rms_norm_ref`."""
-    if not use_kernels(x, _ADD_NORM_KERNEL):
+    if not use_kernels(x, _KERNEL):
         return add_rms_norm_ref(x, weight, residual, eps, prenorm, residual_in_fp32)
-    return kernel_module(_ADD_NORM_KERNEL).rms_norm_fn(
-        x, weight, None, residual=residual, eps=eps, prenorm=prenorm, residual_in_fp32=residual_in_fp32
-    )
+    return kernel_module(_KERNEL).add_rms_norm_triton(x, weight, residual, eps, prenorm, residual_in_fp32)
 
 
 def gated_rms_norm_ref(
@@ -80,8 +78,6 @@ def gated_rms_norm(
     group_size: int | None = None,
 ) -> torch.Tensor:
     """Dispatching twin of :func:`gated_rms_norm_ref`."""
-    if not use_kernels(x, _GATED_KERNEL):
+    if not use_kernels(x, _KERNEL):
         return gated_rms_norm_ref(x, z, weight, eps, group_size)
-    return kernel_module(_GATED_KERNEL).rmsnorm_fn(
-        x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False
-    )
+    return kernel_module(_KERNEL).gated_rms_norm_triton(x, z, weight, eps, group_size)

@@ -1,11 +1,11 @@
-"""Mamba-2's mixer after in_proj as one autograd function whose convolution resets at document starts
-where the slice lies (kotomamba/ops/causal_conv1d_triton.py) and whose gated RMSNorm's backward walks
-the rows in many programs (kotomamba/ops/norm_triton.py), around mamba-ssm's SSD chunk scan kernels.
-:func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin.
+"""Mamba-2's mixer after in_proj as one autograd function whose convolution is causal-conv1d's resetless
+channel-last kernel with document resets patched in (kotomamba/ops/causal_conv1d_resets.py) and whose
+gated RMSNorm's backward walks the rows in many programs (kotomamba/ops/norm_triton.py), around
+mamba-ssm's SSD chunk scan kernels. :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the
+twin; tests/gpu/test_gpu_conv.py checks it against the twin and mamba-ssm's function.
 
-Not dispatched yet: :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` calls mamba-ssm's function
-until bench/conv_throughput.py shows this one faster (bench/RESULTS.md); tests/gpu/test_gpu_conv.py
-checks it against both.
+Not dispatched: :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` calls mamba-ssm's function, because
+the patched convolution is still slower than causal-conv1d's own resets (bench/RESULTS.md).
 
 The maths, arguments and memory plan are those of mamba-ssm's ``mamba_split_conv1d_scan_combined``
 (``mamba_ssm/ops/triton/ssd_combined.py``), whose convolution is causal-conv1d's channel-last kernel:
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd, _mamba_chunk_scan_combined_fwd
 
-from kotomamba.ops.causal_conv1d_triton import CONV_CONFIG, conv_bwd, conv_fwd
+from kotomamba.ops.causal_conv1d_resets import conv_backward, conv_forward
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
 
@@ -31,14 +31,13 @@ from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
 @dataclass(frozen=True)
 class MixerShape:
     """The non-tensor arguments: heads of ``headdim`` columns in ``ngroups`` groups, the scan's chunk,
-    the norm's epsilon, dt's clamp and the convolution's blocking."""
+    the norm's epsilon and dt's clamp."""
 
     headdim: int
     ngroups: int
     chunk_size: int
     norm_eps: float
     dt_limit: tuple[float, float]
-    conv_config: tuple[int, ...] = CONV_CONFIG
 
     def row(self, zxbcdt: torch.Tensor, nheads: int) -> Mamba2Row:
         return Mamba2Row.of(zxbcdt.shape[-1], nheads, self.headdim, self.ngroups)
@@ -53,7 +52,7 @@ class _SplitConvScan(torch.autograd.Function):
         nheads = D.shape[0]
         row = shape.row(zxbcdt, nheads)
         z, xBC, dt = row.split(zxbcdt)
-        x, B, C = row.heads(conv_fwd(xBC, conv1d_weight, conv1d_bias, seq_idx, True, shape.conv_config))
+        x, B, C = row.heads(conv_forward(xBC, conv1d_weight, conv1d_bias, seq_idx, True))
         scanned, *_ = _mamba_chunk_scan_combined_fwd(
             x, dt, A, B, C, shape.chunk_size, D=D, z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True,
             dt_limit=shape.dt_limit)
@@ -79,7 +78,7 @@ class _SplitConvScan(torch.autograd.Function):
         nheads = D.shape[0]
         row = shape.row(zxbcdt, nheads)
         z, xBC, dt = row.split(zxbcdt)
-        xBC_conv = conv_fwd(xBC, conv1d_weight, conv1d_bias, seq_idx, True, shape.conv_config)
+        xBC_conv = conv_forward(xBC, conv1d_weight, conv1d_bias, seq_idx, True)
         x, B, C = row.heads(xBC_conv)
         dzxbcdt = torch.empty_like(zxbcdt)
         dz, dxBC_in, ddt = row.split(dzxbcdt)
@@ -98,8 +97,8 @@ class _SplitConvScan(torch.autograd.Function):
         dout_flat = dout.flatten(0, 1)
         dout_proj_weight = dout_flat.t() @ normed.to(dout_flat.dtype)
         dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
-        _, dconv_weight, dconv_bias = conv_bwd(xBC, conv1d_weight, conv1d_bias, seq_idx, dxBC, True,
-                                               shape.conv_config, dx=dxBC_in)
+        _, dconv_weight, dconv_bias = conv_backward(xBC, conv1d_weight, conv1d_bias, seq_idx, dxBC, True,
+                                                    dx=dxBC_in)
         return (dzxbcdt, dconv_weight, dconv_bias, ddt_bias, dA, dD, None, dnorm_weight, dout_proj_weight,
                 dout_proj_bias, None)
 
@@ -120,12 +119,11 @@ def mamba2_split_conv_scan(
     out_proj_bias: torch.Tensor | None,
     seq_idx: torch.Tensor | None = None,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
-    conv_config: tuple[int, ...] = CONV_CONFIG,
 ) -> torch.Tensor:
     """Arguments and result as :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref`: zxbcdt
     [b, L, 2*d_inner + 2*g*n + h]; conv1d_weight [d_inner + 2*g*n, W]; dt_bias, A, D [h]; norm_weight
     [d_inner]; seq_idx [b, L]. Returns [b, L, d_model]. CUDA only (mamba-ssm's Triton kernels)."""
-    shape = MixerShape(headdim, ngroups, chunk_size, norm_eps, tuple(dt_limit), tuple(conv_config))
+    shape = MixerShape(headdim, ngroups, chunk_size, norm_eps, tuple(dt_limit))
     if seq_idx is not None:
         seq_idx = seq_idx.to(torch.int32).contiguous()
     return _SplitConvScan.apply(zxbcdt, conv1d_weight.contiguous(), conv1d_bias, dt_bias, A, D, seq_idx,

@@ -1,5 +1,6 @@
-"""Our channel-last causal convolution (kotomamba/ops/causal_conv1d_triton.py) and the Mamba-2 mixer
-function built on it (kotomamba/ops/split_conv_scan.py), compiled on a GPU: outputs and every gradient
+"""causal-conv1d's resetless channel-last convolution with document resets patched in
+(kotomamba/ops/causal_conv1d_resets.py) and the Mamba-2 mixer function built on it
+(kotomamba/ops/split_conv_scan.py), compiled on a GPU: outputs and every gradient
 against causal-conv1d / mamba-ssm's ``mamba_split_conv1d_scan_combined`` on the same inputs, and against
 the float32 PyTorch twins. Judged by relative error ||a - b|| / ||b||."""
 from __future__ import annotations
@@ -42,21 +43,20 @@ def grads_of(fn, leaves: dict, dy: torch.Tensor) -> dict:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("resets", [False, True])
-@pytest.mark.parametrize("config", [(16, 64, 4, 8), (8, 128, 4, 16), (32, 64, 8, 1)])
-def test_conv_matches_causal_conv1d_and_the_twin(dtype, resets, config):
+@pytest.mark.parametrize("seed", [1, 2])
+def test_conv_matches_causal_conv1d_and_the_twin(dtype, seed):
     from causal_conv1d import causal_conv1d_fn
 
-    from kotomamba.ops.causal_conv1d_triton import causal_conv1d_triton
+    from kotomamba.ops.causal_conv1d_resets import causal_conv1d_resets
 
     torch.manual_seed(0)
     batch, seqlen, dim = 3, 1000, 1792 + 40
     row = torch.randn(batch, seqlen, dim + 24, device=DEVICE).to(dtype)
     leaves = {"x": row[..., 8 : 8 + dim], "weight": torch.randn(dim, 4, device=DEVICE) * 0.5,
               "bias": torch.randn(dim, device=DEVICE) * 0.2}
-    seq_idx = documents(batch, seqlen, 1) if resets else None
+    seq_idx = documents(batch, seqlen, seed)
     dy = torch.randn(batch, seqlen, dim, device=DEVICE)
-    ours = grads_of(lambda x, weight, bias: causal_conv1d_triton(x, weight, bias, seq_idx, "silu", config), leaves, dy)
+    ours = grads_of(lambda x, weight, bias: causal_conv1d_resets(x, weight, bias, seq_idx, "silu"), leaves, dy)
     theirs = grads_of(lambda x, weight, bias: causal_conv1d_fn(x.transpose(1, 2), weight, bias, seq_idx=seq_idx,
                                                                activation="silu").transpose(1, 2), leaves, dy)
     twin = grads_of(lambda x, weight, bias: causal_conv1d_ref(x.float().transpose(1, 2), weight, bias, seq_idx,

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from kotomamba.ops import dispatch
+from kotomamba.ops import dispatch, fused, norm
 
 pytestmark = pytest.mark.gpu
 
@@ -104,7 +104,7 @@ def _seed():
 def test_kernels_are_dispatched_on_cuda(monkeypatch):
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "0")
     x = torch.zeros(1, device=DEVICE)
-    assert dispatch.use_kernels(x, "mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
+    assert dispatch.use_kernels(x, *fused._MAMBA1_KERNELS, *fused._MAMBA2_KERNELS, norm._KERNEL)
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "1")
     assert not dispatch.use_kernels(x, "causal_conv1d")
 

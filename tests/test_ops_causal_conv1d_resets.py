@@ -1,0 +1,102 @@
+"""Document resets patched onto a resetless causal convolution (kotomamba/ops/causal_conv1d_resets.py),
+on CPU under Triton's interpreter (in a fresh process: see tests/interpreted_kernels.py). The resetless
+convolution is the twin ``causal_conv1d_ref`` without ``seq_idx`` (on a GPU it is causal-conv1d's channel-last
+kernel: tests/gpu/test_gpu_conv.py); patched, its output and every gradient must be the twin's with
+``seq_idx``, in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interpreted_kernels import assert_relative, documents, run_interpreted
+
+from kotomamba.ops.causal_conv1d import causal_conv1d_ref
+
+pytest.importorskip("triton", reason="the kernels' CPU check needs the triton package (the test extra has it)")
+
+RUN_KERNEL = """
+import sys, torch
+from kotomamba.ops.causal_conv1d import causal_conv1d_ref
+from kotomamba.ops.causal_conv1d_resets import patch_backward, patch_forward, stash_gradient
+results = {}
+for name, case in torch.load(sys.argv[1]).items():
+    o = case["options"]
+    silu, config, seq_idx = o["activation"] is not None, o["config"], o["seq_idx"].to(torch.int32)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in case["leaves"].items()}
+    x, weight, bias = leaves["x"], leaves["weight"], leaves.get("bias")
+    # The resetless convolution and its backward, as causal-conv1d's kernels would give them.
+    y = causal_conv1d_ref(x.transpose(1, 2), weight, bias, None, o["activation"]).transpose(1, 2)
+    patched = y.detach().clone()
+    patch_forward(x.detach(), weight.detach(), None if bias is None else bias.detach(), seq_idx, patched, silu, config)
+    dy = case["dy"].clone()
+    stash = stash_gradient(dy, seq_idx, weight.shape[1], config)
+    grads = dict(zip(leaves, torch.autograd.grad((y * dy).sum(), list(leaves.values()))))
+    dx = grads["x"].contiguous()
+    dw, dbias = patch_backward(x.detach(), weight.detach(), None if bias is None else bias.detach(), seq_idx, stash,
+                               dx, silu, config)
+    results[name] = {"y": patched, "dx": dx, "dweight": grads["weight"] + dw}
+    if bias is not None:
+        results[name]["dbias"] = grads["bias"] + dbias
+torch.save(results, sys.argv[2])
+"""
+
+
+def case(seed: int, batch: int, seqlen: int, dim: int, width: int, config: tuple[int, ...], cuts: list[list[int]],
+         bias: bool = True, activation: str | None = "silu", strided: bool = False) -> dict:
+    """Random float32 inputs x [batch, seqlen, dim]; ``cuts``: per row, the positions where a new document
+    starts; ``strided``: x as a slice of a wider row, as Mamba-2's split leaves it."""
+    g = torch.Generator().manual_seed(seed)
+    if strided:
+        x = torch.randn(batch, seqlen, dim + 7, generator=g)[..., 3 : 3 + dim]
+    else:
+        x = torch.randn(batch, seqlen, dim, generator=g)
+    leaves = {"x": x, "weight": torch.randn(dim, width, generator=g) * 0.5}
+    if bias:
+        leaves["bias"] = torch.randn(dim, generator=g) * 0.3
+    options = {"activation": activation, "config": config, "seq_idx": documents(batch, seqlen, cuts)}
+    return {"leaves": leaves, "options": options, "dy": torch.randn(batch, seqlen, dim, generator=g)}
+
+
+# Resets inside a tile, on a tile's first and last position and one before a tile's end (its patch
+# reaches into the next tile), one- and two-token documents (patches that overlap), a row without
+# resets; partial tiles along positions and channels; no bias; no activation; filter widths 2 to 4
+# (3: taps padded to 4); x as a strided slice.
+CASES = {
+    "documents": dict(seed=1, batch=3, seqlen=50, dim=40, width=4, config=(16, 16, 4),
+                      cuts=[[20, 33, 34], [15, 16, 31, 47, 48, 49], []]),
+    "no-bias-no-activation": dict(seed=3, batch=1, seqlen=40, dim=16, width=3, config=(8, 16, 4), bias=False,
+                                  activation=None, cuts=[[2, 5, 6]]),
+    "width-2": dict(seed=5, batch=2, seqlen=33, dim=24, width=2, config=(16, 8, 4), cuts=[[1, 16], [31, 32]]),
+    "strided": dict(seed=4, batch=2, seqlen=70, dim=48, width=4, config=(16, 32, 4), cuts=[[5], [62, 64]],
+                    strided=True),
+}
+
+
+def twin(c: dict) -> dict:
+    leaves = {k: v.double().requires_grad_(True) for k, v in c["leaves"].items()}
+    o = c["options"]
+    y = causal_conv1d_ref(leaves["x"].transpose(1, 2), leaves["weight"], leaves.get("bias"), o["seq_idx"],
+                          o["activation"]).transpose(1, 2)
+    grads = torch.autograd.grad((y * c["dy"].double()).sum(), list(leaves.values()))
+    names = {"x": "dx", "weight": "dweight", "bias": "dbias"}
+    return {"y": y.detach(), **{names[k]: g for k, g in zip(leaves, grads)}}
+
+
+def test_patched_resets_match_the_twin(tmp_path):
+    cases = {name: case(**spec) for name, spec in CASES.items()}
+    got = run_interpreted(RUN_KERNEL, cases, tmp_path)
+    for name, c in cases.items():
+        assert_relative(got[name], twin(c), 1e-5)
+
+
+def test_the_resetless_convolution_differs_near_resets():
+    """The patch is needed: without it, the outputs after a reset and all three gradients differ from
+    the twin's (so the test above would notice a patch that does nothing)."""
+    c = case(**CASES["documents"])
+    expected = twin(c)
+    leaves = {k: v.double().requires_grad_(True) for k, v in c["leaves"].items()}
+    y = causal_conv1d_ref(leaves["x"].transpose(1, 2), leaves["weight"], leaves["bias"], None, "silu").transpose(1, 2)
+    grads = torch.autograd.grad((y * c["dy"].double()).sum(), list(leaves.values()))
+    for key, value in zip(["y", "dx", "dweight", "dbias"], [y.detach(), *grads]):
+        error = ((value - expected[key]).norm() / expected[key].norm()).item()
+        assert error > 1e-3, key
