@@ -13,6 +13,11 @@ evaluation, the trainer's defaults for everything else (so ``data.reset_at_eod: 
 ``parallel.cuda_graph: auto``). Each process's figure is the median of the logged windows after
 ``--skip`` steps (start-up, autotuning and the graph's capture fall in those).
 
+``--tree NAME=DIR`` also runs every variant on another version of the library (DIR holds its
+``kotomamba`` package, first on the processes' PYTHONPATH), as the rows ``VARIANT @ NAME``: two versions
+compare only within one run, as two GPU machines of the same kind can differ by several percent. A tree
+of commit REV: ``mkdir -p DIR && git archive REV kotomamba | tar -x -C DIR``.
+
     python bench/trainer_throughput.py --preset mamba2-130m --micro-batch 16 --steps 40 \\
         --variants "default;parallel.cuda_graph=false" --rounds 2 --json out.json --markdown entry.md
 """
@@ -71,14 +76,19 @@ def base_config(args, tokenizer: str, prefix: str) -> dict:
     }
 
 
-def run_variant(args, scratch: Path, config: dict, name: str, overrides: list[str], round_: int) -> dict:
-    """One fresh ``kotomamba train`` process; its chosen step, median tokens/s and memory reserved."""
+def run_variant(args, scratch: Path, config: dict, name: str, overrides: list[str], round_: int,
+                tree: str | None = None) -> dict:
+    """One fresh ``kotomamba train`` process (the library from the folder ``tree`` if given); its chosen
+    step, median tokens/s and memory reserved."""
     run_dir = scratch / f"run-{round_}-{len(list(scratch.glob('run-*')))}"
     path = run_dir.with_suffix(".yaml")
     path.write_text(yaml.safe_dump({**config, "run_dir": str(run_dir)}))
     began = time.perf_counter()
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(tree).resolve()), env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-m", "kotomamba", "train", "--config", str(path), *overrides],
-                          capture_output=True, text=True, timeout=args.timeout)
+                          capture_output=True, text=True, timeout=args.timeout, env=env)
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise SystemExit(f"{name}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -135,6 +145,8 @@ def main() -> None:
     parser.add_argument("--variants", default="default;parallel.cuda_graph=false",
                         help="';'-separated variants, each 'default' or space-separated dotted overrides")
     parser.add_argument("--rounds", type=int, default=1, help="processes per variant, alternating (order reversed every other round)")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                        help="also run every variant with the kotomamba package of DIR (repeatable)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--scratch", default=None, help="where the corpus and the runs go (default: a temporary folder)")
     parser.add_argument("--json", default=None)
@@ -142,8 +154,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.skip >= args.steps:
         parser.error("--skip must be below --steps")
+    trees = {None: None}
+    for spec in args.tree:
+        tree_name, _, folder = spec.partition("=")
+        if not tree_name or not (Path(folder) / "kotomamba" / "__init__.py").is_file():
+            parser.error(f"--tree {spec}: expected NAME=DIR with DIR/kotomamba/__init__.py")
+        trees[tree_name] = folder
 
-    names = [v.strip() for v in args.variants.split(";") if v.strip()]
+    variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+    # (row name, overrides, library folder or None for this checkout)
+    runnable = [(v if t is None else f"{v} @ {t}", [] if v == "default" else v.split(), folder)
+                for t, folder in trees.items() for v in variants]
+    names = [name for name, _, _ in runnable]
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="kotomamba-trainer-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     # The corpus holds every step's tokens with room for the 1% validation split and the sample shuffle.
@@ -152,9 +174,8 @@ def main() -> None:
     config = base_config(args, tokenizer, prefix)
     runs = []
     for round_ in range(args.rounds):
-        for name in (names if round_ % 2 == 0 else names[::-1]):
-            overrides = [] if name == "default" else name.split()
-            run = run_variant(args, scratch, config, name, overrides, round_)
+        for name, overrides, folder in (runnable if round_ % 2 == 0 else runnable[::-1]):
+            run = run_variant(args, scratch, config, name, overrides, round_, folder)
             runs.append(run)
             print(json.dumps(run), flush=True)
     rows = summarize(runs, names)

@@ -32,3 +32,27 @@ def test_variants_alternate_and_report_the_chosen_step(tmp_path):
     assert all(len(r["windows"]) == 2 for r in out["runs"])  # steps 3 and 4: the first two left out
     entry = (tmp_path / "entry.md").read_text()
     assert entry.startswith("`python bench/trainer_throughput.py --preset tiny") and "| default | eager" in entry
+
+
+def test_another_tree_runs_each_variant_with_its_own_library(tmp_path):
+    """``--tree old=DIR``: the rows ``VARIANT @ old`` come from DIR's kotomamba (here a copy whose step
+    choice words its reason differently), the others from this checkout."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "kotomamba", old / "kotomamba", ignore=shutil.ignore_patterns("__pycache__"))
+    choice = old / "kotomamba" / "train" / "step_choice.py"
+    assert '"no CUDA GPU"' in choice.read_text()
+    choice.write_text(choice.read_text().replace('"no CUDA GPU"', '"no CUDA GPU in the old tree"'))
+    command = [sys.executable, str(BENCH), "--preset", "tiny", "--micro-batch", "2", "--seq", "64", "--steps", "3",
+               "--skip", "2", "--log-interval", "1", "--vocab", "64", "--doc-tokens", "20", "--variants", "default",
+               "--tree", f"old={old}", "--scratch", "work", "--json", "out.json"]
+    done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "out.json").read_text())["rows"]}
+    assert rows["default"]["step"] == "eager (parallel.cuda_graph: auto; not graphed: no CUDA GPU)"
+    assert rows["default @ old"]["step"] == "eager (parallel.cuda_graph: auto; not graphed: no CUDA GPU in the old tree)"
+    bad = subprocess.run([sys.executable, str(BENCH), "--tree", f"old={tmp_path / 'nowhere'}"], cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "expected NAME=DIR with DIR/kotomamba/__init__.py" in bad.stderr
