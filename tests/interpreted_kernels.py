@@ -10,11 +10,35 @@ from pathlib import Path
 import torch
 
 
-def run_interpreted(script: str, cases: dict, folder: Path) -> dict:
+# Run before a script with ``tf32``: the interpreter multiplies float32 dot operands exactly, where an
+# NVIDIA GPU's tensor cores take them as TF32 (tl.dot's default input precision): 10 mantissa bits. Here
+# the low 13 bits are dropped (rounding them instead gives errors of the same order); "tf32x3" and "ieee"
+# dots stay exact. Fails loudly if this Triton's interpreter no longer has the dot it wraps.
+TF32_DOTS = """
+import numpy as np
+from triton._C.libtriton import ir
+from triton.runtime import interpreter
+
+_exact_dot = interpreter.InterpreterBuilder.create_dot
+
+
+def _tf32_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+    if input_precision == ir.INPUT_PRECISION.TF32 and a.data.dtype == b.data.dtype == np.float32:
+        a, b = (interpreter.TensorHandle((v.data.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32), v.dtype)
+                for v in (a, b))
+    return _exact_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+
+interpreter.InterpreterBuilder.create_dot = _tf32_dot
+"""
+
+
+def run_interpreted(script: str, cases: dict, folder: Path, tf32: bool = False) -> dict:
     """Save ``cases`` under ``folder``, run ``script`` (Python code that reads ``sys.argv[1]``, a
     ``torch.save`` of the cases, and writes its results to ``sys.argv[2]``) with the interpreter on,
-    and return what it wrote."""
+    and return what it wrote. ``tf32``: float32 dot operands as a GPU's TF32 takes them (``TF32_DOTS``)."""
     torch.save(cases, folder / "cases.pt")
+    script = TF32_DOTS + script if tf32 else script
     done = subprocess.run([sys.executable, "-c", script, str(folder / "cases.pt"), str(folder / "out.pt")],
                           env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -100,6 +100,20 @@ def _decay_matrix(a, doc, BLOCK_T: tl.constexpr, TRANSPOSED: tl.constexpr = Fals
 
 
 @triton.jit
+def _dot_exact_rhs(a, b, acc):
+    """``acc + a @ b`` [M, N] where a float32 ``b`` [K, N] counts at its full precision, not as the TF32
+    (10 mantissa bits) that tl.dot takes float32 operands as: as a head that TF32 holds exactly plus the
+    rest, two products (what TF32 drops of the rest is about 1e-6 of b). ``a`` is taken as tl.dot takes it.
+    Other dtypes: one product."""
+    if b.dtype == tl.float32:
+        # The low 13 mantissa bits cleared: exact in TF32 whether a GPU rounds or truncates its operands.
+        head = (b.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+        acc = tl.dot(a, b - head, acc=acc)
+        b = head
+    return tl.dot(a, b, acc=acc)
+
+
+@triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, init_ptr, y_ptr, final_ptr, scratch_ptr,
     L, heads_per_group,
@@ -491,8 +505,13 @@ def _ssd_bwd_blocks_kernel(
                 state_pair += tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1)
                 leaving = tl.dot(u, G.to(x.dtype)) * to_end[:, None]  # [s, BLOCK_N]: to_end_s u_s^T G
                 v += tl.sum(Bm.to(tl.float32) * leaving, axis=1)
-                dB = tl.dot(gm_t, Cm, acc=leaving)
-                dC = tl.dot(gm_lp, Bm, acc=tl.dot(dy, S.to(x.dtype)) * from_start[:, None])
+                # In da's share C_t . dC_t - B_t . dB_t the in-block terms gm[t, s] (C_t . B_s) of the two
+                # sides cancel over the block in da's reverse cumulative sum, whose result is small where the
+                # decay is fast. In float32, plain TF32 products would round B in dC and C in dB, unlike the
+                # C and B they meet here, and leave up to 1e-3 of every term (far more of dA and ddt, which
+                # is what tests/gpu/test_gpu_ssd.py saw); so B and C count in full in both products.
+                dB = _dot_exact_rhs(gm_t, Cm, leaving)
+                dC = _dot_exact_rhs(gm_lp, Bm, tl.dot(dy, S.to(x.dtype)) * from_start[:, None])
                 da += tl.sum(Cm.to(tl.float32) * dC - Bm.to(tl.float32) * dB, axis=1)
                 if ATOMIC_BC:
                     tl.atomic_add(dB_ptr + bc_rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
