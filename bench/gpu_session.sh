@@ -66,7 +66,8 @@ while [ $# -gt 0 ]; do
         status=$(( status | ${PIPESTATUS[0]} ))
       done;;
     ssd)
-      # The Mamba-2 SSD scan alone, ours against mamba-ssm's (bench/ssd_throughput.py); SSD_ARGS go to it.
+      # The Mamba-2 SSD scan alone, ours against mamba-ssm's, one process per implementation (bench/ssd_throughput.py);
+      # SSD_ARGS go to it (e.g. "--shapes 130m --impls ssd:mamba_ssm,ssd:ours=32.64.4-s64.64.32.8").
       shift
       timeout "${STEP_TIMEOUT:-500}" python3 bench/ssd_throughput.py ${SSD_ARGS:-} --json "$out/ssd.json" 2>&1 \
         | tee "$out/ssd.log" | grep -v '^{'

@@ -12,9 +12,9 @@ import sys
 
 def run_children(script: str, argv: list[str], impls: list[str], rounds: int) -> list[dict]:
     """``python script *argv --child IMPL`` once per round and implementation, the order reversed every
-    other round so that drift over the run lands on every implementation alike. Returns every JSON
-    line the children printed, each with its ``round``; a child that fails is reported on stdout and
-    contributes what it printed before failing."""
+    other round so that drift over the run lands on every implementation alike. Prints what the
+    children print and returns their JSON lines, each with its ``round``; a child that fails is
+    reported on stdout and contributes what it printed before failing."""
     rows = []
     for round_ in range(rounds):
         for impl in impls if round_ % 2 == 0 else impls[::-1]:
@@ -24,15 +24,13 @@ def run_children(script: str, argv: list[str], impls: list[str], rounds: int) ->
             for line in done.stdout.splitlines():
                 if line.startswith("{"):
                     rows.append({**json.loads(line), "round": round_})
-                    print(line, flush=True)
+                print(line, flush=True)
     return rows
 
 
-def device_ms(run, repeats: int = 3) -> float:
-    """Milliseconds the device spends in kernels per call of ``run`` (profiled, after one warm-up
-    call): the op's cost without the host's launch gaps, which a CUDA-graphed step does not pay."""
+def _profiled(run, repeats: int):
+    """The CUDA profile of ``repeats`` calls of ``run``, after one warm-up call."""
     import torch
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -42,8 +40,22 @@ def device_ms(run, repeats: int = 3) -> float:
         for _ in range(repeats):
             run()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return prof
+
+
+def device_ms(run, repeats: int = 3) -> float:
+    """Milliseconds the device spends in kernels per call of ``run`` (profiled, after one warm-up
+    call): the op's cost without the host's launch gaps, which a CUDA-graphed step does not pay."""
+    from torch.autograd import DeviceType
+
+    kernels = [e for e in _profiled(run, repeats).events() if e.device_type == DeviceType.CUDA]
     return sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / repeats
+
+
+def profile_table(run, rows: int = 14) -> str:
+    """The profiler's table of the kernels of one call of ``run`` (after one warm-up call), by device time."""
+    return _profiled(run, 1).key_averages().table(sort_by="cuda_time_total", row_limit=rows,
+                                                   max_name_column_width=60)
 
 
 def median_range(rows: list[dict], key: str) -> tuple[float, float, float] | None:
@@ -65,6 +77,8 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
     parser.add_argument("--impls", default=",".join(impls), help=impls_help)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print each implementation's kernels for one call, at the first case")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)
     if add_arguments:
@@ -73,8 +87,10 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
     if args.child:
         import triton
 
-        for case in cases(args):
+        for index, case in enumerate(cases(args)):
             run, floor_bytes = runner(args.child, case, args)
+            if args.profile and index == 0:
+                print(f"--- profile: {args.child}, {case}, one call ---\n{profile_table(run)}", flush=True)
             wall = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
             print(json.dumps({"impl": args.child, **case, "wall_ms": wall, "device_ms": device_ms(run, repeats=5),
                               "floor_ms": floor_bytes / args.bandwidth * 1e3}), flush=True)

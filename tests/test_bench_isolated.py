@@ -1,5 +1,5 @@
 """bench/isolated.py: every (round, implementation) in a process of its own, the order reversed every
-other round, a failing child reported with what it printed kept."""
+other round, a failing child reported with what it printed kept, the children's other lines passed on."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,6 +12,7 @@ CHILD = """
 import json, os, sys
 impl = sys.argv[sys.argv.index("--child") + 1]
 print(json.dumps({"impl": impl, "pid": os.getpid(), "argv": sys.argv[1:-2], "value": len(impl)}), flush=True)
+print(f"a note from {impl}", flush=True)
 if impl == "broken":
     raise SystemExit(3)
 """
@@ -36,6 +37,7 @@ def test_each_round_and_implementation_runs_in_its_own_process(tmp_path, capsys)
     assert all(r["argv"] == ["--shapes", "a"] for r in rows)
     printed = capsys.readouterr().out
     assert printed.count("broken round") == 3 and "exit 3" in printed
+    assert printed.count("a note from one") == 3  # what is not a row is passed on (e.g. a profile)
     assert [json.loads(line)["impl"] for line in printed.splitlines() if line.startswith("{")][:3] == [
         "one", "broken", "three"]
     assert isolated.median_range([r for r in rows if r["impl"] == "three"], "value") == (5, 5, 5)
