@@ -13,14 +13,22 @@ median over rounds with the range, and the ratio against the reference (above 1:
 read, dx written) at ``--bandwidth``.
 
     python bench/conv_throughput.py --rounds 3 --json conv.json
+
+With ``--registers`` it runs nothing: it compiles the patch's kernels for each ``conv:ours`` blocking for
+sm_90a on the host (no GPU needed) and prints what ptxas gives each launch (bench/ptxas_report.py).
 """
 from __future__ import annotations
+
+import argparse
+import sys
 
 from isolated import op_main
 
 # (batch, d_inner) of the presets at micro-batch 16 / 8 / 4 and seq 2048; one group, d_state 128.
 SHAPES = {"130m": (16, 1536), "1.3b": (8, 4096), "2.7b": (4, 5120)}
 IMPLS = ("conv:causal_conv1d", "conv:ours", "mixer:mamba_ssm", "mixer:ours")
+IMPLS_HELP = ("comma-separated; conv:ours may carry the patch's blocking (positions and channels per tile, warps, "
+              "channel tiles per program, 0 for all), e.g. conv:ours=16.128.4.0")
 DSTATE, HEADDIM, WIDTH = 128, 64, 4
 
 
@@ -55,16 +63,19 @@ def runner(impl: str, shape: str, seq: int, doc_len: int):
     zxbcdt, w, seq_idx, d_inner, nheads, d_model = make_inputs(shape, seq, doc_len)
     xBC = zxbcdt[..., d_inner : 2 * d_inner + 2 * DSTATE]
     kind, name = impl.split(":")
+    name, _, blocking = name.partition("=")
     if kind == "conv":
         # A detached slice keeps the row's strides: the input as the mixer hands it over.
         leaves = [xBC.detach().requires_grad_(True), w["conv1d_weight"].requires_grad_(True),
                   w["conv1d_bias"].requires_grad_(True)]
         dy = torch.randn(xBC.shape, device="cuda", dtype=torch.bfloat16)
         if name == "ours" and seq_idx is not None:
-            from kotomamba.ops.causal_conv1d_resets import causal_conv1d_resets
+            from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG, causal_conv1d_resets
+
+            config = tuple(int(v) for v in blocking.split(".")) if blocking else PATCH_CONFIG
 
             def fn():
-                return causal_conv1d_resets(*leaves, seq_idx, "silu")
+                return causal_conv1d_resets(*leaves, seq_idx, "silu", config)
         else:  # causal-conv1d's own, and ours without documents (its resetless kernel, unpatched)
             from causal_conv1d import causal_conv1d_fn
 
@@ -109,6 +120,46 @@ def add_arguments(parser) -> None:
     parser.add_argument("--doc-len", type=int, default=1000, help="mean document length of the seq_idx runs")
 
 
+def registers_main() -> None:
+    """Prints what ptxas gives each launch of the patch (forward, the gradient's stash, backward) per
+    ``conv:ours`` blocking, at the first shape's channels (batch 1, bf16, a reset every ~--doc-len tokens)."""
+    import torch
+
+    from ptxas_report import HEADER, print_rows
+
+    from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG, patch_backward, patch_forward, stash_gradient
+
+    parser = argparse.ArgumentParser(description="registers per launch of the patch's kernels, from ptxas")
+    parser.add_argument("--registers", action="store_true", required=True)
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="the first is compiled")
+    parser.add_argument("--impls", default=",".join(IMPLS), help=IMPLS_HELP)
+    add_arguments(parser)
+    args = parser.parse_args()
+    blockings = [impl.partition("=")[2] for impl in args.impls.split(",") if impl.startswith("conv:ours")]
+    if not blockings:
+        parser.error("--registers needs at least one conv:ours in --impls")
+    d_inner = SHAPES[args.shapes.split(",")[0]][1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, args.seq, d_inner + 2 * DSTATE, generator=g).bfloat16()
+    weight, bias = torch.randn(x.shape[-1], WIDTH, generator=g), torch.randn(x.shape[-1], generator=g)
+    seq_idx = (torch.rand(1, args.seq, generator=g) < 1.0 / args.doc_len).int().cumsum(1).int()
+
+    def patch(config):
+        y = x.clone()
+        patch_forward(x, weight, bias, seq_idx, y, True, config)
+        stash = stash_gradient(y, seq_idx, WIDTH, config)
+        patch_backward(x, weight, bias, seq_idx, stash, y, True, config)
+
+    print(HEADER)
+    for blocking in blockings:
+        config = tuple(int(v) for v in blocking.split(".")) if blocking else PATCH_CONFIG
+        print_rows(".".join(map(str, config)), lambda: patch(config))
+
+
 if __name__ == "__main__":
-    op_main(__doc__, SHAPES, IMPLS, "comma-separated", cases, lambda impl, case, args: runner(impl, case["shape"], args.seq, args.doc_len if case["documents"]
-                                                   else 0), add_arguments)
+    if "--registers" in sys.argv:
+        registers_main()
+    else:
+        op_main(__doc__, SHAPES, IMPLS, IMPLS_HELP, cases,
+                lambda impl, case, args: runner(impl, case["shape"], args.seq,
+                                                args.doc_len if case["documents"] else 0), add_arguments)

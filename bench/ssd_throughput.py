@@ -71,49 +71,11 @@ def variant_configs(variant: str) -> dict:
 
 
 def registers(shape: str, seq: int, variants: list[str], headdim: int = HEADDIM, dstate: int = DSTATE) -> None:
-    """Prints, per variant and launch of one forward+backward, the registers per thread, spills and
-    shared memory that ptxas gives the kernel for sm_90a, and the programs per multiprocessor those
-    allow (64K registers in warp units of 256, 228 KiB of shared memory with 1 KiB reserved per program,
-    64 warps). Needs no GPU: the op's own host code runs on CPU tensors (the first shape, batch 1,
-    bf16) with a stand-in driver that names an sm_90 target, each launch only compiles, and Triton's
-    ptxas log is read."""
-    import contextlib
-    import io
-    import re
-
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-    from triton.runtime.jit import JITFunction
+    """Prints, per variant and launch of one forward+backward (the shape's heads, batch 1, bf16), what
+    ptxas gives the kernel for sm_90a (bench/ptxas_report.py; no GPU needed)."""
+    from ptxas_report import HEADER, print_rows
 
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
-
-    class Hopper:
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 64)
-
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-    launches, seen, run = [], {}, JITFunction.run
-
-    def compile_only(self, *a, grid, warmup, **kw):
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):
-            kernel = run(self, *a, grid=grid, warmup=True, **kw)
-        if id(kernel) not in seen:  # else compiled earlier in this process, its log printed then
-            text = log.getvalue()
-            regs = int(re.search(r"Used (\d+) registers", text).group(1))
-            stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups()
-            warps, shared = kw.get("num_warps", 4), kernel.metadata.shared
-            by_regs = 65536 // (-(-regs * 32 // 256) * 256 * warps)
-            programs = min(by_regs, 233472 // (shared + 1024), 64 // warps)
-            seen[id(kernel)] = (self.fn.__name__, warps, regs, f"{stores}/{loads}", shared // 1024, programs)
-        launches.append(seen[id(kernel)])
-        return kernel
 
     batch, heads = SHAPES[shape]
     g = torch.Generator().manual_seed(0)
@@ -121,24 +83,14 @@ def registers(shape: str, seq: int, variants: list[str], headdim: int = HEADDIM,
          "A": -torch.rand(heads, generator=g), "B": torch.randn(1, seq, 1, dstate, generator=g),
          "C": torch.randn(1, seq, 1, dstate, generator=g), "D": torch.randn(heads, generator=g)}
     t = {k: (v.bfloat16() if v.dim() > 1 else v).requires_grad_(True) for k, v in t.items()}
-    print("| variant | kernel | warps | registers | spill stores/loads (bytes) | shared KiB | programs per SM |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    always, dump = knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log
-    knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = True, True
-    active = driver._active  # None until first asked for (asking fails without a GPU)
-    driver.set_active(Hopper())
-    JITFunction.run = compile_only
-    try:
-        for variant in variants:
-            launches.clear()
-            y = ssd_chunk_scan_triton(**t, dt_softplus=True, **variant_configs(variant))
-            torch.autograd.grad(y, list(t.values()), torch.ones_like(y))
-            for launch in launches:
-                print("| " + " | ".join(str(v) for v in (variant, *launch)) + " |")
-    finally:
-        JITFunction.run = run
-        driver.set_active(active)
-        knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = always, dump
+
+    def forward_backward(configs):
+        y = ssd_chunk_scan_triton(**t, dt_softplus=True, **configs)
+        torch.autograd.grad(y, list(t.values()), torch.ones_like(y))
+
+    print(HEADER)
+    for variant in variants:
+        print_rows(variant, lambda: forward_backward(variant_configs(variant)))
 
 
 def runner(impl: str, case: dict, args):

@@ -60,14 +60,15 @@ def case(seed: int, batch: int, seqlen: int, dim: int, width: int, config: tuple
 # Resets inside a tile, on a tile's first and last position and one before a tile's end (its patch
 # reaches into the next tile), one- and two-token documents (patches that overlap), a row without
 # resets; partial tiles along positions and channels; no bias; no activation; filter widths 2 to 4
-# (3: taps padded to 4); x as a strided slice.
+# (3: taps padded to 4); x as a strided slice; one channel tile per program, all of them in one program's loop,
+# and two per program with the last program's second past the channels.
 CASES = {
-    "documents": dict(seed=1, batch=3, seqlen=50, dim=40, width=4, config=(16, 16, 4),
+    "documents": dict(seed=1, batch=3, seqlen=50, dim=40, width=4, config=(16, 16, 4, 1),
                       cuts=[[20, 33, 34], [15, 16, 31, 47, 48, 49], []]),
-    "no-bias-no-activation": dict(seed=3, batch=1, seqlen=40, dim=16, width=3, config=(8, 16, 4), bias=False,
+    "no-bias-no-activation": dict(seed=3, batch=1, seqlen=40, dim=16, width=3, config=(8, 16, 4, 0), bias=False,
                                   activation=None, cuts=[[2, 5, 6]]),
-    "width-2": dict(seed=5, batch=2, seqlen=33, dim=24, width=2, config=(16, 8, 4), cuts=[[1, 16], [31, 32]]),
-    "strided": dict(seed=4, batch=2, seqlen=70, dim=48, width=4, config=(16, 32, 4), cuts=[[5], [62, 64]],
+    "width-2": dict(seed=5, batch=2, seqlen=33, dim=24, width=2, config=(16, 8, 4, 2), cuts=[[1, 16], [31, 32]]),
+    "strided": dict(seed=4, batch=2, seqlen=70, dim=48, width=4, config=(16, 32, 4, 0), cuts=[[5], [62, 64]],
                     strided=True),
 }
 

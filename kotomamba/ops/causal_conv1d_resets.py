@@ -31,8 +31,8 @@ import triton.language as tl
 
 from kotomamba.ops.dispatch import kernel_module
 
-# (positions per tile, channels per tile, warps).
-PATCH_CONFIG = (16, 256, 4)
+# (positions per tile, channels per tile, warps, channel tiles per program: 0 for all of them).
+PATCH_CONFIG = (16, 256, 4, 1)
 _KERNEL = "causal_conv1d.cpp_functions"
 
 
@@ -72,40 +72,88 @@ def _bias(bias_ptr, d, d_ok, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
+def _channels(tile, BLOCK_D: tl.constexpr):
+    return tile * BLOCK_D + tl.arange(0, BLOCK_D)
+
+
+@triton.jit
 def _patch_forward_kernel(
     x_ptr, w_ptr, bias_ptr, seq_ptr, y_ptr, L, dim,
     stride_x_b, stride_x_l, stride_x_d, stride_y_b, stride_y_l, stride_y_d, stride_seq_b, stride_seq_l,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    TILES_D: tl.constexpr,
 ):
     b = tl.program_id(2).to(tl.int64)  # offsets past 2**31 elements
     t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     seq_base = seq_ptr + b * stride_seq_b
     doc, near = _near_start(seq_base, stride_seq_l, t, L, W)
     if tl.max(near.to(tl.int32), 0) > 0:
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_ok = d < dim
-        pre = _masked_pre_activation(x_ptr + b * stride_x_b, stride_x_l, stride_x_d, w_ptr,
-                                     _bias(bias_ptr, d, d_ok, HAS_BIAS), seq_base, stride_seq_l, t, doc, near, d, d_ok,
-                                     W)
-        y = pre * tl.sigmoid(pre) if SILU else pre
-        tl.store(y_ptr + b * stride_y_b + t[:, None] * stride_y_l + d[None, :] * stride_y_d,
-                 y.to(y_ptr.dtype.element_ty), mask=near[:, None] & d_ok[None, :])
+        for i in range(TILES_D):
+            d = _channels(tl.program_id(1) * TILES_D + i, BLOCK_D)
+            d_ok = d < dim
+            pre = _masked_pre_activation(x_ptr + b * stride_x_b, stride_x_l, stride_x_d, w_ptr,
+                                         _bias(bias_ptr, d, d_ok, HAS_BIAS), seq_base, stride_seq_l, t, doc, near, d,
+                                         d_ok, W)
+            y = pre * tl.sigmoid(pre) if SILU else pre
+            tl.store(y_ptr + b * stride_y_b + t[:, None] * stride_y_l + d[None, :] * stride_y_d,
+                     y.to(y_ptr.dtype.element_ty), mask=near[:, None] & d_ok[None, :])
 
 
 @triton.jit
 def _stash_kernel(
     dy_ptr, stash_ptr, seq_ptr, L, dim, stride_dy_b, stride_dy_l, stride_dy_d, stride_seq_b, stride_seq_l,
-    W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, TILES_D: tl.constexpr,
 ):
     b = tl.program_id(2).to(tl.int64)
     t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     _, near = _near_start(seq_ptr + b * stride_seq_b, stride_seq_l, t, L, W)
     if tl.max(near.to(tl.int32), 0) > 0:
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask = near[:, None] & (d < dim)[None, :]
-        at = dy_ptr + b * stride_dy_b + t[:, None] * stride_dy_l + d[None, :] * stride_dy_d
-        tl.store(stash_ptr + (b * L + t[:, None]) * dim + d[None, :], tl.load(at, mask=mask), mask=mask)
-        tl.store(at, tl.zeros((BLOCK_L, BLOCK_D), dy_ptr.dtype.element_ty), mask=mask)
+        for i in range(TILES_D):
+            d = _channels(tl.program_id(1) * TILES_D + i, BLOCK_D)
+            mask = near[:, None] & (d < dim)[None, :]
+            at = dy_ptr + b * stride_dy_b + t[:, None] * stride_dy_l + d[None, :] * stride_dy_d
+            tl.store(stash_ptr + (b * L + t[:, None]) * dim + d[None, :], tl.load(at, mask=mask), mask=mask)
+            tl.store(at, tl.zeros((BLOCK_L, BLOCK_D), dy_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _patch_backward_tile(x_base, w_ptr, bias_ptr, seq_base, stash_ptr, dx_ptr, dw_ptr, dbias_ptr, b, L, dim,
+                         stride_x_l, stride_x_d, stride_dx_b, stride_dx_l, stride_dx_d, stride_seq_l, s, doc_s, near_s,
+                         d, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr):
+    """:func:`_patch_backward_kernel`'s work on the channels ``d`` [BLOCK_D] of the positions ``s`` [BLOCK_L]."""
+    taps = tl.arange(0, W_PAD)
+    d_ok = d < dim
+    bias = _bias(bias_ptr, d, d_ok, HAS_BIAS)
+    dx = tl.zeros((s.shape[0], d.shape[0]), tl.float32)
+    dw = tl.zeros((d.shape[0], W_PAD), tl.float32)
+    dbias = tl.zeros(d.shape, tl.float32)
+    for j in tl.static_range(W):
+        u = s + j
+        doc_u, near_u = _near_start(seq_base, stride_seq_l, u, L, W)
+        live = near_s & near_u & (doc_u == doc_s)
+        dpre = tl.load(stash_ptr + (b * L + u[:, None]) * dim + d[None, :], mask=live[:, None] & d_ok[None, :],
+                       other=0.0).to(tl.float32)
+        if SILU:
+            pre = _masked_pre_activation(x_base, stride_x_l, stride_x_d, w_ptr, bias, seq_base, stride_seq_l, u, doc_u,
+                                         live, d, d_ok, W)
+            sig = tl.sigmoid(pre)
+            dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
+        dx += dpre * tl.load(w_ptr + d * W + (W - 1 - j), mask=d_ok, other=0.0).to(tl.float32)[None, :]
+        if j == 0:  # the weight's taps of the outputs at s
+            for k in tl.static_range(W):
+                r = s - (W - 1) + k
+                ok = near_s & (r >= 0)
+                ok = ok & (tl.load(seq_base + r * stride_seq_l, mask=ok, other=-1) == doc_s)
+                xk = tl.load(x_base + r[:, None] * stride_x_l + d[None, :] * stride_x_d,
+                             mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                dw += tl.where(taps[None, :] == k, tl.sum(dpre * xk, axis=0)[:, None], 0.0)
+            dbias += tl.sum(dpre, axis=0)
+    at = dx_ptr + b * stride_dx_b + s[:, None] * stride_dx_l + d[None, :] * stride_dx_d
+    mask = near_s[:, None] & d_ok[None, :]
+    tl.store(at, (tl.load(at, mask=mask, other=0.0).to(tl.float32) + dx).to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.atomic_add(dw_ptr + d[:, None] * W + taps[None, :], dw, mask=d_ok[:, None] & (taps[None, :] < W))
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + d, dbias, mask=d_ok)
 
 
 @triton.jit
@@ -113,7 +161,7 @@ def _patch_backward_kernel(
     x_ptr, w_ptr, bias_ptr, seq_ptr, stash_ptr, dx_ptr, dw_ptr, dbias_ptr, L, dim,
     stride_x_b, stride_x_l, stride_x_d, stride_dx_b, stride_dx_l, stride_dx_d, stride_seq_b, stride_seq_l,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, TILES_D: tl.constexpr,
 ):
     """At each position s near a reset: ``dx[s] += sum_j w[W-1-j] * dpre[s + j]`` over the outputs s + j
     near the same reset (the others are in the resetless backward's dx), and the weight's and bias's
@@ -121,56 +169,31 @@ def _patch_backward_kernel(
     b = tl.program_id(2).to(tl.int64)
     s = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     seq_base = seq_ptr + b * stride_seq_b
-    x_base = x_ptr + b * stride_x_b
     doc_s, near_s = _near_start(seq_base, stride_seq_l, s, L, W)
     if tl.max(near_s.to(tl.int32), 0) > 0:
-        taps = tl.arange(0, W_PAD)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_ok = d < dim
-        bias = _bias(bias_ptr, d, d_ok, HAS_BIAS)
-        dx = tl.zeros((BLOCK_L, BLOCK_D), tl.float32)
-        dw = tl.zeros((BLOCK_D, W_PAD), tl.float32)
-        dbias = tl.zeros((BLOCK_D,), tl.float32)
-        for j in tl.static_range(W):
-            u = s + j
-            doc_u, near_u = _near_start(seq_base, stride_seq_l, u, L, W)
-            live = near_s & near_u & (doc_u == doc_s)
-            dpre = tl.load(stash_ptr + (b * L + u[:, None]) * dim + d[None, :], mask=live[:, None] & d_ok[None, :],
-                           other=0.0).to(tl.float32)
-            if SILU:
-                pre = _masked_pre_activation(x_base, stride_x_l, stride_x_d, w_ptr, bias, seq_base, stride_seq_l, u,
-                                             doc_u, live, d, d_ok, W)
-                sig = tl.sigmoid(pre)
-                dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
-            dx += dpre * tl.load(w_ptr + d * W + (W - 1 - j), mask=d_ok, other=0.0).to(tl.float32)[None, :]
-            if j == 0:  # the weight's taps of the outputs at s
-                for k in tl.static_range(W):
-                    r = s - (W - 1) + k
-                    ok = near_s & (r >= 0)
-                    ok = ok & (tl.load(seq_base + r * stride_seq_l, mask=ok, other=-1) == doc_s)
-                    xk = tl.load(x_base + r[:, None] * stride_x_l + d[None, :] * stride_x_d,
-                                 mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-                    dw += tl.where(taps[None, :] == k, tl.sum(dpre * xk, axis=0)[:, None], 0.0)
-                dbias += tl.sum(dpre, axis=0)
-        at = dx_ptr + b * stride_dx_b + s[:, None] * stride_dx_l + d[None, :] * stride_dx_d
-        mask = near_s[:, None] & d_ok[None, :]
-        tl.store(at, (tl.load(at, mask=mask, other=0.0).to(tl.float32) + dx).to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_add(dw_ptr + d[:, None] * W + taps[None, :], dw, mask=d_ok[:, None] & (taps[None, :] < W))
-        if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + d, dbias, mask=d_ok)
+        for i in range(TILES_D):
+            _patch_backward_tile(x_ptr + b * stride_x_b, w_ptr, bias_ptr, seq_base, stash_ptr, dx_ptr, dw_ptr,
+                                 dbias_ptr, b, L, dim, stride_x_l, stride_x_d, stride_dx_b, stride_dx_l, stride_dx_d,
+                                 stride_seq_l, s, doc_s, near_s, _channels(tl.program_id(1) * TILES_D + i, BLOCK_D),
+                                 HAS_BIAS, SILU, W, W_PAD)
 
 
-def _grid(x: torch.Tensor, config: tuple[int, ...]) -> tuple[int, int, int]:
-    return (triton.cdiv(x.shape[1], config[0]), triton.cdiv(x.shape[2], config[1]), x.shape[0])
+def _launch(x: torch.Tensor, config: tuple[int, ...]) -> tuple[tuple[int, int, int], dict]:
+    """The grid over (position tiles, channel-tile groups, rows) and the blocking's kernel arguments."""
+    block_l, block_d, warps, per_program = config
+    tiles_d = triton.cdiv(x.shape[2], block_d)
+    per_program = per_program or tiles_d
+    grid = (triton.cdiv(x.shape[1], block_l), triton.cdiv(tiles_d, per_program), x.shape[0])
+    return grid, {"BLOCK_L": block_l, "BLOCK_D": block_d, "TILES_D": per_program, "num_warps": warps}
 
 
 def patch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor,
                   y: torch.Tensor, silu: bool, config: tuple[int, ...] = PATCH_CONFIG) -> None:
     """Rewrite y [b, L, d], the resetless convolution of x, at the positions near a reset, in place."""
-    _patch_forward_kernel[_grid(x, config)](
+    grid, blocking = _launch(x, config)
+    _patch_forward_kernel[grid](
         x, weight, weight if bias is None else bias, seq_idx, y, x.shape[1], x.shape[2], *x.stride(), *y.stride(),
-        *seq_idx.stride(), HAS_BIAS=bias is not None, SILU=silu, W=weight.shape[1], BLOCK_L=config[0],
-        BLOCK_D=config[1], num_warps=config[2],
+        *seq_idx.stride(), HAS_BIAS=bias is not None, SILU=silu, W=weight.shape[1], **blocking,
     )
 
 
@@ -179,9 +202,9 @@ def stash_gradient(dy: torch.Tensor, seq_idx: torch.Tensor, width: int,
     """Move dy [b, L, d] at the positions near a reset into a [b, L, d] buffer (written only there) and
     zero it there, in place. Returns the buffer."""
     stash = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device)
-    _stash_kernel[_grid(dy, config)](
-        dy, stash, seq_idx, dy.shape[1], dy.shape[2], *dy.stride(), *seq_idx.stride(), W=width, BLOCK_L=config[0],
-        BLOCK_D=config[1], num_warps=config[2],
+    grid, blocking = _launch(dy, config)
+    _stash_kernel[grid](
+        dy, stash, seq_idx, dy.shape[1], dy.shape[2], *dy.stride(), *seq_idx.stride(), W=width, **blocking,
     )
     return stash
 
@@ -194,10 +217,11 @@ def patch_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     dim, width = weight.shape
     dw = torch.zeros((dim, width), dtype=torch.float32, device=x.device)
     dbias = torch.zeros((dim,), dtype=torch.float32, device=x.device) if bias is not None else None
-    _patch_backward_kernel[_grid(x, config)](
+    grid, blocking = _launch(x, config)
+    _patch_backward_kernel[grid](
         x, weight, weight if bias is None else bias, seq_idx, stash, dx, dw, dw if dbias is None else dbias,
         x.shape[1], dim, *x.stride(), *dx.stride(), *seq_idx.stride(), HAS_BIAS=bias is not None, SILU=silu,
-        W=width, W_PAD=triton.next_power_of_2(width), BLOCK_L=config[0], BLOCK_D=config[1], num_warps=config[2],
+        W=width, W_PAD=triton.next_power_of_2(width), **blocking,
     )
     return dw, dbias
 
@@ -208,24 +232,25 @@ def _channel_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
-                 silu: bool) -> torch.Tensor:
+                 silu: bool, config: tuple[int, ...] = PATCH_CONFIG) -> torch.Tensor:
     """causal-conv1d's channel-last forward of x [b, L, d] (row stride a multiple of 8), with document
     resets patched in. Returns y [b, L, d], contiguous, in x's dtype. CUDA only."""
     fwd = kernel_module(_KERNEL).causal_conv1d_fwd_function
     x = _channel_last(x)
     y = fwd(x.transpose(1, 2), weight, bias, None, None, None, silu).transpose(1, 2)
     if seq_idx is not None:
-        patch_forward(x, weight, bias, seq_idx, y, silu)
+        patch_forward(x, weight, bias, seq_idx, y, silu, config)
     return y
 
 
 def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
-                  dy: torch.Tensor, silu: bool, dx: torch.Tensor | None = None):
+                  dy: torch.Tensor, silu: bool, dx: torch.Tensor | None = None,
+                  config: tuple[int, ...] = PATCH_CONFIG):
     """Gradients of :func:`conv_forward` for dy [b, L, d] (overwritten near resets): dx [b, L, d] (into
     ``dx`` if given), dweight [d, W] and dbias [d] in the weight's and bias's dtypes. CUDA only."""
     bwd = kernel_module(_KERNEL).causal_conv1d_bwd_function
     x, dy = _channel_last(x), _channel_last(dy)
-    stash = stash_gradient(dy, seq_idx, weight.shape[1]) if seq_idx is not None else None
+    stash = stash_gradient(dy, seq_idx, weight.shape[1], config) if seq_idx is not None else None
     into = dx is not None and _channel_last(dx) is dx
     dx_t, dweight, dbias, _ = bwd(x.transpose(1, 2), weight, bias, dy.transpose(1, 2), None, None, None,
                                   dx.transpose(1, 2) if into else None, False, silu)
@@ -234,7 +259,7 @@ def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     else:
         dx = dx_t.transpose(1, 2)
     if seq_idx is not None:
-        dw_near, dbias_near = patch_backward(x, weight, bias, seq_idx, stash, dx, silu)
+        dw_near, dbias_near = patch_backward(x, weight, bias, seq_idx, stash, dx, silu, config)
         dweight = (dweight.float() + dw_near).to(weight.dtype)
         dbias = None if bias is None else (dbias.float() + dbias_near).to(bias.dtype)
     return dx, dweight, dbias
@@ -242,25 +267,26 @@ def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 class _ResetConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, seq_idx, silu):
+    def forward(ctx, x, weight, bias, seq_idx, silu, config):
         ctx.save_for_backward(x, weight, bias, seq_idx)
-        ctx.silu = silu
-        return conv_forward(x, weight, bias, seq_idx, silu)
+        ctx.silu, ctx.config = silu, config
+        return conv_forward(x, weight, bias, seq_idx, silu, config)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias, seq_idx = ctx.saved_tensors
         # The backward overwrites its dy near resets: a copy, as autograd may hand dy to others.
         dx, dweight, dbias = conv_backward(x, weight, bias, seq_idx, dy.clone(memory_format=torch.contiguous_format),
-                                           ctx.silu)
-        return dx, dweight, dbias, None, None
+                                           ctx.silu, config=ctx.config)
+        return dx, dweight, dbias, None, None, None
 
 
 def causal_conv1d_resets(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor,
-                         activation: str | None) -> torch.Tensor:
+                         activation: str | None, config: tuple[int, ...] = PATCH_CONFIG) -> torch.Tensor:
     """The twin's maths with documents, differentiable. x: [b, L, d] (channel-last, the transpose of the
     twin's [b, d, L]); weight: [d, W]; bias: [d]; seq_idx: [b, L] int; activation None or "silu".
-    Returns [b, L, d] in x's dtype. CUDA only."""
+    Returns [b, L, d] in x's dtype; ``config``: the patch's blocking (:data:`PATCH_CONFIG`). CUDA only."""
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
-    return _ResetConv.apply(x, weight.contiguous(), bias, seq_idx.to(torch.int32).contiguous(), activation is not None)
+    return _ResetConv.apply(x, weight.contiguous(), bias, seq_idx.to(torch.int32).contiguous(), activation is not None,
+                            tuple(config))

@@ -1,0 +1,75 @@
+"""What ptxas gives each Triton kernel a piece of host code launches, for sm_90a, without a GPU.
+
+The host code runs on CPU tensors under a stand-in driver that names an sm_90 target; each launch only
+compiles (Triton's cache is bypassed, so every kernel's ptxas log is printed), and the log is read:
+registers per thread, spill bytes, shared memory, and the programs per multiprocessor those allow
+(64K registers in warp units of 256, 228 KiB of shared memory with 1 KiB reserved per program, 64 warps).
+Used by the op benchmarks' ``--registers`` (bench/ssd_throughput.py, bench/conv_throughput.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+# Per compiled kernel (by identity): its row. A kernel compiled earlier in the process is not compiled
+# again, so its log is read once.
+_SEEN: dict[int, tuple] = {}
+
+HEADER = ("| variant | kernel | warps | registers | spill stores/loads (bytes) | shared KiB | programs per SM |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+
+
+def launches(run) -> list[tuple]:
+    """Calls ``run()`` with every Triton launch compiled for sm_90a and not run; returns, per launch in
+    order, (kernel name, warps, registers, "stores/loads" spill bytes, shared KiB, programs per SM)."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    class Hopper:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 64)
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+    found, real_run = [], JITFunction.run
+
+    def compile_only(self, *a, grid, warmup, **kw):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            kernel = real_run(self, *a, grid=grid, warmup=True, **kw)
+        if id(kernel) not in _SEEN:
+            text = log.getvalue()
+            regs = int(re.search(r"Used (\d+) registers", text).group(1))
+            stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups()
+            warps, shared = kw.get("num_warps", 4), kernel.metadata.shared
+            by_regs = 65536 // (-(-regs * 32 // 256) * 256 * warps)
+            programs = min(by_regs, 233472 // (shared + 1024), 64 // warps)
+            _SEEN[id(kernel)] = (self.fn.__name__, warps, regs, f"{stores}/{loads}", shared // 1024, programs)
+        found.append(_SEEN[id(kernel)])
+        return kernel
+
+    always, dump = knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log
+    knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = True, True
+    active = driver._active  # None until first asked for (asking fails without a GPU)
+    driver.set_active(Hopper())
+    JITFunction.run = compile_only
+    try:
+        run()
+    finally:
+        JITFunction.run = real_run
+        driver.set_active(active)
+        knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = always, dump
+    return found
+
+
+def print_rows(variant: str, run) -> None:
+    """One table row (under :data:`HEADER`) per launch of ``run()``."""
+    for launch in launches(run):
+        print("| " + " | ".join(str(v) for v in (variant, *launch)) + " |", flush=True)

@@ -1,0 +1,64 @@
+"""The op benchmarks' ``--registers`` on the CPU (bench/ptxas_report.py): our SSD kernels
+(bench/ssd_throughput.py) and the convolution's reset patch (bench/conv_throughput.py) compiled for sm_90a,
+with what ptxas gives each launch (no GPU needed); the timing modes are checked on a GPU
+(bench/gpu_session.sh ssd, op conv)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("triton", reason="compiling the kernels needs the triton package (the test extra has it)")
+
+from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG  # noqa: E402
+
+
+def run(bench: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / bench), *argv], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_registers_are_reported_per_launch_of_each_variant():
+    variants = ["32.64.4-s64.64.32.8", "32.64.4-s64.64.16.8.64.4.64.4.0.1.0.2"]
+    done = run("ssd_throughput.py", "--registers", "--shapes", "130m", "--seq", "256",
+               "--impls", ",".join(["ssd:mamba_ssm"] + [f"ssd:ours={v}" for v in variants]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if re.match(r"\| 32\.64\.4-s", line)]
+    launches = {v: [r[1] for r in rows if r[0] == f"| {v}"] for v in variants}
+    # One forward, the backward's state rerun, the sequential state-gradient launch, then the block-parallel
+    # launch: in one pass, or in two launches with the last setting.
+    assert launches[variants[0]] == ["_ssd_fwd_kernel", "_ssd_fwd_kernel", "_ssd_bwd_dstates_kernel",
+                                     "_ssd_bwd_blocks_kernel"]
+    assert launches[variants[1]][-2:] == ["_ssd_bwd_blocks_kernel", "_ssd_bwd_blocks_kernel"]
+    for row in rows:
+        warps, registers, programs = int(row[2]), int(row[3]), int(row[6].rstrip(" |"))
+        assert warps in (4, 8) and 0 < registers <= 255 and programs >= 1, row
+
+
+def rows_of(stdout: str) -> list[list[str]]:
+    return [line.strip("| ").split(" | ") for line in stdout.splitlines() if re.match(r"\| \d", line)]
+
+
+def test_registers_of_the_convolutions_reset_patch_per_blocking():
+    done = run("conv_throughput.py", "--registers", "--shapes", "130m", "--seq", "512", "--doc-len", "50",
+               "--impls", "conv:causal_conv1d,conv:ours,conv:ours=16.64.2.0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(done.stdout)
+    assert [(r[0], r[1]) for r in rows] == [
+        (blocking, kernel) for blocking in (".".join(map(str, PATCH_CONFIG)), "16.64.2.0")
+        for kernel in ("_patch_forward_kernel", "_stash_kernel", "_patch_backward_kernel")]
+    for row in rows:
+        assert row[2] == row[0].split(".")[2] and 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
+
+
+def test_registers_need_one_of_our_implementations():
+    done = run("ssd_throughput.py", "--registers", "--impls", "ssd:mamba_ssm")
+    assert done.returncode == 2 and "needs at least one ssd:ours=VARIANT" in done.stderr
+    done = run("conv_throughput.py", "--registers", "--impls", "conv:causal_conv1d")
+    assert done.returncode == 2 and "needs at least one conv:ours" in done.stderr
