@@ -19,7 +19,6 @@ sm_90a on the host (no GPU needed) and prints what ptxas gives each launch (benc
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from isolated import op_main
@@ -125,19 +124,11 @@ def registers_main() -> None:
     ``conv:ours`` blocking, at the first shape's channels (batch 1, bf16, a reset every ~--doc-len tokens)."""
     import torch
 
-    from ptxas_report import HEADER, print_rows
+    from ptxas_report import HEADER, command_line, print_rows
 
     from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG, patch_backward, patch_forward, stash_gradient
 
-    parser = argparse.ArgumentParser(description="registers per launch of the patch's kernels, from ptxas")
-    parser.add_argument("--registers", action="store_true", required=True)
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="the first is compiled")
-    parser.add_argument("--impls", default=",".join(IMPLS), help=IMPLS_HELP)
-    add_arguments(parser)
-    args = parser.parse_args()
-    blockings = [impl.partition("=")[2] for impl in args.impls.split(",") if impl.startswith("conv:ours")]
-    if not blockings:
-        parser.error("--registers needs at least one conv:ours in --impls")
+    args, blockings = command_line(SHAPES, IMPLS, IMPLS_HELP, add_arguments, "conv:ours")
     d_inner = SHAPES[args.shapes.split(",")[0]][1]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, args.seq, d_inner + 2 * DSTATE, generator=g).bfloat16()

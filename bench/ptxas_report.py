@@ -8,6 +8,7 @@ Used by the op benchmarks' ``--registers`` (bench/ssd_throughput.py, bench/conv_
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
@@ -73,3 +74,18 @@ def print_rows(variant: str, run) -> None:
     """One table row (under :data:`HEADER`) per launch of ``run()``."""
     for launch in launches(run):
         print("| " + " | ".join(str(v) for v in (variant, *launch)) + " |", flush=True)
+
+
+def command_line(shapes: dict, impls: tuple[str, ...], impls_help: str, add_arguments, ours: str):
+    """An op benchmark's ``--registers`` command line: the parsed arguments and the blockings of its
+    ``--impls`` of our kind ``ours`` (e.g. ``conv:ours``; ``""`` for one without ``=BLOCKING``). At least one."""
+    parser = argparse.ArgumentParser(description="registers per launch of our kernels, from ptxas (sm_90a)")
+    parser.add_argument("--registers", action="store_true", required=True)
+    parser.add_argument("--shapes", default=",".join(shapes), help="the first is compiled")
+    parser.add_argument("--impls", default=",".join(impls), help=impls_help)
+    add_arguments(parser)
+    args = parser.parse_args()
+    blockings = [impl.partition("=")[2] for impl in args.impls.split(",") if impl.partition("=")[0] == ours]
+    if not blockings:
+        parser.error(f"--registers needs at least one {ours} in --impls")
+    return args, blockings

@@ -20,7 +20,6 @@ per multiprocessor, as ptxas reports them.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -90,7 +89,7 @@ def registers(shape: str, seq: int, variants: list[str], headdim: int = HEADDIM,
 
     print(HEADER)
     for variant in variants:
-        print_rows(variant, lambda: forward_backward(variant_configs(variant)))
+        print_rows(variant or "default", lambda: forward_backward(variant_configs(variant) if variant else {}))
 
 
 def runner(impl: str, case: dict, args):
@@ -132,15 +131,9 @@ def add_arguments(parser) -> None:
 
 
 def registers_main() -> None:
-    parser = argparse.ArgumentParser(description="registers per launch of our implementations, from ptxas")
-    parser.add_argument("--registers", action="store_true", required=True)
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="the first is compiled")
-    parser.add_argument("--impls", default=",".join(IMPLS), help=IMPLS_HELP)
-    add_arguments(parser)
-    args = parser.parse_args()
-    variants = [impl.split("=", 1)[1] for impl in args.impls.split(",") if impl.startswith("ssd:ours=")]
-    if not variants:
-        parser.error("--registers needs at least one ssd:ours=VARIANT in --impls")
+    from ptxas_report import command_line
+
+    args, variants = command_line(SHAPES, IMPLS, IMPLS_HELP, add_arguments, "ssd:ours")
     registers(args.shapes.split(",")[0], args.seq, variants)
 
 

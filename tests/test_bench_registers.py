@@ -59,6 +59,6 @@ def test_registers_of_the_convolutions_reset_patch_per_blocking():
 
 def test_registers_need_one_of_our_implementations():
     done = run("ssd_throughput.py", "--registers", "--impls", "ssd:mamba_ssm")
-    assert done.returncode == 2 and "needs at least one ssd:ours=VARIANT" in done.stderr
+    assert done.returncode == 2 and "needs at least one ssd:ours" in done.stderr
     done = run("conv_throughput.py", "--registers", "--impls", "conv:causal_conv1d")
     assert done.returncode == 2 and "needs at least one conv:ours" in done.stderr
