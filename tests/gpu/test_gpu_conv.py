@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from relative import relative_error
+
 pytestmark = pytest.mark.gpu
 
 if torch.cuda.is_available():
@@ -17,10 +19,6 @@ from kotomamba.ops.causal_conv1d import causal_conv1d_ref  # noqa: E402
 from kotomamba.ops.fused import mamba2_split_conv1d_scan_ref  # noqa: E402
 
 DEVICE = "cuda"
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def documents(batch: int, seqlen: int, seed: int) -> torch.Tensor:
@@ -62,8 +60,9 @@ def test_conv_matches_causal_conv1d_and_the_twin(dtype, seed):
     twin = grads_of(lambda x, weight, bias: causal_conv1d_ref(x.float().transpose(1, 2), weight, bias, seq_idx,
                                                               "silu").transpose(1, 2), leaves, dy)
     for key in twin:
-        yardstick = max(rel(theirs[key], twin[key]), 1e-6)
-        assert rel(ours[key], twin[key]) < 2 * yardstick + 1e-5, (key, rel(ours[key], twin[key]), yardstick)
+        yardstick = max(relative_error(theirs[key], twin[key]), 1e-6)
+        error = relative_error(ours[key], twin[key])
+        assert error < 2 * yardstick + 1e-5, (key, error, yardstick)
 
 
 def mixer_inputs(batch: int, seqlen: int, nheads: int, headdim: int, ngroups: int, dstate: int, seed: int = 0):
@@ -116,5 +115,6 @@ def test_mixer_matches_mamba_ssm_and_the_twin(autocast, resets, ngroups):
     twin = grads_of(lambda **t: mamba2_split_conv1d_scan_ref(**t, **options), leaves, dy)
     for key in twin:
         assert got[key].dtype == reference[key].dtype, key
-        yardstick = max(rel(reference[key], twin[key]), 1e-5)
-        assert rel(got[key], twin[key]) < 1.5 * yardstick + 1e-4, (key, rel(got[key], twin[key]), yardstick)
+        yardstick = max(relative_error(reference[key], twin[key]), 1e-5)
+        error = relative_error(got[key], twin[key])
+        assert error < 1.5 * yardstick + 1e-4, (key, error, yardstick)

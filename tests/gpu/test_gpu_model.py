@@ -10,6 +10,8 @@ import os
 import pytest
 import torch
 
+from relative import relative_error
+
 from kotomamba.ops import dispatch, fused, norm
 
 pytestmark = pytest.mark.gpu
@@ -56,10 +58,6 @@ def run_three_ways(monkeypatch, fn, inputs):
         results.append((outs, grads))
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "1")
     return results
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
 def assert_match(results, dtype):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from relative import relative_error
+
 pytestmark = pytest.mark.gpu
 
 if torch.cuda.is_available():
@@ -47,10 +49,6 @@ def outputs_and_grads(fn, leaves, cotangents, upcast=False):
     loss = (y.float() * cotangents["y"]).sum() + (final.float() * cotangents["final"]).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return {"y": y, "final": final, **{"d" + k: g for k, g in zip(leaves, grads)}}
-
-
-def relative_error(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
 def ours(seq_idx, fwd_config=None, bwd_config=None, split_bwd_config=None):
