@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 
+from documents import random_seq_idx
 from isolated import op_main
 
 # (batch, d_inner) of the presets at micro-batch 16 / 8 / 4 and seq 2048; one group, d_state 128.
@@ -47,11 +48,7 @@ def make_inputs(shape: str, seq: int, doc_len: int, seed: int = 0):
                "dt_bias": randn(nheads, scale=0.5), "A": -torch.rand(nheads, device="cuda", generator=g) * 15 - 1,
                "D": randn(nheads), "norm_weight": 1 + randn(d_inner, scale=0.1),
                "out_proj_weight": randn(d_model, d_inner, scale=d_inner ** -0.5).to(torch.bfloat16)}
-    seq_idx = None
-    if doc_len:
-        starts = torch.rand(batch, seq, device="cuda", generator=g) < 1.0 / doc_len
-        starts[:, 0] = False
-        seq_idx = starts.int().cumsum(1).to(torch.int32)
+    seq_idx = random_seq_idx((batch, seq), doc_len, g, "cuda") if doc_len else None
     return zxbcdt, weights, seq_idx, d_inner, nheads, d_model
 
 
@@ -133,7 +130,7 @@ def registers_main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, args.seq, d_inner + 2 * DSTATE, generator=g).bfloat16()
     weight, bias = torch.randn(x.shape[-1], WIDTH, generator=g), torch.randn(x.shape[-1], generator=g)
-    seq_idx = (torch.rand(1, args.seq, generator=g) < 1.0 / args.doc_len).int().cumsum(1).int()
+    seq_idx = random_seq_idx((1, args.seq), args.doc_len, g, "cpu")
 
     def patch(config):
         y = x.clone()

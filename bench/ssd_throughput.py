@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+from documents import random_seq_idx
 from isolated import op_main
 
 SHAPES = {"130m": (16, 24), "1.3b": (8, 64), "2.7b": (4, 80)}
@@ -51,11 +52,7 @@ def make_inputs(batch, heads, seqlen, headdim, dstate, doc_len, seed):
          "C": torch.randn(batch, seqlen, 1, dstate, device="cuda", generator=g).to(bf16),
          "D": torch.randn(heads, device="cuda", generator=g),
          "dt_bias": torch.randn(heads, device="cuda", generator=g) * 0.5}
-    seq_idx = None
-    if doc_len:
-        starts = torch.rand(batch, seqlen, device="cuda", generator=g) < 1.0 / doc_len
-        starts[:, 0] = False
-        seq_idx = starts.int().cumsum(1).to(torch.int32)
+    seq_idx = random_seq_idx((batch, seqlen), doc_len, g, "cuda") if doc_len else None
     return t, seq_idx, torch.randn(batch, seqlen, heads, headdim, device="cuda", generator=g).to(bf16)
 
 

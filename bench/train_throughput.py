@@ -42,6 +42,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from documents import random_seq_idx
+
 
 def rank_world() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
@@ -172,9 +174,7 @@ def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, s
     tokens = torch.randint(0, vocab, (count, micro_batch, seq + 1), device=device, generator=generator)
     seq_idx = [None] * count
     if doc_tokens:
-        starts = torch.rand((count, micro_batch, seq), device=device, generator=generator) < 1.0 / doc_tokens
-        starts[..., 0] = False
-        seq_idx = starts.cumsum(-1, dtype=torch.int32)
+        seq_idx = random_seq_idx((count, micro_batch, seq), doc_tokens, generator, device)
     return [(t[:, :-1].contiguous(), t[:, 1:].contiguous(), t, s) for t, s in zip(tokens, seq_idx)]
 
 
