@@ -226,9 +226,14 @@ def patch_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return dw, dbias
 
 
+def _is_channel_last(t: torch.Tensor) -> bool:
+    """Whether t [b, L, d] lies as causal-conv1d's channel-last kernels take it: channels contiguous, a row
+    stride that is a multiple of 8."""
+    return t.stride(1) % 8 == 0 and t.stride(2) == 1
+
+
 def _channel_last(t: torch.Tensor) -> torch.Tensor:
-    """t [b, L, d] as causal-conv1d's channel-last kernels take it: a row stride that is a multiple of 8."""
-    return t if t.stride(1) % 8 == 0 and t.stride(2) == 1 else t.contiguous()
+    return t if _is_channel_last(t) else t.contiguous()
 
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
@@ -251,13 +256,13 @@ def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     bwd = kernel_module(_KERNEL).causal_conv1d_bwd_function
     x, dy = _channel_last(x), _channel_last(dy)
     stash = stash_gradient(dy, seq_idx, weight.shape[1], config) if seq_idx is not None else None
-    into = dx is not None and _channel_last(dx) is dx
+    writable = dx is not None and _is_channel_last(dx)
     dx_t, dweight, dbias, _ = bwd(x.transpose(1, 2), weight, bias, dy.transpose(1, 2), None, None, None,
-                                  dx.transpose(1, 2) if into else None, False, silu)
-    if dx is not None and not into:
-        dx.copy_(dx_t.transpose(1, 2))
-    else:
+                                  dx.transpose(1, 2) if writable else None, False, silu)
+    if dx is None or writable:
         dx = dx_t.transpose(1, 2)
+    else:
+        dx.copy_(dx_t.transpose(1, 2))
     if seq_idx is not None:
         dw_near, dbias_near = patch_backward(x, weight, bias, seq_idx, stash, dx, silu, config)
         dweight = (dweight.float() + dw_near).to(weight.dtype)
