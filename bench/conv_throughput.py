@@ -1,6 +1,6 @@
 """Document resets in Mamba-2's mixer: causal-conv1d's resetless convolution with the resets patched in
-(kotomamba/ops/causal_conv1d_resets.py) against causal-conv1d's own resets, and the mixer function built on
-it (kotomamba/ops/split_conv_scan.py) against
+(kotomamba/ops/causal_conv1d_resets.py) against causal-conv1d's own resets, and the mixer function around our
+SSD scan and gated norm (kotomamba/ops/split_conv_scan.py) against
 mamba-ssm's ``mamba_split_conv1d_scan_combined``, forward+backward, with and without documents, at the
 shapes of the 130m-2.7b presets (bf16 activations from in_proj, float32 weights, d_state 128, head dim 64,
 one group, chunk 256, width-4 convolution on the xBC slice of the in_proj row, as the model calls them).

@@ -14,6 +14,17 @@ from kotomamba.ops.dispatch import kernel_module, use_kernels
 _KERNEL = "causal_conv1d"
 
 
+def is_channel_last(t: torch.Tensor) -> bool:
+    """Whether t [b, L, d] lies as causal-conv1d's channel-last kernels take it (its transpose [b, d, L]):
+    channels contiguous, batch and row strides multiples of 8 (causal-conv1d's ``causal_conv1d_fwd`` checks)."""
+    return t.stride(2) == 1 and t.stride(1) % 8 == 0 and t.stride(0) % 8 == 0
+
+
+def channel_last(t: torch.Tensor) -> torch.Tensor:
+    """t [b, L, d] itself if :func:`is_channel_last`, else a contiguous copy (d must be a multiple of 8)."""
+    return t if is_channel_last(t) else t.contiguous()
+
+
 def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     if activation is None:
         return y

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kotomamba.ops.causal_conv1d import channel_last, is_channel_last
 from kotomamba.ops.dispatch import kernel_module
 
 # (positions per tile, channels per tile, warps, channel tiles per program: 0 for all of them).
@@ -226,22 +227,12 @@ def patch_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return dw, dbias
 
 
-def _is_channel_last(t: torch.Tensor) -> bool:
-    """Whether t [b, L, d] lies as causal-conv1d's channel-last kernels take it: channels contiguous, a row
-    stride that is a multiple of 8."""
-    return t.stride(1) % 8 == 0 and t.stride(2) == 1
-
-
-def _channel_last(t: torch.Tensor) -> torch.Tensor:
-    return t if _is_channel_last(t) else t.contiguous()
-
-
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
                  silu: bool, config: tuple[int, ...] = PATCH_CONFIG) -> torch.Tensor:
     """causal-conv1d's channel-last forward of x [b, L, d] (row stride a multiple of 8), with document
     resets patched in. Returns y [b, L, d], contiguous, in x's dtype. CUDA only."""
     fwd = kernel_module(_KERNEL).causal_conv1d_fwd_function
-    x = _channel_last(x)
+    x = channel_last(x)
     y = fwd(x.transpose(1, 2), weight, bias, None, None, None, silu).transpose(1, 2)
     if seq_idx is not None:
         patch_forward(x, weight, bias, seq_idx, y, silu, config)
@@ -254,9 +245,9 @@ def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """Gradients of :func:`conv_forward` for dy [b, L, d] (overwritten near resets): dx [b, L, d] (into
     ``dx`` if given), dweight [d, W] and dbias [d] in the weight's and bias's dtypes. CUDA only."""
     bwd = kernel_module(_KERNEL).causal_conv1d_bwd_function
-    x, dy = _channel_last(x), _channel_last(dy)
+    x, dy = channel_last(x), channel_last(dy)
     stash = stash_gradient(dy, seq_idx, weight.shape[1], config) if seq_idx is not None else None
-    writable = dx is not None and _is_channel_last(dx)
+    writable = dx is not None and is_channel_last(dx)
     dx_t, dweight, dbias, _ = bwd(x.transpose(1, 2), weight, bias, dy.transpose(1, 2), None, None, None,
                                   dx.transpose(1, 2) if writable else None, False, silu)
     if dx is None or writable:

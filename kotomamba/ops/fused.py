@@ -4,7 +4,7 @@
   selective scan, gate and out_proj in one autograd function that recomputes in backward).
 - Mamba-2: ``mamba_ssm.ops.triton.ssd_combined.mamba_split_conv1d_scan_combined`` (split, conv1d
   with ``seq_idx``, SSD scan, gated RMSNorm and out_proj). :mod:`kotomamba.ops.split_conv_scan` is
-  the same function with our convolution resets and gated norm, not dispatched (bench/RESULTS.md).
+  the same function around our SSD scan and gated norm, not dispatched (bench/RESULTS.md).
 
 The ``*_ref`` twins compose the reference ops of this package step by step.
 """

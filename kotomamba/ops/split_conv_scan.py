@@ -1,18 +1,20 @@
-"""Mamba-2's mixer after in_proj as one autograd function whose convolution is causal-conv1d's resetless
-channel-last kernel with document resets patched in (kotomamba/ops/causal_conv1d_resets.py) and whose
-gated RMSNorm's backward walks the rows in many programs (kotomamba/ops/norm_triton.py), around
-mamba-ssm's SSD chunk scan kernels. :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the
-twin; tests/gpu/test_gpu_conv.py checks it against the twin and mamba-ssm's function.
+"""Mamba-2's mixer after in_proj as one autograd function around our own kernels: the SSD scan of
+:mod:`kotomamba.ops.ssd_triton` (one-launch forward, split backward) and the gated RMSNorm of
+:mod:`kotomamba.ops.norm_triton`, with causal-conv1d's channel-last convolution (its own document
+resets). :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin;
+tests/gpu/test_gpu_conv.py checks it against the twin and mamba-ssm's function.
 
 Not dispatched: :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` calls mamba-ssm's function, because
-the patched convolution is still slower than causal-conv1d's own resets (bench/RESULTS.md).
+the trainer ran no faster with this one (bench/RESULTS.md, session 11): our scan alone spends about the
+device time of mamba-ssm's (a little less at the 130m and 1.3b shapes, more at 2.7b), and the dt
+transform and the gradient copies that mamba-ssm's kernels fuse run here as PyTorch operations.
 
 The maths, arguments and memory plan are those of mamba-ssm's ``mamba_split_conv1d_scan_combined``
-(``mamba_ssm/ops/triton/ssd_combined.py``), whose convolution is causal-conv1d's channel-last kernel:
-the forward keeps zxbcdt, the scan's output before the norm and the norm's rstd (not the
-convolution's output, nor the norm's); the backward reruns the convolution and the norm's output. The
-gradients of the convolution's input, of z and of dt land in their slices of one [b, L, width]
-buffer, as zxbcdt lies.
+(``mamba_ssm/ops/triton/ssd_combined.py``): the forward keeps zxbcdt, the scan's output before the
+norm and the norm's rstd (not the convolution's output, nor the norm's); the backward reruns the
+convolution and the norm's output. The gradients of the convolution's input, of z and of dt land in
+their slices of one [b, L, width] buffer, as zxbcdt lies. ``chunk_size`` is accepted for the
+drop-in signature and unused: our scan's blocking is internal and exact.
 """
 from __future__ import annotations
 
@@ -21,26 +23,64 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd, _mamba_chunk_scan_combined_fwd
-
-from kotomamba.ops.causal_conv1d_resets import conv_backward, conv_forward
+from kotomamba.ops.causal_conv1d import channel_last, is_channel_last
+from kotomamba.ops.dispatch import kernel_module
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
+from kotomamba.ops.ssd_triton import _bwd_split, _fwd, blockings
+
+_CONV = "causal_conv1d.cpp_functions"
+
+# Our SSD's blockings here: the forward's (positions per block, head-dim columns, warps) and the split
+# backward's (the first fields of ssd_triton.SPLIT_BWD_DEFAULT), the fastest timed (bench/RESULTS.md).
+SSD_FWD_CONFIG = (32, 64, 4)
+SSD_SPLIT_CONFIG = (64, 64, 32, 8)
 
 
 @dataclass(frozen=True)
 class MixerShape:
-    """The non-tensor arguments: heads of ``headdim`` columns in ``ngroups`` groups, the scan's chunk,
-    the norm's epsilon and dt's clamp."""
+    """The non-tensor arguments: heads of ``headdim`` columns in ``ngroups`` groups, the norm's epsilon
+    and dt's clamp."""
 
     headdim: int
     ngroups: int
-    chunk_size: int
     norm_eps: float
     dt_limit: tuple[float, float]
 
     def row(self, zxbcdt: torch.Tensor, nheads: int) -> Mamba2Row:
         return Mamba2Row.of(zxbcdt.shape[-1], nheads, self.headdim, self.ngroups)
+
+    def group_size(self, nheads: int) -> int:
+        return nheads * self.headdim // self.ngroups
+
+    def ssd_blockings(self, nheads: int, dstate: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Our SSD's forward and split-backward blockings fitted to these heads."""
+        fwd, _, split = blockings(self.headdim, dstate, nheads // self.ngroups, SSD_FWD_CONFIG, SSD_FWD_CONFIG,
+                                  SSD_SPLIT_CONFIG)
+        return fwd, split
+
+
+def _conv(xBC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None):
+    """causal-conv1d's channel-last forward with silu: xBC [b, L, d] (a slice of zxbcdt, copied if its strides
+    do not suit the kernel) -> [b, L, d]."""
+    fwd = kernel_module(_CONV).causal_conv1d_fwd_function
+    return fwd(channel_last(xBC).transpose(1, 2), weight, bias, seq_idx, None, None, True).transpose(1, 2)
+
+
+def _dt(dt: torch.Tensor, dt_bias: torch.Tensor, dt_limit: tuple[float, float]) -> torch.Tensor:
+    """The scan's step: clamp(softplus(dt + dt_bias)), float32 [b, L, h]."""
+    dt = F.softplus(dt.float() + dt_bias.float())
+    return dt.clamp(min=dt_limit[0], max=dt_limit[1]) if dt_limit != (0.0, float("inf")) else dt
+
+
+def _dt_backward(ddt: torch.Tensor, dt: torch.Tensor, dt_bias: torch.Tensor, dt_limit: tuple[float, float]):
+    """The gradient of :func:`_dt`'s input (float32 [b, L, h]) from its output's."""
+    raw = dt.float() + dt_bias.float()
+    ddt = ddt * torch.sigmoid(raw)
+    if dt_limit != (0.0, float("inf")):
+        step = F.softplus(raw)
+        ddt = ddt * ((step >= dt_limit[0]) & (step <= dt_limit[1]))
+    return ddt
 
 
 class _SplitConvScan(torch.autograd.Function):
@@ -52,12 +92,11 @@ class _SplitConvScan(torch.autograd.Function):
         nheads = D.shape[0]
         row = shape.row(zxbcdt, nheads)
         z, xBC, dt = row.split(zxbcdt)
-        x, B, C = row.heads(conv_forward(xBC, conv1d_weight, conv1d_bias, seq_idx, True))
-        scanned, *_ = _mamba_chunk_scan_combined_fwd(
-            x, dt, A, B, C, shape.chunk_size, D=D, z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True,
-            dt_limit=shape.dt_limit)
+        x, B, C = row.heads(_conv(xBC, conv1d_weight, conv1d_bias, seq_idx))
+        fwd_config, _ = shape.ssd_blockings(nheads, B.shape[-1])
+        scanned, _, _ = _fwd(x, _dt(dt, dt_bias, shape.dt_limit), A, B, C, D, None, seq_idx, fwd_config)
         normed, _, rstd = rms_norm_fwd(scanned.flatten(0, 1).flatten(-2), norm_weight, shape.norm_eps,
-                                       z=z.flatten(0, 1), group_size=nheads * shape.headdim // shape.ngroups)
+                                       z=z.flatten(0, 1), group_size=shape.group_size(nheads))
         normed = normed.unflatten(0, (batch, seqlen))
         if torch.is_autocast_enabled("cuda"):
             dtype = torch.get_autocast_dtype("cuda")
@@ -78,29 +117,35 @@ class _SplitConvScan(torch.autograd.Function):
         nheads = D.shape[0]
         row = shape.row(zxbcdt, nheads)
         z, xBC, dt = row.split(zxbcdt)
-        xBC_conv = conv_forward(xBC, conv1d_weight, conv1d_bias, seq_idx, True)
-        x, B, C = row.heads(xBC_conv)
+        x, B, C = row.heads(_conv(xBC, conv1d_weight, conv1d_bias, seq_idx))
         dzxbcdt = torch.empty_like(zxbcdt)
-        dz, dxBC_in, ddt = row.split(dzxbcdt)
-        dxBC = torch.empty_like(xBC_conv)
-        dx, dB, dC = row.heads(dxBC)
+        dz, dxBC_in, ddt_in = row.split(dzxbcdt)
 
         dnormed = F.linear(dout, out_proj_weight.t()).flatten(0, 1)
         normed = torch.empty_like(dnormed)
         dscanned, _, _, dnorm_weight = rms_norm_bwd(
             dnormed, scanned.flatten(0, 1).flatten(-2), norm_weight, rstd, z=z.flatten(0, 1),
-            group_size=nheads * shape.headdim // shape.ngroups, dz=dz.flatten(0, 1), y=normed)
-        _, _, dA, _, _, dD, _, ddt_bias, _ = _mamba_chunk_scan_combined_bwd(
-            dscanned.view(batch, seqlen, nheads, shape.headdim), x, dt, A, B, C, scanned, shape.chunk_size, D=D,
-            z=None, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=True, dt_limit=shape.dt_limit,
-            dx=dx, ddt=ddt, dB=dB, dC=dC)
+            group_size=shape.group_size(nheads), dz=dz.flatten(0, 1), y=normed)
+        dx, ddt, dA, dB, dC, dD, _ = _bwd_split(
+            x, _dt(dt, dt_bias, shape.dt_limit), A, B, C, D, None, seq_idx,
+            dscanned.view(batch, seqlen, nheads, shape.headdim), None, shape.ssd_blockings(nheads, B.shape[-1])[1], None)
+        ddt_raw = _dt_backward(ddt, dt, dt_bias, shape.dt_limit)
+        ddt_in.copy_(ddt_raw)
+        dxBC = torch.empty_like(xBC, memory_format=torch.contiguous_format)
+        for part, grad in zip(row.heads(dxBC), (dx, dB, dC)):
+            part.copy_(grad)
         dout_flat = dout.flatten(0, 1)
         dout_proj_weight = dout_flat.t() @ normed.to(dout_flat.dtype)
         dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
-        _, dconv_weight, dconv_bias = conv_backward(xBC, conv1d_weight, conv1d_bias, seq_idx, dxBC, True,
-                                                    dx=dxBC_in)
-        return (dzxbcdt, dconv_weight, dconv_bias, ddt_bias, dA, dD, None, dnorm_weight, dout_proj_weight,
-                dout_proj_bias, None)
+        bwd = kernel_module(_CONV).causal_conv1d_bwd_function
+        writable = is_channel_last(dxBC_in)
+        dx_conv, dconv_weight, dconv_bias, _ = bwd(
+            channel_last(xBC).transpose(1, 2), conv1d_weight, conv1d_bias, dxBC.transpose(1, 2), seq_idx, None, None,
+            dxBC_in.transpose(1, 2) if writable else None, False, True)
+        if not writable:
+            dxBC_in.copy_(dx_conv.transpose(1, 2))
+        return (dzxbcdt, dconv_weight, dconv_bias, ddt_raw.sum((0, 1)).to(dt_bias.dtype), dA.to(A.dtype),
+                dD.to(D.dtype), None, dnorm_weight, dout_proj_weight, dout_proj_bias, None)
 
 
 def mamba2_split_conv_scan(
@@ -121,9 +166,9 @@ def mamba2_split_conv_scan(
     dt_limit: tuple[float, float] = (0.0, float("inf")),
 ) -> torch.Tensor:
     """Arguments and result as :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref`: zxbcdt
-    [b, L, 2*d_inner + 2*g*n + h]; conv1d_weight [d_inner + 2*g*n, W]; dt_bias, A, D [h]; norm_weight
-    [d_inner]; seq_idx [b, L]. Returns [b, L, d_model]. CUDA only (mamba-ssm's Triton kernels)."""
-    shape = MixerShape(headdim, ngroups, chunk_size, norm_eps, tuple(dt_limit))
+    [b, L, 2*d_inner + 2*g*n + h]; conv1d_weight [d_inner + 2*g*n, W]; dt_bias, A, D [h]; norm_weight [d_inner]; seq_idx [b, L].
+    Returns [b, L, d_model]. CUDA only (causal-conv1d's kernels)."""
+    shape = MixerShape(headdim, ngroups, norm_eps, tuple(dt_limit))
     if seq_idx is not None:
         seq_idx = seq_idx.to(torch.int32).contiguous()
     return _SplitConvScan.apply(zxbcdt, conv1d_weight.contiguous(), conv1d_bias, dt_bias, A, D, seq_idx,

@@ -791,6 +791,40 @@ class _SSDScan(torch.autograd.Function):
 SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0, 0)
 
 
+def blockings(headdim: int, dstate: int, heads_per_group: int, fwd_config: tuple[int, ...],
+              bwd_config: tuple[int, ...], split_bwd_config: tuple[int, ...] | None):
+    """The blockings :func:`ssd_chunk_scan_triton` takes, checked and fitted to a head dim and d_state (columns
+    per program at most the head dim, state columns at most d_state; a short split config completed from
+    ``SPLIT_BWD_DEFAULT``). Raises ValueError for a blocking the kernels cannot run."""
+    sizes = [("head dim", headdim), ("d_state", dstate)]
+    for which, config in (("fwd", fwd_config), ("bwd", bwd_config)):
+        sizes += [(f"{which} block_t", config[0]), (f"{which} block_p", min(config[1], headdim))]
+    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
+    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
+    if split_bwd_config is not None:
+        split = list(split_bwd_config) + list(SPLIT_BWD_DEFAULT[len(split_bwd_config):])
+        for i in (1, 4, 6):
+            split[i] = min(split[i], headdim)
+        split[2] = min(split[2], dstate)
+        sizes += [("split block_t", split[0]), ("split block_p", split[1]), ("split block_n", split[2]),
+                  ("split sequential block_p", split[4]), ("split rerun block_p", split[6])]
+        if split[9] and split[0] % fwd_config[0]:
+            raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
+                             f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
+        if split[11] not in (0, 1, 2, 3):
+            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1, 2 or 3 "
+                             f"ways (its config's field 12), got {split[11]}")
+        if split[12] and (split[11] != 2 or heads_per_group % split[12]):
+            raise ValueError(f"ssd_chunk_scan_triton takes {split[12]} heads per program of the split backward's "
+                             f"dB / dC launch (its config's field 13) only with two launches (field 12: 2, got "
+                             f"{split[11]}) and a divisor of the heads per group ({heads_per_group})")
+        split_bwd_config = tuple(split)
+    for name, size in sizes:
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"ssd_chunk_scan_triton needs a {name} that is a power of two >= 16, got {size}")
+    return fwd_config, bwd_config, split_bwd_config
+
+
 def ssd_chunk_scan_triton(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -820,34 +854,8 @@ def ssd_chunk_scan_triton(
     Returns y [b, L, h, p] in x's dtype and, with ``return_final_states``, the final state
     [b, h, p, n] float32.
     """
-    headdim, dstate = x.shape[-1], B.shape[-1]
-    sizes = [("head dim", headdim), ("d_state", dstate)]
-    for which, config in (("fwd", fwd_config), ("bwd", bwd_config)):
-        sizes += [(f"{which} block_t", config[0]), (f"{which} block_p", min(config[1], headdim))]
-    fwd_config = (fwd_config[0], min(fwd_config[1], headdim), *fwd_config[2:])
-    bwd_config = (bwd_config[0], min(bwd_config[1], headdim), *bwd_config[2:])
-    if split_bwd_config is not None:
-        split = list(split_bwd_config) + list(SPLIT_BWD_DEFAULT[len(split_bwd_config):])
-        for i in (1, 4, 6):
-            split[i] = min(split[i], headdim)
-        split[2] = min(split[2], dstate)
-        sizes += [("split block_t", split[0]), ("split block_p", split[1]), ("split block_n", split[2]),
-                  ("split sequential block_p", split[4]), ("split rerun block_p", split[6])]
-        if split[9] and split[0] % fwd_config[0]:
-            raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
-                             f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
-        if split[11] not in (0, 1, 2, 3):
-            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1, 2 or 3 "
-                             f"ways (its config's field 12), got {split[11]}")
-        heads_per_group = x.shape[2] // B.shape[2]
-        if split[12] and (split[11] != 2 or heads_per_group % split[12]):
-            raise ValueError(f"ssd_chunk_scan_triton takes {split[12]} heads per program of the split backward's "
-                             f"dB / dC launch (its config's field 13) only with two launches (field 12: 2, got "
-                             f"{split[11]}) and a divisor of the heads per group ({heads_per_group})")
-        split_bwd_config = tuple(split)
-    for name, size in sizes:
-        if size < 16 or size & (size - 1):
-            raise ValueError(f"ssd_chunk_scan_triton needs a {name} that is a power of two >= 16, got {size}")
+    fwd_config, bwd_config, split_bwd_config = blockings(x.shape[-1], B.shape[-1], x.shape[2] // B.shape[2],
+                                                         fwd_config, bwd_config, split_bwd_config)
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()
