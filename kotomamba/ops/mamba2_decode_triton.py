@@ -82,9 +82,9 @@ def _mix_kernel(
     slot = position % WIDTH
     conv_dtype = conv_state_ptr.dtype.element_ty
     tl.store(conv + x_ch * stride_conv_c + slot * stride_conv_w, x_new.to(conv_dtype), mask=p_ok)
-    writes_group = (head % heads_per_group == 0) & (pblock == 0)
-    tl.store(conv + B_ch * stride_conv_c + slot * stride_conv_w, B_new.to(conv_dtype), mask=n_ok & writes_group)
-    tl.store(conv + C_ch * stride_conv_c + slot * stride_conv_w, C_new.to(conv_dtype), mask=n_ok & writes_group)
+    if head % heads_per_group + pblock == 0:  # the group's first program writes B and C's new inputs
+        tl.store(conv + B_ch * stride_conv_c + slot * stride_conv_w, B_new.to(conv_dtype), mask=n_ok)
+        tl.store(conv + C_ch * stride_conv_c + slot * stride_conv_w, C_new.to(conv_dtype), mask=n_ok)
 
     dt = tl.load(row + 2 * d_inner + 2 * ngroups * dstate + head).to(tl.float32)
     dt += tl.load(dt_bias_ptr + head).to(tl.float32)
