@@ -128,7 +128,7 @@ def test_the_cases_are_not_blind():
     """What the kernels must get right changes the twin's results: the taps' order, which group's rstd
     normalises a channel, and dt's clamp (so the comparison above would catch a kernel that got them wrong)."""
     c = case(**CASES["two-groups"])
-    w, o = c["weights"], c["options"]
+    w = c["weights"]
     expected = twin(c)
     flipped = dict(c, weights=dict(w, conv_weight=w["conv_weight"].flip(-1)))
     assert (twin(flipped)["out"] - expected["out"]).norm() > 0.1 * expected["out"].norm()
