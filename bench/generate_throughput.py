@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per child and batch size (best kept)")
     parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, from " + ", ".join(IMPLS))
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry the decode "
+                        "kernels' tiles (kotomamba/ops/mamba2_decode_triton.py: OUT_ROWS.OUT_TILE.MIX_TILE, powers of two), "
+                        "e.g. generate:ours=4.4096.2048")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
@@ -48,15 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_models(impl: str, preset_name: str, dtype, device: str):
-    """Our model for ``generate:ours``, mamba-ssm's for ``generate:mamba_ssm``, both with our seed-0 weights."""
+    """Our model for ``generate:ours`` (``=TILES``: our decode kernels' tiles set first), mamba-ssm's for
+    ``generate:mamba_ssm``, both with our seed-0 weights."""
     import torch
 
     from kotomamba.model import MambaLM, preset
 
+    name, _, tiles = impl.partition("=")
+    if tiles:
+        from kotomamba.ops import mamba2_decode_triton
+
+        (mamba2_decode_triton.OUT_ROWS, mamba2_decode_triton.OUT_TILE,
+         mamba2_decode_triton.MIX_TILE) = (int(v) for v in tiles.split("."))
     config = preset(preset_name)
     torch.manual_seed(0)
     ours = MambaLM(config, device=device, dtype=dtype).eval()
-    if impl == "generate:ours":
+    if name == "generate:ours":
         return ours
     from mamba_ssm.models.config_mamba import MambaConfig as UpstreamConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
@@ -88,7 +99,7 @@ def child(args) -> None:
         prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device,
                                generator=torch.Generator(device).manual_seed(1))
         total_len = args.prompt_len + args.new_tokens
-        if args.child == "generate:ours":
+        if args.child.startswith("generate:ours"):
             def whole():
                 return generate(model, prompt, args.new_tokens, temperature=0.0, cuda_graph=device.type == "cuda")
 
@@ -160,12 +171,13 @@ def summarize(rows: list[dict], impls: list[str], bandwidth: float) -> list[dict
 def main() -> int:
     args = build_parser().parse_args()
     impls = args.impls.split(",")
-    unknown = sorted(set(impls) - set(IMPLS))
+    unknown = sorted(i for i in impls if i.partition("=")[0] not in IMPLS
+                     or (i.partition("=")[2] and not re.fullmatch(r"generate:ours=\d+\.\d+\.\d+", i)))
     if unknown:
         raise SystemExit(f"--impls: unknown {', '.join(unknown)} (known: {', '.join(IMPLS)})")
     if args.new_tokens < 2:
         raise SystemExit("--new-tokens must be >= 2 (ms/token is the time after the first token)")
-    if args.device != "cuda" and (args.profile or impls != ["generate:ours"]):
+    if args.device != "cuda" and (args.profile or {i.partition("=")[0] for i in impls} != {"generate:ours"}):
         raise SystemExit(f"--device {args.device}: only generate:ours, without --profile (both need CUDA)")
     if args.child:
         child(args)

@@ -20,16 +20,22 @@ def run_bench(tmp_path, *args):
 
 
 def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path):
-    done = run_bench(tmp_path, "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--impls", "generate:ours",
+    done = run_bench(tmp_path, "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--impls",
+                     "generate:ours,generate:ours=4.1024.256",
                      "--batch", "1", "3", "--prompt-len", "5", "--new-tokens", "6", "--rounds", "2", "--repeats", "1",
                      "--json", "out.json")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
-    assert [(r["round"], r["batch"]) for r in result["rows"]] == [(0, 1), (0, 3), (1, 1), (1, 3)]
+    tiled = "generate:ours=4.1024.256"  # the kernels' tiles (set in the child; its CPU path runs the twin)
+    assert [(r["round"], r["impl"], r["batch"]) for r in result["rows"]] == [
+        (0, "generate:ours", 1), (0, "generate:ours", 3), (0, tiled, 1), (0, tiled, 3),
+        (1, tiled, 1), (1, tiled, 3), (1, "generate:ours", 1), (1, "generate:ours", 3)]
     assert all("tokens" not in r and r["ms_per_token"] > 0 for r in result["rows"])
-    assert [(s["batch"], s["greedy_agreeing"]) for s in result["summary"]] == [(1, 6), (3, 6)]
+    assert [(s["batch"], s["impl"], s["greedy_agreeing"]) for s in result["summary"]] == [
+        (1, "generate:ours", 6), (1, tiled, 6), (3, "generate:ours", 6), (3, tiled, 6)]
     table = [line for line in done.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
-    assert len(table) == 2 and all("| ours |" in line and "6 of 6" in line for line in table)
+    assert len(table) == 4 and all("6 of 6" in line for line in table)
+    assert sum("| ours=4.1024.256 |" in line for line in table) == 2
 
 
 def test_summary_ratios_and_the_greedy_tokens_two_children_share():
@@ -49,6 +55,7 @@ def test_summary_ratios_and_the_greedy_tokens_two_children_share():
 
 def test_refuses_what_it_cannot_measure(tmp_path):
     for args, message in ((["--impls", "generate:vllm"], "unknown generate:vllm"),
+                          (["--impls", "generate:ours=4.4096"], "unknown generate:ours=4.4096"),
                           (["--new-tokens", "1"], "--new-tokens must be >= 2"),
                           (["--device", "cpu"], "only generate:ours"),
                           (["--device", "cpu", "--impls", "generate:ours", "--profile"], "without --profile")):
