@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry the decode "
-                        "kernels' tiles (kotomamba/ops/mamba2_decode_triton.py: OUT_ROWS.OUT_TILE.MIX_TILE, powers of two), "
-                        "e.g. generate:ours=4.4096.2048")
+                        "kernels' tiles (kotomamba/ops/mamba2_decode_triton.py: OUT_ROWS.OUT_TILE.MIX_TILE, powers "
+                        "of two), e.g. generate:ours=4.4096.2048")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
