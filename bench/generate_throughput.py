@@ -28,6 +28,7 @@ import time
 from isolated import median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
+SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS):[0-9]+"  # of kotomamba/ops/mamba2_decode_triton.py
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per child and batch size (best kept)")
     parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
     parser.add_argument("--impls", default=",".join(IMPLS),
-                        help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry the decode "
-                        "kernels' tiles (kotomamba/ops/mamba2_decode_triton.py: OUT_ROWS.OUT_TILE.MIX_TILE, powers "
-                        "of two), e.g. generate:ours=4.4096.2048")
+                        help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry settings of the "
+                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py; powers of two), e.g. "
+                        "generate:ours=OUT_ROWS:4+DOT_ROWS:16")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
@@ -52,18 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_models(impl: str, preset_name: str, dtype, device: str):
-    """Our model for ``generate:ours`` (``=TILES``: our decode kernels' tiles set first), mamba-ssm's for
+    """Our model for ``generate:ours`` (``=NAME:VALUE+...``: our decode kernels' settings first), mamba-ssm's for
     ``generate:mamba_ssm``, both with our seed-0 weights."""
     import torch
 
     from kotomamba.model import MambaLM, preset
 
-    name, _, tiles = impl.partition("=")
-    if tiles:
+    name, _, settings = impl.partition("=")
+    if settings:
         from kotomamba.ops import mamba2_decode_triton
 
-        (mamba2_decode_triton.OUT_ROWS, mamba2_decode_triton.OUT_TILE,
-         mamba2_decode_triton.MIX_TILE) = (int(v) for v in tiles.split("."))
+        for setting in settings.split("+"):
+            key, value = setting.split(":")
+            setattr(mamba2_decode_triton, key, int(value))
     config = preset(preset_name)
     torch.manual_seed(0)
     ours = MambaLM(config, device=device, dtype=dtype).eval()
@@ -172,7 +174,7 @@ def main() -> int:
     args = build_parser().parse_args()
     impls = args.impls.split(",")
     unknown = sorted(i for i in impls if i.partition("=")[0] not in IMPLS
-                     or (i.partition("=")[2] and not re.fullmatch(r"generate:ours=\d+\.\d+\.\d+", i)))
+                     or (i.partition("=")[2] and not re.fullmatch(rf"generate:ours=({SETTING})(\+({SETTING}))*", i)))
     if unknown:
         raise SystemExit(f"--impls: unknown {', '.join(unknown)} (known: {', '.join(IMPLS)})")
     if args.new_tokens < 2:

@@ -21,10 +21,13 @@ import triton.language as tl
 from kotomamba.ops.mamba2_decode import DEFAULT_DT_LIMIT
 
 # Elements of the float32 tiles each program holds: the mix kernel's state tile (head channels x d_state) and
-# the out kernel's product tile (batch rows x out_proj rows x inputs) when it does not use tl.dot.
+# the out kernel's product tile (batch rows x out_proj rows x inputs) when it does not use tl.dot. Then out_proj
+# rows per program of the out kernel below 16 batch rows and with tl.dot (fewer: more programs, each rereading g).
+# bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
 OUT_TILE = 4096
-OUT_ROWS = 8  # out_proj rows per program below 16 batch rows
+OUT_ROWS = 8
+DOT_ROWS = 32
 
 
 @triton.jit
@@ -200,7 +203,7 @@ def out(g, sumsq, norm_weight, norm_eps, out_proj_weight, out_proj_bias, ngroups
     block_b = min(triton.next_power_of_2(batch), 64)
     use_dot = block_b >= 16
     if use_dot:
-        block_j, block_k = 64, 64
+        block_j, block_k = DOT_ROWS, 64
     else:
         block_j = OUT_ROWS
         block_k = max(OUT_TILE // (block_b * block_j), 16)
