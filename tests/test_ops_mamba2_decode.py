@@ -182,3 +182,21 @@ def test_prefill_and_kernel_steps_equal_the_full_forward(tmp_path):
              "two-groups": {"ssm_cfg": {"ngroups": 2}, "ids": ids, "prompt": 6}}
     for name, got in run_interpreted(RUN_MODEL, cases, tmp_path).items():
         torch.testing.assert_close(got["steps"], got["full"], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_a_reset_cache_steps_from_the_first_token_like_the_full_forward():
+    """After ``reset``, stepping every token from the first, without a prefill, gives the full forward's logits
+    (twin path), and the position counts from 0 again."""
+    from kotomamba.model import MambaLM, preset
+
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny")).eval()
+    ids = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(2))
+    cache = model.allocate_inference_cache(2, 16)
+    with torch.no_grad():
+        model.prefill(ids[:, :3], cache)
+        model.step(ids[:, 3], cache)
+        cache.reset()
+        assert int(cache.position) == 0 and cache.seqlen_offset == 0
+        steps = torch.stack([model.step(ids[:, t], cache) for t in range(ids.shape[1])], 1)
+        torch.testing.assert_close(steps, model(ids), atol=1e-4, rtol=1e-4)
