@@ -133,7 +133,7 @@ def child(args) -> None:
                       flush=True)
         print(json.dumps({
             "impl": args.child, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, **times,
-            "ms_per_token": 1e3 * (times["total_s"] - times["prefill_s"]) / max(args.new_tokens - 1, 1),
+            "ms_per_token": 1e3 * (times["total_s"] - times["prefill_s"]) / (args.new_tokens - 1),
             "tokens_per_s": batch * args.new_tokens / times["total_s"], "weight_bytes": weight_bytes,
             "card": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "tokens": out[:, args.prompt_len:].tolist()}), flush=True)
