@@ -45,6 +45,14 @@ def decode(model, hidden, force_reference: str, monkeypatch, start=None):
     return torch.stack(outs), state
 
 
+def test_the_kernels_are_dispatched_on_cuda(monkeypatch):
+    """Else every comparison below would compare the twin with itself."""
+    from kotomamba.ops import mamba2_decode
+
+    monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "0")
+    assert dispatch.use_kernels(torch.zeros(1, device=DEVICE), mamba2_decode._KERNEL)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 3, 17, 64])
 @pytest.mark.parametrize("ngroups", [1, 2])
