@@ -1,128 +1,208 @@
-"""Decode throughput: ``kotomamba.model.generation.generate`` vs mamba-ssm's ``generate(cg=True)``.
+"""Decode throughput: ``kotomamba.model.generation.generate`` against mamba-ssm's ``generate(cg=True)``, each
+implementation in a fresh process of its own (bench/isolated.py), over rounds.
 
-Same model (mamba-ssm's ``MambaLMHeadModel`` built from a preset, its weights copied into our
-``MambaLM``: the state-dict keys are the same), same card, same dtype, greedy decoding of the same
-prompt. For each batch size it times, after a warm-up call (which captures the CUDA graphs of both):
+Same weights in both (our ``MambaLM`` built from a preset with seed 0; the mamba-ssm child loads its state dict
+into ``MambaLMHeadModel``: the keys are the same), same card, same dtype, greedy decoding of the same prompt.
+Per child and batch size, after a warm-up call (which captures the CUDA graphs):
 
 - ``total``: one whole ``generate`` call (prompt + ``--new-tokens`` tokens), best of ``--repeats``;
 - ``prefill``: the prompt alone (ours: ``model.prefill``; theirs: ``generate`` of one token);
-- ``ms/token`` = (total - prefill) / (new tokens - 1): the per-token decode cost;
+- ``ms/token`` = (total - prefill) / (new tokens - 1): the per-token decode cost, sampling included;
 - tokens/s = batch x new tokens / total.
 
-It also reports how long reading every weight once takes at the card's nominal HBM bandwidth
-(the floor for batch-1 decoding) and how many greedy tokens agree between the two (bf16 results
-may part after many steps).
+The parent prints the median over rounds with its range, the ratio against mamba-ssm (above 1: ours faster),
+how long reading every weight once takes at ``--bandwidth`` (the floor of batch-1 decoding), and how many
+leading greedy tokens the two children agree on (bf16 results may part after many steps). ``--profile``
+prints each child's kernels for one whole call at the first batch size.
 
-    python bench/generate_throughput.py --preset mamba-1.4b --batch 1 64 --json out.json
+    python bench/generate_throughput.py --preset mamba2-1.3b --batch 1 64 --json out.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import re
+import sys
 import time
 
-import torch
+from isolated import median_range, profile_table, run_children
 
-from kotomamba.model import MambaLM, preset
-from kotomamba.model.generation import generate
-
-# Nominal HBM bandwidth (bytes/s) by card name substring.
-HBM_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+IMPLS = ("generate:mamba_ssm", "generate:ours")
+SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS):[0-9]+"  # of kotomamba/ops/mamba2_decode_triton.py
 
 
-def mamba_ssm_model(name: str, dtype: torch.dtype):
-    from mamba_ssm.models.config_mamba import MambaConfig as UpstreamConfig
-    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
-
-    config = preset(name)
-    torch.manual_seed(0)
-    theirs = MambaLMHeadModel(UpstreamConfig(**config.to_dict()), device="cuda", dtype=dtype).eval()
-    ours = MambaLM(config, device="meta", dtype=dtype)
-    ours.to_empty(device="cuda")
-    ours.load_state_dict(theirs.state_dict())
-    return theirs, ours.eval()
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``fn()`` over ``repeats`` calls (CUDA synchronised), and its last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def bench_batch(theirs, ours, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-    vocab = ours.config.vocab_size
-    prompt = torch.randint(0, vocab, (batch, prompt_len), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    total_len = prompt_len + new_tokens
-
-    def run_theirs(length=total_len):
-        return theirs.generate(prompt, max_length=length, top_k=1, cg=True, vocab_size=vocab)
-
-    def run_ours():
-        return generate(ours, prompt, new_tokens, temperature=0.0, cuda_graph=True)
-
-    def prefill_ours():
-        cache = ours.allocate_inference_cache(batch, total_len)
-        return ours.prefill(prompt, cache)
-
-    with torch.inference_mode():
-        run_theirs(), run_ours()  # warm-up: CUDA graphs, Triton autotuning
-        theirs_total, theirs_out = timed(run_theirs, repeats)
-        ours_total, ours_out = timed(run_ours, repeats)
-        theirs_prefill, _ = timed(lambda: run_theirs(prompt_len + 1), repeats)
-        ours_prefill, _ = timed(prefill_ours, repeats)
-    agree = (theirs_out[:, prompt_len:] == ours_out[:, prompt_len:]).int().cumprod(dim=1).sum(dim=1)
-    row = {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens}
-    for name, total, prefill in (("mamba_ssm", theirs_total, theirs_prefill), ("kotomamba", ours_total, ours_prefill)):
-        row[name] = {"total_s": total, "prefill_s": prefill,
-                     "ms_per_token": 1e3 * (total - prefill) / (new_tokens - 1),
-                     "tokens_per_s": batch * new_tokens / total}
-    row["speedup_decode"] = row["mamba_ssm"]["ms_per_token"] / row["kotomamba"]["ms_per_token"]
-    row["greedy_tokens_agreeing_min"] = int(agree.min())
-    return row
-
-
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="mamba-1.4b")
+    parser.add_argument("--preset", default="mamba2-1.3b")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per child and batch size (best kept)")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry settings of the "
+                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py; powers of two), e.g. "
+                        "generate:ours=OUT_ROWS:4+DOT_ROWS:16")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
+    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
+    parser.add_argument("--profile", action="store_true", help="also print each child's kernels for one call")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="also write the rows and the summary here")
+    return parser
 
-    dtype = getattr(torch, args.dtype)
-    theirs, ours = mamba_ssm_model(args.preset, dtype)
-    card = torch.cuda.get_device_name()
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-    bandwidth = next((bw for key, bw in HBM_BANDWIDTH.items() if key in card), None)
-    import mamba_ssm
 
-    result = {"card": card, "preset": args.preset, "dtype": args.dtype, "torch": torch.__version__,
-              "mamba_ssm": mamba_ssm.__version__, "python": platform.python_version(),
-              "weight_bytes": weight_bytes,
-              "weights_read_ms": 1e3 * weight_bytes / bandwidth if bandwidth else None, "rows": []}
-    for batch in args.batch:
-        row = bench_batch(theirs, ours, batch, args.prompt_len, args.new_tokens, args.repeats)
-        result["rows"].append(row)
-        print(f"batch {batch:3d}: mamba-ssm {row['mamba_ssm']['ms_per_token']:.3f} ms/token "
-              f"({row['mamba_ssm']['tokens_per_s']:.0f} tok/s), kotomamba {row['kotomamba']['ms_per_token']:.3f} "
-              f"ms/token ({row['kotomamba']['tokens_per_s']:.0f} tok/s), decode speedup "
-              f"{row['speedup_decode']:.2f}x, greedy agreement >= {row['greedy_tokens_agreeing_min']} tokens",
-              flush=True)
-    print(json.dumps(result))
+def build_models(impl: str, preset_name: str, dtype, device: str):
+    """Our model for ``generate:ours`` (``=NAME:VALUE+...``: our decode kernels' settings first), mamba-ssm's for
+    ``generate:mamba_ssm``, both with our seed-0 weights."""
+    import torch
+
+    from kotomamba.model import MambaLM, preset
+
+    name, _, settings = impl.partition("=")
+    if settings:
+        from kotomamba.ops import mamba2_decode_triton
+
+        for setting in settings.split("+"):
+            key, value = setting.split(":")
+            setattr(mamba2_decode_triton, key, int(value))
+    config = preset(preset_name)
+    torch.manual_seed(0)
+    ours = MambaLM(config, device=device, dtype=dtype).eval()
+    if name == "generate:ours":
+        return ours
+    from mamba_ssm.models.config_mamba import MambaConfig as UpstreamConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    theirs = MambaLMHeadModel(UpstreamConfig(**config.to_dict()), device=device, dtype=dtype).eval()
+    theirs.load_state_dict(ours.state_dict())
+    del ours
+    torch.cuda.empty_cache()
+    return theirs
+
+
+def child(args) -> None:
+    """Time one implementation at every batch size; print one JSON row per batch size."""
+    import torch
+
+    from kotomamba.model import preset
+    from kotomamba.model.generation import generate
+
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    model = build_models(args.child, args.preset, dtype, args.device)
+    vocab = preset(args.preset).vocab_size
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for index, batch in enumerate(args.batch):
+        prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device,
+                               generator=torch.Generator(device).manual_seed(1))
+        total_len = args.prompt_len + args.new_tokens
+        if args.child.startswith("generate:ours"):
+            def whole():
+                return generate(model, prompt, args.new_tokens, temperature=0.0, cuda_graph=device.type == "cuda")
+
+            def prefill():
+                return model.prefill(prompt, model.allocate_inference_cache(batch, total_len))
+        else:
+            def whole(length=total_len):
+                return model.generate(prompt, max_length=length, top_k=1, cg=True, vocab_size=vocab)
+
+            def prefill():
+                return whole(args.prompt_len + 1)
+
+        with torch.inference_mode():
+            whole()  # warm-up: CUDA graphs, Triton compiles
+            times = {}
+            for name, fn in (("total_s", whole), ("prefill_s", prefill)):
+                best = float("inf")
+                for _ in range(args.repeats):
+                    sync()
+                    start = time.perf_counter()
+                    result = fn()
+                    sync()
+                    best = min(best, time.perf_counter() - start)
+                times[name] = best
+                if name == "total_s":
+                    out = result if torch.is_tensor(result) else result.sequences
+            if args.profile and index == 0:
+                print(f"--- profile: {args.child}, batch {batch}, one whole call ---\n{profile_table(whole)}",
+                      flush=True)
+        print(json.dumps({
+            "impl": args.child, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, **times,
+            "ms_per_token": 1e3 * (times["total_s"] - times["prefill_s"]) / (args.new_tokens - 1),
+            "tokens_per_s": batch * args.new_tokens / times["total_s"], "weight_bytes": weight_bytes,
+            "card": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "tokens": out[:, args.prompt_len:].tolist()}), flush=True)
+
+
+def leading_agreement(a: list[list[int]], b: list[list[int]]) -> int:
+    """How many leading tokens every row of ``a`` shares with the same row of ``b``."""
+    def common(x, y):
+        return next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+
+    return min(common(x, y) for x, y in zip(a, b))
+
+
+def summarize(rows: list[dict], impls: list[str], bandwidth: float) -> list[dict]:
+    """Per batch size and implementation: median ms/token and tokens/s over rounds with their ranges, the ratio
+    against the first implementation (mamba-ssm's ms/token over ours), the greedy tokens it shares with it
+    (leading tokens, fewest over rows and rounds) and the weights-read floor."""
+    summary = []
+    for batch in sorted({row["batch"] for row in rows}):
+        of = {impl: [r for r in rows if r["impl"] == impl and r["batch"] == batch] for impl in impls}
+        reference = of[impls[0]]
+        for impl in impls:
+            mine = of[impl]
+            if not mine:
+                continue
+            ms, tps = median_range(mine, "ms_per_token"), median_range(mine, "tokens_per_s")
+            ref_ms = median_range(reference, "ms_per_token")
+            agree = (min(leading_agreement(r["tokens"], s["tokens"]) for r in mine for s in reference)
+                     if reference else None)
+            summary.append({"batch": batch, "impl": impl, "ms_per_token": ms, "tokens_per_s": tps,
+                            "ratio": ref_ms[0] / ms[0] if ref_ms else None, "greedy_agreeing": agree,
+                            "new_tokens": mine[0]["new_tokens"],
+                            "floor_ms": 1e3 * mine[0]["weight_bytes"] / bandwidth})
+    return summary
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    impls = args.impls.split(",")
+    unknown = sorted(i for i in impls if i.partition("=")[0] not in IMPLS
+                     or (i.partition("=")[2] and not re.fullmatch(rf"generate:ours=({SETTING})(\+({SETTING}))*", i)))
+    if unknown:
+        raise SystemExit(f"--impls: unknown {', '.join(unknown)} (known: {', '.join(IMPLS)})")
+    if args.new_tokens < 2:
+        raise SystemExit("--new-tokens must be >= 2 (ms/token is the time after the first token)")
+    if args.device != "cuda" and (args.profile or {i.partition("=")[0] for i in impls} != {"generate:ours"}):
+        raise SystemExit(f"--device {args.device}: only generate:ours, without --profile (both need CUDA)")
+    if args.child:
+        child(args)
+        return 0
+    rows = run_children(sys.argv[0], sys.argv[1:], impls, args.rounds)
+    summary = summarize(rows, impls, args.bandwidth)
+    print(f"\n{args.preset}, {args.dtype}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
+          f"{args.rounds} rounds, one process each ({rows[0]['card'] if rows else 'no rows'})")
+    print("| batch | impl | ms/token [range] | tokens/s [range] | ratio (theirs/ours) | greedy tokens agreeing "
+          "| weights-read floor ms |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for s in summary:
+        ms, tps = s["ms_per_token"], s["tokens_per_s"]
+        agree = "-" if s["greedy_agreeing"] is None else f"{s['greedy_agreeing']} of {s['new_tokens']}"
+        ratio = "-" if s["ratio"] is None else f"{s['ratio']:.3f}x"
+        print(f"| {s['batch']} | {s['impl'].split(':', 1)[1]} | {ms[0]:.3f} [{ms[1]:.3f}-{ms[2]:.3f}] | "
+              f"{tps[0]:.0f} [{tps[1]:.0f}-{tps[2]:.0f}] | {ratio} | {agree} | {s['floor_ms']:.3f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+            json.dump({"rows": [{k: v for k, v in r.items() if k != "tokens"} for r in rows], "summary": summary},
+                      handle, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

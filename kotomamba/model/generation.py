@@ -101,8 +101,9 @@ def next_token(logits: torch.Tensor, previous: torch.Tensor, sampling: SamplingC
 class _GraphedStep:
     """``model.step`` for one batch size captured as a CUDA graph over a fixed inference cache.
 
-    The cache tensors and the input buffer are static; replaying the graph updates the cache in
-    place and rewrites ``logits``. Built once per (batch size, dtype) and kept on the model.
+    The cache tensors (the states and the position their step reads) and the input buffer are static;
+    replaying the graph updates the cache in place and rewrites ``logits``; a prefill into the same cache
+    sets them for the next replay. Built once per (batch size, dtype) and kept on the model.
     """
 
     def __init__(self, model, batch_size: int, max_seqlen: int, dtype: torch.dtype):

@@ -51,11 +51,12 @@ class Block(nn.Module):
             residual = residual.clone()
         return self.mixer(normed, seq_idx=seq_idx, state=state), residual
 
-    def step(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, state):
-        """One token: hidden_states, residual [b, d_model]. Returns (hidden_states, residual)."""
+    def step(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, state, position: torch.Tensor):
+        """One token: hidden_states, residual [b, d_model]; position: the tokens consumed before it (0-d int64
+        tensor). Returns (hidden_states, residual)."""
         hidden_states, residual = self.norm(hidden_states, residual, prenorm=True,
                                             residual_in_fp32=self.residual_in_fp32)
-        return self.mixer.step(hidden_states, state), residual
+        return self.mixer.step(hidden_states, state, position), residual
 
 
 class Backbone(nn.Module):
@@ -76,11 +77,11 @@ class Backbone(nn.Module):
                                             state=None if states is None else states[i])
         return self.norm_f(hidden_states, residual, prenorm=False, residual_in_fp32=self.residual_in_fp32)
 
-    def step(self, input_ids: torch.Tensor, states) -> torch.Tensor:
-        """input_ids [b] -> normalised hidden states [b, d_model]."""
+    def step(self, input_ids: torch.Tensor, states, position: torch.Tensor) -> torch.Tensor:
+        """input_ids [b] -> normalised hidden states [b, d_model]; position: the tokens consumed before them."""
         hidden_states, residual = self.embedding(input_ids), None
         for layer, state in zip(self.layers, states):
-            hidden_states, residual = layer.step(hidden_states, residual, state)
+            hidden_states, residual = layer.step(hidden_states, residual, state, position)
         return self.norm_f(hidden_states, residual, prenorm=False, residual_in_fp32=self.residual_in_fp32)
 
 
@@ -88,18 +89,22 @@ class Backbone(nn.Module):
 class InferenceCache:
     """Recurrent decoding state: per layer (conv_state, ssm_state); O(1) in the sequence length.
 
-    ``seqlen_offset`` counts the tokens consumed so far (prefill sets it, each step adds one).
+    ``seqlen_offset`` counts the tokens consumed so far (prefill sets it, each step adds one); ``position``
+    is the same count on the states' device (a 0-d int64 tensor, moved in place, so that a CUDA graph of
+    the step reads the current one): Mamba-2's conv state is circular, indexed by it.
     """
 
     states: list
     batch_size: int
     max_seqlen: int
+    position: torch.Tensor
     seqlen_offset: int = 0
 
     def reset(self) -> None:
         for conv_state, ssm_state in self.states:
             conv_state.zero_()
             ssm_state.zero_()
+        self.position.zero_()
         self.seqlen_offset = 0
 
 
@@ -178,20 +183,23 @@ class MambaLM(nn.Module):
                                  ) -> InferenceCache:
         """Zero states for ``batch_size`` sequences; ``dtype`` defaults to the weights' dtype."""
         states = [layer.mixer.allocate_state(batch_size, dtype) for layer in self.backbone.layers]
-        return InferenceCache(states=states, batch_size=batch_size, max_seqlen=max_seqlen)
+        position = torch.zeros((), dtype=torch.long, device=self.lm_head.weight.device)
+        return InferenceCache(states=states, batch_size=batch_size, max_seqlen=max_seqlen, position=position)
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """Run the prompt input_ids [b, L] from a fresh state; fills ``cache``. Returns the logits of
         the last position, [b, padded_vocab]."""
         hidden_states = self.backbone(input_ids, states=cache.states)
+        cache.position.fill_(input_ids.shape[1])
         cache.seqlen_offset = input_ids.shape[1]
         return self.lm_head(hidden_states[:, -1])
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """Consume one token per sequence, input_ids [b]; returns logits [b, padded_vocab]."""
-        hidden_states = self.backbone.step(input_ids, cache.states)
+        hidden_states = self.backbone.step(input_ids, cache.states, cache.position)
+        cache.position.add_(1)
         cache.seqlen_offset += 1
         return self.lm_head(hidden_states)
 

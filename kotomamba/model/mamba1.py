@@ -96,8 +96,10 @@ class Mamba1Mixer(nn.Module):
         ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
 
-    def step(self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place."""
+    def step(self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+             position: torch.Tensor) -> torch.Tensor:
+        """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place. ``position`` (the
+        blocks pass it to every mixer) is not read: Mamba-1's conv state shifts (Mamba-2's is circular)."""
         conv_state, ssm_state = state
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")

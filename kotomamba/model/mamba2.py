@@ -8,10 +8,10 @@ from torch import nn
 
 from kotomamba.model.dt_init import inverse_softplus_dt
 from kotomamba.model.norm import GatedRMSNorm
-from kotomamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_update, conv_state_from_inputs
+from kotomamba.ops.causal_conv1d import causal_conv1d
 from kotomamba.ops.fused import Mamba2Row, mamba2_split_conv1d_scan
+from kotomamba.ops.mamba2_decode import circular_conv_state, mamba2_decode_step
 from kotomamba.ops.ssd import ssd_chunk_scan
-from kotomamba.ops.ssm_step import selective_state_update
 
 
 class Mamba2Mixer(nn.Module):
@@ -67,7 +67,8 @@ class Mamba2Mixer(nn.Module):
                 state: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """hidden_states [b, L, d_model] -> [b, L, d_model]; seq_idx [b, L] resets the state at
         document starts. With ``state`` (conv_state, ssm_state) the final states are written into
-        it (prefill of one document per row)."""
+        it (prefill of one document per row from position 0; the conv state circular, as
+        :meth:`step` reads it)."""
         zxbcdt = self.in_proj(hidden_states)
         A = -torch.exp(self.A_log.float())
         if state is None:
@@ -79,7 +80,7 @@ class Mamba2Mixer(nn.Module):
         conv_state, ssm_state = state
         z, xBC, dt = self.row.split(zxbcdt)
         xBC_t = xBC.transpose(1, 2)
-        conv_state.copy_(conv_state_from_inputs(xBC_t, self.d_conv))
+        conv_state.copy_(circular_conv_state(xBC_t, self.d_conv))
         xBC = causal_conv1d(xBC_t, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx,
                             activation="silu").transpose(1, 2)
         x, B, C = self.row.heads(xBC)
@@ -90,23 +91,21 @@ class Mamba2Mixer(nn.Module):
         ssm_state.copy_(final_state)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
-    def step(self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place."""
+    def step(self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+             position: torch.Tensor) -> torch.Tensor:
+        """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place. ``position``
+        (0-d int64 tensor): the tokens consumed before this one, which index the circular conv state
+        (:mod:`kotomamba.ops.mamba2_decode`); the caller moves it once per step for all layers."""
         conv_state, ssm_state = state
-        z, xBC, dt = self.row.split(self.in_proj(hidden_states))
-        xBC = causal_conv1d_update(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        x, B, C = self.row.heads(xBC)
-        p, n = self.headdim, self.d_state
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(
-            ssm_state, x, dt[..., None].expand(-1, -1, p), A[:, None, None].expand(-1, p, n), B, C,
-            self.D[:, None].expand(-1, p), dt_bias=self.dt_bias[:, None].expand(-1, p), dt_softplus=True,
+        return mamba2_decode_step(
+            self.in_proj(hidden_states), conv_state, ssm_state, position, self.conv1d.weight.squeeze(1),
+            self.conv1d.bias, self.dt_bias, self.A_log, self.D, self.norm.weight, self.norm.eps,
+            self.out_proj.weight, self.out_proj.bias, self.headdim, self.ngroups, self.dt_limit,
         )
-        return self.out_proj(self.norm(y.flatten(-2), z))
 
     def allocate_state(self, batch_size: int, dtype: torch.dtype | None = None):
-        """Zero (conv_state [b, conv_dim, d_conv] (channel-last in memory, as upstream),
-        ssm_state [b, nheads, headdim, d_state])."""
+        """Zero (conv_state [b, conv_dim, d_conv] (channel-last in memory, as upstream; circular, see
+        :meth:`step`), ssm_state [b, nheads, headdim, d_state])."""
         device = self.out_proj.weight.device
         conv = torch.zeros(batch_size, self.d_conv, self.conv_dim, device=device,
                            dtype=dtype or self.conv1d.weight.dtype).transpose(1, 2)

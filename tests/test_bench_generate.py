@@ -1,0 +1,63 @@
+"""bench/generate_throughput.py on CPU: each (round, implementation) a process of its own whose rows carry its
+greedy tokens; the parent's medians, ratios and token agreement; arguments it refuses."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import generate_throughput  # noqa: E402
+
+
+def run_bench(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "generate_throughput.py"), *args], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+
+
+def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path):
+    done = run_bench(tmp_path, "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--impls",
+                     "generate:ours,generate:ours=OUT_ROWS:4+MIX_TILE:256",
+                     "--batch", "1", "3", "--prompt-len", "5", "--new-tokens", "6", "--rounds", "2", "--repeats", "1",
+                     "--json", "out.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    tiled = "generate:ours=OUT_ROWS:4+MIX_TILE:256"  # kernel settings, set in the child (on CPU it runs the twin)
+    assert [(r["round"], r["impl"], r["batch"]) for r in result["rows"]] == [
+        (0, "generate:ours", 1), (0, "generate:ours", 3), (0, tiled, 1), (0, tiled, 3),
+        (1, tiled, 1), (1, tiled, 3), (1, "generate:ours", 1), (1, "generate:ours", 3)]
+    assert all("tokens" not in r and r["ms_per_token"] > 0 for r in result["rows"])
+    assert [(s["batch"], s["impl"], s["greedy_agreeing"]) for s in result["summary"]] == [
+        (1, "generate:ours", 6), (1, tiled, 6), (3, "generate:ours", 6), (3, tiled, 6)]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
+    assert len(table) == 4 and all("6 of 6" in line for line in table)
+    assert sum("| ours=OUT_ROWS:4+MIX_TILE:256 |" in line for line in table) == 2
+
+
+def test_summary_ratios_and_the_greedy_tokens_two_children_share():
+    def row(impl, round_, ms, tokens):
+        return {"impl": impl, "batch": 2, "round": round_, "ms_per_token": ms, "tokens_per_s": 100 / ms,
+                "new_tokens": 4, "weight_bytes": 4.8e9, "tokens": tokens}
+
+    same, parted = [[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 3, 4], [5, 6, 0, 8]]
+    rows = [row("generate:mamba_ssm", 0, 2.0, same), row("generate:ours", 0, 1.0, same),
+            row("generate:mamba_ssm", 1, 4.0, same), row("generate:ours", 1, 1.5, parted)]
+    theirs, ours = generate_throughput.summarize(rows, ["generate:mamba_ssm", "generate:ours"], 4.8e12)
+    assert theirs["ms_per_token"] == (3.0, 2.0, 4.0) and theirs["ratio"] == 1.0 and theirs["greedy_agreeing"] == 4
+    assert ours["ms_per_token"] == (1.25, 1.0, 1.5) and ours["ratio"] == 3.0 / 1.25
+    assert ours["greedy_agreeing"] == 2  # the second round's second row parts at its third token
+    assert ours["floor_ms"] == 1.0
+
+
+def test_refuses_what_it_cannot_measure(tmp_path):
+    for args, message in ((["--impls", "generate:vllm"], "unknown generate:vllm"),
+                          (["--impls", "generate:ours=OUT_ROWS:4+WARPS:8"], "unknown generate:ours=OUT_ROWS:4+WARPS:8"),
+                          (["--new-tokens", "1"], "--new-tokens must be >= 2"),
+                          (["--device", "cpu"], "only generate:ours"),
+                          (["--device", "cpu", "--impls", "generate:ours", "--profile"], "without --profile")):
+        done = run_bench(tmp_path, *args)
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr[-2000:])
