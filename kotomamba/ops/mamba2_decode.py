@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from kotomamba.ops.dispatch import kernel_module, use_kernels
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm import gated_rms_norm_ref
+from kotomamba.ops.ssd import step_size
 from kotomamba.ops.ssm_step import selective_state_update_ref
 
 _KERNEL = "kotomamba.ops.mamba2_decode_triton"
@@ -52,13 +53,6 @@ def conv_update_circular_ref(
     return F.silu(y)
 
 
-def decode_dt(dt: torch.Tensor, dt_bias: torch.Tensor, dt_limit: tuple[float, float]) -> torch.Tensor:
-    """The step size of each head, as the forward's scan takes it: softplus(dt + dt_bias) clamped to
-    ``dt_limit``. dt: [b, h], dt_bias: [h]. float32."""
-    dt = F.softplus(dt.float() + dt_bias.float())
-    return dt if tuple(dt_limit) == DEFAULT_DT_LIMIT else dt.clamp(min=dt_limit[0], max=dt_limit[1])
-
-
 def mamba2_decode_mix_ref(
     zxbcdt: torch.Tensor,
     conv_state: torch.Tensor,
@@ -82,7 +76,7 @@ def mamba2_decode_mix_ref(
     xBC = conv_update_circular_ref(xBC, conv_state, position, conv_weight, conv_bias)
     x, B, C = row.heads(xBC)
     p, n = headdim, row.dstate
-    dt = decode_dt(dt, dt_bias, dt_limit)
+    dt = step_size(dt.float(), dt_bias, True, dt_limit)
     A = -torch.exp(A_log.float())
     y = selective_state_update_ref(
         ssm_state, x, dt[..., None].expand(-1, -1, p), A[:, None, None].expand(-1, p, n), B, C,

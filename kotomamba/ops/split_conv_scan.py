@@ -27,6 +27,7 @@ from kotomamba.ops.causal_conv1d import channel_last, is_channel_last
 from kotomamba.ops.dispatch import kernel_module
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
+from kotomamba.ops.ssd import step_size
 from kotomamba.ops.ssd_triton import _bwd_split, _fwd, blockings
 
 _CONV = "causal_conv1d.cpp_functions"
@@ -68,9 +69,8 @@ def _conv(xBC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, se
 
 
 def _dt(dt: torch.Tensor, dt_bias: torch.Tensor, dt_limit: tuple[float, float]) -> torch.Tensor:
-    """The scan's step: clamp(softplus(dt + dt_bias)), float32 [b, L, h]."""
-    dt = F.softplus(dt.float() + dt_bias.float())
-    return dt.clamp(min=dt_limit[0], max=dt_limit[1]) if dt_limit != (0.0, float("inf")) else dt
+    """The scan's step from dt [b, L, h] (a slice of zxbcdt), float32."""
+    return step_size(dt.float(), dt_bias, True, dt_limit)
 
 
 def _dt_backward(ddt: torch.Tensor, dt: torch.Tensor, dt_bias: torch.Tensor, dt_limit: tuple[float, float]):

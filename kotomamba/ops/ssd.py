@@ -32,6 +32,19 @@ def _chunks(t: torch.Tensor, pad: int, chunk_size: int) -> torch.Tensor:
     return t.view(t.shape[0], -1, chunk_size, *t.shape[2:])
 
 
+def step_size(dt: torch.Tensor, dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
+              dt_limit: tuple[float, float] = (0.0, float("inf"))) -> torch.Tensor:
+    """Each head's step as the scan takes it (mamba-ssm's ``dt_bias``, ``dt_softplus``, ``dt_limit``):
+    ``clamp(softplus(dt + dt_bias), *dt_limit)``, in dt's dtype. dt: [..., h]; dt_bias: [h]."""
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if tuple(dt_limit) != (0.0, float("inf")):
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    return dt
+
+
 def ssd_chunk_scan_ref(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -59,13 +72,7 @@ def ssd_chunk_scan_ref(
     ct = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for gradcheck
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    dt = dt.to(ct)
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(ct)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    if dt_limit != (0.0, float("inf")):
-        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    dt = step_size(dt.to(ct), dt_bias, dt_softplus, dt_limit)
     xf = x.to(ct)
     Bh = B.to(ct).repeat_interleave(nheads // ngroups, dim=2)  # [b, L, h, n]
     Ch = C.to(ct).repeat_interleave(nheads // ngroups, dim=2)

@@ -48,6 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kotomamba.ops.ssd import step_size
+
 
 @triton.jit
 def _block_inputs(c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l,
@@ -856,13 +858,7 @@ def ssd_chunk_scan_triton(
     """
     fwd_config, bwd_config, split_bwd_config = blockings(x.shape[-1], B.shape[-1], x.shape[2] // B.shape[2],
                                                          fwd_config, bwd_config, split_bwd_config)
-    dt = dt.float()
-    if dt_bias is not None:
-        dt = dt + dt_bias.float()
-    if dt_softplus:
-        dt = torch.nn.functional.softplus(dt)
-    if dt_limit != (0.0, float("inf")):
-        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    dt = step_size(dt.float(), dt_bias, dt_softplus, dt_limit)
     if seq_idx is not None:
         seq_idx = seq_idx.to(torch.int32)
     if initial_states is not None:
