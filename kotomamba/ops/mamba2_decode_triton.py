@@ -1,7 +1,16 @@
-"""Triton kernels of one Mamba-2 decoding step (:func:`kotomamba.ops.mamba2_decode.mamba2_decode_step_ref` is
-the twin), two launches per layer where mamba-ssm's ``Mamba2.step`` makes about seven (conv update, casts,
-state update, gated norm, out_proj) besides in_proj: at batch 1 each costs its launch latency more than its bytes.
+"""Triton kernels of one Mamba-2 decoding step (:func:`kotomamba.ops.mamba2_decode.mamba2_decode_in_ref` and
+:func:`kotomamba.ops.mamba2_decode.mamba2_decode_step_ref` are the twins), three launches per layer with
+:data:`FUSED_IN` on (four with it off: add+norm and in_proj stay two) where mamba-ssm's ``Block`` around
+``Mamba2.step`` makes about nine (add+norm, in_proj, conv update, casts, state update, gated norm, out_proj): at
+batch 1 each costs its launch latency more than its bytes.
 
+- "in", one program per (block of in_proj's rows, block of batch rows), used when :data:`FUSED_IN` is on: the
+  block's residual add ``s = hidden + residual``, its RMSNorm and in_proj: ``zxbcdt[b, j] = sum_k W[j, k] *
+  (s[b, k] * rstd[b] * norm_w[k])``, the normalised input rounded to W's dtype as the twin's is before its
+  linear. Each program first walks its rows' d_model inputs for their sum of squares (they sit in L2: no
+  separate launch), then again for the product; the programs of the first block of W's rows write the new
+  residual (one writer per element). Below 16 batch rows a broadcast product summed over k; from 16 on
+  ``tl.dot``.
 - "mix", one program per (row, head, block of head channels): the circular convolution update of its x channels
   and of its group's B and C channels (read from the state before any program writes, see
   :mod:`kotomamba.ops.mamba2_decode`; one program per group writes B and C's new inputs), ``dt = softplus(dt +
@@ -20,14 +29,84 @@ import triton.language as tl
 
 from kotomamba.ops.mamba2_decode import DEFAULT_DT_LIMIT
 
+# Whether a Mamba-2 block's step runs the "in" launch (kotomamba.ops.mamba2_decode.mamba2_decode_in); off: the
+# add+norm kernel and in_proj's cuBLAS GEMV, as before the "in" kernel existed.
+FUSED_IN = False
 # Elements of the float32 tiles each program holds: the mix kernel's state tile (head channels x d_state) and
-# the out kernel's product tile (batch rows x out_proj rows x inputs) when it does not use tl.dot. Then out_proj
-# rows per program of the out kernel below 16 batch rows and with tl.dot (fewer: more programs, each rereading g).
+# the in and out kernels' product tiles (batch rows x W's rows x inputs) when they do not use tl.dot. Then W's
+# rows per program of the in and out kernels below 16 batch rows and with tl.dot (fewer: more programs, each
+# rereading its inputs: the in kernel reads hidden and residual twice per program).
 # bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
+IN_TILE = 4096
 OUT_TILE = 4096
+IN_ROWS = 16
 OUT_ROWS = 8
+IN_DOT_ROWS = 32
 DOT_ROWS = 32
+
+
+@triton.jit
+def _block_input(x_ptr, res_ptr, rows, k, ok, stride_x, stride_res, HAS_RES: tl.constexpr):
+    """s = hidden + residual at (rows, k), float32 [rows, k]; 0 where not ``ok``."""
+    s = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :], mask=ok, other=0.0).to(tl.float32)
+    if HAS_RES:
+        s += tl.load(res_ptr + rows[:, None] * stride_res + k[None, :], mask=ok, other=0.0).to(tl.float32)
+    return s
+
+
+@triton.jit
+def _in_kernel(
+    x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, out_ptr, res_out_ptr,
+    batch, d_model, d_out, eps,
+    stride_x, stride_res, stride_w_out, stride_w_in, stride_out, stride_res_out,
+    HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows_ok = rows < batch
+    rows = rows.to(tl.int64)
+    j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    j_ok = j < d_out
+    writes_residual = tl.program_id(0) == 0
+    w_dtype = w_ptr.dtype.element_ty
+    sumsq = tl.zeros((BLOCK_B,), tl.float32)
+    for start in range(0, d_model, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        ok = rows_ok[:, None] & (k < d_model)[None, :]
+        s = _block_input(x_ptr, res_ptr, rows, k, ok, stride_x, stride_res, HAS_RES)
+        if writes_residual:
+            tl.store(res_out_ptr + rows[:, None] * stride_res_out + k[None, :],
+                     s.to(res_out_ptr.dtype.element_ty), mask=ok)
+        sumsq += tl.sum(s * s, axis=1)
+    rstd = 1.0 / tl.sqrt(sumsq / d_model + eps)
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_B, BLOCK_J), tl.float32)
+    else:
+        acc3 = tl.zeros((BLOCK_B, BLOCK_J, BLOCK_K), tl.float32)
+    for start in range(0, d_model, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        k_ok = k < d_model
+        s = _block_input(x_ptr, res_ptr, rows, k, rows_ok[:, None] & k_ok[None, :], stride_x, stride_res, HAS_RES)
+        norm_w = tl.load(norm_w_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        a = (s * rstd[:, None] * norm_w[None, :]).to(w_dtype)
+        if USE_DOT:
+            w = tl.load(w_ptr + j[None, :] * stride_w_out + k[:, None] * stride_w_in,
+                        mask=j_ok[None, :] & k_ok[:, None], other=0.0)
+            if IEEE:
+                acc += tl.dot(a, w, input_precision="ieee")
+            else:
+                acc += tl.dot(a, w)
+        else:
+            w = tl.load(w_ptr + j[:, None] * stride_w_out + k[None, :] * stride_w_in,
+                        mask=j_ok[:, None] & k_ok[None, :], other=0.0)
+            acc3 += a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    if not USE_DOT:
+        acc = tl.sum(acc3, axis=2)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None] * stride_out + j[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=rows_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
@@ -160,6 +239,45 @@ def _out_kernel(
              mask=rows_ok[:, None] & j_ok[None, :])
 
 
+def _blocking(batch, rows, tile, dot_rows):
+    """(batch rows, W's rows, inputs) per program of a matrix-vector launch over ``batch`` rows, and whether it
+    uses tl.dot: ``rows`` W rows and a float32 product tile of ``tile`` elements below 16 batch rows, else
+    ``dot_rows`` W rows by 64 inputs."""
+    block_b = min(triton.next_power_of_2(batch), 64)
+    if block_b >= 16:
+        return block_b, dot_rows, 64, True
+    return block_b, rows, max(tile // (block_b * rows), 16), False
+
+
+def mamba2_decode_in_triton(hidden, residual, norm_weight, norm_eps, in_proj_weight, in_proj_bias,
+                            residual_in_fp32=False):
+    """The "in" launch. Arguments and result as :func:`kotomamba.ops.mamba2_decode.mamba2_decode_in_ref`."""
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    if residual is not None and residual.stride(-1) != 1:
+        residual = residual.contiguous()
+    batch, d_model = hidden.shape
+    d_out = in_proj_weight.shape[0]
+    if residual is not None:
+        residual_dtype = residual.dtype
+    else:
+        residual_dtype = torch.float32 if residual_in_fp32 else hidden.dtype
+    zxbcdt = torch.empty(batch, d_out, dtype=in_proj_weight.dtype, device=hidden.device)
+    residual_out = torch.empty(batch, d_model, dtype=residual_dtype, device=hidden.device)
+    block_b, block_j, block_k, use_dot = _blocking(batch, IN_ROWS, IN_TILE, IN_DOT_ROWS)
+    grid = (triton.cdiv(d_out, block_j), triton.cdiv(batch, block_b))
+    _in_kernel[grid](
+        hidden, hidden if residual is None else residual, norm_weight, in_proj_weight,
+        in_proj_weight if in_proj_bias is None else in_proj_bias, zxbcdt, residual_out,
+        batch, d_model, d_out, norm_eps,
+        hidden.stride(0), 0 if residual is None else residual.stride(0), in_proj_weight.stride(0),
+        in_proj_weight.stride(1), zxbcdt.stride(0), residual_out.stride(0),
+        HAS_RES=residual is not None, HAS_BIAS=in_proj_bias is not None, USE_DOT=use_dot,
+        IEEE=in_proj_weight.dtype == torch.float32, BLOCK_B=block_b, BLOCK_J=block_j, BLOCK_K=block_k, num_warps=4,
+    )
+    return zxbcdt, residual_out
+
+
 def mix(zxbcdt, conv_state, ssm_state, position, conv_weight, conv_bias, dt_bias, A_log, D, headdim, ngroups,
         dt_limit=DEFAULT_DT_LIMIT):
     """The "mix" launch. Arguments as :func:`kotomamba.ops.mamba2_decode.mamba2_decode_mix_ref`; returns
@@ -200,13 +318,7 @@ def out(g, sumsq, norm_weight, norm_eps, out_proj_weight, out_proj_bias, ngroups
     d_out = out_proj_weight.shape[0]
     parts_per_group = sumsq.shape[1] // ngroups
     result = torch.empty(batch, d_out, dtype=out_dtype or out_proj_weight.dtype, device=g.device)
-    block_b = min(triton.next_power_of_2(batch), 64)
-    use_dot = block_b >= 16
-    if use_dot:
-        block_j, block_k = DOT_ROWS, 64
-    else:
-        block_j = OUT_ROWS
-        block_k = max(OUT_TILE // (block_b * block_j), 16)
+    block_b, block_j, block_k, use_dot = _blocking(batch, OUT_ROWS, OUT_TILE, DOT_ROWS)
     grid = (triton.cdiv(d_out, block_j), triton.cdiv(batch, block_b))
     _out_kernel[grid](
         g, sumsq, norm_weight, out_proj_weight, out_proj_weight if out_proj_bias is None else out_proj_bias, result,
