@@ -1,7 +1,8 @@
-"""One Mamba-2 decoding step in two Triton launches (kotomamba/ops/mamba2_decode_triton.py) against its twin
+"""One Mamba-2 decoding step in Triton launches (kotomamba/ops/mamba2_decode_triton.py) against its twins
 (kotomamba/ops/mamba2_decode.py), on CPU under Triton's interpreter (a fresh process: see
-tests/interpreted_kernels.py): several steps in a row from a random state, so the circular conv state wraps;
-then a tiny model's prefill and kernel steps against its full forward."""
+tests/interpreted_kernels.py): the "mix" and "out" launches over several steps in a row from a random state, so
+the circular conv state wraps; the "in" launch (residual add, RMSNorm, in_proj); then a tiny model's prefill and
+kernel steps against its full forward."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from interpreted_kernels import assert_relative, run_interpreted
 
 from kotomamba.ops.mamba2_decode import (
-    circular_conv_state, conv_update_circular_ref, mamba2_decode_mix_ref, mamba2_decode_step_ref)
+    circular_conv_state, conv_update_circular_ref, mamba2_decode_in_ref, mamba2_decode_mix_ref,
+    mamba2_decode_step_ref)
 
 pytest.importorskip("triton", reason="the kernels' CPU check needs the triton package (the test extra has it)")
 
@@ -200,3 +202,106 @@ def test_a_reset_cache_steps_from_the_first_token_like_the_full_forward():
         assert int(cache.position) == 0 and cache.seqlen_offset == 0
         steps = torch.stack([model.step(ids[:, t], cache) for t in range(ids.shape[1])], 1)
         torch.testing.assert_close(steps, model(ids), atol=1e-4, rtol=1e-4)
+
+
+RUN_IN = """
+import sys, torch
+from kotomamba.ops import mamba2_decode_triton as kernels
+results = {}
+for name, case in torch.load(sys.argv[1]).items():
+    kernels.IN_TILE, kernels.IN_ROWS = 64, 4  # several tiles of d_model and of W's rows, the last ones partial
+    zxbcdt, residual = kernels.mamba2_decode_in_triton(*case["args"])
+    results[name] = {"zxbcdt": zxbcdt, "residual": residual}
+torch.save(results, sys.argv[2])
+"""
+
+
+def in_case(seed: int, batch: int, dtype: torch.dtype = torch.float32, residual: torch.dtype | None = torch.float32,
+            residual_in_fp32: bool = True, d_model: int = 40, width: int = 50, bias: bool = False) -> dict:
+    """The "in" launch's arguments (mamba2_decode_in_ref's): hidden [batch, d_model] in ``dtype``, a residual in
+    ``residual`` (None: the first block's step), random norm and in_proj weights [width, d_model] in ``dtype``.
+    hidden + residual has an RMS far from 1 (about 3.6, hidden's alone 3): an rstd of 1, or one of hidden
+    alone, is far off."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = (3 * torch.randn(batch, d_model, generator=g)).to(dtype)
+    res = None if residual is None else (2 * torch.randn(batch, d_model, generator=g)).to(residual)
+    norm_weight = (1 + 0.2 * torch.randn(d_model, generator=g)).to(dtype)
+    weight = (torch.randn(width, d_model, generator=g) * d_model ** -0.5).to(dtype)
+    in_bias = torch.randn(width, generator=g).to(dtype) if bias else None
+    return {"args": (hidden, res, norm_weight, 1e-5, weight, in_bias, residual_in_fp32)}
+
+
+# Batch 1, 3 (broadcast products over 4 rows) and 17 (tl.dot over 32 rows); the first block (no residual) with
+# residual_in_fp32 on and off; float32 and bf16 residuals; d_model 40 and 80, not multiples of the K tile (16
+# inputs below 16 rows, 64 with tl.dot), 50 W rows (not multiples of 4 or 32); with and without bias.
+IN_CASES = {
+    "first-block": dict(seed=11, batch=1, residual=None),
+    "residual": dict(seed=12, batch=3, bias=True),
+    "bf16": dict(seed=13, batch=3, dtype=torch.bfloat16),
+    "bf16-first-block": dict(seed=14, batch=1, dtype=torch.bfloat16, residual=None, bias=True),
+    "bf16-residual-bf16": dict(seed=15, batch=3, dtype=torch.bfloat16, residual=torch.bfloat16,
+                               residual_in_fp32=False),
+    "bf16-first-block-bf16": dict(seed=16, batch=3, dtype=torch.bfloat16, residual=None, residual_in_fp32=False),
+    "rows-17": dict(seed=17, batch=17, d_model=80),
+    "rows-17-bf16-first-block": dict(seed=18, batch=17, dtype=torch.bfloat16, residual=None, d_model=80,
+                                     bias=True),
+}
+
+
+@pytest.fixture(scope="module")
+def in_results(tmp_path_factory):
+    cases = {name: in_case(**spec) for name, spec in IN_CASES.items()}
+    return run_interpreted(RUN_IN, cases, tmp_path_factory.mktemp("mamba2_decode_in"), bf16=True)
+
+
+@pytest.mark.parametrize("name", list(IN_CASES))
+def test_in_kernel_matches_the_twin(in_results, name):
+    """zxbcdt within the dtype's tolerance; the new residual exactly (the same sum, rounded the same way), in
+    the twin's dtype (float32 for the first block with residual_in_fp32, else the residual's or hidden's)."""
+    args = in_case(**IN_CASES[name])["args"]
+    zxbcdt, residual = mamba2_decode_in_ref(*args)
+    got = in_results[name]
+    assert got["zxbcdt"].dtype == zxbcdt.dtype and got["residual"].dtype == residual.dtype
+    assert torch.equal(got["residual"], residual)
+    assert_relative({"zxbcdt": got["zxbcdt"]}, {"zxbcdt": zxbcdt}, TOLERANCE[args[0].dtype])
+
+
+RUN_FUSED_MODEL = """
+import sys, torch
+from kotomamba.model import MambaLM, preset
+from kotomamba.ops import mamba2_decode, mamba2_decode_triton as kernels
+mamba2_decode.use_kernels = lambda tensor, *modules: True  # the dispatch picks the kernels, on the CPU
+kernels.FUSED_IN, kernels.IN_TILE, kernels.IN_ROWS = True, 2048, 64  # 4 K tiles of d_model 64, 5 programs
+fused_calls = []
+in_launch = kernels.mamba2_decode_in_triton
+kernels.mamba2_decode_in_triton = lambda *args: fused_calls.append(1) or in_launch(*args)
+results = {}
+for name, case in torch.load(sys.argv[1]).items():
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny", **case["config"])).eval()
+    ids, prompt = case["ids"], case["prompt"]
+    cache = model.allocate_inference_cache(ids.shape[0], ids.shape[1])
+    fused_calls.clear()
+    with torch.no_grad():
+        logits = [model.prefill(ids[:, :prompt], cache)]
+        logits += [model.step(ids[:, t], cache) for t in range(prompt, ids.shape[1])]
+        full = model(ids)
+    results[name] = {"steps": torch.stack(logits, 1), "full": full[:, prompt - 1:],
+                     "fused_calls": len(fused_calls)}
+torch.save(results, sys.argv[2])
+"""
+
+
+def test_prefill_and_fused_steps_equal_the_full_forward(tmp_path):
+    """With FUSED_IN on and the kernels dispatched, a tiny Mamba-2 model's steps (every layer's add, norm and
+    in_proj in the "in" launch, the first without a residual) give its full forward's logits, residual in
+    float32 or not; a tiny Mamba-1 model keeps its unfused step."""
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(3))
+    cases = {"mamba2": {"config": {}, "ids": ids, "prompt": 3},
+             "mamba2-two-groups-residual-in-model-dtype": {
+                 "config": {"ssm_cfg": {"ngroups": 2}, "residual_in_fp32": False}, "ids": ids, "prompt": 5},
+             "mamba1": {"config": {"ssm_cfg": {"layer": "Mamba1"}}, "ids": ids, "prompt": 3}}
+    for name, got in run_interpreted(RUN_FUSED_MODEL, cases, tmp_path).items():
+        steps = ids.shape[1] - cases[name]["prompt"]
+        assert got["fused_calls"] == (0 if name == "mamba1" else 2 * steps), name  # tiny: two layers
+        torch.testing.assert_close(got["steps"], got["full"], atol=1e-4, rtol=1e-4, msg=name)
