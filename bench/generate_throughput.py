@@ -28,7 +28,8 @@ import time
 from isolated import median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
-SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS):[0-9]+"  # of kotomamba/ops/mamba2_decode_triton.py
+# Settings of kotomamba/ops/mamba2_decode_triton.py a generate:ours child may carry.
+SETTING = "(MIX_TILE|IN_TILE|OUT_TILE|IN_ROWS|OUT_ROWS|IN_DOT_ROWS|DOT_ROWS):[0-9]+|FUSED_IN:[01]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry settings of the "
-                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py; powers of two), e.g. "
-                        "generate:ours=OUT_ROWS:4+DOT_ROWS:16")
+                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py: tiles, powers of two; FUSED_IN:1 runs "
+                        "the 'in' launch), e.g. generate:ours=FUSED_IN:1+IN_ROWS:8+DOT_ROWS:16")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
@@ -65,7 +66,7 @@ def build_models(impl: str, preset_name: str, dtype, device: str):
 
         for setting in settings.split("+"):
             key, value = setting.split(":")
-            setattr(mamba2_decode_triton, key, int(value))
+            setattr(mamba2_decode_triton, key, type(getattr(mamba2_decode_triton, key))(int(value)))  # FUSED_IN: bool
     config = preset(preset_name)
     torch.manual_seed(0)
     ours = MambaLM(config, device=device, dtype=dtype).eval()

@@ -21,12 +21,12 @@ def run_bench(tmp_path, *args):
 
 def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path):
     done = run_bench(tmp_path, "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--impls",
-                     "generate:ours,generate:ours=OUT_ROWS:4+MIX_TILE:256",
+                     "generate:ours,generate:ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256",
                      "--batch", "1", "3", "--prompt-len", "5", "--new-tokens", "6", "--rounds", "2", "--repeats", "1",
                      "--json", "out.json")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
-    tiled = "generate:ours=OUT_ROWS:4+MIX_TILE:256"  # kernel settings, set in the child (on CPU it runs the twin)
+    tiled = "generate:ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256"  # kernel settings, set in the child (on CPU it runs the twin)
     assert [(r["round"], r["impl"], r["batch"]) for r in result["rows"]] == [
         (0, "generate:ours", 1), (0, "generate:ours", 3), (0, tiled, 1), (0, tiled, 3),
         (1, tiled, 1), (1, tiled, 3), (1, "generate:ours", 1), (1, "generate:ours", 3)]
@@ -35,7 +35,7 @@ def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path
         (1, "generate:ours", 6), (1, tiled, 6), (3, "generate:ours", 6), (3, tiled, 6)]
     table = [line for line in done.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
     assert len(table) == 4 and all("6 of 6" in line for line in table)
-    assert sum("| ours=OUT_ROWS:4+MIX_TILE:256 |" in line for line in table) == 2
+    assert sum("| ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256 |" in line for line in table) == 2
 
 
 def test_summary_ratios_and_the_greedy_tokens_two_children_share():
@@ -56,6 +56,7 @@ def test_summary_ratios_and_the_greedy_tokens_two_children_share():
 def test_refuses_what_it_cannot_measure(tmp_path):
     for args, message in ((["--impls", "generate:vllm"], "unknown generate:vllm"),
                           (["--impls", "generate:ours=OUT_ROWS:4+WARPS:8"], "unknown generate:ours=OUT_ROWS:4+WARPS:8"),
+                          (["--impls", "generate:ours=FUSED_IN:2"], "unknown generate:ours=FUSED_IN:2"),
                           (["--new-tokens", "1"], "--new-tokens must be >= 2"),
                           (["--device", "cpu"], "only generate:ours"),
                           (["--device", "cpu", "--impls", "generate:ours", "--profile"], "without --profile")):
