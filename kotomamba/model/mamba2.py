@@ -101,9 +101,10 @@ class Mamba2Mixer(nn.Module):
     def step_after_norm(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
                         residual_in_fp32: bool, state: tuple[torch.Tensor, torch.Tensor], position: torch.Tensor):
         """One token from its block's input: :meth:`step` of ``norm(hidden_states + residual)``, the block's add
-        and pre-norm (``norm``: its :class:`RMSNorm`) fused into in_proj when the kernels run
-        (:func:`kotomamba.ops.mamba2_decode.mamba2_decode_in`). hidden_states, residual: [b, d_model] (residual
-        None in the first block). Returns (out [b, d_model], the new residual)."""
+        and pre-norm (``norm``: its :class:`RMSNorm`) fused into in_proj when the kernels run and
+        ``mamba2_decode_triton.FUSED_IN`` is on (:func:`kotomamba.ops.mamba2_decode.mamba2_decode_in`).
+        hidden_states, residual: [b, d_model] (residual None in the first block). Returns (out [b, d_model], the
+        new residual)."""
         zxbcdt, residual = mamba2_decode_in(hidden_states, residual, norm.weight, norm.eps, self.in_proj.weight,
                                             self.in_proj.bias, residual_in_fp32)
         return self._step_after_in_proj(zxbcdt, state, position), residual

@@ -13,7 +13,7 @@ import torch
 
 from relative import relative_error
 
-from kotomamba.ops import dispatch, mamba2_decode_triton
+from kotomamba.ops import dispatch
 
 pytestmark = pytest.mark.gpu
 
@@ -141,6 +141,8 @@ def block_inputs(model, batch, first_block, dtype):
 def decode_block(model, hidden, residual, force_reference, monkeypatch, start=None):
     """``model.step`` (our Block) with FUSED_IN on over hidden [steps, b, d_model] and the residuals (None: the
     first block); returns the outputs, the new residuals [steps, b, d_model] and the final states."""
+    from kotomamba.ops import mamba2_decode_triton
+
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, force_reference)
     monkeypatch.setattr(mamba2_decode_triton, "FUSED_IN", True)
     state = model.mixer.allocate_state(hidden.shape[1]) if start is None else tuple(s.clone() for s in start)
@@ -157,6 +159,8 @@ def decode_block(model, hidden, residual, force_reference, monkeypatch, start=No
 
 def test_the_in_launch_runs_with_fused_in_on(monkeypatch):
     """Else the comparisons below would compare the unfused step with the twin."""
+    from kotomamba.ops import mamba2_decode_triton
+
     calls = []
     launch = mamba2_decode_triton.mamba2_decode_in_triton
     monkeypatch.setattr(mamba2_decode_triton, "mamba2_decode_in_triton", lambda *a: calls.append(1) or launch(*a))
@@ -239,6 +243,7 @@ def test_graphed_decoding_with_fused_in_matches_eager_decoding(monkeypatch):
     """The "in" launch inside the captured step: the same greedy tokens as eager decoding with it."""
     from kotomamba.model import MambaLM, preset
     from kotomamba.model.generation import generate
+    from kotomamba.ops import mamba2_decode_triton
 
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "0")
     monkeypatch.setattr(mamba2_decode_triton, "FUSED_IN", True)
