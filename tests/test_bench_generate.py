@@ -61,7 +61,7 @@ def test_summary_ratios_and_the_greedy_tokens_two_children_share():
 def test_registers_per_launch_setting_and_batch(tmp_path):
     pytest.importorskip("triton", reason="compiling the kernels needs the triton package (the test extra has it)")
     done = run_bench(tmp_path, "--registers", "--preset", "tiny", "--batch", "1", "17",
-                     "--impls", "generate:ours,generate:ours=IN_ROWS:8+FUSED_IN:1")
+                     "--impls", "generate:mamba_ssm,generate:ours,generate:ours=IN_ROWS:8+FUSED_IN:1")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if ", batch " in line]
     assert [(r[0], r[1]) for r in rows] == [
@@ -76,7 +76,7 @@ def test_refuses_what_it_cannot_measure(tmp_path):
                           (["--impls", "generate:ours=OUT_ROWS:4+WARPS:8"], "unknown generate:ours=OUT_ROWS:4+WARPS:8"),
                           (["--impls", "generate:ours=FUSED_IN:2"], "unknown generate:ours=FUSED_IN:2"),
                           (["--new-tokens", "1"], "--new-tokens must be >= 2"),
-                          (["--registers"], "--registers: only generate:ours"),
+                          (["--registers", "--impls", "generate:mamba_ssm"], "at least one generate:ours"),
                           (["--registers", "--impls", "generate:ours", "--preset", "mamba-130m"], "not a Mamba-2 model"),
                           (["--device", "cpu"], "only generate:ours"),
                           (["--device", "cpu", "--impls", "generate:ours", "--profile"], "without --profile")):
