@@ -30,7 +30,7 @@ def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path
                      "--json", "out.json")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
-    tiled = "generate:ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256"  # kernel settings, set in the child (on CPU it runs the twin)
+    tiled = "generate:ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256"  # set in the child (on CPU it runs the twin)
     assert [(r["round"], r["impl"], r["batch"]) for r in result["rows"]] == [
         (0, "generate:ours", 1), (0, "generate:ours", 3), (0, tiled, 1), (0, tiled, 3),
         (1, tiled, 1), (1, tiled, 3), (1, "generate:ours", 1), (1, "generate:ours", 3)]
@@ -61,11 +61,11 @@ def test_summary_ratios_and_the_greedy_tokens_two_children_share():
 def test_registers_per_launch_setting_and_batch(tmp_path):
     pytest.importorskip("triton", reason="compiling the kernels needs the triton package (the test extra has it)")
     done = run_bench(tmp_path, "--registers", "--preset", "tiny", "--batch", "1", "17",
-                     "--impls", "generate:mamba_ssm,generate:ours,generate:ours=IN_ROWS:8+FUSED_IN:1")
+                     "--impls", "generate:mamba_ssm,generate:ours,generate:ours=IN_ROWS:8+IN_CONV:0")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if ", batch " in line]
     assert [(r[0], r[1]) for r in rows] == [
-        (f"{impl}, batch {batch}", kernel) for impl in ("ours", "ours=IN_ROWS:8+FUSED_IN:1") for batch in (1, 17)
+        (f"{impl}, batch {batch}", kernel) for impl in ("ours", "ours=IN_ROWS:8+IN_CONV:0") for batch in (1, 17)
         for kernel in ("_in_kernel", "_mix_kernel", "_out_kernel")]
     for row in rows:
         assert row[2] == "4" and 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
@@ -77,7 +77,8 @@ def test_refuses_what_it_cannot_measure(tmp_path):
                           (["--impls", "generate:ours=FUSED_IN:2"], "unknown generate:ours=FUSED_IN:2"),
                           (["--new-tokens", "1"], "--new-tokens must be >= 2"),
                           (["--registers", "--impls", "generate:mamba_ssm"], "at least one generate:ours"),
-                          (["--registers", "--impls", "generate:ours", "--preset", "mamba-130m"], "not a Mamba-2 model"),
+                          (["--registers", "--impls", "generate:ours", "--preset", "mamba-130m"],
+                           "not a Mamba-2 model"),
                           (["--device", "cpu"], "only generate:ours"),
                           (["--device", "cpu", "--impls", "generate:ours", "--profile"], "without --profile")):
         done = run_bench(tmp_path, *args)

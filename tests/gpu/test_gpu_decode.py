@@ -162,8 +162,8 @@ def test_the_in_launch_runs_with_fused_in_on(monkeypatch):
     from kotomamba.ops import mamba2_decode_triton
 
     calls = []
-    launch = mamba2_decode_triton.mamba2_decode_in_triton
-    monkeypatch.setattr(mamba2_decode_triton, "mamba2_decode_in_triton", lambda *a: calls.append(1) or launch(*a))
+    launch = mamba2_decode_triton.in_launch
+    monkeypatch.setattr(mamba2_decode_triton, "in_launch", lambda *a: calls.append(1) or launch(*a))
     model = block(torch.bfloat16)
     hidden, residual = block_inputs(model, 2, False, torch.bfloat16)
     decode_block(model, hidden, residual, "0", monkeypatch)
