@@ -138,13 +138,15 @@ def block_inputs(model, batch, first_block, dtype):
     return hidden, residual
 
 
-def decode_block(model, hidden, residual, force_reference, monkeypatch, start=None):
-    """``model.step`` (our Block) with FUSED_IN on over hidden [steps, b, d_model] and the residuals (None: the
-    first block); returns the outputs, the new residuals [steps, b, d_model] and the final states."""
+def decode_block(model, hidden, residual, force_reference, monkeypatch, start=None, in_conv=True):
+    """``model.step`` (our Block) with FUSED_IN on (and IN_CONV as given) over hidden [steps, b, d_model] and the
+    residuals (None: the first block); returns the outputs, the new residuals [steps, b, d_model] and the final
+    states."""
     from kotomamba.ops import mamba2_decode_triton
 
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, force_reference)
     monkeypatch.setattr(mamba2_decode_triton, "FUSED_IN", True)
+    monkeypatch.setattr(mamba2_decode_triton, "IN_CONV", in_conv)
     state = model.mixer.allocate_state(hidden.shape[1]) if start is None else tuple(s.clone() for s in start)
     position = torch.zeros((), dtype=torch.long, device=DEVICE)
     outs, residuals = [], []
@@ -177,11 +179,22 @@ def test_the_in_launch_runs_with_fused_in_on(monkeypatch):
 def test_fused_in_block_step_matches_the_twin(monkeypatch, dtype, batch, first_block, residual_in_fp32):
     """Outputs, new residuals and states; judged as test_kernel_step_matches_the_twin (bf16: against the float32
     twin on the same values, within twice the bf16 twin's error plus REL_TOL). The residual's dtype as the twin's."""
+    check_fused_in_against_the_twin(monkeypatch, dtype, batch, first_block, residual_in_fp32, in_conv=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 17])
+def test_fused_in_with_the_conv_in_mix_matches_the_twin(monkeypatch, dtype, batch):
+    """IN_CONV off: the in launch without the convolution epilogue, mix doing the update."""
+    check_fused_in_against_the_twin(monkeypatch, dtype, batch, False, True, in_conv=False)
+
+
+def check_fused_in_against_the_twin(monkeypatch, dtype, batch, first_block, residual_in_fp32, in_conv):
     model = block(dtype, ngroups=2 if batch == 3 else 1, residual_in_fp32=residual_in_fp32)
     hidden, residual = block_inputs(model, batch, first_block, dtype)
     start = tuple(torch.randn_like(s, dtype=torch.float32).to(s.dtype) * 0.5
                   for s in model.mixer.allocate_state(batch))
-    kernel = decode_block(model, hidden, residual, "0", monkeypatch, start)
+    kernel = decode_block(model, hidden, residual, "0", monkeypatch, start, in_conv)
     twin = decode_block(model, hidden, residual, "1", monkeypatch, start)
     upcast = block(torch.float32, ngroups=2 if batch == 3 else 1, residual_in_fp32=residual_in_fp32)
     upcast.load_state_dict(model.state_dict())
