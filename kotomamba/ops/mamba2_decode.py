@@ -172,10 +172,11 @@ def mamba2_decode_block_step(
     *step_args,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A Mamba-2 block's step: :func:`mamba2_decode_in_ref`'s arguments, then ``step_args``, those of
-    :func:`mamba2_decode_step` after zxbcdt. Returns (out [b, d_model], the new residual): twin, the two
-    references composed. With the kernels and ``mamba2_decode_triton.FUSED_IN`` on, three launches (in, mix,
-    out); else the dispatched add+norm (:func:`kotomamba.ops.norm.add_rms_norm`), in_proj's linear and
-    :func:`mamba2_decode_step`."""
+    :func:`mamba2_decode_step` after zxbcdt. Returns (out [b, d_model], the new residual). Its twin is
+    :func:`mamba2_decode_in_ref` then :func:`mamba2_decode_step_ref` on its zxbcdt (what this runs without the
+    kernels). With the kernels and ``mamba2_decode_triton.FUSED_IN`` on: three launches (in, mix, out); with the
+    kernels and it off: the dispatched add+norm (:func:`kotomamba.ops.norm.add_rms_norm`), in_proj's linear and
+    :func:`mamba2_decode_step`, as before the in launch existed."""
     if use_kernels(hidden, _KERNEL) and kernel_module(_KERNEL).FUSED_IN:
         return kernel_module(_KERNEL).mamba2_decode_block_step_triton(
             hidden, residual, norm_weight, norm_eps, in_proj_weight, in_proj_bias, residual_in_fp32, *step_args)
