@@ -15,7 +15,12 @@ how long reading every weight once takes at ``--bandwidth`` (the floor of batch-
 leading greedy tokens the two children agree on (bf16 results may part after many steps). ``--profile``
 prints each child's kernels for one whole call at the first batch size.
 
+With ``--registers`` it times nothing: per ``generate:ours`` setting and batch size it compiles our Mamba-2
+decode step's launches (in, mix, out, as FUSED_IN runs them; at the preset's shapes, ``--dtype``) for sm_90a on
+the host (no GPU needed) and prints what ptxas gives each (bench/ptxas_report.py).
+
     python bench/generate_throughput.py --preset mamba2-1.3b --batch 1 64 --json out.json
+    python bench/generate_throughput.py --registers --batch 1 16 64 --impls generate:ours,generate:ours=IN_ROWS:8
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ import time
 from isolated import median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
-SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS):[0-9]+"  # of kotomamba/ops/mamba2_decode_triton.py
+# Settings of kotomamba/ops/mamba2_decode_triton.py a generate:ours child may carry.
+SETTING = "(MIX_TILE|IN_TILE|OUT_TILE|IN_ROWS|OUT_ROWS|IN_DOT_ROWS|DOT_ROWS):[0-9]+|(FUSED_IN|IN_CONV):[01]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,15 +47,70 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry settings of the "
-                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py; powers of two), e.g. "
-                        "generate:ours=OUT_ROWS:4+DOT_ROWS:16")
+                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py: tiles, powers of two; FUSED_IN:1 runs "
+                        "the 'in' launch, IN_CONV:0 leaves the conv update to 'mix'), e.g. "
+                        "generate:ours=FUSED_IN:1+IN_ROWS:8+DOT_ROWS:16")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
     parser.add_argument("--profile", action="store_true", help="also print each child's kernels for one call")
+    parser.add_argument("--registers", action="store_true",
+                        help="time nothing: ptxas's registers per launch of our decode kernels (sm_90a, on the host)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the rows and the summary here")
     return parser
+
+
+def apply_settings(settings: str) -> None:
+    """Set the decode kernels' constants from ``NAME:VALUE+...`` (``generate:ours=``'s part; "" sets none)."""
+    if not settings:
+        return
+    from kotomamba.ops import mamba2_decode_triton
+
+    for setting in settings.split("+"):
+        key, value = setting.split(":")
+        setattr(mamba2_decode_triton, key, type(getattr(mamba2_decode_triton, key))(int(value)))  # a bool stays one
+
+
+def registers(args, impls: list[str]) -> None:
+    """One table row per launch of one Mamba-2 layer's decode step (in, mix, out), per ``generate:ours`` setting
+    and batch size, at ``--preset``'s shapes: ptxas's registers and spills for sm_90a (bench/ptxas_report.py)."""
+    import torch
+
+    from ptxas_report import HEADER, print_rows
+
+    from kotomamba.model import preset
+    from kotomamba.ops import mamba2_decode_triton as kernels
+
+    config = preset(args.preset)
+    if config.layer != "Mamba2":
+        raise SystemExit(f"--registers: --preset {args.preset} is not a Mamba-2 model (the decode kernels are)")
+    opts = config.mixer_options()
+    dtype, d_model = getattr(torch, args.dtype), config.d_model
+    d_inner, headdim, ngroups, dstate, width = (opts["expand"] * d_model, opts["headdim"], opts["ngroups"],
+                                                opts["d_state"], opts["d_conv"])
+    nheads, conv_dim = d_inner // headdim, d_inner + 2 * ngroups * dstate
+    in_proj = torch.zeros(d_inner + conv_dim + nheads, d_model, dtype=dtype)
+    conv_weight, out_proj = torch.zeros(conv_dim, width, dtype=dtype), torch.zeros(d_model, d_inner, dtype=dtype)
+    heads = torch.zeros(nheads)
+
+    def step(batch):
+        hidden, residual = torch.zeros(batch, d_model, dtype=dtype), torch.zeros(batch, d_model)
+        state = (torch.zeros(batch, width, conv_dim, dtype=dtype).transpose(1, 2),
+                 torch.zeros(batch, nheads, headdim, dstate, dtype=dtype))
+        kernels.mamba2_decode_block_step_triton(
+            hidden, residual, torch.ones(d_model, dtype=dtype), 1e-5, in_proj, None, True, *state,
+            torch.zeros((), dtype=torch.long), conv_weight, torch.zeros(conv_dim, dtype=dtype), heads, heads, heads,
+            torch.ones(d_inner, dtype=dtype), 1e-5, out_proj, None, headdim, ngroups)
+
+    defaults = {name: getattr(kernels, name) for name in re.findall(r"[A-Z_]+", SETTING)}
+    print(f"{args.preset}, {args.dtype}, one layer's decode step\n{HEADER}")
+    for impl in impls:
+        apply_settings(impl.partition("=")[2])
+        for batch in args.batch:
+            print_rows(f"{impl.split(':', 1)[1]}, batch {batch}", lambda: step(batch))
+        for name, value in defaults.items():
+            setattr(kernels, name, value)
 
 
 def build_models(impl: str, preset_name: str, dtype, device: str):
@@ -60,12 +121,7 @@ def build_models(impl: str, preset_name: str, dtype, device: str):
     from kotomamba.model import MambaLM, preset
 
     name, _, settings = impl.partition("=")
-    if settings:
-        from kotomamba.ops import mamba2_decode_triton
-
-        for setting in settings.split("+"):
-            key, value = setting.split(":")
-            setattr(mamba2_decode_triton, key, int(value))
+    apply_settings(settings)
     config = preset(preset_name)
     torch.manual_seed(0)
     ours = MambaLM(config, device=device, dtype=dtype).eval()
@@ -177,6 +233,12 @@ def main() -> int:
                      or (i.partition("=")[2] and not re.fullmatch(rf"generate:ours=({SETTING})(\+({SETTING}))*", i)))
     if unknown:
         raise SystemExit(f"--impls: unknown {', '.join(unknown)} (known: {', '.join(IMPLS)})")
+    if args.registers:  # mamba-ssm's kernels are not ours to compile: only the generate:ours settings count
+        ours = [i for i in impls if i.partition("=")[0] == "generate:ours"]
+        if not ours:
+            raise SystemExit("--registers needs at least one generate:ours in --impls")
+        registers(args, ours)
+        return 0
     if args.new_tokens < 2:
         raise SystemExit("--new-tokens must be >= 2 (ms/token is the time after the first token)")
     if args.device != "cuda" and (args.profile or {i.partition("=")[0] for i in impls} != {"generate:ours"}):

@@ -1,6 +1,8 @@
-"""GPU tier: one Mamba-2 decoding step in our two Triton launches (kotomamba/ops/mamba2_decode_triton.py), as the
+"""GPU tier: one Mamba-2 decoding step in our Triton launches (kotomamba/ops/mamba2_decode_triton.py), as the
 mixer dispatches it, against the twin (kotomamba/ops/mamba2_decode.py) and against mamba-ssm's ``Mamba2.step``
-on the same weights, over steps that wrap the circular conv state, batch 1 to 64, float32 and bf16.
+on the same weights, over steps that wrap the circular conv state, batch 1 to 64, float32 and bf16; then a
+block's step with ``FUSED_IN`` on (the residual add, RMSNorm and in_proj in the "in" launch) against the twin
+and against mamba-ssm's ``Block`` around ``Mamba2.step``, and graphed decoding with it against eager decoding.
 
 Run on an H100/H200 machine with the ``gpu`` extra installed: ``pytest -m gpu tests/gpu/test_gpu_decode.py``.
 """
@@ -110,3 +112,156 @@ def test_kernel_step_matches_mamba_ssm(monkeypatch, dtype, batch, ngroups):
     assert torch.equal(linear, their_conv)  # the same inputs, stored as they came
     assert relative_error(out, torch.stack(their_out)) < REL_TOL[dtype]
     assert relative_error(ssm_state, their_ssm) < REL_TOL[dtype]
+
+
+def block(dtype, ngroups=1, residual_in_fp32=True, d_model=256):
+    """Our Mamba-2 ``Block`` (kotomamba/model/lm.py) at d_state 128, head dim 64, with a norm weight away from 1."""
+    from kotomamba.model import preset
+    from kotomamba.model.lm import Block
+
+    torch.manual_seed(0)
+    config = preset("tiny", d_model=d_model, residual_in_fp32=residual_in_fp32,
+                    ssm_cfg={"d_state": 128, "headdim": 64, "ngroups": ngroups})
+    model = Block(config, 0, device=DEVICE, dtype=dtype).eval()
+    model.mixer.reset_parameters()
+    with torch.no_grad():
+        model.norm.weight.copy_(1 + 0.2 * torch.randn(d_model, device=DEVICE))
+    return model
+
+
+def block_inputs(model, batch, first_block, dtype):
+    """hidden [STEPS, b, d_model] in ``dtype`` and the residual each step gets (None for the first block: float32
+    with residual_in_fp32, else ``dtype``), both with an RMS far from 1."""
+    hidden = (3 * torch.randn(STEPS, batch, model.mixer.d_model, device=DEVICE)).to(dtype)
+    residual_dtype = torch.float32 if model.residual_in_fp32 else dtype
+    residual = None if first_block else (2 * torch.randn_like(hidden, dtype=torch.float32)).to(residual_dtype)
+    return hidden, residual
+
+
+def decode_block(model, hidden, residual, force_reference, monkeypatch, start=None, in_conv=True):
+    """``model.step`` (our Block) with FUSED_IN on (and IN_CONV as given) over hidden [steps, b, d_model] and the
+    residuals (None: the first block); returns the outputs, the new residuals [steps, b, d_model] and the final
+    states."""
+    from kotomamba.ops import mamba2_decode_triton
+
+    monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, force_reference)
+    monkeypatch.setattr(mamba2_decode_triton, "FUSED_IN", True)
+    monkeypatch.setattr(mamba2_decode_triton, "IN_CONV", in_conv)
+    state = model.mixer.allocate_state(hidden.shape[1]) if start is None else tuple(s.clone() for s in start)
+    position = torch.zeros((), dtype=torch.long, device=DEVICE)
+    outs, residuals = [], []
+    with torch.no_grad():
+        for t, h in enumerate(hidden):
+            out, new_residual = model.step(h, None if residual is None else residual[t], state, position)
+            outs.append(out)
+            residuals.append(new_residual)
+            position += 1
+    return torch.stack(outs), torch.stack(residuals), state
+
+
+def test_the_in_launch_runs_with_fused_in_on(monkeypatch):
+    """Else the comparisons below would compare the unfused step with the twin."""
+    from kotomamba.ops import mamba2_decode_triton
+
+    calls = []
+    launch = mamba2_decode_triton.in_launch
+    monkeypatch.setattr(mamba2_decode_triton, "in_launch", lambda *a: calls.append(1) or launch(*a))
+    model = block(torch.bfloat16)
+    hidden, residual = block_inputs(model, 2, False, torch.bfloat16)
+    decode_block(model, hidden, residual, "0", monkeypatch)
+    assert len(calls) == STEPS
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 17, 64])
+@pytest.mark.parametrize("first_block", [True, False])
+@pytest.mark.parametrize("residual_in_fp32", [True, False])
+def test_fused_in_block_step_matches_the_twin(monkeypatch, dtype, batch, first_block, residual_in_fp32):
+    """Outputs, new residuals and states; judged as test_kernel_step_matches_the_twin (bf16: against the float32
+    twin on the same values, within twice the bf16 twin's error plus REL_TOL). The residual's dtype as the twin's."""
+    check_fused_in_against_the_twin(monkeypatch, dtype, batch, first_block, residual_in_fp32, in_conv=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 17])
+def test_fused_in_with_the_conv_in_mix_matches_the_twin(monkeypatch, dtype, batch):
+    """IN_CONV off: the in launch without the convolution epilogue, mix doing the update."""
+    check_fused_in_against_the_twin(monkeypatch, dtype, batch, False, True, in_conv=False)
+
+
+def check_fused_in_against_the_twin(monkeypatch, dtype, batch, first_block, residual_in_fp32, in_conv):
+    model = block(dtype, ngroups=2 if batch == 3 else 1, residual_in_fp32=residual_in_fp32)
+    hidden, residual = block_inputs(model, batch, first_block, dtype)
+    start = tuple(torch.randn_like(s, dtype=torch.float32).to(s.dtype) * 0.5
+                  for s in model.mixer.allocate_state(batch))
+    kernel = decode_block(model, hidden, residual, "0", monkeypatch, start, in_conv)
+    twin = decode_block(model, hidden, residual, "1", monkeypatch, start)
+    upcast = block(torch.float32, ngroups=2 if batch == 3 else 1, residual_in_fp32=residual_in_fp32)
+    upcast.load_state_dict(model.state_dict())
+    oracle = decode_block(upcast, hidden.float(), None if residual is None else residual.float(), "1", monkeypatch,
+                          tuple(s.float() for s in start))
+    for name, k, t, o in zip(("out", "residual", "conv_state", "ssm_state"), (*kernel[:2], *kernel[2]),
+                             (*twin[:2], *twin[2]), (*oracle[:2], *oracle[2])):
+        assert k.dtype == t.dtype and torch.isfinite(k).all(), name
+        if dtype == torch.float32:
+            assert relative_error(k, t) < REL_TOL[dtype], name
+        else:
+            error, floor = relative_error(k, o), relative_error(t, o)
+            assert error < 2 * floor + REL_TOL[dtype], (name, error, floor)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 17])
+@pytest.mark.parametrize("first_block", [True, False])
+def test_fused_in_block_step_matches_mamba_ssm(monkeypatch, dtype, batch, first_block):
+    """Same outputs, residuals, SSM state and conv state (up to its circular order) as mamba-ssm's ``Block``
+    (fused add+norm, residual in float32) around ``Mamba2`` stepping through ``InferenceParams``, from zero
+    states. The conv states hold in_proj's outputs, each side's own GEMV's: compared by relative error."""
+    pytest.importorskip("mamba_ssm", reason="needs mamba-ssm built for this GPU")
+    from functools import partial
+
+    from mamba_ssm.modules.block import Block
+    from mamba_ssm.modules.mamba2 import Mamba2
+    from mamba_ssm.ops.triton.layer_norm import RMSNorm
+    from mamba_ssm.utils.generation import InferenceParams
+
+    ours = block(dtype)
+    mixer_cls = partial(Mamba2, d_state=ours.mixer.d_state, headdim=ours.mixer.headdim, layer_idx=0, device=DEVICE,
+                        dtype=dtype)
+    theirs = Block(ours.mixer.d_model, mixer_cls, torch.nn.Identity,
+                   norm_cls=partial(RMSNorm, eps=ours.norm.eps, device=DEVICE, dtype=dtype), fused_add_norm=True,
+                   residual_in_fp32=True).eval()
+    theirs.load_state_dict(ours.state_dict())
+    hidden, residual = block_inputs(ours, batch, first_block, dtype)
+    out, new_residual, (conv_state, ssm_state) = decode_block(ours, hidden, residual, "0", monkeypatch)
+    params = InferenceParams(max_seqlen=STEPS, max_batch_size=batch)
+    params.key_value_memory_dict[0] = theirs.allocate_inference_cache(batch, STEPS)
+    params.seqlen_offset = 1  # a step, not a prompt
+    their_out, their_residual = [], []
+    with torch.no_grad():
+        for t, h in enumerate(hidden):
+            o, r = theirs(h[:, None], None if residual is None else residual[t][:, None], inference_params=params)
+            their_out.append(o[:, 0])
+            their_residual.append(r[:, 0])
+    their_conv, their_ssm = params.key_value_memory_dict[0]
+    linear = torch.roll(conv_state, shifts=-(STEPS % ours.mixer.d_conv), dims=-1)
+    assert new_residual.dtype == their_residual[0].dtype == torch.float32
+    assert torch.equal(new_residual, torch.stack(their_residual))  # the same sum, in float32
+    for name, k, t in (("out", out, torch.stack(their_out)), ("conv_state", linear, their_conv),
+                       ("ssm_state", ssm_state, their_ssm)):
+        assert relative_error(k, t) < REL_TOL[dtype], name
+
+
+def test_graphed_decoding_with_fused_in_matches_eager_decoding(monkeypatch):
+    """The "in" launch inside the captured step: the same greedy tokens as eager decoding with it."""
+    from kotomamba.model import MambaLM, preset
+    from kotomamba.model.generation import generate
+    from kotomamba.ops import mamba2_decode_triton
+
+    monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "0")
+    monkeypatch.setattr(mamba2_decode_triton, "FUSED_IN", True)
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny"), device=DEVICE).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (4, 16), device=DEVICE)
+    eager = generate(model, prompt, 32, temperature=0.0, cuda_graph=False)
+    assert torch.equal(generate(model, prompt, 32, temperature=0.0, cuda_graph=True), eager)
