@@ -75,22 +75,6 @@ def _block_input(x_ptr, res_ptr, rows, k, ok, stride_x, stride_res, HAS_RES: tl.
 
 
 @triton.jit
-def _times_weight(a, w_ptr, j, k, j_ok, k_ok, stride_w_out, stride_w_in, USE_DOT: tl.constexpr, IEEE: tl.constexpr):
-    """One K tile of a small-batch GEMV: a [BLOCK_B, BLOCK_K] (in the weight's dtype) times W's rows j over columns
-    k. With ``USE_DOT`` the [BLOCK_B, BLOCK_J] product (``tl.dot``, exact for float32 weights with ``IEEE``);
-    else the [BLOCK_B, BLOCK_J, BLOCK_K] float32 products, for the caller to sum over K once at the end."""
-    if USE_DOT:
-        w = tl.load(w_ptr + j[None, :] * stride_w_out + k[:, None] * stride_w_in,
-                    mask=j_ok[None, :] & k_ok[:, None], other=0.0)
-        if IEEE:
-            return tl.dot(a, w, input_precision="ieee")
-        return tl.dot(a, w)
-    w = tl.load(w_ptr + j[:, None] * stride_w_out + k[None, :] * stride_w_in,
-                mask=j_ok[:, None] & k_ok[None, :], other=0.0)
-    return a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-
-
-@triton.jit
 def _in_kernel(
     x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, out_ptr, res_out_ptr,
     conv_state_ptr, position_ptr, conv_w_ptr, conv_b_ptr, xbc_ptr,
@@ -129,9 +113,16 @@ def _in_kernel(
         norm_w = tl.load(norm_w_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
         a = (s * rstd[:, None] * norm_w[None, :]).to(w_dtype)
         if USE_DOT:
-            acc += _times_weight(a, w_ptr, j, k, j_ok, k_ok, stride_w_out, stride_w_in, USE_DOT, IEEE)
+            w = tl.load(w_ptr + j[None, :] * stride_w_out + k[:, None] * stride_w_in,
+                        mask=j_ok[None, :] & k_ok[:, None], other=0.0)
+            if IEEE:
+                acc += tl.dot(a, w, input_precision="ieee")
+            else:
+                acc += tl.dot(a, w)
         else:
-            acc3 += _times_weight(a, w_ptr, j, k, j_ok, k_ok, stride_w_out, stride_w_in, USE_DOT, IEEE)
+            w = tl.load(w_ptr + j[:, None] * stride_w_out + k[None, :] * stride_w_in,
+                        mask=j_ok[:, None] & k_ok[None, :], other=0.0)
+            acc3 += a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     if not USE_DOT:
         acc = tl.sum(acc3, axis=2)
     if HAS_BIAS:
@@ -254,9 +245,16 @@ def _out_kernel(
             norm_w = tl.load(norm_w_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
             a = (g * rstd[:, None] * norm_w[None, :]).to(w_dtype)
             if USE_DOT:
-                acc += _times_weight(a, w_ptr, j, k, j_ok, k_ok, stride_w_out, stride_w_in, USE_DOT, IEEE)
+                w = tl.load(w_ptr + j[None, :] * stride_w_out + k[:, None] * stride_w_in,
+                            mask=j_ok[None, :] & k_ok[:, None], other=0.0)
+                if IEEE:
+                    acc += tl.dot(a, w, input_precision="ieee")
+                else:
+                    acc += tl.dot(a, w)
             else:
-                acc3 += _times_weight(a, w_ptr, j, k, j_ok, k_ok, stride_w_out, stride_w_in, USE_DOT, IEEE)
+                w = tl.load(w_ptr + j[:, None] * stride_w_out + k[None, :] * stride_w_in,
+                            mask=j_ok[:, None] & k_ok[None, :], other=0.0)
+                acc3 += a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     if not USE_DOT:
         acc = tl.sum(acc3, axis=2)
     if HAS_BIAS:
