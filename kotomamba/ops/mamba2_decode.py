@@ -23,18 +23,17 @@ import torch.nn.functional as F
 from kotomamba.ops.dispatch import kernel_module, use_kernels
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm import add_rms_norm, add_rms_norm_ref, gated_rms_norm_ref
-from kotomamba.ops.ssd import step_size
+from kotomamba.ops.causal_conv1d import conv_state_from_inputs
+from kotomamba.ops.ssd import DEFAULT_DT_LIMIT, step_size
 from kotomamba.ops.ssm_step import selective_state_update_ref
 
 _KERNEL = "kotomamba.ops.mamba2_decode_triton"
-DEFAULT_DT_LIMIT = (0.0, float("inf"))
 
 
 def circular_conv_state(x: torch.Tensor, width: int) -> torch.Tensor:
     """The circular convolution state after x [b, D, L], positions 0..L-1 (zeros for the positions before
     0): [b, D, width] with the input of position t in slot ``t % width``."""
-    linear = F.pad(x[..., -width:], (width - min(x.shape[-1], width), 0))  # positions L-W .. L-1
-    return torch.roll(linear, shifts=x.shape[-1] % width, dims=-1)
+    return torch.roll(conv_state_from_inputs(x, width), shifts=x.shape[-1] % width, dims=-1)
 
 
 def conv_update_circular_ref(

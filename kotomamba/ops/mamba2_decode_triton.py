@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kotomamba.ops.mamba2_decode import DEFAULT_DT_LIMIT
+from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
 
 # Whether a Mamba-2 block's step runs the "in" launch (kotomamba.ops.mamba2_decode.mamba2_decode_block_step); off:
 # the add+norm kernel and in_proj's cuBLAS GEMV, as before the "in" kernel existed. With it, whether the in launch

@@ -27,7 +27,7 @@ from kotomamba.ops.causal_conv1d import channel_last, is_channel_last
 from kotomamba.ops.dispatch import kernel_module
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
-from kotomamba.ops.ssd import step_size
+from kotomamba.ops.ssd import DEFAULT_DT_LIMIT, step_size
 from kotomamba.ops.ssd_triton import _bwd_split, _fwd, blockings
 
 _CONV = "causal_conv1d.cpp_functions"
@@ -77,7 +77,7 @@ def _dt_backward(ddt: torch.Tensor, dt: torch.Tensor, dt_bias: torch.Tensor, dt_
     """The gradient of :func:`_dt`'s input (float32 [b, L, h]) from its output's."""
     raw = dt.float() + dt_bias.float()
     ddt = ddt * torch.sigmoid(raw)
-    if dt_limit != (0.0, float("inf")):
+    if tuple(dt_limit) != DEFAULT_DT_LIMIT:
         step = F.softplus(raw)
         ddt = ddt * ((step >= dt_limit[0]) & (step <= dt_limit[1]))
     return ddt

@@ -32,15 +32,19 @@ def _chunks(t: torch.Tensor, pad: int, chunk_size: int) -> torch.Tensor:
     return t.view(t.shape[0], -1, chunk_size, *t.shape[2:])
 
 
+# dt_limit meaning no clamp (mamba-ssm's default).
+DEFAULT_DT_LIMIT = (0.0, float("inf"))
+
+
 def step_size(dt: torch.Tensor, dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
-              dt_limit: tuple[float, float] = (0.0, float("inf"))) -> torch.Tensor:
+              dt_limit: tuple[float, float] = DEFAULT_DT_LIMIT) -> torch.Tensor:
     """Each head's step as the scan takes it (mamba-ssm's ``dt_bias``, ``dt_softplus``, ``dt_limit``):
     ``clamp(softplus(dt + dt_bias), *dt_limit)``, in dt's dtype. dt: [..., h]; dt_bias: [h]."""
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)
     if dt_softplus:
         dt = F.softplus(dt)
-    if tuple(dt_limit) != (0.0, float("inf")):
+    if tuple(dt_limit) != DEFAULT_DT_LIMIT:
         dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
     return dt
 
