@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kotomamba.ops.norm import residual_dtype
 from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
 
 # Whether a Mamba-2 block's step runs the "in" launch (kotomamba.ops.mamba2_decode.mamba2_decode_block_step); off:
@@ -286,12 +287,9 @@ def in_launch(hidden, residual, norm_weight, norm_eps, in_proj_weight, in_proj_b
         residual = residual.contiguous()
     batch, d_model = hidden.shape
     d_out = in_proj_weight.shape[0]
-    if residual is not None:
-        residual_dtype = residual.dtype
-    else:
-        residual_dtype = torch.float32 if residual_in_fp32 else hidden.dtype
     zxbcdt = torch.empty(batch, d_out, dtype=in_proj_weight.dtype, device=hidden.device)
-    residual_out = torch.empty(batch, d_model, dtype=residual_dtype, device=hidden.device)
+    residual_out = torch.empty(batch, d_model, dtype=residual_dtype(hidden, residual, residual_in_fp32),
+                               device=hidden.device)
     xbc = None
     if conv is None:  # placeholders the kernel does not read
         conv_state, position, conv_weight, conv_bias, start = zxbcdt[:, :, None], zxbcdt, zxbcdt, None, 0

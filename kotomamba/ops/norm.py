@@ -15,6 +15,14 @@ from kotomamba.ops.dispatch import kernel_module, use_kernels
 _KERNEL = "kotomamba.ops.norm_triton"
 
 
+def residual_dtype(x: torch.Tensor, residual: torch.Tensor | None, residual_in_fp32: bool) -> torch.dtype:
+    """The dtype of the summed residual an add+RMSNorm hands on: residual's when given, else float32 with
+    ``residual_in_fp32``, else x's (mamba-ssm's ``layer_norm_fn``)."""
+    if residual is not None:
+        return residual.dtype
+    return torch.float32 if residual_in_fp32 else x.dtype
+
+
 def add_rms_norm_ref(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -25,18 +33,14 @@ def add_rms_norm_ref(
 ):
     """``r = x + residual``; ``y = r / rms(r) * weight``.
 
-    x, residual: [..., d]; weight: [d]. Returns y (x's dtype), and with ``prenorm`` also r, whose
-    dtype is residual's when given, else float32 with ``residual_in_fp32``, else x's (the dtypes of
-    the Triton kernel).
+    x, residual: [..., d]; weight: [d]. Returns y (x's dtype), and with ``prenorm`` also r in
+    :func:`residual_dtype`.
     """
-    if residual is not None:
-        residual_dtype = residual.dtype
-    else:
-        residual_dtype = torch.float32 if residual_in_fp32 else x.dtype
+    r_dtype = residual_dtype(x, residual, residual_in_fp32)
     ct = torch.promote_types(x.dtype, torch.float32)
     r = x.to(ct) if residual is None else x.to(ct) + residual.to(ct)
     y = (r * torch.rsqrt(r.square().mean(dim=-1, keepdim=True) + eps) * weight.to(ct)).to(x.dtype)
-    return (y, r.to(residual_dtype)) if prenorm else y
+    return (y, r.to(r_dtype)) if prenorm else y
 
 
 def add_rms_norm(

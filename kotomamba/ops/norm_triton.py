@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kotomamba.ops.norm import residual_dtype
+
 # Backward programs per multiprocessor on CUDA; bench/norm_throughput.py times others.
 PROGRAMS_PER_SM = 8
 
@@ -162,14 +164,11 @@ class _AddRMSNorm(torch.autograd.Function):
     def forward(ctx, x, weight, residual, eps, prenorm, residual_in_fp32):
         shape = x.shape
         x2, res2 = _rows(x), None if residual is None else _rows(residual)
-        if residual is not None:
-            residual_dtype = residual.dtype
-        else:
-            residual_dtype = torch.float32 if residual_in_fp32 else x.dtype
+        r_dtype = residual_dtype(x, residual, residual_in_fp32)
         # The summed input is kept for the backward (and returned with prenorm); when it is not
         # returned, needs no add and keeps x's dtype, it is x itself.
-        keep = prenorm or residual is not None or residual_dtype != x.dtype
-        y, res_out, rstd = rms_norm_fwd(x2, weight, eps, res2, residual_dtype=residual_dtype if keep else None)
+        keep = prenorm or residual is not None or r_dtype != x.dtype
+        y, res_out, rstd = rms_norm_fwd(x2, weight, eps, res2, residual_dtype=r_dtype if keep else None)
         s = res_out if keep else x2
         ctx.save_for_backward(s, weight, rstd)
         ctx.has_residual, ctx.x_dtype, ctx.shape, ctx.prenorm = residual is not None, x.dtype, shape, prenorm
