@@ -16,11 +16,10 @@ leading greedy tokens the two children agree on (bf16 results may part after man
 prints each child's kernels for one whole call at the first batch size.
 
 With ``--registers`` it times nothing: per ``generate:ours`` setting and batch size it compiles our Mamba-2
-decode step's launches (in, mix, out, as FUSED_IN runs them; at the preset's shapes, ``--dtype``) for sm_90a on
-the host (no GPU needed) and prints what ptxas gives each (bench/ptxas_report.py).
+decode step's launches (mix, out; at the preset's shapes, ``--dtype``) for sm_90a on (no GPU needed) and prints what ptxas gives each (bench/ptxas_report.py).
 
     python bench/generate_throughput.py --preset mamba2-1.3b --batch 1 64 --json out.json
-    python bench/generate_throughput.py --registers --batch 1 16 64 --impls generate:ours,generate:ours=IN_ROWS:8
+    python bench/generate_throughput.py --registers --batch 1 16 64 --impls generate:ours,generate:ours=OUT_ROWS:4
 """
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ from isolated import median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
 # Settings of kotomamba/ops/mamba2_decode_triton.py a generate:ours child may carry.
-SETTING = "(MIX_TILE|IN_TILE|OUT_TILE|IN_ROWS|OUT_ROWS|IN_DOT_ROWS|DOT_ROWS):[0-9]+|(FUSED_IN|IN_CONV):[01]"
+SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS):[0-9]+"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,9 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry settings of the "
-                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py: tiles, powers of two; FUSED_IN:1 runs "
-                        "the 'in' launch, IN_CONV:0 leaves the conv update to 'mix'), e.g. "
-                        "generate:ours=FUSED_IN:1+IN_ROWS:8+DOT_ROWS:16")
+                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py: tiles, powers of two), e.g. "
+                        "generate:ours=OUT_ROWS:4+DOT_ROWS:16")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
@@ -69,11 +67,11 @@ def apply_settings(settings: str) -> None:
 
     for setting in settings.split("+"):
         key, value = setting.split(":")
-        setattr(mamba2_decode_triton, key, type(getattr(mamba2_decode_triton, key))(int(value)))  # a bool stays one
+        setattr(mamba2_decode_triton, key, int(value))
 
 
 def registers(args, impls: list[str]) -> None:
-    """One table row per launch of one Mamba-2 layer's decode step (in, mix, out), per ``generate:ours`` setting
+    """One table row per launch of one Mamba-2 layer's decode step (mix, out), per ``generate:ours`` setting
     and batch size, at ``--preset``'s shapes: ptxas's registers and spills for sm_90a (bench/ptxas_report.py)."""
     import torch
 
@@ -90,18 +88,16 @@ def registers(args, impls: list[str]) -> None:
     d_inner, headdim, ngroups, dstate, width = (opts["expand"] * d_model, opts["headdim"], opts["ngroups"],
                                                 opts["d_state"], opts["d_conv"])
     nheads, conv_dim = d_inner // headdim, d_inner + 2 * ngroups * dstate
-    in_proj = torch.zeros(d_inner + conv_dim + nheads, d_model, dtype=dtype)
     conv_weight, out_proj = torch.zeros(conv_dim, width, dtype=dtype), torch.zeros(d_model, d_inner, dtype=dtype)
     heads = torch.zeros(nheads)
 
     def step(batch):
-        hidden, residual = torch.zeros(batch, d_model, dtype=dtype), torch.zeros(batch, d_model)
+        zxbcdt = torch.zeros(batch, d_inner + conv_dim + nheads, dtype=dtype)
         state = (torch.zeros(batch, width, conv_dim, dtype=dtype).transpose(1, 2),
                  torch.zeros(batch, nheads, headdim, dstate, dtype=dtype))
-        kernels.mamba2_decode_block_step_triton(
-            hidden, residual, torch.ones(d_model, dtype=dtype), 1e-5, in_proj, None, True, *state,
-            torch.zeros((), dtype=torch.long), conv_weight, torch.zeros(conv_dim, dtype=dtype), heads, heads, heads,
-            torch.ones(d_inner, dtype=dtype), 1e-5, out_proj, None, headdim, ngroups)
+        kernels.mamba2_decode_step_triton(
+            zxbcdt, *state, torch.zeros((), dtype=torch.long), conv_weight, torch.zeros(conv_dim, dtype=dtype), heads,
+            heads, heads, torch.ones(d_inner, dtype=dtype), 1e-5, out_proj, None, headdim, ngroups)
 
     defaults = {name: getattr(kernels, name) for name in re.findall(r"[A-Z_]+", SETTING)}
     print(f"{args.preset}, {args.dtype}, one layer's decode step\n{HEADER}")

@@ -25,12 +25,12 @@ def run_bench(tmp_path, *args):
 
 def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path):
     done = run_bench(tmp_path, "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--impls",
-                     "generate:ours,generate:ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256",
+                     "generate:ours,generate:ours=OUT_ROWS:4+MIX_TILE:256",
                      "--batch", "1", "3", "--prompt-len", "5", "--new-tokens", "6", "--rounds", "2", "--repeats", "1",
                      "--json", "out.json")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
-    tiled = "generate:ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256"  # set in the child (on CPU it runs the twin)
+    tiled = "generate:ours=OUT_ROWS:4+MIX_TILE:256"  # set in the child (on CPU it runs the twin)
     assert [(r["round"], r["impl"], r["batch"]) for r in result["rows"]] == [
         (0, "generate:ours", 1), (0, "generate:ours", 3), (0, tiled, 1), (0, tiled, 3),
         (1, tiled, 1), (1, tiled, 3), (1, "generate:ours", 1), (1, "generate:ours", 3)]
@@ -40,7 +40,7 @@ def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path
         (1, "generate:ours", 6), (1, tiled, 6), (3, "generate:ours", 6), (3, tiled, 6)]
     table = [line for line in done.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
     assert len(table) == 4 and all("6 of 6" in line for line in table)
-    assert sum("| ours=FUSED_IN:1+IN_ROWS:8+MIX_TILE:256 |" in line for line in table) == 2
+    assert sum("| ours=OUT_ROWS:4+MIX_TILE:256 |" in line for line in table) == 2
 
 
 def test_summary_ratios_and_the_greedy_tokens_two_children_share():
@@ -61,12 +61,12 @@ def test_summary_ratios_and_the_greedy_tokens_two_children_share():
 def test_registers_per_launch_setting_and_batch(tmp_path):
     pytest.importorskip("triton", reason="compiling the kernels needs the triton package (the test extra has it)")
     done = run_bench(tmp_path, "--registers", "--preset", "tiny", "--batch", "1", "17",
-                     "--impls", "generate:mamba_ssm,generate:ours,generate:ours=IN_ROWS:8+IN_CONV:0")
+                     "--impls", "generate:mamba_ssm,generate:ours,generate:ours=OUT_ROWS:4+DOT_ROWS:16")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if ", batch " in line]
     assert [(r[0], r[1]) for r in rows] == [
-        (f"{impl}, batch {batch}", kernel) for impl in ("ours", "ours=IN_ROWS:8+IN_CONV:0") for batch in (1, 17)
-        for kernel in ("_in_kernel", "_mix_kernel", "_out_kernel")]
+        (f"{impl}, batch {batch}", kernel) for impl in ("ours", "ours=OUT_ROWS:4+DOT_ROWS:16") for batch in (1, 17)
+        for kernel in ("_mix_kernel", "_out_kernel")]
     for row in rows:
         assert row[2] == "4" and 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
 
@@ -74,7 +74,7 @@ def test_registers_per_launch_setting_and_batch(tmp_path):
 def test_refuses_what_it_cannot_measure(tmp_path):
     for args, message in ((["--impls", "generate:vllm"], "unknown generate:vllm"),
                           (["--impls", "generate:ours=OUT_ROWS:4+WARPS:8"], "unknown generate:ours=OUT_ROWS:4+WARPS:8"),
-                          (["--impls", "generate:ours=FUSED_IN:2"], "unknown generate:ours=FUSED_IN:2"),
+                          (["--impls", "generate:ours=OUT_ROWS:x"], "unknown generate:ours=OUT_ROWS:x"),
                           (["--new-tokens", "1"], "--new-tokens must be >= 2"),
                           (["--registers", "--impls", "generate:mamba_ssm"], "at least one generate:ours"),
                           (["--registers", "--impls", "generate:ours", "--preset", "mamba-130m"],

@@ -53,11 +53,7 @@ class Block(nn.Module):
 
     def step(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, state, position: torch.Tensor):
         """One token: hidden_states, residual [b, d_model]; position: the tokens consumed before it (0-d int64
-        tensor). Returns (hidden_states, residual). A Mamba-2 mixer takes the add and the norm into its in_proj
-        launch when its kernels run with that option on (:meth:`Mamba2Mixer.step_after_norm`)."""
-        if isinstance(self.mixer, Mamba2Mixer):
-            return self.mixer.step_after_norm(hidden_states, residual, self.norm, self.residual_in_fp32, state,
-                                              position)
+        tensor). Returns (hidden_states, residual)."""
         hidden_states, residual = self.norm(hidden_states, residual, prenorm=True,
                                             residual_in_fp32=self.residual_in_fp32)
         return self.mixer.step(hidden_states, state, position), residual

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from kotomamba.model.dt_init import inverse_softplus_dt
-from kotomamba.model.norm import GatedRMSNorm, RMSNorm
+from kotomamba.model.norm import GatedRMSNorm
 from kotomamba.ops.causal_conv1d import causal_conv1d
 from kotomamba.ops.fused import Mamba2Row, mamba2_split_conv1d_scan
-from kotomamba.ops.mamba2_decode import circular_conv_state, mamba2_decode_block_step, mamba2_decode_step
+from kotomamba.ops.mamba2_decode import circular_conv_state, mamba2_decode_step
 from kotomamba.ops.ssd import ssd_chunk_scan
 
 
@@ -96,24 +96,12 @@ class Mamba2Mixer(nn.Module):
         """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place. ``position``
         (0-d int64 tensor): the tokens consumed before this one, which index the circular conv state
         (:mod:`kotomamba.ops.mamba2_decode`); the caller moves it once per step for all layers."""
-        return mamba2_decode_step(self.in_proj(hidden_states), *self._step_args(state, position))
-
-    def step_after_norm(self, hidden_states: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
-                        residual_in_fp32: bool, state: tuple[torch.Tensor, torch.Tensor], position: torch.Tensor):
-        """One token from its block's input: :meth:`step` of ``norm(hidden_states + residual)``, the block's add
-        and pre-norm (``norm``: its :class:`RMSNorm`) fused into in_proj when the kernels run and
-        ``mamba2_decode_triton.FUSED_IN`` is on (:func:`kotomamba.ops.mamba2_decode.mamba2_decode_block_step`).
-        hidden_states, residual: [b, d_model] (residual None in the first block). Returns (out [b, d_model], the
-        new residual)."""
-        return mamba2_decode_block_step(hidden_states, residual, norm.weight, norm.eps, self.in_proj.weight,
-                                        self.in_proj.bias, residual_in_fp32, *self._step_args(state, position))
-
-    def _step_args(self, state: tuple[torch.Tensor, torch.Tensor], position: torch.Tensor) -> tuple:
-        """:func:`kotomamba.ops.mamba2_decode.mamba2_decode_step`'s arguments after zxbcdt."""
         conv_state, ssm_state = state
-        return (conv_state, ssm_state, position, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
-                self.A_log, self.D, self.norm.weight, self.norm.eps, self.out_proj.weight, self.out_proj.bias,
-                self.headdim, self.ngroups, self.dt_limit)
+        return mamba2_decode_step(
+            self.in_proj(hidden_states), conv_state, ssm_state, position, self.conv1d.weight.squeeze(1),
+            self.conv1d.bias, self.dt_bias, self.A_log, self.D, self.norm.weight, self.norm.eps,
+            self.out_proj.weight, self.out_proj.bias, self.headdim, self.ngroups, self.dt_limit,
+        )
 
     def allocate_state(self, batch_size: int, dtype: torch.dtype | None = None):
         """Zero (conv_state [b, conv_dim, d_conv] (channel-last in memory, as upstream; circular, see

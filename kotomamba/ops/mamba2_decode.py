@@ -1,12 +1,8 @@
-"""One decoding step of a Mamba-2 block (:func:`mamba2_decode_block_step`; mamba-ssm's ``Block`` around
-``Mamba2.step``): the block's residual add, RMSNorm and in_proj (:func:`mamba2_decode_in_ref`), then the mixer
-from in_proj's output to out_proj's (:func:`mamba2_decode_step`, also the mixer's own step).
+"""One decoding step of a Mamba-2 mixer, from in_proj's output to out_proj's (mamba-ssm ``Mamba2.step``).
 
-Kernels: ours (:mod:`kotomamba.ops.mamba2_decode_triton`): "in" (the add and the norm applied on load into
-in_proj's matrix-vector product, and the convolution update as its epilogue; only when that module's
-``FUSED_IN`` is on), "mix" (convolution update unless "in" did it, dt, state update, ``y * silu(z)``) and "out"
-(the gated norm applied on load into out_proj's matrix-vector product). Reference: the composition of this
-package's reference ops, in float32.
+Kernels: ours (:mod:`kotomamba.ops.mamba2_decode_triton`): two launches, "mix" (convolution update, dt,
+state update, ``y * silu(z)``) and "out" (the gated norm applied on load into out_proj's matrix-vector
+product). Reference: the composition of this package's reference ops, in float32.
 
 The convolution state is circular: ``conv_state`` [b, conv_dim, W] holds the inputs of the last W positions,
 the input of position t in slot ``t % W``, and ``position`` (a 0-d int64 tensor on the state's device, so a
@@ -22,7 +18,7 @@ import torch.nn.functional as F
 
 from kotomamba.ops.dispatch import kernel_module, use_kernels
 from kotomamba.ops.fused import Mamba2Row
-from kotomamba.ops.norm import add_rms_norm, add_rms_norm_ref, gated_rms_norm_ref
+from kotomamba.ops.norm import gated_rms_norm_ref
 from kotomamba.ops.causal_conv1d import conv_state_from_inputs
 from kotomamba.ops.ssd import DEFAULT_DT_LIMIT, step_size
 from kotomamba.ops.ssm_step import selective_state_update_ref
@@ -54,24 +50,6 @@ def conv_update_circular_ref(
     if bias is not None:
         y = y + bias.float()
     return F.silu(y)
-
-
-def mamba2_decode_in_ref(
-    hidden: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm_weight: torch.Tensor,
-    norm_eps: float,
-    in_proj_weight: torch.Tensor,
-    in_proj_bias: torch.Tensor | None,
-    residual_in_fp32: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Mamba-2 block's step up to in_proj: ``r = hidden + residual`` (the first block has no residual),
-    ``F.linear(r / rms(r) * norm_weight, in_proj_weight, in_proj_bias)``, the normalised row rounded to the
-    weight's dtype as the block's norm hands it on. hidden, residual: [b, d_model]; norm_weight: [d_model];
-    in_proj_weight: [width, d_model]. Returns (zxbcdt [b, width] in the weight's dtype, r [b, d_model] in
-    :func:`kotomamba.ops.norm.add_rms_norm_ref`'s residual dtype)."""
-    normed, residual = add_rms_norm_ref(hidden, norm_weight, residual, norm_eps, True, residual_in_fp32)
-    return F.linear(normed.to(in_proj_weight.dtype), in_proj_weight, in_proj_bias), residual
 
 
 def mamba2_decode_mix_ref(
@@ -158,26 +136,3 @@ def mamba2_decode_step(
     if not use_kernels(zxbcdt, _KERNEL):
         return mamba2_decode_step_ref(*args)
     return kernel_module(_KERNEL).mamba2_decode_step_triton(*args)
-
-
-def mamba2_decode_block_step(
-    hidden: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm_weight: torch.Tensor,
-    norm_eps: float,
-    in_proj_weight: torch.Tensor,
-    in_proj_bias: torch.Tensor | None,
-    residual_in_fp32: bool,
-    *step_args,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Mamba-2 block's step: :func:`mamba2_decode_in_ref`'s arguments, then ``step_args``, those of
-    :func:`mamba2_decode_step` after zxbcdt. Returns (out [b, d_model], the new residual). Its twin is
-    :func:`mamba2_decode_in_ref` then :func:`mamba2_decode_step_ref` on its zxbcdt (what this runs without the
-    kernels). With the kernels and ``mamba2_decode_triton.FUSED_IN`` on: three launches (in, mix, out); with the
-    kernels and it off: the dispatched add+norm (:func:`kotomamba.ops.norm.add_rms_norm`), in_proj's linear and
-    :func:`mamba2_decode_step`, as before the in launch existed."""
-    if use_kernels(hidden, _KERNEL) and kernel_module(_KERNEL).FUSED_IN:
-        return kernel_module(_KERNEL).mamba2_decode_block_step_triton(
-            hidden, residual, norm_weight, norm_eps, in_proj_weight, in_proj_bias, residual_in_fp32, *step_args)
-    normed, residual = add_rms_norm(hidden, norm_weight, residual, norm_eps, True, residual_in_fp32)
-    return mamba2_decode_step(F.linear(normed, in_proj_weight, in_proj_bias), *step_args), residual
