@@ -26,12 +26,14 @@ from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
 
 # Elements of the float32 tiles each program holds: the mix kernel's state tile (head channels x d_state) and
 # the out kernel's product tile (batch rows x W's rows x inputs) when it does not use tl.dot. Then W's rows per
-# out program below 16 batch rows and with tl.dot (fewer: more programs, each rereading its inputs).
+# out program below 16 batch rows and with tl.dot (fewer: more programs, each rereading its inputs), and the out
+# program's warps below 16 batch rows (more: a larger product tile per trip over W without spilling).
 # bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
 OUT_TILE = 4096
 OUT_ROWS = 8
 DOT_ROWS = 32
+OUT_WARPS = 4
 
 
 @triton.jit
@@ -222,7 +224,7 @@ def out(g, sumsq, norm_weight, norm_eps, out_proj_weight, out_proj_bias, ngroups
         g.stride(0), sumsq.stride(0), out_proj_weight.stride(0), out_proj_weight.stride(1), result.stride(0),
         HAS_BIAS=out_proj_bias is not None, USE_DOT=use_dot, IEEE=out_proj_weight.dtype == torch.float32,
         BLOCK_B=block_b, BLOCK_J=block_j, BLOCK_K=block_k,
-        BLOCK_PARTS=triton.next_power_of_2(parts_per_group), num_warps=4,
+        BLOCK_PARTS=triton.next_power_of_2(parts_per_group), num_warps=4 if use_dot else OUT_WARPS,
     )
     return result
 
