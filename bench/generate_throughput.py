@@ -33,7 +33,7 @@ from isolated import median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
 # Settings of kotomamba/ops/mamba2_decode_triton.py a generate:ours child may carry.
-SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS|OUT_WARPS):[0-9]+"
+SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS|OUT_WARPS|OUT_STAGES):[0-9]+"
 
 
 def build_parser() -> argparse.ArgumentParser:

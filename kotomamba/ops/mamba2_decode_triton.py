@@ -27,13 +27,16 @@ from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
 # Elements of the float32 tiles each program holds: the mix kernel's state tile (head channels x d_state) and
 # the out kernel's product tile (batch rows x W's rows x inputs) when it does not use tl.dot. Then W's rows per
 # out program below 16 batch rows and with tl.dot (fewer: more programs, each rereading its inputs), and the out
-# program's warps below 16 batch rows (more: a larger product tile per trip over W without spilling).
+# program's warps below 16 batch rows (more: a larger product tile per trip over W without spilling), and how many
+# trips over W the out program keeps in flight (above 1, Triton's pipeliner loads the next tiles into shared memory
+# while this one is summed: one program then has more of W's bytes in flight, which a GEMV at batch 1 needs).
 # bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
 OUT_TILE = 4096
 OUT_ROWS = 8
 DOT_ROWS = 32
 OUT_WARPS = 4
+OUT_STAGES = 1
 
 
 @triton.jit
@@ -123,6 +126,7 @@ def _out_kernel(
     stride_g, stride_sumsq, stride_w_out, stride_w_in, stride_out,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_PARTS: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     rows_ok = rows < batch
@@ -139,7 +143,7 @@ def _out_kernel(
         sumsq = tl.load(sumsq_ptr + rows[:, None] * stride_sumsq + group * parts_per_group + parts[None, :],
                         mask=rows_ok[:, None] & (parts[None, :] < parts_per_group), other=0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(sumsq, axis=1) / group_size + eps)
-        for start in range(0, group_size, BLOCK_K):
+        for start in tl.range(0, group_size, BLOCK_K, num_stages=STAGES):
             k_in = start + tl.arange(0, BLOCK_K)
             k_ok = k_in < group_size
             k = group * group_size + k_in
@@ -224,7 +228,7 @@ def out(g, sumsq, norm_weight, norm_eps, out_proj_weight, out_proj_bias, ngroups
         g.stride(0), sumsq.stride(0), out_proj_weight.stride(0), out_proj_weight.stride(1), result.stride(0),
         HAS_BIAS=out_proj_bias is not None, USE_DOT=use_dot, IEEE=out_proj_weight.dtype == torch.float32,
         BLOCK_B=block_b, BLOCK_J=block_j, BLOCK_K=block_k,
-        BLOCK_PARTS=triton.next_power_of_2(parts_per_group), num_warps=4 if use_dot else OUT_WARPS,
+        BLOCK_PARTS=triton.next_power_of_2(parts_per_group), num_warps=4 if use_dot else OUT_WARPS, STAGES=OUT_STAGES,
     )
     return result
 
