@@ -22,16 +22,16 @@ import sys, torch
 from kotomamba.ops import mamba1_decode_triton as kernels
 results = {}
 for name, case in torch.load(sys.argv[1]).items():
+    defaults = {setting: getattr(kernels, setting) for setting in case["settings"]}
     for setting, value in case["settings"].items():
         setattr(kernels, setting, value)
     conv_state, ssm_state = case["conv_state"].clone(), case["ssm_state"].clone()
     ys = [kernels.mamba1_decode_step_triton(xz, conv_state, ssm_state, *case["weights"]) for xz in case["xz"]]
     results[name] = {"y": torch.stack(ys), "conv_state": conv_state, "ssm_state": ssm_state}
+    for setting, value in defaults.items():
+        setattr(kernels, setting, value)
 torch.save(results, sys.argv[2])
 """
-
-DEFAULTS = {"CONV_CHANNELS": 64, "CONV_TILE": 4096, "SCAN_TILE": 4096, "SCAN_PROGRAMS": 256}
-
 
 def case(seed: int, batch: int, d_inner: int = 48, dt_rank: int = 6, dstate: int = 16, width: int = 4,
          steps: int = 3, conv_bias: bool = True, dtype: torch.dtype = torch.float32, strided: bool = False,
@@ -39,7 +39,7 @@ def case(seed: int, batch: int, d_inner: int = 48, dt_rank: int = 6, dstate: int
     """Random weights (A_log and D float32, as the model keeps them; the others in ``dtype``), random conv and SSM
     states in ``dtype`` and ``steps`` rows of in_proj's output xz [batch, 2*d_inner]. ``strided``: xz a slice of
     wider rows, the conv state channel-last and the SSM state with d_state outermost (views, as strides can come).
-    ``settings``: the kernel module's tile constants (DEFAULTS for the rest)."""
+    ``settings``: the kernel module's tile constants for this case (its defaults for the rest)."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*size, scale=1.0):
@@ -58,7 +58,7 @@ def case(seed: int, batch: int, d_inner: int = 48, dt_rank: int = 6, dstate: int
     else:
         conv_state, ssm_state = randn(batch, d_inner, width).to(dtype), randn(batch, d_inner, dstate).to(dtype)
     return {"xz": xz, "conv_state": conv_state, "ssm_state": ssm_state, "weights": weights,
-            "settings": {**DEFAULTS, **settings}}
+            "settings": settings}
 
 
 # Batch 1, 3, 5 and 17 (not powers of two but 1); dt_rank 6 and 5 (not powers of two: masked), d_state 16, 12 (not

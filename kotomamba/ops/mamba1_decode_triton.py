@@ -18,15 +18,17 @@ import torch
 import triton
 import triton.language as tl
 
-# Channels per conv program (a power of two): fewer make more programs, each reading less of x_proj's weight, and
-# more partial products that every scan program adds up. Then the elements of the conv program's float32 product
-# tile (x_proj's rows, padded to a power of two, by a slice of its channels) and of the scan program's dt_proj tile
-# (a slice of its channels by dt_rank, padded): larger tiles, fewer loop trips and more registers. Then how many
-# scan programs a launch aims for: a row's channels are split into about SCAN_PROGRAMS / batch blocks (at least
-# one, at most one per tile slice), so that batch 1 has enough programs and a large batch does not add up the
-# partials once per small block. bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
-CONV_CHANNELS = 64
-CONV_TILE = 4096
+# Powers of two. CONV_CHANNELS: channels per conv program. Fewer make more programs (batch 1 has d_inner /
+# CONV_CHANNELS of them: about one per SM of an H200 at d_inner 4096), each reading less of x_proj's weight, but more
+# partial products, which every scan program adds up. CONV_TILE: elements of the conv program's float32 product
+# tile, x_proj's rows (padded) by a slice of its channels; a tile as wide as the program's channels makes one loop
+# trip, a larger one costs registers. SCAN_TILE: elements of the scan program's tiles, a slice of its channels by
+# dt_rank (padded) and conv blocks by dt_rank when adding up the partials; larger: fewer trips, more registers.
+# SCAN_PROGRAMS: how many scan programs a launch aims for: a row's channels are split into about SCAN_PROGRAMS / batch
+# blocks (at least one, at most one per channel slice), enough programs at batch 1 without adding up the partials
+# once per small block at a large batch. bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
+CONV_CHANNELS = 32
+CONV_TILE = 8192
 SCAN_TILE = 4096
 SCAN_PROGRAMS = 256
 
