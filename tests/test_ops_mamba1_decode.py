@@ -63,22 +63,24 @@ def case(seed: int, batch: int, d_inner: int = 48, dt_rank: int = 6, dstate: int
 
 # Batch 1, 3, 5 and 17 (not powers of two but 1); dt_rank 6 and 5 (not powers of two: masked), d_state 16, 12 (not
 # a power of two) and 64; filter widths 4, 3 and 2; without conv bias; bf16 activations, weights and states; views;
-# channels split over several conv programs whose partials the scan adds in several tiles (CONV_CHANNELS, SCAN_TILE:
-# 4 parts per tile), the last program partly past d_inner, and several channel slices per scan program
-# (SCAN_PROGRAMS, SCAN_TILE), and a conv product tile narrower than its program's channels (CONV_TILE).
+# channels split over several conv programs whose partials the scan adds in several tiles (batch-5-split: 6 conv
+# programs of 4 channels, the last half past d_inner, and 4 parts per tile), a conv product tile narrower than its
+# program's channels (CONV_TILE: 2 channels), and several channel slices per scan program (SCAN_PROGRAMS, SCAN_TILE).
 CASES = {
     "batch-1": dict(seed=1, batch=1),
     "batch-3-no-conv-bias": dict(seed=2, batch=3, conv_bias=False, dt_rank=5),
-    "batch-5-split": dict(seed=3, batch=5, d_inner=40, dstate=12, width=3, CONV_CHANNELS=8, CONV_TILE=128,
+    "batch-5-split": dict(seed=3, batch=5, d_inner=22, dstate=12, width=3, steps=2, CONV_CHANNELS=4, CONV_TILE=64,
                           SCAN_TILE=32, SCAN_PROGRAMS=5),
     "batch-17": dict(seed=4, batch=17, d_inner=24, dstate=8, width=2, steps=2),
     "dstate-64": dict(seed=5, batch=3, d_inner=32, dstate=64, dt_rank=5, steps=2),
     "strided": dict(seed=6, batch=3, strided=True, CONV_CHANNELS=16),
     "bf16": dict(seed=7, batch=3, dtype=torch.bfloat16),
-    "bf16-split-no-conv-bias": dict(seed=8, batch=5, d_inner=40, dt_rank=5, conv_bias=False, dtype=torch.bfloat16,
-                                    CONV_CHANNELS=8, SCAN_TILE=64, SCAN_PROGRAMS=4),
+    "bf16-split-no-conv-bias": dict(seed=8, batch=5, d_inner=24, dt_rank=5, steps=2, conv_bias=False,
+                                    dtype=torch.bfloat16, CONV_CHANNELS=8, SCAN_TILE=64, SCAN_PROGRAMS=4),
 }
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+# bf16: the kernels and the twin round the same float32 values to bf16 (the states, y), so they part only where the
+# order of a sum flips a rounding; tight enough to catch y taken from the state rounded to bf16 instead of float32.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-3}
 
 
 def twin(c: dict) -> dict:
@@ -133,7 +135,7 @@ def test_the_cases_are_not_blind():
     expected = twin(c)["y"]
     conv_weight, conv_bias, x_proj, dt_w, dt_b, A_log, D = c["weights"]
     half = x_proj.clone()
-    half[:, 20:] = 0
+    half[:, half.shape[1] // 2:] = 0
     for weights in ([conv_weight, conv_bias, x_proj, dt_w, dt_b, A_log, torch.zeros_like(D)],
                     [conv_weight, conv_bias, x_proj, dt_w, torch.zeros_like(dt_b), A_log, D],
                     [conv_weight.flip(-1), conv_bias, x_proj, dt_w, dt_b, A_log, D],
