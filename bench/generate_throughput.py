@@ -15,15 +15,17 @@ how long reading every weight once takes at ``--bandwidth`` (the floor of batch-
 leading greedy tokens the two children agree on (bf16 results may part after many steps). ``--profile``
 prints each child's kernels for one whole call at the first batch size.
 
-With ``--registers`` it times nothing: per ``generate:ours`` setting and batch size it compiles our Mamba-2
-decode step's launches (mix, out; at the preset's shapes, ``--dtype``) for sm_90a on (no GPU needed) and prints what ptxas gives each (bench/ptxas_report.py).
+With ``--registers`` it times nothing: per ``generate:ours`` setting and batch size it compiles our decode step's
+launches for the preset's layer (Mamba-2: mix, out; Mamba-1: conv, scan; at the preset's shapes, ``--dtype``) for sm_90a on the host (no GPU needed) and prints what ptxas gives each (bench/ptxas_report.py).
 
     python bench/generate_throughput.py --preset mamba2-1.3b --batch 1 64 --json out.json
     python bench/generate_throughput.py --registers --batch 1 16 64 --impls generate:ours,generate:ours=OUT_ROWS:4
+    python bench/generate_throughput.py --registers --preset mamba-1.4b --batch 1 16 64
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -32,8 +34,13 @@ import time
 from isolated import median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
-# Settings of kotomamba/ops/mamba2_decode_triton.py a generate:ours child may carry.
-SETTING = "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS|OUT_WARPS|OUT_STAGES):[0-9]+"
+# Settings of our decode kernels a generate:ours child may carry, per module that owns them.
+SETTINGS = {
+    "kotomamba.ops.mamba2_decode_triton":
+        "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS|OUT_WARPS|OUT_STAGES):[0-9]+",
+    "kotomamba.ops.mamba1_decode_triton": "(CONV_CHANNELS|CONV_TILE|SCAN_TILE|SCAN_PROGRAMS):[0-9]+",
+}
+SETTING = "|".join(SETTINGS.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="processes per implementation")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help="comma-separated, from " + ", ".join(IMPLS) + "; generate:ours may carry settings of the "
-                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py: tiles, powers of two), e.g. "
-                        "generate:ours=OUT_ROWS:4+DOT_ROWS:16")
+                        "decode kernels (kotomamba/ops/mamba2_decode_triton.py and mamba1_decode_triton.py: tiles, "
+                        "powers of two), e.g. generate:ours=OUT_ROWS:4+DOT_ROWS:16 or generate:ours=CONV_CHANNELS:64")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
@@ -60,31 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_settings(settings: str) -> None:
-    """Set the decode kernels' constants from ``NAME:VALUE+...`` (``generate:ours=``'s part; "" sets none)."""
+    """Set the decode kernels' constants from ``NAME:VALUE+...`` (``generate:ours=``'s part; "" sets none), each in
+    the module of :data:`SETTINGS` whose pattern it matches."""
     if not settings:
         return
-    from kotomamba.ops import mamba2_decode_triton
-
     for setting in settings.split("+"):
+        module = importlib.import_module(next(name for name, pattern in SETTINGS.items()
+                                              if re.fullmatch(pattern, setting)))
         key, value = setting.split(":")
-        setattr(mamba2_decode_triton, key, int(value))
+        setattr(module, key, int(value))
 
 
-def registers(args, impls: list[str]) -> None:
-    """One table row per launch of one Mamba-2 layer's decode step (mix, out), per ``generate:ours`` setting
-    and batch size, at ``--preset``'s shapes: ptxas's registers and spills for sm_90a (bench/ptxas_report.py)."""
+def setting_defaults() -> dict:
+    """(module, name) -> the value it has now, for every setting of :data:`SETTINGS`."""
+    return {(module, name): getattr(module, name) for module in map(importlib.import_module, SETTINGS)
+            for name in re.findall(r"[A-Z_]+", SETTINGS[module.__name__])}
+
+
+def mamba2_step(config, dtype):
+    """One Mamba-2 layer's decode step after in_proj at ``config``'s shapes as our launches run it (mix, out): a
+    function of the batch size, on zero tensors."""
     import torch
 
-    from ptxas_report import HEADER, print_rows
-
-    from kotomamba.model import preset
     from kotomamba.ops import mamba2_decode_triton as kernels
 
-    config = preset(args.preset)
-    if config.layer != "Mamba2":
-        raise SystemExit(f"--registers: --preset {args.preset} is not a Mamba-2 model (the decode kernels are)")
-    opts = config.mixer_options()
-    dtype, d_model = getattr(torch, args.dtype), config.d_model
+    opts, d_model = config.mixer_options(), config.d_model
     d_inner, headdim, ngroups, dstate, width = (opts["expand"] * d_model, opts["headdim"], opts["ngroups"],
                                                 opts["d_state"], opts["d_conv"])
     nheads, conv_dim = d_inner // headdim, d_inner + 2 * ngroups * dstate
@@ -99,14 +106,49 @@ def registers(args, impls: list[str]) -> None:
             zxbcdt, *state, torch.zeros((), dtype=torch.long), conv_weight, torch.zeros(conv_dim, dtype=dtype), heads,
             heads, heads, torch.ones(d_inner, dtype=dtype), 1e-5, out_proj, None, headdim, ngroups)
 
-    defaults = {name: getattr(kernels, name) for name in re.findall(r"[A-Z_]+", SETTING)}
+    return step
+
+
+def mamba1_step(config, dtype):
+    """One Mamba-1 layer's decode step after in_proj at ``config``'s shapes as our launches run it (conv, scan): a
+    function of the batch size, on zero tensors (A_log and D float32, as the model keeps them)."""
+    import torch
+
+    from kotomamba.model.mamba1 import Mamba1Mixer
+    from kotomamba.ops import mamba1_decode_triton as kernels
+
+    shapes = Mamba1Mixer(config.d_model, **config.mixer_options(), device="meta")  # the mixer owns dt_rank "auto"
+    weights = [torch.zeros(p.shape, dtype=torch.float32 if name in ("A_log", "D") else dtype) for name, p in (
+        ("conv", shapes.conv1d.weight.squeeze(1)), ("conv_bias", shapes.conv1d.bias), ("x_proj", shapes.x_proj.weight),
+        ("dt_proj", shapes.dt_proj.weight), ("dt_bias", shapes.dt_proj.bias), ("A_log", shapes.A_log), ("D", shapes.D))]
+
+    def step(batch):
+        state = [torch.zeros(s.shape, dtype=dtype) for s in shapes.allocate_state(batch)]
+        kernels.mamba1_decode_step_triton(torch.zeros(batch, 2 * shapes.d_inner, dtype=dtype), *state, *weights)
+
+    return step
+
+
+def registers(args, impls: list[str]) -> None:
+    """One table row per launch of one layer's decode step (Mamba-2: in, mix, out; Mamba-1: conv, scan), per
+    ``generate:ours`` setting and batch size, at ``--preset``'s shapes: ptxas's registers and spills for sm_90a
+    (bench/ptxas_report.py)."""
+    import torch
+
+    from ptxas_report import HEADER, print_rows
+
+    from kotomamba.model import preset
+
+    config = preset(args.preset)
+    step = (mamba1_step if config.layer == "Mamba1" else mamba2_step)(config, getattr(torch, args.dtype))
+    defaults = setting_defaults()
     print(f"{args.preset}, {args.dtype}, one layer's decode step\n{HEADER}")
     for impl in impls:
         apply_settings(impl.partition("=")[2])
         for batch in args.batch:
             print_rows(f"{impl.split(':', 1)[1]}, batch {batch}", lambda: step(batch))
-        for name, value in defaults.items():
-            setattr(kernels, name, value)
+        for (module, name), value in defaults.items():
+            setattr(module, name, value)
 
 
 def build_models(impl: str, preset_name: str, dtype, device: str):

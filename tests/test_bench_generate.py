@@ -1,6 +1,6 @@
 """bench/generate_throughput.py on CPU: each (round, implementation) a process of its own whose rows carry its
-greedy tokens; the parent's medians, ratios and token agreement; ``--registers`` (our decode kernels compiled for
-sm_90a); arguments it refuses."""
+greedy tokens; the parent's medians, ratios and token agreement; ``--registers`` (our Mamba-2 and Mamba-1 decode
+kernels compiled for sm_90a); the settings each kernel module owns; arguments it refuses."""
 from __future__ import annotations
 
 import json
@@ -71,14 +71,42 @@ def test_registers_per_launch_setting_and_batch(tmp_path):
         assert row[2] == "4" and 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
 
 
+def test_registers_of_the_mamba1_launches_for_a_mamba1_preset(tmp_path):
+    """A Mamba-1 preset compiles the conv and scan launches, with settings of their module beside Mamba-2's (which a
+    Mamba-1 step does not read), without spills."""
+    pytest.importorskip("triton", reason="compiling the kernels needs the triton package (the test extra has it)")
+    done = run_bench(tmp_path, "--registers", "--preset", "mamba-130m", "--batch", "1", "64",
+                     "--impls", "generate:ours,generate:ours=CONV_CHANNELS:64+SCAN_TILE:2048+OUT_ROWS:8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if ", batch " in line]
+    assert [(r[0], r[1]) for r in rows] == [
+        (f"{impl}, batch {batch}", kernel) for impl in ("ours", "ours=CONV_CHANNELS:64+SCAN_TILE:2048+OUT_ROWS:8")
+        for batch in (1, 64) for kernel in ("_conv_kernel", "_scan_kernel")]
+    for row in rows:
+        assert row[2] == "4" and 0 < int(row[3]) <= 255 and row[4] == "0/0" and int(row[6]) >= 1, row
+
+
+def test_settings_go_to_the_module_that_owns_them():
+    from kotomamba.ops import mamba1_decode_triton, mamba2_decode_triton
+
+    defaults = generate_throughput.setting_defaults()
+    try:
+        generate_throughput.apply_settings("CONV_CHANNELS:8+OUT_STAGES:2+MIX_TILE:64")
+        assert mamba1_decode_triton.CONV_CHANNELS == 8 and mamba2_decode_triton.MIX_TILE == 64
+        assert mamba2_decode_triton.OUT_STAGES == 2
+    finally:
+        for (module, name), value in defaults.items():
+            setattr(module, name, value)
+
+
 def test_refuses_what_it_cannot_measure(tmp_path):
     for args, message in ((["--impls", "generate:vllm"], "unknown generate:vllm"),
                           (["--impls", "generate:ours=OUT_ROWS:4+WARPS:8"], "unknown generate:ours=OUT_ROWS:4+WARPS:8"),
                           (["--impls", "generate:ours=OUT_ROWS:x"], "unknown generate:ours=OUT_ROWS:x"),
                           (["--new-tokens", "1"], "--new-tokens must be >= 2"),
                           (["--registers", "--impls", "generate:mamba_ssm"], "at least one generate:ours"),
-                          (["--registers", "--impls", "generate:ours", "--preset", "mamba-130m"],
-                           "not a Mamba-2 model"),
+                          (["--impls", "generate:ours=CONV_CHANNELS:4+SCAN_WARPS:8"],
+                           "unknown generate:ours=CONV_CHANNELS:4+SCAN_WARPS:8"),
                           (["--device", "cpu"], "only generate:ours"),
                           (["--device", "cpu", "--impls", "generate:ours", "--profile"], "without --profile")):
         done = run_bench(tmp_path, *args)

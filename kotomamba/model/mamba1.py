@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kotomamba.model.dt_init import inverse_softplus_dt
-from kotomamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_update, conv_state_from_inputs
+from kotomamba.ops.causal_conv1d import causal_conv1d, conv_state_from_inputs
 from kotomamba.ops.fused import mamba1_inner
+from kotomamba.ops.mamba1_decode import mamba1_decode_step
 from kotomamba.ops.selective_scan import selective_scan
-from kotomamba.ops.ssm_step import selective_state_update
 
 
 class Mamba1Mixer(nn.Module):
@@ -98,16 +98,13 @@ class Mamba1Mixer(nn.Module):
 
     def step(self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
              position: torch.Tensor) -> torch.Tensor:
-        """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place. ``position`` (the
-        blocks pass it to every mixer) is not read: Mamba-1's conv state shifts (Mamba-2's is circular)."""
+        """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place. Between in_proj and
+        out_proj: :func:`kotomamba.ops.mamba1_decode.mamba1_decode_step` (our two launches on CUDA). ``position``
+        (the blocks pass it to every mixer) is not read: Mamba-1's conv state shifts (Mamba-2's is circular)."""
         conv_state, ssm_state = state
-        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
-        x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(ssm_state, x, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
-                                   dt_softplus=True)
+        y = mamba1_decode_step(self.in_proj(hidden_states), conv_state, ssm_state, self.conv1d.weight.squeeze(1),
+                               self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                               self.A_log, self.D)
         return self.out_proj(y)
 
     def allocate_state(self, batch_size: int, dtype: torch.dtype | None = None):

@@ -1,6 +1,8 @@
 """GPU tier: one Mamba-2 decoding step in our Triton launches (kotomamba/ops/mamba2_decode_triton.py), as the
 mixer dispatches it, against the twin (kotomamba/ops/mamba2_decode.py) and against mamba-ssm's ``Mamba2.step``
-on the same weights, over steps that wrap the circular conv state, batch 1 to 64, float32 and bf16.
+on the same weights, over steps that wrap the circular conv state, batch 1 to 64, float32 and bf16; then one
+Mamba-1 decoding step in our launches (kotomamba/ops/mamba1_decode_triton.py) as ``Mamba1Mixer.step`` dispatches
+it, against its twin (kotomamba/ops/mamba1_decode.py) and against mamba-ssm's ``Mamba.step``.
 
 Run on an H100/H200 machine with the ``gpu`` extra installed: ``pytest -m gpu tests/gpu/test_gpu_decode.py``.
 """
@@ -117,3 +119,68 @@ def test_kernel_step_matches_mamba_ssm(monkeypatch, dtype, batch, ngroups):
     assert relative_error(out, torch.stack(their_out)) < REL_TOL[dtype]
     assert relative_error(ssm_state, their_ssm) < REL_TOL[dtype]
 
+
+def mamba1_mixer(dtype, d_model=320):
+    """Our Mamba-1 mixer at d_state 16; d_model 320: d_inner 640 and dt_rank 20 (not a power of two)."""
+    from kotomamba.model.mamba1 import Mamba1Mixer
+
+    torch.manual_seed(0)
+    model = Mamba1Mixer(d_model, d_state=16, device=DEVICE, dtype=dtype).eval()
+    model.reset_parameters()
+    return model
+
+
+def test_the_mamba1_kernels_are_dispatched_on_cuda(monkeypatch):
+    """Else the Mamba-1 comparisons below would compare the twin with itself: both launches run, once a step."""
+    from kotomamba.ops import mamba1_decode, mamba1_decode_triton
+
+    monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "0")
+    assert dispatch.use_kernels(torch.zeros(1, device=DEVICE), mamba1_decode._KERNEL)
+    calls = []
+    conv, scan = mamba1_decode_triton.conv, mamba1_decode_triton.scan
+    monkeypatch.setattr(mamba1_decode_triton, "conv", lambda *a: calls.append("conv") or conv(*a))
+    monkeypatch.setattr(mamba1_decode_triton, "scan", lambda *a: calls.append("scan") or scan(*a))
+    model = mamba1_mixer(torch.bfloat16)
+    decode(model, torch.randn(STEPS, 2, model.d_model, device=DEVICE).to(torch.bfloat16), "0", monkeypatch)
+    assert calls == ["conv", "scan"] * STEPS
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 17, 64])
+def test_mamba1_kernel_step_matches_the_twin(monkeypatch, dtype, batch):
+    """From random states; judged as test_kernel_step_matches_the_twin (bf16: against the twin in float32 on the same
+    values, within twice the bf16 twin's error plus REL_TOL)."""
+    model = mamba1_mixer(dtype)
+    hidden = torch.randn(STEPS, batch, model.d_model, device=DEVICE).to(dtype)
+    start = tuple(torch.randn_like(s, dtype=torch.float32).to(s.dtype) * 0.5 for s in model.allocate_state(batch))
+    kernel = decode(model, hidden, "0", monkeypatch, start)
+    twin = decode(model, hidden, "1", monkeypatch, start)
+    upcast = mamba1_mixer(torch.float32)
+    upcast.load_state_dict(model.state_dict())
+    oracle = decode(upcast, hidden.float(), "1", monkeypatch, tuple(s.float() for s in start))
+    assert_within_noise(("out", "conv_state", "ssm_state"), (kernel[0], *kernel[1]), (twin[0], *twin[1]),
+                        (oracle[0], *oracle[1]), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_mamba1_kernel_step_matches_mamba_ssm(monkeypatch, dtype, batch):
+    """Same outputs, SSM state and conv state (the same shift layout, holding the same in_proj outputs) as
+    mamba-ssm's ``Mamba.step`` on the same weights, from zero states."""
+    pytest.importorskip("mamba_ssm", reason="needs mamba-ssm built for this GPU")
+    from mamba_ssm.modules.mamba_simple import Mamba
+
+    ours = mamba1_mixer(dtype)
+    theirs = Mamba(ours.d_model, d_state=ours.d_state, layer_idx=0, device=DEVICE, dtype=dtype).eval()
+    theirs.load_state_dict(ours.state_dict())
+    hidden = torch.randn(STEPS, batch, ours.d_model, device=DEVICE).to(dtype)
+    out, (conv_state, ssm_state) = decode(ours, hidden, "0", monkeypatch)
+    their_conv, their_ssm = theirs.allocate_inference_cache(batch, STEPS)
+    their_out = []
+    with torch.no_grad():
+        for h in hidden:
+            their_out.append(theirs.step(h[:, None], their_conv, their_ssm)[0][:, 0])
+    assert conv_state.dtype == their_conv.dtype and ssm_state.dtype == their_ssm.dtype
+    assert torch.equal(conv_state, their_conv)  # the same inputs, stored as they came
+    assert relative_error(out, torch.stack(their_out)) < REL_TOL[dtype]
+    assert relative_error(ssm_state, their_ssm) < REL_TOL[dtype]
