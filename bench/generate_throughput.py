@@ -16,7 +16,8 @@ leading greedy tokens the two children agree on (bf16 results may part after man
 prints each child's kernels for one whole call at the first batch size.
 
 With ``--registers`` it times nothing: per ``generate:ours`` setting and batch size it compiles our decode step's
-launches for the preset's layer (Mamba-2: mix, out; Mamba-1: conv, scan; at the preset's shapes, ``--dtype``) for sm_90a on the host (no GPU needed) and prints what ptxas gives each (bench/ptxas_report.py).
+launches for the preset's layer (Mamba-2: mix, out; Mamba-1: conv, scan; at the preset's shapes, ``--dtype``) for
+sm_90a on the host (no GPU needed) and prints what ptxas gives each (bench/ptxas_report.py).
 
     python bench/generate_throughput.py --preset mamba2-1.3b --batch 1 64 --json out.json
     python bench/generate_throughput.py --registers --batch 1 16 64 --impls generate:ours,generate:ours=OUT_ROWS:4
@@ -38,7 +39,7 @@ IMPLS = ("generate:mamba_ssm", "generate:ours")
 SETTINGS = {
     "kotomamba.ops.mamba2_decode_triton":
         "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS|OUT_WARPS|OUT_STAGES):[0-9]+",
-    "kotomamba.ops.mamba1_decode_triton": "(CONV_CHANNELS|CONV_TILE|SCAN_TILE|SCAN_PROGRAMS):[0-9]+",
+    "kotomamba.ops.mamba1_decode_triton": "(CONV_CHANNELS|CONV_TILE|SCAN_TILE|SCAN_PROGRAMS|MAX_BATCH):[0-9]+",
 }
 SETTING = "|".join(SETTINGS.values())
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from interpreted_kernels import assert_relative, run_interpreted
 
-from kotomamba.ops.causal_conv1d import causal_conv1d_update_ref
-from kotomamba.ops.mamba1_decode import mamba1_decode_step_ref
-from kotomamba.ops.ssm_step import selective_state_update_ref
+from kotomamba.ops.mamba1_decode import mamba1_decode_step_composed, mamba1_decode_step_ref
 
 pytest.importorskip("triton", reason="the kernels' CPU check needs the triton package (the test extra has it)")
 
@@ -106,23 +103,14 @@ def test_kernels_match_the_twin_over_steps(kernel_results, name):
     assert_relative(got, expected, TOLERANCE[c["xz"].dtype])
 
 
-def former_step(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                A_log, D):
-    """``Mamba1Mixer.step`` between in_proj and out_proj before the fused step (its reference path)."""
-    dt_rank, dstate = dt_proj_weight.shape[1], A_log.shape[1]
-    x, z = xz.chunk(2, dim=-1)
-    x = causal_conv1d_update_ref(x, conv_state, conv_weight, conv_bias, "silu")
-    dt, B, C = torch.split(F.linear(x, x_proj_weight), [dt_rank, dstate, dstate], dim=-1)
-    return selective_state_update_ref(ssm_state, x, F.linear(dt, dt_proj_weight), -torch.exp(A_log.float()), B, C, D,
-                                      z=z, dt_bias=dt_proj_bias, dt_softplus=True)
-
-
 @pytest.mark.parametrize("name", ["batch-3-no-conv-bias", "strided", "dstate-64"])
-def test_the_twin_is_the_former_step_in_float32(name):
+def test_the_twin_is_the_upstream_composition_in_float32(name):
+    """The twin against mamba1_decode_step_composed (what runs above MAX_BATCH rows; on the CPU through the
+    reference ops), both in float32."""
     c = case(**CASES[name])
     ours = twin(c)
     conv_state, ssm_state = c["conv_state"].clone(), c["ssm_state"].clone()
-    ys = [former_step(xz, conv_state, ssm_state, *c["weights"]) for xz in c["xz"]]
+    ys = [mamba1_decode_step_composed(xz, conv_state, ssm_state, *c["weights"]) for xz in c["xz"]]
     torch.testing.assert_close(ours["y"], torch.stack(ys), rtol=1e-6, atol=1e-6)
     assert torch.equal(ours["conv_state"], conv_state)
     torch.testing.assert_close(ours["ssm_state"], ssm_state, rtol=1e-6, atol=1e-6)
@@ -179,6 +167,7 @@ for name, case in torch.load(sys.argv[1]).items():
     model = MambaLM(preset("tiny", ssm_cfg={"layer": "Mamba1", "dt_rank": 6})).eval()
     ids, prompt = case["ids"], case["prompt"]
     cache = model.allocate_inference_cache(ids.shape[0], ids.shape[1])
+    kernels.MAX_BATCH = case["max_batch"]
     launches.clear()
     with torch.no_grad():
         logits = [model.prefill(ids[:, :prompt], cache)]
@@ -190,11 +179,15 @@ torch.save(results, sys.argv[2])
 
 
 def test_prefill_and_kernel_steps_equal_the_full_forward(tmp_path):
-    """A tiny Mamba-1 model decoding with the kernels as the dispatch picks them (two launches per layer and step;
-    its full forward runs the twin path), after prompts shorter and longer than the conv width."""
+    """A tiny Mamba-1 model decoding with the kernels as the dispatch picks them (its full forward runs the twin
+    path), after prompts shorter and longer than the conv width: two launches per layer and step up to MAX_BATCH
+    rows, none above it (the upstream composition)."""
     ids = torch.randint(0, 512, (3, 8), generator=torch.Generator().manual_seed(1))
-    cases = {"short-prompt": {"ids": ids, "prompt": 2}, "long-prompt": {"ids": ids, "prompt": 5}}
+    cases = {"short-prompt": {"ids": ids, "prompt": 2, "max_batch": 3},
+             "long-prompt": {"ids": ids, "prompt": 5, "max_batch": 3},
+             "above-max-batch": {"ids": ids, "prompt": 2, "max_batch": 2}}
     for name, got in run_interpreted(RUN_MODEL, cases, tmp_path).items():
         steps = ids.shape[1] - cases[name]["prompt"]
-        assert got["launches"] == ["conv", "scan"] * 2 * steps, name  # tiny: two layers
+        expected = ["conv", "scan"] * 2 * steps if cases[name]["max_batch"] >= ids.shape[0] else []
+        assert got["launches"] == expected, name  # tiny: two layers
         torch.testing.assert_close(got["steps"], got["full"], atol=1e-4, rtol=1e-4, msg=name)

@@ -3,8 +3,9 @@
 the gate.
 
 Kernels: ours (:mod:`kotomamba.ops.mamba1_decode_triton`): two launches where the composition of causal-conv1d's
-update, x_proj's and dt_proj's GEMVs, A's exponential and mamba-ssm's ``selective_state_update`` makes about seven.
-Reference: the composition of this package's reference ops, in float32.
+update, x_proj's and dt_proj's GEMVs, A's exponential and mamba-ssm's ``selective_state_update`` makes about seven,
+up to that module's ``MAX_BATCH`` rows; above it that composition (:func:`mamba1_decode_step_composed`, what was
+measured faster there). Reference: the composition of this package's reference ops, in float32.
 
 The convolution state is Mamba-1's shift state, as causal-conv1d's ``causal_conv1d_update`` keeps it (and a
 prefill leaves it, :func:`kotomamba.ops.causal_conv1d.conv_state_from_inputs`): ``conv_state`` [b, d_inner, W]
@@ -15,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kotomamba.ops.causal_conv1d import causal_conv1d_update_ref
+from kotomamba.ops.causal_conv1d import causal_conv1d_update, causal_conv1d_update_ref
 from kotomamba.ops.dispatch import kernel_module, use_kernels
-from kotomamba.ops.ssm_step import selective_state_update_ref
+from kotomamba.ops.ssm_step import selective_state_update, selective_state_update_ref
 
 _KERNEL = "kotomamba.ops.mamba1_decode_triton"
 
@@ -51,6 +52,29 @@ def mamba1_decode_step_ref(
     return y.to(xz.dtype)
 
 
+def mamba1_decode_step_composed(
+    xz: torch.Tensor,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    dt_proj_bias: torch.Tensor,
+    A_log: torch.Tensor,
+    D: torch.Tensor,
+) -> torch.Tensor:
+    """Arguments and result as :func:`mamba1_decode_step_ref`, as mamba-ssm's ``Mamba.step`` composes it: the
+    dispatched convolution update and state update (causal-conv1d's and mamba-ssm's kernels on CUDA), x_proj and
+    dt_proj as linears, each result in xz's dtype."""
+    dt_rank, dstate = dt_proj_weight.shape[1], A_log.shape[1]
+    x, z = xz.chunk(2, dim=-1)
+    x = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, "silu")
+    dt, B, C = torch.split(F.linear(x, x_proj_weight), [dt_rank, dstate, dstate], dim=-1)
+    return selective_state_update(ssm_state, x, F.linear(dt, dt_proj_weight), -torch.exp(A_log.float()), B, C, D,
+                                  z=z, dt_bias=dt_proj_bias, dt_softplus=True)
+
+
 def mamba1_decode_step(
     xz: torch.Tensor,
     conv_state: torch.Tensor,
@@ -63,8 +87,12 @@ def mamba1_decode_step(
     A_log: torch.Tensor,
     D: torch.Tensor,
 ) -> torch.Tensor:
-    """Dispatching twin of :func:`mamba1_decode_step_ref` (same arguments and result)."""
+    """Dispatching twin of :func:`mamba1_decode_step_ref` (same arguments and result): our launches up to
+    ``mamba1_decode_triton.MAX_BATCH`` rows, :func:`mamba1_decode_step_composed` above it."""
     args = (xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
     if not use_kernels(xz, _KERNEL):
         return mamba1_decode_step_ref(*args)
-    return kernel_module(_KERNEL).mamba1_decode_step_triton(*args)
+    kernels = kernel_module(_KERNEL)
+    if xz.shape[0] > kernels.MAX_BATCH:
+        return mamba1_decode_step_composed(*args)
+    return kernels.mamba1_decode_step_triton(*args)

@@ -19,15 +19,20 @@ import triton
 import triton.language as tl
 
 # Powers of two. CONV_CHANNELS: channels per conv program. Fewer make more programs (batch 1 has d_inner /
-# CONV_CHANNELS of them: about one per SM of an H200 at d_inner 4096), each reading less of x_proj's weight, but more
-# partial products, which every scan program adds up. CONV_TILE: elements of the conv program's float32 product
+# CONV_CHANNELS of them), each reading less of x_proj's weight, but more partial products, which every scan program
+# adds up. CONV_TILE: elements of the conv program's float32 product
 # tile, x_proj's rows (padded) by a slice of its channels; a tile as wide as the program's channels makes one loop
 # trip, a larger one costs registers. SCAN_TILE: elements of the scan program's tiles, a slice of its channels by
 # dt_rank (padded) and conv blocks by dt_rank when adding up the partials; larger: fewer trips, more registers.
 # SCAN_PROGRAMS: how many scan programs a launch aims for: a row's channels are split into about SCAN_PROGRAMS / batch
 # blocks (at least one, at most one per channel slice), enough programs at batch 1 without adding up the partials
 # once per small block at a large batch. bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
-CONV_CHANNELS = 32
+# MAX_BATCH: the most rows a step runs these launches for (kotomamba.ops.mamba1_decode dispatches the upstream
+# kernels' composition above it): every conv program reads x_proj's weight for its own row and every scan program
+# adds up its row's partials, which grows with the batch where the upstream GEMVs do not (bench/RESULTS.md,
+# 2026-12-02 session 12: faster at batch 1, slower at 64, the sizes between not yet timed).
+MAX_BATCH = 1
+CONV_CHANNELS = 64
 CONV_TILE = 8192
 SCAN_TILE = 4096
 SCAN_PROGRAMS = 256

@@ -28,15 +28,16 @@ from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
 # the out kernel's product tile (batch rows x W's rows x inputs) when it does not use tl.dot. Then W's rows per
 # out program below 16 batch rows and with tl.dot (fewer: more programs, each rereading its inputs), and the out
 # program's warps below 16 batch rows (more: a larger product tile per trip over W without spilling), and how many
-# trips over W the out program keeps in flight (above 1, Triton's pipeliner loads the next tiles into shared memory
-# while this one is summed: one program then has more of W's bytes in flight, which a GEMV at batch 1 needs).
+# trips over W the out program keeps in flight below 16 batch rows (above 1, Triton's pipeliner loads the next tiles
+# into shared memory while this one is summed: one program then has more of W's bytes in flight, which a GEMV at
+# batch 1 needs to approach the bandwidth).
 # bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
 OUT_TILE = 4096
 OUT_ROWS = 8
 DOT_ROWS = 32
 OUT_WARPS = 4
-OUT_STAGES = 1
+OUT_STAGES = 3
 
 
 @triton.jit
@@ -228,7 +229,8 @@ def out(g, sumsq, norm_weight, norm_eps, out_proj_weight, out_proj_bias, ngroups
         g.stride(0), sumsq.stride(0), out_proj_weight.stride(0), out_proj_weight.stride(1), result.stride(0),
         HAS_BIAS=out_proj_bias is not None, USE_DOT=use_dot, IEEE=out_proj_weight.dtype == torch.float32,
         BLOCK_B=block_b, BLOCK_J=block_j, BLOCK_K=block_k,
-        BLOCK_PARTS=triton.next_power_of_2(parts_per_group), num_warps=4 if use_dot else OUT_WARPS, STAGES=OUT_STAGES,
+        BLOCK_PARTS=triton.next_power_of_2(parts_per_group), num_warps=4 if use_dot else OUT_WARPS,
+        STAGES=1 if use_dot else OUT_STAGES,
     )
     return result
 

@@ -120,10 +120,13 @@ def test_kernel_step_matches_mamba_ssm(monkeypatch, dtype, batch, ngroups):
     assert relative_error(ssm_state, their_ssm) < REL_TOL[dtype]
 
 
-def mamba1_mixer(dtype, d_model=320):
-    """Our Mamba-1 mixer at d_state 16; d_model 320: d_inner 640 and dt_rank 20 (not a power of two)."""
+def mamba1_mixer(dtype, monkeypatch, d_model=320):
+    """Our Mamba-1 mixer at d_state 16; d_model 320: d_inner 640 and dt_rank 20 (not a power of two). Its step runs
+    our launches at every batch size here (MAX_BATCH raised), so that they are checked beyond where they dispatch."""
     from kotomamba.model.mamba1 import Mamba1Mixer
+    from kotomamba.ops import mamba1_decode_triton
 
+    monkeypatch.setattr(mamba1_decode_triton, "MAX_BATCH", 64)
     torch.manual_seed(0)
     model = Mamba1Mixer(d_model, d_state=16, device=DEVICE, dtype=dtype).eval()
     model.reset_parameters()
@@ -140,7 +143,7 @@ def test_the_mamba1_kernels_are_dispatched_on_cuda(monkeypatch):
     conv, scan = mamba1_decode_triton.conv, mamba1_decode_triton.scan
     monkeypatch.setattr(mamba1_decode_triton, "conv", lambda *a: calls.append("conv") or conv(*a))
     monkeypatch.setattr(mamba1_decode_triton, "scan", lambda *a: calls.append("scan") or scan(*a))
-    model = mamba1_mixer(torch.bfloat16)
+    model = mamba1_mixer(torch.bfloat16, monkeypatch)
     decode(model, torch.randn(STEPS, 2, model.d_model, device=DEVICE).to(torch.bfloat16), "0", monkeypatch)
     assert calls == ["conv", "scan"] * STEPS
 
@@ -150,12 +153,12 @@ def test_the_mamba1_kernels_are_dispatched_on_cuda(monkeypatch):
 def test_mamba1_kernel_step_matches_the_twin(monkeypatch, dtype, batch):
     """From random states; judged as test_kernel_step_matches_the_twin (bf16: against the twin in float32 on the same
     values, within twice the bf16 twin's error plus REL_TOL)."""
-    model = mamba1_mixer(dtype)
+    model = mamba1_mixer(dtype, monkeypatch)
     hidden = torch.randn(STEPS, batch, model.d_model, device=DEVICE).to(dtype)
     start = tuple(torch.randn_like(s, dtype=torch.float32).to(s.dtype) * 0.5 for s in model.allocate_state(batch))
     kernel = decode(model, hidden, "0", monkeypatch, start)
     twin = decode(model, hidden, "1", monkeypatch, start)
-    upcast = mamba1_mixer(torch.float32)
+    upcast = mamba1_mixer(torch.float32, monkeypatch)
     upcast.load_state_dict(model.state_dict())
     oracle = decode(upcast, hidden.float(), "1", monkeypatch, tuple(s.float() for s in start))
     assert_within_noise(("out", "conv_state", "ssm_state"), (kernel[0], *kernel[1]), (twin[0], *twin[1]),
@@ -170,7 +173,7 @@ def test_mamba1_kernel_step_matches_mamba_ssm(monkeypatch, dtype, batch):
     pytest.importorskip("mamba_ssm", reason="needs mamba-ssm built for this GPU")
     from mamba_ssm.modules.mamba_simple import Mamba
 
-    ours = mamba1_mixer(dtype)
+    ours = mamba1_mixer(dtype, monkeypatch)
     theirs = Mamba(ours.d_model, d_state=ours.d_state, layer_idx=0, device=DEVICE, dtype=dtype).eval()
     theirs.load_state_dict(ours.state_dict())
     hidden = torch.randn(STEPS, batch, ours.d_model, device=DEVICE).to(dtype)
