@@ -32,7 +32,7 @@ import re
 import sys
 import time
 
-from isolated import median_range, profile_table, run_children
+from isolated import TIME_LIMIT_HELP, median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
 # Settings of our decode kernels a generate:ours child may carry, per module that owns them.
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true", help="also print each child's kernels for one call")
     parser.add_argument("--registers", action="store_true",
                         help="time nothing: ptxas's registers per launch of our decode kernels (sm_90a, on the host)")
+    parser.add_argument("--time-limit", type=float, default=None, help=TIME_LIMIT_HELP)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the rows and the summary here")
     return parser
@@ -285,7 +286,7 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
-    rows = run_children(sys.argv[0], sys.argv[1:], impls, args.rounds)
+    rows = run_children(sys.argv[0], sys.argv[1:], impls, args.rounds, args.time_limit)
     summary = summarize(rows, impls, args.bandwidth)
     print(f"\n{args.preset}, {args.dtype}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
           f"{args.rounds} rounds, one process each ({rows[0]['card'] if rows else 'no rows'})")

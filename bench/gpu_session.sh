@@ -8,7 +8,8 @@
 # run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
 # TRAINER_ARGS go to trainer (bench/trainer_throughput.py: `kotomamba train` itself, one process per config variant;
 # default: the default config against parallel.cuda_graph=false and the same without document resets).
-# STEP_TIMEOUT (seconds, default 500) bounds each step; TEST_JOBS (default 16) is how many test processes run
+# STEP_TIMEOUT (seconds, default 500) bounds each step (the ssd and op steps' benchmarks get --time-limit 20 s
+# less, so that a cut-short run still prints its table of what ran); TEST_JOBS (default 16) is how many test processes run
 # at once; TESTS_K (a pytest -k expression) picks some of the tests. Two invocations can share a machine
 # of several GPUs (CUDA_VISIBLE_DEVICES, different OUT_DIRs).
 # Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
@@ -19,6 +20,8 @@ mkdir -p "$out"
 source bench/gpu_env.sh
 python3 -c "import torch, triton, mamba_ssm, causal_conv1d; print('torch', torch.__version__, 'triton', triton.__version__, 'mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__)" | tee -a "$out/card.txt"
 status=0
+# The op benchmarks' children share the step's time less a margin in which their parent still prints its table.
+child_limit() { echo $(( ${STEP_TIMEOUT:-500} - 20 )); }
 while [ $# -gt 0 ]; do
   case "$1" in
     tests)
@@ -69,14 +72,16 @@ while [ $# -gt 0 ]; do
       # The Mamba-2 SSD scan alone, ours against mamba-ssm's, one process per implementation (bench/ssd_throughput.py);
       # SSD_ARGS go to it (e.g. "--shapes 130m --impls ssd:mamba_ssm,ssd:ours=32.64.4-s64.64.32.8").
       shift
-      timeout "${STEP_TIMEOUT:-500}" python3 bench/ssd_throughput.py ${SSD_ARGS:-} --json "$out/ssd.json" 2>&1 \
+      timeout "${STEP_TIMEOUT:-500}" python3 bench/ssd_throughput.py --time-limit "$(child_limit)" ${SSD_ARGS:-} \
+        --json "$out/ssd.json" 2>&1 \
         | tee "$out/ssd.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
     op)
       # One op alone, ours against the kernels it would replace, one process per implementation:
       # bench/NAME_throughput.py (conv: document-resetting convolution and mixer; norm: the RMSNorms); OP_ARGS go to it.
       name=$2; shift 2
-      timeout "${STEP_TIMEOUT:-500}" python3 "bench/${name}_throughput.py" ${OP_ARGS:-} --json "$out/$name.json" 2>&1 \
+      timeout "${STEP_TIMEOUT:-500}" python3 "bench/${name}_throughput.py" --time-limit "$(child_limit)" ${OP_ARGS:-} \
+        --json "$out/$name.json" 2>&1 \
         | tee "$out/$name.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
     loss)

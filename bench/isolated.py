@@ -8,24 +8,46 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 
 
-def run_children(script: str, argv: list[str], impls: list[str], rounds: int) -> list[dict]:
+def run_children(script: str, argv: list[str], impls: list[str], rounds: int,
+                 time_limit_s: float | None = None) -> list[dict]:
     """``python script *argv --child IMPL`` once per round and implementation, the order reversed every
     other round so that drift over the run lands on every implementation alike. Prints what the
     children print and returns their JSON lines, each with its ``round``; a child that fails is
-    reported on stdout and contributes what it printed before failing."""
+    reported on stdout and contributes what it printed before failing. With ``time_limit_s`` (seconds
+    for all the children) a child is not started when the longest one so far would not fit in what is
+    left, and a running one is stopped at the limit (keeping what it printed): the caller can still
+    summarise what ran before a step's timeout kills it."""
     rows = []
+    start, longest = time.monotonic(), 0.0
     for round_ in range(rounds):
         for impl in impls if round_ % 2 == 0 else impls[::-1]:
-            done = subprocess.run([sys.executable, script, *argv, "--child", impl], capture_output=True, text=True)
-            if done.returncode:
-                print(f"{impl} round {round_}: exit {done.returncode}\n{done.stderr[-2000:]}", flush=True)
-            for line in done.stdout.splitlines():
+            began = time.monotonic()
+            left = None if time_limit_s is None else time_limit_s - (began - start)
+            if left is not None and left < longest:
+                print(f"{impl} round {round_}: not started (--time-limit {time_limit_s:g} s)", flush=True)
+                continue
+            try:
+                done = subprocess.run([sys.executable, script, *argv, "--child", impl], capture_output=True,
+                                      text=True, timeout=left)
+                code, stdout, stderr = done.returncode, done.stdout, done.stderr
+            except subprocess.TimeoutExpired as stopped:  # its output so far comes as bytes, or None
+                code = f"stopped at --time-limit {time_limit_s:g} s"
+                stdout, stderr = ((out or b"").decode() for out in (stopped.stdout, stopped.stderr))
+            longest = max(longest, time.monotonic() - began)
+            if code:
+                print(f"{impl} round {round_}: exit {code}\n{stderr[-2000:]}", flush=True)
+            for line in stdout.splitlines():
                 if line.startswith("{"):
                     rows.append({**json.loads(line), "round": round_})
                 print(line, flush=True)
     return rows
+
+
+TIME_LIMIT_HELP = ("seconds for all the children: one that would not fit is not started, a running one is stopped "
+                   "at the limit, and the table summarises what ran")
 
 
 def _profiled(run, repeats: int):
@@ -79,6 +101,7 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
     parser.add_argument("--profile", action="store_true",
                         help="also print each implementation's kernels for one call, at the first case")
+    parser.add_argument("--time-limit", type=float, default=None, help=TIME_LIMIT_HELP)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)
     if add_arguments:
@@ -96,7 +119,7 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
                               "floor_ms": floor_bytes / args.bandwidth * 1e3}), flush=True)
         return
     chosen = args.impls.split(",")
-    rows = run_children(sys.argv[0], sys.argv[1:], chosen, args.rounds)
+    rows = run_children(sys.argv[0], sys.argv[1:], chosen, args.rounds, args.time_limit)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

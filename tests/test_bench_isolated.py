@@ -44,6 +44,29 @@ def test_each_round_and_implementation_runs_in_its_own_process(tmp_path, capsys)
     assert isolated.median_range([], "value") is None
 
 
+SLOW_CHILD = """
+import json, sys, time
+impl = sys.argv[sys.argv.index("--child") + 1]
+print(json.dumps({"impl": impl}), flush=True)
+time.sleep({"quick": 0.0, "slow": 30.0}[impl])
+print(json.dumps({"impl": impl, "after": "the sleep"}), flush=True)
+"""
+
+
+def test_a_time_limit_skips_what_would_not_fit_and_stops_what_runs_past_it(tmp_path, capsys):
+    """A slow child is stopped at the limit with its first row kept; the quick child after it in the reversed
+    round is not started, the limit being spent. Without a limit, both would run every round."""
+    isolated = load_isolated()
+    script = tmp_path / "child.py"
+    script.write_text(SLOW_CHILD)
+    rows = isolated.run_children(str(script), [], ["quick", "slow"], rounds=2, time_limit_s=8)
+    assert [(r["round"], r["impl"], "after" in r) for r in rows] == [(0, "quick", False), (0, "quick", True),
+                                                                    (0, "slow", False)]
+    printed = capsys.readouterr().out
+    assert "slow round 0: exit stopped at --time-limit 8 s" in printed
+    assert "slow round 1: not started" in printed and "quick round 1: not started" in printed
+
+
 OP_SCRIPT = """
 import json, sys
 sys.path.insert(0, {bench!r})
