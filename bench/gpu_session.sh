@@ -9,8 +9,8 @@
 # TRAINER_ARGS go to trainer (bench/trainer_throughput.py: `kotomamba train` itself, one process per config variant;
 # default: the default config against parallel.cuda_graph=false and the same without document resets).
 # STEP_TIMEOUT (seconds, default 500) bounds each step (the ssd and op steps' benchmarks get --time-limit 20 s
-# less, so that a cut-short run still prints its table of what ran); TEST_JOBS (default 16) is how many test processes run
-# at once; TESTS_K (a pytest -k expression) picks some of the tests. Two invocations can share a machine
+# less, so that a cut-short run still prints its table of what ran); TEST_JOBS (default 16) is how many test
+# processes run at once; TESTS_K (a pytest -k expression) picks some of the tests. Two invocations can share a machine
 # of several GPUs (CUDA_VISIBLE_DEVICES, different OUT_DIRs).
 # Wheels for mamba-ssm / causal-conv1d (and pytest, if missing) are taken from .gpu/ and .whl/ when present;
 # elsewhere install them with pip (`pip install -e '.[gpu]' --no-build-isolation`).
