@@ -99,8 +99,9 @@ class Mamba1Mixer(nn.Module):
     def step(self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
              position: torch.Tensor) -> torch.Tensor:
         """One token: hidden_states [b, d_model] -> [b, d_model]; ``state`` updated in place. Between in_proj and
-        out_proj: :func:`kotomamba.ops.mamba1_decode.mamba1_decode_step` (our two launches on CUDA). ``position``
-        (the blocks pass it to every mixer) is not read: Mamba-1's conv state shifts (Mamba-2's is circular)."""
+        out_proj: :func:`kotomamba.ops.mamba1_decode.mamba1_decode_step` (on CUDA our two launches at small batch
+        sizes, the upstream kernels above). ``position`` (the blocks pass it to every mixer) is not read: Mamba-1's
+        conv state shifts (Mamba-2's is circular)."""
         conv_state, ssm_state = state
         y = mamba1_decode_step(self.in_proj(hidden_states), conv_state, ssm_state, self.conv1d.weight.squeeze(1),
                                self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
