@@ -38,7 +38,7 @@ IMPLS = ("generate:mamba_ssm", "generate:ours")
 # Settings of our decode kernels a generate:ours child may carry, per module that owns them.
 SETTINGS = {
     "kotomamba.ops.mamba2_decode_triton":
-        "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS|OUT_WARPS|OUT_STAGES):[0-9]+",
+        "(MIX_TILE|OUT_TILE|OUT_ROWS|DOT_ROWS|OUT_WARPS|OUT_STAGES|DOT_STAGES):[0-9]+",
     "kotomamba.ops.mamba1_decode_triton": "(CONV_CHANNELS|CONV_TILE|SCAN_TILE|SCAN_PROGRAMS|MAX_BATCH):[0-9]+",
 }
 SETTING = "|".join(SETTINGS.values())

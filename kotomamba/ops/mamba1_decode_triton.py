@@ -30,8 +30,8 @@ import triton.language as tl
 # MAX_BATCH: the most rows a step runs these launches for (kotomamba.ops.mamba1_decode dispatches the upstream
 # kernels' composition above it): every conv program reads x_proj's weight for its own row and every scan program
 # adds up its row's partials, which grows with the batch where the upstream GEMVs do not (bench/RESULTS.md,
-# 2026-12-02 session 12: faster at batch 1, slower at 64, the sizes between not yet timed).
-MAX_BATCH = 1
+# 2026-12-02 sessions 12 and 13: faster up to batch 4, slower from 8).
+MAX_BATCH = 4
 CONV_CHANNELS = 64
 CONV_TILE = 8192
 SCAN_TILE = 4096

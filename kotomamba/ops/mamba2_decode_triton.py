@@ -30,7 +30,9 @@ from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
 # program's warps below 16 batch rows (more: a larger product tile per trip over W without spilling), and how many
 # trips over W the out program keeps in flight below 16 batch rows (above 1, Triton's pipeliner loads the next tiles
 # into shared memory while this one is summed: one program then has more of W's bytes in flight, which a GEMV at
-# batch 1 needs to approach the bandwidth).
+# batch 1 needs to approach the bandwidth). With tl.dot (16 rows and more) the loop keeps DOT_STAGES trips in flight:
+# Triton's own default for a launch, which a plain `range` loop over tl.dot got before the loop became a tl.range
+# (at 1 stage the batch-64 step ran at 0.66x mamba-ssm's instead of 1.06x: bench/RESULTS.md, session 13).
 # bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
 OUT_TILE = 4096
@@ -38,6 +40,7 @@ OUT_ROWS = 8
 DOT_ROWS = 32
 OUT_WARPS = 4
 OUT_STAGES = 3
+DOT_STAGES = 3
 
 
 @triton.jit
@@ -230,7 +233,7 @@ def out(g, sumsq, norm_weight, norm_eps, out_proj_weight, out_proj_bias, ngroups
         HAS_BIAS=out_proj_bias is not None, USE_DOT=use_dot, IEEE=out_proj_weight.dtype == torch.float32,
         BLOCK_B=block_b, BLOCK_J=block_j, BLOCK_K=block_k,
         BLOCK_PARTS=triton.next_power_of_2(parts_per_group), num_warps=4 if use_dot else OUT_WARPS,
-        STAGES=1 if use_dot else OUT_STAGES,
+        STAGES=DOT_STAGES if use_dot else OUT_STAGES,
     )
     return result
 
