@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kotomamba.ops.strides import unit_stride_last
+
 # Powers of two. CONV_CHANNELS: channels per conv program. Fewer make more programs (batch 1 has d_inner /
 # CONV_CHANNELS of them), each reading less of x_proj's weight, but more partial products, which every scan program
 # adds up. CONV_TILE: elements of the conv program's float32 product
@@ -31,7 +33,11 @@ import triton.language as tl
 # kernels' composition above it): every conv program reads x_proj's weight for its own row and every scan program
 # adds up its row's partials, which grows with the batch where the upstream GEMVs do not (bench/RESULTS.md,
 # 2026-12-02 sessions 12 and 13: faster up to batch 4, slower from 8).
+# SUM_PARTIALS: 1 adds the partials up once per row in a launch of their own (torch's sum over the conv blocks) so
+# that each scan program reads one sum instead of every block's partial: many programs reading the same few
+# kilobytes of L2 at once may wait on one another more than the extra launch costs (timed: bench/RESULTS.md).
 MAX_BATCH = 4
+SUM_PARTIALS = 0
 CONV_CHANNELS = 64
 CONV_TILE = 8192
 SCAN_TILE = 4096
@@ -131,15 +137,11 @@ def _scan_kernel(
         tl.store(y_ptr + b * stride_y + c, (y * z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=c_ok)
 
 
-def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def conv(xz, conv_state, conv_weight, conv_bias, x_proj_weight):
     """The "conv" launch: xz [b, 2*d_inner] (x read), conv_state [b, d_inner, W] updated in place, conv_weight
     [d_inner, W], conv_bias [d_inner] or None, x_proj_weight [dt_rank + 2n, d_inner]. Returns x [b, d_inner] and the
     partial x_proj products [b, blocks, dt_rank + 2n], both float32."""
-    xz, conv_weight, x_proj_weight = (_last_contiguous(t) for t in (xz, conv_weight, x_proj_weight))
+    xz, conv_weight, x_proj_weight = (unit_stride_last(t) for t in (xz, conv_weight, x_proj_weight))
     batch = xz.shape[0]
     d_inner, width = conv_weight.shape
     proj_rows = x_proj_weight.shape[0]
@@ -164,7 +166,7 @@ def scan(xz, x, partial, ssm_state, dt_proj_weight, dt_proj_bias, A_log, D):
     """The "scan" launch: xz [b, 2*d_inner] (z read), x and the partial products from :func:`conv`, ssm_state
     [b, d_inner, n] updated in place, dt_proj_weight [d_inner, dt_rank], dt_proj_bias and D [d_inner], A_log
     [d_inner, n]. Returns y [b, d_inner] in xz's dtype."""
-    xz, dt_proj_weight, A_log = (_last_contiguous(t) for t in (xz, dt_proj_weight, A_log))
+    xz, dt_proj_weight, A_log = (unit_stride_last(t) for t in (xz, dt_proj_weight, A_log))
     batch, d_inner = x.shape
     dt_rank, dstate, parts = dt_proj_weight.shape[1], A_log.shape[1], partial.shape[1]
     block_dt, block_n = triton.next_power_of_2(dt_rank), triton.next_power_of_2(dstate)
@@ -185,6 +187,10 @@ def scan(xz, x, partial, ssm_state, dt_proj_weight, dt_proj_bias, A_log, D):
 
 def mamba1_decode_step_triton(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                               dt_proj_bias, A_log, D):
-    """Arguments and result as :func:`kotomamba.ops.mamba1_decode.mamba1_decode_step_ref` (two launches)."""
+    """Arguments and result as :func:`kotomamba.ops.mamba1_decode.mamba1_decode_step_ref` (two launches; three with
+    SUM_PARTIALS)."""
+    xz = unit_stride_last(xz)  # once for both launches
     x, partial = conv(xz, conv_state, conv_weight, conv_bias, x_proj_weight)
+    if SUM_PARTIALS:
+        partial = partial.sum(dim=1, keepdim=True)
     return scan(xz, x, partial, ssm_state, dt_proj_weight, dt_proj_bias, A_log, D)

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
+from kotomamba.ops.strides import unit_stride_last
 
 # Elements of the float32 tiles each program holds: the mix kernel's state tile (head channels x d_state) and
 # the out kernel's product tile (batch rows x W's rows x inputs) when it does not use tl.dot. Then W's rows per
@@ -30,17 +31,17 @@ from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
 # program's warps below 16 batch rows (more: a larger product tile per trip over W without spilling), and how many
 # trips over W the out program keeps in flight below 16 batch rows (above 1, Triton's pipeliner loads the next tiles
 # into shared memory while this one is summed: one program then has more of W's bytes in flight, which a GEMV at
-# batch 1 needs to approach the bandwidth). With tl.dot (16 rows and more) the loop keeps DOT_STAGES trips in flight:
-# Triton's own default for a launch, which a plain `range` loop over tl.dot got before the loop became a tl.range
-# (at 1 stage the batch-64 step ran at 0.66x mamba-ssm's instead of 1.06x: bench/RESULTS.md, session 13).
+# batch 1 needs to approach the bandwidth). DOT_STAGES is the same for the tl.dot path (16 batch rows and more): one
+# stage there starves the loads (the batch-64 step at 0.66x mamba-ssm's), and 4 with 16 W rows per program ran
+# fastest of those timed at batch 16 and 64 (bench/RESULTS.md, 2026-12-02 session 13).
 # bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
 OUT_TILE = 4096
 OUT_ROWS = 8
-DOT_ROWS = 32
+DOT_ROWS = 16
 OUT_WARPS = 4
 OUT_STAGES = 3
-DOT_STAGES = 3
+DOT_STAGES = 4
 
 
 @triton.jit
@@ -189,10 +190,7 @@ def mix(zxbcdt, conv_state, ssm_state, position, conv_weight, conv_bias, dt_bias
     """The "mix" launch. Arguments as :func:`kotomamba.ops.mamba2_decode.mamba2_decode_mix_ref`; returns
     g = y * silu(z) [b, d_inner] float32 and the partial sums of g^2, [b, nheads * blocks per head] float32
     (a head's blocks together, heads in order: a norm group's partial sums are contiguous)."""
-    if zxbcdt.stride(-1) != 1:
-        zxbcdt = zxbcdt.contiguous()
-    if conv_weight.stride(-1) != 1:
-        conv_weight = conv_weight.contiguous()
+    zxbcdt, conv_weight = unit_stride_last(zxbcdt), unit_stride_last(conv_weight)
     batch = zxbcdt.shape[0]
     nheads, _, dstate = ssm_state.shape[1:]
     d_inner = nheads * headdim

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from kotomamba.ops.norm import residual_dtype
+from kotomamba.ops.strides import unit_stride_last
 
 # Backward programs per multiprocessor on CUDA; bench/norm_throughput.py times others.
 PROGRAMS_PER_SM = 8
@@ -98,8 +99,7 @@ def _rms_bwd_kernel(
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """[..., N] -> [M, N] with unit stride along N (a view where possible)."""
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
+    return unit_stride_last(t.reshape(-1, t.shape[-1]))
 
 
 def _block(group_size: int) -> tuple[int, int]:
