@@ -1,5 +1,5 @@
 """Shared pytest setup: GPU tests are skipped where there is no CUDA device; under pytest-xdist
-(`-n 2 --dist loadgroup`, the README's test command) each file's tests run on one worker, so a
+(`-n 3 --dist loadgroup`, the README's test command) each file's tests run on one worker, so a
 file's module fixtures are built once, and the scheduler tier's files all run on one worker, one
 after another, since they share the two test clusters."""
 import pytest
