@@ -62,8 +62,7 @@ def case(seed: int, batch: int, d_inner: int = 48, dt_rank: int = 6, dstate: int
 # a power of two) and 64; filter widths 4, 3 and 2; without conv bias; bf16 activations, weights and states; views;
 # channels split over several conv programs whose partials the scan adds in several tiles (batch-5-split: 6 conv
 # programs of 4 channels, the last half past d_inner, and 4 parts per tile), a conv product tile narrower than its
-# program's channels (CONV_TILE: 2 channels), several channel slices per scan program (SCAN_PROGRAMS, SCAN_TILE), and
-# the partials added up by their own launch before the scan (SUM_PARTIALS).
+# program's channels (CONV_TILE: 2 channels), and several channel slices per scan program (SCAN_PROGRAMS, SCAN_TILE).
 CASES = {
     "batch-1": dict(seed=1, batch=1),
     "batch-3-no-conv-bias": dict(seed=2, batch=3, conv_bias=False, dt_rank=5),
@@ -75,7 +74,6 @@ CASES = {
     "bf16": dict(seed=7, batch=3, dtype=torch.bfloat16),
     "bf16-split-no-conv-bias": dict(seed=8, batch=5, d_inner=24, dt_rank=5, steps=2, conv_bias=False,
                                     dtype=torch.bfloat16, CONV_CHANNELS=8, SCAN_TILE=64, SCAN_PROGRAMS=4),
-    "summed-partials": dict(seed=9, batch=3, d_inner=40, CONV_CHANNELS=8, SUM_PARTIALS=1),
 }
 # bf16: the kernels and the twin round the same float32 values to bf16 (the states, y), so they part only where the
 # order of a sum flips a rounding; tight enough to catch y taken from the state rounded to bf16 instead of float32.

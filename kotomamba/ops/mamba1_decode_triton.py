@@ -33,11 +33,7 @@ from kotomamba.ops.strides import unit_stride_last
 # kernels' composition above it): every conv program reads x_proj's weight for its own row and every scan program
 # adds up its row's partials, which grows with the batch where the upstream GEMVs do not (bench/RESULTS.md,
 # 2026-12-02 sessions 12 and 13: faster up to batch 4, slower from 8).
-# SUM_PARTIALS: 1 adds the partials up once per row in a launch of their own (torch's sum over the conv blocks) so
-# that each scan program reads one sum instead of every block's partial: many programs reading the same few
-# kilobytes of L2 at once may wait on one another more than the extra launch costs (timed: bench/RESULTS.md).
 MAX_BATCH = 4
-SUM_PARTIALS = 0
 CONV_CHANNELS = 64
 CONV_TILE = 8192
 SCAN_TILE = 4096
@@ -187,10 +183,7 @@ def scan(xz, x, partial, ssm_state, dt_proj_weight, dt_proj_bias, A_log, D):
 
 def mamba1_decode_step_triton(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                               dt_proj_bias, A_log, D):
-    """Arguments and result as :func:`kotomamba.ops.mamba1_decode.mamba1_decode_step_ref` (two launches; three with
-    SUM_PARTIALS)."""
+    """Arguments and result as :func:`kotomamba.ops.mamba1_decode.mamba1_decode_step_ref` (two launches)."""
     xz = unit_stride_last(xz)  # once for both launches
     x, partial = conv(xz, conv_state, conv_weight, conv_bias, x_proj_weight)
-    if SUM_PARTIALS:
-        partial = partial.sum(dim=1, keepdim=True)
     return scan(xz, x, partial, ssm_state, dt_proj_weight, dt_proj_bias, A_log, D)

@@ -32,8 +32,8 @@ from kotomamba.ops.strides import unit_stride_last
 # trips over W the out program keeps in flight below 16 batch rows (above 1, Triton's pipeliner loads the next tiles
 # into shared memory while this one is summed: one program then has more of W's bytes in flight, which a GEMV at
 # batch 1 needs to approach the bandwidth). DOT_STAGES is the same for the tl.dot path (16 batch rows and more): one
-# stage there starves the loads (the batch-64 step at 0.66x mamba-ssm's), and 4 with 16 W rows per program ran
-# fastest of those timed at batch 16 and 64 (bench/RESULTS.md, 2026-12-02 session 13).
+# stage there starves the loads, and 4 with 16 W rows per program ran fastest of those timed at batch 16 and 64
+# (bench/RESULTS.md, 2026-12-02 session 13).
 # bench/generate_throughput.py times others (generate:ours=NAME:VALUE+...).
 MIX_TILE = 2048
 OUT_TILE = 4096
