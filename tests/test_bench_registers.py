@@ -31,11 +31,12 @@ def test_registers_are_reported_per_launch_of_each_variant():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split(" | ") for line in done.stdout.splitlines() if re.match(r"\| 32\.64\.4-s", line)]
     launches = {v: [r[1] for r in rows if r[0] == f"| {v}"] for v in variants}
-    # One forward, the backward's state rerun, the sequential state-gradient launch, then the block-parallel
-    # launch: in one pass, or in two launches with the last setting.
-    assert launches[variants[0]] == ["_ssd_fwd_kernel", "_ssd_fwd_kernel", "_ssd_bwd_dstates_kernel",
-                                     "_ssd_bwd_blocks_kernel"]
-    assert launches[variants[1]][-2:] == ["_ssd_bwd_blocks_kernel", "_ssd_bwd_blocks_kernel"]
+    # The step, one forward; the step again, the backward's state rerun, the sequential state-gradient launch,
+    # then the block-parallel launch (in one pass, or in two launches with the last setting), then the step's
+    # gradients.
+    assert launches[variants[0]] == ["_steps_kernel", "_ssd_fwd_kernel", "_steps_kernel", "_ssd_fwd_kernel",
+                                     "_ssd_bwd_dstates_kernel", "_ssd_bwd_blocks_kernel", "_step_grads_kernel"]
+    assert launches[variants[1]][-3:] == ["_ssd_bwd_blocks_kernel", "_ssd_bwd_blocks_kernel", "_step_grads_kernel"]
     for row in rows:
         warps, registers, programs = int(row[2]), int(row[3]), int(row[6].rstrip(" |"))
         assert warps in (4, 8) and 0 < registers <= 255 and programs >= 1, row

@@ -214,3 +214,46 @@ def test_heads_per_program_divide_the_heads_per_group():
     with pytest.raises(ValueError, match="field 13"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 4), -torch.rand(4), torch.randn(1, 8, 2, 16),
                               torch.randn(1, 8, 2, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 4))
+
+
+RUN_INTO_SLICES = """
+import sys, torch
+from kotomamba.ops.ssd_triton import Steps, _bwd_split
+results = {}
+for name, case in torch.load(sys.argv[1]).items():
+    x, dt, A, B, C, D, dy, split = (case[k] for k in ("x", "dt", "A", "B", "C", "D", "dy", "split"))
+    steps = Steps(dt, case["dt_bias"], True, (0.0, 2.0))
+    fresh = _bwd_split(x, steps, A, B, C, D, None, None, dy, None, split, None)
+    # A row as in_proj's output gradient lies: [dz | dx | dB | dC | ddt], filled with a sentinel.
+    heads, headdim = x.shape[2:]
+    row = torch.full((*x.shape[:2], 2 * heads * headdim + 2 * B.shape[2] * B.shape[3] + heads), 7.0)
+    dx = row[..., heads * headdim:2 * heads * headdim].unflatten(-1, (heads, headdim))
+    into = _bwd_split(x, steps, A, B, C, D, None, None, dy, None, split, None, dx=dx, ddt=row[..., -heads:])
+    results[name] = {"fresh": fresh, "into": into, "row": row}
+torch.save(results, sys.argv[2])
+"""
+
+
+def test_the_split_backward_writes_dx_and_the_steps_gradient_into_slices(tmp_path):
+    """The mixer hands the split backward its slices of in_proj's output gradient for dx and the raw dt's
+    gradient (strided, dt's with a stride of a whole row): the same values as into fresh buffers, and
+    nothing written outside them."""
+    g = torch.Generator().manual_seed(11)
+    batch, seqlen, heads, headdim, dstate = 2, 40, 4, 32, 16
+    xbc = torch.randn(batch, seqlen, heads * headdim + 2 * dstate, generator=g)
+    x, B, C = torch.split(xbc, [heads * headdim, dstate, dstate], dim=-1)
+    raw = torch.randn(batch, seqlen, heads + 3, generator=g)[..., 1:heads + 1]  # dt with a row's stride
+    cases = {"two column blocks": {
+        "x": x.unflatten(-1, (heads, headdim)), "dt": raw, "A": -torch.rand(heads, generator=g) - 0.3,
+        "B": B.unflatten(-1, (1, dstate)) * 0.5, "C": C.unflatten(-1, (1, dstate)) * 0.5,
+        "D": torch.randn(heads, generator=g), "dt_bias": torch.randn(heads, generator=g) * 0.3,
+        "dy": torch.randn(batch, seqlen, heads, headdim, generator=g),
+        "split": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 0, 0, 0)}}
+    got = run_interpreted(RUN_INTO_SLICES, cases, tmp_path)["two column blocks"]
+    fresh, into, row = got["fresh"], got["into"], got["row"]
+    for i, name in enumerate(("dx", "ddt", "dA", "dB", "dC", "dD", "dinit", "ddt_bias")):
+        assert torch.equal(fresh[i], into[i]), name
+    inner = heads * headdim
+    assert torch.equal(row[..., inner:2 * inner], fresh[0].flatten(-2))
+    assert torch.equal(row[..., -heads:], fresh[1])
+    assert (row[..., :inner] == 7.0).all() and (row[..., 2 * inner:-heads] == 7.0).all()

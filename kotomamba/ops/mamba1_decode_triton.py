@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kotomamba.ops.step_triton import softplus
 from kotomamba.ops.strides import unit_stride_last
 
 # Powers of two. CONV_CHANNELS: channels per conv program. Fewer make more programs (batch 1 has d_inner /
@@ -120,7 +121,7 @@ def _scan_kernel(
                        other=0.0)
         dt = tl.sum(dt_w.to(tl.float32) * dt_low[None, :], axis=1)
         dt += tl.load(dt_b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)  # softplus, with torch's threshold
+        dt = softplus(dt)
         ok = c_ok[:, None] & n_ok[None, :]
         A = -tl.exp(tl.load(A_log_ptr + c[:, None] * stride_A_c + n[None, :], mask=ok, other=0.0).to(tl.float32))
         x = tl.load(x_ptr + b * stride_x + c, mask=c_ok, other=0.0)

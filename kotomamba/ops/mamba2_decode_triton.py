@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
+from kotomamba.ops.step_triton import step
 from kotomamba.ops.strides import unit_stride_last
 
 # Elements of the float32 tiles each program holds: the mix kernel's state tile (head channels x d_state) and
@@ -105,9 +106,7 @@ def _mix_kernel(
 
     dt = tl.load(row + 2 * d_inner + 2 * ngroups * dstate + head).to(tl.float32)
     dt += tl.load(dt_bias_ptr + head).to(tl.float32)
-    dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)  # softplus, with torch's threshold
-    if HAS_DT_LIMIT:
-        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    dt = step(dt, dt_min, dt_max, True, HAS_DT_LIMIT)
     dA = tl.exp(-dt * tl.exp(tl.load(A_log_ptr + head).to(tl.float32)))
     state_ptrs = (ssm_state_ptr + b * stride_ssm_b + head * stride_ssm_h + p[:, None] * stride_ssm_p
                   + n[None, :] * stride_ssm_n)

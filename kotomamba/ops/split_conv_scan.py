@@ -27,8 +27,7 @@ from kotomamba.ops.causal_conv1d import channel_last, is_channel_last
 from kotomamba.ops.dispatch import kernel_module
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
-from kotomamba.ops.ssd import DEFAULT_DT_LIMIT, step_size
-from kotomamba.ops.ssd_triton import _bwd_split, _fwd, blockings
+from kotomamba.ops.ssd_triton import Steps, _bwd_split, _fwd, blockings
 
 _CONV = "causal_conv1d.cpp_functions"
 
@@ -51,6 +50,10 @@ class MixerShape:
     def row(self, zxbcdt: torch.Tensor, nheads: int) -> Mamba2Row:
         return Mamba2Row.of(zxbcdt.shape[-1], nheads, self.headdim, self.ngroups)
 
+    def steps(self, dt: torch.Tensor, dt_bias: torch.Tensor) -> Steps:
+        """The scan's step from dt [b, L, h] (a slice of zxbcdt)."""
+        return Steps(dt, dt_bias, True, self.dt_limit)
+
     def group_size(self, nheads: int) -> int:
         return nheads * self.headdim // self.ngroups
 
@@ -68,21 +71,6 @@ def _conv(xBC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, se
     return fwd(channel_last(xBC).transpose(1, 2), weight, bias, seq_idx, None, None, True).transpose(1, 2)
 
 
-def _dt(dt: torch.Tensor, dt_bias: torch.Tensor, dt_limit: tuple[float, float]) -> torch.Tensor:
-    """The scan's step from dt [b, L, h] (a slice of zxbcdt), float32."""
-    return step_size(dt.float(), dt_bias, True, dt_limit)
-
-
-def _dt_backward(ddt: torch.Tensor, dt: torch.Tensor, dt_bias: torch.Tensor, dt_limit: tuple[float, float]):
-    """The gradient of :func:`_dt`'s input (float32 [b, L, h]) from its output's."""
-    raw = dt.float() + dt_bias.float()
-    ddt = ddt * torch.sigmoid(raw)
-    if tuple(dt_limit) != DEFAULT_DT_LIMIT:
-        step = F.softplus(raw)
-        ddt = ddt * ((step >= dt_limit[0]) & (step <= dt_limit[1]))
-    return ddt
-
-
 class _SplitConvScan(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
@@ -94,7 +82,7 @@ class _SplitConvScan(torch.autograd.Function):
         z, xBC, dt = row.split(zxbcdt)
         x, B, C = row.heads(_conv(xBC, conv1d_weight, conv1d_bias, seq_idx))
         fwd_config, _ = shape.ssd_blockings(nheads, B.shape[-1])
-        scanned, _, _ = _fwd(x, _dt(dt, dt_bias, shape.dt_limit), A, B, C, D, None, seq_idx, fwd_config)
+        scanned, _, _ = _fwd(x, shape.steps(dt, dt_bias).steps(), A, B, C, D, None, seq_idx, fwd_config)
         normed, _, rstd = rms_norm_fwd(scanned.flatten(0, 1).flatten(-2), norm_weight, shape.norm_eps,
                                        z=z.flatten(0, 1), group_size=shape.group_size(nheads))
         normed = normed.unflatten(0, (batch, seqlen))
@@ -126,14 +114,14 @@ class _SplitConvScan(torch.autograd.Function):
         dscanned, _, _, dnorm_weight = rms_norm_bwd(
             dnormed, scanned.flatten(0, 1).flatten(-2), norm_weight, rstd, z=z.flatten(0, 1),
             group_size=shape.group_size(nheads), dz=dz.flatten(0, 1), y=normed)
-        dx, ddt, dA, dB, dC, dD, _ = _bwd_split(
-            x, _dt(dt, dt_bias, shape.dt_limit), A, B, C, D, None, seq_idx,
-            dscanned.view(batch, seqlen, nheads, shape.headdim), None, shape.ssd_blockings(nheads, B.shape[-1])[1], None)
-        ddt_raw = _dt_backward(ddt, dt, dt_bias, shape.dt_limit)
-        ddt_in.copy_(ddt_raw)
+        # The scan writes dx and the raw dt's gradient into their places; dB and dC (float32 sums) are copied.
         dxBC = torch.empty_like(xBC, memory_format=torch.contiguous_format)
-        for part, grad in zip(row.heads(dxBC), (dx, dB, dC)):
-            part.copy_(grad)
+        dx, dB_part, dC_part = row.heads(dxBC)
+        _, _, dA, dB, dC, dD, _, ddt_bias = _bwd_split(
+            x, shape.steps(dt, dt_bias), A, B, C, D, None, seq_idx, dscanned.view(batch, seqlen, nheads, shape.headdim),
+            None, shape.ssd_blockings(nheads, B.shape[-1])[1], None, dx=dx, ddt=ddt_in)
+        dB_part.copy_(dB)
+        dC_part.copy_(dC)
         dout_flat = dout.flatten(0, 1)
         dout_proj_weight = dout_flat.t() @ normed.to(dout_flat.dtype)
         dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
@@ -144,7 +132,7 @@ class _SplitConvScan(torch.autograd.Function):
             dxBC_in.transpose(1, 2) if writable else None, False, True)
         if not writable:
             dxBC_in.copy_(dx_conv.transpose(1, 2))
-        return (dzxbcdt, dconv_weight, dconv_bias, ddt_raw.sum((0, 1)).to(dt_bias.dtype), dA.to(A.dtype),
+        return (dzxbcdt, dconv_weight, dconv_bias, ddt_bias.to(dt_bias.dtype), dA.to(A.dtype),
                 dD.to(D.dtype), None, dnorm_weight, dout_proj_weight, dout_proj_bias, None)
 
 

@@ -39,16 +39,21 @@ over the rest of t's block.
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
 
-``dt`` arrives already processed (bias, softplus and clamp are elementwise PyTorch in
-:func:`ssd_chunk_scan_triton`, so autograd differentiates them).
+``dt`` arrives as the model hands it over (:class:`Steps`): one launch makes the step (bias, softplus,
+clamp) as float32 for the scan's launches, and one launch after the backward's turns its shares of the
+decay gradient into the gradients of the raw dt (written where the caller asks, e.g. into the slice of
+in_proj's output gradient), of A and of dt_bias. dx too can be written into such a slice.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from kotomamba.ops.ssd import step_size
+from kotomamba.ops.ssd import DEFAULT_DT_LIMIT
+from kotomamba.ops.step_triton import step, step_grad
 
 
 @triton.jit
@@ -192,12 +197,13 @@ def _ssd_bwd_kernel(
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    stride_dx_b, stride_dx_l,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The walking backward. Program (b, h, j) takes columns j * BLOCK_P ... of head h and walks the
-    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] (x's dtype; its
-    columns); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
+    blocks in reverse, carrying the state's gradient. Writes dx [b, L, h, P] (its dtype; its columns;
+    strides ``stride_dx_b``, ``stride_dx_l``, P, 1); adds its share to dB, dC [b, L, g, N] float32 (zeroed by the caller); writes its
     columns' share of the decay gradient ``da`` and of ``sum_p d(dt x)_p x_p`` to da, ddt_x
     [b, L, h, P // BLOCK_P] float32, its sum of dy * x to dD [b, h, P // BLOCK_P], and its rows of
     dinit [b, h, P, N] float32."""
@@ -214,9 +220,9 @@ def _ssd_bwd_kernel(
     C_base = C_ptr + pid_b * stride_C_b + g * stride_C_g
     dy_base = dy_ptr + pid_b * stride_dy_b + pid_h * stride_dy_h
     seq_base = seq_ptr + pid_b * stride_seq_b
-    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], [b, L, g, N].
+    # The other gradient outputs are contiguous: [b, L, h, P // BLOCK_P], [b, L, g, N].
     ngroups = nheads // heads_per_group
-    dx_base = dx_ptr + (pid_b * L * nheads + pid_h) * P
+    dx_base = dx_ptr + pid_b * stride_dx_b + pid_h * P
     da_base = da_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
     ddt_x_base = ddt_x_ptr + (pid_b * L * nheads + pid_h) * n_pblocks + pid_p
     dB_base = dB_ptr + (pid_b * L * ngroups + g) * N
@@ -270,7 +276,7 @@ def _ssd_bwd_kernel(
         if HAS_D:
             dx += Dh * dyf
             dD_acc += tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-        tl.store(dx_base + t[:, None] * nheads * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(dx_base + t[:, None] * stride_dx_l + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
         tl.store(da_base + t * nheads * n_pblocks, da, mask=valid)
         tl.store(ddt_x_base + t * nheads * n_pblocks, tl.sum(du * xf, axis=1), mask=valid)
         tl.atomic_add(dB_base + t[:, None] * ngroups * N + n[None, :], dB, mask=valid[:, None], sem="relaxed")
@@ -331,10 +337,10 @@ def _ssd_bwd_dstates_kernel(
 
 
 @triton.jit
-def _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index, share,
-              n_shares, HAS_D: tl.constexpr, P: tl.constexpr):
+def _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, dx_rows, valid, p, pid_h, dD_index,
+              share, n_shares, HAS_D: tl.constexpr):
     """From du = d(dt x) [BLOCK_T, BLOCK_P] (float32) of a block's columns ``p``: writes dx = du dt (+ D dy)
-    to dx [b, L, h, P], the columns' ``sum_p du x`` to share ``share`` of ddt_x [b, L, h, n_shares] and
+    to the rows ``dx_rows`` of dx (its columns ``p``), the columns' ``sum_p du x`` to share ``share`` of ddt_x [b, L, h, n_shares] and
     their sum of dy * x to dD (flat index ``dD_index``)."""
     xf = x.to(tl.float32)
     tl.store(ddt_x_ptr + row_offsets * n_shares + share, tl.sum(du * xf, axis=1), mask=valid)
@@ -344,7 +350,7 @@ def _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, vali
         dyf = dy.to(tl.float32)
         dx += tl.load(D_ptr + pid_h).to(tl.float32) * dyf
         dD = tl.sum(tl.sum(dyf * xf, axis=1), axis=0)
-    tl.store(dx_ptr + row_offsets[:, None] * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
+    tl.store(dx_ptr + dx_rows[:, None] + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=valid[:, None])
     tl.store(dD_ptr + dD_index, dD)
 
 
@@ -359,6 +365,7 @@ def _ssd_bwd_blocks_kernel(
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    stride_dx_b, stride_dx_l,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, ATOMIC_BC: tl.constexpr,
     ONE_PASS: tl.constexpr, DX: tl.constexpr, BC: tl.constexpr, SIDE_BY_SIDE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
@@ -366,7 +373,8 @@ def _ssd_bwd_blocks_kernel(
     """The split backward's parallel part. Program (c * P // BLOCK_P + j, h, b) takes block c of head
     h, columns j * BLOCK_P ..., with the block's entering state S (states [b, h, blocks, P, N]) and the
     gradient G of its leaving state (dstates, same shape), and writes the block's share of the
-    gradients. With ``DX``: dx [b, L, h, P] (x's dtype; its columns), its columns' share of
+    gradients. With ``DX``: dx [b, L, h, P] (its dtype; its columns; strides ``stride_dx_b``, ``stride_dx_l``,
+    P, 1), its columns' share of
     ``sum_p d(dt x)_p x_p`` to ddt_x [b, L, h, P // BLOCK_P] float32 and its sum of dy * x to dD
     [b, h, blocks * P // BLOCK_P]. With ``BC``: its columns' share of the decay gradient ``da`` to da
     [b, L, h, P // BLOCK_P] float32, and its share of dB, dC added to dB, dC [b, L, g, N] float32
@@ -411,9 +419,10 @@ def _ssd_bwd_blocks_kernel(
         c, L, A, dt_ptr + pid_b * stride_dt_b + pid_h * stride_dt_h, stride_dt_l,
         seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
     is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
-    # Gradient outputs are contiguous: [b, L, h, P], [b, L, h, P // BLOCK_P], and dB, dC [b, L, g, N]
+    # The other gradient outputs are contiguous: [b, L, h, P // BLOCK_P], and dB, dC [b, L, g, N]
     # (atomic) or [b, L, h, P // BLOCK_P, N] (shares).
     row_offsets = (pid_b * L + t) * nheads + pid_h  # position t of head h in [b, L, h, ...]
+    dx_rows = pid_b * stride_dx_b + t * stride_dx_l + pid_h * P
     if ATOMIC_BC:
         bc_rows = ((pid_b * L + t) * ngroups + g) * N
     else:
@@ -469,8 +478,8 @@ def _ssd_bwd_blocks_kernel(
         tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
         # d(dt_s x_s): inside the block and through the leaving state.
         du = tl.dot(tl.trans((cb * decay).to(x.dtype)), dy, acc=bg * to_end[:, None])
-        _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index, pid_p,
-                  n_pblocks, HAS_D, P)
+        _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, dx_rows, valid, p, pid_h, dD_index,
+                  pid_p, n_pblocks, HAS_D)
     else:
         if dx_here:
             # du with [s, t] tiles, so no product needs a transposed operand.
@@ -487,8 +496,8 @@ def _ssd_bwd_blocks_kernel(
                 bg = tl.dot(Bm, tl.trans(G), acc=bg)
             decay_t = _decay_matrix(a, doc, BLOCK_T, TRANSPOSED=True)
             du = tl.dot((cb_t * decay_t).to(x.dtype), dy, acc=bg * to_end[:, None])
-            _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, valid, p, pid_h, dD_index,
-                      pid_p, n_pblocks, HAS_D, P)
+            _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets, dx_rows, valid, p, pid_h,
+                      dD_index, pid_p, n_pblocks, HAS_D)
         if bc_here:
             u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
             gm_lp = (tl.dot(dy, tl.trans(u)) * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
@@ -650,24 +659,128 @@ def _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, write_y: bool = True, 
     return (y if write_y else None), final, states
 
 
-def _grads(x, dt, A, B, C, da, ddt_x, dx, dB, dC, dD, dinit, block_t):
-    """The op's gradients from a backward launch's outputs (``da``, ``ddt_x`` [b, L, h, shares] and
-    ``dD`` [b, h, shares] hold one share per column block, or per block and column block): d(dt_t A)
-    is the reverse cumulative sum of ``da`` over the rest of t's block of ``block_t`` positions."""
-    batch, seqlen, nheads, _ = x.shape
-    pad = (-seqlen) % block_t
-    da = torch.nn.functional.pad(da.sum(-1), (0, 0, 0, pad)).view(batch, -1, block_t, nheads)
-    d_dA = da.flip(2).cumsum(2).flip(2).view(batch, -1, nheads)[:, :seqlen]
-    ddt = d_dA * A + ddt_x.sum(-1)
-    return (dx, ddt, (d_dA * dt).sum((0, 1)), dB.to(B.dtype), dC.to(C.dtype), dD.sum((0, 2)), dinit)
+@triton.jit
+def _steps_kernel(raw_ptr, bias_ptr, out_ptr, rows, L, H, stride_b, stride_l, stride_h, lo, hi,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rows ``pid * BLOCK_R ...`` (r = b * L + l) of the step [b * L, H] float32 (contiguous) from dt
+    [b, L, H] (any strides, any float dtype) and its bias [H]."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    h = tl.arange(0, BLOCK_H)
+    ok = (r < rows)[:, None] & (h < H)[None, :]
+    raw = tl.load(raw_ptr + ((r // L) * stride_b + (r % L) * stride_l)[:, None] + h[None, :] * stride_h, mask=ok,
+                  other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + h, mask=h < H, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + r[:, None] * H + h[None, :], step(raw, lo, hi, SOFTPLUS, CLAMP), mask=ok)
 
 
-def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = None) -> dict:
+@triton.jit
+def _step_grads_kernel(
+    da_ptr, ddt_x_ptr, raw_ptr, bias_ptr, A_ptr, ddt_ptr, parts_ptr,
+    L, da_shares, x_shares,
+    stride_raw_b, stride_raw_l, stride_raw_h, stride_ddt_b, stride_ddt_l, stride_ddt_h, lo, hi,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+    BLOCK_T: tl.constexpr, DA_SHARES: tl.constexpr, X_SHARES: tl.constexpr,
+):
+    """Program (c, h, b): block c of head h. From the backward's shares of the decay gradient ``da`` and of
+    ``sum_p d(dt x)_p x_p`` (da [b, L, h, da_shares], ddt_x [b, L, h, x_shares], float32, contiguous): d(dt_t A)
+    is the reverse cumulative sum of da over the rest of t's block; writes the gradient of the raw dt (before
+    bias, softplus and clamp) to ddt [b, L, h] (any strides, its dtype), and this block's shares of dA
+    (``sum_t d(dt_t A) dt_t``) and of the bias' gradient to parts [2, b, blocks, h]."""
+    c = tl.program_id(0)
+    pid_h = tl.program_id(1).to(tl.int64)
+    pid_b = tl.program_id(2).to(tl.int64)
+    nheads = tl.num_programs(1)
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    valid = t < L
+    rows = (pid_b * L + t) * nheads + pid_h
+    k = tl.arange(0, DA_SHARES)
+    da = tl.sum(tl.load(da_ptr + rows[:, None] * da_shares + k[None, :], mask=valid[:, None] & (k < da_shares)[None, :],
+                        other=0.0), axis=1)
+    d_dA = tl.cumsum(da, 0, reverse=True)
+    j = tl.arange(0, X_SHARES)
+    ddt = d_dA * tl.load(A_ptr + pid_h).to(tl.float32) + tl.sum(
+        tl.load(ddt_x_ptr + rows[:, None] * x_shares + j[None, :], mask=valid[:, None] & (j < x_shares)[None, :],
+                other=0.0), axis=1)
+    raw = tl.load(raw_ptr + pid_b * stride_raw_b + t * stride_raw_l + pid_h * stride_raw_h, mask=valid,
+                  other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + pid_h).to(tl.float32)
+    ddt_raw = tl.where(valid, ddt * step_grad(raw, lo, hi, SOFTPLUS, CLAMP), 0.0)
+    tl.store(ddt_ptr + pid_b * stride_ddt_b + t * stride_ddt_l + pid_h * stride_ddt_h,
+             ddt_raw.to(ddt_ptr.dtype.element_ty), mask=valid)
+    part = (pid_b * tl.num_programs(0) + c) * nheads + pid_h
+    tl.store(parts_ptr + part, tl.sum(tl.where(valid, d_dA * step(raw, lo, hi, SOFTPLUS, CLAMP), 0.0), axis=0))
+    tl.store(parts_ptr + tl.num_programs(2) * tl.num_programs(0) * nheads + part, tl.sum(ddt_raw, axis=0))
+
+
+@dataclass(frozen=True)
+class Steps:
+    """dt as the model hands it over and what turns it into the scan's step
+    (:func:`kotomamba.ops.ssd.step_size`): ``raw`` [b, L, h] (any strides, any float dtype), ``bias`` [h] or
+    None, softplus or not, the clamp's bounds."""
+
+    raw: torch.Tensor
+    bias: torch.Tensor | None
+    softplus: bool
+    limit: tuple[float, float]
+
+    def _flags(self) -> dict:
+        return {"HAS_BIAS": self.bias is not None, "SOFTPLUS": self.softplus,
+                "CLAMP": tuple(self.limit) != DEFAULT_DT_LIMIT}
+
+    def steps(self) -> torch.Tensor:
+        """The step, float32 [b, L, h] contiguous, in one launch."""
+        batch, seqlen, nheads = self.raw.shape
+        out = torch.empty(batch, seqlen, nheads, device=self.raw.device, dtype=torch.float32)
+        block_r = 64
+        _steps_kernel[(triton.cdiv(batch * seqlen, block_r),)](
+            self.raw, self.bias if self.bias is not None else self.raw, out, batch * seqlen, seqlen, nheads,
+            *self.raw.stride(), *map(float, self.limit), **self._flags(), BLOCK_R=block_r,
+            BLOCK_H=triton.next_power_of_2(nheads),
+        )
+        return out
+
+    def grads(self, A, da, ddt_x, block_t: int, ddt: torch.Tensor | None):
+        """From a backward launch's shares of ``da`` and ``ddt_x`` (:func:`_step_grads_kernel`) in blocks of
+        ``block_t`` positions: the gradient of ``raw`` (written to ``ddt`` [b, L, h] if given, else to a new
+        tensor in raw's dtype), of A [h] and of the bias [h] (None without one), both float32."""
+        batch, seqlen, nheads = self.raw.shape
+        n_blocks = triton.cdiv(seqlen, block_t)
+        if ddt is None:
+            ddt = torch.empty_like(self.raw, memory_format=torch.contiguous_format)
+        parts = torch.empty(2, batch * n_blocks, nheads, device=da.device, dtype=torch.float32)
+        _step_grads_kernel[(n_blocks, nheads, batch)](
+            da, ddt_x, self.raw, self.bias if self.bias is not None else A, A, ddt, parts,
+            seqlen, da.shape[-1], ddt_x.shape[-1], *self.raw.stride(), *ddt.stride(), *map(float, self.limit),
+            **self._flags(), BLOCK_T=block_t, DA_SHARES=triton.next_power_of_2(da.shape[-1]),
+            X_SHARES=triton.next_power_of_2(ddt_x.shape[-1]),
+        )
+        dA, dbias = parts.sum(1)
+        return ddt, dA, dbias if self.bias is not None else None
+
+
+def _grads(steps_in: Steps, A, block_t, da, ddt_x, dx, dB, dC, dD, dinit, ddt=None):
+    """The op's gradients from a backward launch's outputs (``da``, ``ddt_x`` [b, L, h, shares] and ``dD``
+    [b, h, shares] hold one share per column block, or per block and column block): (dx, d raw dt, dA,
+    dB, dC (float32), dD, dinit, d dt_bias)."""
+    ddt, dA, dbias = steps_in.grads(A, da, ddt_x, block_t, ddt)
+    return dx, ddt, dA, dB, dC, dD.sum((0, 2)), dinit, dbias
+
+
+def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = None,
+                  dx: torch.Tensor | None = None) -> dict:
+    """The backward launches' outputs; ``dx`` [b, L, h, P], if given, must have its [h, P] contiguous."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     f32 = dict(device=x.device, dtype=torch.float32)
-    # dx is written once per element, so in x's dtype at once (no float32 copy to convert).
-    return {"dx": torch.empty_like(x, memory_format=torch.contiguous_format),
+    if dx is None:  # written once per element, so in x's dtype at once (no float32 copy to convert)
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if dx.shape != x.shape or dx.stride()[2:] != (headdim, 1):
+        raise ValueError(f"the SSD backward writes dx [b, L, h, P] with [h, P] contiguous, got shape "
+                         f"{tuple(dx.shape)} and strides {dx.stride()}")
+    return {"dx": dx,
             "da": torch.empty(batch, seqlen, nheads, da_shares or shares, **f32),
             "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
             "dB": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
@@ -676,8 +789,9 @@ def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = Non
             "dinit": torch.empty(batch, nheads, headdim, dstate, **f32)}
 
 
-def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
+def _bwd(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
     """The walking backward: a states-keeping rerun of the forward, then one reverse launch."""
+    dt = steps_in.steps()
     _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, cfg, write_y=False, state_every=1)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
@@ -690,17 +804,21 @@ def _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
         out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"], out["dinit"],
         seqlen, nheads // ngroups,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
-        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(),
+        *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride(), *out["dx"].stride()[:2],
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
         BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
     )
-    return _grads(x, dt, A, B, C, block_t=block_t, **out)
+    return _grads(steps_in, A, block_t=block_t, **out)
 
 
-def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, states):
+def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, states,
+               dx: torch.Tensor | None = None, ddt: torch.Tensor | None = None):
     """The split backward (``cfg`` as ``SPLIT_BWD_DEFAULT``): the states-keeping rerun of the forward
     (unless the forward kept ``states``) and the sequential state-gradient launch, then one or two
-    launches over all (block, column block, head, batch)."""
+    launches over all (block, column block, head, batch), then the step's gradients. Gradients as
+    :func:`_grads`'; dx and the raw dt's gradient are written to ``dx`` and ``ddt`` if given (e.g. slices
+    of the gradient of in_proj's output)."""
+    dt = steps_in.steps()
     (block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases,
      bc_heads, max_registers) = cfg
     launch = {"num_warps": warps, **({"maxnreg": max_registers} if max_registers else {})}
@@ -710,7 +828,8 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
-    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks, n_pblocks * dstate // block_n if bc_heads else None)
+    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks, n_pblocks * dstate // block_n if bc_heads else None,
+                        dx)
     if bc_shares:
         out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads // max(bc_heads, 1), n_pblocks, dstate,
                                             device=x.device, dtype=torch.float32) for _ in range(2))
@@ -731,7 +850,7 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
             x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
             out["dx"], out["da"], out["ddt_x"], out["dB"], out["dC"], out["dD"],
             seqlen, nheads // ngroups,
-            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(),
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *seq_strides, *dy.stride(), *out["dx"].stride()[:2],
             HAS_D=D is not None, HAS_SEQ=seq_idx is not None, ATOMIC_BC=not bc_shares,
             ONE_PASS=phases == 0, DX=dx_part, BC=bc_part, SIDE_BY_SIDE=phases == 3,
             BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, P=headdim, N=dstate, **launch,
@@ -746,34 +865,38 @@ def _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg, stat
         )
     if bc_shares:  # each group's heads are consecutive
         out["dB"], out["dC"] = (out[k].view(batch, seqlen, ngroups, -1, dstate).sum(3) for k in ("dB", "dC"))
-    return _grads(x, dt, A, B, C, block_t=block_t, **out)
+    return _grads(steps_in, A, block_t=block_t, ddt=ddt, **out)
 
 
 class _SSDScan(torch.autograd.Function):
-    """(x, dt processed, A, B, C, D, initial_states, seq_idx) -> (y, final_state); see the module."""
+    """(x, raw dt, A, B, C, D, dt_bias, initial_states, seq_idx) -> (y, final_state); see the module."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg, bwd_cfg, split_cfg, grad_wanted):
+    def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_states, seq_idx, dt_softplus, dt_limit, fwd_cfg, bwd_cfg,
+                split_cfg, grad_wanted):
         # The split backward's states, kept by the forward if asked (its blocks are whole forward blocks)
         # and if a backward can follow (inside forward, grad mode is always off).
         keep = split_cfg is not None and split_cfg[9] and grad_wanted
-        y, final, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, fwd_cfg,
-                                state_every=split_cfg[0] // fwd_cfg[0] if keep else 0)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_states, seq_idx, states)
-        ctx.bwd_cfg, ctx.split_cfg = bwd_cfg, split_cfg
+        y, final, states = _fwd(x, Steps(dt, dt_bias, dt_softplus, dt_limit).steps(), A, B, C, D, initial_states,
+                                seq_idx, fwd_cfg, state_every=split_cfg[0] // fwd_cfg[0] if keep else 0)
+        ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states, seq_idx, states)
+        ctx.step, ctx.bwd_cfg, ctx.split_cfg = (dt_softplus, dt_limit), bwd_cfg, split_cfg
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, initial_states, seq_idx, states = ctx.saved_tensors
+        x, dt, A, B, C, D, dt_bias, initial_states, seq_idx, states = ctx.saved_tensors
+        steps_in = Steps(dt, dt_bias, *ctx.step)
         if ctx.split_cfg is not None:
-            grads = _bwd_split(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.split_cfg,
-                               states)
+            grads = _bwd_split(x, steps_in, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal,
+                               ctx.split_cfg, states)
         else:
-            grads = _bwd(x, dt, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.bwd_cfg)
-        dx, ddt, dA, dB, dC, dD, dinit = grads
-        return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB, dC, None if D is None else dD.to(D.dtype),
-                None if initial_states is None else dinit.to(initial_states.dtype), None, None, None, None, None)
+            grads = _bwd(x, steps_in, A, B, C, D, initial_states, seq_idx, dy.contiguous(), dfinal, ctx.bwd_cfg)
+        dx, ddt, dA, dB, dC, dD, dinit, dbias = grads
+        return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
+                None if dt_bias is None else dbias.to(dt_bias.dtype),
+                None if initial_states is None else dinit.to(initial_states.dtype),
+                None, None, None, None, None, None, None)
 
 
 # The split backward's blocking: positions per block; head-dim columns, state columns at a time and
@@ -858,11 +981,10 @@ def ssd_chunk_scan_triton(
     """
     fwd_config, bwd_config, split_bwd_config = blockings(x.shape[-1], B.shape[-1], x.shape[2] // B.shape[2],
                                                          fwd_config, bwd_config, split_bwd_config)
-    dt = step_size(dt.float(), dt_bias, dt_softplus, dt_limit)
     if seq_idx is not None:
         seq_idx = seq_idx.to(torch.int32)
     if initial_states is not None:
         initial_states = initial_states.contiguous()
-    y, final = _SSDScan.apply(x, dt, A, B, C, D, initial_states, seq_idx, fwd_config, bwd_config, split_bwd_config,
-                              torch.is_grad_enabled())
+    y, final = _SSDScan.apply(x, dt, A, B, C, D, dt_bias, initial_states, seq_idx, dt_softplus, tuple(dt_limit),
+                              fwd_config, bwd_config, split_bwd_config, torch.is_grad_enabled())
     return (y, final) if return_final_states else y
