@@ -14,7 +14,10 @@ evaluation, the trainer's defaults for everything else (so ``data.reset_at_eod: 
 ``--skip`` steps (start-up, autotuning and the graph's capture fall in those).
 
 ``--tree NAME=DIR`` also runs every variant on another version of the library (DIR holds its
-``kotomamba`` package, first on the processes' PYTHONPATH), as the rows ``VARIANT @ NAME``: two versions
+``kotomamba`` package), as the rows ``VARIANT @ NAME``. Every process starts in the scratch folder with
+its library's folder (DIR, or this checkout) first on PYTHONPATH, and the bench checks which package it
+imports: ``python -m`` puts the working directory before PYTHONPATH, so a process started in a
+checkout would run that checkout's package whatever the tree. Two versions
 compare only within one run, as two GPU machines of the same kind can differ by several percent. A tree
 of commit REV: ``mkdir -p DIR && git archive REV kotomamba | tar -x -C DIR``.
 
@@ -76,19 +79,30 @@ def base_config(args, tokenizer: str, prefix: str) -> dict:
     }
 
 
+def library_env(folder: Path) -> dict:
+    """The environment of a process that imports ``kotomamba`` from ``folder``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)}
+
+
+def check_library(folder: Path, scratch: Path) -> None:
+    """Fails unless a process started the way :func:`run_variant` starts one imports ``folder``'s package."""
+    said = subprocess.run([sys.executable, "-c", "import kotomamba; print(kotomamba.__file__)"], cwd=scratch,
+                          env=library_env(folder), capture_output=True, text=True, timeout=120)
+    imported = Path(said.stdout.strip()).resolve() if said.returncode == 0 else None
+    if imported != folder / "kotomamba" / "__init__.py":
+        raise SystemExit(f"a process meant to run {folder}/kotomamba imported {imported}: {said.stderr[-2000:]}")
+
+
 def run_variant(args, scratch: Path, config: dict, name: str, overrides: list[str], round_: int,
-                tree: str | None = None) -> dict:
-    """One fresh ``kotomamba train`` process (the library from the folder ``tree`` if given); its chosen
-    step, median tokens/s and memory reserved."""
+                library: Path) -> dict:
+    """One fresh ``kotomamba train`` process on the ``kotomamba`` package of the folder ``library``; its
+    chosen step, median tokens/s and memory reserved."""
     run_dir = scratch / f"run-{round_}-{len(list(scratch.glob('run-*')))}"
     path = run_dir.with_suffix(".yaml")
     path.write_text(yaml.safe_dump({**config, "run_dir": str(run_dir)}))
     began = time.perf_counter()
-    env = dict(os.environ)
-    if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(tree).resolve()), env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-m", "kotomamba", "train", "--config", str(path), *overrides],
-                          capture_output=True, text=True, timeout=args.timeout, env=env)
+                          capture_output=True, text=True, timeout=args.timeout, env=library_env(library), cwd=scratch)
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise SystemExit(f"{name}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -154,20 +168,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.skip >= args.steps:
         parser.error("--skip must be below --steps")
-    trees = {None: None}
+    trees = {None: Path(__file__).resolve().parents[1]}
     for spec in args.tree:
         tree_name, _, folder = spec.partition("=")
         if not tree_name or not (Path(folder) / "kotomamba" / "__init__.py").is_file():
             parser.error(f"--tree {spec}: expected NAME=DIR with DIR/kotomamba/__init__.py")
-        trees[tree_name] = folder
+        trees[tree_name] = Path(folder).resolve()
 
     variants = [v.strip() for v in args.variants.split(";") if v.strip()]
-    # (row name, overrides, library folder or None for this checkout)
+    # (row name, overrides, library folder)
     runnable = [(v if t is None else f"{v} @ {t}", [] if v == "default" else v.split(), folder)
                 for t, folder in trees.items() for v in variants]
     names = [name for name, _, _ in runnable]
-    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="kotomamba-trainer-bench-"))
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="kotomamba-trainer-bench-")).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
+    for folder in trees.values():
+        check_library(folder, scratch)
     # The corpus holds every step's tokens with room for the 1% validation split and the sample shuffle.
     tokenizer, prefix = make_corpus(scratch, args.vocab, int(args.steps * args.micro_batch * (args.seq + 1) * 1.1),
                                     args.doc_tokens)

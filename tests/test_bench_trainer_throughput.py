@@ -36,7 +36,8 @@ def test_variants_alternate_and_report_the_chosen_step(tmp_path):
 
 def test_another_tree_runs_each_variant_with_its_own_library(tmp_path):
     """``--tree old=DIR``: the rows ``VARIANT @ old`` come from DIR's kotomamba (here a copy whose step
-    choice words its reason differently), the others from this checkout."""
+    choice words its reason differently), the others from this checkout, also when the bench starts in
+    the checkout (where ``python -m kotomamba`` would find the checkout's package before PYTHONPATH's)."""
     import shutil
 
     old = tmp_path / "old"
@@ -46,8 +47,8 @@ def test_another_tree_runs_each_variant_with_its_own_library(tmp_path):
     choice.write_text(choice.read_text().replace('"no CUDA GPU"', '"no CUDA GPU in the old tree"'))
     command = [sys.executable, str(BENCH), "--preset", "tiny", "--micro-batch", "2", "--seq", "64", "--steps", "3",
                "--skip", "2", "--log-interval", "1", "--vocab", "64", "--doc-tokens", "20", "--variants", "default",
-               "--tree", f"old={old}", "--scratch", "work", "--json", "out.json"]
-    done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+               "--tree", f"old={old}", "--scratch", str(tmp_path / "work"), "--json", str(tmp_path / "out.json")]
+    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["variant"]: r for r in json.loads((tmp_path / "out.json").read_text())["rows"]}
