@@ -1,4 +1,9 @@
 """Launch environments: torchrun, Open MPI, PMI/PALS (PBS), SLURM, none."""
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from kotomamba.errors import UserError
@@ -49,7 +54,29 @@ def test_srun():
 
 def test_sbatch_script_without_srun_is_a_single_process():
     env = detect_launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"})
-    assert (env.launcher, env.world_size) == ("none", 1)
+    assert (env.launcher, env.world_size, env.master_addr, env.master_port) == ("none", 1, None, None)
+
+
+@pytest.mark.parametrize("launcher", ["none", "torchrun"])
+def test_a_world_of_one_takes_no_port(launcher):
+    """Single-GPU runs share a host: a world of one starts its process group without a rendezvous, so
+    a port held by someone else (here: the one its environment names) cannot stop it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        if launcher == "torchrun":
+            env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        code = ("import torch.distributed as dist\n"
+                "from kotomamba.train.distributed import detect_launch_env, init_distributed\n"
+                "init_distributed(detect_launch_env(), 'cpu')\n"
+                "print(dist.get_world_size(), dist.get_rank())\n"
+                "dist.destroy_process_group()\n")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "0"]
 
 
 def test_multi_process_world_without_a_rendezvous_host_is_a_user_error():

@@ -10,10 +10,12 @@ its own variables:
 | MPICH / Intel MPI (``mpiexec`` under PBS) | ``PMI_RANK`` | ``PMI_SIZE`` | ``MPI_LOCALRANKID`` | as above |
 | Cray PALS (PBS ``mpiexec``) | ``PALS_RANKID`` | ``PMI_SIZE`` | ``PALS_LOCAL_RANKID`` | as above |
 | SLURM ``srun`` | ``SLURM_PROCID`` | ``SLURM_STEP_NUM_TASKS`` | ``SLURM_LOCALID`` | first host of ``SLURM_STEP_NODELIST`` |
-| none (plain ``python``) | 0 | 1 | 0 | localhost, a free port |
+| none (plain ``python``) | 0 | 1 | 0 | none |
 
 The first host of the allocation and the job's rendezvous port (``10000 + JOB_ID % 50000``, unless
-``MASTER_PORT`` is set) are ``scheduler_facts``', so every rank computes the same ones.
+``MASTER_PORT`` is set) are ``scheduler_facts``', so every rank computes the same ones. A world of one
+meets nobody: its process group lives in an in-process store and takes no port, so any number of
+single-GPU runs share a host (a port picked free and bound later can be taken in between).
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ class LaunchEnv:
     world_size: int
     local_rank: int
     local_world_size: int
-    master_addr: str
-    master_port: int
+    master_addr: str | None  # None: a world of one, no rendezvous
+    master_port: int | None
 
 
 def _job_port(env: dict) -> int:
@@ -41,12 +43,6 @@ def _job_port(env: dict) -> int:
     by ``kotomamba launch`` and by a bare ``srun`` / ``mpirun`` agree; outside a scheduler job (no job
     id) every rank takes the port of job 0."""
     return rendezvous_port(job_id(env) or "0")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _int(env: dict, key: str) -> int:
@@ -81,7 +77,7 @@ def detect_launch_env(env: dict | None = None) -> LaunchEnv:
         per_node = env.get("SLURM_STEP_TASKS_PER_NODE", "").split("(")[0].split(",")[0]
         local_world = int(per_node) if per_node.isdigit() else world
     else:
-        return LaunchEnv("none", 0, 1, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or _free_port()))
+        return LaunchEnv("none", 0, 1, 0, 1, None, None)
     if not 0 <= rank < world:
         raise UserError(f"launcher {launcher}: rank {rank} is outside the world of size {world}")
     addr = env.get("MASTER_ADDR") or first_host(env)
@@ -114,8 +110,6 @@ def init_distributed(launch: LaunchEnv, device_type: str):
     import torch.distributed as dist
 
     global _started
-    os.environ["MASTER_ADDR"] = launch.master_addr
-    os.environ["MASTER_PORT"] = str(launch.master_port)
     if dist.is_initialized():
         return
     backend = "nccl" if device_type == "cuda" else "gloo"
@@ -124,10 +118,14 @@ def init_distributed(launch: LaunchEnv, device_type: str):
         import torch
 
         kwargs["device_id"] = torch.device("cuda", launch.local_rank)
-    dist.init_process_group(
-        backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
-        rank=launch.rank, world_size=launch.world_size, timeout=datetime.timedelta(minutes=30), **kwargs,
-    )
+    if launch.world_size == 1:
+        kwargs["store"] = dist.HashStore()
+    else:
+        os.environ["MASTER_ADDR"] = launch.master_addr
+        os.environ["MASTER_PORT"] = str(launch.master_port)
+        kwargs["init_method"] = f"tcp://{launch.master_addr}:{launch.master_port}"
+    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size,
+                            timeout=datetime.timedelta(minutes=30), **kwargs)
     _started = True
 
 
