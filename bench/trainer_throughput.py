@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,6 +109,9 @@ def run_variant(args, scratch: Path, config: dict, name: str, overrides: list[st
         raise SystemExit(f"{name}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     said = [line.split("training step: ", 1)[1] for line in done.stdout.splitlines() if "training step: " in line]
     records = read_metrics(RunDir(run_dir).metrics)
+    # The final checkpoint is not read, and a few of them at 2.7b (weights and optimizer state, about
+    # 16 bytes a parameter) fill a GPU machine's disk.
+    shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
     timed = [r for r in records if "tokens_per_s" in r and r["step"] > args.skip]
     if not timed:
         raise SystemExit(f"{name}: no logged window after step {args.skip}")
