@@ -257,3 +257,12 @@ def test_the_split_backward_writes_dx_and_the_steps_gradient_into_slices(tmp_pat
     assert torch.equal(row[..., inner:2 * inner], fresh[0].flatten(-2))
     assert torch.equal(row[..., -heads:], fresh[1])
     assert (row[..., :inner] == 7.0).all() and (row[..., 2 * inner:-heads] == 7.0).all()
+
+
+def test_the_mixer_takes_the_shapes_our_scan_runs():
+    """fused.mamba2_split_conv1d_scan dispatches our mixer only for what our SSD kernels run (head dim and
+    d_state powers of two >= 16, any heads per group); mamba-ssm's function takes the rest."""
+    from kotomamba.ops.split_conv_scan import takes
+
+    assert takes(64, 128, 24) and takes(64, 128, 80) and takes(32, 16, 6) and takes(64, 128, 5)
+    assert not takes(24, 128, 4) and not takes(64, 96, 4) and not takes(64, 8, 4)

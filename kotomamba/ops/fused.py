@@ -2,9 +2,11 @@
 
 - Mamba-1: ``mamba_ssm.ops.selective_scan_interface.mamba_inner_fn`` (conv1d, x_proj, dt_proj,
   selective scan, gate and out_proj in one autograd function that recomputes in backward).
-- Mamba-2: ``mamba_ssm.ops.triton.ssd_combined.mamba_split_conv1d_scan_combined`` (split, conv1d
-  with ``seq_idx``, SSD scan, gated RMSNorm and out_proj). :mod:`kotomamba.ops.split_conv_scan` is
-  the same function around our SSD scan and gated norm, not dispatched (bench/RESULTS.md).
+- Mamba-2: :func:`kotomamba.ops.split_conv_scan.mamba2_split_conv_scan` (split, causal-conv1d's
+  conv1d with ``seq_idx``, our SSD scan and gated RMSNorm, out_proj), which trains faster than
+  mamba-ssm's ``mamba_split_conv1d_scan_combined`` on an H200 (bench/RESULTS.md); mamba-ssm's
+  function where ours cannot run (a head dim or d_state that is not a power of two >= 16, or a
+  causal-conv1d without its ``cpp_functions``).
 
 The ``*_ref`` twins compose the reference ops of this package step by step.
 """
@@ -23,6 +25,7 @@ from kotomamba.ops.ssd import ssd_chunk_scan_ref
 
 _MAMBA1_KERNELS = ("mamba_ssm.ops.selective_scan_interface", "causal_conv1d")
 _MAMBA2_KERNELS = ("mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
+_MAMBA2_OURS = ("kotomamba.ops.split_conv_scan", "causal_conv1d.cpp_functions")
 
 
 def mamba1_inner_ref(
@@ -156,7 +159,15 @@ def mamba2_split_conv1d_scan(
     seq_idx: torch.Tensor | None = None,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
 ) -> torch.Tensor:
-    """Dispatching twin of :func:`mamba2_split_conv1d_scan_ref`."""
+    """Dispatching twin of :func:`mamba2_split_conv1d_scan_ref` (ours, else mamba-ssm's, else the twin)."""
+    if use_kernels(zxbcdt, *_MAMBA2_OURS):
+        ours = kernel_module(_MAMBA2_OURS[0])
+        row = Mamba2Row.of(zxbcdt.shape[-1], D.shape[0], headdim, ngroups)
+        if ours.takes(headdim, row.dstate, row.nheads // ngroups):
+            return ours.mamba2_split_conv_scan(
+                zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, headdim, ngroups, norm_weight,
+                norm_eps, out_proj_weight, out_proj_bias, seq_idx, dt_limit,
+            )
     if not use_kernels(zxbcdt, *_MAMBA2_KERNELS):
         return mamba2_split_conv1d_scan_ref(
             zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, headdim, ngroups,

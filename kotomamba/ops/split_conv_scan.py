@@ -4,10 +4,8 @@
 resets). :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin;
 tests/gpu/test_gpu_conv.py checks it against the twin and mamba-ssm's function.
 
-Not dispatched: :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` calls mamba-ssm's function, because
-the trainer ran no faster with this one (bench/RESULTS.md, session 11): our scan alone spends about the
-device time of mamba-ssm's (a little less at the 130m and 1.3b shapes, more at 2.7b), and the dt
-transform and the gradient copies that mamba-ssm's kernels fuse run here as PyTorch operations.
+Dispatched by :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` wherever :func:`takes` the shape:
+the trainer runs faster on it than on mamba-ssm's function (bench/RESULTS.md, session 15).
 
 The maths, arguments and memory plan are those of mamba-ssm's ``mamba_split_conv1d_scan_combined``
 (``mamba_ssm/ops/triton/ssd_combined.py``): the forward keeps zxbcdt, the scan's output before the
@@ -62,6 +60,16 @@ class MixerShape:
         fwd, _, split = blockings(self.headdim, dstate, nheads // self.ngroups, SSD_FWD_CONFIG, SSD_FWD_CONFIG,
                                   SSD_SPLIT_CONFIG)
         return fwd, split
+
+
+def takes(headdim: int, dstate: int, heads_per_group: int) -> bool:
+    """Whether our SSD kernels run heads of ``headdim`` columns and a state of ``dstate`` (both powers of
+    two >= 16)."""
+    try:
+        MixerShape(headdim, 1, 0.0, (0.0, float("inf"))).ssd_blockings(heads_per_group, dstate)
+    except ValueError:
+        return False
+    return True
 
 
 def _conv(xBC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None):

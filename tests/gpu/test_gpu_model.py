@@ -102,7 +102,7 @@ def _seed():
 def test_kernels_are_dispatched_on_cuda(monkeypatch):
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "0")
     x = torch.zeros(1, device=DEVICE)
-    assert dispatch.use_kernels(x, *fused._MAMBA1_KERNELS, *fused._MAMBA2_KERNELS, norm._KERNEL)
+    assert dispatch.use_kernels(x, *fused._MAMBA1_KERNELS, *fused._MAMBA2_KERNELS, *fused._MAMBA2_OURS, norm._KERNEL)
     monkeypatch.setenv(dispatch.FORCE_REFERENCE_ENV, "1")
     assert not dispatch.use_kernels(x, "causal_conv1d")
 
@@ -198,16 +198,27 @@ def test_mamba1_inner(monkeypatch, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_seq_idx", [False, True])
-def test_mamba2_split_conv1d_scan(monkeypatch, dtype, with_seq_idx):
-    d_model, d_inner, h, g, n, L = 64, 128, 4, 1, 32, 300
+@pytest.mark.parametrize("headdim", [32, 24])
+def test_mamba2_split_conv1d_scan(monkeypatch, dtype, with_seq_idx, headdim):
+    """The mixer's dispatch: our function for a head dim our SSD takes (32), mamba-ssm's for one it does
+    not (24), each against the twin."""
+    from kotomamba.ops import split_conv_scan
+
+    calls = []
+    ours = split_conv_scan.mamba2_split_conv_scan
+    monkeypatch.setattr(split_conv_scan, "mamba2_split_conv_scan", lambda *a, **k: calls.append(1) or ours(*a, **k))
+    h, g, n, L = 4, 1, 32, 300
+    d_inner = h * headdim
+    d_model = d_inner // 2
     seq_idx = packed(2, L, [33, 128, 257]) if with_seq_idx else None
     conv_dim = d_inner + 2 * g * n
     inputs = (rand(2, L, 2 * d_inner + 2 * g * n + h, dtype=dtype), rand(conv_dim, 4, dtype=dtype, scale=0.5),
               rand(conv_dim, dtype=dtype), rand(h, scale=0.5), (-torch.rand(h, device=DEVICE) * 4).requires_grad_(),
               rand(h), rand(d_inner, dtype=dtype), rand(d_model, d_inner, dtype=dtype, scale=0.1))
     fn = lambda zx, cw, cb, bias, A, D, nw, ow: mamba2_split_conv1d_scan(  # noqa: E731
-        zx, cw, cb, bias, A, D, 64, 32, g, nw, 1e-5, ow, None, seq_idx=seq_idx)
+        zx, cw, cb, bias, A, D, 64, headdim, g, nw, 1e-5, ow, None, seq_idx=seq_idx)
     assert_match(run_three_ways(monkeypatch, fn, inputs), dtype)
+    assert len(calls) == (1 if headdim == 32 else 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
