@@ -16,6 +16,7 @@ drop-in signature and unused: our scan's blocking is internal and exact.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -62,11 +63,12 @@ class MixerShape:
         return fwd, split
 
 
+@functools.lru_cache(maxsize=None)
 def takes(headdim: int, dstate: int, heads_per_group: int) -> bool:
     """Whether our SSD kernels run heads of ``headdim`` columns and a state of ``dstate`` (both powers of
-    two >= 16)."""
+    two >= 16) with this module's blockings. Asked at every mixer call, so remembered per shape."""
     try:
-        MixerShape(headdim, 1, 0.0, (0.0, float("inf"))).ssd_blockings(heads_per_group, dstate)
+        blockings(headdim, dstate, heads_per_group, SSD_FWD_CONFIG, SSD_FWD_CONFIG, SSD_SPLIT_CONFIG)
     except ValueError:
         return False
     return True
