@@ -149,3 +149,31 @@ def test_trainer_with_cuda_graph_matches_the_eager_trainer(tmp_path, setting):
     gap = max(abs(runs["eager"][step] - runs["graphed"][step]) for step in runs["eager"])
     print(f"cuda_graph {shown} against false: max loss gap {gap:.4f} over 8 steps")
     assert gap < 0.02, (runs, gap)
+
+
+@pytest.mark.parametrize("option, sections", [
+    ("parallel.compile: true", {"parallel": {"compile": True}}),
+    ("precision: fp16", {"precision": "fp16", "loss_scale": {"initial": 1024.0}}),
+    ("parallel.activation_checkpointing: true", {"parallel": {"activation_checkpointing": True}}),
+], ids=["compile", "fp16", "checkpointing"])
+def test_the_options_that_keep_the_step_eager_train_as_the_eager_step(tmp_path, option, sections):
+    """``kotomamba train`` with an option that refuses the CUDA-graphed step (torch.compile per block, fp16 with
+    its loss scale, activation checkpointing) says so and trains a Mamba-2 model through our fused mixer (head
+    dim 32: ``split_conv_scan`` is dispatched, in fp16 too) to the losses of the plain eager bf16 run. fp16 starts
+    its loss scale low enough not to skip a step, so every step is compared."""
+    from train_helpers import losses, run_train, write_config
+
+    model = {"preset": "tiny", "ssm_cfg": {"layer": "Mamba2", "headdim": 32, "chunk_size": 32}, "n_layer": 2,
+             "d_model": 256}
+    run_train(write_config(tmp_path, tmp_path / "plain", model=model, precision="bf16",
+                                   parallel={"cuda_graph": False}))
+    sections = {"precision": "bf16", **sections}
+    done = run_train(write_config(tmp_path, tmp_path / "option", model=model, **sections))
+    said = [line for line in done.stdout.splitlines() if "training step:" in line]
+    assert len(said) == 1 and said[0].startswith(
+        f"kotomamba train: training step: eager (parallel.cuda_graph: auto; not graphed: {option} ("), said
+    runs = {"plain": losses(tmp_path / "plain"), "option": losses(tmp_path / "option")}
+    assert sorted(runs["plain"]) == sorted(runs["option"]) == list(range(1, 9)), runs
+    gap = max(abs(runs["plain"][step] - runs["option"][step]) for step in runs["plain"])
+    print(f"{option} against the eager bf16 step: max loss gap {gap:.4f} over 8 steps")
+    assert gap < 0.02, (runs, gap)
