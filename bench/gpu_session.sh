@@ -8,7 +8,7 @@
 # run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
 # TRAINER_ARGS go to trainer (bench/trainer_throughput.py: `kotomamba train` itself, one process per config variant;
 # default: the default config against parallel.cuda_graph=false and the same without document resets).
-# STEP_TIMEOUT (seconds, default 500) bounds each step (the ssd and op steps' benchmarks get --time-limit 20 s
+# STEP_TIMEOUT (seconds, default 500) bounds each step (the tests, ssd and op steps get a --time-limit 20 s
 # less, so that a cut-short run still prints its table of what ran); TEST_JOBS (default 16) is how many test
 # processes run at once; TESTS_K (a pytest -k expression) picks some of the tests; TEST_SHARD=k/n runs the k-th of n
 # interleaved shares of them (the whole suite takes longer than one device call: run 1/2 and 2/2 in two calls). Each
@@ -30,8 +30,9 @@ while [ $# -gt 0 ]; do
     tests)
       shift
       # Every gpu-marked test (kernels, model, training, export, decoding), one pytest process per test,
-      # TEST_JOBS at a time, the slowest first: most of the time goes to compiling and autotuning Triton kernels
-      # (one per dtype and variant), single-threaded per process; the processes share the Triton cache.
+      # TEST_JOBS at a time, the slowest families first, each family's first test before the rest of it
+      # (bench/gpu_tests.py): most of the time goes to compiling and autotuning Triton kernels, which the
+      # processes share through Triton's cache on disk once one of them has finished.
       mkdir -p "$out/tests"
       python3 -m pytest -m gpu tests/gpu tests/test_convert_export.py tests/test_generate_decode.py \
         ${TESTS_K:+-k "$TESTS_K"} --collect-only -q -p no:cacheprovider 2>/dev/null | grep '::' > "$out/tests/ids.txt"
@@ -40,12 +41,11 @@ while [ $# -gt 0 ]; do
       { grep -E "$slow" "$out/tests/ids.txt"; grep -vE "$slow" "$out/tests/ids.txt"; } \
         | awk -v k="${shard%/*}" -v n="${shard#*/}" '(NR - 1) % n == k - 1' > "$out/tests/order.txt"
       echo "$(wc -l < "$out/tests/order.txt") of $(wc -l < "$out/tests/ids.txt") tests (share $shard)" | tee -a "$out/card.txt"
-      export out STEP_TIMEOUT=${STEP_TIMEOUT:-500}
-      timeout "${STEP_TIMEOUT:-500}" xargs -P "${TEST_JOBS:-16}" -I{} bash -c 'log="$out/tests/$(tr "/:[]" "____" <<< "{}").log"
-        python3 -m pytest -m gpu "{}" -q -s -p no:cacheprovider --timeout "$STEP_TIMEOUT" --tb=short -rfE --durations=4 > "$log" 2>&1
-        echo "exit $? {}: $(tail -1 "$log")"' < "$out/tests/order.txt" | tee "$out/gpu_tests.log"
+      python3 bench/gpu_tests.py "$out/tests/order.txt" "$out/tests" --jobs "${TEST_JOBS:-16}" \
+        --time-limit "$(child_limit)" -- -m gpu -q -s -p no:cacheprovider --timeout "${STEP_TIMEOUT:-500}" --tb=short \
+        -rfE --durations=4 | tee "$out/gpu_tests.log"
       status=$(( status | ${PIPESTATUS[0]} ))
-      echo "$(grep -c '^exit 0' "$out/gpu_tests.log") of $(wc -l < "$out/tests/order.txt") tests exited 0 (passed or skipped)" | tee -a "$out/card.txt"
+      tail -1 "$out/gpu_tests.log" >> "$out/card.txt"
       grep -h -A12 '^FAILED\|^ERROR\|short test summary' "$out"/tests/*.log | head -60
       # One archive: few files come back from a GPU machine.
       tar -czf "$out/gpu_tests_logs.tar.gz" -C "$out" tests && rm -r "$out/tests";;
