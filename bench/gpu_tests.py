@@ -12,9 +12,9 @@ rather than start an id whose leader still runs.
     python bench/gpu_tests.py IDS_FILE LOG_DIR --jobs 16 --time-limit 480 -- -m gpu --timeout 480
 
 prints ``exit RC ID: LAST LINE`` as each test ends (RC 0: passed or skipped), then a summary; exits 0
-only if every id ran and exited 0. Within ``--time-limit`` seconds (for the whole run) running tests
-are stopped and the rest not started, each reported as such, so a cut-short run still says what it
-left. Each test's output goes to LOG_DIR/<id with / : [ ] as _>.log.
+only if there were ids and every one ran and exited 0. At ``--time-limit`` seconds (for the whole run)
+running tests are stopped and the rest not started, each reported as such, so a cut-short run still says
+what it left. Each test's output goes to LOG_DIR/<id with / : [ ] as _>.log.
 """
 from __future__ import annotations
 
@@ -106,6 +106,8 @@ def main() -> None:
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])  # after --: the arguments of every pytest process
     ids = [line.strip() for line in args.ids.read_text().splitlines() if line.strip()]
+    if not ids:
+        sys.exit(f"{args.ids}: no test ids (did the collection, or the -k expression, select none?)")
     sys.exit(run(ids, args.log_dir, args.jobs, args.time_limit, argv[cut + 1:]))
 
 

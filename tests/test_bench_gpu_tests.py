@@ -82,3 +82,11 @@ def test_the_time_limit_stops_what_runs_and_names_what_did_not_start(tmp_path):
     assert [line.split()[1] for line in lines[1:3]] == ["not-started", "not-started"], lines
     assert lines[-1] == "0 of 3 tests exited 0 (passed or skipped), 0 failed, 1 stopped at the time limit, 2 not started"
     assert times == {}
+
+
+def test_no_ids_is_an_error_not_a_pass(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n")
+    done = subprocess.run([sys.executable, str(RUNNER), str(ids), str(tmp_path / "logs")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and f"{ids}: no test ids" in done.stderr, done
