@@ -2,6 +2,7 @@
 it, a time limit that stops and reports, and an exit status that says whether every id ran and passed."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ def run_runner(tmp_path: Path, names: list[str], *options: str) -> tuple[subproc
     events = tmp_path / "events.txt"
     done = subprocess.run([sys.executable, str(RUNNER), str(ids), str(tmp_path / "logs"), *options, "--",
                            "-q", "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env={**__import__("os").environ, "EVENTS": str(events)})
+                          cwd=tmp_path, env={**os.environ, "EVENTS": str(events)})
     times = {}
     for line in events.read_text().splitlines() if events.exists() else []:
         stamp, event, name = line.split()
@@ -66,7 +67,8 @@ def test_a_family_waits_for_its_first_test_and_a_failure_is_reported(tmp_path):
         assert times[("start", follower)] > times[("end", "a0")], times
     assert times[("start", "b1")] > times[("end", "b0")], times
     lines = done.stdout.splitlines()
-    assert lines[-1] == "5 of 6 tests exited 0 (passed or skipped), 1 failed, 0 stopped at the time limit, 0 not started"
+    assert lines[-1] == ("5 of 6 tests exited 0 (passed or skipped), 1 failed, 0 stopped at the time limit, "
+                         "0 not started")
     failed = [line for line in lines if line.startswith("exit 1 ")]
     assert len(failed) == 1 and failed[0].startswith(f"exit 1 {tmp_path}/test_families.py::test_fails: "), lines
     log = tmp_path / "logs" / (f"{tmp_path}/test_families.py::test_fails".translate(str.maketrans("/:[]", "____"))
@@ -80,7 +82,8 @@ def test_the_time_limit_stops_what_runs_and_names_what_did_not_start(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"exit stopped {tmp_path}/test_families.py::test_sleeps: at --time-limit 5 s"), lines
     assert [line.split()[1] for line in lines[1:3]] == ["not-started", "not-started"], lines
-    assert lines[-1] == "0 of 3 tests exited 0 (passed or skipped), 0 failed, 1 stopped at the time limit, 2 not started"
+    assert lines[-1] == ("0 of 3 tests exited 0 (passed or skipped), 0 failed, 1 stopped at the time limit, "
+                         "2 not started")
     assert times == {}
 
 

@@ -165,8 +165,7 @@ def test_the_options_that_keep_the_step_eager_train_as_the_eager_step(tmp_path, 
 
     model = {"preset": "tiny", "ssm_cfg": {"layer": "Mamba2", "headdim": 32, "chunk_size": 32}, "n_layer": 2,
              "d_model": 256}
-    run_train(write_config(tmp_path, tmp_path / "plain", model=model, precision="bf16",
-                                   parallel={"cuda_graph": False}))
+    run_train(write_config(tmp_path, tmp_path / "plain", model=model, precision="bf16", parallel={"cuda_graph": False}))
     sections = {"precision": "bf16", **sections}
     done = run_train(write_config(tmp_path, tmp_path / "option", model=model, **sections))
     said = [line for line in done.stdout.splitlines() if "training step:" in line]
