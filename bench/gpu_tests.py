@@ -13,12 +13,15 @@ rather than start an id whose leader still runs.
 
 prints ``exit RC ID: LAST LINE`` as each test ends (RC 0: passed or skipped), then a summary; exits 0
 only if there were ids and every one ran and exited 0. At ``--time-limit`` seconds (for the whole run)
-running tests are stopped and the rest not started, each reported as such, so a cut-short run still says
-what it left. Each test's output goes to LOG_DIR/<id with / : [ ] as _>.log.
+running tests are stopped, each with the processes it started, and the rest not started, each reported
+as such, so a cut-short run still says what it left. Each test's output goes to
+LOG_DIR/<id with / : [ ] as _>.log.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,8 +66,8 @@ def run(ids: list[str], log_dir: Path, jobs: int, time_limit: float | None, pyte
 
     while waiting or running:
         if deadline is not None and time.monotonic() >= deadline:
-            for job in running:
-                job.process.kill()
+            for job in running:  # with what it started: a trainer, torchrun's workers
+                os.killpg(job.process.pid, signal.SIGKILL)
                 job.process.wait()
                 done[job.test_id] = "stopped"
                 print(f"exit stopped {job.test_id}: at --time-limit {time_limit:g} s", flush=True)
@@ -85,7 +88,7 @@ def run(ids: list[str], log_dir: Path, jobs: int, time_limit: float | None, pyte
             log = log_dir / log_name(test_id)
             with open(log, "w") as out:
                 process = subprocess.Popen([sys.executable, "-m", "pytest", test_id, *pytest_args],
-                                           stdout=out, stderr=subprocess.STDOUT)
+                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             running.append(Running(test_id, process, log))
         time.sleep(0.2)
     passed = sum(1 for code in done.values() if code == 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 RUNNER = Path(__file__).resolve().parents[1] / "bench" / "gpu_tests.py"
@@ -39,6 +40,11 @@ def test_fails():
 
 
 def test_sleeps():
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "120"])
+    with open(os.environ["EVENTS"] + ".child", "w") as pid:
+        pid.write(str(child.pid))
     time.sleep(120)
 '''
 
@@ -85,6 +91,13 @@ def test_the_time_limit_stops_what_runs_and_names_what_did_not_start(tmp_path):
     assert lines[-1] == ("0 of 3 tests exited 0 (passed or skipped), 0 failed, 1 stopped at the time limit, "
                          "2 not started")
     assert times == {}
+    child = int((tmp_path / "events.txt.child").read_text())  # what the stopped test started, stopped with it
+    for _ in range(50):
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the stopped test's child {child} still runs")
 
 
 def test_no_ids_is_an_error_not_a_pass(tmp_path):
