@@ -20,6 +20,7 @@ LOG_DIR/<id with / : [ ] as _>.log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,7 +68,8 @@ def run(ids: list[str], log_dir: Path, jobs: int, time_limit: float | None, pyte
     while waiting or running:
         if deadline is not None and time.monotonic() >= deadline:
             for job in running:  # with what it started: a trainer, torchrun's workers
-                os.killpg(job.process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it may have ended just now, with all it started
+                    os.killpg(job.process.pid, signal.SIGKILL)
                 job.process.wait()
                 done[job.test_id] = "stopped"
                 print(f"exit stopped {job.test_id}: at --time-limit {time_limit:g} s", flush=True)

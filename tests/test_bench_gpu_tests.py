@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 RUNNER = Path(__file__).resolve().parents[1] / "bench" / "gpu_tests.py"
+sys.path.insert(0, str(RUNNER.parent))
+from gpu_tests import log_name  # noqa: E402
 
 FAMILIES = '''
 import os
@@ -77,8 +79,7 @@ def test_a_family_waits_for_its_first_test_and_a_failure_is_reported(tmp_path):
                          "0 not started")
     failed = [line for line in lines if line.startswith("exit 1 ")]
     assert len(failed) == 1 and failed[0].startswith(f"exit 1 {tmp_path}/test_families.py::test_fails: "), lines
-    log = tmp_path / "logs" / (f"{tmp_path}/test_families.py::test_fails".translate(str.maketrans("/:[]", "____"))
-                               + ".log")
+    log = tmp_path / "logs" / log_name(f"{tmp_path}/test_families.py::test_fails")
     assert "this one fails" in log.read_text()
 
 

@@ -35,6 +35,9 @@ from kotomamba.train.step import DONE, TrainStep  # noqa: E402
 DEVICE = "cuda"
 STEPS, MICRO_BATCH, SEQ, LR, CLIP = 50, 4, 512, 2e-3, 1.0
 NO_DECAY = ["A_log", "D", "dt_bias", "bias", "norm", "embedding"]
+# The trainer tests' model: Mamba-2 with head dim 32, so our mixer (``split_conv_scan``) is dispatched.
+OUR_MIXER_MODEL = {"preset": "tiny", "ssm_cfg": {"layer": "Mamba2", "headdim": 32, "chunk_size": 32}, "n_layer": 2,
+                   "d_model": 256}
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +135,10 @@ def test_trainer_with_cuda_graph_matches_the_eager_trainer(tmp_path, setting):
     evaluations in between, a checkpoint) match the same run with ``false`` (eager)."""
     from train_helpers import losses, run_train, write_config
 
-    model = {"preset": "tiny", "ssm_cfg": {"layer": "Mamba2", "headdim": 32, "chunk_size": 32}, "n_layer": 2,
-             "d_model": 256}
     runs, said = {}, {}
     for name, parallel in (("eager", {"cuda_graph": False}),
                            ("graphed", {} if setting == "default" else {"cuda_graph": setting})):
-        config = write_config(tmp_path, tmp_path / name, model=model, precision="bf16", parallel=parallel)
+        config = write_config(tmp_path, tmp_path / name, model=OUR_MIXER_MODEL, precision="bf16", parallel=parallel)
         done = run_train(config)
         said[name] = [line for line in done.stdout.splitlines() if "training step:" in line]
         runs[name] = losses(tmp_path / name)
@@ -163,11 +164,10 @@ def test_the_options_that_keep_the_step_eager_train_as_the_eager_step(tmp_path, 
     its loss scale low enough not to skip a step, so every step is compared."""
     from train_helpers import losses, run_train, write_config
 
-    model = {"preset": "tiny", "ssm_cfg": {"layer": "Mamba2", "headdim": 32, "chunk_size": 32}, "n_layer": 2,
-             "d_model": 256}
-    run_train(write_config(tmp_path, tmp_path / "plain", model=model, precision="bf16", parallel={"cuda_graph": False}))
+    run_train(write_config(tmp_path, tmp_path / "plain", model=OUR_MIXER_MODEL, precision="bf16",
+                           parallel={"cuda_graph": False}))
     sections = {"precision": "bf16", **sections}
-    done = run_train(write_config(tmp_path, tmp_path / "option", model=model, **sections))
+    done = run_train(write_config(tmp_path, tmp_path / "option", model=OUR_MIXER_MODEL, **sections))
     said = [line for line in done.stdout.splitlines() if "training step:" in line]
     assert len(said) == 1 and said[0].startswith(
         f"kotomamba train: training step: eager (parallel.cuda_graph: auto; not graphed: {option} ("), said
