@@ -1,5 +1,9 @@
 # Report: loss curves of every stage, evaluation scores and samples, as markdown with a PNG.
 
+# The script by the path of this checkout, named in the command's template rather than in its params, so that
+# a checkout moved or copied elsewhere does not make the report out of date.
+REPORT_SCRIPT = f"{workflow.basedir}/workflow_scripts/report.py"
+
 
 rule report:
     input:
@@ -9,14 +13,13 @@ rule report:
         report=PATHS.report,
         plot=report(PATHS.report_plot, category="Training", caption="../workflow_scripts/loss_caption.rst"),
     params:
-        script=f"{workflow.basedir}/workflow_scripts/report.py",
         stage_dirs=[PATHS.stage_dir(stage) for stage in STAGES],
     log:
         log_path("report"),
     resources:
         **rule_resources("report"),
     shell:
-        "python {params.script} --stage-dirs {params.stage_dirs} --eval {input.eval}"
+        "python {REPORT_SCRIPT} --stage-dirs {params.stage_dirs} --eval {input.eval}"
         " --output {output.report} --plot {output.plot} > {log} 2>&1"
 
 
