@@ -290,7 +290,7 @@ def run_preset(builders: dict, model_config, micro_batch: int, seq: int, args, d
         # All before any is freed: freeing empties the allocator's cache, and a step profiled after that
         # would show cudaMalloc calls that no step of a running trainer makes.
         for prepared in alive:
-            profile_steps(prepared["step"], prepared["name"], device)
+            profile_steps(prepared["step"], prepared["name"], device, args.profile)
     for prepared in alive:
         finish(prepared, args, results, model_config, micro_batch, seq, device, profiled=args.profile)
     return results
@@ -302,7 +302,7 @@ def finish(prepared: dict, args, results: dict, model_config, micro_batch: int, 
     if not prepared["times"]:
         prepared["times"] = time_steps(prepared["step"], args.steps, device)
     if args.profile and not profiled:
-        profile_steps(prepared["step"], prepared["name"], device)
+        profile_steps(prepared["step"], prepared["name"], device, args.profile)
     results[prepared["name"]] = summarize(prepared, model_config, micro_batch, seq, device)
     prepared.clear()
     free_memory(device)
@@ -367,7 +367,7 @@ def isolated_run(args, name: str, mb: int, impl: str, scratch: Path) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--presets", name, "--micro-batch", str(mb),
                "--impls", impl, "--seq", str(args.seq), "--warmup", str(args.warmup), "--steps", str(args.steps),
                "--device", args.device, "--doc-tokens", str(args.doc_tokens), "--json", str(out)] + (
-                   ["--profile"] if args.profile else [])
+                   [f"--profile={args.profile}"] if args.profile else [])
     done = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
     if done.returncode != 0 or not out.exists():
         return {"impl": impl, "error": f"process exited {done.returncode}"}
@@ -452,7 +452,8 @@ def main() -> None:
                         help="cpu runs kotomamba's step on the reference ops (a check of this script)")
     parser.add_argument("--isolate", action="store_true",
                         help="one GPU: each implementation in a fresh process of its own, once per round")
-    parser.add_argument("--profile", action="store_true", help="print each impl's device-busy share, top kernels and top host operators")
+    parser.add_argument("--profile", type=int, nargs="?", const=18, default=0, metavar="ROWS",
+                        help="print each impl's device-busy share and its ROWS (default 18) top kernels and host operators")
     parser.add_argument("--doc-tokens", type=int, default=0,
                         help="kotomamba only: packed documents of this mean length with seq_idx (data.reset_at_eod); 0: none")
     args = parser.parse_args()

@@ -106,10 +106,24 @@ PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2, 2),
          "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 0, 3)}
 
 
+# Every case again through the head-looping launches (field 12: 4): the states rerun (its dy . y' in one
+# share or, with two column blocks of the rerun, two) or kept by the forward (the dx launch computes it);
+# 1, 2 or all heads of a group per program of either launch; dB and dC summed from shares of heads or added
+# atomically; the state in one chunk or two; the dB / dC launch's own warps (field 16).
+HEADS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 4, 1, 0, 2, 8),
+         "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 4, 0, 0, 0),
+         "plain": (64, 16, 32, 4, 16, 4, 16, 4, 0, 0, 0, 4, 0, 0, 0),
+         "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 0, 1, 4, 2, 0, 4),
+         "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1, 4, 0, 0, 2),
+         "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 1, 4, 1, 0, 1, 8)}
+
+
 def all_cases() -> dict:
     return {**{name: case(**arguments) for name, arguments in CASES.items()},
             **{f"{name} split": case(**arguments, split=SPLIT[name]) for name, arguments in CASES.items()},
             **{f"{name} split {'.'.join(map(str, PARTS[name]))}": case(**arguments, split=PARTS[name])
+               for name, arguments in CASES.items()},
+            **{f"{name} split {'.'.join(map(str, HEADS[name]))}": case(**arguments, split=HEADS[name])
                for name, arguments in CASES.items()}}
 
 
@@ -148,7 +162,9 @@ TF32 = {"walking": None, "one pass": (32, 16, 32, 4, 32, 4, 32, 4, 1),
         "parts in one program": (32, 16, 32, 4, 32, 4, 32, 4, 1, 0, 1, 1),
         "parts in two launches": (32, 16, 32, 4, 32, 4, 32, 4, 0, 1, 0, 2),
         "parts side by side": (32, 16, 32, 4, 32, 4, 32, 4, 0, 1, 0, 3),
-        "two heads per program": (32, 16, 32, 4, 32, 4, 32, 4, 0, 1, 0, 2, 2)}
+        "two heads per program": (32, 16, 32, 4, 32, 4, 32, 4, 0, 1, 0, 2, 2),
+        "head-looping, rerun": (32, 16, 32, 4, 32, 4, 16, 4, 0, 0, 1, 4, 0, 0, 2),
+        "head-looping, states kept": (32, 32, 32, 4, 32, 4, 32, 4, 0, 1, 0, 4, 2, 0, 4)}
 
 
 def tf32_cases() -> dict:
@@ -204,16 +220,23 @@ def test_the_parallel_launch_splits_only_in_known_ways():
     x = torch.randn(1, 8, 2, 16)
     with pytest.raises(ValueError, match="field 12"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 2), -torch.rand(2), torch.randn(1, 8, 1, 16),
-                              torch.randn(1, 8, 1, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 4))
+                              torch.randn(1, 8, 1, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 5))
 
 
-def test_heads_per_program_divide_the_heads_per_group():
+@pytest.mark.parametrize("split, field", [((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 4), 13),
+                                          ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 4, 3), 13),
+                                          ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 4, 0, 0, 4), 15),
+                                          ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 0, 0, 1), 15),
+                                          ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 0, 0, 0, 8), 16)])
+def test_heads_per_program_divide_the_heads_per_group(split, field):
+    """Heads per program of either launch divide the heads of a group (2 here), and the fields of the
+    head-looping launches are refused with the other splits."""
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
 
     x = torch.randn(1, 8, 4, 16)
-    with pytest.raises(ValueError, match="field 13"):
+    with pytest.raises(ValueError, match=f"field {field}"):
         ssd_chunk_scan_triton(x, torch.rand(1, 8, 4), -torch.rand(4), torch.randn(1, 8, 2, 16),
-                              torch.randn(1, 8, 2, 16), split_bwd_config=(16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 4))
+                              torch.randn(1, 8, 2, 16), split_bwd_config=split)
 
 
 RUN_INTO_SLICES = """
@@ -243,20 +266,23 @@ def test_the_split_backward_writes_dx_and_the_steps_gradient_into_slices(tmp_pat
     xbc = torch.randn(batch, seqlen, heads * headdim + 2 * dstate, generator=g)
     x, B, C = torch.split(xbc, [heads * headdim, dstate, dstate], dim=-1)
     raw = torch.randn(batch, seqlen, heads + 3, generator=g)[..., 1:heads + 1]  # dt with a row's stride
-    cases = {"two column blocks": {
+    inputs = {
         "x": x.unflatten(-1, (heads, headdim)), "dt": raw, "A": -torch.rand(heads, generator=g) - 0.3,
         "B": B.unflatten(-1, (1, dstate)) * 0.5, "C": C.unflatten(-1, (1, dstate)) * 0.5,
         "D": torch.randn(heads, generator=g), "dt_bias": torch.randn(heads, generator=g) * 0.3,
-        "dy": torch.randn(batch, seqlen, heads, headdim, generator=g),
-        "split": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 0, 0, 0)}}
-    got = run_interpreted(RUN_INTO_SLICES, cases, tmp_path)["two column blocks"]
-    fresh, into, row = got["fresh"], got["into"], got["row"]
-    for i, name in enumerate(("dx", "ddt", "dA", "dB", "dC", "dD", "dinit", "ddt_bias")):
-        assert torch.equal(fresh[i], into[i]), name
-    inner = heads * headdim
-    assert torch.equal(row[..., inner:2 * inner], fresh[0].flatten(-2))
-    assert torch.equal(row[..., -heads:], fresh[1])
-    assert (row[..., :inner] == 7.0).all() and (row[..., 2 * inner:-heads] == 7.0).all()
+        "dy": torch.randn(batch, seqlen, heads, headdim, generator=g)}
+    splits = {"two column blocks": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 0, 0, 0, 0, 0),
+              "head-looping": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 4, 0, 0, 2, 0)}
+    results = run_interpreted(RUN_INTO_SLICES, {name: {**inputs, "split": split} for name, split in splits.items()},
+                              tmp_path)
+    for got in results.values():
+        fresh, into, row = got["fresh"], got["into"], got["row"]
+        for i, name in enumerate(("dx", "ddt", "dA", "dB", "dC", "dD", "dinit", "ddt_bias")):
+            assert torch.equal(fresh[i], into[i]), name
+        inner = heads * headdim
+        assert torch.equal(row[..., inner:2 * inner], fresh[0].flatten(-2))
+        assert torch.equal(row[..., -heads:], fresh[1])
+        assert (row[..., :inner] == 7.0).all() and (row[..., 2 * inner:-heads] == 7.0).all()
 
 
 def test_the_mixer_takes_the_shapes_our_scan_runs():

@@ -33,7 +33,11 @@ over the rest of t's block.
   then dB, dC and the decay gradient, whose share is ``C_t . dC_t - B_t . dB_t``) that hold fewer tiles
   at once, one after the other in one program, in neighbouring programs or as two launches; the second
   launch can also take several heads of a group per program, which read B and C once and add their
-  summed dB and dC once. The register counts and spills of each setting, compiled for sm_90a on any
+  summed dB and dC once. Or, head-looping, the per-block work split by what is summed over heads: a
+  launch whose programs walk several heads of a block, each head's dx and its whole decay gradient from
+  products of the head dim's width (``da_t = dy_t . y'_t - u_t . du_t``, :func:`_ssd_bwd_dx_heads_kernel`),
+  then one whose programs walk a group's heads and gather dB and dC as one matrix product over heads x
+  head dim (:func:`_ssd_bwd_dbc_heads_kernel`): nothing is added atomically per head. The register counts and spills of each setting, compiled for sm_90a on any
   host: ``bench/ssd_throughput.py --registers``.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
@@ -624,6 +628,161 @@ def _ssd_bwd_bc_heads_kernel(
         tl.store(dC_ptr + rows[:, None] + n[None, :], dC_sum, mask=valid[:, None])
 
 
+@triton.jit
+def _ssd_bwd_dx_heads_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr,
+    dx_ptr, da_ptr, ddt_x_ptr, dD_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    stride_dx_b, stride_dx_l,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HEADS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The head-looping backward's first launch: program (c * P // BLOCK_P + j, i, b) takes block c and
+    columns j * BLOCK_P ... of heads i * HEADS ... (one group), computes ``C.B`` once for them and walks
+    them one after another, writing each head's dx, ddt_x, dD share (as :func:`_store_du`) and its columns'
+    whole share of the decay gradient to da [b, L, h, P // BLOCK_P] float32, with no sum over heads.
+
+    With ``M = (C.B) * decay`` [t, s], ``u = dt x``, the block's entering state S and the gradient G of
+    its leaving state: ``du = M^T dy + to_end (B G^T)`` (dx's), and the decay gradient's in-block terms
+    ``sum_s W[t, s] - sum_s W[s, t]`` (``W[t, s] = gm[t, s] (C_t . B_s)``, module docstring) are row sums
+    over the head dim, ``dy_t . (M u)_t - u_t . (M^T dy)_t``; the states' terms too:
+    ``from_start_t dy_t . (C S^T)_t - to_end_t u_t . (B G^T)_t``. So ``da_t = dy_t . y'_t - u_t . du_t``
+    with ``y' = M u + from_start (C S^T)`` (y without D), plus at the block's last position
+    ``sum_s to_end_s u_s . (B G^T)_s + survive sum(G S)``."""
+    pid_j = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    h0 = tl.program_id(1).to(tl.int64) * HEADS
+    nheads = tl.num_programs(1) * HEADS
+    n_pblocks = P // BLOCK_P
+    c = pid_j // n_pblocks
+    pid_p = pid_j % n_pblocks
+    g = h0 // heads_per_group
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    valid = t < L
+    n = tl.arange(0, N)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    Bm = tl.load(B_ptr + pid_b * stride_B_b + g * stride_B_g + t[:, None] * stride_B_l + n[None, :] * stride_B_n,
+                 mask=valid[:, None], other=0.0)
+    Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
+                 mask=valid[:, None], other=0.0)
+    cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]: C_t . B_s, the same for every head of the group
+    cb_t = tl.trans(cb)
+    n_blocks = tl.cdiv(L, BLOCK_T)
+    for i in range(0, HEADS):
+        h = h0 + i
+        A = tl.load(A_ptr + h).to(tl.float32)
+        _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
+            seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+        is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
+                    mask=valid[:, None], other=0.0)
+        dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
+                     + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+        state_offsets = ((pid_b * nheads + h) * n_blocks + c) * P * N + p[:, None] * N + n[None, :]
+        S = tl.load(states_ptr + state_offsets)
+        G = tl.load(dstates_ptr + state_offsets)
+        # Both products of M take the other side in full (float32: not rounded to TF32), so the in-block
+        # terms of da, which cancel over the block in its reverse cumulative sum, meet one rounded M:
+        # M^T and M hold the same rounded values, and u and dy are the same on both sides.
+        m_t = (cb_t * _decay_matrix(a, doc, BLOCK_T, TRANSPOSED=True)).to(x.dtype)  # [s, t]
+        u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
+        bg = tl.dot(Bm, tl.trans(G.to(x.dtype)))  # [s, p]: G B_s
+        du = _dot_exact_rhs(m_t, dy, bg * to_end[:, None])
+        uf = u.to(tl.float32)
+        v = tl.sum(uf * bg, axis=1) * to_end  # to_end_s u_s . (B G^T)_s
+        m = (cb * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
+        y_pre = _dot_exact_rhs(m, u, tl.dot(Cm, tl.trans(S.to(x.dtype))) * from_start[:, None])
+        da = tl.sum(dy.to(tl.float32) * y_pre - uf * du, axis=1)
+        last = tl.sum(v, axis=0) + survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
+        da += tl.where(is_last, last, 0.0)
+        row_offsets = (pid_b * L + t) * nheads + h
+        tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
+        _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets,
+                  pid_b * stride_dx_b + t * stride_dx_l + h * P, valid, p, h,
+                  (pid_b * nheads + h) * n_blocks * n_pblocks + pid_j, pid_p, n_pblocks, HAS_D)
+
+
+@triton.jit
+def _ssd_bwd_dbc_heads_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr, dB_ptr, dC_ptr,
+    L, heads_per_group,
+    stride_x_b, stride_x_l, stride_x_h, stride_x_p,
+    stride_dt_b, stride_dt_l, stride_dt_h,
+    stride_B_b, stride_B_l, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_g, stride_C_n,
+    stride_seq_b, stride_seq_l,
+    stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+    ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, HEADS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+):
+    """The head-looping backward's second launch: dB and dC summed over heads, nothing per head. Program
+    (c * N // BLOCK_N + k, i, b) takes block c, state columns k * BLOCK_N ... and heads i * HEADS ... of
+    one group. ``dB_s = sum_t GM[t, s] C_t + sum_h to_end_s (u_s^T G)_h`` and ``dC_t = sum_s GM[t, s] B_s +
+    sum_h from_start_t (dy_t^T S)_h`` with ``GM = sum_h gm_h``: per head one [t, s] product, summed, and two
+    products that add into the same accumulators (a matrix product over heads x head dim); B and C meet
+    GM once at the end. Adds the program's sums to dB, dC [b, L, g, N] float32 (zeroed by the caller) with
+    ``ATOMIC_BC``, else writes them to dB, dC [b, L, g, heads_per_group // HEADS, N] float32 (for the
+    caller to sum)."""
+    pid_b = tl.program_id(2).to(tl.int64)
+    n_chunks = N // BLOCK_N
+    c = tl.program_id(0) // n_chunks
+    pid_k = tl.program_id(0) % n_chunks
+    h0 = tl.program_id(1).to(tl.int64) * HEADS
+    nheads = tl.num_programs(1) * HEADS
+    g = h0 // heads_per_group
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    valid = t < L
+    n = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
+    p = tl.arange(0, P)
+    n_blocks = tl.cdiv(L, BLOCK_T)
+    gm_sum = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # [t, s]
+    leaving_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [s, BLOCK_N]
+    entering_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [t, BLOCK_N]
+    for i in range(0, HEADS):
+        h = h0 + i
+        A = tl.load(A_ptr + h).to(tl.float32)
+        _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
+            c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
+            seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+        _, from_start, to_end, _ = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
+                    mask=valid[:, None], other=0.0)
+        dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
+                     + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
+        state_offsets = ((pid_b * nheads + h) * n_blocks + c) * P * N + p[:, None] * N + n[None, :]
+        S = tl.load(states_ptr + state_offsets).to(x.dtype)
+        G = tl.load(dstates_ptr + state_offsets).to(x.dtype)
+        # gm[t, s] = (dy_t . x_s) dt_s decay[t, s]: x as loaded, dt with the decay.
+        gm_sum += tl.dot(dy, tl.trans(x)) * (_decay_matrix(a, doc, BLOCK_T) * dt[None, :])
+        xf = x.to(tl.float32)
+        leaving_sum = tl.dot((xf * (dt * to_end)[:, None]).to(x.dtype), G, acc=leaving_sum)
+        entering_sum = tl.dot((dy.to(tl.float32) * from_start[:, None]).to(x.dtype), S, acc=entering_sum)
+    Bm = tl.load(B_ptr + pid_b * stride_B_b + g * stride_B_g + t[:, None] * stride_B_l + n[None, :] * stride_B_n,
+                 mask=valid[:, None], other=0.0)
+    Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
+                 mask=valid[:, None], other=0.0)
+    gm_lp = gm_sum.to(Bm.dtype)
+    dB = tl.dot(tl.trans(gm_lp), Cm, acc=leaving_sum)
+    dC = tl.dot(gm_lp, Bm, acc=entering_sum)
+    ngroups = nheads // heads_per_group
+    if ATOMIC_BC:
+        rows = ((pid_b * L + t) * ngroups + g) * N
+        tl.atomic_add(dB_ptr + rows[:, None] + n[None, :], dB, mask=valid[:, None], sem="relaxed")
+        tl.atomic_add(dC_ptr + rows[:, None] + n[None, :], dC, mask=valid[:, None], sem="relaxed")
+    else:
+        splits = heads_per_group // HEADS
+        rows = (((pid_b * L + t) * ngroups + g) * splits + (h0 % heads_per_group) // HEADS) * N
+        tl.store(dB_ptr + rows[:, None] + n[None, :], dB, mask=valid[:, None])
+        tl.store(dC_ptr + rows[:, None] + n[None, :], dC, mask=valid[:, None])
+
+
 def _blocking(cfg: tuple[int, ...]) -> tuple[int, int, dict]:
     """(block_t, block_p, warps[, register cap per thread]) -> block_t, block_p, launch options."""
     launch = {"num_warps": cfg[2]}
@@ -820,17 +979,19 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     of the gradient of in_proj's output)."""
     dt = steps_in.steps()
     (block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases,
-     bc_heads, max_registers) = cfg
+     bc_heads, max_registers, dx_heads, _) = cfg
     launch = {"num_warps": warps, **({"maxnreg": max_registers} if max_registers else {})}
-    if states is None:
-        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
-                            write_y=False, state_every=1)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
-    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks, n_pblocks * dstate // block_n if bc_heads else None,
-                        dx)
-    if bc_shares:
+    # da's shares: one per column block, or with the dB / dC launch's several heads per program (not
+    # head-looping) one per column block and chunk of state columns.
+    out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks,
+                        n_pblocks * dstate // block_n if bc_heads and phases != 4 else None, dx)
+    if states is None:
+        _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
+                            write_y=False, state_every=1)
+    if bc_shares and phases != 4:
         out["dB"], out["dC"] = (torch.empty(batch, seqlen, nheads // max(bc_heads, 1), n_pblocks, dstate,
                                             device=x.device, dtype=torch.float32) for _ in range(2))
     dstates = torch.empty(batch, nheads, n_blocks, headdim, dstate, device=x.device,
@@ -843,6 +1004,9 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
         HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
+    if phases == 4:
+        _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, cfg, launch)
+        return _grads(steps_in, A, block_t=block_t, ddt=ddt, **out)
     # (dx part, dB / dC part) of each launch over the blocks.
     parts = [(True, True)] if phases in (0, 1, 3) else [(True, False)] if bc_heads else [(True, False), (False, True)]
     for dx_part, bc_part in parts:
@@ -866,6 +1030,40 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     if bc_shares:  # each group's heads are consecutive
         out["dB"], out["dC"] = (out[k].view(batch, seqlen, ngroups, -1, dstate).sum(3) for k in ("dB", "dC"))
     return _grads(steps_in, A, block_t=block_t, ddt=ddt, **out)
+
+
+def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, cfg, launch):
+    """The split backward's head-looping launches (``cfg``'s field 12: 4): dx, ddt_x, dD and da per head,
+    then dB and dC summed over heads, into ``out`` (:func:`_grad_buffers`, one share per column block)."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    block_t, block_p, block_n, bc_shares, bc_heads, dx_heads = cfg[0], cfg[1], cfg[2], cfg[10], cfg[12], cfg[14]
+    bc_launch = {**launch, "num_warps": cfg[15] or launch["num_warps"]}
+    heads_per_group = nheads // ngroups
+    bc_heads, dx_heads = bc_heads or heads_per_group, dx_heads or 1
+    n_blocks = triton.cdiv(seqlen, block_t)
+    seq = seq_idx if seq_idx is not None else dt
+    strides = (*x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+               *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride())
+    _ssd_bwd_dx_heads_kernel[(n_blocks * (headdim // block_p), nheads // dx_heads, batch)](
+        x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
+        out["dx"], out["da"], out["ddt_x"], out["dD"], seqlen, heads_per_group, *strides, *out["dx"].stride()[:2],
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HEADS=dx_heads,
+        BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
+    )
+    splits = heads_per_group // bc_heads
+    if bc_shares:
+        dB, dC = (torch.empty(batch, seqlen, ngroups, splits, dstate, device=x.device, dtype=torch.float32)
+                  for _ in range(2))
+    else:
+        dB, dC = out["dB"], out["dC"]
+    _ssd_bwd_dbc_heads_kernel[(n_blocks * (dstate // block_n), nheads // bc_heads, batch)](
+        x, dt, A, B, C, seq, dy, states, dstates, dB, dC, seqlen, heads_per_group, *strides,
+        ATOMIC_BC=not bc_shares, HAS_SEQ=seq_idx is not None, HEADS=bc_heads,
+        BLOCK_T=block_t, BLOCK_N=block_n, P=headdim, N=dstate, **bc_launch,
+    )
+    if bc_shares:
+        out["dB"], out["dC"] = dB.sum(3), dC.sum(3)
 
 
 class _SSDScan(torch.autograd.Function):
@@ -909,11 +1107,14 @@ class _SSDScan(torch.autograd.Function):
 # (0: one pass over the state dimension for every gradient; 1: the dx part, then the dB / dC part,
 # in one program; 2: the same parts in two launches; 3: in neighbouring programs of one launch, whose
 # registers are those of the larger part, and whose second program runs beside the first, so x, dy, B,
-# C and G can come from the L2 cache); with two launches, the heads of one group per
-# program of the dB / dC launch (0: one, and each program loops over the state columns; k: k heads,
-# summed before they are added to dB and dC, and one chunk of state columns per program); a cap on
-# registers per thread of the parallel launch(es) (0: none).
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0, 0)
+# C and G can come from the L2 cache; 4: the head-looping launches, one for dx and the whole decay
+# gradient per head, then one for dB and dC summed over heads, each program walking several heads of
+# a group); with two launches, the heads of one group per program of the dB / dC launch (0: one, and
+# each program loops over the state columns; k: k heads, summed before they are added to dB and dC,
+# and one chunk of state columns per program; with 4, 0 is all heads of the group); a cap on
+# registers per thread of the parallel launch(es) (0: none); with 4, the heads per program of the dx
+# launch (0: one) and the warps of the dB / dC launch (0: as the dx launch's).
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def blockings(headdim: int, dstate: int, heads_per_group: int, fwd_config: tuple[int, ...],
@@ -936,13 +1137,20 @@ def blockings(headdim: int, dstate: int, heads_per_group: int, fwd_config: tuple
         if split[9] and split[0] % fwd_config[0]:
             raise ValueError(f"ssd_chunk_scan_triton keeps the forward's states for the split backward only if its "
                              f"block ({split[0]} positions) is a multiple of the forward's ({fwd_config[0]})")
-        if split[11] not in (0, 1, 2, 3):
-            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1, 2 or 3 "
+        if split[11] not in (0, 1, 2, 3, 4):
+            raise ValueError(f"ssd_chunk_scan_triton splits the split backward's parallel launch in 0, 1, 2, 3 or 4 "
                              f"ways (its config's field 12), got {split[11]}")
-        if split[12] and (split[11] != 2 or heads_per_group % split[12]):
+        if split[12] and (split[11] not in (2, 4) or heads_per_group % split[12]):
             raise ValueError(f"ssd_chunk_scan_triton takes {split[12]} heads per program of the split backward's "
-                             f"dB / dC launch (its config's field 13) only with two launches (field 12: 2, got "
+                             f"dB / dC launch (its config's field 13) only with two launches (field 12: 2 or 4, got "
                              f"{split[11]}) and a divisor of the heads per group ({heads_per_group})")
+        if split[15] and split[11] != 4:
+            raise ValueError(f"ssd_chunk_scan_triton takes warps for the split backward's dB / dC launch (its config's "
+                             f"field 16) only with the head-looping launches (field 12: 4, got {split[11]})")
+        if split[14] and (split[11] != 4 or heads_per_group % split[14]):
+            raise ValueError(f"ssd_chunk_scan_triton takes {split[14]} heads per program of the split backward's "
+                             f"dx launch (its config's field 15) only with the head-looping launches (field 12: 4, "
+                             f"got {split[11]}) and a divisor of the heads per group ({heads_per_group})")
         split_bwd_config = tuple(split)
     for name, size in sizes:
         if size < 16 or size & (size - 1):
