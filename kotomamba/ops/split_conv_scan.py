@@ -31,9 +31,10 @@ from kotomamba.ops.ssd_triton import Steps, _bwd_split, _fwd, blockings
 _CONV = "causal_conv1d.cpp_functions"
 
 # Our SSD's blockings here: the forward's (positions per block, head-dim columns, warps) and the split
-# backward's (the first fields of ssd_triton.SPLIT_BWD_DEFAULT), the fastest timed (bench/RESULTS.md).
+# backward's (ssd_triton.SPLIT_BWD_DEFAULT's fields: its head-looping launches, the states rerun), the
+# fastest timed that holds no states from forward to backward (bench/RESULTS.md).
 SSD_FWD_CONFIG = (32, 64, 4)
-SSD_SPLIT_CONFIG = (64, 64, 32, 8)
+SSD_SPLIT_CONFIG = (64, 64, 128, 4, 64, 4, 64, 4, 0, 0, 1, 4, 0, 0, 1, 8)
 
 
 @dataclass(frozen=True)

@@ -294,20 +294,23 @@ def _ssd_bwd_kernel(
 
 @triton.jit
 def _ssd_bwd_dstates_kernel(
-    dt_ptr, A_ptr, C_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr,
-    L, heads_per_group,
+    dt_ptr, A_ptr, C_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr, states_ptr, da_ptr,
+    L, heads_per_group, da_shares, da_share,
     stride_dt_b, stride_dt_l, stride_dt_h,
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
-    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, PAIR: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The split backward's sequential part. Program (b, h, j) walks the blocks of head h in reverse
     carrying rows j * BLOCK_P ... of the state's gradient, and stores, for every block c, the gradient
     of the state leaving it in dstates [b, h, blocks, P, N] (before adding the block's own terms), and
     the gradient of the initial state in dinit [b, h, P, N] float32. Per block only one product:
-    ``dS_in = survive * dS_out + (from_start * dy)^T C``."""
+    ``dS_in = survive * dS_out + (from_start * dy)^T C``. With ``PAIR`` (the head-looping launches), also
+    the decay gradient's term of the entering state's survival, ``survive sum(G S)`` over its rows (S
+    the entering state, states [b, h, blocks, P, N]), at the block's last position, 0 at its others, in
+    share ``da_share + j`` of da [b, L, h, da_shares] float32."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -334,7 +337,12 @@ def _ssd_bwd_dstates_kernel(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        _, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        is_last, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        if PAIR:
+            S = tl.load(states_ptr + (bh * n_blocks + c) * P * N + state_offsets).to(tl.float32)
+            pair = survive * tl.sum(tl.sum(dstate * S, axis=1), axis=0)
+            tl.store(da_ptr + ((pid_b * L + t) * nheads + pid_h) * da_shares + da_share + tl.program_id(2),
+                     tl.where(is_last, pair, 0.0), mask=valid)
         dy_in = (dy.to(tl.float32) * from_start[:, None]).to(Cm.dtype)
         dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
     tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
@@ -639,14 +647,15 @@ def _ssd_bwd_dx_heads_kernel(
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
-    stride_dx_b, stride_dx_l,
+    stride_dx_b, stride_dx_l, da_shares,
     HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HEADS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The head-looping backward's first launch: program (c * P // BLOCK_P + j, i, b) takes block c and
     columns j * BLOCK_P ... of heads i * HEADS ... (one group), computes ``C.B`` once for them and walks
     them one after another, writing each head's dx, ddt_x, dD share (as :func:`_store_du`) and its columns'
-    whole share of the decay gradient to da [b, L, h, P // BLOCK_P] float32, with no sum over heads.
+    share j of the decay gradient to da [b, L, h, da_shares] float32 (all of it but the entering state's
+    survival term, which the state-gradient walk adds), with no sum over heads.
 
     With ``M = (C.B) * decay`` [t, s], ``u = dt x``, the block's entering state S and the gradient G of
     its leaving state: ``du = M^T dy + to_end (B G^T)`` (dx's), and the decay gradient's in-block terms
@@ -654,7 +663,7 @@ def _ssd_bwd_dx_heads_kernel(
     over the head dim, ``dy_t . (M u)_t - u_t . (M^T dy)_t``; the states' terms too:
     ``from_start_t dy_t . (C S^T)_t - to_end_t u_t . (B G^T)_t``. So ``da_t = dy_t . y'_t - u_t . du_t``
     with ``y' = M u + from_start (C S^T)`` (y without D), plus at the block's last position
-    ``sum_s to_end_s u_s . (B G^T)_s + survive sum(G S)``."""
+    ``sum_s to_end_s u_s . (B G^T)_s`` (and ``survive sum(G S)``, :func:`_ssd_bwd_dstates_kernel`'s)."""
     pid_j = tl.program_id(0)
     pid_b = tl.program_id(2).to(tl.int64)
     h0 = tl.program_id(1).to(tl.int64) * HEADS
@@ -672,7 +681,6 @@ def _ssd_bwd_dx_heads_kernel(
     Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
                  mask=valid[:, None], other=0.0)
     cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]: C_t . B_s, the same for every head of the group
-    cb_t = tl.trans(cb)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, HEADS):
         h = h0 + i
@@ -680,7 +688,7 @@ def _ssd_bwd_dx_heads_kernel(
         _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
             c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
             seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
-        is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+        is_last, from_start, to_end, _ = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
                     mask=valid[:, None], other=0.0)
         dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
@@ -689,21 +697,19 @@ def _ssd_bwd_dx_heads_kernel(
         S = tl.load(states_ptr + state_offsets)
         G = tl.load(dstates_ptr + state_offsets)
         # Both products of M take the other side in full (float32: not rounded to TF32), so the in-block
-        # terms of da, which cancel over the block in its reverse cumulative sum, meet one rounded M:
-        # M^T and M hold the same rounded values, and u and dy are the same on both sides.
-        m_t = (cb_t * _decay_matrix(a, doc, BLOCK_T, TRANSPOSED=True)).to(x.dtype)  # [s, t]
+        # terms of da, which cancel over the block in its reverse cumulative sum, meet one rounded M,
+        # and u and dy are the same on both sides.
+        m = (cb * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
         u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
         bg = tl.dot(Bm, tl.trans(G.to(x.dtype)))  # [s, p]: G B_s
-        du = _dot_exact_rhs(m_t, dy, bg * to_end[:, None])
+        du = _dot_exact_rhs(tl.trans(m), dy, bg * to_end[:, None])
         uf = u.to(tl.float32)
         v = tl.sum(uf * bg, axis=1) * to_end  # to_end_s u_s . (B G^T)_s
-        m = (cb * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
         y_pre = _dot_exact_rhs(m, u, tl.dot(Cm, tl.trans(S.to(x.dtype))) * from_start[:, None])
         da = tl.sum(dy.to(tl.float32) * y_pre - uf * du, axis=1)
-        last = tl.sum(v, axis=0) + survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
-        da += tl.where(is_last, last, 0.0)
+        da += tl.where(is_last, tl.sum(v, axis=0), 0.0)
         row_offsets = (pid_b * L + t) * nheads + h
-        tl.store(da_ptr + row_offsets * n_pblocks + pid_p, da, mask=valid)
+        tl.store(da_ptr + row_offsets * da_shares + pid_p, da, mask=valid)
         _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets,
                   pid_b * stride_dx_b + t * stride_dx_l + h * P, valid, p, h,
                   (pid_b * nheads + h) * n_blocks * n_pblocks + pid_j, pid_p, n_pblocks, HAS_D)
@@ -984,10 +990,11 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
-    # da's shares: one per column block, or with the dB / dC launch's several heads per program (not
-    # head-looping) one per column block and chunk of state columns.
+    # da's shares: one per column block; with the dB / dC launch's several heads per program one per column
+    # block and chunk of state columns; head-looping, one more per column block of the state-gradient walk.
     out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks,
-                        n_pblocks * dstate // block_n if bc_heads and phases != 4 else None, dx)
+                        n_pblocks + headdim // seq_p if phases == 4 else n_pblocks * dstate // block_n if bc_heads
+                        else None, dx)
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
                             write_y=False, state_every=1)
@@ -999,9 +1006,10 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     seq = seq_idx if seq_idx is not None else dt
     seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
     _ssd_bwd_dstates_kernel[(batch, nheads, headdim // seq_p)](
-        dt, A, C, seq, dy, dfinal if dfinal is not None else out["dinit"], dstates, out["dinit"],
-        seqlen, nheads // ngroups, *dt.stride(), *C.stride(), *seq_strides, *dy.stride(),
-        HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
+        dt, A, C, seq, dy, dfinal if dfinal is not None else out["dinit"], dstates, out["dinit"], states, out["da"],
+        seqlen, nheads // ngroups, out["da"].shape[-1], n_pblocks,
+        *dt.stride(), *C.stride(), *seq_strides, *dy.stride(),
+        HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, PAIR=phases == 4,
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
     if phases == 4:
@@ -1034,7 +1042,8 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
 
 def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, cfg, launch):
     """The split backward's head-looping launches (``cfg``'s field 12: 4): dx, ddt_x, dD and da per head,
-    then dB and dC summed over heads, into ``out`` (:func:`_grad_buffers`, one share per column block)."""
+    then dB and dC summed over heads, into ``out`` (:func:`_grad_buffers`: ddt_x with one share per column
+    block, da's first shares as many)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     block_t, block_p, block_n, bc_shares, bc_heads, dx_heads = cfg[0], cfg[1], cfg[2], cfg[10], cfg[12], cfg[14]
@@ -1048,6 +1057,7 @@ def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, cfg, l
     _ssd_bwd_dx_heads_kernel[(n_blocks * (headdim // block_p), nheads // dx_heads, batch)](
         x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
         out["dx"], out["da"], out["ddt_x"], out["dD"], seqlen, heads_per_group, *strides, *out["dx"].stride()[:2],
+        out["da"].shape[-1],
         HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HEADS=dx_heads,
         BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
     )
