@@ -29,7 +29,7 @@ from isolated import op_main
 
 SHAPES = {"130m": (16, 24), "1.3b": (8, 64), "2.7b": (4, 80)}
 HEADDIM, DSTATE = 64, 128
-IMPLS = ("ssd:mamba_ssm", "ssd:ours=32.64.4-16.32.4", "ssd:ours=32.64.4-s64.64.16.8", "ssd:ours=32.64.4-s64.64.32.8")
+IMPLS = ("ssd:mamba_ssm", "ssd:ours=32.64.4-s64.64.32.8", "ssd:ours=32.64.4-s64.64.128.4.64.4.64.4.0.0.1.4.0.0.1.8")
 IMPLS_HELP = (
     "comma-separated; ssd:ours=VARIANT is our kernels with a blocking: forward then backward, each (positions per "
     "block, head-dim columns per program, warps[, register cap]), e.g. 32.64.4-16.32.4; a backward with the prefix "
@@ -37,9 +37,11 @@ IMPLS_HELP = (
     "head-dim columns, state columns at a time and warps of the parallel launch; columns and warps of the "
     "sequential one, of the rerun; 1 for float32 state gradients; 1 to keep the forward's states instead of the "
     "rerun; 1 to sum dB and dC from per-head shares instead of atomic adds; the parallel launch in one pass 0, in "
-    "two parts 1, in two launches 2, in two parts as neighbouring programs 3; heads per program of the second of "
-    "two launches, 0 for one with its own loop over the state; a register cap of the parallel launch(es), 0 for "
-    "none), missing ones from it, e.g. ssd:ours=32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128")
+    "two parts 1, in two launches 2, in two parts as neighbouring programs 3, head-looping 4; heads per program of "
+    "the second of two launches, 0 for one with its own loop over the state (head-looping: 0 for all of a group); "
+    "a register cap of the parallel launch(es), 0 for none; head-looping: heads per program of the dx launch and "
+    "warps of the dB / dC launch), missing ones from it, e.g. ssd:ours=32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128 "
+    "or the mixer's, ssd:ours=32.64.4-s64.64.128.4.64.4.64.4.0.0.1.4.0.0.1.8")
 
 
 def make_inputs(batch, heads, seqlen, headdim, dstate, doc_len, seed):
