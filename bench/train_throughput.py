@@ -453,7 +453,8 @@ def main() -> None:
     parser.add_argument("--isolate", action="store_true",
                         help="one GPU: each implementation in a fresh process of its own, once per round")
     parser.add_argument("--profile", type=int, nargs="?", const=18, default=0, metavar="ROWS",
-                        help="print each impl's device-busy share and its ROWS (default 18) top kernels and host operators")
+                        help="print each impl's device-busy share and its ROWS (default 18) top kernels and host "
+                             "operators")
     parser.add_argument("--doc-tokens", type=int, default=0,
                         help="kotomamba only: packed documents of this mean length with seq_idx (data.reset_at_eod); 0: none")
     args = parser.parse_args()
