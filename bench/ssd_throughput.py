@@ -29,7 +29,7 @@ from isolated import op_main
 
 SHAPES = {"130m": (16, 24), "1.3b": (8, 64), "2.7b": (4, 80)}
 HEADDIM, DSTATE = 64, 128
-IMPLS = ("ssd:mamba_ssm", "ssd:ours=32.64.4-s64.64.32.8", "ssd:ours=32.64.4-s64.64.128.4.64.4.64.4.0.0.1.4.0.0.1.8")
+IMPLS = ("ssd:mamba_ssm", "ssd:ours=32.64.4-s64.64.32.8", "ssd:ours=mixer")
 IMPLS_HELP = (
     "comma-separated; ssd:ours=VARIANT is our kernels with a blocking: forward then backward, each (positions per "
     "block, head-dim columns per program, warps[, register cap]), e.g. 32.64.4-16.32.4; a backward with the prefix "
@@ -40,8 +40,8 @@ IMPLS_HELP = (
     "two parts 1, in two launches 2, in two parts as neighbouring programs 3, head-looping 4; heads per program of "
     "the second of two launches, 0 for one with its own loop over the state (head-looping: 0 for all of a group); "
     "a register cap of the parallel launch(es), 0 for none; head-looping: heads per program of the dx launch and "
-    "warps of the dB / dC launch), missing ones from it, e.g. ssd:ours=32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128 "
-    "or the mixer's, ssd:ours=32.64.4-s64.64.128.4.64.4.64.4.0.0.1.4.0.0.1.8")
+    "warps of the dB / dC launch), missing ones from it, e.g. ssd:ours=32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128; "
+    "ssd:ours=mixer is the blocking the Mamba-2 mixer runs (kotomamba.ops.split_conv_scan)")
 
 
 def make_inputs(batch, heads, seqlen, headdim, dstate, doc_len, seed):
@@ -59,7 +59,12 @@ def make_inputs(batch, heads, seqlen, headdim, dstate, doc_len, seed):
 
 
 def variant_configs(variant: str) -> dict:
-    """'32.64.4-s64.64.32.8' (see --variants) -> the blocking arguments of ``ssd_chunk_scan_triton``."""
+    """'32.64.4-s64.64.32.8' (see --variants), or 'mixer' (the mixer's blocking) -> the blocking arguments
+    of ``ssd_chunk_scan_triton``."""
+    if variant == "mixer":
+        from kotomamba.ops.split_conv_scan import SSD_FWD_CONFIG, SSD_SPLIT_CONFIG
+
+        return {"fwd_config": SSD_FWD_CONFIG, "split_bwd_config": SSD_SPLIT_CONFIG}
     fwd, bwd = variant.split("-")
     configs = {"fwd_config": tuple(int(v) for v in fwd.split("."))}
     # A backward half that starts with "s" picks the split backward.

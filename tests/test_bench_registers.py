@@ -25,18 +25,20 @@ def run(bench: str, *argv: str) -> subprocess.CompletedProcess:
 
 
 def test_registers_are_reported_per_launch_of_each_variant():
-    variants = ["32.64.4-s64.64.32.8", "32.64.4-s64.64.16.8.64.4.64.4.0.1.0.2"]
+    variants = ["32.64.4-s64.64.32.8", "32.64.4-s64.64.16.8.64.4.64.4.0.1.0.2", "mixer"]
     done = run("ssd_throughput.py", "--registers", "--shapes", "130m", "--seq", "256",
                "--impls", ",".join(["ssd:mamba_ssm"] + [f"ssd:ours={v}" for v in variants]))
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line.split(" | ") for line in done.stdout.splitlines() if re.match(r"\| 32\.64\.4-s", line)]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if re.match(r"\| (32\.64\.4-s|mixer)", line)]
     launches = {v: [r[1] for r in rows if r[0] == f"| {v}"] for v in variants}
     # The step, one forward; the step again, the backward's state rerun, the sequential state-gradient launch,
-    # then the block-parallel launch (in one pass, or in two launches with the last setting), then the step's
-    # gradients.
+    # then the block-parallel launch (in one pass, or in two launches with the second setting, or the mixer's
+    # head-looping launches), then the step's gradients.
     assert launches[variants[0]] == ["_steps_kernel", "_ssd_fwd_kernel", "_steps_kernel", "_ssd_fwd_kernel",
                                      "_ssd_bwd_dstates_kernel", "_ssd_bwd_blocks_kernel", "_step_grads_kernel"]
     assert launches[variants[1]][-3:] == ["_ssd_bwd_blocks_kernel", "_ssd_bwd_blocks_kernel", "_step_grads_kernel"]
+    assert launches["mixer"][-4:] == ["_ssd_bwd_dstates_kernel", "_ssd_bwd_dx_heads_kernel",
+                                      "_ssd_bwd_dbc_heads_kernel", "_step_grads_kernel"]
     for row in rows:
         warps, registers, programs = int(row[2]), int(row[3]), int(row[6].rstrip(" |"))
         assert warps in (4, 8) and 0 < registers <= 255 and programs >= 1, row
