@@ -637,6 +637,29 @@ def _ssd_bwd_bc_heads_kernel(
 
 
 @triton.jit
+def _head_block(h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
+                stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
+                stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+                HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr):
+    """What the head-looping launches read of head h in block c (positions t, head-dim columns p, state
+    columns n): its step dt, the within-block decay sums a and documents doc [BLOCK_T] (:func:`_block_inputs`),
+    is_last, from_start and to_end (:func:`_block_decays`), x and dy [BLOCK_T, columns], and the block's
+    entering state S and its leaving state's gradient G [columns, state columns] as stored."""
+    A = tl.load(A_ptr + h).to(tl.float32)
+    _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
+        c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
+        seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+    is_last, from_start, to_end, _ = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+    x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
+                mask=valid[:, None], other=0.0)
+    dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p,
+                 mask=valid[:, None], other=0.0)
+    state_offsets = ((pid_b * nheads + h) * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
+    return (dt, a, doc, is_last, from_start, to_end, x, dy, tl.load(states_ptr + state_offsets),
+            tl.load(dstates_ptr + state_offsets))
+
+
+@triton.jit
 def _ssd_bwd_dx_heads_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr,
     dx_ptr, da_ptr, ddt_x_ptr, dD_ptr,
@@ -684,18 +707,11 @@ def _ssd_bwd_dx_heads_kernel(
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, HEADS):
         h = h0 + i
-        A = tl.load(A_ptr + h).to(tl.float32)
-        _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
-            c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
-            seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
-        is_last, from_start, to_end, _ = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
-        x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
-                    mask=valid[:, None], other=0.0)
-        dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
-                     + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
-        state_offsets = ((pid_b * nheads + h) * n_blocks + c) * P * N + p[:, None] * N + n[None, :]
-        S = tl.load(states_ptr + state_offsets)
-        G = tl.load(dstates_ptr + state_offsets)
+        dt, a, doc, is_last, from_start, to_end, x, dy, S, G = _head_block(
+            h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
+            stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
+            stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+            HAS_SEQ, BLOCK_T, P, N)
         # Both products of M take the other side in full (float32: not rounded to TF32), so the in-block
         # terms of da, which cancel over the block in its reverse cumulative sum, meet one rounded M,
         # and u and dy are the same on both sides.
@@ -747,24 +763,18 @@ def _ssd_bwd_dbc_heads_kernel(
     valid = t < L
     n = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
     p = tl.arange(0, P)
-    n_blocks = tl.cdiv(L, BLOCK_T)
     gm_sum = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # [t, s]
     leaving_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [s, BLOCK_N]
     entering_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [t, BLOCK_N]
     for i in range(0, HEADS):
         h = h0 + i
-        A = tl.load(A_ptr + h).to(tl.float32)
-        _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
-            c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
-            seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
-        _, from_start, to_end, _ = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
-        x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
-                    mask=valid[:, None], other=0.0)
-        dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l
-                     + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
-        state_offsets = ((pid_b * nheads + h) * n_blocks + c) * P * N + p[:, None] * N + n[None, :]
-        S = tl.load(states_ptr + state_offsets).to(x.dtype)
-        G = tl.load(dstates_ptr + state_offsets).to(x.dtype)
+        dt, a, doc, _, from_start, to_end, x, dy, S, G = _head_block(
+            h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
+            stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
+            stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
+            HAS_SEQ, BLOCK_T, P, N)
+        S = S.to(x.dtype)
+        G = G.to(x.dtype)
         # gm[t, s] = (dy_t . x_s) dt_s decay[t, s]: x as loaded, dt with the decay.
         gm_sum += tl.dot(dy, tl.trans(x)) * (_decay_matrix(a, doc, BLOCK_T) * dt[None, :])
         xf = x.to(tl.float32)
