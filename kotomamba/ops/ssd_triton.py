@@ -24,8 +24,8 @@ over the rest of t's block.
   columns), its share of dB and dC (summed over heads and column blocks with atomic adds) and of the
   decay gradient. Its parallelism is only batch x heads x column blocks.
 - The split backward (``split_bwd_config``), after mamba-ssm's split of the backward into state
-  passing and per-chunk products (``ssd_combined.py``), here two launches after the rerun: a sequential
-  one per (batch, head, column block) carries only the [P, N] state gradient backwards through the
+  passing and per-chunk products (``ssd_combined.py``), here after the rerun: a sequential launch
+  per (batch, head, column block) carries only the [P, N] state gradient backwards through the
   blocks, one small product per block (``dS_in = survive * dS_out + (from_start * dy)^T C``), and
   keeps the gradient of every block's leaving state; then one launch over all (block, column block,
   head, batch) computes, from a block's entering state and leaving-state gradient, everything the
@@ -37,7 +37,8 @@ over the rest of t's block.
   launch whose programs walk several heads of a block, each head's dx and its whole decay gradient from
   products of the head dim's width (``da_t = dy_t . y'_t - u_t . du_t``, :func:`_ssd_bwd_dx_heads_kernel`),
   then one whose programs walk a group's heads and gather dB and dC as one matrix product over heads x
-  head dim (:func:`_ssd_bwd_dbc_heads_kernel`): nothing is added atomically per head. The register counts
+  head dim (:func:`_ssd_bwd_dbc_heads_kernel`): nothing is added atomically per head (the Mamba-2 mixer's
+  setting, :mod:`kotomamba.ops.split_conv_scan`). The register counts
   and spills of each setting, compiled for sm_90a on any host: ``bench/ssd_throughput.py --registers``.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
