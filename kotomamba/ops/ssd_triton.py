@@ -946,8 +946,9 @@ def _grads(steps_in: Steps, A, block_t, da, ddt_x, dx, dB, dC, dD, dinit, ddt=No
 
 
 def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = None,
-                  dx: torch.Tensor | None = None) -> dict:
-    """The backward launches' outputs; ``dx`` [b, L, h, P], if given, must have its [h, P] contiguous."""
+                  dx: torch.Tensor | None = None, atomic_bc: bool = True) -> dict:
+    """The backward launches' outputs; ``dx`` [b, L, h, P], if given, must have its [h, P] contiguous. dB and dC
+    zeroed for atomic adds, or left to the caller (``atomic_bc`` false: their shares are written, then summed)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -956,13 +957,14 @@ def _grad_buffers(x, B, shares: int, dD_shares: int, da_shares: int | None = Non
     if dx.shape != x.shape or dx.stride()[2:] != (headdim, 1):
         raise ValueError(f"the SSD backward writes dx [b, L, h, P] with [h, P] contiguous, got shape "
                          f"{tuple(dx.shape)} and strides {dx.stride()}")
-    return {"dx": dx,
-            "da": torch.empty(batch, seqlen, nheads, da_shares or shares, **f32),
-            "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
-            "dB": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
-            "dC": torch.zeros(batch, seqlen, ngroups, dstate, **f32),
-            "dD": torch.empty(batch, nheads, dD_shares, **f32),
-            "dinit": torch.empty(batch, nheads, headdim, dstate, **f32)}
+    out = {"dx": dx,
+           "da": torch.empty(batch, seqlen, nheads, da_shares or shares, **f32),
+           "ddt_x": torch.empty(batch, seqlen, nheads, shares, **f32),
+           "dD": torch.empty(batch, nheads, dD_shares, **f32),
+           "dinit": torch.empty(batch, nheads, headdim, dstate, **f32)}
+    if atomic_bc:
+        out["dB"], out["dC"] = (torch.zeros(batch, seqlen, ngroups, dstate, **f32) for _ in range(2))
+    return out
 
 
 def _bwd(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfinal, cfg):
@@ -996,7 +998,7 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     of the gradient of in_proj's output)."""
     dt = steps_in.steps()
     (block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases,
-     bc_heads, max_registers, dx_heads, _) = cfg
+     bc_heads, max_registers, dx_heads, bc_warps) = cfg
     launch = {"num_warps": warps, **({"maxnreg": max_registers} if max_registers else {})}
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
@@ -1005,7 +1007,7 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     # block and chunk of state columns; head-looping, one more per column block of the state-gradient walk.
     out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks,
                         n_pblocks + headdim // seq_p if phases == 4 else n_pblocks * dstate // block_n if bc_heads
-                        else None, dx)
+                        else None, dx, atomic_bc=not bc_shares)
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
                             write_y=False, state_every=1)
@@ -1024,7 +1026,9 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
     if phases == 4:
-        _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, cfg, launch)
+        _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, launch, block_t=block_t,
+                        block_p=block_p, block_n=block_n, bc_shares=bc_shares, bc_heads=bc_heads, dx_heads=dx_heads,
+                        bc_warps=bc_warps)
         return _grads(steps_in, A, block_t=block_t, ddt=ddt, **out)
     # (dx part, dB / dC part) of each launch over the blocks.
     parts = [(True, True)] if phases in (0, 1, 3) else [(True, False)] if bc_heads else [(True, False), (False, True)]
@@ -1051,14 +1055,15 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     return _grads(steps_in, A, block_t=block_t, ddt=ddt, **out)
 
 
-def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, cfg, launch):
-    """The split backward's head-looping launches (``cfg``'s field 12: 4): dx, ddt_x, dD and da per head,
-    then dB and dC summed over heads, into ``out`` (:func:`_grad_buffers`: ddt_x with one share per column
-    block, da's first shares as many)."""
+def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, launch, *, block_t, block_p, block_n,
+                    bc_shares, bc_heads, dx_heads, bc_warps):
+    """The split backward's head-looping launches (its config's field 12: 4; the other arguments its fields
+    as :func:`_bwd_split` names them): dx, ddt_x, dD and da per head, then dB and dC summed over heads, into
+    ``out`` (:func:`_grad_buffers`: ddt_x with one share per column block, da's first shares as many; dB
+    and dC zeroed unless ``bc_shares``)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    block_t, block_p, block_n, bc_shares, bc_heads, dx_heads = cfg[0], cfg[1], cfg[2], cfg[10], cfg[12], cfg[14]
-    bc_launch = {**launch, "num_warps": cfg[15] or launch["num_warps"]}
+    bc_launch = {**launch, "num_warps": bc_warps or launch["num_warps"]}
     heads_per_group = nheads // ngroups
     bc_heads, dx_heads = bc_heads or heads_per_group, dx_heads or 1
     n_blocks = triton.cdiv(seqlen, block_t)
@@ -1083,8 +1088,8 @@ def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, cfg, l
         ATOMIC_BC=not bc_shares, HAS_SEQ=seq_idx is not None, HEADS=bc_heads,
         BLOCK_T=block_t, BLOCK_N=block_n, P=headdim, N=dstate, **bc_launch,
     )
-    if bc_shares:
-        out["dB"], out["dC"] = dB.sum(3), dC.sum(3)
+    if bc_shares:  # one share (all heads of a group per program) is the sum already: no copy
+        out["dB"], out["dC"] = (shares.squeeze(3) if splits == 1 else shares.sum(3) for shares in (dB, dC))
 
 
 class _SSDScan(torch.autograd.Function):
