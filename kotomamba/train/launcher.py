@@ -34,13 +34,17 @@ job sends SIGUSR1 to srun/mpirun instead, whichever it received: both pass SIGUS
 launchers, while Open MPI's mpirun answers SIGTERM by killing its processes within seconds.
 torchrun itself is started with SIGUSR1 and SIGUSR2 ignored (schedulers such as SLURM's
 ``--signal=USR1@T`` signal every process of the step); workers restore their default.
-Told to stop before the workers could answer, the launcher exits 75 too. A signal that reached
-torchrun as well (the scheduler signals every process of a job) ends without its traceback; the
-launcher's last line says which signal, the checkpoint the run resumes from and the exit code
-(``torchrun_stop.py``). No worker outlives the
-launcher, whatever ends it (``kill -9`` included): torchrun and each worker are killed by the
-kernel when their parent dies (``parent_death.py``); the exit directories of launchers that died
-that way are removed by the next launcher on the host.
+Told to stop before the workers could answer, the launcher exits 75 too. No signal is lost on the
+way in: the launcher answers them from before it starts torchrun (or srun/mpirun, told as soon as
+they run); one that came before a worker recorded its pid is left in the exit directory
+(``STOP_RECORD``), where each worker looks once its pid is there and, finding it, exits 75 without
+running; and Ctrl-C is heard even where the launcher started with SIGINT ignored
+(``_hear_ctrl_c``). A signal that reached torchrun as well (the scheduler signals every process of
+a job) ends without its traceback; the launcher's last line says which signal, the checkpoint the
+run resumes from and the exit code (``torchrun_stop.py``). No worker outlives the launcher, whatever
+ends it (``kill -9`` included): torchrun and each worker are killed by the kernel when their parent
+dies (``parent_death.py``); the exit directories of launchers that died that way are removed by the
+next launcher on the host.
 
 Wall time: inside a job with a time limit, ``train`` gets ``train.wall_time_budget_s`` = the
 job's time left less a margin (unless the config's own value is smaller; the launcher reads the
@@ -89,6 +93,8 @@ if TYPE_CHECKING:
     from kotomamba.train.config import TrainConfig
 
 EXIT_DIR_PREFIX = "kotomamba-launch-"
+# In a node's exit directory: its launcher was told to stop (for the workers not told themselves).
+STOP_RECORD = "stopped"
 NODE_EXIT_DIR_PREFIX = ".kotomamba-nodes-"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 # What a stop signal becomes on its way to the workers: srun and Open MPI's mpirun pass SIGUSR1 on to
@@ -255,13 +261,19 @@ def recorded_worker_pids(exit_dir: Path) -> list[int]:
 
 class _SignalForwarder:
     """While active, answer each of ``FORWARDED_SIGNALS`` by sending it on to the pids ``targets()``
-    names, or to ``fallback`` when it names none (workers not started yet); as ``sent`` instead
-    where given (``STOP`` to srun/mpirun)."""
+    names, or to the process :meth:`started` named when it names none (workers not started yet); as
+    ``sent`` instead where given (``STOP`` to srun/mpirun). ``stop_record``, where given, is created
+    first (before ``targets()`` is read), for the workers that record their pids too late to be named.
 
-    def __init__(self, targets, fallback: subprocess.Popen, sent: int | None = None):
+    Entered before that process starts, so that a signal never finds the launcher without its answer
+    (a default one would end it and leave srun/mpirun running), and one that comes before the process
+    runs is passed on to it once it does."""
+
+    def __init__(self, targets, sent: int | None = None, stop_record: Path | None = None):
         self.targets = targets
-        self.fallback = fallback
         self.sent = sent
+        self.stop_record = stop_record
+        self.process: subprocess.Popen | None = None
         self.previous: dict[int, object] = {}
         self.received = False
         self.signum: int | None = None  # the last one received
@@ -269,9 +281,17 @@ class _SignalForwarder:
     def _forward(self, signum: int, frame) -> None:
         self.received = True
         self.signum = signum
-        for pid in self.targets() or [self.fallback.pid]:
+        if self.stop_record is not None:
+            self.stop_record.touch()
+        for pid in self.targets() or ([self.process.pid] if self.process is not None else []):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, self.sent or signum)
+
+    def started(self, process: subprocess.Popen) -> None:
+        """``process`` runs from now on: told of a signal that came before."""
+        self.process = process
+        if self.signum is not None:
+            self._forward(self.signum, None)
 
     def __enter__(self) -> _SignalForwarder:
         for signum in FORWARDED_SIGNALS:
@@ -336,9 +356,10 @@ def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | 
     exit_dir = Path(tempfile.mkdtemp(prefix=f"{EXIT_DIR_PREFIX}{socket.gethostname()}-{pid}-", dir=scratch))
     try:
         command = torchrun_command(nnodes, nproc_per_node, str(exit_dir), args, endpoint, rdzv_id)
-        process = subprocess.Popen(command, env={**env, LAUNCHER_PID: str(pid)},
-                                   preexec_fn=lambda: _torchrun_preexec(pid))
-        with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), process) as forwarder:
+        with _SignalForwarder(lambda: recorded_worker_pids(exit_dir), stop_record=exit_dir / STOP_RECORD) as forwarder:
+            process = subprocess.Popen(command, env={**env, LAUNCHER_PID: str(pid)},
+                                       preexec_fn=lambda: _torchrun_preexec(pid))
+            forwarder.started(process)
             torchrun_code = process.wait()
         worker_codes = [int(path.read_text()) for path in sorted(exit_dir.glob("rank-*.exit"))]
         code = node_exit_code(torchrun_code, worker_codes, stopped=forwarder.received)
@@ -367,7 +388,8 @@ def report_node(code: int, node_exit_dir: str | None) -> int:
 
 
 def run_worker(exit_dir: str, args: list[str]) -> int:
-    """One torchrun worker: run ``kotomamba <args>`` here, record pid and exit code in ``exit_dir``.
+    """One torchrun worker: run ``kotomamba <args>`` here, record pid and exit code in ``exit_dir``;
+    75 at once, without running them, where the launcher was told to stop before (``STOP_RECORD``).
 
     Returns 0 for exit code 75 (recorded as 75) so torchrun lets the other ranks finish.
     """
@@ -380,7 +402,9 @@ def run_worker(exit_dir: str, args: list[str]) -> int:
     (directory / f"rank-{rank}.pid").write_text(str(os.getpid()))
     code = 1
     try:
-        code = run_in_process(args)
+        # Looked for after the pid is there: the launcher creates it before it reads the pids, so a
+        # stop signal reaches this worker one way or the other.
+        code = EXIT_REQUEUE if (directory / STOP_RECORD).exists() else run_in_process(args)
     finally:
         (directory / f"rank-{rank}.pid").unlink(missing_ok=True)
         (directory / f"rank-{rank}.exit").write_text(str(code))
@@ -469,8 +493,9 @@ def launch_in_allocation(options: argparse.Namespace, allocation: Allocation, en
             command = fan_out_command(allocation, options.nnodes, node_args, hostfile.name, env, cpus_per_node)
             print(f"kotomamba launch: {allocation.scheduler} job {allocation.job_id}: {' '.join(command)}",
                   file=sys.stderr, flush=True)
-            process = subprocess.Popen(command, env=env)
-            with _SignalForwarder(list, process, sent=STOP) as forwarder:
+            with _SignalForwarder(list, sent=STOP) as forwarder:
+                process = subprocess.Popen(command, env=env)
+                forwarder.started(process)
                 fan_out_code = process.wait()
         records = sorted(Path(node_exit_dir).glob("node-*.exit")) if node_exit_dir else []
         node_codes = [int(path.read_text()) for path in records]
@@ -512,7 +537,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return options
 
 
+def _hear_ctrl_c() -> None:
+    """Answer SIGINT with ``KeyboardInterrupt``, as Python does unless the process started with it ignored,
+    which a non-interactive shell's background job does (``snakemake ... &``): left ignored, Ctrl-C would be
+    lost here and, since ``exec`` keeps an ignored signal ignored, in the trainer that replaces this process
+    (``run_plain``) until its own handler is in (``stop_signals``)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str]) -> int:
+    _hear_ctrl_c()
     options = parse_args(argv)
     if options.worker_exit_dir is not None:
         return run_worker(options.worker_exit_dir, options.args)

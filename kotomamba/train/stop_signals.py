@@ -1,4 +1,4 @@
-"""SIGTERM / SIGUSR1 / SIGUSR2 from the first instruction of a training job to its end.
+"""SIGTERM / SIGINT / SIGUSR1 / SIGUSR2 from the first instruction of a training job to its end.
 
 Installed by ``kotomamba train`` before it imports torch or reads the config. Until the training
 loop starts, nothing has been trained, so a stop signal ends the job at once with the requeue code
@@ -6,6 +6,12 @@ loop starts, nothing has been trained, so a stop signal ends the job at once wit
 sections (the run directory being changed), which finish first. Once the loop runs
 (:meth:`StopSignals.training`), a signal only sets :attr:`signum`; the step in progress finishes,
 a checkpoint is written and the trainer exits 75.
+
+SIGINT (Ctrl-C of the job's process group, Snakemake's included) is a stop signal like the others,
+answered by this module's handler, not Python's ``KeyboardInterrupt``: Python installs that only in
+a process that did not start with SIGINT ignored, and a job started from the background job of a
+non-interactive shell (``snakemake ... &``) starts with it ignored (``exec`` keeps an ignored
+signal ignored), so its trainer trained on through Ctrl-C.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import signal
 from typing import Iterator
 
 # SIGUSR2: Grid Engine's warning before SIGKILL for jobs submitted with `qsub -notify` (sge_conf(5)).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed (or nothing to save yet), requeue me
 
 
