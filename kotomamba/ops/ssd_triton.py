@@ -295,23 +295,20 @@ def _ssd_bwd_kernel(
 
 @triton.jit
 def _ssd_bwd_dstates_kernel(
-    dt_ptr, A_ptr, C_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr, states_ptr, da_ptr,
-    L, heads_per_group, da_shares, da_share,
+    dt_ptr, A_ptr, C_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr,
+    L, heads_per_group,
     stride_dt_b, stride_dt_l, stride_dt_h,
     stride_C_b, stride_C_l, stride_C_g, stride_C_n,
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
-    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, PAIR: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The split backward's sequential part. Program (b, h, j) walks the blocks of head h in reverse
     carrying rows j * BLOCK_P ... of the state's gradient, and stores, for every block c, the gradient
     of the state leaving it in dstates [b, h, blocks, P, N] (before adding the block's own terms), and
     the gradient of the initial state in dinit [b, h, P, N] float32. Per block only one product:
-    ``dS_in = survive * dS_out + (from_start * dy)^T C``. With ``PAIR`` (the head-looping launches), also
-    the decay gradient's term of the entering state's survival, ``survive sum(G S)`` over its rows (S
-    the entering state, states [b, h, blocks, P, N]), at the block's last position, 0 at its others, in
-    share ``da_share + j`` of da [b, L, h, da_shares] float32."""
+    ``dS_in = survive * dS_out + (from_start * dy)^T C``."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     nheads = tl.num_programs(1)
@@ -338,12 +335,7 @@ def _ssd_bwd_dstates_kernel(
             c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
-        is_last, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
-        if PAIR:
-            S = tl.load(states_ptr + (bh * n_blocks + c) * P * N + state_offsets).to(tl.float32)
-            pair = survive * tl.sum(tl.sum(dstate * S, axis=1), axis=0)
-            tl.store(da_ptr + ((pid_b * L + t) * nheads + pid_h) * da_shares + da_share + tl.program_id(2),
-                     tl.where(is_last, pair, 0.0), mask=valid)
+        _, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         dy_in = (dy.to(tl.float32) * from_start[:, None]).to(Cm.dtype)
         dstate = dstate * survive + tl.dot(tl.trans(dy_in), Cm)
     tl.store(dinit_ptr + bh * P * N + state_offsets, dstate)
@@ -644,19 +636,19 @@ def _head_block(h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, 
                 HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr):
     """What the head-looping launches read of head h in block c (positions t, head-dim columns p, state
     columns n): its step dt, the within-block decay sums a and documents doc [BLOCK_T] (:func:`_block_inputs`),
-    is_last, from_start and to_end (:func:`_block_decays`), x and dy [BLOCK_T, columns], and the block's
+    is_last, from_start, to_end and survive (:func:`_block_decays`), x and dy [BLOCK_T, columns], and the block's
     entering state S and its leaving state's gradient G [columns, state columns] as stored."""
     A = tl.load(A_ptr + h).to(tl.float32)
     _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
         c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
         seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
-    is_last, from_start, to_end, _ = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
+    is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
     x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
                 mask=valid[:, None], other=0.0)
     dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p,
                  mask=valid[:, None], other=0.0)
     state_offsets = ((pid_b * nheads + h) * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
-    return (dt, a, doc, is_last, from_start, to_end, x, dy, tl.load(states_ptr + state_offsets),
+    return (dt, a, doc, is_last, from_start, to_end, survive, x, dy, tl.load(states_ptr + state_offsets),
             tl.load(dstates_ptr + state_offsets))
 
 
@@ -679,7 +671,7 @@ def _ssd_bwd_dx_heads_kernel(
     columns j * BLOCK_P ... of heads i * HEADS ... (one group), computes ``C.B`` once for them and walks
     them one after another, writing each head's dx, ddt_x, dD share (as :func:`_store_du`) and its columns'
     share j of the decay gradient to da [b, L, h, da_shares] float32 (all of it but the entering state's
-    survival term, which the state-gradient walk adds), with no sum over heads.
+    survival term, which the dB / dC launch adds), with no sum over heads.
 
     With ``M = (C.B) * decay`` [t, s], ``u = dt x``, the block's entering state S and the gradient G of
     its leaving state: ``du = M^T dy + to_end (B G^T)`` (dx's), and the decay gradient's in-block terms
@@ -687,7 +679,7 @@ def _ssd_bwd_dx_heads_kernel(
     over the head dim, ``dy_t . (M u)_t - u_t . (M^T dy)_t``; the states' terms too:
     ``from_start_t dy_t . (C S^T)_t - to_end_t u_t . (B G^T)_t``. So ``da_t = dy_t . y'_t - u_t . du_t``
     with ``y' = M u + from_start (C S^T)`` (y without D), plus at the block's last position
-    ``sum_s to_end_s u_s . (B G^T)_s`` (and ``survive sum(G S)``, :func:`_ssd_bwd_dstates_kernel`'s)."""
+    ``sum_s to_end_s u_s . (B G^T)_s`` (and ``survive sum(G S)``, :func:`_ssd_bwd_dbc_heads_kernel`'s)."""
     pid_j = tl.program_id(0)
     pid_b = tl.program_id(2).to(tl.int64)
     h0 = tl.program_id(1).to(tl.int64) * HEADS
@@ -708,7 +700,7 @@ def _ssd_bwd_dx_heads_kernel(
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, HEADS):
         h = h0 + i
-        dt, a, doc, is_last, from_start, to_end, x, dy, S, G = _head_block(
+        dt, a, doc, is_last, from_start, to_end, _, x, dy, S, G = _head_block(
             h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
             stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
             stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
@@ -734,8 +726,8 @@ def _ssd_bwd_dx_heads_kernel(
 
 @triton.jit
 def _ssd_bwd_dbc_heads_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr, dB_ptr, dC_ptr,
-    L, heads_per_group,
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr, dB_ptr, dC_ptr, da_ptr,
+    L, heads_per_group, da_shares, da_share,
     stride_x_b, stride_x_l, stride_x_h, stride_x_p,
     stride_dt_b, stride_dt_l, stride_dt_h,
     stride_B_b, stride_B_l, stride_B_g, stride_B_n,
@@ -752,7 +744,9 @@ def _ssd_bwd_dbc_heads_kernel(
     products that add into the same accumulators (a matrix product over heads x head dim); B and C meet
     GM once at the end. Adds the program's sums to dB, dC [b, L, g, N] float32 (zeroed by the caller) with
     ``ATOMIC_BC``, else writes them to dB, dC [b, L, g, heads_per_group // HEADS, N] float32 (for the
-    caller to sum)."""
+    caller to sum). Also each head's decay-gradient term of the entering state's survival over the
+    program's state columns, ``survive sum(G S)`` (S and G are loaded here anyway), at the block's last
+    position, 0 at its others, in share ``da_share + k`` of da [b, L, h, da_shares] float32."""
     pid_b = tl.program_id(2).to(tl.int64)
     n_chunks = N // BLOCK_N
     c = tl.program_id(0) // n_chunks
@@ -769,11 +763,14 @@ def _ssd_bwd_dbc_heads_kernel(
     entering_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [t, BLOCK_N]
     for i in range(0, HEADS):
         h = h0 + i
-        dt, a, doc, _, from_start, to_end, x, dy, S, G = _head_block(
+        dt, a, doc, is_last, from_start, to_end, survive, x, dy, S, G = _head_block(
             h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
             stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
             stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
             HAS_SEQ, BLOCK_T, P, N)
+        survival = survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
+        tl.store(da_ptr + ((pid_b * L + t) * nheads + h) * da_shares + da_share + pid_k,
+                 tl.where(is_last, survival, 0.0), mask=valid)
         S = S.to(x.dtype)
         G = G.to(x.dtype)
         # gm[t, s] = (dy_t . x_s) dt_s decay[t, s]: x as loaded, dt with the decay.
@@ -1004,9 +1001,9 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     ngroups, dstate = B.shape[2], B.shape[3]
     n_blocks, n_pblocks = triton.cdiv(seqlen, block_t), headdim // block_p
     # da's shares: one per column block; with the dB / dC launch's several heads per program one per column
-    # block and chunk of state columns; head-looping, one more per column block of the state-gradient walk.
+    # block and chunk of state columns; head-looping, one more per chunk of state columns of the dB / dC launch.
     out = _grad_buffers(x, B, n_pblocks, n_blocks * n_pblocks,
-                        n_pblocks + headdim // seq_p if phases == 4 else n_pblocks * dstate // block_n if bc_heads
+                        n_pblocks + dstate // block_n if phases == 4 else n_pblocks * dstate // block_n if bc_heads
                         else None, dx, atomic_bc=not bc_shares)
     if states is None:
         _, _, states = _fwd(x, dt, A, B, C, D, initial_states, seq_idx, (block_t, rerun_p, rerun_warps),
@@ -1019,10 +1016,10 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     seq = seq_idx if seq_idx is not None else dt
     seq_strides = seq_idx.stride() if seq_idx is not None else (0, 0)
     _ssd_bwd_dstates_kernel[(batch, nheads, headdim // seq_p)](
-        dt, A, C, seq, dy, dfinal if dfinal is not None else out["dinit"], dstates, out["dinit"], states, out["da"],
-        seqlen, nheads // ngroups, out["da"].shape[-1], n_pblocks,
+        dt, A, C, seq, dy, dfinal if dfinal is not None else out["dinit"], dstates, out["dinit"],
+        seqlen, nheads // ngroups,
         *dt.stride(), *C.stride(), *seq_strides, *dy.stride(),
-        HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, PAIR=phases == 4,
+        HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None,
         BLOCK_T=block_t, BLOCK_P=seq_p, P=headdim, N=dstate, num_warps=seq_warps,
     )
     if phases == 4:
@@ -1084,7 +1081,8 @@ def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, launch
     else:
         dB, dC = out["dB"], out["dC"]
     _ssd_bwd_dbc_heads_kernel[(n_blocks * (dstate // block_n), nheads // bc_heads, batch)](
-        x, dt, A, B, C, seq, dy, states, dstates, dB, dC, seqlen, heads_per_group, *strides,
+        x, dt, A, B, C, seq, dy, states, dstates, dB, dC, out["da"], seqlen, heads_per_group, out["da"].shape[-1],
+        headdim // block_p, *strides,
         ATOMIC_BC=not bc_shares, HAS_SEQ=seq_idx is not None, HEADS=bc_heads,
         BLOCK_T=block_t, BLOCK_N=block_n, P=headdim, N=dstate, **bc_launch,
     )
