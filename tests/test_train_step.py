@@ -57,6 +57,26 @@ def test_two_accumulated_micro_batches_step_like_one_batch_of_both():
     assert all(p.grad is None for p in model_a.parameters())  # zeroed for the next step
 
 
+def test_the_optimizer_statistics_are_the_norms_of_each_group():
+    model, optimizer = model_and_optimizer()
+    before = [[p.detach().clone() for p in group["params"]] for group in optimizer.param_groups]
+    record = TrainStep(model, optimizer, accumulation=1, grad_clip=None)(iter(micro_batches(1)), log_stats=True).record
+
+    def norm(tensors):
+        return math.sqrt(sum(t.double().square().sum().item() for t in tensors))
+
+    for group, old in zip(optimizer.param_groups, before):
+        name, params = group["group"], group["params"]
+        states = [optimizer.state[p] for p in params]
+        expected = {"weight_norm": norm(params), "update_norm": norm([p - o for p, o in zip(params, old)]),
+                    "exp_avg_norm": norm([s["exp_avg"] for s in states]),
+                    "exp_avg_sq_norm": norm([s["exp_avg_sq"] for s in states])}
+        expected["update_weight_ratio"] = expected["update_norm"] / expected["weight_norm"]
+        assert expected["update_norm"] > 0 and expected["exp_avg_sq_norm"] > 0
+        for key, value in expected.items():
+            assert record[f"optim/{name}/{key}"] == pytest.approx(value, rel=1e-9), (name, key)
+
+
 def test_a_non_finite_loss_is_skipped_without_touching_the_weights():
     model, optimizer = model_and_optimizer()
     with torch.no_grad():

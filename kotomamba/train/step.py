@@ -191,6 +191,8 @@ class OptimizerStats:
     ``optimizer.step()`` on log steps only; the sums of squares of all groups are reduced in one
     collective over the shard group, so the figures describe the whole model, not rank 0's shard.
     ``shard_group`` ``None``: every rank holds the whole model (one process, replicas), nothing to reduce.
+    The sums stay on the device until one transfer at the end: a transfer per tensor waits for the
+    device each time, and a model has hundreds of them.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, shard_group):
@@ -207,16 +209,15 @@ class OptimizerStats:
         assert self._before is not None, "before_step() was not called"
         sums = []
         for group, before in zip(self.optimizer.param_groups, self._before):
-            weight = update = m1 = m2 = torch.zeros((), dtype=torch.float64)
-            for p, old in zip(group["params"], before):
-                new = _local(p).detach()
-                weight = weight + new.double().square().sum().cpu()
-                update = update + (new.double() - old.double()).square().sum().cpu()
-                state = self.optimizer.state.get(p, {})
-                if "exp_avg" in state:
-                    m1 = m1 + _local(state["exp_avg"]).double().square().sum().cpu()
-                    m2 = m2 + _local(state["exp_avg_sq"]).double().square().sum().cpu()
-            sums.append(torch.stack([weight, update, m1, m2]))
+            new = [_local(p).detach() for p in group["params"]]
+            device = new[0].device
+            states = [self.optimizer.state.get(p, {}) for p in group["params"]]
+            moments = [[_local(state[k]) for state in states if k in state] for k in ("exp_avg", "exp_avg_sq")]
+            # The update in the weights' dtype: one rounding at most (none where a weight changes by less than
+            # half of itself, Sterbenz's lemma), where float64 copies of both would cost two more passes.
+            sums.append(torch.stack([_sum_of_squares(new, device),
+                                     _sum_of_squares([n - o for n, o in zip(new, before)], device),
+                                     *(_sum_of_squares(m, device) for m in moments)]))
         self._before = None
         total = torch.stack(sums)
         if self.group is not None:
@@ -232,6 +233,13 @@ class OptimizerStats:
             stats[f"optim/{name}/exp_avg_norm"] = math.sqrt(m1)
             stats[f"optim/{name}/exp_avg_sq_norm"] = math.sqrt(m2)
         return stats
+
+
+def _sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The sum of the squares of every element of ``tensors`` (on ``device``), float64 [] on ``device``."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum()
 
 
 def on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
