@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 from kotomamba.train.launcher import STOP_RECORD, _SignalForwarder
-from kotomamba.train.run_dir import RunDir
 from kotomamba.train.stop_signals import EXIT_REQUEUE
-from train_helpers import train_env, write_config
+from train_helpers import launch_until_stopped, train_env
 
 
 def ignore_sigint() -> None:
@@ -35,14 +34,7 @@ def test_ctrl_c_stops_a_job_started_with_sigint_ignored(tmp_path):
     """The window the pipeline's interrupt test lost under `pytest ... &`: Ctrl-C of the process group once
     the trainer has changed its run directory (its earlier run set aside), where every process of the job
     inherited SIGINT ignored. Python then installs no KeyboardInterrupt, and the trainer trained on."""
-    run = RunDir(tmp_path / "run")
-    config = write_config(tmp_path, run.root, train={"steps": 100000}, eval={"interval": 0, "final": False},
-                          checkpoint={"interval": 0, "keep_last": 1})
-    log = tmp_path / "job.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "kotomamba", "launch", "--nproc-per-node", "1", "--",
-                                    "train", "--config", str(config)], env=train_env(), stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=ignore_sigint)
+    run, process, log = launch_until_stopped(tmp_path, 1, preexec_fn=ignore_sigint)
     try:
         wait_for(run.identity, process, 300, log)
         os.killpg(process.pid, signal.SIGINT)

@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from kotomamba.train.run_dir import RunDir, step_of
+from kotomamba.train.run_dir import step_of
 from kotomamba.train.status import complete_checkpoint
-from train_helpers import needs_cpu_sharding, train_env, write_config
+from train_helpers import launch_until_stopped, needs_cpu_sharding
 
 
 @pytest.mark.slow
 @needs_cpu_sharding
 def test_sigterm_to_the_whole_job_ends_the_log_with_one_line_and_no_traceback(tmp_path):
-    run = RunDir(tmp_path / "run")
-    config = write_config(tmp_path, run.root, train={"steps": 100000}, eval={"interval": 0, "final": False},
-                          checkpoint={"interval": 0, "keep_last": 1})
-    log = tmp_path / "job.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "kotomamba", "launch", "--nproc-per-node", "2", "--",
-                                    "train", "--config", str(config)], env=train_env(), stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+    run, process, log = launch_until_stopped(tmp_path, 2)
     try:
         metrics = run.root / "metrics.jsonl"
         deadline = time.monotonic() + 300  # a hang guard only

@@ -85,6 +85,21 @@ def run_train(config: Path, *overrides: str, nproc: int = 1, check: bool = True)
     return result
 
 
+def launch_until_stopped(tmp_path: Path, nproc: int, **popen) -> tuple[RunDir, subprocess.Popen, Path]:
+    """``kotomamba launch`` of ``nproc`` ranks training a run in ``tmp_path`` that would go on for 100,000
+    steps, in a session of its own (for signals to its process group), its output in the returned log;
+    ``popen``: more of ``subprocess.Popen``'s arguments."""
+    run = RunDir(tmp_path / "run")
+    config = write_config(tmp_path, run.root, train={"steps": 100000}, eval={"interval": 0, "final": False},
+                          checkpoint={"interval": 0, "keep_last": 1})
+    log = tmp_path / "job.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "kotomamba", "launch", "--nproc-per-node", str(nproc), "--",
+                                    "train", "--config", str(config)], env=train_env(), stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    return run, process, log
+
+
 def hooks_env() -> dict:
     """``train_env()`` in which ``python -m train_hooks`` (this directory's module) can be run."""
     env = train_env()
