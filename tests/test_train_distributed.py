@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_helpers import final_weights, losses, needs_cpu_sharding, run_train, write_config
+from train_helpers import final_weights, losses, needs_cpu_sharding, records, run_train, write_config
 
 
 
@@ -23,6 +23,12 @@ def test_fsdp_two_processes_equal_one_process(tmp_path):
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     assert "world_size" in (sharded / "manifest.json").read_text() and result.returncode == 0
+    # The optimizer statistics describe the whole model, not rank 0's shard.
+    one_stats, two_stats = ([{k: v for k, v in r.items() if k.startswith("optim/")} for r in records(run)
+                             if "optim/decay/weight_norm" in r] for run in (single, sharded))
+    assert one_stats and len(one_stats) == len(two_stats)
+    for a_stats, b_stats in zip(one_stats, two_stats):
+        assert b_stats == pytest.approx(a_stats, rel=1e-4)
 
 
 @pytest.mark.slow

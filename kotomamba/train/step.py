@@ -191,8 +191,9 @@ class OptimizerStats:
     ``optimizer.step()`` on log steps only; the sums of squares of all groups are reduced in one
     collective over the shard group, so the figures describe the whole model, not rank 0's shard.
     ``shard_group`` ``None``: every rank holds the whole model (one process, replicas), nothing to reduce.
-    The sums stay on the device until one transfer at the end: a transfer per tensor waits for the
-    device each time, and a model has hundreds of them.
+    The sums stay on the device until one transfer at the end (a transfer per tensor waits for the
+    device each time, and a model has hundreds of them), in float64 from foreach norms (a few launches
+    for all tensors, no float64 copies); the snapshot is the only copy of the weights made.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, shard_group):
@@ -213,10 +214,10 @@ class OptimizerStats:
             device = new[0].device
             states = [self.optimizer.state.get(p, {}) for p in group["params"]]
             moments = [[_local(state[k]) for state in states if k in state] for k in ("exp_avg", "exp_avg_sq")]
-            # The update in the weights' dtype: one rounding at most (none where a weight changes by less than
-            # half of itself, Sterbenz's lemma), where float64 copies of both would cost two more passes.
-            sums.append(torch.stack([_sum_of_squares(new, device),
-                                     _sum_of_squares([n - o for n, o in zip(new, before)], device),
+            # The snapshot becomes minus the update, in place (no second copy of the weights), in their dtype:
+            # one rounding at most (none where a weight changes by less than half of itself, Sterbenz's lemma).
+            torch._foreach_sub_(before, new)
+            sums.append(torch.stack([_sum_of_squares(new, device), _sum_of_squares(before, device),
                                      *(_sum_of_squares(m, device) for m in moments)]))
         self._before = None
         total = torch.stack(sums)
@@ -239,7 +240,7 @@ def _sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.
     """The sum of the squares of every element of ``tensors`` (on ``device``), float64 [] on ``device``."""
     if not tensors:
         return torch.zeros((), dtype=torch.float64, device=device)
-    return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum()
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).square().sum()
 
 
 def on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
