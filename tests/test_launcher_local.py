@@ -27,7 +27,8 @@ PAYLOAD = textwrap.dedent(
     received = []
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, lambda s, f: received.append(s))
-    record = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    record = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                       "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     record["argv"] = sys.argv[1:]
     if os.environ.get("ALL_REDUCE"):
         import torch, torch.distributed as dist
@@ -89,6 +90,16 @@ def test_two_workers_form_a_process_group(payload_env):
     assert {seen[rank]["WORLD_SIZE"] for rank in seen} == {"2"}
     assert [seen[rank]["sum"] for rank in (0, 1)] == [3.0, 3.0]
     assert seen[1]["argv"] == ["--flag", "value"]
+
+
+@pytest.mark.parametrize("nproc, budget, each", [(2, "4", "2"), (2, "2", "1"), (3, "2", "1"), (1, "3", "3")])
+def test_the_nodes_cpu_budget_is_shared_among_its_ranks(payload_env, nproc, budget, each):
+    """OMP_NUM_THREADS as Snakemake sets it (the rule's threads: the CPUs reserved for the job; MKL's too) is
+    the node's budget: each rank gets its share, so a rank runs as many threads on one node as on several (its CPU
+    results depend on that number) and the ranks do not oversubscribe the node."""
+    env, out = payload_env
+    assert launch(nproc, {**env, "OMP_NUM_THREADS": budget, "MKL_NUM_THREADS": budget}).wait(timeout=120) == 0
+    assert [(r["OMP_NUM_THREADS"], r["MKL_NUM_THREADS"]) for r in records(out).values()] == [(each, each)] * nproc
 
 
 def test_requeue_code_75_comes_through_after_every_rank_finished(payload_env):

@@ -16,7 +16,7 @@ Where it runs decides how (the allocation, its hosts, its time left and its rend
 
 ``MASTER_ADDR``/``MASTER_PORT`` are exported with the first host and the job's rendezvous port. Each
 worker's own ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` come from torchrun, which the
-trainer reads.
+trainer reads; its thread counts are its share of the node's CPUs (``node_threads_env``).
 
 Exit status: the training's. torchrun reports any failed worker as 1, so every worker runs through
 this module (``--worker-exit-dir``), which records its exit code and pid in a node-local directory;
@@ -187,6 +187,27 @@ def node_launcher_args(options: argparse.Namespace, endpoint: str, rdzv_id: str,
     return ["launch", "--node-local", "--nnodes", str(options.nnodes), "--nproc-per-node",
             str(options.nproc_per_node), "--device", options.device, "--rdzv-endpoint", endpoint,
             "--rdzv-id", rdzv_id, *exits, "--", *options.args]
+
+
+# The thread counts of the math libraries, which Snakemake sets to a rule's threads and CPU results depend on.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def node_threads_env(nproc_per_node: int, env: dict[str, str]) -> dict[str, str]:
+    """The workers' thread counts: the node's CPU budget shared among its ``nproc_per_node`` ranks.
+
+    The budget is the ``OMP_NUM_THREADS`` this launcher was given, where set (Snakemake sets it and the
+    rest of ``THREAD_VARIABLES`` to the rule's ``threads``: the CPUs it reserved for the job, one per
+    rank), else the CPUs this process may run on. Each rank gets its share in ``OMP_NUM_THREADS`` and in
+    whichever of the others are set, so every rank runs as many threads however the job is laid out over
+    nodes (CPU results depend on that number, through the order of multi-threaded sums, and a run over
+    two nodes must equal the same run on one), and the ranks of a node do not oversubscribe its CPUs
+    (torchrun hands inherited values to every worker unchanged)."""
+    budget = env.get("OMP_NUM_THREADS", "")
+    cpus = int(budget) if budget.isdigit() and int(budget) > 0 else len(os.sched_getaffinity(0))
+    share = str(max(1, cpus // nproc_per_node))
+    return {**env, **{name: share for name in THREAD_VARIABLES if name in env}, "OMP_NUM_THREADS": share}
 
 
 def node_device_env(device: str, nproc_per_node: int, env: dict[str, str]) -> dict[str, str]:
@@ -429,7 +450,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         # One line per node in the job's log: which hosts the ranks really ran on.
         print(f"kotomamba launch: node {socket.gethostname()}: {options.nproc_per_node} process(es), "
               f"rendezvous {options.rdzv_endpoint}", file=sys.stderr, flush=True)
-        env = node_device_env(options.device, options.nproc_per_node, env)
+        env = node_threads_env(options.nproc_per_node, node_device_env(options.device, options.nproc_per_node, env))
         ended = run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
                          options.rdzv_id, env, run_dir(training_config(options.args)))
         return report_node(ended.code, options.node_exit_dir)
@@ -440,7 +461,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
                 f"launch: --nnodes {options.nnodes} needs a SLURM, Grid Engine or PBS allocation "
                 "(no SLURM_JOB_ID, JOB_ID or PBS_JOBID in the environment)"
             )
-        env = node_device_env(options.device, options.nproc_per_node, env)
+        env = node_threads_env(options.nproc_per_node, node_device_env(options.device, options.nproc_per_node, env))
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
         return run_node(1, options.nproc_per_node, options.args, None, "", env,
