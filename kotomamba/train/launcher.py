@@ -205,7 +205,9 @@ def node_threads_env(nproc_per_node: int, env: dict[str, str]) -> dict[str, str]
     two nodes must equal the same run on one), and the ranks of a node do not oversubscribe its CPUs
     (torchrun hands inherited values to every worker unchanged)."""
     budget = env.get("OMP_NUM_THREADS", "")
-    cpus = int(budget) if budget.isdigit() and int(budget) > 0 else len(os.sched_getaffinity(0))
+    # The CPUs it may run on: its affinity where the system keeps one (Linux; not macOS).
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = int(budget) if budget.isdigit() and int(budget) > 0 else usable
     share = str(max(1, cpus // nproc_per_node))
     return {**env, **{name: share for name in THREAD_VARIABLES if name in env}, "OMP_NUM_THREADS": share}
 
