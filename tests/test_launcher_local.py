@@ -93,14 +93,15 @@ def test_two_workers_form_a_process_group(payload_env):
 
 
 @pytest.mark.parametrize("nproc, budget, each", [(2, "4", "2"), (2, "2", "1"), (3, "2", "1"), (1, "3", "3"),
-                                                  (2, None, str(max(1, len(os.sched_getaffinity(0)) // 2)))])
+                                                  (2, None, str(max(1, len(os.sched_getaffinity(0)) // 2))),
+                                                  (1, None, None)])
 def test_the_nodes_cpu_budget_is_shared_among_its_ranks(payload_env, nproc, budget, each):
     """OMP_NUM_THREADS as Snakemake sets it (the rule's threads: the CPUs reserved for the job; MKL's too) is
     the node's budget: each rank gets its share, so a rank runs as many threads on one node as on several (its CPU
     results depend on that number) and the ranks do not oversubscribe the node."""
     env, out = payload_env
     env = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    if budget is not None:  # else: the CPUs the launcher may run on, and MKL's count left unset
+    if budget is not None:  # else: the CPUs the launcher may run on (one process: the defaults), MKL's unset
         env.update(OMP_NUM_THREADS=budget, MKL_NUM_THREADS=budget)
     assert launch(nproc, env).wait(timeout=120) == 0
     mkl = each if budget is not None else None

@@ -199,12 +199,15 @@ def node_threads_env(nproc_per_node: int, env: dict[str, str]) -> dict[str, str]
 
     The budget is the ``OMP_NUM_THREADS`` this launcher was given, where set (Snakemake sets it and the
     rest of ``THREAD_VARIABLES`` to the rule's ``threads``: the CPUs it reserved for the job, one per
-    rank), else the CPUs this process may run on. Each rank gets its share in ``OMP_NUM_THREADS`` and in
+    rank), else the CPUs this process may run on (one process without a budget keeps the libraries'
+    defaults: torch's is the physical cores). Each rank gets its share in ``OMP_NUM_THREADS`` and in
     whichever of the others are set, so every rank runs as many threads however the job is laid out over
     nodes (CPU results depend on that number, through the order of multi-threaded sums, and a run over
     two nodes must equal the same run on one), and the ranks of a node do not oversubscribe its CPUs
     (torchrun hands inherited values to every worker unchanged)."""
     budget = env.get("OMP_NUM_THREADS", "")
+    if not budget and nproc_per_node == 1:
+        return env
     # The CPUs it may run on: its affinity where the system keeps one (Linux; not macOS).
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cpus = int(budget) if budget.isdigit() and int(budget) > 0 else usable
