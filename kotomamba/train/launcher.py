@@ -375,8 +375,10 @@ class Ended:
 
 def run_node(nnodes: int, nproc_per_node: int, args: list[str], endpoint: str | None, rdzv_id: str,
              env: dict[str, str], run: RunDir | None) -> Ended:
-    """Run torchrun on this node and wait for it; ``run``: the run directory ``args`` train in (None: not a
-    ``train`` command), named by the log's last line when a signal stops them."""
+    """Run torchrun on this node and wait for it, each worker with its share of the node's CPUs
+    (:func:`node_threads_env`); ``run``: the run directory ``args`` train in (None: not a ``train``
+    command), named by the log's last line when a signal stops them."""
+    env = node_threads_env(nproc_per_node, env)
     scratch, pid = node_local_scratch(env), os.getpid()
     remove_stale_exit_dirs(scratch)
     exit_dir = Path(tempfile.mkdtemp(prefix=f"{EXIT_DIR_PREFIX}{socket.gethostname()}-{pid}-", dir=scratch))
@@ -455,7 +457,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
         # One line per node in the job's log: which hosts the ranks really ran on.
         print(f"kotomamba launch: node {socket.gethostname()}: {options.nproc_per_node} process(es), "
               f"rendezvous {options.rdzv_endpoint}", file=sys.stderr, flush=True)
-        env = node_threads_env(options.nproc_per_node, node_device_env(options.device, options.nproc_per_node, env))
+        env = node_device_env(options.device, options.nproc_per_node, env)
         ended = run_node(options.nnodes, options.nproc_per_node, options.args, options.rdzv_endpoint,
                          options.rdzv_id, env, run_dir(training_config(options.args)))
         return report_node(ended.code, options.node_exit_dir)
@@ -466,7 +468,7 @@ def launch(options: argparse.Namespace, env: dict[str, str]) -> int:
                 f"launch: --nnodes {options.nnodes} needs a SLURM, Grid Engine or PBS allocation "
                 "(no SLURM_JOB_ID, JOB_ID or PBS_JOBID in the environment)"
             )
-        env = node_threads_env(options.nproc_per_node, node_device_env(options.device, options.nproc_per_node, env))
+        env = node_device_env(options.device, options.nproc_per_node, env)
         if options.nproc_per_node == 1:
             return run_plain(options.args, env)
         return run_node(1, options.nproc_per_node, options.args, None, "", env,
