@@ -1,0 +1,104 @@
+"""Our Triton selective scan (kotomamba/ops/selective_scan_triton.py) against its PyTorch twin
+``selective_scan_ref``: the output, the final state and every gradient (of both), on CPU under Triton's interpreter (a
+fresh process; see tests/interpreted_kernels.py). The twin runs in float64, the kernels in float32 (bfloat16
+inputs in one case)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interpreted_kernels import assert_relative, run_interpreted
+
+from kotomamba.ops.selective_scan import selective_scan_ref
+
+pytest.importorskip("triton", reason="the kernels' CPU check needs the triton package (the test extra has it)")
+
+RUN_KERNEL = """
+import sys, torch
+from kotomamba.ops.selective_scan_triton import selective_scan_triton
+results = {}
+for name, case in torch.load(sys.argv[1]).items():
+    leaves = {k: v.to(case["dtype"]).requires_grad_(True) for k, v in case["leaves"].items()}
+    inputs = dict(leaves)
+    if case["channels_last"]:  # delta as Mamba-1's dt_proj leaves it: [b, D, L] viewed from [D, b * L]
+        delta = leaves["delta"]
+        inputs["delta"] = delta.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    out, last = selective_scan_triton(**inputs, **case["options"], return_last_state=True)
+    loss = (out.float() * case["cotangent"]).sum() + (last * case["final_cotangent"]).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    results[name] = {"out": out.detach().float(), "last": last.detach(),
+                     **{"d" + k: g.float() for k, g in zip(leaves, grads)}}
+torch.save(results, sys.argv[2])
+"""
+
+
+def case(seed: int, batch: int, dim: int, seqlen: int, dstate: int, gated: bool = True, softplus: bool = True,
+         config: tuple[int, int, int] = (4, 32, 4), channels_last: bool = False,
+         dtype: torch.dtype = torch.float32) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    leaves = {"u": torch.randn(batch, dim, seqlen, generator=g),
+              "delta": torch.randn(batch, dim, seqlen, generator=g) * 0.5 - 1.0,
+              "A": -torch.rand(dim, dstate, generator=g) * 2 - 0.1,
+              "B": torch.randn(batch, dstate, seqlen, generator=g),
+              "C": torch.randn(batch, dstate, seqlen, generator=g)}
+    if not softplus:  # a positive step as it is
+        leaves["delta"] = leaves["delta"].abs() * 0.3 + 0.01
+    if gated:
+        leaves.update(D=torch.randn(dim, generator=g), z=torch.randn(batch, dim, seqlen, generator=g),
+                      delta_bias=torch.randn(dim, generator=g) * 0.3)
+    return {"leaves": leaves, "dtype": dtype, "channels_last": channels_last,
+            "options": {"delta_softplus": softplus, "fwd_config": config, "bwd_config": config},
+            "cotangent": torch.randn(batch, dim, seqlen, generator=g),
+            "final_cotangent": torch.randn(batch, dim, dstate, generator=g)}
+
+
+# Channels that the programs' block does not divide, sequences shorter than a block and not a multiple of
+# it, one state, no gate / D / bias / softplus, dt laid out as Mamba-1's mixer makes it, bfloat16 inputs.
+CASES = {
+    "gated": dict(seed=1, batch=2, dim=6, seqlen=150, dstate=8),
+    "plain": dict(seed=2, batch=1, dim=9, seqlen=70, dstate=16, gated=False, softplus=False),
+    "short": dict(seed=3, batch=3, dim=4, seqlen=5, dstate=4, config=(2, 16, 2)),
+    "channels-last-dt": dict(seed=4, batch=2, dim=8, seqlen=96, dstate=16, config=(8, 16, 4), channels_last=True),
+    "one-state": dict(seed=5, batch=1, dim=3, seqlen=40, dstate=1, config=(4, 8, 1)),
+}
+BF16_CASES = {"bf16": dict(seed=6, batch=2, dim=8, seqlen=100, dstate=16, dtype=torch.bfloat16)}
+
+
+def expected(arguments: dict) -> dict:
+    inputs = case(**arguments)
+    leaves = {k: v.to(inputs["dtype"]).double().requires_grad_(True) for k, v in inputs["leaves"].items()}
+    out, last = selective_scan_ref(**leaves, delta_softplus=inputs["options"]["delta_softplus"],
+                                   return_last_state=True)
+    loss = (out * inputs["cotangent"].double()).sum() + (last * inputs["final_cotangent"].double()).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return {"out": out, "last": last, **{"d" + k: g for k, g in zip(leaves, grads)}}
+
+
+@pytest.fixture(scope="module")
+def kernel_results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scan_kernel")
+    results = run_interpreted(RUN_KERNEL, {name: case(**arguments) for name, arguments in CASES.items()}, folder)
+    bf16 = run_interpreted(RUN_KERNEL, {name: case(**arguments) for name, arguments in BF16_CASES.items()}, folder,
+                           bf16=True)
+    return {**results, **bf16}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernels_match_the_reference(kernel_results, name):
+    assert_relative(kernel_results[name], expected(CASES[name]), 1e-5)
+
+
+@pytest.mark.parametrize("name", list(BF16_CASES))
+def test_bf16_inputs_match_the_reference_within_bf16_rounding(kernel_results, name):
+    # The twin sees the same bf16-rounded inputs; what differs is the rounding of the output and the
+    # gradients to bf16 (relative 2**-8 each).
+    assert_relative(kernel_results[name], expected(BF16_CASES[name]), 1e-2)
+
+
+def test_blocks_of_different_lengths_are_refused():
+    from kotomamba.ops.selective_scan_triton import selective_scan_triton
+
+    u = torch.randn(1, 4, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="same length"):
+        selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8), torch.randn(1, 4, 8),
+                              fwd_config=(4, 16, 4), bwd_config=(4, 32, 4))
