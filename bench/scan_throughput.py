@@ -9,15 +9,55 @@ forward+backward must move at ``--bandwidth`` (forward: u, delta, z read, the ou
 delta, z and the output's gradient read, du, d delta and dz written).
 
     python bench/scan_throughput.py --rounds 3 --json scan.json
+
+With ``--registers`` it runs nothing: it compiles the ``scan:ours`` blockings' kernels for sm_90a on the host (no
+GPU needed) and prints what ptxas gives each launch (bench/ptxas_report.py).
 """
 from __future__ import annotations
+
+import sys
 
 from isolated import op_main
 
 # (batch, d_inner) of the presets at sequence 2048.
 SHAPES = {"130m": (16, 1536), "370m": (16, 2048), "1.4b": (8, 4096), "2.8b": (4, 5120)}
 IMPLS = ("scan:mamba_ssm", "scan:ours")
+IMPLS_HELP = ("comma-separated; ours may carry its forward and backward blockings (channels per program, positions "
+              "per block, warps), e.g. scan:ours=4.64.4-4.64.4")
 SEQ, DSTATE = 2048, 16
+
+
+def blockings(variant: str) -> dict:
+    """``FWD-BWD`` (e.g. ``4.64.4-4.64.4``; either may be empty) as selective_scan_triton's config arguments."""
+    from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG
+
+    fwd, _, bwd = variant.partition("-")
+    return {"fwd_config": tuple(int(v) for v in fwd.split(".")) if fwd else SCAN_FWD_CONFIG,
+            "bwd_config": tuple(int(v) for v in bwd.split(".")) if bwd else SCAN_BWD_CONFIG}
+
+
+def registers(variants: list[str]) -> None:
+    """Prints, per variant and launch of one forward+backward (batch 1, 64 channels, bf16), what ptxas gives the
+    kernel for sm_90a (bench/ptxas_report.py; no GPU needed)."""
+    import torch
+    from ptxas_report import HEADER, print_rows
+
+    from kotomamba.ops.selective_scan_triton import selective_scan_triton
+
+    g = torch.Generator().manual_seed(0)
+    t = [torch.randn(1, 64, SEQ, generator=g).bfloat16(), torch.randn(1, 64, SEQ, generator=g).bfloat16(),
+         -torch.rand(64, DSTATE, generator=g), torch.randn(1, DSTATE, SEQ, generator=g).bfloat16(),
+         torch.randn(1, DSTATE, SEQ, generator=g).bfloat16(), torch.ones(64), torch.randn(1, 64, SEQ).bfloat16(),
+         torch.zeros(64)]
+    t = [v.requires_grad_(True) for v in t]
+
+    def forward_backward(variant):
+        y = selective_scan_triton(*t, delta_softplus=True, **blockings(variant))
+        torch.autograd.grad(y, t, torch.ones_like(y))
+
+    print(HEADER)
+    for variant in variants:
+        print_rows(variant or "default", lambda: forward_backward(variant))
 
 
 def runner(impl: str, shape: str):
@@ -41,11 +81,9 @@ def runner(impl: str, shape: str):
         leaf.requires_grad_(True)
     cotangent = randn(batch, dim, SEQ)
     if name == "ours":
-        from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG, selective_scan_triton
+        from kotomamba.ops.selective_scan_triton import selective_scan_triton
 
-        fwd, _, bwd = config.partition("-")
-        configs = {"fwd_config": tuple(int(v) for v in fwd.split(".")) if fwd else SCAN_FWD_CONFIG,
-                   "bwd_config": tuple(int(v) for v in bwd.split(".")) if bwd else SCAN_BWD_CONFIG}
+        configs = blockings(config)
 
         def fn(*args):
             return selective_scan_triton(*args, delta_softplus=True, **configs)
@@ -62,7 +100,10 @@ def runner(impl: str, shape: str):
 
 
 if __name__ == "__main__":
-    op_main(__doc__, SHAPES, IMPLS, "comma-separated; ours may carry its forward and backward blockings (channels "
-            "per program, positions per block, warps), e.g. scan:ours=4.64.4-4.64.4",
-            lambda args: [{"shape": shape} for shape in args.shapes.split(",")],
-            lambda impl, case, args: runner(impl, case["shape"]))
+    if "--registers" in sys.argv:
+        from ptxas_report import command_line
+
+        registers(command_line(SHAPES, IMPLS, IMPLS_HELP, lambda parser: None, "scan:ours")[1])
+    else:
+        op_main(__doc__, SHAPES, IMPLS, IMPLS_HELP, lambda args: [{"shape": shape} for shape in args.shapes.split(",")],
+                lambda impl, case, args: runner(impl, case["shape"]))

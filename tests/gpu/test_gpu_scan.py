@@ -68,3 +68,48 @@ def test_kernels_match_mamba_ssm():
     for key, expected in oracle.items():
         error, theirs_error = relative_error(got[key], expected), relative_error(theirs[key], expected)
         assert error < 2 * theirs_error + 1e-2, f"{key}: ours {error:.2e}, mamba-ssm {theirs_error:.2e}"
+
+
+def test_the_mixer_matches_mamba_ssm():
+    """Mamba-1's mixer after in_proj at a model's shapes (d_model 512, d_state 16), under bf16 autocast as the
+    trainer runs it: ours (kotomamba/ops/mamba_inner.py) no further from the float32 twin than mamba-ssm's
+    ``mamba_inner_fn``, give or take bf16 rounding."""
+    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+
+    from kotomamba.ops.fused import mamba1_inner_ref
+    from kotomamba.ops.mamba_inner import mamba1_inner_triton
+
+    g = torch.Generator(device=DEVICE).manual_seed(2)
+    batch, d_model, dstate, seqlen, dt_rank, width = 2, 512, 16, 1024, 32, 4
+    d_inner = 2 * d_model
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, device=DEVICE, generator=g) * scale
+
+    leaves = {"xz": randn(batch, 2 * d_inner, seqlen).bfloat16(), "conv1d_weight": randn(d_inner, 1, width, scale=0.5),
+              "conv1d_bias": randn(d_inner, scale=0.1), "x_proj_weight": randn(dt_rank + 2 * dstate, d_inner,
+                                                                                scale=d_inner**-0.5),
+              "dt_proj_weight": randn(d_inner, dt_rank, scale=dt_rank**-0.5),
+              "out_proj_weight": randn(d_model, d_inner, scale=d_inner**-0.5), "out_proj_bias": None,
+              "A": -torch.arange(1, dstate + 1, device=DEVICE, dtype=torch.float32).repeat(d_inner, 1),
+              "D": torch.ones(d_inner, device=DEVICE), "dt_bias": randn(d_inner, scale=0.5) - 4}
+    cotangent = randn(batch, seqlen, d_model)
+
+    def theirs(xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias, A, D,
+               dt_bias):
+        return mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
+                              out_proj_bias, A, None, None, D, delta_bias=dt_bias, delta_softplus=True)
+
+    def run(fn, upcast=False):
+        given = {k: None if v is None else (v.float() if upcast else v).clone().requires_grad_(True)
+                 for k, v in leaves.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not upcast):
+            out = fn(**given)
+        trained = {k: v for k, v in given.items() if v is not None}
+        grads = torch.autograd.grad((out.float() * cotangent).sum(), list(trained.values()))
+        return {"out": out, **{"d" + k: grad for k, grad in zip(trained, grads)}}
+
+    got, other, oracle = run(mamba1_inner_triton), run(theirs), run(mamba1_inner_ref, upcast=True)
+    for key, expected in oracle.items():
+        error, theirs_error = relative_error(got[key], expected), relative_error(other[key], expected)
+        assert error < 2 * theirs_error + 1e-2, f"{key}: ours {error:.2e}, mamba-ssm {theirs_error:.2e}"
