@@ -22,13 +22,13 @@ from isolated import op_main
 # (batch, d_inner) of the presets at sequence 2048.
 SHAPES = {"130m": (16, 1536), "370m": (16, 2048), "1.4b": (8, 4096), "2.8b": (4, 5120)}
 IMPLS = ("scan:mamba_ssm", "scan:ours")
-IMPLS_HELP = ("comma-separated; ours may carry its forward and backward blockings (channels per program, positions "
-              "per block, warps), e.g. scan:ours=4.64.4-4.64.4")
+IMPLS_HELP = ("comma-separated; ours-last: ours on activations with channels contiguous; either may carry its forward and backward blockings (channels per program, positions "
+              "per block of kept states, warps, positions unrolled), e.g. scan:ours=64.32.4.4-64.32.4.4")
 SEQ, DSTATE = 2048, 16
 
 
 def blockings(variant: str) -> dict:
-    """``FWD-BWD`` (e.g. ``4.64.4-4.64.4``; either may be empty) as selective_scan_triton's config arguments."""
+    """``FWD-BWD`` (e.g. ``64.32.4.4-64.32.4.4``; either may be empty) as selective_scan_triton's config arguments."""
     from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG
 
     fwd, _, bwd = variant.partition("-")
@@ -73,14 +73,20 @@ def runner(impl: str, shape: str):
     def randn(*shape, **kind):
         return torch.randn(*shape, generator=g, **(kind or bf16))
 
-    leaves = [randn(batch, dim, SEQ), randn(batch, dim, SEQ) * 0.5 - 4.0,
+    def activations():
+        """[b, d_inner, L] with positions contiguous, or (``ours-last``) channels contiguous."""
+        if name == "ours-last":
+            return randn(batch, SEQ, dim).transpose(1, 2)
+        return randn(batch, dim, SEQ)
+
+    leaves = [activations(), activations() * 0.5 - 4.0,
               -torch.arange(1, DSTATE + 1, device="cuda", dtype=torch.float32).repeat(dim, 1),
               randn(batch, DSTATE, SEQ), randn(batch, DSTATE, SEQ),
-              torch.ones(dim, device="cuda"), randn(batch, dim, SEQ), randn(dim, device="cuda") * 0.1]
+              torch.ones(dim, device="cuda"), activations(), randn(dim, device="cuda") * 0.1]
     for leaf in leaves:
         leaf.requires_grad_(True)
-    cotangent = randn(batch, dim, SEQ)
-    if name == "ours":
+    cotangent = activations()
+    if name.startswith("ours"):
         from kotomamba.ops.selective_scan_triton import selective_scan_triton
 
         configs = blockings(config)

@@ -33,7 +33,7 @@ torch.save(results, sys.argv[2])
 
 
 def case(seed: int, batch: int, dim: int, seqlen: int, dstate: int, gated: bool = True, softplus: bool = True,
-         config: tuple[int, int, int] = (4, 32, 4), channels_last: bool = False,
+         config: tuple[int, int, int, int] = (4, 32, 4, 2), channels_last: bool = False,
          dtype: torch.dtype = torch.float32) -> dict:
     g = torch.Generator().manual_seed(seed)
     leaves = {"u": torch.randn(batch, dim, seqlen, generator=g),
@@ -57,9 +57,9 @@ def case(seed: int, batch: int, dim: int, seqlen: int, dstate: int, gated: bool 
 CASES = {
     "gated": dict(seed=1, batch=2, dim=6, seqlen=150, dstate=8),
     "plain": dict(seed=2, batch=1, dim=9, seqlen=70, dstate=16, gated=False, softplus=False),
-    "short": dict(seed=3, batch=3, dim=4, seqlen=5, dstate=4, config=(2, 16, 2)),
-    "channels-last-dt": dict(seed=4, batch=2, dim=8, seqlen=96, dstate=16, config=(8, 16, 4), channels_last=True),
-    "one-state": dict(seed=5, batch=1, dim=3, seqlen=40, dstate=1, config=(4, 8, 1)),
+    "short": dict(seed=3, batch=3, dim=4, seqlen=5, dstate=4, config=(2, 16, 2, 1)),
+    "channels-last-dt": dict(seed=4, batch=2, dim=8, seqlen=96, dstate=16, config=(8, 16, 4, 4), channels_last=True),
+    "one-state": dict(seed=5, batch=1, dim=3, seqlen=40, dstate=1, config=(4, 8, 1, 1)),
 }
 BF16_CASES = {"bf16": dict(seed=6, batch=2, dim=8, seqlen=100, dstate=16, dtype=torch.bfloat16)}
 
@@ -101,7 +101,7 @@ def test_blocks_of_different_lengths_are_refused():
     u = torch.randn(1, 4, 8, requires_grad=True)
     with pytest.raises(ValueError, match="same length"):
         selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8), torch.randn(1, 4, 8),
-                              fwd_config=(4, 16, 4), bwd_config=(4, 32, 4))
+                              fwd_config=(4, 16, 4, 1), bwd_config=(4, 32, 4, 1))
 
 
 RUN_MIXER = """

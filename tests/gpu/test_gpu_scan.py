@@ -17,7 +17,7 @@ if torch.cuda.is_available():
 from kotomamba.ops.selective_scan import selective_scan_ref  # noqa: E402
 
 DEVICE = "cuda"
-BLOCKINGS = [(4, 64, 4), (8, 32, 4), (2, 128, 4), (16, 16, 4)]
+BLOCKINGS = [(64, 32, 4, 4), (32, 16, 2, 2), (16, 64, 1, 8), (128, 32, 8, 1)]
 
 
 def inputs(batch, dim, seqlen, dstate, dtype, seed=0):
