@@ -39,9 +39,8 @@ IMPLS_HELP = (
     "rerun; 1 to sum dB and dC from per-head shares instead of atomic adds; the parallel launch in one pass 0, in "
     "two parts 1, in two launches 2, in two parts as neighbouring programs 3, head-looping 4; heads per program of "
     "the second of two launches, 0 for one with its own loop over the state (head-looping: 0 for all of a group); "
-    "a register cap of the parallel launch(es), 0 for none; head-looping: heads per program of the dx launch, "
-    "warps of the dB / dC launch, and 1 to compute C.B per block and group once, in a launch of its own, for the "
-    "dx launch), missing ones from it, e.g. ssd:ours=32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128; "
+    "a register cap of the parallel launch(es), 0 for none; head-looping: heads per program of the dx launch and "
+    "warps of the dB / dC launch), missing ones from it, e.g. ssd:ours=32.64.4-s64.64.32.8.64.4.64.4.0.1.0.1.0.128; "
     "ssd:ours=mixer is the blocking the Mamba-2 mixer runs (kotomamba.ops.split_conv_scan)")
 
 

@@ -108,14 +108,13 @@ PARTS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 2, 2),
 
 # Every case again through the head-looping launches (field 12: 4): the states rerun or kept by the
 # forward; 1, 2 or all heads of a group per program of either launch; dB and dC summed from shares of heads
-# or added atomically; the state in one chunk or two; the dB / dC launch's own warps (field 16); C.B per
-# block and group from a launch of its own (field 17) or computed in every dx program.
-HEADS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 4, 1, 0, 2, 8, 1),
+# or added atomically; the state in one chunk or two; the dB / dC launch's own warps (field 16).
+HEADS = {"documents": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 4, 1, 0, 2, 8),
          "one-document": (32, 16, 16, 4, 16, 4, 16, 4, 1, 1, 0, 4, 0, 0, 0),
          "plain": (64, 16, 32, 4, 16, 4, 16, 4, 0, 0, 0, 4, 0, 0, 0),
-         "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 0, 1, 4, 2, 0, 4, 0, 1),
+         "strided-long-blocks": (32, 16, 16, 4, 32, 4, 16, 4, 1, 0, 1, 4, 2, 0, 4),
          "column-blocks": (16, 16, 16, 4, 32, 4, 16, 4, 0, 0, 1, 4, 0, 0, 2),
-         "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 1, 4, 1, 0, 1, 8, 1)}
+         "wide-state": (32, 16, 32, 4, 16, 4, 16, 4, 0, 1, 1, 4, 1, 0, 1, 8)}
 
 
 def all_cases() -> dict:
@@ -227,8 +226,7 @@ def test_the_parallel_launch_splits_only_in_known_ways():
                                           ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 4, 3), 13),
                                           ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 4, 0, 0, 4), 15),
                                           ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 0, 0, 1), 15),
-                                          ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 0, 0, 0, 8), 16),
-                                          ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 0, 0, 0, 0, 1), 17)])
+                                          ((16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 2, 0, 0, 0, 8), 16)])
 def test_heads_per_program_divide_the_heads_per_group(split, field):
     """Heads per program of either launch divide the heads of a group (2 here), and the fields of the
     head-looping launches are refused with the other splits."""
@@ -272,8 +270,8 @@ def test_the_split_backward_writes_dx_and_the_steps_gradient_into_slices(tmp_pat
         "B": B.unflatten(-1, (1, dstate)) * 0.5, "C": C.unflatten(-1, (1, dstate)) * 0.5,
         "D": torch.randn(heads, generator=g), "dt_bias": torch.randn(heads, generator=g) * 0.3,
         "dy": torch.randn(batch, seqlen, heads, headdim, generator=g)}
-    splits = {"two column blocks": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-              "head-looping": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 4, 0, 0, 2, 0, 1)}
+    splits = {"two column blocks": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 0, 0, 0, 0, 0, 0),
+              "head-looping": (16, 16, 16, 4, 16, 4, 16, 4, 0, 0, 1, 4, 0, 0, 2, 0)}
     results = run_interpreted(RUN_INTO_SLICES, {name: {**inputs, "split": split} for name, split in splits.items()},
                               tmp_path)
     for got in results.values():

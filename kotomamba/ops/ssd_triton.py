@@ -35,12 +35,11 @@ over the rest of t's block.
   launch can also take several heads of a group per program, which read B and C once and add their
   summed dB and dC once. Or, head-looping, the per-block work split by what is summed over heads: a
   launch whose programs walk several heads of a block, each head's dx and its whole decay gradient from
-  products of the head dim's width (``da_t = dy_t . y'_t - u_t . du_t``, :func:`_ssd_bwd_dx_heads_kernel`;
-  ``C.B`` computed there or once per block and group beforehand, :func:`_ssd_cb_kernel`), then one whose
-  programs walk a group's heads and gather dB and dC as one matrix product over heads x head dim
-  (:func:`_ssd_bwd_dbc_heads_kernel`): nothing is added atomically per head (the Mamba-2 mixer's setting,
-  :mod:`kotomamba.ops.split_conv_scan`). The register counts and spills of each setting, compiled for
-  sm_90a on any host: ``bench/ssd_throughput.py --registers``.
+  products of the head dim's width (``da_t = dy_t . y'_t - u_t . du_t``, :func:`_ssd_bwd_dx_heads_kernel`),
+  then one whose programs walk a group's heads and gather dB and dC as one matrix product over heads x
+  head dim (:func:`_ssd_bwd_dbc_heads_kernel`): nothing is added atomically per head (the Mamba-2 mixer's
+  setting, :mod:`kotomamba.ops.split_conv_scan`). The register counts
+  and spills of each setting, compiled for sm_90a on any host: ``bench/ssd_throughput.py --registers``.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
@@ -655,7 +654,7 @@ def _head_block(h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, 
 
 @triton.jit
 def _ssd_bwd_dx_heads_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr, cb_ptr,
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, seq_ptr, dy_ptr, states_ptr, dstates_ptr,
     dx_ptr, da_ptr, ddt_x_ptr, dD_ptr,
     L, heads_per_group,
     stride_x_b, stride_x_l, stride_x_h, stride_x_p,
@@ -665,12 +664,11 @@ def _ssd_bwd_dx_heads_kernel(
     stride_seq_b, stride_seq_l,
     stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
     stride_dx_b, stride_dx_l, da_shares,
-    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HEADS: tl.constexpr, CB_KEPT: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_SEQ: tl.constexpr, HEADS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
 ):
     """The head-looping backward's first launch: program (c * P // BLOCK_P + j, i, b) takes block c and
-    columns j * BLOCK_P ... of heads i * HEADS ... (one group), computes ``C.B`` once for them (or with
-    ``CB_KEPT`` reads it from cb [b, blocks, g, BLOCK_T, BLOCK_T] float32, :func:`_ssd_cb_kernel`'s) and walks
+    columns j * BLOCK_P ... of heads i * HEADS ... (one group), computes ``C.B`` once for them and walks
     them one after another, writing each head's dx, ddt_x, dD share (as :func:`_store_du`) and its columns'
     share j of the decay gradient to da [b, L, h, da_shares] float32 (all of it but the entering state's
     survival term, which the dB / dC launch adds), with no sum over heads.
@@ -698,13 +696,8 @@ def _ssd_bwd_dx_heads_kernel(
                  mask=valid[:, None], other=0.0)
     Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
                  mask=valid[:, None], other=0.0)
+    cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]: C_t . B_s, the same for every head of the group
     n_blocks = tl.cdiv(L, BLOCK_T)
-    if CB_KEPT:
-        rows = tl.arange(0, BLOCK_T)
-        cb = tl.load(cb_ptr + ((pid_b * n_blocks + c) * (nheads // heads_per_group) + g) * BLOCK_T * BLOCK_T
-                     + rows[:, None] * BLOCK_T + rows[None, :])
-    else:
-        cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]: C_t . B_s, the same for every head of the group
     for i in range(0, HEADS):
         h = h0 + i
         dt, a, doc, is_last, from_start, to_end, _, x, dy, S, G = _head_block(
@@ -729,25 +722,6 @@ def _ssd_bwd_dx_heads_kernel(
         _store_du(du, x, dy, dt, D_ptr, dx_ptr, ddt_x_ptr, dD_ptr, row_offsets,
                   pid_b * stride_dx_b + t * stride_dx_l + h * P, valid, p, h,
                   (pid_b * nheads + h) * n_blocks * n_pblocks + pid_j, pid_p, n_pblocks, HAS_D)
-
-
-@triton.jit
-def _ssd_cb_kernel(B_ptr, C_ptr, cb_ptr, L,
-                   stride_B_b, stride_B_l, stride_B_g, stride_B_n, stride_C_b, stride_C_l, stride_C_g, stride_C_n,
-                   BLOCK_T: tl.constexpr, N: tl.constexpr):
-    """Program (c, g, b): ``C_t . B_s`` of block c of group g into cb [b, blocks, g, BLOCK_T, BLOCK_T] float32
-    ([t, s]; 0 past L), for the head-looping dx launch, whose programs would each compute it for one head."""
-    c, g, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
-    valid = t < L
-    n = tl.arange(0, N)
-    Bm = tl.load(B_ptr + pid_b * stride_B_b + g * stride_B_g + t[:, None] * stride_B_l + n[None, :] * stride_B_n,
-                 mask=valid[:, None], other=0.0)
-    Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
-                 mask=valid[:, None], other=0.0)
-    rows = tl.arange(0, BLOCK_T)
-    tl.store(cb_ptr + ((pid_b * tl.num_programs(0) + c) * tl.num_programs(1) + g) * BLOCK_T * BLOCK_T
-             + rows[:, None] * BLOCK_T + rows[None, :], tl.dot(Cm, tl.trans(Bm)))
 
 
 @triton.jit
@@ -1021,7 +995,7 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     of the gradient of in_proj's output)."""
     dt = steps_in.steps()
     (block_t, block_p, block_n, warps, seq_p, seq_warps, rerun_p, rerun_warps, fp32_dstates, _, bc_shares, phases,
-     bc_heads, max_registers, dx_heads, bc_warps, cb_kept) = cfg
+     bc_heads, max_registers, dx_heads, bc_warps) = cfg
     launch = {"num_warps": warps, **({"maxnreg": max_registers} if max_registers else {})}
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
@@ -1051,7 +1025,7 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
     if phases == 4:
         _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, launch, block_t=block_t,
                         block_p=block_p, block_n=block_n, bc_shares=bc_shares, bc_heads=bc_heads, dx_heads=dx_heads,
-                        bc_warps=bc_warps, cb_kept=bool(cb_kept))
+                        bc_warps=bc_warps)
         return _grads(steps_in, A, block_t=block_t, ddt=ddt, **out)
     # (dx part, dB / dC part) of each launch over the blocks.
     parts = [(True, True)] if phases in (0, 1, 3) else [(True, False)] if bc_heads else [(True, False), (False, True)]
@@ -1079,10 +1053,9 @@ def _bwd_split(x, steps_in: Steps, A, B, C, D, initial_states, seq_idx, dy, dfin
 
 
 def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, launch, *, block_t, block_p, block_n,
-                    bc_shares, bc_heads, dx_heads, bc_warps, cb_kept):
+                    bc_shares, bc_heads, dx_heads, bc_warps):
     """The split backward's head-looping launches (its config's field 12: 4; the other arguments its fields
-    as :func:`_bwd_split` names them): with ``cb_kept`` first C.B per block and group, then dx, ddt_x, dD and
-    da per head, then dB and dC summed over heads, into
+    as :func:`_bwd_split` names them): dx, ddt_x, dD and da per head, then dB and dC summed over heads, into
     ``out`` (:func:`_grad_buffers`: ddt_x with one share per column block, da's first shares as many; dB
     and dC zeroed unless ``bc_shares``)."""
     batch, seqlen, nheads, headdim = x.shape
@@ -1094,16 +1067,11 @@ def _heads_launches(x, dt, A, B, C, D, seq_idx, dy, states, dstates, out, launch
     seq = seq_idx if seq_idx is not None else dt
     strides = (*x.stride(), *dt.stride(), *B.stride(), *C.stride(),
                *(seq_idx.stride() if seq_idx is not None else (0, 0)), *dy.stride())
-    cb = None
-    if cb_kept:
-        cb = torch.empty(batch, n_blocks, ngroups, block_t, block_t, device=x.device, dtype=torch.float32)
-        _ssd_cb_kernel[(n_blocks, ngroups, batch)](B, C, cb, seqlen, *B.stride(), *C.stride(), BLOCK_T=block_t,
-                                                   N=dstate, num_warps=launch["num_warps"])
     _ssd_bwd_dx_heads_kernel[(n_blocks * (headdim // block_p), nheads // dx_heads, batch)](
-        x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates, A if cb is None else cb,
+        x, dt, A, B, C, D if D is not None else A, seq, dy, states, dstates,
         out["dx"], out["da"], out["ddt_x"], out["dD"], seqlen, heads_per_group, *strides, *out["dx"].stride()[:2],
         out["da"].shape[-1],
-        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HEADS=dx_heads, CB_KEPT=cb_kept,
+        HAS_D=D is not None, HAS_SEQ=seq_idx is not None, HEADS=dx_heads,
         BLOCK_T=block_t, BLOCK_P=block_p, P=headdim, N=dstate, **launch,
     )
     splits = heads_per_group // bc_heads
@@ -1169,9 +1137,8 @@ class _SSDScan(torch.autograd.Function):
 # each program loops over the state columns; k: k heads, summed before they are added to dB and dC,
 # and one chunk of state columns per program; with 4, 0 is all heads of the group); a cap on
 # registers per thread of the parallel launch(es) (0: none); with 4, the heads per program of the dx
-# launch (0: one) and the warps of the dB / dC launch (0: as the dx launch's), and 1 to compute C.B per
-# block and group once, in a launch of its own, for the dx launch (0: each dx program computes it).
-SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+# launch (0: one) and the warps of the dB / dC launch (0: as the dx launch's).
+SPLIT_BWD_DEFAULT = (64, 64, 16, 8, 64, 4, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def blockings(headdim: int, dstate: int, heads_per_group: int, fwd_config: tuple[int, ...],
@@ -1204,9 +1171,6 @@ def blockings(headdim: int, dstate: int, heads_per_group: int, fwd_config: tuple
         if split[15] and split[11] != 4:
             raise ValueError(f"ssd_chunk_scan_triton takes warps for the split backward's dB / dC launch (its config's "
                              f"field 16) only with the head-looping launches (field 12: 4, got {split[11]})")
-        if split[16] and split[11] != 4:
-            raise ValueError(f"ssd_chunk_scan_triton computes C.B in a launch of its own for the split backward (its "
-                             f"config's field 17) only with the head-looping launches (field 12: 4, got {split[11]})")
         if split[14] and (split[11] != 4 or heads_per_group % split[14]):
             raise ValueError(f"ssd_chunk_scan_triton takes {split[14]} heads per program of the split backward's "
                              f"dx launch (its config's field 15) only with the head-looping launches (field 12: 4, "
