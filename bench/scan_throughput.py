@@ -22,8 +22,9 @@ from isolated import op_main
 # (batch, d_inner) of the presets at sequence 2048.
 SHAPES = {"130m": (16, 1536), "370m": (16, 2048), "1.4b": (8, 4096), "2.8b": (4, 5120)}
 IMPLS = ("scan:mamba_ssm", "scan:ours")
-IMPLS_HELP = ("comma-separated; ours-last: ours on activations with channels contiguous; either may carry its forward and backward blockings (channels per program, positions "
-              "per block of kept states, warps, positions unrolled), e.g. scan:ours=64.32.4.4-64.32.4.4")
+IMPLS_HELP = ("comma-separated; ours-last: ours on activations with channels contiguous; either may carry its forward "
+              "and backward blockings (channels per program, positions per block of kept states, warps, positions "
+              "unrolled), e.g. scan:ours=64.32.4.4-64.32.4.4")
 SEQ, DSTATE = 2048, 16
 
 

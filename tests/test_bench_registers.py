@@ -1,7 +1,7 @@
 """The op benchmarks' ``--registers`` on the CPU (bench/ptxas_report.py): our SSD kernels
-(bench/ssd_throughput.py) and the convolution's reset patch (bench/conv_throughput.py) compiled for sm_90a,
-with what ptxas gives each launch (no GPU needed); the timing modes are checked on a GPU
-(bench/gpu_session.sh ssd, op conv)."""
+(bench/ssd_throughput.py), the convolution's reset patch (bench/conv_throughput.py) and the selective scan
+(bench/scan_throughput.py) compiled for sm_90a, with what ptxas gives each launch (no GPU needed); the timing
+modes are checked on a GPU (bench/gpu_session.sh ssd, op conv, op scan)."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("triton", reason="compiling the kernels needs the triton package (the test extra has it)")
 
 from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG  # noqa: E402
+from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG  # noqa: E402
 
 
 def run(bench: str, *argv: str) -> subprocess.CompletedProcess:
@@ -60,8 +61,23 @@ def test_registers_of_the_convolutions_reset_patch_per_blocking():
         assert row[2] == row[0].split(".")[2] and 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
 
 
+def test_registers_of_the_selective_scan_per_blocking():
+    default = ".".join(map(str, SCAN_FWD_CONFIG)) + "-" + ".".join(map(str, SCAN_BWD_CONFIG))
+    done = run("scan_throughput.py", "--registers", "--impls",
+               f"scan:mamba_ssm,scan:ours={default},scan:ours=16.32.1.2-32.32.2.2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(done.stdout)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (default, "_scan_fwd_kernel", str(SCAN_FWD_CONFIG[2])), (default, "_scan_bwd_kernel", str(SCAN_BWD_CONFIG[2])),
+        ("16.32.1.2-32.32.2.2", "_scan_fwd_kernel", "1"), ("16.32.1.2-32.32.2.2", "_scan_bwd_kernel", "2")]
+    for row in rows:
+        assert 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
+
+
 def test_registers_need_one_of_our_implementations():
     done = run("ssd_throughput.py", "--registers", "--impls", "ssd:mamba_ssm")
     assert done.returncode == 2 and "needs at least one ssd:ours" in done.stderr
     done = run("conv_throughput.py", "--registers", "--impls", "conv:causal_conv1d")
     assert done.returncode == 2 and "needs at least one conv:ours" in done.stderr
+    done = run("scan_throughput.py", "--registers", "--impls", "scan:mamba_ssm")
+    assert done.returncode == 2 and "needs at least one scan:ours" in done.stderr
