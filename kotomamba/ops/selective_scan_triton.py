@@ -20,6 +20,10 @@ Sums over channels (dB, dC) and over the batch (dA, dD, d bias) are written per 
 buffers that PyTorch sums, so the result does not depend on the order programs finish (mamba-ssm's CUDA
 kernel adds them with atomics). Source of the method: Gu & Dao 2023, "Mamba", section 3.3 and appendix D
 (the recurrence, its backward, and states recomputed in the backward instead of kept).
+
+Not dispatched: on an H200 this is still 1.6x slower than mamba-ssm's CUDA kernel forward+backward
+(bench/RESULTS.md, session 19). :mod:`kotomamba.ops.mamba_inner` (Mamba-1's mixer around it) and
+tests/gpu/test_gpu_scan.py are in place for the version that is not.
 """
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ from kotomamba.ops.step_triton import step, step_grad
 
 # (channels per program, positions per block of kept states, warps, positions unrolled) of the forward and of the
 # backward; bench/scan_throughput.py times others.
-SCAN_FWD_CONFIG = (64, 32, 4, 4)
-SCAN_BWD_CONFIG = (64, 32, 4, 4)
+SCAN_FWD_CONFIG = (16, 32, 1, 4)
+SCAN_BWD_CONFIG = (16, 32, 1, 4)
 
 
 @triton.jit
