@@ -40,6 +40,27 @@ SCAN_BWD_CONFIG = (16, 32, 1, 4)
 
 
 @triton.jit
+def _channels(A_ptr, D_ptr, bias_ptr, offs_d, ok_d, offs_n, N: tl.constexpr, HAS_D: tl.constexpr,
+              HAS_BIAS: tl.constexpr):
+    """The channels' A [BLOCK_D, N], D and delta bias [BLOCK_D] (0 where absent), float32."""
+    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=ok_d[:, None], other=0.0)
+    Dv, bias = 0.0, 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=ok_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=ok_d, other=0.0)
+    return A, Dv, bias
+
+
+@triton.jit
+def _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS: tl.constexpr):
+    """Position t's delta + bias, its step, u [BLOCK_D] and B [N], float32."""
+    raw = tl.load(dt_row + t * s_dtl, mask=ok_d, other=0.0).to(tl.float32) + bias
+    u = tl.load(u_row + t * s_ul, mask=ok_d, other=0.0).to(tl.float32)
+    return raw, step(raw, 0.0, 0.0, SOFTPLUS, False), u, tl.load(B_row + t * s_Bl).to(tl.float32)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, last_ptr,
     dim, L, blocks,
@@ -53,11 +74,8 @@ def _scan_fwd_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     ok_d = offs_d < dim
     offs_n = tl.arange(0, N)
-    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=ok_d[:, None], other=0.0) * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=ok_d, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=ok_d, other=0.0)
+    A, Dv, bias = _channels(A_ptr, D_ptr, bias_ptr, offs_d, ok_d, offs_n, N, HAS_D, HAS_BIAS)
+    A2 = A * 1.4426950408889634  # exp(dt A) as exp2
     u_row, dt_row = u_ptr + b * s_ub + offs_d * s_ud, dt_ptr + b * s_dtb + offs_d * s_dtd
     out_row = out_ptr + b * s_ob + offs_d * s_od
     if HAS_Z:
@@ -69,12 +87,7 @@ def _scan_fwd_kernel(
         if KEEP_STATES:
             tl.store(states_ptr + state_rows + c * dim * N, h, mask=ok_d[:, None])
         for t in tl.range(c * BLOCK_T, tl.minimum(c * BLOCK_T + BLOCK_T, L), loop_unroll_factor=UNROLL):
-            raw = tl.load(dt_row + t * s_dtl, mask=ok_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw += bias
-            dt = step(raw, 0.0, 0.0, SOFTPLUS, False)
-            u = tl.load(u_row + t * s_ul, mask=ok_d, other=0.0).to(tl.float32)
-            Bt = tl.load(B_row + t * s_Bl).to(tl.float32)
+            _, dt, u, Bt = _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS)
             Ct = tl.load(C_row + t * s_Cl).to(tl.float32)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], axis=1)
@@ -104,12 +117,8 @@ def _scan_bwd_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     ok_d = offs_d < dim
     offs_n = tl.arange(0, N)
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=ok_d[:, None], other=0.0)
+    A, Dv, bias = _channels(A_ptr, D_ptr, bias_ptr, offs_d, ok_d, offs_n, N, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=ok_d, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=ok_d, other=0.0)
     u_row, dt_row = u_ptr + b * s_ub + offs_d * s_ud, dt_ptr + b * s_dtb + offs_d * s_dtd
     dout_row = dout_ptr + b * s_gb + offs_d * s_gd
     du_row, ddt_row = du_ptr + b * s_dub + offs_d * s_dud, ddt_ptr + b * s_ddtb + offs_d * s_ddtd
@@ -138,23 +147,14 @@ def _scan_bwd_kernel(
         # The block's forward again, from its entering state, keeping every position's state.
         h = tl.load(states_ptr + state_rows + c * dim * N, mask=ok_d[:, None], other=0.0)
         for t in tl.range(first, end, loop_unroll_factor=UNROLL):
-            raw = tl.load(dt_row + t * s_dtl, mask=ok_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw += bias
-            dt = step(raw, 0.0, 0.0, SOFTPLUS, False)
-            u = tl.load(u_row + t * s_ul, mask=ok_d, other=0.0).to(tl.float32)
-            Bt = tl.load(B_row + t * s_Bl).to(tl.float32)
+            _, dt, u, Bt = _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scratch + (t - first) * BLOCK_D * N, h)
         # Then back: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
         for back_t in tl.range(0, end - first, loop_unroll_factor=UNROLL):
             t = end - 1 - back_t
-            raw = tl.load(dt_row + t * s_dtl, mask=ok_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw += bias
-            dt = step(raw, 0.0, 0.0, SOFTPLUS, False)
-            u = tl.load(u_row + t * s_ul, mask=ok_d, other=0.0).to(tl.float32)
-            Bt = tl.load(B_row + t * s_Bl).to(tl.float32)[None, :]
+            raw, dt, u, Bt = _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS)
+            Bt = Bt[None, :]
             Ct = tl.load(C_row + t * s_Cl).to(tl.float32)[None, :]
             dy = tl.load(dout_row + t * s_gl, mask=ok_d, other=0.0).to(tl.float32)
             h = tl.load(scratch + (t - first) * BLOCK_D * N)
