@@ -24,12 +24,12 @@ SHAPES = {"130m": (16, 1536), "370m": (16, 2048), "1.4b": (8, 4096), "2.8b": (4,
 IMPLS = ("scan:mamba_ssm", "scan:ours")
 IMPLS_HELP = ("comma-separated; ours-last: ours on activations with channels contiguous; either may carry its forward "
               "and backward blockings (channels per program, positions per block of kept states, warps, positions "
-              "unrolled), e.g. scan:ours=64.32.4.4-64.32.4.4")
+              "loaded and stored together), e.g. scan:ours=16.32.1.8-8.32.1.16")
 SEQ, DSTATE = 2048, 16
 
 
 def blockings(variant: str) -> dict:
-    """``FWD-BWD`` (e.g. ``64.32.4.4-64.32.4.4``; either may be empty) as selective_scan_triton's config arguments."""
+    """``FWD-BWD`` (e.g. ``16.32.1.8-8.32.1.16``; either may be empty) as selective_scan_triton's config arguments."""
     from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG
 
     fwd, _, bwd = variant.partition("-")

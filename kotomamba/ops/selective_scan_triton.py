@@ -6,11 +6,15 @@ Per batch row, channel ``d`` and state ``n``: ``dt_t = softplus(delta_t + bias)`
 
 One program per batch row and block of channels holds their [channels, N] states in registers and walks the
 positions one at a time (a block-wise ``tl.associative_scan`` over [channels, N, positions] tiles ran three
-times slower than mamba-ssm's kernel: bench/RESULTS.md). The forward keeps the state entering every block of
-``BLOCK_T`` positions (float32, [batch, blocks, D, N]) for the backward, which walks the blocks from the last:
-it reruns a block's forward from its entering state into a float32 scratch of the block's states, then walks
-the block back with ``dh_t = C_t dy_t + a_{t+1} dh_{t+1}`` and, as ``a_t h_{t-1} = h_t - dt_t B_t u_t``,
-needs no state of the position before:
+times slower than mamba-ssm's kernel: bench/RESULTS.md). Inputs are loaded and outputs stored ``GROUP``
+positions at a time, each position's column picked out of the group's tile in registers: position by
+position, each load came after the previous position's store, which the compiler cannot move it ahead of,
+so every position waited on memory.
+
+The forward keeps the state entering every block of ``BLOCK_T`` positions (float32, [batch, blocks, D, N]) for
+the backward, which walks the blocks from the last: it reruns a block's forward from its entering state into a
+float32 scratch of the block's states, then walks the block back with ``dh_t = C_t dy_t + a_{t+1} dh_{t+1}``
+and, as ``a_t h_{t-1} = h_t - dt_t B_t u_t``, needs no state of the position before:
 
 - ``du_t = dt_t sum_n dh_t B_t + D dy_t``;
 - ``d dt_t = u_t sum_n dh_t B_t + sum_n A dh_t (h_t - dt_t B_t u_t)``, times softplus' slope for ``d delta``;
@@ -21,9 +25,9 @@ buffers that PyTorch sums, so the result does not depend on the order programs f
 kernel adds them with atomics). Source of the method: Gu & Dao 2023, "Mamba", section 3.3 and appendix D
 (the recurrence, its backward, and states recomputed in the backward instead of kept).
 
-Not dispatched: on an H200 this is still 1.6x slower than mamba-ssm's CUDA kernel forward+backward
-(bench/RESULTS.md, session 19). :mod:`kotomamba.ops.mamba_inner` (Mamba-1's mixer around it) and
-tests/gpu/test_gpu_scan.py are in place for the version that is not.
+Not dispatched: on an H200 the version without groups was 1.6x slower than mamba-ssm's CUDA kernel
+forward+backward; the grouped one is not timed yet (bench/RESULTS.md, session 19). :mod:`kotomamba.ops.mamba_inner`
+(Mamba-1's mixer around it) and tests/gpu/test_gpu_scan.py are in place for a version that is faster.
 """
 from __future__ import annotations
 
@@ -33,10 +37,10 @@ import triton.language as tl
 
 from kotomamba.ops.step_triton import step, step_grad
 
-# (channels per program, positions per block of kept states, warps, positions unrolled) of the forward and of the
-# backward; bench/scan_throughput.py times others.
-SCAN_FWD_CONFIG = (16, 32, 1, 4)
-SCAN_BWD_CONFIG = (16, 32, 1, 4)
+# (channels per program, positions per block of kept states, warps, positions loaded and stored together) of the
+# forward and of the backward; bench/scan_throughput.py times others.
+SCAN_FWD_CONFIG = (16, 32, 1, 8)
+SCAN_BWD_CONFIG = (8, 32, 1, 16)
 
 
 @triton.jit
@@ -44,7 +48,7 @@ def _channels(A_ptr, D_ptr, bias_ptr, offs_d, ok_d, offs_n, N: tl.constexpr, HAS
               HAS_BIAS: tl.constexpr):
     """The channels' A [BLOCK_D, N], D and delta bias [BLOCK_D] (0 where absent), float32."""
     A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=ok_d[:, None], other=0.0)
-    Dv, bias = 0.0, 0.0
+    Dv, bias = tl.zeros(offs_d.shape, tl.float32), tl.zeros(offs_d.shape, tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=ok_d, other=0.0)
     if HAS_BIAS:
@@ -53,11 +57,23 @@ def _channels(A_ptr, D_ptr, bias_ptr, offs_d, ok_d, offs_n, N: tl.constexpr, HAS
 
 
 @triton.jit
-def _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS: tl.constexpr):
-    """Position t's delta + bias, its step, u [BLOCK_D] and B [N], float32."""
-    raw = tl.load(dt_row + t * s_dtl, mask=ok_d, other=0.0).to(tl.float32) + bias
-    u = tl.load(u_row + t * s_ul, mask=ok_d, other=0.0).to(tl.float32)
-    return raw, step(raw, 0.0, 0.0, SOFTPLUS, False), u, tl.load(B_row + t * s_Bl).to(tl.float32)
+def _tile(row, pos, stride, ok_rows, ok_pos):
+    """[rows, GROUP] float32 from ``row`` [rows] pointers at positions ``pos`` [GROUP]; 0 where masked."""
+    return tl.load(row[:, None] + pos[None, :] * stride, mask=ok_rows[:, None] & ok_pos[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _column(tile, sel):
+    """The column of ``tile`` [rows, GROUP] that ``sel`` [1, GROUP] picks, [rows] (a sum of one term)."""
+    return tl.sum(tl.where(sel, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _steps(dt_row, pos, s_dtl, bias, ok_d, ok_pos, SOFTPLUS: tl.constexpr):
+    """delta + bias and the step, [BLOCK_D, GROUP] float32; the step is 0 past the end (decay 1, no input)."""
+    raw = _tile(dt_row, pos, s_dtl, ok_d, ok_pos) + bias[:, None]
+    return raw, tl.where(ok_pos[None, :], step(raw, 0.0, 0.0, SOFTPLUS, False), 0.0)
 
 
 @triton.jit
@@ -67,13 +83,15 @@ def _scan_fwd_kernel(
     s_ub, s_ud, s_ul, s_dtb, s_dtd, s_dtl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     KEEP_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, UNROLL: tl.constexpr,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     ok_d = offs_d < dim
     offs_n = tl.arange(0, N)
+    ok_n = offs_n < N
+    offs_p = tl.arange(0, GROUP)
     A, Dv, bias = _channels(A_ptr, D_ptr, bias_ptr, offs_d, ok_d, offs_n, N, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634  # exp(dt A) as exp2
     u_row, dt_row = u_ptr + b * s_ub + offs_d * s_ud, dt_ptr + b * s_dtb + offs_d * s_dtd
@@ -86,17 +104,28 @@ def _scan_fwd_kernel(
     for c in range(blocks):
         if KEEP_STATES:
             tl.store(states_ptr + state_rows + c * dim * N, h, mask=ok_d[:, None])
-        for t in tl.range(c * BLOCK_T, tl.minimum(c * BLOCK_T + BLOCK_T, L), loop_unroll_factor=UNROLL):
-            _, dt, u, Bt = _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS)
-            Ct = tl.load(C_row + t * s_Cl).to(tl.float32)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-            y = tl.sum(h * Ct[None, :], axis=1)
+        for g in range(tl.cdiv(tl.minimum(BLOCK_T, L - c * BLOCK_T), GROUP)):
+            # A group's inputs in one load each and its outputs in one store: a load after a store to global
+            # memory cannot be moved ahead of it, so loads and stores step by step wait on memory every step.
+            pos = c * BLOCK_T + g * GROUP + offs_p
+            ok_pos = pos < L
+            _, dts = _steps(dt_row, pos, s_dtl, bias, ok_d, ok_pos, SOFTPLUS)
+            us = _tile(u_row, pos, s_ul, ok_d, ok_pos)
+            Bs = _tile(B_row, pos, s_Bl, ok_n, ok_pos)
+            Cs = _tile(C_row, pos, s_Cl, ok_n, ok_pos)
+            ys = tl.zeros((BLOCK_D, GROUP), tl.float32)
+            for i in tl.static_range(GROUP):
+                sel = (offs_p == i)[None, :]
+                dt, u = _column(dts, sel), _column(us, sel)
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * _column(Bs, sel)[None, :]
+                ys = tl.where(sel, tl.sum(h * _column(Cs, sel)[None, :], axis=1)[:, None], ys)
             if HAS_D:
-                y += u * Dv
+                ys += us * Dv[:, None]
             if HAS_Z:
-                z = tl.load(z_row + t * s_zl, mask=ok_d, other=0.0).to(tl.float32)
-                y *= z * tl.sigmoid(z)
-            tl.store(out_row + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=ok_d)
+                zs = _tile(z_row, pos, s_zl, ok_d, ok_pos)
+                ys *= zs * tl.sigmoid(zs)
+            tl.store(out_row[:, None] + pos[None, :] * s_ol, ys.to(out_ptr.dtype.element_ty),
+                     mask=ok_d[:, None] & ok_pos[None, :])
     if STORE_LAST:
         tl.store(last_ptr + (b * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=ok_d[:, None])
 
@@ -109,7 +138,7 @@ def _scan_bwd_kernel(
     s_ub, s_ud, s_ul, s_dtb, s_dtd, s_dtl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl,
     s_dub, s_dud, s_dul, s_ddtb, s_ddtd, s_ddtl, s_dzb, s_dzd, s_dzl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, UNROLL: tl.constexpr,
+    HAS_DLAST: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     d_programs = tl.num_programs(0)
@@ -117,6 +146,8 @@ def _scan_bwd_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     ok_d = offs_d < dim
     offs_n = tl.arange(0, N)
+    ok_n = offs_n < N
+    offs_p = tl.arange(0, GROUP)
     A, Dv, bias = _channels(A_ptr, D_ptr, bias_ptr, offs_d, ok_d, offs_n, N, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634
     u_row, dt_row = u_ptr + b * s_ub + offs_d * s_ud, dt_ptr + b * s_dtb + offs_d * s_dtd
@@ -142,51 +173,76 @@ def _scan_bwd_kernel(
     dbias_sum = tl.zeros((BLOCK_D,), tl.float32)
     for back in range(blocks):
         c = blocks - 1 - back
-        first = c * BLOCK_T
-        end = tl.minimum(first + BLOCK_T, L)
+        groups = tl.cdiv(tl.minimum(BLOCK_T, L - c * BLOCK_T), GROUP)
         # The block's forward again, from its entering state, keeping every position's state.
         h = tl.load(states_ptr + state_rows + c * dim * N, mask=ok_d[:, None], other=0.0)
-        for t in tl.range(first, end, loop_unroll_factor=UNROLL):
-            _, dt, u, Bt = _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-            tl.store(scratch + (t - first) * BLOCK_D * N, h)
-        # Then back: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
-        for back_t in tl.range(0, end - first, loop_unroll_factor=UNROLL):
-            t = end - 1 - back_t
-            raw, dt, u, Bt = _inputs_at(t, dt_row, u_row, B_row, s_dtl, s_ul, s_Bl, bias, ok_d, SOFTPLUS)
-            Bt = Bt[None, :]
-            Ct = tl.load(C_row + t * s_Cl).to(tl.float32)[None, :]
-            dy = tl.load(dout_row + t * s_gl, mask=ok_d, other=0.0).to(tl.float32)
-            h = tl.load(scratch + (t - first) * BLOCK_D * N)
+        for g in range(groups):
+            pos = c * BLOCK_T + g * GROUP + offs_p
+            ok_pos = pos < L
+            _, dts = _steps(dt_row, pos, s_dtl, bias, ok_d, ok_pos, SOFTPLUS)
+            dtus = dts * _tile(u_row, pos, s_ul, ok_d, ok_pos)
+            Bs = _tile(B_row, pos, s_Bl, ok_n, ok_pos)
+            for i in tl.static_range(GROUP):
+                sel = (offs_p == i)[None, :]
+                inp = _column(dtus, sel)[:, None] * _column(Bs, sel)[None, :]
+                h = tl.exp2(_column(dts, sel)[:, None] * A2) * h + inp
+                tl.store(scratch + (g * GROUP + i) * BLOCK_D * N, h)
+        # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
+        for back_g in range(groups):
+            g = groups - 1 - back_g
+            pos = c * BLOCK_T + g * GROUP + offs_p
+            ok_pos = pos < L
+            ok = ok_d[:, None] & ok_pos[None, :]
+            raws, dts = _steps(dt_row, pos, s_dtl, bias, ok_d, ok_pos, SOFTPLUS)
+            us = _tile(u_row, pos, s_ul, ok_d, ok_pos)
+            Bs = _tile(B_row, pos, s_Bl, ok_n, ok_pos)
+            Cs = _tile(C_row, pos, s_Cl, ok_n, ok_pos)
+            dys = _tile(dout_row, pos, s_gl, ok_d, ok_pos)
             if HAS_Z:
-                y = tl.sum(h * Ct, axis=1)
-                if HAS_D:
-                    y += u * Dv
-                z = tl.load(z_row + t * s_zl, mask=ok_d, other=0.0).to(tl.float32)
-                gate = tl.sigmoid(z)
-                tl.store(dz_row + t * s_dzl, (dy * y * gate * (1.0 + z * (1.0 - gate))).to(dz_ptr.dtype.element_ty),
-                         mask=ok_d)
-                dy *= z * gate
-            dh = Ct * dy[:, None] + carried
-            decay = tl.exp2(dt[:, None] * A2)
-            carried = decay * dh
-            inp = (dt * u)[:, None] * Bt
-            kept = dh * (h - inp)  # dh_t a_t h_{t-1}
-            dhB = tl.sum(dh * Bt, axis=1)
-            du = dt * dhB
+                zs = _tile(z_row, pos, s_zl, ok_d, ok_pos)
+                gates = tl.sigmoid(zs)
+                ys = tl.zeros((BLOCK_D, GROUP), tl.float32)
+                dys_in = dys
+                dys *= zs * gates
+            dhBs = tl.zeros((BLOCK_D, GROUP), tl.float32)
+            keptAs = tl.zeros((BLOCK_D, GROUP), tl.float32)
+            dBs = tl.zeros((N, GROUP), tl.float32)
+            dCs = tl.zeros((N, GROUP), tl.float32)
+            for j in tl.static_range(GROUP):
+                i = GROUP - 1 - j
+                sel = (offs_p == i)[None, :]
+                dt, u, dy = _column(dts, sel), _column(us, sel), _column(dys, sel)
+                Bt, Ct = _column(Bs, sel)[None, :], _column(Cs, sel)[None, :]
+                h = tl.load(scratch + (g * GROUP + i) * BLOCK_D * N)
+                if HAS_Z:
+                    ys = tl.where(sel, tl.sum(h * Ct, axis=1)[:, None], ys)
+                dh = Ct * dy[:, None] + carried
+                carried = tl.exp2(dt[:, None] * A2) * dh
+                kept = dh * (h - (dt * u)[:, None] * Bt)  # dh_t a_t h_{t-1}
+                dhBs = tl.where(sel, tl.sum(dh * Bt, axis=1)[:, None], dhBs)
+                keptAs = tl.where(sel, tl.sum(kept * A, axis=1)[:, None], keptAs)
+                dA_sum += kept * dt[:, None]
+                dBs = tl.where(sel, tl.sum(dh * (dt * u)[:, None], axis=0)[:, None], dBs)
+                dCs = tl.where(sel, tl.sum(h * dy[:, None], axis=0)[:, None], dCs)
+            dus = dts * dhBs
             if HAS_D:
-                du += Dv * dy
-                dD_sum += dy * u
-            ddt = u * dhB + tl.sum(kept * A, axis=1)
+                dus += Dv[:, None] * dys
+                dD_sum += tl.sum(dys * us, axis=1)
+            if HAS_Z:
+                if HAS_D:
+                    ys += us * Dv[:, None]
+                tl.store(dz_row[:, None] + pos[None, :] * s_dzl,
+                         (dys_in * ys * gates * (1.0 + zs * (1.0 - gates))).to(dz_ptr.dtype.element_ty), mask=ok)
+            ddts = us * dhBs + keptAs
             if SOFTPLUS:
-                ddt *= step_grad(raw, 0.0, 0.0, SOFTPLUS, False)
-            ddt = tl.where(ok_d, ddt, 0.0)
-            dbias_sum += ddt
-            dA_sum += kept * dt[:, None]
-            tl.store(du_row + t * s_dul, du.to(du_ptr.dtype.element_ty), mask=ok_d)
-            tl.store(ddt_row + t * s_ddtl, ddt.to(ddt_ptr.dtype.element_ty), mask=ok_d)
-            tl.store(dB_ptr + part_rows + t * N, tl.sum(dh * (dt * u)[:, None], axis=0))
-            tl.store(dC_ptr + part_rows + t * N, tl.sum(h * dy[:, None], axis=0))
+                ddts *= step_grad(raws, 0.0, 0.0, SOFTPLUS, False)
+            ddts = tl.where(ok, ddts, 0.0)
+            dbias_sum += tl.sum(ddts, axis=1)
+            tl.store(du_row[:, None] + pos[None, :] * s_dul, dus.to(du_ptr.dtype.element_ty), mask=ok)
+            tl.store(ddt_row[:, None] + pos[None, :] * s_ddtl, ddts.to(ddt_ptr.dtype.element_ty), mask=ok)
+            ok_part = ok_n[:, None] & ok_pos[None, :]
+            tl.store(dB_ptr + part_rows[:, None] + pos[None, :] * N, dBs, mask=ok_part)
+            tl.store(dC_ptr + part_rows[:, None] + pos[None, :] * N, dCs, mask=ok_part)
     tl.store(dA_ptr + (b * dim + offs_d[:, None]) * N + offs_n[None, :], dA_sum, mask=ok_d[:, None])
     if HAS_D:
         tl.store(dD_ptr + b * dim + offs_d, dD_sum, mask=ok_d)
@@ -204,7 +260,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, la
     ``keep_states``; the final state [b, D, N] (float32) with ``last``."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    block_d, block_t, warps, unroll = config
+    block_d, block_t, warps, group = config
     blocks = triton.cdiv(L, block_t)
     out = torch.empty_like(u)
     states = torch.empty(batch, blocks, dim, N, device=u.device, dtype=torch.float32) if keep_states else None
@@ -213,7 +269,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, la
         u, delta, A, B, C, D, z, delta_bias, out, states, final, dim, L, blocks,
         *_strides(u, delta, B, C, z if z is not None else u, out),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        KEEP_STATES=keep_states, STORE_LAST=last, N=N, BLOCK_D=block_d, BLOCK_T=block_t, UNROLL=unroll,
+        KEEP_STATES=keep_states, STORE_LAST=last, N=N, BLOCK_D=block_d, BLOCK_T=block_t, GROUP=group,
         num_warps=warps,
     )
     return out, states, final
@@ -230,6 +286,9 @@ class _SelectiveScan(torch.autograd.Function):
         if keep and fwd_config[1] != bwd_config[1]:
             raise ValueError(f"the forward and backward must walk blocks of the same length, got "
                              f"{fwd_config[1]} and {bwd_config[1]} positions")
+        for config in (fwd_config, bwd_config):
+            if config[1] % config[3]:
+                raise ValueError(f"positions loaded together ({config[3]}) must divide the block ({config[1]})")
         out, states, final = _scan_forward(u, delta, A, B, C, D, z, bias, softplus, keep, return_last_state,
                                            fwd_config)
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, states)
@@ -241,7 +300,7 @@ class _SelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, bias, states = ctx.saved_tensors
         batch, dim, L = u.shape
         N = A.shape[1]
-        block_d, block_t, warps, unroll = ctx.bwd_config
+        block_d, block_t, warps, group = ctx.bwd_config
         d_programs = triton.cdiv(dim, block_d)
         dlast = dlast.contiguous() if dlast is not None else None
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
@@ -258,7 +317,7 @@ class _SelectiveScan(torch.autograd.Function):
             u, delta, A, B, C, D, z, bias, dout, dlast, states, scratch, du, ddelta, dz, dA, dB, dC, dD, dbias,
             dim, L, triton.cdiv(L, block_t), *_strides(u, delta, B, C, zs, dout, du, ddelta, dzs),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=ctx.softplus,
-            HAS_DLAST=dlast is not None, N=N, BLOCK_D=block_d, BLOCK_T=block_t, UNROLL=unroll, num_warps=warps,
+            HAS_DLAST=dlast is not None, N=N, BLOCK_D=block_d, BLOCK_T=block_t, GROUP=group, num_warps=warps,
         )
         A_dtype, D_dtype, bias_dtype = ctx.dtypes
         return (du, ddelta, dA.sum(0).to(A_dtype), dB.sum(1).transpose(1, 2).to(B.dtype),
@@ -282,7 +341,8 @@ def selective_scan_triton(
 ):
     """:func:`kotomamba.ops.selective_scan.selective_scan_ref`'s arguments and results: u, delta, z [batch, D, L];
     A [D, N] (N a power of two); B, C [batch, N, L]; D, delta_bias [D]; any strides. ``fwd_config`` / ``bwd_config``:
-    channels per program, positions per block of states kept (the same in both), warps, positions unrolled."""
+    channels per program, positions per block of states kept (the same in both), warps, positions loaded and stored
+    together (dividing the block)."""
     if B.dim() != 3 or C.dim() != 3:
         raise ValueError(f"B and C must be [batch, N, L] (one group), got {tuple(B.shape)} and {tuple(C.shape)}")
     if A.shape[1] & (A.shape[1] - 1):
