@@ -15,11 +15,6 @@ from kotomamba.ops.causal_conv1d import causal_conv1d
 from kotomamba.ops.selective_scan_triton import selective_scan_triton
 
 
-def takes(dstate: int) -> bool:
-    """Whether our scan runs a state of ``dstate`` (a power of two)."""
-    return dstate > 0 and dstate & (dstate - 1) == 0
-
-
 def mamba1_inner_triton(
     xz: torch.Tensor,
     conv1d_weight: torch.Tensor,

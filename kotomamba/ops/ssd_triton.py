@@ -38,8 +38,8 @@ over the rest of t's block.
   products of the head dim's width (``da_t = dy_t . y'_t - u_t . du_t``, :func:`_ssd_bwd_dx_heads_kernel`),
   then one whose programs walk a group's heads and gather dB and dC as one matrix product over heads x
   head dim (:func:`_ssd_bwd_dbc_heads_kernel`): nothing is added atomically per head (the Mamba-2 mixer's
-  setting, :mod:`kotomamba.ops.split_conv_scan`). The register counts
-  and spills of each setting, compiled for sm_90a on any host: ``bench/ssd_throughput.py --registers``.
+  setting, :mod:`kotomamba.ops.split_conv_scan`). The register counts and spills of each setting,
+  compiled for sm_90a on any host: ``bench/ssd_throughput.py --registers``.
 
 Document boundaries (``seq_idx``) are exact as in the twin: no term crosses from one document into
 the next, inside a block or across blocks, and the initial state belongs to the first document.
