@@ -1,7 +1,10 @@
 """Whole-mixer fused paths used for training, exactly as mamba-ssm's modules call them.
 
-- Mamba-1: ``mamba_ssm.ops.selective_scan_interface.mamba_inner_fn`` (conv1d, x_proj, dt_proj,
-  selective scan, gate and out_proj in one autograd function that recomputes in backward).
+- Mamba-1: :func:`kotomamba.ops.mamba_inner.mamba1_inner_triton` (causal-conv1d's conv1d, x_proj, dt_proj, our
+  selective scan with its gate, out_proj, in one autograd function that reruns the conv and dt_proj in
+  backward), which trains faster than mamba-ssm's ``mamba_inner_fn`` on an H200 (bench/RESULTS.md); mamba-ssm's
+  function where ours cannot run (a d_state that is not a power of two, or a causal-conv1d without its
+  ``cpp_functions``).
 - Mamba-2: :func:`kotomamba.ops.split_conv_scan.mamba2_split_conv_scan` (split, causal-conv1d's
   conv1d with ``seq_idx``, our SSD scan and gated RMSNorm, out_proj), which trains faster than
   mamba-ssm's ``mamba_split_conv1d_scan_combined`` on an H200 (bench/RESULTS.md); mamba-ssm's
@@ -24,6 +27,7 @@ from kotomamba.ops.selective_scan import selective_scan_ref
 from kotomamba.ops.ssd import ssd_chunk_scan_ref
 
 _MAMBA1_KERNELS = ("mamba_ssm.ops.selective_scan_interface", "causal_conv1d")
+_MAMBA1_OURS = ("kotomamba.ops.mamba_inner", "causal_conv1d.cpp_functions")
 _MAMBA2_KERNELS = ("mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
 _MAMBA2_OURS = ("kotomamba.ops.split_conv_scan", "causal_conv1d.cpp_functions")
 
@@ -69,7 +73,12 @@ def mamba1_inner(
     D: torch.Tensor,
     dt_bias: torch.Tensor,
 ) -> torch.Tensor:
-    """Dispatching twin of :func:`mamba1_inner_ref`."""
+    """Dispatching twin of :func:`mamba1_inner_ref` (ours, else mamba-ssm's, else the twin)."""
+    if use_kernels(xz, *_MAMBA1_OURS) and kernel_module("kotomamba.ops.selective_scan_triton").takes(A.shape[1]):
+        return kernel_module(_MAMBA1_OURS[0]).mamba1_inner_triton(
+            xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias,
+            A, D, dt_bias,
+        )
     if not use_kernels(xz, *_MAMBA1_KERNELS):
         return mamba1_inner_ref(
             xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight,

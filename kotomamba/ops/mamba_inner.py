@@ -1,18 +1,103 @@
-"""Mamba-1's mixer after in_proj around our selective scan (:mod:`kotomamba.ops.selective_scan_triton`):
-causal-conv1d's convolution, x_proj, dt_proj, the scan with its gate, out_proj, each an autograd op of its own.
+"""Mamba-1's mixer after in_proj around our selective scan (:mod:`kotomamba.ops.selective_scan_triton`), as one
+autograd function: causal-conv1d's convolution, x_proj, dt_proj, the scan with its gate, out_proj.
 :func:`kotomamba.ops.fused.mamba1_inner_ref` is the twin; the arguments are those of mamba-ssm's
-``mamba_inner_fn`` as :func:`kotomamba.ops.fused.mamba1_inner` calls it.
+``mamba_inner_fn`` as :func:`kotomamba.ops.fused.mamba1_inner` calls it. CUDA only (causal-conv1d's kernels).
 
-Unlike ``mamba_inner_fn``, which reruns the convolution and dt_proj in its backward, autograd keeps their
-outputs (and the scan's gated output, for out_proj's weight gradient) from forward to backward.
+As in ``mamba_inner_fn`` (mamba_ssm/ops/selective_scan_interface.py), the forward keeps xz, x_dbl and the gated
+output, and the backward reruns the convolution and dt_proj; it also keeps the scan's block states. Activations
+and their gradients lie channel by channel with the batch's positions in a row ([d, b*L], viewed [b, d, L]):
+the layout in_proj gives, the scan reads with positions contiguous, and the products take without a copy.
+The backward writes dz and the convolution's dx into their places in dxz, and x_proj's input gradient onto
+the scan's du.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kotomamba.ops.causal_conv1d import causal_conv1d
-from kotomamba.ops.selective_scan_triton import selective_scan_triton
+from kotomamba.ops.dispatch import kernel_module
+from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG, _scan_backward, _scan_forward
+
+_CONV = "causal_conv1d.cpp_functions"
+
+
+def _rows(batch: int, dim: int, seqlen: int, like: torch.Tensor) -> torch.Tensor:
+    """An empty [b, dim, L] tensor stored as [dim, b*L]."""
+    return like.new_empty(dim, batch, seqlen).transpose(0, 1)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """[b, dim, L] stored as [dim, b*L] -> that [dim, b*L] view."""
+    return t.transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def _scan_inputs(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_rank, dstate):
+    """The scan's inputs from x [b, d, L]: u (the convolution's output), x_dbl [b*L, dt_rank + 2n],
+    delta [b, d, L] (stored [d, b*L]) and B, C [b, n, L] (contiguous)."""
+    batch, dim, seqlen = x.shape
+    u = kernel_module(_CONV).causal_conv1d_fwd_function(x, conv_weight, conv_bias, None, None, None, True)
+    x_dbl = F.linear(u.transpose(1, 2).reshape(batch * seqlen, dim), x_proj_weight)
+    delta = (dt_proj_weight @ x_dbl[:, :dt_rank].t()).view(dim, batch, seqlen).transpose(0, 1)
+    B, C = (part.reshape(batch, seqlen, dstate).transpose(1, 2).contiguous()
+            for part in x_dbl[:, dt_rank:].split(dstate, dim=1))
+    return u, x_dbl, delta, B, C
+
+
+class _Mamba1Inner(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
+                out_proj_bias, A, D, dt_bias):
+        dt_rank, dstate = dt_proj_weight.shape[1], A.shape[1]
+        ctx.dtypes = (conv1d_weight.dtype, A.dtype, D.dtype, dt_bias.dtype)
+        if torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+            x_proj_weight, dt_proj_weight, out_proj_weight = (
+                w.to(dtype) for w in (x_proj_weight, dt_proj_weight, out_proj_weight))
+            out_proj_bias = None if out_proj_bias is None else out_proj_bias.to(dtype)
+        conv_weight = conv1d_weight.squeeze(1).contiguous()
+        x, z = xz.chunk(2, dim=1)
+        u, x_dbl, delta, B, C = _scan_inputs(x, conv_weight, conv1d_bias, x_proj_weight, dt_proj_weight, dt_rank,
+                                             dstate)
+        A, D, dt_bias = A.float().contiguous(), D.float().contiguous(), dt_bias.float().contiguous()
+        y, states, _ = _scan_forward(u, delta, A, B, C, D, z, dt_bias, True, True, False, SCAN_FWD_CONFIG)
+        ctx.save_for_backward(xz, conv_weight, conv1d_bias, x_dbl, x_proj_weight, dt_proj_weight, out_proj_weight,
+                              A, D, dt_bias, states, y)
+        ctx.has_out_bias = out_proj_bias is not None
+        return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dout):
+        (xz, conv_weight, conv_bias, x_dbl, x_proj_weight, dt_proj_weight, out_proj_weight, A, D, dt_bias, states,
+         y) = ctx.saved_tensors
+        batch, _, seqlen = xz.shape
+        dim, dt_rank, dstate = dt_proj_weight.shape[0], dt_proj_weight.shape[1], A.shape[1]
+        x, z = xz.chunk(2, dim=1)
+        u, _, delta, B, C = _scan_inputs(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_rank, dstate)
+        dout_flat = dout.reshape(batch * seqlen, -1).to(out_proj_weight.dtype)
+        dy = (out_proj_weight.t() @ dout_flat.t()).view(dim, batch, seqlen).transpose(0, 1)
+        dxz = torch.empty_like(xz)
+        dx, dz = dxz.chunk(2, dim=1)
+        du, ddelta, dA, dB, dC, dD, _, ddt_bias = _scan_backward(
+            u, delta, A, B, C, D, z, dt_bias, dy, None, states, True, SCAN_BWD_CONFIG,
+            du=_rows(batch, dim, seqlen, u), ddelta=_rows(batch, dim, seqlen, delta), dz=dz)
+        ddelta_flat = _flat(ddelta)
+        dx_dbl = torch.empty_like(x_dbl)
+        dx_dbl[:, :dt_rank] = ddelta_flat.t() @ dt_proj_weight
+        dx_dbl[:, dt_rank:dt_rank + dstate] = dB.view(batch * seqlen, dstate)
+        dx_dbl[:, dt_rank + dstate:] = dC.view(batch * seqlen, dstate)
+        ddt_proj_weight = ddelta_flat @ x_dbl[:, :dt_rank]
+        dx_proj_weight = dx_dbl.t() @ u.transpose(1, 2).reshape(batch * seqlen, dim)
+        du_flat = _flat(du)
+        torch.addmm(du_flat, x_proj_weight.t(), dx_dbl.t(), out=du_flat)
+        dout_proj_weight = dout_flat.t() @ y.transpose(1, 2).reshape(batch * seqlen, dim)
+        dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
+        _, dconv_weight, dconv_bias, _ = kernel_module(_CONV).causal_conv1d_bwd_function(
+            x, conv_weight, conv_bias, du, None, None, None, dx, False, True)
+        conv_dtype, A_dtype, D_dtype, bias_dtype = ctx.dtypes
+        return (dxz, dconv_weight.unsqueeze(1).to(conv_dtype), dconv_bias, dx_proj_weight, ddt_proj_weight,
+                dout_proj_weight, dout_proj_bias, dA.to(A_dtype), dD.to(D_dtype), ddt_bias.to(bias_dtype))
 
 
 def mamba1_inner_triton(
@@ -27,15 +112,7 @@ def mamba1_inner_triton(
     D: torch.Tensor,
     dt_bias: torch.Tensor,
 ) -> torch.Tensor:
-    """:func:`kotomamba.ops.fused.mamba1_inner_ref`'s arguments and result: xz [b, 2*d_inner, L] -> [b, L, d_model]."""
-    batch, _, seqlen = xz.shape
-    dt_rank, dstate = dt_proj_weight.shape[1], A.shape[1]
-    x, z = xz.chunk(2, dim=1)
-    x = causal_conv1d(x, conv1d_weight.squeeze(1), conv1d_bias, activation="silu")  # [b, d_inner, L]
-    x_dbl = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), x_proj_weight)  # [b*L, dt_rank + 2n]
-    # [d_inner, b*L] viewed as [b, d_inner, L]: positions stay contiguous, as the scan reads them.
-    delta = (dt_proj_weight @ x_dbl[:, :dt_rank].t()).view(-1, batch, seqlen).transpose(0, 1)
-    B, C = (part.reshape(batch, seqlen, dstate).transpose(1, 2)
-            for part in x_dbl[:, dt_rank:].split(dstate, dim=1))
-    y = selective_scan_triton(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_bias.float(), delta_softplus=True)
-    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+    """:func:`kotomamba.ops.fused.mamba1_inner_ref`'s arguments and result: xz [b, 2*d_inner, L] -> [b, L, d_model].
+    CUDA only."""
+    return _Mamba1Inner.apply(xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
+                              out_proj_bias, A, D, dt_bias)

@@ -25,9 +25,9 @@ buffers that PyTorch sums, so the result does not depend on the order programs f
 kernel adds them with atomics). Source of the method: Gu & Dao 2023, "Mamba", section 3.3 and appendix D
 (the recurrence, its backward, and states recomputed in the backward instead of kept).
 
-Not dispatched: on an H200 the version without groups was 1.6x slower than mamba-ssm's CUDA kernel
-forward+backward; the grouped one is not timed yet (bench/RESULTS.md, session 19). :mod:`kotomamba.ops.mamba_inner`
-(Mamba-1's mixer around it) and tests/gpu/test_gpu_scan.py are in place for a version that is faster.
+Dispatched for training through :mod:`kotomamba.ops.mamba_inner` (Mamba-1's mixer around it), which is faster
+on an H200 than mamba-ssm's ``mamba_inner_fn`` (bench/RESULTS.md, session 20). The kept states cost float32
+``[batch, L / BLOCK_T, D, N]``: at the default block, twice the bytes of a bfloat16 activation.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ from kotomamba.ops.step_triton import step, step_grad
 
 # (channels per program, positions per block of kept states, warps, positions loaded and stored together) of the
 # forward and of the backward; bench/scan_throughput.py times others.
-SCAN_FWD_CONFIG = (16, 32, 1, 8)
-SCAN_BWD_CONFIG = (8, 32, 1, 16)
+SCAN_FWD_CONFIG = (16, 16, 1, 16)
+SCAN_BWD_CONFIG = (8, 16, 1, 16)
 
 
 @triton.jit
@@ -298,31 +298,49 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast=None):
         u, delta, A, B, C, D, z, bias, states = ctx.saved_tensors
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        block_d, block_t, warps, group = ctx.bwd_config
-        d_programs = triton.cdiv(dim, block_d)
-        dlast = dlast.contiguous() if dlast is not None else None
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        f32 = dict(device=u.device, dtype=torch.float32)
-        scratch = torch.empty(batch * d_programs * block_t * block_d * N, **f32)
-        dA = torch.empty(batch, dim, N, **f32)
-        dB = torch.empty(batch, d_programs, L, N, **f32)
-        dC = torch.empty(batch, d_programs, L, N, **f32)
-        dD = torch.empty(batch, dim, **f32) if D is not None else None
-        dbias = torch.empty(batch, dim, **f32) if bias is not None else None
-        zs, dzs = (z, dz) if z is not None else (u, du)
-        _scan_bwd_kernel[(d_programs, batch)](
-            u, delta, A, B, C, D, z, bias, dout, dlast, states, scratch, du, ddelta, dz, dA, dB, dC, dD, dbias,
-            dim, L, triton.cdiv(L, block_t), *_strides(u, delta, B, C, zs, dout, du, ddelta, dzs),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=ctx.softplus,
-            HAS_DLAST=dlast is not None, N=N, BLOCK_D=block_d, BLOCK_T=block_t, GROUP=group, num_warps=warps,
-        )
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_backward(
+            u, delta, A, B, C, D, z, bias, dout, dlast, states, ctx.softplus, ctx.bwd_config)
         A_dtype, D_dtype, bias_dtype = ctx.dtypes
-        return (du, ddelta, dA.sum(0).to(A_dtype), dB.sum(1).transpose(1, 2).to(B.dtype),
-                dC.sum(1).transpose(1, 2).to(C.dtype), dD.sum(0).to(D_dtype) if dD is not None else None, dz,
-                dbias.sum(0).to(bias_dtype) if dbias is not None else None, None, None, None, None)
+        return (du, ddelta, dA.to(A_dtype), dB.transpose(1, 2).to(B.dtype), dC.transpose(1, 2).to(C.dtype),
+                dD.to(D_dtype) if dD is not None else None, dz,
+                dbias.to(bias_dtype) if bias is not None else None, None, None, None, None)
+
+
+def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus, config, du=None, ddelta=None,
+                   dz=None):
+    """The gradients (du, d delta, dA [D, N], dB and dC [batch, L, N], dD, dz, d bias) of :func:`_scan_forward`'s
+    output, given its ``states``; the reduced ones in float32. du, d delta and dz are written where given
+    (any strides), else into new tensors like u, delta and z."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    block_d, block_t, warps, group = config
+    d_programs = triton.cdiv(dim, block_d)
+    dlast = dlast.contiguous() if dlast is not None else None
+    du = torch.empty_like(u) if du is None else du
+    ddelta = torch.empty_like(delta) if ddelta is None else ddelta
+    if z is not None and dz is None:
+        dz = torch.empty_like(z)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    scratch = torch.empty(batch * d_programs * block_t * block_d * N, **f32)
+    dA = torch.empty(batch, dim, N, **f32)
+    dB = torch.empty(batch, d_programs, L, N, **f32)
+    dC = torch.empty(batch, d_programs, L, N, **f32)
+    dD = torch.empty(batch, dim, **f32) if D is not None else None
+    dbias = torch.empty(batch, dim, **f32) if bias is not None else None
+    zs, dzs = (z, dz) if z is not None else (u, du)
+    _scan_bwd_kernel[(d_programs, batch)](
+        u, delta, A, B, C, D, z, bias, dout, dlast, states, scratch, du, ddelta, dz, dA, dB, dC, dD, dbias,
+        dim, L, triton.cdiv(L, block_t), *_strides(u, delta, B, C, zs, dout, du, ddelta, dzs),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+        HAS_DLAST=dlast is not None, N=N, BLOCK_D=block_d, BLOCK_T=block_t, GROUP=group, num_warps=warps,
+    )
+    return (du, ddelta, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0) if dD is not None else None, dz,
+            dbias.sum(0) if dbias is not None else None)
+
+
+def takes(dstate: int) -> bool:
+    """Whether these kernels run a state of ``dstate`` (a power of two: it is a tile's side)."""
+    return dstate > 0 and not dstate & (dstate - 1)
 
 
 def selective_scan_triton(
@@ -345,7 +363,7 @@ def selective_scan_triton(
     together (dividing the block)."""
     if B.dim() != 3 or C.dim() != 3:
         raise ValueError(f"B and C must be [batch, N, L] (one group), got {tuple(B.shape)} and {tuple(C.shape)}")
-    if A.shape[1] & (A.shape[1] - 1):
+    if not takes(A.shape[1]):
         raise ValueError(f"d_state must be a power of two, got {A.shape[1]}")
     return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                 tuple(fwd_config), tuple(bwd_config))

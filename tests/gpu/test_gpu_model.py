@@ -185,8 +185,16 @@ def test_selective_state_update(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mamba1_inner(monkeypatch, dtype):
-    d_model, d_inner, n, rank, L = 64, 128, 16, 4, 200
+@pytest.mark.parametrize("n", [16, 12])
+def test_mamba1_inner(monkeypatch, dtype, n):
+    """The mixer's dispatch: our scan for a d_state it takes (16), mamba-ssm's mamba_inner_fn for one it does
+    not (12), each against the twin."""
+    from kotomamba.ops import mamba_inner
+
+    calls = []
+    ours = mamba_inner.mamba1_inner_triton
+    monkeypatch.setattr(mamba_inner, "mamba1_inner_triton", lambda *a, **k: calls.append(1) or ours(*a, **k))
+    d_model, d_inner, rank, L = 64, 128, 4, 200
     A = -torch.exp(torch.log(torch.arange(1, n + 1, device=DEVICE, dtype=torch.float32))).expand(d_inner, n)
     inputs = (rand(2, 2 * d_inner, L, dtype=dtype), rand(d_inner, 1, 4, dtype=dtype, scale=0.5),
               rand(d_inner, dtype=dtype), rand(rank + 2 * n, d_inner, dtype=dtype, scale=0.1),
@@ -194,6 +202,7 @@ def test_mamba1_inner(monkeypatch, dtype):
               A.clone().requires_grad_(), rand(d_inner), rand(d_inner, scale=0.5))
     fn = lambda xz, cw, cb, xw, dw, ow, A, D, bias: mamba1_inner(xz, cw, cb, xw, dw, ow, None, A, D, bias)  # noqa: E731
     assert_match(run_three_ways(monkeypatch, fn, inputs), dtype)
+    assert len(calls) == (1 if n == 16 else 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
