@@ -44,6 +44,19 @@ def test_wrong_type_names_the_nested_path(tmp_path):
         validate(yaml.safe_load(text), str(path))
 
 
+def test_document_resets_with_a_mamba1_model_are_refused_before_any_job(tmp_path):
+    """config.yaml's own comment offers Mamba1; with its reset_at_eod: true the dry run must stop, naming that line."""
+    text = (REPO / "config.yaml").read_text().replace("ssm_cfg: {layer: Mamba2}", "ssm_cfg: {layer: Mamba1}")
+    path = tmp_path / "mamba1.yaml"
+    path.write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "reset_at_eod" in l)
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert (f"{path}:{line}: data.reset_at_eod (stage 'pretrain'): field 'data.reset_at_eod' cannot be true for a "
+            "Mamba1 model") in str(info.value)
+    validate(yaml.safe_load(text.replace("reset_at_eod: true", "reset_at_eod: false")), str(path))
+
+
 def test_unknown_stage_source_and_duplicate_stage_are_rejected():
     config = default_config()
     config["stages"].append(copy.deepcopy(config["stages"][0]))

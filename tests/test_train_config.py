@@ -91,3 +91,18 @@ def test_cuda_graph_with_what_it_cannot_capture_is_refused(tmp_path, clash, show
     with pytest.raises(UserError, match=f"field 'parallel.cuda_graph' cannot be true with {shown}"):
         load_config(write(tmp_path), ["parallel.cuda_graph=true", clash])
     assert load_config(write(tmp_path), ["parallel.cuda_graph=true"]).parallel.cuda_graph is True
+
+
+def test_document_resets_need_a_model_that_can_reset(tmp_path):
+    """Mamba-1's layers take no seq_idx: data.reset_at_eod (true by default) is refused for a Mamba-1 model
+    when the config is read, not at the first step."""
+    mamba1 = write(tmp_path, CONFIG.replace("ssm_cfg: {layer: Mamba2}", "ssm_cfg: {layer: Mamba1}")
+                   + "data: {reset_at_eod: true}\n")
+    with pytest.raises(UserError, match=r"train\.yaml:15: field 'data\.reset_at_eod' cannot be true for a Mamba1 "
+                                        r"model \(the model section\).*set data\.reset_at_eod: false"):
+        load_config(mamba1)
+    with pytest.raises(UserError, match="cannot be true for a Mamba1 model"):  # the default, with a Mamba-1 preset
+        load_config(write(tmp_path), ["model.preset=mamba-130m", "model.ssm_cfg={}"])
+    assert load_config(mamba1, ["data.reset_at_eod=false"]).data.reset_at_eod is False
+    # A model to start from is read at start-up (test_train_init_from.py), not here.
+    assert load_config(mamba1, ["init.from=prev/run"]).init.from_ == "prev/run"

@@ -76,3 +76,17 @@ def test_init_from_a_transformers_directory_with_a_larger_vocabulary(tmp_path):
     resized = initial_weights(tmp_path, "shrunk", hf, resize=True)
     assert_body_equal(resized, released)
     assert torch.equal(resized[EMBEDDING], released[EMBEDDING][:VOCAB])
+
+
+def test_document_resets_are_refused_for_a_mamba1_model_to_start_from(tmp_path):
+    """init.from a Mamba-1 model with data.reset_at_eod: true stops at start-up, before anything but the run
+    directory's lock is written."""
+    source = tmp_path / "released"
+    MambaLM(preset("tiny", vocab_size=VOCAB, ssm_cfg={"layer": "Mamba1"}, n_layer=1, d_model=32)).save_pretrained(source)
+    run_dir = tmp_path / "refused"
+    result = run_train(write_config(tmp_path, run_dir, init={"from": str(source)}, data={"reset_at_eod": True}),
+                       check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"data.reset_at_eod: cannot be true for a Mamba1 model (init.from {source})" in result.stderr
+    assert {p.name for p in run_dir.iterdir()} <= {"run.lock"}, sorted(run_dir.iterdir())
+

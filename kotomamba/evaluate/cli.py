@@ -138,7 +138,7 @@ def evaluate(args) -> dict:
     result: dict = {"model": str(args.model)}
     if args.data and args.eval_samples > 0:
         valid = _validation_dataset(args)
-        use_seq_idx = model.config.layer == "Mamba2" and not args.no_reset_at_eod
+        use_seq_idx = model.config.resets_at_documents and not args.no_reset_at_eod
         result["data"] = {"data_path": data_path(args.data), "split": args.split, "seq_length": args.seq_length,
                           "eval_samples": args.eval_samples, "seed": args.seed, "reset_at_eod": use_seq_idx}
         result["perplexity"] = heldout_loss(model, valid, args.micro_batch_size, use_seq_idx)

@@ -58,6 +58,12 @@ class MambaConfig:
         return self.ssm_cfg.get("layer", "Mamba1")
 
     @property
+    def resets_at_documents(self) -> bool:
+        """Whether the mixers can reset their state where ``seq_idx`` (the document number) changes: Mamba-2's
+        scan takes ``seq_idx``; Mamba-1's (mamba-ssm's and ours) has no such input."""
+        return self.layer == "Mamba2"
+
+    @property
     def padded_vocab_size(self) -> int:
         """vocab_size rounded up to a multiple of pad_vocab_size_multiple (the embedding's rows)."""
         m = self.pad_vocab_size_multiple
@@ -202,3 +208,13 @@ def preset(name: str, **overrides: Any) -> MambaConfig:
         raise UserError(f"model preset '{name}': field '{unknown[0]}': not a MambaConfig field")
     fields.update(overrides)
     return MambaConfig(**fields)
+
+
+def configured(keys: dict, vocab_size: int | None = None) -> MambaConfig:
+    """The model a config's ``model`` section names: ``preset`` (default ``tiny``) with its other keys as
+    overrides, and ``vocab_size`` (if given) where the section sets none (or null)."""
+    fields = dict(keys)
+    name = fields.pop("preset", "tiny")
+    vocab = fields.pop("vocab_size", None)
+    vocab = vocab if vocab is not None else vocab_size
+    return preset(name, **fields) if vocab is None else preset(name, vocab_size=vocab, **fields)

@@ -90,17 +90,14 @@ def _stage_problems(config: dict, index: int, locate: Callable[[list], str]) -> 
 def _model_problems(config: dict) -> list[Problem]:
     import dataclasses
 
-    from kotomamba.model.config import MambaConfig, preset
+    from kotomamba.model.config import MambaConfig, configured
 
     known = {f.name for f in dataclasses.fields(MambaConfig)} | {"preset"}
     unknown = [key for key in config["model"] if key not in known]
     if unknown:
         return [(["model", key], f"not a model field (known: {', '.join(sorted(known))})") for key in unknown]
-    fields = dict(config["model"])
-    name = fields.pop("preset", "tiny")
-    vocab = fields.pop("vocab_size", None) or config["tokenizer"].get("vocab_size") or 50277
     try:
-        preset(name, vocab_size=vocab, **fields)
+        configured(config["model"], config["tokenizer"].get("vocab_size"))
     except (UserError, TypeError, ValueError) as error:
         return [(["model", "preset"] if "preset" in config["model"] else ["model"], str(error))]
     return []

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from kotomamba.errors import UserError
-from kotomamba.model.config import MambaConfig, preset
+from kotomamba.model.config import MambaConfig, configured
+from kotomamba.model.pretrained import read_config
 from kotomamba.train.checkpoint_files import read_model_state_dict
-from kotomamba.train.config import TrainConfig
+from kotomamba.train.config import TrainConfig, reset_refusal
 from kotomamba.train.run_dir import init_source_kind, read_model_config, resolve_checkpoint
 
 EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
@@ -21,12 +22,10 @@ EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
 
 def configured_model(config: TrainConfig, tokenizer_vocab: int) -> MambaConfig:
     """``preset`` plus the other ``model`` keys; ``vocab_size`` absent or null: the tokenizer's."""
-    fields = dict(config.model)
-    name = fields.pop("preset", "tiny")
-    vocab = fields.pop("vocab_size", None)
+    vocab = config.model.get("vocab_size")
     if vocab is not None and vocab < tokenizer_vocab:
         raise UserError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary ({tokenizer_vocab})")
-    return preset(name, vocab_size=vocab if vocab is not None else tokenizer_vocab, **fields)
+    return configured(config.model, tokenizer_vocab)
 
 
 def _kotomamba_config(path: Path) -> MambaConfig:
@@ -94,10 +93,13 @@ def check_sources(config: TrainConfig) -> None:
                 raise UserError(f"data.data_path: {prefix}{suffix}: no such file")
     tokenizer = build_tokenizer(config.data.tokenizer_type, config.data.tokenizer_model)
     if config.init.from_ is None:
-        configured_model(config, tokenizer.vocab_size)
-        return
-    path = Path(config.init.from_)
-    if not path.is_dir():
-        raise UserError(f"init.from: {path}: no such directory")
-    if init_source_kind(path) == "kotomamba":
-        _kotomamba_config(path)
+        model, source = configured_model(config, tokenizer.vocab_size), "the model section"
+    else:
+        path = Path(config.init.from_)
+        if not path.is_dir():
+            raise UserError(f"init.from: {path}: no such directory")
+        model = _kotomamba_config(path) if init_source_kind(path) == "kotomamba" else read_config(path)[0]
+        source = f"init.from {path}"
+    refusal = reset_refusal(config, model, source)
+    if refusal:
+        raise UserError(f"data.reset_at_eod: {refusal}")

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kotomamba.errors import UserError
+from kotomamba.model.config import MambaConfig, configured
 from kotomamba.train.step_choice import config_refusals
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -459,11 +460,27 @@ def _check(config: TrainConfig, where: _Where) -> None:
         fail("env", "must map variable names to string values")
     if not isinstance(config.model.get("preset", ""), str):
         fail("model.preset", "must be a preset name")
+    if config.init.from_ is None:  # a model to start from is read at start-up (build.check_sources)
+        try:
+            model = configured(config.model)
+        except (UserError, TypeError, ValueError):
+            model = None  # reported where the model is built
+        refusal = reset_refusal(config, model, "the model section") if model is not None else None
+        if refusal:
+            fail("data.reset_at_eod", refusal)
     if config.parallel.cuda_graph is True:
         # What the config alone rules out fails now; one process on a GPU is checked at start-up.
         for setting, why in config_refusals(config):
             fail("parallel.cuda_graph", f"cannot be true with {setting} ({why}); set one of them otherwise, "
                  "or parallel.cuda_graph: auto")
+
+
+def reset_refusal(config: TrainConfig, model: MambaConfig, source: str) -> str | None:
+    """Why ``data.reset_at_eod`` cannot be true for ``model`` (where it comes from: ``source``), or None."""
+    if not config.data.reset_at_eod or model.resets_at_documents:
+        return None
+    return (f"cannot be true for a {model.layer} model ({source}): its layers have no state reset at document "
+            "boundaries; set data.reset_at_eod: false, or train a Mamba2 model")
 
 
 def accumulation_steps(train: TrainLoopConfig, world_size: int, world: str | None = None) -> int:
