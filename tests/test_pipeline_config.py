@@ -26,30 +26,31 @@ def test_default_config_is_valid_and_defaults_are_filled():
     assert config["init"] is None
 
 
-def test_unknown_key_is_rejected_with_path_and_line(tmp_path):
-    text = (REPO / "config.yaml").read_text().replace("  reset_at_eod: true", "  reset_at_eod: true\n  shuffle_docs: 3")
+def edited_default(tmp_path, old: str, new: str, marker: str) -> tuple[str, Path, int]:
+    """config.yaml with ``old`` replaced by ``new``, written as bad.yaml: (text, path, the line holding ``marker``)."""
+    text = (REPO / "config.yaml").read_text().replace(old, new)
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "shuffle_docs" in l)
+    return text, path, next(i for i, l in enumerate(text.splitlines(), 1) if marker in l)
+
+
+def test_unknown_key_is_rejected_with_path_and_line(tmp_path):
+    text, path, line = edited_default(tmp_path, "  reset_at_eod: true", "  reset_at_eod: true\n  shuffle_docs: 3",
+                                      "shuffle_docs")
     with pytest.raises(UserError) as info:
         validate(yaml.safe_load(text), str(path))
     assert f"{path}:{line}: data.shuffle_docs: unknown key" in str(info.value)
 
 
 def test_wrong_type_names_the_nested_path(tmp_path):
-    text = (REPO / "config.yaml").read_text().replace("workers: 2", "workers: two")
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(UserError, match=r"bad.yaml:\d+: tokenize.workers: 'two' is not of type 'integer'"):
+    text, path, line = edited_default(tmp_path, "workers: 2", "workers: two", "workers")
+    with pytest.raises(UserError, match=rf"bad.yaml:{line}: tokenize.workers: 'two' is not of type 'integer'"):
         validate(yaml.safe_load(text), str(path))
 
 
 def test_document_resets_with_a_mamba1_model_are_refused_before_any_job(tmp_path):
     """config.yaml's own comment offers Mamba1; with its reset_at_eod: true the dry run must stop, naming that line."""
-    text = (REPO / "config.yaml").read_text().replace("ssm_cfg: {layer: Mamba2}", "ssm_cfg: {layer: Mamba1}")
-    path = tmp_path / "mamba1.yaml"
-    path.write_text(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "reset_at_eod" in l)
+    text, path, line = edited_default(tmp_path, "ssm_cfg: {layer: Mamba2}", "ssm_cfg: {layer: Mamba1}", "reset_at_eod")
     with pytest.raises(UserError) as info:
         validate(yaml.safe_load(text), str(path))
     assert (f"{path}:{line}: data.reset_at_eod (stage 'pretrain'): field 'data.reset_at_eod' cannot be true for a "
