@@ -134,8 +134,9 @@ class ParallelConfig:
     activation_checkpointing_interval: int = 1
     """Selective checkpointing: recompute every n-th block only (1: every block)."""
     compile: bool = False
-    """``torch.compile`` each block. Mamba-1's graph breaks at mamba-ssm's selective-scan extension, so it
-    gains nothing there (bench/RESULTS.md has what it measured per layer type)."""
+    """``torch.compile`` each block. Mamba-1 gained nothing from it while it ran mamba-ssm's selective-scan
+    extension, which its graph breaks at; not measured since it runs our scan (bench/RESULTS.md has what was
+    measured per layer type)."""
     cuda_graph: Union[bool, Literal["auto"]] = "auto"
     """Capture each micro-batch's forward and backward as a CUDA graph and replay it: for models whose eager
     step waits on the host. It needs a GPU per process, replicated parameters (``data_parallel``) when there

@@ -38,6 +38,10 @@ NO_DECAY = ["A_log", "D", "dt_bias", "bias", "norm", "embedding"]
 # The trainer tests' model: Mamba-2 with head dim 32, so our mixer (``split_conv_scan``) is dispatched.
 OUR_MIXER_MODEL = {"preset": "tiny", "ssm_cfg": {"layer": "Mamba2", "headdim": 32, "chunk_size": 32}, "n_layer": 2,
                    "d_model": 256}
+# Mamba-1 through our mixer (kotomamba.ops.mamba_inner: d_state 16); its layers take no document resets.
+OUR_MAMBA1_MIXER = {"model": {"preset": "tiny", "ssm_cfg": {"layer": "Mamba1", "d_state": 16}, "n_layer": 2,
+                              "d_model": 256},
+                    "data": {"reset_at_eod": False}}
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +161,17 @@ def test_trainer_with_cuda_graph_matches_the_eager_trainer(tmp_path, setting):
     ("precision: fp16", {"precision": "fp16", "loss_scale": {"initial": 1024.0}}),
     ("parallel.activation_checkpointing: true", {"parallel": {"activation_checkpointing": True}}),
 ], ids=["compile", "fp16", "checkpointing"])
-def test_the_options_that_keep_the_step_eager_train_as_the_eager_step(tmp_path, option, sections):
+@pytest.mark.parametrize("model", [{"model": OUR_MIXER_MODEL}, OUR_MAMBA1_MIXER], ids=["Mamba2", "Mamba1"])
+def test_the_options_that_keep_the_step_eager_train_as_the_eager_step(tmp_path, option, sections, model):
     """``kotomamba train`` with an option that refuses the CUDA-graphed step (torch.compile per block, fp16 with
-    its loss scale, activation checkpointing) says so and trains a Mamba-2 model through our fused mixer (head
-    dim 32: ``split_conv_scan`` is dispatched, in fp16 too) to the losses of the plain eager bf16 run. fp16 starts
-    its loss scale low enough not to skip a step, so every step is compared."""
+    its loss scale, activation checkpointing) says so and trains a model through our fused mixer (Mamba-2 at head
+    dim 32: ``split_conv_scan``; Mamba-1 at d_state 16: ``mamba_inner``; in fp16 too) to the losses of the plain
+    eager bf16 run. fp16 starts its loss scale low enough not to skip a step, so every step is compared."""
     from train_helpers import losses, run_train, write_config
 
-    run_train(write_config(tmp_path, tmp_path / "plain", model=OUR_MIXER_MODEL, precision="bf16",
-                           parallel={"cuda_graph": False}))
-    sections = {"precision": "bf16", **sections}
-    done = run_train(write_config(tmp_path, tmp_path / "option", model=OUR_MIXER_MODEL, **sections))
+    run_train(write_config(tmp_path, tmp_path / "plain", **model, precision="bf16", parallel={"cuda_graph": False}))
+    sections = {"precision": "bf16", **model, **sections}
+    done = run_train(write_config(tmp_path, tmp_path / "option", **sections))
     said = [line for line in done.stdout.splitlines() if "training step:" in line]
     assert len(said) == 1 and said[0].startswith(
         f"kotomamba train: training step: eager (parallel.cuda_graph: auto; not graphed: {option} ("), said
