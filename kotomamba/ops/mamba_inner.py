@@ -4,11 +4,12 @@ autograd function: causal-conv1d's convolution, x_proj, dt_proj, the scan with i
 ``mamba_inner_fn`` as :func:`kotomamba.ops.fused.mamba1_inner` calls it. CUDA only (causal-conv1d's kernels).
 
 As in ``mamba_inner_fn`` (mamba_ssm/ops/selective_scan_interface.py), the forward keeps xz, x_dbl and the gated
-output, and the backward reruns the convolution and dt_proj; it also keeps the scan's block states. Activations
-and their gradients lie channel by channel with the batch's positions in a row ([d, b*L], viewed [b, d, L]):
-the layout in_proj gives, the scan reads with positions contiguous, and the products take without a copy.
-The backward writes dz and the convolution's dx into their places in dxz, and x_proj's input gradient onto
-the scan's du.
+output, and the backward reruns the convolution and dt_proj; it also keeps the scan's block states. delta and
+the gradients of the scan's inputs lie channel by channel with the batch's positions in a row ([d, b*L], viewed
+[b, d, L]): the layout in_proj gives xz, which the scan reads with positions contiguous and dt_proj's and
+x_proj's products write and read without a copy. The backward writes dz and the convolution's dx into their
+places in dxz, and adds x_proj's input gradient onto the scan's du in place. As in ``mamba_inner_fn``, the
+convolution's output and the gated output are copied into [b*L, d] rows for x_proj and out_proj.
 """
 from __future__ import annotations
 
