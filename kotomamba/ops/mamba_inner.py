@@ -32,16 +32,23 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).reshape(t.shape[1], -1)
 
 
-def _scan_inputs(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_rank, dstate):
-    """The scan's inputs from x [b, d, L]: u (the convolution's output), x_dbl [b*L, dt_rank + 2n],
-    delta [b, d, L] (stored [d, b*L]) and B, C [b, n, L] (contiguous)."""
-    batch, dim, seqlen = x.shape
-    u = kernel_module(_CONV).causal_conv1d_fwd_function(x, conv_weight, conv_bias, None, None, None, True)
-    x_dbl = F.linear(u.transpose(1, 2).reshape(batch * seqlen, dim), x_proj_weight)
+def _conv(x, conv_weight, conv_bias):
+    """causal-conv1d's forward with silu: x [b, d, L] -> u [b, d, L]."""
+    return kernel_module(_CONV).causal_conv1d_fwd_function(x, conv_weight, conv_bias, None, None, None, True)
+
+
+def _position_rows(t: torch.Tensor) -> torch.Tensor:
+    """[b, d, L] -> [b*L, d] (a copy unless stored so), the rows x_proj and out_proj multiply."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1])
+
+
+def _projections(x_dbl, dt_proj_weight, batch, seqlen, dstate):
+    """From x_dbl [b*L, dt_rank + 2n]: delta [b, d, L] (stored [d, b*L]) and B, C [b, n, L] (contiguous)."""
+    dim, dt_rank = dt_proj_weight.shape
     delta = (dt_proj_weight @ x_dbl[:, :dt_rank].t()).view(dim, batch, seqlen).transpose(0, 1)
     B, C = (part.reshape(batch, seqlen, dstate).transpose(1, 2).contiguous()
             for part in x_dbl[:, dt_rank:].split(dstate, dim=1))
-    return u, x_dbl, delta, B, C
+    return delta, B, C
 
 
 class _Mamba1Inner(torch.autograd.Function):
@@ -49,7 +56,8 @@ class _Mamba1Inner(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, xz, conv1d_weight, conv1d_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
                 out_proj_bias, A, D, dt_bias):
-        dt_rank, dstate = dt_proj_weight.shape[1], A.shape[1]
+        batch, _, seqlen = xz.shape
+        dstate = A.shape[1]
         ctx.dtypes = (conv1d_weight.dtype, A.dtype, D.dtype, dt_bias.dtype)
         if torch.is_autocast_enabled("cuda"):
             dtype = torch.get_autocast_dtype("cuda")
@@ -58,8 +66,9 @@ class _Mamba1Inner(torch.autograd.Function):
             out_proj_bias = None if out_proj_bias is None else out_proj_bias.to(dtype)
         conv_weight = conv1d_weight.squeeze(1).contiguous()
         x, z = xz.chunk(2, dim=1)
-        u, x_dbl, delta, B, C = _scan_inputs(x, conv_weight, conv1d_bias, x_proj_weight, dt_proj_weight, dt_rank,
-                                             dstate)
+        u = _conv(x, conv_weight, conv1d_bias)
+        x_dbl = F.linear(_position_rows(u), x_proj_weight)
+        delta, B, C = _projections(x_dbl, dt_proj_weight, batch, seqlen, dstate)
         A, D, dt_bias = A.float().contiguous(), D.float().contiguous(), dt_bias.float().contiguous()
         y, states, _ = _scan_forward(u, delta, A, B, C, D, z, dt_bias, True, True, False, SCAN_FWD_CONFIG)
         ctx.save_for_backward(xz, conv_weight, conv1d_bias, x_dbl, x_proj_weight, dt_proj_weight, out_proj_weight,
@@ -75,7 +84,9 @@ class _Mamba1Inner(torch.autograd.Function):
         batch, _, seqlen = xz.shape
         dim, dt_rank, dstate = dt_proj_weight.shape[0], dt_proj_weight.shape[1], A.shape[1]
         x, z = xz.chunk(2, dim=1)
-        u, _, delta, B, C = _scan_inputs(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_rank, dstate)
+        # The convolution and dt_proj again; x_dbl was kept, so x_proj is not rerun.
+        u = _conv(x, conv_weight, conv_bias)
+        delta, B, C = _projections(x_dbl, dt_proj_weight, batch, seqlen, dstate)
         dout_flat = dout.reshape(batch * seqlen, -1).to(out_proj_weight.dtype)
         dy = (out_proj_weight.t() @ dout_flat.t()).view(dim, batch, seqlen).transpose(0, 1)
         dxz = torch.empty_like(xz)
@@ -89,10 +100,10 @@ class _Mamba1Inner(torch.autograd.Function):
         dx_dbl[:, dt_rank:dt_rank + dstate] = dB.view(batch * seqlen, dstate)
         dx_dbl[:, dt_rank + dstate:] = dC.view(batch * seqlen, dstate)
         ddt_proj_weight = ddelta_flat @ x_dbl[:, :dt_rank]
-        dx_proj_weight = dx_dbl.t() @ u.transpose(1, 2).reshape(batch * seqlen, dim)
+        dx_proj_weight = dx_dbl.t() @ _position_rows(u)
         du_flat = _flat(du)
         torch.addmm(du_flat, x_proj_weight.t(), dx_dbl.t(), out=du_flat)
-        dout_proj_weight = dout_flat.t() @ y.transpose(1, 2).reshape(batch * seqlen, dim)
+        dout_proj_weight = dout_flat.t() @ _position_rows(y)
         dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
         _, dconv_weight, dconv_bias, _ = kernel_module(_CONV).causal_conv1d_bwd_function(
             x, conv_weight, conv_bias, du, None, None, None, dx, False, True)
