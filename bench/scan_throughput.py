@@ -24,7 +24,7 @@ SHAPES = {"130m": (16, 1536), "370m": (16, 2048), "1.4b": (8, 4096), "2.8b": (4,
 IMPLS = ("scan:mamba_ssm", "scan:ours")
 IMPLS_HELP = ("comma-separated; ours-last: ours on activations with channels contiguous; either may carry its forward "
               "and backward blockings (channels per program, positions per block of kept states, warps, positions "
-              "loaded and stored together), e.g. scan:ours=16.32.1.8-8.32.1.16")
+              "loaded and stored together[, most registers a thread may take]), e.g. scan:ours=16.32.1.8-8.32.1.16.168")
 SEQ, DSTATE = 2048, 16
 
 

@@ -37,8 +37,8 @@ import triton.language as tl
 
 from kotomamba.ops.step_triton import step, step_grad
 
-# (channels per program, positions per block of kept states, warps, positions loaded and stored together) of the
-# forward and of the backward; bench/scan_throughput.py times others.
+# (channels per program, positions per block of kept states, warps, positions loaded and stored together[, most
+# registers a thread may take]) of the forward and of the backward; bench/scan_throughput.py times others.
 SCAN_FWD_CONFIG = (16, 16, 1, 16)
 SCAN_BWD_CONFIG = (8, 16, 1, 16)
 
@@ -66,7 +66,7 @@ def _tile(row, pos, stride, ok_rows, ok_pos):
 @triton.jit
 def _column(tile, sel):
     """The column of ``tile`` [rows, GROUP] that ``sel`` [1, GROUP] picks, [rows] (a sum of one term)."""
-    return tl.sum(tl.where(sel, tile, 0.0), axis=1)
+    return tl.sum(tl.where(sel, tile, -0.0), axis=1)  # x + -0.0 is x: the compiler drops the terms it can see
 
 
 @triton.jit
@@ -250,6 +250,11 @@ def _scan_bwd_kernel(
         tl.store(dbias_ptr + b * dim + offs_d, dbias_sum, mask=ok_d)
 
 
+def _register_cap(maxnreg: list[int]) -> dict:
+    """The launch option capping a thread's registers, where a config names it."""
+    return {"maxnreg": maxnreg[0]} if maxnreg else {}
+
+
 def _strides(*tensors):
     """Each tensor's (batch, channel or state, position) strides, flattened."""
     return [stride for t in tensors for stride in t.stride()]
@@ -260,7 +265,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, la
     ``keep_states``; the final state [b, D, N] (float32) with ``last``."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    block_d, block_t, warps, group = config
+    block_d, block_t, warps, group, *maxnreg = config
     blocks = triton.cdiv(L, block_t)
     out = torch.empty_like(u)
     states = torch.empty(batch, blocks, dim, N, device=u.device, dtype=torch.float32) if keep_states else None
@@ -270,7 +275,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, la
         *_strides(u, delta, B, C, z if z is not None else u, out),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
         KEEP_STATES=keep_states, STORE_LAST=last, N=N, BLOCK_D=block_d, BLOCK_T=block_t, GROUP=group,
-        num_warps=warps,
+        num_warps=warps, **_register_cap(maxnreg),
     )
     return out, states, final
 
@@ -313,7 +318,7 @@ def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus,
     (any strides), else into new tensors like u, delta and z."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    block_d, block_t, warps, group = config
+    block_d, block_t, warps, group, *maxnreg = config
     d_programs = triton.cdiv(dim, block_d)
     dlast = dlast.contiguous() if dlast is not None else None
     du = torch.empty_like(u) if du is None else du
@@ -333,6 +338,7 @@ def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus,
         dim, L, triton.cdiv(L, block_t), *_strides(u, delta, B, C, zs, dout, du, ddelta, dzs),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
         HAS_DLAST=dlast is not None, N=N, BLOCK_D=block_d, BLOCK_T=block_t, GROUP=group, num_warps=warps,
+        **_register_cap(maxnreg),
     )
     return (du, ddelta, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0) if dD is not None else None, dz,
             dbias.sum(0) if dbias is not None else None)
@@ -354,13 +360,13 @@ def selective_scan_triton(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    fwd_config: tuple[int, int, int, int] = SCAN_FWD_CONFIG,
-    bwd_config: tuple[int, int, int, int] = SCAN_BWD_CONFIG,
+    fwd_config: tuple[int, ...] = SCAN_FWD_CONFIG,
+    bwd_config: tuple[int, ...] = SCAN_BWD_CONFIG,
 ):
     """:func:`kotomamba.ops.selective_scan.selective_scan_ref`'s arguments and results: u, delta, z [batch, D, L];
     A [D, N] (N a power of two); B, C [batch, N, L]; D, delta_bias [D]; any strides. ``fwd_config`` / ``bwd_config``:
     channels per program, positions per block of states kept (the same in both), warps, positions loaded and stored
-    together (dividing the block)."""
+    together (dividing the block), and optionally the most registers a thread may take (ptxas' maxnreg)."""
     if B.dim() != 3 or C.dim() != 3:
         raise ValueError(f"B and C must be [batch, N, L] (one group), got {tuple(B.shape)} and {tuple(C.shape)}")
     if not takes(A.shape[1]):
