@@ -4,6 +4,10 @@ The host code runs on CPU tensors under a stand-in driver that names an sm_90 ta
 compiles (Triton's cache is bypassed, so every kernel's ptxas log is printed), and the log is read:
 registers per thread, spill bytes, shared memory, and the programs per multiprocessor those allow
 (64K registers in warp units of 256, 228 KiB of shared memory with 1 KiB reserved per program, 64 warps).
+The machine code (nvdisasm) is counted too: its instructions, and of them the warp shuffles, the barriers (a
+layout change through shared memory waits on one) and the special-function ones (exp2, reciprocals). These are
+counts of the code, each loop's body once and each unrolled loop in full: what a change of a kernel adds or
+removes per walked position, before any device time is spent on it.
 Used by the op benchmarks' ``--registers`` (bench/ssd_throughput.py, bench/conv_throughput.py).
 """
 from __future__ import annotations
@@ -12,18 +16,37 @@ import argparse
 import contextlib
 import io
 import re
+import subprocess
+import tempfile
+from collections import Counter
 
 # Per compiled kernel (by identity): its row. A kernel compiled earlier in the process is not compiled
 # again, so its log is read once.
 _SEEN: dict[int, tuple] = {}
 
-HEADER = ("| variant | kernel | warps | registers | spill stores/loads (bytes) | shared KiB | programs per SM |\n"
-          "| --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ("| variant | kernel | warps | registers | spill stores/loads (bytes) | shared KiB | programs per SM "
+          "| instructions | shuffles / barriers / special |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def instruction_mix(cubin: bytes) -> tuple[int, str]:
+    """The instructions in ``cubin``'s machine code, and "SHFL / BAR / MUFU" counts of them."""
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([knobs.nvidia.nvdisasm.path, "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    # "/*0c40*/  @!P0 FADD R2, R3, R4 ;": the opcode is the first upper-case word after the address and predicate.
+    ops = Counter(m.group(1) for m in re.finditer(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)",
+                                                   sass, re.MULTILINE))
+    return sum(ops.values()), f"{ops['SHFL']} / {ops['BAR']} / {ops['MUFU']}"
 
 
 def launches(run) -> list[tuple]:
     """Calls ``run()`` with every Triton launch compiled for sm_90a and not run; returns, per launch in
-    order, (kernel name, warps, registers, "stores/loads" spill bytes, shared KiB, programs per SM)."""
+    order, (kernel name, warps, registers, "stores/loads" spill bytes, shared KiB, programs per SM, instructions,
+    "SHFL / BAR / MUFU" instructions)."""
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
@@ -52,7 +75,8 @@ def launches(run) -> list[tuple]:
             warps, shared = kw.get("num_warps", 4), kernel.metadata.shared
             by_regs = 65536 // (-(-regs * 32 // 256) * 256 * warps)
             programs = min(by_regs, 233472 // (shared + 1024), 64 // warps)
-            _SEEN[id(kernel)] = (self.fn.__name__, warps, regs, f"{stores}/{loads}", shared // 1024, programs)
+            _SEEN[id(kernel)] = (self.fn.__name__, warps, regs, f"{stores}/{loads}", shared // 1024, programs,
+                                 *instruction_mix(kernel.asm["cubin"]))
         found.append(_SEEN[id(kernel)])
         return kernel
 

@@ -1,6 +1,7 @@
 """The op benchmarks' ``--registers`` on the CPU (bench/ptxas_report.py): our SSD kernels
 (bench/ssd_throughput.py), the convolution's reset patch (bench/conv_throughput.py) and the selective scan
-(bench/scan_throughput.py) compiled for sm_90a, with what ptxas gives each launch (no GPU needed); the timing
+(bench/scan_throughput.py) compiled for sm_90a, with what ptxas gives each launch and the counts of its machine
+code (no GPU needed); the timing
 modes are checked on a GPU (bench/gpu_session.sh ssd, op conv, op scan)."""
 from __future__ import annotations
 
@@ -63,15 +64,25 @@ def test_registers_of_the_convolutions_reset_patch_per_blocking():
 
 def test_registers_of_the_selective_scan_per_blocking():
     default = ".".join(map(str, SCAN_FWD_CONFIG)) + "-" + ".".join(map(str, SCAN_BWD_CONFIG))
+    capped = "16.16.1.16-8.16.1.16.136"
     done = run("scan_throughput.py", "--registers", "--impls",
-               f"scan:mamba_ssm,scan:ours={default},scan:ours=16.32.1.2-32.32.2.2")
+               f"scan:mamba_ssm,scan:ours={default},scan:ours=16.32.1.2-32.32.2.2,scan:ours={capped}")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = rows_of(done.stdout)
     assert [(r[0], r[1], r[2]) for r in rows] == [
         (default, "_scan_fwd_kernel", str(SCAN_FWD_CONFIG[2])), (default, "_scan_bwd_kernel", str(SCAN_BWD_CONFIG[2])),
-        ("16.32.1.2-32.32.2.2", "_scan_fwd_kernel", "1"), ("16.32.1.2-32.32.2.2", "_scan_bwd_kernel", "2")]
+        ("16.32.1.2-32.32.2.2", "_scan_fwd_kernel", "1"), ("16.32.1.2-32.32.2.2", "_scan_bwd_kernel", "2"),
+        (capped, "_scan_fwd_kernel", "1"), (capped, "_scan_bwd_kernel", "1")]
     for row in rows:
         assert 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
+        shuffles, barriers, special = map(int, row[8].split(" / "))
+        # Every kernel takes exp2 of the step; the backward sums over channels and states across lanes.
+        assert int(row[7]) > shuffles + barriers + special and special > 0, row
+        assert shuffles > 0 or row[1] == "_scan_fwd_kernel", row
+    by_variant = {(r[0], r[1]): r for r in rows}
+    # The fifth field caps the backward's registers, which the uncapped default exceeds; what does not fit spills.
+    assert int(by_variant[default, "_scan_bwd_kernel"][3]) > 136 >= int(by_variant[capped, "_scan_bwd_kernel"][3])
+    assert by_variant[capped, "_scan_bwd_kernel"][4] != "0/0"
 
 
 def test_registers_need_one_of_our_implementations():
