@@ -1,8 +1,7 @@
-"""The op benchmarks' ``--registers`` on the CPU (bench/ptxas_report.py): our SSD kernels
-(bench/ssd_throughput.py), the convolution's reset patch (bench/conv_throughput.py) and the selective scan
-(bench/scan_throughput.py) compiled for sm_90a, with what ptxas gives each launch and the counts of its machine
-code (no GPU needed); the timing
-modes are checked on a GPU (bench/gpu_session.sh ssd, op conv, op scan)."""
+"""The op benchmarks' ``--registers`` on the CPU (bench/ptxas_report.py): our SSD kernels (bench/ssd_throughput.py),
+the convolution's reset patch (bench/conv_throughput.py) and the selective scan (bench/scan_throughput.py) compiled
+for sm_90a, with what ptxas gives each launch and the counts of its machine code (no GPU needed); the timing modes
+are checked on a GPU (bench/gpu_session.sh ssd, op conv, op scan)."""
 from __future__ import annotations
 
 import os
