@@ -24,17 +24,22 @@ SHAPES = {"130m": (16, 1536), "370m": (16, 2048), "1.4b": (8, 4096), "2.8b": (4,
 IMPLS = ("scan:mamba_ssm", "scan:ours")
 IMPLS_HELP = ("comma-separated; ours-last: ours on activations with channels contiguous; either may carry its forward "
               "and backward blockings (channels per program, positions per block of kept states, warps, positions "
-              "loaded and stored together[, most registers a thread may take]), e.g. scan:ours=16.32.1.8-8.32.1.16.168")
+              "loaded and stored together[, most registers a thread may take]), e.g. scan:ours=16.32.1.8-8.32.1.16.168; "
+              "a backward led by g walks with the Gluon kernel (8 channels, 1 warp), e.g. scan:ours=-g8.16.1.8")
 SEQ, DSTATE = 2048, 16
 
 
 def blockings(variant: str) -> dict:
-    """``FWD-BWD`` (e.g. ``16.32.1.8-8.32.1.16``; either may be empty) as selective_scan_triton's config arguments."""
+    """``FWD-BWD`` (e.g. ``16.32.1.8-8.32.1.16``; either may be empty; ``BWD`` led by ``g`` walks back with the
+    Gluon kernel) as selective_scan_triton's config arguments."""
     from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG
 
     fwd, _, bwd = variant.partition("-")
+    gluon = bwd.startswith("g")
+    bwd = bwd.removeprefix("g")
     return {"fwd_config": tuple(int(v) for v in fwd.split(".")) if fwd else SCAN_FWD_CONFIG,
-            "bwd_config": tuple(int(v) for v in bwd.split(".")) if bwd else SCAN_BWD_CONFIG}
+            "bwd_config": tuple(int(v) for v in bwd.split(".")) if bwd else SCAN_BWD_CONFIG,
+            "bwd_kernel": "gluon" if gluon else "triton"}
 
 
 def registers(variants: list[str]) -> None:

@@ -84,6 +84,21 @@ def test_registers_of_the_selective_scan_per_blocking():
     assert by_variant[capped, "_scan_bwd_kernel"][4] != "0/0"
 
 
+def test_the_gluon_backward_compiles_with_fewer_shuffles_and_barriers():
+    """kotomamba/ops/selective_scan_gluon.py's layouts: a sum over channels or states crosses fewer lanes than in the
+    Triton kernel's, and a position's column is a register, so its code has fewer shuffles and barriers for as many
+    positions walked (groups of 8 against 16: counts doubled)."""
+    pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (Triton 3.5 or later)")
+    default = ".".join(map(str, SCAN_FWD_CONFIG)) + "-" + ".".join(map(str, SCAN_BWD_CONFIG))
+    gluon = ".".join(map(str, SCAN_FWD_CONFIG)) + "-g8.16.1.8"
+    done = run("scan_throughput.py", "--registers", "--impls", f"scan:ours={default},scan:ours={gluon}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    backward = {r[0]: r for r in rows_of(done.stdout) if r[1] == "_scan_bwd_kernel"}
+    ours, theirs = ([int(v) for v in backward[name][8].split(" / ")] for name in (gluon, default))
+    assert SCAN_BWD_CONFIG[3] == 16 and 2 * ours[0] < theirs[0] and 2 * ours[1] < theirs[1], (ours, theirs)
+    assert backward[gluon][4] == "0/0", backward[gluon]
+
+
 def test_registers_need_one_of_our_implementations():
     done = run("ssd_throughput.py", "--registers", "--impls", "ssd:mamba_ssm")
     assert done.returncode == 2 and "needs at least one ssd:ours" in done.stderr

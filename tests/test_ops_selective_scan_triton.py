@@ -4,6 +4,8 @@ fresh process; see tests/interpreted_kernels.py). The twin runs in float64, the 
 inputs in one case)."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -106,6 +108,13 @@ def test_blockings_the_kernels_cannot_walk_are_refused():
     with pytest.raises(ValueError, match="must divide"):
         selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8), torch.randn(1, 4, 8),
                               fwd_config=(4, 16, 4, 3), bwd_config=(4, 16, 4, 3))
+    with pytest.raises(ValueError, match="'triton' or 'gluon'"):
+        selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8), torch.randn(1, 4, 8),
+                              bwd_kernel="cuda")
+    if importlib.util.find_spec("triton.experimental.gluon"):
+        with pytest.raises(ValueError, match="Gluon backward walks 8 channels on 1 warp"):
+            selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8),
+                                  torch.randn(1, 4, 8), bwd_config=(16, 16, 1, 8), bwd_kernel="gluon")
 
 
 # causal-conv1d's CUDA functions cannot run here: the mixer gets its twin in their place, with their signatures

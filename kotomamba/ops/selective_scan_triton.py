@@ -282,7 +282,8 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, la
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state, fwd_config, bwd_config):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state, fwd_config, bwd_config,
+                bwd_kernel):
         ctx.dtypes = (A.dtype, D.dtype if D is not None else None, delta_bias.dtype if delta_bias is not None else None)
         A = A.float().contiguous()
         D = D.float().contiguous() if D is not None else None
@@ -297,25 +298,26 @@ class _SelectiveScan(torch.autograd.Function):
         out, states, final = _scan_forward(u, delta, A, B, C, D, z, bias, softplus, keep, return_last_state,
                                            fwd_config)
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, states)
-        ctx.softplus, ctx.bwd_config = softplus, bwd_config
+        ctx.softplus, ctx.bwd_config, ctx.bwd_kernel = softplus, bwd_config, bwd_kernel
         return (out, final) if return_last_state else out
 
     @staticmethod
     def backward(ctx, dout, dlast=None):
         u, delta, A, B, C, D, z, bias, states = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dz, dbias = _scan_backward(
-            u, delta, A, B, C, D, z, bias, dout, dlast, states, ctx.softplus, ctx.bwd_config)
+            u, delta, A, B, C, D, z, bias, dout, dlast, states, ctx.softplus, ctx.bwd_config, kernel=ctx.bwd_kernel)
         A_dtype, D_dtype, bias_dtype = ctx.dtypes
         return (du, ddelta, dA.to(A_dtype), dB.transpose(1, 2).to(B.dtype), dC.transpose(1, 2).to(C.dtype),
                 dD.to(D_dtype) if dD is not None else None, dz,
-                dbias.to(bias_dtype) if bias is not None else None, None, None, None, None)
+                dbias.to(bias_dtype) if bias is not None else None, None, None, None, None, None)
 
 
 def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus, config, du=None, ddelta=None,
-                   dz=None):
+                   dz=None, kernel="triton"):
     """The gradients (du, d delta, dA [D, N], dB and dC [batch, L, N], dD, dz, d bias) of :func:`_scan_forward`'s
     output, given its ``states``; the reduced ones in float32. du, d delta and dz are written where given
-    (any strides), else into new tensors like u, delta and z."""
+    (any strides), else into new tensors like u, delta and z. ``kernel="gluon"`` walks with
+    :mod:`kotomamba.ops.selective_scan_gluon`'s kernel (``config`` checked by its ``check``)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     block_d, block_t, warps, group, *maxnreg = config
@@ -333,7 +335,12 @@ def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus,
     dD = torch.empty(batch, dim, **f32) if D is not None else None
     dbias = torch.empty(batch, dim, **f32) if bias is not None else None
     zs, dzs = (z, dz) if z is not None else (u, du)
-    _scan_bwd_kernel[(d_programs, batch)](
+    walk = _scan_bwd_kernel
+    if kernel == "gluon":
+        from kotomamba.ops import selective_scan_gluon
+
+        walk = selective_scan_gluon._scan_bwd_kernel
+    walk[(d_programs, batch)](
         u, delta, A, B, C, D, z, bias, dout, dlast, states, scratch, du, ddelta, dz, dA, dB, dC, dD, dbias,
         dim, L, triton.cdiv(L, block_t), *_strides(u, delta, B, C, zs, dout, du, ddelta, dzs),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
@@ -362,14 +369,23 @@ def selective_scan_triton(
     return_last_state: bool = False,
     fwd_config: tuple[int, ...] = SCAN_FWD_CONFIG,
     bwd_config: tuple[int, ...] = SCAN_BWD_CONFIG,
+    bwd_kernel: str = "triton",
 ):
     """:func:`kotomamba.ops.selective_scan.selective_scan_ref`'s arguments and results: u, delta, z [batch, D, L];
     A [D, N] (N a power of two); B, C [batch, N, L]; D, delta_bias [D]; any strides. ``fwd_config`` / ``bwd_config``:
     channels per program, positions per block of states kept (the same in both), warps, positions loaded and stored
-    together (dividing the block), and optionally the most registers a thread may take (ptxas' maxnreg)."""
+    together (dividing the block), and optionally the most registers a thread may take (ptxas' maxnreg).
+    ``bwd_kernel``: "triton", or "gluon" for :mod:`kotomamba.ops.selective_scan_gluon`'s backward (CUDA, Triton 3.5
+    or later)."""
     if B.dim() != 3 or C.dim() != 3:
         raise ValueError(f"B and C must be [batch, N, L] (one group), got {tuple(B.shape)} and {tuple(C.shape)}")
     if not takes(A.shape[1]):
         raise ValueError(f"d_state must be a power of two, got {A.shape[1]}")
+    if bwd_kernel == "gluon":
+        from kotomamba.ops.selective_scan_gluon import check
+
+        check(bwd_config)
+    elif bwd_kernel != "triton":
+        raise ValueError(f"bwd_kernel must be 'triton' or 'gluon', got {bwd_kernel!r}")
     return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                tuple(fwd_config), tuple(bwd_config))
+                                tuple(fwd_config), tuple(bwd_config), bwd_kernel)

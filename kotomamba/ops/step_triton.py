@@ -27,9 +27,12 @@ def step(raw, lo, hi, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr):
 def step_grad(raw, lo, hi, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr):
     """d step / d raw of :func:`step` at ``raw``: softplus' sigmoid (1 above the threshold), and 0 where
     the clamp holds the step outside [lo, hi] (torch's clamp passes the gradient at the bounds)."""
-    grad = tl.full(raw.shape, 1.0, tl.float32)
+    # Each branch makes its own tensor: Gluon kernels (explicit layouts) call this too, and a tensor made from a
+    # shape alone has no layout there.
     if SOFTPLUS:
         grad = tl.where(raw <= 20.0, tl.sigmoid(raw), 1.0)
+    else:
+        grad = tl.full(raw.shape, 1.0, tl.float32)
     if CLAMP:
         s = step(raw, lo, hi, SOFTPLUS, False)
         grad = tl.where((s >= lo) & (s <= hi), grad, 0.0)

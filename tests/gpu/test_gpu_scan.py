@@ -1,8 +1,11 @@
-"""Our Triton selective scan (kotomamba/ops/selective_scan_triton.py) compiled on a GPU: the output, the final
-state and every gradient against the float32 PyTorch twin ``selective_scan_ref``, and in bf16 against
-mamba-ssm's ``selective_scan_fn`` on the same inputs, with mamba-ssm's own error from the twin as the
-yardstick. Judged by relative error ||a - b|| / ||b||."""
+"""Our Triton selective scan (kotomamba/ops/selective_scan_triton.py, and its backward in Gluon,
+kotomamba/ops/selective_scan_gluon.py) compiled on a GPU: the output, the final state and every gradient against the
+float32 PyTorch twin ``selective_scan_ref``, and in bf16 against mamba-ssm's ``selective_scan_fn`` on the same
+inputs, with mamba-ssm's own error from the twin as the yardstick. Judged by relative error ||a - b|| / ||b||."""
 from __future__ import annotations
+
+import functools
+import importlib.util
 
 import pytest
 import torch
@@ -54,6 +57,21 @@ def test_kernels_match_the_twin(blocking):
         assert relative_error(got[key], value) < 1e-4, key
 
 
+@pytest.mark.parametrize("fwd,bwd", [((16, 16, 1, 16), (8, 16, 1, 8)), ((16, 32, 1, 16), (8, 32, 1, 16))])
+def test_the_gluon_backward_matches_the_twin(fwd, bwd):
+    """kotomamba/ops/selective_scan_gluon.py's backward, float32, a sequence no block divides, channels its 8 do
+    not divide."""
+    pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (Triton 3.5 or later)")
+    from kotomamba.ops.selective_scan_triton import selective_scan_triton
+
+    leaves, cot, final = inputs(2, 200, 1000, 16, torch.float32, seed=2)
+    got = outputs_and_grads(lambda **kw: selective_scan_triton(**kw, fwd_config=fwd, bwd_config=bwd,
+                                                               bwd_kernel="gluon"), leaves, cot, final)
+    expected = outputs_and_grads(selective_scan_ref, leaves, cot, final)
+    for key, value in expected.items():
+        assert relative_error(got[key], value) < 1e-4, key
+
+
 def test_kernels_match_mamba_ssm():
     """Model shapes (d_state 16), bf16: no further from the float32 twin than mamba-ssm's kernel is, give or
     take bf16 rounding."""
@@ -63,11 +81,15 @@ def test_kernels_match_mamba_ssm():
 
     leaves, cot, final = inputs(2, 512, 2048, 16, torch.bfloat16, seed=1)
     theirs = outputs_and_grads(selective_scan_fn, leaves, cot, final)
-    got = outputs_and_grads(selective_scan_triton, leaves, cot, final)
     oracle = outputs_and_grads(selective_scan_ref, leaves, cot, final, upcast=True)
-    for key, expected in oracle.items():
-        error, theirs_error = relative_error(got[key], expected), relative_error(theirs[key], expected)
-        assert error < 2 * theirs_error + 1e-2, f"{key}: ours {error:.2e}, mamba-ssm {theirs_error:.2e}"
+    ours = {"triton": selective_scan_triton}
+    if importlib.util.find_spec("triton.experimental.gluon"):
+        ours["gluon"] = functools.partial(selective_scan_triton, bwd_config=(8, 16, 1, 8), bwd_kernel="gluon")
+    for name, fn in ours.items():
+        got = outputs_and_grads(fn, leaves, cot, final)
+        for key, expected in oracle.items():
+            error, theirs_error = relative_error(got[key], expected), relative_error(theirs[key], expected)
+            assert error < 2 * theirs_error + 1e-2, f"{name}, {key}: ours {error:.2e}, mamba-ssm {theirs_error:.2e}"
 
 
 def test_the_mixer_matches_mamba_ssm():

@@ -1,0 +1,229 @@
+"""The backward of Mamba-1's selective scan with explicit layouts (Triton's Gluon): the walk of
+:mod:`kotomamba.ops.selective_scan_triton`'s ``_scan_bwd_kernel`` line for line, its arguments and results the same,
+with each tensor placed in the lanes where its sums cost least.
+
+In ``_scan_bwd_kernel`` Triton picks the layouts from the loads and stores: each lane holds 1 channel and 4 of the
+16 states, so a sum over the 8 channels (dB, dC) takes 3 rounds of shuffles for each of 4 values, and a position's
+column is picked out of a loaded tile with shuffles and, to match the states' layout, through shared memory behind
+a barrier. Here one warp walks 8 channels:
+
+- the states [8, N]: 2 channels x 2 states a lane, 4 lanes along channels, 8 along states (a sum over channels:
+  2 rounds of 2 shuffles; over states: 3 rounds of 2);
+- a group's per-channel tiles [8, GROUP] (delta, u, the output's gradient, z): the group's positions all in the
+  lane, the channels as in the states (the 8 state lanes hold copies), so a position's column is a register;
+- B and C as [GROUP, N] tiles laid out the same way along the states.
+
+A vector moves between slices of these layouts that map lanes alike, which costs nothing. The tiles are loaded,
+computed elementwise (softplus, the gate) and stored in layouts without copies, and change layout once a group.
+Counted on the host (bench/ptxas_report.py, groups of 8): per position, rerun and walk together, 27 shuffles and 2
+barriers where ``_scan_bwd_kernel`` takes 43 and 3, about as many instructions, and 255 registers where it takes
+183 (bench/RESULTS.md, session 21); not yet timed. Needs Triton's ``triton.experimental.gluon`` (Triton 3.5 or
+later) and a CUDA GPU (Triton's interpreter does not run Gluon); the twin and the parity tests are those of the
+Triton kernels (tests/gpu/test_gpu_scan.py).
+"""
+from __future__ import annotations
+
+import triton.experimental.gluon as gluon
+import triton.experimental.gluon.language as gl
+
+from kotomamba.ops.step_triton import step, step_grad
+
+# (channels per program, warps): what the layouts below cover.
+CHANNELS, WARPS = 8, 1
+LOG2E = gl.constexpr(1.4426950408889634)
+
+
+def check(config: tuple[int, ...]) -> None:
+    """Raises ValueError unless the backward blocking ``config`` (as selective_scan_triton's) is one the layouts
+    below cover: :data:`CHANNELS` channels on :data:`WARPS` warp, 4 or more positions loaded together."""
+    block_d, _, warps, group, *_ = config
+    if (block_d, warps) != (CHANNELS, WARPS) or group < 4:
+        raise ValueError(f"the Gluon backward walks {CHANNELS} channels on {WARPS} warp with 4 or more positions "
+                         f"loaded together, got {block_d} channels on {warps} warps, {group} positions")
+
+
+@gluon.jit
+def _tile(row, pos, stride, ok_rows, ok_pos):
+    """[rows, GROUP] float32 from ``row`` [rows] pointers at positions ``pos`` [GROUP]; 0 where masked."""
+    return gl.load(gl.expand_dims(row, 1) + gl.expand_dims(pos, 0) * stride,
+                   mask=gl.expand_dims(ok_rows, 1) & gl.expand_dims(ok_pos, 0), other=0.0).to(gl.float32)
+
+
+@gluon.jit
+def _tile_across(column, pos, stride, ok_columns, ok_pos):
+    """[GROUP, columns] float32 from ``column`` [columns] pointers at positions ``pos`` [GROUP]; 0 where masked."""
+    return gl.load(gl.expand_dims(column, 0) + gl.expand_dims(pos, 1) * stride,
+                   mask=gl.expand_dims(ok_pos, 1) & gl.expand_dims(ok_columns, 0), other=0.0).to(gl.float32)
+
+
+@gluon.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr, scratch_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, L, blocks,
+    s_ub, s_ud, s_ul, s_dtb, s_dtd, s_dtl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl,
+    s_dub, s_dud, s_dul, s_ddtb, s_ddtd, s_ddtl, s_dzb, s_dzd, s_dzl,
+    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+    HAS_DLAST: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr,
+):
+    S: gl.constexpr = gl.BlockedLayout([2, 2], [4, 8], [1, 1], [1, 0])      # [BLOCK_D, N]
+    T: gl.constexpr = gl.BlockedLayout([2, GROUP], [4, 8], [1, 1], [1, 0])  # [BLOCK_D, GROUP], walked
+    P: gl.constexpr = gl.BlockedLayout([GROUP, 2], [4, 8], [1, 1], [1, 0])  # [GROUP, N], walked
+    # The same tiles without copies, where they are loaded, computed elementwise and stored.
+    K: gl.constexpr = gl.BlockedLayout([1, GROUP // 4], [8, 4], [1, 1], [1, 0])  # [BLOCK_D, GROUP]
+    Q: gl.constexpr = gl.BlockedLayout([GROUP // 4, 1], [4, 8], [1, 1], [0, 1])  # [GROUP, N]
+    S_D: gl.constexpr = gl.SliceLayout(1, S)
+    S_N: gl.constexpr = gl.SliceLayout(0, S)
+    T_D: gl.constexpr = gl.SliceLayout(1, T)
+    T_P: gl.constexpr = gl.SliceLayout(0, T)
+    P_P: gl.constexpr = gl.SliceLayout(1, P)
+    P_N: gl.constexpr = gl.SliceLayout(0, P)
+    K_D: gl.constexpr = gl.SliceLayout(1, K)
+    K_P: gl.constexpr = gl.SliceLayout(0, K)
+    Q_P: gl.constexpr = gl.SliceLayout(1, Q)
+    Q_N: gl.constexpr = gl.SliceLayout(0, Q)
+    pid_d = gl.program_id(0)
+    d_programs = gl.num_programs(0)
+    b = gl.program_id(1).to(gl.int64)
+    offs_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=S_D)
+    ok_d = offs_d < dim
+    offs_n = gl.arange(0, N, layout=S_N)
+    tile_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=K_D)
+    ok_tile_d = tile_d < dim
+    tile_p = gl.arange(0, GROUP, layout=K_P)
+    walk_p = gl.arange(0, GROUP, layout=T_P)
+    part_p = gl.arange(0, GROUP, layout=Q_P)
+    walk_part_p = gl.arange(0, GROUP, layout=P_P)
+    part_n = gl.arange(0, N, layout=Q_N)
+    ok_part_n = part_n < N
+    A = gl.load(A_ptr + gl.expand_dims(offs_d, 1) * N + gl.expand_dims(offs_n, 0), mask=gl.expand_dims(ok_d, 1),
+                other=0.0)
+    A2 = A * LOG2E
+    Dv = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    bias = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    if HAS_D:
+        Dv = gl.load(D_ptr + tile_d, mask=ok_tile_d, other=0.0)
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + tile_d, mask=ok_tile_d, other=0.0)
+    u_row, dt_row = u_ptr + b * s_ub + tile_d * s_ud, dt_ptr + b * s_dtb + tile_d * s_dtd
+    dout_row = dout_ptr + b * s_gb + tile_d * s_gd
+    du_row, ddt_row = du_ptr + b * s_dub + tile_d * s_dud, ddt_ptr + b * s_ddtb + tile_d * s_ddtd
+    if HAS_Z:
+        z_row, dz_row = z_ptr + b * s_zb + tile_d * s_zd, dz_ptr + b * s_dzb + tile_d * s_dzd
+    B_row, C_row = B_ptr + b * s_Bb + part_n * s_Bn, C_ptr + b * s_Cb + part_n * s_Cn
+    state_rows = (b * blocks * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0)
+    program = b * d_programs + pid_d
+    scratch = (scratch_ptr + program * BLOCK_T * BLOCK_D * N
+               + gl.expand_dims(gl.arange(0, BLOCK_D, layout=S_D), 1) * N + gl.expand_dims(offs_n, 0))
+    part_rows = program * L * N + part_n
+    if HAS_DLAST:
+        carried = gl.load(dlast_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0),
+                          mask=gl.expand_dims(ok_d, 1), other=0.0).to(gl.float32)
+    else:
+        carried = gl.zeros([BLOCK_D, N], gl.float32, layout=S)
+    dA_sum = gl.zeros([BLOCK_D, N], gl.float32, layout=S)
+    dD_sum = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    dbias_sum = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    for back in range(blocks):
+        c = blocks - 1 - back
+        groups = gl.cdiv(gl.minimum(BLOCK_T, L - c * BLOCK_T), GROUP)
+        # The block's forward again, from its entering state, keeping every position's state.
+        h = gl.load(states_ptr + state_rows + c * dim * N, mask=gl.expand_dims(ok_d, 1), other=0.0)
+        for g in range(groups):
+            pos = c * BLOCK_T + g * GROUP + tile_p
+            ok_pos = pos < L
+            raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
+            dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
+            dtus = gl.convert_layout(dts * _tile(u_row, pos, s_ul, ok_tile_d, ok_pos), T)
+            dts = gl.convert_layout(dts, T)
+            pos_p = c * BLOCK_T + g * GROUP + part_p
+            Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, pos_p < L), P)
+            for i in gl.static_range(GROUP):
+                sel = gl.expand_dims(walk_p == i, 0)
+                sel_p = gl.expand_dims(walk_part_p == i, 1)
+                dt = gl.convert_layout(gl.sum(gl.where(sel, dts, -0.0), axis=1), S_D)
+                dtu = gl.convert_layout(gl.sum(gl.where(sel, dtus, -0.0), axis=1), S_D)
+                Bt = gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N)
+                h = gl.exp2(gl.expand_dims(dt, 1) * A2) * h + gl.expand_dims(dtu, 1) * gl.expand_dims(Bt, 0)
+                gl.store(scratch + (g * GROUP + i) * BLOCK_D * N, h)
+        # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
+        for back_g in range(groups):
+            g = groups - 1 - back_g
+            pos = c * BLOCK_T + g * GROUP + tile_p
+            ok_pos = pos < L
+            ok = gl.expand_dims(ok_tile_d, 1) & gl.expand_dims(ok_pos, 0)
+            raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
+            dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
+            us = _tile(u_row, pos, s_ul, ok_tile_d, ok_pos)
+            pos_p = c * BLOCK_T + g * GROUP + part_p
+            ok_pos_p = pos_p < L
+            Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, ok_pos_p), P)
+            Cs = gl.convert_layout(_tile_across(C_row, pos_p, s_Cl, ok_part_n, ok_pos_p), P)
+            dys = _tile(dout_row, pos, s_gl, ok_tile_d, ok_pos)
+            if HAS_Z:
+                zs = _tile(z_row, pos, s_zl, ok_tile_d, ok_pos)
+                gates = 1.0 / (1.0 + gl.exp(-zs))
+                ys = gl.zeros([BLOCK_D, GROUP], gl.float32, layout=T)
+                dys_in = dys
+                dys *= zs * gates
+            walk_dts = gl.convert_layout(dts, T)
+            walk_us = gl.convert_layout(us, T)
+            walk_dys = gl.convert_layout(dys, T)
+            dhBs = gl.zeros([BLOCK_D, GROUP], gl.float32, layout=T)
+            keptAs = gl.zeros([BLOCK_D, GROUP], gl.float32, layout=T)
+            dBs = gl.zeros([GROUP, N], gl.float32, layout=P)
+            dCs = gl.zeros([GROUP, N], gl.float32, layout=P)
+            for j in gl.static_range(GROUP):
+                sel = gl.expand_dims(walk_p == GROUP - 1 - j, 0)
+                sel_p = gl.expand_dims(walk_part_p == GROUP - 1 - j, 1)
+                dt = gl.convert_layout(gl.sum(gl.where(sel, walk_dts, -0.0), axis=1), S_D)
+                u = gl.convert_layout(gl.sum(gl.where(sel, walk_us, -0.0), axis=1), S_D)
+                dy = gl.convert_layout(gl.sum(gl.where(sel, walk_dys, -0.0), axis=1), S_D)
+                Bt = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N), 0)
+                Ct = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Cs, -0.0), axis=0), S_N), 0)
+                h = gl.load(scratch + (g * GROUP + GROUP - 1 - j) * BLOCK_D * N)
+                if HAS_Z:
+                    ys = gl.where(sel, gl.expand_dims(gl.convert_layout(gl.sum(h * Ct, axis=1), T_D), 1), ys)
+                dh = Ct * gl.expand_dims(dy, 1) + carried
+                carried = gl.exp2(gl.expand_dims(dt, 1) * A2) * dh
+                dtu = gl.expand_dims(dt * u, 1)
+                kept = dh * (h - dtu * Bt)  # dh_t a_t h_{t-1}
+                dhBs = gl.where(sel, gl.expand_dims(gl.convert_layout(gl.sum(dh * Bt, axis=1), T_D), 1), dhBs)
+                keptAs = gl.where(sel, gl.expand_dims(gl.convert_layout(gl.sum(kept * A, axis=1), T_D), 1), keptAs)
+                dA_sum += kept * gl.expand_dims(dt, 1)
+                dBs = gl.where(sel_p, gl.expand_dims(gl.convert_layout(gl.sum(dh * dtu, axis=0), P_N), 0), dBs)
+                dCs = gl.where(sel_p, gl.expand_dims(gl.convert_layout(gl.sum(h * gl.expand_dims(dy, 1), axis=0),
+                                                                       P_N), 0), dCs)
+            if HAS_Z:
+                ys = gl.convert_layout(ys, K)
+            dhBs = gl.convert_layout(dhBs, K)
+            keptAs = gl.convert_layout(keptAs, K)
+            dus = dts * dhBs
+            if HAS_D:
+                dus += gl.expand_dims(Dv, 1) * dys
+                dD_sum += gl.sum(dys * us, axis=1)
+            if HAS_Z:
+                if HAS_D:
+                    ys += us * gl.expand_dims(Dv, 1)
+                dz_tile = gl.expand_dims(dz_row, 1) + gl.expand_dims(pos, 0) * s_dzl
+                gl.store(dz_tile, (dys_in * ys * gates * (1.0 + zs * (1.0 - gates))).to(dz_ptr.dtype.element_ty),
+                         mask=ok)
+            ddts = us * dhBs + keptAs
+            if SOFTPLUS:
+                ddts *= step_grad(raws, 0.0, 0.0, SOFTPLUS, False)
+            ddts = gl.where(ok, ddts, 0.0)
+            dbias_sum += gl.sum(ddts, axis=1)
+            gl.store(gl.expand_dims(du_row, 1) + gl.expand_dims(pos, 0) * s_dul, dus.to(du_ptr.dtype.element_ty),
+                     mask=ok)
+            gl.store(gl.expand_dims(ddt_row, 1) + gl.expand_dims(pos, 0) * s_ddtl,
+                     ddts.to(ddt_ptr.dtype.element_ty), mask=ok)
+            ok_part = gl.expand_dims(ok_pos_p, 1) & gl.expand_dims(ok_part_n, 0)
+            part = gl.expand_dims(part_rows, 0) + gl.expand_dims(pos_p, 1) * N
+            gl.store(dB_ptr + part, gl.convert_layout(dBs, Q), mask=ok_part)
+            gl.store(dC_ptr + part, gl.convert_layout(dCs, Q), mask=ok_part)
+    gl.store(dA_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0), dA_sum,
+             mask=gl.expand_dims(ok_d, 1))
+    if HAS_D:
+        gl.store(dD_ptr + b * dim + tile_d, dD_sum, mask=ok_tile_d)
+    if HAS_BIAS:
+        gl.store(dbias_ptr + b * dim + tile_d, dbias_sum, mask=ok_tile_d)
