@@ -88,7 +88,7 @@ def test_the_gluon_backward_compiles_with_fewer_shuffles_and_barriers():
     """kotomamba/ops/selective_scan_gluon.py's layouts: a sum over channels or states crosses fewer lanes than in the
     Triton kernel's, and a position's column is a register, so its code has fewer shuffles and barriers for as many
     positions walked (groups of 8 against 16: counts doubled)."""
-    pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (Triton 3.5 or later)")
+    pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (triton.experimental.gluon)")
     default = ".".join(map(str, SCAN_FWD_CONFIG)) + "-" + ".".join(map(str, SCAN_BWD_CONFIG))
     gluon = ".".join(map(str, SCAN_FWD_CONFIG)) + "-g8.16.1.8"
     done = run("scan_throughput.py", "--registers", "--impls", f"scan:ours={default},scan:ours={gluon}")

@@ -375,8 +375,8 @@ def selective_scan_triton(
     A [D, N] (N a power of two); B, C [batch, N, L]; D, delta_bias [D]; any strides. ``fwd_config`` / ``bwd_config``:
     channels per program, positions per block of states kept (the same in both), warps, positions loaded and stored
     together (dividing the block), and optionally the most registers a thread may take (ptxas' maxnreg).
-    ``bwd_kernel``: "triton", or "gluon" for :mod:`kotomamba.ops.selective_scan_gluon`'s backward (CUDA, Triton 3.5
-    or later)."""
+    ``bwd_kernel``: "triton", or "gluon" for :mod:`kotomamba.ops.selective_scan_gluon`'s backward (CUDA, Triton's
+    Gluon)."""
     if B.dim() != 3 or C.dim() != 3:
         raise ValueError(f"B and C must be [batch, N, L] (one group), got {tuple(B.shape)} and {tuple(C.shape)}")
     if not takes(A.shape[1]):

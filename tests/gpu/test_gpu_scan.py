@@ -61,7 +61,7 @@ def test_kernels_match_the_twin(blocking):
 def test_the_gluon_backward_matches_the_twin(fwd, bwd):
     """kotomamba/ops/selective_scan_gluon.py's backward, float32, a sequence no block divides, channels its 8 do
     not divide."""
-    pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (Triton 3.5 or later)")
+    pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (triton.experimental.gluon)")
     from kotomamba.ops.selective_scan_triton import selective_scan_triton
 
     leaves, cot, final = inputs(2, 200, 1000, 16, torch.float32, seed=2)
