@@ -117,6 +117,13 @@ def test_blockings_the_kernels_cannot_walk_are_refused():
                                   torch.randn(1, 4, 8), bwd_config=(16, 16, 1, 8), bwd_kernel="gluon")
 
 
+def test_the_gluon_backward_runs_only_on_cuda():
+    """Triton's interpreter does not run Gluon: off CUDA the dispatched backward is the Triton kernel's."""
+    from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, backward_kernel
+
+    assert backward_kernel(torch.device("cpu")) == ("triton", SCAN_BWD_CONFIG)
+
+
 # causal-conv1d's CUDA functions cannot run here: the mixer gets its twin in their place, with their signatures
 # (the backward writes dx where it is given), so the test judges how the mixer lays out and routes its tensors.
 RUN_MIXER = """

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kotomamba.ops.dispatch import kernel_module
-from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG, _scan_backward, _scan_forward
+from kotomamba.ops.selective_scan_triton import SCAN_FWD_CONFIG, _scan_backward, _scan_forward, backward_kernel
 
 _CONV = "causal_conv1d.cpp_functions"
 
@@ -91,9 +91,10 @@ class _Mamba1Inner(torch.autograd.Function):
         dy = (out_proj_weight.t() @ dout_flat.t()).view(dim, batch, seqlen).transpose(0, 1)
         dxz = torch.empty_like(xz)
         dx, dz = dxz.chunk(2, dim=1)
+        kernel, config = backward_kernel(u.device)
         du, ddelta, dA, dB, dC, dD, _, ddt_bias = _scan_backward(
-            u, delta, A, B, C, D, z, dt_bias, dy, None, states, True, SCAN_BWD_CONFIG,
-            du=_rows(batch, dim, seqlen, u), ddelta=_rows(batch, dim, seqlen, delta), dz=dz)
+            u, delta, A, B, C, D, z, dt_bias, dy, None, states, True, config,
+            du=_rows(batch, dim, seqlen, u), ddelta=_rows(batch, dim, seqlen, delta), dz=dz, kernel=kernel)
         ddelta_flat = _flat(ddelta)
         dx_dbl = torch.empty_like(x_dbl)
         dx_dbl[:, :dt_rank] = ddelta_flat.t() @ dt_proj_weight

@@ -17,9 +17,10 @@ A vector moves between slices of these layouts that map lanes alike, which costs
 computed elementwise (softplus, the gate) and stored in layouts without copies, and change layout once a group.
 Counted on the host (bench/ptxas_report.py, groups of 8): per position, rerun and walk together, 27 shuffles and
 2 barriers where ``_scan_bwd_kernel`` takes 43 and 3, about as many instructions, and 255 registers where it takes
-183 (bench/RESULTS.md, session 21); not yet run on a card. Needs ``triton.experimental.gluon`` (written against
-Triton 3.9) and a CUDA GPU (Triton's interpreter does not run Gluon); the twin and the parity tests are those of
-the Triton kernels (tests/gpu/test_gpu_scan.py).
+183 (bench/RESULTS.md, session 21). On an H200 it walks back faster (session 22), so
+:func:`kotomamba.ops.selective_scan_triton.backward_kernel` dispatches it there. Needs ``triton.experimental.gluon``
+(run with Triton 3.6, compiled with 3.9) and a CUDA GPU (Triton's interpreter does not run Gluon); the twin and the
+parity tests are those of the Triton kernels (tests/gpu/test_gpu_scan.py).
 """
 from __future__ import annotations
 

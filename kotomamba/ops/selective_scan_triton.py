@@ -31,6 +31,8 @@ on an H200 than mamba-ssm's ``mamba_inner_fn`` (bench/RESULTS.md, session 20). T
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -41,6 +43,19 @@ from kotomamba.ops.step_triton import step, step_grad
 # registers a thread may take]) of the forward and of the backward; bench/scan_throughput.py times others.
 SCAN_FWD_CONFIG = (16, 16, 1, 16)
 SCAN_BWD_CONFIG = (8, 16, 1, 16)
+# The blocking of :mod:`kotomamba.ops.selective_scan_gluon`'s backward where it runs (:func:`backward_kernel`).
+SCAN_BWD_GLUON_CONFIG = (8, 16, 1, 8)
+
+
+@functools.cache
+def backward_kernel(device: torch.device) -> tuple[str, tuple[int, ...]]:
+    """The backward walk to run on ``device`` and its blocking: the Gluon kernel where it has been parity-tested and
+    timed faster than the Triton kernel (a Hopper or newer card, Triton 3.6 or later: bench/RESULTS.md, session
+    22), else the Triton kernel."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9:
+        if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 6):
+            return "gluon", SCAN_BWD_GLUON_CONFIG
+    return "triton", SCAN_BWD_CONFIG
 
 
 @triton.jit
@@ -368,19 +383,24 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     fwd_config: tuple[int, ...] = SCAN_FWD_CONFIG,
-    bwd_config: tuple[int, ...] = SCAN_BWD_CONFIG,
-    bwd_kernel: str = "triton",
+    bwd_config: tuple[int, ...] | None = None,
+    bwd_kernel: str | None = None,
 ):
     """:func:`kotomamba.ops.selective_scan.selective_scan_ref`'s arguments and results: u, delta, z [batch, D, L];
     A [D, N] (N a power of two); B, C [batch, N, L]; D, delta_bias [D]; any strides. ``fwd_config`` / ``bwd_config``:
     channels per program, positions per block of states kept (the same in both), warps, positions loaded and stored
     together (dividing the block), and optionally the most registers a thread may take (ptxas' maxnreg).
     ``bwd_kernel``: "triton", or "gluon" for :mod:`kotomamba.ops.selective_scan_gluon`'s backward (CUDA, Triton's
-    Gluon)."""
+    Gluon); without either, :func:`backward_kernel`'s pick, with a ``bwd_config`` alone the Triton kernel."""
     if B.dim() != 3 or C.dim() != 3:
         raise ValueError(f"B and C must be [batch, N, L] (one group), got {tuple(B.shape)} and {tuple(C.shape)}")
     if not takes(A.shape[1]):
         raise ValueError(f"d_state must be a power of two, got {A.shape[1]}")
+    if bwd_kernel is None and bwd_config is None:
+        bwd_kernel, bwd_config = backward_kernel(u.device)
+    bwd_kernel = bwd_kernel or "triton"
+    if bwd_config is None:
+        bwd_config = SCAN_BWD_GLUON_CONFIG if bwd_kernel == "gluon" else SCAN_BWD_CONFIG
     if bwd_kernel == "gluon":
         from kotomamba.ops.selective_scan_gluon import check
 
