@@ -30,14 +30,13 @@ SEQ, DSTATE = 2048, 16
 
 
 def blockings(variant: str) -> dict:
-    """``FWD-BWD`` (e.g. ``16.32.1.8-8.32.1.16``; either may be empty, an empty ``BWD`` the dispatched backward;
-    ``BWD`` led by ``g`` walks back with the Gluon kernel) as selective_scan_triton's config arguments."""
-    from kotomamba.ops.selective_scan_triton import SCAN_FWD_CONFIG
-
+    """``FWD-BWD`` (e.g. ``16.32.1.8-8.32.1.16``; either may be empty: an empty ``BWD`` is the dispatched backward,
+    an empty ``FWD`` the forward on the backward's blocks; ``BWD`` led by ``g`` walks back with the Gluon kernel) as
+    selective_scan_triton's config arguments."""
     fwd, _, bwd = variant.partition("-")
     gluon = bwd.startswith("g")
     bwd = bwd.removeprefix("g")
-    return {"fwd_config": tuple(int(v) for v in fwd.split(".")) if fwd else SCAN_FWD_CONFIG,
+    return {"fwd_config": tuple(int(v) for v in fwd.split(".")) if fwd else None,
             "bwd_config": tuple(int(v) for v in bwd.split(".")) if bwd else None,
             "bwd_kernel": ("gluon" if gluon else "triton") if bwd else None}
 

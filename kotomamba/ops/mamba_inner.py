@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kotomamba.ops.dispatch import kernel_module
-from kotomamba.ops.selective_scan_triton import SCAN_FWD_CONFIG, _scan_backward, _scan_forward, backward_kernel
+from kotomamba.ops.selective_scan_triton import _scan_backward, _scan_forward, backward_kernel, forward_config
 
 _CONV = "causal_conv1d.cpp_functions"
 
@@ -70,7 +70,8 @@ class _Mamba1Inner(torch.autograd.Function):
         x_dbl = F.linear(_position_rows(u), x_proj_weight)
         delta, B, C = _projections(x_dbl, dt_proj_weight, batch, seqlen, dstate)
         A, D, dt_bias = A.float().contiguous(), D.float().contiguous(), dt_bias.float().contiguous()
-        y, states, _ = _scan_forward(u, delta, A, B, C, D, z, dt_bias, True, True, False, SCAN_FWD_CONFIG)
+        y, states, _ = _scan_forward(u, delta, A, B, C, D, z, dt_bias, True, True, False,
+                                     forward_config(backward_kernel(u.device)[1]))
         ctx.save_for_backward(xz, conv_weight, conv1d_bias, x_dbl, x_proj_weight, dt_proj_weight, out_proj_weight,
                               A, D, dt_bias, states, y)
         ctx.has_out_bias = out_proj_bias is not None
