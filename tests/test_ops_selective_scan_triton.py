@@ -121,7 +121,7 @@ def test_the_gluon_backward_runs_only_on_cuda():
     """Triton's interpreter does not run Gluon: off CUDA the dispatched backward is the Triton kernel's."""
     from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, backward_kernel
 
-    assert backward_kernel(torch.device("cpu")) == ("triton", SCAN_BWD_CONFIG)
+    assert backward_kernel(torch.device("cpu"), 16) == ("triton", SCAN_BWD_CONFIG)
 
 
 # causal-conv1d's CUDA functions cannot run here: the mixer gets its twin in their place, with their signatures

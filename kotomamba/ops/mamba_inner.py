@@ -71,7 +71,7 @@ class _Mamba1Inner(torch.autograd.Function):
         delta, B, C = _projections(x_dbl, dt_proj_weight, batch, seqlen, dstate)
         A, D, dt_bias = A.float().contiguous(), D.float().contiguous(), dt_bias.float().contiguous()
         y, states, _ = _scan_forward(u, delta, A, B, C, D, z, dt_bias, True, True, False,
-                                     forward_config(backward_kernel(u.device)[1]))
+                                     forward_config(backward_kernel(u.device, dstate)[1]))
         ctx.save_for_backward(xz, conv_weight, conv1d_bias, x_dbl, x_proj_weight, dt_proj_weight, out_proj_weight,
                               A, D, dt_bias, states, y)
         ctx.has_out_bias = out_proj_bias is not None
@@ -92,7 +92,7 @@ class _Mamba1Inner(torch.autograd.Function):
         dy = (out_proj_weight.t() @ dout_flat.t()).view(dim, batch, seqlen).transpose(0, 1)
         dxz = torch.empty_like(xz)
         dx, dz = dxz.chunk(2, dim=1)
-        kernel, config = backward_kernel(u.device)
+        kernel, config = backward_kernel(u.device, dstate)
         du, ddelta, dA, dB, dC, dD, _, ddt_bias = _scan_backward(
             u, delta, A, B, C, D, z, dt_bias, dy, None, states, True, config,
             du=_rows(batch, dim, seqlen, u), ddelta=_rows(batch, dim, seqlen, delta), dz=dz, kernel=kernel)

@@ -50,11 +50,11 @@ SCAN_BWD_GLUON_CONFIG = (8, 32, 1, 8)
 
 
 @functools.cache
-def backward_kernel(device: torch.device) -> tuple[str, tuple[int, ...]]:
-    """The backward walk to run on ``device`` and its blocking: the Gluon kernel where it has been parity-tested and
-    timed faster than the Triton kernel (a Hopper or newer card, Triton 3.6 or later: bench/RESULTS.md, session
-    22), else the Triton kernel."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9:
+def backward_kernel(device: torch.device, dstate: int) -> tuple[str, tuple[int, ...]]:
+    """The backward walk to run on ``device`` for states of ``dstate`` and its blocking: the Gluon kernel where it
+    has been parity-tested and timed faster than the Triton kernel (a Hopper or newer card, Triton 3.6 or later,
+    d_state 16: bench/RESULTS.md, session 22), else the Triton kernel."""
+    if dstate == 16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9:
         if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 6):
             return "gluon", SCAN_BWD_GLUON_CONFIG
     return "triton", SCAN_BWD_CONFIG
@@ -405,7 +405,7 @@ def selective_scan_triton(
     if not takes(A.shape[1]):
         raise ValueError(f"d_state must be a power of two, got {A.shape[1]}")
     if bwd_kernel is None and bwd_config is None:
-        bwd_kernel, bwd_config = backward_kernel(u.device)
+        bwd_kernel, bwd_config = backward_kernel(u.device, A.shape[1])
     bwd_kernel = bwd_kernel or "triton"
     if bwd_config is None:
         bwd_config = SCAN_BWD_GLUON_CONFIG if bwd_kernel == "gluon" else SCAN_BWD_CONFIG
