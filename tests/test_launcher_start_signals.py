@@ -47,6 +47,26 @@ def test_ctrl_c_stops_a_job_started_with_sigint_ignored(tmp_path):
     assert not run.final.exists()
 
 
+def test_a_stop_signal_is_not_taken_for_the_error_of_the_code_it_interrupts():
+    """A signal's handler raises wherever the main thread is. CI once sent SIGINT while tokenizers read
+    tokenizer.json inside `except Exception`, and the job exited 2 ("not a Hugging Face tokenizer.json")
+    instead of 75."""
+    script = textwrap.dedent('''
+        import signal, sys
+        from kotomamba.train.stop_signals import StopBeforeTraining, StopSignals
+        StopSignals()
+        try:
+            try:
+                signal.raise_signal(signal.SIGINT)  # runs the handler before it returns
+            except Exception as exc:
+                sys.exit(f"taken for an error: {exc!r}")
+        except StopBeforeTraining:
+            sys.exit(75)
+    ''')
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_REQUEUE, done.stderr
+
+
 # torchrun held at its start until `go` appears in $HOLD_DIR: the launcher runs, its workers do not yet exist.
 SITECUSTOMIZE = textwrap.dedent('''
     import os, pathlib, time

@@ -24,8 +24,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed (or nothing to save yet), requeue me
 
 
-class StopBeforeTraining(Exception):
-    """A stop signal arrived before the first training step: requeue, nothing to save."""
+class StopBeforeTraining(BaseException):
+    """A stop signal arrived before the first training step: requeue, nothing to save.
+
+    A :class:`BaseException`, like ``KeyboardInterrupt``, because the handler raises it wherever the
+    main thread happens to be: inside a library's ``except Exception`` (reading tokenizer.json,
+    loading a checkpoint) it would otherwise turn into that library's error and the job's exit 75
+    into a bad-input exit 2.
+    """
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} before the first training step")

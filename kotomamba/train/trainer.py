@@ -36,7 +36,7 @@ from kotomamba.train.schedules import LRSchedule
 from kotomamba.train.start_plan import StartPlan, carry_out, plan_start
 from kotomamba.train.step import TrainStep, on_device, perplexity
 from kotomamba.train.step_choice import choose_step
-from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
+from kotomamba.train.stop_signals import EXIT_REQUEUE, StopSignals
 from kotomamba.train.train_state import TrainState
 
 EXIT_ABORTED = 1
@@ -99,8 +99,6 @@ class Trainer:
             try:
                 with self.stop.critical():
                     outcome[0] = self._prepare_run_dir(resume)
-            except StopBeforeTraining:
-                raise
             except UserError as exc:
                 outcome[0] = exc
             except Exception as exc:  # the other ranks must not wait for a plan that will not come
