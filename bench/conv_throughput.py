@@ -121,7 +121,7 @@ def registers_main() -> None:
     ``conv:ours`` blocking, at the first shape's channels (batch 1, bf16, a reset every ~--doc-len tokens)."""
     import torch
 
-    from ptxas_report import HEADER, command_line, print_rows
+    from ptxas_report import command_line, header, print_rows
 
     from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG, patch_backward, patch_forward, stash_gradient
 
@@ -138,7 +138,7 @@ def registers_main() -> None:
         stash = stash_gradient(y, seq_idx, WIDTH, config)
         patch_backward(x, weight, bias, seq_idx, stash, y, True, config)
 
-    print(HEADER)
+    print(header())
     for blocking in blockings:
         config = tuple(int(v) for v in blocking.split(".")) if blocking else PATCH_CONFIG
         print_rows(".".join(map(str, config)), lambda: patch(config))

@@ -137,14 +137,14 @@ def registers(args, impls: list[str]) -> None:
     (bench/ptxas_report.py)."""
     import torch
 
-    from ptxas_report import HEADER, print_rows
+    from ptxas_report import header, print_rows
 
     from kotomamba.model import preset
 
     config = preset(args.preset)
     step = (mamba1_step if config.layer == "Mamba1" else mamba2_step)(config, getattr(torch, args.dtype))
     defaults = setting_defaults()
-    print(f"{args.preset}, {args.dtype}, one layer's decode step\n{HEADER}")
+    print(f"{args.preset}, {args.dtype}, one layer's decode step\n{header()}")
     for impl in impls:
         apply_settings(impl.partition("=")[2])
         for batch in args.batch:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import re
 import subprocess
@@ -28,10 +29,30 @@ HEADER = ("| variant | kernel | warps | registers | spill stores/loads (bytes) |
           "| instructions | shuffles / barriers / special |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
-def instruction_mix(cubin: bytes) -> tuple[int, str]:
-    """The instructions in ``cubin``'s machine code, and "SHFL / BAR / MUFU" counts of them."""
+NEEDS = "--registers needs Triton 3.4 or later (triton.knobs: the compile settings, ptxas' and nvdisasm's paths)"
+
+
+def has_knobs() -> bool:
+    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec("triton.knobs") is not None
+
+
+def header() -> str:
+    """:data:`HEADER`, once this Triton is known to compile with ptxas' log (else the process ends with :data:`NEEDS`)."""
+    _knobs()
+    return HEADER
+
+
+def _knobs():
+    if not has_knobs():
+        raise SystemExit(NEEDS)
     from triton import knobs
 
+    return knobs
+
+
+def instruction_mix(cubin: bytes) -> tuple[int, str]:
+    """The instructions in ``cubin``'s machine code, and "SHFL / BAR / MUFU" counts of them."""
+    knobs = _knobs()
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -47,7 +68,7 @@ def launches(run) -> list[tuple]:
     """Calls ``run()`` with every Triton launch compiled for sm_90a and not run; returns, per launch in
     order, (kernel name, warps, registers, "stores/loads" spill bytes, shared KiB, programs per SM, instructions,
     "SHFL / BAR / MUFU" instructions)."""
-    from triton import knobs
+    knobs = _knobs()
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction

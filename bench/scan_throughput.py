@@ -45,7 +45,7 @@ def registers(variants: list[str]) -> None:
     """Prints, per variant and launch of one forward+backward (batch 1, 64 channels, bf16), what ptxas gives the
     kernel for sm_90a (bench/ptxas_report.py; no GPU needed)."""
     import torch
-    from ptxas_report import HEADER, print_rows
+    from ptxas_report import header, print_rows
 
     from kotomamba.ops.selective_scan_triton import selective_scan_triton
 
@@ -60,7 +60,7 @@ def registers(variants: list[str]) -> None:
         y = selective_scan_triton(*t, delta_softplus=True, **blockings(variant))
         torch.autograd.grad(y, t, torch.ones_like(y))
 
-    print(HEADER)
+    print(header())
     for variant in variants:
         print_rows(variant or "default", lambda: forward_backward(variant))
 

@@ -76,7 +76,7 @@ def variant_configs(variant: str) -> dict:
 def registers(shape: str, seq: int, variants: list[str], headdim: int = HEADDIM, dstate: int = DSTATE) -> None:
     """Prints, per variant and launch of one forward+backward (the shape's heads, batch 1, bf16), what
     ptxas gives the kernel for sm_90a (bench/ptxas_report.py; no GPU needed)."""
-    from ptxas_report import HEADER, print_rows
+    from ptxas_report import header, print_rows
 
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
 
@@ -91,7 +91,7 @@ def registers(shape: str, seq: int, variants: list[str], headdim: int = HEADDIM,
         y = ssd_chunk_scan_triton(**t, dt_softplus=True, **configs)
         torch.autograd.grad(y, list(t.values()), torch.ones_like(y))
 
-    print(HEADER)
+    print(header())
     for variant in variants:
         print_rows(variant or "default", lambda: forward_backward(variant_configs(variant) if variant else {}))
 

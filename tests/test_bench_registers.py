@@ -15,6 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("triton", reason="compiling the kernels needs the triton package (the test extra has it)")
+sys.path.insert(0, str(ROOT / "bench"))
+import ptxas_report  # noqa: E402
+
+needs_knobs = pytest.mark.skipif(not ptxas_report.has_knobs(), reason=ptxas_report.NEEDS)  # the test extra admits 3.2
 
 from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG  # noqa: E402
 from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG  # noqa: E402
@@ -25,6 +29,7 @@ def run(bench: str, *argv: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
+@needs_knobs
 def test_registers_are_reported_per_launch_of_each_variant():
     variants = ["32.64.4-s64.64.32.8", "32.64.4-s64.64.16.8.64.4.64.4.0.1.0.2", "mixer"]
     done = run("ssd_throughput.py", "--registers", "--shapes", "130m", "--seq", "256",
@@ -49,6 +54,7 @@ def rows_of(stdout: str) -> list[list[str]]:
     return [line.strip("| ").split(" | ") for line in stdout.splitlines() if re.match(r"\| \d", line)]
 
 
+@needs_knobs
 def test_registers_of_the_convolutions_reset_patch_per_blocking():
     done = run("conv_throughput.py", "--registers", "--shapes", "130m", "--seq", "512", "--doc-len", "50",
                "--impls", "conv:causal_conv1d,conv:ours,conv:ours=16.64.2.0")
@@ -61,6 +67,7 @@ def test_registers_of_the_convolutions_reset_patch_per_blocking():
         assert row[2] == row[0].split(".")[2] and 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
 
 
+@needs_knobs
 def test_registers_of_the_selective_scan_per_blocking():
     default = ".".join(map(str, SCAN_FWD_CONFIG)) + "-" + ".".join(map(str, SCAN_BWD_CONFIG))
     capped = "16.16.1.16-8.16.1.16.136"
@@ -84,6 +91,7 @@ def test_registers_of_the_selective_scan_per_blocking():
     assert by_variant[capped, "_scan_bwd_kernel"][4] != "0/0"
 
 
+@needs_knobs
 def test_the_gluon_backward_compiles_with_fewer_shuffles_and_barriers():
     """kotomamba/ops/selective_scan_gluon.py's layouts: a sum over channels or states crosses fewer lanes than in the
     Triton kernel's, and a position's column is a register, so its code has fewer shuffles and barriers for as many

@@ -30,7 +30,7 @@ def test_variants_alternate_and_report_the_chosen_step(tmp_path):
     assert eager["step"] == "eager (parallel.cuda_graph: false)"
     assert default["processes"] == 2 and default["min"] <= default["tokens_per_s"] <= default["max"]
     assert all(len(r["windows"]) == 2 for r in out["runs"])  # steps 3 and 4: the first two left out
-    runs = sorted((tmp_path / "work").glob("run-*/"))
+    runs = sorted(p for p in (tmp_path / "work").glob("run-*") if p.is_dir())  # each beside its run-*.yaml
     assert len(runs) == 4 and all((r / "metrics.jsonl").is_file() and not (r / "checkpoints").exists() for r in runs)
     entry = (tmp_path / "entry.md").read_text()
     assert entry.startswith("`python bench/trainer_throughput.py --preset tiny") and "| default | eager" in entry

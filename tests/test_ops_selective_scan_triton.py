@@ -4,7 +4,6 @@ fresh process; see tests/interpreted_kernels.py). The twin runs in float64, the 
 inputs in one case)."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -111,10 +110,16 @@ def test_blockings_the_kernels_cannot_walk_are_refused():
     with pytest.raises(ValueError, match="'triton' or 'gluon'"):
         selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8), torch.randn(1, 4, 8),
                               bwd_kernel="cuda")
-    if importlib.util.find_spec("triton.experimental.gluon"):
-        with pytest.raises(ValueError, match="Gluon backward walks 8 channels on 1 warp"):
-            selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8),
-                                  torch.randn(1, 4, 8), bwd_config=(16, 16, 1, 8), bwd_kernel="gluon")
+
+
+def test_blockings_the_gluon_backward_cannot_walk_are_refused():
+    pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (triton.experimental.gluon)")
+    from kotomamba.ops.selective_scan_triton import selective_scan_triton
+
+    u = torch.randn(1, 4, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="Gluon backward walks 8 channels on 1 warp"):
+        selective_scan_triton(u, torch.rand(1, 4, 8), -torch.ones(4, 4), torch.randn(1, 4, 8), torch.randn(1, 4, 8),
+                              bwd_config=(16, 16, 1, 8), bwd_kernel="gluon")
 
 
 def test_the_gluon_backward_runs_only_on_cuda():

@@ -75,6 +75,9 @@ HOOKS = {"late-rank-1": _late_rank_1, "sigterm-while-building": _sigterm_while_b
 
 if __name__ == "__main__":
     HOOKS[sys.argv[1]]()
-    from kotomamba.cli import main
+    from kotomamba import cli
+    from kotomamba.train.parent_death import LAUNCHER_PID
 
-    sys.exit(main(sys.argv[2:]))
+    if LAUNCHER_PID in os.environ:  # run in `kotomamba launch`'s worker process, which ends it after its record
+        sys.exit(cli.main(sys.argv[2:]))
+    cli.run(sys.argv[2:])  # the console script's way out (its process group left to the end of the process)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import PROFILES, REPO, REQUIRED, daemon_problem, scheduler_env
-from kotomamba.pipeline.submissions import RUN_UUID, enforced_accounting
+pytest.importorskip("snakemake_executor_plugin_slurm")  # Snakemake 9 and its plugins need Python >= 3.11
 
-pytest.importorskip("snakemake_executor_plugin_slurm")
+from cluster_helpers import PROFILES, REPO, REQUIRED, daemon_problem, scheduler_env  # noqa: E402
+from kotomamba.pipeline.submissions import RUN_UUID, enforced_accounting  # noqa: E402
 problem = daemon_problem("slurm")
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 if not REQUIRED:
