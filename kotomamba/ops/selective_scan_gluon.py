@@ -7,20 +7,23 @@ In ``_scan_bwd_kernel`` Triton picks the layouts from the loads and stores: each
 column is picked out of a loaded tile with shuffles and, to match the states' layout, through shared memory behind
 a barrier. Here one warp walks 8 channels:
 
-- the states [8, N]: 2 channels x 2 states a lane, 4 lanes along channels, 8 along states (a sum over channels:
-  2 rounds of 2 shuffles; over states: 3 rounds of 2);
+- the states [8, N]: 2 channels x 2 states a lane, 4 lanes along channels, 8 along states;
 - a group's per-channel tiles [8, GROUP] (delta, u, the output's gradient, z): the group's positions all in the
   lane, the channels as in the states (the 8 state lanes hold copies), so a position's column is a register;
 - B and C as [GROUP, N] tiles laid out the same way along the states.
 
 A vector moves between slices of these layouts that map lanes alike, which costs nothing. The tiles are loaded,
 computed elementwise (softplus, the gate) and stored in layouts without copies, and change layout once a group.
-Counted on the host (bench/ptxas_report.py, groups of 8): per position, rerun and walk together, 27 shuffles and
-2 barriers where ``_scan_bwd_kernel`` takes 43 and 3, about as many instructions, and 255 registers where it takes
-183 (bench/RESULTS.md, session 21). On an H200 it walks back faster (session 22), so
-:func:`kotomamba.ops.selective_scan_triton.backward_kernel` dispatches it there. Needs ``triton.experimental.gluon``
-(run with Triton 3.6, compiled with 3.9) and a CUDA GPU (Triton's interpreter does not run Gluon); the twin and the
-parity tests are those of the Triton kernels (tests/gpu/test_gpu_scan.py).
+The walk's five sums (over states: the gate's output, du's and d delta's terms; over channels: dB, dC) are not
+finished at each position: each lane adds up what it holds and keeps that for the group's positions, and the
+group's sums are finished together after one layout change through shared memory, where each lane holds whole
+sums, instead of a butterfly of shuffles at every position. Counted on the host (bench/ptxas_report.py, blocks of
+32, groups of 8, bench/RESULTS.md): a handful of shuffles a kernel where ``_scan_bwd_kernel`` takes over two hundred,
+and fewer instructions; on an H200 it walks back faster than both the Triton kernel and this kernel's
+shuffle-per-position version (session 24), so :func:`kotomamba.ops.selective_scan_triton.backward_kernel`
+dispatches it there. Needs ``triton.experimental.gluon`` (run with Triton 3.6, compiled with 3.9) and a CUDA GPU
+(Triton's interpreter does not run Gluon); the twin and the parity tests are those of the Triton kernels
+(tests/gpu/test_gpu_scan.py).
 """
 from __future__ import annotations
 
@@ -58,6 +61,26 @@ def _tile_across(column, pos, stride, ok_columns, ok_pos):
 
 
 @gluon.jit
+def _over_states(x, layout: gl.constexpr):
+    """[rows, N] -> [rows, 1, N // 2] in ``layout``'s slice: each pair of neighbouring states added up (within a
+    lane in the states' layout)."""
+    rows: gl.constexpr = x.shape[0]
+    n: gl.constexpr = x.shape[1]
+    pairs = gl.sum(gl.reshape(x, [rows, n // 2, 2]), axis=2)
+    return gl.expand_dims(gl.convert_layout(pairs, gl.SliceLayout(1, layout)), 1)
+
+
+@gluon.jit
+def _over_channels(x, layout: gl.constexpr):
+    """[rows, N] -> [rows // 2, 1, N] in ``layout``'s slice: each pair of neighbouring channels added up (within a
+    lane in the states' layout)."""
+    rows: gl.constexpr = x.shape[0]
+    n: gl.constexpr = x.shape[1]
+    pairs = gl.sum(gl.reshape(x, [rows // 2, 2, n]), axis=1)
+    return gl.expand_dims(gl.convert_layout(pairs, gl.SliceLayout(1, layout)), 1)
+
+
+@gluon.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
@@ -83,6 +106,15 @@ def _scan_bwd_kernel(
     K_P: gl.constexpr = gl.SliceLayout(0, K)
     Q_P: gl.constexpr = gl.SliceLayout(1, Q)
     Q_N: gl.constexpr = gl.SliceLayout(0, Q)
+    # The walk's five sums, each lane's share of a position's sum kept for the group's positions and finished once a
+    # group: over states [BLOCK_D, GROUP, N // 2] (a lane's pair of states added up, 8 lanes' partials left), over
+    # channels [BLOCK_D // 2, GROUP, N] (a lane's pair of channels, 4 lanes' partials). The same lanes hold a
+    # position's partials as hold its states, so a partial moves into the group for free; the group is finished in
+    # layouts where each lane holds whole sums, and they map lanes as K and Q do.
+    AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [1, 1, 1], [2, 1, 0])
+    AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [1, 1, 1], [2, 1, 0])
+    RS: gl.constexpr = gl.BlockedLayout([1, GROUP // 4, N // 2], [8, 4, 1], [1, 1, 1], [2, 1, 0])
+    RC: gl.constexpr = gl.BlockedLayout([BLOCK_D // 2, GROUP // 4, 1], [1, 4, 8], [1, 1, 1], [0, 1, 2])
     pid_d = gl.program_id(0)
     d_programs = gl.num_programs(0)
     b = gl.program_id(1).to(gl.int64)
@@ -96,6 +128,8 @@ def _scan_bwd_kernel(
     part_p = gl.arange(0, GROUP, layout=Q_P)
     walk_part_p = gl.arange(0, GROUP, layout=P_P)
     part_n = gl.arange(0, N, layout=Q_N)
+    sum_s_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AS))), 0), 2)
+    sum_c_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AC))), 0), 2)
     ok_part_n = part_n < N
     A = gl.load(A_ptr + gl.expand_dims(offs_d, 1) * N + gl.expand_dims(offs_n, 0), mask=gl.expand_dims(ok_d, 1),
                 other=0.0)
@@ -164,19 +198,21 @@ def _scan_bwd_kernel(
             if HAS_Z:
                 zs = _tile(z_row, pos, s_zl, ok_tile_d, ok_pos)
                 gates = 1.0 / (1.0 + gl.exp(-zs))
-                ys = gl.zeros([BLOCK_D, GROUP], gl.float32, layout=T)
                 dys_in = dys
                 dys *= zs * gates
             walk_dts = gl.convert_layout(dts, T)
             walk_us = gl.convert_layout(us, T)
             walk_dys = gl.convert_layout(dys, T)
-            dhBs = gl.zeros([BLOCK_D, GROUP], gl.float32, layout=T)
-            keptAs = gl.zeros([BLOCK_D, GROUP], gl.float32, layout=T)
-            dBs = gl.zeros([GROUP, N], gl.float32, layout=P)
-            dCs = gl.zeros([GROUP, N], gl.float32, layout=P)
+            ys_part = gl.zeros([BLOCK_D, GROUP, N // 2], gl.float32, layout=AS)
+            dhBs_part = gl.zeros([BLOCK_D, GROUP, N // 2], gl.float32, layout=AS)
+            keptAs_part = gl.zeros([BLOCK_D, GROUP, N // 2], gl.float32, layout=AS)
+            dBs_part = gl.zeros([BLOCK_D // 2, GROUP, N], gl.float32, layout=AC)
+            dCs_part = gl.zeros([BLOCK_D // 2, GROUP, N], gl.float32, layout=AC)
             for j in gl.static_range(GROUP):
                 sel = gl.expand_dims(walk_p == GROUP - 1 - j, 0)
                 sel_p = gl.expand_dims(walk_part_p == GROUP - 1 - j, 1)
+                sel_s = sum_s_p == GROUP - 1 - j
+                sel_c = sum_c_p == GROUP - 1 - j
                 dt = gl.convert_layout(gl.sum(gl.where(sel, walk_dts, -0.0), axis=1), S_D)
                 u = gl.convert_layout(gl.sum(gl.where(sel, walk_us, -0.0), axis=1), S_D)
                 dy = gl.convert_layout(gl.sum(gl.where(sel, walk_dys, -0.0), axis=1), S_D)
@@ -184,21 +220,22 @@ def _scan_bwd_kernel(
                 Ct = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Cs, -0.0), axis=0), S_N), 0)
                 h = gl.load(scratch + (g * GROUP + GROUP - 1 - j) * BLOCK_D * N)
                 if HAS_Z:
-                    ys = gl.where(sel, gl.expand_dims(gl.convert_layout(gl.sum(h * Ct, axis=1), T_D), 1), ys)
+                    ys_part = gl.where(sel_s, _over_states(h * Ct, AS), ys_part)
                 dh = Ct * gl.expand_dims(dy, 1) + carried
                 carried = gl.exp2(gl.expand_dims(dt, 1) * A2) * dh
                 dtu = gl.expand_dims(dt * u, 1)
                 kept = dh * (h - dtu * Bt)  # dh_t a_t h_{t-1}
-                dhBs = gl.where(sel, gl.expand_dims(gl.convert_layout(gl.sum(dh * Bt, axis=1), T_D), 1), dhBs)
-                keptAs = gl.where(sel, gl.expand_dims(gl.convert_layout(gl.sum(kept * A, axis=1), T_D), 1), keptAs)
+                dhBs_part = gl.where(sel_s, _over_states(dh * Bt, AS), dhBs_part)
+                keptAs_part = gl.where(sel_s, _over_states(kept * A, AS), keptAs_part)
                 dA_sum += kept * gl.expand_dims(dt, 1)
-                dBs = gl.where(sel_p, gl.expand_dims(gl.convert_layout(gl.sum(dh * dtu, axis=0), P_N), 0), dBs)
-                dCs = gl.where(sel_p, gl.expand_dims(gl.convert_layout(gl.sum(h * gl.expand_dims(dy, 1), axis=0),
-                                                                       P_N), 0), dCs)
+                dBs_part = gl.where(sel_c, _over_channels(dh * dtu, AC), dBs_part)
+                dCs_part = gl.where(sel_c, _over_channels(h * gl.expand_dims(dy, 1), AC), dCs_part)
             if HAS_Z:
-                ys = gl.convert_layout(ys, K)
-            dhBs = gl.convert_layout(dhBs, K)
-            keptAs = gl.convert_layout(keptAs, K)
+                ys = gl.convert_layout(gl.sum(gl.convert_layout(ys_part, RS), axis=2), K)
+            dhBs = gl.convert_layout(gl.sum(gl.convert_layout(dhBs_part, RS), axis=2), K)
+            keptAs = gl.convert_layout(gl.sum(gl.convert_layout(keptAs_part, RS), axis=2), K)
+            dBs = gl.convert_layout(gl.sum(gl.convert_layout(dBs_part, RC), axis=0), Q)
+            dCs = gl.convert_layout(gl.sum(gl.convert_layout(dCs_part, RC), axis=0), Q)
             dus = dts * dhBs
             if HAS_D:
                 dus += gl.expand_dims(Dv, 1) * dys
@@ -220,8 +257,8 @@ def _scan_bwd_kernel(
                      ddts.to(ddt_ptr.dtype.element_ty), mask=ok)
             ok_part = gl.expand_dims(ok_pos_p, 1) & gl.expand_dims(ok_part_n, 0)
             part = gl.expand_dims(part_rows, 0) + gl.expand_dims(pos_p, 1) * N
-            gl.store(dB_ptr + part, gl.convert_layout(dBs, Q), mask=ok_part)
-            gl.store(dC_ptr + part, gl.convert_layout(dCs, Q), mask=ok_part)
+            gl.store(dB_ptr + part, dBs, mask=ok_part)
+            gl.store(dC_ptr + part, dCs, mask=ok_part)
     gl.store(dA_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0), dA_sum,
              mask=gl.expand_dims(ok_d, 1))
     if HAS_D:

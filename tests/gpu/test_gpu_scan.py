@@ -57,7 +57,8 @@ def test_kernels_match_the_twin(blocking):
         assert relative_error(got[key], value) < 1e-4, key
 
 
-@pytest.mark.parametrize("fwd,bwd", [((16, 16, 1, 16), (8, 16, 1, 8)), ((16, 32, 1, 16), (8, 32, 1, 8))])
+@pytest.mark.parametrize("fwd,bwd", [((16, 16, 1, 16), (8, 16, 1, 4)), ((16, 16, 1, 16), (8, 16, 1, 8)),
+                                     ((16, 32, 1, 16), (8, 32, 1, 8)), ((16, 64, 1, 16), (8, 64, 1, 16))])
 def test_the_gluon_backward_matches_the_twin(fwd, bwd):
     """kotomamba/ops/selective_scan_gluon.py's backward, float32, a sequence no block divides, channels its 8 do
     not divide."""
