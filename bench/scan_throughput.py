@@ -25,20 +25,19 @@ IMPLS = ("scan:mamba_ssm", "scan:ours")
 IMPLS_HELP = ("comma-separated; ours-last: ours on activations with channels contiguous; either may carry its forward "
               "and backward blockings (channels per program, positions per block of kept states, warps, positions "
               "loaded and stored together[, most registers a thread may take]), e.g. scan:ours=16.32.1.8-8.32.1.16.168; "
-              "a blocking led by g walks with the Gluon kernel (8 channels, 1 warp), e.g. scan:ours=g8.32.1.8-g8.32.1.8")
+              "a backward led by g walks with the Gluon kernel (8 channels, 1 warp), e.g. scan:ours=-g8.16.1.8")
 SEQ, DSTATE = 2048, 16
 
 
 def blockings(variant: str) -> dict:
     """``FWD-BWD`` (e.g. ``16.32.1.8-8.32.1.16``; either may be empty: an empty ``BWD`` is the dispatched backward,
-    an empty ``FWD`` the forward on the backward's blocks; either led by ``g`` walks with the Gluon kernel) as
+    an empty ``FWD`` the forward on the backward's blocks; ``BWD`` led by ``g`` walks back with the Gluon kernel) as
     selective_scan_triton's config arguments."""
     fwd, _, bwd = variant.partition("-")
-    fwd_gluon, gluon = fwd.startswith("g"), bwd.startswith("g")
-    fwd, bwd = fwd.removeprefix("g"), bwd.removeprefix("g")
+    gluon = bwd.startswith("g")
+    bwd = bwd.removeprefix("g")
     return {"fwd_config": tuple(int(v) for v in fwd.split(".")) if fwd else None,
             "bwd_config": tuple(int(v) for v in bwd.split(".")) if bwd else None,
-            "fwd_kernel": "gluon" if fwd_gluon else "triton",
             "bwd_kernel": ("gluon" if gluon else "triton") if bwd else None}
 
 

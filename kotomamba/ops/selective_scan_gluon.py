@@ -5,7 +5,7 @@ with each tensor placed in the lanes where its sums cost least.
 In ``_scan_bwd_kernel`` Triton picks the layouts from the loads and stores: each lane holds 1 channel and 4 of the
 16 states, so a sum over the 8 channels (dB, dC) takes 3 rounds of shuffles for each of 4 values, and a position's
 column is picked out of a loaded tile with shuffles and, to match the states' layout, through shared memory behind
-a barrier. Here one warp walks 8 channels:
+a barrier. Here each warp walks 8 channels (a program's warps side by side):
 
 - the states [8, N]: 2 channels x 2 states a lane, 4 lanes along channels, 8 along states;
 - a group's per-channel tiles [8, GROUP] (delta, u, the output's gradient, z): the group's positions all in the
@@ -32,21 +32,20 @@ import triton.experimental.gluon.language as gl
 
 from kotomamba.ops.step_triton import step, step_grad
 
-# (channels per program, warps): what the layouts below cover.
-CHANNELS, WARPS = 8, 1
+# Channels a warp walks: what the layouts below cover.
+CHANNELS = 8
 LOG2E = gl.constexpr(1.4426950408889634)
 
 
-def check(config: tuple[int, ...], forward: bool = False) -> None:
-    """Raises ValueError unless the blocking ``config`` (as selective_scan_triton's) is one the layouts below
-    cover: :data:`CHANNELS` channels (the forward: or twice as many) on :data:`WARPS` warp, 4 or more positions
-    loaded together."""
+def check(config: tuple[int, ...]) -> None:
+    """Raises ValueError unless the backward blocking ``config`` (as selective_scan_triton's) is one the layouts
+    below cover: :data:`CHANNELS` channels a warp, 4 or more positions loaded together."""
     block_d, _, warps, group, *_ = config
-    channels = (CHANNELS, 2 * CHANNELS) if forward else (CHANNELS,)
-    if block_d not in channels or warps != WARPS or group < 4:
-        walk = "forward walks" if forward else "backward walks"
-        raise ValueError(f"the Gluon {walk} {' or '.join(map(str, channels))} channels on {WARPS} warp with 4 or "
-                         f"more positions loaded together, got {block_d} channels on {warps} warps, {group} positions")
+    if block_d != CHANNELS * warps:
+        raise ValueError(f"the Gluon backward walks {CHANNELS} channels a warp, got {block_d} channels on {warps} "
+                         f"warps")
+    if group < 4:
+        raise ValueError(f"the Gluon backward loads 4 or more positions together, got {group}")
 
 
 @gluon.jit
@@ -93,12 +92,14 @@ def _scan_bwd_kernel(
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     HAS_DLAST: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr,
 ):
-    S: gl.constexpr = gl.BlockedLayout([2, 2], [4, 8], [1, 1], [1, 0])      # [BLOCK_D, N]
-    T: gl.constexpr = gl.BlockedLayout([2, GROUP], [4, 8], [1, 1], [1, 0])  # [BLOCK_D, GROUP], walked
-    P: gl.constexpr = gl.BlockedLayout([GROUP, 2], [4, 8], [1, 1], [1, 0])  # [GROUP, N], walked
+    # 8 channels a warp, the warps side by side along channels; what every channel reads (B, C) each warp holds.
+    W: gl.constexpr = BLOCK_D // 8
+    S: gl.constexpr = gl.BlockedLayout([2, 2], [4, 8], [W, 1], [1, 0])      # [BLOCK_D, N]
+    T: gl.constexpr = gl.BlockedLayout([2, GROUP], [4, 8], [W, 1], [1, 0])  # [BLOCK_D, GROUP], walked
+    P: gl.constexpr = gl.BlockedLayout([GROUP, 2], [4, 8], [1, W], [1, 0])  # [GROUP, N], walked
     # The same tiles without copies, where they are loaded, computed elementwise and stored.
-    K: gl.constexpr = gl.BlockedLayout([1, GROUP // 4], [8, 4], [1, 1], [1, 0])  # [BLOCK_D, GROUP]
-    Q: gl.constexpr = gl.BlockedLayout([GROUP // 4, 1], [4, 8], [1, 1], [0, 1])  # [GROUP, N]
+    K: gl.constexpr = gl.BlockedLayout([1, GROUP // 4], [8, 4], [W, 1], [1, 0])  # [BLOCK_D, GROUP]
+    Q: gl.constexpr = gl.BlockedLayout([GROUP // 4, 1], [4, 8], [1, W], [0, 1])  # [GROUP, N]
     S_D: gl.constexpr = gl.SliceLayout(1, S)
     S_N: gl.constexpr = gl.SliceLayout(0, S)
     T_D: gl.constexpr = gl.SliceLayout(1, T)
@@ -114,10 +115,10 @@ def _scan_bwd_kernel(
     # channels [BLOCK_D // 2, GROUP, N] (a lane's pair of channels, 4 lanes' partials). The same lanes hold a
     # position's partials as hold its states, so a partial moves into the group for free; the group is finished in
     # layouts where each lane holds whole sums, and they map lanes as K and Q do.
-    AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [1, 1, 1], [2, 1, 0])
-    AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [1, 1, 1], [2, 1, 0])
-    RS: gl.constexpr = gl.BlockedLayout([1, GROUP // 4, N // 2], [8, 4, 1], [1, 1, 1], [2, 1, 0])
-    RC: gl.constexpr = gl.BlockedLayout([BLOCK_D // 2, GROUP // 4, 1], [1, 4, 8], [1, 1, 1], [0, 1, 2])
+    AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [W, 1, 1], [2, 1, 0])
+    AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [W, 1, 1], [2, 1, 0])
+    RS: gl.constexpr = gl.BlockedLayout([1, GROUP // 4, N // 2], [8, 4, 1], [W, 1, 1], [2, 1, 0])
+    RC: gl.constexpr = gl.BlockedLayout([BLOCK_D // 2, GROUP // 4, 1], [1, 4, 8], [1, 1, W], [0, 1, 2])
     pid_d = gl.program_id(0)
     d_programs = gl.num_programs(0)
     b = gl.program_id(1).to(gl.int64)
@@ -268,97 +269,3 @@ def _scan_bwd_kernel(
         gl.store(dD_ptr + b * dim + tile_d, dD_sum, mask=ok_tile_d)
     if HAS_BIAS:
         gl.store(dbias_ptr + b * dim + tile_d, dbias_sum, mask=ok_tile_d)
-
-
-@gluon.jit
-def _scan_fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr, last_ptr,
-    dim, L, blocks,
-    s_ub, s_ud, s_ul, s_dtb, s_dtd, s_dtl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
-    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
-    KEEP_STATES: gl.constexpr, STORE_LAST: gl.constexpr,
-    N: gl.constexpr, BLOCK_D: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr,
-):
-    """:mod:`kotomamba.ops.selective_scan_triton`'s ``_scan_fwd_kernel`` (same arguments and results) in the
-    backward's layouts: a position's column is a register, and the output's sum over states is kept per lane for
-    the group and finished once a group."""
-    # The backward's layouts for 8 channels; with 16, each lane holds twice the channels.
-    CPT: gl.constexpr = BLOCK_D // 4
-    S: gl.constexpr = gl.BlockedLayout([CPT, 2], [4, 8], [1, 1], [1, 0])      # [BLOCK_D, N]
-    T: gl.constexpr = gl.BlockedLayout([CPT, GROUP], [4, 8], [1, 1], [1, 0])  # [BLOCK_D, GROUP], walked
-    P: gl.constexpr = gl.BlockedLayout([GROUP, 2], [4, 8], [1, 1], [1, 0])  # [GROUP, N], walked
-    K: gl.constexpr = gl.BlockedLayout([BLOCK_D // 8, GROUP // 4], [8, 4], [1, 1], [1, 0])  # [BLOCK_D, GROUP]
-    Q: gl.constexpr = gl.BlockedLayout([GROUP // 4, 1], [4, 8], [1, 1], [0, 1])  # [GROUP, N]
-    AS: gl.constexpr = gl.BlockedLayout([CPT, GROUP, 1], [4, 1, 8], [1, 1, 1], [2, 1, 0])
-    RS: gl.constexpr = gl.BlockedLayout([BLOCK_D // 8, GROUP // 4, N // 2], [8, 4, 1], [1, 1, 1], [2, 1, 0])
-    S_D: gl.constexpr = gl.SliceLayout(1, S)
-    S_N: gl.constexpr = gl.SliceLayout(0, S)
-    K_D: gl.constexpr = gl.SliceLayout(1, K)
-    K_P: gl.constexpr = gl.SliceLayout(0, K)
-    Q_P: gl.constexpr = gl.SliceLayout(1, Q)
-    Q_N: gl.constexpr = gl.SliceLayout(0, Q)
-    pid_d = gl.program_id(0)
-    b = gl.program_id(1).to(gl.int64)
-    offs_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=S_D)
-    ok_d = offs_d < dim
-    offs_n = gl.arange(0, N, layout=S_N)
-    tile_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=K_D)
-    ok_tile_d = tile_d < dim
-    tile_p = gl.arange(0, GROUP, layout=K_P)
-    walk_p = gl.arange(0, GROUP, layout=gl.SliceLayout(0, T))
-    part_p = gl.arange(0, GROUP, layout=Q_P)
-    walk_part_p = gl.arange(0, GROUP, layout=gl.SliceLayout(1, P))
-    part_n = gl.arange(0, N, layout=Q_N)
-    ok_part_n = part_n < N
-    sum_s_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AS))), 0), 2)
-    A2 = gl.load(A_ptr + gl.expand_dims(offs_d, 1) * N + gl.expand_dims(offs_n, 0), mask=gl.expand_dims(ok_d, 1),
-                 other=0.0) * LOG2E
-    Dv = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
-    bias = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
-    if HAS_D:
-        Dv = gl.load(D_ptr + tile_d, mask=ok_tile_d, other=0.0)
-    if HAS_BIAS:
-        bias = gl.load(bias_ptr + tile_d, mask=ok_tile_d, other=0.0)
-    u_row, dt_row = u_ptr + b * s_ub + tile_d * s_ud, dt_ptr + b * s_dtb + tile_d * s_dtd
-    out_row = out_ptr + b * s_ob + tile_d * s_od
-    if HAS_Z:
-        z_row = z_ptr + b * s_zb + tile_d * s_zd
-    B_row, C_row = B_ptr + b * s_Bb + part_n * s_Bn, C_ptr + b * s_Cb + part_n * s_Cn
-    state_rows = (b * blocks * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0)
-    h = gl.zeros([BLOCK_D, N], gl.float32, layout=S)
-    for c in range(blocks):
-        if KEEP_STATES:
-            gl.store(states_ptr + state_rows + c * dim * N, h, mask=gl.expand_dims(ok_d, 1))
-        for g in range(gl.cdiv(gl.minimum(BLOCK_T, L - c * BLOCK_T), GROUP)):
-            pos = c * BLOCK_T + g * GROUP + tile_p
-            ok_pos = pos < L
-            raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
-            dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
-            us = _tile(u_row, pos, s_ul, ok_tile_d, ok_pos)
-            walk_dtus = gl.convert_layout(dts * us, T)
-            walk_dts = gl.convert_layout(dts, T)
-            pos_p = c * BLOCK_T + g * GROUP + part_p
-            ok_pos_p = pos_p < L
-            Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, ok_pos_p), P)
-            Cs = gl.convert_layout(_tile_across(C_row, pos_p, s_Cl, ok_part_n, ok_pos_p), P)
-            ys_part = gl.zeros([BLOCK_D, GROUP, N // 2], gl.float32, layout=AS)
-            for i in gl.static_range(GROUP):
-                sel = gl.expand_dims(walk_p == i, 0)
-                sel_p = gl.expand_dims(walk_part_p == i, 1)
-                dt = gl.convert_layout(gl.sum(gl.where(sel, walk_dts, -0.0), axis=1), S_D)
-                dtu = gl.convert_layout(gl.sum(gl.where(sel, walk_dtus, -0.0), axis=1), S_D)
-                Bt = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N), 0)
-                Ct = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Cs, -0.0), axis=0), S_N), 0)
-                h = gl.exp2(gl.expand_dims(dt, 1) * A2) * h + gl.expand_dims(dtu, 1) * Bt
-                ys_part = gl.where(sum_s_p == i, _over_states(h * Ct, AS), ys_part)
-            ys = gl.convert_layout(gl.sum(gl.convert_layout(ys_part, RS), axis=2), K)
-            if HAS_D:
-                ys += us * gl.expand_dims(Dv, 1)
-            if HAS_Z:
-                zs = _tile(z_row, pos, s_zl, ok_tile_d, ok_pos)
-                ys *= zs / (1.0 + gl.exp(-zs))
-            gl.store(gl.expand_dims(out_row, 1) + gl.expand_dims(pos, 0) * s_ol, ys.to(out_ptr.dtype.element_ty),
-                     mask=gl.expand_dims(ok_tile_d, 1) & gl.expand_dims(ok_pos, 0))
-    if STORE_LAST:
-        gl.store(last_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0), h,
-                 mask=gl.expand_dims(ok_d, 1))

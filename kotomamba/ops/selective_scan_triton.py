@@ -282,10 +282,9 @@ def _strides(*tensors):
     return [stride for t in tensors for stride in t.stride()]
 
 
-def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, last, config, kernel="triton"):
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, last, config):
     """out [b, D, L] in u's dtype and strides; the blocks' entering states [b, blocks, D, N] (float32) with
-    ``keep_states``; the final state [b, D, N] (float32) with ``last``. ``kernel="gluon"`` walks with
-    :mod:`kotomamba.ops.selective_scan_gluon`'s forward (``config`` checked by its ``check``)."""
+    ``keep_states``; the final state [b, D, N] (float32) with ``last``."""
     batch, dim, L = u.shape
     N = A.shape[1]
     block_d, block_t, warps, group, *maxnreg = config
@@ -293,12 +292,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, la
     out = torch.empty_like(u)
     states = torch.empty(batch, blocks, dim, N, device=u.device, dtype=torch.float32) if keep_states else None
     final = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if last else None
-    walk = _scan_fwd_kernel
-    if kernel == "gluon":
-        from kotomamba.ops import selective_scan_gluon
-
-        walk = selective_scan_gluon._scan_fwd_kernel
-    walk[(triton.cdiv(dim, block_d), batch)](
+    _scan_fwd_kernel[(triton.cdiv(dim, block_d), batch)](
         u, delta, A, B, C, D, z, delta_bias, out, states, final, dim, L, blocks,
         *_strides(u, delta, B, C, z if z is not None else u, out),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
@@ -311,7 +305,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states, la
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state, fwd_config, bwd_config,
-                fwd_kernel, bwd_kernel):
+                bwd_kernel):
         ctx.dtypes = (A.dtype, D.dtype if D is not None else None, delta_bias.dtype if delta_bias is not None else None)
         A = A.float().contiguous()
         D = D.float().contiguous() if D is not None else None
@@ -324,7 +318,7 @@ class _SelectiveScan(torch.autograd.Function):
             if config[1] % config[3]:
                 raise ValueError(f"positions loaded together ({config[3]}) must divide the block ({config[1]})")
         out, states, final = _scan_forward(u, delta, A, B, C, D, z, bias, softplus, keep, return_last_state,
-                                           fwd_config, fwd_kernel)
+                                           fwd_config)
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, states)
         ctx.softplus, ctx.bwd_config, ctx.bwd_kernel = softplus, bwd_config, bwd_kernel
         return (out, final) if return_last_state else out
@@ -337,7 +331,7 @@ class _SelectiveScan(torch.autograd.Function):
         A_dtype, D_dtype, bias_dtype = ctx.dtypes
         return (du, ddelta, dA.to(A_dtype), dB.transpose(1, 2).to(B.dtype), dC.transpose(1, 2).to(C.dtype),
                 dD.to(D_dtype) if dD is not None else None, dz,
-                dbias.to(bias_dtype) if bias is not None else None, None, None, None, None, None, None)
+                dbias.to(bias_dtype) if bias is not None else None, None, None, None, None, None)
 
 
 def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus, config, du=None, ddelta=None,
@@ -398,7 +392,6 @@ def selective_scan_triton(
     fwd_config: tuple[int, ...] | None = None,
     bwd_config: tuple[int, ...] | None = None,
     bwd_kernel: str | None = None,
-    fwd_kernel: str = "triton",
 ):
     """:func:`kotomamba.ops.selective_scan.selective_scan_ref`'s arguments and results: u, delta, z [batch, D, L];
     A [D, N] (N a power of two); B, C [batch, N, L]; D, delta_bias [D]; any strides. ``fwd_config`` / ``bwd_config``:
@@ -406,8 +399,7 @@ def selective_scan_triton(
     together (dividing the block), and optionally the most registers a thread may take (ptxas' maxnreg).
     ``bwd_kernel``: "triton", or "gluon" for :mod:`kotomamba.ops.selective_scan_gluon`'s backward (CUDA, Triton's
     Gluon); without either, :func:`backward_kernel`'s pick, with a ``bwd_config`` alone the Triton kernel. Without
-    ``fwd_config``, :func:`forward_config`'s. ``fwd_kernel``: "triton", or "gluon" for the Gluon module's forward
-    (``fwd_config`` required)."""
+    ``fwd_config``, :func:`forward_config`'s."""
     if B.dim() != 3 or C.dim() != 3:
         raise ValueError(f"B and C must be [batch, N, L] (one group), got {tuple(B.shape)} and {tuple(C.shape)}")
     if not takes(A.shape[1]):
@@ -417,15 +409,12 @@ def selective_scan_triton(
     bwd_kernel = bwd_kernel or "triton"
     if bwd_config is None:
         bwd_config = SCAN_BWD_GLUON_CONFIG if bwd_kernel == "gluon" else SCAN_BWD_CONFIG
-    if fwd_kernel == "gluon" and fwd_config is None:
-        raise ValueError("fwd_kernel='gluon' needs its fwd_config")
     fwd_config = fwd_config or forward_config(bwd_config)
-    for name, kernel, config in (("fwd_kernel", fwd_kernel, fwd_config), ("bwd_kernel", bwd_kernel, bwd_config)):
-        if kernel == "gluon":
-            from kotomamba.ops.selective_scan_gluon import check
+    if bwd_kernel == "gluon":
+        from kotomamba.ops.selective_scan_gluon import check
 
-            check(config, forward=name == "fwd_kernel")
-        elif kernel != "triton":
-            raise ValueError(f"{name} must be 'triton' or 'gluon', got {kernel!r}")
+        check(bwd_config)
+    elif bwd_kernel != "triton":
+        raise ValueError(f"bwd_kernel must be 'triton' or 'gluon', got {bwd_kernel!r}")
     return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                tuple(fwd_config), tuple(bwd_config), fwd_kernel, bwd_kernel)
+                                tuple(fwd_config), tuple(bwd_config), bwd_kernel)
