@@ -179,9 +179,8 @@ class TrainStep:
         return StepOutcome(DONE, record)
 
     def zero_grad(self) -> None:
-        # A captured backward adds into the gradients' own memory, and replicas' gradients are views into
-        # the all-reduce buckets: zero them there instead of dropping them.
-        self.optimizer.zero_grad(set_to_none=self.graphed is None and not self.grad_sync.keeps_grads)
+        # Replicas' gradients are views into the all-reduce buckets: zero them there instead of dropping them.
+        self.optimizer.zero_grad(set_to_none=not self.grad_sync.keeps_grads)
 
 
 class OptimizerStats:
