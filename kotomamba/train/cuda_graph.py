@@ -9,8 +9,8 @@ the gradient norm, the skip decisions, clipping, the optimizer) stays eager and 
 Rules the capture relies on (PyTorch, "CUDA Graphs" in the CUDA semantics notes): the same shapes
 every call (the trainer's micro-batches are), inputs copied into static buffers, no host
 synchronisation inside the step (the chunked cross-entropy keeps its token count on the device),
-Triton autotuning done before the capture (the eager warm-up calls do it), and gradients whose memory
-the graphs own. Two graphs, as autograd treats a ``.grad`` that is None and one that is not: the
+Triton autotuning done before the capture (the eager warm-up calls do it), and gradients at addresses
+that stay the same from one replay to the next. Two graphs, as autograd treats a ``.grad`` that is None and one that is not: the
 first micro-batch of a step (every ``.grad`` None) is captured writing the gradients into memory of
 its own, handed back as the ``.grad`` after each replay; the later micro-batches of an accumulation
 (``.grad`` set) are captured adding into them in place. So a step of one micro-batch reads and writes
