@@ -15,6 +15,9 @@ Half-written ``.tmp`` directories are removed at the next start. Retention keeps
 With ``async_save`` the state is staged to CPU memory and written by a background thread over a
 separate gloo group (so its collectives never interleave with training's); the rename and the
 ``latest`` update happen once the write is complete, checked every step and before the next save.
+The tensors already in CPU memory are copied here first (:func:`snapshot`): torch 2.6's staging moves
+tensors to the CPU with ``.to("cpu")``, which leaves those in place, so the background thread would
+write weights that the next steps are changing.
 """
 from __future__ import annotations
 
@@ -23,12 +26,25 @@ import shutil
 from concurrent.futures import Future
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from kotomamba.io import atomic_write
 from kotomamba.train.integrity import record_integrity
 from kotomamba.train.run_dir import STEP_DIR, RunDir, read_latest, step_dir_name
+
+
+def snapshot(state):
+    """``state`` (nested dicts, lists and tuples) with every tensor in CPU memory copied, the rest as it is
+    (DCP's staging copies tensors on a device to CPU memory itself)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone() if state.device.type == "cpu" else state
+    if isinstance(state, dict):
+        return {key: snapshot(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(snapshot(value) for value in state)
+    return state
 
 
 class CheckpointManager:
@@ -60,7 +76,7 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         dist.barrier()
         if self.use_async:
-            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+            future = dcp.async_save(snapshot(state), checkpoint_id=str(tmp), process_group=self._async_group)
             self._pending = (future, step)
             return
         dcp.save(state, checkpoint_id=str(tmp))
