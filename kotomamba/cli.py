@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None = None) -> None:
     """The program (the console script and ``python -m kotomamba``): :func:`main`, then exit with its code.
 
-    A process that started torch.distributed ends without interpreter finalization, however
-    :func:`main` ended (a return, an error, Ctrl-C), once its exit handlers have run and its output
-    is flushed: a gloo worker thread can still be releasing the tensors of the last collective, and
-    a thread that asks for the GIL while the interpreter finalizes aborts the process (``terminate
-    called without an active exception``, exit -6) or, if the process group is destroyed then
-    (or before, while that thread waits for the GIL: seen on torch 2.6), deadlocks it. Either would lose the exit code the scheduler and the launcher read (2 bad
-    input, 75 requeue).
+    A process that started torch.distributed ends without interpreter finalization, however :func:`main`
+    ended (a return, an error, Ctrl-C), once its exit handlers have run and its output is flushed: a
+    gloo worker thread can still be releasing the tensors of the last collective, and a thread that asks
+    for the GIL while the interpreter finalizes aborts the process (``terminate called without an active
+    exception``, exit -6) or, if the process group is destroyed then (or before, while that thread waits
+    for the GIL: seen on torch 2.6), deadlocks it. Either would lose the exit code the scheduler and the
+    launcher read (2 bad input, 75 requeue).
     """
     try:
         code = main(argv)

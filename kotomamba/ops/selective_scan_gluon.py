@@ -83,6 +83,13 @@ def _over_channels(x, layout: gl.constexpr):
 
 
 @gluon.jit
+def _finished(parts, whole: gl.constexpr, axis: gl.constexpr, layout: gl.constexpr):
+    """A group's sums from the lanes' partial sums ``parts`` (3-D, summed over ``axis``): one layout change to
+    ``whole``, where each lane holds all the partials of its sums, then the sums in ``layout``."""
+    return gl.convert_layout(gl.sum(gl.convert_layout(parts, whole), axis=axis), layout)
+
+
+@gluon.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
@@ -102,10 +109,8 @@ def _scan_bwd_kernel(
     Q: gl.constexpr = gl.BlockedLayout([GROUP // 4, 1], [4, 8], [1, W], [0, 1])  # [GROUP, N]
     S_D: gl.constexpr = gl.SliceLayout(1, S)
     S_N: gl.constexpr = gl.SliceLayout(0, S)
-    T_D: gl.constexpr = gl.SliceLayout(1, T)
     T_P: gl.constexpr = gl.SliceLayout(0, T)
     P_P: gl.constexpr = gl.SliceLayout(1, P)
-    P_N: gl.constexpr = gl.SliceLayout(0, P)
     K_D: gl.constexpr = gl.SliceLayout(1, K)
     K_P: gl.constexpr = gl.SliceLayout(0, K)
     Q_P: gl.constexpr = gl.SliceLayout(1, Q)
@@ -235,11 +240,11 @@ def _scan_bwd_kernel(
                 dBs_part = gl.where(sel_c, _over_channels(dh * dtu, AC), dBs_part)
                 dCs_part = gl.where(sel_c, _over_channels(h * gl.expand_dims(dy, 1), AC), dCs_part)
             if HAS_Z:
-                ys = gl.convert_layout(gl.sum(gl.convert_layout(ys_part, RS), axis=2), K)
-            dhBs = gl.convert_layout(gl.sum(gl.convert_layout(dhBs_part, RS), axis=2), K)
-            keptAs = gl.convert_layout(gl.sum(gl.convert_layout(keptAs_part, RS), axis=2), K)
-            dBs = gl.convert_layout(gl.sum(gl.convert_layout(dBs_part, RC), axis=0), Q)
-            dCs = gl.convert_layout(gl.sum(gl.convert_layout(dCs_part, RC), axis=0), Q)
+                ys = _finished(ys_part, RS, 2, K)
+            dhBs = _finished(dhBs_part, RS, 2, K)
+            keptAs = _finished(keptAs_part, RS, 2, K)
+            dBs = _finished(dBs_part, RC, 0, Q)
+            dCs = _finished(dCs_part, RC, 0, Q)
             dus = dts * dhBs
             if HAS_D:
                 dus += gl.expand_dims(Dv, 1) * dys

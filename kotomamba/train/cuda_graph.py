@@ -9,18 +9,18 @@ the gradient norm, the skip decisions, clipping, the optimizer) stays eager and 
 Rules the capture relies on (PyTorch, "CUDA Graphs" in the CUDA semantics notes): the same shapes
 every call (the trainer's micro-batches are), inputs copied into static buffers, no host
 synchronisation inside the step (the chunked cross-entropy keeps its token count on the device),
-Triton autotuning done before the capture (the eager warm-up calls do it), and gradients at addresses
-that stay the same from one replay to the next. Two graphs, as autograd treats a ``.grad`` that is None and one that is not: the
-first micro-batch of a step (every ``.grad`` None) is captured writing the gradients into memory of
-its own, handed back as the ``.grad`` after each replay; the later micro-batches of an accumulation
-(``.grad`` set) are captured adding into them in place. So a step of one micro-batch reads and writes
-each gradient once, as the eager step does, where a graph that always adds would also zero every
-gradient between steps and read it again in the backward (a launch per parameter each, and the
-gradients' memory moved twice more). Where the gradients must stay where they are (the all-reduce
-buckets of ``kotomamba.train.grad_sync``), they are never None and the adding graph runs every
-micro-batch. No collective inside: FSDP's collectives and hooks are not captured, so
-several processes graph their micro-steps only when each replicates the whole model and all-reduces the
-gradients after the last one (``kotomamba.train.grad_sync``).
+Triton autotuning done before the capture (the eager warm-up calls do it), and gradients at
+addresses that stay the same from one replay to the next. Two graphs, as autograd treats a ``.grad``
+that is None and one that is not: the first micro-batch of a step (every ``.grad`` None) is captured
+writing the gradients into memory of its own, handed back as the ``.grad`` after each replay; the
+later micro-batches of an accumulation (``.grad`` set) are captured adding into them in place. So a
+step of one micro-batch reads and writes each gradient once, as the eager step does, where a graph
+that always adds would also zero every gradient between steps and read it again in the backward (a
+launch per parameter each, and the gradients' memory moved twice more). Where the gradients must
+stay where they are (the all-reduce buckets of ``kotomamba.train.grad_sync``), they are never None
+and the adding graph runs every micro-batch. No collective inside: FSDP's collectives and hooks are
+not captured, so several processes graph their micro-steps only when each replicates the whole model
+and all-reduces the gradients after the last one (``kotomamba.train.grad_sync``).
 """
 from __future__ import annotations
 
