@@ -11,6 +11,7 @@ from torch import nn
 from kotomamba.model.dt_init import inverse_softplus_dt
 from kotomamba.ops.causal_conv1d import causal_conv1d, conv_state_from_inputs
 from kotomamba.ops.fused import mamba1_inner
+from kotomamba.ops.linear import channels_first_product
 from kotomamba.ops.mamba1_decode import mamba1_decode_step
 from kotomamba.ops.selective_scan import selective_scan
 
@@ -72,7 +73,8 @@ class Mamba1Mixer(nn.Module):
                              "(seq_idx): the upstream kernels have no such input; use Mamba-2")
         batch, seqlen, _ = hidden_states.shape
         # [2*d_inner, b*L] -> [b, 2*d_inner, L] with L contiguous, the layout the kernels want.
-        xz = (self.in_proj.weight @ hidden_states.reshape(-1, self.d_model).t()).view(-1, batch, seqlen)
+        rows = hidden_states.reshape(-1, self.d_model)
+        xz = channels_first_product(self.in_proj.weight, rows).view(-1, batch, seqlen)
         xz = xz.permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]

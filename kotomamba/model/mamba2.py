@@ -10,6 +10,7 @@ from kotomamba.model.dt_init import inverse_softplus_dt
 from kotomamba.model.norm import GatedRMSNorm
 from kotomamba.ops.causal_conv1d import causal_conv1d
 from kotomamba.ops.fused import Mamba2Row, mamba2_split_conv1d_scan
+from kotomamba.ops.linear import linear
 from kotomamba.ops.mamba2_decode import circular_conv_state, mamba2_decode_step
 from kotomamba.ops.ssd import ssd_chunk_scan
 
@@ -69,7 +70,7 @@ class Mamba2Mixer(nn.Module):
         document starts. With ``state`` (conv_state, ssm_state) the final states are written into
         it (prefill of one document per row from position 0; the conv state circular, as
         :meth:`step` reads it)."""
-        zxbcdt = self.in_proj(hidden_states)
+        zxbcdt = linear(hidden_states, self.in_proj.weight, self.in_proj.bias)
         A = -torch.exp(self.A_log.float())
         if state is None:
             return mamba2_split_conv1d_scan(

@@ -9,7 +9,8 @@ the gradients of the scan's inputs lie channel by channel with the batch's posit
 [b, d, L]): the layout in_proj gives xz, which the scan reads with positions contiguous and dt_proj's and
 x_proj's products write and read without a copy. The backward writes dz and the convolution's dx into their
 places in dxz, and adds x_proj's input gradient onto the scan's du in place. As in ``mamba_inner_fn``, the
-convolution's output and the gated output are copied into [b*L, d] rows for x_proj and out_proj.
+convolution's output and the gated output are copied into [b*L, d] rows for x_proj and out_proj. The weights'
+gradients are written in the weights' own dtype by their products (:func:`kotomamba.ops.linear.weight_grad`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kotomamba.ops.dispatch import kernel_module
+from kotomamba.ops.linear import weight_grad
 from kotomamba.ops.selective_scan_triton import _scan_backward, _scan_forward, backward_kernel, forward_config
 
 _CONV = "causal_conv1d.cpp_functions"
@@ -59,6 +61,8 @@ class _Mamba1Inner(torch.autograd.Function):
         batch, _, seqlen = xz.shape
         dstate = A.shape[1]
         ctx.dtypes = (conv1d_weight.dtype, A.dtype, D.dtype, dt_bias.dtype)
+        ctx.weight_dtypes = (x_proj_weight.dtype, dt_proj_weight.dtype, out_proj_weight.dtype,
+                             None if out_proj_bias is None else out_proj_bias.dtype)
         if torch.is_autocast_enabled("cuda"):
             dtype = torch.get_autocast_dtype("cuda")
             x_proj_weight, dt_proj_weight, out_proj_weight = (
@@ -74,7 +78,6 @@ class _Mamba1Inner(torch.autograd.Function):
                                      forward_config(backward_kernel(u.device, dstate)[1]))
         ctx.save_for_backward(xz, conv_weight, conv1d_bias, x_dbl, x_proj_weight, dt_proj_weight, out_proj_weight,
                               A, D, dt_bias, states, y)
-        ctx.has_out_bias = out_proj_bias is not None
         return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
     @staticmethod
@@ -101,12 +104,13 @@ class _Mamba1Inner(torch.autograd.Function):
         dx_dbl[:, :dt_rank] = ddelta_flat.t() @ dt_proj_weight
         dx_dbl[:, dt_rank:dt_rank + dstate] = dB.view(batch * seqlen, dstate)
         dx_dbl[:, dt_rank + dstate:] = dC.view(batch * seqlen, dstate)
-        ddt_proj_weight = ddelta_flat @ x_dbl[:, :dt_rank]
-        dx_proj_weight = dx_dbl.t() @ _position_rows(u)
+        x_proj_dtype, dt_proj_dtype, out_proj_dtype, out_bias_dtype = ctx.weight_dtypes
+        ddt_proj_weight = weight_grad(ddelta_flat, x_dbl[:, :dt_rank], dt_proj_dtype)
+        dx_proj_weight = weight_grad(dx_dbl.t(), _position_rows(u), x_proj_dtype)
         du_flat = _flat(du)
         torch.addmm(du_flat, x_proj_weight.t(), dx_dbl.t(), out=du_flat)
-        dout_proj_weight = dout_flat.t() @ _position_rows(y)
-        dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
+        dout_proj_weight = weight_grad(dout_flat.t(), _position_rows(y), out_proj_dtype)
+        dout_proj_bias = None if out_bias_dtype is None else dout_flat.sum(0, dtype=out_bias_dtype)
         _, dconv_weight, dconv_bias, _ = kernel_module(_CONV).causal_conv1d_bwd_function(
             x, conv_weight, conv_bias, du, None, None, None, dx, False, True)
         conv_dtype, A_dtype, D_dtype, bias_dtype = ctx.dtypes

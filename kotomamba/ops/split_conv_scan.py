@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from kotomamba.ops.causal_conv1d import channel_last, is_channel_last
 from kotomamba.ops.dispatch import kernel_module
 from kotomamba.ops.fused import Mamba2Row
+from kotomamba.ops.linear import weight_grad
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
 from kotomamba.ops.ssd_triton import Steps, _bwd_split, _fwd, blockings
 
@@ -97,13 +98,14 @@ class _SplitConvScan(torch.autograd.Function):
         normed, _, rstd = rms_norm_fwd(scanned.flatten(0, 1).flatten(-2), norm_weight, shape.norm_eps,
                                        z=z.flatten(0, 1), group_size=shape.group_size(nheads))
         normed = normed.unflatten(0, (batch, seqlen))
+        ctx.out_proj_dtypes = (out_proj_weight.dtype, None if out_proj_bias is None else out_proj_bias.dtype)
         if torch.is_autocast_enabled("cuda"):
             dtype = torch.get_autocast_dtype("cuda")
             normed, out_proj_weight = normed.to(dtype), out_proj_weight.to(dtype)
             out_proj_bias = None if out_proj_bias is None else out_proj_bias.to(dtype)
         ctx.save_for_backward(zxbcdt, conv1d_weight, conv1d_bias, scanned, A, D, dt_bias, seq_idx, norm_weight, rstd,
                               out_proj_weight)
-        ctx.shape, ctx.has_out_bias = shape, out_proj_bias is not None
+        ctx.shape = shape
         return F.linear(normed, out_proj_weight, out_proj_bias)
 
     @staticmethod
@@ -134,8 +136,9 @@ class _SplitConvScan(torch.autograd.Function):
         dB_part.copy_(dB)
         dC_part.copy_(dC)
         dout_flat = dout.flatten(0, 1)
-        dout_proj_weight = dout_flat.t() @ normed.to(dout_flat.dtype)
-        dout_proj_bias = dout_flat.sum(0) if ctx.has_out_bias else None
+        weight_dtype, bias_dtype = ctx.out_proj_dtypes
+        dout_proj_weight = weight_grad(dout_flat.t(), normed.to(dout_flat.dtype), weight_dtype)
+        dout_proj_bias = None if bias_dtype is None else dout_flat.sum(0, dtype=bias_dtype)
         bwd = kernel_module(_CONV).causal_conv1d_bwd_function
         writable = is_channel_last(dxBC_in)
         dx_conv, dconv_weight, dconv_bias, _ = bwd(
