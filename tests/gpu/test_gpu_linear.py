@@ -30,7 +30,7 @@ def test_the_weight_gradient_is_written_in_float32_by_the_product(channels_first
     x = torch.randn(8192, 1024, device="cuda", generator=gen)
     weight = torch.randn(2048, 1024, device="cuda", generator=gen) / 32
     if channels_first:
-        ours, autograds = channels_first_product, lambda x, w: w @ x.t()
+        ours, autograds = lambda x, w: channels_first_product(w, x), lambda x, w: w @ x.t()
         cotangent = torch.randn(2048, 8192, device="cuda", generator=gen).bfloat16()
         exact = cotangent.double() @ x.bfloat16().double()
     else:
