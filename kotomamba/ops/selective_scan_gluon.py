@@ -37,22 +37,13 @@ CHANNELS = 8
 LOG2E = gl.constexpr(1.4426950408889634)
 
 
-def subs(config: tuple[int, ...]) -> int:
-    """How many blocks of :data:`CHANNELS` channels a warp a program of the backward blocking ``config`` walks one
-    after another."""
-    block_d, _, warps, *_ = config
-    return block_d // (CHANNELS * warps)
-
-
 def check(config: tuple[int, ...]) -> None:
     """Raises ValueError unless the backward blocking ``config`` (as selective_scan_triton's) is one the layouts
-    below cover: :data:`CHANNELS` channels a warp, a program's channels walked in blocks of its warps' (several
-    only on one warp: a block adds onto the partials the one before stored, which other warps may hold copies of),
-    4 or more positions loaded together."""
+    below cover: :data:`CHANNELS` channels a warp, 4 or more positions loaded together."""
     block_d, _, warps, group, *_ = config
-    if block_d % (CHANNELS * warps) or (subs(config) > 1 and warps > 1):
-        raise ValueError(f"the Gluon backward walks {CHANNELS} channels a warp, in blocks of {CHANNELS} channels "
-                         f"where it has several warps: got {block_d} channels on {warps} warps")
+    if block_d != CHANNELS * warps:
+        raise ValueError(f"the Gluon backward walks {CHANNELS} channels a warp, got {block_d} channels on {warps} "
+                         f"warps")
     if group < 4:
         raise ValueError(f"the Gluon backward loads 4 or more positions together, got {group}")
 
@@ -107,18 +98,14 @@ def _scan_bwd_kernel(
     s_dub, s_dud, s_dul, s_ddtb, s_ddtd, s_ddtl, s_dzb, s_dzd, s_dzl,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     HAS_DLAST: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr,
-    SUBS: gl.constexpr,
 ):
-    # A program walks its BLOCK_D channels in SUBS blocks of WARP_D one after another, adding each block's dB / dC
-    # partials onto the block before's (fewer partials for the sum over programs). In a block: 8 channels a warp,
-    # the warps side by side along channels; what every channel reads (B, C) each warp holds.
-    WARP_D: gl.constexpr = BLOCK_D // SUBS
-    W: gl.constexpr = WARP_D // 8
-    S: gl.constexpr = gl.BlockedLayout([2, 2], [4, 8], [W, 1], [1, 0])      # [WARP_D, N]
-    T: gl.constexpr = gl.BlockedLayout([2, GROUP], [4, 8], [W, 1], [1, 0])  # [WARP_D, GROUP], walked
+    # 8 channels a warp, the warps side by side along channels; what every channel reads (B, C) each warp holds.
+    W: gl.constexpr = BLOCK_D // 8
+    S: gl.constexpr = gl.BlockedLayout([2, 2], [4, 8], [W, 1], [1, 0])      # [BLOCK_D, N]
+    T: gl.constexpr = gl.BlockedLayout([2, GROUP], [4, 8], [W, 1], [1, 0])  # [BLOCK_D, GROUP], walked
     P: gl.constexpr = gl.BlockedLayout([GROUP, 2], [4, 8], [1, W], [1, 0])  # [GROUP, N], walked
     # The same tiles without copies, where they are loaded, computed elementwise and stored.
-    K: gl.constexpr = gl.BlockedLayout([1, GROUP // 4], [8, 4], [W, 1], [1, 0])  # [WARP_D, GROUP]
+    K: gl.constexpr = gl.BlockedLayout([1, GROUP // 4], [8, 4], [W, 1], [1, 0])  # [BLOCK_D, GROUP]
     Q: gl.constexpr = gl.BlockedLayout([GROUP // 4, 1], [4, 8], [1, W], [0, 1])  # [GROUP, N]
     S_D: gl.constexpr = gl.SliceLayout(1, S)
     S_N: gl.constexpr = gl.SliceLayout(0, S)
@@ -129,18 +116,22 @@ def _scan_bwd_kernel(
     Q_P: gl.constexpr = gl.SliceLayout(1, Q)
     Q_N: gl.constexpr = gl.SliceLayout(0, Q)
     # The walk's five sums, each lane's share of a position's sum kept for the group's positions and finished once a
-    # group: over states [WARP_D, GROUP, N // 2] (a lane's pair of states added up, 8 lanes' partials left), over
-    # channels [WARP_D // 2, GROUP, N] (a lane's pair of channels, 4 lanes' partials). The same lanes hold a
+    # group: over states [BLOCK_D, GROUP, N // 2] (a lane's pair of states added up, 8 lanes' partials left), over
+    # channels [BLOCK_D // 2, GROUP, N] (a lane's pair of channels, 4 lanes' partials). The same lanes hold a
     # position's partials as hold its states, so a partial moves into the group for free; the group is finished in
     # layouts where each lane holds whole sums, and they map lanes as K and Q do.
     AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     RS: gl.constexpr = gl.BlockedLayout([1, GROUP // 4, N // 2], [8, 4, 1], [W, 1, 1], [2, 1, 0])
-    RC: gl.constexpr = gl.BlockedLayout([WARP_D // 2, GROUP // 4, 1], [1, 4, 8], [1, 1, W], [0, 1, 2])
+    RC: gl.constexpr = gl.BlockedLayout([BLOCK_D // 2, GROUP // 4, 1], [1, 4, 8], [1, 1, W], [0, 1, 2])
     pid_d = gl.program_id(0)
     d_programs = gl.num_programs(0)
     b = gl.program_id(1).to(gl.int64)
+    offs_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=S_D)
+    ok_d = offs_d < dim
     offs_n = gl.arange(0, N, layout=S_N)
+    tile_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=K_D)
+    ok_tile_d = tile_d < dim
     tile_p = gl.arange(0, GROUP, layout=K_P)
     walk_p = gl.arange(0, GROUP, layout=T_P)
     part_p = gl.arange(0, GROUP, layout=Q_P)
@@ -149,147 +140,137 @@ def _scan_bwd_kernel(
     sum_s_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AS))), 0), 2)
     sum_c_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AC))), 0), 2)
     ok_part_n = part_n < N
+    A = gl.load(A_ptr + gl.expand_dims(offs_d, 1) * N + gl.expand_dims(offs_n, 0), mask=gl.expand_dims(ok_d, 1),
+                other=0.0)
+    A2 = A * LOG2E
+    Dv = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    bias = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    if HAS_D:
+        Dv = gl.load(D_ptr + tile_d, mask=ok_tile_d, other=0.0)
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + tile_d, mask=ok_tile_d, other=0.0)
+    u_row, dt_row = u_ptr + b * s_ub + tile_d * s_ud, dt_ptr + b * s_dtb + tile_d * s_dtd
+    dout_row = dout_ptr + b * s_gb + tile_d * s_gd
+    du_row, ddt_row = du_ptr + b * s_dub + tile_d * s_dud, ddt_ptr + b * s_ddtb + tile_d * s_ddtd
+    if HAS_Z:
+        z_row, dz_row = z_ptr + b * s_zb + tile_d * s_zd, dz_ptr + b * s_dzb + tile_d * s_dzd
     B_row, C_row = B_ptr + b * s_Bb + part_n * s_Bn, C_ptr + b * s_Cb + part_n * s_Cn
+    state_rows = (b * blocks * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0)
     program = b * d_programs + pid_d
+    scratch = (scratch_ptr + program * BLOCK_T * BLOCK_D * N
+               + gl.expand_dims(gl.arange(0, BLOCK_D, layout=S_D), 1) * N + gl.expand_dims(offs_n, 0))
     part_rows = program * L * N + part_n
-    for sub in range(SUBS):
-        first = pid_d * BLOCK_D + sub * WARP_D
-        offs_d = first + gl.arange(0, WARP_D, layout=S_D)
-        ok_d = offs_d < dim
-        tile_d = first + gl.arange(0, WARP_D, layout=K_D)
-        ok_tile_d = tile_d < dim
-        A = gl.load(A_ptr + gl.expand_dims(offs_d, 1) * N + gl.expand_dims(offs_n, 0), mask=gl.expand_dims(ok_d, 1),
-                    other=0.0)
-        A2 = A * LOG2E
-        Dv = gl.zeros([WARP_D], gl.float32, layout=K_D)
-        bias = gl.zeros([WARP_D], gl.float32, layout=K_D)
-        if HAS_D:
-            Dv = gl.load(D_ptr + tile_d, mask=ok_tile_d, other=0.0)
-        if HAS_BIAS:
-            bias = gl.load(bias_ptr + tile_d, mask=ok_tile_d, other=0.0)
-        u_row, dt_row = u_ptr + b * s_ub + tile_d * s_ud, dt_ptr + b * s_dtb + tile_d * s_dtd
-        dout_row = dout_ptr + b * s_gb + tile_d * s_gd
-        du_row, ddt_row = du_ptr + b * s_dub + tile_d * s_dud, ddt_ptr + b * s_ddtb + tile_d * s_ddtd
-        if HAS_Z:
-            z_row, dz_row = z_ptr + b * s_zb + tile_d * s_zd, dz_ptr + b * s_dzb + tile_d * s_dzd
-        state_rows = (b * blocks * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0)
-        scratch = (scratch_ptr + program * BLOCK_T * BLOCK_D * N
-                   + gl.expand_dims(gl.arange(0, WARP_D, layout=S_D), 1) * N + gl.expand_dims(offs_n, 0))
-        if HAS_DLAST:
-            carried = gl.load(dlast_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0),
-                              mask=gl.expand_dims(ok_d, 1), other=0.0).to(gl.float32)
-        else:
-            carried = gl.zeros([WARP_D, N], gl.float32, layout=S)
-        dA_sum = gl.zeros([WARP_D, N], gl.float32, layout=S)
-        dD_sum = gl.zeros([WARP_D], gl.float32, layout=K_D)
-        dbias_sum = gl.zeros([WARP_D], gl.float32, layout=K_D)
-        for back in range(blocks):
-            c = blocks - 1 - back
-            groups = gl.cdiv(gl.minimum(BLOCK_T, L - c * BLOCK_T), GROUP)
-            # The block's forward again, from its entering state, keeping every position's state.
-            h = gl.load(states_ptr + state_rows + c * dim * N, mask=gl.expand_dims(ok_d, 1), other=0.0)
-            for g in range(groups):
-                pos = c * BLOCK_T + g * GROUP + tile_p
-                ok_pos = pos < L
-                raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
-                dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
-                dtus = gl.convert_layout(dts * _tile(u_row, pos, s_ul, ok_tile_d, ok_pos), T)
-                dts = gl.convert_layout(dts, T)
-                pos_p = c * BLOCK_T + g * GROUP + part_p
-                Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, pos_p < L), P)
-                for i in gl.static_range(GROUP):
-                    sel = gl.expand_dims(walk_p == i, 0)
-                    sel_p = gl.expand_dims(walk_part_p == i, 1)
-                    dt = gl.convert_layout(gl.sum(gl.where(sel, dts, -0.0), axis=1), S_D)
-                    dtu = gl.convert_layout(gl.sum(gl.where(sel, dtus, -0.0), axis=1), S_D)
-                    Bt = gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N)
-                    h = gl.exp2(gl.expand_dims(dt, 1) * A2) * h + gl.expand_dims(dtu, 1) * gl.expand_dims(Bt, 0)
-                    gl.store(scratch + (g * GROUP + i) * WARP_D * N, h)
-            # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
-            for back_g in range(groups):
-                g = groups - 1 - back_g
-                pos = c * BLOCK_T + g * GROUP + tile_p
-                ok_pos = pos < L
-                ok = gl.expand_dims(ok_tile_d, 1) & gl.expand_dims(ok_pos, 0)
-                raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
-                dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
-                us = _tile(u_row, pos, s_ul, ok_tile_d, ok_pos)
-                pos_p = c * BLOCK_T + g * GROUP + part_p
-                ok_pos_p = pos_p < L
-                Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, ok_pos_p), P)
-                Cs = gl.convert_layout(_tile_across(C_row, pos_p, s_Cl, ok_part_n, ok_pos_p), P)
-                dys = _tile(dout_row, pos, s_gl, ok_tile_d, ok_pos)
+    if HAS_DLAST:
+        carried = gl.load(dlast_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0),
+                          mask=gl.expand_dims(ok_d, 1), other=0.0).to(gl.float32)
+    else:
+        carried = gl.zeros([BLOCK_D, N], gl.float32, layout=S)
+    dA_sum = gl.zeros([BLOCK_D, N], gl.float32, layout=S)
+    dD_sum = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    dbias_sum = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    for back in range(blocks):
+        c = blocks - 1 - back
+        groups = gl.cdiv(gl.minimum(BLOCK_T, L - c * BLOCK_T), GROUP)
+        # The block's forward again, from its entering state, keeping every position's state.
+        h = gl.load(states_ptr + state_rows + c * dim * N, mask=gl.expand_dims(ok_d, 1), other=0.0)
+        for g in range(groups):
+            pos = c * BLOCK_T + g * GROUP + tile_p
+            ok_pos = pos < L
+            raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
+            dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
+            dtus = gl.convert_layout(dts * _tile(u_row, pos, s_ul, ok_tile_d, ok_pos), T)
+            dts = gl.convert_layout(dts, T)
+            pos_p = c * BLOCK_T + g * GROUP + part_p
+            Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, pos_p < L), P)
+            for i in gl.static_range(GROUP):
+                sel = gl.expand_dims(walk_p == i, 0)
+                sel_p = gl.expand_dims(walk_part_p == i, 1)
+                dt = gl.convert_layout(gl.sum(gl.where(sel, dts, -0.0), axis=1), S_D)
+                dtu = gl.convert_layout(gl.sum(gl.where(sel, dtus, -0.0), axis=1), S_D)
+                Bt = gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N)
+                h = gl.exp2(gl.expand_dims(dt, 1) * A2) * h + gl.expand_dims(dtu, 1) * gl.expand_dims(Bt, 0)
+                gl.store(scratch + (g * GROUP + i) * BLOCK_D * N, h)
+        # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
+        for back_g in range(groups):
+            g = groups - 1 - back_g
+            pos = c * BLOCK_T + g * GROUP + tile_p
+            ok_pos = pos < L
+            ok = gl.expand_dims(ok_tile_d, 1) & gl.expand_dims(ok_pos, 0)
+            raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
+            dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
+            us = _tile(u_row, pos, s_ul, ok_tile_d, ok_pos)
+            pos_p = c * BLOCK_T + g * GROUP + part_p
+            ok_pos_p = pos_p < L
+            Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, ok_pos_p), P)
+            Cs = gl.convert_layout(_tile_across(C_row, pos_p, s_Cl, ok_part_n, ok_pos_p), P)
+            dys = _tile(dout_row, pos, s_gl, ok_tile_d, ok_pos)
+            if HAS_Z:
+                zs = _tile(z_row, pos, s_zl, ok_tile_d, ok_pos)
+                gates = 1.0 / (1.0 + gl.exp(-zs))
+                dys_in = dys
+                dys *= zs * gates
+            walk_dts = gl.convert_layout(dts, T)
+            walk_us = gl.convert_layout(us, T)
+            walk_dys = gl.convert_layout(dys, T)
+            ys_part = gl.zeros([BLOCK_D, GROUP, N // 2], gl.float32, layout=AS)
+            dhBs_part = gl.zeros([BLOCK_D, GROUP, N // 2], gl.float32, layout=AS)
+            keptAs_part = gl.zeros([BLOCK_D, GROUP, N // 2], gl.float32, layout=AS)
+            dBs_part = gl.zeros([BLOCK_D // 2, GROUP, N], gl.float32, layout=AC)
+            dCs_part = gl.zeros([BLOCK_D // 2, GROUP, N], gl.float32, layout=AC)
+            for j in gl.static_range(GROUP):
+                sel = gl.expand_dims(walk_p == GROUP - 1 - j, 0)
+                sel_p = gl.expand_dims(walk_part_p == GROUP - 1 - j, 1)
+                sel_s = sum_s_p == GROUP - 1 - j
+                sel_c = sum_c_p == GROUP - 1 - j
+                dt = gl.convert_layout(gl.sum(gl.where(sel, walk_dts, -0.0), axis=1), S_D)
+                u = gl.convert_layout(gl.sum(gl.where(sel, walk_us, -0.0), axis=1), S_D)
+                dy = gl.convert_layout(gl.sum(gl.where(sel, walk_dys, -0.0), axis=1), S_D)
+                Bt = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N), 0)
+                Ct = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Cs, -0.0), axis=0), S_N), 0)
+                h = gl.load(scratch + (g * GROUP + GROUP - 1 - j) * BLOCK_D * N)
                 if HAS_Z:
-                    zs = _tile(z_row, pos, s_zl, ok_tile_d, ok_pos)
-                    gates = 1.0 / (1.0 + gl.exp(-zs))
-                    dys_in = dys
-                    dys *= zs * gates
-                walk_dts = gl.convert_layout(dts, T)
-                walk_us = gl.convert_layout(us, T)
-                walk_dys = gl.convert_layout(dys, T)
-                ys_part = gl.zeros([WARP_D, GROUP, N // 2], gl.float32, layout=AS)
-                dhBs_part = gl.zeros([WARP_D, GROUP, N // 2], gl.float32, layout=AS)
-                keptAs_part = gl.zeros([WARP_D, GROUP, N // 2], gl.float32, layout=AS)
-                dBs_part = gl.zeros([WARP_D // 2, GROUP, N], gl.float32, layout=AC)
-                dCs_part = gl.zeros([WARP_D // 2, GROUP, N], gl.float32, layout=AC)
-                for j in gl.static_range(GROUP):
-                    sel = gl.expand_dims(walk_p == GROUP - 1 - j, 0)
-                    sel_p = gl.expand_dims(walk_part_p == GROUP - 1 - j, 1)
-                    sel_s = sum_s_p == GROUP - 1 - j
-                    sel_c = sum_c_p == GROUP - 1 - j
-                    dt = gl.convert_layout(gl.sum(gl.where(sel, walk_dts, -0.0), axis=1), S_D)
-                    u = gl.convert_layout(gl.sum(gl.where(sel, walk_us, -0.0), axis=1), S_D)
-                    dy = gl.convert_layout(gl.sum(gl.where(sel, walk_dys, -0.0), axis=1), S_D)
-                    Bt = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N), 0)
-                    Ct = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Cs, -0.0), axis=0), S_N), 0)
-                    h = gl.load(scratch + (g * GROUP + GROUP - 1 - j) * WARP_D * N)
-                    if HAS_Z:
-                        ys_part = gl.where(sel_s, _over_states(h * Ct, AS), ys_part)
-                    dh = Ct * gl.expand_dims(dy, 1) + carried
-                    carried = gl.exp2(gl.expand_dims(dt, 1) * A2) * dh
-                    dtu = gl.expand_dims(dt * u, 1)
-                    kept = dh * (h - dtu * Bt)  # dh_t a_t h_{t-1}
-                    dhBs_part = gl.where(sel_s, _over_states(dh * Bt, AS), dhBs_part)
-                    keptAs_part = gl.where(sel_s, _over_states(kept * A, AS), keptAs_part)
-                    dA_sum += kept * gl.expand_dims(dt, 1)
-                    dBs_part = gl.where(sel_c, _over_channels(dh * dtu, AC), dBs_part)
-                    dCs_part = gl.where(sel_c, _over_channels(h * gl.expand_dims(dy, 1), AC), dCs_part)
-                if HAS_Z:
-                    ys = _finished(ys_part, RS, 2, K)
-                dhBs = _finished(dhBs_part, RS, 2, K)
-                keptAs = _finished(keptAs_part, RS, 2, K)
-                dBs = _finished(dBs_part, RC, 0, Q)
-                dCs = _finished(dCs_part, RC, 0, Q)
-                dus = dts * dhBs
+                    ys_part = gl.where(sel_s, _over_states(h * Ct, AS), ys_part)
+                dh = Ct * gl.expand_dims(dy, 1) + carried
+                carried = gl.exp2(gl.expand_dims(dt, 1) * A2) * dh
+                dtu = gl.expand_dims(dt * u, 1)
+                kept = dh * (h - dtu * Bt)  # dh_t a_t h_{t-1}
+                dhBs_part = gl.where(sel_s, _over_states(dh * Bt, AS), dhBs_part)
+                keptAs_part = gl.where(sel_s, _over_states(kept * A, AS), keptAs_part)
+                dA_sum += kept * gl.expand_dims(dt, 1)
+                dBs_part = gl.where(sel_c, _over_channels(dh * dtu, AC), dBs_part)
+                dCs_part = gl.where(sel_c, _over_channels(h * gl.expand_dims(dy, 1), AC), dCs_part)
+            if HAS_Z:
+                ys = _finished(ys_part, RS, 2, K)
+            dhBs = _finished(dhBs_part, RS, 2, K)
+            keptAs = _finished(keptAs_part, RS, 2, K)
+            dBs = _finished(dBs_part, RC, 0, Q)
+            dCs = _finished(dCs_part, RC, 0, Q)
+            dus = dts * dhBs
+            if HAS_D:
+                dus += gl.expand_dims(Dv, 1) * dys
+                dD_sum += gl.sum(dys * us, axis=1)
+            if HAS_Z:
                 if HAS_D:
-                    dus += gl.expand_dims(Dv, 1) * dys
-                    dD_sum += gl.sum(dys * us, axis=1)
-                if HAS_Z:
-                    if HAS_D:
-                        ys += us * gl.expand_dims(Dv, 1)
-                    dz_tile = gl.expand_dims(dz_row, 1) + gl.expand_dims(pos, 0) * s_dzl
-                    gl.store(dz_tile, (dys_in * ys * gates * (1.0 + zs * (1.0 - gates))).to(dz_ptr.dtype.element_ty),
-                             mask=ok)
-                ddts = us * dhBs + keptAs
-                if SOFTPLUS:
-                    ddts *= step_grad(raws, 0.0, 0.0, SOFTPLUS, False)
-                ddts = gl.where(ok, ddts, 0.0)
-                dbias_sum += gl.sum(ddts, axis=1)
-                gl.store(gl.expand_dims(du_row, 1) + gl.expand_dims(pos, 0) * s_dul, dus.to(du_ptr.dtype.element_ty),
+                    ys += us * gl.expand_dims(Dv, 1)
+                dz_tile = gl.expand_dims(dz_row, 1) + gl.expand_dims(pos, 0) * s_dzl
+                gl.store(dz_tile, (dys_in * ys * gates * (1.0 + zs * (1.0 - gates))).to(dz_ptr.dtype.element_ty),
                          mask=ok)
-                gl.store(gl.expand_dims(ddt_row, 1) + gl.expand_dims(pos, 0) * s_ddtl,
-                         ddts.to(ddt_ptr.dtype.element_ty), mask=ok)
-                ok_part = gl.expand_dims(ok_pos_p, 1) & gl.expand_dims(ok_part_n, 0)
-                part = gl.expand_dims(part_rows, 0) + gl.expand_dims(pos_p, 1) * N
-                # The block before's partials, which these lanes stored: on one warp no other lane holds them.
-                if sub > 0:
-                    dBs += gl.load(dB_ptr + part, mask=ok_part, other=0.0)
-                    dCs += gl.load(dC_ptr + part, mask=ok_part, other=0.0)
-                gl.store(dB_ptr + part, dBs, mask=ok_part)
-                gl.store(dC_ptr + part, dCs, mask=ok_part)
-        gl.store(dA_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0), dA_sum,
-                 mask=gl.expand_dims(ok_d, 1))
-        if HAS_D:
-            gl.store(dD_ptr + b * dim + tile_d, dD_sum, mask=ok_tile_d)
-        if HAS_BIAS:
-            gl.store(dbias_ptr + b * dim + tile_d, dbias_sum, mask=ok_tile_d)
+            ddts = us * dhBs + keptAs
+            if SOFTPLUS:
+                ddts *= step_grad(raws, 0.0, 0.0, SOFTPLUS, False)
+            ddts = gl.where(ok, ddts, 0.0)
+            dbias_sum += gl.sum(ddts, axis=1)
+            gl.store(gl.expand_dims(du_row, 1) + gl.expand_dims(pos, 0) * s_dul, dus.to(du_ptr.dtype.element_ty),
+                     mask=ok)
+            gl.store(gl.expand_dims(ddt_row, 1) + gl.expand_dims(pos, 0) * s_ddtl,
+                     ddts.to(ddt_ptr.dtype.element_ty), mask=ok)
+            ok_part = gl.expand_dims(ok_pos_p, 1) & gl.expand_dims(ok_part_n, 0)
+            part = gl.expand_dims(part_rows, 0) + gl.expand_dims(pos_p, 1) * N
+            gl.store(dB_ptr + part, dBs, mask=ok_part)
+            gl.store(dC_ptr + part, dCs, mask=ok_part)
+    gl.store(dA_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0), dA_sum,
+             mask=gl.expand_dims(ok_d, 1))
+    if HAS_D:
+        gl.store(dD_ptr + b * dim + tile_d, dD_sum, mask=ok_tile_d)
+    if HAS_BIAS:
+        gl.store(dbias_ptr + b * dim + tile_d, dbias_sum, mask=ok_tile_d)

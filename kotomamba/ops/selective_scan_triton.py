@@ -357,17 +357,17 @@ def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus,
     dD = torch.empty(batch, dim, **f32) if D is not None else None
     dbias = torch.empty(batch, dim, **f32) if bias is not None else None
     zs, dzs = (z, dz) if z is not None else (u, du)
-    walk, gluon_only = _scan_bwd_kernel, {}
+    walk = _scan_bwd_kernel
     if kernel == "gluon":
         from kotomamba.ops import selective_scan_gluon
 
-        walk, gluon_only = selective_scan_gluon._scan_bwd_kernel, {"SUBS": selective_scan_gluon.subs(config)}
+        walk = selective_scan_gluon._scan_bwd_kernel
     walk[(d_programs, batch)](
         u, delta, A, B, C, D, z, bias, dout, dlast, states, scratch, du, ddelta, dz, dA, dB, dC, dD, dbias,
         dim, L, triton.cdiv(L, block_t), *_strides(u, delta, B, C, zs, dout, du, ddelta, dzs),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
         HAS_DLAST=dlast is not None, N=N, BLOCK_D=block_d, BLOCK_T=block_t, GROUP=group, num_warps=warps,
-        **gluon_only, **_register_cap(maxnreg),
+        **_register_cap(maxnreg),
     )
     return (du, ddelta, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0) if dD is not None else None, dz,
             dbias.sum(0) if dbias is not None else None)
