@@ -29,13 +29,13 @@ def grads(fn, x, weight, b, autocast: bool):
 
 
 def channels_first(x, weight, b):
-    rows = x.reshape(-1, x.shape[-1])
-    return channels_first_product(weight, rows) if b is None else channels_first_product(weight, rows) + b[:, None]
+    return channels_first_product(weight, x.reshape(-1, x.shape[-1]), b)
 
 
 def channels_first_autograd(x, weight, b):
+    """Mamba-1's in_proj as it was written before kotomamba/ops/linear.py: the bias added in the product's dtype."""
     out = weight @ x.reshape(-1, x.shape[-1]).t()
-    return out if b is None else out + b[:, None]
+    return out if b is None else out + b.to(out.dtype)[:, None]
 
 
 @pytest.mark.parametrize("bias", [False, True])

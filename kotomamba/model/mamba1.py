@@ -74,10 +74,8 @@ class Mamba1Mixer(nn.Module):
         batch, seqlen, _ = hidden_states.shape
         # [2*d_inner, b*L] -> [b, 2*d_inner, L] with L contiguous, the layout the kernels want.
         rows = hidden_states.reshape(-1, self.d_model)
-        xz = channels_first_product(self.in_proj.weight, rows).view(-1, batch, seqlen)
+        xz = channels_first_product(self.in_proj.weight, rows, self.in_proj.bias).view(-1, batch, seqlen)
         xz = xz.permute(1, 0, 2)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         A = -torch.exp(self.A_log.float())
         if state is None:
             return mamba1_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,

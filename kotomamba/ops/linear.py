@@ -80,10 +80,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _Product.apply(x.reshape(-1, x.shape[-1]), weight, bias, compute, False).view(*x.shape[:-1], -1)
 
 
-def channels_first_product(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """weight [M, K] @ rows [N, K].T -> [M, N], the layout of Mamba-1's xz; a float32 weight's gradient written in
-    float32 by the backward's product under autocast."""
+def channels_first_product(weight: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """weight [M, K] @ rows [N, K].T (+ bias [M] down each column) -> [M, N], the layout of Mamba-1's xz; a float32
+    weight's gradient written in float32 by the backward's product under autocast."""
     compute = _compute_dtype(rows, weight)
     if compute is None:
-        return weight @ rows.t()
-    return _Product.apply(rows, weight, None, compute, True)
+        out = weight @ rows.t()
+        return out if bias is None else out + bias.to(out.dtype)[:, None]
+    return _Product.apply(rows, weight, bias, compute, True)
