@@ -50,16 +50,18 @@ def check(config: tuple[int, ...]) -> None:
 
 @gluon.jit
 def _tile(row, pos, stride, ok_rows, ok_pos):
-    """[rows, GROUP] float32 from ``row`` [rows] pointers at positions ``pos`` [GROUP]; 0 where masked."""
+    """[rows, GROUP] in the pointers' dtype from ``row`` [rows] pointers at positions ``pos`` [GROUP]; 0 where
+    masked."""
     return gl.load(gl.expand_dims(row, 1) + gl.expand_dims(pos, 0) * stride,
-                   mask=gl.expand_dims(ok_rows, 1) & gl.expand_dims(ok_pos, 0), other=0.0).to(gl.float32)
+                   mask=gl.expand_dims(ok_rows, 1) & gl.expand_dims(ok_pos, 0), other=0.0)
 
 
 @gluon.jit
 def _tile_across(column, pos, stride, ok_columns, ok_pos):
-    """[GROUP, columns] float32 from ``column`` [columns] pointers at positions ``pos`` [GROUP]; 0 where masked."""
+    """[GROUP, columns] in the pointers' dtype from ``column`` [columns] pointers at positions ``pos`` [GROUP]; 0
+    where masked."""
     return gl.load(gl.expand_dims(column, 0) + gl.expand_dims(pos, 1) * stride,
-                   mask=gl.expand_dims(ok_pos, 1) & gl.expand_dims(ok_columns, 0), other=0.0).to(gl.float32)
+                   mask=gl.expand_dims(ok_pos, 1) & gl.expand_dims(ok_columns, 0), other=0.0)
 
 
 @gluon.jit
@@ -168,20 +170,39 @@ def _scan_bwd_kernel(
     dA_sum = gl.zeros([BLOCK_D, N], gl.float32, layout=S)
     dD_sum = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
     dbias_sum = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
+    # Each group's tiles are read a group ahead of the walk, which has nothing else to hide their latency behind: the
+    # forward's next group (at its last, the walk back's first, the same group), the walk back's group before it (at
+    # the block's first, the forward's first group of the block before); the output's gradient, z and C of the walk
+    # back's first group are read before the block's forward.
+    start = (blocks - 1) * BLOCK_T
+    dt_ahead = _tile(dt_row, start + tile_p, s_dtl, ok_tile_d, start + tile_p < L)
+    u_ahead = _tile(u_row, start + tile_p, s_ul, ok_tile_d, start + tile_p < L)
+    B_ahead = _tile_across(B_row, start + part_p, s_Bl, ok_part_n, start + part_p < L)
     for back in range(blocks):
         c = blocks - 1 - back
-        groups = gl.cdiv(gl.minimum(BLOCK_T, L - c * BLOCK_T), GROUP)
+        start = c * BLOCK_T
+        groups = gl.cdiv(gl.minimum(BLOCK_T, L - start), GROUP)
+        last = start + (groups - 1) * GROUP
+        dy_ahead = _tile(dout_row, last + tile_p, s_gl, ok_tile_d, last + tile_p < L)
+        if HAS_Z:
+            z_ahead = _tile(z_row, last + tile_p, s_zl, ok_tile_d, last + tile_p < L)
+        C_ahead = _tile_across(C_row, last + part_p, s_Cl, ok_part_n, last + part_p < L)
         # The block's forward again, from its entering state, keeping every position's state.
         h = gl.load(states_ptr + state_rows + c * dim * N, mask=gl.expand_dims(ok_d, 1), other=0.0)
         for g in range(groups):
-            pos = c * BLOCK_T + g * GROUP + tile_p
+            pos = start + g * GROUP + tile_p
             ok_pos = pos < L
-            raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
+            pos_p = start + g * GROUP + part_p
+            raws = dt_ahead.to(gl.float32) + gl.expand_dims(bias, 1)
+            us = u_ahead.to(gl.float32)
+            Bs = gl.convert_layout(B_ahead.to(gl.float32), P)
+            jump = GROUP * (g + 1 < groups).to(gl.int32)
+            dt_ahead = _tile(dt_row, pos + jump, s_dtl, ok_tile_d, pos + jump < L)
+            u_ahead = _tile(u_row, pos + jump, s_ul, ok_tile_d, pos + jump < L)
+            B_ahead = _tile_across(B_row, pos_p + jump, s_Bl, ok_part_n, pos_p + jump < L)
             dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
-            dtus = gl.convert_layout(dts * _tile(u_row, pos, s_ul, ok_tile_d, ok_pos), T)
+            dtus = gl.convert_layout(dts * us, T)
             dts = gl.convert_layout(dts, T)
-            pos_p = c * BLOCK_T + g * GROUP + part_p
-            Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, pos_p < L), P)
             for i in gl.static_range(GROUP):
                 sel = gl.expand_dims(walk_p == i, 0)
                 sel_p = gl.expand_dims(walk_part_p == i, 1)
@@ -193,19 +214,30 @@ def _scan_bwd_kernel(
         # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
         for back_g in range(groups):
             g = groups - 1 - back_g
-            pos = c * BLOCK_T + g * GROUP + tile_p
+            pos = start + g * GROUP + tile_p
             ok_pos = pos < L
             ok = gl.expand_dims(ok_tile_d, 1) & gl.expand_dims(ok_pos, 0)
-            raws = _tile(dt_row, pos, s_dtl, ok_tile_d, ok_pos) + gl.expand_dims(bias, 1)
-            dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
-            us = _tile(u_row, pos, s_ul, ok_tile_d, ok_pos)
-            pos_p = c * BLOCK_T + g * GROUP + part_p
+            pos_p = start + g * GROUP + part_p
             ok_pos_p = pos_p < L
-            Bs = gl.convert_layout(_tile_across(B_row, pos_p, s_Bl, ok_part_n, ok_pos_p), P)
-            Cs = gl.convert_layout(_tile_across(C_row, pos_p, s_Cl, ok_part_n, ok_pos_p), P)
-            dys = _tile(dout_row, pos, s_gl, ok_tile_d, ok_pos)
+            raws = dt_ahead.to(gl.float32) + gl.expand_dims(bias, 1)
+            us = u_ahead.to(gl.float32)
+            Bs = gl.convert_layout(B_ahead.to(gl.float32), P)
+            Cs = gl.convert_layout(C_ahead.to(gl.float32), P)
+            dys = dy_ahead.to(gl.float32)
             if HAS_Z:
-                zs = _tile(z_row, pos, s_zl, ok_tile_d, ok_pos)
+                zs = z_ahead.to(gl.float32)
+            jump = GROUP + (g == 0).to(gl.int32) * (BLOCK_T - GROUP)
+            ok_ahead = (pos - jump >= 0) & (pos - jump < L)
+            ok_ahead_p = (pos_p - jump >= 0) & (pos_p - jump < L)
+            dt_ahead = _tile(dt_row, pos - jump, s_dtl, ok_tile_d, ok_ahead)
+            u_ahead = _tile(u_row, pos - jump, s_ul, ok_tile_d, ok_ahead)
+            B_ahead = _tile_across(B_row, pos_p - jump, s_Bl, ok_part_n, ok_ahead_p)
+            C_ahead = _tile_across(C_row, pos_p - jump, s_Cl, ok_part_n, ok_ahead_p & (g > 0))
+            dy_ahead = _tile(dout_row, pos - jump, s_gl, ok_tile_d, ok_ahead & (g > 0))
+            if HAS_Z:
+                z_ahead = _tile(z_row, pos - jump, s_zl, ok_tile_d, ok_ahead & (g > 0))
+            dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
+            if HAS_Z:
                 gates = 1.0 / (1.0 + gl.exp(-zs))
                 dys_in = dys
                 dys *= zs * gates
