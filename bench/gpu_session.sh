@@ -2,7 +2,8 @@
 # One GPU-machine session: install the carried kernel wheels, run the `gpu` tests, then benchmark.
 # Run from the repository root on a CUDA machine whose Python has torch (and triton):
 #   bash bench/gpu_session.sh OUT_DIR [tests] [train PRESETS MICRO_BATCHES] [multi NGPU PRESETS MICRO_BATCHES]
-#                                     [firststep PRESET MICRO_BATCH] [loss D_MODELS] [ssd] [op NAME] [trainer PRESET MICRO_BATCH] [pack]
+#                                     [firststep PRESET MICRO_BATCH] [loss D_MODELS] [ssd] [op NAME] [ncu NAME IMPL KERNEL]
+#                                     [trainer PRESET MICRO_BATCH] [pack]
 # BENCH_ARGS (e.g. "--warmup 3 --steps 6 --rounds 3 --impls reference,kotomamba,kotomamba+compile") go to train
 # and multi, which also append their RESULTS.md entries to OUT_DIR/results_entry.md. BENCH_TAG names a multi
 # run's files (e.g. BENCH_TAG=sgo with BENCH_ARGS="--strategy SHARD_GRAD_OP" in a second invocation).
@@ -91,6 +92,23 @@ while [ $# -gt 0 ]; do
         --json "$out/$name.json" 2>&1 \
         | tee "$out/$name.log" | grep -v '^{'
       status=$(( status | ${PIPESTATUS[0]} ));;
+    ncu)
+      # Where one kernel's warps wait (Nsight Compute, the card's clocks left as they are): NAME's op benchmark
+      # (bench/NAME_throughput.py with OP_ARGS; its first shape) runs IMPL once under ncu, which profiles the first
+      # launch of the kernel whose name matches KERNEL (a regular expression). The report comes back as
+      # ncu_NAME.ncu-rep beside its details page; bench/ncu_stalls.py prints the stall reasons and the instructions
+      # that wait.
+      name=$2; impl=$3; kernel=$4; shift 4
+      timeout "${STEP_TIMEOUT:-500}" ncu --clock-control none --profile-from-start off -k "regex:$kernel" \
+        --launch-count 1 --set full --import-source yes -o "$out/ncu_$name" -f \
+        python3 "bench/${name}_throughput.py" ${OP_ARGS:-} --child "$impl" --ncu > "$out/ncu_$name.log" 2>&1
+      status=$(( status | $? ))
+      ncu -i "$out/ncu_$name.ncu-rep" --page details > "$out/ncu_${name}_details.txt" 2>&1
+      grep -E "^ +(Duration|Registers Per Thread|Achieved Occupancy|Issued Ipc Active|No Eligible) " \
+        "$out/ncu_${name}_details.txt"
+      ncu -i "$out/ncu_$name.ncu-rep" --page source --csv --print-source sass > "$out/ncu_${name}_sass.csv" 2>&1
+      python3 bench/ncu_stalls.py "$out/ncu_${name}_sass.csv" | tee "$out/ncu_${name}_stalls.md"
+      rm "$out/ncu_${name}_sass.csv";;
     loss)
       # The language-model loss alone (bench/cross_entropy_throughput.py), for hidden sizes D_MODELS (e.g. 768,1024).
       timeout "${STEP_TIMEOUT:-500}" python3 bench/cross_entropy_throughput.py --d-model "$2" --json "$out/loss.json" \

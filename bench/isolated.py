@@ -103,10 +103,26 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
                         help="also print each implementation's kernels for one call, at the first case")
     parser.add_argument("--time-limit", type=float, default=None, help=TIME_LIMIT_HELP)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ncu", action="store_true",
+                        help="with --child IMPL: warm up, then one call of the first case between cudaProfilerStart "
+                             "and cudaProfilerStop, for `ncu --profile-from-start off` (bench/gpu_session.sh's ncu "
+                             "step); nothing is timed")
     parser.add_argument("--json", default=None)
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args()
+    if args.child and args.ncu:
+        import torch
+
+        run, _ = runner(args.child, cases(args)[0], args)
+        for _ in range(3):
+            run()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStart()
+        run()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
+        return
     if args.child:
         import triton
 
