@@ -96,12 +96,13 @@ while [ $# -gt 0 ]; do
       # Where one kernel's warps wait (Nsight Compute, the card's clocks left as they are): NAME's op benchmark
       # (bench/NAME_throughput.py with OP_ARGS; its first shape) runs IMPL once under ncu, which profiles the first
       # launch of the kernel whose name matches KERNEL (a regular expression). The report comes back as
-      # ncu_NAME.ncu-rep beside its details page; bench/ncu_stalls.py prints the stall reasons and the instructions
-      # that wait.
-      name=$2; impl=$3; kernel=$4; shift 4
+      # ncu_NAME_KERNEL.ncu-rep (KERNEL's characters other than letters, digits, '.', '_' and '-' as '_') beside its
+      # details page; bench/ncu_stalls.py prints the stall reasons and the instructions that wait.
+      op=$2; impl=$3; kernel=$4; shift 4
+      name=${op}_$(printf '%s' "$kernel" | tr -c 'A-Za-z0-9._-' '_')
       timeout "${STEP_TIMEOUT:-500}" ncu --clock-control none --profile-from-start off -k "regex:$kernel" \
         --launch-count 1 --set full --import-source yes -o "$out/ncu_$name" -f \
-        python3 "bench/${name}_throughput.py" ${OP_ARGS:-} --child "$impl" --ncu > "$out/ncu_$name.log" 2>&1
+        python3 "bench/${op}_throughput.py" ${OP_ARGS:-} --child "$impl" --ncu > "$out/ncu_$name.log" 2>&1
       status=$(( status | $? ))
       ncu -i "$out/ncu_$name.ncu-rep" --page details > "$out/ncu_${name}_details.txt" 2>&1
       grep -E "^ +(Duration|Registers Per Thread|Achieved Occupancy|Issued Ipc Active|No Eligible) " \
