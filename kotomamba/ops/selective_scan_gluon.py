@@ -174,19 +174,19 @@ def _scan_bwd_kernel(
     # forward's next group (at its last, the walk back's first, the same group), the walk back's group before it (at
     # the block's first, the forward's first group of the block before); the output's gradient, z and C of the walk
     # back's first group are read before the block's forward.
-    start = (blocks - 1) * BLOCK_T
-    dt_ahead = _tile(dt_row, start + tile_p, s_dtl, ok_tile_d, start + tile_p < L)
-    u_ahead = _tile(u_row, start + tile_p, s_ul, ok_tile_d, start + tile_p < L)
-    B_ahead = _tile_across(B_row, start + part_p, s_Bl, ok_part_n, start + part_p < L)
+    ahead, ahead_p = (blocks - 1) * BLOCK_T + tile_p, (blocks - 1) * BLOCK_T + part_p
+    dt_ahead = _tile(dt_row, ahead, s_dtl, ok_tile_d, ahead < L)
+    u_ahead = _tile(u_row, ahead, s_ul, ok_tile_d, ahead < L)
+    B_ahead = _tile_across(B_row, ahead_p, s_Bl, ok_part_n, ahead_p < L)
     for back in range(blocks):
         c = blocks - 1 - back
         start = c * BLOCK_T
         groups = gl.cdiv(gl.minimum(BLOCK_T, L - start), GROUP)
-        last = start + (groups - 1) * GROUP
-        dy_ahead = _tile(dout_row, last + tile_p, s_gl, ok_tile_d, last + tile_p < L)
+        ahead, ahead_p = start + (groups - 1) * GROUP + tile_p, start + (groups - 1) * GROUP + part_p
+        dy_ahead = _tile(dout_row, ahead, s_gl, ok_tile_d, ahead < L)
         if HAS_Z:
-            z_ahead = _tile(z_row, last + tile_p, s_zl, ok_tile_d, last + tile_p < L)
-        C_ahead = _tile_across(C_row, last + part_p, s_Cl, ok_part_n, last + part_p < L)
+            z_ahead = _tile(z_row, ahead, s_zl, ok_tile_d, ahead < L)
+        C_ahead = _tile_across(C_row, ahead_p, s_Cl, ok_part_n, ahead_p < L)
         # The block's forward again, from its entering state, keeping every position's state.
         h = gl.load(states_ptr + state_rows + c * dim * N, mask=gl.expand_dims(ok_d, 1), other=0.0)
         for g in range(groups):
@@ -197,9 +197,10 @@ def _scan_bwd_kernel(
             us = u_ahead.to(gl.float32)
             Bs = gl.convert_layout(B_ahead.to(gl.float32), P)
             jump = GROUP * (g + 1 < groups).to(gl.int32)
-            dt_ahead = _tile(dt_row, pos + jump, s_dtl, ok_tile_d, pos + jump < L)
-            u_ahead = _tile(u_row, pos + jump, s_ul, ok_tile_d, pos + jump < L)
-            B_ahead = _tile_across(B_row, pos_p + jump, s_Bl, ok_part_n, pos_p + jump < L)
+            ahead, ahead_p = pos + jump, pos_p + jump
+            dt_ahead = _tile(dt_row, ahead, s_dtl, ok_tile_d, ahead < L)
+            u_ahead = _tile(u_row, ahead, s_ul, ok_tile_d, ahead < L)
+            B_ahead = _tile_across(B_row, ahead_p, s_Bl, ok_part_n, ahead_p < L)
             dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
             dtus = gl.convert_layout(dts * us, T)
             dts = gl.convert_layout(dts, T)
@@ -227,15 +228,16 @@ def _scan_bwd_kernel(
             if HAS_Z:
                 zs = z_ahead.to(gl.float32)
             jump = GROUP + (g == 0).to(gl.int32) * (BLOCK_T - GROUP)
-            ok_ahead = (pos - jump >= 0) & (pos - jump < L)
-            ok_ahead_p = (pos_p - jump >= 0) & (pos_p - jump < L)
-            dt_ahead = _tile(dt_row, pos - jump, s_dtl, ok_tile_d, ok_ahead)
-            u_ahead = _tile(u_row, pos - jump, s_ul, ok_tile_d, ok_ahead)
-            B_ahead = _tile_across(B_row, pos_p - jump, s_Bl, ok_part_n, ok_ahead_p)
-            C_ahead = _tile_across(C_row, pos_p - jump, s_Cl, ok_part_n, ok_ahead_p & (g > 0))
-            dy_ahead = _tile(dout_row, pos - jump, s_gl, ok_tile_d, ok_ahead & (g > 0))
+            ahead, ahead_p = pos - jump, pos_p - jump
+            ok_ahead = (ahead >= 0) & (ahead < L)
+            ok_ahead_p = (ahead_p >= 0) & (ahead_p < L)
+            dt_ahead = _tile(dt_row, ahead, s_dtl, ok_tile_d, ok_ahead)
+            u_ahead = _tile(u_row, ahead, s_ul, ok_tile_d, ok_ahead)
+            B_ahead = _tile_across(B_row, ahead_p, s_Bl, ok_part_n, ok_ahead_p)
+            C_ahead = _tile_across(C_row, ahead_p, s_Cl, ok_part_n, ok_ahead_p & (g > 0))
+            dy_ahead = _tile(dout_row, ahead, s_gl, ok_tile_d, ok_ahead & (g > 0))
             if HAS_Z:
-                z_ahead = _tile(z_row, pos - jump, s_zl, ok_tile_d, ok_ahead & (g > 0))
+                z_ahead = _tile(z_row, ahead, s_zl, ok_tile_d, ok_ahead & (g > 0))
             dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
             if HAS_Z:
                 gates = 1.0 / (1.0 + gl.exp(-zs))
