@@ -31,7 +31,8 @@ def read(path: str) -> tuple[list[str], list[dict]]:
 
 
 def number(row: dict, key: str) -> int:
-    return int(row[key] or 0) if row[key] not in ("-", "") else 0
+    """``row``'s count under ``key``; 0 where ncu leaves it empty or writes ``-``."""
+    return int(row[key]) if row[key] not in ("-", "") else 0
 
 
 def opcode(source: str) -> str:
@@ -55,8 +56,9 @@ def main() -> None:
         print(f"| {reason.removeprefix('stall_')} | {count / samples:.1%} |")
     ops, op_samples = collections.Counter(), collections.Counter()
     for row in rows:
-        ops[opcode(row["Source"])] += number(row, EXECUTED)
-        op_samples[opcode(row["Source"])] += number(row, SAMPLES)
+        op = opcode(row["Source"])
+        ops[op] += number(row, EXECUTED)
+        op_samples[op] += number(row, SAMPLES)
     print("\n| opcode | share of executed | share of samples |\n| --- | --- | --- |")
     for op, count in ops.most_common(12):
         print(f"| {op} | {count / executed:.1%} | {op_samples[op] / samples:.1%} |")
