@@ -172,21 +172,26 @@ def _scan_bwd_kernel(
     dbias_sum = gl.zeros([BLOCK_D], gl.float32, layout=K_D)
     # Each group's tiles are read a group ahead of the walk, which has nothing else to hide their latency behind: the
     # forward's next group (at its last, the walk back's first, the same group), the walk back's group before it (at
-    # the block's first, the forward's first group of the block before); the output's gradient, z and C of the walk
-    # back's first group are read before the block's forward.
-    ahead, ahead_p = (blocks - 1) * BLOCK_T + tile_p, (blocks - 1) * BLOCK_T + part_p
+    # the block's first, the forward's first group of the block before). What only the walk back reads (the output's
+    # gradient, z and C) is read a walked-back group ahead: at a block's first group, the last group of the block
+    # before. Read at the block's start instead, they made the program wait there: ptxas splits the bf16 pairs of a
+    # tile that only passes through a loop right where it is loaded, those of a loop's own carried tile at the loop's
+    # end.
+    last = (blocks - 1) * BLOCK_T
+    ahead, ahead_p = last + tile_p, last + part_p
     dt_ahead = _tile(dt_row, ahead, s_dtl, ok_tile_d, ahead < L)
     u_ahead = _tile(u_row, ahead, s_ul, ok_tile_d, ahead < L)
     B_ahead = _tile_across(B_row, ahead_p, s_Bl, ok_part_n, ahead_p < L)
+    last_group = last + (gl.cdiv(L - last, GROUP) - 1) * GROUP
+    behind, behind_p = last_group + tile_p, last_group + part_p
+    dy_ahead = _tile(dout_row, behind, s_gl, ok_tile_d, behind < L)
+    if HAS_Z:
+        z_ahead = _tile(z_row, behind, s_zl, ok_tile_d, behind < L)
+    C_ahead = _tile_across(C_row, behind_p, s_Cl, ok_part_n, behind_p < L)
     for back in range(blocks):
         c = blocks - 1 - back
         start = c * BLOCK_T
         groups = gl.cdiv(gl.minimum(BLOCK_T, L - start), GROUP)
-        ahead, ahead_p = start + (groups - 1) * GROUP + tile_p, start + (groups - 1) * GROUP + part_p
-        dy_ahead = _tile(dout_row, ahead, s_gl, ok_tile_d, ahead < L)
-        if HAS_Z:
-            z_ahead = _tile(z_row, ahead, s_zl, ok_tile_d, ahead < L)
-        C_ahead = _tile_across(C_row, ahead_p, s_Cl, ok_part_n, ahead_p < L)
         # The block's forward again, from its entering state, keeping every position's state.
         h = gl.load(states_ptr + state_rows + c * dim * N, mask=gl.expand_dims(ok_d, 1), other=0.0)
         for g in range(groups):
@@ -234,10 +239,11 @@ def _scan_bwd_kernel(
             dt_ahead = _tile(dt_row, ahead, s_dtl, ok_tile_d, ok_ahead)
             u_ahead = _tile(u_row, ahead, s_ul, ok_tile_d, ok_ahead)
             B_ahead = _tile_across(B_row, ahead_p, s_Bl, ok_part_n, ok_ahead_p)
-            C_ahead = _tile_across(C_row, ahead_p, s_Cl, ok_part_n, ok_ahead_p & (g > 0))
-            dy_ahead = _tile(dout_row, ahead, s_gl, ok_tile_d, ok_ahead & (g > 0))
+            behind, behind_p = pos - GROUP, pos_p - GROUP
+            C_ahead = _tile_across(C_row, behind_p, s_Cl, ok_part_n, behind_p >= 0)
+            dy_ahead = _tile(dout_row, behind, s_gl, ok_tile_d, behind >= 0)
             if HAS_Z:
-                z_ahead = _tile(z_row, ahead, s_zl, ok_tile_d, ok_ahead & (g > 0))
+                z_ahead = _tile(z_row, behind, s_zl, ok_tile_d, behind >= 0)
             dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
             if HAS_Z:
                 gates = 1.0 / (1.0 + gl.exp(-zs))
