@@ -97,7 +97,8 @@ while [ $# -gt 0 ]; do
       # (bench/NAME_throughput.py with OP_ARGS; its first shape) runs IMPL once under ncu, which profiles the first
       # launch of the kernel whose name matches KERNEL (a regular expression). The report comes back as
       # ncu_NAME_KERNEL.ncu-rep (KERNEL's characters other than letters, digits, '.', '_' and '-' as '_') beside its
-      # details page; bench/ncu_stalls.py prints the stall reasons and the instructions that wait.
+      # details page; bench/ncu_stalls.py prints the stall reasons and the instructions that wait, and _l1.txt what
+      # went through L1/TEX.
       op=$2; impl=$3; kernel=$4; shift 4
       name=${op}_$(printf '%s' "$kernel" | tr -c 'A-Za-z0-9._-' '_')
       timeout "${STEP_TIMEOUT:-500}" ncu --clock-control none --profile-from-start off -k "regex:$kernel" \
@@ -109,6 +110,10 @@ while [ $# -gt 0 ]; do
         "$out/ncu_${name}_details.txt"
       ncu -i "$out/ncu_$name.ncu-rep" --page source --csv --print-source sass > "$out/ncu_${name}_sass.csv" 2>&1
       python3 bench/ncu_stalls.py "$out/ncu_${name}_sass.csv" | tee "$out/ncu_${name}_stalls.md"
+      # What the L1/TEX path carried, by kind: shared memory's wavefronts and bank conflicts, global and local sectors.
+      ncu -i "$out/ncu_$name.ncu-rep" --page raw 2>&1 | grep -E \
+        "l1tex__data_(pipe_lsu_wavefronts|bank_conflicts_pipe_lsu)[a-z_]*\.sum |l1tex__t_sectors_pipe_lsu_mem_(global|local)_op_(ld|st)\.sum " \
+        | tee "$out/ncu_${name}_l1.txt"
       rm "$out/ncu_${name}_sass.csv";;
     loss)
       # The language-model loss alone (bench/cross_entropy_throughput.py), for hidden sizes D_MODELS (e.g. 768,1024).
