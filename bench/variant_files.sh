@@ -5,7 +5,7 @@
 # file since), at its repository path, and DIR/HEAD holds this tree's version of each of those files.
 # On the machine, `cp -r DIR/HEAD/. . && cp -r DIR/NAME/. .` puts variant NAME in place of whichever came before
 # it, for the bench/gpu_session.sh steps after it, and `cp -r DIR/HEAD/. .` puts this tree back (a file that only a
-# branch has stays, unused by this tree's code).
+# branch has stays, unused by this tree's code; a file a branch deletes is not deleted).
 # DIR must not be ignored by git, so that the machine's copy carries it; delete it once the call is done.
 #   bash bench/variant_files.sh DIR BRANCH...
 set -euo pipefail
