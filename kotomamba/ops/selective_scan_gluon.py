@@ -84,11 +84,79 @@ def _over_channels(x, layout: gl.constexpr):
     return gl.expand_dims(gl.convert_layout(pairs, gl.SliceLayout(1, layout)), 1)
 
 
+@gluon.constexpr_function
+def _states_step(warps, group, step):
+    """The layout of step ``step`` (1-3) of :func:`_states_finished`: [8 warps, group, 2, 2, 2] with one of the
+    states' three lane bits summed away before each step (the tensor losing that dimension), and the next one
+    traded for a register bit: at step 1 the lane of state pairs' bit 2 for channels' bit 0, at 2 bit 1 for the
+    group's top position bit, at 3 bit 0 for the position bit below. Dimensions: channels, positions, then the
+    state pairs' bits left, highest first."""
+    p = [1 << k for k in range(group.bit_length() - 1)]
+    w = [8 << k for k in range(warps.bit_length() - 1)]
+    if step == 1:
+        return gl.DistributedLinearLayout(
+            [[0, b, 0, 0, 0] for b in p] + [[0, 0, 1, 0, 0]],
+            [[0, 0, 0, 0, 1], [0, 0, 0, 1, 0], [1, 0, 0, 0, 0], [2, 0, 0, 0, 0], [4, 0, 0, 0, 0]],
+            [[b, 0, 0, 0, 0] for b in w], [], [8 * warps, group, 2, 2, 2])
+    if step == 2:
+        return gl.DistributedLinearLayout(
+            [[0, b, 0, 0] for b in p[:-1]] + [[0, 0, 1, 0]],
+            [[0, 0, 0, 1], [0, group // 2, 0, 0], [1, 0, 0, 0], [2, 0, 0, 0], [4, 0, 0, 0]],
+            [[b, 0, 0, 0] for b in w], [], [8 * warps, group, 2, 2])
+    return gl.DistributedLinearLayout(
+        [[0, b, 0] for b in p[:-2]] + [[0, 0, 1]],
+        [[0, group // 4, 0], [0, group // 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+        [[b, 0, 0] for b in w], [], [8 * warps, group, 2])
+
+
+@gluon.constexpr_function
+def _channels_step(warps, group, n, step):
+    """The layout of step ``step`` (1-2) of :func:`_channels_finished`: [warps, 2, 2, group, n] with one of the
+    channel pairs' two lane bits summed away before step 2, and the next one traded for a register bit: at step 1
+    the lane of channel pairs' bit 1 for the group's top position bit, at 2 bit 0 for the position bit below.
+    Dimensions: warps, the channel pairs' bits left (highest first), positions, states."""
+    p = [1 << k for k in range(group.bit_length() - 1)]
+    w = [1 << k for k in range(warps.bit_length() - 1)]
+    if step == 1:
+        return gl.DistributedLinearLayout(
+            [[0, 0, 0, 0, 1]] + [[0, 0, 0, b, 0] for b in p[:-1]] + [[0, 1, 0, 0, 0]],
+            [[0, 0, 0, 0, 2], [0, 0, 0, 0, 4], [0, 0, 0, 0, 8], [0, 0, 1, 0, 0], [0, 0, 0, group // 2, 0]],
+            [[b, 0, 0, 0, 0] for b in w], [], [warps, 2, 2, group, n])
+    return gl.DistributedLinearLayout(
+        [[0, 0, 0, 1]] + [[0, 0, b, 0] for b in p[:-2]] + [[0, 1, 0, 0]],
+        [[0, 0, 0, 2], [0, 0, 0, 4], [0, 0, 0, 8], [0, 0, group // 4, 0], [0, 0, group // 2, 0]],
+        [[b, 0, 0, 0] for b in w], [], [warps, 2, group, n])
+
+
 @gluon.jit
-def _finished(parts, whole: gl.constexpr, axis: gl.constexpr, layout: gl.constexpr):
-    """A group's sums from the lanes' partial sums ``parts`` (3-D, summed over ``axis``): one layout change to
-    ``whole``, where each lane holds all the partials of its sums, then the sums in ``layout``."""
-    return gl.convert_layout(gl.sum(gl.convert_layout(parts, whole), axis=axis), layout)
+def _states_finished(parts, layout: gl.constexpr):
+    """A group's sums over states [BLOCK_D, GROUP] in ``layout`` (the tiles' K) from the lanes' partial sums
+    ``parts`` [BLOCK_D, GROUP, 8] (AS: the 8 lanes along state pairs hold a position's partials) by a
+    reduce-scatter: for each of the three lane bits along state pairs, a layout change that trades it for a
+    register bit (Triton lowers a change trading one lane bit for one register bit with warp shuffles of half the
+    registers, not through shared memory), then the two halves added in the thread. The traded register bits are
+    the ones K keeps on those lanes, so the sums arrive in K."""
+    rows: gl.constexpr = parts.shape[0]
+    group: gl.constexpr = parts.shape[1]
+    warps: gl.constexpr = gl.num_warps()
+    x = gl.convert_layout(gl.reshape(parts, [rows, group, 2, 2, 2]), _states_step(warps, group, 1))
+    x = gl.convert_layout(gl.sum(x, axis=2), _states_step(warps, group, 2))
+    x = gl.convert_layout(gl.sum(x, axis=2), _states_step(warps, group, 3))
+    return gl.convert_layout(gl.sum(x, axis=2), layout)
+
+
+@gluon.jit
+def _channels_finished(parts, layout: gl.constexpr):
+    """A group's sums over channels [GROUP, N] in ``layout`` from the lanes' partial sums ``parts`` [BLOCK_D // 2,
+    GROUP, N] (AC: 4 lanes and the warps along channel pairs hold a position's partials): the two lane bits summed
+    as :func:`_states_finished` sums its three, then the warps' partials added through shared memory."""
+    pairs: gl.constexpr = parts.shape[0]
+    group: gl.constexpr = parts.shape[1]
+    n: gl.constexpr = parts.shape[2]
+    warps: gl.constexpr = gl.num_warps()
+    x = gl.convert_layout(gl.reshape(parts, [pairs // 4, 2, 2, group, n]), _channels_step(warps, group, n, 1))
+    x = gl.convert_layout(gl.sum(x, axis=1), _channels_step(warps, group, n, 2))
+    return gl.convert_layout(gl.sum(gl.sum(x, axis=1), axis=0), layout)
 
 
 @gluon.jit
@@ -120,12 +188,13 @@ def _scan_bwd_kernel(
     # The walk's five sums, each lane's share of a position's sum kept for the group's positions and finished once a
     # group: over states [BLOCK_D, GROUP, N // 2] (a lane's pair of states added up, 8 lanes' partials left), over
     # channels [BLOCK_D // 2, GROUP, N] (a lane's pair of channels, 4 lanes' partials). The same lanes hold a
-    # position's partials as hold its states, so a partial moves into the group for free; the group is finished in
-    # layouts where each lane holds whole sums, and they map lanes as K and Q do.
+    # position's partials as hold its states, so a partial moves into the group for free; the group is finished by
+    # warp shuffles, the sums over states arriving in K, those over channels in R.
     AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [W, 1, 1], [2, 1, 0])
-    RS: gl.constexpr = gl.BlockedLayout([1, GROUP // 4, N // 2], [8, 4, 1], [W, 1, 1], [2, 1, 0])
-    RC: gl.constexpr = gl.BlockedLayout([BLOCK_D // 2, GROUP // 4, 1], [1, 4, 8], [1, 1, W], [0, 1, 2])
+    R: gl.constexpr = gl.BlockedLayout([GROUP // 4, 2], [4, 8], [W, 1], [1, 0])  # [GROUP, N]
+    R_P: gl.constexpr = gl.SliceLayout(1, R)
+    R_N: gl.constexpr = gl.SliceLayout(0, R)
     pid_d = gl.program_id(0)
     d_programs = gl.num_programs(0)
     b = gl.program_id(1).to(gl.int64)
@@ -139,6 +208,8 @@ def _scan_bwd_kernel(
     part_p = gl.arange(0, GROUP, layout=Q_P)
     walk_part_p = gl.arange(0, GROUP, layout=P_P)
     part_n = gl.arange(0, N, layout=Q_N)
+    sum_p = gl.arange(0, GROUP, layout=R_P)
+    sum_n = gl.arange(0, N, layout=R_N)
     sum_s_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AS))), 0), 2)
     sum_c_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AC))), 0), 2)
     ok_part_n = part_n < N
@@ -161,7 +232,7 @@ def _scan_bwd_kernel(
     program = b * d_programs + pid_d
     scratch = (scratch_ptr + program * BLOCK_T * BLOCK_D * N
                + gl.expand_dims(gl.arange(0, BLOCK_D, layout=S_D), 1) * N + gl.expand_dims(offs_n, 0))
-    part_rows = program * L * N + part_n
+    sum_rows = program * L * N + sum_n
     if HAS_DLAST:
         carried = gl.load(dlast_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0),
                           mask=gl.expand_dims(ok_d, 1), other=0.0).to(gl.float32)
@@ -224,7 +295,6 @@ def _scan_bwd_kernel(
             ok_pos = pos < L
             ok = gl.expand_dims(ok_tile_d, 1) & gl.expand_dims(ok_pos, 0)
             pos_p = start + g * GROUP + part_p
-            ok_pos_p = pos_p < L
             raws = dt_ahead.to(gl.float32) + gl.expand_dims(bias, 1)
             us = u_ahead.to(gl.float32)
             Bs = gl.convert_layout(B_ahead.to(gl.float32), P)
@@ -280,11 +350,11 @@ def _scan_bwd_kernel(
                 dBs_part = gl.where(sel_c, _over_channels(dh * dtu, AC), dBs_part)
                 dCs_part = gl.where(sel_c, _over_channels(h * gl.expand_dims(dy, 1), AC), dCs_part)
             if HAS_Z:
-                ys = _finished(ys_part, RS, 2, K)
-            dhBs = _finished(dhBs_part, RS, 2, K)
-            keptAs = _finished(keptAs_part, RS, 2, K)
-            dBs = _finished(dBs_part, RC, 0, Q)
-            dCs = _finished(dCs_part, RC, 0, Q)
+                ys = _states_finished(ys_part, K)
+            dhBs = _states_finished(dhBs_part, K)
+            keptAs = _states_finished(keptAs_part, K)
+            dBs = _channels_finished(dBs_part, R)
+            dCs = _channels_finished(dCs_part, R)
             dus = dts * dhBs
             if HAS_D:
                 dus += gl.expand_dims(Dv, 1) * dys
@@ -304,10 +374,11 @@ def _scan_bwd_kernel(
                      mask=ok)
             gl.store(gl.expand_dims(ddt_row, 1) + gl.expand_dims(pos, 0) * s_ddtl,
                      ddts.to(ddt_ptr.dtype.element_ty), mask=ok)
-            ok_part = gl.expand_dims(ok_pos_p, 1) & gl.expand_dims(ok_part_n, 0)
-            part = gl.expand_dims(part_rows, 0) + gl.expand_dims(pos_p, 1) * N
-            gl.store(dB_ptr + part, dBs, mask=ok_part)
-            gl.store(dC_ptr + part, dCs, mask=ok_part)
+            pos_s = start + g * GROUP + sum_p
+            ok_sum = gl.expand_dims(pos_s < L, 1) & gl.expand_dims(sum_n < N, 0)
+            sums = gl.expand_dims(sum_rows, 0) + gl.expand_dims(pos_s, 1) * N
+            gl.store(dB_ptr + sums, dBs, mask=ok_sum)
+            gl.store(dC_ptr + sums, dCs, mask=ok_sum)
     gl.store(dA_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0), dA_sum,
              mask=gl.expand_dims(ok_d, 1))
     if HAS_D:
