@@ -186,6 +186,24 @@ def _channels_finished(parts, layout: gl.constexpr):
 
 
 @gluon.jit
+def _by_lane(h, layout: gl.constexpr):
+    """A state [8 W, N] in the states' layout S -> [32 W, 4] in ``layout``: row = a lane (warp by warp), the lane's
+    4 values (2 channels x 2 states) along it; moves no data."""
+    rows: gl.constexpr = h.shape[0]
+    n: gl.constexpr = h.shape[1]
+    x = gl.permute(gl.reshape(h, [rows // 2, 2, n // 2, 2]), [0, 2, 1, 3])
+    return gl.convert_layout(gl.reshape(x, [rows // 2 * (n // 2), 4]), layout)
+
+
+@gluon.jit
+def _from_lanes(x, layout: gl.constexpr):
+    """:func:`_by_lane`'s inverse: [32 W, 4] -> [8 W, 16] in ``layout`` (S)."""
+    lanes: gl.constexpr = x.shape[0]
+    y = gl.permute(gl.reshape(x, [lanes // 8, 8, 2, 2]), [0, 2, 1, 3])
+    return gl.convert_layout(gl.reshape(y, [lanes // 4, 16]), layout)
+
+
+@gluon.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
@@ -214,6 +232,7 @@ def _scan_bwd_kernel(
     # channels [BLOCK_D // 2, GROUP, N] (a lane's pair of channels, 4 lanes' partials). The same lanes hold a
     # position's partials as hold its states, so a partial moves into the group for free; the group is finished by
     # warp shuffles, the sums over states arriving in K, those over channels in R.
+    LANES: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [W, 1], [1, 0])  # [32 W, 4]: a state, a lane's 4 a row
     AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     R: gl.constexpr = gl.BlockedLayout([GROUP // 4, 2], [4, 8], [W, 1], [1, 0])  # [GROUP, N]
@@ -252,8 +271,10 @@ def _scan_bwd_kernel(
     B_row, C_row = B_ptr + b * s_Bb + part_n * s_Bn, C_ptr + b * s_Cb + part_n * s_Cn
     state_rows = (b * blocks * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0)
     program = b * d_programs + pid_d
-    scratch = (scratch_ptr + program * BLOCK_T * BLOCK_D * N
-               + gl.expand_dims(gl.arange(0, BLOCK_D, layout=S_D), 1) * N + gl.expand_dims(offs_n, 0))
+    # Every position's state of the block being walked back, in shared memory: each lane's 4 values of a state
+    # side by side ([lanes, 4] a position), so that a lane stores and loads them in one access without bank conflicts.
+    states_kept = gl.allocate_shared_memory(gl.float32, [BLOCK_T, 32 * W, 4],
+                                            gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     sum_rows = program * L * N + sum_n
     if HAS_DLAST:
         carried = gl.load(dlast_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0),
@@ -307,7 +328,7 @@ def _scan_bwd_kernel(
                 dtu = _column(dtus, i, S_D)
                 Bt = _column(gl.permute(Bs, [1, 0]), i, S_N)
                 h = gl.exp2(gl.expand_dims(dt, 1) * A2) * h + gl.expand_dims(dtu, 1) * gl.expand_dims(Bt, 0)
-                gl.store(scratch + (g * GROUP + i) * BLOCK_D * N, h)
+                states_kept.index(g * GROUP + i).store(_by_lane(h, LANES))
         # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
         for back_g in range(groups):
             g = groups - 1 - back_g
@@ -355,7 +376,7 @@ def _scan_bwd_kernel(
                 dy = _column(walk_dys, GROUP - 1 - j, S_D)
                 Bt = gl.expand_dims(_column(gl.permute(Bs, [1, 0]), GROUP - 1 - j, S_N), 0)
                 Ct = gl.expand_dims(_column(gl.permute(Cs, [1, 0]), GROUP - 1 - j, S_N), 0)
-                h = gl.load(scratch + (g * GROUP + GROUP - 1 - j) * BLOCK_D * N)
+                h = _from_lanes(states_kept.index(g * GROUP + GROUP - 1 - j).load(LANES), S)
                 if HAS_Z:
                     ys_part = gl.where(sel_s, _over_states(h * Ct, AS), ys_part)
                 dh = Ct * gl.expand_dims(dy, 1) + carried
