@@ -97,7 +97,7 @@ def test_the_gluon_backward_compiles_with_fewer_shuffles_barriers_and_instructio
     and the walk's sums are finished once a group by a reduce-scatter of shuffles, so its code has under a quarter
     of the Triton kernel's shuffles (which finishes every position's sums by a butterfly) and fewer barriers per
     position (the Triton kernel's group is twice as long, 16 positions against 8, so its counts are halved), in
-    less code than the Triton kernel's (code run once a block, as the team sums, counts as much as the walk's)."""
+    less code than the Triton kernel's (code run once a block counts here as much as the walk's)."""
     pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (triton.experimental.gluon)")
     from kotomamba.ops.selective_scan_triton import SCAN_BWD_GLUON_CONFIG, forward_config
 
