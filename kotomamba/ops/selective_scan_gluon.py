@@ -233,6 +233,7 @@ def _scan_bwd_kernel(
     # position's partials as hold its states, so a partial moves into the group for free; the group is finished by
     # warp shuffles, the sums over states arriving in K, those over channels in R.
     LANES: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [W, 1], [1, 0])  # [32 W, 4]: a state, a lane's 4 a row
+    GROUP_LANES: gl.constexpr = gl.BlockedLayout([GROUP, 1, 4], [1, 32, 1], [1, W, 1], [2, 1, 0])  # a group's
     AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     R: gl.constexpr = gl.BlockedLayout([GROUP // 4, 2], [4, 8], [W, 1], [1, 0])  # [GROUP, N]
@@ -273,8 +274,10 @@ def _scan_bwd_kernel(
     program = b * d_programs + pid_d
     # Every position's state of the block being walked back, in shared memory: each lane's 4 values of a state
     # side by side ([lanes, 4] a position), so that a lane stores and loads them in one access without bank conflicts.
-    states_kept = gl.allocate_shared_memory(gl.float32, [BLOCK_T, 32 * W, 4],
+    states_kept = gl.allocate_shared_memory(gl.float32, [BLOCK_T // GROUP, GROUP * 32 * W, 4],
                                             gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    group_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(1, gl.SliceLayout(2,
+                                                                                              GROUP_LANES))), 1), 2)
     sum_rows = program * L * N + sum_n
     if HAS_DLAST:
         carried = gl.load(dlast_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0),
@@ -323,12 +326,15 @@ def _scan_bwd_kernel(
             dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
             dtus = gl.convert_layout(dts * us, T)
             dts = gl.convert_layout(dts, T)
+            kept = gl.zeros([GROUP, 32 * W, 4], gl.float32, layout=GROUP_LANES)
             for i in gl.static_range(GROUP):
                 dt = _column(dts, i, S_D)
                 dtu = _column(dtus, i, S_D)
                 Bt = _column(gl.permute(Bs, [1, 0]), i, S_N)
                 h = gl.exp2(gl.expand_dims(dt, 1) * A2) * h + gl.expand_dims(dtu, 1) * gl.expand_dims(Bt, 0)
-                states_kept.index(g * GROUP + i).store(_by_lane(h, LANES))
+                kept = gl.where(group_p == i, gl.expand_dims(_by_lane(h, gl.SliceLayout(0, GROUP_LANES)), 0), kept)
+            # One store a group: a barrier guards each store into shared memory (Triton 3.6 puts one before every one).
+            states_kept.index(g).store(gl.reshape(kept, [GROUP * 32 * W, 4]))
         # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
         for back_g in range(groups):
             g = groups - 1 - back_g
@@ -376,7 +382,7 @@ def _scan_bwd_kernel(
                 dy = _column(walk_dys, GROUP - 1 - j, S_D)
                 Bt = gl.expand_dims(_column(gl.permute(Bs, [1, 0]), GROUP - 1 - j, S_N), 0)
                 Ct = gl.expand_dims(_column(gl.permute(Cs, [1, 0]), GROUP - 1 - j, S_N), 0)
-                h = _from_lanes(states_kept.index(g * GROUP + GROUP - 1 - j).load(LANES), S)
+                h = _from_lanes(states_kept.index(g).slice((GROUP - 1 - j) * 32 * W, 32 * W).load(LANES), S)
                 if HAS_Z:
                     ys_part = gl.where(sel_s, _over_states(h * Ct, AS), ys_part)
                 dh = Ct * gl.expand_dims(dy, 1) + carried
