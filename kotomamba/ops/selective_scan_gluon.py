@@ -111,78 +111,71 @@ def _over_channels(x, layout: gl.constexpr):
 
 
 @gluon.constexpr_function
-def _states_step(warps, group, step):
-    """The layout of step ``step`` (1-3) of :func:`_states_finished`: [8 warps, group, 2, 2, 2] with one of the
-    states' three lane bits summed away before each step (the tensor losing that dimension), and the next one
-    traded for a register bit: at step 1 the lane of state pairs' bit 2 for channels' bit 0, at 2 bit 1 for the
-    group's top position bit, at 3 bit 0 for the position bit below. Dimensions: channels, positions, then the
-    state pairs' bits left, highest first."""
-    p = [1 << k for k in range(group.bit_length() - 1)]
-    w = [8 << k for k in range(warps.bit_length() - 1)]
-    if step == 1:
-        return gl.DistributedLinearLayout(
-            [[0, b, 0, 0, 0] for b in p] + [[0, 0, 1, 0, 0]],
-            [[0, 0, 0, 0, 1], [0, 0, 0, 1, 0], [1, 0, 0, 0, 0], [2, 0, 0, 0, 0], [4, 0, 0, 0, 0]],
-            [[b, 0, 0, 0, 0] for b in w], [], [8 * warps, group, 2, 2, 2])
-    if step == 2:
-        return gl.DistributedLinearLayout(
-            [[0, b, 0, 0] for b in p[:-1]] + [[0, 0, 1, 0]],
-            [[0, 0, 0, 1], [0, group // 2, 0, 0], [1, 0, 0, 0], [2, 0, 0, 0], [4, 0, 0, 0]],
-            [[b, 0, 0, 0] for b in w], [], [8 * warps, group, 2, 2])
-    return gl.DistributedLinearLayout(
-        [[0, b, 0] for b in p[:-2]] + [[0, 0, 1]],
-        [[0, group // 4, 0], [0, group // 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
-        [[b, 0, 0] for b in w], [], [8 * warps, group, 2])
+def _along(layout, rank, dim):
+    """The 1-D layout of dimension ``dim`` of a rank-``rank`` tensor in ``layout``: every other dimension sliced
+    away, so that expanding them back in increasing order gives ``layout`` again."""
+    for axis in reversed(range(rank)):
+        if axis != dim:
+            layout = gl.SliceLayout(axis, layout)
+    return layout
 
 
-@gluon.constexpr_function
-def _channels_step(warps, group, n, step):
-    """The layout of step ``step`` (1-2) of :func:`_channels_finished`: [warps, 2, 2, group, n] with one of the
-    channel pairs' two lane bits summed away before step 2, and the next one traded for a register bit: at step 1
-    the lane of channel pairs' bit 1 for the group's top position bit, at 2 bit 0 for the position bit below.
-    Dimensions: warps, the channel pairs' bits left (highest first), positions, states."""
-    p = [1 << k for k in range(group.bit_length() - 1)]
-    w = [1 << k for k in range(warps.bit_length() - 1)]
-    if step == 1:
-        return gl.DistributedLinearLayout(
-            [[0, 0, 0, 0, 1]] + [[0, 0, 0, b, 0] for b in p[:-1]] + [[0, 1, 0, 0, 0]],
-            [[0, 0, 0, 0, 2], [0, 0, 0, 0, 4], [0, 0, 0, 0, 8], [0, 0, 1, 0, 0], [0, 0, 0, group // 2, 0]],
-            [[b, 0, 0, 0, 0] for b in w], [], [warps, 2, 2, group, n])
-    return gl.DistributedLinearLayout(
-        [[0, 0, 0, 1]] + [[0, 0, b, 0] for b in p[:-2]] + [[0, 1, 0, 0]],
-        [[0, 0, 0, 2], [0, 0, 0, 4], [0, 0, 0, 8], [0, 0, group // 4, 0], [0, 0, group // 2, 0]],
-        [[b, 0, 0, 0] for b in w], [], [warps, 2, group, n])
+@gluon.jit
+def _traded_sum(x, lanes: gl.constexpr):
+    """``x`` [..., 2] summed over its dimension ``lanes`` (of size 2, across a pair of lanes), each lane keeping the
+    sums of the half of the last dimension (a pair of registers) that its index along ``lanes`` names:
+    out[..., k, ...] = sum_i x[..., i, ..., k], with k in dimension ``lanes`` and the last dimension gone. Each lane
+    hands its partner the half it does not keep (a flip along a dimension across lanes is a shuffle a register)
+    and adds what comes back: a shuffle, two selects and an add for each pair of registers. Its result is what
+    Triton's layout change trading the two bits followed by a sum gives, less one select a pair."""
+    first, second = gl.split(x)
+    rank: gl.constexpr = len(first.shape)
+    upper = gl.arange(0, 2, layout=_along(first.type.layout, rank, lanes)) == 1
+    for axis in gl.static_range(rank):
+        if axis != lanes:
+            upper = gl.expand_dims(upper, axis)
+    kept = gl.where(upper, second, first)
+    return kept + gl.convert_layout(gl.where(upper, first, second).flip(lanes), kept.type.layout)
 
 
 @gluon.jit
 def _states_finished(parts, layout: gl.constexpr):
     """A group's sums over states [BLOCK_D, GROUP] in ``layout`` (the tiles' K) from the lanes' partial sums
     ``parts`` [BLOCK_D, GROUP, 8] (AS: the 8 lanes along state pairs hold a position's partials) by a
-    reduce-scatter: for each of the three lane bits along state pairs, a layout change that trades it for a
-    register bit (Triton lowers a change trading one lane bit for one register bit with warp shuffles of half the
-    registers, not through shared memory), then the two halves added in the thread. The traded register bits are
-    the ones K keeps on those lanes, so the sums arrive in K."""
+    reduce-scatter (:func:`_traded_sum`): the lane bits of state pairs' bit 2, 1 and 0 traded in turn for the
+    register bits of channels' bit 0, the group's top position bit and the position bit below, the bits K keeps on
+    those lanes, so the sums arrive in K."""
     rows: gl.constexpr = parts.shape[0]
     group: gl.constexpr = parts.shape[1]
-    warps: gl.constexpr = gl.num_warps()
-    x = gl.convert_layout(gl.reshape(parts, [rows, group, 2, 2, 2]), _states_step(warps, group, 1))
-    x = gl.convert_layout(gl.sum(x, axis=2), _states_step(warps, group, 2))
-    x = gl.convert_layout(gl.sum(x, axis=2), _states_step(warps, group, 3))
-    return gl.convert_layout(gl.sum(x, axis=2), layout)
+    x = gl.permute(gl.reshape(parts, [rows // 2, 2, group, 2, 4]), [0, 2, 3, 4, 1])  # [ch / 2, pos, sp4, sp % 4, ch0]
+    x = _traded_sum(x, 2)  # [ch / 2, pos, ch0, sp % 4]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3]), [rows, group, 4])
+    x = gl.permute(gl.reshape(x, [rows, 2, group // 2, 2, 2]), [0, 2, 3, 4, 1])  # [ch, pos % (G/2), sp2, sp1, ptop]
+    x = _traded_sum(x, 2)  # [ch, pos % (G/2), ptop, sp1]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3]), [rows, group, 2])
+    x = gl.permute(gl.reshape(x, [rows, 2, 2, group // 4, 2]), [0, 1, 3, 4, 2])  # [ch, ptop, pos % (G/4), sp1, pmid]
+    x = _traded_sum(x, 3)  # [ch, ptop, pos % (G/4), pmid]
+    return gl.convert_layout(gl.reshape(gl.permute(x, [0, 1, 3, 2]), [rows, group]), layout)
 
 
 @gluon.jit
 def _channels_finished(parts, layout: gl.constexpr):
     """A group's sums over channels [GROUP, N] in ``layout`` from the lanes' partial sums ``parts`` [BLOCK_D // 2,
-    GROUP, N] (AC: 4 lanes and the warps along channel pairs hold a position's partials): the two lane bits summed
-    as :func:`_states_finished` sums its three, then the warps' partials added through shared memory."""
+    GROUP, N] (AC: 4 lanes and the warps along channel pairs hold a position's partials): the channel pairs' two lane
+    bits traded as in :func:`_states_finished` for the group's top two position bits, then the warps' partials added
+    through shared memory."""
     pairs: gl.constexpr = parts.shape[0]
     group: gl.constexpr = parts.shape[1]
     n: gl.constexpr = parts.shape[2]
-    warps: gl.constexpr = gl.num_warps()
-    x = gl.convert_layout(gl.reshape(parts, [pairs // 4, 2, 2, group, n]), _channels_step(warps, group, n, 1))
-    x = gl.convert_layout(gl.sum(x, axis=1), _channels_step(warps, group, n, 2))
-    return gl.convert_layout(gl.sum(gl.sum(x, axis=1), axis=0), layout)
+    # [warp, cp2, cp1, pos % (G/2), n, ptop]
+    x = gl.permute(gl.reshape(parts, [pairs // 4, 2, 2, 2, group // 2, n]), [0, 1, 2, 4, 5, 3])
+    x = _traded_sum(x, 1)  # [warp, ptop, cp1, pos % (G/2), n]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3, 4]), [pairs // 4, 2, group, n])
+    # [warp, cp1, ptop, pos % (G/4), n, pmid]
+    x = gl.permute(gl.reshape(x, [pairs // 4, 2, 2, 2, group // 4, n]), [0, 1, 2, 4, 5, 3])
+    x = _traded_sum(x, 1)  # [warp, pmid, ptop, pos % (G/4), n]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3, 4]), [pairs // 4, group, n])
+    return gl.convert_layout(gl.sum(x, axis=0), layout)
 
 
 @gluon.jit
