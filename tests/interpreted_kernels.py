@@ -64,6 +64,16 @@ interpreter.InterpreterBuilder.create_dot = _valued_dot
 """
 
 
+# Run before every script: Triton's interpreter runs libdevice's functions as their empty stubs, so the one our
+# kernels call (kotomamba/ops/step_triton.py's fast log2, lg2.approx on a GPU) is given numpy's exact log2.
+LIBDEVICE = """
+import triton.language as tl
+from triton.language.extra import libdevice
+
+libdevice.fast_log2f = lambda x: tl.log2(x)
+"""
+
+
 def run_interpreted(script: str, cases: dict, folder: Path, tf32: bool = False, bf16: bool = False) -> dict:
     """Save ``cases`` under ``folder``, run ``script`` (Python code that reads ``sys.argv[1]``, a
     ``torch.save`` of the cases, and writes its results to ``sys.argv[2]``) with the interpreter on,
@@ -72,6 +82,7 @@ def run_interpreted(script: str, cases: dict, folder: Path, tf32: bool = False, 
     torch.save(cases, folder / "cases.pt")
     script = TF32_DOTS + script if tf32 else script
     script = BF16 + script if bf16 else script
+    script = LIBDEVICE + script
     done = subprocess.run([sys.executable, "-c", script, str(folder / "cases.pt"), str(folder / "out.pt")],
                           env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -94,9 +94,10 @@ def test_registers_of_the_selective_scan_per_blocking():
 @needs_knobs
 def test_the_gluon_backward_compiles_with_fewer_shuffles_barriers_and_instructions():
     """kotomamba/ops/selective_scan_gluon.py's layouts at its dispatched blocking: a position's column is a register
-    and the walk's sums are finished once a group after one layout change, so its code has a tenth of the Triton
-    kernel's shuffles, fewer barriers and fewer instructions per position (the Triton kernel's group is twice as
-    long, 16 positions against 8, so its counts are halved)."""
+    and the walk's sums are finished once a group by a reduce-scatter of shuffles, so its code has under a quarter
+    of the Triton kernel's shuffles (which finishes every position's sums by a butterfly) and fewer barriers per
+    position (the Triton kernel's group is twice as long, 16 positions against 8, so its counts are halved), in
+    less code than the Triton kernel's (code run once a block counts here as much as the walk's)."""
     pytest.importorskip("triton.experimental.gluon", reason="needs Triton's Gluon (triton.experimental.gluon)")
     from kotomamba.ops.selective_scan_triton import SCAN_BWD_GLUON_CONFIG, forward_config
 
@@ -108,8 +109,8 @@ def test_the_gluon_backward_compiles_with_fewer_shuffles_barriers_and_instructio
     backward = {r[0]: r for r in rows_of(done.stdout) if r[1] == "_scan_bwd_kernel"}
     ours, theirs = ([int(v) for v in backward[name][8].split(" / ")] for name in (gluon, default))
     assert SCAN_BWD_CONFIG[3] == 2 * SCAN_BWD_GLUON_CONFIG[3] == 16, (SCAN_BWD_CONFIG, SCAN_BWD_GLUON_CONFIG)
-    assert 2 * 10 * ours[0] < theirs[0] and 2 * ours[1] < theirs[1], (ours, theirs)
-    assert 2 * int(backward[gluon][7]) < int(backward[default][7]), (backward[gluon], backward[default])
+    assert 2 * 4 * ours[0] < theirs[0] and 2 * ours[1] < theirs[1], (ours, theirs)
+    assert int(backward[gluon][7]) < int(backward[default][7]), (backward[gluon], backward[default])
 
 
 def test_registers_need_one_of_our_implementations():

@@ -16,10 +16,12 @@ A vector moves between slices of these layouts that map lanes alike, which costs
 computed elementwise (softplus, the gate) and stored in layouts without copies, and change layout once a group.
 The walk's five sums (over states: the gate's output, du's and d delta's terms; over channels: dB, dC) are not
 finished at each position: each lane adds up what it holds and keeps that for the group's positions, and the
-group's sums are finished together after one layout change through shared memory, where each lane holds whole
-sums, instead of a butterfly of shuffles at every position. Counted on the host (bench/ptxas_report.py, blocks of
-32, groups of 8, bench/RESULTS.md): a handful of shuffles a kernel where ``_scan_bwd_kernel`` takes over two hundred,
-and fewer instructions; on an H200 it walks back faster than both the Triton kernel and this kernel's
+group's sums are finished together by a reduce-scatter (:func:`_states_finished`): for each lane bit summed over,
+the lanes trade half their registers by a warp shuffle and add, so each lane ends up holding whole sums, with
+neither a butterfly at every position nor a trip through shared memory (the L1/TEX path that ncu found bounding the
+walk at full waves, bench/RESULTS.md session 27). Counted on the host (bench/ptxas_report.py, blocks of 32, groups of 8,
+bench/RESULTS.md): per position under a quarter of ``_scan_bwd_kernel``'s shuffles and fewer instructions; on an
+H200 the version finishing the sums through shared memory walked back faster than both the Triton kernel and a
 shuffle-per-position version (session 24), so :func:`kotomamba.ops.selective_scan_triton.backward_kernel`
 dispatches it there. Needs ``triton.experimental.gluon`` (run with Triton 3.6, compiled with 3.9) and a CUDA GPU
 (Triton's interpreter does not run Gluon); the twin and the parity tests are those of the Triton kernels
@@ -65,6 +67,30 @@ def _tile_across(column, pos, stride, ok_columns, ok_pos):
 
 
 @gluon.jit
+def _half(x, upper: gl.constexpr):
+    """The upper or lower half of ``x`` [rows, width] along its positions (dim 1), held in the thread: no data
+    moves."""
+    rows: gl.constexpr = x.shape[0]
+    width: gl.constexpr = x.shape[1]
+    lower, higher = gl.split(gl.permute(gl.reshape(x, [rows, 2, width // 2]), [0, 2, 1]))
+    if upper:
+        return higher
+    return lower
+
+
+@gluon.jit
+def _column(tile, i: gl.constexpr, layout: gl.constexpr):
+    """Position ``i``'s column [rows] of ``tile`` [rows, GROUP], whose positions each thread holds all of, in
+    ``layout``: halves split off down to one, a choice of registers. (A sum of the tile with every other position
+    masked to -0.0 compiles to the same with Triton 3.9, but with 3.6 each column keeps an add of +0.0.)"""
+    x = tile
+    width: gl.constexpr = tile.shape[1]
+    for k in gl.static_range(width.bit_length() - 1):
+        x = _half(x, (i >> (width.bit_length() - 2 - k)) & 1)
+    return gl.convert_layout(gl.reshape(x, [tile.shape[0]]), layout)
+
+
+@gluon.jit
 def _over_states(x, layout: gl.constexpr):
     """[rows, N] -> [rows, 1, N // 2] in ``layout``'s slice: each pair of neighbouring states added up (within a
     lane in the states' layout)."""
@@ -84,11 +110,90 @@ def _over_channels(x, layout: gl.constexpr):
     return gl.expand_dims(gl.convert_layout(pairs, gl.SliceLayout(1, layout)), 1)
 
 
+@gluon.constexpr_function
+def _along(layout, rank, dim):
+    """The 1-D layout of dimension ``dim`` of a rank-``rank`` tensor in ``layout``: every other dimension sliced
+    away, so that expanding them back in increasing order gives ``layout`` again."""
+    for axis in reversed(range(rank)):
+        if axis != dim:
+            layout = gl.SliceLayout(axis, layout)
+    return layout
+
+
 @gluon.jit
-def _finished(parts, whole: gl.constexpr, axis: gl.constexpr, layout: gl.constexpr):
-    """A group's sums from the lanes' partial sums ``parts`` (3-D, summed over ``axis``): one layout change to
-    ``whole``, where each lane holds all the partials of its sums, then the sums in ``layout``."""
-    return gl.convert_layout(gl.sum(gl.convert_layout(parts, whole), axis=axis), layout)
+def _traded_sum(x, lanes: gl.constexpr):
+    """``x`` [..., 2] summed over its dimension ``lanes`` (of size 2, across a pair of lanes), each lane keeping the
+    sums of the half of the last dimension (a pair of registers) that its index along ``lanes`` names:
+    out[..., k, ...] = sum_i x[..., i, ..., k], with k in dimension ``lanes`` and the last dimension gone. Each lane
+    hands its partner the half it does not keep (a flip along a dimension across lanes is a shuffle a register)
+    and adds what comes back: a shuffle, two selects and an add for each pair of registers. Its result is what
+    Triton's layout change trading the two bits followed by a sum gives, less one select a pair."""
+    first, second = gl.split(x)
+    rank: gl.constexpr = len(first.shape)
+    upper = gl.arange(0, 2, layout=_along(first.type.layout, rank, lanes)) == 1
+    for axis in gl.static_range(rank):
+        if axis != lanes:
+            upper = gl.expand_dims(upper, axis)
+    kept = gl.where(upper, second, first)
+    return kept + gl.convert_layout(gl.where(upper, first, second).flip(lanes), kept.type.layout)
+
+
+@gluon.jit
+def _states_finished(parts, layout: gl.constexpr):
+    """A group's sums over states [BLOCK_D, GROUP] in ``layout`` (the tiles' K) from the lanes' partial sums
+    ``parts`` [BLOCK_D, GROUP, 8] (AS: the 8 lanes along state pairs hold a position's partials) by a
+    reduce-scatter (:func:`_traded_sum`): the lane bits of state pairs' bit 2, 1 and 0 traded in turn for the
+    register bits of channels' bit 0, the group's top position bit and the position bit below, the bits K keeps on
+    those lanes, so the sums arrive in K."""
+    rows: gl.constexpr = parts.shape[0]
+    group: gl.constexpr = parts.shape[1]
+    x = gl.permute(gl.reshape(parts, [rows // 2, 2, group, 2, 4]), [0, 2, 3, 4, 1])  # [ch / 2, pos, sp4, sp % 4, ch0]
+    x = _traded_sum(x, 2)  # [ch / 2, pos, ch0, sp % 4]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3]), [rows, group, 4])
+    x = gl.permute(gl.reshape(x, [rows, 2, group // 2, 2, 2]), [0, 2, 3, 4, 1])  # [ch, pos % (G/2), sp2, sp1, ptop]
+    x = _traded_sum(x, 2)  # [ch, pos % (G/2), ptop, sp1]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3]), [rows, group, 2])
+    x = gl.permute(gl.reshape(x, [rows, 2, 2, group // 4, 2]), [0, 1, 3, 4, 2])  # [ch, ptop, pos % (G/4), sp1, pmid]
+    x = _traded_sum(x, 3)  # [ch, ptop, pos % (G/4), pmid]
+    return gl.convert_layout(gl.reshape(gl.permute(x, [0, 1, 3, 2]), [rows, group]), layout)
+
+
+@gluon.jit
+def _channels_finished(parts, layout: gl.constexpr):
+    """A group's sums over channels [GROUP, N] in ``layout`` from the lanes' partial sums ``parts`` [BLOCK_D // 2,
+    GROUP, N] (AC: 4 lanes and the warps along channel pairs hold a position's partials): the channel pairs' two lane
+    bits traded as in :func:`_states_finished` for the group's top two position bits, then the warps' partials added
+    through shared memory."""
+    pairs: gl.constexpr = parts.shape[0]
+    group: gl.constexpr = parts.shape[1]
+    n: gl.constexpr = parts.shape[2]
+    # [warp, cp2, cp1, pos % (G/2), n, ptop]
+    x = gl.permute(gl.reshape(parts, [pairs // 4, 2, 2, 2, group // 2, n]), [0, 1, 2, 4, 5, 3])
+    x = _traded_sum(x, 1)  # [warp, ptop, cp1, pos % (G/2), n]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3, 4]), [pairs // 4, 2, group, n])
+    # [warp, cp1, ptop, pos % (G/4), n, pmid]
+    x = gl.permute(gl.reshape(x, [pairs // 4, 2, 2, 2, group // 4, n]), [0, 1, 2, 4, 5, 3])
+    x = _traded_sum(x, 1)  # [warp, pmid, ptop, pos % (G/4), n]
+    x = gl.reshape(gl.permute(x, [0, 2, 1, 3, 4]), [pairs // 4, group, n])
+    return gl.convert_layout(gl.sum(x, axis=0), layout)
+
+
+@gluon.jit
+def _by_lane(h, layout: gl.constexpr):
+    """A state [8 W, N] in the states' layout S -> [32 W, 4] in ``layout``: row = a lane (warp by warp), the lane's
+    4 values (2 channels x 2 states) along it; moves no data."""
+    rows: gl.constexpr = h.shape[0]
+    n: gl.constexpr = h.shape[1]
+    x = gl.permute(gl.reshape(h, [rows // 2, 2, n // 2, 2]), [0, 2, 1, 3])
+    return gl.convert_layout(gl.reshape(x, [rows // 2 * (n // 2), 4]), layout)
+
+
+@gluon.jit
+def _from_lanes(x, layout: gl.constexpr):
+    """:func:`_by_lane`'s inverse: [32 W, 4] -> [8 W, 16] in ``layout`` (S)."""
+    lanes: gl.constexpr = x.shape[0]
+    y = gl.permute(gl.reshape(x, [lanes // 8, 8, 2, 2]), [0, 2, 1, 3])
+    return gl.convert_layout(gl.reshape(y, [lanes // 4, 16]), layout)
 
 
 @gluon.jit
@@ -111,8 +216,6 @@ def _scan_bwd_kernel(
     Q: gl.constexpr = gl.BlockedLayout([GROUP // 4, 1], [4, 8], [1, W], [0, 1])  # [GROUP, N]
     S_D: gl.constexpr = gl.SliceLayout(1, S)
     S_N: gl.constexpr = gl.SliceLayout(0, S)
-    T_P: gl.constexpr = gl.SliceLayout(0, T)
-    P_P: gl.constexpr = gl.SliceLayout(1, P)
     K_D: gl.constexpr = gl.SliceLayout(1, K)
     K_P: gl.constexpr = gl.SliceLayout(0, K)
     Q_P: gl.constexpr = gl.SliceLayout(1, Q)
@@ -120,12 +223,15 @@ def _scan_bwd_kernel(
     # The walk's five sums, each lane's share of a position's sum kept for the group's positions and finished once a
     # group: over states [BLOCK_D, GROUP, N // 2] (a lane's pair of states added up, 8 lanes' partials left), over
     # channels [BLOCK_D // 2, GROUP, N] (a lane's pair of channels, 4 lanes' partials). The same lanes hold a
-    # position's partials as hold its states, so a partial moves into the group for free; the group is finished in
-    # layouts where each lane holds whole sums, and they map lanes as K and Q do.
+    # position's partials as hold its states, so a partial moves into the group for free; the group is finished by
+    # warp shuffles, the sums over states arriving in K, those over channels in R.
+    LANES: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [W, 1], [1, 0])  # [32 W, 4]: a state, a lane's 4 a row
+    GROUP_LANES: gl.constexpr = gl.BlockedLayout([GROUP, 1, 4], [1, 32, 1], [1, W, 1], [2, 1, 0])  # a group's
     AS: gl.constexpr = gl.BlockedLayout([2, GROUP, 1], [4, 1, 8], [W, 1, 1], [2, 1, 0])
     AC: gl.constexpr = gl.BlockedLayout([1, GROUP, 2], [4, 1, 8], [W, 1, 1], [2, 1, 0])
-    RS: gl.constexpr = gl.BlockedLayout([1, GROUP // 4, N // 2], [8, 4, 1], [W, 1, 1], [2, 1, 0])
-    RC: gl.constexpr = gl.BlockedLayout([BLOCK_D // 2, GROUP // 4, 1], [1, 4, 8], [1, 1, W], [0, 1, 2])
+    R: gl.constexpr = gl.BlockedLayout([GROUP // 4, 2], [4, 8], [W, 1], [1, 0])  # [GROUP, N]
+    R_P: gl.constexpr = gl.SliceLayout(1, R)
+    R_N: gl.constexpr = gl.SliceLayout(0, R)
     pid_d = gl.program_id(0)
     d_programs = gl.num_programs(0)
     b = gl.program_id(1).to(gl.int64)
@@ -135,10 +241,10 @@ def _scan_bwd_kernel(
     tile_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=K_D)
     ok_tile_d = tile_d < dim
     tile_p = gl.arange(0, GROUP, layout=K_P)
-    walk_p = gl.arange(0, GROUP, layout=T_P)
     part_p = gl.arange(0, GROUP, layout=Q_P)
-    walk_part_p = gl.arange(0, GROUP, layout=P_P)
     part_n = gl.arange(0, N, layout=Q_N)
+    sum_p = gl.arange(0, GROUP, layout=R_P)
+    sum_n = gl.arange(0, N, layout=R_N)
     sum_s_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AS))), 0), 2)
     sum_c_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, gl.SliceLayout(2, AC))), 0), 2)
     ok_part_n = part_n < N
@@ -159,9 +265,13 @@ def _scan_bwd_kernel(
     B_row, C_row = B_ptr + b * s_Bb + part_n * s_Bn, C_ptr + b * s_Cb + part_n * s_Cn
     state_rows = (b * blocks * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0)
     program = b * d_programs + pid_d
-    scratch = (scratch_ptr + program * BLOCK_T * BLOCK_D * N
-               + gl.expand_dims(gl.arange(0, BLOCK_D, layout=S_D), 1) * N + gl.expand_dims(offs_n, 0))
-    part_rows = program * L * N + part_n
+    # Every position's state of the block being walked back, in shared memory: each lane's 4 values of a state
+    # side by side ([lanes, 4] a position), so that a lane stores and loads them in one access without bank conflicts.
+    states_kept = gl.allocate_shared_memory(gl.float32, [BLOCK_T // GROUP, GROUP * 32 * W, 4],
+                                            gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    group_p = gl.expand_dims(gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(1, gl.SliceLayout(2,
+                                                                                              GROUP_LANES))), 1), 2)
+    sum_rows = program * L * N + sum_n
     if HAS_DLAST:
         carried = gl.load(dlast_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0),
                           mask=gl.expand_dims(ok_d, 1), other=0.0).to(gl.float32)
@@ -209,14 +319,15 @@ def _scan_bwd_kernel(
             dts = gl.where(gl.expand_dims(ok_pos, 0), step(raws, 0.0, 0.0, SOFTPLUS, False), 0.0)
             dtus = gl.convert_layout(dts * us, T)
             dts = gl.convert_layout(dts, T)
+            kept = gl.zeros([GROUP, 32 * W, 4], gl.float32, layout=GROUP_LANES)
             for i in gl.static_range(GROUP):
-                sel = gl.expand_dims(walk_p == i, 0)
-                sel_p = gl.expand_dims(walk_part_p == i, 1)
-                dt = gl.convert_layout(gl.sum(gl.where(sel, dts, -0.0), axis=1), S_D)
-                dtu = gl.convert_layout(gl.sum(gl.where(sel, dtus, -0.0), axis=1), S_D)
-                Bt = gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N)
+                dt = _column(dts, i, S_D)
+                dtu = _column(dtus, i, S_D)
+                Bt = _column(gl.permute(Bs, [1, 0]), i, S_N)
                 h = gl.exp2(gl.expand_dims(dt, 1) * A2) * h + gl.expand_dims(dtu, 1) * gl.expand_dims(Bt, 0)
-                gl.store(scratch + (g * GROUP + i) * BLOCK_D * N, h)
+                kept = gl.where(group_p == i, gl.expand_dims(_by_lane(h, gl.SliceLayout(0, GROUP_LANES)), 0), kept)
+            # One store a group: a barrier guards each store into shared memory (Triton 3.6 puts one before every one).
+            states_kept.index(g).store(gl.reshape(kept, [GROUP * 32 * W, 4]))
         # Then back, a group at a time from the last: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
         for back_g in range(groups):
             g = groups - 1 - back_g
@@ -224,7 +335,6 @@ def _scan_bwd_kernel(
             ok_pos = pos < L
             ok = gl.expand_dims(ok_tile_d, 1) & gl.expand_dims(ok_pos, 0)
             pos_p = start + g * GROUP + part_p
-            ok_pos_p = pos_p < L
             raws = dt_ahead.to(gl.float32) + gl.expand_dims(bias, 1)
             us = u_ahead.to(gl.float32)
             Bs = gl.convert_layout(B_ahead.to(gl.float32), P)
@@ -258,16 +368,14 @@ def _scan_bwd_kernel(
             dBs_part = gl.zeros([BLOCK_D // 2, GROUP, N], gl.float32, layout=AC)
             dCs_part = gl.zeros([BLOCK_D // 2, GROUP, N], gl.float32, layout=AC)
             for j in gl.static_range(GROUP):
-                sel = gl.expand_dims(walk_p == GROUP - 1 - j, 0)
-                sel_p = gl.expand_dims(walk_part_p == GROUP - 1 - j, 1)
                 sel_s = sum_s_p == GROUP - 1 - j
                 sel_c = sum_c_p == GROUP - 1 - j
-                dt = gl.convert_layout(gl.sum(gl.where(sel, walk_dts, -0.0), axis=1), S_D)
-                u = gl.convert_layout(gl.sum(gl.where(sel, walk_us, -0.0), axis=1), S_D)
-                dy = gl.convert_layout(gl.sum(gl.where(sel, walk_dys, -0.0), axis=1), S_D)
-                Bt = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Bs, -0.0), axis=0), S_N), 0)
-                Ct = gl.expand_dims(gl.convert_layout(gl.sum(gl.where(sel_p, Cs, -0.0), axis=0), S_N), 0)
-                h = gl.load(scratch + (g * GROUP + GROUP - 1 - j) * BLOCK_D * N)
+                dt = _column(walk_dts, GROUP - 1 - j, S_D)
+                u = _column(walk_us, GROUP - 1 - j, S_D)
+                dy = _column(walk_dys, GROUP - 1 - j, S_D)
+                Bt = gl.expand_dims(_column(gl.permute(Bs, [1, 0]), GROUP - 1 - j, S_N), 0)
+                Ct = gl.expand_dims(_column(gl.permute(Cs, [1, 0]), GROUP - 1 - j, S_N), 0)
+                h = _from_lanes(states_kept.index(g).slice((GROUP - 1 - j) * 32 * W, 32 * W).load(LANES), S)
                 if HAS_Z:
                     ys_part = gl.where(sel_s, _over_states(h * Ct, AS), ys_part)
                 dh = Ct * gl.expand_dims(dy, 1) + carried
@@ -280,11 +388,11 @@ def _scan_bwd_kernel(
                 dBs_part = gl.where(sel_c, _over_channels(dh * dtu, AC), dBs_part)
                 dCs_part = gl.where(sel_c, _over_channels(h * gl.expand_dims(dy, 1), AC), dCs_part)
             if HAS_Z:
-                ys = _finished(ys_part, RS, 2, K)
-            dhBs = _finished(dhBs_part, RS, 2, K)
-            keptAs = _finished(keptAs_part, RS, 2, K)
-            dBs = _finished(dBs_part, RC, 0, Q)
-            dCs = _finished(dCs_part, RC, 0, Q)
+                ys = _states_finished(ys_part, K)
+            dhBs = _states_finished(dhBs_part, K)
+            keptAs = _states_finished(keptAs_part, K)
+            dBs = _channels_finished(dBs_part, R)
+            dCs = _channels_finished(dCs_part, R)
             dus = dts * dhBs
             if HAS_D:
                 dus += gl.expand_dims(Dv, 1) * dys
@@ -304,10 +412,11 @@ def _scan_bwd_kernel(
                      mask=ok)
             gl.store(gl.expand_dims(ddt_row, 1) + gl.expand_dims(pos, 0) * s_ddtl,
                      ddts.to(ddt_ptr.dtype.element_ty), mask=ok)
-            ok_part = gl.expand_dims(ok_pos_p, 1) & gl.expand_dims(ok_part_n, 0)
-            part = gl.expand_dims(part_rows, 0) + gl.expand_dims(pos_p, 1) * N
-            gl.store(dB_ptr + part, dBs, mask=ok_part)
-            gl.store(dC_ptr + part, dCs, mask=ok_part)
+            pos_s = start + g * GROUP + sum_p
+            ok_sum = gl.expand_dims(pos_s < L, 1) & gl.expand_dims(sum_n < N, 0)
+            sums = gl.expand_dims(sum_rows, 0) + gl.expand_dims(pos_s, 1) * N
+            gl.store(dB_ptr + sums, dBs, mask=ok_sum)
+            gl.store(dC_ptr + sums, dCs, mask=ok_sum)
     gl.store(dA_ptr + (b * dim + gl.expand_dims(offs_d, 1)) * N + gl.expand_dims(offs_n, 0), dA_sum,
              mask=gl.expand_dims(ok_d, 1))
     if HAS_D:

@@ -350,7 +350,8 @@ def _scan_backward(u, delta, A, B, C, D, z, bias, dout, dlast, states, softplus,
     if z is not None and dz is None:
         dz = torch.empty_like(z)
     f32 = dict(device=u.device, dtype=torch.float32)
-    scratch = torch.empty(batch * d_programs * block_t * block_d * N, **f32)
+    # The Triton kernel keeps the walked block's states in global scratch, the Gluon kernel in shared memory.
+    scratch = torch.empty(batch * d_programs * block_t * block_d * N, **f32) if kernel == "triton" else None
     dA = torch.empty(batch, dim, N, **f32)
     dB = torch.empty(batch, d_programs, L, N, **f32)
     dC = torch.empty(batch, d_programs, L, N, **f32)
