@@ -38,7 +38,10 @@ def submitted(profile, job, workdir) -> list[str]:
 def test_config_requests_its_gpus_memory_and_wall_time(path, tmp_path, monkeypatch):
     config = yaml.safe_load(path.read_text())
     provide_inputs(tmp_path, config)
+    # Both named, so that the plugin's guesses (sacct, sinfo) are never asked: a machine with SLURM's
+    # commands and no reachable controller would fail them.
     monkeypatch.setenv("KOTOMAMBA_SLURM_ACCOUNT", "ci")
+    monkeypatch.setenv("KOTOMAMBA_SLURM_PARTITION", "gpu")
     jobs, slurm = planned(path, tmp_path, "slurm")
     launch, wanted = config["launch"], config["resources"]
     assert launch["device"] == "gpu"
@@ -51,7 +54,7 @@ def test_config_requests_its_gpus_memory_and_wall_time(path, tmp_path, monkeypat
     sbatch = submitted(slurm, jobs["train"], tmp_path)
     assert f"--gres=gpu:{launch['nproc_per_node']}" in sbatch and f"--nodes={launch['nodes']}" in sbatch, sbatch
     assert sbatch[sbatch.index("-t") + 1] == str(wanted["train"]["runtime"]) and ["-A", "ci"] == sbatch[
-        sbatch.index("-A"):sbatch.index("-A") + 2]
+        sbatch.index("-A"):sbatch.index("-A") + 2] and sbatch[sbatch.index("-p") + 1] == "gpu"
 
     # The qsub-based profiles: each one's own dry run, its jobs through its submit.py.
     monkeypatch.setenv("KOTOMAMBA_SGE_MPI_PE", "mpi")
