@@ -17,12 +17,11 @@ computed elementwise (softplus, the gate) and stored in layouts without copies, 
 The walk's five sums (over states: the gate's output, du's and d delta's terms; over channels: dB, dC) are not
 finished at each position: each lane adds up what it holds and keeps that for the group's positions, and the
 group's sums are finished together by a reduce-scatter (:func:`_states_finished`): for each lane bit summed over,
-the lanes trade half their registers by a warp shuffle and add, so each lane ends up holding whole sums, with
-neither a butterfly at every position nor a trip through shared memory (the L1/TEX path that ncu found bounding the
-walk at full waves, bench/RESULTS.md session 27). Counted on the host (bench/ptxas_report.py, blocks of 32, groups of 8,
-bench/RESULTS.md): per position under a quarter of ``_scan_bwd_kernel``'s shuffles and fewer instructions; on an
-H200 the version finishing the sums through shared memory walked back faster than both the Triton kernel and a
-shuffle-per-position version (session 24), so :func:`kotomamba.ops.selective_scan_triton.backward_kernel`
+the lanes trade half their registers by a warp shuffle and add (:func:`_traded_sum`), so each lane ends up holding
+whole sums, with neither a butterfly at every position nor a trip through shared memory (the L1/TEX path that ncu
+found bounding the walk at full waves, bench/RESULTS.md session 27). The walked block's states are rerun into shared
+memory, one store a group, so the kernel takes no global scratch. On an H200 this walks back faster than the Triton
+kernel (sessions 24 and 29 of bench/RESULTS.md), so :func:`kotomamba.ops.selective_scan_triton.backward_kernel`
 dispatches it there. Needs ``triton.experimental.gluon`` (run with Triton 3.6, compiled with 3.9) and a CUDA GPU
 (Triton's interpreter does not run Gluon); the twin and the parity tests are those of the Triton kernels
 (tests/gpu/test_gpu_scan.py).
