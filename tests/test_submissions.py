@@ -1,10 +1,12 @@
 """Issue 21: `kotomamba submissions` shows what each qsub profile submits, and a setting a profile needs
 stops a real run before its first submission (no PBS here: nothing may reach a qsub). The SLURM side
-runs against the test cluster: tests/scheduler/test_submission_view.py."""
+runs against the test cluster (tests/scheduler/test_submission_view.py), except where no controller answers."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,24 @@ def test_sge_view_names_the_setting_only_the_multi_node_training_needs(tmp_path)
     train = commands(fixed.stdout)["train"][0]
     assert train[train.index("-pe") + 1:train.index("-pe") + 3] == ["mpi", "2"]
     assert "h_rt=01:00:00" in train and train[train.index("-o") + 1].endswith("/train/$JOB_NAME.$JOB_ID.log")
+
+
+@pytest.mark.skipif(shutil.which("sinfo") is None, reason="needs SLURM's commands (sinfo)")
+def test_slurm_view_says_once_why_no_partition_can_be_guessed(tmp_path):
+    # SLURM's own sinfo, pointed at a controller that does not answer (nothing listens on the discard port).
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=9\n"
+                    "NodeName=n1 CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=n1 Default=YES\n")
+    env = env_without("KOTOMAMBA_SLURM_", "SLURM_", KOTOMAMBA_SLURM_ACCOUNT="ci", SLURM_CONF=str(conf))
+    shown = view(tmp_path, "slurm", env)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    errors = [line for line in shown.stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    assert re.match(r"error: rules [a-z_, ]*\btrain\b[a-z_, ]*: no SLURM partition is named, and the SLURM "
+                    r"executor's guess of the default one failed \(.*sinfo.*controller.*\); name it "
+                    r"\(KOTOMAMBA_SLURM_PARTITION", errors[0]), errors
+
+    named = view(tmp_path, "slurm", {**env, "KOTOMAMBA_SLURM_PARTITION": "gpu"})
+    assert named.returncode == 0, named.stdout + named.stderr
+    sbatch = [shlex.split(line) for line in named.stdout.splitlines() if line.startswith("  sbatch ")]
+    assert sbatch and all(line[line.index("-p") + 1] == "gpu" for line in sbatch), named.stdout

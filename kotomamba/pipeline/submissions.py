@@ -156,9 +156,11 @@ def _submit_module(script: Path | None):
 
 
 @functools.cache
-def _slurm_guesses() -> tuple[str, str]:
+def _slurm_guesses() -> tuple[str, str, str | None]:
     """The account and partition the SLURM plugin uses when a job names none: your last job's account
-    (``sacct``), the default partition (``sinfo``); asked once, as the plugin asks once per run."""
+    (``sacct``), the default partition (``sinfo``); asked once, as the plugin asks once per run. The third
+    item says why the partition could not be guessed, where the plugin's ``sinfo`` failed (no controller
+    answers, no munge): every job that names none would fail to submit, for that one reason."""
     quiet = SimpleNamespace(warning=lambda *args: None)
     account = partition = ""
     if shutil.which("sacct"):
@@ -166,8 +168,14 @@ def _slurm_guesses() -> tuple[str, str]:
         account = get_account(quiet) or ""
     if shutil.which("sinfo"):
         from snakemake_executor_plugin_slurm.partitions import get_default_partition
-        partition = get_default_partition("a job without slurm_partition", quiet) or ""
-    return account, partition
+        try:
+            partition = get_default_partition("a job without slurm_partition", quiet) or ""
+        except WorkflowError as error:
+            return account, "", (f"no SLURM partition is named, and the SLURM executor's guess of the default one "
+                                 f"failed ({' '.join(str(error).split())}); name it (KOTOMAMBA_SLURM_PARTITION, or "
+                                 f"resources: {{RULE: {{slurm_partition: ...}}}} in the run config), or run where "
+                                 f"sinfo reaches the cluster's controller")
+    return account, partition, None
 
 
 class _Resources(dict):
@@ -194,6 +202,8 @@ def sbatch_command(job: PlannedJob, settings: SimpleNamespace, workdir: Path) ->
     logdir = logdir if logdir.is_absolute() else workdir / logdir
     account = next(iter(re.split(r"[,\s]+", str(resources.get("slurm_account") or "").strip())), "")
     partition = resources.get("slurm_partition")
+    if not partition and _slurm_guesses()[2]:
+        raise SettingError(_slurm_guesses()[2])
     account, partition = account or _slurm_guesses()[0], partition or _slurm_guesses()[1]
     params = {
         "run_uuid": RUN_UUID,
@@ -267,15 +277,17 @@ def slurm_account_problems(jobs: list[PlannedJob]) -> tuple[list[str], list[str]
 
 def check(profile: Profile, jobs: list[PlannedJob], workdir: Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) about submitting ``jobs`` under ``profile``: each job whose submission would
-    fail (one message per rule and reason), and the SLURM account's."""
-    errors: list[str] = []
+    fail (one message per reason, naming the rules it stops), and the SLURM account's."""
+    rules_by_reason: dict[str, list[str]] = {}
     for job in jobs:
         try:
             submission(profile, job, workdir)
         except (SettingError, WorkflowError) as error:  # WorkflowError: the SLURM plugin's refusals
-            message = f"rule {job.rule}: {error}"
-            if message not in errors:
-                errors.append(message)
+            rules = rules_by_reason.setdefault(str(error), [])
+            if job.rule not in rules:
+                rules.append(job.rule)
+    errors = [f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: {reason}"
+              for reason, rules in rules_by_reason.items()]
     warnings: list[str] = []
     if profile.executor == "slurm":
         account_errors, warnings = slurm_account_problems(jobs)
@@ -355,7 +367,7 @@ def main(argv: list[str]) -> int:
         try:
             print(f"  {submission(profile, job, workdir)}")
         except (SettingError, WorkflowError):
-            print(f"  (cannot be submitted: see the error for rule {job.rule} below)")
+            print(f"  (cannot be submitted: see the error naming rule {job.rule} below)")
     if not jobs:
         print("nothing to submit: every target is up to date")
     errors, warnings = check(profile, jobs, workdir)
