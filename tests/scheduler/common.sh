@@ -49,6 +49,9 @@ start_node_network() {
     for node in $NODES; do
         netns=$(node_netns "$node") veth="v$(node_netns "$node")"
         [ -e "/run/netns/$netns" ] || ip netns add "$netns" || fail "cannot create network namespace $netns"
+        if ip link show "$veth" >/dev/null 2>&1 && ! ip netns exec "$netns" ip link show "${veth}n" >/dev/null 2>&1; then
+            ip link del "$veth"   # its peer is in an earlier namespace of that name, kept alive by a process in it
+        fi
         if ! ip link show "$veth" >/dev/null 2>&1; then
             ip link add "$veth" type veth peer name "${veth}n" || fail "cannot create veth $veth"
             ip link set "${veth}n" netns "$netns"

@@ -38,6 +38,9 @@ stop_pid_file /run/munge/munged.pid
 
 for node in $NODES; do
     netns=$(node_netns "$node")
+    # What still runs on a node (a job's process that left the job's process tree, which proctrack/linuxproc
+    # cannot follow) would keep the namespace, and with it the veth pair, alive past the name's deletion.
+    [ -e "/run/netns/$netns" ] && ip netns pids "$netns" | xargs -r kill -KILL 2> /dev/null
     [ -e "/run/netns/$netns" ] && ip netns del "$netns"   # its veth pair goes with it
     sed -i "/^$(node_address "$node") $node\$/d" /etc/hosts
 done
