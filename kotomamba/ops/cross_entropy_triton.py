@@ -2,11 +2,11 @@
 in place of the logits, its gradient.
 
 One program per row reads the row twice (an online max and sum of exponentials, then the gradient,
-from the row's end back) and writes it once, in the logits' own dtype, with float32 arithmetic in registers. The PyTorch twin
-makes a float32 copy of the logits and passes over it about eight times (``logsumexp``, ``sub_``,
-``exp_``, ``mul_``, the cast back), which at a 50k vocabulary is ~90 GB of memory traffic per step of
-16 x 2048 tokens, against ~10 GB here. Online softmax normaliser: Milakov & Gimelshein,
-arXiv:1805.02867.
+from the row's end back) and writes it once, in the logits' own dtype, with float32 arithmetic in
+registers. The PyTorch twin makes a float32 copy of the logits and passes over it about eight times
+(``logsumexp``, ``sub_``, ``exp_``, ``mul_``, the cast back), which at a 50k vocabulary is ~90 GB of
+memory traffic per step of 16 x 2048 tokens, against ~10 GB here. Online softmax normaliser: Milakov &
+Gimelshein, arXiv:1805.02867.
 """
 from __future__ import annotations
 

@@ -197,6 +197,8 @@ def _from_lanes(x, layout: gl.constexpr):
 
 @gluon.jit
 def _scan_bwd_kernel(
+    # The Triton kernel's arguments, so that both take one argument list; scratch_ptr (None here) is unused: the
+    # walked block's states are kept in shared memory.
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     dim, L, blocks,

@@ -202,9 +202,11 @@ def sbatch_command(job: PlannedJob, settings: SimpleNamespace, workdir: Path) ->
     logdir = logdir if logdir.is_absolute() else workdir / logdir
     account = next(iter(re.split(r"[,\s]+", str(resources.get("slurm_account") or "").strip())), "")
     partition = resources.get("slurm_partition")
-    if not partition and _slurm_guesses()[2]:
-        raise SettingError(_slurm_guesses()[2])
-    account, partition = account or _slurm_guesses()[0], partition or _slurm_guesses()[1]
+    if not account or not partition:
+        guessed_account, guessed_partition, unguessable = _slurm_guesses()
+        if not partition and unguessable:
+            raise SettingError(unguessable)
+        account, partition = account or guessed_account, partition or guessed_partition
     params = {
         "run_uuid": RUN_UUID,
         "slurm_logfile": logdir / f"rule_{job.rule}" / wildcards / "%j.log",
