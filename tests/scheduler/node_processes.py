@@ -67,11 +67,16 @@ def parent(pid: int) -> int:
 def is_worker(pid: int) -> bool:
     """Whether ``pid`` is a training worker: ``kotomamba launch --worker-exit-dir`` (one per rank) that torchrun
     started (the launcher's ``TORCHRUN_MODULE``, whose command line holds theirs), not torchrun itself nor a
-    process a worker forked (until it execs, a child has its parent's command line and signal handlers)."""
+    process torchrun or a worker forked and that has not exec'd yet: until it execs, a child has its parent's
+    command line and signal handlers, so torchrun's child looked like a worker that handles SIGTERM, and
+    Python's subprocess, which resets every handler in the child just before exec, let a SIGTERM sent then
+    kill it instead of stopping the worker it was about to become."""
     def argv(of: int) -> list[bytes]:
         return _read(of, "cmdline").split(b"\0")
 
-    return b"--worker-exit-dir" in argv(pid) and TORCHRUN_MODULE.encode() in argv(parent(pid))
+    own = argv(pid)
+    return b"--worker-exit-dir" in own and TORCHRUN_MODULE.encode() not in own and \
+        TORCHRUN_MODULE.encode() in argv(parent(pid))
 
 
 def worker_processes(pids: list[int]) -> list[int]:
