@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -56,7 +57,10 @@ def test_train_tokenizer_reports_bad_jsonl(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": 3}\n')
     assert train_tokenizer_main(["--input", str(bad), "--vocab-size", "100", "--output", str(tmp_path / "t")]) == 2
-    assert f"{bad}:2" in capsys.readouterr().err
+    # The line's own error, as the reader raised it: not SentencePiece's wrapping of it (its status code
+    # and the Python frame it came from).
+    assert capsys.readouterr().err == (f"kotomamba train-tokenizer: error: {bad}:2: key 'text' is int, not a string "
+                                       "(--on-bad-line skip leaves such lines out)\n")
     assert not (tmp_path / "t").exists()
 
 
@@ -124,3 +128,90 @@ def test_encode_arrays_equals_encode_batch(corpus, hf_tokenizer_json, tmp_path, 
         arrays = tok.encode_arrays(texts, append_eod)
         assert [a.tolist() for a in arrays] == tok.encode_batch(texts, append_eod)
         assert all(a.ndim == 1 and a.dtype.kind == "i" and a.dtype.itemsize >= 4 for a in arrays)
+
+
+# One bad line of each kind that tokenization names (kotomamba.data.jsonl_lines), as raw bytes.
+BAD_LINES = {
+    "invalid_json": b'{"text": "cut short',
+    "not_an_object": b'["text"]',
+    "missing_key": b'{"body": "no text"}',
+    "non_string": b'{"text": 3}',
+    "invalid_utf8": b'{"text": "caf\xe9"}',
+    "surrogate": b'{"text": "half a pair \\ud83d"}',
+}
+
+
+def _with_bad_lines(corpus, path, bad: list[bytes]):
+    """``corpus``'s first 200 lines with ``bad`` put after line 100."""
+    lines = corpus.read_bytes().splitlines()[:200]
+    path.write_bytes(b"\n".join(lines[:100] + bad + lines[100:]) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", BAD_LINES)
+def test_train_tokenizer_names_a_bad_line_as_preprocess_does(corpus, tmp_path, capsys, kind):
+    from kotomamba.data.preprocess import main as preprocess_main
+
+    tokenizer = tmp_path / "tok"
+    assert train_tokenizer_main(["--input", str(corpus), "--vocab-size", "600", "--output", str(tokenizer)]) == 0
+    bad = _with_bad_lines(corpus, tmp_path / "bad.jsonl", [BAD_LINES[kind]])
+    capsys.readouterr()
+    assert train_tokenizer_main(["--input", str(bad), "--vocab-size", "600", "--output", str(tmp_path / "t")]) == 2
+    trainer_error = capsys.readouterr().err
+    assert preprocess_main(["--input", str(bad), "--output-prefix", str(tmp_path / "p"), "--workers", "0",
+                            "--tokenizer-type", "SentencePieceTokenizer", "--no-progress",
+                            "--tokenizer-model", str(tokenizer / "tokenizer.model")]) == 2
+    preprocess_error = capsys.readouterr().err
+    assert trainer_error.startswith(f"kotomamba train-tokenizer: error: {bad}:101: ")
+    assert trainer_error.split(": error: ")[1] == preprocess_error.split(": error: ")[1]
+    assert not (tmp_path / "t").exists()
+
+
+def test_train_tokenizer_skips_the_bad_lines_that_preprocess_skips(corpus, tmp_path, capsys):
+    from kotomamba.data.preprocess import main as preprocess_main
+
+    clean = _with_bad_lines(corpus, tmp_path / "clean.jsonl", [])
+    bad = _with_bad_lines(corpus, tmp_path / "bad.jsonl", list(BAD_LINES.values()))
+    assert train_tokenizer_main(["--input", str(clean), "--vocab-size", "600", "--output", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert train_tokenizer_main(["--input", str(bad), "--vocab-size", "600", "--output", str(tmp_path / "b"),
+                                 "--on-bad-line", "skip"]) == 0
+    skipped = "skipped bad lines: invalid_utf8 2, invalid_json 2, missing_key 1, non_string 1"
+    assert skipped in capsys.readouterr().err
+    # Left out, not read as text: the same model as without them.
+    assert (tmp_path / "a" / "tokenizer.model").read_bytes() == (tmp_path / "b" / "tokenizer.model").read_bytes()
+    assert preprocess_main(["--input", str(bad), "--output-prefix", str(tmp_path / "p"), "--workers", "0",
+                            "--tokenizer-type", "SentencePieceTokenizer", "--no-progress", "--on-bad-line", "skip",
+                            "--tokenizer-model", str(tmp_path / "a" / "tokenizer.model")]) == 0
+    assert skipped in capsys.readouterr().out
+
+
+def test_train_tokenizer_reads_every_key_that_is_tokenized(corpus, tmp_path):
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()[:200]]
+    pairs = [{"title": texts[i], "body": texts[i + 1]} for i in range(0, len(texts) - 1, 2)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    # The same sentences in the same order, as plain text: one per line.
+    sentences = [line for pair in pairs for key in ("title", "body") for line in pair[key].splitlines() if line.strip()]
+    (tmp_path / "pairs.txt").write_text("".join(line + "\n" for line in sentences))
+    assert train_tokenizer_main(["--input", str(tmp_path / "pairs.jsonl"), "--json-keys", "title", "body",
+                                 "--vocab-size", "600", "--output", str(tmp_path / "a")]) == 0
+    assert train_tokenizer_main(["--input", str(tmp_path / "pairs.txt"),
+                                 "--vocab-size", "600", "--output", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "tokenizer.model").read_bytes() == (tmp_path / "b" / "tokenizer.model").read_bytes()
+
+
+def test_a_vocabulary_the_text_cannot_fill_or_hold_says_which_size_it_may_be(tmp_path, capsys):
+    (tmp_path / "small.jsonl").write_text('{"text": "the cat sat on the mat"}\n' * 20)
+    assert train_tokenizer_main(["--input", str(tmp_path / "small.jsonl"), "--vocab-size", "5000",
+                                 "--output", str(tmp_path / "t")]) == 2
+    error = capsys.readouterr().err
+    assert re.fullmatch(r"kotomamba train-tokenizer: error: --vocab-size 5000 is more pieces than SentencePiece can "
+                        r"make of this text \(at most \d+\): ask for fewer \(the pipeline's tokenizer.vocab_size\) "
+                        r"or train on more text\n", error), error
+    assert train_tokenizer_main(["--input", str(tmp_path / "small.jsonl"), "--vocab-size", "8",
+                                 "--output", str(tmp_path / "t")]) == 2
+    error = capsys.readouterr().err
+    assert re.fullmatch(r"kotomamba train-tokenizer: error: --vocab-size 8 is fewer pieces than the (\d+) that this "
+                        r"text's characters and the special tokens need \(--character-coverage 0.9995\): ask for more "
+                        r"\(the pipeline's tokenizer.vocab_size\)\n", error), error
+    assert not (tmp_path / "t").exists()

@@ -7,6 +7,7 @@ two nodes of a real cluster: tests/scheduler/test_scheduler_shards.py.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ from pipeline_helpers import files_of, one_job, output_of, planned_jobs, snakema
 from test_data_download import RangeHandler, ShardServer
 
 from kotomamba.data.corpus import write_corpus
-from kotomamba.data.train_tokenizer import train_tokenizer
+from kotomamba.data.train_tokenizer import Sentences, train_tokenizer
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("snakemake")
@@ -132,6 +133,34 @@ def test_sources_of_several_shards_tokenize_into_the_one_job_bytes(server, lines
     run.write_text(yaml.safe_dump(config, sort_keys=False))
     plan = planned_jobs(snakemake(tmp_path, run, "-n", tokenized("mine")))
     assert plan.get("tokenize") == 1 and plan.get("tokenize_shard") == 2 and "tokenizer" not in plan, plan
+
+
+def test_the_tokenizer_reads_the_tokenized_keys_and_judges_bad_lines_as_tokenization(server, lines, tmp_path):
+    """A corpus whose text is under another key, with two bad lines: the tokenizer job stops at the first,
+    named by its URL and line, as a shard job would; with ``on_bad_line: skip`` it leaves both out, as the
+    shard jobs do, and trains what it would train on the clean corpus."""
+    content = [json.dumps({"content": json.loads(line)["text"]}).encode() + b"\n" for line in lines]
+    server.files["/a/00.jsonl"] = b"".join(content[:100] + [b'{"content": 3}\n', b'{"text": "a key not tokenized"}\n']
+                                           + content[100:])
+    run = config_file(tmp_path, [{"name": "web", "urls": [f"{server.url}/a/00.jsonl"]}])
+    config = yaml.safe_load(run.read_text())
+    config["tokenize"]["json_keys"] = ["content"]
+    run.write_text(yaml.safe_dump(config, sort_keys=False))
+    target = f"{RUN}/tokenized/web_content_document.idx"
+
+    result = snakemake(tmp_path, run, target)
+    assert result.returncode != 0, output_of(result)
+    log = (tmp_path / RUN / "logs" / "tokenizer.log").read_text()
+    assert f"error: {server.url}/a/00.jsonl:101 (" in log and "key 'content' is int, not a string" in log, log
+
+    config["tokenize"]["on_bad_line"] = "skip"
+    run.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(tmp_path, run, target)
+    assert result.returncode == 0, output_of(result)
+    (tmp_path / "clean.jsonl").write_bytes(b"".join(content))
+    reference = train_tokenizer(Sentences([tmp_path / "clean.jsonl"], ["content"]), 500, "unigram",
+                                tmp_path / "reference", seed=config["seed"])
+    assert (tmp_path / RUN / "tokenizer" / "tokenizer.model").read_bytes() == reference.read_bytes()
 
 
 def shard_job(snakemake_pid: int, shard_file: str) -> psutil.Process | None:

@@ -43,9 +43,7 @@ import argparse
 import collections
 import concurrent.futures
 import itertools
-import json
 import multiprocessing
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -56,7 +54,8 @@ import numpy as np
 
 from kotomamba.data.compression import open_decompressed
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
-from kotomamba.data.line_origins import locate, sources_of
+from kotomamba.data.jsonl_lines import BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_ESCAPE, BadLine, line_texts, where
+from kotomamba.data.line_origins import sources_of
 from kotomamba.data.sentences import split_sentences
 from kotomamba.data.tokenizer import GPT2_TYPES, TOKENIZER_TYPES, Tokenizer, build_tokenizer
 from kotomamba.errors import UserError
@@ -66,11 +65,7 @@ try:
 except ImportError:
     _fast_loads = None
 
-BAD_LINE_KINDS = ("invalid_utf8", "invalid_json", "missing_key", "non_string")
 CHUNK_BYTES = 1 << 20
-# A JSON \uXXXX escape of a UTF-16 surrogate: decodes to a str that is not valid Unicode text.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_JSON = json.JSONDecoder()
 
 
 class TokenizerSpec(NamedTuple):
@@ -149,11 +144,11 @@ class _Encoder:
         if texts is None:
             texts = {key: [] for key in keys}
             # One regex pass over the chunk; lines are checked one by one only if it matches.
-            maybe_surrogates = _SURROGATE_ESCAPE.search(chunk.data) is not None
+            maybe_surrogates = SURROGATE_ESCAPE.search(chunk.data) is not None
             for number, raw in enumerate(lines, start=chunk.first_line):
                 problem = self._parse(raw, texts, maybe_surrogates)
                 if problem is not None:
-                    bad.append((problem[0], chunk.file, number, problem[1]))
+                    bad.append((problem.kind, chunk.file, number, problem.message))
         if self.options.split_sentences:
             tokens, lengths, sequences, empty = self._sentences(texts)
         else:
@@ -232,38 +227,14 @@ class _Encoder:
             return None
         return columns
 
-    def _parse(self, raw: bytes, texts: dict[str, list[str]], maybe_surrogates: bool) -> tuple[str, str] | None:
-        """Append this line's texts to ``texts``, or return (kind, message) of what is wrong with it.
+    def _parse(self, raw: bytes, texts: dict[str, list[str]], maybe_surrogates: bool) -> BadLine | None:
+        """Append this line's texts to ``texts``, or return what is wrong with it.
 
         Always the standard library, with or without orjson, so the verdicts and messages are the same.
         """
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return "invalid_utf8", f"invalid UTF-8 at byte {exc.start} of the line"
-        try:
-            # raw_decode skips json.loads' Python-level wrappers (a measurable share of the time).
-            obj, end = _JSON.raw_decode(line, len(line) - len(line.lstrip()) if line[:1].isspace() else 0)
-            if end != len(line) and line[end:].strip():
-                raise json.JSONDecodeError("Extra data", line, end)
-        except json.JSONDecodeError as exc:
-            return "invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})"
-        if not isinstance(obj, dict):
-            return "invalid_json", f"expected a JSON object, got {type(obj).__name__}"
-        values = []
-        for key in self.options.json_keys:
-            if key not in obj:
-                return "missing_key", f"missing key {key!r}"
-            value = obj[key]
-            if not isinstance(value, str):
-                return "non_string", f"key {key!r} is {type(value).__name__}, not a string"
-            values.append(value)
-        if maybe_surrogates and _SURROGATE_ESCAPE.search(raw):
-            for key, value in zip(self.options.json_keys, values):
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    return "invalid_utf8", f"key {key!r} holds an unpaired UTF-16 surrogate escape"
+        values = line_texts(raw, self.options.json_keys, maybe_surrogates)
+        if isinstance(values, BadLine):
+            return values
         for key, value in zip(self.options.json_keys, values):
             texts[key].append(value)
         return None
@@ -346,7 +317,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
             or (with ``on_bad_line="error"``) the first bad line, named by file and line number;
             no output is left at the prefix.
     """
-    if on_bad_line not in ("error", "skip"):
+    if on_bad_line not in ON_BAD_LINE:
         raise UserError(f"--on-bad-line must be 'error' or 'skip', not {on_bad_line!r}")
     if workers < 0:
         raise UserError(f"--workers must be at least 0, got {workers}")
@@ -383,7 +354,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         for result in results:
             if result.bad and on_bad_line == "error":
                 kind, file, line, message = result.bad[0]
-                raise UserError(f"{_where(file, line, names[file])}: {message} "
+                raise UserError(f"{where(file, line, names[file])}: {message} "
                                 "(--on-bad-line skip leaves such lines out)")
             for kind, *_ in result.bad:
                 summary.skipped[kind] += 1
@@ -423,11 +394,6 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
 def _sources(path: str, name: str) -> list[str]:
     """The user's sources of one input: its given name, or those its origins record names."""
     return sources_of(path) if name == path else [name]
-
-
-def _where(file: str, line: int, name: str) -> str:
-    """``"source:line"`` of a line of ``file``; a download is named by where it came from, its copy after."""
-    return locate(file, line) if name == file else f"{name}:{line} ({file})"
 
 
 def no_documents_message(sources: Sequence[str], lines: int, empty: int, skipped: int) -> str:
@@ -480,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-sequential-samples", action="store_true",
                         help="Megatron's; documents always keep their input order here")
     parser.add_argument("--log-interval", type=int, help="print a progress line every N documents (instead of a bar)")
-    parser.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
+    parser.add_argument("--on-bad-line", choices=ON_BAD_LINE, default="error")
     parser.add_argument("--dataset-impl", choices=("mmap",), default="mmap", help="Megatron's; only mmap exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--allow-empty", action="store_true",

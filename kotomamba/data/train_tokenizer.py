@@ -3,8 +3,10 @@
 Byte fallback maps any character outside the learned pieces to its UTF-8 bytes, so every UTF-8
 text (Japanese included) encodes and decodes back to itself. The model is written as
 ``<output>/tokenizer.model`` (with ``tokenizer.vocab``), atomically as a directory. Inputs are
-plain text (one sentence per line) or JSONL (the ``--json-key`` field of each object; by name, or
-every input with ``--jsonl``), also ``.gz`` / ``.zst``, read as streams.
+plain text (one sentence per line) or JSONL (the ``--json-keys`` fields of each object, the keys that
+``kotomamba preprocess`` tokenizes; by name, or every input with ``--jsonl``), also ``.gz`` / ``.zst``,
+read as streams. A bad JSONL line stops training with its file and line, or with ``--on-bad-line skip``
+is left out and counted, as ``kotomamba preprocess`` decides and does.
 
 Special ids follow Megatron/Llama SentencePiece conventions: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2
 (the end-of-document token), and ``<pad>`` 3.
@@ -13,55 +15,94 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from kotomamba.data.compression import open_decompressed, strip_compression_suffix
+from kotomamba.data.jsonl_lines import BAD_LINE_KINDS, ON_BAD_LINE, BadLine, line_texts, where
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_directory
 
 MODEL_NAME = "tokenizer"
+# SentencePiece's errors: when the text has fewer distinct pieces than the vocabulary asked for.
+_VOCAB_TOO_HIGH = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)")
+# ... and when it has more distinct characters (those that the character coverage keeps) than that.
+_VOCAB_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)\.")
 
 
-def iter_sentences(paths: Sequence[str | os.PathLike], json_key: str = "text",
-                   jsonl: bool | None = None) -> Iterator[str]:
-    """Lines of text files, or the ``json_key`` field of JSONL files (``*.jsonl`` / ``*.json``, or
-    every file with ``jsonl``: the pipeline's shards keep the names their publishers gave them)."""
-    for path in paths:
-        is_json = jsonl or strip_compression_suffix(Path(path).name).endswith((".jsonl", ".json"))
+class Sentences:
+    """What SentencePiece trains on: the non-empty lines of text files; of JSONL files (``*.jsonl`` /
+    ``*.json``, or every file with ``jsonl``: the pipeline's shards keep the names their publishers gave
+    them), the non-empty lines of each line's texts under ``json_keys``.
+
+    A JSONL line is bad or not as tokenization decides (:func:`kotomamba.data.jsonl_lines.line_texts`):
+    with ``on_bad_line="error"`` the first one stops training with its file and line (``names``: what to
+    call each input, e.g. the URL a shard came from), with ``"skip"`` it is left out and counted in
+    ``skipped``. SentencePiece's C++ loop, which iterates this, turns an exception of the iterator into a
+    ``RuntimeError`` whose text holds its status code and the Python frame it came from, so the reader's
+    :class:`UserError` is also kept in ``error``, to be raised as it was.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], json_keys: Sequence[str] = ("text",),
+                 jsonl: bool | None = None, on_bad_line: str = "error", names: Sequence[str] | None = None):
+        if on_bad_line not in ON_BAD_LINE:
+            raise UserError(f"--on-bad-line must be 'error' or 'skip', not {on_bad_line!r}")
+        if names is not None and len(names) != len(paths):
+            raise UserError(f"--input-names names {len(names)} inputs, --input gives {len(paths)}")
+        self.paths = [str(path) for path in paths]
+        self.names = list(names) if names is not None else self.paths
+        self.json_keys = tuple(json_keys)
+        self.jsonl = jsonl
+        self.on_bad_line = on_bad_line
+        self.skipped = dict.fromkeys(BAD_LINE_KINDS, 0)
+        self.error: UserError | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for path, name in zip(self.paths, self.names):
+                yield from self._file(path, name)
+        except UserError as exc:
+            self.error = exc
+            raise
+
+    def _file(self, path: str, name: str) -> Iterator[str]:
+        is_json = self.jsonl or strip_compression_suffix(Path(path).name).endswith((".jsonl", ".json"))
         with open_decompressed(path) as handle:
             for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise UserError(f"{path}:{number}: invalid UTF-8 at byte {exc.start}") from None
-                if not is_json:
-                    if line.strip():
-                        yield line.rstrip("\r\n")
-                    continue
-                try:
-                    value = json.loads(line)[json_key]
-                except (json.JSONDecodeError, TypeError, KeyError) as exc:
-                    raise UserError(f"{path}:{number}: expected a JSON object with a string {json_key!r} ({exc})") from None
-                if not isinstance(value, str):
-                    raise UserError(f"{path}:{number}: field {json_key!r} is {type(value).__name__}, not a string")
-                for sentence in value.splitlines():
-                    if sentence.strip():
-                        yield sentence
+                raw = raw.rstrip(b"\r\n")
+                if is_json:
+                    texts = line_texts(raw, self.json_keys)
+                    if isinstance(texts, BadLine):
+                        if self.on_bad_line == "error":
+                            raise UserError(f"{where(path, number, name)}: {texts.message} "
+                                            "(--on-bad-line skip leaves such lines out)")
+                        self.skipped[texts.kind] += 1
+                        continue
+                else:
+                    try:
+                        texts = [raw.decode("utf-8")]
+                    except UnicodeDecodeError as exc:
+                        raise UserError(f"{where(path, number, name)}: invalid UTF-8 at byte {exc.start}") from None
+                for text in texts:
+                    for sentence in text.splitlines():
+                        if sentence.strip():
+                            yield sentence
 
 
-def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, model_type: str, output: str | os.PathLike,
-                    json_key: str = "text", character_coverage: float = 0.9995,
-                    input_sentence_size: int = 2_000_000, seed: int = 0, jsonl: bool | None = None) -> Path:
-    """Train and write ``<output>/tokenizer.model``; returns its path."""
+def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size: int, model_type: str,
+                    output: str | os.PathLike, character_coverage: float = 0.9995,
+                    input_sentence_size: int = 2_000_000, seed: int = 0) -> Path:
+    """Train and write ``<output>/tokenizer.model``; returns its path. ``inputs``: files (JSONL by their
+    names, the ``text`` key) or :class:`Sentences` that say how to read them."""
     import sentencepiece
 
     if model_type not in ("unigram", "bpe"):
         raise UserError(f"--model-type must be unigram or bpe, not {model_type!r}")
-    for path in inputs:
+    sentences = inputs if isinstance(inputs, Sentences) else Sentences(inputs)
+    for path in sentences.paths:
         if not Path(path).is_file():
             raise UserError(f"{path}: input file not found (--input)")
     sentencepiece.set_random_generator_seed(seed)  # sentence sampling is seeded, so training is repeatable
@@ -71,7 +112,7 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, model_
     with atomic_directory(output) as tmp:
         try:
             sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=iter_sentences(inputs, json_key, jsonl),
+                sentence_iterator=iter(sentences),
                 model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -89,6 +130,17 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike], vocab_size: int, model_
                 minloglevel=2,
             )
         except RuntimeError as exc:
+            if sentences.error is not None:
+                raise sentences.error from None
+            too_many, too_few = _VOCAB_TOO_HIGH.search(str(exc)), _VOCAB_TOO_LOW.search(str(exc))
+            if too_many:
+                raise UserError(f"--vocab-size {vocab_size} is more pieces than SentencePiece can make of this "
+                                f"text (at most {too_many[1]}): ask for fewer (the pipeline's tokenizer.vocab_size) "
+                                "or train on more text") from None
+            if too_few:
+                raise UserError(f"--vocab-size {vocab_size} is fewer pieces than the {too_few[1]} that this text's "
+                                f"characters and the special tokens need (--character-coverage {character_coverage}): "
+                                "ask for more (the pipeline's tokenizer.vocab_size)") from None
             raise UserError(f"SentencePiece training failed: {exc}") from exc
         (tmp / f"{MODEL_NAME}.model").write_bytes(model.getvalue())
         processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
@@ -104,17 +156,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
     parser.add_argument("--output", required=True, help="directory to write tokenizer.model into")
-    parser.add_argument("--json-key", default="text", help="field of JSONL inputs to train on")
+    parser.add_argument("--json-keys", nargs="+", default=["text"],
+                        help="fields of JSONL inputs to train on (those that are tokenized)")
     parser.add_argument("--jsonl", action="store_true", help="every input is JSONL, whatever its name")
+    parser.add_argument("--on-bad-line", choices=ON_BAD_LINE, default="error",
+                        help="a bad JSONL line stops training (error) or is left out and counted (skip), as in preprocess")
+    parser.add_argument("--input-names", nargs="+", default=None,
+                        help="what errors call each input, in --input's order (e.g. the URL a shard came from)")
     parser.add_argument("--character-coverage", type=float, default=0.9995)
     parser.add_argument("--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        model = train_tokenizer(args.input, args.vocab_size, args.model_type, args.output, args.json_key,
-                                args.character_coverage, args.input_sentence_size, args.seed, args.jsonl)
+        sentences = Sentences(args.input, args.json_keys, args.jsonl, args.on_bad_line, args.input_names)
+        model = train_tokenizer(sentences, args.vocab_size, args.model_type, args.output,
+                                args.character_coverage, args.input_sentence_size, args.seed)
     except UserError as exc:
         print(f"kotomamba train-tokenizer: error: {exc}", file=sys.stderr)
         return 2
+    if any(sentences.skipped.values()):
+        skipped = ", ".join(f"{kind} {n}" for kind, n in sentences.skipped.items())
+        print(f"skipped bad lines: {skipped}", file=sys.stderr)
     print(model)
     return 0
