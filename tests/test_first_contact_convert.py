@@ -109,6 +109,22 @@ def test_hf_to_kotomamba_keeps_the_tokenizer(project, tmp_path, monkeypatch):
     assert again.eos_token_id == first.eos_token_id == 63
 
 
+def test_a_training_run_given_to_generate_says_how_to_convert_it_and_that_works(project, tmp_path, capsys):
+    from kotomamba.model.generation import main as generate
+
+    run = project / "results" / "r" / "train" / "long"
+    for model in (run, run / "checkpoints" / "step_00000004"):
+        assert generate(["--model", str(model), "--prompt", "w1"]) == 2
+        error = capsys.readouterr().err
+        assert f"--model {model}: a training checkpoint ({run / 'checkpoints' / 'step_00000004'}), not a model " \
+            "directory: `kotomamba convert" in error, error
+        # The command it names, run as named, makes a model directory that generate reads.
+        converted = tmp_path / model.name
+        command = error.split("`")[1].replace("DIR", str(converted)).split()
+        assert command[:2] == ["kotomamba", "convert"] and main(command[2:]) == 0
+        assert generate(["--model", str(converted), "--prompt", "w1", "--max-new-tokens", "2"]) == 0
+
+
 def test_a_relative_tokenizer_path_that_is_gone_is_named_with_the_run(project, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     copied = tmp_path / "copy" / "results" / "r" / "train" / "long"  # the run without the project's data/
