@@ -27,8 +27,8 @@ from isolated import op_main
 # (batch, d_inner) of the presets at micro-batch 16 / 8 / 4 and seq 2048; one group, d_state 128.
 SHAPES = {"130m": (16, 1536), "1.3b": (8, 4096), "2.7b": (4, 5120)}
 IMPLS = ("conv:causal_conv1d", "conv:ours", "mixer:mamba_ssm", "mixer:ours")
-IMPLS_HELP = ("comma-separated; conv:ours may carry the patch's blocking (positions and channels per tile, warps, "
-              "channel tiles per program, 0 for all), e.g. conv:ours=16.128.4.0")
+IMPLS_HELP = ("comma-separated; conv:ours may carry the patch's blocking (channels per tile, warps, channel tiles "
+              "per program, 0 for all), e.g. conv:ours=128.4.0")
 DSTATE, HEADDIM, WIDTH = 128, 64, 4
 
 
@@ -117,13 +117,15 @@ def add_arguments(parser) -> None:
 
 
 def registers_main() -> None:
-    """Prints what ptxas gives each launch of the patch (forward, the gradient's stash, backward) per
+    """Prints what ptxas gives each launch of the patch (the document starts, forward, the gradient's stash,
+    backward) per
     ``conv:ours`` blocking, at the first shape's channels (batch 1, bf16, a reset every ~--doc-len tokens)."""
     import torch
 
     from ptxas_report import command_line, header, print_rows
 
-    from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG, patch_backward, patch_forward, stash_gradient
+    from kotomamba.ops.causal_conv1d_resets import (PATCH_CONFIG, document_starts, patch_backward, patch_forward,
+                                                    stash_gradient)
 
     args, blockings = command_line(SHAPES, IMPLS, IMPLS_HELP, add_arguments, "conv:ours")
     d_inner = SHAPES[args.shapes.split(",")[0]][1]
@@ -134,9 +136,10 @@ def registers_main() -> None:
 
     def patch(config):
         y = x.clone()
-        patch_forward(x, weight, bias, seq_idx, y, True, config)
-        stash = stash_gradient(y, seq_idx, WIDTH, config)
-        patch_backward(x, weight, bias, seq_idx, stash, y, True, config)
+        starts = document_starts(seq_idx)
+        patch_forward(x, weight, bias, seq_idx, starts, y, True, config)
+        stash = stash_gradient(y, seq_idx, starts, WIDTH, config)
+        patch_backward(x, weight, bias, seq_idx, starts, stash, y, True, config)
 
     print(header())
     for blocking in blockings:
