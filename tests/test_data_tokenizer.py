@@ -214,3 +214,15 @@ def test_a_vocabulary_the_text_cannot_fill_or_hold_says_which_size_it_may_be(tmp
         error = capsys.readouterr().err
         assert re.fullmatch(f"kotomamba train-tokenizer: error: {message}\n", error), error
         assert not (tmp_path / "t").exists()
+
+
+def test_a_line_without_a_key_names_the_keys_it_has():
+    from kotomamba.data.jsonl_lines import BadLine, line_texts
+
+    assert line_texts(b'{"body": "x", "id": 3}', ["text"]) == \
+        BadLine("missing_key", "missing key 'text' (the line's keys: 'body', 'id')")
+    many = json.dumps({f"k{i}": i for i in range(7)}).encode()
+    assert line_texts(many, ["text"]).message == \
+        "missing key 'text' (the line's keys: 'k0', 'k1', 'k2', 'k3', 'k4', ...)"
+    assert line_texts(b"{}", ["text"]).message == "missing key 'text' (the line's keys: none)"
+    assert line_texts(b'{"text": "a", "title": "b"}', ["title", "text"]) == ["b", "a"]

@@ -47,7 +47,8 @@ def line_texts(raw: bytes, json_keys: Sequence[str], maybe_surrogates: bool = Tr
     values = []
     for key in json_keys:
         if key not in obj:
-            return BadLine("missing_key", f"missing key {key!r}")
+            keys = ", ".join(map(repr, list(obj)[:5])) + (", ..." if len(obj) > 5 else "")
+            return BadLine("missing_key", f"missing key {key!r} (the line's keys: {keys or 'none'})")
         value = obj[key]
         if not isinstance(value, str):
             return BadLine("non_string", f"key {key!r} is {type(value).__name__}, not a string")
