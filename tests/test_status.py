@@ -90,6 +90,15 @@ def test_every_stage_in_training_order_with_its_numbers(results):
 
 
 @pytest.mark.slow
+def test_the_folder_of_the_runs_names_them_instead_of_reading_as_a_stage(results):
+    done = subprocess.run([sys.executable, "-m", "kotomamba", "status", str(results.parent)], env=train_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"kotomamba status: error: {results.parent}: holds the pipeline runs demo, not one run: "
+                           f"kotomamba status {results}\n")
+
+
+@pytest.mark.slow
 def test_one_stage_and_a_superseded_generation_read_alone(results):
     one = status_json(results / "train" / "long-context")
     assert list(one) == ["long-context"] and one["long-context"]["step"] == 6

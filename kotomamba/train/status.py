@@ -166,6 +166,10 @@ def run_status(path: Path) -> list[StageStatus]:
         raise UserError(f"{path}: no such directory")
     stages_dir = path / "train"
     if not stages_dir.is_dir():
+        runs = sorted(child.name for child in path.iterdir() if (child / "train").is_dir())
+        if runs:  # e.g. results/ itself: a pipeline run of its own has no runs inside
+            raise UserError(f"{path}: holds the pipeline runs {', '.join(runs)}, not one run: "
+                            f"kotomamba status {path / runs[0]}")
         return [stage_status(path)]
     stages = {p.name: RunDir(p) for p in stages_dir.iterdir() if p.is_dir()}
     return [stage_status(stages[name].root, name) for name in _stage_order(stages)]
