@@ -3,7 +3,8 @@
 
 if not config["tokenizer"]["model"]:
 
-    TOKENIZER_SHARDS = [shard for s in (config["tokenizer"].get("train_sources") or SOURCES) for shard in PATHS.shards(s)]
+    TOKENIZER_SHARDS = [shard for source in (config["tokenizer"].get("train_sources") or SOURCES)
+                        for shard in PATHS.shards(source)]
 
     rule tokenizer:
         input:

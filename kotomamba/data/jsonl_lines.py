@@ -12,6 +12,7 @@ import re
 from typing import NamedTuple, Sequence
 
 from kotomamba.data.line_origins import locate
+from kotomamba.errors import UserError
 
 BAD_LINE_KINDS = ("invalid_utf8", "invalid_json", "missing_key", "non_string")
 ON_BAD_LINE = ("error", "skip")
@@ -66,3 +67,20 @@ def where(file: str, line: int, name: str) -> str:
     """``"source:line"`` of a line of ``file``; a download is named by where it came from (``name``), its
     copy after."""
     return locate(file, line) if name == file else f"{name}:{line} ({file})"
+
+
+def check_on_bad_line(on_bad_line: str) -> None:
+    """What to do with a bad line: ``"error"`` (stop at the first) or ``"skip"`` (leave it out, count it)."""
+    if on_bad_line not in ON_BAD_LINE:
+        raise UserError(f"--on-bad-line must be 'error' or 'skip', not {on_bad_line!r}")
+
+
+def bad_line_error(file: str, line: int, name: str, message: str) -> UserError:
+    """The error that stops a run at a bad line (``--on-bad-line error``; ``message``: its ``BadLine``'s), named as
+    :func:`where` names it."""
+    return UserError(f"{where(file, line, name)}: {message} (--on-bad-line skip leaves such lines out)")
+
+
+def skipped_counts(skipped: dict[str, int]) -> str:
+    """``skipped`` (lines per kind of :data:`BAD_LINE_KINDS`) as the logs print it."""
+    return ", ".join(f"{kind} {n}" for kind, n in skipped.items())

@@ -54,7 +54,8 @@ import numpy as np
 
 from kotomamba.data.compression import open_decompressed
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
-from kotomamba.data.jsonl_lines import BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_ESCAPE, BadLine, line_texts, where
+from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_ESCAPE, BadLine, bad_line_error,
+                                        check_on_bad_line, line_texts, skipped_counts)
 from kotomamba.data.line_origins import sources_of
 from kotomamba.data.sentences import split_sentences
 from kotomamba.data.tokenizer import GPT2_TYPES, TOKENIZER_TYPES, Tokenizer, build_tokenizer
@@ -317,8 +318,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
             or (with ``on_bad_line="error"``) the first bad line, named by file and line number;
             no output is left at the prefix.
     """
-    if on_bad_line not in ON_BAD_LINE:
-        raise UserError(f"--on-bad-line must be 'error' or 'skip', not {on_bad_line!r}")
+    check_on_bad_line(on_bad_line)
     if workers < 0:
         raise UserError(f"--workers must be at least 0, got {workers}")
     if log_interval is not None and log_interval < 1:
@@ -354,8 +354,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         for result in results:
             if result.bad and on_bad_line == "error":
                 kind, file, line, message = result.bad[0]
-                raise UserError(f"{where(file, line, names[file])}: {message} "
-                                "(--on-bad-line skip leaves such lines out)")
+                raise bad_line_error(file, line, names[file], message)
             for kind, *_ in result.bad:
                 summary.skipped[kind] += 1
             summary.empty += result.empty
@@ -477,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, prefix in summary.outputs.items():
         print(f"{prefix}.bin/.idx: {summary.documents[key]} documents, {summary.tokens[key]} tokens")
-    skipped = ", ".join(f"{kind} {n}" for kind, n in summary.skipped.items())
+    skipped = skipped_counts(summary.skipped)
     total_tokens = sum(summary.tokens.values())
     print(f"{summary.lines} lines; skipped bad lines: {skipped}; skipped empty documents: {summary.empty}; "
           f"{total_tokens / max(summary.seconds, 1e-9):,.0f} tokens/s")

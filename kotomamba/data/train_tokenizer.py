@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from kotomamba.data.compression import open_decompressed, strip_compression_suffix
-from kotomamba.data.jsonl_lines import BAD_LINE_KINDS, ON_BAD_LINE, BadLine, line_texts, where
+from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, BadLine, bad_line_error, check_on_bad_line,
+                                        line_texts, skipped_counts, where)
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_directory
 
@@ -48,8 +49,7 @@ class Sentences:
 
     def __init__(self, paths: Sequence[str | os.PathLike], json_keys: Sequence[str] = ("text",),
                  jsonl: bool | None = None, on_bad_line: str = "error", names: Sequence[str] | None = None):
-        if on_bad_line not in ON_BAD_LINE:
-            raise UserError(f"--on-bad-line must be 'error' or 'skip', not {on_bad_line!r}")
+        check_on_bad_line(on_bad_line)
         if names is not None and len(names) != len(paths):
             raise UserError(f"--input-names names {len(names)} inputs, --input gives {len(paths)}")
         self.paths = [str(path) for path in paths]
@@ -77,8 +77,7 @@ class Sentences:
                     texts = line_texts(raw, self.json_keys)
                     if isinstance(texts, BadLine):
                         if self.on_bad_line == "error":
-                            raise UserError(f"{where(path, number, name)}: {texts.message} "
-                                            "(--on-bad-line skip leaves such lines out)")
+                            raise bad_line_error(path, number, name, texts.message)
                         self.skipped[texts.kind] += 1
                         continue
                 else:
@@ -160,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fields of JSONL inputs to train on (those that are tokenized)")
     parser.add_argument("--jsonl", action="store_true", help="every input is JSONL, whatever its name")
     parser.add_argument("--on-bad-line", choices=ON_BAD_LINE, default="error",
-                        help="a bad JSONL line stops training (error) or is left out and counted (skip), as in preprocess")
+                        help="a bad JSONL line stops training (error) or is left out and counted (skip), as in "
+                             "preprocess")
     parser.add_argument("--input-names", nargs="+", default=None,
                         help="what errors call each input, in --input's order (e.g. the URL a shard came from)")
     parser.add_argument("--character-coverage", type=float, default=0.9995)
@@ -175,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kotomamba train-tokenizer: error: {exc}", file=sys.stderr)
         return 2
     if any(sentences.skipped.values()):
-        skipped = ", ".join(f"{kind} {n}" for kind, n in sentences.skipped.items())
-        print(f"skipped bad lines: {skipped}", file=sys.stderr)
+        print(f"skipped bad lines: {skipped_counts(sentences.skipped)}", file=sys.stderr)
     print(model)
     return 0

@@ -238,7 +238,6 @@ def load_model(model_dir: str, device: torch.device, dtype: torch.dtype):
     is a training run or checkpoint, with the conversion that makes a model directory of it.
     ``model_dir`` may be a hub id ``org/name@revision`` (fetched: :func:`model_path`)."""
     from kotomamba.model import MambaLM
-
     from kotomamba.model.pretrained import CONFIG_NAME
     from kotomamba.train.run_dir import resolve_checkpoint
 
@@ -248,7 +247,8 @@ def load_model(model_dir: str, device: torch.device, dtype: torch.dtype):
     checkpoint = None if (Path(model_dir) / CONFIG_NAME).is_file() else resolve_checkpoint(model_dir)
     if checkpoint is not None:
         raise UserError(f"--model {model_dir}: a training checkpoint ({checkpoint}), not a model directory: "
-                        f"`kotomamba convert --checkpoint {model_dir} --to hf --output DIR` makes one of it (with its tokenizer)")
+                        f"`kotomamba convert --checkpoint {model_dir} --to hf --output DIR` makes one of it "
+                        "(with its tokenizer)")
     return MambaLM.from_pretrained(model_dir, device=device, dtype=dtype).eval()
 
 

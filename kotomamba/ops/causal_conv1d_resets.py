@@ -83,7 +83,7 @@ def _starts_kernel(seq_ptr, starts_ptr, counts_ptr, L, stride_seq_b, stride_seq_
 
 
 def document_starts(seq_idx: torch.Tensor) -> DocumentStarts:
-    """Each row's document starts of seq_idx [b, L] (int32, contiguous), on its device, one launch."""
+    """Each row's document starts of seq_idx [b, L] (int32), on its device, one launch."""
     batch, seqlen = seq_idx.shape
     starts = torch.empty(batch, seqlen, dtype=torch.int32, device=seq_idx.device)
     counts = torch.empty(batch, dtype=torch.int32, device=seq_idx.device)
