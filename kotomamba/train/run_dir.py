@@ -43,11 +43,6 @@ def step_of(checkpoint: Path) -> int:
     return int(STEP_DIR.match(checkpoint.name).group(1))
 
 
-def canonical(path: str | os.PathLike) -> str:
-    """One spelling per directory (``runs/./x``, ``runs/x/`` and a symlink to it are the same)."""
-    return str(Path(path).resolve())
-
-
 @dataclass(frozen=True)
 class RunDir:
     """The paths of one run directory (nothing is created by naming them)."""
