@@ -51,7 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kotomamba: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except OSError as exc:
+        from kotomamba.errors import USER_ERROR_EXIT, out_of_space
+
+        full = out_of_space(exc)
+        if full is None:
+            raise
+        writing = f" writing {full.filename}" if full.filename else ""
+        print(f"kotomamba {name}: error: {full.strerror}{writing}; make room there, then run it again",
+              file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -156,7 +156,10 @@ class IndexedDatasetWriter:
             raise ValueError(f"token ids outside {self.dtype} range in {self.prefix}")
         if int(np.sum(lengths)) != tokens.size:
             raise ValueError("document lengths do not add up to the number of tokens")
-        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes(order="C"))
+        try:
+            self._bin.write(tokens.astype(self.dtype, copy=False).tobytes(order="C"))
+        except OSError as exc:  # a write's error names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(data_file_path(self.prefix))) from exc
         if sequences_per_document is None:
             sequences_per_document = np.ones(len(lengths), dtype=np.int64)
         elif int(np.sum(sequences_per_document)) != len(lengths):
@@ -187,10 +190,12 @@ class IndexedDatasetWriter:
         os.replace(self._tmp_idx, index_file_path(self.prefix))
 
     def abort(self) -> None:
-        self._bin.close()
-        for path in (self._tmp_bin, self._tmp_idx):
-            if path.exists():
-                path.unlink()
+        try:
+            self._bin.close()  # flushes what is buffered: on a full disk that fails too
+        finally:
+            for path in (self._tmp_bin, self._tmp_idx):
+                if path.exists():
+                    path.unlink()
 
     def __enter__(self) -> "IndexedDatasetWriter":
         return self

@@ -9,7 +9,8 @@ Every rank writes its own shards into ``.step_XXXXXXXX.tmp``; only when DCP's me
 (DCP's final collective, after every rank's data) does rank 0 record the files' checksums
 (``integrity.json``, integrity.py), rename the directory to ``step_XXXXXXXX`` and then replace
 ``latest`` atomically, so a kill at any moment leaves ``latest`` naming a complete checkpoint.
-Half-written ``.tmp`` directories are removed at the next start. Retention keeps the newest
+Half-written ``.tmp`` directories are removed at the next start. A write that finds no room (a full filesystem or
+quota) ends the job with one message instead of every rank's traceback. Retention keeps the newest
 ``keep_last`` checkpoints and never the one just written.
 
 With ``async_save`` the state is staged to CPU memory and written by a background thread over a
@@ -30,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from kotomamba.errors import ReportedByRankZero, UserError, out_of_space
 from kotomamba.io import atomic_write
 from kotomamba.train.integrity import record_integrity
 from kotomamba.train.run_dir import STEP_DIR, RunDir, read_latest, step_dir_name
@@ -47,6 +49,19 @@ def snapshot(state):
     return state
 
 
+def local_bytes(state) -> int:
+    """The bytes of the tensors in ``state`` (nested dicts, lists and tuples) that this rank holds: a DTensor's
+    local shard."""
+    if isinstance(state, torch.Tensor):
+        local = state.to_local() if hasattr(state, "to_local") else state
+        return local.numel() * local.element_size()
+    if isinstance(state, dict):
+        return sum(local_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(local_bytes(value) for value in state)
+    return 0
+
+
 class CheckpointManager:
     """Owns saving, finalising, pruning and loading the run's checkpoints (collective calls)."""
 
@@ -56,7 +71,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.use_async = use_async
         self.rank = dist.get_rank()
-        self._pending: tuple[Future, int] | None = None
+        self._pending: tuple[Future, int, int] | None = None
         self._async_group = dist.new_group(backend="gloo") if use_async else None
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -77,9 +92,12 @@ class CheckpointManager:
         dist.barrier()
         if self.use_async:
             future = dcp.async_save(snapshot(state), checkpoint_id=str(tmp), process_group=self._async_group)
-            self._pending = (future, step)
+            self._pending = (future, step, local_bytes(state))
             return
-        dcp.save(state, checkpoint_id=str(tmp))
+        try:
+            dcp.save(state, checkpoint_id=str(tmp))
+        except BaseException as exc:  # DCP's CheckpointException, every rank's failures gathered, is a BaseException
+            self._write_failed(step, exc, local_bytes(state))
         dist.barrier()
         self._finalise(step)
         dist.barrier()
@@ -93,10 +111,32 @@ class CheckpointManager:
         """Block until a pending async save is written and finalised."""
         if self._pending is None:
             return
-        future, step = self._pending
+        future, step, state_bytes = self._pending
         self._pending = None
-        future.result()
+        try:
+            future.result()
+        except BaseException as exc:
+            self._write_failed(step, exc, state_bytes)
         self._finalise(step)
+
+    def _write_failed(self, step: int, exc: BaseException, state_bytes: int) -> None:
+        """After this rank's write of ``step`` failed with ``exc``: a write that found no room (the error says so,
+        or this rank's ``state_bytes`` exceed what is left free: torch's writer drops the errno) becomes one message,
+        printed by rank 0 (a UserError, exit 2), of where, how much is free and what the run resumes from; anything
+        else is raised as it came. Every rank decides from the same filesystem, left as the write left it (the
+        partial write is removed at the next start)."""
+        free = shutil.disk_usage(self.dir).free
+        if out_of_space(exc) is None and free >= state_bytes:
+            raise exc
+        latest = self.latest()
+        resumes = f"{latest.name}, its last complete checkpoint" if latest else "its start (no checkpoint yet)"
+        cause = out_of_space(exc) or exc
+        message = (f"the checkpoint of step {step} did not fit in {self.dir}: {free / 2**20:,.1f} MiB free on its "
+                   f"filesystem, {state_bytes / 2**20:,.1f} MiB to write on each of {dist.get_world_size()} ranks "
+                   f"({type(cause).__name__}: {str(cause).strip().splitlines()[-1]}). Make room, then run the stage "
+                   f"again: it resumes from {resumes} (the partial .{step_dir_name(step)}.tmp goes then; a stage "
+                   f"keeps its newest checkpoint.keep_last checkpoints and writes the next before the oldest goes)")
+        raise (UserError if self.rank == 0 else ReportedByRankZero)(message) from None
 
     def _finalise(self, step: int) -> None:
         if self.rank != 0:

@@ -1,15 +1,15 @@
 """``kotomamba train --config FILE [dotted.key=value ...] [--resume auto|never|DIR]``.
 
 Works as a plain single process and under torchrun, srun, mpirun or PBS (see
-``kotomamba.train.distributed``). Exit status: 0 done, 1 aborted (non-finite steps), 2 bad input,
-75 checkpointed on a signal or the wall-time budget (requeue).
+``kotomamba.train.distributed``). Exit status: 0 done, 1 aborted (non-finite steps), 2 bad input (or no room
+for a checkpoint), 75 checkpointed on a signal or the wall-time budget (requeue).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from kotomamba.errors import ReportedByRankZero, UserError
+from kotomamba.errors import USER_ERROR_EXIT, ReportedByRankZero, UserError
 from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
 
 
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config, args.resume, stop)
         code = trainer.run()
     except ReportedByRankZero:
-        return 2
+        return USER_ERROR_EXIT
     except UserError as exc:
         print(f"kotomamba train: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     except StopBeforeTraining as exc:
         print(f"kotomamba train: {exc}; nothing to save, exit {EXIT_REQUEUE} (requeue)", file=sys.stderr)
         return EXIT_REQUEUE

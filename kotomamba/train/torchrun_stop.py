@@ -1,4 +1,5 @@
-"""torchrun told to stop: one line in the log instead of a traceback.
+"""torchrun told to stop, or its workers stopped on a user's error: their own lines in the log, not torchrun's
+traceback.
 
 A scheduler ending a job (``scancel``, a time limit, ``qdel``) signals every process of it, so
 torchrun's elastic agent gets the SIGTERM the launcher also passes to the workers. The agent passes
@@ -10,6 +11,11 @@ prints that exception's traceback although the workers checkpointed and exited c
 ends such a stop without the traceback, with the exit status the uncaught exception gave (1), so
 what the launcher decides from it is unchanged. The launcher, which knows the signal, the run and
 the node's exit code, ends the log with :func:`stop_line`.
+
+Likewise when every worker that failed stopped on a UserError (exit ``USER_ERROR_EXIT``: a bad input, or no room
+for a checkpoint): rank 0 has printed the error, and torchrun's ``ChildFailedError`` (its traceback and a table
+of the ranks) would bury it. Any other failure keeps torchrun's report, which names each rank's exit code or
+signal.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ if TYPE_CHECKING:
 
 # The module the launcher runs torchrun as.
 TORCHRUN_MODULE = __name__
-# Python's exit status for an uncaught exception: torchrun's own when a signal stopped it.
+# Python's exit status for an uncaught exception: torchrun's own when a signal stopped it or a worker failed.
 SIGNALLED_EXIT = 1
 
 
@@ -43,11 +49,18 @@ def stop_line(signum: int, code: int, run: RunDir | None) -> str:
 
 def main() -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
+
+    from kotomamba.errors import USER_ERROR_EXIT
 
     try:
         torchrun()
     except SignalException:
+        return SIGNALLED_EXIT
+    except ChildFailedError as exc:
+        if not exc.failures or any(f.exitcode != USER_ERROR_EXIT for f in exc.failures.values()):
+            raise
         return SIGNALLED_EXIT
     return 0
 
