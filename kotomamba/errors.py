@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 
 # The errors of a write that found no room: the filesystem is full, or the user's (or group's) quota is.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# Less free than this (bytes a user may still write) and a filesystem is taken as full, whatever a failed write
+# said: a write stops at the last block that fits.
+FULL_BELOW = 2**20
 
 
 # The exit status of a ``kotomamba`` subcommand that stopped on a UserError.
@@ -40,3 +45,8 @@ def out_of_space(exc: BaseException | None) -> OSError | None:
         if isinstance(failures, dict):
             pending += [failure[0] if isinstance(failure, tuple) else failure for failure in failures.values()]
     return None
+
+
+def filesystem_full(path: str | os.PathLike) -> bool:
+    """Whether the filesystem of ``path`` has less than :data:`FULL_BELOW` left for this user."""
+    return shutil.disk_usage(path).free < FULL_BELOW

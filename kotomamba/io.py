@@ -9,6 +9,7 @@ user's umask), so shared project directories on clusters stay readable by the gr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, filesystem_full, out_of_space
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON") -> Any:
@@ -96,7 +97,9 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` (which may exist).
 
-    On an exception the temporary directory is removed and ``path`` is left as it was.
+    On an exception the temporary directory is removed and ``path`` is left as it was. One raised while the
+    filesystem has no room left comes out as an OSError (ENOSPC) naming ``path``: writers such as safetensors'
+    and torch's report a full disk in errors of their own, without the errno.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +115,12 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except Exception as exc:
+        full = filesystem_full(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full and out_of_space(exc) is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

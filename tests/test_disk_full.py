@@ -3,8 +3,8 @@
 A checkpoint that finds no room ends the training job that way, and the stage resumes from its last complete
 checkpoint once there is room, to the weights of a run that never stopped. Before, each rank printed DCP's
 gathered failures (torch's writer reports a full disk as "unexpected pos"), then torchrun its own traceback and
-table: some 250 lines, none of which said what to do. Tokenization that runs out of room names the file and
-leaves nothing behind; before, a traceback.
+table: some 250 lines, none of which said what to do. Tokenization and export that run out of room name what
+they were writing and leave nothing behind; before, a traceback (safetensors' own error, for an export).
 """
 from __future__ import annotations
 
@@ -94,3 +94,19 @@ def test_tokenization_without_room_names_the_file_and_leaves_nothing(tmp_path):
         assert result.stderr.strip() == (f"kotomamba preprocess: error: No space left on device writing "
                                          f"{disk / 'corpus_text_document.bin'}; make room there, then run it again")
         assert not list(disk.iterdir())
+
+
+def test_an_export_without_room_names_its_directory_and_leaves_nothing(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run_train(write_config(tmp_path, run.root, **SHORT))
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 16 * 1024))
+        output = disk / "hf"
+        result = subprocess.run([sys.executable, "-m", "kotomamba", "convert", "--checkpoint", str(run.root), "--to",
+                                 "hf", "--output", str(output)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1] == (f"kotomamba convert: error: No space left on device "
+                                                          f"writing {output}; make room there, then run it again")
+        assert "Traceback" not in result.stderr
+        assert [path.name for path in disk.iterdir()] == ["filler"]

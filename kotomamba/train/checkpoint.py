@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from kotomamba.errors import ReportedByRankZero, UserError, out_of_space
+from kotomamba.errors import ReportedByRankZero, UserError, filesystem_full, out_of_space
 from kotomamba.io import atomic_write
 from kotomamba.train.integrity import record_integrity
 from kotomamba.train.run_dir import STEP_DIR, RunDir, read_latest, step_dir_name
@@ -120,14 +120,14 @@ class CheckpointManager:
         self._finalise(step)
 
     def _write_failed(self, step: int, exc: BaseException, state_bytes: int) -> None:
-        """After this rank's write of ``step`` failed with ``exc``: a write that found no room (the error says so,
-        or this rank's ``state_bytes`` exceed what is left free: torch's writer drops the errno) becomes one message,
-        printed by rank 0 (a UserError, exit 2), of where, how much is free and what the run resumes from; anything
-        else is raised as it came. Every rank decides from the same filesystem, left as the write left it (the
-        partial write is removed at the next start)."""
-        free = shutil.disk_usage(self.dir).free
-        if out_of_space(exc) is None and free >= state_bytes:
+        """After this rank's write of ``step`` (``state_bytes`` of it on this rank) failed with ``exc``: a write that
+        found no room (the error says so, or the filesystem is full: torch's writer drops the errno) becomes one
+        message, printed by rank 0 (a UserError, exit 2), of where, how much is free and what the run resumes from;
+        anything else is raised as it came. Every rank decides from the same filesystem, left as the write left it
+        (the partial write is removed at the next start)."""
+        if out_of_space(exc) is None and not filesystem_full(self.dir):
             raise exc
+        free = shutil.disk_usage(self.dir).free
         latest = self.latest()
         resumes = f"{latest.name}, its last complete checkpoint" if latest else "its start (no checkpoint yet)"
         cause = out_of_space(exc) or exc
