@@ -4,7 +4,9 @@ A checkpoint that finds no room ends the training job that way, and the stage re
 checkpoint once there is room, to the weights of a run that never stopped. Before, each rank printed DCP's
 gathered failures (torch's writer reports a full disk as "unexpected pos"), then torchrun its own traceback and
 table: some 250 lines, none of which said what to do. Tokenization and export that run out of room name what
-they were writing and leave nothing behind; before, a traceback (safetensors' own error, for an export).
+they were writing and leave nothing behind; before, a traceback (safetensors' own error, for an export). A
+download that runs out of room stops at once (before, it was retried as a broken transfer) and resumes once there
+is room.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from kotomamba.data.download import main as download
 from kotomamba.train.integrity import checkpoint_defect
 from kotomamba.train.run_dir import RunDir, read_latest
+from test_data_download import CONTENT, server  # noqa: F401 (the loopback server fixture)
 from train_helpers import (assert_same_weights, final_weights, make_corpus, needs_cpu_sharding, run_train, train_env,
                            write_config)
 
@@ -110,3 +114,18 @@ def test_an_export_without_room_names_its_directory_and_leaves_nothing(tmp_path)
                                                           f"writing {output}; make room there, then run it again")
         assert "Traceback" not in result.stderr
         assert [path.name for path in disk.iterdir()] == ["filler"]
+
+
+def test_a_download_without_room_stops_at_once_and_resumes_once_there_is_room(server, tmp_path, capsys):  # noqa: F811
+    server.files["/shard.jsonl"] = CONTENT
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        output = disk / "shard.jsonl"
+        assert download([f"{server.url}/shard.jsonl", "--output", str(output)]) == 2
+        error = capsys.readouterr().err
+        assert f"no room for it in {disk / '.shard.jsonl.download'} (No space left on device" in error, error
+        assert "make room there, then run again to resume from" in error
+        assert server.ranges == [None] and not output.exists()
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        assert download([f"{server.url}/shard.jsonl", "--output", str(output)]) == 0
+        assert server.ranges[1].startswith("bytes=") and int(server.ranges[1][6:-1]) > 0
+        assert output.read_bytes() == CONTENT

@@ -44,7 +44,7 @@ from kotomamba.data.compression import COMPRESSED_SUFFIXES, open_decompressed, s
 from kotomamba.data.hub import fetch_url, is_hub_file
 from kotomamba.data.input_lock import InputLock
 from kotomamba.data.line_origins import count_lines, write_origins
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, out_of_space
 from kotomamba.io import atomic_write, read_yaml
 
 BLOCK = 1 << 20
@@ -250,6 +250,9 @@ def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log) -
                 return
             raise UserError(f"{named}: HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if out_of_space(exc) is not None:  # no transfer error: another attempt would find no more room
+                raise UserError(f"{named}: no room for it in {part.parent} ({exc.strerror}, {part.stat().st_size:,} "
+                                f"bytes fetched); make room there, then run again to resume from {part}") from exc
             if attempt == retries:
                 raise UserError(f"{named}: download failed after {retries + 1} attempts ({exc}); "
                                 f"run again to resume from {part}") from exc
