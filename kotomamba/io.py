@@ -9,7 +9,6 @@ user's umask), so shared project directories on clusters stay readable by the gr
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from kotomamba.errors import UserError, filesystem_full, out_of_space
+from kotomamba.errors import UserError, out_of_space
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON") -> Any:
@@ -63,11 +62,20 @@ def current_umask() -> int:
     return mask
 
 
+def _for_want_of_room(exc: Exception, path: Path) -> OSError | None:
+    """What to raise instead of ``exc``, raised while ``path`` was written, when it came for want of room
+    (:func:`kotomamba.errors.out_of_space`): an OSError naming ``path``, as a write's own error names no file;
+    None otherwise."""
+    full = out_of_space(exc, where=path.parent)
+    return None if full is None else OSError(full.errno, full.strerror, str(path))
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success fsync and rename it to ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was; one for want of room is an
+    OSError naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,9 +88,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        named = _for_want_of_room(exc, path) if isinstance(exc, Exception) else None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if named is not None:
+            raise named from exc
         raise
 
 
@@ -97,9 +108,8 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` (which may exist).
 
-    On an exception the temporary directory is removed and ``path`` is left as it was. One raised while the
-    filesystem has no room left comes out as an OSError (ENOSPC) naming ``path``: writers such as safetensors'
-    and torch's report a full disk in errors of their own, without the errno.
+    On an exception the temporary directory is removed and ``path`` is left as it was; one for want of room is
+    an OSError naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,12 +125,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except Exception as exc:
-        full = filesystem_full(path.parent)
+    except BaseException as exc:
+        named = _for_want_of_room(exc, path) if isinstance(exc, Exception) else None
         shutil.rmtree(tmp, ignore_errors=True)
-        if full and out_of_space(exc) is None:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if named is not None:
+            raise named from exc
         raise

@@ -4,14 +4,18 @@ A checkpoint that finds no room ends the training job that way, and the stage re
 checkpoint once there is room, to the weights of a run that never stopped. Before, each rank printed DCP's
 gathered failures (torch's writer reports a full disk as "unexpected pos"), then torchrun its own traceback and
 table: some 250 lines, none of which said what to do. Tokenization and export that run out of room name what
-they were writing and leave nothing behind; before, a traceback (safetensors' own error, for an export). A
+they were writing and leave nothing behind, as does tokenizer training; before, a traceback (safetensors' own
+error, for an export), or for the tokenizer a message that named no file. A
 download that runs out of room stops at once (before, it was retried as a broken transfer) and resumes once there
 is room.
 """
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
+import string
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -129,3 +133,27 @@ def test_a_download_without_room_stops_at_once_and_resumes_once_there_is_room(se
         assert download([f"{server.url}/shard.jsonl", "--output", str(output)]) == 0
         assert server.ranges[1].startswith("bytes=") and int(server.ranges[1][6:-1]) > 0
         assert output.read_bytes() == CONTENT
+
+
+def test_a_tokenizer_without_room_names_its_file_and_leaves_nothing(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    rng = random.Random(0)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(2000)]
+    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choices(words, k=12))}) + "\n" for _ in range(3000)))
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 4096))
+        output = disk / "tokenizer.model"
+
+        def train(vocab: int) -> str:
+            result = subprocess.run([sys.executable, "-m", "kotomamba", "train-tokenizer", "--input", str(corpus),
+                                     "--vocab-size", str(vocab), "--output", str(output)], capture_output=True,
+                                    text=True, timeout=300)
+            assert result.returncode == 2, result.stderr[-3000:]
+            return result.stderr.strip().splitlines()[-1]
+
+        # An error that has nothing to do with room stays itself on a full disk.
+        assert "is more pieces than SentencePiece can make of this text" in train(20000)
+        assert train(400) == (f"kotomamba train-tokenizer: error: No space left on device writing {output}; make "
+                              f"room there, then run it again")
+        assert [path.name for path in disk.iterdir()] == ["filler"]

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from kotomamba.errors import ReportedByRankZero, UserError, filesystem_full, out_of_space
+from kotomamba.errors import ReportedByRankZero, UserError, out_of_space
 from kotomamba.io import atomic_write
 from kotomamba.train.integrity import record_integrity
 from kotomamba.train.run_dir import STEP_DIR, RunDir, read_latest, step_dir_name
@@ -121,19 +121,19 @@ class CheckpointManager:
 
     def _write_failed(self, step: int, exc: BaseException, state_bytes: int) -> None:
         """After this rank's write of ``step`` (``state_bytes`` of it on this rank) failed with ``exc``: a write that
-        found no room (the error says so, or the filesystem is full: torch's writer drops the errno) becomes one
-        message, printed by rank 0 (a UserError, exit 2), of where, how much is free and what the run resumes from;
+        found no room (:func:`kotomamba.errors.out_of_space`; torch's writer drops the errno, and says only that
+        it wrote less, while the filesystem is full) becomes one message, printed by rank 0 (a UserError, exit 2), of where, how much is free and what the run resumes from;
         anything else is raised as it came. Every rank decides from the same filesystem, left as the write left it
         (the partial write is removed at the next start)."""
-        if out_of_space(exc) is None and not filesystem_full(self.dir):
+        full = out_of_space(exc, where=self.dir)
+        if full is None:
             raise exc
         free = shutil.disk_usage(self.dir).free
         latest = self.latest()
         resumes = f"{latest.name}, its last complete checkpoint" if latest else "its start (no checkpoint yet)"
-        cause = out_of_space(exc) or exc
         message = (f"the checkpoint of step {step} did not fit in {self.dir}: {free / 2**20:,.1f} MiB free on its "
                    f"filesystem, {state_bytes / 2**20:,.1f} MiB to write on each of {dist.get_world_size()} ranks "
-                   f"({type(cause).__name__}: {str(cause).strip().splitlines()[-1]}). Make room, then run the stage "
+                   f"({full.strerror}). Make room, then run the stage "
                    f"again: it resumes from {resumes} (the partial .{step_dir_name(step)}.tmp goes then; a stage "
                    f"keeps its newest checkpoint.keep_last checkpoints and writes the next before the oldest goes)")
         raise (UserError if self.rank == 0 else ReportedByRankZero)(message) from None
