@@ -100,7 +100,7 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
     parser.add_argument("--profile", action="store_true",
-                        help="also print each implementation's kernels for one call, at the first case")
+                        help="also print each implementation's kernels for one call, at every case")
     parser.add_argument("--time-limit", type=float, default=None, help=TIME_LIMIT_HELP)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ncu", action="store_true",
@@ -128,7 +128,7 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
 
         for index, case in enumerate(cases(args)):
             run, floor_bytes = runner(args.child, case, args)
-            if args.profile and index == 0:
+            if args.profile:
                 print(f"--- profile: {args.child}, {case}, one call ---\n{profile_table(run)}", flush=True)
             wall = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
             print(json.dumps({"impl": args.child, **case, "wall_ms": wall, "device_ms": device_ms(run, repeats=5),
