@@ -121,10 +121,11 @@ class CheckpointManager:
 
     def _write_failed(self, step: int, exc: BaseException, state_bytes: int) -> None:
         """After this rank's write of ``step`` (``state_bytes`` of it on this rank) failed with ``exc``: a write that
-        found no room (:func:`kotomamba.errors.out_of_space`; torch's writer drops the errno, and says only that
-        it wrote less, while the filesystem is full) becomes one message, printed by rank 0 (a UserError, exit 2), of where, how much is free and what the run resumes from;
-        anything else is raised as it came. Every rank decides from the same filesystem, left as the write left it
-        (the partial write is removed at the next start)."""
+        found no room (:func:`kotomamba.errors.out_of_space`; torch's writer drops the errno, and says only that it
+        wrote less, while the filesystem is full) becomes one message, printed by rank 0 (a UserError, exit 2), of
+        where, how much is free and what the run resumes from; anything else is raised as it came. Every rank
+        decides from the same filesystem, left as the write left it (the partial write is removed at the next
+        start)."""
         full = out_of_space(exc, where=self.dir)
         if full is None:
             raise exc
