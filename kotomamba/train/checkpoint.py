@@ -132,8 +132,9 @@ class CheckpointManager:
         free = shutil.disk_usage(self.dir).free
         latest = self.latest()
         resumes = f"{latest.name}, its last complete checkpoint" if latest else "its start (no checkpoint yet)"
+        ranks = "" if dist.get_world_size() == 1 else f" on each of {dist.get_world_size()} ranks"
         message = (f"the checkpoint of step {step} did not fit in {self.dir}: {free / 2**20:,.1f} MiB free on its "
-                   f"filesystem, {state_bytes / 2**20:,.1f} MiB to write on each of {dist.get_world_size()} ranks "
+                   f"filesystem, {state_bytes / 2**20:,.1f} MiB to write{ranks} "
                    f"({full.strerror}). Make room, then run the stage "
                    f"again: it resumes from {resumes} (the partial .{step_dir_name(step)}.tmp goes then; a stage "
                    f"keeps its newest checkpoint.keep_last checkpoints and writes the next before the oldest goes)")
