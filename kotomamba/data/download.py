@@ -250,8 +250,9 @@ def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log) -
                 return
             raise UserError(f"{named}: HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            if out_of_space(exc) is not None:  # no transfer error: another attempt would find no more room
-                raise UserError(f"{named}: no room for it in {part.parent} ({exc.strerror}, {part.stat().st_size:,} "
+            full = out_of_space(exc)
+            if full is not None:  # no transfer error: another attempt would find no more room
+                raise UserError(f"{named}: no room for it in {part.parent} ({full.strerror}, {part.stat().st_size:,} "
                                 f"bytes fetched); make room there, then run again to resume from {part}") from exc
             if attempt == retries:
                 raise UserError(f"{named}: download failed after {retries + 1} attempts ({exc}); "

@@ -372,6 +372,8 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         if not allow_empty and not any(writer.num_documents for writer in writers.values()):
             raise UserError(no_documents_message(summary.inputs, summary.lines, summary.empty,
                                                  sum(summary.skipped.values())))
+        for writer in writers.values():  # a finalize that fails (no room for the index) leaves no temporaries
+            writer.finalize()
     except BaseException:
         if hasattr(results, "close"):
             results.close()  # stops the worker pool now rather than at garbage collection
@@ -382,7 +384,6 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         if bar is not None:
             bar.close()
     for key, writer in writers.items():
-        writer.finalize()
         summary.documents[key] = writer.num_documents
         summary.tokens[key] = writer.num_tokens
     summary.seconds = time.perf_counter() - start
