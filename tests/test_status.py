@@ -171,3 +171,38 @@ def test_the_probe_sees_a_trainer_not_a_reader(tmp_path):
     with RunLock(path).acquire(shared=True, purpose="a conversion"):
         assert held_by(path) is None
     RunLock(path).acquire().release()  # no probe left a lock behind
+
+
+@pytest.mark.slow
+def test_a_stage_trained_from_a_result_that_changed_is_outdated(tmp_path):
+    """The predecessor forced to train again (no result while it does), then given new settings: the stage
+    after it reads as outdated, not finished; a stopped one says its next job starts over."""
+    stages = tmp_path / "results" / "demo" / "train"
+    pretrain, long_context, anneal = stages / "pretrain", stages / "long-context", stages / "anneal"
+    run_train(write_config(tmp_path, pretrain, **STAGE, eval=QUIET))
+    run_train(write_config(tmp_path, long_context, **STAGE, eval=QUIET, init={"from": str(pretrain)}))
+    run_train(write_config(tmp_path, anneal, **STAGE, eval=QUIET, init={"from": str(long_context)}),
+              "train.max_steps_this_job=4")
+    assert [(s["state"], s["notes"]) for s in status_json(stages.parent).values()] == [
+        ("finished", []), ("finished", []), ("stopped", [])]
+
+    request_restart(pretrain, "forced by snakemake --forcerun")
+    run_train(write_config(tmp_path, pretrain, **STAGE, eval=QUIET), "train.max_steps_this_job=2")
+    stage = status_json(stages.parent)
+    assert (stage["pretrain"]["state"], stage["pretrain"]["step"]) == ("stopped", 2)
+    assert (stage["long-context"]["state"], stage["long-context"]["notes"]) == ("outdated", [
+        "trained from an earlier result of pretrain, which is being trained again: the pipeline trains this stage "
+        "again"])
+    assert (stage["anneal"]["state"], stage["anneal"]["notes"]) == ("stopped", [])  # long-context's result is there
+    assert "long-context: outdated\n  step 8 of 8" in status(stages.parent).stdout
+
+    run_train(write_config(tmp_path, pretrain, **STAGE, eval=QUIET, optim={"lr": 1.0e-3}))
+    stage = status_json(stages.parent)
+    assert stage["pretrain"]["state"] == "finished"
+    assert stage["long-context"]["notes"] == [
+        "trained from an earlier result of pretrain, which has a new result: the pipeline trains this stage again"]
+    run_train(write_config(tmp_path, long_context, **STAGE, eval=QUIET, init={"from": str(pretrain)}))
+    stage = status_json(stages.parent)
+    assert (stage["long-context"]["state"], stage["long-context"]["notes"]) == ("finished", [])
+    assert (stage["anneal"]["state"], stage["anneal"]["notes"]) == ("stopped", [
+        "started from an earlier result of long-context, which has a new result: its next job starts over"])

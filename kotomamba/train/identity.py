@@ -112,3 +112,33 @@ def recorded_digest(run: RunDir) -> str | None:
         return json.loads(run.identity.read_text())["digest"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def changed_start(run: RunDir, init_from: str) -> str | None:
+    """Why the start ``run`` recorded (its ``identity.json``) is no longer the result of the run it is
+    initialised from (``init_from``: a run directory of ours or one of its checkpoints): "is being trained
+    again" (it has no result now), "has a new result"; ``None`` when it is the same, or when ``run`` recorded no
+    run's result to compare (it has not started, or it started from a released model or a bare checkpoint).
+    Reads two small files: cheap enough for ``kotomamba status``."""
+    try:
+        recorded = json.loads(run.identity.read_text())["inputs"]["init"]
+        recorded_run, recorded_weights = recorded["run"], recorded.get("checkpoint")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if recorded_run is None:
+        return None
+    source = Path(init_from)
+    # A named checkpoint is compared by its run's identity only: the run's final weights are its last checkpoint's.
+    run_of_checkpoint = run_dir_of(source)
+    predecessor = RunDir(run_of_checkpoint or source)
+    try:
+        final = json.loads(predecessor.final.read_text())
+    except FileNotFoundError:
+        return "is being trained again"
+    except (OSError, ValueError):
+        return None
+    if final.get("identity") != recorded_run or (
+            run_of_checkpoint is None and recorded_weights and final.get("weights") != recorded_weights):
+        return "has a new result"
+    return None
+

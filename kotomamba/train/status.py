@@ -7,7 +7,8 @@ written, and it is cheap (no torch; a checkpoint counts as complete by its recor
 never by hashing it again, which is what the next job's start does).
 
 Per stage: its state (not started; running: a trainer holds the lock; stopped: interrupted, the next job
-resumes; finished: ``final.json``), the step of the total, tokens, the checkpoint the next job would
+resumes; finished: ``final.json``; outdated: finished, but the stage it starts from has trained again
+since, or trains now, so the pipeline trains it again), the step of the total, tokens, the checkpoint the next job would
 resume from, the jobs used (``jobs.jsonl``), the throughput of the last logged windows and the training
 time left at that throughput (queue waits not counted), and how many earlier generations were superseded.
 """
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kotomamba.errors import UserError
+from kotomamba.train.identity import changed_start
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.restart_request import pending_restart
@@ -34,7 +36,7 @@ THROUGHPUT_WINDOWS = 5
 class StageStatus:
     name: str
     run_dir: str
-    state: str  # "not started" | "running" | "stopped" | "finished"
+    state: str  # "not started" | "running" | "stopped" | "finished" | "outdated"
     step: int = 0
     total_steps: int | None = None
     tokens: int | None = None
@@ -123,6 +125,16 @@ def _read_stage(root: Path, name: str | None) -> StageStatus:
         status.step = status.checkpoint_step or 0
         if logged > status.step:
             status.notes.append(f"logged up to step {logged}; the next job resumes from step {status.step}")
+    changed = changed_start(run, config.init.from_) if config is not None and config.init.from_ else None
+    if changed is not None and status.state in ("finished", "stopped"):
+        predecessor = Path(config.init.from_).name
+        if status.state == "finished":
+            status.state = "outdated"
+            status.notes.append(f"trained from an earlier result of {predecessor}, which {changed}: the pipeline "
+                                f"trains this stage again")
+        else:
+            status.notes.append(f"started from an earlier result of {predecessor}, which {changed}: its next job "
+                                f"starts over")
     why = pending_restart(run)
     if why is not None:
         status.notes.append(f"restart requested: the next job starts over ({why})")
