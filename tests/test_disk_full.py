@@ -104,6 +104,24 @@ def test_tokenization_without_room_names_the_file_and_leaves_nothing(tmp_path):
         assert not list(disk.iterdir())
 
 
+def test_tokenization_whose_second_index_finds_no_room_puts_no_output_in_place(tmp_path):
+    """Two keys: both data files and the first index fit, the second index does not. Before, the first key's
+    files were in place by then, beside the second's old ones (or none)."""
+    tokenizer, _ = make_corpus(tmp_path)
+    corpus = tmp_path / "corpus.jsonl"
+    # 20,000 documents of 2 tokens a key: 80,000 bytes of data and 400,042 of index each, for a 720 KiB filesystem.
+    corpus.write_text("".join(f'{{"text": "w{i % 60}", "title": "w{(i + 7) % 60}"}}\n' for i in range(20000)))
+    with tmpfs(tmp_path / "disk", "720k") as disk:
+        result = subprocess.run([sys.executable, "-m", "kotomamba", "preprocess", "--input", str(corpus),
+                                 "--output-prefix", str(disk / "corpus"), "--tokenizer-type", "HuggingFaceTokenizer",
+                                 "--tokenizer-model", tokenizer, "--append-eod", "--no-progress",
+                                 "--json-keys", "text", "title"], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip() == (f"kotomamba preprocess: error: No space left on device writing "
+                                         f"{disk / 'corpus_title_document.idx'}; make room there, then run it again")
+        assert not list(disk.iterdir())
+
+
 def test_an_export_without_room_names_its_directory_and_leaves_nothing(tmp_path):
     run = RunDir(tmp_path / "run")
     run_train(write_config(tmp_path, run.root, **SHORT))

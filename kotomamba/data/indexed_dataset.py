@@ -121,7 +121,8 @@ class IndexedDatasetWriter:
     """Write ``<prefix>.bin`` / ``<prefix>.idx`` atomically, one document at a time.
 
     Both files are written under temporary names beside the final ones and moved into place by
-    ``finalize()`` (the .idx last, so a reader never sees an index without its data);
+    ``finalize()`` (``seal()``, then ``commit()``: the .idx last, so a reader never sees an index without
+    its data);
     ``abort()`` (or leaving a ``with`` block by an exception) removes them and leaves the prefix as
     it was. A document is one sequence, or several (its sentences) when added with
     ``sequences_per_document``.
@@ -170,22 +171,39 @@ class IndexedDatasetWriter:
         self.num_tokens += tokens.size
 
     def finalize(self) -> None:
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
-        self._bin.close()
+        """:meth:`seal`, then :meth:`commit`."""
+        self.seal()
+        self.commit()
+
+    def seal(self) -> None:
+        """Write the rest of the data and the index to the temporary files and sync both: all that can fail
+        for want of room fails here, naming the file, before anything is in place (so several writers that
+        make one output seal all, then commit all)."""
+        try:
+            self._bin.flush()
+            os.fsync(self._bin.fileno())
+            self._bin.close()
+        except OSError as exc:  # a flush's error names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(data_file_path(self.prefix))) from exc
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int32)
         pointers = np.zeros(len(sizes), dtype=np.int64)
         np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
         per_document = np.concatenate(self._documents) if self._documents else np.zeros(0, dtype=np.int64)
         document_indices = np.zeros(len(per_document) + 1, dtype=np.int64)
         np.cumsum(per_document, out=document_indices[1:])
-        with open(self._tmp_idx, "wb") as handle:
-            handle.write(HEADER.pack(MAGIC, VERSION, dtype_code(self.dtype), len(sizes), len(document_indices)))
-            handle.write(sizes.tobytes(order="C"))
-            handle.write(pointers.tobytes(order="C"))
-            handle.write(document_indices.tobytes(order="C"))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self._tmp_idx, "wb") as handle:
+                handle.write(HEADER.pack(MAGIC, VERSION, dtype_code(self.dtype), len(sizes), len(document_indices)))
+                handle.write(sizes.tobytes(order="C"))
+                handle.write(pointers.tobytes(order="C"))
+                handle.write(document_indices.tobytes(order="C"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(index_file_path(self.prefix))) from exc
+
+    def commit(self) -> None:
+        """Move the sealed files into place, the .idx last."""
         os.replace(self._tmp_bin, data_file_path(self.prefix))
         os.replace(self._tmp_idx, index_file_path(self.prefix))
 

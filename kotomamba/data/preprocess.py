@@ -372,8 +372,12 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
         if not allow_empty and not any(writer.num_documents for writer in writers.values()):
             raise UserError(no_documents_message(summary.inputs, summary.lines, summary.empty,
                                                  sum(summary.skipped.values())))
-        for writer in writers.values():  # a finalize that fails (no room for the index) leaves no temporaries
-            writer.finalize()
+        # Every output sealed before any is in place: one that finds no room (for its index) leaves all as
+        # they were, not some of them new.
+        for writer in writers.values():
+            writer.seal()
+        for writer in writers.values():
+            writer.commit()
     except BaseException:
         if hasattr(results, "close"):
             results.close()  # stops the worker pool now rather than at garbage collection
