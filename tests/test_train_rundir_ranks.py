@@ -60,6 +60,17 @@ def test_sigterm_while_building_exits_75_with_nothing_written(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_second_stop_signal_after_the_command_ended_changes_nothing(tmp_path):
+    """Snakemake, the launcher and the scheduler each pass a stop signal on: one that came as the command was
+    ending raised again, outside the command, and printed a traceback (under the launcher: exit 1, not 75)."""
+    run = RunDir(tmp_path / "run")
+    result = run_hooked("sigterm-while-building-and-sigint-at-exit", write_config(tmp_path, run.root, **SHORT))
+    assert result.returncode == 75, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "stopped by SIGTERM before the first training step" in result.stderr
+
+
+@pytest.mark.slow
 @needs_cpu_sharding
 def test_sigterm_while_building_under_the_launcher_exits_75(tmp_path):
     run = RunDir(tmp_path / "run")

@@ -5,6 +5,8 @@ Used by the trainer tests (in the spawned training processes, so the real traine
 - ``late-rank-1``: rank 1 arrives two seconds after rank 0 at every step that follows the process
   group's creation (the restart race of issue 16 item 4);
 - ``sigterm-while-building``: each process signals itself SIGTERM while its data indices are built;
+- ``sigterm-while-building-and-sigint-at-exit``: the same, and SIGINT again from an exit handler (a second
+  stop signal, passed on by Snakemake or the launcher, that comes when the command has ended);
 - ``fake-clock``: the wall-time budget's clock advances one second each time it is read, however
   fast the machine is;
 - ``pause``: after step ``$PAUSE_AT_STEP`` (its log, eval and checkpoint done) rank 0 creates
@@ -45,6 +47,13 @@ def _sigterm_while_building() -> None:
     trainer.Trainer._build_data = build
 
 
+def _sigterm_while_building_and_sigint_at_exit() -> None:
+    import atexit
+
+    _sigterm_while_building()
+    atexit.register(os.kill, os.getpid(), signal.SIGINT)
+
+
 def _fake_clock() -> None:
     from kotomamba.train import trainer
 
@@ -70,8 +79,9 @@ def _pause() -> None:
     trainer.Trainer._should_stop = should_stop
 
 
-HOOKS = {"late-rank-1": _late_rank_1, "sigterm-while-building": _sigterm_while_building, "fake-clock": _fake_clock,
-         "pause": _pause}
+HOOKS = {"late-rank-1": _late_rank_1, "sigterm-while-building": _sigterm_while_building,
+         "sigterm-while-building-and-sigint-at-exit": _sigterm_while_building_and_sigint_at_exit,
+         "fake-clock": _fake_clock, "pause": _pause}
 
 if __name__ == "__main__":
     HOOKS[sys.argv[1]]()

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kotomamba train: stopped during start-up ({type(exc).__name__} after a stop signal); "
               f"nothing trained yet, exit {EXIT_REQUEUE} (requeue)", file=sys.stderr)
         return EXIT_REQUEUE
+    finally:
+        stop.ended()
     # The process group is left to ``kotomamba.cli.run``, which ends the process without destroying it: on
     # torch 2.6 a destroy while gloo's worker thread still frees the last collective's tensors deadlocks.
     return code

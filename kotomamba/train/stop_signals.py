@@ -43,13 +43,21 @@ class StopSignals:
         self.signum: int | None = None
         self._defer = 0
         self._training = False
+        # Once the job is stopping (or over), a signal is only recorded: a scheduler, Snakemake and the
+        # launcher each pass one on, and one raised again would cut short the way out (its exit code
+        # and the launcher's record) with a traceback.
+        self._stopping = False
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
-        if not self._training and not self._defer:
-            raise StopBeforeTraining(signum)
+        self._stop_before_training()
+
+    def _stop_before_training(self) -> None:
+        if self.signum is not None and not self._training and not self._defer and not self._stopping:
+            self._stopping = True
+            raise StopBeforeTraining(self.signum)
 
     @contextlib.contextmanager
     def critical(self) -> Iterator[None]:
@@ -59,12 +67,15 @@ class StopSignals:
             yield
         finally:
             self._defer -= 1
-        if self.signum is not None and not self._training and not self._defer:
-            raise StopBeforeTraining(self.signum)
+        self._stop_before_training()
 
     def training(self) -> None:
         """From now on a signal is a request the loop answers at the end of its step."""
         self._training = True
+
+    def ended(self) -> None:
+        """The command is over, however it ended: from now on a signal is only recorded."""
+        self._stopping = True
 
     def started_training(self) -> bool:
         return self._training
