@@ -114,6 +114,12 @@ def recorded_digest(run: RunDir) -> str | None:
         return None
 
 
+def predecessor_run(init_from: str) -> RunDir:
+    """The run an ``init.from`` of a run directory of ours, or of one of its checkpoints, names."""
+    source = Path(init_from)
+    return RunDir(run_dir_of(source) or source)
+
+
 def changed_start(run: RunDir, init_from: str) -> str | None:
     """Why the start ``run`` recorded (its ``identity.json``) is no longer the result of the run it is
     initialised from (``init_from``: a run directory of ours or one of its checkpoints): "is being trained
@@ -127,10 +133,9 @@ def changed_start(run: RunDir, init_from: str) -> str | None:
         return None
     if recorded_run is None:
         return None
-    source = Path(init_from)
     # A named checkpoint is compared by its run's identity only: the run's final weights are its last checkpoint's.
-    run_of_checkpoint = run_dir_of(source)
-    predecessor = RunDir(run_of_checkpoint or source)
+    names_checkpoint = run_dir_of(Path(init_from)) is not None
+    predecessor = predecessor_run(init_from)
     try:
         final = json.loads(predecessor.final.read_text())
     except FileNotFoundError:
@@ -138,7 +143,6 @@ def changed_start(run: RunDir, init_from: str) -> str | None:
     except (OSError, ValueError):
         return None
     if final.get("identity") != recorded_run or (
-            run_of_checkpoint is None and recorded_weights and final.get("weights") != recorded_weights):
+            not names_checkpoint and recorded_weights and final.get("weights") != recorded_weights):
         return "has a new result"
     return None
-

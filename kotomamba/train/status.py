@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kotomamba.errors import UserError
-from kotomamba.train.identity import changed_start
+from kotomamba.train.identity import changed_start, predecessor_run
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.restart_request import pending_restart
@@ -127,7 +127,7 @@ def _read_stage(root: Path, name: str | None) -> StageStatus:
             status.notes.append(f"logged up to step {logged}; the next job resumes from step {status.step}")
     changed = changed_start(run, config.init.from_) if config is not None and config.init.from_ else None
     if changed is not None and status.state in ("finished", "stopped"):
-        predecessor = Path(config.init.from_).name
+        predecessor = predecessor_run(config.init.from_).root.name  # a stage's name, also where it names a checkpoint
         if status.state == "finished":
             status.state = "outdated"
             status.notes.append(f"trained from an earlier result of {predecessor}, which {changed}: the pipeline "
@@ -154,16 +154,16 @@ def _read_stage(root: Path, name: str | None) -> StageStatus:
 
 def _stage_order(stages: dict[str, RunDir]) -> list[str]:
     """The stages in training order: a stage starts from its predecessor (``init.from`` names its run
-    directory), so it comes after it; stages that do not say keep their names' order."""
+    directory or one of its checkpoints), so it comes after it; stages that do not say keep their names' order."""
     before: dict[str, str] = {}
     for name, run in stages.items():
         try:
             config = _config(run)
         except UserError:
             config = None  # its status says why
-        start = config.init.from_ if config is not None else None
-        if start and Path(start).name in stages and Path(start).name != name:
-            before[name] = Path(start).name
+        start = predecessor_run(config.init.from_).root.name if config is not None and config.init.from_ else None
+        if start in stages and start != name:
+            before[name] = start
 
     def depth(name: str, seen: tuple = ()) -> int:
         previous = before.get(name)
