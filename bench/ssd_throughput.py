@@ -73,9 +73,11 @@ def variant_configs(variant: str) -> dict:
     return configs
 
 
-def registers(shape: str, seq: int, variants: list[str], headdim: int = HEADDIM, dstate: int = DSTATE) -> None:
-    """Prints, per variant and launch of one forward+backward (the shape's heads, batch 1, bf16), what
-    ptxas gives the kernel for sm_90a (bench/ptxas_report.py; no GPU needed)."""
+def registers(shape: str, seq: int, doc_len: int, variants: list[str], headdim: int = HEADDIM,
+              dstate: int = DSTATE) -> None:
+    """Prints, per variant and launch of one forward+backward (the shape's heads, batch 1, bf16), without and
+    with documents (as the timed cases), what ptxas gives the kernel for sm_90a (bench/ptxas_report.py; no
+    GPU needed)."""
     from ptxas_report import header, print_rows
 
     from kotomamba.ops.ssd_triton import ssd_chunk_scan_triton
@@ -87,13 +89,17 @@ def registers(shape: str, seq: int, variants: list[str], headdim: int = HEADDIM,
          "C": torch.randn(1, seq, 1, dstate, generator=g), "D": torch.randn(heads, generator=g)}
     t = {k: (v.bfloat16() if v.dim() > 1 else v).requires_grad_(True) for k, v in t.items()}
 
-    def forward_backward(configs):
-        y = ssd_chunk_scan_triton(**t, dt_softplus=True, **configs)
+    seq_idx = random_seq_idx((1, seq), doc_len, g, "cpu")
+
+    def forward_backward(configs, documents):
+        y = ssd_chunk_scan_triton(**t, dt_softplus=True, seq_idx=seq_idx if documents else None, **configs)
         torch.autograd.grad(y, list(t.values()), torch.ones_like(y))
 
     print(header())
     for variant in variants:
-        print_rows(variant or "default", lambda: forward_backward(variant_configs(variant) if variant else {}))
+        for documents in (False, True):
+            print_rows((variant or "default") + (" documents" if documents else ""),
+                       lambda: forward_backward(variant_configs(variant) if variant else {}, documents))
 
 
 def runner(impl: str, case: dict, args):
@@ -138,7 +144,7 @@ def registers_main() -> None:
     from ptxas_report import command_line
 
     args, variants = command_line(SHAPES, IMPLS, IMPLS_HELP, add_arguments, "ssd:ours")
-    registers(args.shapes.split(",")[0], args.seq, variants)
+    registers(args.shapes.split(",")[0], args.seq, args.doc_len, variants)
 
 
 if __name__ == "__main__":
