@@ -62,13 +62,19 @@ from kotomamba.ops.step_triton import step, step_grad
 
 
 @triton.jit
+def _block_dt(c, L, dt_base, stride_dt_l, BLOCK_T: tl.constexpr):
+    """Block ``c``'s dt [BLOCK_T] (0 past L, and for a block past the sequence's end)."""
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    return tl.load(dt_base + t * stride_dt_l, mask=t < L, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _block_steps(c, L, A, dt_base, stride_dt_l, BLOCK_T: tl.constexpr):
     """Positions t of block ``c`` [BLOCK_T], which are valid (< L), their dt (0 past L) and the within-block
     cumulative sum ``a`` of dt*A."""
     t = c * BLOCK_T + tl.arange(0, BLOCK_T)
-    valid = t < L
-    dt = tl.load(dt_base + t * stride_dt_l, mask=valid, other=0.0).to(tl.float32)
-    return t, valid, dt, tl.cumsum(dt * A, axis=0)
+    dt = _block_dt(c, L, dt_base, stride_dt_l, BLOCK_T)
+    return t, t < L, dt, tl.cumsum(dt * A, axis=0)
 
 
 @triton.jit
@@ -194,9 +200,21 @@ def _ssd_fwd_kernel(
     if HAS_D:
         Dh = tl.load(D_ptr + pid_h).to(tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
+    # A block's dt and documents are read while the block before it is computed: the walk is one chain,
+    # and nothing else hides the wait for these small reads.
+    dt_next = _block_dt(0, L, dt_base, stride_dt_l, BLOCK_T)
+    doc_next, doc_in_next, doc_last_next = _block_docs(0, L, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
     for c in range(0, n_blocks):
-        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
-            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        dt = dt_next
+        doc = doc_next
+        doc_in = doc_in_next
+        doc_last = doc_last_next
+        dt_next = _block_dt(c + 1, L, dt_base, stride_dt_l, BLOCK_T)
+        doc_next, doc_in_next, doc_last_next = _block_docs(tl.minimum(c + 1, n_blocks - 1), L, seq_base,
+                                                           stride_seq_l, HAS_SEQ, BLOCK_T)
+        t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+        valid = t < L
+        a = tl.cumsum(dt * A, axis=0)
         _, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         if STATE_EVERY > 0:
             if c % STATE_EVERY == 0:
@@ -357,12 +375,23 @@ def _ssd_bwd_dstates_kernel(
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
+    # As in the forward, a block's dt and documents are read while the block after it is computed.
+    dt_next = _block_dt(n_blocks - 1, L, dt_base, stride_dt_l, BLOCK_T)
+    doc_next, doc_in_next, doc_last_next = _block_docs(n_blocks - 1, L, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
     for i in range(0, n_blocks):
         c = n_blocks - 1 - i
         tl.store(dstates_ptr + (bh * n_blocks + c) * P * N + state_offsets,
                  dstate.to(dstates_ptr.dtype.element_ty))
-        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
-            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        dt = dt_next
+        doc = doc_next
+        doc_in = doc_in_next
+        doc_last = doc_last_next
+        dt_next = _block_dt(tl.maximum(c - 1, 0), L, dt_base, stride_dt_l, BLOCK_T)
+        doc_next, doc_in_next, doc_last_next = _block_docs(tl.maximum(c - 1, 0), L, seq_base, stride_seq_l,
+                                                           HAS_SEQ, BLOCK_T)
+        t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+        valid = t < L
+        a = tl.cumsum(dt * A, axis=0)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
         _, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
