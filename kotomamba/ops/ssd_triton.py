@@ -62,16 +62,28 @@ from kotomamba.ops.step_triton import step, step_grad
 
 
 @triton.jit
-def _block_inputs(c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l,
-                  HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Positions of block ``c``, their dt (0 past L), the within-block cumulative sum ``a`` of dt*A,
-    the documents (positions past L continue the last one), the entering state's document (that of
-    the position before the block; the first document for block 0) and the last position's."""
+def _block_dt(c, L, dt_base, stride_dt_l, BLOCK_T: tl.constexpr):
+    """Block ``c``'s dt [BLOCK_T] (0 past L, and for a block past the sequence's end)."""
     t = c * BLOCK_T + tl.arange(0, BLOCK_T)
-    valid = t < L
-    dt = tl.load(dt_base + t * stride_dt_l, mask=valid, other=0.0).to(tl.float32)
-    a = tl.cumsum(dt * A, axis=0)
+    return tl.load(dt_base + t * stride_dt_l, mask=t < L, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _block_steps(c, L, A, dt_base, stride_dt_l, BLOCK_T: tl.constexpr):
+    """Positions t of block ``c`` [BLOCK_T], which are valid (< L), their dt (0 past L) and the within-block
+    cumulative sum ``a`` of dt*A."""
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    dt = _block_dt(c, L, dt_base, stride_dt_l, BLOCK_T)
+    return t, t < L, dt, tl.cumsum(dt * A, axis=0)
+
+
+@triton.jit
+def _block_docs(c, L, seq_base, stride_seq_l, HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Block ``c``'s documents [BLOCK_T] (positions past L continue the last one), the entering state's
+    document (that of the position before the block; the first document for block 0) and the last
+    position's. The same for every head: the head-looping launches read them once."""
     if HAS_SEQ:
+        t = c * BLOCK_T + tl.arange(0, BLOCK_T)
         doc = tl.load(seq_base + tl.minimum(t, L - 1) * stride_seq_l)
         doc_in = tl.load(seq_base + tl.maximum(c * BLOCK_T - 1, 0) * stride_seq_l)
         doc_last = tl.load(seq_base + tl.minimum(c * BLOCK_T + BLOCK_T - 1, L - 1) * stride_seq_l)
@@ -79,6 +91,15 @@ def _block_inputs(c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l,
         doc = tl.zeros((BLOCK_T,), tl.int32)
         doc_in = 0
         doc_last = 0
+    return doc, doc_in, doc_last
+
+
+@triton.jit
+def _block_inputs(c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l,
+                  HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr):
+    """:func:`_block_steps` and :func:`_block_docs` of block ``c``."""
+    t, valid, dt, a = _block_steps(c, L, A, dt_base, stride_dt_l, BLOCK_T)
+    doc, doc_in, doc_last = _block_docs(c, L, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
     return t, valid, dt, a, doc, doc_in, doc_last
 
 
@@ -99,16 +120,31 @@ def _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _kept(doc, BLOCK_T: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+    """[t, s] whether s <= t in the same document, [BLOCK_T, BLOCK_T]; with ``TRANSPOSED``, [s, t]."""
+    rows = tl.arange(0, BLOCK_T)
+    if TRANSPOSED:
+        return (rows[None, :] >= rows[:, None]) & (doc[None, :] == doc[:, None])
+    else:
+        return (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
+
+
+@triton.jit
 def _decay_matrix(a, doc, BLOCK_T: tl.constexpr, TRANSPOSED: tl.constexpr = False):
     """[t, s] ``exp(a_t - a_s)`` for s <= t in the same document, else 0, [BLOCK_T, BLOCK_T]; with
     ``TRANSPOSED``, its transpose [s, t]."""
-    rows = tl.arange(0, BLOCK_T)
     if TRANSPOSED:
-        keep = (rows[None, :] >= rows[:, None]) & (doc[None, :] == doc[:, None])
-        return tl.exp(tl.where(keep, a[None, :] - a[:, None], float("-inf")))
+        return tl.exp(tl.where(_kept(doc, BLOCK_T, True), a[None, :] - a[:, None], float("-inf")))
     else:
-        keep = (rows[:, None] >= rows[None, :]) & (doc[:, None] == doc[None, :])
-        return tl.exp(tl.where(keep, a[:, None] - a[None, :], float("-inf")))
+        return tl.exp(tl.where(_kept(doc, BLOCK_T), a[:, None] - a[None, :], float("-inf")))
+
+
+@triton.jit
+def _decay_unmasked(a):
+    """[t, s] ``exp(a_t - a_s)`` for s <= t in the same document, finite (at most 1) elsewhere,
+    [BLOCK_T, BLOCK_T]: for a factor that :func:`_kept` masks once for all heads (a falls with t, so
+    the cap changes the exponent only where s > t)."""
+    return tl.exp(tl.minimum(a[:, None] - a[None, :], 0.0))
 
 
 @triton.jit
@@ -164,9 +200,21 @@ def _ssd_fwd_kernel(
     if HAS_D:
         Dh = tl.load(D_ptr + pid_h).to(tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
+    # A block's dt and documents are read while the block before it is computed: the walk is one chain,
+    # and nothing else hides the wait for these small reads.
+    dt_next = _block_dt(0, L, dt_base, stride_dt_l, BLOCK_T)
+    doc_next, doc_in_next, doc_last_next = _block_docs(0, L, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
     for c in range(0, n_blocks):
-        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
-            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        dt = dt_next
+        doc = doc_next
+        doc_in = doc_in_next
+        doc_last = doc_last_next
+        dt_next = _block_dt(c + 1, L, dt_base, stride_dt_l, BLOCK_T)
+        doc_next, doc_in_next, doc_last_next = _block_docs(tl.minimum(c + 1, n_blocks - 1), L, seq_base,
+                                                           stride_seq_l, HAS_SEQ, BLOCK_T)
+        t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+        valid = t < L
+        a = tl.cumsum(dt * A, axis=0)
         _, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         if STATE_EVERY > 0:
             if c % STATE_EVERY == 0:
@@ -327,12 +375,23 @@ def _ssd_bwd_dstates_kernel(
     else:
         dstate = tl.zeros((BLOCK_P, N), tl.float32)
     n_blocks = tl.cdiv(L, BLOCK_T)
+    # As in the forward, a block's dt and documents are read while the block after it is computed.
+    dt_next = _block_dt(n_blocks - 1, L, dt_base, stride_dt_l, BLOCK_T)
+    doc_next, doc_in_next, doc_last_next = _block_docs(n_blocks - 1, L, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
     for i in range(0, n_blocks):
         c = n_blocks - 1 - i
         tl.store(dstates_ptr + (bh * n_blocks + c) * P * N + state_offsets,
                  dstate.to(dstates_ptr.dtype.element_ty))
-        t, valid, dt, a, doc, doc_in, doc_last = _block_inputs(
-            c, L, A, dt_base, stride_dt_l, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
+        dt = dt_next
+        doc = doc_next
+        doc_in = doc_in_next
+        doc_last = doc_last_next
+        dt_next = _block_dt(tl.maximum(c - 1, 0), L, dt_base, stride_dt_l, BLOCK_T)
+        doc_next, doc_in_next, doc_last_next = _block_docs(tl.maximum(c - 1, 0), L, seq_base, stride_seq_l,
+                                                           HAS_SEQ, BLOCK_T)
+        t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+        valid = t < L
+        a = tl.cumsum(dt * A, axis=0)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
         _, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
@@ -630,25 +689,24 @@ def _ssd_bwd_bc_heads_kernel(
 
 
 @triton.jit
-def _head_block(h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
-                stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
+def _head_block(h, c, pid_b, L, nheads, t, valid, p, n, doc, doc_in, doc_last, A_ptr, dt_ptr, x_ptr, dy_ptr,
+                states_ptr, dstates_ptr, stride_dt_b, stride_dt_l, stride_dt_h,
                 stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
-                HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr):
+                BLOCK_T: tl.constexpr, P: tl.constexpr, N: tl.constexpr):
     """What the head-looping launches read of head h in block c (positions t, head-dim columns p, state
-    columns n): its step dt, the within-block decay sums a and documents doc [BLOCK_T] (:func:`_block_inputs`),
-    is_last, from_start, to_end and survive (:func:`_block_decays`), x and dy [BLOCK_T, columns], and the block's
-    entering state S and its leaving state's gradient G [columns, state columns] as stored."""
+    columns n; the block's documents as :func:`_block_docs` gives them): its step dt and the within-block
+    decay sums a [BLOCK_T] (:func:`_block_steps`), is_last, from_start, to_end and survive
+    (:func:`_block_decays`), x and dy [BLOCK_T, columns], and the block's entering state S and its leaving
+    state's gradient G [columns, state columns] as stored."""
     A = tl.load(A_ptr + h).to(tl.float32)
-    _, _, dt, a, doc, doc_in, doc_last = _block_inputs(
-        c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l,
-        seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+    _, _, dt, a = _block_steps(c, L, A, dt_ptr + pid_b * stride_dt_b + h * stride_dt_h, stride_dt_l, BLOCK_T)
     is_last, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
     x = tl.load(x_ptr + pid_b * stride_x_b + h * stride_x_h + t[:, None] * stride_x_l + p[None, :] * stride_x_p,
                 mask=valid[:, None], other=0.0)
     dy = tl.load(dy_ptr + pid_b * stride_dy_b + h * stride_dy_h + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p,
                  mask=valid[:, None], other=0.0)
     state_offsets = ((pid_b * nheads + h) * tl.cdiv(L, BLOCK_T) + c) * P * N + p[:, None] * N + n[None, :]
-    return (dt, a, doc, is_last, from_start, to_end, survive, x, dy, tl.load(states_ptr + state_offsets),
+    return (dt, a, is_last, from_start, to_end, survive, x, dy, tl.load(states_ptr + state_offsets),
             tl.load(dstates_ptr + state_offsets))
 
 
@@ -696,19 +754,21 @@ def _ssd_bwd_dx_heads_kernel(
                  mask=valid[:, None], other=0.0)
     Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
                  mask=valid[:, None], other=0.0)
-    cb = tl.dot(Cm, tl.trans(Bm))  # [t, s]: C_t . B_s, the same for every head of the group
+    doc, doc_in, doc_last = _block_docs(c, L, seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
+    # [t, s]: C_t . B_s where s <= t in the same document, the same for every head of the group.
+    cb = tl.where(_kept(doc, BLOCK_T), tl.dot(Cm, tl.trans(Bm)), 0.0)
     n_blocks = tl.cdiv(L, BLOCK_T)
     for i in range(0, HEADS):
         h = h0 + i
-        dt, a, doc, is_last, from_start, to_end, _, x, dy, S, G = _head_block(
-            h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
-            stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
+        dt, a, is_last, from_start, to_end, _, x, dy, S, G = _head_block(
+            h, c, pid_b, L, nheads, t, valid, p, n, doc, doc_in, doc_last, A_ptr, dt_ptr, x_ptr, dy_ptr,
+            states_ptr, dstates_ptr, stride_dt_b, stride_dt_l, stride_dt_h,
             stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
-            HAS_SEQ, BLOCK_T, P, N)
+            BLOCK_T, P, N)
         # Both products of M take the other side in full (float32: not rounded to TF32), so the in-block
         # terms of da, which cancel over the block in its reverse cumulative sum, meet one rounded M,
         # and u and dy are the same on both sides.
-        m = (cb * _decay_matrix(a, doc, BLOCK_T)).to(x.dtype)  # [t, s]
+        m = (cb * _decay_unmasked(a)).to(x.dtype)  # [t, s]
         u = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
         bg = tl.dot(Bm, tl.trans(G.to(x.dtype)))  # [s, p]: G B_s
         du = _dot_exact_rhs(tl.trans(m), dy, bg * to_end[:, None])
@@ -761,20 +821,21 @@ def _ssd_bwd_dbc_heads_kernel(
     gm_sum = tl.zeros((BLOCK_T, BLOCK_T), tl.float32)  # [t, s]
     leaving_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [s, BLOCK_N]
     entering_sum = tl.zeros((BLOCK_T, BLOCK_N), tl.float32)  # [t, BLOCK_N]
+    doc, doc_in, doc_last = _block_docs(c, L, seq_ptr + pid_b * stride_seq_b, stride_seq_l, HAS_SEQ, BLOCK_T)
     for i in range(0, HEADS):
         h = h0 + i
-        dt, a, doc, is_last, from_start, to_end, survive, x, dy, S, G = _head_block(
-            h, c, pid_b, L, nheads, t, valid, p, n, A_ptr, dt_ptr, seq_ptr, x_ptr, dy_ptr, states_ptr, dstates_ptr,
-            stride_dt_b, stride_dt_l, stride_dt_h, stride_seq_b, stride_seq_l,
+        dt, a, is_last, from_start, to_end, survive, x, dy, S, G = _head_block(
+            h, c, pid_b, L, nheads, t, valid, p, n, doc, doc_in, doc_last, A_ptr, dt_ptr, x_ptr, dy_ptr,
+            states_ptr, dstates_ptr, stride_dt_b, stride_dt_l, stride_dt_h,
             stride_x_b, stride_x_l, stride_x_h, stride_x_p, stride_dy_b, stride_dy_l, stride_dy_h, stride_dy_p,
-            HAS_SEQ, BLOCK_T, P, N)
+            BLOCK_T, P, N)
         survival = survive * tl.sum(tl.sum(G.to(tl.float32) * S.to(tl.float32), axis=1), axis=0)
         tl.store(da_ptr + ((pid_b * L + t) * nheads + h) * da_shares + da_share + pid_k,
                  tl.where(is_last, survival, 0.0), mask=valid)
         S = S.to(x.dtype)
         G = G.to(x.dtype)
-        # gm[t, s] = (dy_t . x_s) dt_s decay[t, s]: x as loaded, dt with the decay.
-        gm_sum += tl.dot(dy, tl.trans(x)) * (_decay_matrix(a, doc, BLOCK_T) * dt[None, :])
+        # gm[t, s] = (dy_t . x_s) dt_s decay[t, s]: x as loaded, dt with the decay, masked after the loop.
+        gm_sum += tl.dot(dy, tl.trans(x)) * (_decay_unmasked(a) * dt[None, :])
         xf = x.to(tl.float32)
         leaving_sum = tl.dot((xf * (dt * to_end)[:, None]).to(x.dtype), G, acc=leaving_sum)
         entering_sum = tl.dot((dy.to(tl.float32) * from_start[:, None]).to(x.dtype), S, acc=entering_sum)
@@ -782,7 +843,7 @@ def _ssd_bwd_dbc_heads_kernel(
                  mask=valid[:, None], other=0.0)
     Cm = tl.load(C_ptr + pid_b * stride_C_b + g * stride_C_g + t[:, None] * stride_C_l + n[None, :] * stride_C_n,
                  mask=valid[:, None], other=0.0)
-    gm_lp = gm_sum.to(Bm.dtype)
+    gm_lp = tl.where(_kept(doc, BLOCK_T), gm_sum, 0.0).to(Bm.dtype)
     dB = tl.dot(tl.trans(gm_lp), Cm, acc=leaving_sum)
     dC = tl.dot(gm_lp, Bm, acc=entering_sum)
     ngroups = nheads // heads_per_group
