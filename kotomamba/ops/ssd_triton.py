@@ -69,12 +69,20 @@ def _block_dt(c, L, dt_base, stride_dt_l, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _block_sums(c, L, A, dt, BLOCK_T: tl.constexpr):
+    """Positions t of block ``c`` [BLOCK_T], which are valid (< L), and the within-block cumulative sum ``a``
+    of dt*A (``dt``: the block's, as :func:`_block_dt` reads it)."""
+    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    return t, t < L, tl.cumsum(dt * A, axis=0)
+
+
+@triton.jit
 def _block_steps(c, L, A, dt_base, stride_dt_l, BLOCK_T: tl.constexpr):
     """Positions t of block ``c`` [BLOCK_T], which are valid (< L), their dt (0 past L) and the within-block
     cumulative sum ``a`` of dt*A."""
-    t = c * BLOCK_T + tl.arange(0, BLOCK_T)
     dt = _block_dt(c, L, dt_base, stride_dt_l, BLOCK_T)
-    return t, t < L, dt, tl.cumsum(dt * A, axis=0)
+    t, valid, a = _block_sums(c, L, A, dt, BLOCK_T)
+    return t, valid, dt, a
 
 
 @triton.jit
@@ -205,16 +213,11 @@ def _ssd_fwd_kernel(
     dt_next = _block_dt(0, L, dt_base, stride_dt_l, BLOCK_T)
     doc_next, doc_in_next, doc_last_next = _block_docs(0, L, seq_base, stride_seq_l, HAS_SEQ, BLOCK_T)
     for c in range(0, n_blocks):
-        dt = dt_next
-        doc = doc_next
-        doc_in = doc_in_next
-        doc_last = doc_last_next
+        dt, doc, doc_in, doc_last = dt_next, doc_next, doc_in_next, doc_last_next
         dt_next = _block_dt(c + 1, L, dt_base, stride_dt_l, BLOCK_T)
         doc_next, doc_in_next, doc_last_next = _block_docs(tl.minimum(c + 1, n_blocks - 1), L, seq_base,
                                                            stride_seq_l, HAS_SEQ, BLOCK_T)
-        t = c * BLOCK_T + tl.arange(0, BLOCK_T)
-        valid = t < L
-        a = tl.cumsum(dt * A, axis=0)
+        t, valid, a = _block_sums(c, L, A, dt, BLOCK_T)
         _, from_start, to_end, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)
         if STATE_EVERY > 0:
             if c % STATE_EVERY == 0:
@@ -382,16 +385,11 @@ def _ssd_bwd_dstates_kernel(
         c = n_blocks - 1 - i
         tl.store(dstates_ptr + (bh * n_blocks + c) * P * N + state_offsets,
                  dstate.to(dstates_ptr.dtype.element_ty))
-        dt = dt_next
-        doc = doc_next
-        doc_in = doc_in_next
-        doc_last = doc_last_next
+        dt, doc, doc_in, doc_last = dt_next, doc_next, doc_in_next, doc_last_next
         dt_next = _block_dt(tl.maximum(c - 1, 0), L, dt_base, stride_dt_l, BLOCK_T)
         doc_next, doc_in_next, doc_last_next = _block_docs(tl.maximum(c - 1, 0), L, seq_base, stride_seq_l,
                                                            HAS_SEQ, BLOCK_T)
-        t = c * BLOCK_T + tl.arange(0, BLOCK_T)
-        valid = t < L
-        a = tl.cumsum(dt * A, axis=0)
+        t, valid, a = _block_sums(c, L, A, dt, BLOCK_T)
         dy = tl.load(dy_base + t[:, None] * stride_dy_l + p[None, :] * stride_dy_p, mask=valid[:, None], other=0.0)
         Cm = tl.load(C_base + t[:, None] * stride_C_l + n[None, :] * stride_C_n, mask=valid[:, None], other=0.0)
         _, from_start, _, survive = _block_decays(c, L, a, doc, doc_in, doc_last, BLOCK_T)

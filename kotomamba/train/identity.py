@@ -134,8 +134,8 @@ def changed_start(run: RunDir, init_from: str) -> str | None:
     if recorded_run is None:
         return None
     # A named checkpoint is compared by its run's identity only: the run's final weights are its last checkpoint's.
-    names_checkpoint = run_dir_of(Path(init_from)) is not None
     predecessor = predecessor_run(init_from)
+    names_checkpoint = predecessor.root != Path(init_from)
     try:
         final = json.loads(predecessor.final.read_text())
     except FileNotFoundError:
