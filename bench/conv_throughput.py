@@ -1,6 +1,6 @@
-"""Document resets in Mamba-2's mixer: causal-conv1d's resetless convolution with the resets patched in
-(kotomamba/ops/causal_conv1d_resets.py) against causal-conv1d's own resets, and the mixer function around our
-SSD scan and gated norm (kotomamba/ops/split_conv_scan.py) against
+"""Document resets in Mamba-2's mixer: our channel-last convolution (kotomamba/ops/conv_triton.py) against
+causal-conv1d's, and the mixer function around our SSD scan, convolution and gated norm
+(kotomamba/ops/split_conv_scan.py) against
 mamba-ssm's ``mamba_split_conv1d_scan_combined``, forward+backward, with and without documents, at the
 shapes of the 130m-2.7b presets (bf16 activations from in_proj, float32 weights, d_state 128, head dim 64,
 one group, chunk 256, width-4 convolution on the xBC slice of the in_proj row, as the model calls them).
@@ -14,7 +14,7 @@ read, dx written) at ``--bandwidth``.
 
     python bench/conv_throughput.py --rounds 3 --json conv.json
 
-With ``--registers`` it runs nothing: it compiles the patch's kernels for each ``conv:ours`` blocking for
+With ``--registers`` it runs nothing: it compiles our convolution's kernels for each ``conv:ours`` blocking for
 sm_90a on the host (no GPU needed) and prints what ptxas gives each launch (bench/ptxas_report.py).
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from isolated import op_main
 # (batch, d_inner) of the presets at micro-batch 16 / 8 / 4 and seq 2048; one group, d_state 128.
 SHAPES = {"130m": (16, 1536), "1.3b": (8, 4096), "2.7b": (4, 5120)}
 IMPLS = ("conv:causal_conv1d", "conv:ours", "mixer:mamba_ssm", "mixer:ours")
-IMPLS_HELP = ("comma-separated; conv:ours may carry the patch's blocking (channels per tile, warps, channel tiles "
-              "per program, 0 for all), e.g. conv:ours=128.4.0")
+IMPLS_HELP = ("comma-separated; conv:ours may carry its blockings, forward-backward (conv_triton.FWD_CONFIG's and "
+              "BWD_CONFIG's fields), e.g. conv:ours=64.256.1-32.512.2")
 DSTATE, HEADDIM, WIDTH = 128, 64, 4
 
 
@@ -52,6 +52,16 @@ def make_inputs(shape: str, seq: int, doc_len: int, seed: int = 0):
     return zxbcdt, weights, seq_idx, d_inner, nheads, d_model
 
 
+def blockings(blocking: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """conv:ours' forward and backward blockings from ``FWD-BWD`` (dot-separated fields), the defaults if empty."""
+    from kotomamba.ops.conv_triton import BWD_CONFIG, FWD_CONFIG
+
+    if not blocking:
+        return FWD_CONFIG, BWD_CONFIG
+    fwd, bwd = blocking.split("-")
+    return tuple(int(v) for v in fwd.split(".")), tuple(int(v) for v in bwd.split("."))
+
+
 def runner(impl: str, shape: str, seq: int, doc_len: int):
     """One forward+backward of ``impl`` as a closure, and the bytes floor of the convolution."""
     import torch
@@ -65,14 +75,14 @@ def runner(impl: str, shape: str, seq: int, doc_len: int):
         leaves = [xBC.detach().requires_grad_(True), w["conv1d_weight"].requires_grad_(True),
                   w["conv1d_bias"].requires_grad_(True)]
         dy = torch.randn(xBC.shape, device="cuda", dtype=torch.bfloat16)
-        if name == "ours" and seq_idx is not None:
-            from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG, causal_conv1d_resets
+        if name == "ours":
+            from kotomamba.ops.conv_triton import causal_conv1d_channel_last
 
-            config = tuple(int(v) for v in blocking.split(".")) if blocking else PATCH_CONFIG
+            configs = blockings(blocking)
 
             def fn():
-                return causal_conv1d_resets(*leaves, seq_idx, "silu", config)
-        else:  # causal-conv1d's own, and ours without documents (its resetless kernel, unpatched)
+                return causal_conv1d_channel_last(*leaves, seq_idx, "silu", *configs)
+        else:
             from causal_conv1d import causal_conv1d_fn
 
             def fn():
@@ -117,34 +127,29 @@ def add_arguments(parser) -> None:
 
 
 def registers_main() -> None:
-    """Prints what ptxas gives each launch of the patch (the document starts, forward, the gradient's stash,
-    backward) per
-    ``conv:ours`` blocking, at the first shape's channels (batch 1, bf16, a reset every ~--doc-len tokens)."""
+    """Prints what ptxas gives our convolution's forward and backward per ``conv:ours`` blocking, at the first
+    shape's channels (batch 1, bf16, a reset every ~--doc-len tokens)."""
     import torch
 
     from ptxas_report import command_line, header, print_rows
 
-    from kotomamba.ops.causal_conv1d_resets import (PATCH_CONFIG, document_starts, patch_backward, patch_forward,
-                                                    stash_gradient)
+    from kotomamba.ops.conv_triton import conv_backward, conv_forward
 
-    args, blockings = command_line(SHAPES, IMPLS, IMPLS_HELP, add_arguments, "conv:ours")
+    args, variants = command_line(SHAPES, IMPLS, IMPLS_HELP, add_arguments, "conv:ours")
     d_inner = SHAPES[args.shapes.split(",")[0]][1]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, args.seq, d_inner + 2 * DSTATE, generator=g).bfloat16()
     weight, bias = torch.randn(x.shape[-1], WIDTH, generator=g), torch.randn(x.shape[-1], generator=g)
     seq_idx = random_seq_idx((1, args.seq), args.doc_len, g, "cpu")
 
-    def patch(config):
-        y = x.clone()
-        starts = document_starts(seq_idx)
-        patch_forward(x, weight, bias, seq_idx, starts, y, True, config)
-        stash = stash_gradient(y, seq_idx, starts, WIDTH, config)
-        patch_backward(x, weight, bias, seq_idx, starts, stash, y, True, config)
+    def both(configs):
+        y = conv_forward(x, weight, bias, seq_idx, True, configs[0])
+        conv_backward(x, weight, bias, seq_idx, y, True, config=configs[1])
 
     print(header())
-    for blocking in blockings:
-        config = tuple(int(v) for v in blocking.split(".")) if blocking else PATCH_CONFIG
-        print_rows(".".join(map(str, config)), lambda: patch(config))
+    for blocking in variants:
+        configs = blockings(blocking)
+        print_rows("-".join(".".join(map(str, c)) for c in configs), lambda: both(configs))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The op benchmarks' ``--registers`` on the CPU (bench/ptxas_report.py): our SSD kernels (bench/ssd_throughput.py),
-the convolution's reset patch (bench/conv_throughput.py) and the selective scan (bench/scan_throughput.py) compiled
+our channel-last convolution (bench/conv_throughput.py) and the selective scan (bench/scan_throughput.py) compiled
 for sm_90a, with what ptxas gives each launch and the counts of its machine code (no GPU needed); the timing modes
 are checked on a GPU (bench/gpu_session.sh ssd, op conv, op scan)."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ import ptxas_report  # noqa: E402
 
 needs_knobs = pytest.mark.skipif(not ptxas_report.has_knobs(), reason=ptxas_report.NEEDS)  # the test extra admits 3.2
 
-from kotomamba.ops.causal_conv1d_resets import PATCH_CONFIG  # noqa: E402
+from kotomamba.ops.conv_triton import BWD_CONFIG, FWD_CONFIG  # noqa: E402
 from kotomamba.ops.selective_scan_triton import SCAN_BWD_CONFIG, SCAN_FWD_CONFIG  # noqa: E402
 
 
@@ -55,17 +55,17 @@ def rows_of(stdout: str) -> list[list[str]]:
 
 
 @needs_knobs
-def test_registers_of_the_convolutions_reset_patch_per_blocking():
+def test_registers_of_the_convolution_per_blocking():
+    default = ".".join(map(str, FWD_CONFIG)) + "-" + ".".join(map(str, BWD_CONFIG))
     done = run("conv_throughput.py", "--registers", "--shapes", "130m", "--seq", "512", "--doc-len", "50",
-               "--impls", "conv:causal_conv1d,conv:ours,conv:ours=64.2.0")
+               "--impls", "conv:causal_conv1d,conv:ours,conv:ours=16.64.2-8.64.1")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = rows_of(done.stdout)
-    assert [(r[0], r[1]) for r in rows] == [
-        (blocking, kernel) for blocking in (".".join(map(str, PATCH_CONFIG)), "64.2.0")
-        for kernel in ("_starts_kernel", "_patch_forward_kernel", "_stash_kernel", "_patch_backward_kernel")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (default, "_fwd_kernel", str(FWD_CONFIG[2])), (default, "_bwd_kernel", str(BWD_CONFIG[2])),
+        ("16.64.2-8.64.1", "_fwd_kernel", "2"), ("16.64.2-8.64.1", "_bwd_kernel", "1")]
     for row in rows:
-        warps = "4" if row[1] == "_starts_kernel" else row[0].split(".")[1]  # the starts' launch: Triton's default
-        assert row[2] == warps and 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
+        assert 0 < int(row[3]) <= 255 and int(row[6]) >= 1, row
 
 
 @needs_knobs

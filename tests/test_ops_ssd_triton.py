@@ -286,8 +286,10 @@ def test_the_split_backward_writes_dx_and_the_steps_gradient_into_slices(tmp_pat
 
 def test_the_mixer_takes_the_shapes_our_scan_runs():
     """fused.mamba2_split_conv1d_scan dispatches our mixer only for what our SSD kernels run (head dim and
-    d_state powers of two >= 16, any heads per group); mamba-ssm's function takes the rest."""
+    d_state powers of two >= 16, any heads per group) and our convolution (widths up to 4); mamba-ssm's
+    function takes the rest."""
     from kotomamba.ops.split_conv_scan import takes
 
-    assert takes(64, 128, 24) and takes(64, 128, 80) and takes(32, 16, 6) and takes(64, 128, 5)
-    assert not takes(24, 128, 4) and not takes(64, 96, 4) and not takes(64, 8, 4)
+    assert takes(64, 128, 24, 4) and takes(64, 128, 80, 4) and takes(32, 16, 6, 2) and takes(64, 128, 5, 3)
+    assert not takes(24, 128, 4, 4) and not takes(64, 96, 4, 4) and not takes(64, 8, 4, 4)
+    assert not takes(64, 128, 24, 5)

@@ -5,11 +5,10 @@
   backward), which trains faster than mamba-ssm's ``mamba_inner_fn`` on an H200 (bench/RESULTS.md); mamba-ssm's
   function where ours cannot run (a d_state that is not a power of two, or a causal-conv1d without its
   ``cpp_functions``).
-- Mamba-2: :func:`kotomamba.ops.split_conv_scan.mamba2_split_conv_scan` (split, causal-conv1d's
-  conv1d with ``seq_idx``, our SSD scan and gated RMSNorm, out_proj), which trains faster than
-  mamba-ssm's ``mamba_split_conv1d_scan_combined`` on an H200 (bench/RESULTS.md); mamba-ssm's
-  function where ours cannot run (a head dim or d_state that is not a power of two >= 16, or a
-  causal-conv1d without its ``cpp_functions``).
+- Mamba-2: :func:`kotomamba.ops.split_conv_scan.mamba2_split_conv_scan` (split, our channel-last conv1d with
+  ``seq_idx``, SSD scan and gated RMSNorm, out_proj), which trains faster than mamba-ssm's
+  ``mamba_split_conv1d_scan_combined`` on an H200 (bench/RESULTS.md); mamba-ssm's function where ours cannot
+  run (a head dim or d_state that is not a power of two >= 16, or a convolution wider than four).
 
 The ``*_ref`` twins compose the reference ops of this package step by step.
 """
@@ -29,7 +28,7 @@ from kotomamba.ops.ssd import ssd_chunk_scan_ref
 _MAMBA1_KERNELS = ("mamba_ssm.ops.selective_scan_interface", "causal_conv1d")
 _MAMBA1_OURS = ("kotomamba.ops.mamba_inner", "causal_conv1d.cpp_functions")
 _MAMBA2_KERNELS = ("mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
-_MAMBA2_OURS = ("kotomamba.ops.split_conv_scan", "causal_conv1d.cpp_functions")
+_MAMBA2_OURS = ("kotomamba.ops.split_conv_scan",)
 
 
 def mamba1_inner_ref(
@@ -172,7 +171,7 @@ def mamba2_split_conv1d_scan(
     if use_kernels(zxbcdt, *_MAMBA2_OURS):
         ours = kernel_module(_MAMBA2_OURS[0])
         row = Mamba2Row.of(zxbcdt.shape[-1], D.shape[0], headdim, ngroups)
-        if ours.takes(headdim, row.dstate, row.nheads // ngroups):
+        if ours.takes(headdim, row.dstate, row.nheads // ngroups, conv1d_weight.shape[-1]):
             return ours.mamba2_split_conv_scan(
                 zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, headdim, ngroups, norm_weight,
                 norm_eps, out_proj_weight, out_proj_bias, seq_idx, dt_limit,

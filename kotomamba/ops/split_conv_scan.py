@@ -1,7 +1,7 @@
 """Mamba-2's mixer after in_proj as one autograd function around our own kernels: the SSD scan of
 :mod:`kotomamba.ops.ssd_triton` (one-launch forward, split backward) and the gated RMSNorm of
-:mod:`kotomamba.ops.norm_triton`, with causal-conv1d's channel-last convolution (its own document
-resets). :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin;
+:mod:`kotomamba.ops.norm_triton` and the channel-last convolution of :mod:`kotomamba.ops.conv_triton`
+(document resets included). :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref` is the twin;
 tests/gpu/test_gpu_conv.py checks it against the twin and mamba-ssm's function.
 
 Dispatched by :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan` wherever :func:`takes` the shape:
@@ -22,14 +22,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kotomamba.ops.causal_conv1d import channel_last, is_channel_last
-from kotomamba.ops.dispatch import kernel_module
+from kotomamba.ops.conv_triton import TAPS, conv_backward, conv_forward
 from kotomamba.ops.fused import Mamba2Row
 from kotomamba.ops.linear import weight_grad
 from kotomamba.ops.norm_triton import rms_norm_bwd, rms_norm_fwd
 from kotomamba.ops.ssd_triton import Steps, _bwd_split, _fwd, blockings
-
-_CONV = "causal_conv1d.cpp_functions"
 
 # Our SSD's blockings here: the forward's (positions per block, head-dim columns, warps) and the split
 # backward's (ssd_triton.SPLIT_BWD_DEFAULT's fields: its head-looping launches, the states rerun), the
@@ -66,21 +63,17 @@ class MixerShape:
 
 
 @functools.lru_cache(maxsize=None)
-def takes(headdim: int, dstate: int, heads_per_group: int) -> bool:
+def takes(headdim: int, dstate: int, heads_per_group: int, width: int) -> bool:
     """Whether our SSD kernels run heads of ``headdim`` columns and a state of ``dstate`` (both powers of
-    two >= 16) with this module's blockings. Asked at every mixer call, so remembered per shape."""
+    two >= 16) with this module's blockings, and our convolution its ``width``. Asked at every mixer call, so
+    remembered per shape."""
+    if width > TAPS:
+        return False
     try:
         blockings(headdim, dstate, heads_per_group, SSD_FWD_CONFIG, SSD_FWD_CONFIG, SSD_SPLIT_CONFIG)
     except ValueError:
         return False
     return True
-
-
-def _conv(xBC: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None):
-    """causal-conv1d's channel-last forward with silu: xBC [b, L, d] (a slice of zxbcdt, copied if its strides
-    do not suit the kernel) -> [b, L, d]."""
-    fwd = kernel_module(_CONV).causal_conv1d_fwd_function
-    return fwd(channel_last(xBC).transpose(1, 2), weight, bias, seq_idx, None, None, True).transpose(1, 2)
 
 
 class _SplitConvScan(torch.autograd.Function):
@@ -92,7 +85,7 @@ class _SplitConvScan(torch.autograd.Function):
         nheads = D.shape[0]
         row = shape.row(zxbcdt, nheads)
         z, xBC, dt = row.split(zxbcdt)
-        x, B, C = row.heads(_conv(xBC, conv1d_weight, conv1d_bias, seq_idx))
+        x, B, C = row.heads(conv_forward(xBC, conv1d_weight, conv1d_bias, seq_idx, True))
         fwd_config, _ = shape.ssd_blockings(nheads, B.shape[-1])
         scanned, _, _ = _fwd(x, shape.steps(dt, dt_bias).steps(), A, B, C, D, None, seq_idx, fwd_config)
         normed, _, rstd = rms_norm_fwd(scanned.flatten(0, 1).flatten(-2), norm_weight, shape.norm_eps,
@@ -118,7 +111,7 @@ class _SplitConvScan(torch.autograd.Function):
         nheads = D.shape[0]
         row = shape.row(zxbcdt, nheads)
         z, xBC, dt = row.split(zxbcdt)
-        x, B, C = row.heads(_conv(xBC, conv1d_weight, conv1d_bias, seq_idx))
+        x, B, C = row.heads(conv_forward(xBC, conv1d_weight, conv1d_bias, seq_idx, True))
         dzxbcdt = torch.empty_like(zxbcdt)
         dz, dxBC_in, ddt_in = row.split(dzxbcdt)
 
@@ -139,13 +132,7 @@ class _SplitConvScan(torch.autograd.Function):
         weight_dtype, bias_dtype = ctx.out_proj_dtypes
         dout_proj_weight = weight_grad(dout_flat.t(), normed.to(dout_flat.dtype), weight_dtype)
         dout_proj_bias = None if bias_dtype is None else dout_flat.sum(0, dtype=bias_dtype)
-        bwd = kernel_module(_CONV).causal_conv1d_bwd_function
-        writable = is_channel_last(dxBC_in)
-        dx_conv, dconv_weight, dconv_bias, _ = bwd(
-            channel_last(xBC).transpose(1, 2), conv1d_weight, conv1d_bias, dxBC.transpose(1, 2), seq_idx, None, None,
-            dxBC_in.transpose(1, 2) if writable else None, False, True)
-        if not writable:
-            dxBC_in.copy_(dx_conv.transpose(1, 2))
+        _, dconv_weight, dconv_bias = conv_backward(xBC, conv1d_weight, conv1d_bias, seq_idx, dxBC, True, dx=dxBC_in)
         return (dzxbcdt, dconv_weight, dconv_bias, ddt_bias.to(dt_bias.dtype), dA.to(A.dtype),
                 dD.to(D.dtype), None, dnorm_weight, dout_proj_weight, dout_proj_bias, None)
 
@@ -169,7 +156,7 @@ def mamba2_split_conv_scan(
 ) -> torch.Tensor:
     """Arguments and result as :func:`kotomamba.ops.fused.mamba2_split_conv1d_scan_ref`: zxbcdt
     [b, L, 2*d_inner + 2*g*n + h]; conv1d_weight [d_inner + 2*g*n, W]; dt_bias, A, D [h]; norm_weight [d_inner]; seq_idx [b, L].
-    Returns [b, L, d_model]. CUDA only (causal-conv1d's kernels)."""
+    Returns [b, L, d_model]."""
     shape = MixerShape(headdim, ngroups, norm_eps, tuple(dt_limit))
     if seq_idx is not None:
         seq_idx = seq_idx.to(torch.int32).contiguous()

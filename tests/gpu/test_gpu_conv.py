@@ -1,6 +1,5 @@
-"""causal-conv1d's resetless channel-last convolution with document resets patched in
-(kotomamba/ops/causal_conv1d_resets.py), and the Mamba-2 mixer function around our SSD scan and gated norm
-(kotomamba/ops/split_conv_scan.py), compiled on a GPU: outputs and every gradient
+"""Our channel-last convolution with document resets (kotomamba/ops/conv_triton.py), and the Mamba-2 mixer
+function around it, our SSD scan and gated norm (kotomamba/ops/split_conv_scan.py), compiled on a GPU: outputs and every gradient
 against causal-conv1d / mamba-ssm's ``mamba_split_conv1d_scan_combined`` on the same inputs, and against
 the float32 PyTorch twins. Judged by relative error ||a - b|| / ||b||."""
 from __future__ import annotations
@@ -40,21 +39,30 @@ def grads_of(fn, leaves: dict, dy: torch.Tensor) -> dict:
     return {"y": y, **{"d" + k: g for k, g in zip(leaves, grads)}}
 
 
+# (forward, backward) blockings: the defaults, and the others the op benchmark times.
+BLOCKINGS = [None, ((64, 128, 1), (64, 64, 1)), ((32, 256, 1), (32, 128, 1))]
+
+
+@pytest.mark.parametrize("blocking", BLOCKINGS, ids=["default", "64.128.1-64.64.1", "32.256.1-32.128.1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("seed", [1, 2])
-def test_conv_matches_causal_conv1d_and_the_twin(dtype, seed):
+@pytest.mark.parametrize("seed", [1, 2, None])
+def test_conv_matches_causal_conv1d_and_the_twin(dtype, seed, blocking):
+    """seed: of the documents; None: no documents."""
     from causal_conv1d import causal_conv1d_fn
 
-    from kotomamba.ops.causal_conv1d_resets import causal_conv1d_resets
+    from kotomamba.ops.conv_triton import BWD_CONFIG, FWD_CONFIG, causal_conv1d_channel_last
+
+    fwd_config, bwd_config = blocking or (FWD_CONFIG, BWD_CONFIG)
 
     torch.manual_seed(0)
     batch, seqlen, dim = 3, 1000, 1792 + 40
     row = torch.randn(batch, seqlen, dim + 24, device=DEVICE).to(dtype)
     leaves = {"x": row[..., 8 : 8 + dim], "weight": torch.randn(dim, 4, device=DEVICE) * 0.5,
               "bias": torch.randn(dim, device=DEVICE) * 0.2}
-    seq_idx = documents(batch, seqlen, seed)
+    seq_idx = None if seed is None else documents(batch, seqlen, seed)
     dy = torch.randn(batch, seqlen, dim, device=DEVICE)
-    ours = grads_of(lambda x, weight, bias: causal_conv1d_resets(x, weight, bias, seq_idx, "silu"), leaves, dy)
+    ours = grads_of(lambda x, weight, bias: causal_conv1d_channel_last(x, weight, bias, seq_idx, "silu",
+                                                                                 fwd_config, bwd_config), leaves, dy)
     theirs = grads_of(lambda x, weight, bias: causal_conv1d_fn(x.transpose(1, 2), weight, bias, seq_idx=seq_idx,
                                                                activation="silu").transpose(1, 2), leaves, dy)
     twin = grads_of(lambda x, weight, bias: causal_conv1d_ref(x.float().transpose(1, 2), weight, bias, seq_idx,
@@ -88,8 +96,7 @@ def test_mixer_matches_mamba_ssm_and_the_twin(autocast, resets, ngroups):
 
     from kotomamba.ops.split_conv_scan import mamba2_split_conv_scan
 
-    # With two groups, 6 heads: a zxbcdt row of 1,030 elements, whose xBC slice causal-conv1d's channel-last
-    # kernel cannot take in place (strides not multiples of 8).
+    # With two groups, 6 heads: a zxbcdt row of 1,030 elements (strides not multiples of 8).
     batch, seqlen, nheads, headdim, dstate = 2, 1024, 8 if ngroups == 1 else 6, 64, 64
     leaves, d_model = mixer_inputs(batch, seqlen, nheads, headdim, ngroups, dstate)
     seq_idx = documents(batch, seqlen, 2) if resets else None
