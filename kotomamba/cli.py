@@ -80,8 +80,12 @@ def run(argv: list[str] | None = None) -> None:
         code = main(argv)
     except BaseException as exc:
         if not _process_group_started():
+            if isinstance(exc, KeyboardInterrupt):
+                # Python then ends the process by SIGINT, as the shell and Snakemake expect of Ctrl-C; the
+                # hook says so in one line instead of the traceback of wherever the signal landed.
+                sys.excepthook = _interrupted_hook(_command(argv))
             raise
-        code = _exit_code(exc)
+        code = _exit_code(exc, argv)
     if not _process_group_started():
         sys.exit(code)
     atexit._run_exitfuncs()  # what a normal exit would run: loggers' flush, trackers, pools
@@ -95,12 +99,30 @@ def _process_group_started() -> bool:
     return distributed is not None and distributed.process_group_started()
 
 
-def _exit_code(exc: BaseException) -> int:
-    """The code Python would have exited with (130 for Ctrl-C, the shell's), its message printed."""
+def _exit_code(exc: BaseException, argv: list[str] | None) -> int:
+    """The code Python would have exited with, its message printed: 130 for Ctrl-C (the shell's, said in one
+    line)."""
     if isinstance(exc, SystemExit):
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
         print(exc.code, file=sys.stderr)
         return 1
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{_command(argv)}: interrupted", file=sys.stderr)
+        return 130
     traceback.print_exception(exc)
-    return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    return 1
+
+
+def _command(argv: list[str] | None) -> str:
+    """``kotomamba SUBCOMMAND``, as the user typed it."""
+    return " ".join(["kotomamba", *(sys.argv[1:] if argv is None else argv)[:1]])
+
+
+def _interrupted_hook(command: str):
+    def hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            print(f"{command}: interrupted", file=sys.stderr)
+        else:
+            sys.__excepthook__(kind, value, tb)
+    return hook

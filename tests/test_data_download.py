@@ -4,6 +4,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -17,12 +21,15 @@ CONTENT = b"".join(b'{"text": "line %d of a shard"}\n' % i for i in range(5000))
 
 
 class ShardServer(http.server.ThreadingHTTPServer):
-    """Serves ``files`` with Range support; ``cut_first`` paths drop their first response half-way."""
+    """Serves ``files`` with Range support; ``cut_first`` paths drop their first response half-way;
+    ``hold_first`` paths send half their first response, set ``held`` and wait for ``release``."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), RangeHandler)
         self.files: dict[str, bytes] = {}
         self.cut_first: set[str] = set()
+        self.hold_first: set[str] = set()
+        self.held, self.release = threading.Event(), threading.Event()
         self.ranges: list[str | None] = []
 
     @property
@@ -54,6 +61,13 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if self.path in self.server.cut_first:
             self.server.cut_first.discard(self.path)
             payload = payload[: len(payload) // 2]  # then the connection closes early
+        if self.path in self.server.hold_first:
+            self.server.hold_first.discard(self.path)
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.server.held.set()
+            self.server.release.wait(60)
+            return
         self.wfile.write(payload)
 
 
@@ -63,6 +77,7 @@ def server():
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
 
@@ -116,6 +131,34 @@ def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
     assert path.read_bytes() == CONTENT
     assert server.ranges == [None, f"bytes={len(gz) // 2}-"]
     assert any("resuming" in line for line in logs)
+
+
+def test_ctrl_c_ends_the_command_in_one_line_and_a_rerun_completes(server, tmp_path):
+    """Ctrl-C while a transfer waits: the process ends by SIGINT, as Python's own Ctrl-C does (so that a shell
+    script or Snakemake stops too), saying so in one line naming the command instead of the traceback of
+    wherever the signal landed; the rerun fetches the file whole."""
+    gz = gzip.compress(CONTENT, compresslevel=1)
+    server.files["/slow.jsonl.gz"] = gz
+    server.hold_first.add("/slow.jsonl.gz")
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "kotomamba", "download", f"{server.url}/slow.jsonl.gz#sha256={sha(gz)}",
+               "--output", str(out)]
+    # Python answers SIGINT with KeyboardInterrupt only where it did not start with SIGINT ignored (as under a
+    # background job): start it with the default, as a terminal's foreground command does.
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert server.held.wait(60), "the download never reached the server"
+        os.kill(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        server.release.set()
+        process.kill()
+    assert process.returncode == -signal.SIGINT, stderr
+    assert stderr.strip().splitlines()[-1] == "kotomamba download: interrupted" and "Traceback" not in stderr, stderr
+    assert not out.exists()
+    assert subprocess.run(command, capture_output=True, text=True, timeout=120).returncode == 0
+    assert out.read_bytes() == CONTENT
 
 
 def test_a_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
