@@ -7,7 +7,10 @@ Prints the stall reasons summed over the kernel (share of all warp-state samples
 executed instructions and of the samples, and the instructions that gathered the most samples with the reason
 that dominates each: a wait charged to the instruction that first uses a load's result (``long_sb``) names the
 load that is not hidden. The reasons are Nsight Compute's warp states (its Profiling Guide, "Warp Stall
-Reasons"). bench/gpu_session.sh's ``ncu`` step runs it.
+Reasons"). Where the page has the per-instruction sector columns (``L2 Theoretical Sectors Global`` and its
+``Excessive`` share: sectors beyond what the access pattern needs), the memory instructions with the most
+excessive sectors follow: the loads or stores that move more than their bytes. bench/gpu_session.sh's ``ncu``
+step runs it.
 """
 from __future__ import annotations
 
@@ -69,6 +72,25 @@ def main() -> None:
         reason = max(reasons, key=lambda name: number(row, name))
         print(f"| {i} | {number(row, SAMPLES) / samples:.1%} | {reason.removeprefix('stall_')} | "
               f"{number(row, EXECUTED):,} | `{row['Source'].strip()}` |")
+    print_excessive(rows, args.top)
+
+
+def print_excessive(rows: list[dict], top: int) -> None:
+    """The instructions with the most excessive global sectors, beside their sectors in all, if the page has them."""
+    columns = rows[0].keys() if rows else ()
+    excessive = next((c for c in columns if "Sectors Global Excessive" in c), None)
+    total = excessive and excessive.replace(" Excessive", "")
+    if excessive is None or total not in columns:
+        return
+    all_sectors = sum(number(r, total) for r in rows) or 1
+    print(f"\n{sum(number(r, excessive) for r in rows):,} of {all_sectors:,} global sectors excessive "
+          f"({excessive})\n")
+    print("| line | excessive sectors | sectors | executed | instruction |\n| --- | --- | --- | --- | --- |")
+    ranked = sorted(range(len(rows)), key=lambda i: -number(rows[i], excessive))[:top]
+    for i in sorted(j for j in ranked if number(rows[j], excessive)):
+        row = rows[i]
+        print(f"| {i} | {number(row, excessive):,} | {number(row, total):,} | {number(row, EXECUTED):,} | "
+              f"`{row['Source'].strip()}` |")
 
 
 if __name__ == "__main__":
