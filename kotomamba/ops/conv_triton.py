@@ -96,6 +96,22 @@ def _bias(bias_ptr, d, d_ok, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
+def _taps(w_ptr, bias_ptr, d, d_ok, W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The four padded taps' weights and the bias, each [BLOCK_D] float32."""
+    return (_tap(w_ptr, d, d_ok, 0, W), _tap(w_ptr, d, d_ok, 1, W), _tap(w_ptr, d, d_ok, 2, W),
+            _tap(w_ptr, d, d_ok, 3, W), _bias(bias_ptr, d, d_ok, HAS_BIAS))
+
+
+@triton.jit
+def _rows_before(x_base, seq_base, first, stride_x_l, stride_seq_l, x_d, d_ok, L, HAS_SEQ: tl.constexpr):
+    """The window a chunk starts with: the three rows before it, nearest first (float32 [BLOCK_D] each), then
+    their document numbers."""
+    return (_row(x_base, first - 1, stride_x_l, x_d, d_ok, L), _row(x_base, first - 2, stride_x_l, x_d, d_ok, L),
+            _row(x_base, first - 3, stride_x_l, x_d, d_ok, L), _doc(seq_base, first - 1, stride_seq_l, L, HAS_SEQ),
+            _doc(seq_base, first - 2, stride_seq_l, L, HAS_SEQ), _doc(seq_base, first - 3, stride_seq_l, L, HAS_SEQ))
+
+
+@triton.jit
 def _pre(x, x1, x2, x3, doc, doc1, doc2, doc3, w0, w1, w2, w3, bias, HAS_SEQ: tl.constexpr):
     """The pre-activation [BLOCK_D] of the row ``x`` (document ``doc``); ``x1 .. x3``: the rows 1 .. 3 before it."""
     return (bias + x * w3 + _keep(x1, doc1, doc, HAS_SEQ) * w2 + _keep(x2, doc2, doc, HAS_SEQ) * w1
@@ -124,15 +140,9 @@ def _fwd_kernel(
     d_ok = d < dim
     x_base, seq_base, y_base = x_ptr + b * stride_x_b, seq_ptr + b * stride_seq_b, y_ptr + b * stride_y_b
     x_d = d * stride_x_d
-    w0, w1, w2, w3 = (_tap(w_ptr, d, d_ok, 0, W), _tap(w_ptr, d, d_ok, 1, W), _tap(w_ptr, d, d_ok, 2, W),
-                      _tap(w_ptr, d, d_ok, 3, W))
-    bias = _bias(bias_ptr, d, d_ok, HAS_BIAS)
-    # The window: the three rows before the chunk, nearest first.
-    x1, x2, x3 = (_row(x_base, first - 1, stride_x_l, x_d, d_ok, L), _row(x_base, first - 2, stride_x_l, x_d, d_ok, L),
-                  _row(x_base, first - 3, stride_x_l, x_d, d_ok, L))
-    doc1, doc2, doc3 = (_doc(seq_base, first - 1, stride_seq_l, L, HAS_SEQ),
-                        _doc(seq_base, first - 2, stride_seq_l, L, HAS_SEQ),
-                        _doc(seq_base, first - 3, stride_seq_l, L, HAS_SEQ))
+    w0, w1, w2, w3, bias = _taps(w_ptr, bias_ptr, d, d_ok, W, HAS_BIAS)
+    x1, x2, x3, doc1, doc2, doc3 = _rows_before(x_base, seq_base, first, stride_x_l, stride_seq_l, x_d, d_ok, L,
+                                                HAS_SEQ)
     # The walk's next two rows, read ahead (as stored): each row's loads are in flight for two rows' work.
     xa, doca = _stored_row(x_base, first, stride_x_l, x_d, d_ok, L), _doc(seq_base, first, stride_seq_l, L, HAS_SEQ)
     xb = _stored_row(x_base, first + 1, stride_x_l, x_d, d_ok, L)
@@ -167,14 +177,9 @@ def _bwd_kernel(
     x_base, dy_base, seq_base = x_ptr + b * stride_x_b, dy_ptr + b * stride_dy_b, seq_ptr + b * stride_seq_b
     dx_base = dx_ptr + b * stride_dx_b
     x_d, dy_d, dx_d = d * stride_x_d, d * stride_dy_d, d * stride_dx_d
-    w0, w1, w2, w3 = (_tap(w_ptr, d, d_ok, 0, W), _tap(w_ptr, d, d_ok, 1, W), _tap(w_ptr, d, d_ok, 2, W),
-                      _tap(w_ptr, d, d_ok, 3, W))
-    bias = _bias(bias_ptr, d, d_ok, HAS_BIAS)
-    x1, x2, x3 = (_row(x_base, first - 1, stride_x_l, x_d, d_ok, L), _row(x_base, first - 2, stride_x_l, x_d, d_ok, L),
-                  _row(x_base, first - 3, stride_x_l, x_d, d_ok, L))
-    doc1, doc2, doc3 = (_doc(seq_base, first - 1, stride_seq_l, L, HAS_SEQ),
-                        _doc(seq_base, first - 2, stride_seq_l, L, HAS_SEQ),
-                        _doc(seq_base, first - 3, stride_seq_l, L, HAS_SEQ))
+    w0, w1, w2, w3, bias = _taps(w_ptr, bias_ptr, d, d_ok, W, HAS_BIAS)
+    x1, x2, x3, doc1, doc2, doc3 = _rows_before(x_base, seq_base, first, stride_x_l, stride_seq_l, x_d, d_ok, L,
+                                                HAS_SEQ)
     # g at the rows 1 .. 3 before the walk's row (rows before the chunk give nothing to it).
     g1 = tl.zeros((BLOCK_D,), tl.float32)
     g2 = tl.zeros((BLOCK_D,), tl.float32)
