@@ -32,7 +32,7 @@ import re
 import sys
 import time
 
-from isolated import TIME_LIMIT_HELP, median_range, profile_table, run_children
+from isolated import BANDWIDTH_HELP, TIME_LIMIT_HELP, floor_ms, median_range, profile_table, run_children
 
 IMPLS = ("generate:mamba_ssm", "generate:ours")
 # Settings of our decode kernels a generate:ours child may carry, per module that owns them.
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "powers of two), e.g. generate:ours=OUT_ROWS:4+DOT_ROWS:16 or generate:ours=CONV_CHANNELS:64")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--device", default="cuda", help="cpu runs generate:ours only (a check of the plumbing)")
-    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the weights-read floor")
+    parser.add_argument("--bandwidth", type=float, default=None, help=BANDWIDTH_HELP)
     parser.add_argument("--profile", action="store_true", help="also print each child's kernels for one call")
     parser.add_argument("--registers", action="store_true",
                         help="time nothing: ptxas's registers per launch of our decode kernels (sm_90a, on the host)")
@@ -243,10 +243,11 @@ def leading_agreement(a: list[list[int]], b: list[list[int]]) -> int:
     return min(common(x, y) for x, y in zip(a, b))
 
 
-def summarize(rows: list[dict], impls: list[str], bandwidth: float) -> list[dict]:
+def summarize(rows: list[dict], impls: list[str], bandwidth: float | None) -> list[dict]:
     """Per batch size and implementation: median ms/token and tokens/s over rounds with their ranges, the ratio
     against the first implementation (mamba-ssm's ms/token over ours), the greedy tokens it shares with it
-    (leading tokens, fewest over rows and rounds) and the weights-read floor."""
+    (leading tokens, fewest over rows and rounds) and the weights-read floor (at ``bandwidth``, else at the
+    rows' card's peak)."""
     summary = []
     for batch in sorted({row["batch"] for row in rows}):
         of = {impl: [r for r in rows if r["impl"] == impl and r["batch"] == batch] for impl in impls}
@@ -262,7 +263,7 @@ def summarize(rows: list[dict], impls: list[str], bandwidth: float) -> list[dict
             summary.append({"batch": batch, "impl": impl, "ms_per_token": ms, "tokens_per_s": tps,
                             "ratio": ref_ms[0] / ms[0] if ref_ms else None, "greedy_agreeing": agree,
                             "new_tokens": mine[0]["new_tokens"],
-                            "floor_ms": 1e3 * mine[0]["weight_bytes"] / bandwidth})
+                            "floor_ms": floor_ms(mine[0]["weight_bytes"], bandwidth, mine[0]["card"])})
     return summary
 
 
@@ -297,8 +298,9 @@ def main() -> int:
         ms, tps = s["ms_per_token"], s["tokens_per_s"]
         agree = "-" if s["greedy_agreeing"] is None else f"{s['greedy_agreeing']} of {s['new_tokens']}"
         ratio = "-" if s["ratio"] is None else f"{s['ratio']:.3f}x"
+        floor = "-" if s["floor_ms"] is None else f"{s['floor_ms']:.3f}"
         print(f"| {s['batch']} | {s['impl'].split(':', 1)[1]} | {ms[0]:.3f} [{ms[1]:.3f}-{ms[2]:.3f}] | "
-              f"{tps[0]:.0f} [{tps[1]:.0f}-{tps[2]:.0f}] | {ratio} | {agree} | {s['floor_ms']:.3f} |")
+              f"{tps[0]:.0f} [{tps[1]:.0f}-{tps[2]:.0f}] | {ratio} | {agree} | {floor} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"rows": [{k: v for k, v in r.items() if k != "tokens"} for r in rows], "summary": summary},

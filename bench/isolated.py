@@ -11,6 +11,19 @@ import sys
 import time
 
 
+BANDWIDTH_HELP = ("bytes/s for the floor (default: the card's data-sheet peak, kotomamba.train.flops.peak_bandwidth; "
+                  "without either the floor is left out)")
+
+
+def floor_ms(floor_bytes: float, given: float | None, card: str) -> float | None:
+    """Milliseconds to move ``floor_bytes`` at ``given`` bytes/s (``--bandwidth``), else at ``card``'s peak;
+    None for a card whose peak is not known (a CPU)."""
+    from kotomamba.train.flops import peak_bandwidth
+
+    bandwidth = given or peak_bandwidth(card)
+    return None if bandwidth is None else floor_bytes / bandwidth * 1e3
+
+
 def run_children(script: str, argv: list[str], impls: list[str], rounds: int,
                  time_limit_s: float | None = None) -> list[dict]:
     """``python script *argv --child IMPL`` once per round and implementation, the order reversed every
@@ -98,7 +111,7 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
     parser.add_argument("--shapes", default=",".join(shapes))
     parser.add_argument("--impls", default=",".join(impls), help=impls_help)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s for the floor")
+    parser.add_argument("--bandwidth", type=float, default=None, help=BANDWIDTH_HELP)
     parser.add_argument("--profile", action="store_true",
                         help="also print each implementation's kernels for one call, at every case")
     parser.add_argument("--time-limit", type=float, default=None, help=TIME_LIMIT_HELP)
@@ -124,6 +137,7 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
         torch.cuda.cudart().cudaProfilerStop()
         return
     if args.child:
+        import torch
         import triton
 
         for index, case in enumerate(cases(args)):
@@ -132,7 +146,8 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
                 print(f"--- profile: {args.child}, {case}, one call ---\n{profile_table(run)}", flush=True)
             wall = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
             print(json.dumps({"impl": args.child, **case, "wall_ms": wall, "device_ms": device_ms(run, repeats=5),
-                              "floor_ms": floor_bytes / args.bandwidth * 1e3}), flush=True)
+                              "floor_ms": floor_ms(floor_bytes, args.bandwidth, torch.cuda.get_device_name())}),
+                  flush=True)
         return
     chosen = args.impls.split(",")
     rows = run_children(sys.argv[0], sys.argv[1:], chosen, args.rounds, args.time_limit)
@@ -152,11 +167,12 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
             def of(name, key, case=case):
                 return median_range([r for r in rows if r["impl"] == name and all(r[k] == v for k, v in case.items())],
                                     key)
-            device, wall, floor = of(impl, "device_ms"), of(impl, "wall_ms"), of(impl, "floor_ms")
+            device, wall = of(impl, "device_ms"), of(impl, "wall_ms")
             if device is None:
                 continue
+            floor = next(r["floor_ms"] for r in rows if r["impl"] == impl and all(r[k] == v for k, v in case.items()))
             ref_device, ref_wall = of(reference[kind], "device_ms"), of(reference[kind], "wall_ms")
             print(f"| {kind} | {' | '.join(str(case[k]) for k in fields)} | {impl.split(':', 1)[1]} | "
                   f"{device[0]:.3f} [{device[1]:.3f}-{device[2]:.3f}] | {wall[0]:.3f} [{wall[1]:.3f}-{wall[2]:.3f}] | "
                   f"{f'{ref_device[0] / device[0]:.2f}x' if ref_device else '-'} | "
-                  f"{f'{ref_wall[0] / wall[0]:.2f}x' if ref_wall else '-'} | {floor[0]:.3f} |")
+                  f"{f'{ref_wall[0] / wall[0]:.2f}x' if ref_wall else '-'} | {'-' if floor is None else f'{floor:.3f}'} |")

@@ -49,7 +49,7 @@ def test_ours_on_cpu_runs_in_a_process_per_round_and_agrees_with_itself(tmp_path
 def test_summary_ratios_and_the_greedy_tokens_two_children_share():
     def row(impl, round_, ms, tokens):
         return {"impl": impl, "batch": 2, "round": round_, "ms_per_token": ms, "tokens_per_s": 100 / ms,
-                "new_tokens": 4, "weight_bytes": 4.8e9, "tokens": tokens}
+                "new_tokens": 4, "weight_bytes": 4.8e9, "tokens": tokens, "card": "NVIDIA H100 80GB HBM3"}
 
     same, parted = [[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 3, 4], [5, 6, 0, 8]]
     rows = [row("generate:mamba_ssm", 0, 2.0, same), row("generate:ours", 0, 1.0, same),
@@ -59,6 +59,9 @@ def test_summary_ratios_and_the_greedy_tokens_two_children_share():
     assert ours["ms_per_token"] == (1.25, 1.0, 1.5) and ours["ratio"] == 3.0 / 1.25
     assert ours["greedy_agreeing"] == 2  # the second round's second row parts at its third token
     assert ours["floor_ms"] == 1.0
+    # Without --bandwidth the floor is taken at the card's data-sheet peak (3.35 TB/s for an H100 SXM).
+    assert generate_throughput.summarize(rows, ["generate:mamba_ssm", "generate:ours"], None)[1]["floor_ms"] == \
+        pytest.approx(1e3 * 4.8e9 / 3.35e12)
 
 
 @needs_knobs

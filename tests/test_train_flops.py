@@ -1,7 +1,7 @@
 """FLOP and parameter counts against hand counts of two small configurations."""
 import pytest
 
-from kotomamba.train.flops import model_flops, param_count, peak_flops, six_n, ssd_scan_flops
+from kotomamba.train.flops import model_flops, param_count, peak_bandwidth, peak_flops, six_n, ssd_scan_flops
 
 MAMBA1 = {"d_model": 4, "n_layer": 1, "vocab_size": 8, "pad_vocab_size_multiple": 8,
           "ssm_cfg": {"layer": "Mamba1", "d_state": 2, "d_conv": 3, "expand": 2, "dt_rank": 1}}
@@ -56,3 +56,12 @@ def test_peak_flops_known_only_for_gpus_in_half_precision():
     assert peak_flops("Tesla V100-SXM2-32GB", "fp16") == 125e12
     assert peak_flops("cpu", "bf16") is None
     assert peak_flops("NVIDIA H100 80GB HBM3", "fp32") is None
+
+
+def test_peak_bandwidth_by_the_card_s_name():
+    assert peak_bandwidth("NVIDIA H200") == 4.8e12
+    assert peak_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12  # SXM
+    assert peak_bandwidth("NVIDIA H100 PCIe") == 2.0e12
+    assert peak_bandwidth("NVIDIA A100-SXM4-80GB") == 2.039e12
+    assert peak_bandwidth("NVIDIA A100-SXM4-40GB") == 1.555e12
+    assert peak_bandwidth("cpu") is None

@@ -207,6 +207,25 @@ _PEAK_FLOPS = (
 )
 
 
+# Peak memory bandwidths from the same data sheets, bytes/s, by device-name fragment (the first match counts):
+# the floors of the op benchmarks (bench/isolated.py), which read what the card's memory can move.
+_PEAK_BANDWIDTH = (
+    ("H200", 4.8e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100 NVL", 3.9e12),
+    ("H100", 3.35e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+    ("L40S", 864e9),
+)
+
+
+def peak_bandwidth(device_name: str) -> float | None:
+    """Peak memory bandwidth of a GPU, bytes/s; ``None`` when unknown."""
+    return next((bandwidth for fragment, bandwidth in _PEAK_BANDWIDTH if fragment in device_name), None)
+
+
 def peak_flops(device_name: str, precision: str) -> float | None:
     """Peak dense FLOP/s of a GPU for bf16 / fp16 training; ``None`` when unknown (CPU, fp32)."""
     if precision not in ("bf16", "fp16"):
