@@ -10,7 +10,8 @@ document numbers) in registers: every element is read once (and the three rows b
 owns its channels from the first row to the last, so nothing crosses threads, and a reset costs one compare of
 document numbers per tap. (A first version computed tiles of positions x channels and reread x at each tap's
 shift: it lost to causal-conv1d's kernels, bench/RESULTS.md, session 33.) causal-conv1d's
-channel-last kernels run slower with ``seq_idx`` than without (bench/RESULTS.md, sessions 18 and 31).
+channel-last kernels run slower with ``seq_idx`` than without (bench/RESULTS.md, sessions 18 and 31); this walk
+keeps their pace without documents and outruns them with documents (session 34).
 
 The taps are padded to four at the front (zero weights for widths 1 to 3), so the walk carries a fixed window:
 widths above four (which causal-conv1d does not take either) are refused.
