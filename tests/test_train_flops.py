@@ -60,6 +60,7 @@ def test_peak_flops_known_only_for_gpus_in_half_precision():
 
 def test_peak_bandwidth_by_the_card_s_name():
     assert peak_bandwidth("NVIDIA H200") == 4.8e12
+    assert peak_bandwidth("NVIDIA GH200 480GB") == 4.0e12  # not the H200's, whose name it contains
     assert peak_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12  # SXM
     assert peak_bandwidth("NVIDIA H100 PCIe") == 2.0e12
     assert peak_bandwidth("NVIDIA A100-SXM4-80GB") == 2.039e12

@@ -210,6 +210,8 @@ _PEAK_FLOPS = (
 # Peak memory bandwidths from the same data sheets, bytes/s, by device-name fragment (the first match counts):
 # the floors of the op benchmarks (bench/isolated.py), which read what the card's memory can move.
 _PEAK_BANDWIDTH = (
+    ("GH200 144G HBM3e", 4.9e12),
+    ("GH200", 4.0e12),  # the 96 GB HBM3 module ("GH200 480GB")
     ("H200", 4.8e12),
     ("H100 PCIe", 2.0e12),
     ("H100 NVL", 3.9e12),
