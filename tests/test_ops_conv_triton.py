@@ -14,7 +14,7 @@ pytest.importorskip("triton", reason="the kernels' CPU check needs the triton pa
 
 RUN_KERNEL = """
 import sys, torch
-from kotomamba.ops.conv_triton import causal_conv1d_channel_last, conv_backward
+from kotomamba.ops.conv_triton import causal_conv1d_channel_last, conv_backward, conv_forward
 results = {}
 for name, case in torch.load(sys.argv[1]).items():
     o = case["options"]
@@ -28,9 +28,14 @@ for name, case in torch.load(sys.argv[1]).items():
     if o["into"]:  # dx written into a slice of a wider row, as the mixer's gradient buffer lies
         row = torch.full((*x.shape[:2], x.shape[2] + 5), 7.0)
         seq_idx = None if o["seq_idx"] is None else o["seq_idx"].to(torch.int32)
-        conv_backward(x.detach(), weight.detach(), None if bias is None else bias.detach(), seq_idx, case["dy"],
+        # The weight and bias as strided views (what a caller may hand over): the same values.
+        strided_weight = weight.detach().t().contiguous().t()
+        strided_bias = None if bias is None else torch.stack([bias.detach()] * 2, 1)[:, 0]
+        conv_backward(x.detach(), strided_weight, strided_bias, seq_idx, case["dy"],
                       o["activation"] is not None, dx=row[..., 2 : 2 + x.shape[2]], config=o["bwd"])
         results[name]["dx-into"] = row
+        results[name]["y-strided"] = conv_forward(x.detach(), strided_weight, strided_bias, seq_idx,
+                                                  o["activation"] is not None, o["fwd"])
 torch.save(results, sys.argv[2])
 """
 
@@ -56,7 +61,7 @@ def case(seed: int, batch: int, seqlen: int, dim: int, width: int, cuts: list[li
 # One-, two- and three-token documents (windows cut short by the next reset), resets at a row's second and
 # last positions and on both sides of the chunks' edges, a row without resets; no documents at all; partial
 # channel tiles and chunks; no bias; no activation; widths 1 to 4; x as a strided slice; dx written into a
-# wider row.
+# wider row, the weight and bias as strided views.
 CASES = {
     "documents": dict(seed=1, batch=3, seqlen=50, dim=40, width=4,
                       cuts=[[15, 16, 17, 33, 34], [1, 8, 16, 31, 47, 48, 49], []]),
@@ -89,7 +94,8 @@ def test_kernels_match_the_twin(tmp_path):
             row = got[name].pop("dx-into")
             dim = c["leaves"]["x"].shape[2]
             assert (row[..., :2] == 7).all() and (row[..., 2 + dim :] == 7).all(), name  # nothing beside the slice
-            assert_relative({"dx": row[..., 2 : 2 + dim]}, {"dx": expected["dx"]}, 1e-5)
+            assert_relative({"dx": row[..., 2 : 2 + dim], "y": got[name].pop("y-strided")},
+                            {"dx": expected["dx"], "y": expected["y"]}, 1e-5)
         assert_relative(got[name], expected, 1e-5)
 
 

@@ -237,6 +237,11 @@ def _check(x: torch.Tensor, weight: torch.Tensor, seq_idx: torch.Tensor | None) 
                          f"{tuple(seq_idx.shape)}")
 
 
+def _packed(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """weight and bias as the kernels index them, contiguous (themselves where they already are)."""
+    return weight.contiguous(), None if bias is None else bias.contiguous()
+
+
 def _grid(x: torch.Tensor, config: tuple[int, ...]) -> tuple[int, int, int]:
     """(rows, chunks of positions, tiles of channels)."""
     chunk, block_d = config[:2]
@@ -245,8 +250,9 @@ def _grid(x: torch.Tensor, config: tuple[int, ...]) -> tuple[int, int, int]:
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
                  silu: bool, config: tuple[int, int, int] = FWD_CONFIG) -> torch.Tensor:
-    """y [b, L, d] (contiguous, x's dtype) of x [b, L, d]; weight [d, W] contiguous."""
+    """y [b, L, d] (contiguous, x's dtype) of x [b, L, d]; weight [d, W]."""
     _check(x, weight, seq_idx)
+    weight, bias = _packed(weight, bias)
     batch, seqlen, dim = x.shape
     chunk, block_d, warps = config
     y = torch.empty((batch, seqlen, dim), dtype=x.dtype, device=x.device)
@@ -267,6 +273,7 @@ def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     strides; else new, x's dtype), dweight [d, W] and dbias [d] (None without bias) in the weight's and bias's
     dtypes."""
     _check(x, weight, seq_idx)
+    weight, bias = _packed(weight, bias)
     batch, seqlen, dim = x.shape
     chunk, block_d, warps = config
     if dx is None:
@@ -309,4 +316,4 @@ def causal_conv1d_channel_last(x: torch.Tensor, weight: torch.Tensor, bias: torc
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
     seq_idx = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
-    return _Conv.apply(x, weight.contiguous(), bias, seq_idx, activation is not None, (fwd_config, bwd_config))
+    return _Conv.apply(x, weight, bias, seq_idx, activation is not None, (fwd_config, bwd_config))
