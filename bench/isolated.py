@@ -164,13 +164,15 @@ def op_main(doc: str, shapes: dict, impls: tuple[str, ...], impls_help: str, cas
     for impl in chosen:
         kind = impl.split(":")[0]
         for case in cases(args):
-            def of(name, key, case=case):
-                return median_range([r for r in rows if r["impl"] == name and all(r[k] == v for k, v in case.items())],
-                                    key)
+            def rows_of(name, case=case):
+                return [r for r in rows if r["impl"] == name and all(r[k] == v for k, v in case.items())]
+
+            def of(name, key):
+                return median_range(rows_of(name), key)
             device, wall = of(impl, "device_ms"), of(impl, "wall_ms")
             if device is None:
                 continue
-            floor = next(r["floor_ms"] for r in rows if r["impl"] == impl and all(r[k] == v for k, v in case.items()))
+            floor = rows_of(impl)[0]["floor_ms"]
             ref_device, ref_wall = of(reference[kind], "device_ms"), of(reference[kind], "wall_ms")
             print(f"| {kind} | {' | '.join(str(case[k]) for k in fields)} | {impl.split(':', 1)[1]} | "
                   f"{device[0]:.3f} [{device[1]:.3f}-{device[2]:.3f}] | {wall[0]:.3f} [{wall[1]:.3f}-{wall[2]:.3f}] | "

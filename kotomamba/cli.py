@@ -83,7 +83,7 @@ def run(argv: list[str] | None = None) -> None:
             if isinstance(exc, KeyboardInterrupt):
                 # Python then ends the process by SIGINT, as the shell and Snakemake expect of Ctrl-C; the
                 # hook says so in one line instead of the traceback of wherever the signal landed.
-                sys.excepthook = _interrupted_hook(_command(argv))
+                sys.excepthook = _interrupted_hook(argv)
             raise
         code = _exit_code(exc, argv)
     if not _process_group_started():
@@ -108,21 +108,22 @@ def _exit_code(exc: BaseException, argv: list[str] | None) -> int:
         print(exc.code, file=sys.stderr)
         return 1
     if isinstance(exc, KeyboardInterrupt):
-        print(f"{_command(argv)}: interrupted", file=sys.stderr)
+        _say_interrupted(argv)
         return 130
     traceback.print_exception(exc)
     return 1
 
 
-def _command(argv: list[str] | None) -> str:
-    """``kotomamba SUBCOMMAND``, as the user typed it."""
-    return " ".join(["kotomamba", *(sys.argv[1:] if argv is None else argv)[:1]])
+def _say_interrupted(argv: list[str] | None) -> None:
+    """``kotomamba SUBCOMMAND: interrupted``, the subcommand as the user typed it."""
+    command = " ".join(["kotomamba", *(sys.argv[1:] if argv is None else argv)[:1]])
+    print(f"{command}: interrupted", file=sys.stderr)
 
 
-def _interrupted_hook(command: str):
+def _interrupted_hook(argv: list[str] | None):
     def hook(kind, value, tb):
         if issubclass(kind, KeyboardInterrupt):
-            print(f"{command}: interrupted", file=sys.stderr)
+            _say_interrupted(argv)
         else:
             sys.__excepthook__(kind, value, tb)
     return hook

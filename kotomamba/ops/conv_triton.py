@@ -226,7 +226,10 @@ def _bwd_kernel(
     tl.store(part + 4 * dim, dbias, mask=d_ok)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, seq_idx: torch.Tensor | None) -> None:
+def _checked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The arguments refused unless the kernels take them; weight and bias as the kernels index them,
+    contiguous (themselves where they already are)."""
     width = weight.shape[1]
     if not 1 <= width <= TAPS:
         raise ValueError(f"the convolution takes widths 1 to {TAPS}, got {width}")
@@ -235,10 +238,6 @@ def _check(x: torch.Tensor, weight: torch.Tensor, seq_idx: torch.Tensor | None) 
     if seq_idx is not None and (seq_idx.shape != x.shape[:2] or seq_idx.dtype != torch.int32):
         raise ValueError(f"seq_idx must be int32 of x's [b, L] {tuple(x.shape[:2])}, got {seq_idx.dtype} "
                          f"{tuple(seq_idx.shape)}")
-
-
-def _packed(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """weight and bias as the kernels index them, contiguous (themselves where they already are)."""
     return weight.contiguous(), None if bias is None else bias.contiguous()
 
 
@@ -251,8 +250,7 @@ def _grid(x: torch.Tensor, config: tuple[int, ...]) -> tuple[int, int, int]:
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
                  silu: bool, config: tuple[int, int, int] = FWD_CONFIG) -> torch.Tensor:
     """y [b, L, d] (contiguous, x's dtype) of x [b, L, d]; weight [d, W]."""
-    _check(x, weight, seq_idx)
-    weight, bias = _packed(weight, bias)
+    weight, bias = _checked(x, weight, bias, seq_idx)
     batch, seqlen, dim = x.shape
     chunk, block_d, warps = config
     y = torch.empty((batch, seqlen, dim), dtype=x.dtype, device=x.device)
@@ -272,8 +270,7 @@ def conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """Gradients of :func:`conv_forward` for dy [b, L, d]: dx [b, L, d] (written into ``dx`` if given, any
     strides; else new, x's dtype), dweight [d, W] and dbias [d] (None without bias) in the weight's and bias's
     dtypes."""
-    _check(x, weight, seq_idx)
-    weight, bias = _packed(weight, bias)
+    weight, bias = _checked(x, weight, bias, seq_idx)
     batch, seqlen, dim = x.shape
     chunk, block_d, warps = config
     if dx is None:

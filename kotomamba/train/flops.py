@@ -223,16 +223,18 @@ _PEAK_BANDWIDTH = (
 )
 
 
+def _by_name(table: tuple[tuple[str, float], ...], device_name: str) -> float | None:
+    """The value of the first fragment of ``table`` that ``device_name`` contains; ``None`` if none does."""
+    return next((value for fragment, value in table if fragment in device_name), None)
+
+
 def peak_bandwidth(device_name: str) -> float | None:
     """Peak memory bandwidth of a GPU, bytes/s; ``None`` when unknown."""
-    return next((bandwidth for fragment, bandwidth in _PEAK_BANDWIDTH if fragment in device_name), None)
+    return _by_name(_PEAK_BANDWIDTH, device_name)
 
 
 def peak_flops(device_name: str, precision: str) -> float | None:
     """Peak dense FLOP/s of a GPU for bf16 / fp16 training; ``None`` when unknown (CPU, fp32)."""
     if precision not in ("bf16", "fp16"):
         return None
-    for fragment, flops in _PEAK_FLOPS:
-        if fragment in device_name:
-            return flops
-    return None
+    return _by_name(_PEAK_FLOPS, device_name)
