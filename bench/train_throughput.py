@@ -178,10 +178,28 @@ def random_batches(vocab: int, micro_batch: int, seq: int, device, count: int, s
     return [(t[:, :-1].contiguous(), t[:, 1:].contiguous(), t, s) for t, s in zip(tokens, seq_idx)]
 
 
+def kernel_table(kernels: list[tuple[str, float]], steps: int, rows: int) -> str:
+    """A markdown table of the device's kernels by name, the most device time first, ``rows`` of them:
+    (name, microseconds) per launch over ``steps`` steps -> ms, launches and us a launch per step, and each
+    name's share of all the kernels' time. Names are cut at 80 characters (cuBLAS's run long)."""
+    totals: dict[str, list[float]] = {}
+    for name, us in kernels:
+        total = totals.setdefault(name, [0.0, 0])
+        total[0] += us
+        total[1] += 1
+    busy = sum(us for us, _ in totals.values()) or 1.0
+    lines = ["| kernel | ms a step | launches a step | us a launch | share |", "| --- | --- | --- | --- | --- |"]
+    for name, (us, count) in sorted(totals.items(), key=lambda item: -item[1][0])[:rows]:
+        lines.append(f"| `{name[:80]}` | {us / steps / 1e3:.2f} | {count / steps:g} | {us / count:.1f} | "
+                     f"{us / busy:.1%} |")
+    return "\n".join(lines)
+
+
 def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None:
     """Print where two steps' time goes: wall time against device-busy time and kernel launches (a step
     whose kernels keep the device busy for less than its wall time waits on the host), then the CUDA
-    kernels that take the most device time and the operators that take the most host time.
+    kernels that take the most device time (by kernel, then by operator with its kernels) and the operators
+    that take the most host time.
 
     Every rank profiles (the steps hold collectives), rank 0 prints."""
     from torch.autograd import DeviceType
@@ -203,6 +221,7 @@ def profile_steps(step, name: str, device: torch.device, rows: int = 18) -> None
     print(f"per step: wall {wall_ms / 2:.1f} ms (profiler on), device busy {busy_ms / 2:.1f} ms "
           f"({busy_ms / wall_ms:.0%}), {len(kernels) / 2:.0f} device ops, {launches / 2:.0f} kernel launches")
     if kernels:
+        print(kernel_table([(e.name, e.time_range.elapsed_us()) for e in kernels], 2, rows))
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
 

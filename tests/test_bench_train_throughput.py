@@ -115,3 +115,12 @@ def test_isolate_times_each_round_in_a_process_of_its_own(tmp_path):
 def test_isolate_refuses_torchrun_inputs(tmp_path):
     done = run([sys.executable, str(BENCH), *ARGS, "--isolate", "--single-gpu-json", "x.json"], tmp_path)
     assert done.returncode == 2 and "--isolate times one GPU" in done.stderr
+
+
+def test_the_kernel_table_sums_launches_by_name_per_step_most_time_first():
+    sys.path.insert(0, str(BENCH.parent))
+    from train_throughput import kernel_table
+
+    launches = [("gemm", 300.0), ("norm", 50.0), ("gemm", 500.0), ("norm", 70.0), ("scan", 80.0)]
+    lines = kernel_table(launches, steps=2, rows=2).splitlines()
+    assert lines[2:] == ["| `gemm` | 0.40 | 1 | 400.0 | 80.0% |", "| `norm` | 0.06 | 1 | 60.0 | 12.0% |"]
