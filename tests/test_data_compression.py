@@ -88,5 +88,6 @@ def test_preprocess_refuses_a_cut_file_in_one_line(tmp_path, tokenizer):
                            "--workers", "0", "--no-progress")
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.strip().splitlines()
-        assert line.startswith(f"kotomamba preprocess: error: {tmp_path / name}: truncated or corrupt {kind} data ("), line
+        expected = f"kotomamba preprocess: error: {tmp_path / name}: truncated or corrupt {kind} data ("
+        assert line.startswith(expected), line
         assert not list(tmp_path.glob("out*"))

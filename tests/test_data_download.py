@@ -24,7 +24,8 @@ CONTENT = b"".join(b'{"text": "line %d of a shard"}\n' % i for i in range(5000))
 class ShardServer(http.server.ThreadingHTTPServer):
     """Serves ``files`` with Range and If-Range support, as static file servers do (an ETag of the content, a
     Content-Range); ``cut_first`` paths drop their first response half-way; ``hold_first`` paths send half
-    their first response, set ``held`` and wait for ``release``; ``without_if_range`` paths ignore If-Range, ``without_range`` paths Range."""
+    their first response, set ``held`` and wait for ``release``; ``without_if_range`` paths ignore If-Range,
+    ``without_range`` paths Range."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), RangeHandler)
