@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -21,20 +22,28 @@ CONTENT = b"".join(b'{"text": "line %d of a shard"}\n' % i for i in range(5000))
 
 
 class ShardServer(http.server.ThreadingHTTPServer):
-    """Serves ``files`` with Range support; ``cut_first`` paths drop their first response half-way;
-    ``hold_first`` paths send half their first response, set ``held`` and wait for ``release``."""
+    """Serves ``files`` with Range and If-Range support, as static file servers do (an ETag of the content, a
+    Content-Range); ``cut_first`` paths drop their first response half-way; ``hold_first`` paths send half
+    their first response, set ``held`` and wait for ``release``; ``without_if_range`` paths ignore If-Range,
+    ``without_range`` paths Range."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), RangeHandler)
         self.files: dict[str, bytes] = {}
         self.cut_first: set[str] = set()
         self.hold_first: set[str] = set()
+        self.without_if_range: set[str] = set()
+        self.without_range: set[str] = set()
         self.held, self.release = threading.Event(), threading.Event()
         self.ranges: list[str | None] = []
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def etag(body: bytes) -> str:
+    return f'"{sha(body)[:16]}"'
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -48,13 +57,21 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             return
         header = self.headers.get("Range")
         self.server.ranges.append(header)
+        if self.path in self.server.without_range:
+            header = None
+        if self.headers.get("If-Range") not in (None, etag(body)) and self.path not in self.server.without_if_range:
+            header = None  # the file changed since the client's part of it: send it whole
         start = int(header.removeprefix("bytes=").rstrip("-")) if header else 0
         if start >= len(body) and header:
             self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
         self.send_response(206 if header else 200)
+        self.send_header("ETag", etag(body))
+        if header:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         payload = body[start:]
@@ -93,7 +110,9 @@ def test_http_gz_and_zst_are_verified_and_decompressed(server, tmp_path):
     rc = main([f"{server.url}/a.jsonl.gz#sha256={sha(gz)}", f"{server.url}/b.jsonl.zst#sha256={sha(zst)}",
                f"{server.url}/c.jsonl", "--output-dir", str(out)])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "b.jsonl", "c.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".a.jsonl.sha256", ".b.jsonl.sha256", "a.jsonl", "b.jsonl",
+                                                     "c.jsonl"]  # what each was decompressed from
+    assert (out / ".a.jsonl.sha256").read_text() == f"{sha(gz)}  a.jsonl.gz\n"
     assert all((out / n).read_bytes() == CONTENT for n in ("a.jsonl", "b.jsonl", "c.jsonl"))
 
 
@@ -210,3 +229,116 @@ def test_source_state_changes_with_a_local_source_and_names_a_missing_one(tmp_pa
     assert source_state([str(tmp_path / "*.jsonl"), "https://example.org/b.jsonl"]) != before
     with pytest.raises(UserError, match="missing.jsonl: source file not found"):
         source_state([str(tmp_path / "missing.jsonl")])
+
+
+def test_a_source_that_is_not_what_its_suffix_says_names_itself_and_leaves_no_part(server, tmp_path, capsys):
+    """The rerun after the publisher mends the file fetches it anew: no .part that only fails again."""
+    url = f"{server.url}/shard.jsonl.gz"
+    server.files["/shard.jsonl.gz"] = CONTENT  # not gzip
+    assert main([url, "--output-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"kotomamba download: error: {url}: truncated or corrupt gzip data (")
+    assert list(tmp_path.iterdir()) == []
+    server.files["/shard.jsonl.gz"] = gzip.compress(CONTENT)
+    assert main([url, "--output-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "shard.jsonl").read_bytes() == CONTENT and server.ranges == [None, None]
+
+
+def test_a_cut_local_zst_names_the_source(tmp_path, capsys):
+    data = zstandard.ZstdCompressor().compress(CONTENT)
+    (tmp_path / "cut.jsonl.zst").write_bytes(data[: len(data) // 2])
+    assert main(["--output-dir", str(tmp_path / "dl"), str(tmp_path / "cut.jsonl.zst")]) == 2
+    assert capsys.readouterr().err.strip() == (f"kotomamba download: error: {tmp_path / 'cut.jsonl.zst'}: truncated "
+                                               f"or corrupt zstd data (the file ends inside a frame) (the download "
+                                               f"was removed)")
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def interrupted(server, tmp_path, path: str, body: bytes) -> None:
+    """A first run of ``path`` cut half-way with no retry: a .part and its record stay."""
+    server.files[path] = body
+    server.cut_first.add(path)
+    with pytest.raises(UserError, match="run again to resume"):
+        download([Source(server.url + path)], tmp_path, retries=0, log=lambda _: None)
+    assert (tmp_path / f".{path[1:]}.part").stat().st_size == len(body) // 2
+
+
+@pytest.mark.parametrize("server_kind", ["if-range", "ignores if-range", "ignores range"])
+def test_a_changed_file_is_fetched_whole_not_spliced_onto_the_part(server, tmp_path, server_kind):
+    interrupted(server, tmp_path, "/s.jsonl", CONTENT)
+    changed = b'{"text": "a new first line"}\n' + CONTENT
+    server.files["/s.jsonl"] = changed
+    {"if-range": set(), "ignores if-range": server.without_if_range,
+     "ignores range": server.without_range}[server_kind].add("/s.jsonl")
+    download([Source(f"{server.url}/s.jsonl")], tmp_path, log=lambda _: None)
+    assert (tmp_path / "s.jsonl").read_bytes() == changed
+    assert server.ranges[1] == f"bytes={len(CONTENT) // 2}-"
+    assert server.ranges[2:] == ([None] if server_kind == "ignores if-range" else [])  # a 206 of another size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
+
+
+def test_an_unchanged_file_resumes_and_a_part_nothing_vouches_for_starts_over(server, tmp_path):
+    interrupted(server, tmp_path, "/s.jsonl", CONTENT)
+    download([Source(f"{server.url}/s.jsonl")], tmp_path, log=lambda _: None)
+    assert (tmp_path / "s.jsonl").read_bytes() == CONTENT and server.ranges[1] == f"bytes={len(CONTENT) // 2}-"
+    (tmp_path / ".t.jsonl.part").write_bytes(b"bytes of who knows what")  # no record, no sha256 pinned
+    server.files["/t.jsonl"] = CONTENT
+    download([Source(f"{server.url}/t.jsonl")], tmp_path, log=lambda _: None)
+    assert (tmp_path / "t.jsonl").read_bytes() == CONTENT and server.ranges[2:] == [None]
+
+
+def test_a_416_is_a_whole_part_only_at_the_size_the_server_states(server, tmp_path):
+    server.files["/s.jsonl"] = CONTENT
+    stale = CONTENT + b"stale tail\n"
+    for part, ranges in ((CONTENT, [f"bytes={len(CONTENT)}-"]), (stale, [f"bytes={len(stale)}-", None])):
+        (tmp_path / ".s.jsonl.part").write_bytes(part)
+        (tmp_path / ".s.jsonl.part.json").write_text(json.dumps({"validator": etag(CONTENT), "size": len(part)}))
+        server.ranges.clear()
+        download([Source(f"{server.url}/s.jsonl")], tmp_path, log=lambda _: None)
+        assert (tmp_path / "s.jsonl").read_bytes() == CONTENT
+        assert server.ranges == ranges
+        (tmp_path / "s.jsonl").unlink()
+
+
+def test_sources_of_one_name_concatenate_into_one_output(server, tmp_path):
+    """--output writes one file: the sources' own names (en/train.jsonl, ja/train.jsonl) never meet."""
+    texts = {lang: b'{"text": "%s"}\n' % lang.encode() for lang in ("en", "ja")}
+    for lang, text in texts.items():
+        (tmp_path / "src" / lang).mkdir(parents=True)
+        (tmp_path / "src" / lang / "train.jsonl").write_bytes(text)
+        server.files[f"/{lang}/train.jsonl"] = text
+    both = texts["en"] + texts["ja"]
+    for number, sources in enumerate(([str(tmp_path / "src" / lang / "train.jsonl") for lang in ("en", "ja")],
+                                      [str(tmp_path / "src" / "*" / "train.jsonl")],
+                                      [f"{server.url}/{lang}/train.jsonl" for lang in ("en", "ja")])):
+        assert main([*sources, "--output", str(tmp_path / f"all{number}.jsonl")]) == 0
+        assert (tmp_path / f"all{number}.jsonl").read_bytes() == both
+    assert main([*reversed(sources), "--output", str(tmp_path / "reversed.jsonl")]) == 0
+    assert (tmp_path / "reversed.jsonl").read_bytes() == texts["ja"] + texts["en"]
+
+
+def test_a_present_file_is_kept_only_as_what_its_pin_names(tmp_path, capsys):
+    """Not downloaded over: the file may be the user's own, or another source's of the same name."""
+    for lang in ("en", "ja"):
+        (tmp_path / "src" / lang).mkdir(parents=True)
+        (tmp_path / "src" / lang / "train.jsonl").write_bytes(b'{"text": "%s"}\n' % lang.encode())
+        (tmp_path / "src" / lang / "train.jsonl.gz").write_bytes(gzip.compress(b'{"text": "%s"}\n' % lang.encode()))
+    out = tmp_path / "k"
+    for name in ("train.jsonl", "train.jsonl.gz"):
+        en, ja = tmp_path / "src" / "en" / name, tmp_path / "src" / "ja" / name
+        assert main(["--output-dir", str(out), str(en)]) == 0
+        assert main(["--output-dir", str(out), f"{en}#sha256={sha(en.read_bytes())}"]) == 0  # its own: kept
+        assert main(["--output-dir", str(out), f"{ja}#sha256={sha(ja.read_bytes())}"]) == 2
+        found = f"its sha256 is {sha(en.read_bytes())}" if name == "train.jsonl" else (
+            f"it was decompressed from a file of sha256 {sha(en.read_bytes())}")
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"kotomamba download: error: {out / 'train.jsonl'}: present, but {ja} pins sha256 "
+            f"{sha(ja.read_bytes())} and {found}; move or remove it to fetch the source, or correct the pin")
+        assert (out / "train.jsonl").read_bytes() == b'{"text": "en"}\n'
+        (out / "train.jsonl").unlink()
+
+
+def test_a_negative_retry_count_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--retries", "-1", "--output-dir", str(tmp_path), "a.jsonl"])
+    assert exit_.value.code == 2
+    assert "--retries: expected a whole number, 0 or more, got '-1'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 import yaml
 import zstandard
 from pipeline_helpers import files_of, one_job, output_of, planned_jobs, snakemake, snakemake_command, tiny_config
-from test_data_download import RangeHandler, ShardServer
+from test_data_download import RangeHandler, ShardServer, etag
 
 from kotomamba.data.corpus import write_corpus
 from kotomamba.data.train_tokenizer import Sentences, train_tokenizer
@@ -39,6 +39,7 @@ class HoldingHandler(RangeHandler):
         self.server.ranges.append(self.headers.get("Range"))
         self.server.requested.set()
         self.send_response(200)
+        self.send_header("ETag", etag(body))  # what lets the rerun resume the killed job's transfer
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:

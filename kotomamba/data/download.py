@@ -7,17 +7,22 @@ shards (``data/*.jsonl.zst``), optionally with the sha256 of the file as publish
 YAML/JSON list. For each file:
 
 1. The bytes are fetched into ``<output>/.<name>.part``; an interrupted HTTP download resumes
-   from there with a ``Range`` request (on the next attempt, or the next run).
+   from there with a ``Range`` request (on the next attempt, or the next run) where the server shows
+   the file unchanged (``If-Range`` with the ETag or Last-Modified of the first response, kept in
+   ``.<name>.part.json``) or a sha256 pins it; otherwise it starts over.
 2. The sha256 of the fetched bytes (compressed, as published) is checked; a mismatch is an error
    naming the source and both digests, and the ``.part`` file is removed.
 3. ``.gz`` / ``.zst`` are decompressed; the result is moved to ``<output>/<name without suffix>``
-   only when complete (``kotomamba.io.atomic_write``), so a file at its final path is always whole.
+   only when complete (``kotomamba.io.atomic_write``), so a file at its final path is always whole;
+   damaged data is an error naming the source, and the ``.part`` file is removed. The sha256 of what
+   it was decompressed from is kept in ``<output>/.<name without suffix>.sha256``.
 
 With ``--lock FILE`` (the pipeline's, :mod:`kotomamba.data.input_lock`) a source without a sha256 is
 checked against the one recorded there, and every verified download is recorded; ``--where`` names the
 config entry a mismatch is reported against.
 
-Files already at their final path are kept as they are. ``--output FILE`` concatenates the
+Files already at their final path are kept as they are, unless a pinned sha256 says they are not the
+source's: that is an error, and the file is left for the user to move. ``--output FILE`` concatenates the
 decompressed files, in source order, into one JSONL file; ``--output-dir DIR`` keeps one file per
 source. ``--keep-compressed --output FILE`` fetches one source as published (what the pipeline's
 per-shard ``download`` job runs: its tokenization reads the compressed shard as a stream).
@@ -45,10 +50,11 @@ from kotomamba.data.hub import fetch_url, is_hub_file
 from kotomamba.data.input_lock import InputLock
 from kotomamba.data.line_origins import count_lines, write_origins
 from kotomamba.errors import UserError, out_of_space
-from kotomamba.io import atomic_write, read_yaml
+from kotomamba.io import atomic_write, read_json, read_yaml, write_json
 
 BLOCK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
 
 
 @dataclass(frozen=True)
@@ -161,25 +167,68 @@ def final_name(source: Source, decompress: bool) -> str:
 def download(sources: Sequence[Source], output: str | os.PathLike, decompress: bool = True, retries: int = 3,
              timeout: float = 60.0, log=print) -> list[Path]:
     """Fetch, verify and (optionally) decompress every source into ``output``; returns the final paths."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     sources = expand_globs(sources)
     names = [final_name(s, decompress) for s in sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserError(f"several sources would be written to the same file: {', '.join(duplicates)}")
+    return _fetch_all(sources, [s.name for s in sources], Path(output), decompress, retries, timeout, log)
+
+
+def _fetch_all(sources: Sequence[Source], names: Sequence[str], output: Path, decompress: bool, retries: int,
+               timeout: float, log) -> list[Path]:
+    """Fetch each source under its ``names`` entry (a published file name: ``.<name>.part`` while it comes, then
+    ``<name>``, less its compression suffix when ``decompress``) in ``output``; returns the final paths."""
+    output.mkdir(parents=True, exist_ok=True)
     results = []
     for source, name in zip(sources, names):
-        final = output / name
+        decompressed = decompress and name.endswith(COMPRESSED_SUFFIXES)
+        final = output / strip_compression_suffix(name) if decompressed else output / name
         if final.exists():
+            _check_present(final, source, decompressed)
             log(f"{final}: present, kept")
         else:
-            part = output / f".{source.name}.part"
-            _fetch_verified(source, part, retries, timeout, log)
-            _place(part, final, source.name if decompress and source.name.endswith(COMPRESSED_SUFFIXES) else None)
+            part = output / f".{name}.part"
+            digest = _fetch_verified(source, part, retries, timeout, log, hashed=decompressed)
+            if decompressed:  # before the file: a file at its final path always has its record
+                with atomic_write(_published_record(final)) as record:
+                    record.write(f"{digest}  {source.name}\n")
+            try:
+                _place(part, final, name if decompressed else None, source.location)
+            except UserError:
+                _published_record(final).unlink(missing_ok=True)
+                raise
             log(f"{final}: from {source.location}")
         results.append(final)
     return results
+
+
+def _published_record(final: Path) -> Path:
+    """Where the sha256 of the file as published is kept beside ``final``, its decompressed content (in
+    ``sha256sum``'s format), so that a pinned sha256 can be checked against it on a later run."""
+    return final.with_name(f".{final.name}.sha256")
+
+
+def _check_present(final: Path, source: Source, decompressed: bool) -> None:
+    """A file already at ``final`` is kept only as what ``source`` pins, where it pins a sha256.
+
+    Otherwise an error, not a download over it: the file may be the user's own, or another source's of the same
+    name from an earlier run, and nothing already there is lost without their word.
+    """
+    if source.sha256 is None:
+        return
+    if not decompressed:
+        digest = _sha256(final)
+    else:
+        record = _published_record(final)
+        digest = record.read_text().split()[0] if record.exists() else None
+    if digest == source.sha256:
+        return
+    found = f"it was decompressed from a file of sha256 {digest}" if decompressed else f"its sha256 is {digest}"
+    if digest is None:
+        found = f"no {_published_record(final).name} beside it says what it was decompressed from"
+    raise UserError(f"{final}: present, but {source.location} pins sha256 {source.sha256} and {found}; move or "
+                    f"remove it to fetch the source, or correct the pin")
 
 
 def download_file(source: Source, output: str | os.PathLike, retries: int = 3, timeout: float = 60.0,
@@ -200,7 +249,7 @@ def download_file(source: Source, output: str | os.PathLike, retries: int = 3, t
     origin = (f"as recorded in {lock.path} on its first download; if the source changed on purpose, remove "
               f"its entry there" if recorded else "as pinned")
     digest = _fetch_verified(source, part, retries, timeout, log, expected, origin, where, hashed=lock is not None)
-    _place(part, output, None)
+    _place(part, output, None, source.location)
     if lock is not None:
         lock.record(source.location, digest)
     log(f"{output}: from {source.location}")
@@ -211,11 +260,12 @@ def _fetch_verified(source: Source, part: Path, retries: int, timeout: float, lo
                     origin: str = "as pinned", where: str | None = None, hashed: bool = False) -> str | None:
     """Fetch ``source`` into ``part`` and check its sha256 against ``expected`` (default: the source's own);
     returns the sha256 when it was computed (a check, or ``hashed``)."""
+    expected = expected or source.sha256
     if source.is_http:
-        _fetch_http(source, part, retries, timeout, log)
+        _fetch_http(source, part, retries, timeout, log, pinned=expected is not None)
     else:
         _fetch_local(source, part)
-    return _verify(source, part, expected or source.sha256, origin, where, hashed)
+    return _verify(source, part, expected, origin, where, hashed)
 
 
 def _fetch_local(source: Source, part: Path) -> None:
@@ -225,29 +275,16 @@ def _fetch_local(source: Source, part: Path) -> None:
     shutil.copyfile(path, part)
 
 
-def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log) -> None:
-    """Download into ``part``, resuming from its current length; retry a broken transfer."""
+def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log, pinned: bool) -> None:
+    """Download into ``part``, resuming from its current length where that is safe (:func:`_transfer`); retry a
+    broken transfer."""
     url = fetch_url(source.location)
     named = source.location if url == source.location else f"{source.location} ({url})"
     for attempt in range(retries + 1):
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                if have and response.status != 206:  # the server ignored the range: start over
-                    have = 0
-                expected = response.headers.get("Content-Length")
-                received = 0
-                with open(part, "ab" if have else "wb") as handle:
-                    while block := response.read(BLOCK):
-                        handle.write(block)
-                        received += len(block)
-                if expected is not None and received != int(expected):
-                    raise http.client.IncompleteRead(b"", int(expected) - received)
+            _transfer(url, part, timeout, pinned)
             return
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # nothing left to send: the .part is already whole
-                return
             raise UserError(f"{named}: HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             full = out_of_space(exc)
@@ -261,34 +298,138 @@ def _fetch_http(source: Source, part: Path, retries: int, timeout: float, log) -
             time.sleep(min(2 ** attempt, 10) * 0.1)
 
 
+def _transfer(url: str, part: Path, timeout: float, pinned: bool) -> None:
+    """One attempt at ``url``: the rest of ``part`` where the server shows that the file did not change since
+    ``part`` began, the whole file otherwise.
+
+    A rest of another file spliced onto ``part`` would make a file matching neither. What shows it: the server
+    honours ``If-Range`` with the validator of the response ``part`` began with (a changed file comes whole, as a
+    200), and its 206 starts where ``part`` ends, of the size the file had. Without a validator, only a pinned
+    sha256 (``pinned``), checked afterwards, makes resuming safe.
+    """
+    have, headers, size = _resume_request(part, pinned)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            if response.status != 206:
+                return _receive_whole(response, part)
+            if _continues(response.headers, have, size):
+                return _receive(response, part, append=True)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or not have:
+            raise
+        if _content_range(exc.headers)[1] == have:  # nothing after ``have`` of a file the .part's size: it is whole
+            return
+    _discard(part)  # a 206 of another piece or size, a 416 of another size
+    _transfer(url, part, timeout, pinned)  # once: a request from byte 0 asks for no range to answer wrongly
+
+
+def _resume_request(part: Path, pinned: bool) -> tuple[int, dict[str, str], int | None]:
+    """The bytes ``part`` has, the headers that ask for the rest, and the file's size as first served; (0, {},
+    None), ``part`` removed, where nothing would show that a rest belongs to it (:func:`_transfer`)."""
+    have = part.stat().st_size if part.exists() else 0
+    seen = _seen(part)
+    if not have or not (seen.get("validator") or pinned):
+        _discard(part)
+        return 0, {}, None
+    validator = {"If-Range": seen["validator"]} if seen.get("validator") else {}
+    return have, {"Range": f"bytes={have}-", **validator}, seen.get("size")
+
+
+def _resume_record(part: Path) -> Path:
+    """Beside ``part``: the validator and size of the response it began with (:func:`_receive_whole`)."""
+    return part.with_name(f"{part.name}.json")
+
+
+def _seen(part: Path) -> dict:
+    try:
+        seen = read_json(_resume_record(part), "resume record")
+    except UserError:  # none (a .part from before records were kept) or unreadable: it shows nothing
+        return {}
+    return seen if isinstance(seen, dict) else {}
+
+
+def _discard(part: Path) -> None:
+    """Remove ``part`` and its resume record: the next transfer starts from byte 0."""
+    for path in (part, _resume_record(part)):
+        path.unlink(missing_ok=True)
+
+
+def _receive_whole(response, part: Path) -> None:
+    """Start ``part`` over with the whole file, first recording what a later resume must show."""
+    _discard(part)  # before the new record, so that a record never describes another file's bytes
+    write_json(_resume_record(part), {"validator": _validator(response.headers),
+                                      "size": _number(response.headers.get("Content-Length"))})
+    _receive(response, part, append=False)
+
+
+def _receive(response, part: Path, append: bool) -> None:
+    expected = response.headers.get("Content-Length")
+    received = 0
+    with open(part, "ab" if append else "wb") as handle:
+        while block := response.read(BLOCK):
+            handle.write(block)
+            received += len(block)
+    if expected is not None and received != int(expected):
+        raise http.client.IncompleteRead(b"", int(expected) - received)
+
+
+def _validator(headers) -> str | None:
+    """What ``If-Range`` may send back: a strong ETag, else Last-Modified (RFC 9110 13.1.5: never a weak ETag)."""
+    etag = headers.get("ETag")
+    return etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
+
+
+def _continues(headers, have: int, size: int | None) -> bool:
+    """Whether a 206 is the rest of a .part of ``have`` bytes: it starts there, in a file of the recorded size."""
+    start, total = _content_range(headers)
+    return start == have and (size is None or total == size)
+
+
+def _content_range(headers) -> tuple[int | None, int | None]:
+    """The first byte and the file's size that a Content-Range states (``bytes 100-199/200``, ``bytes */200``),
+    each None where it states none."""
+    match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", "").strip())
+    return (None, None) if match is None else (_number(match[1]), _number(match[2]))
+
+
+def _number(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
 def _verify(source: Source, part: Path, expected: str | None, origin: str, where: str | None,
             hashed: bool) -> str | None:
     if expected is None and not hashed:
         return None
+    digest = _sha256(part)
+    if expected is not None and digest != expected:
+        _discard(part)
+        raise UserError(f"{f'{where}: ' if where else ''}{source.location}: sha256 mismatch: expected {expected} "
+                        f"({origin}), got {digest} (the download was removed)")
+    return digest
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(part, "rb") as handle:
+    with open(path, "rb") as handle:
         while block := handle.read(BLOCK):
             digest.update(block)
-    if expected is not None and digest.hexdigest() != expected:
-        part.unlink()
-        raise UserError(f"{f'{where}: ' if where else ''}{source.location}: sha256 mismatch: expected {expected} "
-                        f"({origin}), got {digest.hexdigest()} (the download was removed)")
     return digest.hexdigest()
 
 
-def _place(part: Path, final: Path, compressed_name: str | None) -> None:
-    """Move ``part`` to ``final``, decompressing it as its suffix in ``compressed_name`` says."""
+def _place(part: Path, final: Path, compressed_name: str | None, location: str) -> None:
+    """Move ``part`` to ``final``, decompressing it as its suffix in ``compressed_name`` says; its resume record
+    goes too. Damaged data is an error naming ``location``, and ``part`` is removed: resumed, it would only fail
+    again, however the source was mended."""
     if compressed_name is None:
         os.replace(part, final)
-        return
-    import zstandard
-
-    try:
-        with open_decompressed(part, compressed_name) as reader, atomic_write(final, "wb") as writer:
-            shutil.copyfileobj(reader, writer, BLOCK)
-    except (OSError, EOFError, zstandard.ZstdError) as exc:  # what corrupt gzip / zstd data raise
-        raise UserError(f"{part}: cannot decompress ({exc})") from exc
-    part.unlink()
+    else:
+        try:
+            with open_decompressed(part, compressed_name, location) as reader, atomic_write(final, "wb") as writer:
+                shutil.copyfileobj(reader, writer, BLOCK)
+        except UserError as exc:
+            _discard(part)
+            raise UserError(f"{exc} (the download was removed)") from exc
+    _discard(part)
 
 
 def download_to_file(sources: Sequence[Source], output: str | os.PathLike, retries: int = 3, log=print) -> Path:
@@ -301,7 +442,10 @@ def download_to_file(sources: Sequence[Source], output: str | os.PathLike, retri
     output = Path(output)
     work = output.with_name(f".{output.name}.download")
     expanded = expand_globs(sources)
-    paths = download(expanded, work, decompress=True, retries=retries, log=log)
+    # A shard is kept under its location's digest before its name: sources may share a name (en/train.jsonl,
+    # ja/train.jsonl), and a rerun with other sources must not take one's shard for another's.
+    names = [f"{hashlib.sha256(s.location.encode()).hexdigest()[:16]}-{s.name}" for s in expanded]
+    paths = _fetch_all(expanded, names, work, True, retries, 60.0, log)
     write_origins(output, [(source.location, count_lines(path)) for source, path in zip(expanded, paths)])
     with atomic_write(output, "wb") as writer:
         for path in paths:
@@ -316,6 +460,13 @@ def download_to_file(sources: Sequence[Source], output: str | os.PathLike, retri
     return output
 
 
+def _count(text: str) -> int:
+    """A count for argparse: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kotomamba download", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", nargs="*", help="URL, file URL, path or glob; append #sha256=<hex> to check")
@@ -327,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--output-dir", help="a directory: one file per source")
     parser.add_argument("--keep-compressed", action="store_true",
                         help="do not decompress; with --output, exactly one source, kept as published")
-    parser.add_argument("--retries", type=int, default=3, help="resumed retries of a broken HTTP transfer")
+    parser.add_argument("--retries", type=_count, default=3, help="resumed retries of a broken HTTP transfer")
     parser.add_argument("--lock", help="with --keep-compressed --output: a lock file of sha256s to check an unpinned "
                                        "source against and to record the download in (trust on first use)")
     parser.add_argument("--where", help="the config entry naming the source, for error messages")
