@@ -6,9 +6,12 @@ file only dispatches, importing lazily so ``kotomamba --help`` does not pay for 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -26,6 +29,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("kotomamba.model.generation", "sample text from a model directory"),
     "evaluate": ("kotomamba.evaluate.cli", "validation perplexity, samples and lm-eval tasks to JSON"),
 }
+
+# Subcommands that answer SIGTERM themselves: the trainer checkpoints (kotomamba.train.stop_signals), the launcher
+# passes it on to its workers.
+OWN_SIGTERM = frozenset({"train", "launch"})
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or Snakemake's stop), raised where the main thread is, as Ctrl-C raises
+    ``KeyboardInterrupt``: a command ends the same way, removing the temporary files of what it was writing,
+    where Python's default for SIGTERM ends the process at once and leaves them behind."""
 
 
 def _usage() -> str:
@@ -52,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
-        return int(module.main(rest) or 0)
+        with contextlib.nullcontext() if name in OWN_SIGTERM else _sigterm_as_interrupt():
+            return int(module.main(rest) or 0)
     except OSError as exc:
         from kotomamba.errors import USER_ERROR_EXIT, out_of_space
 
@@ -63,6 +77,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kotomamba {name}: error: {full.strerror}{writing}; make room there, then run it again",
               file=sys.stderr)
         return USER_ERROR_EXIT
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs, SIGTERM raises :class:`Terminated`; unless the process was started with SIGTERM
+    ignored or handled (``nohup``-like parents, a caller's own handler), which stays as it was."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -80,6 +113,8 @@ def run(argv: list[str] | None = None) -> None:
         code = main(argv)
     except BaseException as exc:
         if not _process_group_started():
+            if isinstance(exc, Terminated):
+                _end_by_sigterm(argv)
             if isinstance(exc, KeyboardInterrupt):
                 # Python then ends the process by SIGINT, as the shell and Snakemake expect of Ctrl-C; the
                 # hook says so in one line instead of the traceback of wherever the signal landed.
@@ -107,6 +142,9 @@ def _exit_code(exc: BaseException, argv: list[str] | None) -> int:
             return exc.code or 0
         print(exc.code, file=sys.stderr)
         return 1
+    if isinstance(exc, Terminated):
+        _say_interrupted(argv, "terminated")
+        return 128 + signal.SIGTERM
     if isinstance(exc, KeyboardInterrupt):
         _say_interrupted(argv)
         return 130
@@ -114,10 +152,20 @@ def _exit_code(exc: BaseException, argv: list[str] | None) -> int:
     return 1
 
 
-def _say_interrupted(argv: list[str] | None) -> None:
-    """``kotomamba SUBCOMMAND: interrupted``, the subcommand as the user typed it."""
+def _say_interrupted(argv: list[str] | None, how: str = "interrupted") -> None:
+    """``kotomamba SUBCOMMAND: interrupted`` (or ``how``), the subcommand as the user typed it."""
     command = " ".join(["kotomamba", *(sys.argv[1:] if argv is None else argv)[:1]])
-    print(f"{command}: interrupted", file=sys.stderr)
+    print(f"{command}: {how}", file=sys.stderr)
+
+
+def _end_by_sigterm(argv: list[str] | None) -> None:
+    """Say so in one line, then end by SIGTERM, as the process would have without our handler (its parent reads
+    the signal), once the exit handlers have run and the output is flushed."""
+    _say_interrupted(argv, "terminated")
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _interrupted_hook(argv: list[str] | None):

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from kotomamba.errors import UserError, out_of_space
 
@@ -62,6 +62,27 @@ def current_umask() -> int:
     return mask
 
 
+def check_output(path: str | os.PathLike, flag: str = "", directory: bool = False) -> None:
+    """Refuse an output ``path`` (a file, or with ``directory`` a directory) that cannot be written, naming it (and the
+    option ``flag`` that gave it): called before the work, so that a run does not end in a raw OSError after it.
+
+    Refused: a file output where a directory is (or a directory output where a file is), and a path below a file or
+    below a directory this user may not write in (the nearest one that exists: the rest would be made).
+    """
+    given = f"{path}{f' ({flag})' if flag else ''}"
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        wanted, found = ("directory", "file") if directory else ("file", "directory")
+        raise UserError(f"{given}: is a {found}, not a {wanted}")
+    above = path.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"{given}: cannot be written: {above} is a file, not a directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UserError(f"{given}: cannot be written: no permission to write in {above}")
+
+
 def _for_want_of_room(exc: Exception, path: Path) -> OSError | None:
     """What to raise instead of ``exc``, raised while ``path`` was written, when it came for want of room
     (:func:`kotomamba.errors.out_of_space`): an OSError naming ``path``, as a write's own error names no file;
@@ -77,6 +98,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     On an exception the temporary file is removed and ``path`` is left as it was; one for want of room is an
     OSError naming ``path``.
     """
+    check_output(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -105,24 +127,32 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` (which may exist).
+def atomic_directory(path: str | os.PathLike, names: Iterable[str] | None = None) -> Iterator[Path]:
+    """Yield an empty temporary sibling directory; on success what it holds becomes ``path``.
+
+    A ``path`` that exists is replaced only when all it holds (every file and directory below it) is something the
+    new output holds too: a rerun over its own earlier output. Anything else there is the user's and is never
+    deleted: the output is refused (a UserError naming ``path`` and what is foreign there), ``path`` left as it was.
+    ``names``, the entries the output will have at its top, lets that be checked before the caller's work, not only
+    after it. An existing ``path`` keeps its own directory (its mode, a link to it, a shell's working directory):
+    the new entries replace the old ones inside it.
 
     On an exception the temporary directory is removed and ``path`` is left as it was; one for want of room is
     an OSError naming ``path``.
     """
-    path = Path(path)
+    given = path
+    check_output(path, directory=True)
+    path = Path(os.path.abspath(path))  # "." and "out/" have a name and a parent to stage beside
+    if names is not None:
+        _refuse_foreign(given, sorted(set(_entries(path)) - set(names)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         tmp.chmod(0o777 & ~current_umask())
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        if path.is_dir():
+            _refuse_foreign(given, _not_in(path, tmp))
+            _move_entries(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException as exc:
@@ -131,3 +161,40 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         if named is not None:
             raise named from exc
         raise
+
+
+def _entries(directory: Path) -> list[str]:
+    """The names in ``directory``; none where it does not exist."""
+    return os.listdir(directory) if directory.is_dir() else []
+
+
+def _not_in(old: Path, new: Path) -> list[str]:
+    """What ``old`` holds (relative paths, a foreign directory once, not its contents) that ``new`` does not."""
+    missing = []
+    for root, dirs, files in os.walk(old):
+        here = Path(root).relative_to(old)
+        missing += [str(here / name) for name in sorted(dirs + files) if not os.path.lexists(new / here / name)]
+        dirs[:] = [name for name in dirs if os.path.lexists(new / here / name)]
+    return missing
+
+
+def _refuse_foreign(given: str | os.PathLike, foreign: list[str]) -> None:
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{given}: not replaced, it holds what this output does not ({shown}): name a new or empty "
+                        "directory, or move those away")
+
+
+def _move_entries(new: Path, path: Path) -> None:
+    """Move every entry of ``new`` into the directory ``path``, over an old one of the same name (a file over a file
+    in one step; a directory, or what a directory replaces, by way of a trash directory inside ``new``); then remove
+    ``new``."""
+    names = os.listdir(new)
+    trash = Path(tempfile.mkdtemp(dir=new))
+    for name in names:
+        old = path / name
+        replaced_by_rename = old.is_file() and not (new / name).is_dir()  # os.replace swaps a file in one step
+        if os.path.lexists(old) and not replaced_by_rename:
+            os.replace(old, trash / name)
+        os.replace(new / name, old)
+    shutil.rmtree(new)

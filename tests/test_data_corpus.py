@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+
+import pytest
 
 from kotomamba.data.corpus import SKIP_TOP_LEVEL, main, stdlib_module_names
 
@@ -42,3 +45,21 @@ def test_module_list_skips_side_effects_and_tests():
         assert banned not in names
     assert not any(part == "__main__" for name in names for part in name.split("."))
     assert os.name != "posix" or "posixpath" in names
+
+
+def test_a_budget_smaller_than_any_document_says_so(tmp_path, capsys):
+    for budget in ("0", "-5"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--output", str(tmp_path / "c.jsonl"), "--max-bytes", budget])
+        assert exit_.value.code == 2
+        assert f"argument --max-bytes: must be at least 1, not {budget}" in capsys.readouterr().err
+    assert main(["--output", str(tmp_path / "c.jsonl"), "--max-bytes", "10"]) == 2
+    assert re.fullmatch(r"kotomamba collect-corpus: error: --max-bytes 10 is less than any document takes \(the "
+                        r"smallest: \d+ bytes of JSONL\): ask for more\n", capsys.readouterr().err)
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_an_output_that_is_a_directory_is_named_before_the_docstrings_are_collected(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("kotomamba.data.corpus.build_corpus", lambda max_bytes: pytest.fail("collected"))
+    assert main(["--output", str(tmp_path), "--max-bytes", "1000"]) == 2
+    assert capsys.readouterr().err == f"kotomamba collect-corpus: error: {tmp_path} (--output): is a directory, not a file\n"

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import struct
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -388,3 +392,53 @@ def test_an_empty_corpus_is_an_error_that_leaves_nothing(sp_model, tmp_path):
     with pytest.raises(UserError, match=r"^data/empty.jsonl: no documents to tokenize \(2 lines: 2 with empty text"):
         preprocess([str(empty)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "empty.jsonl.origins.json"]
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_line(sp_model, tmp_path):
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')
+    summary = preprocess([str(data)], str(tmp_path / "bom"), "SentencePieceTokenizer", sp_model, progress=False)
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model)
+    assert read_mmidx(tmp_path / "bom_text_document")[1] == [tok.encode("first"), tok.encode("second")]
+    assert summary.skipped["invalid_json"] == 0
+
+
+def test_a_json_message_that_ends_in_at_says_it_once(sp_model, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_bytes(b'{"text": "unterminated\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: invalid JSON \(Unterminated string starting at column 10\)"):
+        preprocess([str(data)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
+
+
+@pytest.mark.parametrize("flag", ["--output-prefix", "--summary"])
+def test_an_output_that_cannot_be_written_is_named_before_anything_is(corpus, sp_model, tmp_path, capsys, flag):
+    paths = {"--output-prefix": str(tmp_path / "out" / "s"), "--summary": str(tmp_path / "s.json"),
+             flag: f"{corpus}/sub/x"}
+    assert preprocess_main(["--input", str(corpus), "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model",
+                            sp_model, "--no-progress", *[item for pair in paths.items() for item in pair]]) == 2
+    shown = f"{corpus}/sub/x_text_document.bin" if flag == "--output-prefix" else f"{corpus}/sub/x"
+    assert capsys.readouterr().err == (f"kotomamba preprocess: error: {shown} ({flag}): cannot be written: {corpus} "
+                                       "is a file, not a directory\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_removes_the_temporary_files_as_ctrl_c_does(corpus, sp_model, tmp_path):
+    """A scheduler's or Snakemake's stop: the process ends by SIGTERM, in one line, leaving nothing at the prefix."""
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(corpus.read_bytes() * 40)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "kotomamba", "preprocess", "--input", str(big), "--output-prefix",
+                                str(out / "x"), "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model",
+                                sp_model, "--workers", "1", "--no-progress"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.stat().st_size for path in out.glob(".x_text_document.bin.*.tmp")):
+            assert process.poll() is None and time.monotonic() < deadline, "never wrote"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "kotomamba preprocess: terminated" and "Traceback" not in stderr, stderr
+    assert list(out.iterdir()) == []

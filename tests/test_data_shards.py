@@ -179,3 +179,37 @@ def test_a_shard_is_downloaded_as_published_and_a_killed_transfer_resumes(tmp_pa
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_key_missing_from_one_input_is_named_before_any_key_is_written(tmp_path, capsys):
+    for prefix, keys in (("a", ("text", "title")), ("b", ("text",))):
+        for key in keys:
+            with IndexedDatasetWriter(tmp_path / f"{prefix}_{key}_document", np.uint16) as writer:
+                writer.add_document([1, 2])
+    assert merge_main(["--input", str(tmp_path / "a"), str(tmp_path / "b"), "--json-keys", "text", "title",
+                       "--output-prefix", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path}/b_title_document.idx: indexed dataset file not found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*out*"))
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read the summary JSON: No such file or directory"),
+                                              ('{"inputs": [\n', "line 2: invalid summary JSON: Expecting value"),
+                                              ("[]", "not the counts that `preprocess --summary` writes")])
+def test_a_summary_that_cannot_be_read_is_named(tmp_path, capsys, content, message):
+    with IndexedDatasetWriter(tmp_path / "a_text_document", np.uint16) as writer:
+        writer.add_document([1, 2])
+    if content is not None:
+        (tmp_path / "a.json").write_text(content)
+    assert merge_main(["--input", str(tmp_path / "a"), "--summaries", str(tmp_path / "a.json"),
+                       "--output-prefix", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"kotomamba merge-datasets: error: {tmp_path}/a.json: {message}")
+
+
+def test_an_output_prefix_below_a_file_is_named_before_the_merge(tmp_path, capsys):
+    with IndexedDatasetWriter(tmp_path / "a_text_document", np.uint16) as writer:
+        writer.add_document([1, 2])
+    (tmp_path / "file").write_text("")
+    assert merge_main(["--input", str(tmp_path / "a"), "--output-prefix", str(tmp_path / "file" / "x")]) == 2
+    assert capsys.readouterr().err == (f"kotomamba merge-datasets: error: {tmp_path}/file/x_text_document.bin "
+                                       f"(--output-prefix): cannot be written: {tmp_path}/file is a file, not a "
+                                       "directory\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -56,7 +57,7 @@ def test_train_tokenizer_is_repeatable(corpus, tmp_path):
 def test_train_tokenizer_reports_bad_jsonl(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": 3}\n')
-    assert train_tokenizer_main(["--input", str(bad), "--vocab-size", "100", "--output", str(tmp_path / "t")]) == 2
+    assert train_tokenizer_main(["--input", str(bad), "--vocab-size", "300", "--output", str(tmp_path / "t")]) == 2
     # The line's own error, as the reader raised it: not SentencePiece's wrapping of it (its status code
     # and the Python frame it came from).
     assert capsys.readouterr().err == (f"kotomamba train-tokenizer: error: {bad}:2: key 'text' is int, not a string "
@@ -205,8 +206,8 @@ def test_a_vocabulary_the_text_cannot_fill_or_hold_says_which_size_it_may_be(tmp
     expected = {
         5000: r"--vocab-size 5000 is more pieces than SentencePiece can make of this text \(at most \d+\): ask for "
               r"fewer \(the pipeline's tokenizer.vocab_size\) or train on more text",
-        8: r"--vocab-size 8 is fewer pieces than the \d+ that this text's characters and the special tokens need "
-           r"\(--character-coverage 0.9995\): ask for more \(the pipeline's tokenizer.vocab_size\)",
+        262: r"--vocab-size 262 is fewer pieces than the \d+ that this text's characters and the special tokens need "
+             r"\(--character-coverage 0.9995\): ask for more \(the pipeline's tokenizer.vocab_size\)",
     }
     for size, message in expected.items():
         assert train_tokenizer_main(["--input", str(tmp_path / "small.jsonl"), "--vocab-size", str(size),
@@ -226,3 +227,72 @@ def test_a_line_without_a_key_names_the_keys_it_has():
         "missing key 'text' (the line's keys: 'k0', 'k1', 'k2', 'k3', 'k4', ...)"
     assert line_texts(b"{}", ["text"]).message == "missing key 'text' (the line's keys: none)"
     assert line_texts(b'{"text": "a", "title": "b"}', ["title", "text"]) == ["b", "a"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--vocab-size", "0", "--vocab-size 0 leaves no room for the text's pieces: byte fallback's 256 byte pieces and "
+                          "the 4 special tokens take 260 ids"),
+    ("--character-coverage", "2", "--character-coverage must be from 0.98 to 1 (the share of the text's characters "
+                                  "that get a piece of their own), not 2.0"),
+    ("--input-sentence-size", "-1", "--input-sentence-size must be 0 (every sentence) or more than 100, not -1"),
+])
+def test_settings_sentencepiece_refuses_are_named_before_the_text_is_read(tmp_path, capsys, monkeypatch, flag, value,
+                                                                          message):
+    monkeypatch.setattr("kotomamba.data.train_tokenizer.Sentences.__iter__", lambda self: pytest.fail("read"))
+    (tmp_path / "a.jsonl").write_text('{"text": "the cat"}\n')
+    settings = {"--vocab-size": "300", flag: value}
+    assert train_tokenizer_main(["--input", str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "t"),
+                                 *[item for pair in settings.items() for item in pair]]) == 2
+    assert capsys.readouterr().err.startswith(f"kotomamba train-tokenizer: error: {message}")
+
+
+def test_an_input_without_text_is_named(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert train_tokenizer_main(["--input", str(tmp_path / "empty.jsonl"), str(tmp_path / "blank.txt"),
+                                 "--vocab-size", "300", "--output", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err == (f"kotomamba train-tokenizer: error: {tmp_path}/empty.jsonl, {tmp_path}/blank.txt: "
+                                       "no text to train on (no non-empty line)\n")
+
+
+def test_the_readers_own_error_reaches_the_user_as_it_was_raised(tmp_path, capsys, monkeypatch):
+    """As a corrupt archive's: SentencePiece's loop wraps what its iterator raises in its INTERNAL status text."""
+    def corrupt(path):
+        raise UserError(f"{path}: not a gzip archive (corrupt or truncated)")
+
+    monkeypatch.setattr("kotomamba.data.train_tokenizer.open_decompressed", corrupt)
+    (tmp_path / "a.jsonl.gz").write_bytes(b"not gzip")
+    assert train_tokenizer_main(["--input", str(tmp_path / "a.jsonl.gz"), "--vocab-size", "300",
+                                 "--output", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err == (f"kotomamba train-tokenizer: error: {tmp_path}/a.jsonl.gz: not a gzip archive "
+                                       "(corrupt or truncated)\n")
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_line(tmp_path):
+    from kotomamba.data.train_tokenizer import Sentences
+
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbffirst\n")
+    assert list(Sentences([tmp_path / "bom.jsonl", tmp_path / "bom.txt"])) == ["first", "second", "first"]
+
+
+def test_an_output_directory_holding_the_users_files_is_refused_before_training(corpus, tmp_path, capsys,
+                                                                                monkeypatch):
+    mydata = tmp_path / "mydata"
+    mydata.mkdir()
+    (mydata / "corpus.jsonl").write_bytes(corpus.read_bytes())
+    (mydata / "notes.txt").write_text("mine")
+    monkeypatch.setattr("kotomamba.data.train_tokenizer.Sentences.__iter__", lambda self: pytest.fail("trained"))
+    assert train_tokenizer_main(["--input", str(mydata / "corpus.jsonl"), "--vocab-size", "310",
+                                 "--output", str(mydata)]) == 2
+    assert capsys.readouterr().err == (f"kotomamba train-tokenizer: error: {mydata}: not replaced, it holds what this "
+                                       "output does not (corpus.jsonl, notes.txt): name a new or empty directory, or "
+                                       "move those away\n")
+    assert sorted(os.listdir(mydata)) == ["corpus.jsonl", "notes.txt"] and os.listdir(tmp_path) == ["mydata"]
+
+
+def test_a_rerun_into_its_own_output_directory_replaces_it(corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert train_tokenizer_main(["--input", str(corpus), "--vocab-size", "400", "--output", "."]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["tokenizer.model", "tokenizer.vocab"]

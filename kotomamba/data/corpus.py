@@ -30,7 +30,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from types import ModuleType
 
 from kotomamba.errors import UserError
-from kotomamba.io import atomic_write
+from kotomamba.io import atomic_write, check_output
 
 # Modules that open windows or browsers, print, or start interactive machinery when imported.
 SKIP_TOP_LEVEL = frozenset({
@@ -118,7 +118,11 @@ def collect_docstrings() -> list[tuple[str, str]]:
 
 
 def build_corpus(max_bytes: int | None = None) -> list[dict[str, str]]:
-    """The corpus records, sorted by source, deduplicated, within ``max_bytes`` of JSONL if given."""
+    """The corpus records, sorted by source, deduplicated, within ``max_bytes`` of JSONL if given.
+
+    Raises:
+        UserError: no docstrings found, or none that fits ``max_bytes``.
+    """
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
         records = executor.submit(collect_docstrings).result()
@@ -128,16 +132,25 @@ def build_corpus(max_bytes: int | None = None) -> list[dict[str, str]]:
         if text not in seen:
             seen.add(text)
             unique.append({"text": text, "source": source})
-    if max_bytes is not None:
-        # Choose by a hash of the source so a small budget still spans many modules.
-        chosen, size = [], 0
-        for record in sorted(unique, key=lambda r: hashlib.sha256(r["source"].encode()).digest()):
-            length = len(_line(record).encode("utf-8"))
-            if size + length <= max_bytes:
-                chosen.append(record)
-                size += length
-        unique = sorted(chosen, key=lambda r: r["source"])
-    return unique
+    if not unique:
+        raise UserError("collect-corpus found no docstrings (is this a full Python installation?)")
+    return unique if max_bytes is None else _within(unique, max_bytes)
+
+
+def _within(records: list[dict[str, str]], max_bytes: int) -> list[dict[str, str]]:
+    """The records that fit ``max_bytes`` of JSONL, chosen by a hash of the source so that a small budget still
+    spans many modules; sorted by source."""
+    chosen, size = [], 0
+    for record in sorted(records, key=lambda r: hashlib.sha256(r["source"].encode()).digest()):
+        length = len(_line(record).encode("utf-8"))
+        if size + length <= max_bytes:
+            chosen.append(record)
+            size += length
+    if not chosen:
+        smallest = min(len(_line(record).encode("utf-8")) for record in records)
+        raise UserError(f"--max-bytes {max_bytes} is less than any document takes (the smallest: {smallest} bytes "
+                        "of JSONL): ask for more")
+    return sorted(chosen, key=lambda r: r["source"])
 
 
 def _line(record: dict[str, str]) -> str:
@@ -146,18 +159,28 @@ def _line(record: dict[str, str]) -> str:
 
 def write_corpus(output: str | os.PathLike, max_bytes: int | None = None) -> int:
     """Write the corpus JSONL atomically; returns the number of documents."""
+    check_output(output, "--output")
     records = build_corpus(max_bytes)
-    if not records:
-        raise UserError("collect-corpus found no docstrings (is this a full Python installation?)")
     with atomic_write(output, "w", encoding="utf-8") as handle:
         handle.writelines(_line(r) for r in records)
     return len(records)
 
 
+def _positive(text: str) -> int:
+    """A byte budget: a whole number of at least 1 (argparse names the option when it is not)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kotomamba collect-corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="JSONL file to write")
-    parser.add_argument("--max-bytes", type=int, default=None, help="keep at most this many bytes of JSONL")
+    parser.add_argument("--max-bytes", type=_positive, default=None, help="keep at most this many bytes of JSONL")
     args = parser.parse_args(argv)
     try:
         count = write_corpus(args.output, args.max_bytes)

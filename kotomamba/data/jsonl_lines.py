@@ -3,10 +3,12 @@
 A line is a JSON object whose every key of ``json_keys`` holds a string that is valid Unicode text.
 Tokenizer training (:mod:`kotomamba.data.train_tokenizer`) and tokenization
 (:mod:`kotomamba.data.preprocess`) read the same corpus and decide the same way which lines are bad,
-with the same kinds and messages, so ``--on-bad-line skip`` leaves the same lines out of both.
+with the same kinds and messages, so ``--on-bad-line skip`` leaves the same lines out of both. Both take
+a file's UTF-8 byte order mark (``utf-8-sig``, as some Windows editors save) as no part of its first line.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from typing import NamedTuple, Sequence
@@ -19,6 +21,7 @@ ON_BAD_LINE = ("error", "skip")
 # A JSON \uXXXX escape of a UTF-16 surrogate: decodes to a str that is not valid Unicode text.
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _JSON = json.JSONDecoder()
+UTF8_BOM = codecs.BOM_UTF8
 
 
 class BadLine(NamedTuple):
@@ -42,7 +45,8 @@ def line_texts(raw: bytes, json_keys: Sequence[str], maybe_surrogates: bool = Tr
         if end != len(line) and line[end:].strip():
             raise json.JSONDecodeError("Extra data", line, end)
     except json.JSONDecodeError as exc:
-        return BadLine("invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})")
+        # Some of json's messages end in "at" ("Unterminated string starting at"): said once.
+        return BadLine("invalid_json", f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})")
     if not isinstance(obj, dict):
         return BadLine("invalid_json", f"expected a JSON object, got {type(obj).__name__}")
     values = []

@@ -12,7 +12,8 @@ how a source was cut. In the layout of :mod:`kotomamba.data.indexed_dataset`:
 
 Megatron-LM's ``tools/merge_datasets.py`` (``IndexedDatasetBuilder.add_index``) merges the same way.
 The inputs are read through memory maps and written in order, so memory stays small whatever their
-size; both outputs appear only when complete (the ``.idx`` last).
+size. Every input of every key is checked before anything is written, and the outputs appear only
+when all are complete (each ``.idx`` after its ``.bin``), every key's together.
 
 With ``--summaries`` (the JSON ``preprocess --summary`` writes for each input), the counts are summed
 and printed, and a merge without any document is refused naming the user's sources, which is where
@@ -21,7 +22,6 @@ the pipeline learns that a whole source is empty (one empty shard of many is fin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -32,8 +32,9 @@ import numpy as np
 
 from kotomamba.data.indexed_dataset import HEADER, MAGIC, VERSION, IndexedDataset, data_file_path, dtype_code, \
     index_file_path
-from kotomamba.data.preprocess import no_documents_message
+from kotomamba.data.preprocess import check_dataset_outputs, no_documents_message
 from kotomamba.errors import UserError
+from kotomamba.io import read_json
 
 COPY_BLOCK = 16 << 20
 
@@ -44,17 +45,48 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | o
     Raises:
         UserError: no inputs, a missing or damaged input, or inputs of different token dtypes.
     """
+    return merge_all({str(output_prefix): prefixes})[str(output_prefix)]
+
+
+def merge_all(plan: dict[str, Sequence[str | os.PathLike]]) -> dict[str, tuple[int, int]]:
+    """Merge, for each output prefix of ``plan``, the datasets it lists; returns {output prefix: (documents, tokens)}.
+
+    Every input is opened and checked, and every output path, before anything is written; every output is
+    written in full before any is moved into place, so that outputs made together (a run's keys) appear
+    together or not at all.
+    """
+    merges = {output: _opened(prefixes) for output, prefixes in plan.items()}
+    check_dataset_outputs(merges)
+    written: list[tuple[Path, Path]] = []  # (temporary, final)
+    try:
+        for output, datasets in merges.items():
+            written += _write_merged(datasets, Path(output))
+        for tmp, final in written:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    return {output: (sum(len(ds.document_indices) - 1 for ds in datasets), sum(ds.num_tokens for ds in datasets))
+            for output, datasets in merges.items()}
+
+
+def _opened(prefixes: Sequence[str | os.PathLike]) -> list[IndexedDataset]:
+    """The datasets to merge into one, checked: at least one, all there and whole, of one token type."""
     if not prefixes:
         raise UserError("no datasets to merge")
     datasets = [IndexedDataset(prefix) for prefix in prefixes]
-    dtypes = {str(ds.dtype) for ds in datasets}
-    if len(dtypes) > 1:
+    if len({str(ds.dtype) for ds in datasets}) > 1:
         named = ", ".join(f"{ds.prefix} ({ds.dtype})" for ds in datasets)
         raise UserError(f"cannot merge datasets of different token types: {named}")
+    return datasets
+
+
+def _write_merged(datasets: list[IndexedDataset], output: Path) -> list[tuple[Path, Path]]:
+    """Write the merge of ``datasets`` under temporary names beside ``output``'s files and sync them; returns
+    (temporary, final) for the .bin and the .idx, in that order (the .idx goes into place last). On an exception
+    nothing of this output is left."""
     dtype = datasets[0].dtype
-    sequences = sum(len(ds) for ds in datasets)
-    documents = sum(len(ds.document_indices) - 1 for ds in datasets)
-    output = Path(output_prefix)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp_bin = output.with_name(f".{output.name}.bin.{os.getpid()}.tmp")
     tmp_idx = output.with_name(f".{output.name}.idx.{os.getpid()}.tmp")
@@ -66,7 +98,8 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | o
             writer.flush()
             os.fsync(writer.fileno())
         with open(tmp_idx, "wb") as writer:
-            writer.write(HEADER.pack(MAGIC, VERSION, dtype_code(dtype), sequences, documents + 1))
+            documents = sum(len(ds.document_indices) - 1 for ds in datasets)
+            writer.write(HEADER.pack(MAGIC, VERSION, dtype_code(dtype), sum(map(len, datasets)), documents + 1))
             for ds in datasets:
                 writer.write(ds.sizes.tobytes(order="C"))
             byte_offset = 0
@@ -80,25 +113,26 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | o
                 sequence_offset += len(ds)
             writer.flush()
             os.fsync(writer.fileno())
-        os.replace(tmp_bin, data_file_path(output))
-        os.replace(tmp_idx, index_file_path(output))
     except BaseException:
         for path in (tmp_bin, tmp_idx):
             path.unlink(missing_ok=True)
         raise
-    return documents, sum(ds.num_tokens for ds in datasets)
+    return [(tmp_bin, data_file_path(output)), (tmp_idx, index_file_path(output))]
 
 
 def summed(summaries: Sequence[str | os.PathLike]) -> dict:
     """The counts of several ``preprocess --summary`` files added up (inputs listed in order)."""
     total = {"inputs": [], "lines": 0, "documents": 0, "empty": 0, "skipped": 0, "bytes": 0, "seconds": 0.0}
     for path in summaries:
-        part = json.loads(Path(path).read_text())
-        total["inputs"] += part["inputs"]
-        total["skipped"] += sum(part["skipped"].values())
-        total["documents"] += max(part["documents"].values())  # every key keeps the same documents
-        for key in ("lines", "empty", "bytes", "seconds"):
-            total[key] += part[key]
+        part = read_json(path, "summary JSON")
+        try:
+            total["inputs"] += part["inputs"]
+            total["skipped"] += sum(part["skipped"].values())
+            total["documents"] += max(part["documents"].values())  # every key keeps the same documents
+            for key in ("lines", "empty", "bytes", "seconds"):
+                total[key] += part[key]
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise UserError(f"{path}: not the counts that `preprocess --summary` writes ({exc!r})") from None
     return total
 
 
@@ -117,8 +151,9 @@ def merge_shards(inputs: Sequence[str], output_prefix: str, json_keys: Sequence[
         total = summed(summaries)
         if not total["documents"]:
             raise UserError(no_documents_message(total["inputs"], total["lines"], total["empty"], total["skipped"]))
-    return {key: merge_datasets([f"{prefix}_{key}_{level}" for prefix in inputs], f"{output_prefix}_{key}_{level}")
-            for key in json_keys}
+    merged = merge_all({f"{output_prefix}_{key}_{level}": [f"{prefix}_{key}_{level}" for prefix in inputs]
+                        for key in json_keys})
+    return dict(zip(json_keys, merged.values()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,18 +48,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from kotomamba.data.compression import open_decompressed
-from kotomamba.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
-from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_ESCAPE, BadLine, bad_line_error,
-                                        check_on_bad_line, line_texts, skipped_counts)
+from kotomamba.data.indexed_dataset import IndexedDatasetWriter, data_file_path, index_file_path, optimal_dtype
+from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_ESCAPE, UTF8_BOM, BadLine,
+                                        bad_line_error, check_on_bad_line, line_texts, skipped_counts)
 from kotomamba.data.line_origins import sources_of
 from kotomamba.data.sentences import split_sentences
 from kotomamba.data.tokenizer import GPT2_TYPES, TOKENIZER_TYPES, Tokenizer, build_tokenizer
 from kotomamba.errors import UserError
+from kotomamba.io import check_output, write_json
 
 try:
     from orjson import loads as _fast_loads
@@ -254,14 +255,15 @@ def _encode_in_worker(chunk: Chunk) -> ChunkResult:
 
 
 def read_chunks(paths: Sequence[str]) -> Iterator[Chunk]:
-    """Every line of every input, in order, in chunks of whole lines of about CHUNK_BYTES.
+    """Every line of every input, in order, in chunks of whole lines of about CHUNK_BYTES; a byte order mark
+    at an input's start is no part of its line 1.
 
     The main process only cuts blocks at a newline and counts them (both in C); splitting into
     lines happens in the workers.
     """
     for path in paths:
-        first, rest = 1, b""
         with open_decompressed(path) as handle:
+            first, rest = 1, handle.read(len(UTF8_BOM)).removeprefix(UTF8_BOM)
             while block := handle.read(CHUNK_BYTES):
                 block = rest + block
                 cut = block.rfind(b"\n")
@@ -331,14 +333,15 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
     if input_names is not None and len(input_names) != len(inputs):
         raise UserError(f"{len(input_names)} --input-name values for {len(inputs)} inputs: give one per input")
     names = dict(zip(map(str, inputs), input_names or map(str, inputs)))
+    level = "sentence" if split_sentences else "document"
+    outputs = {key: f"{output_prefix}_{key}_{level}" for key in json_keys}
+    check_dataset_outputs(outputs.values())
     spec = TokenizerSpec(tokenizer_type, None if tokenizer_model is None else str(tokenizer_model),
                          None if vocab_file is None else str(vocab_file),
                          None if merge_file is None else str(merge_file))
     tokenizer = spec.build()
     options = EncodeOptions(tuple(json_keys), append_eod, split_sentences, keep_newlines)
     dtype = optimal_dtype(tokenizer.vocab_size)
-    level = "sentence" if split_sentences else "document"
-    outputs = {key: f"{output_prefix}_{key}_{level}" for key in json_keys}
     summary = PreprocessSummary(outputs, dict.fromkeys(json_keys, 0), dict.fromkeys(json_keys, 0),
                                 inputs=[source for path, name in names.items() for source in _sources(path, name)])
     start = time.perf_counter()
@@ -395,6 +398,13 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, t
     return summary
 
 
+def check_dataset_outputs(prefixes: Iterable[str]) -> None:
+    """Refuse, before any work, dataset outputs (``<prefix>.bin`` / ``.idx``) that cannot be written."""
+    for prefix in prefixes:
+        for path in (data_file_path(prefix), index_file_path(prefix)):
+            check_output(path, "--output-prefix")
+
+
 def _sources(path: str, name: str) -> list[str]:
     """The user's sources of one input: its given name, or those its origins record names."""
     return sources_of(path) if name == path else [name]
@@ -411,8 +421,6 @@ def write_summary(summary: PreprocessSummary, path: str) -> None:
         {"inputs": [...], "lines": int, "empty": int, "skipped": {kind: int}, "documents": {key: int},
          "tokens": {key: int}, "bytes": int, "seconds": float}
     """
-    from kotomamba.io import write_json
-
     write_json(path, {"inputs": summary.inputs, "lines": summary.lines, "empty": summary.empty,
                       "skipped": summary.skipped, "documents": summary.documents, "tokens": summary.tokens,
                       "bytes": summary.bytes, "seconds": summary.seconds})
@@ -468,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--keep-newlines only applies with --split-sentences")
         if args.tokenizer_type not in GPT2_TYPES and (args.vocab_file or args.merge_file):
             raise UserError(f"--vocab-file / --merge-file are for GPT2BPETokenizer, not {args.tokenizer_type}")
+        if args.summary:
+            check_output(args.summary, "--summary")
         summary = preprocess(args.input, args.output_prefix, args.tokenizer_type, args.tokenizer_model,
                              args.json_keys, args.append_eod, args.workers, args.on_bad_line,
                              progress=not args.no_progress, vocab_file=args.vocab_file, merge_file=args.merge_file,

@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from kotomamba.data.compression import open_decompressed, strip_compression_suffix
-from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, BadLine, bad_line_error, check_on_bad_line,
-                                        line_texts, skipped_counts, where)
+from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, UTF8_BOM, BadLine, bad_line_error,
+                                        check_on_bad_line, line_texts, skipped_counts, where)
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_directory
 
 MODEL_NAME = "tokenizer"
+OUTPUT_NAMES = (f"{MODEL_NAME}.model", f"{MODEL_NAME}.vocab")
+# Ids every vocabulary holds whatever the text: byte fallback's 256 byte pieces and the 4 special tokens.
+FIXED_PIECES = 256 + 4
 # SentencePiece's errors: when the text has fewer distinct pieces than the vocabulary asked for.
 _VOCAB_TOO_HIGH = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)")
 # ... and when it has more distinct characters (those that the character coverage keeps) than that.
@@ -44,7 +47,8 @@ class Sentences:
     call each input, e.g. the URL a shard came from), with ``"skip"`` it is left out and counted in
     ``skipped``. SentencePiece's C++ loop, which iterates this, turns an exception of the iterator into a
     ``RuntimeError`` whose text holds its status code and the Python frame it came from, so the reader's
-    :class:`UserError` is also kept in ``error``, to be raised as it was.
+    exception (a :class:`UserError`, Ctrl-C) is also kept in ``error``, to be raised as it was. ``count``:
+    the sentences given, so that a text without any is named as such.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], json_keys: Sequence[str] = ("text",),
@@ -58,13 +62,16 @@ class Sentences:
         self.jsonl = jsonl
         self.on_bad_line = on_bad_line
         self.skipped = dict.fromkeys(BAD_LINE_KINDS, 0)
-        self.error: UserError | None = None
+        self.error: BaseException | None = None
+        self.count = 0
 
     def __iter__(self) -> Iterator[str]:
         try:
             for path, name in zip(self.paths, self.names):
-                yield from self._file(path, name)
-        except UserError as exc:
+                for sentence in self._file(path, name):
+                    self.count += 1
+                    yield sentence
+        except (Exception, KeyboardInterrupt) as exc:  # not GeneratorExit: SentencePiece closing it is no error
             self.error = exc
             raise
 
@@ -73,6 +80,8 @@ class Sentences:
         with open_decompressed(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 raw = raw.rstrip(b"\r\n")
+                if number == 1:
+                    raw = raw.removeprefix(UTF8_BOM)
                 if is_json:
                     texts = line_texts(raw, self.json_keys)
                     if isinstance(texts, BadLine):
@@ -98,8 +107,7 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size:
     names, the ``text`` key) or :class:`Sentences` that say how to read them."""
     import sentencepiece
 
-    if model_type not in ("unigram", "bpe"):
-        raise UserError(f"--model-type must be unigram or bpe, not {model_type!r}")
+    check_settings(vocab_size, model_type, character_coverage, input_sentence_size)
     sentences = inputs if isinstance(inputs, Sentences) else Sentences(inputs)
     for path in sentences.paths:
         if not Path(path).is_file():
@@ -108,7 +116,7 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size:
     # The model goes to a buffer, not a file prefix: SentencePiece records the prefix (here a temporary
     # directory's name) inside the model, which would make the same training give different bytes.
     model = io.BytesIO()
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, OUTPUT_NAMES) as tmp:
         try:
             sentencepiece.SentencePieceTrainer.train(
                 sentence_iterator=iter(sentences),
@@ -131,6 +139,10 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size:
         except RuntimeError as exc:
             if sentences.error is not None:
                 raise sentences.error from None
+            if not sentences.count:
+                skipped = sum(sentences.skipped.values())
+                raise UserError(f"{', '.join(sentences.names)}: no text to train on (no non-empty line"
+                                f"{f', {skipped} bad lines skipped' if skipped else ''})") from None
             too_many, too_few = _VOCAB_TOO_HIGH.search(str(exc)), _VOCAB_TOO_LOW.search(str(exc))
             if too_many:
                 raise UserError(f"--vocab-size {vocab_size} is more pieces than SentencePiece can make of this "
@@ -147,6 +159,22 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size:
             for piece_id in range(processor.get_piece_size()):
                 vocab.write(f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}\n")
     return Path(output) / f"{MODEL_NAME}.model"
+
+
+def check_settings(vocab_size: int, model_type: str, character_coverage: float, input_sentence_size: int) -> None:
+    """Refuse, before the inputs are read, what SentencePiece would refuse in its own words (the C++ check's text),
+    or not at all (a negative sentence count is a ValueError of its settings' types)."""
+    if model_type not in ("unigram", "bpe"):
+        raise UserError(f"--model-type must be unigram or bpe, not {model_type!r}")
+    if vocab_size <= FIXED_PIECES:
+        raise UserError(f"--vocab-size {vocab_size} leaves no room for the text's pieces: byte fallback's 256 byte "
+                        f"pieces and the 4 special tokens take {FIXED_PIECES} ids; ask for more (the pipeline's "
+                        "tokenizer.vocab_size)")
+    if not 0.98 <= character_coverage <= 1:
+        raise UserError(f"--character-coverage must be from 0.98 to 1 (the share of the text's characters that get a "
+                        f"piece of their own), not {character_coverage}")
+    if input_sentence_size < 0 or 0 < input_sentence_size <= 100:
+        raise UserError(f"--input-sentence-size must be 0 (every sentence) or more than 100, not {input_sentence_size}")
 
 
 def main(argv: list[str] | None = None) -> int:
