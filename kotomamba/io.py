@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterator
 
 from kotomamba.errors import UserError, out_of_space
 
@@ -127,15 +127,14 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, names: Iterable[str] | None = None) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling directory; on success what it holds becomes ``path``.
 
     A ``path`` that exists is replaced only when all it holds (every file and directory below it) is something the
     new output holds too: a rerun over its own earlier output. Anything else there is the user's and is never
-    deleted: the output is refused (a UserError naming ``path`` and what is foreign there), ``path`` left as it was.
-    ``names``, the entries the output will have at its top, lets that be checked before the caller's work, not only
-    after it. An existing ``path`` keeps its own directory (its mode, a link to it, a shell's working directory):
-    the new entries replace the old ones inside it.
+    deleted: the output is refused (a UserError naming ``path`` and what is foreign there), ``path`` left as it was,
+    before anything in it is replaced. An existing ``path`` keeps its own directory (its mode, a link to it, a
+    shell's working directory): the new entries replace the old ones inside it.
 
     On an exception the temporary directory is removed and ``path`` is left as it was; one for want of room is
     an OSError naming ``path``.
@@ -143,8 +142,6 @@ def atomic_directory(path: str | os.PathLike, names: Iterable[str] | None = None
     given = path
     check_output(path, directory=True)
     path = Path(os.path.abspath(path))  # "." and "out/" have a name and a parent to stage beside
-    if names is not None:
-        _refuse_foreign(given, sorted(set(_entries(path)) - set(names)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -161,11 +158,6 @@ def atomic_directory(path: str | os.PathLike, names: Iterable[str] | None = None
         if named is not None:
             raise named from exc
         raise
-
-
-def _entries(directory: Path) -> list[str]:
-    """The names in ``directory``; none where it does not exist."""
-    return os.listdir(directory) if directory.is_dir() else []
 
 
 def _not_in(old: Path, new: Path) -> list[str]:

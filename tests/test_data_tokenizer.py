@@ -276,23 +276,23 @@ def test_a_byte_order_mark_is_no_part_of_the_first_line(tmp_path):
     assert list(Sentences([tmp_path / "bom.jsonl", tmp_path / "bom.txt"])) == ["first", "second", "first"]
 
 
-def test_an_output_directory_holding_the_users_files_is_refused_before_training(corpus, tmp_path, capsys,
-                                                                                monkeypatch):
-    mydata = tmp_path / "mydata"
-    mydata.mkdir()
-    (mydata / "corpus.jsonl").write_bytes(corpus.read_bytes())
-    (mydata / "notes.txt").write_text("mine")
-    monkeypatch.setattr("kotomamba.data.train_tokenizer.Sentences.__iter__", lambda self: pytest.fail("trained"))
-    assert train_tokenizer_main(["--input", str(mydata / "corpus.jsonl"), "--vocab-size", "310",
-                                 "--output", str(mydata)]) == 2
-    assert capsys.readouterr().err == (f"kotomamba train-tokenizer: error: {mydata}: not replaced, it holds what this "
-                                       "output does not (corpus.jsonl, notes.txt): name a new or empty directory, or "
-                                       "move those away\n")
-    assert sorted(os.listdir(mydata)) == ["corpus.jsonl", "notes.txt"] and os.listdir(tmp_path) == ["mydata"]
-
-
-def test_a_rerun_into_its_own_output_directory_replaces_it(corpus, tmp_path, monkeypatch):
+def test_the_tokenizer_is_written_into_a_directory_beside_what_the_user_keeps_there(corpus, tmp_path, monkeypatch):
+    """--output names the directory to write tokenizer.model into: the user's own files there stay, a rerun replaces
+    the tokenizer's two files and nothing else, and ``.`` is a directory like any other."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.jsonl").write_bytes(corpus.read_bytes())
+    (tmp_path / "notes.txt").write_text("mine")
     for _ in range(2):
-        assert train_tokenizer_main(["--input", str(corpus), "--vocab-size", "400", "--output", "."]) == 0
-    assert sorted(os.listdir(tmp_path)) == ["tokenizer.model", "tokenizer.vocab"]
+        assert train_tokenizer_main(["--input", "corpus.jsonl", "--vocab-size", "400", "--output", "."]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl", "notes.txt", "tokenizer.model", "tokenizer.vocab"]
+    assert (tmp_path / "corpus.jsonl").read_bytes() == corpus.read_bytes()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_that_is_a_file_is_refused_before_training(corpus, tmp_path, capsys, monkeypatch):
+    (tmp_path / "taken").write_text("mine")
+    monkeypatch.setattr("kotomamba.data.train_tokenizer.Sentences.__iter__", lambda self: pytest.fail("trained"))
+    assert train_tokenizer_main(["--input", str(corpus), "--vocab-size", "400", "--output", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err == (f"kotomamba train-tokenizer: error: {tmp_path}/taken (--output): is a file, not a "
+                                       "directory\n")
+    assert (tmp_path / "taken").read_text() == "mine"

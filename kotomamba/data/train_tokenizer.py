@@ -25,10 +25,9 @@ from kotomamba.data.compression import open_decompressed, strip_compression_suff
 from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, UTF8_BOM, BadLine, bad_line_error,
                                         check_on_bad_line, line_texts, skipped_counts, where)
 from kotomamba.errors import UserError
-from kotomamba.io import atomic_directory
+from kotomamba.io import atomic_write, check_output
 
 MODEL_NAME = "tokenizer"
-OUTPUT_NAMES = (f"{MODEL_NAME}.model", f"{MODEL_NAME}.vocab")
 # Ids every vocabulary holds whatever the text: byte fallback's 256 byte pieces and the 4 special tokens.
 FIXED_PIECES = 256 + 4
 # SentencePiece's errors: when the text has fewer distinct pieces than the vocabulary asked for.
@@ -103,11 +102,13 @@ class Sentences:
 def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size: int, model_type: str,
                     output: str | os.PathLike, character_coverage: float = 0.9995,
                     input_sentence_size: int = 2_000_000, seed: int = 0) -> Path:
-    """Train and write ``<output>/tokenizer.model``; returns its path. ``inputs``: files (JSONL by their
-    names, the ``text`` key) or :class:`Sentences` that say how to read them."""
+    """Train and write ``<output>/tokenizer.model`` (and its pieces' listing, ``tokenizer.vocab``); returns its
+    path. ``inputs``: files (JSONL by their names, the ``text`` key) or :class:`Sentences` that say how to read
+    them. ``output`` is a directory, made if missing; whatever else it holds (the corpus, say) stays as it is."""
     import sentencepiece
 
     check_settings(vocab_size, model_type, character_coverage, input_sentence_size)
+    check_output(output, "--output", directory=True)
     sentences = inputs if isinstance(inputs, Sentences) else Sentences(inputs)
     for path in sentences.paths:
         if not Path(path).is_file():
@@ -116,48 +117,51 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size:
     # The model goes to a buffer, not a file prefix: SentencePiece records the prefix (here a temporary
     # directory's name) inside the model, which would make the same training give different bytes.
     model = io.BytesIO()
-    with atomic_directory(output, OUTPUT_NAMES) as tmp:
-        try:
-            sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=iter(sentences),
-                model_writer=model,
-                vocab_size=vocab_size,
-                model_type=model_type,
-                byte_fallback=True,
-                character_coverage=character_coverage,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-                input_sentence_size=input_sentence_size,
-                shuffle_input_sentence=True,
-                # Keep digits and whitespace runs as the text has them (code and numbers round-trip).
-                split_digits=True,
-                remove_extra_whitespaces=False,
-                normalization_rule_name="identity",
-                allow_whitespace_only_pieces=True,
-                num_threads=1,
-                minloglevel=2,
-            )
-        except RuntimeError as exc:
-            if sentences.error is not None:
-                raise sentences.error from None
-            if not sentences.count:
-                skipped = sum(sentences.skipped.values())
-                raise UserError(f"{', '.join(sentences.names)}: no text to train on (no non-empty line"
-                                f"{f', {skipped} bad lines skipped' if skipped else ''})") from None
-            too_many, too_few = _VOCAB_TOO_HIGH.search(str(exc)), _VOCAB_TOO_LOW.search(str(exc))
-            if too_many:
-                raise UserError(f"--vocab-size {vocab_size} is more pieces than SentencePiece can make of this "
-                                f"text (at most {too_many[1]}): ask for fewer (the pipeline's tokenizer.vocab_size) "
-                                "or train on more text") from None
-            if too_few:
-                raise UserError(f"--vocab-size {vocab_size} is fewer pieces than the {too_few[1]} that this text's "
-                                f"characters and the special tokens need (--character-coverage {character_coverage}): "
-                                "ask for more (the pipeline's tokenizer.vocab_size)") from None
-            raise UserError(f"SentencePiece training failed: {exc}") from exc
-        (tmp / f"{MODEL_NAME}.model").write_bytes(model.getvalue())
-        processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
-        with open(tmp / f"{MODEL_NAME}.vocab", "w", encoding="utf-8") as vocab:
-            for piece_id in range(processor.get_piece_size()):
-                vocab.write(f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}\n")
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            character_coverage=character_coverage,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
+            # Keep digits and whitespace runs as the text has them (code and numbers round-trip).
+            split_digits=True,
+            remove_extra_whitespaces=False,
+            normalization_rule_name="identity",
+            allow_whitespace_only_pieces=True,
+            num_threads=1,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        if sentences.error is not None:
+            raise sentences.error from None
+        if not sentences.count:
+            skipped = sum(sentences.skipped.values())
+            raise UserError(f"{', '.join(sentences.names)}: no text to train on (no non-empty line"
+                            f"{f', {skipped} bad lines skipped' if skipped else ''})") from None
+        too_many, too_few = _VOCAB_TOO_HIGH.search(str(exc)), _VOCAB_TOO_LOW.search(str(exc))
+        if too_many:
+            raise UserError(f"--vocab-size {vocab_size} is more pieces than SentencePiece can make of this "
+                            f"text (at most {too_many[1]}): ask for fewer (the pipeline's tokenizer.vocab_size) "
+                            "or train on more text") from None
+        if too_few:
+            raise UserError(f"--vocab-size {vocab_size} is fewer pieces than the {too_few[1]} that this text's "
+                            f"characters and the special tokens need (--character-coverage {character_coverage}): "
+                            "ask for more (the pipeline's tokenizer.vocab_size)") from None
+        raise UserError(f"SentencePiece training failed: {exc}") from exc
+    # Each file whole or not there (atomic_write); the listing first and the model, which every later step reads,
+    # last: a run stopped between the two leaves the earlier model beside the new listing, never a new model
+    # beside an old listing.
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+    with atomic_write(Path(output) / f"{MODEL_NAME}.vocab", "w", encoding="utf-8") as vocab:
+        for piece_id in range(processor.get_piece_size()):
+            vocab.write(f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}\n")
+    with atomic_write(Path(output) / f"{MODEL_NAME}.model", "wb") as written:
+        written.write(model.getvalue())
     return Path(output) / f"{MODEL_NAME}.model"
 
 
