@@ -64,11 +64,17 @@ onstart:
         check_before_submitting(workflow, dag.needrun_jobs())
     except SettingError as error:
         raise WorkflowError(str(error)) from None
-    # A forced training job starts its stage over (the earlier run is kept as a superseded generation).
+    # A training job the user forced starts its stage over (the earlier run is kept as a superseded generation).
+    # Forced by the user: a rule of --forcerun, --forceall or -f, or a file of --forcerun or -f. Not a job whose
+    # output Snakemake found incomplete (dag.forcefiles holds those too under --rerun-incomplete): a stage stopped
+    # mid-run, or one that finished after Snakemake itself died, resumes from its checkpoints instead.
     from kotomamba.train.restart_request import request_restart
 
+    settings = workflow.dag_settings
+    user_files = [*settings.forcerun, *(settings.targets if settings.forcetargets else ())]
+    forced_files = {os.path.abspath(f) for f in user_files if not workflow.is_rule(f)}
     for job in dag.needrun_jobs():
-        # Snakemake marks only the first of several forced jobs of one rule as "forced".
-        forced = job.rule in dag.forcerules or not dag.forcefiles.isdisjoint(job.output) or dag.reason(job).forced
+        # Snakemake marks only the first of several forced jobs of one rule as "forced": the rule is asked.
+        forced = job.rule in dag.forcerules or any(os.path.abspath(f) in forced_files for f in job.output)
         if job.rule.name == "train" and forced:
             request_restart(PATHS.stage_dir(job.wildcards.stage), "snakemake forced this stage to run again")

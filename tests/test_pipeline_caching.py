@@ -225,6 +225,48 @@ def test_forcing_one_stage_retrains_it_and_nothing_before_it(run):
     assert "Nothing to be done" in result.stdout + result.stderr, output_of(result)
 
 
+def test_a_stage_that_finished_after_snakemake_died_is_not_trained_again(run):
+    """Snakemake killed (kill -9, an OOM killer, a login node's reaper) while a stage trains: the trainer runs on
+    and finishes. The next run (the profiles' --rerun-incomplete) finds the stage's outputs marked incomplete and
+    runs its job again: the stage resumes at its last step and is not trained from step 1."""
+    config = small_config()
+    config["stages"][1]["train"]["train"]["steps"] = 400  # long enough to be training when Snakemake is killed
+    config_file = write_config(run, config)
+    stage_dir = run / RUN / "train" / "long-context"
+    process = subprocess.Popen(snakemake_command(run, config_file, "all"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not list((stage_dir / "checkpoints").glob("step_*")) or not (stage_dir / "superseded").exists():
+            assert process.poll() is None, "snakemake ended before the stage trained"
+            assert time.monotonic() < deadline, "the changed stage never trained"
+            time.sleep(0.2)
+        process.kill()  # Snakemake alone: its job, in Snakemake's session, trains on
+        process.wait()
+        while True:  # until the last of the session's processes, the trainer, has ended
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the trainer did not finish"
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert final(run, "long-context")["step"] == 400
+    generations = sorted(path.name for path in (stage_dir / "superseded").iterdir())
+    assert snakemake(run, config_file, "--unlock").returncode == 0
+
+    result = snakemake(run, config_file, "--rerun-incomplete", "all")
+    assert result.returncode == 0, output_of(result)
+    log = (run / RUN / "logs" / "train" / "long-context.log").read_text()
+    assert "starting over" not in log and "resuming from" in log, log
+    assert sorted(path.name for path in (stage_dir / "superseded").iterdir()) == generations
+    assert final(run, "long-context")["step"] == 400
+
+
 def file_source_config(workdir: Path, trained: Path, source: Path) -> Path:
     """A run on one local JSONL file, with the tokenizer the trained run made (no tokenizer job)."""
     config = small_config()
