@@ -104,3 +104,12 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert result.returncode == 0, result.stderr
     for rule in ("corpus", "tokenizer", "tokenize", "stage_config", "train", "convert", "evaluate", "report"):
         assert f"rule {rule}:" in result.stdout
+
+
+def test_a_vocabulary_without_room_for_the_text_is_refused_before_any_job(tmp_path):
+    """The trainer's own check (byte fallback's pieces and the special tokens), at the config's line."""
+    text, path, line = edited_default(tmp_path, "vocab_size: 4000", "vocab_size: 40", "vocab_size")
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert f"{path}:{line}: tokenizer.vocab_size: --vocab-size 40 leaves no room" in str(info.value)
+    validate(yaml.safe_load(text.replace("vocab_size: 40", "vocab_size: 261")), str(path))

@@ -156,7 +156,25 @@ def _cross_field_problems(config: dict) -> list:
         if source not in names:
             path = ["tokenizer", "train_sources", j]
             problems.append((path, f"unknown corpus source {source!r}"))
-    return problems
+    return problems + _tokenizer_settings_problems(config["tokenizer"])
+
+
+def _tokenizer_settings_problems(tokenizer: dict) -> list:
+    """What ``kotomamba train-tokenizer`` would refuse of the tokenizer the pipeline trains (``model`` null), by
+    its own check and with the settings its job passes (the others at the trainer's defaults)."""
+    import inspect
+
+    from kotomamba.data.train_tokenizer import check_settings, train_tokenizer
+
+    if tokenizer["model"]:
+        return []
+    defaults = inspect.signature(train_tokenizer).parameters
+    try:
+        check_settings(tokenizer["vocab_size"], tokenizer["model_type"], defaults["character_coverage"].default,
+                       defaults["input_sentence_size"].default)
+    except UserError as error:
+        return [(["tokenizer", "vocab_size"], str(error))]
+    return []
 
 
 def deep_merge(base: dict, override: dict) -> dict:
