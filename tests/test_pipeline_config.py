@@ -113,3 +113,13 @@ def test_a_vocabulary_without_room_for_the_text_is_refused_before_any_job(tmp_pa
         validate(yaml.safe_load(text), str(path))
     assert f"{path}:{line}: tokenizer.vocab_size: --vocab-size 40 leaves no room" in str(info.value)
     validate(yaml.safe_load(text.replace("vocab_size: 40", "vocab_size: 261")), str(path))
+
+
+def test_a_split_without_a_validation_share_is_refused_while_something_evaluates(tmp_path):
+    text, path, line = edited_default(tmp_path, 'split: "949,50,1"', 'split: "1000,0,0"', "split:")
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    message = str(info.value)
+    assert f"{path}:{line}: data.split: gives the valid split no documents" in message
+    assert "evaluate.eval_samples 32" in message and "stage 'pretrain'" in message
+    validate(yaml.safe_load(text.replace('"1000,0,0"', '"1000,1,0"')), str(path))
