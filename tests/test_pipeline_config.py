@@ -123,3 +123,23 @@ def test_a_split_without_a_validation_share_is_refused_while_something_evaluates
     assert f"{path}:{line}: data.split: gives the valid split no documents" in message
     assert "evaluate.eval_samples 32" in message and "stage 'pretrain'" in message
     validate(yaml.safe_load(text.replace('"1000,0,0"', '"1000,1,0"')), str(path))
+
+
+def test_an_empty_json_keys_is_refused_at_its_line(tmp_path):
+    text, path, line = edited_default(tmp_path, "json_keys: [text]", "json_keys: []", "json_keys")
+    with pytest.raises(UserError, match=rf"bad.yaml:{line}: tokenize.json_keys: \[\] should be non-empty"):
+        validate(yaml.safe_load(text), str(path))
+
+
+@pytest.mark.parametrize("given, minutes", [("1h", 60), ("90m", 90), ("45", 45), (20, 20)])
+def test_runtimes_are_read_as_snakemake_reads_them(given, minutes):
+    config = default_config()
+    config["resources"] = {"corpus": {"runtime": given, "max_runtime": "2h"}}
+    assert validate(config)["resources"]["corpus"] == {"runtime": minutes, "max_runtime": 120}
+
+
+def test_a_runtime_that_is_no_time_span_is_refused_at_its_line(tmp_path):
+    text, path, line = edited_default(tmp_path, "launch:\n", 'resources:\n  corpus: {runtime: "soon"}\nlaunch:\n',
+                                      "soon")
+    with pytest.raises(UserError, match=rf"bad.yaml:{line}: resources.corpus.runtime: 'soon' is not a time span"):
+        validate(yaml.safe_load(text), str(path))

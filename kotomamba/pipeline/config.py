@@ -118,7 +118,7 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
             continue
         problems.append((path, error.message))
     if not problems:
-        problems += apply_overrides(config) + remote_problems(config)
+        problems += apply_overrides(config) + remote_problems(config) + _runtime_problems(config)
     problems += _cross_field_problems(config) if not problems else []
     if not problems:
         from kotomamba.pipeline.stage_check import run_problems
@@ -130,6 +130,39 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
                  for path, message in problems]
         raise UserError("invalid pipeline configuration:\n  " + "\n  ".join(lines))
     return config
+
+
+RUNTIME_KEYS = ("runtime", "max_runtime")  # minutes, or a time span as Snakemake takes it ("1h", "90m")
+
+
+def runtime_minutes(value) -> int | float:
+    """Minutes of a rule's ``runtime``: a number as it is, a string as Snakemake reads one (a number of minutes,
+    or a time span such as ``1h``, ``90m``, ``2d``: humanfriendly's, rounded to whole minutes, at least 1)."""
+    if not isinstance(value, str):
+        return value
+    from humanfriendly import InvalidTimespan, parse_timespan
+
+    stripped = value.strip()
+    if stripped.isdecimal():
+        return int(stripped)
+    try:
+        return max(int(round(parse_timespan(stripped)) / 60), 1)
+    except InvalidTimespan:
+        raise UserError(f"{value!r} is not a time span (minutes, or such as 1h, 90m, 2d)") from None
+
+
+def _runtime_problems(config: dict) -> list:
+    """Turn ``resources.<rule>.runtime`` / ``max_runtime`` strings into minutes, in place (the rules compute
+    retries' runtimes from them); returns the ones that are no time span."""
+    problems = []
+    for rule, settings in config["resources"].items():
+        for key in RUNTIME_KEYS:
+            if key in settings:
+                try:
+                    settings[key] = runtime_minutes(settings[key])
+                except UserError as error:
+                    problems.append((["resources", rule, key], str(error)))
+    return problems
 
 
 def _cross_field_problems(config: dict) -> list:
