@@ -143,3 +143,16 @@ def test_a_runtime_that_is_no_time_span_is_refused_at_its_line(tmp_path):
                                       "soon")
     with pytest.raises(UserError, match=rf"bad.yaml:{line}: resources.corpus.runtime: 'soon' is not a time span"):
         validate(yaml.safe_load(text), str(path))
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    """A second `train:` under a stage would silently drop the first one's micro_batch_size."""
+    text, path, _ = edited_default(tmp_path, "      schedule: {warmup_steps: 5}",
+                                      "      schedule: {warmup_steps: 5}\n    train:\n      data: {seq_length: 256}",
+                                      "warmup_steps: 5")
+    lines = text.splitlines()
+    second = max(i for i, l in enumerate(lines, 1) if l == "    train:")
+    first = max(i for i, l in enumerate(lines, 1) if l == "    train:" and i < second)
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert f"{path}:{second}: stages[1].train: duplicate key (first at line {first})" in str(info.value)
