@@ -156,3 +156,24 @@ def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
     with pytest.raises(UserError) as info:
         validate(yaml.safe_load(text), str(path))
     assert f"{path}:{second}: stages[1].train: duplicate key (first at line {first})" in str(info.value)
+
+
+def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
+    """`--config seed=abc` over config.yaml's valid `seed: 1234`: the error names --config, not config.yaml's line."""
+    config = default_config()
+    config["seed"] = "abc"
+    with pytest.raises(UserError) as info:
+        validate(config, str(REPO / "config.yaml"), command_line={"seed": "abc"})
+    assert "--config seed=abc (command line): seed: 'abc' is not of type 'integer'" in str(info.value)
+    assert "config.yaml:" not in str(info.value)
+
+
+def test_snakefile_blames_a_bad_config_value_on_the_command_line(tmp_path):
+    pytest.importorskip("snakemake")  # Python >= 3.11
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+         "--configfile", str(REPO / "config.yaml"), "--config", "seed=abc"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "--config seed=abc (command line): seed: 'abc' is not of type 'integer'" in result.stdout + result.stderr

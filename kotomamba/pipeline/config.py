@@ -102,8 +102,25 @@ def _located(path: list, config_files) -> tuple[str | None, int | None]:
     return best[0], best[1]
 
 
-def locate(path: list, config_files) -> str:
-    """``file:line: key.path`` of a run-config key, for messages: the file of several that sets it."""
+def _from_command_line(path: list, command_line: dict | None) -> bool:
+    """Whether ``--config`` (Snakemake's ``command_line`` values, merged over the files) sets ``path``."""
+    node = command_line
+    if not node or not path:
+        return False
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True
+    return True
+
+
+def locate(path: list, config_files, command_line: dict | None = None) -> str:
+    """``file:line: key.path`` of a run-config key, for messages: the file of several that sets it, or
+    ``--config KEY=VALUE`` where the command line's ``command_line`` values set it."""
+    if _from_command_line(path, command_line):
+        return f"--config {path[0]}={command_line[path[0]]} (command line): {_format_path(path)}"
     where, line = _located(path, config_files)
     return f"{where or 'config'}{f':{line}' if line else ''}: {_format_path(path)}"
 
@@ -125,11 +142,13 @@ def _with_defaults(validator_class):
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate(config: dict, config_file: str | list | None = None, inputs: bool = True) -> dict:
+def validate(config: dict, config_file: str | list | None = None, inputs: bool = True,
+             command_line: dict | None = None) -> dict:
     """Validate ``config`` in place against the schema, filling defaults; raise UserError on problems.
 
     Every error is reported, each with its key path and, when ``config_file`` is given (one file or the
-    list merged in order), the file and line that set it. ``inputs_override`` is applied and removed
+    list merged in order), the file and line that set it, or the ``--config`` value where ``command_line``
+    (Snakemake's ``--config`` values, merged over the files) sets it. ``inputs_override`` is applied and removed
     (:mod:`kotomamba.pipeline.inputs`). Cross-field rules the schema cannot express (stage names unique,
     referenced sources exist) follow, then every stage's trainer config and, with ``inputs``, the files
     the user provides (local corpus sources, tokenizer, the model to start from) relative to the working
@@ -153,10 +172,10 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
     if not problems:
         from kotomamba.pipeline.stage_check import run_problems
 
-        for path, message in run_problems(config, lambda p: locate(p, config_file), inputs):
+        for path, message in run_problems(config, lambda p: locate(p, config_file, command_line), inputs):
             problems.append((path, message))
     if problems:
-        lines = [f"{locate(path, config_file)}: {message}" if path is not None else message
+        lines = [f"{locate(path, config_file, command_line)}: {message}" if path is not None else message
                  for path, message in problems]
         raise UserError("invalid pipeline configuration:\n  " + "\n  ".join(lines))
     return config
