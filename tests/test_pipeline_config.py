@@ -104,3 +104,76 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert result.returncode == 0, result.stderr
     for rule in ("corpus", "tokenizer", "tokenize", "stage_config", "train", "convert", "evaluate", "report"):
         assert f"rule {rule}:" in result.stdout
+
+
+def test_a_vocabulary_without_room_for_the_text_is_refused_before_any_job(tmp_path):
+    """The trainer's own check (byte fallback's pieces and the special tokens), at the config's line."""
+    text, path, line = edited_default(tmp_path, "vocab_size: 4000", "vocab_size: 40", "vocab_size")
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert f"{path}:{line}: tokenizer.vocab_size: --vocab-size 40 leaves no room" in str(info.value)
+    validate(yaml.safe_load(text.replace("vocab_size: 40", "vocab_size: 261")), str(path))
+
+
+def test_a_split_without_a_validation_share_is_refused_while_something_evaluates(tmp_path):
+    text, path, line = edited_default(tmp_path, 'split: "949,50,1"', 'split: "1000,0,0"', "split:")
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    message = str(info.value)
+    assert f"{path}:{line}: data.split: gives the valid split no documents" in message
+    assert "evaluate.eval_samples 32" in message and "stage 'pretrain'" in message
+    validate(yaml.safe_load(text.replace('"1000,0,0"', '"1000,1,0"')), str(path))
+
+
+def test_an_empty_json_keys_is_refused_at_its_line(tmp_path):
+    text, path, line = edited_default(tmp_path, "json_keys: [text]", "json_keys: []", "json_keys")
+    with pytest.raises(UserError, match=rf"bad.yaml:{line}: tokenize.json_keys: \[\] should be non-empty"):
+        validate(yaml.safe_load(text), str(path))
+
+
+@pytest.mark.parametrize("given, minutes", [("1h", 60), ("90m", 90), ("45", 45), (20, 20)])
+def test_runtimes_are_read_as_snakemake_reads_them(given, minutes):
+    config = default_config()
+    config["resources"] = {"corpus": {"runtime": given, "max_runtime": "2h"}}
+    assert validate(config)["resources"]["corpus"] == {"runtime": minutes, "max_runtime": 120}
+
+
+def test_a_runtime_that_is_no_time_span_is_refused_at_its_line(tmp_path):
+    text, path, line = edited_default(tmp_path, "launch:\n", 'resources:\n  corpus: {runtime: "soon"}\nlaunch:\n',
+                                      "soon")
+    with pytest.raises(UserError, match=rf"bad.yaml:{line}: resources.corpus.runtime: 'soon' is not a time span"):
+        validate(yaml.safe_load(text), str(path))
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    """A second `train:` under a stage would silently drop the first one's micro_batch_size."""
+    text, path, _ = edited_default(tmp_path, "      schedule: {warmup_steps: 5}",
+                                      "      schedule: {warmup_steps: 5}\n    train:\n      data: {seq_length: 256}",
+                                      "warmup_steps: 5")
+    lines = text.splitlines()
+    second = max(i for i, l in enumerate(lines, 1) if l == "    train:")
+    first = max(i for i, l in enumerate(lines, 1) if l == "    train:" and i < second)
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert f"{path}:{second}: stages[1].train: duplicate key (first at line {first})" in str(info.value)
+
+
+def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
+    """`--config seed=abc` over config.yaml's valid `seed: 1234`: the error names --config, not config.yaml's line."""
+    config = default_config()
+    config["seed"] = "abc"
+    with pytest.raises(UserError) as info:
+        validate(config, str(REPO / "config.yaml"), command_line={"seed": "abc"})
+    assert "--config seed=abc (command line): seed: 'abc' is not of type 'integer'" in str(info.value)
+    assert "config.yaml:" not in str(info.value)
+
+
+def test_snakefile_blames_a_bad_config_value_on_the_command_line(tmp_path):
+    pytest.importorskip("snakemake")  # Python >= 3.11
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+         "--configfile", str(REPO / "config.yaml"), "--config", "seed=abc"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "--config seed=abc (command line): seed: 'abc' is not of type 'integer'" in result.stdout + result.stderr

@@ -55,6 +55,36 @@ def _depth_and_line(path: list, config_file: str) -> tuple[int, int | None]:
     return len(path), line
 
 
+def _duplicate_keys(node, path: list) -> list[tuple[list, int, int]]:
+    """Every key a YAML mapping under ``node`` holds twice: (key path, its first line, the repeat's line)."""
+    found = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and name in first:
+                found.append((path + [name], first[name], key.start_mark.line + 1))
+            elif name is not None:
+                first[name] = key.start_mark.line + 1
+            found += _duplicate_keys(value, path + [name])
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, path + [index])
+    return found
+
+
+def duplicate_key_problems(config_files) -> list[str]:
+    """A key written twice in one mapping of a config file (YAML loaders keep the last and drop the first's
+    settings silently): ``file:line: key.path: ...`` of each repeat."""
+    problems = []
+    for config_file in _config_files(config_files):
+        if Path(config_file).is_file():
+            for path, first, line in _duplicate_keys(yaml.compose(Path(config_file).read_text()), []):
+                problems.append(f"{config_file}:{line}: {_format_path(path)}: duplicate key (first at line {first}); "
+                                "the later one would replace the earlier's settings: merge them")
+    return problems
+
+
 def _config_files(config_files) -> list[str]:
     if not config_files:
         return []
@@ -72,8 +102,25 @@ def _located(path: list, config_files) -> tuple[str | None, int | None]:
     return best[0], best[1]
 
 
-def locate(path: list, config_files) -> str:
-    """``file:line: key.path`` of a run-config key, for messages: the file of several that sets it."""
+def _from_command_line(path: list, command_line: dict | None) -> bool:
+    """Whether ``--config`` (Snakemake's ``command_line`` values, merged over the files) sets ``path``."""
+    node = command_line
+    if not node or not path:
+        return False
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True
+    return True
+
+
+def locate(path: list, config_files, command_line: dict | None = None) -> str:
+    """``file:line: key.path`` of a run-config key, for messages: the file of several that sets it, or
+    ``--config KEY=VALUE`` where the command line's ``command_line`` values set it."""
+    if _from_command_line(path, command_line):
+        return f"--config {path[0]}={command_line[path[0]]} (command line): {_format_path(path)}"
     where, line = _located(path, config_files)
     return f"{where or 'config'}{f':{line}' if line else ''}: {_format_path(path)}"
 
@@ -95,11 +142,13 @@ def _with_defaults(validator_class):
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate(config: dict, config_file: str | list | None = None, inputs: bool = True) -> dict:
+def validate(config: dict, config_file: str | list | None = None, inputs: bool = True,
+             command_line: dict | None = None) -> dict:
     """Validate ``config`` in place against the schema, filling defaults; raise UserError on problems.
 
     Every error is reported, each with its key path and, when ``config_file`` is given (one file or the
-    list merged in order), the file and line that set it. ``inputs_override`` is applied and removed
+    list merged in order), the file and line that set it, or the ``--config`` value where ``command_line``
+    (Snakemake's ``--config`` values, merged over the files) sets it. ``inputs_override`` is applied and removed
     (:mod:`kotomamba.pipeline.inputs`). Cross-field rules the schema cannot express (stage names unique,
     referenced sources exist) follow, then every stage's trainer config and, with ``inputs``, the files
     the user provides (local corpus sources, tokenizer, the model to start from) relative to the working
@@ -108,7 +157,7 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
     from kotomamba.pipeline.inputs import apply_overrides, remote_problems
 
     errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
-    problems = []
+    problems: list = [(None, message) for message in duplicate_key_problems(config_file)]
     for error in errors:
         path = list(error.absolute_path)
         if error.validator == "additionalProperties":
@@ -118,18 +167,51 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
             continue
         problems.append((path, error.message))
     if not problems:
-        problems += apply_overrides(config) + remote_problems(config)
+        problems += apply_overrides(config) + remote_problems(config) + _runtime_problems(config)
     problems += _cross_field_problems(config) if not problems else []
     if not problems:
         from kotomamba.pipeline.stage_check import run_problems
 
-        for path, message in run_problems(config, lambda p: locate(p, config_file), inputs):
+        for path, message in run_problems(config, lambda p: locate(p, config_file, command_line), inputs):
             problems.append((path, message))
     if problems:
-        lines = [f"{locate(path, config_file)}: {message}" if path is not None else message
+        lines = [f"{locate(path, config_file, command_line)}: {message}" if path is not None else message
                  for path, message in problems]
         raise UserError("invalid pipeline configuration:\n  " + "\n  ".join(lines))
     return config
+
+
+RUNTIME_KEYS = ("runtime", "max_runtime")  # minutes, or a time span as Snakemake takes it ("1h", "90m")
+
+
+def runtime_minutes(value) -> int | float:
+    """Minutes of a rule's ``runtime``: a number as it is, a string as Snakemake reads one (a number of minutes,
+    or a time span such as ``1h``, ``90m``, ``2d``: humanfriendly's, rounded to whole minutes, at least 1)."""
+    if not isinstance(value, str):
+        return value
+    from humanfriendly import InvalidTimespan, parse_timespan
+
+    stripped = value.strip()
+    if stripped.isdecimal():
+        return int(stripped)
+    try:
+        return max(int(round(parse_timespan(stripped)) / 60), 1)
+    except InvalidTimespan:
+        raise UserError(f"{value!r} is not a time span (minutes, or such as 1h, 90m, 2d)") from None
+
+
+def _runtime_problems(config: dict) -> list:
+    """Turn ``resources.<rule>.runtime`` / ``max_runtime`` strings into minutes, in place (the rules compute
+    retries' runtimes from them); returns the ones that are no time span."""
+    problems = []
+    for rule, settings in config["resources"].items():
+        for key in RUNTIME_KEYS:
+            if key in settings:
+                try:
+                    settings[key] = runtime_minutes(settings[key])
+                except UserError as error:
+                    problems.append((["resources", rule, key], str(error)))
+    return problems
 
 
 def _cross_field_problems(config: dict) -> list:
@@ -156,7 +238,25 @@ def _cross_field_problems(config: dict) -> list:
         if source not in names:
             path = ["tokenizer", "train_sources", j]
             problems.append((path, f"unknown corpus source {source!r}"))
-    return problems
+    return problems + _tokenizer_settings_problems(config["tokenizer"])
+
+
+def _tokenizer_settings_problems(tokenizer: dict) -> list:
+    """What ``kotomamba train-tokenizer`` would refuse of the tokenizer the pipeline trains (``model`` null), by
+    its own check and with the settings its job passes (the others at the trainer's defaults)."""
+    import inspect
+
+    from kotomamba.data.train_tokenizer import check_settings, train_tokenizer
+
+    if tokenizer["model"]:
+        return []
+    defaults = inspect.signature(train_tokenizer).parameters
+    try:
+        check_settings(tokenizer["vocab_size"], tokenizer["model_type"], defaults["character_coverage"].default,
+                       defaults["input_sentence_size"].default)
+    except UserError as error:
+        return [(["tokenizer", "vocab_size"], str(error))]
+    return []
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -205,7 +305,9 @@ class RunPaths:
             return self.corpus(shard.source)
         if shard.is_download:
             return self.downloaded_shard(shard.source, shard.id, shard.compression)
-        return shard.local_path
+        from kotomamba.pipeline.inputs import local_spelling
+
+        return local_spelling(shard.local_path)
 
     def corpus_files(self, source: str) -> list[str]:
         """Every file ``source``'s text is read from, in order (the user's local files included)."""

@@ -56,7 +56,8 @@ def _written_at(config: dict, index: int, dotted: str) -> list:
     return ["stages", index]
 
 
-def _stage_problems(config: dict, index: int, locate: Callable[[list], str]) -> list[Problem]:
+def _stage_problems(config: dict, index: int, locate: Callable[[list], str],
+                    checked_stages: dict | None = None) -> list[Problem]:
     from kotomamba.train.config import accumulation_steps, build_config
 
     stage = config["stages"][index]
@@ -78,6 +79,8 @@ def _stage_problems(config: dict, index: int, locate: Callable[[list], str]) -> 
         checked = build_config(stage_train_config(config, stage["name"]), where)
     except UserError as error:
         return [(None, str(error))]
+    if checked_stages is not None:
+        checked_stages[stage["name"]] = checked
     launch = config["launch"]
     try:  # the world size the training job will have, as configured
         accumulation_steps(checked.train, launch["nodes"] * launch["nproc_per_node"],
@@ -149,6 +152,31 @@ def run_problems(config: dict, locate: Callable[[list], str], inputs: bool = Tru
     problems = _model_problems(config)
     if inputs:
         problems += _init_problems(config) + _tokenizer_problems(config) + _source_problems(config)
+    checked: dict = {}
     for index in range(len(config["stages"])):
-        problems += _stage_problems(config, index, locate)
-    return problems
+        problems += _stage_problems(config, index, locate, checked)
+    return problems + _split_problems(config, checked)
+
+
+def _split_problems(config: dict, checked: dict) -> list[Problem]:
+    """A ``data.split`` without a validation share, where something reads the valid split: the evaluate job's
+    perplexity (``evaluate.eval_samples``) and each stage's evaluation during training (the trainer builds the
+    valid split when ``eval.steps`` > 0 and ``eval.interval`` > 0 or ``eval.final``: kotomamba/train/trainer.py)."""
+    from kotomamba.data.gpt_dataset import parse_split
+
+    try:
+        valid_share = parse_split(config["data"]["split"])[1]
+    except UserError as error:
+        return [(["data", "split"], str(error))]
+    if valid_share > 0:
+        return []
+    readers = [f"evaluate.eval_samples {config['evaluate']['eval_samples']} (the evaluate job's perplexity)"] \
+        if config["evaluate"]["eval_samples"] > 0 else []
+    for name, stage in checked.items():
+        e = stage.eval
+        if e.steps > 0 and (e.interval > 0 or e.final):
+            readers.append(f"stage {name!r}'s eval (steps {e.steps}, interval {e.interval}, final {e.final})")
+    if not readers:
+        return []
+    return [(["data", "split"], f"gives the valid split no documents, but it is read by {'; '.join(readers)}: "
+                                "give it a share (e.g. 949,50,1)")]
