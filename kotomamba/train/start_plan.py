@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write, write_json
-from kotomamba.train.identity import recorded_digest
+from kotomamba.train.identity import identity_changes
 from kotomamba.train.integrity import checkpoint_defect
 from kotomamba.train.restart_request import clear_restart, pending_restart
 from kotomamba.train.run_dir import STEP_DIR, SUPERSEDED_NOTE, RunDir
@@ -74,8 +74,9 @@ def _finished_at(run: RunDir, checkpoint: Path) -> bool:
     return isinstance(final, dict) and Path(str(final.get("checkpoint"))).name == checkpoint.name
 
 
-def plan_start(run: RunDir, digest: str, resume: str) -> StartPlan:
-    """The plan for ``--resume auto|never|DIR`` in run directory ``run`` of identity ``digest`` (reads only)."""
+def plan_start(run: RunDir, identity: dict, resume: str, config=None) -> StartPlan:
+    """The plan for ``--resume auto|never|DIR`` in run directory ``run`` of ``identity`` (identity.py's
+    :func:`stage_identity` of ``config``; reads only)."""
     plan = StartPlan()
     if resume not in ("auto", "never"):
         from kotomamba.train.run_dir import resolve_checkpoint
@@ -100,16 +101,19 @@ def plan_start(run: RunDir, digest: str, resume: str) -> StartPlan:
     if note:
         plan.notes.append(note)
     verified = newest_verified(run, plan)
-    same = recorded_digest(run) == digest
+    changes = identity_changes(run, identity, config)
+    same = changes == []
+    changed = ("the stage's identity changed: " + "; ".join(changes) if changes
+               else "no identity.json records what the earlier run was trained with")
     if verified is not None and same:
         plan.resume_from = verified
         plan.finished = _finished_at(run, verified)
     elif verified is not None:
-        plan.supersede = "the stage's identity changed (config, data, tokenizer or init checkpoint)"
+        plan.supersede = changed
     elif run.step_dirs():
         plan.supersede = "no checkpoint of the earlier run verifies"
     elif not same:
-        plan.supersede = "the stage's identity changed (config, data, tokenizer or init checkpoint)"
+        plan.supersede = changed
     # else: the same run, interrupted before its first checkpoint: it starts again in place.
     return plan
 

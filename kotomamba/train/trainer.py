@@ -126,8 +126,8 @@ class Trainer:
         # Held until this process ends; the kernel releases it however the process ends.
         self.lock = RunLock(self.paths.lock).acquire()
         check_sources(self.config)
-        self.identity = stage_identity(self.config)
-        return plan_start(self.paths, self.identity["digest"], resume)
+        self.identity = stage_identity(self.config, self.precision, self.world)
+        return plan_start(self.paths, self.identity, resume, self.config)
 
     def _carry_out_plan(self) -> None:
         """Rank 0, once the run is known to start (its data, model and resumed state built): change the run
