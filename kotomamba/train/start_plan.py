@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,10 @@ class StartPlan:
     """``resume_from``: the checkpoint to load (None: the initial weights); ``supersede``: why the earlier
     run moves aside (None: it stays); ``finished``: the run is already complete, nothing to do;
     ``set_aside``: checkpoints that failed verification (moved out of retention's and resume's way);
-    ``restart_requested``: restart_request.py's request was found (removed once carried out)."""
+    ``restart_requested``: restart_request.py's request was found (removed once carried out); ``roll_back``: for
+    ``--resume DIR`` of one of this run's own checkpoints, what the earlier trajectory left past it (later
+    checkpoints, ``final.json``), kept in a new generation so that neither retention nor a later resume mixes
+    the two trajectories."""
 
     resume_from: Path | None = None
     supersede: str | None = None
@@ -40,6 +44,7 @@ class StartPlan:
     notes: list[str] = field(default_factory=list)
     set_aside: list[Path] = field(default_factory=list)
     restart_requested: bool = False
+    roll_back: list[Path] = field(default_factory=list)
 
 
 def _latest_note(run: RunDir) -> str | None:
@@ -74,6 +79,10 @@ def _finished_at(run: RunDir, checkpoint: Path) -> bool:
     return isinstance(final, dict) and Path(str(final.get("checkpoint"))).name == checkpoint.name
 
 
+def _within(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
 def plan_start(run: RunDir, identity: dict, resume: str, config=None) -> StartPlan:
     """The plan for ``--resume auto|never|DIR`` in run directory ``run`` of ``identity`` (identity.py's
     :func:`stage_identity` of ``config``; reads only)."""
@@ -88,6 +97,11 @@ def plan_start(run: RunDir, identity: dict, resume: str, config=None) -> StartPl
         if defect is not None:
             raise UserError(f"--resume {resume}: {defect}")
         plan.resume_from = found
+        if _within(found.parent, run.checkpoints):
+            plan.roll_back = [p for p in run.step_dirs() if p.name > found.name] + [
+                p for p in (run.final,) if p.exists()]
+        elif any(p.exists() for p in run.records()):
+            plan.supersede = f"--resume {resume}: another run's checkpoint"
         return plan
     earlier = [p for p in run.records() if p.exists()]
     requested = pending_restart(run)
@@ -124,6 +138,15 @@ def next_generation(run: RunDir) -> Path:
     return run.superseded / str(max(taken, default=0) + 1)
 
 
+def _new_generation(run: RunDir, why: str, notes: list[str]) -> Path:
+    """A new, empty ``superseded/<n>`` holding only its ``superseded.json`` (why, and when)."""
+    target = next_generation(run)
+    target.mkdir(parents=True)
+    write_json(target / SUPERSEDED_NOTE, {"why": why, "notes": notes,
+                                          "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return target
+
+
 def carry_out(run: RunDir, plan: StartPlan, identity: dict) -> None:
     """Make the run directory match ``plan`` (rank 0; each move is one atomic rename)."""
     for note in plan.notes:
@@ -137,15 +160,29 @@ def carry_out(run: RunDir, plan: StartPlan, identity: dict) -> None:
             target = run.set_aside / f"{checkpoint.name}.{copies}"
         os.replace(checkpoint, target)
     if plan.supersede is not None:
-        target = next_generation(run)
-        target.mkdir(parents=True)
+        target = _new_generation(run, plan.supersede, plan.notes)
         for path in run.records():
             if path.exists():
                 os.replace(path, target / path.name)
-        write_json(target / SUPERSEDED_NOTE, {"why": plan.supersede, "notes": plan.notes,
-                                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         print(f"kotomamba train: starting over ({plan.supersede}); the earlier run is kept in {target}", flush=True)
-    elif plan.resume_from is not None and plan.resume_from.parent == run.checkpoints:
+    elif plan.resume_from is not None and _within(plan.resume_from.parent, run.checkpoints):
+        if plan.roll_back:
+            why = f"--resume {plan.resume_from}: rolled back to {plan.resume_from.name}"
+            target = _new_generation(run, why, plan.notes)
+            # A run directory of its own (convert reads it): the earlier trajectory's records, copied.
+            for path in (run.config, run.manifest, run.model_config, run.identity, run.metrics, run.jobs):
+                if path.exists():
+                    shutil.copy2(path, target / path.name)
+            (target / run.checkpoints.name).mkdir()
+            for path in plan.roll_back:
+                os.replace(path, target / path.relative_to(run.root))
+            later = [p.name for p in plan.roll_back if p.parent == run.checkpoints]
+            if later:
+                with atomic_write(target / run.checkpoints.name / run.latest.name) as handle:
+                    handle.write(max(later) + "\n")
+            names = ", ".join(p.name for p in plan.roll_back)
+            print(f"kotomamba train: {why}; what the earlier trajectory left past it ({names}) is kept in {target}",
+                  flush=True)
         if not run.latest.is_file() or run.latest.read_text().strip() != plan.resume_from.name:
             with atomic_write(run.latest) as handle:
                 handle.write(plan.resume_from.name + "\n")

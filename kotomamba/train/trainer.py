@@ -93,6 +93,8 @@ class Trainer:
                 self._load(self.resume_from)
         self._on_rank_zero(self._carry_out_plan)
         self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint.keep_last, config.checkpoint.async_)
+        if resume not in ("auto", "never") and self.resume_from is not None:
+            self.checkpoints.protected = self.resume_from.name  # what the user rolled back to stays
 
     # ----------------------------------------------------------------------------------- setup
     def _on_rank_zero(self, work):
