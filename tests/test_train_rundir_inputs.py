@@ -26,6 +26,7 @@ def test_input_errors_found_while_building_leave_the_run_as_it_was(tmp_path):
     for args, message in (
             (["data.split=100,0,0"], "the valid split"),  # a changed identity whose data cannot be built
             (["train.steps=2", "--resume", str(run.checkpoint(3))], "past the end of this run"),
+            (["model.d_model=64", "--resume", str(run.checkpoint(3))], "model.d_model: 32 there, 64 configured"),
     ):
         result = run_train(config, *args, check=False)
         assert result.returncode == 2, result.stderr[-3000:]
@@ -35,3 +36,25 @@ def test_input_errors_found_while_building_leave_the_run_as_it_was(tmp_path):
     # The corrected command resumes the steps already trained.
     result = run_train(config)
     assert f"resuming from {run.checkpoint(3)}" in result.stdout and run.final.is_file()
+
+
+def test_a_run_directory_that_cannot_be_written_is_named_in_one_line(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the run directory's parent should be\n")
+    result = run_train(write_config(tmp_path, blocker / "run", **RUN), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"kotomamba train: error: {blocker / 'run'}: cannot create the run directory (Not a directory)"]
+
+
+def test_a_lock_that_cannot_be_taken_names_the_directory(tmp_path):
+    import errno
+    from unittest import mock
+
+    from kotomamba.errors import UserError
+    from kotomamba.train.run_lock import RunLock
+
+    with mock.patch("os.open", side_effect=OSError(errno.EROFS, "Read-only file system")):
+        with pytest.raises(UserError, match=f"{tmp_path}: cannot take the run directory's lock run.lock "
+                                            r"\(Read-only file system\)"):
+            RunLock(tmp_path / "run.lock").acquire()

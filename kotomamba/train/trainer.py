@@ -124,12 +124,32 @@ class Trainer:
         from kotomamba.train.build import check_sources
         from kotomamba.train.identity import stage_identity
 
-        self.paths.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{self.paths.root}: cannot create the run directory ({exc.strerror or exc})") from None
         # Held until this process ends; the kernel releases it however the process ends.
         self.lock = RunLock(self.paths.lock).acquire()
         check_sources(self.config)
         self.identity = stage_identity(self.config, self.precision, self.world)
-        return plan_start(self.paths, self.identity, resume, self.config)
+        plan = plan_start(self.paths, self.identity, resume, self.config)
+        if resume not in ("auto", "never") and self.config.init.from_ is None:
+            self._check_resumed_model(plan.resume_from)
+        return plan
+
+    def _check_resumed_model(self, checkpoint: Path) -> None:
+        """Rank 0: ``--resume DIR`` trains the checkpoint's model; refuse one that is not the configured model."""
+        from kotomamba.data.tokenizer import build_tokenizer
+        from kotomamba.train.build import configured_model
+
+        tokenizer = build_tokenizer(self.config.data.tokenizer_type, self.config.data.tokenizer_model)
+        configured = configured_model(self.config, tokenizer.vocab_size).to_dict()
+        found = read_model_config(checkpoint).to_dict()
+        differ = [f"model.{key}: {found.get(key)!r} there, {configured.get(key)!r} configured"
+                  for key in sorted(configured.keys() | found.keys()) if configured.get(key) != found.get(key)]
+        if differ:
+            raise UserError(f"--resume {checkpoint}: its model is not the configured one ({'; '.join(differ)}); "
+                            "resume a checkpoint of this model, or configure the checkpoint's")
 
     def _carry_out_plan(self) -> None:
         """Rank 0, once the run is known to start (its data, model and resumed state built): change the run
