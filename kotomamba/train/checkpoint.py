@@ -72,6 +72,8 @@ class CheckpointManager:
         self.use_async = use_async
         self.rank = dist.get_rank()
         self._pending: tuple[Future, int, int] | None = None
+        # A checkpoint retention leaves for this job: the one ``--resume DIR`` rolled back to.
+        self.protected: str | None = None
         self._async_group = dist.new_group(backend="gloo") if use_async else None
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -155,12 +157,12 @@ class CheckpointManager:
 
     def _prune(self, keep: str) -> None:
         """Remove all but the newest ``keep_last`` checkpoints; ``keep`` (the one just written and checksummed)
-        always stays, so the newest verified checkpoint is never removed."""
+        always stays, so the newest verified checkpoint is never removed; so does ``protected``."""
         if self.keep_last <= 0:
             return
         complete = sorted(p.name for p in self.dir.iterdir() if STEP_DIR.match(p.name))
         for name in complete[: max(0, len(complete) - self.keep_last)]:
-            if name != keep:
+            if name not in (keep, self.protected):
                 shutil.rmtree(self.dir / name, ignore_errors=True)
 
     @staticmethod

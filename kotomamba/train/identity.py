@@ -24,27 +24,41 @@ from kotomamba.train.run_dir import RunDir, run_dir_of
 # how the same kernels are launched (replayed or one by one), and under ``auto`` the job's own world
 # size decides it, which the identity does not hold either. ``parallel.data_parallel`` only says where
 # the same gradient mean is computed (sharded or replicated; the checkpoint format is the same), and under
-# ``auto`` the GPU's memory decides it.
+# ``auto`` the GPU's memory decides it. Activation checkpointing recomputes the same forward in the
+# backward (the usual answer to running out of memory). ``eval`` only reads the model, from a data loader and
+# a generator of its own, and its validation samples are a split of their own: the weights do not depend on it.
 RESUMABLE_CHANGES = (("train", "max_steps_this_job"), ("train", "wall_time_budget_s"), ("logging",),
                      ("checkpoint", "interval"), ("checkpoint", "keep_last"), ("checkpoint", "async"), ("env",),
-                     ("parallel", "cuda_graph"), ("parallel", "data_parallel"))
+                     ("parallel", "cuda_graph"), ("parallel", "data_parallel"),
+                     ("parallel", "activation_checkpointing"), ("parallel", "activation_checkpointing_interval"),
+                     ("eval",))
+# How FSDP shards: nothing to say for one process, which is not sharded.
+UNSHARDED = (("parallel", "strategy"), ("parallel", "hybrid_shard_size"))
 
 # Weight files of a released (mamba-ssm / transformers) model directory.
 _WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
-def comparable_config(config: TrainConfig) -> dict:
-    """The config as it bears on the result: no resumable settings, no run_dir, and no input paths (the
-    inputs count by their contents, so a moved or copied project directory keeps its identity)."""
-    from kotomamba.data.gpt_dataset import parse_data_path
-
-    plain = json.loads(json.dumps(config.to_dict()))
-    for path in RESUMABLE_CHANGES:
+def _without(plain: dict, paths) -> dict:
+    """``plain`` (a nested dict, changed in place) less the dotted ``paths``."""
+    for path in paths:
         holder = plain
         for key in path[:-1]:
             holder = holder.get(key, {})
         holder.pop(path[-1], None)
+    return plain
+
+
+def comparable_config(config: TrainConfig, precision: str | None = None, world: int | None = None) -> dict:
+    """The config as it bears on the result: no resumable settings, no run_dir, and no input paths (the
+    inputs count by their contents, so a moved or copied project directory keeps its identity). ``precision``:
+    the resolved one (``auto`` is what the device makes it); ``world`` 1: the sharding strategy is left out."""
+    from kotomamba.data.gpt_dataset import parse_data_path
+
+    plain = _without(json.loads(json.dumps(config.to_dict())), RESUMABLE_CHANGES + (UNSHARDED if world == 1 else ()))
     plain.pop("run_dir", None)
+    if precision is not None:
+        plain["precision"] = precision
     data = plain["data"]
     data["data_path"] = [weight for weight, _ in parse_data_path(config.data.data_path)]
     for section, key in (("data", "tokenizer_model"), ("data", "cache_dir"), ("init", "from")):
@@ -93,25 +107,79 @@ def _stamps(files: list[Path], root: Path) -> dict:
     return {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
 
 
-def stage_identity(config: TrainConfig) -> dict:
-    """The identity of the run ``config`` describes (reads every input's checksum; rank 0 only)."""
+def stage_identity(config: TrainConfig, precision: str | None = None, world: int | None = None) -> dict:
+    """The identity of the run ``config`` describes (reads every input's checksum; rank 0 only); ``precision``
+    and ``world`` as :func:`comparable_config` takes them."""
     from kotomamba.data.gpt_dataset import parse_data_path
 
     data = [{"idx_sha256": sha256_file(f"{prefix}.idx"), "bin_bytes": Path(f"{prefix}.bin").stat().st_size}
             for _, prefix in parse_data_path(config.data.data_path)]
-    body = {"config": comparable_config(config),
+    body = {"config": comparable_config(config, precision, world),
             "inputs": {"data": data, "tokenizer": _tokenizer_identity(config.data.tokenizer_model),
                        "init": _init_identity(config.init.from_)}}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return {**body, "digest": digest}
 
 
-def recorded_digest(run: RunDir) -> str | None:
-    """The digest in a run directory's ``identity.json`` (``None`` when absent or unreadable)."""
+def _flat(plain, prefix: str = "") -> dict:
+    if not isinstance(plain, dict):
+        return {prefix: plain}
+    flat = {}
+    for key, value in plain.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def _config_changes(recorded: dict, current: dict, config: TrainConfig | None) -> list[str]:
+    """Each setting that differs, as "key old -> new"; ``recorded`` is taken as this version would record it
+    (settings since found resumable, and the sharding strategy where ``current`` has none, left out; a
+    recorded ``auto`` precision is what it resolves to here when this config says ``auto`` too)."""
+    recorded = _without(json.loads(json.dumps(recorded)), RESUMABLE_CHANGES)
+    old, new = _flat(recorded), _flat(current)
+    for key in (".".join(path) for path in UNSHARDED):
+        if key not in new:
+            old.pop(key, None)
+    if old.get("precision") == "auto" and config is not None and config.precision == "auto":
+        old["precision"] = new.get("precision")
+    missing = "(not set)"
+    return [f"{key} {old.get(key, missing)} -> {new.get(key, missing)}"
+            for key in sorted(old.keys() | new.keys()) if old.get(key, missing) != new.get(key, missing)]
+
+
+def identity_changes(run: RunDir, current: dict, config: TrainConfig | None = None) -> list[str] | None:
+    """What differs between the identity ``run`` recorded and ``current`` (this job's :func:`stage_identity`):
+    ``[]`` the same stage, else one line per changed setting or input; ``None`` when the run recorded none (a
+    run directory written before identities were). An ``identity.json`` that cannot be read is an error naming
+    it, unless ``final.json`` records this very identity: it is never taken for a changed stage."""
     try:
-        return json.loads(run.identity.read_text())["digest"]
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = json.loads(run.identity.read_text())
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("digest"), str):
+            raise ValueError("no \"digest\"")
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        try:
+            finished = json.loads(run.final.read_text()).get("identity")
+        except (OSError, ValueError, AttributeError):
+            finished = None
+        if finished == current["digest"]:
+            return []
+        raise UserError(f"{run.identity}: cannot be read ({exc}); it records what this run's checkpoints were "
+                        "trained with. Restore it, or pass --resume never to start over (the run is kept in "
+                        f"{run.superseded})") from None
+    if recorded["digest"] == current["digest"]:
+        return []
+    changes = []
+    if isinstance(recorded.get("config"), dict):
+        changes += _config_changes(recorded["config"], current["config"], config)
+    elif "config" in current:
+        changes.append("the config (recorded without its settings)")
+    inputs = recorded.get("inputs") if isinstance(recorded.get("inputs"), dict) else {}
+    for name, what in (("data", "the data's contents"), ("tokenizer", "the tokenizer"),
+                       ("init", "init.from's checkpoint or its run")):
+        if inputs.get(name) != current["inputs"].get(name):
+            changes.append(f"{what} changed")
+    return changes
 
 
 def predecessor_run(init_from: str) -> RunDir:

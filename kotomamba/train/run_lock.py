@@ -69,8 +69,12 @@ class RunLock:
                 return self  # no job ever locked it (a released or copied run): nothing to respect
             fd = os.open(self.path, os.O_RDONLY)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise UserError(f"{self.path.parent}: cannot take the run directory's lock {self.path.name} "
+                                f"({exc.strerror or exc}); is the directory writable?") from None
         try:
             _flock(fd, shared)
         except BlockingIOError:

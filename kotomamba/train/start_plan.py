@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kotomamba.errors import UserError
 from kotomamba.io import atomic_write, write_json
-from kotomamba.train.identity import recorded_digest
+from kotomamba.train.identity import identity_changes
 from kotomamba.train.integrity import checkpoint_defect
 from kotomamba.train.restart_request import clear_restart, pending_restart
 from kotomamba.train.run_dir import STEP_DIR, SUPERSEDED_NOTE, RunDir
@@ -32,7 +33,10 @@ class StartPlan:
     """``resume_from``: the checkpoint to load (None: the initial weights); ``supersede``: why the earlier
     run moves aside (None: it stays); ``finished``: the run is already complete, nothing to do;
     ``set_aside``: checkpoints that failed verification (moved out of retention's and resume's way);
-    ``restart_requested``: restart_request.py's request was found (removed once carried out)."""
+    ``restart_requested``: restart_request.py's request was found (removed once carried out); ``roll_back``: for
+    ``--resume DIR`` of one of this run's own checkpoints, what the earlier trajectory left past it (later
+    checkpoints, ``final.json``), kept in a new generation so that neither retention nor a later resume mixes
+    the two trajectories."""
 
     resume_from: Path | None = None
     supersede: str | None = None
@@ -40,6 +44,7 @@ class StartPlan:
     notes: list[str] = field(default_factory=list)
     set_aside: list[Path] = field(default_factory=list)
     restart_requested: bool = False
+    roll_back: list[Path] = field(default_factory=list)
 
 
 def _latest_note(run: RunDir) -> str | None:
@@ -74,8 +79,13 @@ def _finished_at(run: RunDir, checkpoint: Path) -> bool:
     return isinstance(final, dict) and Path(str(final.get("checkpoint"))).name == checkpoint.name
 
 
-def plan_start(run: RunDir, digest: str, resume: str) -> StartPlan:
-    """The plan for ``--resume auto|never|DIR`` in run directory ``run`` of identity ``digest`` (reads only)."""
+def _within(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def plan_start(run: RunDir, identity: dict, resume: str, config=None) -> StartPlan:
+    """The plan for ``--resume auto|never|DIR`` in run directory ``run`` of ``identity`` (identity.py's
+    :func:`stage_identity` of ``config``; reads only)."""
     plan = StartPlan()
     if resume not in ("auto", "never"):
         from kotomamba.train.run_dir import resolve_checkpoint
@@ -87,6 +97,11 @@ def plan_start(run: RunDir, digest: str, resume: str) -> StartPlan:
         if defect is not None:
             raise UserError(f"--resume {resume}: {defect}")
         plan.resume_from = found
+        if _within(found.parent, run.checkpoints):
+            plan.roll_back = [p for p in run.step_dirs() if p.name > found.name] + [
+                p for p in (run.final,) if p.exists()]
+        elif any(p.exists() for p in run.records()):
+            plan.supersede = f"--resume {resume}: another run's checkpoint"
         return plan
     earlier = [p for p in run.records() if p.exists()]
     requested = pending_restart(run)
@@ -100,16 +115,19 @@ def plan_start(run: RunDir, digest: str, resume: str) -> StartPlan:
     if note:
         plan.notes.append(note)
     verified = newest_verified(run, plan)
-    same = recorded_digest(run) == digest
+    changes = identity_changes(run, identity, config)
+    same = changes == []
+    changed = ("the stage's identity changed: " + "; ".join(changes) if changes
+               else "no identity.json records what the earlier run was trained with")
     if verified is not None and same:
         plan.resume_from = verified
         plan.finished = _finished_at(run, verified)
     elif verified is not None:
-        plan.supersede = "the stage's identity changed (config, data, tokenizer or init checkpoint)"
+        plan.supersede = changed
     elif run.step_dirs():
         plan.supersede = "no checkpoint of the earlier run verifies"
     elif not same:
-        plan.supersede = "the stage's identity changed (config, data, tokenizer or init checkpoint)"
+        plan.supersede = changed
     # else: the same run, interrupted before its first checkpoint: it starts again in place.
     return plan
 
@@ -118,6 +136,15 @@ def next_generation(run: RunDir) -> Path:
     """``superseded/<n>`` with n one above every generation there (never an existing one)."""
     taken = [int(p.name) for p in run.superseded.iterdir() if p.name.isdigit()] if run.superseded.is_dir() else []
     return run.superseded / str(max(taken, default=0) + 1)
+
+
+def _new_generation(run: RunDir, why: str, notes: list[str]) -> Path:
+    """A new, empty ``superseded/<n>`` holding only its ``superseded.json`` (why, and when)."""
+    target = next_generation(run)
+    target.mkdir(parents=True)
+    write_json(target / SUPERSEDED_NOTE, {"why": why, "notes": notes,
+                                          "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return target
 
 
 def carry_out(run: RunDir, plan: StartPlan, identity: dict) -> None:
@@ -133,15 +160,29 @@ def carry_out(run: RunDir, plan: StartPlan, identity: dict) -> None:
             target = run.set_aside / f"{checkpoint.name}.{copies}"
         os.replace(checkpoint, target)
     if plan.supersede is not None:
-        target = next_generation(run)
-        target.mkdir(parents=True)
+        target = _new_generation(run, plan.supersede, plan.notes)
         for path in run.records():
             if path.exists():
                 os.replace(path, target / path.name)
-        write_json(target / SUPERSEDED_NOTE, {"why": plan.supersede, "notes": plan.notes,
-                                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         print(f"kotomamba train: starting over ({plan.supersede}); the earlier run is kept in {target}", flush=True)
-    elif plan.resume_from is not None and plan.resume_from.parent == run.checkpoints:
+    elif plan.resume_from is not None and _within(plan.resume_from.parent, run.checkpoints):
+        if plan.roll_back:
+            why = f"--resume {plan.resume_from}: rolled back to {plan.resume_from.name}"
+            target = _new_generation(run, why, plan.notes)
+            # A run directory of its own (convert reads it): the earlier trajectory's records, copied.
+            for path in (run.config, run.manifest, run.model_config, run.identity, run.metrics, run.jobs):
+                if path.exists():
+                    shutil.copy2(path, target / path.name)
+            (target / run.checkpoints.name).mkdir()
+            for path in plan.roll_back:
+                os.replace(path, target / path.relative_to(run.root))
+            later = [p.name for p in plan.roll_back if p.parent == run.checkpoints]
+            if later:
+                with atomic_write(target / run.checkpoints.name / run.latest.name) as handle:
+                    handle.write(max(later) + "\n")
+            names = ", ".join(p.name for p in plan.roll_back)
+            print(f"kotomamba train: {why}; what the earlier trajectory left past it ({names}) is kept in {target}",
+                  flush=True)
         if not run.latest.is_file() or run.latest.read_text().strip() != plan.resume_from.name:
             with atomic_write(run.latest) as handle:
                 handle.write(plan.resume_from.name + "\n")

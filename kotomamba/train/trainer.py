@@ -77,28 +77,35 @@ class Trainer:
         self.shard_group = self.mesh["shard"].get_group() if parallel.strategy == "HYBRID_SHARD" else dist.group.WORLD
         self.run_dir = Path(config.run_dir)
         self.paths = RunDir(self.run_dir)
-        self.plan = self._agree_on_start(resume)
+        self.plan = self._on_rank_zero(lambda: self._plan_start(resume))
         self.resume_from = self.plan.resume_from
-        self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint.keep_last, config.checkpoint.async_)
         # The step of the newest checkpoint this job wrote or resumed from (None: none yet), and how long
         # the last save took (the wall-time budget keeps room for one more).
         self.last_saved: int | None = None
         self.save_seconds = 0.0
-        if self.plan.finished:
-            return
-        self._build_data()
-        self._build_model()
+        if not self.plan.finished:
+            # Everything that can fail on the user's input (the data split, the datasets, the model and its
+            # initial weights, the resumed checkpoint and its position in the new run) before the run
+            # directory changes: an error leaves the earlier run as it was, never superseded.
+            self._build_data()
+            self._build_model()
+            if self.resume_from is not None:
+                self._load(self.resume_from)
+        self._on_rank_zero(self._carry_out_plan)
+        self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint.keep_last, config.checkpoint.async_)
+        if resume not in ("auto", "never") and self.resume_from is not None:
+            self.checkpoints.protected = self.resume_from.name  # what the user rolled back to stays
 
     # ----------------------------------------------------------------------------------- setup
-    def _agree_on_start(self, resume: str) -> StartPlan:
-        """Rank 0 locks the run directory, validates the config, plans the start and carries it out; every
-        rank gets that one plan (or rank 0's error), so no rank decides from its own view of the directory."""
+    def _on_rank_zero(self, work):
+        """``work()`` on rank 0 (inside the stop signals' critical section); every rank gets its result (or rank
+        0's error), so no rank decides from its own view of the run directory."""
         outcome: list = [None]
         failure = None
         if self.rank == 0:
             try:
                 with self.stop.critical():
-                    outcome[0] = self._prepare_run_dir(resume)
+                    outcome[0] = work()
             except UserError as exc:
                 outcome[0] = exc
             except Exception as exc:  # the other ranks must not wait for a plan that will not come
@@ -112,21 +119,44 @@ class Trainer:
             raise outcome[0]
         return outcome[0]
 
-    def _prepare_run_dir(self, resume: str) -> StartPlan:
-        """Rank 0: lock, validate everything the run reads, then (only then) change the run directory."""
+    def _plan_start(self, resume: str) -> StartPlan:
+        """Rank 0: lock, validate the config's sources, plan the start (the run directory is only read)."""
         from kotomamba.train.build import check_sources
         from kotomamba.train.identity import stage_identity
 
-        self.paths.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{self.paths.root}: cannot create the run directory ({exc.strerror or exc})") from None
         # Held until this process ends; the kernel releases it however the process ends.
         self.lock = RunLock(self.paths.lock).acquire()
         check_sources(self.config)
-        self.identity = stage_identity(self.config)
-        plan = plan_start(self.paths, self.identity["digest"], resume)
-        carry_out(self.paths, plan, self.identity)
-        if not plan.finished:
-            record_job_start(self.paths, plan.resume_from, self.world)
+        self.identity = stage_identity(self.config, self.precision, self.world)
+        plan = plan_start(self.paths, self.identity, resume, self.config)
+        if resume not in ("auto", "never") and self.config.init.from_ is None:
+            self._check_resumed_model(plan.resume_from)
         return plan
+
+    def _check_resumed_model(self, checkpoint: Path) -> None:
+        """Rank 0: ``--resume DIR`` trains the checkpoint's model; refuse one that is not the configured model."""
+        from kotomamba.data.tokenizer import build_tokenizer
+        from kotomamba.train.build import configured_model
+
+        tokenizer = build_tokenizer(self.config.data.tokenizer_type, self.config.data.tokenizer_model)
+        configured = configured_model(self.config, tokenizer.vocab_size).to_dict()
+        found = read_model_config(checkpoint).to_dict()
+        differ = [f"model.{key}: {found.get(key)!r} there, {configured.get(key)!r} configured"
+                  for key in sorted(configured.keys() | found.keys()) if configured.get(key) != found.get(key)]
+        if differ:
+            raise UserError(f"--resume {checkpoint}: its model is not the configured one ({'; '.join(differ)}); "
+                            "resume a checkpoint of this model, or configure the checkpoint's")
+
+    def _carry_out_plan(self) -> None:
+        """Rank 0, once the run is known to start (its data, model and resumed state built): change the run
+        directory to match the plan."""
+        carry_out(self.paths, self.plan, self.identity)
+        if not self.plan.finished:
+            record_job_start(self.paths, self.plan.resume_from, self.world)
 
     def _build_data(self) -> None:
         from kotomamba.data.gpt_dataset import build_gpt_datasets
@@ -212,10 +242,16 @@ class Trainer:
 
         state = self._state()
         state["train_state"] = self.state.load_template(checkpoint_keys(path))
-        self.checkpoints.load(path, state)
+        CheckpointManager.load(path, state)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.state.load_state_dict(state["train_state"])
         self.last_saved = self.state.step
+        t = self.config.train
+        if self.state.step > t.steps or self.state.consumed_samples > len(self.train_set):
+            raise (UserError if self.rank == 0 else ReportedByRankZero)(
+                f"{path}: this checkpoint is at step {self.state.step} ({self.state.consumed_samples} samples "
+                f"consumed), past the end of this run (train.steps {t.steps}, "
+                f"{t.steps * t.global_batch_size} samples); raise train.steps or resume an earlier checkpoint")
 
     def _start_facts(self) -> StartFacts:
         c, m = self.config, self.model_config
@@ -289,8 +325,6 @@ class Trainer:
                       "nothing to do", flush=True)
             return 0
         state = self.state
-        if self.resume_from is not None:
-            self._load(self.resume_from)
         if self.rank == 0:
             self._write_run_record()
             print(f"kotomamba train: {self.data_parallel.log_line()}", flush=True)
