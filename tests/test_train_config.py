@@ -49,6 +49,18 @@ def test_unknown_key_names_file_line_and_field(tmp_path):
         load_config(path)
 
 
+def test_a_key_written_twice_is_refused_at_any_depth(tmp_path):
+    """YAML keeps the last of two ``train:`` sections; the first one's steps would be silently dropped."""
+    path = write(tmp_path, CONFIG + "train: {steps: 5}\n")
+    first = next(i for i, l in enumerate(CONFIG.splitlines(), 1) if l.startswith("train:"))
+    last = len(CONFIG.splitlines()) + 1
+    with pytest.raises(UserError, match=rf"train.yaml:{last}: train: duplicate key \(first written at line {first}"):
+        load_config(path)
+    path = write(tmp_path, "model:\n  preset: tiny\n  d_model: 64\n  d_model: 128\n")
+    with pytest.raises(UserError, match=r"train.yaml:4: model.d_model: duplicate key \(first written at line 3"):
+        load_config(path)
+
+
 def test_bad_type_and_bad_choice(tmp_path):
     with pytest.raises(UserError, match=r"train\.yaml:11: field 'train\.steps' must be int"):
         load_config(write(tmp_path, CONFIG.replace("steps: 30", "steps: many")))

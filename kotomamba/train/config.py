@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kotomamba.errors import UserError
+from kotomamba.io import parse_yaml
 from kotomamba.model.config import MambaConfig, configured
 from kotomamba.train.step_choice import config_refusals
 
@@ -264,10 +265,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         except OSError as exc:
             raise UserError(f"{path}: cannot read the training config ({exc})") from exc
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text) or {}
+            raw, node = parse_yaml(text, str(path))
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: not valid YAML ({exc})") from exc
+        raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise UserError(f"{path}:1: the training config must be a mapping of sections")
         lines = _node_lines(node)
