@@ -206,3 +206,20 @@ def test_mamba_ssm_loads_our_export(layer, tmp_path, sentencepiece_model):
     ids = _ids().cuda()
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, model.cuda()(ids), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_a_truncated_weight_file_is_named(tmp_path, name):
+    """A copy cut short (a full disk, an interrupted transfer) is a one-line error naming it, not a traceback."""
+    model = _trained_like("Mamba2")
+    model.save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / name
+    if name != "model.safetensors":
+        torch.save(model.state_dict(), weights)
+        (tmp_path / "model" / "model.safetensors").unlink()
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=rf"^{weights}: truncated or corrupt weight file \("):
+        MambaLM.from_pretrained(tmp_path / "model")
+    with pytest.raises(UserError, match=rf"^{weights}: truncated or corrupt weight file \("):
+        convert(str(tmp_path / "model"), "kotomamba", str(tmp_path / "ours"))
