@@ -31,19 +31,59 @@ def read_json(path: str | os.PathLike, what: str = "JSON") -> Any:
 
 
 def read_yaml(path: str | os.PathLike, what: str = "YAML") -> Any:
-    """Parse the YAML file ``path`` (``yaml.safe_load``); a ``UserError`` names the file (as ``what``) and
-    the line."""
+    """Parse the YAML file ``path`` (safe types only); a ``UserError`` names the file (as ``what``) and
+    the line, also for a key written twice in one mapping (:func:`parse_yaml`)."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+            return parse_yaml(handle, str(path))[0]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
         raise UserError(f"{path}: {line}invalid {what} ({exc})") from exc
     except OSError as exc:
         raise UserError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+
+
+def parse_yaml(stream: str | IO, source: str) -> tuple[Any, Any]:
+    """The data of one YAML document (``yaml.safe_load``'s) and its composed node (line marks; None for an
+    empty document). A key written twice in one mapping, at any depth, is a ``UserError`` naming ``source``,
+    both lines and the key path: PyYAML would silently keep the last one. ``yaml.YAMLError`` is the
+    caller's to word."""
+    import yaml
+
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        refuse_duplicate_keys(node, source)
+        return loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def refuse_duplicate_keys(node: Any, source: str, path: str = "") -> None:
+    """Raise ``UserError`` (``source:LINE: a.b: duplicate key (first written at line N)``) for the first key
+    of a composed YAML ``node`` that a mapping holds twice."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            dotted = f"{path}.{key_node.value}" if path else key_node.value
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise UserError(f"{source}:{line}: {dotted}: duplicate key (first written at line "
+                                f"{seen[key_node.value]}; YAML would keep only the last)")
+            seen[key_node.value] = line
+            refuse_duplicate_keys(value_node, source, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            refuse_duplicate_keys(item, source, f"{path}[{index}]")
 
 
 def current_umask() -> int:

@@ -206,3 +206,35 @@ def test_mamba_ssm_loads_our_export(layer, tmp_path, sentencepiece_model):
     ids = _ids().cuda()
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, model.cuda()(ids), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_a_truncated_weight_file_is_named(tmp_path, name):
+    """A copy cut short (a full disk, an interrupted transfer) is a one-line error naming it, not a traceback."""
+    model = _trained_like("Mamba2")
+    model.save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / name
+    if name != "model.safetensors":
+        torch.save(model.state_dict(), weights)
+        (tmp_path / "model" / "model.safetensors").unlink()
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=rf"^{weights}: truncated or corrupt weight file \("):
+        MambaLM.from_pretrained(tmp_path / "model")
+    with pytest.raises(UserError, match=rf"^{weights}: truncated or corrupt weight file \("):
+        convert(str(tmp_path / "model"), "kotomamba", str(tmp_path / "ours"))
+
+
+def test_an_unfinished_stage_is_said_by_the_card_and_the_command(tmp_path, sentencepiece_model, capsys):
+    """A run stopped at step 7 of the 20 its config plans: exporting it says so, where a reader of the card looks."""
+    _write_run(tmp_path / "run", _trained_like("Mamba1"), sentencepiece_model)
+    resolved = tmp_path / "run" / "config.resolved.yaml"
+    resolved.write_text(yaml.safe_dump(yaml.safe_load(resolved.read_text()) | {"train": {"steps": 20}}))
+    assert main(["--checkpoint", str(tmp_path / "run"), "--to", "mamba_ssm", "--output", str(tmp_path / "out")]) == 0
+    said = "step 7 of the 20 planned for stage 'run': unfinished"
+    assert f"- Checkpoint: `step_00000007` ({said}" in (tmp_path / "out" / "README.md").read_text()
+    assert f"kotomamba convert: warning: {tmp_path / 'run'}: {said}" in capsys.readouterr().err
+    resolved.write_text(yaml.safe_dump(yaml.safe_load(resolved.read_text()) | {"train": {"steps": 7}}))
+    assert main(["--checkpoint", str(tmp_path / "run"), "--to", "mamba_ssm", "--output", str(tmp_path / "done")]) == 0
+    assert "- Checkpoint: `step_00000007` (step 7)\n" in (tmp_path / "done" / "README.md").read_text()
+    assert "warning" not in capsys.readouterr().err

@@ -42,6 +42,14 @@ def test_unknown_key_is_rejected_with_path_and_line(tmp_path):
     assert f"{path}:{line}: data.shuffle_docs: unknown key" in str(info.value)
 
 
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path):
+    """Snakemake's YAML loader keeps the last of a duplicated key; validate reads the file again and refuses it."""
+    text, path, line = edited_default(tmp_path, "workers: 2", "workers: 2\n  workers: 3", "workers: 3")
+    with pytest.raises(UserError, match=rf"bad.yaml:{line}: tokenize.workers: duplicate key \(first written at "
+                                        rf"line {line - 1}"):
+        validate(yaml.safe_load(text), str(path))
+
+
 def test_wrong_type_names_the_nested_path(tmp_path):
     text, path, line = edited_default(tmp_path, "workers: 2", "workers: two", "workers")
     with pytest.raises(UserError, match=rf"bad.yaml:{line}: tokenize.workers: 'two' is not of type 'integer'"):

@@ -129,6 +129,35 @@ def test_steps_logged_past_the_checkpoint_and_a_restart_request_are_noted(result
 
 
 @pytest.mark.slow
+def test_a_checkpoint_the_next_start_sets_aside_is_not_reported_as_resumable(results, tmp_path):
+    """Truncated shards keep their integrity.json; the next job's start finds them by its own check."""
+    run = RunDir(shutil.copytree(results / "train" / "long-context", tmp_path / "long-context"))
+    assert [c.name for c in run.step_dirs()] == ["step_00000006", "step_00000004"]
+    newest = run.step_dirs()[0] / "__0_0.distcp"
+    os.truncate(newest, 1000)
+    stage = stage_status(run.root)
+    assert (stage.state, stage.step, stage.checkpoint) == ("stopped", 4, "step_00000004")
+    assert any(note.startswith("the next job's start: set aside step_00000006") and f"{newest}: 1000 bytes" in note
+               for note in stage.notes), stage.notes
+    os.truncate(run.step_dirs()[1] / "__0_0.distcp", 1000)
+    stage = stage_status(run.root)
+    assert (stage.state, stage.step, stage.checkpoint) == ("stopped", 0, None)
+    assert "no checkpoint verifies: the next job starts over at step 1" in "\n".join(stage.notes)
+    assert "checkpoint none yet" in status(run.root).stdout
+
+
+@pytest.mark.slow
+def test_an_unreadable_identity_record_is_named(results, tmp_path):
+    run = RunDir(shutil.copytree(results / "train" / "long-context", tmp_path / "long-context"))
+    run.identity.write_text("")
+    stage = stage_status(run.root)
+    assert stage.checkpoint == "step_00000006"
+    assert (f"{run.identity}: the identity record is unreadable (empty or not the JSON train wrote): the next job "
+            "refuses to resume step_00000006") in "\n".join(stage.notes)
+    assert "the identity record is unreadable" in status(run.root).stdout
+
+
+@pytest.mark.slow
 def test_a_trainer_holding_the_lock_is_read_while_it_trains(tmp_path):
     run = RunDir(tmp_path / "run")
     config = write_config(tmp_path, run.root, **STAGE, eval=QUIET)

@@ -49,6 +49,48 @@ def test_unknown_key_names_file_line_and_field(tmp_path):
         load_config(path)
 
 
+def test_a_key_written_twice_is_refused_at_any_depth(tmp_path):
+    """YAML keeps the last of two ``train:`` sections; the first one's steps would be silently dropped."""
+    path = write(tmp_path, CONFIG + "train: {steps: 5}\n")
+    first = next(i for i, l in enumerate(CONFIG.splitlines(), 1) if l.startswith("train:"))
+    last = len(CONFIG.splitlines()) + 1
+    with pytest.raises(UserError, match=rf"train.yaml:{last}: train: duplicate key \(first written at line {first}"):
+        load_config(path)
+    path = write(tmp_path, "model:\n  preset: tiny\n  d_model: 64\n  d_model: 128\n")
+    with pytest.raises(UserError, match=r"train.yaml:4: model.d_model: duplicate key \(first written at line 3"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("edit,field,message", [
+    ("  d_modle: 64", "model.d_modle", "not a MambaConfig field"),
+    ("  d_model: '64'", "model.d_model", "must be a positive integer, got '64'"),
+    ("  ssm_cfg: {layer: Mamba2, headdim: 48}", "model.ssm_cfg.headdim", "expand * d_model = 128 is not a multiple"),
+])
+def test_a_bad_model_field_names_its_line(tmp_path, edit, field, message):
+    path = write(tmp_path, CONFIG.replace("  ssm_cfg: {layer: Mamba2}", edit))
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:5: {field}: {message}"), info.value
+    path = write(tmp_path, CONFIG.replace("preset: tiny", "preset: tinny"))
+    with pytest.raises(UserError, match=r"train\.yaml:4: model\.preset: preset 'tinny' is unknown \(known: tiny, "):
+        load_config(path)
+
+
+def test_missing_inputs_name_the_config_line_and_field(tmp_path):
+    from kotomamba.train.build import check_sources
+
+    text = CONFIG + "data:\n  data_path: '1.0 nowhere/corpus'\n  tokenizer_model: nowhere/tok.model\n"
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=rf"^{path}:16: data\.data_path: nowhere/corpus\.idx: no such file$"):
+        check_sources(load_config(path))
+    corpus = tmp_path / "corpus"
+    for suffix in (".idx", ".bin"):
+        corpus.with_suffix(suffix).write_bytes(b"")
+    path = write(tmp_path, text.replace("nowhere/corpus", str(corpus)))
+    with pytest.raises(UserError, match=rf"^{path}:17: data\.tokenizer_model: nowhere/tok\.model: no such file$"):
+        check_sources(load_config(path))
+
+
 def test_bad_type_and_bad_choice(tmp_path):
     with pytest.raises(UserError, match=r"train\.yaml:11: field 'train\.steps' must be int"):
         load_config(write(tmp_path, CONFIG.replace("steps: 30", "steps: many")))

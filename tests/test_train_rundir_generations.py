@@ -71,8 +71,10 @@ def test_a_stage_starts_over_when_its_init_checkpoint_was_retrained(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
-    ("model.preset=mamba2-13m", "model preset 'mamba2-13m' is unknown"),
-    ("init.from=nowhere/at/all", "init.from: nowhere/at/all: no such directory"),
+    ("model.preset=mamba2-13m", "command-line override 'model.preset=mamba2-13m': model.preset: preset 'mamba2-13m' "
+                                "is unknown"),
+    ("init.from=nowhere/at/all", "command-line override 'init.from=nowhere/at/all': init.from: nowhere/at/all: no "
+                                 "such directory"),
 ])
 def test_a_bad_config_changes_nothing_in_the_run_directory(tmp_path, override, message):
     run = RunDir(tmp_path / "run")

@@ -107,6 +107,26 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, straight):
 
 
 @pytest.mark.slow
+def test_a_corrupt_metrics_line_is_set_aside_and_does_not_block_the_resume(tmp_path, straight):
+    """metrics.jsonl is a log: the run resumes from its verified checkpoint; the damaged file is kept beside."""
+    run, config = interrupted(tmp_path)
+    lines = run.metrics.read_text().splitlines(keepends=True)
+    lost = json.loads(lines[2])["step"]
+    damaged = "".join(lines[:2] + ["{not json\n"] + lines[3:])
+    run.metrics.write_text(damaged)
+    result = run_train(config)
+    aside = run.metrics.with_name("metrics.jsonl.damaged")
+    assert (f"warning: {run.metrics}: line 3: not a JSON record (Expecting property name enclosed in double "
+            f"quotes): the damaged file is kept as {aside}") in result.stdout
+    assert aside.read_text() == damaged
+    steps = [r["step"] for r in records(run.root) if "loss" in r]
+    assert steps == [step for step in range(1, 9) if step != lost]  # the damaged record's step, only, is missing
+    assert losses(run.root) == {
+        step: loss for step, loss in straight[0].items() if step != lost}
+    assert_same_weights(final_weights(run.root), straight[1])
+
+
+@pytest.mark.slow
 def test_a_finished_run_relaunched_does_nothing(tmp_path):
     run_dir = tmp_path / "run"
     config = write_config(tmp_path, run_dir, train={"steps": 4})

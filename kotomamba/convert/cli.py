@@ -96,8 +96,9 @@ def load_source(path: str) -> tuple[object, dict[str, torch.Tensor], RunInfo]:
 
 
 def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | None = None,
-            tokenizer_model: str | None = None, eval_json: str | None = None, dtype: str | None = None) -> None:
-    """Library form of the command (see :func:`build_parser` for the arguments)."""
+            tokenizer_model: str | None = None, eval_json: str | None = None, dtype: str | None = None) -> RunInfo:
+    """Library form of the command (see :func:`build_parser` for the arguments); returns the facts the card was
+    written from."""
     if (tokenizer_type is None) != (tokenizer_model is None):
         raise UserError("--tokenizer-type and --tokenizer-model go together")
     config, state, info = load_source(checkpoint)
@@ -118,15 +119,19 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
         write_mamba_ssm(config, state, output, tokenizer, info, evaluation)
     else:
         write_kotomamba_checkpoint(config, state, output, tokenizer)
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        convert(args.checkpoint, args.target, args.output, args.tokenizer_type, args.tokenizer_model,
-                args.eval_json, args.dtype)
+        info = convert(args.checkpoint, args.target, args.output, args.tokenizer_type, args.tokenizer_model,
+                       args.eval_json, args.dtype)
     except UserError as exc:
         print(f"kotomamba convert: {exc}", file=sys.stderr)
         return 2
     print(f"kotomamba convert: wrote {args.target} to {args.output}")
+    unfinished = info.unfinished_note()
+    if unfinished:
+        print(f"kotomamba convert: warning: {args.checkpoint}: {unfinished}", file=sys.stderr)
     return 0

@@ -65,7 +65,9 @@ def _data_lines(info: RunInfo) -> list[str]:
         lines.append(f"- Train/valid/test split: {info.split}")
     if info.tokenizer_type:
         lines.append(f"- Tokenizer: {info.tokenizer_type} (its files are in this directory)")
-    lines.append(f"- Checkpoint: `{info.checkpoint}`" + (f" (step {info.step})" if info.step is not None else ""))
+    unfinished = info.unfinished_note()
+    lines.append(f"- Checkpoint: `{info.checkpoint}`" + (f" ({unfinished})" if unfinished else
+                                                        f" (step {info.step})" if info.step is not None else ""))
     if info.stages and any(stage.step is not None for stage in info.stages):
         lines += ["", *_stage_table(info)]
     return lines

@@ -38,6 +38,12 @@ class StageInfo:
     seq_length: int | None = None
     data: list[tuple[float, str]] = field(default_factory=list)  # (weight, dataset name), no local paths
     train_seconds: float | None = None
+    planned_steps: int | None = None  # the stage's train.steps, as its run directory records it
+
+    @property
+    def unfinished(self) -> bool:
+        """The checkpoint is short of the steps planned for its stage (a stopped run, or an intermediate one)."""
+        return self.step is not None and self.planned_steps is not None and self.step < self.planned_steps
 
 
 @dataclass
@@ -59,6 +65,14 @@ class RunInfo:
         """Tokens trained on over all stages (``None`` when a stage does not say)."""
         counts = [stage.tokens for stage in self.stages]
         return sum(counts) if counts and None not in counts else None
+
+    def unfinished_note(self) -> str | None:
+        """What the card and the command say when the checkpoint is short of its stage's planned steps, else None."""
+        stage = self.stages[-1] if self.stages else None  # the stage that made the checkpoint
+        if stage is None or not stage.unfinished:
+            return None
+        return (f"step {stage.step} of the {stage.planned_steps} planned for stage {stage.name!r}: unfinished "
+                f"(training stopped there, or this is not the stage's last checkpoint)")
 
     @property
     def train_seconds(self) -> float | None:
@@ -171,6 +185,8 @@ def _stage_info(location: CheckpointLocation) -> tuple[StageInfo, dict, Path | N
     config = _read_yaml(resolved) if resolved.is_file() else {}
     data = config.get("data") or {}
     stage.seq_length = data.get("seq_length")
+    planned = (config.get("train") or {}).get("steps")
+    stage.planned_steps = planned if isinstance(planned, int) and not isinstance(planned, bool) else None
     stage.data = dataset_names(data.get("data_path"))
     final = RunDir(run_dir).final
     if final.is_file():

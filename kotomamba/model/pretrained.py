@@ -22,9 +22,17 @@ PICKLE_NAME = "pytorch_model.bin"
 
 
 def _load_one(path: Path) -> dict[str, torch.Tensor]:
-    if path.name.endswith(".safetensors"):
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The tensors of one weight file; a missing, truncated or corrupt one is a ``UserError`` naming it."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing (named by the weight index)")
+    try:
+        if path.name.endswith(".safetensors"):
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the weights: {exc.strerror or exc}") from exc
+    except Exception as exc:  # safetensors' SafetensorError, pickle's and zipfile's assorted errors
+        raise UserError(f"{path}: truncated or corrupt weight file ({type(exc).__name__}: {exc})") from exc
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:

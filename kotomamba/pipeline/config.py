@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from kotomamba.errors import UserError
+from kotomamba.io import parse_yaml
 
 RESULTS = "results"
 
@@ -156,6 +157,12 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
     """
     from kotomamba.pipeline.inputs import apply_overrides, remote_problems
 
+    for path in _config_files(config_file):
+        if Path(path).is_file():  # Snakemake's loader kept the last of a key written twice: refuse it here
+            try:
+                parse_yaml(Path(path).read_text(), path)
+            except yaml.YAMLError:
+                pass  # Snakemake has already refused a file that is not YAML
     errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     problems: list = [(None, message) for message in duplicate_key_problems(config_file)]
     for error in errors:

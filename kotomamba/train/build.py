@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from kotomamba.errors import UserError
-from kotomamba.model.config import MambaConfig, configured
+from kotomamba.model.config import MambaConfig
 from kotomamba.model.pretrained import read_config
 from kotomamba.train.checkpoint_files import read_model_state_dict
-from kotomamba.train.config import TrainConfig, reset_refusal
+from kotomamba.train.config import TrainConfig, configured_at, located, reset_refusal, where_written
 from kotomamba.train.run_dir import init_source_kind, read_model_config, resolve_checkpoint
 
 EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
@@ -22,10 +22,12 @@ EMBEDDING_KEYS = ("backbone.embedding.weight", "lm_head.weight")
 
 def configured_model(config: TrainConfig, tokenizer_vocab: int) -> MambaConfig:
     """``preset`` plus the other ``model`` keys; ``vocab_size`` absent or null: the tokenizer's."""
+    where = where_written(config)
     vocab = config.model.get("vocab_size")
     if vocab is not None and vocab < tokenizer_vocab:
-        raise UserError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary ({tokenizer_vocab})")
-    return configured(config.model, tokenizer_vocab)
+        raise located(where, "model.vocab_size",
+                      f"{vocab} is smaller than the tokenizer's vocabulary ({tokenizer_vocab})")
+    return configured_at(config.model, tokenizer_vocab, where)
 
 
 def _kotomamba_config(path: Path) -> MambaConfig:
@@ -87,19 +89,25 @@ def check_sources(config: TrainConfig) -> None:
     from kotomamba.data.gpt_dataset import parse_data_path
     from kotomamba.data.tokenizer import build_tokenizer
 
+    where = where_written(config)
     for _, prefix in parse_data_path(config.data.data_path):
         for suffix in (".idx", ".bin"):
             if not Path(prefix + suffix).is_file():
-                raise UserError(f"data.data_path: {prefix}{suffix}: no such file")
-    tokenizer = build_tokenizer(config.data.tokenizer_type, config.data.tokenizer_model)
+                raise located(where, "data.data_path", f"{prefix}{suffix}: no such file")
+    if not Path(config.data.tokenizer_model).exists():  # before the tokenizer's own message, which names its CLI flag
+        raise located(where, "data.tokenizer_model", f"{config.data.tokenizer_model}: no such file")
+    try:
+        tokenizer = build_tokenizer(config.data.tokenizer_type, config.data.tokenizer_model)
+    except UserError as exc:
+        raise located(where, "data.tokenizer_model", str(exc)) from None
     if config.init.from_ is None:
         model, source = configured_model(config, tokenizer.vocab_size), "the model section"
     else:
         path = Path(config.init.from_)
         if not path.is_dir():
-            raise UserError(f"init.from: {path}: no such directory")
+            raise located(where, "init.from", f"{path}: no such directory")
         model = _kotomamba_config(path) if init_source_kind(path) == "kotomamba" else read_config(path)[0]
         source = f"init.from {path}"
     refusal = reset_refusal(config, model, source)
     if refusal:
-        raise UserError(f"data.reset_at_eod: {refusal}")
+        raise located(where, "data.reset_at_eod", refusal)

@@ -12,6 +12,7 @@ in the pipeline, before any job runs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kotomamba.errors import UserError
+from kotomamba.io import parse_yaml
 from kotomamba.model.config import MambaConfig, configured
 from kotomamba.train.step_choice import config_refusals
 
@@ -264,10 +266,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         except OSError as exc:
             raise UserError(f"{path}: cannot read the training config ({exc})") from exc
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text) or {}
+            raw, node = parse_yaml(text, str(path))
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: not valid YAML ({exc})") from exc
+        raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise UserError(f"{path}:1: the training config must be a mapping of sections")
         lines = _node_lines(node)
@@ -293,6 +295,7 @@ def build_config(raw: dict, where) -> TrainConfig:
     """
     config = _build(TrainConfig, raw, "", where)
     _check(config, where)
+    config._where = where  # not a field: for the checks of the files it names, at start-up (where_written)
     return config
 
 
@@ -462,11 +465,8 @@ def _check(config: TrainConfig, where: _Where) -> None:
     if not isinstance(config.model.get("preset", ""), str):
         fail("model.preset", "must be a preset name")
     if config.init.from_ is None:  # a model to start from is read at start-up (build.check_sources)
-        try:
-            model = configured(config.model)
-        except (UserError, TypeError, ValueError):
-            model = None  # reported where the model is built
-        refusal = reset_refusal(config, model, "the model section") if model is not None else None
+        model = configured_at(config.model, None, where)
+        refusal = reset_refusal(config, model, "the model section")
         if refusal:
             fail("data.reset_at_eod", refusal)
     if config.parallel.cuda_graph is True:
@@ -474,6 +474,38 @@ def _check(config: TrainConfig, where: _Where) -> None:
         for setting, why in config_refusals(config):
             fail("parallel.cuda_graph", f"cannot be true with {setting} ({why}); set one of them otherwise, "
                  "or parallel.cuda_graph: auto")
+
+
+def located(where, dotted: str, message: str) -> UserError:
+    """``file:line: a.b: message``: an error about the field ``dotted``, where the user wrote it."""
+    return UserError(f"{where(dotted)}: {dotted}: {message}")
+
+
+def where_written(config: TrainConfig):
+    """Where ``config``'s fields were written (:class:`_Where`, or the pipeline's mapper), for the checks made
+    after loading (:func:`kotomamba.train.build.check_sources`); a config made in code says only its field."""
+    return getattr(config, "_where", None) or (lambda dotted: "training config")
+
+
+# "model preset 'x': field 'y': ..." / "model config: field 'y': ..." (kotomamba.model.config): the field named.
+_MODEL_FIELD = re.compile(r"^(?:model preset '[^']*'|model config): field '(?P<field>[^']+)': (?P<rest>.*)$", re.S)
+
+
+def configured_at(model: dict, vocab_size: int | None, where) -> MambaConfig:
+    """:func:`kotomamba.model.config.configured` for a config's ``model`` section, its errors naming the line
+    and the field (``model.d_model``) the user wrote."""
+    try:
+        return configured(model, vocab_size)
+    except UserError as exc:
+        text = str(exc)
+        match = _MODEL_FIELD.match(text)
+        if match:
+            raise located(where, f"model.{match['field']}", match["rest"]) from None
+        if text.startswith("model preset "):
+            raise located(where, "model.preset", text[len("model "):]) from None
+        raise located(where, "model", text) from None
+    except (TypeError, ValueError) as exc:
+        raise located(where, "model", f"cannot build the model ({exc})") from None
 
 
 def reset_refusal(config: TrainConfig, model: MambaConfig, source: str) -> str | None:

@@ -7,6 +7,7 @@ the same dict. Only rank 0 writes.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -38,8 +39,20 @@ class MetricsSink:
         path = RunDir(run_dir).metrics
         if path.exists():
             # A resumed run repeats the steps after its checkpoint: drop the records it will write again.
-            kept = [json.dumps(record, sort_keys=True) + "\n" for record in read_metrics(path)
+            # metrics.jsonl is a log, not what the run resumes from: a damaged line (a corrupt one, or an
+            # earlier torn line that appends went on after) does not stop training. Its good records stay
+            # (so the steps up to the checkpoint keep their numbers and the resumed steps are not logged
+            # twice); the file as it was is kept beside it, named in a warning, so that nothing the user
+            # may want to inspect or mend is lost.
+            damaged: list[str] = []
+            kept = [json.dumps(record, sort_keys=True) + "\n" for record in read_metrics(path, damaged=damaged)
                     if record["step"] <= start_step]
+            if damaged:
+                aside = _free_name(path.with_name(path.name + ".damaged"))
+                os.replace(path, aside)
+                print(f"kotomamba train: warning: {damaged[0]}"
+                      f"{f' (and {len(damaged) - 1} more)' if len(damaged) > 1 else ''}: the damaged file is kept "
+                      f"as {aside}; {path} goes on with its {len(kept)} readable records", flush=True)
             with atomic_write(path) as handle:
                 handle.writelines(kept)
         self.file = open(path, "a")
@@ -71,6 +84,15 @@ class MetricsSink:
         for tracker in self.trackers:
             tracker.close()
         self.file.close()
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.2``, ``path.3`` ...: the first that does not exist (an earlier one is never replaced)."""
+    candidate, copies = path, 1
+    while candidate.exists():
+        copies += 1
+        candidate = path.with_name(f"{path.name}.{copies}")
+    return candidate
 
 
 def _console_line(record: dict) -> str:

@@ -8,10 +8,11 @@ from pathlib import Path
 from kotomamba.errors import UserError
 
 
-def read_metrics(path: Path, note_torn: bool = True) -> list[dict]:
+def read_metrics(path: Path, note_torn: bool = True, damaged: list[str] | None = None) -> list[dict]:
     """The records of a ``metrics.jsonl``. A torn last line (what a full disk or a kill mid-write leaves, and
     what a reader sees while a job is writing it) is dropped, with a note unless ``note_torn`` is false; a bad
-    line before the last is a ``UserError`` naming the file and line."""
+    line before the last is a ``UserError`` naming the file and line, or, given a ``damaged`` list, skipped
+    with why appended there."""
     lines = path.read_text().splitlines()
     records = []
     for number, line in enumerate(lines, 1):
@@ -25,8 +26,13 @@ def read_metrics(path: Path, note_torn: bool = True) -> list[dict]:
                     print(f"kotomamba train: {path}: line {number}: torn last record dropped ({exc.msg})",
                           flush=True)
                 continue
-            raise UserError(f"{path}: line {number}: not a JSON record ({exc.msg})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise UserError(f"{path}: line {number}: a record needs an integer 'step'")
-        records.append(record)
+            problem = f"{path}: line {number}: not a JSON record ({exc.msg})"
+        else:
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+                continue
+            problem = f"{path}: line {number}: a record needs an integer 'step'"
+        if damaged is None:
+            raise UserError(problem)
+        damaged.append(problem)
     return records

@@ -3,8 +3,13 @@
 RUN is a pipeline run's results (``results/<run>``: every stage under ``train/``) or one run directory.
 Made to be run from a login node while jobs train: it only reads (the run lock is probed with a shared
 lock given back at once, never taken), it tolerates the torn last line of a ``metrics.jsonl`` being
-written, and it is cheap (no torch; a checkpoint counts as complete by its recorded ``integrity.json``,
-never by hashing it again, which is what the next job's start does).
+written. What it says of a stage that no trainer holds is what the next job's start will find: the
+checkpoint it resumes is the newest one that verifies, by the start's own check
+(:func:`kotomamba.train.start_plan.newest_verified`: sizes and checksums recorded in ``integrity.json``, so
+status reads the newest checkpoints once; one from before checksums were recorded needs torch to read DCP's
+metadata), a checkpoint that does not verify is named as one the next job sets aside, and an identity
+record the start cannot read is named. While a trainer holds the run, its newest recorded checkpoint is
+shown unverified (:func:`complete_checkpoint`: cheap, and the trainer's own start verified what it resumed).
 
 Per stage: its state (not started; running: a trainer holds the lock; stopped: interrupted, the next job
 resumes; finished: ``final.json``; outdated: finished, but the stage it starts from has trained again
@@ -21,12 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kotomamba.errors import UserError
-from kotomamba.train.identity import changed_start, predecessor_run
+from kotomamba.train.identity import changed_start, predecessor_run, recorded_digest
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.restart_request import pending_restart
 from kotomamba.train.run_dir import DCP_METADATA, INTEGRITY, RunDir, step_of
 from kotomamba.train.run_lock import held_by
+from kotomamba.train.start_plan import StartPlan, newest_verified
 
 # How many of the newest logged windows the throughput is averaged over.
 THROUGHPUT_WINDOWS = 5
@@ -71,6 +77,22 @@ def complete_checkpoint(run: RunDir) -> Path | None:
     return None
 
 
+def _next_start(run: RunDir, status: StageStatus) -> Path | None:
+    """The checkpoint the next job resumes, found by its start's own check; what that start would set aside
+    or refuse goes to the stage's notes."""
+    plan = StartPlan()
+    checkpoint = newest_verified(run, plan)
+    status.notes += [f"the next job's start: {note}" for note in plan.notes]
+    if checkpoint is None and plan.set_aside:
+        status.notes.append("no checkpoint verifies: the next job starts over at step 1 (this run is kept as a "
+                            "superseded generation)")
+    if run.identity.is_file() and recorded_digest(run) is None:
+        status.notes.append(f"{run.identity}: the identity record is unreadable (empty or not the JSON train "
+                            f"wrote): the next job refuses to resume{f' {checkpoint.name}' if checkpoint else ''} "
+                            "until it is restored, or restart the run with --resume never")
+    return checkpoint
+
+
 def throughput(records: list[dict]) -> float | None:
     """Tokens per second over the newest logged windows (each holds ``logging.interval`` steps, so the harmonic
     mean of their rates is their tokens over their time; the time includes evaluations and checkpoint saves)."""
@@ -104,7 +126,7 @@ def _read_stage(root: Path, name: str | None) -> StageStatus:
     status.superseded = sum(1 for p in run.superseded.iterdir() if p.name.isdigit()) if run.superseded.is_dir() else 0
     status.holder = held_by(run.lock)
     config = _readable(status, _config, run)
-    checkpoint = complete_checkpoint(run)
+    checkpoint = complete_checkpoint(run) if status.holder is not None else _next_start(run, status)
     if checkpoint is not None:
         status.checkpoint = checkpoint.name
         status.checkpoint_step = step_of(checkpoint)
