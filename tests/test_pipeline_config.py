@@ -163,7 +163,7 @@ def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
     first = max(i for i, l in enumerate(lines, 1) if l == "    train:" and i < second)
     with pytest.raises(UserError) as info:
         validate(yaml.safe_load(text), str(path))
-    assert f"{path}:{second}: stages[1].train: duplicate key (first at line {first})" in str(info.value)
+    assert f"{path}:{second}: stages[1].train: duplicate key (first written at line {first}" in str(info.value)
 
 
 def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):

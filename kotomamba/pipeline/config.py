@@ -56,36 +56,6 @@ def _depth_and_line(path: list, config_file: str) -> tuple[int, int | None]:
     return len(path), line
 
 
-def _duplicate_keys(node, path: list) -> list[tuple[list, int, int]]:
-    """Every key a YAML mapping under ``node`` holds twice: (key path, its first line, the repeat's line)."""
-    found = []
-    if isinstance(node, yaml.MappingNode):
-        first: dict = {}
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else None
-            if name is not None and name in first:
-                found.append((path + [name], first[name], key.start_mark.line + 1))
-            elif name is not None:
-                first[name] = key.start_mark.line + 1
-            found += _duplicate_keys(value, path + [name])
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            found += _duplicate_keys(item, path + [index])
-    return found
-
-
-def duplicate_key_problems(config_files) -> list[str]:
-    """A key written twice in one mapping of a config file (YAML loaders keep the last and drop the first's
-    settings silently): ``file:line: key.path: ...`` of each repeat."""
-    problems = []
-    for config_file in _config_files(config_files):
-        if Path(config_file).is_file():
-            for path, first, line in _duplicate_keys(yaml.compose(Path(config_file).read_text()), []):
-                problems.append(f"{config_file}:{line}: {_format_path(path)}: duplicate key (first at line {first}); "
-                                "the later one would replace the earlier's settings: merge them")
-    return problems
-
-
 def _config_files(config_files) -> list[str]:
     if not config_files:
         return []
@@ -164,7 +134,7 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
             except yaml.YAMLError:
                 pass  # Snakemake has already refused a file that is not YAML
     errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
-    problems: list = [(None, message) for message in duplicate_key_problems(config_file)]
+    problems: list = []
     for error in errors:
         path = list(error.absolute_path)
         if error.validator == "additionalProperties":

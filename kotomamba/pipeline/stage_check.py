@@ -160,8 +160,8 @@ def run_problems(config: dict, locate: Callable[[list], str], inputs: bool = Tru
 
 def _split_problems(config: dict, checked: dict) -> list[Problem]:
     """A ``data.split`` without a validation share, where something reads the valid split: the evaluate job's
-    perplexity (``evaluate.eval_samples``) and each stage's evaluation during training (the trainer builds the
-    valid split when ``eval.steps`` > 0 and ``eval.interval`` > 0 or ``eval.final``: kotomamba/train/trainer.py)."""
+    perplexity (``evaluate.eval_samples``) and each stage's evaluation during training
+    (``EvalConfig.reads_valid_split``)."""
     from kotomamba.data.gpt_dataset import parse_split
 
     try:
@@ -174,7 +174,7 @@ def _split_problems(config: dict, checked: dict) -> list[Problem]:
         if config["evaluate"]["eval_samples"] > 0 else []
     for name, stage in checked.items():
         e = stage.eval
-        if e.steps > 0 and (e.interval > 0 or e.final):
+        if e.reads_valid_split:
             readers.append(f"stage {name!r}'s eval (steps {e.steps}, interval {e.interval}, final {e.final})")
     if not readers:
         return []

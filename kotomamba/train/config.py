@@ -154,6 +154,11 @@ class EvalConfig:
     """Validation batches (of global_batch_size samples) per evaluation."""
     final: bool = True
 
+    @property
+    def reads_valid_split(self) -> bool:
+        """Whether training evaluates at all, during the run or at its end: the valid split is built only then."""
+        return self.steps > 0 and (self.interval > 0 or self.final)
+
 
 @dataclass
 class CheckpointConfig:

@@ -146,17 +146,34 @@ def _config_changes(recorded: dict, current: dict, config: TrainConfig | None) -
             for key in sorted(old.keys() | new.keys()) if old.get(key, missing) != new.get(key, missing)]
 
 
+def _record(run: RunDir) -> dict | None:
+    """``run``'s ``identity.json``; None where there is none. ValueError or OSError where it cannot be read."""
+    try:
+        recorded = json.loads(run.identity.read_text())
+    except FileNotFoundError:
+        return None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("digest"), str):
+        raise ValueError("no \"digest\"")
+    return recorded
+
+
+def unreadable_record(run: RunDir) -> str | None:
+    """Why ``run``'s ``identity.json`` cannot be read (what :func:`identity_changes` refuses); None where it can be,
+    or there is none."""
+    try:
+        _record(run)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def identity_changes(run: RunDir, current: dict, config: TrainConfig | None = None) -> list[str] | None:
     """What differs between the identity ``run`` recorded and ``current`` (this job's :func:`stage_identity`):
     ``[]`` the same stage, else one line per changed setting or input; ``None`` when the run recorded none (a
     run directory written before identities were). An ``identity.json`` that cannot be read is an error naming
     it, unless ``final.json`` records this very identity: it is never taken for a changed stage."""
     try:
-        recorded = json.loads(run.identity.read_text())
-        if not isinstance(recorded, dict) or not isinstance(recorded.get("digest"), str):
-            raise ValueError("no \"digest\"")
-    except FileNotFoundError:
-        return None
+        recorded = _record(run)
     except (OSError, ValueError) as exc:
         try:
             finished = json.loads(run.final.read_text()).get("identity")
@@ -167,6 +184,8 @@ def identity_changes(run: RunDir, current: dict, config: TrainConfig | None = No
         raise UserError(f"{run.identity}: cannot be read ({exc}); it records what this run's checkpoints were "
                         "trained with. Restore it, or pass --resume never to start over (the run is kept in "
                         f"{run.superseded})") from None
+    if recorded is None:
+        return None
     if recorded["digest"] == current["digest"]:
         return []
     changes = []

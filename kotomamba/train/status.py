@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kotomamba.errors import UserError
-from kotomamba.train.identity import changed_start, predecessor_run, recorded_digest
+from kotomamba.train.identity import changed_start, predecessor_run, unreadable_record
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.metrics_file import read_metrics
 from kotomamba.train.restart_request import pending_restart
@@ -86,7 +86,7 @@ def _next_start(run: RunDir, status: StageStatus) -> Path | None:
     if checkpoint is None and plan.set_aside:
         status.notes.append("no checkpoint verifies: the next job starts over at step 1 (this run is kept as a "
                             "superseded generation)")
-    if run.identity.is_file() and recorded_digest(run) is None:
+    if unreadable_record(run) is not None:
         status.notes.append(f"{run.identity}: the identity record is unreadable (empty or not the JSON train "
                             f"wrote): the next job refuses to resume{f' {checkpoint.name}' if checkpoint else ''} "
                             "until it is restored, or restart the run with --resume never")

@@ -165,14 +165,14 @@ class Trainer:
         c = self.config
         self.tokenizer = build_tokenizer(c.data.tokenizer_type, c.data.tokenizer_model)
         g = c.train.global_batch_size
-        wants_eval = c.eval.steps > 0 and (c.eval.interval > 0 or c.eval.final)
         cache = c.data.cache_dir or str(self.run_dir / "index_cache")
         # Rank 0 builds (and caches) the sample indices first; the others then read the cache.
         for turn in (0, 1):
             if (self.rank == 0) == (turn == 0):
                 self.train_set, self.valid_set, _ = build_gpt_datasets(
                     c.data.data_path, c.data.split, c.data.seq_length, c.seed,
-                    (c.train.steps * g, c.eval.steps * g if wants_eval else 0, 0), cache, c.data.reset_at_eod,
+                    (c.train.steps * g, c.eval.steps * g if c.eval.reads_valid_split else 0, 0), cache,
+                    c.data.reset_at_eod,
                 )
             dist.barrier()
 
