@@ -146,6 +146,13 @@ def test_a_checkpoint_the_next_start_sets_aside_is_not_reported_as_resumable(res
     assert "checkpoint none yet" in status(run.root).stdout
 
 
+def test_status_reads_no_checkpoint_data(results, tmp_path, monkeypatch):
+    """A login node's look: the sizes integrity.json records, not the checksums of tens of GB."""
+    run = RunDir(shutil.copytree(results / "train" / "long-context", tmp_path / "long-context"))
+    monkeypatch.setattr("kotomamba.train.integrity.sha256_file", lambda path: pytest.fail(f"read {path}"))
+    assert stage_status(run.root).checkpoint == "step_00000006"
+
+
 @pytest.mark.slow
 def test_an_unreadable_identity_record_is_named(results, tmp_path):
     run = RunDir(shutil.copytree(results / "train" / "long-context", tmp_path / "long-context"))

@@ -52,8 +52,10 @@ def integrity_digest(checkpoint_dir: Path) -> str | None:
     return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
 
 
-def checkpoint_defect(checkpoint_dir: Path) -> str | None:
-    """Why ``checkpoint_dir`` cannot be trusted (naming the file), or ``None`` when it verifies."""
+def checkpoint_defect(checkpoint_dir: Path, hashed: bool = True) -> str | None:
+    """Why ``checkpoint_dir`` cannot be trusted (naming the file), or ``None`` when it verifies. Without ``hashed``
+    only what costs no reading of the data is checked (files there, of their recorded sizes): a look that a login
+    node can afford over a checkpoint of tens of GB, which the start's full check may still refuse."""
     if not checkpoint_dir.is_dir():
         return f"{checkpoint_dir}: no such directory"
     record = checkpoint_dir / INTEGRITY
@@ -70,7 +72,7 @@ def checkpoint_defect(checkpoint_dir: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             return f"{path}: {size} bytes, {expected['bytes']} recorded (truncated or rewritten)"
-        if sha256_file(path) != expected["sha256"]:
+        if hashed and sha256_file(path) != expected["sha256"]:
             return f"{path}: SHA-256 differs from the one recorded when it was written (corrupted)"
     return None
 

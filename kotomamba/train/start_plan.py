@@ -59,11 +59,11 @@ def _latest_note(run: RunDir) -> str | None:
     return None
 
 
-def newest_verified(run: RunDir, plan: StartPlan) -> Path | None:
-    """The newest checkpoint that verifies; each newer one that does not goes to ``plan.set_aside``, with why
-    in ``plan.notes``."""
+def newest_verified(run: RunDir, plan: StartPlan, hashed: bool = True) -> Path | None:
+    """The newest checkpoint that verifies (``hashed``: :func:`checkpoint_defect`'s); each newer one that does not
+    goes to ``plan.set_aside``, with why in ``plan.notes``."""
     for checkpoint in run.step_dirs():
-        defect = checkpoint_defect(checkpoint)
+        defect = checkpoint_defect(checkpoint, hashed)
         if defect is None:
             return checkpoint
         plan.set_aside.append(checkpoint)
@@ -79,7 +79,7 @@ def _finished_at(run: RunDir, checkpoint: Path) -> bool:
     return isinstance(final, dict) and Path(str(final.get("checkpoint"))).name == checkpoint.name
 
 
-def _within(a: Path, b: Path) -> bool:
+def _same_directory(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
@@ -97,7 +97,7 @@ def plan_start(run: RunDir, identity: dict, resume: str, config=None) -> StartPl
         if defect is not None:
             raise UserError(f"--resume {resume}: {defect}")
         plan.resume_from = found
-        if _within(found.parent, run.checkpoints):
+        if _same_directory(found.parent, run.checkpoints):
             plan.roll_back = [p for p in run.step_dirs() if p.name > found.name] + [
                 p for p in (run.final,) if p.exists()]
         elif any(p.exists() for p in run.records()):
@@ -165,7 +165,7 @@ def carry_out(run: RunDir, plan: StartPlan, identity: dict) -> None:
             if path.exists():
                 os.replace(path, target / path.name)
         print(f"kotomamba train: starting over ({plan.supersede}); the earlier run is kept in {target}", flush=True)
-    elif plan.resume_from is not None and _within(plan.resume_from.parent, run.checkpoints):
+    elif plan.resume_from is not None and _same_directory(plan.resume_from.parent, run.checkpoints):
         if plan.roll_back:
             why = f"--resume {plan.resume_from}: rolled back to {plan.resume_from.name}"
             target = _new_generation(run, why, plan.notes)

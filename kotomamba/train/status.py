@@ -4,9 +4,9 @@ RUN is a pipeline run's results (``results/<run>``: every stage under ``train/``
 Made to be run from a login node while jobs train: it only reads (the run lock is probed with a shared
 lock given back at once, never taken), it tolerates the torn last line of a ``metrics.jsonl`` being
 written. What it says of a stage that no trainer holds is what the next job's start will find: the
-checkpoint it resumes is the newest one that verifies, by the start's own check
-(:func:`kotomamba.train.start_plan.newest_verified`: sizes and checksums recorded in ``integrity.json``, so
-status reads the newest checkpoints once; one from before checksums were recorded needs torch to read DCP's
+checkpoint it resumes is the newest one that verifies, by the start's own check less the checksums
+(:func:`kotomamba.train.start_plan.newest_verified`: every file ``integrity.json`` records there, of its recorded
+size, so no checkpoint's data is read; one from before checksums were recorded needs torch to read DCP's
 metadata), a checkpoint that does not verify is named as one the next job sets aside, and an identity
 record the start cannot read is named. While a trainer holds the run, its newest recorded checkpoint is
 shown unverified (:func:`complete_checkpoint`: cheap, and the trainer's own start verified what it resumed).
@@ -78,10 +78,11 @@ def complete_checkpoint(run: RunDir) -> Path | None:
 
 
 def _next_start(run: RunDir, status: StageStatus) -> Path | None:
-    """The checkpoint the next job resumes, found by its start's own check; what that start would set aside
-    or refuse goes to the stage's notes."""
+    """The checkpoint the next job resumes, found by its start's own check less the checksums (status reads no
+    checkpoint's data: on a login node that would be tens of GB); what that start would set aside or refuse goes
+    to the stage's notes."""
     plan = StartPlan()
-    checkpoint = newest_verified(run, plan)
+    checkpoint = newest_verified(run, plan, hashed=False)
     status.notes += [f"the next job's start: {note}" for note in plan.notes]
     if checkpoint is None and plan.set_aside:
         status.notes.append("no checkpoint verifies: the next job starts over at step 1 (this run is kept as a "
