@@ -107,6 +107,16 @@ def test_one_stage_and_a_superseded_generation_read_alone(results):
 
 
 @pytest.mark.slow
+def test_a_stage_the_runs_config_no_longer_names_is_said_to_be_left_over(results, tmp_path):
+    """A stage renamed or removed in config.yaml leaves its directory: status names it as left over, from the run's
+    own record of its config (config.resolved.yaml, rewritten whenever the config changes)."""
+    run = shutil.copytree(results, tmp_path / "demo")
+    (run / "config.resolved.yaml").write_text("run: demo\nstages:\n  - name: pretrain\n  - name: long-context\n")
+    notes = {name: "\n".join(stage["notes"]) for name, stage in status_json(run).items()}
+    assert "not a stage of this run's config" in notes["anneal"] and "pretrain, long-context" in notes["anneal"]
+    assert "not a stage of this run's config" not in notes["pretrain"] + notes["long-context"]
+
+
 def test_status_does_not_import_torch(results):
     """A login node's Python may take many seconds to import torch from a shared filesystem."""
     probe = ("import sys; from kotomamba.cli import main; main(['status', sys.argv[1]]); "

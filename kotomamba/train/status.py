@@ -207,7 +207,29 @@ def run_status(path: Path) -> list[StageStatus]:
                             f"kotomamba status {path / runs[0]}")
         return [stage_status(path)]
     stages = {p.name: RunDir(p) for p in stages_dir.iterdir() if p.is_dir()}
-    return [stage_status(stages[name].root, name) for name in _stage_order(stages)]
+    configured = _configured_stages(path)
+    statuses = [stage_status(stages[name].root, name) for name in _stage_order(stages)]
+    for status in statuses:
+        if configured is not None and status.name not in configured:
+            status.notes.append(f"not a stage of this run's config ({RunDir(path).config}: "
+                                f"{', '.join(configured)}): left by an earlier config, the pipeline neither trains "
+                                "nor exports it")
+    return statuses
+
+
+def _configured_stages(results: Path) -> list[str] | None:
+    """The stages the pipeline run's own record of its config names (written once its data is ready, whenever the
+    config changed); None where there is no such record."""
+    from kotomamba.io import read_yaml
+
+    record = RunDir(results).config
+    if not record.is_file():
+        return None
+    config = read_yaml(record, "run config record")
+    stages = config.get("stages") if isinstance(config, dict) else None
+    if not isinstance(stages, list):
+        return None
+    return [stage.get("name") for stage in stages if isinstance(stage, dict)]
 
 
 def _time_left(seconds: float) -> str:
