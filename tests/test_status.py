@@ -231,6 +231,13 @@ def test_a_stage_trained_from_a_result_that_changed_is_outdated(tmp_path):
               "train.max_steps_this_job=4")
     assert [(s["state"], s["notes"]) for s in status_json(stages.parent).values()] == [
         ("finished", []), ("finished", []), ("stopped", [])]
+    # Without its final.json but with the checkpoint it ended with, pretrain's next job resumes to the same result:
+    # nothing after it trains again.
+    final = (pretrain / "final.json").read_bytes()
+    (pretrain / "final.json").unlink()
+    stage = status_json(stages.parent)
+    assert [(s["state"], s["notes"]) for s in stage.values()][1:] == [("finished", []), ("stopped", [])]
+    (pretrain / "final.json").write_bytes(final)
 
     request_restart(pretrain, "forced by snakemake --forcerun")
     run_train(write_config(tmp_path, pretrain, **STAGE, eval=QUIET), "train.max_steps_this_job=2")

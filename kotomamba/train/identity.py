@@ -210,8 +210,9 @@ def predecessor_run(init_from: str) -> RunDir:
 def changed_start(run: RunDir, init_from: str) -> str | None:
     """Why the start ``run`` recorded (its ``identity.json``) is no longer the result of the run it is
     initialised from (``init_from``: a run directory of ours or one of its checkpoints): "is being trained
-    again" (it has no result now), "has a new result"; ``None`` when it is the same, or when ``run`` recorded no
-    run's result to compare (it has not started, or it started from a released model or a bare checkpoint).
+    again" (it has no result now, and started over), "has a new result"; ``None`` when it is the same (also when
+    it has no result now but still holds the checkpoint it ended with, which its next job resumes), or when ``run`` recorded no run's result to
+    compare (it has not started, or it started from a released model or a bare checkpoint).
     Reads two small files: cheap enough for ``kotomamba status``."""
     try:
         recorded = json.loads(run.identity.read_text())["inputs"]["init"]
@@ -226,6 +227,15 @@ def changed_start(run: RunDir, init_from: str) -> str | None:
     try:
         final = json.loads(predecessor.final.read_text())
     except FileNotFoundError:
+        # No result now. Where the checkpoint this stage started from is still the newest there (its final.json
+        # removed, or the job that wrote it cut short), its next job resumes to that very result; else it started
+        # over.
+        from kotomamba.train.integrity import integrity_digest
+        from kotomamba.train.run_dir import resolve_checkpoint
+
+        newest = resolve_checkpoint(predecessor.root)
+        if newest is not None and recorded_weights is not None and integrity_digest(newest) == recorded_weights:
+            return None
         return "is being trained again"
     except (OSError, ValueError):
         return None
