@@ -28,6 +28,15 @@ class UserError(Exception):
     """
 
 
+def report(command: str, error: BaseException) -> int:
+    """Print ``error`` as a ``kotomamba`` subcommand's one-line error (``kotomamba COMMAND: error: ...``, on stderr,
+    no traceback) and return :data:`USER_ERROR_EXIT`, the status the subcommand exits with."""
+    import sys
+
+    print(f"kotomamba {command}: error: {error}", file=sys.stderr)
+    return USER_ERROR_EXIT
+
+
 class ReportedByRankZero(UserError):
     """Rank 0's error, shared with every other rank of a job: only rank 0 prints it (all exit 2)."""
 

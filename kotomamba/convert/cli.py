@@ -16,7 +16,7 @@ import torch
 from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
 from kotomamba.convert.run_info import RunInfo, parameter_count, read_run_info
 from kotomamba.data.remote_inputs import local_input
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.train.checkpoint_files import load_model_state_dict
 from kotomamba.train.run_dir import RunDir, is_run_or_checkpoint, locate_checkpoint
 from kotomamba.train.run_lock import RunLock
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         info = convert(args.checkpoint, args.target, args.output, args.tokenizer_type, args.tokenizer_model,
                        args.eval_json, args.dtype)
     except UserError as exc:
-        print(f"kotomamba convert: {exc}", file=sys.stderr)
-        return 2
+        return report("convert", exc)
     print(f"kotomamba convert: wrote {args.target} to {args.output}")
     unfinished = info.unfinished_note()
     if unfinished:

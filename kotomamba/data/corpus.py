@@ -29,7 +29,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from types import ModuleType
 
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.io import atomic_write, check_output
 
 # Modules that open windows or browsers, print, or start interactive machinery when imported.
@@ -185,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         count = write_corpus(args.output, args.max_bytes)
     except UserError as exc:
-        print(f"kotomamba collect-corpus: error: {exc}", file=sys.stderr)
-        return 2
+        return report("collect-corpus", exc)
     print(f"{args.output}: {count} documents (Python {sys.version.split()[0]} standard library docstrings)")
     return 0

@@ -36,7 +36,6 @@ import http.client
 import os
 import re
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -49,7 +48,7 @@ from kotomamba.data.compression import COMPRESSED_SUFFIXES, open_decompressed, s
 from kotomamba.data.hub import fetch_url, is_hub_file
 from kotomamba.data.input_lock import InputLock
 from kotomamba.data.line_origins import count_lines, write_origins
-from kotomamba.errors import UserError, out_of_space
+from kotomamba.errors import UserError, out_of_space, report
 from kotomamba.io import atomic_write, read_json, read_yaml, write_json
 
 BLOCK = 1 << 20
@@ -505,6 +504,5 @@ def main(argv: list[str] | None = None) -> int:
         else:
             download(sources, args.output_dir, decompress=not args.keep_compressed, retries=args.retries)
     except UserError as exc:
-        print(f"kotomamba download: error: {exc}", file=sys.stderr)
-        return 2
+        return report("download", exc)
     return 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +32,7 @@ import numpy as np
 from kotomamba.data.indexed_dataset import HEADER, MAGIC, VERSION, IndexedDataset, data_file_path, dtype_code, \
     index_file_path
 from kotomamba.data.preprocess import check_dataset_outputs, no_documents_message
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.io import read_json
 
 COPY_BLOCK = 16 << 20
@@ -170,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge_shards(args.input, args.output_prefix, args.json_keys,
                               "sentence" if args.split_sentences else "document", args.summaries)
     except UserError as exc:
-        print(f"kotomamba merge-datasets: error: {exc}", file=sys.stderr)
-        return 2
+        return report("merge-datasets", exc)
     level = "sentence" if args.split_sentences else "document"
     for key, (documents, tokens) in merged.items():
         print(f"{args.output_prefix}_{key}_{level}.bin/.idx: {documents} documents, {tokens} tokens "

@@ -59,7 +59,7 @@ from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_E
 from kotomamba.data.line_origins import sources_of
 from kotomamba.data.sentences import split_sentences
 from kotomamba.data.tokenizer import GPT2_TYPES, TOKENIZER_TYPES, Tokenizer, build_tokenizer
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.io import check_output, write_json
 
 try:
@@ -487,8 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary:
             write_summary(summary, args.summary)
     except UserError as exc:
-        print(f"kotomamba preprocess: error: {exc}", file=sys.stderr)
-        return 2
+        return report("preprocess", exc)
     for key, prefix in summary.outputs.items():
         print(f"{prefix}.bin/.idx: {summary.documents[key]} documents, {summary.tokens[key]} tokens")
     skipped = skipped_counts(summary.skipped)

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 from kotomamba.data.download import Source, download, parse_source
 from kotomamba.data.hub import HUB_ENDPOINT_VARIABLE, HubId, hub_endpoint, parse_hub_id, resolve_url
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.io import write_json
 
 KINDS = ("tokenizer", "model")
@@ -177,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = fetch_input(spec, args.kind, args.cache, log=lambda line: print(line, file=sys.stderr))
     except UserError as exc:
-        print(f"kotomamba fetch-input: {exc}", file=sys.stderr)
-        return 2
+        return report("fetch-input", exc)
     print(path)
     return 0

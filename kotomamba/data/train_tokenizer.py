@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 from kotomamba.data.compression import open_decompressed, strip_compression_suffix
 from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, UTF8_BOM, BadLine, bad_line_error,
                                         check_on_bad_line, line_texts, skipped_counts, where)
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.io import atomic_write, check_output
 
 MODEL_NAME = "tokenizer"
@@ -204,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         model = train_tokenizer(sentences, args.vocab_size, args.model_type, args.output,
                                 args.character_coverage, args.input_sentence_size, args.seed)
     except UserError as exc:
-        print(f"kotomamba train-tokenizer: error: {exc}", file=sys.stderr)
-        return 2
+        return report("train-tokenizer", exc)
     if any(sentences.skipped.values()):
         print(f"skipped bad lines: {skipped_counts(sentences.skipped)}", file=sys.stderr)
     print(model)

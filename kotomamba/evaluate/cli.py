@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
 
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.evaluate.perplexity import heldout_loss
 from kotomamba.io import write_json
 from kotomamba.model.generation import SamplingConfig, load_model, load_tokenizer, resolve_device_dtype, sample_texts
@@ -164,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(args)
     except UserError as exc:
-        print(f"kotomamba evaluate: {exc}", file=sys.stderr)
-        return 2
+        return report("evaluate", exc)
     write_json(args.output, result)
     for name, key in (("trained", "perplexity"), ("untrained", "baseline_init")):
         if key in result:

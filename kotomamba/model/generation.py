@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
 
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = sample_texts(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.seed,
                                args.batch, not args.no_stop_at_eos, cuda_graph=False if args.no_cuda_graph else None)
     except UserError as exc:
-        print(f"kotomamba generate: {exc}", file=sys.stderr)
-        return 2
+        return report("generate", exc)
     for sample in samples:
         print(f"=== {sample['prompt']!r}\n{sample['text']}\n")
     if args.output:

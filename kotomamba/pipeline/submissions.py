@@ -37,6 +37,7 @@ import yaml
 from snakemake_interface_common.exceptions import WorkflowError
 
 from kotomamba.cluster_jobs import SettingError
+from kotomamba.errors import report
 
 PLANNED_JOBS_ENV = "KOTOMAMBA_PLANNED_JOBS"
 # The placeholder for what exists only at submission (Snakemake's job script, the SLURM run id).
@@ -358,8 +359,7 @@ def main(argv: list[str]) -> int:
                                "profile's submit.py (with submit_command)")
         jobs = plan(options.profile, options.configfile, options.targets, extra)
     except SettingError as error:
-        print(f"kotomamba submissions: {error}", file=sys.stderr)
-        return 2
+        return report("submissions", error)
     # Snakemake's -d/--directory: the jobs' working directory, where submit.py and the SLURM plugin run.
     flags = [i for i, arg in enumerate(extra[:-1]) if arg in ("-d", "--directory")]
     workdir = Path(extra[flags[-1] + 1]).resolve() if flags else Path.cwd()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kotomamba.errors import USER_ERROR_EXIT, ReportedByRankZero, UserError
+from kotomamba.errors import USER_ERROR_EXIT, ReportedByRankZero, UserError, report
 from kotomamba.train.stop_signals import EXIT_REQUEUE, StopBeforeTraining, StopSignals
 
 
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportedByRankZero:
         return USER_ERROR_EXIT
     except UserError as exc:
-        print(f"kotomamba train: error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT
+        return report("train", exc)
     except StopBeforeTraining as exc:
         print(f"kotomamba train: {exc}; nothing to save, exit {EXIT_REQUEUE} (requeue)", file=sys.stderr)
         return EXIT_REQUEUE

@@ -79,7 +79,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.train import requeue
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.parent_death import LAUNCHER_PID, alive, die_with_parent
@@ -582,5 +582,4 @@ def main(argv: list[str]) -> int:
     try:
         return launch(options, dict(os.environ))
     except UserError as error:
-        print(f"kotomamba launch: {error}", file=sys.stderr)
-        return 2
+        return report("launch", error)

@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kotomamba.errors import UserError
+from kotomamba.errors import UserError, report
 from kotomamba.train.identity import changed_start, predecessor_run, unreadable_record
 from kotomamba.train.job_log import read_job_starts
 from kotomamba.train.metrics_file import read_metrics
@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stages = run_status(args.run)
     except UserError as exc:
-        print(f"kotomamba status: error: {exc}", file=sys.stderr)
-        return 2
+        return report("status", exc)
     if args.json:
         print(json.dumps({"run": str(args.run), "stages": [asdict(s) for s in stages]}, indent=2))
     else:
