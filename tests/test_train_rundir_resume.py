@@ -124,6 +124,10 @@ def test_a_corrupt_metrics_line_is_set_aside_and_does_not_block_the_resume(tmp_p
     assert losses(run.root) == {
         step: loss for step, loss in straight[0].items() if step != lost}
     assert_same_weights(final_weights(run.root), straight[1])
+    # The damaged log is the run's: a start over keeps it with the rest of the run's records.
+    result = run_train(config, "optim.lr=0.002", "train.max_steps_this_job=1")
+    kept = run.superseded / "1" / aside.name
+    assert "starting over" in result.stdout and kept.read_text() == damaged and not aside.exists()
 
 
 @pytest.mark.slow

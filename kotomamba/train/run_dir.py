@@ -121,7 +121,7 @@ class RunDir:
     def records(self) -> list[Path]:
         """What a run leaves that a later run must not mix with its own (moved together when superseded)."""
         return [self.checkpoints, self.metrics, self.jobs, self.final, self.config, self.manifest,
-                self.model_config, self.identity]
+                self.model_config, self.identity, *sorted(self.root.glob(f"{self.metrics.name}.damaged*"))]
 
 
 def run_dir_of(checkpoint_dir: Path) -> Path | None:
