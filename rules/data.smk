@@ -6,7 +6,6 @@
 
 from kotomamba.data.download import source_state
 from kotomamba.pipeline.config import locate
-from kotomamba.pipeline.inputs import local_spelling
 
 SOURCE_NAME = "[A-Za-z0-9][A-Za-z0-9_-]*"  # the config schema's pattern: never a path with a shard in it
 SHARD_ID = r"\d\d\d\d\d+"  # kotomamba.data.shards.Shard.id
@@ -91,11 +90,6 @@ rule fetch_input:
         fetch(params, output, log, locate(remote_input(wildcards)[1], CONFIG_FILES))
 
 
-def shard_name(shard):
-    """What params call a shard: its URL, or its local path in one spelling (relative or absolute is no change)."""
-    return local_spelling(shard.location)
-
-
 def shard_state(shard):
     """A local shard's size and change time (a changed file reruns what read it); a URL as given."""
-    return [] if shard.is_builtin else source_state([shard_name(shard)])
+    return [] if shard.is_builtin else source_state([shard.location])

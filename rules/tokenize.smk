@@ -22,7 +22,7 @@ rule tokenize_shard:
         summary=temp(PATHS.shard_summary("{source}", "{shard}")),
     params:
         prefix=PATHS.shard_prefix("{source}", "{shard}"),
-        name=lambda w: shlex.quote(shard_name(shard_of(w))),  # errors name the user's URL or file and its line
+        name=lambda w: shlex.quote(shard_of(w).location),  # errors name the user's URL or file and its line
         state=lambda w: shard_state(shard_of(w)),
         settings=TOKENIZE_SETTINGS,
     wildcard_constraints:
@@ -63,7 +63,7 @@ rule tokenize:
         prefix=PATHS.merged_prefix("{source}"),
         # The shards' sources and their state: a changed or added file reruns the merge (and with it
         # the shard jobs whose temporary outputs are gone).
-        shards=lambda w: [(shard_name(shard), shard.sha256, shard_state(shard)) for shard in PATHS.shards(w.source)],
+        shards=lambda w: [(shard.location, shard.sha256, shard_state(shard)) for shard in PATHS.shards(w.source)],
         settings=TOKENIZE_SETTINGS,
     wildcard_constraints:
         source=SOURCE_NAME,

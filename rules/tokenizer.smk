@@ -20,7 +20,7 @@ if not config["tokenizer"]["model"]:
             json_keys=" ".join(map(shlex.quote, config["tokenize"]["json_keys"])),
             on_bad_line=config["tokenize"]["on_bad_line"],
             # Errors name the user's URL or file and its line, as the shard jobs' do.
-            names=" ".join(shlex.quote(shard_name(shard)) for shard in TOKENIZER_SHARDS),
+            names=" ".join(shlex.quote(shard.location) for shard in TOKENIZER_SHARDS),
             # A local source file replaced by one with an older change time still retrains.
             state=[shard_state(shard) for shard in TOKENIZER_SHARDS],
         log:

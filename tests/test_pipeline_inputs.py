@@ -128,24 +128,3 @@ def test_lock_records_each_input_once_and_sorted(tmp_path):
     text = lock.path.read_text()
     assert text.startswith("# sha256 of each remote input") and text.index("hf://a") < text.index("hf://b")
     assert yaml.safe_load(text) == {"hf://a": "1" * 64, "hf://b": "2" * 64}
-
-
-def test_a_local_path_relative_or_absolute_is_one_input(tmp_path, monkeypatch):
-    """`mydata/a.jsonl` and its absolute path: the same rule inputs and params (no rerun), URLs as written."""
-    from kotomamba.data.download import source_state
-    from kotomamba.pipeline.inputs import local_spelling
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "mydata").mkdir()
-    (tmp_path / "mydata" / "a.jsonl").write_text('{"text": "hello"}\n')
-    seen = []
-    for url in ("mydata/a.jsonl", str(tmp_path / "mydata" / "a.jsonl"), "./mydata/../mydata/a.jsonl"):
-        config = yaml.safe_load((REPO / "config.yaml").read_text())
-        config["corpus"]["sources"] = [{"name": "mine", "urls": [url]}]
-        paths = RunPaths(validate(config))
-        shard = paths.shards("mine")[0]
-        name = local_spelling(shard.location)
-        seen.append((paths.shard_file(shard), name, source_state([name])))
-    assert seen[0] == seen[1] == seen[2]
-    assert seen[0][1] == "mydata/a.jsonl"
-    assert local_spelling(SHARDS[0]) == SHARDS[0] and local_spelling("/elsewhere/b.jsonl") == "/elsewhere/b.jsonl"

@@ -282,9 +282,7 @@ class RunPaths:
             return self.corpus(shard.source)
         if shard.is_download:
             return self.downloaded_shard(shard.source, shard.id, shard.compression)
-        from kotomamba.pipeline.inputs import local_spelling
-
-        return local_spelling(shard.local_path)
+        return shard.local_path
 
     def corpus_files(self, source: str) -> list[str]:
         """Every file ``source``'s text is read from, in order (the user's local files included)."""

@@ -31,14 +31,10 @@ input of the run is an error, as is a local replacement that does not exist.
 from __future__ import annotations
 
 import glob
-import os
-import urllib.parse
 from pathlib import Path
 
 from kotomamba.data.download import Source, is_remote, parse_source
-from kotomamba.data.shards import BUILTIN
 from kotomamba.data.hub import is_hub_file, parse_hub_file, parse_hub_id
-from kotomamba.data.shards import BUILTIN
 from kotomamba.errors import UserError
 
 OVERRIDES = "inputs_override"
@@ -76,17 +72,6 @@ def _set(config: dict, path: list, value: str) -> None:
     for part in path[:-1]:
         holder = holder[part]
     holder[path[-1]] = value
-
-
-def local_spelling(location: str) -> str:
-    """One spelling of a local path (relative to the working directory under it, else absolute, normalised), so
-    that ``mydata/a.jsonl`` and its absolute path are the same input to rules' params and inputs; URLs, file URLs
-    and the builtin corpus as they are."""
-    if is_remote(location) or location.startswith(BUILTIN) or len(urllib.parse.urlsplit(location).scheme) > 1:
-        return location
-    absolute = os.path.abspath(location)
-    relative = os.path.relpath(absolute)
-    return absolute if relative == ".." or relative.startswith(".." + os.sep) else relative
 
 
 def _local_exists(path: str) -> bool:
