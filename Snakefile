@@ -18,7 +18,7 @@ if not workflow.overwrite_configfiles:
 CONFIG_FILES = list(workflow.configfiles)  # errors name the file of these that sets a key, and its line
 
 try:
-    validate(config, CONFIG_FILES, command_line=workflow.config_settings.overwrite_config)  # --config values
+    validate(config, CONFIG_FILES, command_line=dict(workflow.config_settings.config))  # --config values only
 except UserError as error:
     raise WorkflowError(str(error)) from None
 

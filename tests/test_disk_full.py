@@ -172,6 +172,6 @@ def test_a_tokenizer_without_room_names_its_file_and_leaves_nothing(tmp_path):
 
         # An error that has nothing to do with room stays itself on a full disk.
         assert "is more pieces than SentencePiece can make of this text" in train(20000)
-        assert train(400) == (f"kotomamba train-tokenizer: error: No space left on device writing {output}; make "
-                              f"room there, then run it again")
+        assert train(400) == (f"kotomamba train-tokenizer: error: No space left on device writing "
+                              f"{output / 'tokenizer.vocab'}; make room there, then run it again")
         assert [path.name for path in disk.iterdir()] == ["filler"]

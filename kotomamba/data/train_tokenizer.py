@@ -17,6 +17,7 @@ import argparse
 import io
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -157,12 +158,19 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike] | Sentences, vocab_size:
     # last: a run stopped between the two leaves the earlier model beside the new listing, never a new model
     # beside an old listing.
     processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
-    with atomic_write(Path(output) / f"{MODEL_NAME}.vocab", "w", encoding="utf-8") as vocab:
-        for piece_id in range(processor.get_piece_size()):
-            vocab.write(f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}\n")
-    with atomic_write(Path(output) / f"{MODEL_NAME}.model", "wb") as written:
-        written.write(model.getvalue())
-    return Path(output) / f"{MODEL_NAME}.model"
+    output = Path(output)
+    made = not output.exists()
+    try:
+        with atomic_write(output / f"{MODEL_NAME}.vocab", "w", encoding="utf-8") as vocab:
+            for piece_id in range(processor.get_piece_size()):
+                vocab.write(f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}\n")
+        with atomic_write(output / f"{MODEL_NAME}.model", "wb") as written:
+            written.write(model.getvalue())
+    except BaseException:
+        if made:  # a directory this call made holds nothing of a tokenizer that was not written whole
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    return output / f"{MODEL_NAME}.model"
 
 
 def check_settings(vocab_size: int, model_type: str, character_coverage: float, input_sentence_size: int) -> None:
