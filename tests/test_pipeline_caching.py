@@ -87,6 +87,17 @@ def logged_steps(workdir: Path, stage: str) -> list[int]:
     return [record["step"] for record in map(json.loads, lines) if "loss" in record]
 
 
+def snakemake_training_long_context(run: Path, steps: int) -> tuple[subprocess.Popen, Path, Path]:
+    """`snakemake all` started in a session of its own with long-context changed to ``steps`` steps, so that it
+    trains again: the process, the config file and the stage's directory."""
+    config = small_config()
+    config["stages"][1]["train"]["train"]["steps"] = steps
+    config_file = write_config(run, config)
+    process = subprocess.Popen(snakemake_command(run, config_file, "all"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    return process, config_file, run / RUN / "train" / "long-context"
+
+
 def test_a_changed_earlier_stage_retrains_the_later_ones(run):
     before = exported_weights(run)
     config = small_config()
@@ -103,12 +114,7 @@ def test_a_changed_earlier_stage_retrains_the_later_ones(run):
 
 def test_an_interrupted_stage_is_never_done(run):
     """Ctrl-C while a changed stage trains: the next run trains it again, whatever exists downstream."""
-    config = small_config()
-    config["stages"][1]["train"]["train"]["steps"] = 100_000  # cannot finish before the interrupt
-    config_file = write_config(run, config)
-    stage_dir = run / RUN / "train" / "long-context"
-    process = subprocess.Popen(snakemake_command(run, config_file, "all"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process, config_file, stage_dir = snakemake_training_long_context(run, 100_000)  # cannot finish first
     try:
         deadline = time.monotonic() + 600
         # The stage has started over once its earlier run is set aside.
@@ -229,12 +235,8 @@ def test_a_stage_that_finished_after_snakemake_died_is_not_trained_again(run):
     """Snakemake killed (kill -9, an OOM killer, a login node's reaper) while a stage trains: the trainer runs on
     and finishes. The next run (the profiles' --rerun-incomplete) finds the stage's outputs marked incomplete and
     runs its job again: the stage resumes at its last step and is not trained from step 1."""
-    config = small_config()
-    config["stages"][1]["train"]["train"]["steps"] = 400  # long enough to be training when Snakemake is killed
-    config_file = write_config(run, config)
-    stage_dir = run / RUN / "train" / "long-context"
-    process = subprocess.Popen(snakemake_command(run, config_file, "all"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    # Long enough to be training when Snakemake is killed, at its first checkpoint.
+    process, config_file, stage_dir = snakemake_training_long_context(run, 120)
     try:
         deadline = time.monotonic() + 600
         while not list((stage_dir / "checkpoints").glob("step_*")) or not (stage_dir / "superseded").exists():
@@ -243,6 +245,7 @@ def test_a_stage_that_finished_after_snakemake_died_is_not_trained_again(run):
             time.sleep(0.2)
         process.kill()  # Snakemake alone: its job, in Snakemake's session, trains on
         process.wait()
+        assert not (stage_dir / "final.json").exists(), "the stage finished before Snakemake was killed"
         while True:  # until the last of the session's processes, the trainer, has ended
             try:
                 os.killpg(process.pid, 0)
@@ -255,7 +258,7 @@ def test_a_stage_that_finished_after_snakemake_died_is_not_trained_again(run):
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert final(run, "long-context")["step"] == 400
+    assert final(run, "long-context")["step"] == 120
     generations = sorted(path.name for path in (stage_dir / "superseded").iterdir())
     assert snakemake(run, config_file, "--unlock").returncode == 0
 
@@ -264,7 +267,7 @@ def test_a_stage_that_finished_after_snakemake_died_is_not_trained_again(run):
     log = (run / RUN / "logs" / "train" / "long-context.log").read_text()
     assert "starting over" not in log and "resuming from" in log, log
     assert sorted(path.name for path in (stage_dir / "superseded").iterdir()) == generations
-    assert final(run, "long-context")["step"] == 400
+    assert final(run, "long-context")["step"] == 120
 
 
 def file_source_config(workdir: Path, trained: Path, source: Path) -> Path:
