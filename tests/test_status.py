@@ -172,6 +172,10 @@ def test_an_unreadable_identity_record_is_named(results, tmp_path):
     assert (f"{run.identity}: the identity record is unreadable (empty or not the JSON train wrote): the next job "
             "refuses to resume step_00000006") in "\n".join(stage.notes)
     assert "the identity record is unreadable" in status(run.root).stdout
+    finished = RunDir(shutil.copytree(results / "train" / "pretrain", tmp_path / "pretrain"))
+    finished.identity.write_text("")
+    assert "refuses to resume step_00000008 (unless its final.json records the identity the job is started with)" \
+        in "\n".join(stage_status(finished.root).notes)
 
 
 @pytest.mark.slow

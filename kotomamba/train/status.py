@@ -88,9 +88,11 @@ def _next_start(run: RunDir, status: StageStatus) -> Path | None:
         status.notes.append("no checkpoint verifies: the next job starts over at step 1 (this run is kept as a "
                             "superseded generation)")
     if unreadable_record(run) is not None:
+        finished = " (unless its final.json records the identity the job is started with)" if run.final.is_file() \
+            else ""
         status.notes.append(f"{run.identity}: the identity record is unreadable (empty or not the JSON train "
-                            f"wrote): the next job refuses to resume{f' {checkpoint.name}' if checkpoint else ''} "
-                            "until it is restored, or restart the run with --resume never")
+                            f"wrote): the next job refuses to resume{f' {checkpoint.name}' if checkpoint else ''}"
+                            f"{finished} until it is restored, or restart the run with --resume never")
     return checkpoint
 
 
