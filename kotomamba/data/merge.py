@@ -66,8 +66,12 @@ def merge_all(plan: dict[str, Sequence[str | os.PathLike]]) -> dict[str, tuple[i
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
         raise
-    return {output: (sum(len(ds.document_indices) - 1 for ds in datasets), sum(ds.num_tokens for ds in datasets))
+    return {output: (_documents(datasets), sum(ds.num_tokens for ds in datasets))
             for output, datasets in merges.items()}
+
+
+def _documents(datasets: list[IndexedDataset]) -> int:
+    return sum(len(ds.document_indices) - 1 for ds in datasets)
 
 
 def _opened(prefixes: Sequence[str | os.PathLike]) -> list[IndexedDataset]:
@@ -97,8 +101,8 @@ def _write_merged(datasets: list[IndexedDataset], output: Path) -> list[tuple[Pa
             writer.flush()
             os.fsync(writer.fileno())
         with open(tmp_idx, "wb") as writer:
-            documents = sum(len(ds.document_indices) - 1 for ds in datasets)
-            writer.write(HEADER.pack(MAGIC, VERSION, dtype_code(dtype), sum(map(len, datasets)), documents + 1))
+            sequences, documents = sum(map(len, datasets)), _documents(datasets)
+            writer.write(HEADER.pack(MAGIC, VERSION, dtype_code(dtype), sequences, documents + 1))
             for ds in datasets:
                 writer.write(ds.sizes.tobytes(order="C"))
             byte_offset = 0
