@@ -385,6 +385,17 @@ def test_a_bad_line_is_named_in_the_users_file(corpus, sp_model, tmp_path):
         preprocess([str(joined)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
 
 
+def test_a_bad_line_of_a_corpus_replaced_since_its_origins_is_named_in_the_corpus(corpus, sp_model, tmp_path):
+    """The user wrote their own file over a concatenation: its record describes the file that was there before."""
+    joined = tmp_path / "joined.jsonl"
+    joined.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:6]), encoding="utf-8")
+    write_origins(joined, [("data/a.jsonl", 3), ("data/b.jsonl", 3)])
+    joined.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:4]) + '{"text": 3}\n',
+                      encoding="utf-8")
+    with pytest.raises(UserError, match=r"^\S*joined.jsonl:5: key 'text' is int"):
+        preprocess([str(joined)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
+
+
 def test_an_empty_corpus_is_an_error_that_leaves_nothing(sp_model, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"text": ""}\n{"text": ""}\n', encoding="utf-8")
