@@ -414,6 +414,36 @@ def test_a_byte_order_mark_is_no_part_of_the_first_line(sp_model, tmp_path):
     assert summary.skipped["invalid_json"] == 0
 
 
+BOM_CASES = [  # (the file's data, the texts read, the bad lines skipped)
+    (b"\xef\xbb\xbf", [], {}),  # a mark and nothing else: no line at all
+    (b"\xef\xbb", [], {"invalid_utf8": 1}),  # part of a mark is part of line 1
+    (b"7", [], {"invalid_json": 1}),
+    (b'\xef\xbb\xbf{"text": "a"}', ["a"], {}),
+    (b'\xef\xbb\xbf\xef\xbb\xbf{"text": "a"}\n', [], {"invalid_json": 1}),  # one mark is taken, not two
+    (b'7\n8\n{"text": "a"}\n9\n{"text": "b"}\n', ["a", "b"], {"invalid_json": 3}),  # lines in the first bytes
+]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("data, texts, skipped", BOM_CASES)
+def test_tokenization_and_tokenizer_training_read_a_byte_order_mark_alike(sp_model, tmp_path, suffix, data, texts,
+                                                                          skipped):
+    """What both take as a file's lines at its start (kotomamba.data.jsonl_lines.read_past_bom), also in files
+    shorter than a mark, and in compressed ones."""
+    from kotomamba.data.train_tokenizer import Sentences
+
+    path = tmp_path / f"start.jsonl{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix else data)
+    summary = preprocess([str(path)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, workers=0,
+                         on_bad_line="skip", progress=False, allow_empty=True)
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model)
+    assert [tok.decode(d) for d in read_mmidx(tmp_path / "out_text_document")[1]] == texts
+    sentences = Sentences([path], on_bad_line="skip")
+    assert list(sentences) == texts
+    for counts in (summary.skipped, sentences.skipped):
+        assert {kind: n for kind, n in counts.items() if n} == skipped
+
+
 def test_a_json_message_that_ends_in_at_says_it_once(sp_model, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_bytes(b'{"text": "unterminated\n')
