@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from kotomamba.data.download import Source, download, main, parse_source, source_state
-from kotomamba.data.line_origins import locate
+from kotomamba.data.line_origins import locate, origins_path, sources_of
 from kotomamba.errors import UserError
 
 CONTENT = b"".join(b'{"text": "line %d of a shard"}\n' % i for i in range(5000))
@@ -139,6 +139,30 @@ def test_pipeline_form_concatenates_shards_into_one_file(server, tmp_path):
     assert locate(out, 2) == f"{server.url}/0.jsonl.gz:2 (line 2 of {out})"  # the piece without a final newline
     assert locate(out, 3) == f"{server.url}/1.jsonl:1 (line 3 of {out})"
     assert main([f"{server.url}/1.jsonl", "--sha256", sha(b""), "--sha256", sha(b""), "--output", str(out)]) == 2
+
+
+def test_line_origins_name_only_the_file_they_were_written_for(server, tmp_path):
+    """A corpus replaced after its concatenation (by the user's own file, or by one source fetched as published)
+    is named by itself: its old record would give its lines to sources that do not hold them."""
+    server.files.update({"/0.jsonl": b'{"text": "a"}\n', "/1.jsonl": b'{"text": "b"}\n{"text": "c"}\n'})
+    out = tmp_path / "web.jsonl"
+    both = [f"{server.url}/0.jsonl", f"{server.url}/1.jsonl", "--output", str(out)]
+    assert main(both) == 0
+    assert locate(out, 2) == f"{server.url}/1.jsonl:1 (line 2 of {out})"
+    out.write_bytes(b'{"text": "mine"}\n' * 3)
+    assert locate(out, 2) == f"{out}:2" and sources_of(out) == [str(out)]
+    assert main(both) == 0 and locate(out, 2) == f"{server.url}/1.jsonl:1 (line 2 of {out})"
+    assert main([f"{server.url}/1.jsonl", "--keep-compressed", "--output", str(out)]) == 0
+    assert not origins_path(out).exists() and locate(out, 2) == f"{out}:2"
+
+
+@pytest.mark.parametrize("record", ['{"pieces": [{"source": "a.jsonl", "lines": 5}]}', '{"pieces": [', "[]"])
+def test_an_origins_record_that_does_not_say_its_corpus_matches_none(tmp_path, record):
+    """One written before records named their corpus, or one that is not a record: lines are named in the corpus."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(b'{"text": "a"}\n' * 5)
+    origins_path(corpus).write_text(record)
+    assert locate(corpus, 2) == f"{corpus}:2" and sources_of(corpus) == [str(corpus)]
 
 
 def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kotomamba.data.gpt_dataset import build_gpt_datasets, parse_data_path, split_document_ranges
+from kotomamba.data.gpt_dataset import (build_gpt_datasets, parse_data_path, short_of_a_sample,
+                                        split_document_ranges)
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter
 from kotomamba.data.sampler import MicroBatchSampler
 from kotomamba.errors import UserError
@@ -148,3 +149,15 @@ def test_fewest_epochs_that_hold_the_samples():
                 epochs = _epochs_needed(tokens_per_epoch, seq_length, wanted)
                 assert num_samples_in(epochs * tokens_per_epoch, seq_length) >= wanted
                 assert epochs == 1 or num_samples_in((epochs - 1) * tokens_per_epoch, seq_length) < wanted
+
+
+def test_a_split_shorter_than_one_sample_is_named(tmp_path):
+    """Each prefix's part of a blended split by itself; a split of exactly one sample is not short."""
+    a = write_documents(tmp_path / "a", [10] * 20, tag=1)  # "90,10,0": 180 train tokens, 20 valid tokens
+    b = write_documents(tmp_path / "b", [10] * 100, tag=2)  # 900 train tokens, 100 valid tokens
+    train, valid, test = build_gpt_datasets(f"0.5 {a} 0.5 {b}", "90,10,0", 2 * SEQ, seed=0, num_samples=(20, 20, 0))
+    assert short_of_a_sample(train) == short_of_a_sample(test) == []
+    assert short_of_a_sample(valid) == [f"{a}: the valid split holds 20 tokens (2 documents), fewer than one sample "
+                                        f"of seq_length + 1 = {2 * SEQ + 1}"]
+    assert short_of_a_sample(build_gpt_datasets(b, "90,10,0", 99, seed=0, num_samples=(0, 5, 0))[1]) == []
+    assert len(short_of_a_sample(build_gpt_datasets(b, "90,10,0", 100, seed=0, num_samples=(0, 5, 0))[1])) == 1

@@ -385,6 +385,17 @@ def test_a_bad_line_is_named_in_the_users_file(corpus, sp_model, tmp_path):
         preprocess([str(joined)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
 
 
+def test_a_bad_line_of_a_corpus_replaced_since_its_origins_is_named_in_the_corpus(corpus, sp_model, tmp_path):
+    """The user wrote their own file over a concatenation: its record describes the file that was there before."""
+    joined = tmp_path / "joined.jsonl"
+    joined.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:6]), encoding="utf-8")
+    write_origins(joined, [("data/a.jsonl", 3), ("data/b.jsonl", 3)])
+    joined.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:4]) + '{"text": 3}\n',
+                      encoding="utf-8")
+    with pytest.raises(UserError, match=r"^\S*joined.jsonl:5: key 'text' is int"):
+        preprocess([str(joined)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, progress=False)
+
+
 def test_an_empty_corpus_is_an_error_that_leaves_nothing(sp_model, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"text": ""}\n{"text": ""}\n', encoding="utf-8")
@@ -401,6 +412,36 @@ def test_a_byte_order_mark_is_no_part_of_the_first_line(sp_model, tmp_path):
     tok = build_tokenizer("SentencePieceTokenizer", sp_model)
     assert read_mmidx(tmp_path / "bom_text_document")[1] == [tok.encode("first"), tok.encode("second")]
     assert summary.skipped["invalid_json"] == 0
+
+
+BOM_CASES = [  # (the file's data, the texts read, the bad lines skipped)
+    (b"\xef\xbb\xbf", [], {}),  # a mark and nothing else: no line at all
+    (b"\xef\xbb", [], {"invalid_utf8": 1}),  # part of a mark is part of line 1
+    (b"7", [], {"invalid_json": 1}),
+    (b'\xef\xbb\xbf{"text": "a"}', ["a"], {}),
+    (b'\xef\xbb\xbf\xef\xbb\xbf{"text": "a"}\n', [], {"invalid_json": 1}),  # one mark is taken, not two
+    (b'7\n8\n{"text": "a"}\n9\n{"text": "b"}\n', ["a", "b"], {"invalid_json": 3}),  # lines in the first bytes
+]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("data, texts, skipped", BOM_CASES)
+def test_tokenization_and_tokenizer_training_read_a_byte_order_mark_alike(sp_model, tmp_path, suffix, data, texts,
+                                                                          skipped):
+    """What both take as a file's lines at its start (kotomamba.data.jsonl_lines.read_past_bom), also in files
+    shorter than a mark, and in compressed ones."""
+    from kotomamba.data.train_tokenizer import Sentences
+
+    path = tmp_path / f"start.jsonl{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix else data)
+    summary = preprocess([str(path)], str(tmp_path / "out"), "SentencePieceTokenizer", sp_model, workers=0,
+                         on_bad_line="skip", progress=False, allow_empty=True)
+    tok = build_tokenizer("SentencePieceTokenizer", sp_model)
+    assert [tok.decode(d) for d in read_mmidx(tmp_path / "out_text_document")[1]] == texts
+    sentences = Sentences([path], on_bad_line="skip")
+    assert list(sentences) == texts
+    for counts in (summary.skipped, sentences.skipped):
+        assert {kind: n for kind, n in counts.items() if n} == skipped
 
 
 def test_a_json_message_that_ends_in_at_says_it_once(sp_model, tmp_path):

@@ -38,6 +38,29 @@ def test_input_errors_found_while_building_leave_the_run_as_it_was(tmp_path):
     assert f"resuming from {run.checkpoint(3)}" in result.stdout and run.final.is_file()
 
 
+def test_a_split_shorter_than_one_sample_is_refused_for_training_and_warned_of_for_validation(tmp_path):
+    """At seq_length 1024 the tiny corpus's 10% (20 documents, under 500 tokens) fills less than one sample, whose
+    every sample would be those documents repeated: as the valid split, the log says so once; as the train split,
+    the run is refused before the run directory changes."""
+    run = RunDir(tmp_path / "run")
+    config = write_config(tmp_path, run.root, data={"seq_length": 1024}, train={"steps": 1},
+                          schedule={"warmup_steps": 0}, eval={"interval": 0, "steps": 1, "final": True},
+                          checkpoint={"interval": 1})
+    prefix = tmp_path / "corpus_text_document"
+    result = run_train(config)
+    assert [line for line in result.stdout.splitlines() if "warning" in line] == [
+        f"kotomamba train: warning: {prefix}: the valid split holds 454 tokens (20 documents), fewer than one sample "
+        "of seq_length + 1 = 1025: every sample repeats the same documents, so val_loss says little; give the valid "
+        "split a larger share by data.split ('90,10,0') or a shorter data.seq_length"]
+    before = snapshot(run)
+    result = run_train(config, "data.split=10,90,0", check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"kotomamba train: error: {prefix}: the train split holds 489 tokens (20 documents), fewer than one sample of "
+        "seq_length + 1 = 1025: every sample would repeat the same documents; add documents, or give the train split "
+        "a larger share by data.split ('10,90,0') or a shorter data.seq_length"], result.stderr[-3000:]
+    assert not run.superseded.exists() and snapshot(run) == before
+
+
 def test_a_run_directory_that_cannot_be_written_is_named_in_one_line(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the run directory's parent should be\n")

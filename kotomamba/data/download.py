@@ -23,9 +23,11 @@ config entry a mismatch is reported against.
 
 Files already at their final path are kept as they are, unless a pinned sha256 says they are not the
 source's: that is an error, and the file is left for the user to move. ``--output FILE`` concatenates the
-decompressed files, in source order, into one JSONL file; ``--output-dir DIR`` keeps one file per
-source. ``--keep-compressed --output FILE`` fetches one source as published (what the pipeline's
-per-shard ``download`` job runs: its tokenization reads the compressed shard as a stream).
+decompressed files, in source order, into one JSONL file, and records beside it which lines came from which
+source (:mod:`kotomamba.data.line_origins`); ``--output-dir DIR`` keeps one file per source.
+``--keep-compressed --output FILE`` fetches one source as published (what the pipeline's per-shard
+``download`` job runs: its tokenization reads the compressed shard as a stream). A file fetched from one
+source removes such a record of its path, which would describe an earlier file.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from typing import Iterable, Sequence
 from kotomamba.data.compression import COMPRESSED_SUFFIXES, open_decompressed, strip_compression_suffix
 from kotomamba.data.hub import fetch_url, is_hub_file
 from kotomamba.data.input_lock import InputLock
-from kotomamba.data.line_origins import count_lines, write_origins
+from kotomamba.data.line_origins import count_lines, remove_origins, write_origins
 from kotomamba.errors import UserError, out_of_space, report
 from kotomamba.io import atomic_write, read_json, read_yaml, write_json
 
@@ -418,7 +420,8 @@ def _sha256(path: Path) -> str:
 def _place(part: Path, final: Path, compressed_name: str | None, location: str) -> None:
     """Move ``part`` to ``final``, decompressing it as its suffix in ``compressed_name`` says; its resume record
     goes too. Damaged data is an error naming ``location``, and ``part`` is removed: resumed, it would only fail
-    again, however the source was mended."""
+    again, however the source was mended. ``final`` is one source's file, of no pieces: a line origins record
+    beside it (an earlier ``--output`` concatenation's) goes."""
     if compressed_name is None:
         os.replace(part, final)
     else:
@@ -428,6 +431,7 @@ def _place(part: Path, final: Path, compressed_name: str | None, location: str) 
         except UserError as exc:
             _discard(part)
             raise UserError(f"{exc} (the download was removed)") from exc
+    remove_origins(final)
     _discard(part)
 
 
@@ -445,7 +449,9 @@ def download_to_file(sources: Sequence[Source], output: str | os.PathLike, retri
     # ja/train.jsonl), and a rerun with other sources must not take one's shard for another's.
     names = [f"{hashlib.sha256(s.location.encode()).hexdigest()[:16]}-{s.name}" for s in expanded]
     paths = _fetch_all(expanded, names, work, True, retries, 60.0, log)
-    write_origins(output, [(source.location, count_lines(path)) for source, path in zip(expanded, paths)])
+    pieces = [(source.location, count_lines(path)) for source, path in zip(expanded, paths)]
+    # The record describes the file as written (its size and mtime), so it is written after it: an earlier
+    # record beside it matches the new file no more, and a failed write leaves the old file with its own.
     with atomic_write(output, "wb") as writer:
         for path in paths:
             last = b"\n"
@@ -455,6 +461,7 @@ def download_to_file(sources: Sequence[Source], output: str | os.PathLike, retri
                     last = block[-1:]
             if last != b"\n":
                 writer.write(b"\n")
+    write_origins(output, pieces)
     shutil.rmtree(work)
     return output
 

@@ -13,7 +13,9 @@ How samples are made (as Megatron-LM's ``GPTDataset``, re-derived):
    concatenated for as many epochs as ``num_samples`` needs (``doc_idx``).
 3. That token stream is cut into overlapping samples of ``seq_length + 1`` tokens
    (``build_sample_idx``) and the samples of each epoch are shuffled (``shuffle_idx``), so every
-   document is seen once before any is seen twice.
+   document is seen once before any is seen twice. A split of fewer tokens than one sample repeats its
+   documents within every sample; :func:`short_of_a_sample` names such a split for the caller to refuse
+   or warn of.
 4. Several prefixes with weights (``"0.3 A 0.7 B"``) are interleaved by
    ``build_blending_indices``; each dataset is sized to exactly the samples the blend draws.
 
@@ -140,9 +142,10 @@ class GPTDataset(torch.utils.data.Dataset):
         self.seq_length = int(seq_length)
         self.num_samples = int(num_samples)
         self.reset_at_eod = reset_at_eod
+        self.split, self.documents = split, documents
         first, last = documents
         sizes = indexed.sizes[first:last]
-        tokens_per_epoch = int(sizes.sum(dtype=np.int64))
+        self.tokens_per_epoch = tokens_per_epoch = int(sizes.sum(dtype=np.int64))
         if tokens_per_epoch == 0:
             raise UserError(f"{indexed.prefix}: the {SPLIT_NAMES[split]} split has no tokens "
                             f"(documents {first}..{last} of {len(indexed)})")
@@ -214,6 +217,17 @@ class BlendedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         return self.datasets[int(self.dataset_index[idx])][int(self.dataset_sample_index[idx])]
+
+
+def short_of_a_sample(dataset: GPTDataset | BlendedDataset | None) -> list[str]:
+    """What holds fewer tokens than one sample (``seq_length + 1``) of ``dataset`` (one split, or each prefix's part
+    of a blended split; None: a split not built): ``"<prefix>: the <split> split holds N tokens (D documents), fewer
+    than one sample of seq_length + 1 = M"`` for each, [] for none. Every sample of such a part spans several of its
+    epochs: the same few documents, repeated within the sample."""
+    parts = dataset.datasets if isinstance(dataset, BlendedDataset) else [dataset]
+    return [f"{part.indexed.prefix}: the {SPLIT_NAMES[part.split]} split holds {part.tokens_per_epoch} tokens "
+            f"({part.documents[1] - part.documents[0]} documents), fewer than one sample of seq_length + 1 = "
+            f"{part.seq_length + 1}" for part in parts if part is not None and part.tokens_per_epoch <= part.seq_length]
 
 
 def build_gpt_datasets(data_path: str | Sequence, split: str | Sequence[float], seq_length: int, seed: int,

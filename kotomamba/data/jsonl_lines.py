@@ -4,14 +4,15 @@ A line is a JSON object whose every key of ``json_keys`` holds a string that is 
 Tokenizer training (:mod:`kotomamba.data.train_tokenizer`) and tokenization
 (:mod:`kotomamba.data.preprocess`) read the same corpus and decide the same way which lines are bad,
 with the same kinds and messages, so ``--on-bad-line skip`` leaves the same lines out of both. Both take
-a file's UTF-8 byte order mark (``utf-8-sig``, as some Windows editors save) as no part of its first line.
+a file's UTF-8 byte order mark (``utf-8-sig``, as some Windows editors save) as no part of its first line
+(:func:`read_past_bom`).
 """
 from __future__ import annotations
 
 import codecs
 import json
 import re
-from typing import NamedTuple, Sequence
+from typing import BinaryIO, NamedTuple, Sequence
 
 from kotomamba.data.line_origins import locate
 from kotomamba.errors import UserError
@@ -27,6 +28,17 @@ UTF8_BOM = codecs.BOM_UTF8
 class BadLine(NamedTuple):
     kind: str  # one of BAD_LINE_KINDS
     message: str
+
+
+def read_past_bom(handle: BinaryIO) -> bytes:
+    """Consume a UTF-8 byte order mark at the start of ``handle`` (a buffered binary reader at the start of a file's
+    data, plain or decompressed, as :func:`kotomamba.data.compression.open_decompressed` opens it); returns what
+    it read that is no byte order mark, to be taken as the start of line 1: ``b""`` after one, else the data's
+    first three bytes (fewer in a shorter file; a file that starts with part of one only keeps it).
+    """
+    # A buffered reader returns fewer bytes than asked only at the end of the data, however its stream
+    # (a decompressor) cuts them: the mark is seen whole or not at all.
+    return handle.read(len(UTF8_BOM)).removeprefix(UTF8_BOM)
 
 
 def line_texts(raw: bytes, json_keys: Sequence[str], maybe_surrogates: bool = True) -> list[str] | BadLine:

@@ -54,8 +54,9 @@ import numpy as np
 
 from kotomamba.data.compression import open_decompressed
 from kotomamba.data.indexed_dataset import IndexedDatasetWriter, data_file_path, index_file_path, optimal_dtype
-from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_ESCAPE, UTF8_BOM, BadLine,
-                                        bad_line_error, check_on_bad_line, line_texts, skipped_counts)
+from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, SURROGATE_ESCAPE, BadLine,
+                                        bad_line_error, check_on_bad_line, line_texts, read_past_bom,
+                                        skipped_counts)
 from kotomamba.data.line_origins import sources_of
 from kotomamba.data.sentences import split_sentences
 from kotomamba.data.tokenizer import GPT2_TYPES, TOKENIZER_TYPES, Tokenizer, build_tokenizer
@@ -263,7 +264,7 @@ def read_chunks(paths: Sequence[str]) -> Iterator[Chunk]:
     """
     for path in paths:
         with open_decompressed(path) as handle:
-            first, rest = 1, handle.read(len(UTF8_BOM)).removeprefix(UTF8_BOM)
+            first, rest = 1, read_past_bom(handle)
             while block := handle.read(CHUNK_BYTES):
                 block = rest + block
                 cut = block.rfind(b"\n")

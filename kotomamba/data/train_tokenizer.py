@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import re
 import shutil
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from kotomamba.data.compression import open_decompressed, strip_compression_suffix
-from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, UTF8_BOM, BadLine, bad_line_error,
-                                        check_on_bad_line, line_texts, skipped_counts, where)
+from kotomamba.data.jsonl_lines import (BAD_LINE_KINDS, ON_BAD_LINE, BadLine, bad_line_error, check_on_bad_line,
+                                        line_texts, read_past_bom, skipped_counts, where)
 from kotomamba.errors import UserError, report
 from kotomamba.io import atomic_write, check_output
 
@@ -78,10 +79,11 @@ class Sentences:
     def _file(self, path: str, name: str) -> Iterator[str]:
         is_json = self.jsonl or strip_compression_suffix(Path(path).name).endswith((".jsonl", ".json"))
         with open_decompressed(path) as handle:
-            for number, raw in enumerate(handle, start=1):
+            # What was read past a byte order mark and the rest of the line it starts: whole lines, then the file's.
+            head = read_past_bom(handle)
+            lines = itertools.chain(io.BytesIO(head + handle.readline()), handle)
+            for number, raw in enumerate(lines, start=1):
                 raw = raw.rstrip(b"\r\n")
-                if number == 1:
-                    raw = raw.removeprefix(UTF8_BOM)
                 if is_json:
                     texts = line_texts(raw, self.json_keys)
                     if isinstance(texts, BadLine):

@@ -159,7 +159,7 @@ class Trainer:
             record_job_start(self.paths, self.plan.resume_from, self.world)
 
     def _build_data(self) -> None:
-        from kotomamba.data.gpt_dataset import build_gpt_datasets
+        from kotomamba.data.gpt_dataset import build_gpt_datasets, short_of_a_sample
         from kotomamba.data.tokenizer import build_tokenizer
 
         c = self.config
@@ -175,6 +175,19 @@ class Trainer:
                     c.data.reset_at_eod,
                 )
             dist.barrier()
+        # A split of fewer tokens than one sample makes every sample the same few documents, repeated: trained on,
+        # a run that learns that text by heart (refused, before the run directory changes); evaluated on, a
+        # val_loss that measures copying from earlier in the sample (said once, in the log).
+        change = f"data.split ({c.data.split!r}) or a shorter data.seq_length"
+        short = short_of_a_sample(self.train_set)
+        if short:
+            raise (UserError if self.rank == 0 else ReportedByRankZero)(
+                f"{'; '.join(short)}: every sample would repeat the same documents; add documents, or give the "
+                f"train split a larger share by {change}")
+        if self.rank == 0:
+            for line in short_of_a_sample(self.valid_set):
+                print(f"kotomamba train: warning: {line}: every sample repeats the same documents, so val_loss says "
+                      f"little; give the valid split a larger share by {change}", flush=True)
 
     def _build_model(self) -> None:
         from kotomamba.model.config import MambaConfig
