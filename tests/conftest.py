@@ -1,7 +1,8 @@
 """Shared pytest setup: GPU tests are skipped where there is no CUDA device; under pytest-xdist
 (`-n 3 --dist loadgroup`, the README's test command) each file's tests run on one worker, so a
-file's module fixtures are built once, and the scheduler tier's files all run on one worker, one
-after another, since they share the two test clusters."""
+file's module fixtures are built once, and the tests that run jobs on the two test clusters (marker
+`scheduler`) all run on one worker, one after another, since they share the clusters' nodes; the
+scheduler tier's tests that need no daemon (dry runs, the profiles' scripts) go by file like the rest."""
 import pytest
 
 
@@ -10,8 +11,8 @@ import pytest
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        path = item.path.relative_to(config.rootpath)
-        item.add_marker(pytest.mark.xdist_group("clusters" if path.parts[:2] == ("tests", "scheduler") else str(path)))
+        on_clusters = item.get_closest_marker("scheduler") is not None
+        item.add_marker(pytest.mark.xdist_group("clusters" if on_clusters else str(item.path.relative_to(config.rootpath))))
     try:
         import torch
 

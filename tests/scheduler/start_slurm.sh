@@ -97,7 +97,7 @@ KillWait=30
 # A requeued job (requeue in place: kotomamba/train/requeue.py) may start again only once its launch
 # credential expired (120 s by default), and then at the next scheduling pass (every 60 s by default):
 # shorter here, so a test chaining jobs waits seconds, not minutes, between them.
-AuthInfo=cred_expire=20
+AuthInfo=cred_expire=10
 SchedulerParameters=bf_interval=2,sched_interval=2
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
