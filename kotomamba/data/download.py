@@ -306,14 +306,15 @@ def _transfer(url: str, part: Path, timeout: float, pinned: bool) -> None:
     A rest of another file spliced onto ``part`` would make a file matching neither. What shows it: the server
     honours ``If-Range`` with the validator of the response ``part`` began with (a changed file comes whole, as a
     200), and its 206 starts where ``part`` ends, of the size the file had. Without a validator, only a pinned
-    sha256 (``pinned``), checked afterwards, makes resuming safe.
+    sha256 (``pinned``), checked afterwards, makes resuming safe. A server that ignores ``If-Range`` still names
+    the file it sends in the 206's own validator.
     """
     have, headers, size = _resume_request(part, pinned)
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
             if response.status != 206:
                 return _receive_whole(response, part)
-            if _continues(response.headers, have, size):
+            if _continues(response.headers, have, size, headers.get("If-Range")):
                 return _receive(response, part, append=True)
     except urllib.error.HTTPError as exc:
         if exc.code != 416 or not have:
@@ -380,10 +381,13 @@ def _validator(headers) -> str | None:
     return etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
 
 
-def _continues(headers, have: int, size: int | None) -> bool:
-    """Whether a 206 is the rest of a .part of ``have`` bytes: it starts there, in a file of the recorded size."""
+def _continues(headers, have: int, size: int | None, validator: str | None) -> bool:
+    """Whether a 206 is the rest of a .part of ``have`` bytes: it starts there, in a file of the recorded size, of
+    the ``validator`` the .part began with where the 206 states one (a server that ignores If-Range answers a file
+    changed at the same size with a 206 of the new file, which only its validator tells)."""
     start, total = _content_range(headers)
-    return start == have and (size is None or total == size)
+    now = _validator(headers)
+    return start == have and (size is None or total == size) and (validator is None or now in (None, validator))
 
 
 def _content_range(headers) -> tuple[int | None, int | None]:
