@@ -29,10 +29,19 @@ def job_properties(jobscript: str) -> dict:
     raise SettingError(f"{jobscript}: no '# properties = ' line; is this a Snakemake job script?")
 
 
+# Every site setting the qsub profiles read (profiles/sge/submit.py, profiles/abci/submit.py, whose docstrings
+# say what each means): the run config's check (kotomamba/pipeline/resources.py) refuses any other `sge_*` or
+# `abci_*` resource, so a misspelt one stops the run instead of being ignored at submission.
+SITE_SETTINGS = ("sge_style", "sge_pe", "sge_mpi_pe", "sge_gpu_resource", "sge_queue", "sge_group",
+                 "sge_resource_type", "sge_memory_resource", "sge_modules", "sge_setup", "sge_extra",
+                 "abci_group", "abci_queue", "abci_modules", "abci_setup", "abci_extra")
+
+
 def setting(properties: dict, name: str, defaults: dict, required_for: str | None = None) -> str:
     """A site setting: the job's resource ``name`` (the run config's ``resources.<rule>``), else the
     environment's ``KOTOMAMBA_<NAME>``, else ``defaults``; ``required_for`` names what needs it when
-    it may not be empty."""
+    it may not be empty. ``name`` is one of ``SITE_SETTINGS``."""
+    assert name in SITE_SETTINGS, f"{name} is not listed in SITE_SETTINGS"
     value = properties.get("resources", {}).get(name)
     if value in (None, ""):
         value = os.environ.get(f"KOTOMAMBA_{name.upper()}", "") or defaults.get(name, "")

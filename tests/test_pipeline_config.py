@@ -153,6 +153,36 @@ def test_a_runtime_that_is_no_time_span_is_refused_at_its_line(tmp_path):
         validate(yaml.safe_load(text), str(path))
 
 
+@pytest.mark.parametrize("given, message", [
+    ("{runtme: 60}", "resources.train.runtme: unknown resource `runtme`, which no profile reads; did you mean `runtime`?"),
+    ("{sge_mpi: mpi}", "resources.train.sge_mpi: unknown resource `sge_mpi`, which no profile reads; did you mean"),
+    ("{runtime: 0}", "resources.train.runtime: 0 is not a positive number of minutes"),
+    ("{runtime: -5}", "resources.train.runtime: -5 is not a positive number of minutes"),
+    ("{mem_mb: 16G}", "resources.train.mem_mb: '16G' is not a positive whole number of megabytes"),
+    ("{gpus_per_node: two}", "resources.train.gpus_per_node: 'two' is not a whole number of at least 0"),
+    ("{nodes: 2}", "resources.train.nodes: 2 nodes, but the job runs on 1 (launch.nodes)"),
+])
+def test_a_resource_no_scheduler_would_take_is_refused_at_its_line(tmp_path, given, message):
+    """Snakemake passes resources on as given: a misspelt name was read by nobody, runtime 0 asked for no wall
+    time and -5 for `h_rt=-1:55:00`, and resources.train.nodes asked for nodes that `launch` never used."""
+    text, path, line = edited_default(tmp_path, "launch:\n", f"resources:\n  train: {given}\nlaunch:\n", given)
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert f"{path}:{line}: {message}" in str(info.value)
+
+
+def test_a_gpu_request_smaller_than_the_processes_per_node_is_refused():
+    config = default_config()
+    config["launch"] = {**config["launch"], "device": "gpu", "nproc_per_node": 2}
+    config["resources"] = {"train": {"gres": "gpu:h100:1"}}
+    with pytest.raises(UserError, match=r"resources.train.gres: 'gpu:h100:1' gives a node 1 GPU\(s\) for "
+                                        r"launch.nproc_per_node 2 processes"):
+        validate(copy.deepcopy(config))
+    config["resources"] = {"train": {"gres": "gpu:h100:2", "cpus_per_task": 64, "mem_mb": 400000, "runtime": "12h",
+                                     "slurm_partition": "gpu", "sge_extra": "-notify", "abci_group": "g"}}
+    assert validate(config)["resources"]["train"]["runtime"] == 720
+
+
 def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
     """A second `train:` under a stage would silently drop the first one's micro_batch_size."""
     text, path, _ = edited_default(tmp_path, "      schedule: {warmup_steps: 5}",

@@ -108,3 +108,20 @@ def test_slurm_view_says_once_why_no_partition_can_be_guessed(tmp_path):
     assert named.returncode == 0, named.stdout + named.stderr
     sbatch = [shlex.split(line) for line in named.stdout.splitlines() if line.startswith("  sbatch ")]
     assert sbatch and all(line[line.index("-p") + 1] == "gpu" for line in sbatch), named.stdout
+
+
+def test_a_local_run_of_a_multi_node_training_stops_before_any_job(tmp_path):
+    """Without a scheduler the data stages used to run first, and the training then stopped at its own start
+    (`--nnodes 2 needs a SLURM, Grid Engine or PBS allocation`)."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["launch"] = {**config["launch"], "nodes": 2, "nproc_per_node": 1}
+    path = tmp_path / "two-nodes.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "all", "--profile",
+                          str(REPO / "profiles" / "local"), "--configfile", str(path)],
+                         capture_output=True, text=True, env=env_without("SLURM_", "PBS_", "JOB_ID"), cwd=tmp_path,
+                         timeout=300)
+    assert run.returncode != 0
+    assert "nothing was run: rule train: launch.nodes 2 needs 2 nodes, and this run has no scheduler" in run.stderr, \
+        run.stderr[-3000:]
+    assert not (tmp_path / "results").exists()

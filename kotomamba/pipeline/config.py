@@ -126,6 +126,7 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
     directory. Nothing is downloaded and no network is asked.
     """
     from kotomamba.pipeline.inputs import apply_overrides, remote_problems
+    from kotomamba.pipeline.resources import problems as resource_problems
 
     for path in _config_files(config_file):
         if Path(path).is_file():  # Snakemake's loader kept the last of a key written twice: refuse it here
@@ -145,6 +146,7 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
         problems.append((path, error.message))
     if not problems:
         problems += apply_overrides(config) + remote_problems(config) + _runtime_problems(config)
+        problems += resource_problems(config) if not problems else []
     problems += _cross_field_problems(config) if not problems else []
     if not problems:
         from kotomamba.pipeline.stage_check import run_problems

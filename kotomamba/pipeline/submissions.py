@@ -298,10 +298,27 @@ def check(profile: Profile, jobs: list[PlannedJob], workdir: Path) -> tuple[list
     return errors, warnings
 
 
+def local_span_problem(jobs, env: dict[str, str]) -> str | None:
+    """Why a run without a scheduler (``profiles/local``) cannot run ``jobs``: a training of several nodes, which
+    `kotomamba launch` starts only inside an allocation of them (``salloc``, an interactive ``qrsh``/``qsub -I``),
+    would otherwise stop at its own start, after the stages before it ran. None when it can."""
+    from kotomamba.train.scheduler_facts import job_id
+
+    nodes = max((int(dict(job.resources.items()).get("nodes", 1)) for job in jobs if job.rule.name == "train"),
+                default=1)
+    if nodes == 1 or job_id(env) is not None:
+        return None
+    return (f"rule train: launch.nodes {nodes} needs {nodes} nodes, and this run has no scheduler (executor local, "
+            "no SLURM_JOB_ID, JOB_ID or PBS_JOBID): run it with --profile profiles/slurm, profiles/sge or "
+            "profiles/abci, or inside an allocation of the nodes")
+
+
 def check_before_submitting(workflow, jobs) -> None:
     """The Snakefile's ``onstart`` (a real run, before its first job): stop a cluster run whose jobs
     cannot be submitted as configured; print the warnings."""
     profile = Profile.from_workflow(workflow)
+    if profile.executor == "local" and (problem := local_span_problem(jobs, os.environ)):
+        raise SettingError(f"nothing was run: {problem}")
     if not profile.submits():
         return
     errors, warnings = check(profile, submitted_jobs(workflow, jobs), Path(workflow.workdir_init))

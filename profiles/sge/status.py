@@ -7,7 +7,9 @@ or log path is missing) shows an ``error reason`` there: it is reported failed, 
 stderr (Snakemake's log) and the job is removed with ``qdel``, so no dead job stays queued. A job
 ``qstat -j`` no longer knows is judged by ``qacct -j``: ``failed`` and ``exit_status`` both 0 is
 success. Accounting is written a moment after the job ends (``flush_time``), so a job in neither is
-reported running and asked about again at the next status check.
+reported running and asked about again at the next status check, until it has been in neither for
+``UNSEEN_GRACE_S``: then it is reported failed (a job id the cluster forgot, accounting turned off or
+rotated away), where Snakemake used to wait for it forever.
 
 A job that Grid Engine ran again as the same job (exit 99: submit.py's requeue in place of a training
 job that stopped for its wall time) has records of every run, in the order they ended; each rescheduled
@@ -20,10 +22,27 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from kotomamba.cluster_jobs import Resubmissions
 
 CHAIN = Resubmissions.of("sge")
+
+# Where status.py notes each job id that neither qstat nor qacct knows (the file's mtime: since when), beside
+# the logs, and how long before such a job counts as failed: far past accounting's lag (flush_time, 15 s by
+# default; qacct reads a file that the qmaster writes in batches), short of a forgotten job blocking the run.
+UNSEEN = Path(".snakemake", "sge_logs", "unseen")
+UNSEEN_GRACE_S = 600
+
+
+def unseen_for(job_id: str) -> float:
+    """Seconds since the status check that first found ``job_id`` in neither qstat nor qacct (0 the first time)."""
+    marker = UNSEEN / job_id
+    if not marker.exists():
+        UNSEEN.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        return 0.0
+    return time.time() - marker.stat().st_mtime
 
 
 def qstat_job(job_id: str) -> str | None:
@@ -89,11 +108,16 @@ def status(job_id: str, attempts: int = 5) -> str:
         result = subprocess.run(["qacct", "-j", job_id], capture_output=True, text=True)
         judged = accounted_status(result.stdout) if result.returncode == 0 else None
         if judged is not None:
+            (UNSEEN / job_id).unlink(missing_ok=True)
             return judged
         if qstat_job(job_id) is not None:
             return "running"
         time.sleep(1)
-    return "running"
+    if unseen_for(job_id) < UNSEEN_GRACE_S:
+        return "running"
+    print(f"Grid Engine job {job_id} is known to neither `qstat -j` nor `qacct -j` for {UNSEEN_GRACE_S} s: reported "
+          "failed (is accounting on? `qacct -j` of a finished job should list it)", file=sys.stderr)
+    return "failed"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the environment passed to PBS jobs, and Grid Engine's per-job status with error 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -110,6 +111,23 @@ def test_sge_status_removes_jobs_in_error_state(monkeypatch, capsys):
     assert sge_status.status("12") == "failed"
     assert ["qdel", "12"] in calls and all(command[:2] != ["qstat", "-u"] for command in calls)
     assert "can't chdir" in capsys.readouterr().err
+
+
+def test_sge_status_fails_a_job_neither_qstat_nor_qacct_knows_after_a_grace(monkeypatch, tmp_path, capsys):
+    """A job id the cluster forgot (accounting off or rotated away) was reported running forever: Snakemake
+    waited for it without end. Accounting's lag is waited for, then the job is failed, saying why."""
+    def run(command, **kwargs):
+        return type("Result", (), {"returncode": 1, "stdout": "", "stderr": "error: job id 42 not found"})()
+
+    monkeypatch.setattr(sge_status.subprocess, "run", run)
+    monkeypatch.setattr(sge_status.time, "sleep", lambda seconds: None)
+    monkeypatch.chdir(tmp_path)
+    assert sge_status.status("42") == "running"  # accounting may lag: asked again later
+    marker = tmp_path / sge_status.UNSEEN / "42"
+    first_seen = marker.stat().st_mtime - sge_status.UNSEEN_GRACE_S - 1
+    os.utime(marker, (first_seen, first_seen))
+    assert sge_status.status("42") == "failed"
+    assert "job 42 is known to neither `qstat -j` nor `qacct -j`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("first, expected", [("0", "success"), ("1", "failed")])
