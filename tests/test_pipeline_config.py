@@ -179,7 +179,8 @@ def test_a_gpu_request_smaller_than_the_processes_per_node_is_refused():
                                         r"launch.nproc_per_node 2 processes"):
         validate(copy.deepcopy(config))
     config["resources"] = {"train": {"gres": "gpu:h100:2", "cpus_per_task": 64, "mem_mb": 400000, "runtime": "12h",
-                                     "slurm_partition": "gpu", "sge_extra": "-notify", "abci_group": "g"}}
+                                     "slurm_partition": "gpu", "sge_extra": "-notify", "abci_group": "g"},
+                           "tokenize": {"mem": "16GB", "disk_mib": 2048}}  # Snakemake's own forms of sizes
     assert validate(config)["resources"]["train"]["runtime"] == 720
 
 

@@ -14,14 +14,16 @@ import difflib
 from kotomamba.cluster_jobs import SITE_SETTINGS
 
 # Read by rules/common.smk and Snakemake itself (runtime and max_runtime are minutes by then:
-# config.runtime_minutes), then the names snakemake-executor-plugin-slurm reads from a job's resources.
+# config.runtime_minutes; Snakemake turns mem and disk, sizes such as "16GB", and the mebibyte forms into
+# mem_mb and disk_mb), then the names snakemake-executor-plugin-slurm reads from a job's resources.
 MINUTES = ("runtime", "max_runtime")
-MEGABYTES = ("mem_mb", "disk_mb", "mem_mb_per_cpu")
+MEGABYTES = ("mem_mb", "disk_mb", "mem_mb_per_cpu", "mem_mib", "disk_mib")
+SIZES = ("mem", "disk")
 COUNTS = {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1, "cpus_per_gpu": 1, "tasks": 1,
           "tasks_per_node": 1, "gpu": 0}  # whole numbers, at least this
-SLURM_NAMES = ("slurm_account", "slurm_partition", "slurm_extra", "slurm_cluster", "clusters", "gres",
+SLURM_NAMES = ("slurm_account", "slurm_partition", "slurm_extra", "slurm_cluster", "cluster", "clusters", "gres",
                "gpu_model", "constraint", "qos", "mpi", "tasks_per_gpu")
-KNOWN = MINUTES + MEGABYTES + tuple(COUNTS) + SLURM_NAMES + SITE_SETTINGS
+KNOWN = MINUTES + MEGABYTES + SIZES + tuple(COUNTS) + SLURM_NAMES + SITE_SETTINGS
 
 
 def _whole(value) -> int | None:
