@@ -13,7 +13,8 @@ The same :func:`check` runs in the Snakefile's ``onstart`` of a real cluster run
 submitted: a missing required setting (ABCI's group, a multi-node Grid Engine PE, ...) stops the run
 there, with the message the job's submission would have failed with; an empty SLURM account where the
 cluster enforces associations (``AccountingStorageEnforce``, slurm.conf(5)) and the user has no default
-account stops it too; an empty account where ``scontrol`` cannot tell is a warning.
+account stops it too; an empty account where ``scontrol`` cannot tell is a warning; a partition the cluster
+does not have, or an account the user has no association with where associations are enforced, stops it.
 """
 from __future__ import annotations
 
@@ -278,6 +279,47 @@ def slurm_account_problems(jobs: list[PlannedJob]) -> tuple[list[str], list[str]
                 f"choose, {fix}"]
 
 
+def _rules_by(jobs: list[PlannedJob], resource: str) -> dict[str, list[str]]:
+    """{value of ``resource``: the rules whose jobs ask for it}, for the jobs that set it."""
+    found: dict[str, list[str]] = {}
+    for job in jobs:
+        if value := str(job.resources.get(resource) or ""):
+            rules = found.setdefault(value, [])
+            if job.rule not in rules:
+                rules.append(job.rule)
+    return found
+
+
+def slurm_name_problems(jobs: list[PlannedJob]) -> list[str]:
+    """Errors for partitions this cluster does not have (``sinfo``) and, where it enforces associations, accounts
+    the user has no association with (``sacctmgr``): sbatch would refuse those jobs, and a misspelt name set for
+    one rule (``resources.train.slurm_partition``) would stop the run only when that rule is reached, after the
+    stages before it ran. Asked only where the cluster answers; the names a job gives are its own or the profile's."""
+    errors = []
+    partitions = _rules_by(jobs, "slurm_partition")
+    listed = _output(["sinfo", "-h", "-o", "%R"]) if partitions else None
+    if listed is not None:
+        known = sorted(set(listed.split()))
+        errors += [f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: partition {name!r} is not one of this "
+                   f"cluster's ({', '.join(known) or 'none'}, sinfo); set resources.<rule>.slurm_partition or "
+                   "KOTOMAMBA_SLURM_PARTITION to one of them"
+                   for name, rules in partitions.items() if name not in known]
+    accounts = _rules_by(jobs, "slurm_account")
+    config = _output(["scontrol", "show", "config"]) if accounts else None
+    if config is None or not enforced_accounting(config) & ENFORCING:
+        return errors
+    user = getpass.getuser()
+    associated = _output(["sacctmgr", "-nP", "show", "association", f"user={user}", "format=Account"])
+    if associated is None:
+        return errors
+    mine = sorted(set(associated.split()))
+    errors += [f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: account {name!r} has no association with "
+               f"user {user} on this cluster, which enforces them ({user}'s accounts: {', '.join(mine) or 'none'}, "
+               "sacctmgr); set resources.<rule>.slurm_account or KOTOMAMBA_SLURM_ACCOUNT to one of them"
+               for name, rules in accounts.items() if name not in mine]
+    return errors
+
+
 def check(profile: Profile, jobs: list[PlannedJob], workdir: Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) about submitting ``jobs`` under ``profile``: each job whose submission would
     fail (one message per reason, naming the rules it stops), and the SLURM account's."""
@@ -294,7 +336,7 @@ def check(profile: Profile, jobs: list[PlannedJob], workdir: Path) -> tuple[list
     warnings: list[str] = []
     if profile.executor == "slurm":
         account_errors, warnings = slurm_account_problems(jobs)
-        errors += account_errors
+        errors += account_errors + slurm_name_problems(jobs)
     return errors, warnings
 
 

@@ -110,3 +110,26 @@ def test_the_view_shows_the_qsub_line_the_sge_profile_runs(tmp_path):
     assert shown_words[:-1] == ran[:-1]
     assert Path(shown_words[-1]).name == jobscript.name
     assert (tmp_path / TARGET).is_file()
+
+
+def test_a_partition_or_account_the_cluster_does_not_have_stops_the_run_before_any_job(tmp_path):
+    """A misspelt partition or account would be refused by sbatch, and one set for a single rule only when the run
+    reached that rule; the view and the real run's onstart ask the cluster (sinfo, sacctmgr) first."""
+    assert problem is None, problem
+    env = {**scheduler_env("true"), "KOTOMAMBA_SLURM_PARTITION": "nope", "KOTOMAMBA_SLURM_ACCOUNT": "nobody"}
+    refused = view(tmp_path, env)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "rule corpus: partition 'nope' is not one of this cluster's (debug, sinfo)" in refused.stdout
+    assert "rule corpus: account 'nobody' has no association with user root" in refused.stdout
+    assert "KOTOMAMBA_SLURM_ACCOUNT" in refused.stdout
+
+    # One rule's partition misspelt in the run config: the real run stops in onstart, before its first sbatch.
+    config = tmp_path / "typo.yaml"
+    config.write_text(Path(CONFIG).read_text() + "resources:\n  corpus: {slurm_partition: debugg}\n")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+               TARGET, *PROFILES["slurm"], "--configfile", str(config)]
+    run = subprocess.run(command, capture_output=True, text=True, env=scheduler_env("true"), cwd=tmp_path, timeout=300)
+    assert run.returncode != 0
+    assert "nothing was submitted" in run.stderr and "partition 'debugg' is not one of" in run.stderr, run.stderr[-3000:]
+    assert not (tmp_path / ".snakemake" / "slurm_logs" / "rule_corpus").exists()
+    assert not (tmp_path / TARGET).exists()
