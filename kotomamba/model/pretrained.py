@@ -67,7 +67,11 @@ def read_config(directory: Path) -> tuple[MambaConfig, bool]:
         if data["model_type"] not in ("mamba", "mamba2"):
             raise UserError(f"{config_path}: field 'model_type': expected 'mamba' or 'mamba2', "
                             f"got {data['model_type']!r}")
-        hf_cfg = transformers.AutoConfig.from_pretrained(str(directory))
+        try:
+            hf_cfg = transformers.AutoConfig.from_pretrained(str(directory))
+        except Exception as exc:  # its validation: ValueError, TypeError, huggingface_hub.StrictDataclassError
+            reason = " ".join(str(exc).split())  # its message spans lines; ours is one
+            raise UserError(f"{config_path}: not a valid transformers config ({reason})") from exc
         return from_hf_config(hf_cfg, source=str(config_path)), True
     return MambaConfig.from_dict(data, source=str(config_path)), False
 
