@@ -1,5 +1,6 @@
 """A new user's first `kotomamba evaluate` and `kotomamba generate`: prefixes without weights, a model
-path that is not there, a model without tokenizer files, lm-eval tasks without the `lmeval` extra."""
+path that is not there, a model without tokenizer files, lm-eval tasks without the `lmeval` extra,
+an output that cannot be written."""
 from __future__ import annotations
 
 import json
@@ -88,3 +89,19 @@ def test_the_evaluation_sampling_reaches_the_exports_generation_config(setup, tm
                     "--output", str(tmp_path / "hf")]) == 0
     generation = GenerationConfig.from_pretrained(str(tmp_path / "hf"))
     assert generation.do_sample and (generation.temperature, generation.top_p, generation.top_k) == (0.8, 0.95, 20)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_sample_is_drawn(setup, tmp_path, capsys):
+    model, prefix, _ = setup
+    (tmp_path / "file").write_text("")
+    output = tmp_path / "file" / "samples.json"  # below a file
+    assert generate(["--model", str(model), "--prompt", "w1", "--output", str(output)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err == f"kotomamba generate: error: {output} (--output): cannot be written: {tmp_path / 'file'} " \
+                          "is a file, not a directory\n"
+    assert printed.out == ""  # no sample was drawn (and printed) first
+    assert evaluate(["--model", str(model), "--data", prefix, "--seq-length", "16", "--eval-samples", "4",
+                     "--prompt", "w1", "--output", str(tmp_path)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err == f"kotomamba evaluate: error: {tmp_path} (--output): is a directory, not a file\n"
+    assert printed.out == ""

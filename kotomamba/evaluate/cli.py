@@ -22,7 +22,7 @@ import torch
 
 from kotomamba.errors import UserError, report
 from kotomamba.evaluate.perplexity import heldout_loss
-from kotomamba.io import write_json
+from kotomamba.io import check_output, write_json
 from kotomamba.model.generation import SamplingConfig, load_model, load_tokenizer, resolve_device_dtype, sample_texts
 
 
@@ -127,6 +127,7 @@ def evaluate(args) -> dict:
     """Run every part the arguments ask for; returns the JSON-ready result."""
     if args.eval_samples < 0 or args.micro_batch_size < 1 or args.seq_length < 1:
         raise UserError("--eval-samples must be >= 0, --micro-batch-size and --seq-length >= 1")
+    check_output(args.output, "--output")  # before the model is loaded and evaluated
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     tasks = [task.strip() for task in args.lm_eval_tasks.split(",") if task.strip()]
     prompts = _prompts(args)

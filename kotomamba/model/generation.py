@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from kotomamba.errors import UserError, report
+from kotomamba.io import check_output, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.batch < 1 or args.max_new_tokens < 0:
             raise UserError("--batch must be >= 1 and --max-new-tokens >= 0")
+        if args.output:
+            check_output(args.output, "--output")  # before the model is loaded and the samples are drawn
         device, dtype = resolve_device_dtype(args.device, args.dtype)
         model = load_model(args.model, device, dtype)
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
@@ -326,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     for sample in samples:
         print(f"=== {sample['prompt']!r}\n{sample['text']}\n")
     if args.output:
-        from kotomamba.io import write_json
-
         write_json(args.output, {"model": args.model, "sampling": dataclasses.asdict(sampling), "seed": args.seed,
                                  "max_new_tokens": args.max_new_tokens, "samples": samples})
     return 0
