@@ -105,3 +105,25 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_sample_is_drawn(
     printed = capsys.readouterr()
     assert printed.err == f"kotomamba evaluate: error: {tmp_path} (--output): is a directory, not a file\n"
     assert printed.out == ""
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_is_refused_before_the_work(setup, tmp_path, capsys):
+    """Another model's tokenizer: its ids past the model's vocabulary would index past the embedding."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    model, prefix, _ = setup
+    big = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB + 100)} | {"</s>": VOCAB + 100},
+                                     unk_token="w0"))
+    big.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    big.save(str(tmp_path / "big.json"))
+    flags = ["--model", str(model), "--prompt", f"w1 w{VOCAB + 50}", "--tokenizer-type", "HuggingFaceTokenizer",
+             "--tokenizer-model", str(tmp_path / "big.json")]
+    expected = (f"--tokenizer-model {tmp_path / 'big.json'}: a tokenizer of {VOCAB + 101} ids, more than the "
+                f"{VOCAB} of the model --model {model}: not the tokenizer it was trained with\n")
+    assert generate(flags) == 2
+    assert capsys.readouterr().err == "kotomamba generate: error: " + expected
+    output = tmp_path / "eval.json"
+    assert evaluate(flags + ["--data", prefix, "--seq-length", "16", "--eval-samples", "4", "--output",
+                             str(output)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err == "kotomamba evaluate: error: " + expected and not output.exists()

@@ -135,6 +135,9 @@ def evaluate(args) -> dict:
         _require_lm_eval()
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     model = load_model(args.model, device, dtype)
+    # Before the perplexity is computed: a tokenizer that is missing or does not fit the model would lose it.
+    if prompts or tasks:
+        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model, model.config.vocab_size)
     result: dict = {"model": str(args.model)}
     if args.data and args.eval_samples > 0:
         valid = _validation_dataset(args)
@@ -144,8 +147,6 @@ def evaluate(args) -> dict:
         result["perplexity"] = heldout_loss(model, valid, args.micro_batch_size, use_seq_idx)
         if args.baseline_init:
             result["baseline_init"] = _baseline_loss(model, args, valid, use_seq_idx)
-    if prompts or tasks:
-        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
     # Recorded even without prompts: the export's generation_config.json takes its sampling from here.
     result["sampling"] = {**dataclasses.asdict(sampling), "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     if prompts:

@@ -262,11 +262,12 @@ def model_path(spec: str) -> str:
     return local_input(spec, "model")
 
 
-def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: str | None):
+def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int):
     """``kotomamba.data`` tokenizer: the given type/model (local or remote), else the HF tokenizer files of
-    ``model_dir`` (fetched with the model when it is remote)."""
+    ``model_dir`` (fetched with the model when it is remote); one of more ids than the model's ``vocab_size``
+    is refused."""
     from kotomamba.data.remote_inputs import local_input
-    from kotomamba.data.tokenizer import build_tokenizer
+    from kotomamba.data.tokenizer import build_tokenizer, check_fits
 
     model_dir = model_path(model_dir)
     if tokenizer_model is not None:
@@ -275,7 +276,10 @@ def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: 
     if tokenizer_model is None and not any((Path(model_dir) / name).is_file() for name in _HF_TOKENIZER_FILES):
         raise UserError(f"--model {model_dir}: no tokenizer files ({', '.join(_HF_TOKENIZER_FILES)}); pass "
                         f"--tokenizer-type and --tokenizer-model")
-    return build_tokenizer(tokenizer_type or "HuggingFaceTokenizer", tokenizer_model or model_dir)
+    tokenizer = build_tokenizer(tokenizer_type or "HuggingFaceTokenizer", tokenizer_model or model_dir)
+    given = f"--tokenizer-model {tokenizer_model}" if tokenizer_model is not None else f"{model_dir}'s tokenizer files"
+    check_fits(tokenizer, vocab_size, given, f"--model {model_dir}")
+    return tokenizer
 
 
 def sample_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, sampling: SamplingConfig,
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             check_output(args.output, "--output")  # before the model is loaded and the samples are drawn
         device, dtype = resolve_device_dtype(args.device, args.dtype)
         model = load_model(args.model, device, dtype)
-        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
+        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model, model.config.vocab_size)
         samples = sample_texts(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.seed,
                                args.batch, not args.no_stop_at_eos, cuda_graph=False if args.no_cuda_graph else None)
     except UserError as exc:
