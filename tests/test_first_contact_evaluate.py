@@ -127,3 +127,22 @@ def test_a_tokenizer_with_more_ids_than_the_model_is_refused_before_the_work(set
                              str(output)]) == 2
     printed = capsys.readouterr()
     assert printed.err == "kotomamba evaluate: error: " + expected and not output.exists()
+
+
+def test_data_tokenized_with_a_larger_vocabulary_is_refused_before_the_model_reads_it(setup, tmp_path, capsys):
+    import numpy as np
+
+    from kotomamba.data.indexed_dataset import IndexedDatasetWriter
+
+    model, _, _ = setup
+    prefix = tmp_path / "other_tokenizer_text_document"
+    with IndexedDatasetWriter(str(prefix), np.uint16) as writer:
+        for start in range(40):
+            writer.add_document(VOCAB + np.arange(start, start + 30) % 40)  # every id past the model's
+    output = tmp_path / "eval.json"
+    assert evaluate(["--model", str(model), "--data", str(prefix), "--split", "50,50,0", "--seq-length", "16",
+                     "--eval-samples", "4", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kotomamba evaluate: error: --data {prefix}: the validation split holds token id ")
+    assert err.endswith(f", past the {VOCAB} ids of the model {model}: tokenized with another tokenizer\n")
+    assert not output.exists()

@@ -105,12 +105,18 @@ def _require_lm_eval() -> None:
                         f"install the extra: pip install 'kotomamba[lmeval]'") from exc
 
 
-def _validation_dataset(args):
+def _validation_dataset(args, vocab_size: int):
+    """The validation split's samples; one holding an id past the model's ``vocab_size`` (data tokenized with
+    another tokenizer: an index error in the embedding) is refused before the model reads any."""
     from kotomamba.data.gpt_dataset import build_gpt_datasets
 
     _, valid, _ = build_gpt_datasets(data_path(args.data), args.split, args.seq_length, args.seed,
                                      num_samples=(0, args.eval_samples, 0), cache_dir=None,
                                      reset_at_eod=not args.no_reset_at_eod)
+    top = max(int(valid[i]["tokens"].max()) for i in range(len(valid)))
+    if top >= vocab_size:
+        raise UserError(f"--data {' '.join(args.data)}: the validation split holds token id {top}, past the "
+                        f"{vocab_size} ids of the model {args.model}: tokenized with another tokenizer")
     return valid
 
 
@@ -140,7 +146,7 @@ def evaluate(args) -> dict:
         tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model, model.config.vocab_size)
     result: dict = {"model": str(args.model)}
     if args.data and args.eval_samples > 0:
-        valid = _validation_dataset(args)
+        valid = _validation_dataset(args, model.config.vocab_size)
         use_seq_idx = model.config.resets_at_documents and not args.no_reset_at_eod
         result["data"] = {"data_path": data_path(args.data), "split": args.split, "seq_length": args.seq_length,
                           "eval_samples": args.eval_samples, "seed": args.seed, "reset_at_eod": use_seq_idx}
