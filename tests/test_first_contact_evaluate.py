@@ -146,3 +146,24 @@ def test_data_tokenized_with_a_larger_vocabulary_is_refused_before_the_model_rea
     assert err.startswith(f"kotomamba evaluate: error: --data {prefix}: the validation split holds token id ")
     assert err.endswith(f", past the {VOCAB} ids of the model {model}: tokenized with another tokenizer\n")
     assert not output.exists()
+
+
+def test_a_validation_split_shorter_than_one_sample_is_refused(setup, tmp_path, capsys):
+    """Every sample of 4 tokens' worth of documents is them repeated: its perplexity measures copying."""
+    import numpy as np
+
+    from kotomamba.data.indexed_dataset import IndexedDatasetWriter
+
+    model, _, _ = setup
+    prefix = tmp_path / "short_text_document"
+    with IndexedDatasetWriter(str(prefix), np.uint16) as writer:
+        writer.add_document(np.array([1, 2, 3, VOCAB - 1]))
+    output = tmp_path / "eval.json"
+    assert evaluate(["--model", str(model), "--data", str(prefix), "--split", "0,100,0", "--seq-length", "16",
+                     "--eval-samples", "4", "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (
+        f"kotomamba evaluate: error: {prefix}: the valid split holds 4 tokens (1 documents), fewer than one sample "
+        "of seq_length + 1 = 17: every sample would repeat the same documents, so the perplexity would measure "
+        "copying; add documents, or give the valid split a larger share by --split ('0,100,0') or a shorter "
+        "--seq-length\n")
+    assert not output.exists()

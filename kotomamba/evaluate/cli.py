@@ -106,13 +106,20 @@ def _require_lm_eval() -> None:
 
 
 def _validation_dataset(args, vocab_size: int):
-    """The validation split's samples; one holding an id past the model's ``vocab_size`` (data tokenized with
-    another tokenizer: an index error in the embedding) is refused before the model reads any."""
-    from kotomamba.data.gpt_dataset import build_gpt_datasets
+    """The validation split's samples, refused before the model reads any when a prefix's split is shorter than
+    one sample (every sample the same few documents repeated: a perplexity of copying, where the trainer only
+    warns, as its val_loss is not its product) or a sample holds an id past the model's ``vocab_size`` (data
+    tokenized with another tokenizer: an index error in the embedding)."""
+    from kotomamba.data.gpt_dataset import build_gpt_datasets, short_of_a_sample
 
     _, valid, _ = build_gpt_datasets(data_path(args.data), args.split, args.seq_length, args.seed,
                                      num_samples=(0, args.eval_samples, 0), cache_dir=None,
                                      reset_at_eod=not args.no_reset_at_eod)
+    short = short_of_a_sample(valid)
+    if short:
+        raise UserError(f"{'; '.join(short)}: every sample would repeat the same documents, so the perplexity "
+                        f"would measure copying; add documents, or give the valid split a larger share by --split "
+                        f"({args.split!r}) or a shorter --seq-length")
     top = max(int(valid[i]["tokens"].max()) for i in range(len(valid)))
     if top >= vocab_size:
         raise UserError(f"--data {' '.join(args.data)}: the validation split holds token id {top}, past the "
