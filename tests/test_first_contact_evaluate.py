@@ -167,3 +167,20 @@ def test_a_validation_split_shorter_than_one_sample_is_refused(setup, tmp_path, 
         "copying; add documents, or give the valid split a larger share by --split ('0,100,0') or a shorter "
         "--seq-length\n")
     assert not output.exists()
+
+
+def test_a_prompts_file_is_read_past_its_byte_order_mark_and_a_bad_one_is_named(setup, tmp_path, capsys):
+    model, _, _ = setup
+    prompts = tmp_path / "prompts.txt"
+    flags = ["--model", str(model), "--prompts-file", str(prompts), "--max-new-tokens", "2", "--output",
+             str(tmp_path / "eval.json")]
+    prompts.write_bytes(b"\xef\xbb\xbfw1 w2\r\n\r\nw3\r\n")  # as Windows' Notepad saves UTF-8
+    assert evaluate(flags) == 0
+    assert [s["prompt"] for s in json.loads((tmp_path / "eval.json").read_text())["samples"]] == ["w1 w2", "w3"]
+    (tmp_path / "eval.json").unlink()
+    for data, error in ((b"w1\nw2 \xff w3\n", f"{prompts}: line 2: invalid UTF-8; save the prompts file as UTF-8"),
+                        (b"\n  \n", f"{prompts}: no prompts in the prompts file (one a line; it has only blank lines)")):
+        prompts.write_bytes(data)
+        assert evaluate(flags) == 2
+        assert capsys.readouterr().err == f"kotomamba evaluate: error: {error}\n"
+        assert not (tmp_path / "eval.json").exists()

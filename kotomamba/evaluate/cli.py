@@ -68,12 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read the prompts file ({exc.strerror})") from exc
-        prompts += [line for line in lines if line.strip()]
+        prompts += _prompt_lines(Path(args.prompts_file))
+    return prompts
+
+
+def _prompt_lines(path: Path) -> list[str]:
+    """The prompts of a prompts file: its lines that are not blank, read as UTF-8, a byte order mark at its
+    start (as some Windows editors save) no part of the first. A file of none is refused: samples were asked for."""
+    from kotomamba.data.jsonl_lines import read_past_bom
+
+    try:
+        with open(path, "rb") as handle:
+            data = read_past_bom(handle) + handle.read()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the prompts file ({exc.strerror})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}: line {line}: invalid UTF-8; save the prompts file as UTF-8") from exc
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the prompts file (one a line; it has only blank lines)")
     return prompts
 
 
