@@ -1,6 +1,6 @@
 """A new user's first `kotomamba evaluate` and `kotomamba generate`: prefixes without weights, a model
 path that is not there, a model without tokenizer files, lm-eval tasks without the `lmeval` extra,
-an output that cannot be written."""
+an output that cannot be written, a device that is not there."""
 from __future__ import annotations
 
 import json
@@ -184,3 +184,15 @@ def test_a_prompts_file_is_read_past_its_byte_order_mark_and_a_bad_one_is_named(
         assert evaluate(flags) == 2
         assert capsys.readouterr().err == f"kotomamba evaluate: error: {error}\n"
         assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_device_that_is_not_there_is_named(setup, tmp_path, capsys):
+    model, _, _ = setup
+    absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (the first on a machine of none)
+    assert generate(["--model", str(model), "--prompt", "w1", "--device", absent]) == 2
+    assert capsys.readouterr().err.startswith(f"kotomamba generate: error: --device {absent}: this machine has "
+                                              f"{torch.cuda.device_count()} CUDA GPUs; pass another --device")
+    assert evaluate(["--model", str(model), "--prompt", "w1", "--device", "gpu0", "--output",
+                     str(tmp_path / "e.json")]) == 2
+    assert capsys.readouterr().err == "kotomamba evaluate: error: --device gpu0: not a torch device (cpu, cuda, " \
+                                      "cuda:N, ...)\n"

@@ -226,8 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    """The device and weights dtype the CLIs use: CUDA + bf16 when there is a GPU, else CPU + fp32."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The device and weights dtype the CLIs use: CUDA + bf16 when there is a GPU, else CPU + fp32. A ``device``
+    that is no torch device, or a CUDA one this machine does not have, is refused before the model is loaded."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise UserError(f"--device {device}: not a torch device (cpu, cuda, cuda:N, ...)") from exc
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPUs; pass another "
+                        f"--device, or none (cuda if available, else cpu)")
     name = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     return dev, getattr(torch, name)
 
