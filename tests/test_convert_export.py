@@ -225,6 +225,33 @@ def test_a_truncated_weight_file_is_named(tmp_path, name):
         convert(str(tmp_path / "model"), "kotomamba", str(tmp_path / "ours"))
 
 
+def test_a_tokenizer_with_more_ids_than_the_model_is_refused(tmp_path, sentencepiece_model):
+    """An export with another model's tokenizer would name an eos id the model has no logit for."""
+    torch.manual_seed(0)
+    model = MambaLM(preset("tiny", vocab_size=VOCAB // 2))
+    _write_run(tmp_path / "run", model, sentencepiece_model)
+    for target in ("hf", "mamba_ssm", "kotomamba"):
+        with pytest.raises(UserError, match=rf"^{sentencepiece_model}: a tokenizer of {VOCAB} ids, more than the "
+                                            rf"{VOCAB // 2} of the model {tmp_path / 'run'}: not the tokenizer"):
+            convert(str(tmp_path / "run"), target, str(tmp_path / target))
+        assert not (tmp_path / target).exists()
+
+
+@pytest.mark.parametrize("edit", [{"num_hidden_layers": "two"}, {"num_heads": 3}])
+def test_a_transformers_config_that_transformers_refuses_is_one_line_naming_it(tmp_path, capsys, edit):
+    """A hand-edited config.json of a transformers model: transformers' own validation error, said in one line."""
+    from transformers import Mamba2Config
+
+    Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=4, head_dim=16).save_pretrained(
+        tmp_path / "model")
+    config = tmp_path / "model" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | edit))
+    assert main(["--checkpoint", str(tmp_path / "model"), "--to", "kotomamba", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kotomamba convert: error: {config}: not a valid transformers config (")
+    assert err.count("\n") == 1 and next(iter(edit)) in err and not (tmp_path / "o").exists()
+
+
 def test_an_unfinished_stage_is_said_by_the_card_and_the_command(tmp_path, sentencepiece_model, capsys):
     """A run stopped at step 7 of the 20 its config plans: exporting it says so, where a reader of the card looks."""
     _write_run(tmp_path / "run", _trained_like("Mamba1"), sentencepiece_model)

@@ -57,3 +57,15 @@ def test_replaced_file_takes_the_umask_mode_too(umask, tmp_path):
     target.chmod(0o600)
     write_json(target, {"new": True})
     assert _mode(target) == 0o666 & ~umask
+
+
+def test_exported_weights_take_the_umask_mode_as_the_rest_of_the_export(umask, tmp_path):
+    from kotomamba.convert.export import write_mamba_ssm
+    from kotomamba.convert.run_info import RunInfo
+    from kotomamba.model import MambaLM, preset
+
+    model = MambaLM(preset("tiny", vocab_size=64, n_layer=1, d_model=16))
+    write_mamba_ssm(model.config, model.state_dict(), tmp_path / "export", None, RunInfo(checkpoint="test"))
+    model.save_pretrained(tmp_path / "saved")
+    files = [*(tmp_path / "export").iterdir(), *(tmp_path / "saved").iterdir()]
+    assert {path.name: _mode(path) for path in files} == {path.name: 0o666 & ~umask for path in files}

@@ -16,6 +16,7 @@ import torch
 from kotomamba.convert.export import read_evaluation, write_hf, write_kotomamba_checkpoint, write_mamba_ssm
 from kotomamba.convert.run_info import RunInfo, parameter_count, read_run_info
 from kotomamba.data.remote_inputs import local_input
+from kotomamba.data.tokenizer import build_tokenizer, check_fits
 from kotomamba.errors import UserError, report
 from kotomamba.train.checkpoint_files import load_model_state_dict
 from kotomamba.train.run_dir import RunDir, is_run_or_checkpoint, locate_checkpoint
@@ -106,6 +107,8 @@ def convert(checkpoint: str, target: str, output: str, tokenizer_type: str | Non
         info.tokenizer_type, info.tokenizer_model = tokenizer_type, tokenizer_model
     # A tokenizer named where it lives (the flag's, or a run's record) is fetched like the model.
     tokenizer = (info.tokenizer_type, local_input(info.tokenizer_model, "tokenizer")) if info.tokenizer_type else None
+    if tokenizer is not None:
+        check_fits(build_tokenizer(*tokenizer), config.vocab_size, tokenizer[1], checkpoint)
     if dtype is not None:
         cast = getattr(torch, dtype)
         state = {key: t.to(cast) if t.is_floating_point() else t for key, t in state.items()}

@@ -26,17 +26,12 @@ from kotomamba.convert.model_card import model_card
 from kotomamba.convert.run_info import RunInfo
 from kotomamba.convert.tokenizer_files import SpecialTokenIds, write_hf_tokenizer
 from kotomamba.io import atomic_directory, read_json, write_json
+from kotomamba.model.pretrained import save_safetensors
 
 
 def _cpu_copies(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors that share no storage (safetensors and a clean pickle need that)."""
     return {key: tensor.detach().to("cpu").contiguous().clone() for key, tensor in state.items()}
-
-
-def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(state, str(path), metadata={"format": "pt"})
 
 
 def _generation_config(tokens: SpecialTokenIds, evaluation: dict[str, Any] | None):
@@ -70,7 +65,7 @@ def write_hf(config, state: dict[str, torch.Tensor], output: str | Path, tokeniz
         hf_state = _cpu_copies(state_dict_to_hf(state, config))
         if config.tie_embeddings:
             hf_state.pop("lm_head.weight")
-        _save_safetensors(hf_state, tmp / "model.safetensors")
+        save_safetensors(hf_state, tmp / "model.safetensors")
         _generation_config(tokens, evaluation).save_pretrained(str(tmp))
         (tmp / "README.md").write_text(model_card("hf", config.to_dict(), info, evaluation), encoding="utf-8")
 
@@ -82,7 +77,7 @@ def write_mamba_ssm(config, state: dict[str, torch.Tensor], output: str | Path, 
         write_json(tmp / "config.json", config.to_dict())
         weights = _cpu_copies(state)
         torch.save(weights, tmp / "pytorch_model.bin")
-        _save_safetensors(weights, tmp / "model.safetensors")
+        save_safetensors(weights, tmp / "model.safetensors")
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer[0], tokenizer[1], tmp)
         (tmp / "README.md").write_text(model_card("mamba_ssm", config.to_dict(), info, evaluation),

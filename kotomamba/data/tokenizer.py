@@ -216,3 +216,12 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | os.PathLike | No
         return HuggingFaceTokenizer(tokenizer_model)
     known = ", ".join(TOKENIZER_TYPES)
     raise UserError(f"--tokenizer-type {tokenizer_type!r} is not supported; use one of {known}")
+
+
+def check_fits(tokenizer: Tokenizer, vocab_size: int, tokenizer_name: str, model_name: str) -> None:
+    """Refuse a tokenizer with more ids than the model's ``vocab_size`` (another model's tokenizer): its larger
+    ids have no row in the embedding (an index error mid-generation) and no logit to be sampled from, and an
+    export would name special tokens the model cannot produce. Fewer ids are fine, as the trainer allows."""
+    if tokenizer.vocab_size > vocab_size:
+        raise UserError(f"{tokenizer_name}: a tokenizer of {tokenizer.vocab_size} ids, more than the {vocab_size} "
+                        f"of the model {model_name}: not the tokenizer it was trained with")

@@ -22,7 +22,7 @@ import torch
 
 from kotomamba.errors import UserError, report
 from kotomamba.evaluate.perplexity import heldout_loss
-from kotomamba.io import write_json
+from kotomamba.io import check_output, write_json
 from kotomamba.model.generation import SamplingConfig, load_model, load_tokenizer, resolve_device_dtype, sample_texts
 
 
@@ -68,12 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read the prompts file ({exc.strerror})") from exc
-        prompts += [line for line in lines if line.strip()]
+        prompts += _prompt_lines(Path(args.prompts_file))
+    return prompts
+
+
+def _prompt_lines(path: Path) -> list[str]:
+    """The prompts of a prompts file: its lines that are not blank, read as UTF-8, a byte order mark at its
+    start (as some Windows editors save) no part of the first. A file of none is refused: samples were asked for."""
+    from kotomamba.data.jsonl_lines import read_past_bom
+
+    try:
+        with open(path, "rb") as handle:
+            data = read_past_bom(handle) + handle.read()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the prompts file ({exc.strerror})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}: line {line}: invalid UTF-8; save the prompts file as UTF-8") from exc
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the prompts file (one a line; it has only blank lines)")
     return prompts
 
 
@@ -105,12 +121,25 @@ def _require_lm_eval() -> None:
                         f"install the extra: pip install 'kotomamba[lmeval]'") from exc
 
 
-def _validation_dataset(args):
-    from kotomamba.data.gpt_dataset import build_gpt_datasets
+def _validation_dataset(args, vocab_size: int):
+    """The validation split's samples, refused before the model reads any when a prefix's split is shorter than
+    one sample (every sample the same few documents repeated: a perplexity of copying, where the trainer only
+    warns, as its val_loss is not its product) or a sample holds an id past the model's ``vocab_size`` (data
+    tokenized with another tokenizer: an index error in the embedding)."""
+    from kotomamba.data.gpt_dataset import build_gpt_datasets, short_of_a_sample
 
     _, valid, _ = build_gpt_datasets(data_path(args.data), args.split, args.seq_length, args.seed,
                                      num_samples=(0, args.eval_samples, 0), cache_dir=None,
                                      reset_at_eod=not args.no_reset_at_eod)
+    short = short_of_a_sample(valid)
+    if short:
+        raise UserError(f"{'; '.join(short)}: every sample would repeat the same documents, so the perplexity "
+                        f"would measure copying; add documents, or give the valid split a larger share by --split "
+                        f"({args.split!r}) or a shorter --seq-length")
+    top = max(int(valid[i]["tokens"].max()) for i in range(len(valid)))
+    if top >= vocab_size:
+        raise UserError(f"--data {' '.join(args.data)}: the validation split holds token id {top}, past the "
+                        f"{vocab_size} ids of the model {args.model}: tokenized with another tokenizer")
     return valid
 
 
@@ -127,6 +156,7 @@ def evaluate(args) -> dict:
     """Run every part the arguments ask for; returns the JSON-ready result."""
     if args.eval_samples < 0 or args.micro_batch_size < 1 or args.seq_length < 1:
         raise UserError("--eval-samples must be >= 0, --micro-batch-size and --seq-length >= 1")
+    check_output(args.output, "--output")  # before the model is loaded and evaluated
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     tasks = [task.strip() for task in args.lm_eval_tasks.split(",") if task.strip()]
     prompts = _prompts(args)
@@ -134,17 +164,18 @@ def evaluate(args) -> dict:
         _require_lm_eval()
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     model = load_model(args.model, device, dtype)
+    # Before the perplexity is computed: a tokenizer that is missing or does not fit the model would lose it.
+    if prompts or tasks:
+        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model, model.config.vocab_size)
     result: dict = {"model": str(args.model)}
     if args.data and args.eval_samples > 0:
-        valid = _validation_dataset(args)
+        valid = _validation_dataset(args, model.config.vocab_size)
         use_seq_idx = model.config.resets_at_documents and not args.no_reset_at_eod
         result["data"] = {"data_path": data_path(args.data), "split": args.split, "seq_length": args.seq_length,
                           "eval_samples": args.eval_samples, "seed": args.seed, "reset_at_eod": use_seq_idx}
         result["perplexity"] = heldout_loss(model, valid, args.micro_batch_size, use_seq_idx)
         if args.baseline_init:
             result["baseline_init"] = _baseline_loss(model, args, valid, use_seq_idx)
-    if prompts or tasks:
-        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
     # Recorded even without prompts: the export's generation_config.json takes its sampling from here.
     result["sampling"] = {**dataclasses.asdict(sampling), "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     if prompts:

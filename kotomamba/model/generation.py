@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from kotomamba.errors import UserError, report
+from kotomamba.io import check_output, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    """The device and weights dtype the CLIs use: CUDA + bf16 when there is a GPU, else CPU + fp32."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The device and weights dtype the CLIs use: CUDA + bf16 when there is a GPU, else CPU + fp32. A ``device``
+    that is no torch device, or a CUDA one this machine does not have, is refused before the model is loaded."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise UserError(f"--device {device}: not a torch device (cpu, cuda, cuda:N, ...)") from exc
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPUs; pass another "
+                        f"--device, or none (cuda if available, else cpu)")
     name = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     return dev, getattr(torch, name)
 
@@ -261,11 +269,12 @@ def model_path(spec: str) -> str:
     return local_input(spec, "model")
 
 
-def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: str | None):
+def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: str | None, vocab_size: int):
     """``kotomamba.data`` tokenizer: the given type/model (local or remote), else the HF tokenizer files of
-    ``model_dir`` (fetched with the model when it is remote)."""
+    ``model_dir`` (fetched with the model when it is remote); one of more ids than the model's ``vocab_size``
+    is refused."""
     from kotomamba.data.remote_inputs import local_input
-    from kotomamba.data.tokenizer import build_tokenizer
+    from kotomamba.data.tokenizer import build_tokenizer, check_fits
 
     model_dir = model_path(model_dir)
     if tokenizer_model is not None:
@@ -274,7 +283,10 @@ def load_tokenizer(model_dir: str, tokenizer_type: str | None, tokenizer_model: 
     if tokenizer_model is None and not any((Path(model_dir) / name).is_file() for name in _HF_TOKENIZER_FILES):
         raise UserError(f"--model {model_dir}: no tokenizer files ({', '.join(_HF_TOKENIZER_FILES)}); pass "
                         f"--tokenizer-type and --tokenizer-model")
-    return build_tokenizer(tokenizer_type or "HuggingFaceTokenizer", tokenizer_model or model_dir)
+    tokenizer = build_tokenizer(tokenizer_type or "HuggingFaceTokenizer", tokenizer_model or model_dir)
+    given = f"--tokenizer-model {tokenizer_model}" if tokenizer_model is not None else f"{model_dir}'s tokenizer files"
+    check_fits(tokenizer, vocab_size, given, f"--model {model_dir}")
+    return tokenizer
 
 
 def sample_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, sampling: SamplingConfig,
@@ -316,9 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
         if args.batch < 1 or args.max_new_tokens < 0:
             raise UserError("--batch must be >= 1 and --max-new-tokens >= 0")
+        if args.output:
+            check_output(args.output, "--output")  # before the model is loaded and the samples are drawn
         device, dtype = resolve_device_dtype(args.device, args.dtype)
         model = load_model(args.model, device, dtype)
-        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model)
+        tokenizer = load_tokenizer(args.model, args.tokenizer_type, args.tokenizer_model, model.config.vocab_size)
         samples = sample_texts(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.seed,
                                args.batch, not args.no_stop_at_eos, cuda_graph=False if args.no_cuda_graph else None)
     except UserError as exc:
@@ -326,8 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     for sample in samples:
         print(f"=== {sample['prompt']!r}\n{sample['text']}\n")
     if args.output:
-        from kotomamba.io import write_json
-
         write_json(args.output, {"model": args.model, "sampling": dataclasses.asdict(sampling), "seed": args.seed,
                                  "max_new_tokens": args.max_new_tokens, "samples": samples})
     return 0

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kotomamba.errors import UserError
-from kotomamba.io import atomic_directory, read_json, write_json
+from kotomamba.io import atomic_directory, current_umask, read_json, write_json
 from kotomamba.model.config import MambaConfig
 
 CONFIG_NAME = "config.json"
@@ -67,7 +67,11 @@ def read_config(directory: Path) -> tuple[MambaConfig, bool]:
         if data["model_type"] not in ("mamba", "mamba2"):
             raise UserError(f"{config_path}: field 'model_type': expected 'mamba' or 'mamba2', "
                             f"got {data['model_type']!r}")
-        hf_cfg = transformers.AutoConfig.from_pretrained(str(directory))
+        try:
+            hf_cfg = transformers.AutoConfig.from_pretrained(str(directory))
+        except Exception as exc:  # its validation: ValueError, TypeError, huggingface_hub.StrictDataclassError
+            reason = " ".join(str(exc).split())  # its message spans lines; ours is one
+            raise UserError(f"{config_path}: not a valid transformers config ({reason})") from exc
         return from_hf_config(hf_cfg, source=str(config_path)), True
     return MambaConfig.from_dict(data, source=str(config_path)), False
 
@@ -106,4 +110,11 @@ def save_pretrained(model, path: str | os.PathLike) -> None:
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_directory(path) as tmp:
         write_json(tmp / CONFIG_NAME, model.config.to_dict())
-        save_file(state, str(tmp / SAFETENSORS_NAME), metadata={"format": "pt"})
+        save_safetensors(state, tmp / SAFETENSORS_NAME)
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``state`` as a safetensors file of the mode the umask gives (safetensors itself writes 0600, which would
+    leave an export's weights unreadable to the colleagues who may read the rest of it)."""
+    save_file(state, str(path), metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~current_umask())
