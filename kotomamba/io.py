@@ -12,7 +12,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -218,15 +220,38 @@ def _refuse_foreign(given: str | os.PathLike, foreign: list[str]) -> None:
 
 
 def _move_entries(new: Path, path: Path) -> None:
-    """Move every entry of ``new`` into the directory ``path``, over an old one of the same name (a file over a file
-    in one step; a directory, or what a directory replaces, by way of a trash directory inside ``new``); then remove
-    ``new``."""
+    """Move every entry of ``new`` into the directory ``path``, in place of an old one of the same name; then remove
+    ``new``.
+
+    Every old entry leaves (into a trash directory inside ``new``) before the first new one arrives, and Ctrl-C or
+    SIGTERM waits for the renames to end: an output stopped half-way must never hold new files beside old ones (a
+    new config.json beside the old weights loads, and is wrong), only fewer of the new ones.
+    """
     names = os.listdir(new)
     trash = Path(tempfile.mkdtemp(dir=new))
-    for name in names:
-        old = path / name
-        replaced_by_rename = old.is_file() and not (new / name).is_dir()  # os.replace swaps a file in one step
-        if os.path.lexists(old) and not replaced_by_rename:
-            os.replace(old, trash / name)
-        os.replace(new / name, old)
+    with _stop_signals_held():
+        for name in names:
+            if os.path.lexists(path / name):
+                os.replace(path / name, trash / name)
+        for name in names:
+            os.replace(new / name, path / name)
     shutil.rmtree(new)
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside wait until it ends, then take their course (their handlers as before).
+    Only the main thread can set handlers; elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {number: signal.signal(number, lambda number, _frame: arrived.append(number)) for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(arrived):
+            signal.raise_signal(number)

@@ -3,6 +3,7 @@ that cannot be written is refused, naming it, before the work (kotomamba.io)."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -42,6 +43,29 @@ def test_a_rerun_replaces_its_own_earlier_output_but_not_what_was_added_below_it
         with atomic_directory(out) as tmp:
             _write(tmp, {"config.json": "3", "checkpoints/0/model.pt": "3"})
     assert _tree(out)["config.json"] == "2" and sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_a_rerun_stopped_by_ctrl_c_while_its_entries_move_in_is_whole_never_mixed(tmp_path, monkeypatch):
+    """Ctrl-C between two of the renames that put a rerun's entries in place: no new config.json beside old weights."""
+    out = tmp_path / "export"
+    files = ("config.json", "model.safetensors", "tokenizer.model")
+    with atomic_directory(out) as tmp:
+        _write(tmp, dict.fromkeys(files, "1"))
+    replace, calls = os.replace, []
+
+    def replace_then_ctrl_c(source, target):
+        replace(source, target)
+        calls.append(target)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(out) as tmp:
+            _write(tmp, dict.fromkeys(files, "2"))
+    monkeypatch.undo()
+    assert len(calls) == 2 * len(files) and _tree(out) == dict.fromkeys(files, "2")
+    assert sorted(os.listdir(tmp_path)) == ["export"]
 
 
 def test_the_working_directory_is_an_output_like_any_other(tmp_path, monkeypatch):
