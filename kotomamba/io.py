@@ -41,11 +41,19 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML") -> Any:
         with open(path, encoding="utf-8") as handle:
             return parse_yaml(handle, str(path))[0]
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise UserError(f"{path}: {line}invalid {what} ({exc})") from exc
+        raise UserError(f"{path}: invalid {what}: {yaml_problem(exc)}") from exc
     except OSError as exc:
         raise UserError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A PyYAML error in one line (``line L, column C: context: problem``): its own text spans several lines
+    and names the file again, which breaks a one-line error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{where}{context + ': ' if context else ''}{problem}"
 
 
 def parse_yaml(stream: str | IO, source: str) -> tuple[Any, Any]:

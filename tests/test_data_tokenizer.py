@@ -107,6 +107,31 @@ def test_huggingface_tokenizer_directory_reads_special_tokens(hf_tokenizer_json,
     assert tok.decode(tok.encode(JAPANESE)) == JAPANESE
 
 
+@pytest.mark.parametrize("config, named", [('{"eos_token": "<|endoftext|>",\n', "line 2: invalid Hugging Face tokenizer_config.json"),
+                                           ('["<|endoftext|>"]', "expected a JSON object, got list")])
+def test_a_broken_tokenizer_config_beside_a_tokenizer_json_is_named(hf_tokenizer_json, tmp_path, config, named):
+    # It was json.load'ed bare: a JSONDecodeError / AttributeError traceback that named no file.
+    directory = tmp_path / "hfdir"
+    directory.mkdir()
+    (directory / "tokenizer.json").write_bytes(hf_tokenizer_json.read_bytes())
+    (directory / "tokenizer_config.json").write_text(config)
+    with pytest.raises(UserError) as caught:
+        build_tokenizer("HuggingFaceTokenizer", directory / "tokenizer.json")
+    assert str(caught.value).startswith(f"{directory / 'tokenizer_config.json'}: {named}"), caught.value
+
+
+@pytest.mark.parametrize("config", ['{"eos_token": "</s>"}', '["</s>"]'])
+def test_a_directory_without_a_tokenizer_is_one_line_naming_it(tmp_path, config):
+    # transformers' own message spans five lines; a list config was an AttributeError traceback.
+    directory = tmp_path / "hfdir"
+    directory.mkdir()
+    (directory / "tokenizer_config.json").write_text(config)
+    with pytest.raises(UserError) as caught:
+        build_tokenizer("HuggingFaceTokenizer", directory)
+    assert str(caught.value).startswith(f"{directory}: cannot load a Hugging Face tokenizer") and "\n" not in str(
+        caught.value)
+
+
 def test_gpt_sentencepiece_alias_and_unknown_type(corpus, tmp_path):
     out = tmp_path / "tok"
     train_tokenizer_main(["--input", str(corpus), "--vocab-size", "600", "--output", str(out)])

@@ -139,6 +139,19 @@ def test_a_relative_tokenizer_path_that_is_gone_is_named_with_the_run(project, t
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.parametrize("text", ["", "- data\n- tokenizer\n", "42\n", "data:\n  tokenizer_model: [data/tok\n"])
+def test_a_broken_run_config_record_is_named_not_read_as_absent(project, tmp_path, monkeypatch, capsys, text):
+    # Read as absent, an empty, list or scalar record hid the run's tokenizer: "no tokenizer known" instead.
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "results" / "r" / "train" / "long"
+    shutil.copytree(project / "results" / "r" / "train" / "long", run)
+    (run / "config.resolved.yaml").write_text(text)
+    assert main(["--checkpoint", str(run), "--to", "hf", "--output", "hf"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"kotomamba convert: error: {run / 'config.resolved.yaml'}: ") and "\n" not in error, error
+    assert "no tokenizer known" not in error and not (tmp_path / "hf").exists()
+
+
 def test_report_sums_the_stages_and_names_the_model_size(project, tmp_path):
     evaluation = {"perplexity": {"loss": 3.0, "perplexity": 20.09, "tokens": 640}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))

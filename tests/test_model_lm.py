@@ -198,3 +198,16 @@ def test_from_pretrained_errors_name_the_problem(tmp_path):
     torch.save(sd, tmp_path / "pytorch_model.bin")
     with pytest.raises(UserError, match="missing keys"):
         MambaLM.from_pretrained(tmp_path)
+
+
+def test_a_config_without_the_model_sizes_is_named_before_the_weights(tmp_path):
+    # Read as mamba-ssm's defaults (a 2.8b model), {} was blamed on the weights' keys after building that model.
+    MambaLM(preset("tiny")).save_pretrained(tmp_path)
+    config = tmp_path / "config.json"
+    for data, named in (({}, "missing fields 'd_model', 'n_layer', 'vocab_size'"),
+                        ({"d_model": 64, "ssm_cfg": {}}, "missing fields 'n_layer', 'vocab_size'"),
+                        ({**preset("tiny").to_dict(), "vocab_size": None}, "field 'vocab_size': must be a positive")):
+        config.write_text(json.dumps(data))
+        with pytest.raises(UserError) as caught:
+            MambaLM.from_pretrained(tmp_path)
+        assert str(caught.value).startswith(f"{config}: {named}"), caught.value

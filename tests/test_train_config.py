@@ -148,3 +148,16 @@ def test_document_resets_need_a_model_that_can_reset(tmp_path):
     assert load_config(mamba1, ["data.reset_at_eod=false"]).data.reset_at_eod is False
     # A model to start from is read at start-up (test_train_init_from.py), not here.
     assert load_config(mamba1, ["init.from=prev/run"]).init.from_ == "prev/run"
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_line(tmp_path):
+    # PyYAML's own text spans four lines and names the file twice more.
+    path = tmp_path / "train.yaml"
+    path.write_text("data:\n  tokenizer_model: [data/tok\n")
+    with pytest.raises(UserError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: not valid YAML: line 3, column 1: while parsing a flow sequence: ")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UserError) as caught:
+        load_config(None, ["train.steps=[1"])
+    assert "value is not valid YAML: line 1, column 3: " in str(caught.value) and "\n" not in str(caught.value)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from kotomamba.errors import UserError
-from kotomamba.io import read_yaml
 from kotomamba.train.checkpoint_files import read_train_state
 from kotomamba.train.run_dir import CheckpointLocation, RunDir, is_run_or_checkpoint, locate_checkpoint
 
@@ -78,11 +77,6 @@ class RunInfo:
     def train_seconds(self) -> float | None:
         times = [stage.train_seconds for stage in self.stages]
         return sum(times) if times and None not in times else None
-
-
-def _read_yaml(path: Path) -> dict:
-    data = read_yaml(path)
-    return data if isinstance(data, dict) else {}
 
 
 def started_from(run_dir: Path, recorded_run_dir: str | None) -> Path | None:
@@ -181,8 +175,7 @@ def _stage_info(location: CheckpointLocation) -> tuple[StageInfo, dict, Path | N
     stage = StageInfo(name=(run_dir or location.checkpoint_dir).name, step=train_state.get("step"))
     if run_dir is None:
         return stage, {}, None
-    resolved = RunDir(run_dir).config
-    config = _read_yaml(resolved) if resolved.is_file() else {}
+    config = RunDir(run_dir).read_config() or {}
     data = config.get("data") or {}
     stage.seq_length = data.get("seq_length")
     planned = (config.get("train") or {}).get("steps")
@@ -211,14 +204,13 @@ def _pipeline_record(run_dir: Path) -> dict:
     directory above its stages' run directories; the nearest one naming this stage is it.
     """
     for directory in run_dir.resolve().parents:
-        record = RunDir(directory).config
-        if record.is_file():
-            try:
-                config = _read_yaml(record)
-            except UserError:  # some other directory's broken file: not this run's record, and no reason to fail
-                continue
-            if "corpus" in config and any(s.get("name") == run_dir.name for s in config.get("stages") or []):
-                return config
+        try:
+            config = RunDir(directory).read_config()
+        except UserError:  # some other directory's broken file: not this run's record, and no reason to fail
+            continue
+        stages = (config or {}).get("stages") or []
+        if "corpus" in (config or {}) and any(isinstance(s, dict) and s.get("name") == run_dir.name for s in stages):
+            return config
     return {}
 
 

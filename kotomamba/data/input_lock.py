@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from kotomamba.errors import UserError
-from kotomamba.io import atomic_write
+from kotomamba.io import atomic_write, yaml_problem
 
 HEADER = ("# sha256 of each remote input of this run as first downloaded (trust on first use); a later download\n"
           "# must match. Remove an entry to accept a source that changed on purpose.\n")
@@ -42,7 +42,7 @@ class InputLock:
         try:
             entries = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise UserError(f"{self.path}: not a lock file ({exc})") from None
+            raise UserError(f"{self.path}: not a lock file: {yaml_problem(exc)}") from None
         if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
             raise UserError(f"{self.path}: expected a mapping of input -> sha256")
         return entries

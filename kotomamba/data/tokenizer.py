@@ -13,7 +13,6 @@ preprocessing concatenates), ``decode(ids) -> str``, ``vocab_size``
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from kotomamba.errors import UserError
+from kotomamba.io import read_json
 
 SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer")
 HUGGINGFACE_TYPES = ("HuggingFaceTokenizer", "HFTokenizer", "PretrainedFromHF")
@@ -172,8 +172,9 @@ def _special_tokens_beside(directory: Path) -> dict:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         file = directory / name
         if file.is_file():
-            with open(file, encoding="utf-8") as handle:
-                data = json.load(handle)
+            data = read_json(file, f"Hugging Face {name}")
+            if not isinstance(data, dict):
+                raise UserError(f"{file}: expected a JSON object, got {type(data).__name__}")
             found.update({k: v for k, v in data.items() if k.endswith("_token") and v})
     return found
 
@@ -189,9 +190,10 @@ def _load_pretrained(name: str):
 
     try:
         hf = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, or AttributeError/TypeError on a tokenizer_config.json of the wrong shape
+        reason = " ".join(str(exc).split())  # transformers' message spans lines; ours is one
         raise UserError(f"{name}: cannot load a Hugging Face tokenizer (not a tokenizer.json, a directory "
-                        f"with one, or a reachable hub name): {exc}") from exc
+                        f"with one, or a reachable hub name): {reason}") from exc
     if not getattr(hf, "is_fast", False):
         raise UserError(f"{name}: only fast (tokenizers-backed) Hugging Face tokenizers are supported")
     if hf.eos_token_id is None:

@@ -25,6 +25,8 @@ MAMBA2_SSM_KEYS = frozenset(
 _UNSUPPORTED_MAMBA2 = {"d_ssm": None, "D_has_hdim": False, "rmsnorm": True, "norm_before_gate": False}
 
 
+# The sizes every mamba-ssm config.json records (MambaConfig.from_dict refuses a mapping without them).
+REQUIRED_FIELDS = ("d_model", "n_layer", "vocab_size")
 NORM_EPS = 1e-5  # mamba-ssm's norm_epsilon default; its config.json does not record it
 
 @dataclass
@@ -128,7 +130,12 @@ class MambaConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "model config") -> "MambaConfig":
-        """Read a mamba-ssm config.json mapping; unknown fields raise UserError naming ``source``."""
+        """Read a mamba-ssm config.json mapping; unknown fields and missing sizes raise UserError naming ``source``.
+
+        The sizes (:data:`REQUIRED_FIELDS`) are in every config mamba-ssm writes; their defaults are a 2.8b
+        model's, so taking them for a config that lacks them would build the wrong model (tens of GB) and
+        then blame the weights.
+        """
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -136,6 +143,11 @@ class MambaConfig:
         if unknown:
             raise UserError(f"{source}: field '{unknown[0]}': not a MambaConfig field "
                             f"(known: {', '.join(sorted(names))})")
+        missing = [name for name in REQUIRED_FIELDS if name not in data]
+        if missing:
+            raise UserError(f"{source}: missing field{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(repr(name) for name in missing)} (a mamba-ssm config.json names the "
+                            f"model's {', '.join(REQUIRED_FIELDS)})")
         try:
             cfg = cls.__new__(cls)
             for f in dataclasses.fields(cls):

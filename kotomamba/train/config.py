@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from kotomamba.errors import UserError
-from kotomamba.io import parse_yaml
+from kotomamba.io import parse_yaml, yaml_problem
 from kotomamba.model.config import MambaConfig, configured
 from kotomamba.train.step_choice import config_refusals
 
@@ -273,7 +273,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         try:
             raw, node = parse_yaml(text, str(path))
         except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({exc})") from exc
+            raise UserError(f"{path}: not valid YAML: {yaml_problem(exc)}") from exc
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise UserError(f"{path}:1: the training config must be a mapping of sections")
@@ -286,7 +286,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         try:
             parsed = yaml.safe_load(value) if value else ""
         except yaml.YAMLError as exc:
-            raise UserError(f"command-line override {item!r}: value is not valid YAML ({exc})") from exc
+            raise UserError(f"command-line override {item!r}: value is not valid YAML: {yaml_problem(exc)}") from exc
         _set_dotted(raw, dotted, parsed, item)
         applied[dotted] = item
     return build_config(raw, _Where(source, lines, applied))

@@ -64,6 +64,20 @@ class RunDir:
     def config(self) -> Path:
         return self.root / "config.resolved.yaml"
 
+    def read_config(self) -> dict | None:
+        """The run's ``config.resolved.yaml`` as a mapping, ``None`` when there is none; a file that cannot be
+        read, is not YAML or not a mapping (empty, a list, cut short) is a ``UserError`` naming it: read as
+        absent, it would hide the run's tokenizer and stages behind a misleading later message."""
+        from kotomamba.io import read_yaml
+
+        if not self.config.is_file():
+            return None
+        data = read_yaml(self.config, "run config record")
+        if not isinstance(data, dict):
+            raise UserError(f"{self.config}: not a run config record (expected a mapping, found "
+                            f"{'an empty file' if data is None else type(data).__name__})")
+        return data
+
     @property
     def model_config(self) -> Path:
         return self.root / "model_config.json"

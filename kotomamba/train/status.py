@@ -222,13 +222,8 @@ def run_status(path: Path) -> list[StageStatus]:
 def _configured_stages(results: Path) -> list[str] | None:
     """The stages the pipeline run's own record of its config names (written once its data is ready, whenever the
     config changed); None where there is no such record."""
-    from kotomamba.io import read_yaml
-
-    record = RunDir(results).config
-    if not record.is_file():
-        return None
-    config = read_yaml(record, "run config record")
-    stages = config.get("stages") if isinstance(config, dict) else None
+    config = RunDir(results).read_config()
+    stages = config.get("stages") if config is not None else None
     if not isinstance(stages, list):
         return None
     return [stage.get("name") for stage in stages if isinstance(stage, dict)]
