@@ -33,7 +33,7 @@ def _write_run(run_dir: Path, step: int, model: dict, train_state: dict) -> Path
     optim = {"state": {"backbone.embedding.weight": {"exp_avg": torch.zeros(16, 8)}}}
     save_local({"model": model, "optim": optim, "train_state": train_state}, checkpoint)
     (run_dir / "checkpoints" / "latest").write_text(checkpoint.name + "\n")
-    (run_dir / "model_config.json").write_text(json.dumps({"d_model": 8, "n_layer": 1}))
+    (run_dir / "model_config.json").write_text(json.dumps({"d_model": 8, "n_layer": 1, "vocab_size": 16}))
     return checkpoint
 
 
