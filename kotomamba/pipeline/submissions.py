@@ -279,15 +279,23 @@ def slurm_account_problems(jobs: list[PlannedJob]) -> tuple[list[str], list[str]
                 f"choose, {fix}"]
 
 
-def _rules_by(jobs: list[PlannedJob], resource: str) -> dict[str, list[str]]:
-    """{value of ``resource``: the rules whose jobs ask for it}, for the jobs that set it."""
+def _rules_by(pairs) -> dict[str, list[str]]:
+    """{key: its rules, each once, in order} from (key, rule) pairs: one message per problem, naming every rule."""
     found: dict[str, list[str]] = {}
-    for job in jobs:
-        if value := str(job.resources.get(resource) or ""):
-            rules = found.setdefault(value, [])
-            if job.rule not in rules:
-                rules.append(job.rule)
+    for key, rule in pairs:
+        rules = found.setdefault(key, [])
+        if rule not in rules:
+            rules.append(rule)
     return found
+
+
+def _naming(rules: list[str], problem: str) -> str:
+    return f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: {problem}"
+
+
+def _asking(jobs: list[PlannedJob], resource: str) -> dict[str, list[str]]:
+    """{value of ``resource``: the rules whose jobs ask for it}, for the jobs that set it."""
+    return _rules_by((str(job.resources[resource]), job.rule) for job in jobs if job.resources.get(resource))
 
 
 def slurm_name_problems(jobs: list[PlannedJob]) -> list[str]:
@@ -296,15 +304,15 @@ def slurm_name_problems(jobs: list[PlannedJob]) -> list[str]:
     one rule (``resources.train.slurm_partition``) would stop the run only when that rule is reached, after the
     stages before it ran. Asked only where the cluster answers; the names a job gives are its own or the profile's."""
     errors = []
-    partitions = _rules_by(jobs, "slurm_partition")
+    partitions = _asking(jobs, "slurm_partition")
     listed = _output(["sinfo", "-h", "-o", "%R"]) if partitions else None
     if listed is not None:
         known = sorted(set(listed.split()))
-        errors += [f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: partition {name!r} is not one of this "
-                   f"cluster's ({', '.join(known) or 'none'}, sinfo); set resources.<rule>.slurm_partition or "
-                   "KOTOMAMBA_SLURM_PARTITION to one of them"
+        errors += [_naming(rules, f"partition {name!r} is not one of this cluster's ({', '.join(known) or 'none'}, "
+                                  "sinfo); set resources.<rule>.slurm_partition or KOTOMAMBA_SLURM_PARTITION to one of "
+                                  "them")
                    for name, rules in partitions.items() if name not in known]
-    accounts = _rules_by(jobs, "slurm_account")
+    accounts = _asking(jobs, "slurm_account")
     config = _output(["scontrol", "show", "config"]) if accounts else None
     if config is None or not enforced_accounting(config) & ENFORCING:
         return errors
@@ -313,9 +321,9 @@ def slurm_name_problems(jobs: list[PlannedJob]) -> list[str]:
     if associated is None:
         return errors
     mine = sorted(set(associated.split()))
-    errors += [f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: account {name!r} has no association with "
-               f"user {user} on this cluster, which enforces them ({user}'s accounts: {', '.join(mine) or 'none'}, "
-               "sacctmgr); set resources.<rule>.slurm_account or KOTOMAMBA_SLURM_ACCOUNT to one of them"
+    errors += [_naming(rules, f"account {name!r} has no association with user {user} on this cluster, which "
+                              f"enforces them ({user}'s accounts: {', '.join(mine) or 'none'}, sacctmgr); set "
+                              "resources.<rule>.slurm_account or KOTOMAMBA_SLURM_ACCOUNT to one of them")
                for name, rules in accounts.items() if name not in mine]
     return errors
 
@@ -323,16 +331,13 @@ def slurm_name_problems(jobs: list[PlannedJob]) -> list[str]:
 def check(profile: Profile, jobs: list[PlannedJob], workdir: Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) about submitting ``jobs`` under ``profile``: each job whose submission would
     fail (one message per reason, naming the rules it stops), and the SLURM account's."""
-    rules_by_reason: dict[str, list[str]] = {}
+    refusals = []
     for job in jobs:
         try:
             submission(profile, job, workdir)
         except (SettingError, WorkflowError) as error:  # WorkflowError: the SLURM plugin's refusals
-            rules = rules_by_reason.setdefault(str(error), [])
-            if job.rule not in rules:
-                rules.append(job.rule)
-    errors = [f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: {reason}"
-              for reason, rules in rules_by_reason.items()]
+            refusals.append((str(error), job.rule))
+    errors = [_naming(rules, reason) for reason, rules in _rules_by(refusals).items()]
     warnings: list[str] = []
     if profile.executor == "slurm":
         account_errors, warnings = slurm_account_problems(jobs)
