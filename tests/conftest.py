@@ -1,9 +1,22 @@
 """Shared pytest setup: GPU tests are skipped where there is no CUDA device; under pytest-xdist
-(`-n 3 --dist loadgroup`, the README's test command) each file's tests run on one worker, so a
-file's module fixtures are built once, and the tests that run jobs on the two test clusters (marker
-`scheduler`) all run on one worker, one after another, since they share the clusters' nodes; the
-scheduler tier's tests that need no daemon (dry runs, the profiles' scripts) go by file like the rest."""
+(`-n 4 --dist loadgroup`, the README's test command) each file's tests run on one worker, so a
+file's module fixtures are built once, and the tests that run jobs on a test cluster (marker `scheduler`)
+run on one worker per cluster, one after another, since they share that cluster's nodes: the SLURM tests on
+one, the Grid Engine tests on another, so the two tiers (mostly waiting on daemons) overlap. The scheduler
+tier's tests that need no daemon (dry runs, the profiles' scripts) go by file like the rest."""
 import pytest
+
+
+def cluster_of(item) -> str:
+    """The test cluster a `scheduler` test runs jobs on: its `scheduler` parameter, else the marker's
+    argument (``@pytest.mark.scheduler("sge")``)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "scheduler" in callspec.params:
+        return callspec.params["scheduler"]
+    marker = item.get_closest_marker("scheduler")
+    if not marker.args:
+        raise pytest.UsageError(f"{item.nodeid}: name its cluster, @pytest.mark.scheduler(\"slurm\") or (\"sge\")")
+    return marker.args[0]
 
 
 # tryfirst: pytest-xdist reads the group in its own collection hook, which otherwise runs before this one
@@ -11,8 +24,9 @@ import pytest
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        on_clusters = item.get_closest_marker("scheduler") is not None
-        item.add_marker(pytest.mark.xdist_group("clusters" if on_clusters else str(item.path.relative_to(config.rootpath))))
+        on_cluster = item.get_closest_marker("scheduler") is not None
+        group = f"cluster-{cluster_of(item)}" if on_cluster else str(item.path.relative_to(config.rootpath))
+        item.add_marker(pytest.mark.xdist_group(group))
     try:
         import torch
 

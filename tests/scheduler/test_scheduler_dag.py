@@ -161,6 +161,7 @@ def test_dag_through_scheduler_equals_local_run(scheduler, nodes, local_run, tmp
 SSH_KEY = Path("/run/kt/ssh/id_ed25519")  # start_sge.sh: each node's sshd lets this key in (common.sh)
 
 
+@pytest.mark.scheduler("sge")
 def test_pbs_launch_path_across_two_hosts_equals_local_run(local_workdir, local_run, tmp_path):
     """No PBS server runs here, so the launcher is run as it runs in a two-node PBS job: on ktnode1,
     with `PBS_JOBID` and a `PBS_NODEFILE` of both nodes (two lines each, as `mpiprocs=2` writes it),
@@ -192,6 +193,7 @@ def test_pbs_launch_path_across_two_hosts_equals_local_run(local_workdir, local_
     assert outputs(workdir)[1] == local_run[1]
 
 
+@pytest.mark.scheduler("sge")
 def test_sge_status_reports_and_removes_a_job_in_error_state(tmp_path):
     """profiles/sge/status.py against the real qmaster: a job that can never run (its working
     directory is missing: state Eqw) is reported failed, with the reason, and is no longer queued."""

@@ -31,6 +31,7 @@ if not REQUIRED:
     pytestmark.append(pytest.mark.skip(reason="set KOTOMAMBA_SCHEDULER_TESTS=1 (and start the daemons) to run"))
 
 
+@pytest.mark.scheduler("slurm")
 def test_a_job_that_makes_no_progress_fails_after_the_retries_and_says_why(local_run, tmp_path):
     problem = daemon_problem("slurm")
     if problem:

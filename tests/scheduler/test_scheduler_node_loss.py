@@ -97,6 +97,7 @@ def restore_node(node: str) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.scheduler("slurm")
 def test_slurm_job_on_a_lost_node_resumes_from_the_last_complete_checkpoint(local_run, reference, tmp_path):
     problem = daemon_problem("slurm")
     if problem:

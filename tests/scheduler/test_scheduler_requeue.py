@@ -197,6 +197,7 @@ def stop_mid_stage(pipeline: Pipeline, stop) -> int:
     return logged
 
 
+@pytest.mark.scheduler("slurm")
 def test_two_node_job_stopped_by_a_signal_resumes_in_the_requeued_job(references, tmp_path):
     """`scancel --signal=TERM` mid-stage (what SLURM's warning `--signal=TERM@T` does before a time limit or
     a preemption: the job's steps get the signal): both nodes checkpoint and exit 75, and the job, which
@@ -223,6 +224,7 @@ def test_two_node_job_stopped_by_a_signal_resumes_in_the_requeued_job(references
     finished_as_the_reference(pipeline.workdir, reference, PREEMPT_STEPS)
 
 
+@pytest.mark.scheduler("sge")
 def test_two_host_grid_engine_job_deleted_mid_stage_checkpoints_and_the_retry_resumes(references, tmp_path):
     """`qdel` of a two-host Grid Engine job submitted with `-notify`: Grid Engine sends SIGUSR2 first (the
     queue's `notify` time before SIGKILL); the job's launcher passes it to mpirun as SIGUSR1, both hosts

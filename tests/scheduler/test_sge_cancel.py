@@ -22,6 +22,7 @@ def queued(job_id: str, env: dict[str, str]) -> bool:
     return subprocess.run(["qstat", "-j", job_id], capture_output=True, env=env).returncode == 0
 
 
+@pytest.mark.scheduler("sge")
 def test_cancel_deletes_the_newest_job_of_the_chain_snakemake_names(tmp_path):
     problem = daemon_problem("sge")
     if problem:

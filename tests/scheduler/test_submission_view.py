@@ -35,6 +35,7 @@ def sbatch_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip().startswith("sbatch ")]
 
 
+@pytest.mark.scheduler("slurm")
 def test_the_view_shows_the_sbatch_line_the_slurm_executor_runs(tmp_path):
     assert problem is None, problem
     env = scheduler_env("true")  # KOTOMAMBA_SLURM_ACCOUNT=ci
@@ -57,6 +58,7 @@ def test_the_view_shows_the_sbatch_line_the_slurm_executor_runs(tmp_path):
     assert (tmp_path / TARGET).is_file()
 
 
+@pytest.mark.scheduler("slurm")
 def test_an_empty_account_is_checked_against_the_clusters_enforcement(tmp_path):
     assert problem is None, problem
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
@@ -85,6 +87,7 @@ def test_an_empty_account_is_checked_against_the_clusters_enforcement(tmp_path):
     assert not (tmp_path / TARGET).exists()
 
 
+@pytest.mark.scheduler("sge")
 def test_the_view_shows_the_qsub_line_the_sge_profile_runs(tmp_path):
     """The real submission's qsub arguments are logged by a `qsub` first on PATH that runs Grid Engine's."""
     sge_problem = daemon_problem("sge")
@@ -112,6 +115,7 @@ def test_the_view_shows_the_qsub_line_the_sge_profile_runs(tmp_path):
     assert (tmp_path / TARGET).is_file()
 
 
+@pytest.mark.scheduler("slurm")
 def test_a_partition_or_account_the_cluster_does_not_have_stops_the_run_before_any_job(tmp_path):
     """A misspelt partition or account would be refused by sbatch, and one set for a single rule only when the run
     reached that rule; the view and the real run's onstart ask the cluster (sinfo, sacctmgr) first."""
