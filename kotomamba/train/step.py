@@ -7,7 +7,8 @@ replayed from a CUDA graph: ``kotomamba.train.cuda_graph``), then decides on the
 - a finite loss with a non-finite norm under a loss scale (fp16) is an overflow: the step is skipped
   and the scale halved (``kotomamba.train.loss_scale``);
 - a non-finite loss or norm otherwise is skipped and counted as non-finite;
-- else the gradients are unscaled and clipped to ``grad_clip`` in one multiply, and the optimizer steps.
+- else the gradients are unscaled and clipped to ``grad_clip`` in one multiply (folded into a fused AdamW's
+  own read of them: :func:`scale_for_step`), and the optimizer steps.
 
 Each micro-batch's loss is multiplied by ``1 / accumulation`` before its backward and the gradients are
 averaged over ranks (inside the backward by FSDP2, after the last micro-batch by ``kotomamba.train.grad_sync``
@@ -71,23 +72,35 @@ def clip_factor(max_norm: float, total_norm: torch.Tensor) -> torch.Tensor:
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
+def grad_factor(loss_scale: float, max_norm: float | None, total_norm: torch.Tensor) -> float | torch.Tensor:
+    """What every gradient is multiplied by before the optimizer steps: ``1 / loss_scale`` (loss-scaled
+    gradients, fp16), times :func:`clip_factor` when ``max_norm`` (None or 0: no clipping). ``total_norm`` is
+    the global norm of the unscaled gradients (a 0-d tensor, equal on every rank, so every shard gets the
+    same factor)."""
+    return clip_factor(max_norm, total_norm) / loss_scale if max_norm else 1.0 / loss_scale
+
+
+def takes_grad_scale(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` divides each gradient by the optimizer's ``grad_scale`` as it reads it:
+    torch's fused Adam and AdamW (the attribute ``torch.amp.GradScaler`` sets for them)."""
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and bool(optimizer.defaults.get("fused"))
+
+
 @torch.no_grad()
-def clip_(parameters: list[torch.nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
-    """Scale all gradients by :func:`clip_factor`, as ``torch.nn.utils.clip_grad_norm_`` does.
-
-    ``total_norm`` is the global norm as a 0-d tensor (:func:`global_grad_norm`), equal on every rank, so every
-    shard is scaled by the same factor.
-    """
-    scale_grads_(parameters, clip_factor(max_norm, total_norm))
-
-
-@torch.no_grad()
-def unscale_and_clip_(parameters: list[torch.nn.Parameter], loss_scale: float, max_norm: float | None,
-                      total_norm: torch.Tensor) -> None:
-    """Divide loss-scaled gradients by ``loss_scale`` and clip them to ``max_norm`` (None or 0: no clipping)
-    in one multiply. ``total_norm`` is the global norm of the unscaled gradients (a 0-d tensor)."""
-    factor = clip_factor(max_norm, total_norm) / loss_scale if max_norm else 1.0 / loss_scale
-    scale_grads_(parameters, factor)
+def scale_for_step(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter],
+                   factor: float | torch.Tensor) -> None:
+    """Have the next ``optimizer.step()`` see every gradient times ``factor`` (:func:`grad_factor`). A fused
+    Adam(W) is handed ``1 / factor`` as its ``grad_scale`` and divides as it reads each gradient, which saves
+    a pass over all gradients; any other optimizer gets gradients multiplied in place (:func:`scale_grads_`)."""
+    if not takes_grad_scale(optimizer):
+        if not (isinstance(factor, float) and factor == 1.0):
+            scale_grads_(parameters, factor)
+        return
+    if isinstance(factor, float) and factor == 1.0:
+        optimizer.grad_scale = None
+        return
+    device = _local(parameters[0]).device
+    optimizer.grad_scale = torch.as_tensor(factor, dtype=torch.float32, device=device).reciprocal()
 
 
 def perplexity(loss: float) -> float:
@@ -164,11 +177,9 @@ class TrainStep:
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.zero_grad()
             return StepOutcome(NONFINITE, record)
+        scale_for_step(self.optimizer, self.params, grad_factor(scale, self.grad_clip, norm))
         if self.loss_scale is not None:
-            unscale_and_clip_(self.params, scale, self.grad_clip, norm)
             self.loss_scale.update(True)
-        elif self.grad_clip:
-            clip_(self.params, self.grad_clip, norm)
         stats = OptimizerStats(self.optimizer, self.stats_group) if log_stats else None
         if stats is not None:
             stats.before_step()
