@@ -120,6 +120,21 @@ def test_a_broken_tokenizer_config_beside_a_tokenizer_json_is_named(hf_tokenizer
     assert str(caught.value).startswith(f"{directory / 'tokenizer_config.json'}: {named}"), caught.value
 
 
+@pytest.mark.parametrize("broken", ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+def test_a_broken_file_of_a_tokenizer_directory_is_named_with_its_line(hf_tokenizer_json, tmp_path, broken):
+    # Loaded through transformers, it was "hfdir: cannot load ...: Expecting value: line 2 column 1", naming
+    # the directory and not which of its files.
+    directory = tmp_path / "hfdir"
+    directory.mkdir()
+    (directory / "tokenizer.json").write_bytes(hf_tokenizer_json.read_bytes())
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    (directory / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    (directory / broken).write_text('{"eos_token":\n')
+    with pytest.raises(UserError) as caught:
+        build_tokenizer("HuggingFaceTokenizer", directory)
+    assert str(caught.value).startswith(f"{directory / broken}: line 2: invalid Hugging Face {broken}"), caught.value
+
+
 @pytest.mark.parametrize("config", ['{"eos_token": "</s>"}', '["</s>"]'])
 def test_a_directory_without_a_tokenizer_is_one_line_naming_it(tmp_path, config):
     # transformers' own message spans five lines; a list config was an AttributeError traceback.
@@ -140,6 +155,10 @@ def test_gpt_sentencepiece_alias_and_unknown_type(corpus, tmp_path):
         build_tokenizer("GPT2BPETokenizer", out / "tokenizer.model")
     with pytest.raises(UserError, match="not found"):
         build_tokenizer("SentencePieceTokenizer", tmp_path / "missing.model")
+    # The directory train-tokenizer wrote: named as one, with the model file it holds (it was "file not found").
+    with pytest.raises(UserError, match=re.escape(f"{out}: a directory (it holds tokenizer.model); --tokenizer-model "
+                                                  "takes the SentencePiece .model file")):
+        build_tokenizer("SentencePieceTokenizer", out)
     with pytest.raises(UserError, match="not supported"):
         build_tokenizer("BertWordPieceLowerCase", out / "tokenizer.model")
 

@@ -62,6 +62,10 @@ class SentencePieceTokenizer(Tokenizer):
         import sentencepiece
 
         path = Path(model_file)
+        if path.is_dir():
+            models = sorted(child.name for child in path.glob("*.model"))
+            held = f"it holds {', '.join(models)}" if models else "it holds no .model file"
+            raise UserError(f"{path}: a directory ({held}); --tokenizer-model takes the SentencePiece .model file")
         if not path.is_file():
             raise UserError(f"{path}: SentencePiece model file not found (--tokenizer-model)")
         try:
@@ -166,6 +170,10 @@ def _load_tokenizer_json(path: Path):
     return tok, eod, _token_id(tok, config.get("bos_token")), _token_id(tok, config.get("pad_token"))
 
 
+# The JSON files of a tokenizer directory that transformers' AutoTokenizer reads.
+_TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def _special_tokens_beside(directory: Path) -> dict:
     """Special tokens declared in tokenizer_config.json / special_tokens_map.json next to a tokenizer.json."""
     found: dict = {}
@@ -188,6 +196,10 @@ def _token_id(tok, token) -> int | None:
 def _load_pretrained(name: str):
     from transformers import AutoTokenizer
 
+    if Path(name).is_dir():  # a damaged file is named with its line, not only the directory
+        for file in (Path(name) / base for base in _TOKENIZER_JSON_FILES):
+            if file.is_file():
+                read_json(file, f"Hugging Face {file.name}")
     try:
         hf = AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # OSError, ValueError, or AttributeError/TypeError on a tokenizer_config.json of the wrong shape
