@@ -74,6 +74,10 @@ def test_inputs_the_pipeline_cannot_fetch_are_named_at_their_line(tmp_path):
     with pytest.raises(UserError, match=r"weights-only.yaml:\d+: init: a released model's files include its "
                                         r"config.json"):
         check(without_config)
+    # It was the trainer's "field 'init.from' must be str or null, got []", in words of a file the user never saw.
+    empty = write(tmp_path / "empty.yaml", init=[])
+    with pytest.raises(UserError, match=r"empty.yaml:\d+: init: \[\] (should be non-empty|is too short)"):
+        check(empty)
 
 
 def test_an_override_file_moves_inputs_and_names_its_own_mistakes(tmp_path):
