@@ -33,6 +33,24 @@ def test_settings_that_cannot_change_the_weights_resume_bit_for_bit(tmp_path):
     assert "starting over (the stage's identity changed: optim.lr 0.003 -> 0.002)" in result.stdout, result.stdout
 
 
+@pytest.mark.slow
+def test_two_processes_switched_between_full_shard_and_shard_grad_op_resume_bit_for_bit(tmp_path):
+    """The two differ only in when the gathered parameters are freed (what a user short of memory changes): two
+    processes switched mid-stage resume, and end with the weights of the run that kept FULL_SHARD throughout.
+    A strategy that reduces otherwise (HYBRID_SHARD) still starts over."""
+    straight, resumed = RunDir(tmp_path / "straight"), RunDir(tmp_path / "resumed")
+    sharded = {**RUN, "parallel": {"data_parallel": "fsdp"}}
+    run_train(write_config(tmp_path, straight.root, **sharded), nproc=2)
+    config = write_config(tmp_path, resumed.root, **sharded)
+    run_train(config, "train.max_steps_this_job=2", "parallel.strategy=SHARD_GRAD_OP", nproc=2)
+    result = run_train(config, nproc=2)
+    assert f"resuming from {resumed.checkpoint(2)}" in result.stdout and "starting over" not in result.stdout, (
+        result.stdout)
+    assert_same_weights(final_weights(resumed.root), final_weights(straight.root))
+    result = run_train(config, "parallel.strategy=HYBRID_SHARD", nproc=2)
+    assert "parallel.strategy FULL_SHARD -> HYBRID_SHARD" in result.stdout, result.stdout
+
+
 @pytest.fixture
 def recorded(tmp_path):
     """A run directory whose identity.json records the config's identity, and that identity."""

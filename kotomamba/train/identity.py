@@ -34,6 +34,10 @@ RESUMABLE_CHANGES = (("train", "max_steps_this_job"), ("train", "wall_time_budge
                      ("eval",))
 # How FSDP shards: nothing to say for one process, which is not sharded.
 UNSHARDED = (("parallel", "strategy"), ("parallel", "hybrid_shard_size"))
+# Sharding strategies that compute the same numbers, as the one they are recorded as: SHARD_GRAD_OP keeps the
+# gathered parameters from forward to backward where FULL_SHARD gathers them again (memory against time); the
+# gradients' reduce-scatter is the same. HYBRID_SHARD's reduction over two mesh dimensions is not.
+SAME_SHARDING = {"SHARD_GRAD_OP": "FULL_SHARD"}
 
 # Weight files of a released (mamba-ssm / transformers) model directory.
 _WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -55,7 +59,8 @@ def comparable_config(config: TrainConfig, precision: str | None = None, world: 
     the resolved one (``auto`` is what the device makes it); ``world`` 1: the sharding strategy is left out."""
     from kotomamba.data.gpt_dataset import parse_data_path
 
-    plain = _without(json.loads(json.dumps(config.to_dict())), RESUMABLE_CHANGES + (UNSHARDED if world == 1 else ()))
+    plain = _same_sharding(_without(json.loads(json.dumps(config.to_dict())),
+                                    RESUMABLE_CHANGES + (UNSHARDED if world == 1 else ())))
     plain.pop("run_dir", None)
     if precision is not None:
         plain["precision"] = precision
@@ -102,6 +107,14 @@ def _init_identity(source: str | None) -> dict | None:
     return {"files": _stamps(files, path)}
 
 
+def _same_sharding(plain: dict) -> dict:
+    """``plain`` (a config as a nested dict, changed in place) with its strategy as :data:`SAME_SHARDING` records it."""
+    parallel = plain.get("parallel", {})
+    if parallel.get("strategy") in SAME_SHARDING:
+        parallel["strategy"] = SAME_SHARDING[parallel["strategy"]]
+    return plain
+
+
 def _stamps(files: list[Path], root: Path) -> dict:
     # Sizes and modification times: released weights are large and never rewritten in place.
     return {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
@@ -132,9 +145,10 @@ def _flat(plain, prefix: str = "") -> dict:
 
 def _config_changes(recorded: dict, current: dict, config: TrainConfig | None) -> list[str]:
     """Each setting that differs, as "key old -> new"; ``recorded`` is taken as this version would record it
-    (settings since found resumable, and the sharding strategy where ``current`` has none, left out; a
+    (settings since found resumable, and the sharding strategy where ``current`` has none, left out; a strategy
+    as :data:`SAME_SHARDING` records it; a
     recorded ``auto`` precision is what it resolves to here when this config says ``auto`` too)."""
-    recorded = _without(json.loads(json.dumps(recorded)), RESUMABLE_CHANGES)
+    recorded = _same_sharding(_without(json.loads(json.dumps(recorded)), RESUMABLE_CHANGES))
     old, new = _flat(recorded), _flat(current)
     for key in (".".join(path) for path in UNSHARDED):
         if key not in new:
