@@ -125,7 +125,7 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
     the user provides (local corpus sources, tokenizer, the model to start from) relative to the working
     directory. Nothing is downloaded and no network is asked.
     """
-    from kotomamba.pipeline.inputs import apply_overrides, remote_problems
+    from kotomamba.pipeline.inputs import apply_overrides, remote_problems, respell_local_inputs
     from kotomamba.pipeline.resources import problems as resource_problems
 
     for path in _config_files(config_file):
@@ -146,6 +146,7 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
         problems.append((path, error.message))
     if not problems:
         problems += apply_overrides(config) + remote_problems(config) + _runtime_problems(config)
+        respell_local_inputs(config)
         problems += resource_problems(config) if not problems else []
     problems += _cross_field_problems(config) if not problems else []
     if not problems:

@@ -31,7 +31,8 @@ input of the run is an error, as is a local replacement that does not exist.
 from __future__ import annotations
 
 import glob
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
 from kotomamba.data.download import Source, is_remote, parse_source
 from kotomamba.data.hub import is_hub_file, parse_hub_file, parse_hub_id
@@ -102,6 +103,28 @@ def apply_overrides(config: dict) -> list[Problem]:
             else:
                 _set(config, where, new)
     return problems
+
+
+def one_spelling(path: str) -> str:
+    """A local path as the run records it: without ``.`` parts, doubled or trailing slashes, and relative to the
+    working directory where it lies below it (``..`` parts are kept: past a symbolic link they lead elsewhere)."""
+    spelled = PurePosixPath(path)
+    if spelled.is_absolute():
+        with_cwd = PurePosixPath(os.getcwd())
+        if spelled.is_relative_to(with_cwd) and spelled != with_cwd:
+            spelled = spelled.relative_to(with_cwd)
+    return str(spelled)
+
+
+def respell_local_inputs(config: dict) -> None:
+    """Write every local input's path (corpus shards, tokenizer, init) in :func:`one_spelling`, in place: the
+    jobs' inputs and params hold these paths, and Snakemake reruns a job whose paths changed, so the same file
+    respelled (``./data/x.jsonl``, or its absolute path) would train the tokenizer and tokenize every shard
+    again."""
+    for where, reference in references(config):
+        location, pin = _split(reference)
+        if not is_remote(location) and "://" not in location:
+            _set(config, where, one_spelling(location) + pin)
 
 
 def remote_problems(config: dict) -> list[Problem]:
