@@ -31,7 +31,6 @@ input of the run is an error, as is a local replacement that does not exist.
 from __future__ import annotations
 
 import glob
-import os
 from pathlib import Path, PurePosixPath
 
 from kotomamba.data.download import Source, is_remote, parse_source
@@ -105,26 +104,16 @@ def apply_overrides(config: dict) -> list[Problem]:
     return problems
 
 
-def one_spelling(path: str) -> str:
-    """A local path as the run records it: without ``.`` parts, doubled or trailing slashes, and relative to the
-    working directory where it lies below it (``..`` parts are kept: past a symbolic link they lead elsewhere)."""
-    spelled = PurePosixPath(path)
-    if spelled.is_absolute():
-        with_cwd = PurePosixPath(os.getcwd())
-        if spelled.is_relative_to(with_cwd) and spelled != with_cwd:
-            spelled = spelled.relative_to(with_cwd)
-    return str(spelled)
-
-
 def respell_local_inputs(config: dict) -> None:
-    """Write every local input's path (corpus shards, tokenizer, init) in :func:`one_spelling`, in place: the
-    jobs' inputs and params hold these paths, and Snakemake reruns a job whose paths changed, so the same file
-    respelled (``./data/x.jsonl``, or its absolute path) would train the tokenizer and tokenize every shard
-    again."""
+    """Write every local input's path (corpus shards, tokenizer, init) in one spelling, in place: without ``.``
+    parts and doubled or trailing slashes. The jobs' inputs and params hold these paths, and Snakemake reruns a job
+    whose paths changed, so the same file respelled (``./data/x.jsonl``, ``data//x.jsonl``) would train the
+    tokenizer and tokenize every shard again. ``..`` parts are kept (past a symbolic link they lead elsewhere), and
+    an absolute path stays absolute: errors name the file as the user wrote it."""
     for where, reference in references(config):
         location, pin = _split(reference)
         if not is_remote(location) and "://" not in location:
-            _set(config, where, one_spelling(location) + pin)
+            _set(config, where, str(PurePosixPath(location)) + pin)
 
 
 def remote_problems(config: dict) -> list[Problem]:
