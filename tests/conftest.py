@@ -1,9 +1,10 @@
 """Shared pytest setup: GPU tests are skipped where there is no CUDA device; under pytest-xdist
-(`-n 4 --dist loadgroup`, the README's test command) each file's tests run on one worker, so a
+(`-n 3 --dist loadgroup --no-loadscope-reorder`, the README's test command) each file's tests run on one worker, so a
 file's module fixtures are built once, and the tests that run jobs on a test cluster (marker `scheduler`)
 run on one worker per cluster, one after another, since they share that cluster's nodes: the SLURM tests on
 one, the Grid Engine tests on another, so the two tiers (mostly waiting on daemons) overlap. The scheduler
-tier's tests that need no daemon (dry runs, the profiles' scripts) go by file like the rest."""
+tier's tests that need no daemon (dry runs, the profiles' scripts) go by file like the rest. The cluster
+tests are handed out first, then the `slow` ones."""
 import pytest
 
 
@@ -27,6 +28,10 @@ def pytest_collection_modifyitems(config, items):
         on_cluster = item.get_closest_marker("scheduler") is not None
         group = f"cluster-{cluster_of(item)}" if on_cluster else str(item.path.relative_to(config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))
+    # Longest first: xdist hands a free worker the next group in this order (with --no-loadscope-reorder; its own
+    # order puts the files of the most tests first), so the cluster tiers, each a chain on its own worker, start
+    # at once, and no slow file comes last, where it would run alone.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("scheduler") else 1 if item.get_closest_marker("slow") else 2)
     try:
         import torch
 

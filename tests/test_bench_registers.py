@@ -30,6 +30,7 @@ def run(bench: str, *argv: str) -> subprocess.CompletedProcess:
 
 
 @needs_knobs
+@pytest.mark.slow
 def test_registers_are_reported_per_launch_of_each_variant():
     variants = ["32.64.4-s64.64.32.8", "32.64.4-s64.64.16.8.64.4.64.4.0.1.0.2", "mixer"]
     done = run("ssd_throughput.py", "--registers", "--shapes", "130m", "--seq", "256",
@@ -55,6 +56,7 @@ def rows_of(stdout: str) -> list[list[str]]:
 
 
 @needs_knobs
+@pytest.mark.slow
 def test_registers_of_the_convolution_per_blocking():
     default = ".".join(map(str, FWD_CONFIG)) + "-" + ".".join(map(str, BWD_CONFIG))
     done = run("conv_throughput.py", "--registers", "--shapes", "130m", "--seq", "512", "--doc-len", "50",
@@ -69,6 +71,7 @@ def test_registers_of_the_convolution_per_blocking():
 
 
 @needs_knobs
+@pytest.mark.slow
 def test_registers_of_the_selective_scan_per_blocking():
     default = ".".join(map(str, SCAN_FWD_CONFIG)) + "-" + ".".join(map(str, SCAN_BWD_CONFIG))
     capped = "16.16.1.16-8.16.1.16.136"
@@ -93,6 +96,7 @@ def test_registers_of_the_selective_scan_per_blocking():
 
 
 @needs_knobs
+@pytest.mark.slow
 def test_the_gluon_backward_compiles_with_fewer_shuffles_barriers_and_instructions():
     """kotomamba/ops/selective_scan_gluon.py's layouts at its dispatched blocking: a position's column is a register
     and the walk's sums are finished once a group by a reduce-scatter of shuffles, so its code has under a quarter

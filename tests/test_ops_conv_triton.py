@@ -85,6 +85,7 @@ def twin(c: dict) -> dict:
     return {"y": y.detach(), **{names[k]: g for k, g in zip(leaves, grads)}}
 
 
+@pytest.mark.slow
 def test_kernels_match_the_twin(tmp_path):
     cases = {name: case(**spec) for name, spec in CASES.items()}
     got = run_interpreted(RUN_KERNEL, cases, tmp_path)

@@ -144,6 +144,7 @@ def twin_results(inputs: dict) -> dict:
     return {"y": y, "final": final, **{"d" + k: g for k, g in zip(leaves, grads)}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(all_cases()))
 def test_kernels_match_the_reference(kernel_results, name):
     assert_relative(kernel_results[name], twin_results(all_cases()[name]), 2e-5)
@@ -176,6 +177,7 @@ def tf32_results(tmp_path_factory):
     return run_interpreted(RUN_KERNEL, tf32_cases(), tmp_path_factory.mktemp("ssd_kernel_tf32"), tf32=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TF32))
 def test_kernels_in_tf32_stay_near_its_precision(tf32_results, name):
     got, expected = tf32_results[name], twin_results(tf32_cases()[name])
