@@ -42,6 +42,13 @@ def test_unknown_key_is_rejected_with_path_and_line(tmp_path):
     assert f"{path}:{line}: data.shuffle_docs: unknown key" in str(info.value)
 
 
+def test_a_misspelt_key_is_named_with_the_key_it_is_near(tmp_path):
+    text, path, line = edited_default(tmp_path, "seed: 1234", "sed: 1234", "sed:")
+    with pytest.raises(UserError) as info:
+        validate(yaml.safe_load(text), str(path))
+    assert f"{path}:{line}: sed: unknown key; did you mean `seed`?" in str(info.value)
+
+
 def test_a_key_written_twice_is_refused_with_both_lines(tmp_path):
     """Snakemake's YAML loader keeps the last of a duplicated key; validate reads the file again and refuses it."""
     text, path, line = edited_default(tmp_path, "workers: 2", "workers: 2\n  workers: 3", "workers: 3")

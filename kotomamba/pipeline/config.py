@@ -7,6 +7,7 @@ artifact are derived here, in one place, so rules and tests agree on them.
 from __future__ import annotations
 
 import copy
+import difflib
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -139,9 +140,10 @@ def validate(config: dict, config_file: str | list | None = None, inputs: bool =
     for error in errors:
         path = list(error.absolute_path)
         if error.validator == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            for key in extra:
-                problems.append((path + [key], "unknown key"))
+            known = list(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(known)):
+                near = difflib.get_close_matches(str(key), known, n=1)
+                problems.append((path + [key], f"unknown key; did you mean `{near[0]}`?" if near else "unknown key"))
             continue
         problems.append((path, error.message))
     if not problems:
