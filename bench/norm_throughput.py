@@ -24,14 +24,11 @@ def runner(impl: str, shape: str):
 
     rows, d_model, d_inner = SHAPES[shape]
     kind, name = impl.split(":")
-    name, _, blocking = name.partition("=")
-    if blocking:  # the backward's programs per multiprocessor[.rows loaded ahead[.register cap]]
+    name, _, per_sm = name.partition("=")
+    if per_sm:
         from kotomamba.ops import norm_triton
 
-        fields = [int(field) for field in blocking.split(".")]
-        norm_triton.PROGRAMS_PER_SM = fields[0]
-        norm_triton.BWD_STAGES = fields[1] if len(fields) > 1 else norm_triton.BWD_STAGES
-        norm_triton.BWD_MAX_REGISTERS = fields[2] if len(fields) > 2 else norm_triton.BWD_MAX_REGISTERS
+        norm_triton.PROGRAMS_PER_SM = int(per_sm)
     bf16 = torch.bfloat16
     if kind == "add":
         leaves = [torch.randn(rows, d_model, device="cuda", dtype=bf16, requires_grad=True),
@@ -75,5 +72,5 @@ def runner(impl: str, shape: str):
 
 if __name__ == "__main__":
     op_main(__doc__, SHAPES, IMPLS, "comma-separated; ours may carry the backward's programs per multiprocessor, "
-            "rows loaded ahead and a register cap, e.g. add:ours=16, gated:ours=8.2.64", lambda args: [{"shape": shape} for shape in args.shapes.split(",")],
+            "e.g. add:ours=16", lambda args: [{"shape": shape} for shape in args.shapes.split(",")],
             lambda impl, case, args: runner(impl, case["shape"]))

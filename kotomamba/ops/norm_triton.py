@@ -23,11 +23,8 @@ import triton.language as tl
 from kotomamba.ops.norm import residual_dtype
 from kotomamba.ops.strides import unit_stride_last
 
-# Backward programs per multiprocessor on CUDA, and how many rows ahead each loads (software pipelining of the
-# row walk; 1: none); bench/norm_throughput.py times others.
+# Backward programs per multiprocessor on CUDA; bench/norm_throughput.py times others.
 PROGRAMS_PER_SM = 8
-BWD_STAGES = 1
-BWD_MAX_REGISTERS = 0  # a cap on registers per thread (0: none), so that more programs fit a multiprocessor
 
 
 @triton.jit
@@ -62,7 +59,7 @@ def _rms_bwd_kernel(
     M, N, G, rows_per_program,
     stride_s, stride_z, stride_dy, stride_dres_out, stride_dx, stride_dz, stride_dres, stride_y,
     HAS_Z: tl.constexpr, HAS_DRES_OUT: tl.constexpr, STORE_DRES: tl.constexpr, STORE_Y: tl.constexpr,
-    BLOCK: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     group, groups = tl.program_id(1), tl.num_programs(1)
@@ -71,7 +68,7 @@ def _rms_bwd_kernel(
     w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK,), tl.float32)
     start = pid.to(tl.int64) * rows_per_program  # int64 rows: offsets past 2**31 elements
-    for row in tl.range(start, tl.minimum(start + rows_per_program, M), num_stages=STAGES):
+    for row in range(start, tl.minimum(start + rows_per_program, M)):
         s = tl.load(s_ptr + row * stride_s + cols, mask=ok, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + row * groups + group)
         if HAS_Z:
@@ -157,7 +154,7 @@ def rms_norm_bwd(dy, s, weight, rstd, z=None, dres_out=None, group_size=None, st
         0 if dres_out is None else dres_out.stride(0), dx.stride(0), 0 if dz is None else dz.stride(0),
         0 if dres is None else dres.stride(0), 0 if y is None else y.stride(0),
         HAS_Z=z is not None, HAS_DRES_OUT=dres_out is not None, STORE_DRES=store_dres, STORE_Y=y is not None,
-        BLOCK=block, STAGES=BWD_STAGES, num_warps=warps, **({"maxnreg": BWD_MAX_REGISTERS} if BWD_MAX_REGISTERS else {}),
+        BLOCK=block, num_warps=warps,
     )
     return dx, dz, dres, dw_part.sum(0).to(weight.dtype)
 
