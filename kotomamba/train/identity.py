@@ -146,8 +146,8 @@ def _flat(plain, prefix: str = "") -> dict:
 def _config_changes(recorded: dict, current: dict, config: TrainConfig | None) -> list[str]:
     """Each setting that differs, as "key old -> new"; ``recorded`` is taken as this version would record it
     (settings since found resumable, and the sharding strategy where ``current`` has none, left out; a strategy
-    as :data:`SAME_SHARDING` records it; a
-    recorded ``auto`` precision is what it resolves to here when this config says ``auto`` too)."""
+    as :data:`SAME_SHARDING` records it; a recorded ``auto`` precision is what it resolves to here when this
+    config says ``auto`` too)."""
     recorded = _same_sharding(_without(json.loads(json.dumps(recorded)), RESUMABLE_CHANGES))
     old, new = _flat(recorded), _flat(current)
     for key in (".".join(path) for path in UNSHARDED):

@@ -92,15 +92,13 @@ def scale_for_step(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.P
     """Have the next ``optimizer.step()`` see every gradient times ``factor`` (:func:`grad_factor`). A fused
     Adam(W) is handed ``1 / factor`` as its ``grad_scale`` and divides as it reads each gradient, which saves
     a pass over all gradients; any other optimizer gets gradients multiplied in place (:func:`scale_grads_`)."""
-    if not takes_grad_scale(optimizer):
-        if not (isinstance(factor, float) and factor == 1.0):
-            scale_grads_(parameters, factor)
-        return
-    if isinstance(factor, float) and factor == 1.0:
-        optimizer.grad_scale = None
-        return
-    device = _local(parameters[0]).device
-    optimizer.grad_scale = torch.as_tensor(factor, dtype=torch.float32, device=device).reciprocal()
+    unchanged = isinstance(factor, float) and factor == 1.0
+    if takes_grad_scale(optimizer):
+        device = _local(parameters[0]).device
+        optimizer.grad_scale = None if unchanged else torch.as_tensor(factor, dtype=torch.float32,
+                                                                      device=device).reciprocal()
+    elif not unchanged:
+        scale_grads_(parameters, factor)
 
 
 def perplexity(loss: float) -> float:
