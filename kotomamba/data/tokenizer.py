@@ -196,13 +196,13 @@ def _token_id(tok, token) -> int | None:
 def _load_pretrained(name: str):
     from transformers import AutoTokenizer
 
-    if Path(name).is_dir():  # a damaged file is named with its line, not only the directory
-        for file in (Path(name) / base for base in _TOKENIZER_JSON_FILES):
-            if file.is_file():
-                read_json(file, f"Hugging Face {file.name}")
     try:
         hf = AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # OSError, ValueError, or AttributeError/TypeError on a tokenizer_config.json of the wrong shape
+        if Path(name).is_dir():  # a damaged file is named with its line, not only the directory
+            for file in (Path(name) / base for base in _TOKENIZER_JSON_FILES):
+                if file.is_file():
+                    read_json(file, f"Hugging Face {file.name}")
         reason = " ".join(str(exc).split())  # transformers' message spans lines; ours is one
         raise UserError(f"{name}: cannot load a Hugging Face tokenizer (not a tokenizer.json, a directory "
                         f"with one, or a reachable hub name): {reason}") from exc
